@@ -1,0 +1,5 @@
+from twisted.application.service import ServiceMaker
+
+txmesh = ServiceMaker(
+    "txmesh", "txmesh.tap", "A multi-protocol service-mesh sidecar.", "txmesh"
+)

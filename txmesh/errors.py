@@ -1,0 +1,131 @@
+"""
+Typed exceptions.  Failures travel as these on Deferreds; the router maps them to a status and a response flag
+(Envoy's response flags, e.g. UF = upstream connect failure), and the listener's codec turns the status into a
+protocol-native reply.
+"""
+
+
+class TxmeshError(Exception):
+    """Base of txmesh's own errors."""
+
+
+class ConfigError(TxmeshError):
+    """
+    A configuration file is invalid.  ``str()`` is one line: ``file:line: key.path: reason``.
+    """
+
+    def __init__(self, reason, path="", filename=None, line=None):
+        self.reason = reason
+        self.path = path
+        self.filename = filename
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self):
+        where = ""
+        if self.filename:
+            where = self.filename + (":%d" % self.line if self.line else "") + ": "
+        elif self.line:
+            where = "line %d: " % self.line
+        return "%s%s%s" % (where, (self.path + ": ") if self.path else "", self.reason)
+
+
+class CodecError(TxmeshError):
+    """Malformed input on the wire.  ``status`` is the protocol-native status to reply with, if any."""
+
+    status = None
+
+    def __init__(self, reason, status=None):
+        self.reason = reason
+        if status is not None:
+            self.status = status
+        super().__init__(reason)
+
+
+class HTTPCodecError(CodecError):
+    """Malformed or over-limit HTTP/1.1 message; status is the HTTP status to answer (400, 413, 414, 431...)."""
+
+    status = 400
+
+
+class UpstreamError(TxmeshError):
+    """
+    Base for a failure reaching or talking to an upstream.  ``flag`` is the Envoy-style response flag,
+    ``status`` the HTTP status the router answers with, ``cause`` the x-txmesh-error header value.
+    """
+
+    flag = "UF"
+    status = 503
+    cause = "upstream_error"
+
+
+class NoRoute(UpstreamError):
+    flag = "NR"
+    status = 404
+    cause = "no_route"
+
+
+class NoClusterFound(UpstreamError):
+    flag = "NC"
+    status = 503
+    cause = "no_cluster"
+
+
+class NoHealthyUpstream(UpstreamError):
+    flag = "UH"
+    status = 503
+    cause = "no_healthy_upstream"
+
+
+class ConnectFailure(UpstreamError):
+    flag = "UF"
+    status = 503
+    cause = "upstream_connect_failure"
+
+
+class ConnectTimeout(ConnectFailure):
+    cause = "upstream_connect_timeout"
+
+
+class Overflow(UpstreamError):
+    """The pool's pending queue (or a circuit-breaker limit) is full."""
+
+    flag = "UO"
+    status = 503
+    cause = "upstream_overflow"
+
+
+class UpstreamReset(UpstreamError):
+    """The upstream connection ended before a complete response."""
+
+    flag = "UC"
+    status = 503
+    cause = "upstream_reset_before_response"
+
+
+class BadUpstreamResponse(UpstreamError):
+    """The upstream's response was malformed (bad framing); its connection is not reused."""
+
+    flag = "UPE"
+    status = 502
+    cause = "upstream_protocol_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The route (or per-request) timeout passed before the response head arrived."""
+
+    flag = "UT"
+    status = 504
+    cause = "upstream_request_timeout"
+
+
+class PoolClosed(UpstreamError):
+    """The pool was drained (host removed, config reloaded)."""
+
+    flag = "UF"
+    status = 503
+    cause = "upstream_pool_closed"
+
+
+class DownstreamReset(TxmeshError):
+    """The downstream peer went away before the stream completed."""

@@ -1,0 +1,333 @@
+"""
+Every extension point of txmesh, as zope.interface interfaces.
+
+Implementations say ``@implementer(...)``; the documentation lives here.  The layering is Envoy's: a listener's
+connection runs *network* (connection-level, bytes) read/write filters, the last read filter of which is the
+protocol's codec ("connection manager"); the codec turns bytes into *streams* (one request/response exchange)
+that run through *stream* filters in decode order, ending in the terminal router, and back through them in
+encode order.
+
+Extensions are found with ``twisted.plugin.getPlugins(IFilterFactory, txmesh.plugins)`` (and the same for the
+load-balancer factories): a third-party package ships a module in its own ``txmesh/plugins/`` drop-in directory,
+or any module on ``txmesh.plugins.__path__``.
+"""
+
+from enum import Enum
+
+from zope.interface import Attribute, Interface
+
+
+class FilterStatus(Enum):
+    """
+    What a filter tells the chain after each callback, as Envoy's FilterHeadersStatus/FilterDataStatus.
+
+    CONTINUE: pass the event on to the next filter now.
+    STOP: hold the event; the filter resumes the chain later through its callbacks (``continueDecoding`` /
+    ``continueEncoding`` / ``continueReading``), or ends the stream with a local reply.  Data that arrives for
+    a stopped stream is buffered by the chain (bounded by the listener's buffer limit) and delivered on resume.
+    """
+
+    CONTINUE = "continue"
+    STOP = "stop"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Connection-level (network) filters
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class IConnectionInfo(Interface):
+    """What a network filter may know and do about its downstream connection."""
+
+    peer = Attribute("The peer address (an IAddress).")
+    host = Attribute("The local address (an IAddress).")
+    listenerName = Attribute("The name of the listener that accepted the connection (str).")
+
+    def write(data):
+        """Write bytes to the connection, through the write filters."""
+
+    def close(abort=False):
+        """Close the connection (after pending writes unless abort)."""
+
+
+class IReadFilterCallbacks(Interface):
+    connection = Attribute("The IConnectionInfo of the connection.")
+
+    def continueReading():
+        """Resume a read filter chain that a filter stopped; buffered bytes are delivered to the next filter."""
+
+
+class IReadFilter(Interface):
+    """
+    A connection-level filter that sees bytes read from the downstream peer, in configuration order.
+    """
+
+    def initializeReadFilterCallbacks(callbacks):
+        """Called once, before any other method, with an IReadFilterCallbacks."""
+
+    def connectionMade():
+        """
+        A new connection was accepted.
+
+        @return: FilterStatus.STOP to refuse (the filter must then close the connection) or CONTINUE.
+        """
+
+    def dataReceived(data):
+        """
+        Bytes arrived from the peer.
+
+        @return: FilterStatus; STOP holds the bytes (the chain buffers them) until continueReading().
+        """
+
+    def connectionLost(reason):
+        """The connection ended; a Failure says why."""
+
+
+class IWriteFilter(Interface):
+    """A connection-level filter that sees bytes written to the downstream peer, in reverse configuration order."""
+
+    def writeData(data):
+        """
+        Bytes are about to be written to the peer.
+
+        @return: a FilterStatus, or bytes to replace what is written (then CONTINUE is implied).
+        """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stream-level filters
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class IStreamInfo(Interface):
+    """Facts gathered about one stream, read by the access log and the stats."""
+
+    startTime = Attribute("reactor.seconds() when the request head was decoded.")
+    protocol = Attribute("'http/1.1', 'http/1.0', 'h2', 'grpc', 'dubbo'.")
+    listenerName = Attribute("The listener's name.")
+    downstreamPeer = Attribute("The downstream peer address, as 'host:port' (str).")
+    routeName = Attribute("The name of the matched route, or None.")
+    clusterName = Attribute("The cluster the router chose, or None.")
+    upstreamHost = Attribute("The upstream host 'ip:port' the request went to, or None.")
+    responseFlags = Attribute("A set of Envoy-style response flags (str), e.g. {'UF'} for an upstream connect failure.")
+    bytesReceived = Attribute("Request body bytes received from downstream.")
+    bytesSent = Attribute("Response body bytes sent downstream.")
+    responseCode = Attribute("The response status (HTTP status, grpc-status or Dubbo status), or None.")
+    metadata = Attribute("A dict filters may use to pass facts along (e.g. Dubbo service/method, trace ids).")
+
+
+class IStreamDecoderFilterCallbacks(Interface):
+    """What a stream decoder filter may do to the stream it filters."""
+
+    streamInfo = Attribute("The stream's IStreamInfo.")
+    request = Attribute("The txmesh.stream.RequestHead being decoded (mutable until the router sends it).")
+    clock = Attribute("The IReactorTime to use for timers.")
+
+    def continueDecoding():
+        """Resume the decode chain after this filter returned STOP."""
+
+    def sendLocalReply(status, body=b"", headers=(), cause=None):
+        """
+        End the stream with a reply the proxy itself decides (a status of the stream's protocol: an HTTP status
+        for HTTP, translated to grpc-status or a Dubbo status by the listener's codec); cause names the
+        response flag / x-txmesh-error value.
+        """
+
+    def route():
+        """The route entry matched for the current request (a txmesh.routing.Route), or None; cached."""
+
+    def clearRouteCache():
+        """Forget the cached route (after changing headers that routing looks at)."""
+
+    def addDecodedData(data):
+        """Inject request body bytes as if they came from downstream (for filters that rewrite bodies)."""
+
+    def encodeHeaders(response, endStream):
+        """Start the response (used by the terminal router and by filters that answer themselves)."""
+
+    def encodeData(data, endStream):
+        """Send response body bytes downstream through the encode chain."""
+
+    def encodeTrailers(trailers):
+        """End the response with trailers."""
+
+    def pauseDecoding():
+        """Backpressure: stop reading request body from downstream (the router calls it when the upstream is full)."""
+
+    def resumeDecoding():
+        """Backpressure: resume reading request body from downstream."""
+
+
+class IStreamEncoderFilterCallbacks(Interface):
+    streamInfo = Attribute("The stream's IStreamInfo.")
+    response = Attribute("The txmesh.stream.ResponseHead being encoded.")
+
+    def continueEncoding():
+        """Resume the encode chain after this filter returned STOP."""
+
+
+class IStreamDecoderFilter(Interface):
+    """A stream filter that sees the request, in configuration order."""
+
+    def setDecoderFilterCallbacks(callbacks):
+        """Called once with IStreamDecoderFilterCallbacks before any decode event."""
+
+    def decodeHeaders(request, endStream):
+        """The request head (txmesh.stream.RequestHead); endStream if there is no body. Returns FilterStatus."""
+
+    def decodeData(data, endStream):
+        """A piece of request body. Returns FilterStatus."""
+
+    def decodeTrailers(trailers):
+        """Request trailers (a txmesh.stream.HeaderMap); ends the request. Returns FilterStatus."""
+
+    def onStreamComplete():
+        """The stream ended (response sent or stream reset); final StreamInfo is available. Returns nothing."""
+
+    def onStreamReset(reason):
+        """The stream was reset before completion (downstream went away, upstream reset); reason is a str."""
+
+
+class IStreamEncoderFilter(Interface):
+    """A stream filter that sees the response, in reverse configuration order."""
+
+    def setEncoderFilterCallbacks(callbacks):
+        """Called once with IStreamEncoderFilterCallbacks before any encode event."""
+
+    def encodeHeaders(response, endStream):
+        """The response head (txmesh.stream.ResponseHead). Returns FilterStatus."""
+
+    def encodeData(data, endStream):
+        """A piece of response body. Returns FilterStatus."""
+
+    def encodeTrailers(trailers):
+        """Response trailers. Returns FilterStatus."""
+
+
+class IFilterChainFactoryCallbacks(Interface):
+    """Given to IFilterFactory.createFilters to install the filters of one connection or stream."""
+
+    def addStreamDecoderFilter(f):
+        pass
+
+    def addStreamEncoderFilter(f):
+        pass
+
+    def addStreamFilter(f):
+        """A filter providing both IStreamDecoderFilter and IStreamEncoderFilter."""
+
+    def addReadFilter(f):
+        pass
+
+    def addWriteFilter(f):
+        pass
+
+
+class IFilterFactory(Interface):
+    """
+    A named filter kind, found as a Twisted plugin.  The factory validates the filter's ``config`` mapping once, at
+    load (``buildConfig``), into an immutable object shared by every instance; ``createFilters`` then makes cheap
+    per-connection (network) or per-stream (stream) instances.
+    """
+
+    name = Attribute("The name mesh.yaml uses for this filter (str).")
+    kind = Attribute("'stream' or 'network'.")
+    protocols = Attribute("The listener protocols it works with: a frozenset of 'http', 'grpc', 'dubbo'.")
+    terminal = Attribute("True for a filter that must be last (the router).")
+
+    def buildConfig(raw, context):
+        """
+        Validate the raw ``config`` mapping of one filter entry.
+
+        @param raw: the mapping from YAML (may be empty).
+        @param context: a txmesh.config.FilterConfigContext (cluster names, listener protocol, key path) used to
+            report errors.
+        @return: an immutable config object.
+        @raise txmesh.errors.ConfigError: naming the key path within ``raw`` and the reason.
+        """
+
+    def createFilters(config, callbacks, runtime):
+        """
+        Install filter instances for one stream (kind 'stream') or one connection (kind 'network').
+
+        @param config: what buildConfig returned.
+        @param callbacks: IFilterChainFactoryCallbacks.
+        @param runtime: the txmesh.runtime.Runtime (clock, cluster manager, stats) of the running config.
+        """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Upstream
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class IHost(Interface):
+    """One upstream endpoint of a cluster."""
+
+    address = Attribute("'ip:port' (str).")
+    hostname = Attribute("The host part, used for TCP connects.")
+    port = Attribute("The port (int).")
+    weight = Attribute("The load-balancing weight (int >= 1).")
+    healthy = Attribute("Whether the host may receive traffic.")
+    activeRequests = Attribute("Requests in flight to this host (for least-request balancing).")
+    stats = Attribute("Per-host counters.")
+
+
+class ILoadBalancer(Interface):
+    """Chooses a host of a cluster for each request; made by an ILoadBalancerFactory for one host set."""
+
+    def chooseHost(context):
+        """
+        @param context: a txmesh.upstream.lb.LBContext (hash key, attempted hosts) or None.
+        @return: an IHost, or None when no healthy host is left.
+        """
+
+
+class ILoadBalancerFactory(Interface):
+    """A named load-balancing policy, found as a Twisted plugin."""
+
+    name = Attribute("The lb_policy name in mesh.yaml.")
+
+    def create(hosts, random):
+        """Make an ILoadBalancer over the list of IHost (called again whenever the host set changes)."""
+
+
+class IConnectionPool(Interface):
+    """Connections to one upstream host, for one protocol."""
+
+    def newStream(stream):
+        """
+        Get an upstream stream bound to a connection (reused, new, or after waiting for a free one).
+
+        @param stream: the caller's IUpstreamCallbacks-providing object, used by multiplexing pools.
+        @return: a Deferred firing with a connection object on which the request is sent, or failing with
+            ConnectTimeout, ConnectFailure, Overflow (pending queue full, failed at once) or PoolClosed.
+        """
+
+    def drain():
+        """Close idle connections and stop reusing busy ones; fires a Deferred when all are closed."""
+
+
+class ICodec(Interface):
+    """A sans-IO codec: bytes in, frames/events out; never touches a transport."""
+
+    def feed(data):
+        """
+        @return: a list of decoded events (empty means "need more bytes").
+        @raise txmesh.errors.CodecError: on malformed input.
+        """
+
+
+class ICluster(Interface):
+    name = Attribute("The cluster name.")
+    hosts = Attribute("The current tuple of IHost.")
+    stats = Attribute("Per-cluster counters.")
+
+    def updateHosts(hosts):
+        """Replace the host set (from discovery); load balancers are rebuilt, pools of removed hosts drained."""
+
+    def chooseHost(context):
+        """The load balancer's choice, or None."""
+
+    def poolFor(host):
+        """The IConnectionPool for an IHost of this cluster."""

@@ -1,0 +1,133 @@
+"""
+Counters and gauges.
+
+The hot path increments plain attributes (``counter.value += 1`` costs tens of nanoseconds); nothing is
+formatted until someone asks.  ``/stats`` renders a JSON snapshot, ``/metrics`` exports the same values through a
+prometheus_client collector at scrape time, so the exposition format is prometheus_client's, not ours.
+
+A series is named by a metric name and a tuple of label pairs.  ``Scope`` objects fix a prefix of labels (a
+listener, a cluster) so components create their series once, at construction, and keep references.
+"""
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class Counter:
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = 0
+
+    def inc(self, n=1):
+        self.value += n
+
+
+class Gauge:
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = 0
+
+    def inc(self, n=1):
+        self.value += n
+
+    def dec(self, n=1):
+        self.value -= n
+
+    def set(self, v):
+        self.value = v
+
+
+class StatsStore:
+    """
+    All series of one process.  ``maxSeriesPerMetric`` caps label cardinality: past it, new label sets of that
+    metric share one overflow series whose labels are all ``"_other"``, so a noisy client cannot blow up memory
+    or the scrape.
+    """
+
+    def __init__(self, prefix="txmesh", maxSeriesPerMetric=1000):
+        self.prefix = prefix
+        self.maxSeriesPerMetric = maxSeriesPerMetric
+        # name -> (kind, help, {labels: series})
+        self._metrics = {}
+
+    def _series(self, kind, cls, name, labels, help):
+        entry = self._metrics.get(name)
+        if entry is None:
+            entry = self._metrics[name] = (kind, help or name, {})
+        elif entry[0] != kind:
+            raise ValueError("metric %r is a %s, not a %s" % (name, entry[0], kind))
+        series = entry[2]
+        s = series.get(labels)
+        if s is None:
+            if len(series) >= self.maxSeriesPerMetric:
+                labels = tuple((k, "_other") for k, _ in labels)
+                s = series.get(labels)
+                if s is not None:
+                    return s
+            s = series[labels] = cls()
+        return s
+
+    def counter(self, name, labels=(), help=""):
+        """The Counter for ``name`` and label pairs ``labels`` (a tuple of (str, str)); created once."""
+        return self._series("counter", Counter, name, tuple(labels), help)
+
+    def gauge(self, name, labels=(), help=""):
+        return self._series("gauge", Gauge, name, tuple(labels), help)
+
+    def scope(self, **labels):
+        return Scope(self, tuple(labels.items()))
+
+    def snapshot(self):
+        """{metric name: [{"labels": {...}, "value": n}, ...]} for /stats."""
+        out = {}
+        for name, (kind, _, series) in sorted(self._metrics.items()):
+            out[name] = [{"labels": dict(labels), "value": s.value} for labels, s in series.items()]
+        return out
+
+    def value(self, name, **labels):
+        """The current value of one series (0 if it does not exist); for tests and the admin API."""
+        entry = self._metrics.get(name)
+        if entry is None:
+            return 0
+        s = entry[2].get(tuple(labels.items()))
+        return 0 if s is None else s.value
+
+    def total(self, name, **labels):
+        """Sum of every series of ``name`` whose labels include ``labels``."""
+        entry = self._metrics.get(name)
+        if entry is None:
+            return 0
+        want = labels.items()
+        return sum(s.value for lbl, s in entry[2].items() if want <= dict(lbl).items())
+
+    def collect(self):
+        """The prometheus_client collector protocol: yield metric families built from the current values."""
+        for name, (kind, help, series) in sorted(self._metrics.items()):
+            full = "%s_%s" % (self.prefix, name)
+            labelNames = None
+            for labels in series:
+                labelNames = [k for k, _ in labels]
+                break
+            labelNames = labelNames or []
+            if kind == "counter":
+                fam = CounterMetricFamily(full, help, labels=labelNames)
+            else:
+                fam = GaugeMetricFamily(full, help, labels=labelNames)
+            for labels, s in series.items():
+                fam.add_metric([v for _, v in labels], s.value)
+            yield fam
+
+
+class Scope:
+    """A StatsStore view that prepends fixed labels (e.g. listener="outbound")."""
+
+    def __init__(self, store, labels):
+        self.store = store
+        self.labels = labels
+
+    def counter(self, name, help="", **labels):
+        return self.store.counter(name, self.labels + tuple(labels.items()), help)
+
+    def gauge(self, name, help="", **labels):
+        return self.store.gauge(name, self.labels + tuple(labels.items()), help)

@@ -1,0 +1,1 @@
+"""twistd glue: placeholder replaced below."""
