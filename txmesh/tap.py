@@ -1,1 +1,37 @@
-"""twistd glue: placeholder replaced below."""
+"""
+twistd glue: ``twistd -n txmesh --config mesh.yaml``.  The only module that touches the global reactor.
+"""
+
+import sys
+
+from twisted.python import usage
+
+from txmesh import config as _config
+from txmesh.errors import ConfigError
+
+
+class Options(usage.Options):
+    synopsis = "--config PATH [--check]"
+    longdesc = "Run the txmesh sidecar described by a mesh.yaml file."
+    optParameters = [["config", "c", None, "Path to the mesh.yaml configuration (required)."]]
+    optFlags = [["check", None, "Validate the configuration and exit 0 (valid) or 1 (invalid); binds nothing."]]
+
+    def postOptions(self):
+        if not self["config"]:
+            raise usage.UsageError("--config is required")
+
+
+def makeService(options):
+    try:
+        cfg = _config.load(options["config"])
+    except ConfigError as e:
+        sys.stderr.write("txmesh: invalid configuration: %s\n" % (e,))
+        sys.exit(1)
+    if options["check"]:
+        sys.stdout.write("txmesh: %s is valid\n" % (options["config"],))
+        sys.exit(0)
+    from twisted.internet import reactor
+
+    from txmesh.service import MeshService
+
+    return MeshService(cfg, reactor)

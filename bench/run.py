@@ -1,0 +1,542 @@
+#!/usr/bin/env python3
+"""
+Compare txmesh with nginx and haproxy as HTTP/1.1 reverse proxies in front of the same nginx upstream.
+
+For each proxy x body (~100 B, 64 KiB) x connections (16, 64) it runs ``wrk --latency`` and reads the proxy's CPU
+time (utime+stime of the proxy process and all its descendants, from /proc) before and after, giving CPU µs per
+request, the figure that matters for a sidecar.  A "direct" row (wrk straight to the upstream) is the reference
+for what the load generator and upstream alone reach.  Prints a Markdown table and writes it to
+bench/results/<timestamp>.md.
+
+    /tmp/venv/bin/python bench/run.py                      # all proxies, 10 s per run
+    /tmp/venv/bin/python bench/run.py --quick --proxies nginx,haproxy
+    /tmp/venv/bin/python bench/run.py --py-spy /tmp/txmesh.svg
+
+Every process it starts is stopped by PID at the end, also on Ctrl-C, SIGTERM or an exception.
+"""
+
+import argparse
+import datetime
+import http.client
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TEMPLATES = os.path.join(HERE, "templates")
+RESULTS = os.path.join(HERE, "results")
+
+BODIES = {"small": 100, "64k": 65536}
+ALL_PROXIES = ("nginx", "haproxy", "txmesh")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 15.0
+
+
+class BenchError(Exception):
+    """A step failed (a process did not start, wrk output unreadable); the message says which."""
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def freePort():
+    """A TCP port free on loopback right now (the kernel's pick; the window before we bind it is harmless)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(template, dest, **values):
+    """Fill ``@NAME@`` placeholders of bench/templates/<template> and write ``dest``."""
+    with open(os.path.join(TEMPLATES, template)) as f:
+        text = f.read()
+    for name, value in values.items():
+        text = text.replace("@%s@" % name, str(value))
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise BenchError("%s: unfilled placeholders %s" % (template, sorted(set(left))))
+    with open(dest, "w") as f:
+        f.write(text)
+    return dest
+
+
+def procStat(pid):
+    """(ppid, utime+stime in ticks) of one process; None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'
+    rest = data[data.rindex(b")") + 2:].split()
+    return int(rest[1]), int(rest[11]) + int(rest[12])
+
+
+def descendants(pid):
+    """``pid`` and every live descendant of it."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = procStat(int(entry))
+            if st is not None:
+                children.setdefault(st[0], []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def cpuSeconds(pid):
+    """CPU time (user+system) of ``pid`` and its descendants: nginx master+workers, all threads of a process."""
+    total = 0
+    for p in descendants(pid):
+        st = procStat(p)
+        if st is not None:
+            total += st[1]
+    return total / CLK_TCK
+
+
+def waitForPort(port, proc, deadline):
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def probe(port, path, expectLength, timeout=5.0):
+    """One GET; raise BenchError unless it is a 200 with a body of the expected length."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError("GET 127.0.0.1:%d%s failed: %s" % (port, path, e))
+    finally:
+        conn.close()
+    if resp.status != 200 or len(body) != expectLength:
+        raise BenchError("GET 127.0.0.1:%d%s: status %d, %d body bytes (want 200, %d)"
+                         % (port, path, resp.status, len(body), expectLength))
+
+
+def toolVersion(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+# ---------------------------------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """The processes this run started, each stopped by PID (its recorded descendants too) in ``stopAll``."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.started = []  # (name, Popen, log path)
+
+    def start(self, name, argv, port, env=None, cwd=None):
+        """Start ``argv``, wait until ``port`` accepts; return the Popen.  Raises BenchError with the log tail."""
+        logPath = os.path.join(self.workdir, name + ".log")
+        log = open(logPath, "wb")
+        # own session: a Ctrl-C in the terminal reaches only us, and we stop everything in order
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd or self.workdir, start_new_session=True)
+        log.close()
+        self.started.append((name, proc, logPath))
+        if not waitForPort(port, proc, time.monotonic() + START_TIMEOUT):
+            self.stop(name)
+            raise BenchError("%s did not start listening on 127.0.0.1:%d; %s:\n%s"
+                             % (name, port, logPath, self.tail(logPath)))
+        return proc
+
+    @staticmethod
+    def tail(path, lines=20):
+        try:
+            with open(path, "rb") as f:
+                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self, name):
+        for entry in list(self.started):
+            if entry[0] == name:
+                self._stop(entry[1])
+                self.started.remove(entry)
+
+    def stopAll(self):
+        while self.started:
+            _, proc, _ = self.started.pop()
+            self._stop(proc)
+
+    @staticmethod
+    def _stop(proc):
+        family = descendants(proc.pid) if proc.poll() is None else []
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for pid in family[1:]:  # e.g. nginx workers, if the master died without taking them along
+            if procStat(pid) is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+# ---------------------------------------------------------------------------------------------------- wrk
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise BenchError("unreadable wrk latency %r" % text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parseWrk(out):
+    """requests/s, p50 ms, p99 ms, total requests and error count from ``wrk --latency`` output."""
+    try:
+        rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
+        total = int(re.search(r"^\s*(\d+) requests in ", out, re.M).group(1))
+        p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+        p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    except AttributeError:
+        raise BenchError("unreadable wrk output:\n" + out)
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return {"rps": rps, "p50": p50, "p99": p99, "requests": total, "errors": errors}
+
+
+def runWrk(port, path, conns, duration, threads):
+    argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency", "--timeout", "5s",
+            "http://127.0.0.1:%d%s" % (port, path)]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    except subprocess.TimeoutExpired:
+        raise BenchError("wrk did not finish in %d s" % (duration + 30))
+    if out.returncode != 0:
+        raise BenchError("wrk exited %d: %s" % (out.returncode, out.stderr.strip()))
+    return parseWrk(out.stdout)
+
+
+def measure(port, cpuPid, path, conns, duration, threads, warmup):
+    """One wrk run against ``port``; CPU µs per request of ``cpuPid``'s process tree."""
+    if warmup:
+        runWrk(port, path, conns, warmup, threads)
+    before = cpuSeconds(cpuPid)
+    result = runWrk(port, path, conns, duration, threads)
+    cpu = cpuSeconds(cpuPid) - before
+    result["cpuUs"] = cpu * 1e6 / result["requests"] if result["requests"] else float("nan")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+
+
+def startUpstream(procs, workdir):
+    www = os.path.join(workdir, "www")
+    os.makedirs(www)
+    for name, size in BODIES.items():
+        with open(os.path.join(www, name), "wb") as f:
+            f.write((b"0123456789abcdef" * (size // 16 + 1))[:size - 1] + b"\n")
+    port = freePort()
+    conf = render("upstream-nginx.conf.in", os.path.join(workdir, "upstream-nginx.conf"), DIR=workdir, PORT=port)
+    proc = procs.start("upstream", ["nginx", "-p", workdir, "-e", os.path.join(workdir, "upstream-nginx.error.log"),
+                                    "-c", conf], port)
+    return port, proc
+
+
+def startNginx(procs, workdir, upstreamPort):
+    port = freePort()
+    conf = render("proxy-nginx.conf.in", os.path.join(workdir, "proxy-nginx.conf"), DIR=workdir, PORT=port,
+                  UPSTREAM_PORT=upstreamPort)
+    proc = procs.start("nginx", ["nginx", "-p", workdir, "-e", os.path.join(workdir, "proxy-nginx.error.log"),
+                                 "-c", conf], port)
+    return port, proc
+
+
+def startHaproxy(procs, workdir, upstreamPort):
+    port = freePort()
+    conf = render("haproxy.cfg.in", os.path.join(workdir, "haproxy.cfg"), PORT=port, UPSTREAM_PORT=upstreamPort)
+    proc = procs.start("haproxy", ["haproxy", "-db", "-f", conf], port)
+    return port, proc
+
+
+def startTxmesh(procs, workdir, upstreamPort):
+    port, adminPort = freePort(), freePort()
+    conf = render("mesh.yaml.in", os.path.join(workdir, "mesh.yaml"), PORT=port, ADMIN_PORT=adminPort,
+                  UPSTREAM_PORT=upstreamPort)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    argv = [sys.executable, "-m", "twisted", "--pidfile=", "-n", "txmesh", "--config", conf]
+    proc = procs.start("txmesh", argv, port, env=env)
+    return port, proc
+
+
+STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "txmesh": startTxmesh}
+
+
+def pySpy(outPath, pid, port, duration, threads, fmt):
+    """Record ``pid`` with py-spy during an extra small/16 run (kept out of the table: sampling costs CPU)."""
+    exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(exe):
+        print("py-spy not found; no profile", file=sys.stderr)
+        return False
+    argv = [exe, "record", "--pid", str(pid), "--output", outPath, "--format", fmt, "--rate", "200",
+            "--duration", str(duration), "--nonblocking"]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        runWrk(port, "/small", 16, duration, threads)
+        _, err = spy.communicate(timeout=duration + 30)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    if spy.returncode != 0:
+        print("py-spy exited %d: %s" % (spy.returncode, err.decode("utf-8", "replace").strip()), file=sys.stderr)
+        return False
+    return True
+
+
+def topSelfTime(rawPath, n=25):
+    """The functions where the most samples end (self time), from py-spy's collapsed-stack output."""
+    counts, total = {}, 0
+    with open(rawPath) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            leaf = stack.rsplit(";", 1)[-1]
+            counts[leaf] = counts.get(leaf, 0) + int(count)
+            total += int(count)
+    rows = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return ["| %.1f%% | `%s` |" % (100.0 * c / total, name) for name, c in rows], total
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def fmtRatio(value, ref):
+    if value is None or ref is None or not ref or value != value or ref != ref:
+        return "—"
+    return "%.2f×" % (value / ref)
+
+
+def table(rows, proxies, bodies, connsList):
+    """Markdown table; ``rows`` maps (target, body, conns) to a measure() result or an error string."""
+    out = ["| proxy | body | conns | rps | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | rps vs nginx | errors |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for body in bodies:
+        for conns in connsList:
+            ref = rows.get(("nginx", body, conns))
+            ref = ref if isinstance(ref, dict) else None
+            for target in ("direct",) + tuple(proxies):
+                r = rows.get((target, body, conns))
+                name = "direct (upstream)" if target == "direct" else target
+                if r is None:
+                    continue
+                if not isinstance(r, dict):
+                    out.append("| %s | %s | %d | failed: %s | | | | | | |" % (name, body, conns, r))
+                    continue
+                direct = target == "direct"
+                out.append("| %s | %s | %d | %.0f | %.2f | %.2f | %.1f | %s | %s | %d |" % (
+                    name, body, conns, r["rps"], r["p50"], r["p99"], r["cpuUs"],
+                    "—" if direct else fmtRatio(r["cpuUs"], ref and ref["cpuUs"]),
+                    "—" if direct else fmtRatio(r["rps"], ref and ref["rps"]),
+                    r["errors"]))
+    return out
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return [
+        "- machine: %s, %d CPUs, Linux %s" % (model, os.cpu_count(), platform.release()),
+        "- Python %s (%s)" % (platform.python_version(), sys.executable),
+        "- %s; %s; %s" % (toolVersion(["nginx", "-v"]), toolVersion(["haproxy", "-v"]), toolVersion(["wrk", "-v"])),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def parseArgs(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--proxies", default=",".join(ALL_PROXIES),
+                   help="comma-separated subset of %s (default: all)" % ",".join(ALL_PROXIES))
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument("--quick", action="store_true", help="3 s runs, no warm-up")
+    p.add_argument("--warmup", type=int, default=1, help="seconds of untimed load before each run (default 1)")
+    p.add_argument("--conns", default="16,64", help="comma-separated connection counts (default 16,64)")
+    p.add_argument("--bodies", default="small,64k", help="comma-separated subset of small,64k")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    p.add_argument("--no-direct", action="store_true", help="skip the direct-to-upstream reference row")
+    p.add_argument("--py-spy", metavar="OUT.svg",
+                   help="profile txmesh with py-spy during an extra small/16 run: a flame graph to OUT.svg and "
+                        "the top self-time functions to OUT.txt")
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/<timestamp>.md")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) for inspection")
+    args = p.parse_args(argv)
+    args.proxies = [x for x in args.proxies.split(",") if x]
+    bad = set(args.proxies) - set(ALL_PROXIES)
+    if bad:
+        p.error("unknown proxies: %s" % ", ".join(sorted(bad)))
+    args.bodies = [x for x in args.bodies.split(",") if x]
+    if set(args.bodies) - set(BODIES):
+        p.error("bodies are small and/or 64k")
+    args.conns = [int(x) for x in args.conns.split(",") if x]
+    if args.quick:
+        args.duration, args.warmup = 3, 0
+    if args.py_spy and "txmesh" not in args.proxies:
+        p.error("--py-spy profiles txmesh; add it to --proxies")
+    return args
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv=None):
+    args = parseArgs(argv)
+    for tool in ("nginx", "wrk") + (("haproxy",) if "haproxy" in args.proxies else ()):
+        if shutil.which(tool) is None:
+            sys.exit("%s is not installed" % tool)
+    signal.signal(signal.SIGTERM, _terminated)
+    workdir = tempfile.mkdtemp(prefix="txmesh-bench-")
+    os.chmod(workdir, 0o755)  # nginx workers run as nobody when we are root
+    procs = Processes(workdir)
+    rows, notes, failed = {}, [], False
+    started = datetime.datetime.now()
+    try:
+        upstreamPort, upstream = startUpstream(procs, workdir)
+        for body, size in BODIES.items():
+            probe(upstreamPort, "/" + body, size)
+        targets = [] if args.no_direct else [("direct", upstreamPort, upstream.pid)]
+        for name in args.proxies:
+            try:
+                port, proc = STARTERS[name](procs, workdir, upstreamPort)
+                for body in args.bodies:
+                    probe(port, "/" + body, BODIES[body])
+            except BenchError as e:
+                print("%s: %s" % (name, e), file=sys.stderr)
+                failed = True
+                procs.stop(name)
+                for body in args.bodies:
+                    for conns in args.conns:
+                        rows[(name, body, conns)] = "did not start"
+                continue
+            targets.append((name, port, proc.pid))
+            # run each proxy alone, so the others' idle processes are the only bystanders
+            for body in args.bodies:
+                for conns in args.conns:
+                    rows[(name, body, conns)] = _measureOne(name, port, proc.pid, body, conns, args)
+            if name == "txmesh" and args.py_spy:
+                notes.extend(_profile(args, proc.pid, port))
+            procs.stop(name)
+        if not args.no_direct:
+            for body in args.bodies:
+                for conns in args.conns:
+                    rows[("direct", body, conns)] = _measureOne("direct", upstreamPort, upstream.pid, body,
+                                                                conns, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping", file=sys.stderr)
+        failed = True
+    except BenchError as e:
+        print(str(e), file=sys.stderr)
+        failed = True
+    finally:
+        procs.stopAll()
+        if args.keep:
+            print("kept %s" % workdir, file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    if rows:
+        failed = failed or any(not isinstance(r, dict) or r["errors"] for r in rows.values())
+        report = ["# txmesh bench %s" % started.strftime("%Y-%m-%d %H:%M"), ""]
+        report += machine()
+        report += ["- wrk -t%d, %d s per run, %d s warm-up; proxies run one at a time against one nginx upstream"
+                   % (args.threads, args.duration, args.warmup), ""]
+        report += table(rows, args.proxies, args.bodies, args.conns)
+        if notes:
+            report += [""] + notes
+        text = "\n".join(report) + "\n"
+        print(text)
+        if not args.no_save:
+            os.makedirs(RESULTS, exist_ok=True)
+            path = os.path.join(RESULTS, started.strftime("%Y%m%d-%H%M%S") + ".md")
+            with open(path, "w") as f:
+                f.write(text)
+            print("written to %s" % os.path.relpath(path), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _measureOne(name, port, pid, body, conns, args):
+    try:
+        r = measure(port, pid, "/" + body, conns, args.duration, args.threads, args.warmup)
+    except BenchError as e:
+        print("%s %s/%d: %s" % (name, body, conns, e), file=sys.stderr)
+        return str(e).splitlines()[0][:60]
+    print("%-8s %-5s c=%-3d %9.0f rps  p50 %6.2f ms  p99 %6.2f ms  %7.1f CPU µs/req  %d errors"
+          % (name, body, conns, r["rps"], r["p50"], r["p99"], r["cpuUs"], r["errors"]), file=sys.stderr)
+    return r
+
+
+def _profile(args, pid, port):
+    """Flame graph and a self-time summary of txmesh under the small/16 load; Markdown lines for the report."""
+    svg = args.py_spy
+    raw = os.path.splitext(svg)[0] + ".txt"
+    notes = []
+    if pySpy(svg, pid, port, args.duration, args.threads, "flamegraph"):
+        notes.append("py-spy flame graph (small, 16 conns): `%s`" % svg)
+    collapsed = raw + ".collapsed"
+    if pySpy(collapsed, pid, port, args.duration, args.threads, "raw"):
+        lines, total = topSelfTime(collapsed)
+        with open(raw, "w") as f:
+            f.write("self time of txmesh under small/16 load, %d samples\n\n" % total)
+            f.write("\n".join(lines) + "\n")
+        notes += ["", "Top self time in txmesh (py-spy, small, 16 conns, %d samples; also in `%s`):" % (total, raw),
+                  "", "| share | function |", "|---:|---|"] + lines
+    return notes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""
+Tests for txmesh.admin: the admin Site is driven over an in-memory transport with raw HTTP bytes, and the
+assertions are on what a client sees (status line, headers, body).
+"""
+
+import json
+
+import pytest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parseOpenMetrics
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.server import Site
+
+from txmesh.admin import makeAdminSite
+from txmesh.stats import StatsStore
+
+
+class FakeClusterManager:
+    """The one method the admin API needs from the cluster manager."""
+
+    def describe(self):
+        return [
+            {
+                "name": "web",
+                "lbPolicy": "round_robin",
+                "hosts": [
+                    {
+                        "address": "127.0.0.1:8080",
+                        "weight": 1,
+                        "healthy": True,
+                        "activeRequests": 2,
+                        "counters": {"requests": 7, "connectFailures": 1},
+                    }
+                ],
+            }
+        ]
+
+
+class Response:
+    def __init__(self, raw):
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        self.statusLine = lines[0]
+        self.code = int(lines[0].split()[1])
+        self.headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            self.headers.setdefault(name.strip().lower(), []).append(value.strip())
+
+    def header(self, name):
+        return self.headers[name][0]
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def request(site, target, method=b"GET", headers=()):
+    """Send one request on a new in-memory connection and return the parsed response."""
+    transport = StringTransport()
+    protocol = site.buildProtocol(None)
+    protocol.makeConnection(transport)
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+    lines.extend(headers)
+    protocol.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
+    return Response(transport.value())
+
+
+class World:
+    def __init__(self):
+        self.stats = StatsStore()
+        self.ready = True
+        self.draining = False
+        self.config = {"admin": {"address": "tcp:9901:interface=127.0.0.1"}, "listeners": [], "clusters": []}
+        self.site = makeAdminSite(
+            self.stats,
+            FakeClusterManager(),
+            lambda: self.config,
+            lambda: self.ready,
+            isDraining=lambda: self.draining,
+            reactor=Clock(),
+        )
+
+    def get(self, target, **kw):
+        return request(self.site, target, **kw)
+
+
+@pytest.fixture
+def world():
+    w = World()
+    listener = w.stats.scope(listener="outbound")
+    listener.counter("downstream_requests", help="requests received").inc(5)
+    listener.counter("downstream_responses", code_class="2xx").inc(4)
+    listener.counter("downstream_responses", code_class="5xx").inc(1)
+    w.stats.scope(cluster="web").gauge("upstream_active_connections").set(3)
+    w.stats.scope(cluster="db").gauge("upstream_active_connections").set(1)
+    return w
+
+
+def test_returnsSite(world):
+    assert isinstance(world.site, Site)
+
+
+def test_readyLive(world):
+    r = world.get(b"/ready")
+    assert (r.code, r.body) == (200, b"LIVE\n")
+    assert r.header(b"content-type").startswith(b"text/plain")
+
+
+def test_readyNotReady(world):
+    world.ready = False
+    r = world.get(b"/ready")
+    assert (r.code, r.body) == (503, b"NOT READY\n")
+
+
+def test_readyDraining(world):
+    world.draining = True
+    r = world.get(b"/ready")
+    assert (r.code, r.body) == (503, b"DRAINING\n")
+
+
+def test_readyWithoutDrainingCallable():
+    site = makeAdminSite(StatsStore(), None, dict, lambda: False, reactor=Clock())
+    assert request(site, b"/ready").code == 503
+
+
+def test_statsJson(world):
+    r = world.get(b"/stats")
+    assert r.code == 200
+    assert r.header(b"content-type") == b"application/json"
+    body = r.json()
+    assert body["downstream_requests"] == [{"labels": {"listener": "outbound"}, "value": 5}]
+    assert {s["labels"]["code_class"]: s["value"] for s in body["downstream_responses"]} == {"2xx": 4, "5xx": 1}
+
+
+def test_statsReflectsLiveValues(world):
+    world.stats.counter("downstream_requests", (("listener", "outbound"),)).inc(2)
+    assert world.get(b"/stats").json()["downstream_requests"][0]["value"] == 7
+
+
+def test_statsFilterOnName(world):
+    body = world.get(b"/stats?filter=%5Eupstream_").json()
+    assert list(body) == ["upstream_active_connections"]
+
+
+def test_statsFilterOnLabel(world):
+    body = world.get(b'/stats?filter=cluster%3D%22web%22').json()
+    assert body == {"upstream_active_connections": [{"labels": {"cluster": "web"}, "value": 3}]}
+
+
+def test_statsFilterInvalidRegex(world):
+    r = world.get(b"/stats?filter=%28unclosed")
+    assert r.code == 400
+    assert b"invalid filter regex" in r.body
+
+
+def test_statsFilterTooLong(world):
+    assert world.get(b"/stats?filter=" + b"a" * 2000).code == 400
+
+
+def test_statsText(world):
+    r = world.get(b"/stats?format=text")
+    assert r.code == 200
+    assert r.header(b"content-type").startswith(b"text/plain")
+    lines = r.body.decode().splitlines()
+    assert 'downstream_requests{listener="outbound"} 5' in lines
+    assert 'downstream_responses{listener="outbound",code_class="5xx"} 1' in lines
+    assert 'upstream_active_connections{cluster="db"} 1' in lines
+    assert lines == sorted(lines)
+
+
+def test_statsTextFiltered(world):
+    r = world.get(b"/stats?format=text&filter=5xx")
+    assert r.body == b'downstream_responses{listener="outbound",code_class="5xx"} 1\n'
+
+
+def test_statsUnknownFormat(world):
+    assert world.get(b"/stats?format=xml").code == 400
+
+
+def test_metricsPrometheusText(world):
+    r = world.get(b"/metrics")
+    assert r.code == 200
+    assert r.header(b"content-type") == CONTENT_TYPE_LATEST.encode()
+    families = {f.name: f for f in text_string_to_metric_families(r.body.decode())}
+    requests = families["txmesh_downstream_requests"]
+    assert requests.type == "counter"
+    assert requests.documentation == "requests received"
+    assert [(s.name, s.labels, s.value) for s in requests.samples] == [
+        ("txmesh_downstream_requests_total", {"listener": "outbound"}, 5.0)
+    ]
+    responses = {s.labels["code_class"]: s.value for s in families["txmesh_downstream_responses"].samples}
+    assert responses == {"2xx": 4.0, "5xx": 1.0}
+    gauge = families["txmesh_upstream_active_connections"]
+    assert gauge.type == "gauge"
+    assert {s.labels["cluster"]: s.value for s in gauge.samples} == {"web": 3.0, "db": 1.0}
+
+
+def test_metricsOnlyOurSeries(world):
+    """A private registry: no process/platform/gc collectors from prometheus_client's global registry."""
+    body = world.get(b"/metrics").body.decode()
+    names = {f.name for f in text_string_to_metric_families(body)}
+    assert names and all(n.startswith("txmesh_") for n in names)
+
+
+def test_metricsOpenMetricsOnRequest(world):
+    r = world.get(b"/metrics", headers=[b"Accept: application/openmetrics-text; version=1.0.0"])
+    assert r.code == 200
+    assert r.header(b"content-type").startswith(b"application/openmetrics-text")
+    assert r.body.endswith(b"# EOF\n")
+    names = {f.name for f in parseOpenMetrics(r.body.decode())}
+    assert "txmesh_downstream_requests" in names
+
+
+def test_metricsEmptyStore():
+    site = makeAdminSite(StatsStore(), None, dict, lambda: True, reactor=Clock())
+    r = request(site, b"/metrics")
+    assert (r.code, r.body) == (200, b"")
+
+
+def test_clusters(world):
+    r = world.get(b"/clusters")
+    assert r.code == 200
+    assert r.header(b"content-type") == b"application/json"
+    (cluster,) = r.json()
+    assert cluster["name"] == "web"
+    assert cluster["hosts"][0]["counters"]["requests"] == 7
+
+
+def test_clustersWithoutManager():
+    site = makeAdminSite(StatsStore(), None, dict, lambda: True, reactor=Clock())
+    assert request(site, b"/clusters").json() == []
+
+
+def test_configDump(world):
+    r = world.get(b"/config_dump")
+    assert r.code == 200
+    assert r.header(b"content-type") == b"application/json"
+    assert r.json() == world.config
+
+
+def test_configDumpNonJsonValues(world):
+    world.config = {"name": b"bytes", "tags": frozenset(["b", "a"]), "timeout": object.__new__(Clock)}
+    body = world.get(b"/config_dump").json()
+    assert body["name"] == "bytes"
+    assert body["tags"] == ["a", "b"]
+    assert isinstance(body["timeout"], str)
+
+
+def test_index(world):
+    r = world.get(b"/")
+    assert r.code == 200
+    assert r.header(b"content-type").startswith(b"text/plain")
+    for path in (b"/ready", b"/stats", b"/metrics", b"/clusters", b"/config_dump"):
+        assert path in r.body
+
+
+def test_trailingSlashAccepted(world):
+    assert world.get(b"/stats/").code == 200
+
+
+@pytest.mark.parametrize(
+    "target", [b"/nope", b"/stats/extra", b"/ready/x/y", b"/..%2f..%2fetc/passwd", b"/metrics.txt", b"//"]
+)
+def test_unknownPath404(world, target):
+    r = world.get(target)
+    assert r.code == 404
+    assert r.body == b"not found\n"
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"])
+def test_otherMethods405(world, method):
+    r = world.get(b"/stats", method=method, headers=[b"Content-Length: 0"])
+    assert r.code == 405
+    assert r.header(b"allow") == b"GET, HEAD"
+
+
+def test_postToIndex405(world):
+    assert world.get(b"/", method=b"POST", headers=[b"Content-Length: 0"]).code == 405
+
+
+def test_head(world):
+    get = world.get(b"/stats")
+    head = world.get(b"/stats", method=b"HEAD")
+    assert head.code == 200
+    assert head.body == b""
+    assert head.header(b"content-length") == get.header(b"content-length")
+
+
+def test_headReady503(world):
+    world.ready = False
+    r = world.get(b"/ready", method=b"HEAD")
+    assert (r.code, r.body) == (503, b"")
+
+
+def test_noCachingAndNoSniff(world):
+    r = world.get(b"/stats")
+    assert r.header(b"cache-control") == b"no-cache, no-store"
+    assert r.header(b"x-content-type-options") == b"nosniff"
+
+
+def test_brokenCollaboratorIs500WithoutTraceback():
+    def broken():
+        raise RuntimeError("secret detail")
+
+    site = makeAdminSite(StatsStore(), None, broken, lambda: True, reactor=Clock())
+    r = request(site, b"/config_dump")
+    assert r.code == 500
+    assert b"secret detail" not in r.body

@@ -1,0 +1,269 @@
+"""
+The admin HTTP API, on twisted.web.
+
+Read-only and meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``,
+``/clusters``, ``/config_dump`` and an index at ``/``.  Only GET and HEAD are served (405 otherwise); any other
+path is a 404 and nothing is ever served from the file system.  Every body is computed at request time from the
+injected collaborators, so the admin API costs nothing on the data path.
+"""
+
+import json
+import re
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+TEXT = b"text/plain; charset=utf-8"
+JSON = b"application/json"
+
+# Longest accepted ?filter= regex: the API is loopback-only, but a scrape should not be made to compile an essay.
+MAX_FILTER_LENGTH = 1024
+
+
+def _reply(request, code, body, contentType=TEXT):
+    """Set the status and the headers every admin reply carries; return the body as bytes."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", contentType)
+    request.setHeader(b"cache-control", b"no-cache, no-store")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    return body if isinstance(body, bytes) else body.encode("utf-8")
+
+
+def _jsonDefault(value):
+    """Make config values that are not plain JSON (bytes, sets, frozen objects) printable rather than a 500."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return str(value)
+
+
+def _jsonReply(request, value):
+    body = json.dumps(value, indent=2, sort_keys=True, default=_jsonDefault) + "\n"
+    return _reply(request, 200, body, JSON)
+
+
+def _arg(request, name):
+    """The first value of query argument ``name`` as str, or None."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+def _seriesName(name, labels):
+    """``name{k="v",...}``: the series key /stats?format=text prints and ?filter= matches against."""
+    if not labels:
+        return name
+    inner = ",".join('%s="%s"' % (k, _escapeLabel(v)) for k, v in labels.items())
+    return "%s{%s}" % (name, inner)
+
+
+def _escapeLabel(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Endpoint(Resource):
+    """
+    A leaf admin page: GET/HEAD only, no sub-paths.  Subclasses implement ``renderPage(request) -> bytes``.
+
+    HEAD runs the GET code and twisted.web drops the body but keeps its Content-Length.
+    """
+
+    isLeaf = True
+    description = ""
+    # "/stats/" is "/stats"; the index is only "/", so "//" is a 404
+    allowTrailingSlash = True
+
+    def render(self, request):
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _reply(request, 405, "method not allowed\n")
+        if request.postpath and (request.postpath != [b""] or not self.allowTrailingSlash):
+            return _reply(request, 404, "not found\n")
+        return self.renderPage(request)
+
+
+class _NotFound(_Endpoint):
+    def render(self, request):
+        return _reply(request, 404, "not found\n")
+
+
+class ReadyPage(_Endpoint):
+    """200 ``LIVE`` while serving; 503 ``DRAINING`` once shutdown began, 503 ``NOT READY`` before startup ends."""
+
+    description = "readiness: 200 LIVE, 503 DRAINING or NOT READY"
+
+    def __init__(self, isReady, isDraining):
+        super().__init__()
+        self._isReady = isReady
+        self._isDraining = isDraining
+
+    def renderPage(self, request):
+        if self._isDraining is not None and self._isDraining():
+            return _reply(request, 503, "DRAINING\n")
+        if not self._isReady():
+            return _reply(request, 503, "NOT READY\n")
+        return _reply(request, 200, "LIVE\n")
+
+
+class StatsPage(_Endpoint):
+    """
+    Every counter and gauge.  JSON ``{name: [{"labels": {...}, "value": n}]}`` by default; ``?format=text`` prints
+    one ``name{labels} value`` line per series.  ``?filter=REGEX`` keeps the series whose ``name{labels}`` key the
+    regex matches anywhere (so ``filter=cluster="web"`` works as well as ``filter=^upstream_``).
+    """
+
+    description = "counters and gauges as JSON; ?filter=REGEX, ?format=text"
+
+    def __init__(self, stats):
+        super().__init__()
+        self._stats = stats
+
+    def renderPage(self, request):
+        fmt = _arg(request, "format") or "json"
+        if fmt not in ("json", "text"):
+            return _reply(request, 400, "format must be json or text\n")
+        pattern = _arg(request, "filter")
+        match = None
+        if pattern:
+            if len(pattern) > MAX_FILTER_LENGTH:
+                return _reply(request, 400, "filter longer than %d characters\n" % MAX_FILTER_LENGTH)
+            try:
+                match = re.compile(pattern).search
+            except re.error as e:
+                return _reply(request, 400, "invalid filter regex: %s\n" % (e,))
+        snapshot = {}
+        for name, series in self._stats.snapshot().items():
+            kept = [s for s in series if match is None or match(_seriesName(name, s["labels"]))]
+            if kept:
+                snapshot[name] = kept
+        if fmt == "json":
+            return _jsonReply(request, snapshot)
+        lines = []
+        for name in sorted(snapshot):
+            for s in snapshot[name]:
+                lines.append("%s %s\n" % (_seriesName(name, s["labels"]), s["value"]))
+        lines.sort()
+        return _reply(request, 200, "".join(lines))
+
+
+class MetricsPage(_Endpoint):
+    """
+    Prometheus exposition of the StatsStore, rendered by prometheus_client from a private registry (so the
+    process-global default registry and its import-time collectors play no part).  The Prometheus text format
+    unless ``Accept`` asks for OpenMetrics.
+    """
+
+    description = "Prometheus text exposition"
+
+    def __init__(self, stats):
+        super().__init__()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(stats)
+
+    def renderPage(self, request):
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        if "application/openmetrics-text" in accept:
+            encoder, contentType = choose_encoder(accept)
+        else:
+            encoder, contentType = generate_latest, CONTENT_TYPE_LATEST
+        return _reply(request, 200, encoder(self._registry), contentType.encode("ascii"))
+
+
+class ClustersPage(_Endpoint):
+    """The cluster manager's ``describe()``: per cluster its lb policy and hosts with health, load and counters."""
+
+    description = "clusters, hosts and their counters as JSON"
+
+    def __init__(self, clusterManager):
+        super().__init__()
+        self._clusterManager = clusterManager
+
+    def renderPage(self, request):
+        clusters = [] if self._clusterManager is None else self._clusterManager.describe()
+        return _jsonReply(request, clusters)
+
+
+class ConfigDumpPage(_Endpoint):
+    """The loaded configuration as JSON."""
+
+    description = "the loaded configuration as JSON"
+
+    def __init__(self, configDump):
+        super().__init__()
+        self._configDump = configDump
+
+    def renderPage(self, request):
+        return _jsonReply(request, self._configDump())
+
+
+class IndexPage(_Endpoint):
+    """A plain-text list of the endpoints, one per line."""
+
+    description = "this list"
+    allowTrailingSlash = False
+
+    def __init__(self, pages):
+        super().__init__()
+        self._pages = pages
+
+    def renderPage(self, request):
+        width = max(len(path) for path in self._pages) + 2
+        lines = ["txmesh admin\n\n"]
+        for path, page in self._pages.items():
+            lines.append("%-*s %s\n" % (width, "/" + path, page.description))
+        return _reply(request, 200, "".join(lines))
+
+
+class AdminRoot(Resource):
+    """Dispatches the first path segment to a page; everything else is a 404."""
+
+    def __init__(self, pages):
+        super().__init__()
+        self._pages = {path.encode("ascii"): page for path, page in pages.items()}
+        self._index = IndexPage(pages)
+        self._notFound = _NotFound()
+
+    def getChild(self, path, request):
+        if path == b"":
+            return self._index
+        return self._pages.get(path, self._notFound)
+
+    def render(self, request):
+        # Reached only for an empty request path, which twisted.web treats as "/".
+        return self._index.render(request)
+
+
+class AdminSite(Site):
+    """A Site that does not write a line per admin request (a scrape every few seconds would drown the log)."""
+
+    def log(self, request):
+        pass
+
+
+def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None):
+    """
+    Build the admin API.
+
+    @param stats: the process's L{txmesh.stats.StatsStore}.
+    @param clusterManager: has ``describe() -> list[dict]``; None serves an empty list.
+    @param configDump: callable returning the loaded config as a plain dict.
+    @param isReady: callable -> bool, false until the listeners are bound.
+    @param isDraining: optional callable -> bool, true once a graceful stop began (``/ready`` says DRAINING).
+    @param reactor: the IReactorTime for the HTTP channels' timeouts; twisted.web's default (the global reactor)
+        when None, so tap.py should pass its reactor.
+    @return: a L{twisted.web.server.Site} to listen on with an endpoint.
+    """
+    pages = {
+        "ready": ReadyPage(isReady, isDraining),
+        "stats": StatsPage(stats),
+        "metrics": MetricsPage(stats),
+        "clusters": ClustersPage(clusterManager),
+        "config_dump": ConfigDumpPage(configDump),
+    }
+    site = AdminSite(AdminRoot(pages), reactor=reactor)
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,565 @@
+"""
+mesh.yaml -> validated, frozen configuration objects.
+
+Everything is checked once, at load, before any port is bound: a bad file raises ConfigError naming the file, the
+line (from the YAML node marks) and the key path (``listeners[0].filters[2].name``).  Filter and load-balancer
+kinds are Twisted plugins found with ``getPlugins(..., txmesh.plugins)``; each filter factory validates its own
+``config`` mapping through a FilterConfigContext so its errors are just as precise.  See docs/configuration.md.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import yaml
+from twisted.internet.endpoints import _parseServer
+from twisted.plugin import getPlugins
+
+import txmesh.plugins
+from txmesh.errors import ConfigError
+from txmesh.interfaces import IFilterFactory, ILoadBalancerFactory
+from txmesh.routing import RouteConfig, buildRouteConfig
+
+KNOWN_PROTOCOLS = frozenset({"http"})
+KNOWN_CLUSTER_PROTOCOLS = frozenset({"http1"})
+DEFAULT_ADMIN_ADDRESS = "tcp:9901:interface=127.0.0.1"
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?\Z")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
+               dict: "a mapping", type(None): "null"}
+_WILDCARD_INTERFACES = frozenset({"", "0.0.0.0", "::"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The configuration objects
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    address: str = DEFAULT_ADMIN_ADDRESS
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """Per-connection and per-stream bounds of a listener; sizes in bytes, durations in seconds."""
+
+    maxRequestLine: int = 8192
+    maxHeaderBytes: int = 65536
+    maxHeaders: int = 100
+    maxRequestBody: int = 0
+    requestHeadersTimeout: float = 10.0
+    idleTimeout: float = 300.0
+    bufferLimit: int = 1048576
+
+
+@dataclass(frozen=True, slots=True)
+class FilterEntry:
+    """One configured filter: its plugin factory and the immutable config the factory built."""
+
+    name: str
+    factory: object
+    config: object
+
+
+@dataclass(frozen=True, slots=True)
+class FilterConfigContext:
+    """What an IFilterFactory.buildConfig may know about where its config sits, and how to report errors there."""
+
+    filename: str
+    keyPath: str
+    listenerProtocol: str
+    clusterNames: frozenset
+    lineOf: object
+
+    def error(self, reason, subpath=""):
+        """A ConfigError for ``keyPath`` + ``subpath`` (e.g. "path" or "[0].name"), with its line."""
+        path = _join(self.keyPath, subpath)
+        return ConfigError(reason, path, self.filename, self.lineOf(path))
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    protocol: str
+    address: str
+    useRemoteAddress: bool
+    defaultCluster: str | None
+    limits: ListenerLimits
+    networkFilters: tuple
+    filters: tuple
+    routeConfig: RouteConfig
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    host: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    protocol: str = "http1"
+    lbPolicy: str = "round_robin"
+    lbFactory: object = None
+    connectTimeout: float = 1.0
+    idleTimeout: float = 60.0
+    maxConnections: int = 1024
+    maxPendingRequests: int = 1024
+    maxRequestsPerConnection: int = 0
+    endpoints: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    filename: str
+    admin: AdminConfig
+    listeners: tuple
+    clusters: tuple
+    drainTimeout: float = 15.0
+    pluginPaths: tuple = ()
+    raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_clustersByName", {c.name: c for c in self.clusters})
+
+    def cluster(self, name):
+        """The ClusterConfig called ``name``; KeyError if there is none."""
+        return self._clustersByName[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load(path):
+    """Read and validate a mesh.yaml file.  @raise ConfigError: the file cannot be read or is invalid."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("cannot read configuration: %s" % (e,), filename=path) from e
+    return loads(text, filename=path)
+
+
+def loads(text, filename="<string>"):
+    """Validate mesh.yaml text.  @raise ConfigError: naming filename, line, key path and reason."""
+    raw, lines = _parseYAML(text, filename)
+    reader = _Reader(filename, lines)
+    return _buildMesh(reader, raw)
+
+
+def _parseYAML(text, filename):
+    """The plain data of a YAML document and a {key path: line} map (rejecting duplicate keys)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError("the configuration is empty", filename=filename, line=1)
+        lines = {}
+        _recordLines(node, "", lines, filename, set())
+        raw = loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise ConfigError("invalid YAML: %s" % (e.problem or e.context,), filename=filename,
+                          line=mark.line + 1 if mark else None) from e
+    except yaml.YAMLError as e:
+        raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from e
+    finally:
+        loader.dispose()
+    return raw, lines
+
+
+def _recordLines(node, path, lines, filename, active):
+    lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in active:  # a recursive alias
+        return
+    active.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for keyNode, valueNode in node.value:
+            key = keyNode.value if isinstance(keyNode, yaml.ScalarNode) else "?"
+            if key == "<<":
+                continue
+            sub = _join(path, key)
+            if key in seen:
+                raise ConfigError("duplicate key '%s'" % (key,), sub, filename, keyNode.start_mark.line + 1)
+            seen.add(key)
+            lines[sub] = keyNode.start_mark.line + 1
+            _recordLines(valueNode, sub, lines, filename, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _recordLines(item, "%s[%d]" % (path, i), lines, filename, active)
+    active.discard(id(node))
+
+
+def _join(path, key):
+    if not key:
+        return path
+    if not path or key.startswith("["):
+        return path + key
+    return path + "." + key
+
+
+class _Reader:
+    """Typed accessors over the parsed YAML that raise ConfigErrors with file, line and key path."""
+
+    _REQUIRED = object()
+
+    def __init__(self, filename, lines):
+        self.filename = filename
+        self.lines = lines
+
+    def lineOf(self, path):
+        """The line of ``path``, or of its nearest recorded ancestor."""
+        while path:
+            line = self.lines.get(path)
+            if line is not None:
+                return line
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.lines.get("")
+
+    def error(self, reason, path):
+        return ConfigError(reason, path, self.filename, self.lineOf(path))
+
+    def check(self, value, path, kind):
+        if type(value) is int and kind is float:
+            return float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise self.error("must be %s, not %s" % (_TYPE_NAMES[kind], _TYPE_NAMES.get(type(value), "%s" % (
+                type(value).__name__,))), path)
+        return value
+
+    def mapping(self, value, path, required=(), optional=()):
+        """Check ``value`` is a mapping with all ``required`` keys and no key outside required + optional."""
+        if value is None and not required:
+            return {}
+        self.check(value, path, dict)
+        allowed = tuple(required) + tuple(optional)
+        for key in value:
+            if key not in allowed:
+                raise self.error("unknown key '%s' (allowed: %s)" % (key, ", ".join(allowed)), _join(path, str(key)))
+        for key in required:
+            if value.get(key) is None:
+                raise self.error("missing required key '%s'" % (key,), path)
+        return value
+
+    def list(self, m, path, key):
+        value = m.get(key)
+        if value is None:
+            return []
+        return self.check(value, _join(path, key), list)
+
+    def get(self, m, path, key, kind, default=_REQUIRED):
+        """``m[key]`` checked to be ``kind``; absent or null gives ``default``."""
+        value = m.get(key)
+        if value is None:
+            if default is self._REQUIRED:
+                raise self.error("missing required key '%s'" % (key,), path)
+            return default
+        return self.check(value, _join(path, key), kind)
+
+    def integer(self, m, path, key, default, low=0, high=None):
+        value = self.get(m, path, key, int, default)
+        if value is not None and (value < low or (high is not None and value > high)):
+            bound = ">= %d" % (low,) if high is None else "between %d and %d" % (low, high)
+            raise self.error("must be %s, got %d" % (bound, value), _join(path, key))
+        return value
+
+    def name(self, m, path, key="name"):
+        value = self.get(m, path, key, str)
+        if not _NAME.match(value):
+            raise self.error("invalid name '%s' (use letters, digits, '_', '.', '-')" % (value,), _join(path, key))
+        return value
+
+    def duration(self, m, path, key, default):
+        """A duration in float seconds: "250ms", "1.5s", "2m", "1h" or a number of seconds."""
+        value = m.get(key)
+        p = _join(path, key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.error("must be a duration like 250ms, 1.5s, 2m, 1h, not %s" % (
+                _TYPE_NAMES.get(type(value), type(value).__name__),), p)
+        if isinstance(value, str):
+            text = value.strip()
+            match = _DURATION.match(text.lstrip("-"))
+            if match is None:
+                raise self.error("invalid duration '%s' (use e.g. 250ms, 1.5s, 2m, 1h)" % (value,), p)
+            seconds = float(match.group(1)) * _UNITS[match.group(2)]
+            if text.startswith("-"):
+                seconds = -seconds
+        else:
+            seconds = float(value)
+        if seconds < 0 or seconds != seconds or seconds == float("inf"):
+            raise self.error("must be a duration >= 0, got %s" % (value,), p)
+        return seconds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _buildMesh(r, raw):
+    r.mapping(raw, "", optional=("plugin_paths", "drain_timeout", "admin", "listeners", "clusters"))
+    if raw.get("listeners") is None:
+        raise r.error("missing required key 'listeners'", "")
+    pluginPaths = _pluginPaths(r, raw)
+    filterFactories = _plugins(IFilterFactory)
+    lbFactories = _plugins(ILoadBalancerFactory)
+
+    clusters = []
+    for i, c in enumerate(r.list(raw, "", "clusters")):
+        clusters.append(_buildCluster(r, c, "clusters[%d]" % (i,), lbFactories))
+    _checkUnique(r, [(c.name, "clusters[%d]" % (i,)) for i, c in enumerate(clusters)], "cluster name", "name")
+    clusterNames = frozenset(c.name for c in clusters)
+
+    adminRaw = r.mapping(raw.get("admin"), "admin", optional=("address",))
+    admin = AdminConfig(_endpointString(r, adminRaw, "admin", DEFAULT_ADMIN_ADDRESS))
+
+    listenersRaw = r.list(raw, "", "listeners")
+    if not listenersRaw:
+        raise r.error("must list at least one listener", "listeners")
+    listeners = tuple(_buildListener(r, l, "listeners[%d]" % (i,), clusterNames, filterFactories)
+                      for i, l in enumerate(listenersRaw))
+    _checkUnique(r, [(l.name, "listeners[%d]" % (i,)) for i, l in enumerate(listeners)], "listener name", "name")
+    _checkAddresses(r, admin, listeners)
+    return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
+                      drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw)
+
+
+def _pluginPaths(r, raw):
+    """Resolve plugin_paths (relative to the config file) and add them, once each, to txmesh.plugins.__path__."""
+    base = os.path.dirname(os.path.abspath(r.filename)) if not r.filename.startswith("<") else os.getcwd()
+    paths = []
+    for i, p in enumerate(r.list(raw, "", "plugin_paths")):
+        where = "plugin_paths[%d]" % (i,)
+        p = os.path.normpath(os.path.join(base, r.check(p, where, str)))
+        if not os.path.isdir(p):
+            raise r.error("not a directory: %s" % (p,), where)
+        paths.append(p)
+    searched = txmesh.plugins.__path__
+    for p in paths:
+        if p not in searched:
+            searched.append(p)
+    return tuple(paths)
+
+
+def _plugins(interface):
+    """{name: provider} of the plugins of ``interface``; the first found wins, so built-ins take precedence."""
+    found = {}
+    for plugin in getPlugins(interface, txmesh.plugins):
+        found.setdefault(plugin.name, plugin)
+    return found
+
+
+def _checkUnique(r, names, what, key):
+    seen = {}
+    for name, path in names:
+        if name in seen:
+            raise r.error("duplicate %s '%s' (also %s)" % (what, name, seen[name]), _join(path, key))
+        seen[name] = path
+
+
+def _endpointString(r, m, path, default=None):
+    """A Twisted server endpoint description, parsed (never listened on) to check it."""
+    address = r.get(m, path, "address", str, default)
+    p = _join(path, "address")
+    try:
+        kind, args, kwargs = _parseServer(address, None)
+    except Exception as e:  # the parsers raise ValueError, TypeError, KeyError, OSError (ssl key files) ...
+        raise r.error("invalid endpoint '%s': %s" % (address, e), p) from e
+    if kind == "TCP" or getattr(kind, "prefix", None) == "tcp6":
+        try:
+            port = int(args[0])
+        except ValueError as e:
+            raise r.error("invalid endpoint '%s': %s" % (address, e), p) from e
+        if not 0 <= port <= 65535:
+            raise r.error("invalid endpoint '%s': port must be between 0 and 65535" % (address,), p)
+    return address
+
+
+def _addressKey(address):
+    """A normalised form of an endpoint string, to find two listeners on one address."""
+    kind, args, kwargs = _parseServer(address, None)
+    if kind == "TCP" or getattr(kind, "prefix", None) == "tcp6":
+        return ("tcp", int(args[0]), kwargs.get("interface", ""))
+    if kind == "UNIX":
+        return ("unix", os.path.abspath(args[0]), None)
+    return ("other", address, None)
+
+
+def _conflicts(a, b):
+    if a[0] != b[0]:
+        return False
+    if a[0] != "tcp":
+        return a == b
+    return a[1] == b[1] != 0 and (a[2] == b[2] or a[2] in _WILDCARD_INTERFACES or b[2] in _WILDCARD_INTERFACES)
+
+
+def _checkAddresses(r, admin, listeners):
+    taken = [(_addressKey(admin.address), "admin.address", admin.address)]
+    for i, listener in enumerate(listeners):
+        key = _addressKey(listener.address)
+        path = "listeners[%d].address" % (i,)
+        for otherKey, otherPath, otherAddress in taken:
+            if _conflicts(key, otherKey):
+                raise r.error("address '%s' conflicts with %s ('%s')" % (listener.address, otherPath, otherAddress),
+                              path)
+        taken.append((key, path, listener.address))
+
+
+def _buildCluster(r, m, path, lbFactories):
+    r.mapping(m, path, required=("name",), optional=(
+        "protocol", "lb_policy", "connect_timeout", "idle_timeout", "max_connections", "max_pending_requests",
+        "max_requests_per_connection", "endpoints"))
+    protocol = r.get(m, path, "protocol", str, "http1")
+    if protocol not in KNOWN_CLUSTER_PROTOCOLS:
+        raise r.error("unknown cluster protocol '%s' (known: %s)" % (protocol, ", ".join(sorted(
+            KNOWN_CLUSTER_PROTOCOLS))), _join(path, "protocol"))
+    lbPolicy = r.get(m, path, "lb_policy", str, "round_robin")
+    if lbPolicy not in lbFactories:
+        raise r.error("unknown lb_policy '%s' (known: %s)" % (lbPolicy, ", ".join(sorted(lbFactories))),
+                      _join(path, "lb_policy"))
+    endpoints = []
+    seen = {}
+    for i, e in enumerate(r.list(m, path, "endpoints")):
+        ePath = "%s.endpoints[%d]" % (path, i)
+        r.mapping(e, ePath, required=("address",), optional=("weight",))
+        host, port = _hostPort(r, r.get(e, ePath, "address", str), _join(ePath, "address"))
+        if (host, port) in seen:
+            raise r.error("duplicate endpoint '%s' (also %s)" % (e["address"], seen[(host, port)]),
+                          _join(ePath, "address"))
+        seen[(host, port)] = ePath
+        endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128)))
+    return ClusterConfig(
+        name=r.name(m, path), protocol=protocol, lbPolicy=lbPolicy, lbFactory=lbFactories[lbPolicy],
+        connectTimeout=r.duration(m, path, "connect_timeout", 1.0),
+        idleTimeout=r.duration(m, path, "idle_timeout", 60.0),
+        maxConnections=r.integer(m, path, "max_connections", 1024, 1),
+        maxPendingRequests=r.integer(m, path, "max_pending_requests", 1024, 0),
+        maxRequestsPerConnection=r.integer(m, path, "max_requests_per_connection", 0, 0),
+        endpoints=tuple(endpoints))
+
+
+def _hostPort(r, address, path):
+    """Split "host:port" or "[v6]:port" into (host without brackets, port)."""
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+    else:
+        host, sep, port = address.rpartition(":")
+        if ":" in host:
+            sep = ""
+    if not sep or not host or any(c.isspace() for c in host):
+        raise r.error("invalid address '%s' (use host:port or [v6]:port)" % (address,), path)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise r.error("invalid port in '%s' (must be 1..65535)" % (address,), path)
+    return host, int(port)
+
+
+def _buildListener(r, m, path, clusterNames, filterFactories):
+    r.mapping(m, path, required=("name", "address"), optional=(
+        "protocol", "default_cluster", "use_remote_address", "limits", "network_filters", "filters",
+        "route_config"))
+    name = r.name(m, path)
+    protocol = r.get(m, path, "protocol", str, "http")
+    if protocol not in KNOWN_PROTOCOLS:
+        raise r.error("unknown protocol '%s' (known: %s)" % (protocol, ", ".join(sorted(KNOWN_PROTOCOLS))),
+                      _join(path, "protocol"))
+    address = _endpointString(r, m, path)
+    defaultCluster = r.get(m, path, "default_cluster", str, None)
+    if defaultCluster is not None and defaultCluster not in clusterNames:
+        raise r.error(_unknownCluster(defaultCluster, clusterNames), _join(path, "default_cluster"))
+    lPath = _join(path, "limits")
+    lm = r.mapping(m.get("limits"), lPath, optional=(
+        "max_request_line", "max_header_bytes", "max_headers", "max_request_body", "request_headers_timeout",
+        "idle_timeout", "buffer_limit"))
+    limits = ListenerLimits(
+        maxRequestLine=r.integer(lm, lPath, "max_request_line", 8192, 1),
+        maxHeaderBytes=r.integer(lm, lPath, "max_header_bytes", 65536, 1),
+        maxHeaders=r.integer(lm, lPath, "max_headers", 100, 1),
+        maxRequestBody=r.integer(lm, lPath, "max_request_body", 0, 0),
+        requestHeadersTimeout=r.duration(lm, lPath, "request_headers_timeout", 10.0),
+        idleTimeout=r.duration(lm, lPath, "idle_timeout", 300.0),
+        bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1))
+    chain = _FilterChainBuilder(r, path, protocol, clusterNames, filterFactories)
+    networkFilters = chain.build("network_filters", m, "network")
+    filters = chain.build("filters", m, "stream")
+    routeConfig = buildRouteConfig(r, m.get("route_config"), _join(path, "route_config"), clusterNames)
+    return ListenerConfig(name=name, protocol=protocol, address=address,
+                          useRemoteAddress=r.get(m, path, "use_remote_address", bool, True),
+                          defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,
+                          filters=filters, routeConfig=routeConfig)
+
+
+def _unknownCluster(name, clusterNames):
+    return "unknown cluster '%s' (known: %s)" % (name, ", ".join(sorted(clusterNames)) or "none")
+
+
+class _FilterChainBuilder:
+    """Looks filters up by name, checks kind and protocol fit and the terminal router, and builds their configs."""
+
+    def __init__(self, reader, listenerPath, protocol, clusterNames, factories):
+        self.r = reader
+        self.listenerPath = listenerPath
+        self.protocol = protocol
+        self.clusterNames = clusterNames
+        self.factories = factories
+
+    def build(self, key, m, kind):
+        r = self.r
+        chainPath = _join(self.listenerPath, key)
+        entries = []
+        items = r.list(m, self.listenerPath, key)
+        for i, item in enumerate(items):
+            path = "%s[%d]" % (chainPath, i)
+            r.mapping(item, path, required=("name",), optional=("config",))
+            name = r.get(item, path, "name", str)
+            factory = self._lookup(name, _join(path, "name"), kind)
+            if kind == "stream" and factory.terminal and i != len(items) - 1:
+                raise r.error("terminal filter '%s' must be the last filter" % (name,), _join(path, "name"))
+            entries.append(FilterEntry(name, factory, self._buildConfig(factory, item.get("config"), path)))
+        if kind == "stream" and not (entries and entries[-1].factory.terminal):
+            router = self.factories.get("router")
+            if router is None:
+                raise r.error("no 'router' filter plugin found to end the filter chain", chainPath)
+            entries.append(FilterEntry("router", router, self._buildConfig(router, None, "%s[%d]" % (
+                chainPath, len(entries)))))
+        return tuple(entries)
+
+    def _lookup(self, name, path, kind):
+        factory = self.factories.get(name)
+        if factory is None:
+            raise self.r.error("unknown filter '%s' (known: %s)" % (name, ", ".join(sorted(self.factories))), path)
+        if factory.kind != kind:
+            where = "network_filters" if factory.kind == "network" else "filters"
+            raise self.r.error("'%s' is a %s filter; list it under %s" % (name, factory.kind, where), path)
+        if self.protocol not in factory.protocols:
+            raise self.r.error("filter '%s' does not support protocol '%s' (supports: %s)" % (
+                name, self.protocol, ", ".join(sorted(factory.protocols))), path)
+        return factory
+
+    def _buildConfig(self, factory, raw, path):
+        configPath = _join(path, "config")
+        if raw is None:
+            raw = {}
+        self.r.check(raw, configPath, dict)
+        context = FilterConfigContext(self.r.filename, configPath, self.protocol, self.clusterNames, self.r.lineOf)
+        try:
+            return factory.buildConfig(raw, context)
+        except ConfigError as e:
+            if e.filename is not None:
+                raise
+            # A factory that raised a bare ConfigError("reason", "sub.path"): place it within this entry.
+            raise context.error(e.reason, e.path) from e
+        except ValueError as e:
+            raise context.error(str(e)) from e

@@ -1,0 +1,315 @@
+"""
+The router: the terminal stream filter.
+
+It matches the route, answers direct responses and redirects itself, picks the cluster and a host, gets an
+upstream connection from the host's pool and relays the request and the response, coupling backpressure both
+ways.  Every failure becomes a local reply whose status, ``x-txmesh-error`` header and response flag name the cause
+(Envoy's response flags); the listener's codec makes it protocol-native.
+"""
+
+from twisted.logger import Logger
+from zope.interface import implementer
+from twisted.plugin import IPlugin
+
+from txmesh import errors
+from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
+from txmesh.stream import HeaderMap, ResponseHead
+
+STOP = FilterStatus.STOP
+CONTINUE = FilterStatus.CONTINUE
+
+_HEADERS, _DATA, _TRAILERS = 0, 1, 2
+
+
+def applyHeaderMutations(headers, toRemove, toAdd):
+    """Remove then add header fields (HeaderValueOption: name, value, append)."""
+    if toRemove:
+        headers.removeMany(toRemove)
+    for opt in toAdd:
+        if opt.append:
+            headers.add(opt.name, opt.value)
+        else:
+            headers.set(opt.name, opt.value)
+
+
+@implementer(IStreamDecoderFilter)
+class Router:
+    """One per stream.  See the module docstring."""
+
+    log = Logger()
+
+    __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "host", "pool", "connection",
+                 "_pending", "_connecting", "_timer", "_requestDone", "_responseHeadersSeen", "_done",
+                 "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused")
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.callbacks = None
+        self.route = None
+        self.action = None
+        self.cluster = None
+        self.host = None
+        self.pool = None
+        self.connection = None
+        self._pending = None
+        self._connecting = None
+        self._timer = None
+        self._requestDone = False
+        self._responseHeadersSeen = False
+        self._done = False
+        self._bodyLimit = 0
+        self._bodySeen = 0
+        self._clusterStats = None
+        self._upstreamPaused = False
+        self._downstreamPaused = False
+
+    def setDecoderFilterCallbacks(self, callbacks):
+        self.callbacks = callbacks
+
+    # -- request side ----------------------------------------------------------------------------------------
+
+    def decodeHeaders(self, request, endStream):
+        cb = self.callbacks
+        route = cb.route()
+        if route is None:
+            self._fail(errors.NoRoute("no route for %r%r" % (request.authority, request.pathOnly())))
+            return STOP
+        self.route = route
+        action = route.action
+        kind = type(action).__name__
+        if kind == "DirectResponseAction":
+            cb.sendLocalReply(action.status, action.body)
+            return STOP
+        if kind == "RedirectAction":
+            cb.sendLocalReply(action.responseCode, b"", ((b"location", action.location(request)),))
+            return STOP
+        self.action = action
+        info = cb.streamInfo
+        clusterName = action.pickCluster(self.runtime.random)
+        info.clusterName = clusterName
+        cluster = self.runtime.clusters.get(clusterName)
+        if cluster is None:
+            self._fail(errors.NoClusterFound("cluster %r is not configured" % (clusterName,)))
+            return STOP
+        self.cluster = cluster
+        self._clusterStats = self.runtime.routerStats(clusterName)
+        self._clusterStats.rq_total.value += 1
+
+        limit = action.maxRequestBody
+        if limit is None:
+            limit = cb.maxRequestBody
+        self._bodyLimit = limit or 0
+        if limit and request.contentLength is not None and request.contentLength > limit:
+            cb.sendLocalReply(413, b"request body too large\n", cause="request_body_too_large")
+            return STOP
+
+        # rewrite the request for the upstream
+        vhost = route.virtualHost
+        headers = request.headers
+        applyHeaderMutations(headers, vhost.requestHeadersToRemove, vhost.requestHeadersToAdd)
+        applyHeaderMutations(headers, route.requestHeadersToRemove, route.requestHeadersToAdd)
+        if action.prefixRewrite is not None or action.regexRewrite is not None:
+            action.rewritePath(request)
+        if action.hostRewrite is not None:
+            request.authority = action.hostRewrite
+
+        host = cluster.chooseHost(None)
+        if host is None:
+            self._fail(errors.NoHealthyUpstream("no healthy host in cluster %r" % (clusterName,)))
+            return STOP
+        self.host = host
+        info.upstreamHost = host.address
+        host.activeRequests += 1
+
+        if action.timeout:
+            self._timer = cb.clock.callLater(action.timeout, self._timedOut)
+
+        self._requestDone = endStream
+        self._pending = [(_HEADERS, request, endStream)]
+        self.pool = pool = cluster.poolFor(host)
+        d = pool.acquire()
+        self._connecting = d
+        d.addCallbacks(self._connected, self._connectFailed)
+        return STOP
+
+    def decodeData(self, data, endStream):
+        if self._done:
+            return STOP
+        if self._bodyLimit:
+            self._bodySeen += len(data)
+            if self._bodySeen > self._bodyLimit:
+                self._abandonUpstream()
+                self.callbacks.sendLocalReply(413, b"request body too large\n", cause="request_body_too_large")
+                return STOP
+        if endStream:
+            self._requestDone = True
+        conn = self.connection
+        if conn is None:
+            self._pending.append((_DATA, data, endStream))
+        else:
+            conn.writeBody(data, endStream)
+        return STOP
+
+    def decodeTrailers(self, trailers):
+        if self._done:
+            return STOP
+        self._requestDone = True
+        conn = self.connection
+        if conn is None:
+            self._pending.append((_TRAILERS, trailers, True))
+        else:
+            conn.writeTrailers(trailers)
+        return STOP
+
+    def _connected(self, conn):
+        self._connecting = None
+        if self._done:
+            # the stream ended while we waited; hand the connection back untouched
+            self.pool.release(conn)
+            return
+        self.connection = conn
+        pending = self._pending
+        self._pending = None
+        for kind, payload, endStream in pending:
+            if kind == _HEADERS:
+                conn.sendRequest(payload, endStream, self)
+            elif kind == _DATA:
+                conn.writeBody(payload, endStream)
+            else:
+                conn.writeTrailers(payload)
+            if self._done:
+                return
+        if self._downstreamPaused:
+            conn.pauseReading()
+
+    def _connectFailed(self, failure):
+        self._connecting = None
+        if self._done:
+            return None
+        exc = failure.value
+        if not isinstance(exc, errors.UpstreamError):
+            self.log.failure("unexpected connection failure", failure)
+            exc = errors.ConnectFailure(str(exc))
+        self._fail(exc)
+        return None
+
+    # -- response side (called by the upstream client protocol) ------------------------------------------------
+
+    def upstreamHeaders(self, response, endStream):
+        self._responseHeadersSeen = True
+        route = self.route
+        vhost = route.virtualHost
+        headers = response.headers
+        applyHeaderMutations(headers, route.responseHeadersToRemove, route.responseHeadersToAdd)
+        applyHeaderMutations(headers, vhost.responseHeadersToRemove, vhost.responseHeadersToAdd)
+        self.callbacks.encodeHeaders(response, endStream)
+
+    def upstreamData(self, data, endStream):
+        self.callbacks.encodeData(data, endStream)
+
+    def upstreamTrailers(self, trailers):
+        self.callbacks.encodeTrailers(trailers)
+
+    def upstreamComplete(self, reusable):
+        """The upstream response ended; the connection goes back to the pool if it can carry another request."""
+        conn = self.connection
+        self.connection = None
+        self._finishUpstream()
+        self._clusterStats.rq_completed.value += 1
+        if conn is not None:
+            if reusable and self._requestDone:
+                self.pool.release(conn)
+            else:
+                self.pool.discard(conn)
+
+    def upstreamFailed(self, exc):
+        """The upstream connection failed mid-exchange (reset, bad framing); it is not reused."""
+        conn = self.connection
+        self.connection = None
+        if conn is not None:
+            self.pool.discard(conn)
+        if self._done:
+            return
+        self._fail(exc)
+
+    def upstreamWritePaused(self):
+        self.callbacks.pauseDecoding()
+
+    def upstreamWriteResumed(self):
+        self.callbacks.resumeDecoding()
+
+    def onAboveWriteBufferHighWatermark(self):
+        self._downstreamPaused = True
+        if self.connection is not None:
+            self.connection.pauseReading()
+
+    def onBelowWriteBufferLowWatermark(self):
+        self._downstreamPaused = False
+        if self.connection is not None:
+            self.connection.resumeReading()
+
+    # -- ends --------------------------------------------------------------------------------------------------
+
+    def _timedOut(self):
+        self._timer = None
+        if self._done:
+            return
+        if self._clusterStats is not None:
+            self._clusterStats.rq_timeout.value += 1
+        self._abandonUpstream()
+        self._fail(errors.UpstreamTimeout("upstream request timeout"))
+
+    def _fail(self, exc):
+        """Turn a typed upstream error into a local reply (or a reset, once the response has started)."""
+        cb = self.callbacks
+        self._finishUpstream()
+        cb.sendLocalReply(exc.status, exc.cause.encode("ascii") + b"\n", (), exc.cause, exc.flag)
+
+    def _abandonUpstream(self):
+        """Give up on the upstream exchange (timeout, downstream gone): the connection cannot be reused."""
+        self._finishUpstream()
+        if self._connecting is not None:
+            d, self._connecting = self._connecting, None
+            d.cancel()
+        conn = self.connection
+        self.connection = None
+        if conn is not None:
+            conn.abandon()
+            self.pool.discard(conn)
+
+    def _finishUpstream(self):
+        if self._done:
+            return
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.host is not None:
+            self.host.activeRequests -= 1
+
+    def onStreamReset(self, reason):
+        self._abandonUpstream()
+
+    def onStreamComplete(self):
+        # the response reached downstream; if the upstream side is still open (e.g. a local reply was sent
+        # while the request was in flight), drop it
+        if self.connection is not None or self._connecting is not None:
+            self._abandonUpstream()
+
+
+@implementer(IFilterFactory, IPlugin)
+class RouterFactory:
+    """The ``router`` filter: terminal, no config."""
+
+    name = "router"
+    kind = "stream"
+    protocols = frozenset({"http", "grpc", "dubbo"})
+    terminal = True
+
+    def buildConfig(self, raw, context):
+        if raw:
+            raise context.error("the router takes no config (routes live in the listener's route_config)")
+        return None
+
+    def createFilters(self, config, callbacks, runtime):
+        callbacks.addStreamDecoderFilter(Router(runtime))

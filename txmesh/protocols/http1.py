@@ -1,0 +1,591 @@
+"""
+HTTP/1.1 listener (server) and upstream client protocols.
+
+They only dispatch: bytes go to the sans-IO codec in L{txmesh.protocols.http1_codec}; its events go to the stream
+filter chain (server) or to the router's responder (client).  Pipelined requests are served one at a time, so
+responses leave in request order.
+"""
+
+import os
+from collections import deque
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txmesh import errors
+from txmesh.protocols.http1_codec import (
+    LAST_CHUNK,
+    BodyData,
+    HTTPCodecError,
+    InterimResponse,
+    MessageComplete,
+    RequestDecoder,
+    RequestStarted,
+    ResponseDecoder,
+    ResponseStarted,
+    encodeChunk,
+    encodeRequestHead,
+    encodeResponseHead,
+    encodeTrailers,
+)
+from txmesh.stream import HeaderMap, ResponseHead, StreamInfo
+
+_NO_BODY_STATUS = frozenset({204, 304})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_MAX_QUEUED_EVENTS = 64
+
+
+def _requestId():
+    h = os.urandom(16).hex()
+    return ("%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:32])).encode("ascii")
+
+
+@implementer(IPushProducer)
+class _WriteWatcher:
+    """Registered on a transport as a streaming producer: the transport tells it when its buffer is full."""
+
+    __slots__ = ("onPause", "onResume")
+
+    def __init__(self, onPause, onResume):
+        self.onPause = onPause
+        self.onResume = onResume
+
+    def pauseProducing(self):
+        self.onPause()
+
+    def resumeProducing(self):
+        self.onResume()
+
+    def stopProducing(self):
+        pass
+
+
+class ListenerStats:
+    """Per-listener counters, made once per listener."""
+
+    def __init__(self, stats, listener):
+        s = stats.scope(listener=listener)
+        self.cx_total = s.counter("downstream_cx", help="Connections accepted")
+        self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
+        self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
+        self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
+        self.rq_total = s.counter("downstream_rq", help="Requests received")
+        self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
+        self.rq_timeout = s.counter("downstream_rq_header_timeout", help="Requests whose head came too slowly (408)")
+        self.rq_class = [s.counter("downstream_rq_xx", help="Responses by status class", code_class="%dxx" % c)
+                         for c in range(6)]
+        self._errors = {}
+        self._scope = s
+
+    def error(self, cause):
+        c = self._errors.get(cause)
+        if c is None:
+            c = self._errors[cause] = self._scope.counter("downstream_rq_error", help="Local error replies by cause",
+                                                          cause=cause)
+        c.value += 1
+
+
+class HTTP1ServerProtocol(Protocol):
+    """One downstream HTTP/1.1 connection.  It is also the ``downstream`` side of its active stream."""
+
+    log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.decoder = None
+        self.stream = None
+        self._queue = deque()
+        self._requestComplete = False
+        self._keepAlive = True
+        self._head = None  # the active request's RequestHead
+        self._method = b""
+        self._chunked = False
+        self._noBody = False
+        self._closing = False
+        self._readPaused = False
+        self._headerTimer = None
+        self._idleTimer = None
+        self._peer = ""
+
+    # -- connection events ---------------------------------------------------------------------------------
+
+    def connectionMade(self):
+        f = self.factory
+        limits = f.limits
+        self.decoder = RequestDecoder(limits.maxRequestLine, limits.maxHeaderBytes, limits.maxHeaders,
+                                      f.scheme)
+        f.stats.cx_total.value += 1
+        f.stats.cx_active.value += 1
+        f.connections.add(self)
+        peer = self.transport.getPeer()
+        self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
+        self._peerHost = getattr(peer, "host", "").encode("ascii", "replace")
+        self.transport.registerProducer(_WriteWatcher(self._downstreamFull, self._downstreamDrained), True)
+        self._armHeaderTimer()
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        if self._idleTimer is not None:
+            self._idleTimer.cancel()
+            self._idleTimer = None
+            self._armHeaderTimer()
+        try:
+            events = self.decoder.feed(data)
+        except HTTPCodecError as e:
+            self._dispatch(e)
+            return
+        n = len(events)
+        i = 0
+        while i < n:
+            ev = events[i]
+            i += 1
+            if (type(ev) is RequestStarted and i < n and type(events[i]) is MessageComplete
+                    and events[i].trailers is None and not self._queue and self.stream is None):
+                # a request without a body: one event for the chain
+                i += 1
+                self._startRequest(ev, True)
+                continue
+            self._dispatch(ev)
+            if self._closing:
+                return
+
+    def connectionLost(self, reason):
+        f = self.factory
+        f.stats.cx_active.value -= 1
+        f.connections.discard(self)
+        self._cancelTimers()
+        stream = self.stream
+        if stream is not None and not stream.complete:
+            self.stream = None
+            f.stats.rq_active.value -= 1
+            stream.resetStream("downstream_disconnect")
+        self._queue.clear()
+        f.connectionEnded(self)
+
+    # -- dispatch ------------------------------------------------------------------------------------------------
+
+    def _dispatch(self, ev):
+        if self._queue or (self.stream is not None and self._requestComplete):
+            # belongs to a pipelined request behind the active one
+            self._queue.append(ev)
+            if len(self._queue) > _MAX_QUEUED_EVENTS and not self._readPaused:
+                self._readPaused = True
+                self.transport.pauseProducing()
+            return
+        t = type(ev)
+        if t is BodyData:
+            if self.stream is not None:
+                self.stream.decodeData(ev.data, False)
+        elif t is RequestStarted:
+            self._startRequest(ev, False)
+        elif t is MessageComplete:
+            self._requestComplete = True
+            if self.stream is not None:
+                if ev.trailers is not None:
+                    self.stream.decodeTrailers(ev.trailers)
+                else:
+                    self.stream.decodeData(b"", True)
+        elif isinstance(ev, HTTPCodecError):
+            self._protocolError(ev)
+
+    def _startRequest(self, ev, endStream):
+        f = self.factory
+        if self._headerTimer is not None:
+            self._headerTimer.cancel()
+            self._headerTimer = None
+        head = ev.head
+        self._head = head
+        self._method = head.method
+        self._keepAlive = ev.keepAlive
+        self._requestComplete = endStream
+        f.stats.rq_total.value += 1
+        f.stats.rq_active.value += 1
+        headers = head.headers
+        if ev.expectContinue:
+            headers.remove(b"expect")
+        if f.useRemoteAddress:
+            xff = headers.get(b"x-forwarded-for")
+            if xff is None:
+                headers.add(b"x-forwarded-for", self._peerHost)
+            else:
+                headers.set(b"x-forwarded-for", xff + b", " + self._peerHost)
+            headers.set(b"x-forwarded-proto", f.scheme)
+        rid = headers.get(b"x-request-id")
+        if rid is None:
+            rid = _requestId()
+            headers.add(b"x-request-id", rid)
+        info = StreamInfo(f.clock.seconds(), "http/1.1" if head.version == (1, 1) else "http/1.0",
+                          f.listenerName, self._peer)
+        info.requestId = rid
+        self.stream = stream = f.template.createStream(self, info)
+        stream.decodeHeaders(head, endStream)
+        if ev.expectContinue and not stream.responseStarted and not stream.complete:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _protocolError(self, exc):
+        f = self.factory
+        f.stats.cx_protocol_error.value += 1
+        status = exc.status or 400
+        f.stats.error("bad_request" if status == 400 else "http_%d" % status)
+        f.stats.rq_class[status // 100].value += 1
+        body = (exc.reason if isinstance(exc.reason, str) else "bad request").encode("ascii", "replace") + b"\n"
+        head = ResponseHead(status, HeaderMap([(b"content-type", b"text/plain"),
+                                               (b"x-txmesh-error", b"downstream_protocol_error")]),
+                            contentLength=len(body))
+        self.transport.write(encodeResponseHead(head, False, False) + body)
+        self._closeAfterWrite()
+
+    # -- the downstream side of the active stream (called by ActiveStream) --------------------------------------
+
+    def writeHeaders(self, response, endStream):
+        status = response.status
+        f = self.factory
+        f.stats.rq_class[status // 100 if status < 600 else 5].value += 1
+        keepAlive = self._keepAlive and not self._closing and not f.draining
+        noBody = self._method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
+        chunked = False
+        if not noBody:
+            if response.contentLength is None:
+                if endStream:
+                    response.contentLength = 0
+                elif self._head.version >= (1, 1):
+                    chunked = True
+                else:
+                    keepAlive = False  # HTTP/1.0 peer: the body ends at close
+        if response.status == 304 or self._method == b"HEAD":
+            pass  # keep the upstream's Content-Length as it was
+        elif status == 204:
+            response.contentLength = None
+        self._chunked = chunked
+        self._noBody = noBody
+        if not keepAlive:
+            self._keepAlive = False
+        self.transport.write(encodeResponseHead(response, chunked, keepAlive))
+
+    def writeData(self, data, endStream):
+        if self._noBody:
+            return
+        if self._chunked:
+            if data:
+                self.transport.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
+            elif endStream:
+                self.transport.write(LAST_CHUNK)
+        elif data:
+            self.transport.write(data)
+
+    def writeTrailers(self, trailers):
+        if self._chunked and not self._noBody:
+            self.transport.write(encodeTrailers(trailers))
+
+    def makeLocalReply(self, status, body=b"", headers=(), cause=None):
+        fields = [(b"content-type", b"text/plain")]
+        if cause:
+            fields.append((b"x-txmesh-error", cause.encode("ascii") if isinstance(cause, str) else cause))
+            self.factory.stats.error(cause if isinstance(cause, str) else cause.decode("ascii"))
+        fields.extend(headers)
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if not self._requestComplete:
+            # the rest of the request body will not be read: the connection cannot carry another request
+            self._keepAlive = False
+        return ResponseHead(status, HeaderMap(fields), contentLength=len(body)), body
+
+    def reset(self, reason):
+        self._closing = True
+        self.transport.abortConnection()
+
+    def pauseReading(self):
+        if not self._readPaused:
+            self._readPaused = True
+            self.transport.pauseProducing()
+
+    def resumeReading(self):
+        if self._readPaused and len(self._queue) <= _MAX_QUEUED_EVENTS:
+            self._readPaused = False
+            self.transport.resumeProducing()
+
+    def streamComplete(self, stream):
+        if stream is not self.stream:
+            return
+        self.stream = None
+        self.factory.stats.rq_active.value -= 1
+        if not stream.responseStarted:
+            # reset before any response: nothing more can be said on this connection
+            self._closeAfterWrite()
+            return
+        if not self._keepAlive or not self._requestComplete or self.factory.draining:
+            self._closeAfterWrite()
+            return
+        # serve the next pipelined request, if any
+        queue = self._queue
+        while queue and self.stream is None and not self._closing:
+            self._dispatch(queue.popleft())
+            # a request without body that completed synchronously leaves stream None; loop on
+        if self._readPaused and len(queue) <= _MAX_QUEUED_EVENTS and self.stream is None:
+            self.resumeReading()
+        if self.stream is None and not self._closing:
+            self._armIdleTimer()
+
+    # -- backpressure ------------------------------------------------------------------------------------------
+
+    def _downstreamFull(self):
+        if self.stream is not None:
+            self.stream.downstreamWritePaused()
+
+    def _downstreamDrained(self):
+        if self.stream is not None:
+            self.stream.downstreamWriteResumed()
+
+    # -- timers and closing --------------------------------------------------------------------------------------
+
+    def _armHeaderTimer(self):
+        timeout = self.factory.limits.requestHeadersTimeout
+        if timeout and self._headerTimer is None:
+            self._headerTimer = self.factory.clock.callLater(timeout, self._headersTimedOut)
+
+    def _armIdleTimer(self):
+        timeout = self.factory.limits.idleTimeout
+        if self._headerTimer is not None:
+            self._headerTimer.cancel()
+            self._headerTimer = None
+        if timeout and self._idleTimer is None:
+            self._idleTimer = self.factory.clock.callLater(timeout, self._idleTimedOut)
+
+    def _headersTimedOut(self):
+        self._headerTimer = None
+        if self.stream is not None or self._closing:
+            return
+        self.factory.stats.rq_timeout.value += 1
+        self._protocolError(HTTPCodecError("request headers timeout", 408))
+
+    def _idleTimedOut(self):
+        self._idleTimer = None
+        if self.stream is None and not self._closing:
+            self.factory.stats.cx_idle_timeout.value += 1
+            self._closeAfterWrite()
+
+    def _cancelTimers(self):
+        if self._headerTimer is not None:
+            self._headerTimer.cancel()
+            self._headerTimer = None
+        if self._idleTimer is not None:
+            self._idleTimer.cancel()
+            self._idleTimer = None
+
+    def _closeAfterWrite(self):
+        self._closing = True
+        self._cancelTimers()
+        self._queue.clear()
+        self.transport.unregisterProducer()
+        if self._readPaused:
+            self.transport.resumeProducing()
+        self.transport.loseConnection()
+
+    def drain(self):
+        """Graceful drain: close now if idle, else after the current response."""
+        if self.stream is None:
+            self._closeAfterWrite()
+
+
+class HTTP1ListenerFactory(Factory):
+    """Makes the server protocol of one HTTP listener; knows its connections for a graceful drain."""
+
+    protocol = HTTP1ServerProtocol
+
+    def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http"):
+        self.listenerName = listenerConfig.name
+        self.limits = listenerConfig.limits
+        self.useRemoteAddress = listenerConfig.useRemoteAddress
+        self.template = template
+        self.runtime = runtime
+        self.clock = runtime.clock
+        self.scheme = scheme
+        self.stats = stats if stats is not None else ListenerStats(runtime.stats, listenerConfig.name)
+        self.connections = set()
+        self.draining = False
+        self._drained = []
+
+    def buildProtocol(self, addr):
+        p = HTTP1ServerProtocol(self)
+        p.factory = self
+        return p
+
+    def drain(self):
+        """Stop keeping connections alive; fires (a Deferred) when every connection has closed."""
+        from twisted.internet.defer import Deferred, succeed
+
+        self.draining = True
+        for p in list(self.connections):
+            p.drain()
+        if not self.connections:
+            return succeed(None)
+        d = Deferred()
+        self._drained.append(d)
+        return d
+
+    def abortAll(self):
+        for p in list(self.connections):
+            p.transport.abortConnection()
+
+    def connectionEnded(self, proto):
+        if self.draining and not self.connections:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+
+class HTTP1ClientProtocol(Protocol):
+    """
+    One upstream HTTP/1.1 connection, used by one request at a time (the pool guarantees it).
+
+    The ``responder`` given to ``sendRequest`` (the router) gets ``upstreamHeaders``, ``upstreamData``,
+    ``upstreamTrailers``, then ``upstreamComplete(reusable)``; or ``upstreamFailed(exc)`` with
+    L{errors.UpstreamReset} or L{errors.BadUpstreamResponse}.
+    """
+
+    onConnectionLost = None
+
+    def __init__(self):
+        self.decoder = ResponseDecoder()
+        self.responder = None
+        self._chunked = False
+        self._requestDone = True
+        self._reusable = True
+        self.connected = False
+
+    def connectionMade(self):
+        self.connected = True
+        self.transport.registerProducer(_WriteWatcher(self._upstreamFull, self._upstreamDrained), True)
+
+    def sendRequest(self, head, endStream, responder):
+        self.responder = responder
+        self.decoder.expect(head.method)
+        chunked = False
+        if head.contentLength is None:
+            if endStream:
+                if head.method in _BODY_METHODS:
+                    head.contentLength = 0
+            else:
+                chunked = True
+        self._chunked = chunked
+        self._requestDone = endStream
+        self.transport.write(encodeRequestHead(head, chunked))
+
+    def writeBody(self, data, endStream):
+        if self._chunked:
+            if data:
+                self.transport.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
+            elif endStream:
+                self.transport.write(LAST_CHUNK)
+        elif data:
+            self.transport.write(data)
+        if endStream:
+            self._requestDone = True
+
+    def writeTrailers(self, trailers):
+        if self._chunked:
+            self.transport.write(encodeTrailers(trailers))
+        self._requestDone = True
+
+    def pauseReading(self):
+        self.transport.pauseProducing()
+
+    def resumeReading(self):
+        self.transport.resumeProducing()
+
+    def abandon(self):
+        """The exchange is given up (timeout, downstream gone); the pool will discard this connection."""
+        self.responder = None
+        self._reusable = False
+
+    def dataReceived(self, data):
+        try:
+            events = self.decoder.feed(data)
+        except HTTPCodecError as e:
+            self._fail(errors.BadUpstreamResponse(e.reason))
+            return
+        n = len(events)
+        i = 0
+        while i < n:
+            ev = events[i]
+            i += 1
+            responder = self.responder
+            if responder is None:
+                # a response nobody asked for: the connection is out of step
+                self._reusable = False
+                self.transport.abortConnection()
+                return
+            t = type(ev)
+            if t is BodyData:
+                responder.upstreamData(ev.data, False)
+            elif t is ResponseStarted:
+                if not ev.keepAlive:
+                    self._reusable = False
+                if i < n and type(events[i]) is MessageComplete and events[i].trailers is None:
+                    i += 1
+                    self._complete()
+                    responder.upstreamHeaders(ev.head, True)
+                else:
+                    responder.upstreamHeaders(ev.head, False)
+            elif t is MessageComplete:
+                self._complete()
+                if ev.trailers is not None:
+                    responder.upstreamTrailers(ev.trailers)
+                else:
+                    responder.upstreamData(b"", True)
+            elif t is InterimResponse:
+                pass  # 100 Continue was already answered to the downstream by the listener
+
+    def _complete(self):
+        """
+        The response is complete: the connection goes back to the pool *before* the last event is delivered, so
+        a pipelined request that the delivery starts can reuse it.
+        """
+        responder = self.responder
+        self.responder = None
+        responder.upstreamComplete(self._reusable and self._requestDone and self.connected)
+
+    def _fail(self, exc):
+        self._reusable = False
+        responder = self.responder
+        self.responder = None
+        self.transport.abortConnection()
+        if responder is not None:
+            responder.upstreamFailed(exc)
+
+    def connectionLost(self, reason):
+        self.connected = False
+        self._reusable = False
+        if self.responder is not None:
+            try:
+                events = self.decoder.eof()
+            except HTTPCodecError:
+                events = None
+            if events:
+                for ev in events:
+                    if self.responder is None:
+                        break
+                    if type(ev) is BodyData:
+                        self.responder.upstreamData(ev.data, False)
+                    elif type(ev) is MessageComplete:
+                        responder = self.responder
+                        self._complete()
+                        responder.upstreamData(b"", True)
+            if self.responder is not None:
+                responder = self.responder
+                self.responder = None
+                responder.upstreamFailed(errors.UpstreamReset("upstream connection closed: %s"
+                                                              % (reason.getErrorMessage(),)))
+        if self.onConnectionLost is not None:
+            self.onConnectionLost(self)
+
+    def _upstreamFull(self):
+        if self.responder is not None:
+            self.responder.upstreamWritePaused()
+
+    def _upstreamDrained(self):
+        if self.responder is not None:
+            self.responder.upstreamWriteResumed()

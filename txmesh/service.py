@@ -1,0 +1,120 @@
+"""
+The service tree: one child service per listener, the admin listener, and the shutdown sequence (stop accepting,
+drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).
+"""
+
+import ipaddress
+import random
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+    serverFromString,
+)
+from twisted.logger import Logger
+
+from txmesh.admin import makeAdminSite
+from txmesh.filters.chain import FilterChainTemplate
+from txmesh.protocols.http1 import HTTP1ClientProtocol, HTTP1ListenerFactory
+from txmesh.runtime import Runtime
+from txmesh.stats import StatsStore
+from txmesh.upstream.cluster import ClusterManager
+
+
+def _clientEndpoint(reactor, hostname, port, timeout):
+    try:
+        ip = ipaddress.ip_address(hostname)
+    except ValueError:
+        return HostnameEndpoint(reactor, hostname, port, timeout=timeout)
+    if ip.version == 4:
+        return TCP4ClientEndpoint(reactor, hostname, port, timeout=timeout)
+    return TCP6ClientEndpoint(reactor, hostname, port, timeout=timeout)
+
+
+def connectFactoryFor(reactor):
+    """``connectFactory(clusterConfig) -> connect(host) -> Deferred[client protocol]`` for the cluster manager."""
+
+    def connectFactory(clusterConfig):
+        protocols = {"http1": HTTP1ClientProtocol}
+        protocolClass = protocols[clusterConfig.protocol]
+        timeout = max(1, int(clusterConfig.connectTimeout + 0.999))
+
+        def connect(host):
+            ep = _clientEndpoint(reactor, host.hostname, host.port, timeout)
+            return connectProtocol(ep, protocolClass())
+
+        return connect
+
+    return connectFactory
+
+
+_LISTENER_FACTORIES = {"http": HTTP1ListenerFactory}
+
+
+class MeshService(MultiService):
+    """Everything one mesh.yaml describes, running on ``reactor``."""
+
+    log = Logger()
+
+    def __init__(self, config, reactor, rng=None):
+        MultiService.__init__(self)
+        self.config = config
+        self.reactor = reactor
+        self.stats = StatsStore()
+        self.draining = False
+        rng = rng if rng is not None else random.Random()
+        self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor), self.stats, rng)
+        self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor)
+        self.listenerFactories = []
+        for lc in config.listeners:
+            template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
+                                           lc.limits.maxRequestBody)
+            factory = _LISTENER_FACTORIES[lc.protocol](lc, template, self.runtime)
+            self.listenerFactories.append(factory)
+            svc = StreamServerEndpointService(serverFromString(reactor, lc.address), factory)
+            svc._raiseSynchronously = True
+            svc.setName("listener:" + lc.name)
+            svc.setServiceParent(self)
+        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: not self.draining)
+        admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
+        admin._raiseSynchronously = True
+        admin.setName("admin")
+        admin.setServiceParent(self)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Stop accepting, let in-flight requests finish up to drain_timeout, then close what is left."""
+        self.draining = True
+        listeners = [s for s in self if s.name and s.name.startswith("listener:")]
+        yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
+        drains = defer.gatherResults([f.drain() for f in self.listenerFactories])
+        timeout = self.config.drainTimeout
+        if timeout:
+            timer = self.reactor.callLater(timeout, drains.cancel)
+            try:
+                yield drains
+            except defer.CancelledError:
+                self.log.warn("drain timeout ({t}s) passed; closing the remaining connections", t=timeout)
+                for f in self.listenerFactories:
+                    f.abortAll()
+            finally:
+                if timer.active():
+                    timer.cancel()
+        for f in self.listenerFactories:
+            f.abortAll()
+        yield self.clusters.drain()
+        for entry in self._filterEntries():
+            close = getattr(entry.config, "close", None)
+            if close is not None:
+                close()
+        yield MultiService.stopService(self)
+
+    def _filterEntries(self):
+        for lc in self.config.listeners:
+            yield from lc.filters
+            yield from lc.networkFilters
