@@ -36,6 +36,10 @@ RESULTS = os.path.join(HERE, "results")
 
 BODIES = {"small": 100, "64k": 65536}
 ALL_PROXIES = ("nginx", "haproxy", "txmesh")
+# also accepted by --proxies, not run by default: Twisted's own TCP relay (twisted.protocols.portforward), the
+# floor for any proxy written on Twisted, since it does no HTTP work at all
+EXTRA_PROXIES = ("portforward",)
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 15.0
 
@@ -298,12 +302,22 @@ def startTxmesh(procs, workdir, upstreamPort):
                   UPSTREAM_PORT=upstreamPort)
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    argv = [sys.executable, "-m", "twisted", "--pidfile=", "-n", "txmesh", "--config", conf]
+    # twistd (not ``python -m twisted``, which is the newer ``twist`` runner without -n/--pidfile) on this very
+    # interpreter; the repo on PYTHONPATH so its twisted/plugins drop-in is found
+    argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "txmesh", "--config", conf]
     proc = procs.start("txmesh", argv, port, env=env)
     return port, proc
 
 
-STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "txmesh": startTxmesh}
+def startPortforward(procs, workdir, upstreamPort):
+    port = freePort()
+    argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "portforward",
+            "-p", "tcp:%d:interface=127.0.0.1" % port, "-h", "127.0.0.1", "-d", str(upstreamPort)]
+    proc = procs.start("portforward", argv, port)
+    return port, proc
+
+
+STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "txmesh": startTxmesh, "portforward": startPortforward}
 
 
 def pySpy(outPath, pid, port, duration, threads, fmt):
@@ -313,7 +327,7 @@ def pySpy(outPath, pid, port, duration, threads, fmt):
         print("py-spy not found; no profile", file=sys.stderr)
         return False
     argv = [exe, "record", "--pid", str(pid), "--output", outPath, "--format", fmt, "--rate", "200",
-            "--duration", str(duration), "--nonblocking"]
+            "--duration", str(duration), "--nonblocking", "--function"]
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         time.sleep(0.5)  # let py-spy attach before the load starts
@@ -329,19 +343,31 @@ def pySpy(outPath, pid, port, duration, threads, fmt):
     return True
 
 
-def topSelfTime(rawPath, n=25):
-    """The functions where the most samples end (self time), from py-spy's collapsed-stack output."""
-    counts, total = {}, 0
+def topFunctions(rawPath, n=20):
+    """
+    Markdown rows of the functions with the most self time (samples ending there) and the most inclusive time
+    (samples passing through), from py-spy's collapsed-stack output; and the sample count.
+    """
+    selfCounts, inclusive, total = {}, {}, 0
     with open(rawPath) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
                 continue
-            leaf = stack.rsplit(";", 1)[-1]
-            counts[leaf] = counts.get(leaf, 0) + int(count)
-            total += int(count)
-    rows = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-    return ["| %.1f%% | `%s` |" % (100.0 * c / total, name) for name, c in rows], total
+            count = int(count)
+            frames = stack.split(";")
+            selfCounts[frames[-1]] = selfCounts.get(frames[-1], 0) + count
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            total += count
+    if not total:
+        return [], [], 0
+
+    def rows(counts, n=n):
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+        return ["| %.1f%% | `%s` |" % (100.0 * c / total, name) for name, c in top]
+
+    return rows(selfCounts), rows(inclusive, 30), total
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -410,13 +436,15 @@ def parseArgs(argv):
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--no-direct", action="store_true", help="skip the direct-to-upstream reference row")
     p.add_argument("--py-spy", metavar="OUT.svg",
-                   help="profile txmesh with py-spy during an extra small/16 run: a flame graph to OUT.svg and "
-                        "the top self-time functions to OUT.txt")
+                   help="profile txmesh with py-spy during two extra small/16 runs (not in the table: sampling costs "
+                        "CPU): a flame graph to OUT.svg, collapsed stacks to OUT.collapsed, top functions to OUT.txt")
+    p.add_argument("--py-spy-target", default="txmesh", choices=("txmesh", "portforward"),
+                   help="the Python proxy --py-spy records (default txmesh)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/<timestamp>.md")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     args = p.parse_args(argv)
     args.proxies = [x for x in args.proxies.split(",") if x]
-    bad = set(args.proxies) - set(ALL_PROXIES)
+    bad = set(args.proxies) - set(ALL_PROXIES + EXTRA_PROXIES)
     if bad:
         p.error("unknown proxies: %s" % ", ".join(sorted(bad)))
     args.bodies = [x for x in args.bodies.split(",") if x]
@@ -425,8 +453,8 @@ def parseArgs(argv):
     args.conns = [int(x) for x in args.conns.split(",") if x]
     if args.quick:
         args.duration, args.warmup = 3, 0
-    if args.py_spy and "txmesh" not in args.proxies:
-        p.error("--py-spy profiles txmesh; add it to --proxies")
+    if args.py_spy and args.py_spy_target not in args.proxies:
+        p.error("--py-spy profiles %s; add it to --proxies" % args.py_spy_target)
     return args
 
 
@@ -468,7 +496,7 @@ def main(argv=None):
             for body in args.bodies:
                 for conns in args.conns:
                     rows[(name, body, conns)] = _measureOne(name, port, proc.pid, body, conns, args)
-            if name == "txmesh" and args.py_spy:
+            if name == args.py_spy_target and args.py_spy:
                 notes.extend(_profile(args, proc.pid, port))
             procs.stop(name)
         if not args.no_direct:
@@ -521,20 +549,21 @@ def _measureOne(name, port, pid, body, conns, args):
 
 
 def _profile(args, pid, port):
-    """Flame graph and a self-time summary of txmesh under the small/16 load; Markdown lines for the report."""
-    svg = args.py_spy
-    raw = os.path.splitext(svg)[0] + ".txt"
+    """Flame graph and a self/inclusive time summary of the Python proxy under the small/16 load (Markdown)."""
+    target, svg = args.py_spy_target, args.py_spy
+    base = os.path.splitext(svg)[0]
     notes = []
     if pySpy(svg, pid, port, args.duration, args.threads, "flamegraph"):
-        notes.append("py-spy flame graph (small, 16 conns): `%s`" % svg)
-    collapsed = raw + ".collapsed"
+        notes.append("py-spy flame graph of %s (small, 16 conns): `%s`" % (target, svg))
+    collapsed = base + ".collapsed"
     if pySpy(collapsed, pid, port, args.duration, args.threads, "raw"):
-        lines, total = topSelfTime(collapsed)
-        with open(raw, "w") as f:
-            f.write("self time of txmesh under small/16 load, %d samples\n\n" % total)
-            f.write("\n".join(lines) + "\n")
-        notes += ["", "Top self time in txmesh (py-spy, small, 16 conns, %d samples; also in `%s`):" % (total, raw),
-                  "", "| share | function |", "|---:|---|"] + lines
+        selfRows, inclusiveRows, total = topFunctions(collapsed)
+        header = ["| share | function |", "|---:|---|"]
+        summary = (["Self time in %s (py-spy, small, 16 conns, %d samples; stacks in `%s`):" % (target, total, collapsed),
+                    ""] + header + selfRows + ["", "Inclusive time:", ""] + header + inclusiveRows)
+        with open(base + ".txt", "w") as f:
+            f.write("\n".join(summary) + "\n")
+        notes += [""] + summary
     return notes
 
 

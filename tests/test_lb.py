@@ -113,9 +113,9 @@ def test_random_uniform_and_weighted():
 
 def test_random_seeded_is_reproducible():
     hosts = makeHosts(1, 2, 3)
-    a = [factory("random").create(hosts, random.Random(10)).chooseHost(None) for _ in range(1)]
-    b = [factory("random").create(hosts, random.Random(10)).chooseHost(None) for _ in range(1)]
-    assert a == b
+    lbA = factory("random").create(hosts, random.Random(10))
+    lbB = factory("random").create(hosts, random.Random(10))
+    assert [lbA.chooseHost(None) for _ in range(50)] == [lbB.chooseHost(None) for _ in range(50)]
 
 
 def test_least_request_prefers_idle_host():

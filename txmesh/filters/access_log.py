@@ -11,6 +11,7 @@ Not done yet: reopening the file on SIGHUP (for logrotate); until then use ``cop
 
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -89,8 +90,9 @@ def _fields(info, request, clock):
 
 def formatText(info, request, clock):
     """
-    One Envoy-like text line, e.g.
-    C{[2026-11-21T10:00:00.123Z] "GET /path HTTP/1.1" 200 - 0 1234 5 "10.0.0.1:5555" "example.com" "127.0.0.1:8080" "abc"}.
+    One Envoy-like text line: start time, "method path protocol", status, flags, bytes received, bytes sent,
+    duration ms, "peer", "authority", "upstream host", "request id", e.g.
+    C{[2026-11-21T10:00:00.123Z] "GET /p HTTP/1.1" 200 - 0 1234 5 "10.0.0.1:5555" "a.com" "127.0.0.1:8080" "r1"}.
     """
     method, path, authority, requestId, flags, duration = _fields(info, request, clock)
     return '[%s] "%s %s %s" %d %s %d %d %d "%s" "%s" "%s" "%s"\n' % (
@@ -213,6 +215,10 @@ class AccessLogConfig:
     writer: AccessLogWriter
     formatLine: object
 
+    def close(self):
+        """Flush and close the log (the service calls it when the config stops)."""
+        self.writer.close()
+
 
 @implementer(IStreamDecoderFilter)
 class AccessLogFilter:
@@ -254,9 +260,10 @@ _FORMATS = {"text": formatText, "json": formatJson}
 class AccessLogFactory:
     """
     The ``access_log`` filter kind.  ``config``: ``path`` ("-" for stdout, the default, or a file opened for
-    appending) and ``format`` ("text", the default, or "json").
+    appending; a relative path is relative to the config file) and ``format`` ("text", the default, or "json").
 
     @ivar stdout: the text stream "-" means; None looks up sys.stdout at build time (tests inject one).
+    @ivar opener: how files are opened (the builtin open).
     """
 
     name = "access_log"
@@ -266,7 +273,7 @@ class AccessLogFactory:
 
     def __init__(self, stdout=None, opener=open):
         self.stdout = stdout
-        self._open = opener
+        self.opener = opener
 
     def buildConfig(self, raw, context):
         """
@@ -281,7 +288,7 @@ class AccessLogFactory:
             if key not in _KEYS:
                 raise context.error("unknown key (expected one of: format, path)", str(key))
         fmt = raw.get("format", "text")
-        if fmt not in _FORMATS:
+        if not isinstance(fmt, str) or fmt not in _FORMATS:
             raise context.error("must be 'text' or 'json', not %r" % (fmt,), "format")
         path = raw.get("path", "-")
         if not isinstance(path, str) or not path:
@@ -289,8 +296,11 @@ class AccessLogFactory:
         if path == "-":
             writer = AccessLogWriter(self.stdout if self.stdout is not None else sys.stdout, path, False)
         else:
+            filename = getattr(context, "filename", None)
+            if filename and not filename.startswith("<"):
+                path = os.path.join(os.path.dirname(os.path.abspath(filename)), path)
             try:
-                f = self._open(path, "a", encoding="utf-8", newline="")
+                f = self.opener(path, "a", encoding="utf-8", newline="")
             except OSError as e:
                 raise context.error("cannot open %r for appending: %s" % (path, e.strerror or e), "path")
             writer = AccessLogWriter(f, path, True)

@@ -362,7 +362,7 @@ class ActiveStream:
         if flag:
             self.streamInfo.responseFlags.add(flag)
         if self.responseStarted:
-            self.resetStream(cause or "local_reply_after_response_started")
+            self.resetStream(cause or "local_reply_after_response_started", fromFilter=True)
             return
         # events still queued on the decode side are moot now
         self._decQueue.clear()

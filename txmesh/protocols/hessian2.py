@@ -298,7 +298,7 @@ class Hessian2Reader:
             self._take(8 if code == 0x4A else 4)
         elif 0x20 <= code <= 0x2F or 0x34 <= code <= 0x37 or code in (0x41, 0x42):
             self.offset -= 1
-            self._skipBinary()
+            self.readBinary()
         elif code == 0x51:  # Q ref
             self.readInt()
         elif code == 0x4F or 0x60 <= code <= 0x6F:  # O object instance
@@ -321,7 +321,7 @@ class Hessian2Reader:
                 self.skipValue(depth + 1)
             self.offset += 1
         elif code in (0x56, 0x58) or 0x70 <= code <= 0x7F:  # fixed-length lists
-            if code == 0x56 or code <= 0x77:
+            if code == 0x56 or 0x70 <= code <= 0x77:
                 self.readType()
             if code in (0x56, 0x58):
                 count = self._checkCount(self.readInt())
@@ -349,9 +349,6 @@ class Hessian2Reader:
             if code not in (0x52, 0x53) and not (code <= 0x1F or 0x30 <= code <= 0x33):
                 self.offset -= 1
                 raise HessianError("bad hessian string chunk at offset %d" % (self.offset,))
-
-    def _skipBinary(self):
-        self.readBinary()
 
     def _readClassDef(self):
         self.readString()  # class name, never looked up

@@ -1,0 +1,309 @@
+"""Tests for the access_log stream filter: exact lines, flush timing, files, counters, config errors."""
+
+import io
+import json
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.plugin import IPlugin
+from zope.interface.verify import verifyObject
+
+from txmesh.errors import ConfigError
+from txmesh.filters.access_log import AccessLogFactory, isoTime
+from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
+from txmesh.stats import StatsStore
+from txmesh.stream import HeaderMap, RequestHead, StreamInfo
+
+T0 = 1795255200.123  # 2026-11-21T10:00:00.123Z
+
+
+class FakeContext:
+    def error(self, reason, subpath=""):
+        return ConfigError(reason, path=subpath)
+
+
+class FakeRuntime:
+    def __init__(self):
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.stats = StatsStore()
+
+
+class FakeInstaller:
+    def __init__(self):
+        self.decoders = []
+        self.encoders = []
+
+    def addStreamDecoderFilter(self, f):
+        self.decoders.append(f)
+
+    def addStreamEncoderFilter(self, f):
+        self.encoders.append(f)
+
+    def addStreamFilter(self, f):
+        self.decoders.append(f)
+        self.encoders.append(f)
+
+
+class FakeDecoderCallbacks:
+    def __init__(self, streamInfo, request, clock):
+        self.streamInfo = streamInfo
+        self.request = request
+        self.clock = clock
+
+
+class CollectingStream(io.StringIO):
+    """A text stream that records how many times it was flushed."""
+
+    flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+
+
+class BrokenStream:
+    def write(self, data):
+        raise OSError(28, "No space left on device")
+
+    def flush(self):
+        pass
+
+
+def makeStream(runtime, **infoFields):
+    info = StreamInfo(T0, "http/1.1", "ingress", "10.0.0.1:5555")
+    for k, v in infoFields.items():
+        setattr(info, k, v)
+    request = RequestHead(b"GET", b"/path?q=1", b"example.com",
+                          HeaderMap.fromPairs([("x-request-id", "req-1"), ("authorization", "secret")]))
+    return info, request
+
+
+def runStream(factory, config, runtime, info, request, duration=0.005):
+    """Install the filter, decode the request, finish the stream after ``duration`` seconds."""
+    installer = FakeInstaller()
+    factory.createFilters(config, installer, runtime)
+    [f] = installer.decoders
+    assert installer.encoders == []
+    f.setDecoderFilterCallbacks(FakeDecoderCallbacks(info, request, runtime.clock))
+    assert f.decodeHeaders(request, True) is FilterStatus.CONTINUE
+    runtime.clock.advance(duration)
+    if info.endTime is None:
+        info.endTime = runtime.clock.seconds()
+    f.onStreamComplete()
+    return f
+
+
+def build(raw, stdout=None):
+    factory = AccessLogFactory(stdout=stdout if stdout is not None else CollectingStream())
+    return factory, factory.buildConfig(raw, FakeContext())
+
+
+def test_text_line_exact():
+    runtime = FakeRuntime()
+    factory, config = build({})
+    info, request = makeStream(runtime, responseCode=200, bytesReceived=0, bytesSent=1234,
+                               upstreamHost="127.0.0.1:8080", responseFlags={"UT", "UF"})
+    runStream(factory, config, runtime, info, request)
+    config.writer.flush()
+    assert factory.stdout.getvalue() == (
+        '[2026-11-21T10:00:00.123Z] "GET /path?q=1 HTTP/1.1" 200 UF,UT 0 1234 5 "10.0.0.1:5555" '
+        '"example.com" "127.0.0.1:8080" "req-1"\n')
+    assert "secret" not in factory.stdout.getvalue()
+    assert runtime.stats.total("access_log_lines") == 1
+
+
+def test_text_line_missing_values_and_reset_stream():
+    runtime = FakeRuntime()
+    factory, config = build({"format": "text"})
+    info = StreamInfo(T0, "h2", "ingress", "")
+    info.responseFlags.add("DC")
+    request = RequestHead(b"POST", b"/", b"")
+    runStream(factory, config, runtime, info, request, duration=0.0)
+    config.writer.flush()
+    assert factory.stdout.getvalue() == (
+        '[2026-11-21T10:00:00.123Z] "POST / HTTP/2" 0 DC 0 0 0 "-" "-" "-" "-"\n')
+
+
+def test_text_escapes_request_derived_values():
+    runtime = FakeRuntime()
+    factory, config = build({})
+    info, _ = makeStream(runtime, responseCode=404)
+    request = RequestHead(b"GET", b'/a"b\\c\n[x] \xc3\xa9', b"ex\x00.com",
+                          HeaderMap([(b"x-request-id", b'id" "forged')]))
+    runStream(factory, config, runtime, info, request)
+    config.writer.flush()
+    line = factory.stdout.getvalue()
+    assert line == (
+        '[2026-11-21T10:00:00.123Z] "GET /a\\x22b\\x5cc\\x0a[x] \\xc3\\xa9 HTTP/1.1" 404 - 0 0 5 "10.0.0.1:5555" '
+        '"ex\\x00.com" "-" "id\\x22 \\x22forged"\n')
+    assert line.count("\n") == 1
+
+
+def test_stream_info_request_id_wins():
+    runtime = FakeRuntime()
+    factory, config = build({})
+    info, request = makeStream(runtime, responseCode=200, requestId="generated-7")
+    runStream(factory, config, runtime, info, request)
+    config.writer.flush()
+    assert factory.stdout.getvalue().endswith('"generated-7"\n')
+
+
+def test_json_line_exact():
+    runtime = FakeRuntime()
+    factory, config = build({"format": "json"})
+    info, request = makeStream(runtime, responseCode=503, bytesReceived=10, bytesSent=19,
+                               upstreamHost="127.0.0.1:8080", responseFlags={"UF"})
+    runStream(factory, config, runtime, info, request, duration=1.5)
+    config.writer.flush()
+    out = factory.stdout.getvalue()
+    assert out == (
+        '{"start_time":"2026-11-21T10:00:00.123Z","method":"GET","path":"/path?q=1","protocol":"HTTP/1.1",'
+        '"response_code":503,"response_flags":"UF","bytes_received":10,"bytes_sent":19,"duration":1500,'
+        '"downstream_remote_address":"10.0.0.1:5555","authority":"example.com","upstream_host":"127.0.0.1:8080",'
+        '"request_id":"req-1"}\n')
+    assert json.loads(out)["response_flags"] == "UF"
+
+
+def test_json_missing_values_are_null_and_escaped():
+    runtime = FakeRuntime()
+    factory, config = build({"format": "json"})
+    info = StreamInfo(T0, "dubbo", "ingress", "10.0.0.2:1")
+    request = RequestHead(b"invoke", b'/svc"\n', b"")
+    runStream(factory, config, runtime, info, request)
+    config.writer.flush()
+    out = factory.stdout.getvalue()
+    assert out.count("\n") == 1
+    record = json.loads(out)
+    assert record["path"] == '/svc"\n'
+    assert record["protocol"] == "DUBBO"
+    assert record["response_flags"] is None and record["upstream_host"] is None
+    assert record["request_id"] is None and record["authority"] is None
+
+
+def test_flush_timer_one_second_after_first_line():
+    runtime = FakeRuntime()
+    factory, config = build({})
+    out = factory.stdout
+    info, request = makeStream(runtime, responseCode=200)
+    runStream(factory, config, runtime, info, request, duration=0.0)
+    assert out.getvalue() == ""
+    assert len(runtime.clock.getDelayedCalls()) == 1
+    # a second line in the same window rides the same timer
+    info2, request2 = makeStream(runtime, responseCode=201)
+    runStream(factory, config, runtime, info2, request2, duration=0.5)
+    assert len(runtime.clock.getDelayedCalls()) == 1
+    runtime.clock.advance(0.499)
+    assert out.getvalue() == ""
+    runtime.clock.advance(0.001)
+    lines = out.getvalue().splitlines()
+    assert [line.split()[4] for line in lines] == ["200", "201"]
+    assert out.flushes == 1
+    # idle: no timer left running
+    assert runtime.clock.getDelayedCalls() == []
+    assert runtime.stats.total("access_log_lines") == 2
+
+
+def test_full_buffer_flushes_at_once():
+    runtime = FakeRuntime()
+    factory, config = build({})
+    config.writer.maxBufferedLines = 3
+    for _ in range(3):
+        info, request = makeStream(runtime, responseCode=200)
+        runStream(factory, config, runtime, info, request, duration=0.0)
+    assert len(factory.stdout.getvalue().splitlines()) == 3
+    assert runtime.clock.getDelayedCalls() == []
+
+
+def test_close_flushes_and_closes_the_file(tmp_path):
+    path = tmp_path / "access.log"
+    path.write_text("old line\n")
+    runtime = FakeRuntime()
+    factory = AccessLogFactory()
+    config = factory.buildConfig({"path": str(path)}, FakeContext())
+    info, request = makeStream(runtime, responseCode=200)
+    runStream(factory, config, runtime, info, request)
+    assert path.read_text() == "old line\n"
+    config.writer.close()
+    assert path.read_text() == (
+        'old line\n[2026-11-21T10:00:00.123Z] "GET /path?q=1 HTTP/1.1" 200 - 0 0 5 "10.0.0.1:5555" '
+        '"example.com" "-" "req-1"\n')
+    assert config.writer.stream.closed
+    assert runtime.clock.getDelayedCalls() == []
+    config.writer.close()  # idempotent
+    # a stream finishing after shutdown is counted as lost, not raised
+    info, request = makeStream(runtime, responseCode=200)
+    runStream(factory, config, runtime, info, request)
+    assert runtime.stats.total("access_log_write_errors") == 1
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_write_error_is_counted_and_serving_goes_on():
+    runtime = FakeRuntime()
+    factory, config = build({}, stdout=BrokenStream())
+    info, request = makeStream(runtime, responseCode=200)
+    runStream(factory, config, runtime, info, request)
+    runtime.clock.advance(1)
+    assert runtime.stats.value("access_log_write_errors", path="-") == 1
+    assert runtime.stats.value("access_log_lines", path="-") == 1
+    # the failed batch is dropped, not retried forever
+    runtime.clock.advance(1)
+    assert runtime.stats.value("access_log_write_errors", path="-") == 1
+
+
+def test_dash_means_sys_stdout(capsys):
+    runtime = FakeRuntime()
+    factory = AccessLogFactory()
+    config = factory.buildConfig({"path": "-"}, FakeContext())
+    info, request = makeStream(runtime, responseCode=200)
+    runStream(factory, config, runtime, info, request)
+    runtime.clock.advance(1)
+    assert capsys.readouterr().out.startswith('[2026-11-21T10:00:00.123Z] "GET /path?q=1 HTTP/1.1" 200 ')
+
+
+@pytest.mark.parametrize("raw, path, reason", [
+    ({"format": "xml"}, "format", "must be 'text' or 'json'"),
+    ({"format": ["json"]}, "format", "must be 'text' or 'json'"),
+    ({"path": ""}, "path", "must be '-'"),
+    ({"path": 3}, "path", "must be '-'"),
+    ({"path": "/nonexistent-dir/x/access.log"}, "path", "cannot open"),
+    ({"fromat": "json"}, "fromat", "unknown key"),
+    (["path"], "", "must be a mapping"),
+])
+def test_config_errors_name_the_key(raw, path, reason):
+    with pytest.raises(ConfigError) as e:
+        AccessLogFactory().buildConfig(raw, FakeContext())
+    assert e.value.path == path
+    assert reason in e.value.reason
+
+
+def test_defaults_and_plugin():
+    from txmesh.plugins.txmesh_filters_extra import accessLog
+
+    config = accessLog.buildConfig(None, FakeContext())
+    assert (config.path, config.format) == ("-", "text")
+    assert verifyObject(IFilterFactory, accessLog)
+    assert IPlugin.providedBy(accessLog)
+    assert accessLog.name == "access_log" and accessLog.kind == "stream"
+    runtime = FakeRuntime()
+    installer = FakeInstaller()
+    accessLog.createFilters(config, installer, runtime)
+    assert verifyObject(IStreamDecoderFilter, installer.decoders[0])
+
+
+def test_iso_time_rounds_to_milliseconds():
+    assert isoTime(T0) == "2026-11-21T10:00:00.123Z"
+    assert isoTime(1795255200.9996) == "2026-11-21T10:00:01.000Z"
+    assert isoTime(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_relative_path_is_relative_to_the_config_file_and_config_close(tmp_path):
+    context = FakeContext()
+    context.filename = str(tmp_path / "mesh.yaml")
+    runtime = FakeRuntime()
+    factory = AccessLogFactory()
+    config = factory.buildConfig({"path": "access.log", "format": "json"}, context)
+    assert config.writer.path == str(tmp_path / "access.log")
+    info, request = makeStream(runtime, responseCode=200)
+    runStream(factory, config, runtime, info, request)
+    config.close()  # what the service calls on stop
+    assert json.loads((tmp_path / "access.log").read_text())["response_code"] == 200

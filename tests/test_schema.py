@@ -1,0 +1,67 @@
+"""
+Tests for txmesh/mesh.schema.json (the editors' JSON Schema): it is a valid draft 2020-12 schema shipped with the
+package, the example etc/mesh.yaml validates against it and loads, and it rejects what the loader rejects where
+a schema can tell.
+"""
+
+import json
+import os
+from importlib import resources
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.test_config import BASE, CLUSTER_OPTIONS, fakePluginDir, fakePlugins  # noqa: F401 (fixtures)
+from txmesh.config import load
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "mesh.yaml")
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_exampleValidates(validator):
+    with open(EXAMPLE) as f:
+        validator.validate(yaml.safe_load(f))
+
+
+def test_exampleLoads():
+    mesh = load(EXAMPLE)
+    assert [l.name for l in mesh.listeners] == ["outbound", "inbound"]
+    outbound, inbound = mesh.listeners
+    assert outbound.address == "tcp:15001:interface=127.0.0.1"
+    assert inbound.address == "tcp:15006:interface=127.0.0.1"
+    assert mesh.admin.address == "tcp:9901:interface=127.0.0.1"
+    assert [f.name for f in outbound.filters] == ["access_log", "router"]
+    assert [f.name for f in inbound.filters] == ["access_log", "router"]
+    assert [(e.host, e.port) for e in mesh.cluster("demo").endpoints] == [("127.0.0.1", 18081), ("127.0.0.1", 18082)]
+    assert [(e.host, e.port) for e in mesh.cluster("local_app").endpoints] == [("127.0.0.1", 18080)]
+    assert outbound.routeConfig.virtualHostFor(b"demo.svc:15001").name == "demo"
+    assert inbound.routeConfig.virtualHostFor(b"anything").name == "local_app"
+
+
+@pytest.mark.parametrize("text", [BASE, CLUSTER_OPTIONS])
+def test_testConfigsValidate(validator, text):
+    validator.validate(yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("old, new", [
+    ("    address: tcp:15001", "    adress: tcp:15001"),
+    ("{prefix: /}", "{prefix: /, path: /a}"),
+    ("{prefix: /}", "{methods: [GET]}"),
+    ("route: {cluster: backend}", "route: {cluster: backend, timeout: 1d}"),
+    ("route: {cluster: backend}", "redirect: {response_code: 300}"),
+    ('"127.0.0.1:8080"}', '"127.0.0.1:8080", weight: 0}'),
+    ('"127.0.0.1:8080"', '"127.0.0.1"'),
+    ('domains: ["*"]', 'domains: ["a.*.b"]'),
+    ("name: outbound", "name: out bound"),
+])
+def test_schemaRejects(validator, old, new):
+    assert old in BASE
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(yaml.safe_load(BASE.replace(old, new, 1)))

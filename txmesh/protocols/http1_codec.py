@@ -1,0 +1,634 @@
+"""
+The sans-IO HTTP/1.1 codec: request and response decoders on llhttp (through httptools), serialisers in
+L{txmesh.protocols.http1_wire} (re-exported here).
+
+How the work is split, and why:
+  - llhttp parses each *head* (request/status line and fields) in strict mode.  It refuses obs-fold, bare CR or
+    LF, NUL and other controls, bad tokens, space before the colon, an empty name, bad methods, CL together
+    with TE, duplicate / empty / signed / list Content-Length.  We feed it the head bytes as they arrive, so it
+    fails early, and nothing past the head's final CRLF CRLF.
+  - We frame bodies ourselves (Content-Length slices, chunked, read-until-close): httptools offers no way to
+    say "this response answers a HEAD", and the chunk-size rules we want (at most 16 hex digits and 63 bits,
+    refused as soon as they arrive) are stricter than llhttp's.  A parser that was left waiting for a body is
+    dropped and a fresh one made for the next head (~0.3 us); after bodiless messages, the common case, the
+    same parser is reused.
+  - Limits are counted on the bytes we feed it: the request line (414), the header block size and field
+    count (431) are checked on every feed, before the block ends.
+  - On top of llhttp we refuse: Transfer-Encoding other than exactly ``chunked`` (optionally after spaces;
+    ``chunked ``, ``\\tchunked``, ``gzip, chunked``, repeated TE fields: all 400, never 501), TE in HTTP/1.0,
+    missing Host in HTTP/1.1, several Host fields, HTTP versions other than 1.0 and 1.1.
+
+Decoded heads hold no Host (it becomes C{authority}), no hop-by-hop field and no field named in Connection;
+``te: trailers`` survives as the one allowed TE value (gRPC needs it end to end).  Expect stays in the headers.
+Bodies carry the same object identity as the input when a whole feed is body (no copy).
+"""
+
+import re
+from collections import deque
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
+
+from txmesh.errors import HTTPCodecError
+from txmesh.protocols.http1_wire import (  # noqa: F401 (re-exported)
+    CHUNK_LINE,
+    CHUNK_PARTIAL,
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    MAX_CHUNK_LINE,
+    MAX_CHUNK_SIZE,
+    TE_CHUNKED,
+    TE_LINE,
+    TRAILER_FORBIDDEN,
+    encodeChunk,
+    encodeRequestHead,
+    encodeResponseHead,
+    encodeTrailers,
+    BodyData,
+    InterimResponse,
+    MessageComplete,
+    RequestStarted,
+    ResponseStarted,
+    TunnelData,
+)
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead
+
+
+# decoder states
+_HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _TUNNEL, _HOLD, _CLOSED = range(7)
+# chunked sub-states
+_C_SIZE, _C_DATA, _C_CRLF, _C_TRAILERS = range(4)
+
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+_LEADING_BLANK = re.compile(rb"[\r\n]*")
+_ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?", re.DOTALL)
+_TRAILER_PRIMER = b"GET / HTTP/1.1\r\n"
+
+# Fields that steer framing or the connection; every other field goes to the head as is.
+_HOST, _CL, _TE, _CONN, _UPGRADE, _TE_HDR, _EXPECT, _DROP = range(8)
+_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN,
+            b"upgrade": _UPGRADE, b"te": _TE_HDR, b"expect": _EXPECT, b"keep-alive": _DROP,
+            b"proxy-connection": _DROP, b"trailer": _DROP}
+_CONN_OWN = frozenset([b"close", b"keep-alive", b"upgrade", b""])
+
+
+class _Framing:
+    """What the fields of one head say about framing and the connection."""
+
+    __slots__ = ("headers", "hosts", "host", "contentLength", "te", "teCount", "close", "keepAlive", "upgrade",
+                 "expectContinue")
+
+
+class _MessageDecoder:
+    """The machinery both decoders share: head reading with limits, body framing, chunked decoding."""
+
+    _parserType = None
+    _lineStatus = 414
+    _headStatus = 431
+    _badStatus = 400
+
+    def __init__(self, maxLine, maxHeaderBytes, maxHeaders):
+        self.maxLine = maxLine
+        self.maxHeaderBytes = maxHeaderBytes
+        self.maxHeaders = maxHeaders
+        self.bodyLimit = None
+        self._parser = None
+        self._state = _HEAD
+        self._chunkState = _C_SIZE
+        self._remaining = 0
+        self._received = 0
+        self._line = b""
+        self._keepAlive = True
+        self._resetHead()
+
+    def _resetHead(self, tail=b"", lines=0, lineLen=-1):
+        self._headBytes = 0
+        self._lineLen = lineLen
+        self._lines = lines
+        self._tail = tail
+        self._chunks = []
+        self._fields = []
+        self._url = b""
+        self._reason = b""
+        self._headDone = False
+        self._llDone = False
+
+    # -- httptools callbacks (names fixed by httptools) ----------------------------------------------------------
+
+    def on_url(self, url):
+        self._url += url
+
+    def on_status(self, reason):
+        self._reason += reason
+
+    def on_header(self, name, value):
+        # llhttp strips leading OWS only
+        self._fields.append((name.lower(), value.rstrip(b" \t")))
+
+    def on_headers_complete(self):
+        self._headDone = True
+
+    def on_message_complete(self):
+        self._llDone = True
+
+    # -- heads ---------------------------------------------------------------------------------------------------
+
+    def _fail(self, reason, status=None):
+        raise HTTPCodecError(reason, status or self._badStatus)
+
+    def _readHead(self, data, pos):
+        """
+        Feed the head bytes in data[pos:] to llhttp, never past the head's final CRLF CRLF.
+
+        @return: the offset just past the head, or -1 when all of data[pos:] was head and more is needed.
+        """
+        n = len(data)
+        tail = self._tail
+        end = -1
+        if tail:
+            j = (tail + data[pos:pos + 3]).find(b"\r\n\r\n")
+            if j >= 0:
+                end = pos + j + 4 - len(tail)
+        if end < 0:
+            j = data.find(b"\r\n\r\n", pos)
+            if j >= 0:
+                end = j + 4
+        stop = n if end < 0 else end
+        chunk = data if (pos == 0 and stop == n) else data[pos:stop]
+        size = stop - pos
+        total = self._headBytes = self._headBytes + size
+        lineLen = self._lineLen
+        if lineLen < 0:
+            i = chunk.find(b"\n")
+            if i < 0:
+                if total > self.maxLine + 2:
+                    self._fail("request line too long" if self._lineStatus == 414 else "status line too long",
+                               self._lineStatus)
+            else:
+                lineLen = self._lineLen = total - size + i + 1
+                if lineLen > self.maxLine + 2:
+                    self._fail("request line too long" if self._lineStatus == 414 else "status line too long",
+                               self._lineStatus)
+        if lineLen >= 0:
+            if total - lineLen > self.maxHeaderBytes:
+                self._fail("header block too large", self._headStatus)
+            lines = self._lines = self._lines + chunk.count(b"\n")
+            if lines - 1 - (end >= 0) > self.maxHeaders:
+                self._fail("too many header fields", self._headStatus)
+        self._chunks.append(chunk)
+        try:
+            self._parser.feed_data(chunk)
+        except HttpParserUpgrade:
+            self._llDone = False  # llhttp stopped at the upgrade; do not reuse it
+        except HttpParserError as e:
+            self._fail("malformed head: %s" % (e,))
+        if end < 0:
+            self._tail = chunk[-3:] if size >= 3 else (tail + chunk)[-3:]
+            return -1
+        if not self._headDone:
+            self._fail("malformed head")
+        return end
+
+    def _classify(self, fields):
+        """Split the fields of a head into the regular ones and what they say about framing."""
+        f = _Framing()
+        headers = []
+        hosts = 0
+        host = cl = te = conn = upgrade = None
+        teCount = 0
+        expectContinue = False
+        special = _SPECIAL
+        for field in fields:
+            kind = special.get(field[0])
+            if kind is None:
+                headers.append(field)
+                continue
+            value = field[1]
+            if kind == _HOST:
+                hosts += 1
+                host = value
+            elif kind == _CL:
+                if cl is not None or not value.isdigit() or len(value) > 18:
+                    self._fail("invalid Content-Length")
+                cl = int(value)
+            elif kind == _TE:
+                teCount += 1
+                te = value
+            elif kind == _CONN:
+                conn = value if conn is None else conn + b"," + value
+            elif kind == _UPGRADE:
+                upgrade = value
+            elif kind == _TE_HDR:
+                if b"trailers" in [t.strip() for t in value.lower().split(b",")]:
+                    headers.append((b"te", b"trailers"))
+            elif kind == _EXPECT:
+                headers.append(field)
+                expectContinue = value.lower() == b"100-continue"
+        close = keepAlive = False
+        if conn is not None:
+            tokens = {t.strip() for t in conn.lower().split(b",")}
+            close = b"close" in tokens
+            keepAlive = b"keep-alive" in tokens
+            if b"upgrade" not in tokens:
+                upgrade = None
+            nominated = tokens - _CONN_OWN
+            if nominated:
+                headers = [h for h in headers if h[0] not in nominated]
+        else:
+            upgrade = None
+        f.headers = headers
+        f.hosts = hosts
+        f.host = host
+        f.contentLength = cl
+        f.te = te
+        f.teCount = teCount
+        f.close = close
+        f.keepAlive = keepAlive
+        f.upgrade = upgrade
+        f.expectContinue = expectContinue
+        return f
+
+    def _checkChunked(self, f, version):
+        """Transfer-Encoding must be exactly one field saying ``chunked``, in HTTP/1.1, without Content-Length."""
+        if f.contentLength is not None:
+            self._fail("Content-Length with Transfer-Encoding")
+        if f.teCount != 1 or version != (1, 1):
+            self._fail("invalid Transfer-Encoding")
+        raw = TE_LINE.findall(b"".join(self._chunks))
+        if len(raw) != 1 or TE_CHUNKED.match(raw[0]) is None:
+            self._fail("invalid Transfer-Encoding")
+
+    def _parserReusable(self):
+        return self._llDone and self._parser.should_keep_alive()
+
+    # -- bodies --------------------------------------------------------------------------------------------------
+
+    def _startBody(self, chunked, length):
+        """Enter the body state for a message that has one."""
+        self._received = 0
+        if not self._parserReusable():
+            self._parser = None
+        if chunked:
+            self._state = _CHUNKED
+            self._chunkState = _C_SIZE
+            self._line = b""
+        elif length is None:
+            self._state = _UNTIL_CLOSE
+        else:
+            self._state = _LENGTH
+            self._remaining = length
+
+    def _endMessage(self, events, trailers):
+        events.append(MessageComplete(trailers))
+        if self._parser is not None and not self._parserReusable():
+            self._parser = None
+        self._resetHead()
+        self._state = _HEAD if self._keepAlive else _CLOSED
+
+    def _countBody(self, n):
+        self._received += n
+        limit = self.bodyLimit
+        if limit is not None and self._received > limit:
+            self._fail("body larger than %d bytes" % (limit,), 413)
+
+    def _readChunked(self, data, pos, events):
+        n = len(data)
+        while pos < n:
+            cs = self._chunkState
+            if cs == _C_DATA:
+                rem = self._remaining
+                take = n - pos
+                if take > rem:
+                    take = rem
+                piece = data if (pos == 0 and take == n) else data[pos:pos + take]
+                pos += take
+                self._remaining = rem - take
+                self._countBody(take)
+                events.append(BodyData(piece))
+                if rem == take:
+                    self._chunkState = _C_CRLF
+            elif cs == _C_SIZE:
+                i = data.find(b"\n", pos)
+                if i < 0:
+                    line = self._line + data[pos:]
+                    if len(line) > MAX_CHUNK_LINE or CHUNK_PARTIAL.fullmatch(line) is None:
+                        self._fail("invalid chunk size line")
+                    self._line = line
+                    return n
+                line = self._line + data[pos:i + 1]
+                self._line = b""
+                pos = i + 1
+                m = CHUNK_LINE.fullmatch(line)
+                if m is None or len(line) > MAX_CHUNK_LINE:
+                    self._fail("invalid chunk size line")
+                size = int(m.group(1), 16)
+                if size > MAX_CHUNK_SIZE:
+                    self._fail("chunk size too large")
+                if size:
+                    self._remaining = size
+                    self._chunkState = _C_DATA
+                else:
+                    self._chunkState = _C_TRAILERS
+                    self._resetHead(tail=b"\r\n", lines=1, lineLen=0)
+            elif cs == _C_CRLF:
+                line = self._line
+                got = data[pos:pos + 2 - len(line)]
+                pos += len(got)
+                line += got
+                if line != b"\r\n"[:len(line)]:
+                    self._fail("chunk data not followed by CRLF")
+                if len(line) == 2:
+                    self._line = b""
+                    self._chunkState = _C_SIZE
+                else:
+                    self._line = line
+            else:
+                if self._parser is None:
+                    if data.startswith(b"\r\n", pos):
+                        self._endMessage(events, None)  # no trailers: the common case needs no parser
+                        return pos + 2
+                    self._parser = self._parserType(self)
+                    self._parser.feed_data(self._primer)
+                    self._fields = []
+                end = self._readHead(data, pos)
+                if end < 0:
+                    return n
+                fields = [f for f in self._fields if f[0] not in TRAILER_FORBIDDEN]
+                self._parser = None
+                self._endMessage(events, HeaderMap(fields))
+                return end
+        return pos
+
+    def _feedBody(self, data, pos, events):
+        """One step in a body or tunnel state; returns the new offset."""
+        n = len(data)
+        state = self._state
+        if state == _LENGTH:
+            rem = self._remaining
+            take = n - pos
+            if take > rem:
+                take = rem
+            piece = data if (pos == 0 and take == n) else data[pos:pos + take]
+            self._remaining = rem - take
+            self._countBody(take)
+            events.append(BodyData(piece))
+            if rem == take:
+                self._endMessage(events, None)
+            return pos + take
+        if state == _CHUNKED:
+            return self._readChunked(data, pos, events)
+        piece = data if pos == 0 else data[pos:]
+        if state == _UNTIL_CLOSE:
+            self._countBody(len(piece))
+            events.append(BodyData(piece))
+        elif state == _TUNNEL:
+            events.append(TunnelData(piece))
+        elif state == _HOLD:
+            self._held.append(piece)
+            self._heldBytes += len(piece)
+            if self._heldBytes > self.maxHeaderBytes:
+                self._fail("too much data before the tunnel was accepted", self._headStatus)
+        return n
+
+
+class RequestDecoder(_MessageDecoder):
+    """
+    Decode the requests of one downstream connection, pipelined ones included.
+
+    C{feed(data)} returns RequestStarted, BodyData, MessageComplete events.  Malformed or over-limit input raises
+    L{HTTPCodecError} (status 400, 413, 414 or 431), or, when the same feed already produced events for earlier
+    (pipelined) requests, ends the returned list with the exception instead, so those can be answered first.
+    Either way the decoder then ignores further input: the server answers ``status`` and closes.
+
+    After a request that does not keep the connection (HTTP/1.0 without keep-alive, ``Connection: close``), and
+    after a CONNECT, further bytes are not parsed: they are ignored, or, for CONNECT, held until the server
+    calls L{startTunnel}.  Upgrade requests (Upgrade and Connection: upgrade, reported in ``upgrade``) stay HTTP
+    until the server calls L{startTunnel} after sending a 101.
+
+    @ivar bodyLimit: None, or the most body bytes a request may carry; more raises HTTPCodecError(413) at once.
+        It holds for every later request on the connection.  A Content-Length over it is the server's to check
+        on C{head.contentLength}.
+    """
+
+    _parserType = HttpRequestParser
+    _primer = _TRAILER_PRIMER
+
+    def __init__(self, maxRequestLine=8192, maxHeaderBytes=65536, maxHeaders=100, scheme=b"http"):
+        super().__init__(maxRequestLine, maxHeaderBytes, maxHeaders)
+        self.scheme = scheme
+        self._held = []
+        self._heldBytes = 0
+
+    def feed(self, data):
+        events = []
+        pos = 0
+        n = len(data)
+        try:
+            while pos < n:
+                if self._state == _HEAD:
+                    if self._headBytes == 0:
+                        if data[pos] in b"\r\n":
+                            # RFC 9112 2.2: ignore empty lines before a request line
+                            pos = _LEADING_BLANK.match(data, pos).end()
+                            if pos == n:
+                                break
+                        if self._parser is None:
+                            self._parser = HttpRequestParser(self)
+                    end = self._readHead(data, pos)
+                    if end < 0:
+                        break
+                    pos = end
+                    self._startRequest(events)
+                elif self._state == _CLOSED:
+                    break
+                else:
+                    pos = self._feedBody(data, pos, events)
+        except HTTPCodecError as e:
+            self._state = _CLOSED
+            self._parser = None
+            if not events:
+                raise
+            events.append(e)
+        return events
+
+    def startTunnel(self):
+        """
+        The server accepted an upgrade or a CONNECT: from now on every byte is opaque TunnelData.
+
+        @return: events for the bytes held since the CONNECT.
+        """
+        held = b"".join(self._held)
+        self._held = []
+        self._state = _TUNNEL
+        self._parser = None
+        return [TunnelData(held)] if held else []
+
+    def _startRequest(self, events):
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            self._fail("unsupported HTTP version")
+        method = parser.get_method()
+        f = self._classify(self._fields)
+        if f.hosts == 0:
+            if version == (1, 1):
+                self._fail("missing Host")
+            authority = b""
+        elif f.hosts > 1:
+            self._fail("more than one Host")
+        else:
+            authority = f.host
+            if b"@" in authority:
+                self._fail("userinfo in Host")
+        url = self._url
+        upgrade = f.upgrade
+        if url[:1] == b"/":
+            path = url
+        elif method == b"CONNECT":
+            if b"/" in url or b"@" in url:
+                self._fail("invalid CONNECT target")
+            path = b""
+            authority = url
+            upgrade = b"connect"
+        elif url == b"*" and method == b"OPTIONS":
+            path = url
+        else:
+            m = _ABSOLUTE.fullmatch(url)
+            if m is None:
+                self._fail("invalid request target")
+            authority = m.group(1)
+            path = m.group(2) or b"/"
+            if path[:1] == b"?":
+                path = b"/" + path
+        if version == (1, 1):
+            keepAlive = not f.close
+        else:
+            keepAlive = f.keepAlive and not f.close
+        chunked = False
+        if f.te is not None:
+            self._checkChunked(f, version)
+            chunked = True
+        length = f.contentLength
+        if method == b"CONNECT":
+            keepAlive = False
+        self._keepAlive = keepAlive
+        head = RequestHead(method, path, authority, HeaderMap(f.headers), self.scheme, version,
+                           contentLength=length)
+        events.append(RequestStarted(head, keepAlive, f.expectContinue, chunked, upgrade))
+        if chunked or length:
+            self._startBody(chunked, length)
+        else:
+            self._endMessage(events, None)
+            if method == b"CONNECT":
+                self._state = _HOLD
+
+
+class ResponseDecoder(_MessageDecoder):
+    """
+    Decode the responses of one upstream connection, in the order of the requests announced with L{expect}.
+
+    C{feed(data)} returns ResponseStarted, BodyData, MessageComplete and InterimResponse events; bad framing
+    raises L{HTTPCodecError} (502) and the connection must not be reused.  A response to HEAD, a 204 or a 304
+    has no body; one without Content-Length or chunked ends at close (L{eof}).  After a 101, or a 2xx to
+    CONNECT, the bytes that follow are TunnelData.
+    """
+
+    _parserType = HttpResponseParser
+    _primer = b"HTTP/1.1 204 No Content\r\n"
+    _lineStatus = _headStatus = _badStatus = 502
+
+    def __init__(self, maxStatusLine=8192, maxHeaderBytes=65536, maxHeaders=100):
+        super().__init__(maxStatusLine, maxHeaderBytes, maxHeaders)
+        self._expected = deque()
+        self._held = []
+        self._heldBytes = 0
+
+    def expect(self, method):
+        """A request with ``method`` was sent: its response comes after those already expected."""
+        self._expected.append(method)
+
+    def feed(self, data):
+        events = []
+        pos = 0
+        n = len(data)
+        try:
+            while pos < n:
+                if self._state == _HEAD:
+                    if self._parser is None:
+                        self._parser = HttpResponseParser(self)
+                    end = self._readHead(data, pos)
+                    if end < 0:
+                        break
+                    pos = end
+                    self._startResponse(events)
+                elif self._state == _CLOSED:
+                    break
+                else:
+                    pos = self._feedBody(data, pos, events)
+        except HTTPCodecError:
+            self._state = _CLOSED
+            self._parser = None
+            raise
+        return events
+
+    def eof(self):
+        """
+        The upstream closed.  Completes a read-until-close body; [] when between responses (an outstanding
+        request then gets no response: the caller's reset, not a framing error).
+
+        @raise HTTPCodecError: the close cut a head or a framed body short.
+        """
+        state = self._state
+        self._state = _CLOSED
+        self._parser = None
+        if state == _UNTIL_CLOSE:
+            return [MessageComplete(None)]
+        if state == _HEAD and self._headBytes:
+            raise HTTPCodecError("connection closed inside a response head", 502)
+        if state in (_LENGTH, _CHUNKED):
+            raise HTTPCodecError("connection closed inside a response body", 502)
+        return []
+
+    def _startResponse(self, events):
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            self._fail("unsupported HTTP version")
+        status = parser.get_status_code()
+        if status < 100:
+            self._fail("invalid status code")
+        if not self._expected:
+            self._fail("response without a request")
+        f = self._classify(self._fields)
+        head = ResponseHead(status, HeaderMap(f.headers), self._reason, version, f.contentLength)
+        if status < 200 and status != 101:
+            events.append(InterimResponse(status, head.headers))
+            if not self._parserReusable():
+                self._parser = None
+            self._resetHead()
+            return
+        method = self._expected.popleft()
+        keepAlive = (not f.close) if version == (1, 1) else (f.keepAlive and not f.close)
+        if status == 101 or (method == b"CONNECT" and 200 <= status < 300):
+            events.append(ResponseStarted(head, False, False, f.upgrade if status == 101 else b"connect"))
+            self._keepAlive = True
+            self._endMessage(events, None)
+            self._state = _TUNNEL
+            self._parser = None
+            return
+        chunked = False
+        if method == b"HEAD" or status == 204 or status == 304:
+            length = 0
+        elif f.te is not None:
+            self._checkChunked(f, version)
+            chunked = True
+            length = None
+        else:
+            length = f.contentLength
+            if length is None:
+                keepAlive = False
+        self._keepAlive = keepAlive
+        events.append(ResponseStarted(head, keepAlive, chunked))
+        if chunked or length is None or length:
+            self._startBody(chunked, length)
+        else:
+            self._endMessage(events, None)

@@ -1,0 +1,248 @@
+"""
+HTTP/1.1 on the wire: the decoders' events, the field rules they share, and serialisation (the decoders are in
+L{txmesh.protocols.http1_codec}, which re-exports all of this).
+
+Every head is built as a list and joined once: one ``bytes`` per head, ready for one ``transport.write``.
+Fields that carry framing or connection semantics (``HOP_BY_HOP``, Content-Length, Host) are never copied from
+``head.headers``: they are written from the head's own attributes, so a filter cannot smuggle a second framing
+header onto the wire.  A CR or LF inside a name or value (response splitting) raises L{HTTPCodecError} (500).
+"""
+
+import re
+from http import HTTPStatus
+
+from txmesh.errors import HTTPCodecError
+
+# RFC 9110 7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and Upgrade; Trailer
+# announces fields of this hop's chunked body.  Proxy-Authenticate/-Authorization were hop-by-hop in RFC 2616
+# only; RFC 9110 dropped them and Envoy forwards them, so do we.
+HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+                        b"trailer", b"upgrade"])
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+# Never copied from head.headers when serialising: framing comes from head.contentLength / ``chunked``.
+_NOT_COPIED = HOP_BY_HOP | frozenset([b"content-length", b"host"])
+
+# Fields dropped from received trailers: hop-by-hop, framing and routing (RFC 9110 6.5.1).
+TRAILER_FORBIDDEN = _NOT_COPIED
+
+_STATUS_LINES = {}
+for _s in HTTPStatus:
+    _STATUS_LINES[_s.value] = b"HTTP/1.1 %d %s\r\n" % (_s.value, _s.phrase.encode("ascii"))
+del _s
+
+# A complete chunk-size line: 1-16 hex digits, optional extensions of visible ASCII / SP / HT / obs-text (no CR,
+# LF, NUL or other controls), then CRLF.  The value is further limited to 63 bits.
+CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:;[\t\x20-\x7e\x80-\xff]*)?)\r\n")
+# A chunk-size line still arriving: anything that cannot grow into CHUNK_LINE is refused at once.
+CHUNK_PARTIAL = re.compile(rb"[0-9A-Fa-f]{0,16}(?:(?<=[0-9A-Fa-f]);[\t\x20-\x7e\x80-\xff]*)?\r?")
+MAX_CHUNK_LINE = 4096
+MAX_CHUNK_SIZE = (1 << 63) - 1
+
+# The raw Transfer-Encoding lines of a head: the only accepted value is "chunked" after optional spaces.
+TE_LINE = re.compile(rb"\ntransfer-encoding:([^\r\n]*)\r", re.IGNORECASE)
+TE_CHUNKED = re.compile(rb" *chunked\Z", re.IGNORECASE)
+
+
+def _checkSplitting(out, lines):
+    """Refuse a head whose names or values smuggled a CR or LF (``lines`` is the number of CRLFs expected)."""
+    if out.count(b"\n") != lines or out.count(b"\r") != lines:
+        raise HTTPCodecError("CR or LF inside a header field", 500)
+
+
+def encodeRequestHead(head, chunked, upgrade=None):
+    """
+    Serialise a request head in origin-form, always as HTTP/1.1, Host from C{head.authority}.
+
+    @param chunked: write ``Transfer-Encoding: chunked``; otherwise Content-Length from C{head.contentLength}
+        (none when it is None).
+    @param upgrade: an Upgrade value to offer (adds ``Connection: upgrade``), or None.
+    """
+    path = head.path or b"/"
+    parts = [head.method, b" ", path, b" HTTP/1.1\r\nhost: ", head.authority, b"\r\n"]
+    lines = 3
+    app = parts.append
+    for name, value in head.headers._fields:
+        if name in _NOT_COPIED:
+            if name != b"te" or value != b"trailers":
+                continue
+        app(name)
+        app(b": ")
+        app(value)
+        app(b"\r\n")
+        lines += 1
+    if chunked:
+        app(b"transfer-encoding: chunked\r\n")
+        lines += 1
+    elif head.contentLength is not None:
+        app(b"content-length: %d\r\n" % head.contentLength)
+        lines += 1
+    if upgrade is not None:
+        app(b"connection: upgrade\r\nupgrade: ")
+        app(upgrade)
+        app(b"\r\n")
+        lines += 2
+    app(b"\r\n")
+    out = b"".join(parts)
+    _checkSplitting(out, lines)
+    return out
+
+
+def encodeResponseHead(head, chunked, keepAlive, version=(1, 1), upgrade=None):
+    """
+    Serialise a response head.  The reason phrase is C{head.reason}, or the standard one when empty.
+
+    1xx and 204 get no framing field; 304 keeps a given Content-Length but is never chunked.  ``Connection:
+    close`` is written when not ``keepAlive``; ``Connection: keep-alive`` when an HTTP/1.0 peer may keep the
+    connection.  ``upgrade`` (for a 101) adds ``Connection: upgrade`` and ``Upgrade``.
+    """
+    status = head.status
+    if head.reason:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, head.reason)
+    else:
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % (status,)
+    parts = [line]
+    lines = 2
+    app = parts.append
+    for name, value in head.headers._fields:
+        if name in _NOT_COPIED:
+            continue
+        app(name)
+        app(b": ")
+        app(value)
+        app(b"\r\n")
+        lines += 1
+    if status >= 200 and status != 204:
+        if chunked and status != 304:
+            app(b"transfer-encoding: chunked\r\n")
+            lines += 1
+        elif head.contentLength is not None:
+            app(b"content-length: %d\r\n" % head.contentLength)
+            lines += 1
+    if upgrade is not None:
+        app(b"connection: upgrade\r\nupgrade: ")
+        app(upgrade)
+        app(b"\r\n")
+        lines += 2
+    elif not keepAlive:
+        app(b"connection: close\r\n")
+        lines += 1
+    elif version < (1, 1):
+        app(b"connection: keep-alive\r\n")
+        lines += 1
+    app(b"\r\n")
+    out = b"".join(parts)
+    _checkSplitting(out, lines)
+    return out
+
+
+def encodeChunk(data):
+    """One chunk of a chunked body; empty data gives b"" (a zero-size chunk would end the body)."""
+    if not data:
+        return b""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def encodeTrailers(trailers):
+    """
+    The end of a chunked body with trailers: the last chunk, the trailer fields, the final CRLF (just
+    ``LAST_CHUNK`` when there are none).  Framing and hop-by-hop fields are left out.
+    """
+    parts = [b"0\r\n"]
+    lines = 2
+    if trailers is not None:
+        for name, value in trailers:
+            if name in TRAILER_FORBIDDEN:
+                continue
+            parts.append(b"%s: %s\r\n" % (name, value))
+            lines += 1
+    parts.append(b"\r\n")
+    out = b"".join(parts)
+    _checkSplitting(out, lines)
+    return out
+
+
+class RequestStarted:
+    """A request head.  ``upgrade`` is the Upgrade value when Connection names upgrade (CONNECT: b"connect")."""
+
+    __slots__ = ("head", "keepAlive", "expectContinue", "chunked", "upgrade")
+
+    def __init__(self, head, keepAlive, expectContinue=False, chunked=False, upgrade=None):
+        self.head = head
+        self.keepAlive = keepAlive
+        self.expectContinue = expectContinue
+        self.chunked = chunked
+        self.upgrade = upgrade
+
+    def __repr__(self):
+        return "<RequestStarted %r keepAlive=%r>" % (self.head, self.keepAlive)
+
+
+class ResponseStarted:
+    """A final response head.  ``upgrade`` is the Upgrade value of a 101."""
+
+    __slots__ = ("head", "keepAlive", "chunked", "upgrade")
+
+    def __init__(self, head, keepAlive, chunked=False, upgrade=None):
+        self.head = head
+        self.keepAlive = keepAlive
+        self.chunked = chunked
+        self.upgrade = upgrade
+
+    def __repr__(self):
+        return "<ResponseStarted %r keepAlive=%r>" % (self.head, self.keepAlive)
+
+
+class InterimResponse:
+    """A 1xx response other than 101 (100 Continue, 103 Early Hints); the final response is still to come."""
+
+    __slots__ = ("status", "headers")
+
+    def __init__(self, status, headers):
+        self.status = status
+        self.headers = headers
+
+    def __eq__(self, other):
+        return type(other) is InterimResponse and (self.status, self.headers) == (other.status, other.headers)
+
+    def __repr__(self):
+        return "InterimResponse(%r, %r)" % (self.status, self.headers)
+
+
+class _Bytes:
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.data == other.data
+
+    def __repr__(self):
+        return "%s(%r)" % (type(self).__name__, self.data)
+
+
+class BodyData(_Bytes):
+    """Body bytes of the current message (chunk framing removed)."""
+
+
+class TunnelData(_Bytes):
+    """Opaque bytes after a 101 or an accepted CONNECT."""
+
+
+class MessageComplete:
+    """The current message ended; ``trailers`` is a HeaderMap, or None when there were none."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers=None):
+        self.trailers = trailers
+
+    def __eq__(self, other):
+        return type(other) is MessageComplete and self.trailers == other.trailers
+
+    def __repr__(self):
+        return "MessageComplete(%r)" % (self.trailers,)
