@@ -3,6 +3,7 @@ The service tree: one child service per listener, the admin listener, and the sh
 drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).
 """
 
+import importlib
 import ipaddress
 import random
 
@@ -20,7 +21,6 @@ from twisted.logger import Logger
 
 from txmesh.admin import makeAdminSite
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols.http1 import HTTP1ClientProtocol, HTTP1ListenerFactory
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager
@@ -36,12 +36,28 @@ def _clientEndpoint(reactor, hostname, port, timeout):
     return TCP6ClientEndpoint(reactor, hostname, port, timeout=timeout)
 
 
+# cluster protocol -> the client protocol class a connection speaks, "module:attribute" so a protocol's module is
+# imported only when a config uses it
+CLIENT_PROTOCOLS = {
+    "http1": "txmesh.protocols.http1:HTTP1ClientProtocol",
+}
+
+# listener protocol -> its listener Factory class, made as Factory(listenerConfig, template, runtime)
+LISTENER_FACTORIES = {
+    "http": "txmesh.protocols.http1:HTTP1ListenerFactory",
+}
+
+
+def _load(ref):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def connectFactoryFor(reactor):
     """``connectFactory(clusterConfig) -> connect(host) -> Deferred[client protocol]`` for the cluster manager."""
 
     def connectFactory(clusterConfig):
-        protocols = {"http1": HTTP1ClientProtocol}
-        protocolClass = protocols[clusterConfig.protocol]
+        protocolClass = _load(CLIENT_PROTOCOLS[clusterConfig.protocol])
         timeout = max(1, int(clusterConfig.connectTimeout + 0.999))
 
         def connect(host):
@@ -51,9 +67,6 @@ def connectFactoryFor(reactor):
         return connect
 
     return connectFactory
-
-
-_LISTENER_FACTORIES = {"http": HTTP1ListenerFactory}
 
 
 class MeshService(MultiService):
@@ -74,7 +87,7 @@ class MeshService(MultiService):
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody)
-            factory = _LISTENER_FACTORIES[lc.protocol](lc, template, self.runtime)
+            factory = _load(LISTENER_FACTORIES[lc.protocol])(lc, template, self.runtime)
             self.listenerFactories.append(factory)
             svc = StreamServerEndpointService(serverFromString(reactor, lc.address), factory)
             svc._raiseSynchronously = True

@@ -104,10 +104,14 @@ class RequestHead:
     @ivar protocol: the downstream protocol name ('http', 'grpc', 'dubbo').
     @ivar metadata: protocol fields that are not headers (Dubbo service/method/version/group), str -> str.
     @ivar contentLength: declared body length, or None (chunked / unknown / none).
+    @ivar timeout: a deadline the client asked for, in seconds (grpc-timeout, Dubbo's timeout attachment), or
+        None; the router bounds the upstream call by the smaller of it and the route's timeout.
+    @ivar payload: protocol-specific data the upstream codec needs to forward the request as it came (e.g. the
+        decoded Dubbo frame), or None.
     """
 
     __slots__ = ("method", "scheme", "authority", "path", "headers", "version", "protocol", "metadata",
-                 "contentLength")
+                 "contentLength", "timeout", "payload")
 
     def __init__(self, method, path, authority=b"", headers=None, scheme=b"http", version=(1, 1),
                  protocol="http", metadata=None, contentLength=None):
@@ -120,6 +124,8 @@ class RequestHead:
         self.protocol = protocol
         self.metadata = metadata if metadata is not None else {}
         self.contentLength = contentLength
+        self.timeout = None
+        self.payload = None
 
     def pathOnly(self):
         """The path without the query string."""

@@ -121,8 +121,11 @@ class Router:
         info.upstreamHost = host.address
         host.activeRequests += 1
 
-        if action.timeout:
-            self._timer = cb.clock.callLater(action.timeout, self._timedOut)
+        timeout = action.timeout
+        if request.timeout is not None and (not timeout or request.timeout < timeout):
+            timeout = request.timeout
+        if timeout:
+            self._timer = cb.clock.callLater(timeout, self._timedOut)
 
         self._requestDone = endStream
         self._pending = [(_HEADERS, request, endStream)]

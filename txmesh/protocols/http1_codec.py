@@ -29,28 +29,15 @@ from collections import deque
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
 from txmesh.errors import HTTPCodecError
-from txmesh.protocols.http1_wire import (  # noqa: F401 (re-exported)
-    CHUNK_LINE,
-    CHUNK_PARTIAL,
-    HOP_BY_HOP,
-    LAST_CHUNK,
-    MAX_CHUNK_LINE,
-    MAX_CHUNK_SIZE,
-    TE_CHUNKED,
-    TE_LINE,
-    TRAILER_FORBIDDEN,
-    encodeChunk,
-    encodeRequestHead,
-    encodeResponseHead,
-    encodeTrailers,
-    BodyData,
-    InterimResponse,
-    MessageComplete,
-    RequestStarted,
-    ResponseStarted,
-    TunnelData,
-)
+from txmesh.protocols.http1_wire import (
+    CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, BodyData,
+    InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData, checkChunked, classifyFields,
+    encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead
+
+__all__ = ["RequestDecoder", "ResponseDecoder", "RequestStarted", "ResponseStarted", "InterimResponse", "BodyData",
+           "TunnelData", "MessageComplete", "HOP_BY_HOP", "LAST_CHUNK", "encodeChunk", "encodeRequestHead",
+           "encodeResponseHead", "encodeTrailers"]
 
 
 # decoder states
@@ -62,21 +49,6 @@ _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 _LEADING_BLANK = re.compile(rb"[\r\n]*")
 _ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?", re.DOTALL)
 _TRAILER_PRIMER = b"GET / HTTP/1.1\r\n"
-
-# Fields that steer framing or the connection; every other field goes to the head as is.
-_HOST, _CL, _TE, _CONN, _UPGRADE, _TE_HDR, _EXPECT, _DROP = range(8)
-_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN,
-            b"upgrade": _UPGRADE, b"te": _TE_HDR, b"expect": _EXPECT, b"keep-alive": _DROP,
-            b"proxy-connection": _DROP, b"trailer": _DROP}
-_CONN_OWN = frozenset([b"close", b"keep-alive", b"upgrade", b""])
-
-
-class _Framing:
-    """What the fields of one head say about framing and the connection."""
-
-    __slots__ = ("headers", "hosts", "host", "contentLength", "te", "teCount", "close", "keepAlive", "upgrade",
-                 "expectContinue")
-
 
 class _MessageDecoder:
     """The machinery both decoders share: head reading with limits, body framing, chunked decoding."""
@@ -187,75 +159,6 @@ class _MessageDecoder:
         if not self._headDone:
             self._fail("malformed head")
         return end
-
-    def _classify(self, fields):
-        """Split the fields of a head into the regular ones and what they say about framing."""
-        f = _Framing()
-        headers = []
-        hosts = 0
-        host = cl = te = conn = upgrade = None
-        teCount = 0
-        expectContinue = False
-        special = _SPECIAL
-        for field in fields:
-            kind = special.get(field[0])
-            if kind is None:
-                headers.append(field)
-                continue
-            value = field[1]
-            if kind == _HOST:
-                hosts += 1
-                host = value
-            elif kind == _CL:
-                if cl is not None or not value.isdigit() or len(value) > 18:
-                    self._fail("invalid Content-Length")
-                cl = int(value)
-            elif kind == _TE:
-                teCount += 1
-                te = value
-            elif kind == _CONN:
-                conn = value if conn is None else conn + b"," + value
-            elif kind == _UPGRADE:
-                upgrade = value
-            elif kind == _TE_HDR:
-                if b"trailers" in [t.strip() for t in value.lower().split(b",")]:
-                    headers.append((b"te", b"trailers"))
-            elif kind == _EXPECT:
-                headers.append(field)
-                expectContinue = value.lower() == b"100-continue"
-        close = keepAlive = False
-        if conn is not None:
-            tokens = {t.strip() for t in conn.lower().split(b",")}
-            close = b"close" in tokens
-            keepAlive = b"keep-alive" in tokens
-            if b"upgrade" not in tokens:
-                upgrade = None
-            nominated = tokens - _CONN_OWN
-            if nominated:
-                headers = [h for h in headers if h[0] not in nominated]
-        else:
-            upgrade = None
-        f.headers = headers
-        f.hosts = hosts
-        f.host = host
-        f.contentLength = cl
-        f.te = te
-        f.teCount = teCount
-        f.close = close
-        f.keepAlive = keepAlive
-        f.upgrade = upgrade
-        f.expectContinue = expectContinue
-        return f
-
-    def _checkChunked(self, f, version):
-        """Transfer-Encoding must be exactly one field saying ``chunked``, in HTTP/1.1, without Content-Length."""
-        if f.contentLength is not None:
-            self._fail("Content-Length with Transfer-Encoding")
-        if f.teCount != 1 or version != (1, 1):
-            self._fail("invalid Transfer-Encoding")
-        raw = TE_LINE.findall(b"".join(self._chunks))
-        if len(raw) != 1 or TE_CHUNKED.match(raw[0]) is None:
-            self._fail("invalid Transfer-Encoding")
 
     def _parserReusable(self):
         return self._llDone and self._parser.should_keep_alive()
@@ -468,7 +371,7 @@ class RequestDecoder(_MessageDecoder):
         if version is None:
             self._fail("unsupported HTTP version")
         method = parser.get_method()
-        f = self._classify(self._fields)
+        f = classifyFields(self._fields, self._badStatus)
         if f.hosts == 0:
             if version == (1, 1):
                 self._fail("missing Host")
@@ -505,7 +408,7 @@ class RequestDecoder(_MessageDecoder):
             keepAlive = f.keepAlive and not f.close
         chunked = False
         if f.te is not None:
-            self._checkChunked(f, version)
+            checkChunked(f, version, b"".join(self._chunks), self._badStatus)
             chunked = True
         length = f.contentLength
         if method == b"CONNECT":
@@ -598,7 +501,7 @@ class ResponseDecoder(_MessageDecoder):
             self._fail("invalid status code")
         if not self._expected:
             self._fail("response without a request")
-        f = self._classify(self._fields)
+        f = classifyFields(self._fields, self._badStatus)
         head = ResponseHead(status, HeaderMap(f.headers), self._reason, version, f.contentLength)
         if status < 200 and status != 101:
             events.append(InterimResponse(status, head.headers))
@@ -619,7 +522,7 @@ class ResponseDecoder(_MessageDecoder):
         if method == b"HEAD" or status == 204 or status == 304:
             length = 0
         elif f.te is not None:
-            self._checkChunked(f, version)
+            checkChunked(f, version, b"".join(self._chunks), self._badStatus)
             chunked = True
             length = None
         else:

@@ -1,6 +1,6 @@
 """
 HTTP/1.1 on the wire: the decoders' events, the field rules they share, and serialisation (the decoders are in
-L{txmesh.protocols.http1_codec}, which re-exports all of this).
+L{txmesh.protocols.http1_codec}, which re-exports the public names).
 
 Every head is built as a list and joined once: one ``bytes`` per head, ready for one ``transport.write``.
 Fields that carry framing or connection semantics (``HOP_BY_HOP``, Content-Length, Host) are never copied from
@@ -43,6 +43,93 @@ MAX_CHUNK_SIZE = (1 << 63) - 1
 # The raw Transfer-Encoding lines of a head: the only accepted value is "chunked" after optional spaces.
 TE_LINE = re.compile(rb"\ntransfer-encoding:([^\r\n]*)\r", re.IGNORECASE)
 TE_CHUNKED = re.compile(rb" *chunked\Z", re.IGNORECASE)
+
+
+# Fields that steer framing or the connection; every other field goes to the head as is.
+_HOST, _CL, _TE, _CONN, _UPGRADE, _TE_HDR, _EXPECT, _DROP = range(8)
+_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN,
+            b"upgrade": _UPGRADE, b"te": _TE_HDR, b"expect": _EXPECT, b"keep-alive": _DROP,
+            b"proxy-connection": _DROP, b"trailer": _DROP}
+_CONN_OWN = frozenset([b"close", b"keep-alive", b"upgrade", b""])
+
+
+class _Framing:
+    """What the fields of one head say about framing and the connection."""
+
+    __slots__ = ("headers", "hosts", "host", "contentLength", "te", "teCount", "close", "keepAlive", "upgrade",
+                 "expectContinue")
+
+
+
+def classifyFields(fields, badStatus):
+    """Split the fields of a head into the regular ones and what they say about framing."""
+    f = _Framing()
+    headers = []
+    hosts = 0
+    host = cl = te = conn = upgrade = None
+    teCount = 0
+    expectContinue = False
+    special = _SPECIAL
+    for field in fields:
+        kind = special.get(field[0])
+        if kind is None:
+            headers.append(field)
+            continue
+        value = field[1]
+        if kind == _HOST:
+            hosts += 1
+            host = value
+        elif kind == _CL:
+            if cl is not None or not value.isdigit() or len(value) > 18:
+                raise HTTPCodecError("invalid Content-Length", badStatus)
+            cl = int(value)
+        elif kind == _TE:
+            teCount += 1
+            te = value
+        elif kind == _CONN:
+            conn = value if conn is None else conn + b"," + value
+        elif kind == _UPGRADE:
+            upgrade = value
+        elif kind == _TE_HDR:
+            if b"trailers" in [t.strip() for t in value.lower().split(b",")]:
+                headers.append((b"te", b"trailers"))
+        elif kind == _EXPECT:
+            headers.append(field)
+            expectContinue = value.lower() == b"100-continue"
+    close = keepAlive = False
+    if conn is not None:
+        tokens = {t.strip() for t in conn.lower().split(b",")}
+        close = b"close" in tokens
+        keepAlive = b"keep-alive" in tokens
+        if b"upgrade" not in tokens:
+            upgrade = None
+        nominated = tokens - _CONN_OWN
+        if nominated:
+            headers = [h for h in headers if h[0] not in nominated]
+    else:
+        upgrade = None
+    f.headers = headers
+    f.hosts = hosts
+    f.host = host
+    f.contentLength = cl
+    f.te = te
+    f.teCount = teCount
+    f.close = close
+    f.keepAlive = keepAlive
+    f.upgrade = upgrade
+    f.expectContinue = expectContinue
+    return f
+
+
+def checkChunked(f, version, rawHead, badStatus):
+    """Transfer-Encoding must be exactly one field saying ``chunked``, in HTTP/1.1, without Content-Length."""
+    if f.contentLength is not None:
+        raise HTTPCodecError("Content-Length with Transfer-Encoding", badStatus)
+    if f.teCount != 1 or version != (1, 1):
+        raise HTTPCodecError("invalid Transfer-Encoding", badStatus)
+    raw = TE_LINE.findall(rawHead)
+    if len(raw) != 1 or TE_CHUNKED.match(raw[0]) is None:
+        raise HTTPCodecError("invalid Transfer-Encoding", badStatus)
 
 
 def _checkSplitting(out, lines):
