@@ -17,21 +17,19 @@ Every process it starts is stopped by PID at the end, also on Ctrl-C, SIGTERM or
 
 import argparse
 import datetime
-import http.client
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import BenchError, Processes, freePort, measure, probe, render, runWrk, toolVersion
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-TEMPLATES = os.path.join(HERE, "templates")
 RESULTS = os.path.join(HERE, "results")
 
 BODIES = {"small": 100, "64k": 65536}
@@ -40,228 +38,6 @@ ALL_PROXIES = ("nginx", "haproxy", "txmesh")
 # floor for any proxy written on Twisted, since it does no HTTP work at all
 EXTRA_PROXIES = ("portforward",)
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-START_TIMEOUT = 15.0
-
-
-class BenchError(Exception):
-    """A step failed (a process did not start, wrk output unreadable); the message says which."""
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-
-
-def freePort():
-    """A TCP port free on loopback right now (the kernel's pick; the window before we bind it is harmless)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def render(template, dest, **values):
-    """Fill ``@NAME@`` placeholders of bench/templates/<template> and write ``dest``."""
-    with open(os.path.join(TEMPLATES, template)) as f:
-        text = f.read()
-    for name, value in values.items():
-        text = text.replace("@%s@" % name, str(value))
-    left = re.findall(r"@[A-Z_]+@", text)
-    if left:
-        raise BenchError("%s: unfilled placeholders %s" % (template, sorted(set(left))))
-    with open(dest, "w") as f:
-        f.write(text)
-    return dest
-
-
-def procStat(pid):
-    """(ppid, utime+stime in ticks) of one process; None if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the last ')'
-    rest = data[data.rindex(b")") + 2:].split()
-    return int(rest[1]), int(rest[11]) + int(rest[12])
-
-
-def descendants(pid):
-    """``pid`` and every live descendant of it."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = procStat(int(entry))
-            if st is not None:
-                children.setdefault(st[0], []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, ()))
-    return out
-
-
-def cpuSeconds(pid):
-    """CPU time (user+system) of ``pid`` and its descendants: nginx master+workers, all threads of a process."""
-    total = 0
-    for p in descendants(pid):
-        st = procStat(p)
-        if st is not None:
-            total += st[1]
-    return total / CLK_TCK
-
-
-def waitForPort(port, proc, deadline):
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def probe(port, path, expectLength, timeout=5.0):
-    """One GET; raise BenchError unless it is a 200 with a body of the expected length."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-    except (OSError, http.client.HTTPException) as e:
-        raise BenchError("GET 127.0.0.1:%d%s failed: %s" % (port, path, e))
-    finally:
-        conn.close()
-    if resp.status != 200 or len(body) != expectLength:
-        raise BenchError("GET 127.0.0.1:%d%s: status %d, %d body bytes (want 200, %d)"
-                         % (port, path, resp.status, len(body), expectLength))
-
-
-def toolVersion(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0] if text else "?"
-
-
-# ---------------------------------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """The processes this run started, each stopped by PID (its recorded descendants too) in ``stopAll``."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.started = []  # (name, Popen, log path)
-
-    def start(self, name, argv, port, env=None, cwd=None):
-        """Start ``argv``, wait until ``port`` accepts; return the Popen.  Raises BenchError with the log tail."""
-        logPath = os.path.join(self.workdir, name + ".log")
-        log = open(logPath, "wb")
-        # own session: a Ctrl-C in the terminal reaches only us, and we stop everything in order
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd or self.workdir, start_new_session=True)
-        log.close()
-        self.started.append((name, proc, logPath))
-        if not waitForPort(port, proc, time.monotonic() + START_TIMEOUT):
-            self.stop(name)
-            raise BenchError("%s did not start listening on 127.0.0.1:%d; %s:\n%s"
-                             % (name, port, logPath, self.tail(logPath)))
-        return proc
-
-    @staticmethod
-    def tail(path, lines=20):
-        try:
-            with open(path, "rb") as f:
-                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def stop(self, name):
-        for entry in list(self.started):
-            if entry[0] == name:
-                self._stop(entry[1])
-                self.started.remove(entry)
-
-    def stopAll(self):
-        while self.started:
-            _, proc, _ = self.started.pop()
-            self._stop(proc)
-
-    @staticmethod
-    def _stop(proc):
-        family = descendants(proc.pid) if proc.poll() is None else []
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for pid in family[1:]:  # e.g. nginx workers, if the master died without taking them along
-            if procStat(pid) is not None:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
-# ---------------------------------------------------------------------------------------------------- wrk
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise BenchError("unreadable wrk latency %r" % text)
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parseWrk(out):
-    """requests/s, p50 ms, p99 ms, total requests and error count from ``wrk --latency`` output."""
-    try:
-        rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
-        total = int(re.search(r"^\s*(\d+) requests in ", out, re.M).group(1))
-        p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-        p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-    except AttributeError:
-        raise BenchError("unreadable wrk output:\n" + out)
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(g) for g in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-    return {"rps": rps, "p50": p50, "p99": p99, "requests": total, "errors": errors}
-
-
-def runWrk(port, path, conns, duration, threads):
-    argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency", "--timeout", "5s",
-            "http://127.0.0.1:%d%s" % (port, path)]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
-    except subprocess.TimeoutExpired:
-        raise BenchError("wrk did not finish in %d s" % (duration + 30))
-    if out.returncode != 0:
-        raise BenchError("wrk exited %d: %s" % (out.returncode, out.stderr.strip()))
-    return parseWrk(out.stdout)
-
-
-def measure(port, cpuPid, path, conns, duration, threads, warmup):
-    """One wrk run against ``port``; CPU µs per request of ``cpuPid``'s process tree."""
-    if warmup:
-        runWrk(port, path, conns, warmup, threads)
-    before = cpuSeconds(cpuPid)
-    result = runWrk(port, path, conns, duration, threads)
-    cpu = cpuSeconds(cpuPid) - before
-    result["cpuUs"] = cpu * 1e6 / result["requests"] if result["requests"] else float("nan")
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------- targets
@@ -468,32 +244,36 @@ def main(argv=None):
         if shutil.which(tool) is None:
             sys.exit("%s is not installed" % tool)
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started from a shell that ignores it
     workdir = tempfile.mkdtemp(prefix="txmesh-bench-")
     os.chmod(workdir, 0o755)  # nginx workers run as nobody when we are root
     procs = Processes(workdir)
-    rows, notes, failed = {}, [], False
+    rows, notes, failed, interrupted = {}, [], False, False
     started = datetime.datetime.now()
     try:
         upstreamPort, upstream = startUpstream(procs, workdir)
         for body, size in BODIES.items():
             probe(upstreamPort, "/" + body, size)
-        targets = [] if args.no_direct else [("direct", upstreamPort, upstream.pid)]
         for name in args.proxies:
             try:
                 port, proc = STARTERS[name](procs, workdir, upstreamPort)
-                for body in args.bodies:
-                    probe(port, "/" + body, BODIES[body])
             except BenchError as e:
                 print("%s: %s" % (name, e), file=sys.stderr)
                 failed = True
-                procs.stop(name)
                 for body in args.bodies:
                     for conns in args.conns:
                         rows[(name, body, conns)] = "did not start"
                 continue
-            targets.append((name, port, proc.pid))
             # run each proxy alone, so the others' idle processes are the only bystanders
             for body in args.bodies:
+                try:
+                    probe(port, "/" + body, BODIES[body])
+                except BenchError as e:
+                    print("%s: %s" % (name, e), file=sys.stderr)
+                    failed = True
+                    for conns in args.conns:
+                        rows[(name, body, conns)] = "probe failed (see stderr)"
+                    continue
                 for conns in args.conns:
                     rows[(name, body, conns)] = _measureOne(name, port, proc.pid, body, conns, args)
             if name == args.py_spy_target and args.py_spy:
@@ -506,7 +286,7 @@ def main(argv=None):
                                                                 conns, args)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping", file=sys.stderr)
-        failed = True
+        failed = interrupted = True
     except BenchError as e:
         print(str(e), file=sys.stderr)
         failed = True
@@ -528,7 +308,7 @@ def main(argv=None):
             report += [""] + notes
         text = "\n".join(report) + "\n"
         print(text)
-        if not args.no_save:
+        if not (args.no_save or interrupted):
             os.makedirs(RESULTS, exist_ok=True)
             path = os.path.join(RESULTS, started.strftime("%Y%m%d-%H%M%S") + ".md")
             with open(path, "w") as f:
@@ -559,8 +339,8 @@ def _profile(args, pid, port):
     if pySpy(collapsed, pid, port, args.duration, args.threads, "raw"):
         selfRows, inclusiveRows, total = topFunctions(collapsed)
         header = ["| share | function |", "|---:|---|"]
-        summary = (["Self time in %s (py-spy, small, 16 conns, %d samples; stacks in `%s`):" % (target, total, collapsed),
-                    ""] + header + selfRows + ["", "Inclusive time:", ""] + header + inclusiveRows)
+        title = "Self time in %s (py-spy, small, 16 conns, %d samples; stacks in `%s`):" % (target, total, collapsed)
+        summary = [title, ""] + header + selfRows + ["", "Inclusive time:", ""] + header + inclusiveRows
         with open(base + ".txt", "w") as f:
             f.write("\n".join(summary) + "\n")
         notes += [""] + summary

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! $PY -c 'import txmesh, twisted' 2>/dev/null || ! $PY -m twisted --help 2>/dev/null | grep -q txmesh; then
+if ! $PY -c 'import txmesh, twisted' 2>/dev/null || ! $PY -c "from twisted.scripts.twistd import run; run()" --help 2>/dev/null | grep -q txmesh; then
   [ -d .venv ] || python3 -m venv .venv
   .venv/bin/pip install -q .
   PY=.venv/bin/python
@@ -13,7 +13,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 $PY etc/demo_upstream.py 18080 18081 18082 & pids+=($!)
-$PY -m twisted -n --pidfile= txmesh --config etc/mesh.yaml & pids+=($!)
+$PY -c "from twisted.scripts.twistd import run; run()" -n --pidfile= txmesh --config etc/mesh.yaml & pids+=($!)
 for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:9901/ready && break; sleep 0.1; done
 echo "== outbound listener (127.0.0.1:15001), Host demo.svc -> cluster demo (round robin over 18081, 18082)"
 for i in 1 2 3 4; do curl -s -H 'Host: demo.svc' "http://127.0.0.1:15001/hello/$i"; done

@@ -85,7 +85,8 @@ def startTxmesh(configText, adminPort, extraEnv=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extraEnv or {})
-    proc = Proc([sys.executable, "-m", "twisted", "-n", "--pidfile=", "txmesh", "--config", path], env=env)
+    proc = Proc([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                 "txmesh", "--config", path], env=env)
     try:
         waitForPort(adminPort, proc=proc.popen)
     except RuntimeError:
@@ -100,7 +101,7 @@ def startNginx(conf):
     prefix = tempfile.mkdtemp(prefix="txmesh-nginx-")
     os.makedirs(os.path.join(prefix, "logs"))
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
-        f.write("daemon off;\nworker_processes 1;\npid %s/nginx.pid;\nerror_log %s/logs/error.log warn;\n"
+        f.write(("user root;\n" if os.geteuid() == 0 else "") + "daemon off;\nworker_processes 1;\npid %s/nginx.pid;\nerror_log %s/logs/error.log warn;\n"
                 "events { worker_connections 1024; }\nhttp {\naccess_log off;\n"
                 "client_body_temp_path %s/tmp;\nproxy_temp_path %s/tmp;\n%s\n}\n"
                 % (prefix, prefix, prefix, prefix, conf))

@@ -179,7 +179,7 @@ ERRORS = [
     ("use_remote_address type", addToListener("    use_remote_address: 'yes'"),
      "mesh.yaml:8: listeners[0].use_remote_address: must be a boolean, not a string"),
     ("protocol", addToListener("    protocol: smtp"),
-     "mesh.yaml:8: listeners[0].protocol: unknown protocol 'smtp' (known: http)"),
+     "mesh.yaml:8: listeners[0].protocol: unknown protocol 'smtp' (known: %s)" % ", ".join(sorted(config.KNOWN_PROTOCOLS))),
     ("default_cluster", addToListener("    default_cluster: nope"),
      "mesh.yaml:8: listeners[0].default_cluster: unknown cluster 'nope' (known: backend)"),
     ("invalid endpoint type", edit(("tcp:15001:interface=127.0.0.1", "bogus:1")),
@@ -242,7 +242,8 @@ ERRORS = [
     ("duplicate cluster", edit(("clusters:\n", "clusters:\n  - name: backend\n")),
      "mesh.yaml:3: clusters[1].name: duplicate cluster name 'backend' (also clusters[0])"),
     ("cluster protocol", edit(("    endpoints:\n", "    protocol: h3\n    endpoints:\n")),
-     "mesh.yaml:3: clusters[0].protocol: unknown cluster protocol 'h3' (known: http1)"),
+     "mesh.yaml:3: clusters[0].protocol: unknown cluster protocol 'h3' (known: %s)" % ", ".join(
+         sorted(config.KNOWN_CLUSTER_PROTOCOLS))),
     ("connect_timeout", edit(("    endpoints:\n", "    connect_timeout: 1sec\n    endpoints:\n")),
      "mesh.yaml:3: clusters[0].connect_timeout: invalid duration '1sec' (use e.g. 250ms, 1.5s, 2m, 1h)"),
     ("bool duration", edit(("    endpoints:\n", "    idle_timeout: true\n    endpoints:\n")),

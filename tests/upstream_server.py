@@ -80,6 +80,8 @@ class Raw(protocol.Protocol):
     def dataReceived(self, data):
         line = data.split(b"\r\n", 1)[0].split(b" ")
         path = line[1] if len(line) > 1 else b""
+        if path.startswith(b"/raw/"):
+            path = path[4:]
         self.transport.write(RAW.get(path, b""))
         self.transport.loseConnection()
 

@@ -20,8 +20,8 @@ from txmesh.errors import ConfigError
 from txmesh.interfaces import IFilterFactory, ILoadBalancerFactory
 from txmesh.routing import RouteConfig, buildRouteConfig
 
-KNOWN_PROTOCOLS = frozenset({"http"})
-KNOWN_CLUSTER_PROTOCOLS = frozenset({"http1"})
+KNOWN_PROTOCOLS = frozenset({"http", "dubbo", "grpc", "http2"})
+KNOWN_CLUSTER_PROTOCOLS = frozenset({"http1", "dubbo", "h2"})
 DEFAULT_ADMIN_ADDRESS = "tcp:9901:interface=127.0.0.1"
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -112,6 +112,11 @@ class ClusterConfig:
     maxPendingRequests: int = 1024
     maxRequestsPerConnection: int = 0
     endpoints: tuple = ()
+    # multiplexed protocols (dubbo): connections per host, concurrent requests per connection (0 = the pool's
+    # default), keep-alive ping interval in seconds (0 = none)
+    connectionsPerHost: int = 1
+    maxConcurrentStreams: int = 0
+    heartbeatInterval: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +426,8 @@ def _checkAddresses(r, admin, listeners):
 def _buildCluster(r, m, path, lbFactories):
     r.mapping(m, path, required=("name",), optional=(
         "protocol", "lb_policy", "connect_timeout", "idle_timeout", "max_connections", "max_pending_requests",
-        "max_requests_per_connection", "endpoints"))
+        "max_requests_per_connection", "endpoints", "connections_per_host", "max_concurrent_streams",
+        "heartbeat_interval"))
     protocol = r.get(m, path, "protocol", str, "http1")
     if protocol not in KNOWN_CLUSTER_PROTOCOLS:
         raise r.error("unknown cluster protocol '%s' (known: %s)" % (protocol, ", ".join(sorted(
@@ -448,7 +454,10 @@ def _buildCluster(r, m, path, lbFactories):
         maxConnections=r.integer(m, path, "max_connections", 1024, 1),
         maxPendingRequests=r.integer(m, path, "max_pending_requests", 1024, 0),
         maxRequestsPerConnection=r.integer(m, path, "max_requests_per_connection", 0, 0),
-        endpoints=tuple(endpoints))
+        endpoints=tuple(endpoints),
+        connectionsPerHost=r.integer(m, path, "connections_per_host", 1, 1, 64),
+        maxConcurrentStreams=r.integer(m, path, "max_concurrent_streams", 0, 0),
+        heartbeatInterval=r.duration(m, path, "heartbeat_interval", 30.0 if protocol == "dubbo" else 0.0))
 
 
 def _hostPort(r, address, path):

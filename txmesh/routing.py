@@ -86,6 +86,7 @@ class RouteMatch:
     caseSensitive: bool = True
     methods: frozenset | None = None
     headers: tuple = ()
+    dubbo: object = None  # a DubboMatch, for Dubbo listeners
 
     def matches(self, request, path):
         """Whether ``request`` (a txmesh.stream.RequestHead) with query-less ``path`` fits."""
@@ -103,6 +104,37 @@ class RouteMatch:
             return False
         for h in self.headers:
             if not h.matches(request):
+                return False
+        if self.dubbo is not None and not self.dubbo.matches(request):
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class DubboMatch:
+    """
+    ``match.dubbo``: interface (exact, ``prefix.*`` or ``*``), method, version, group (exact; "" matches absent) and
+    attachment matchers (HeaderMatchers over the attachments, which a Dubbo listener exposes as request headers).
+    """
+
+    interface: str | None = None
+    interfacePrefix: str | None = None
+    method: str | None = None
+    version: str | None = None
+    group: str | None = None
+    attachments: tuple = ()
+
+    def matches(self, request):
+        md = request.metadata
+        if self.interface is not None and md.get("interface") != self.interface:
+            return False
+        if self.interfacePrefix is not None and not md.get("interface", "").startswith(self.interfacePrefix):
+            return False
+        for want, key in ((self.method, "method"), (self.version, "version"), (self.group, "group")):
+            if want is not None and md.get(key, "") != want:
+                return False
+        for a in self.attachments:
+            if not a.matches(request):
                 return False
         return True
 
@@ -468,7 +500,11 @@ def _buildRoute(r, m, path, clusterNames):
 
 
 def _buildMatch(r, m, path):
-    r.mapping(m, path, optional=("prefix", "path", "regex", "methods", "headers", "case_sensitive"))
+    r.mapping(m, path, optional=("prefix", "path", "regex", "methods", "headers", "case_sensitive", "dubbo", "grpc"))
+    if m.get("grpc") is not None:
+        m = _grpcMatch(r, m, _join(path, "grpc"))
+    if m.get("dubbo") is not None and all(m.get(k) is None for k in ("prefix", "path", "regex")):
+        m = dict(m, prefix="/")  # a Dubbo route needs no path match
     kind = _exactlyOne(r, m, path, ("prefix", "path", "regex"))
     caseSensitive = r.get(m, path, "case_sensitive", bool, True)
     value = r.get(m, path, kind, str)
@@ -495,7 +531,58 @@ def _buildMatch(r, m, path):
             hkw[which] = _headerValue(r, h[which], _join(hPath, which))
         headers.append(HeaderMatcher(_headerName(r, h["name"], _join(hPath, "name"), pseudo=True),
                                      invert=r.get(h, hPath, "invert", bool, False), **hkw))
-    return RouteMatch(caseSensitive=caseSensitive, methods=methods, headers=tuple(headers), **kw)
+    return RouteMatch(caseSensitive=caseSensitive, methods=methods, headers=tuple(headers),
+                      dubbo=_buildDubboMatch(r, m.get("dubbo"), _join(path, "dubbo")), **kw)
+
+
+def _grpcMatch(r, m, path):
+    """``match.grpc: {service: pkg.Svc, method: M}`` is the path ``/pkg.Svc/M`` (or the prefix ``/pkg.Svc/``)."""
+    g = r.mapping(m["grpc"], path, required=("service",), optional=("method",))
+    if any(m.get(k) is not None for k in ("prefix", "path", "regex")):
+        raise r.error("grpc and prefix/path/regex are exclusive", path)
+    service = r.get(g, path, "service", str)
+    method = r.get(g, path, "method", str, None)
+    for key, value in (("service", service), ("method", method)):
+        if value is not None and (not value or "/" in value or any(c.isspace() for c in value)):
+            raise r.error("invalid gRPC %s name '%s'" % (key, value), _join(path, key))
+    m = dict(m)
+    del m["grpc"]
+    if method is None:
+        m["prefix"] = "/%s/" % (service,)
+    else:
+        m["path"] = "/%s/%s" % (service, method)
+    return m
+
+
+def _buildDubboMatch(r, m, path):
+    if m is None:
+        return None
+    r.mapping(m, path, optional=("interface", "method", "version", "group", "attachments"))
+    interface = r.get(m, path, "interface", str, None)
+    prefix = None
+    if interface is not None and interface.endswith("*"):
+        if "*" in interface[:-1]:
+            raise r.error("invalid interface '%s' (use a name, prefix.* or *)" % (interface,),
+                          _join(path, "interface"))
+        interface, prefix = None, interface[:-1]
+    elif interface is not None and "*" in interface:
+        raise r.error("invalid interface '%s' (use a name, prefix.* or *)" % (interface,), _join(path, "interface"))
+    attachments = []
+    for i, a in enumerate(r.list(m, path, "attachments")):
+        aPath = "%s.attachments[%d]" % (path, i)
+        r.mapping(a, aPath, required=("name",), optional=("exact", "prefix", "regex", "present", "invert"))
+        which = _exactlyOne(r, a, aPath, ("exact", "prefix", "regex", "present"))
+        akw = {}
+        if which == "present":
+            akw["present"] = r.get(a, aPath, which, bool)
+        elif which == "regex":
+            akw["regex"] = _regex(r, r.get(a, aPath, which, str), _join(aPath, which))
+        else:
+            akw[which] = r.get(a, aPath, which, str).encode("utf-8")
+        name = r.get(a, aPath, "name", str).lower().encode("utf-8")
+        attachments.append(HeaderMatcher(name, invert=r.get(a, aPath, "invert", bool, False), **akw))
+    return DubboMatch(interface, prefix or None, r.get(m, path, "method", str, None),
+                      r.get(m, path, "version", str, None), r.get(m, path, "group", str, None), tuple(attachments))
 
 
 def _prefixRewrite(r, m, path, match):

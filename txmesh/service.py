@@ -10,11 +10,11 @@ import random
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.protocol import Factory
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    connectProtocol,
     serverFromString,
 )
 from twisted.logger import Logger
@@ -24,6 +24,18 @@ from txmesh.filters.chain import FilterChainTemplate
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager
+
+
+class _QuietFactory(Factory):
+    """One client protocol per connect, without a log line for each (connectProtocol's factory is noisy)."""
+
+    noisy = False
+
+    def __init__(self, protocolClass):
+        self.protocolClass = protocolClass
+
+    def buildProtocol(self, addr):
+        return self.protocolClass()
 
 
 def _clientEndpoint(reactor, hostname, port, timeout):
@@ -40,11 +52,16 @@ def _clientEndpoint(reactor, hostname, port, timeout):
 # imported only when a config uses it
 CLIENT_PROTOCOLS = {
     "http1": "txmesh.protocols.http1:HTTP1ClientProtocol",
+    "dubbo": "txmesh.protocols.dubbo_client:DubboClientProtocol",
+    "h2": "txmesh.protocols.h2_client:H2ClientProtocol",
 }
 
 # listener protocol -> its listener Factory class, made as Factory(listenerConfig, template, runtime)
 LISTENER_FACTORIES = {
     "http": "txmesh.protocols.http1:HTTP1ListenerFactory",
+    "dubbo": "txmesh.protocols.dubbo:DubboListenerFactory",
+    "grpc": "txmesh.protocols.h2_server:GRPCListenerFactory",
+    "http2": "txmesh.protocols.h2_server:H2ListenerFactory",
 }
 
 
@@ -62,7 +79,7 @@ def connectFactoryFor(reactor):
 
         def connect(host):
             ep = _clientEndpoint(reactor, host.hostname, host.port, timeout)
-            return connectProtocol(ep, protocolClass())
+            return ep.connect(_QuietFactory(protocolClass))
 
         return connect
 
@@ -93,7 +110,8 @@ class MeshService(MultiService):
             svc._raiseSynchronously = True
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
-        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: not self.draining)
+        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: not self.draining,
+                             isDraining=lambda: self.draining, reactor=reactor)
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
         admin._raiseSynchronously = True
         admin.setName("admin")

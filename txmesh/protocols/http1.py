@@ -175,6 +175,21 @@ class HTTP1ServerProtocol(Protocol):
                 self._readPaused = True
                 self.transport.pauseProducing()
             return
+        self._handle(ev)
+
+    def _drainQueue(self):
+        """Serve queued pipelined events until one request is in flight again."""
+        queue = self._queue
+        while queue and not self._closing and (self.stream is None or not self._requestComplete):
+            ev = queue.popleft()
+            if (type(ev) is RequestStarted and queue and type(queue[0]) is MessageComplete
+                    and queue[0].trailers is None):
+                queue.popleft()
+                self._startRequest(ev, True)
+            else:
+                self._handle(ev)
+
+    def _handle(self, ev):
         t = type(ev)
         if t is BodyData:
             if self.stream is not None:
@@ -321,9 +336,7 @@ class HTTP1ServerProtocol(Protocol):
             return
         # serve the next pipelined request, if any
         queue = self._queue
-        while queue and self.stream is None and not self._closing:
-            self._dispatch(queue.popleft())
-            # a request without body that completed synchronously leaves stream None; loop on
+        self._drainQueue()
         if self._readPaused and len(queue) <= _MAX_QUEUED_EVENTS and self.stream is None:
             self.resumeReading()
         if self.stream is None and not self._closing:
@@ -454,6 +467,7 @@ class HTTP1ClientProtocol(Protocol):
         self._chunked = False
         self._requestDone = True
         self._reusable = True
+        self._readPaused = False
         self.connected = False
 
     def connectionMade(self):
@@ -461,6 +475,10 @@ class HTTP1ClientProtocol(Protocol):
         self.transport.registerProducer(_WriteWatcher(self._upstreamFull, self._upstreamDrained), True)
 
     def sendRequest(self, head, endStream, responder):
+        if self._readPaused:
+            # a previous exchange left the connection paused (slow downstream); this one starts afresh
+            self._readPaused = False
+            self.transport.resumeProducing()
         self.responder = responder
         self.decoder.expect(head.method)
         chunked = False
@@ -491,10 +509,14 @@ class HTTP1ClientProtocol(Protocol):
         self._requestDone = True
 
     def pauseReading(self):
-        self.transport.pauseProducing()
+        if not self._readPaused:
+            self._readPaused = True
+            self.transport.pauseProducing()
 
     def resumeReading(self):
-        self.transport.resumeProducing()
+        if self._readPaused:
+            self._readPaused = False
+            self.transport.resumeProducing()
 
     def abandon(self):
         """The exchange is given up (timeout, downstream gone); the pool will discard this connection."""

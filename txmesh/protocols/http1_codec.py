@@ -257,7 +257,7 @@ class _MessageDecoder:
                     return n
                 fields = [f for f in self._fields if f[0] not in TRAILER_FORBIDDEN]
                 self._parser = None
-                self._endMessage(events, HeaderMap(fields))
+                self._endMessage(events, HeaderMap(fields) if fields else None)
                 return end
         return pos
 

@@ -10,6 +10,8 @@ from zope.interface import implementer
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
 from txmesh.upstream.lb import findLoadBalancerFactory
+from txmesh.upstream.h2_pool import H2ConnectionPool
+from txmesh.upstream.multiplex_pool import MultiplexConnectionPool
 from txmesh.upstream.pool import HTTP1ConnectionPool
 
 # Cluster-level series: (name, kind, help).  The pool makes the upstream_cx_* / upstream_rq_pending_* ones on the
@@ -168,6 +170,8 @@ def _describeHost(h):
 # Pool classes by cluster protocol.  Multiplexed protocols (h2, grpc, dubbo) add theirs here.
 POOL_CLASSES = {
     "http1": HTTP1ConnectionPool,
+    "dubbo": MultiplexConnectionPool,
+    "h2": H2ConnectionPool,
 }
 
 

@@ -1,0 +1,41 @@
+'use strict';
+// A real third-party Dubbo 2 consumer (sofa-rpc-node + dubbo-remoting) for txmesh's tests and bench.
+// usage: node consumer.js <host:port> <scenario> [n] ; prints one JSON line with the results
+const { RpcClient } = require('sofa-rpc-node').client;
+const protocol = require('dubbo-remoting');
+const [target, scenario, nArg] = process.argv.slice(2);
+const n = Number(nArg || 100);
+const logger = { info() {}, warn() {}, debug() {}, error() {} };
+const str = s => ({ $class: 'java.lang.String', $: s });
+const int = i => ({ $class: 'int', $: i });
+(async () => {
+  const client = new RpcClient({ logger, protocol });
+  const consumer = client.createConsumer({ interfaceName: 'org.txmesh.peers.EchoService', version: '1.0.0', group: 'SOFA', serverHost: target });
+  await consumer.ready();
+  const call = (m, args, timeout) => consumer.invoke(m, args, { responseTimeout: timeout || 5000 })
+    .then(v => ({ ok: v }), e => ({ error: e.name, message: String(e.message).slice(0, 300) }));
+  const out = {};
+  if (scenario === 'basic') {
+    out.echo = await call('echo', [str('héllo')]);
+    out.add = await call('add', [int(2), int(40)]);
+    out.size = await call('size', [{ $class: 'java.util.HashMap', $: { a: str('1'), b: str('2'), c: str('3') } }]);
+    out.count = await call('count', [{ $class: 'java.util.ArrayList', $: [str('x'), str('y')] }]);
+    out.fail = await call('fail', [str('boom')]);
+  } else if (scenario === 'concurrent') {
+    const rs = await Promise.all(Array.from({ length: n }, (_, i) => call('echo', [str('m' + i)])));
+    out.correct = rs.filter((r, i) => r.ok === 'm' + i).length;
+  } else if (scenario === 'slow') {
+    out.slow = await call('slow', [int(n)], 10000);
+  } else if (scenario === 'bench') {
+    // n calls, 32 in flight; latencies in microseconds
+    const lat = []; let next = 0; const t0 = process.hrtime.bigint();
+    const worker = async () => { while (next < n) { next++; const s = process.hrtime.bigint(); const r = await call('echo', [str('x')]); if (r.ok === undefined) out.errors = (out.errors || 0) + 1; lat.push(Number(process.hrtime.bigint() - s) / 1000); } };
+    await Promise.all(Array.from({ length: 32 }, worker));
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    lat.sort((a, b) => a - b);
+    out.calls = lat.length; out.seconds = secs; out.p50 = lat[Math.floor(lat.length * 0.5)]; out.p99 = lat[Math.floor(lat.length * 0.99)];
+  }
+  console.log(JSON.stringify(out));
+  await client.close();
+  process.exit(0);
+})().catch(e => { console.log(JSON.stringify({ fatal: String(e && e.message) })); process.exit(1); });

@@ -1,0 +1,383 @@
+"""
+The Dubbo listener, router, multiplexed pool and Dubbo client protocol together, in memory: downstream and upstream
+connections are StringTransports, time is a Clock, frames are real captured ones (tests/fixtures/dubbo-frames).
+"""
+
+import os
+import random
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from txmesh import config
+from txmesh.filters.chain import FilterChainTemplate
+from txmesh.protocols import dubbo_codec as dc
+from txmesh.protocols.dubbo import DubboListenerFactory
+from txmesh.protocols.dubbo_client import DubboClientProtocol
+from txmesh.runtime import Runtime
+from txmesh.stats import StatsStore
+from txmesh.upstream.cluster import ClusterManager
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dubbo-frames")
+
+
+def load(name):
+    with open(os.path.join(FIXTURES, name)) as f:
+        return bytes.fromhex(f.read())
+
+
+SOFA = "sofa-consumer__sofa-provider/"
+ECHO = load(SOFA + "c0-c2s-000-req-echo.hex")
+ECHO_RESP = load(SOFA + "c0-s2c-000-resp-echo-status20.hex")
+ADD = load(SOFA + "c0-c2s-001-req-add.hex")
+ADD_RESP = load(SOFA + "c0-s2c-001-resp-add-status20.hex")
+ATTACH = load(SOFA + "c0-c2s-003-req-attachments.hex")
+FAIL_RESP = load(SOFA + "c0-s2c-004-resp-fail-status20.hex")
+HEARTBEAT = load(SOFA + "c1-c2s-000-heartbeat.hex")
+PY_ECHO = load("dubbopy-consumer__sofa-provider/c0-c2s-000-req-echo.hex")  # no attachments, version 1.0.0
+ONEWAY = [load("dubbopy-consumer__sofa-provider/" + n) for n in sorted(os.listdir(FIXTURES + "/dubbopy-consumer__sofa-provider"))
+          if n.endswith(".hex") and "c2s" in n and load("dubbopy-consumer__sofa-provider/" + n)[2] == 0x82]
+
+MESH = """
+listeners:
+- name: dubbo_in
+  protocol: dubbo
+  address: tcp:0
+  %(default)s
+  route_config:
+    virtual_hosts:
+    - name: all
+      domains: ["*"]
+      routes:
+      - match: {dubbo: {interface: "org.txmesh.peers.*", group: SOFA, attachments: [{name: x-txmesh-test, exact: att-value-1}]}}
+        route: {cluster: tagged}
+        request_headers_to_add: [{name: x-routed, value: tagged}]
+      - match: {dubbo: {interface: org.txmesh.peers.EchoService, version: "1.0.0", group: SOFA}}
+        route: {cluster: provider, timeout: 5s}
+clusters:
+- name: provider
+  protocol: dubbo
+  max_pending_requests: %(pending)d
+  max_concurrent_streams: %(concurrent)d
+  endpoints: [{address: "10.0.0.1:20880"}]
+- name: tagged
+  protocol: dubbo
+  endpoints: [{address: "10.0.0.2:20880"}]
+- name: fallback
+  protocol: dubbo
+  endpoints: [{address: "10.0.0.3:20880"}]
+"""
+
+
+def header(frame):
+    return frame[:4], int.from_bytes(frame[4:12], "big"), frame[12:]
+
+
+def frames(data):
+    return dc.DubboDecoder().feed(data)
+
+
+class Mesh:
+    """One Dubbo listener wired to clusters whose connects are answered by the test."""
+
+    def __init__(self, default=None, pending=100, concurrent=0, autoConnect=True):
+        self.clock = Clock()
+        self.stats = StatsStore()
+        text = MESH % {"default": ("default_cluster: %s" % default) if default else "", "pending": pending,
+                       "concurrent": concurrent}
+        cfg = config.loads(text)
+        self.autoConnect = autoConnect
+        self.upstreams = {}  # host address -> [DubboClientProtocol]
+        self.connects = []  # (address, Deferred) not answered yet
+
+        def connectFactory(clusterConfig):
+            def connect(host):
+                if self.autoConnect:
+                    return defer.succeed(self.makeUpstream(host.address))
+                d = defer.Deferred()
+                self.connects.append((host.address, d))
+                return d
+            return connect
+
+        self.clusters = ClusterManager(self.clock, cfg.clusters, connectFactory, self.stats, random.Random(0))
+        self.runtime = Runtime(self.clock, self.clusters, self.stats, random.Random(0), cfg)
+        lc = cfg.listeners[0]
+        template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
+                                       lc.limits.maxRequestBody)
+        self.factory = DubboListenerFactory(lc, template, self.runtime)
+
+    def makeUpstream(self, address):
+        proto = DubboClientProtocol()
+        proto.makeConnection(StringTransport())
+        self.upstreams.setdefault(address, []).append(proto)
+        return proto
+
+    def client(self):
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def upstream(self, address="10.0.0.1:20880", i=0):
+        return self.upstreams[address][i]
+
+    def value(self, name, **labels):
+        return self.stats.total(name, **labels)
+
+
+def sent(proto):
+    """Frames the client protocol wrote upstream (and clears them)."""
+    data = proto.transport.value()
+    proto.transport.clear()
+    return frames(data)
+
+
+def answer(upstream, request, response):
+    """Feed ``response`` (a captured frame) to the upstream protocol as the reply to ``request`` (a DubboFrame)."""
+    upstream.dataReceived(dc.withRequestId(response, request.requestId) + response[16:])
+
+
+def replies(transport):
+    data = transport.value()
+    transport.clear()
+    return frames(data)
+
+
+def test_echo_forwarded_untouched_and_answered_with_the_downstream_id():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO)
+    up = mesh.upstream()
+    [req] = sent(up)
+    assert req.header[:4] == ECHO[:4] and req.body == ECHO[16:]
+    answer(up, req, ECHO_RESP)
+    [resp] = replies(t)
+    assert resp.toBytes() == ECHO_RESP  # the same id (1) as the downstream request, body untouched
+    assert mesh.value("dubbo_requests", service="org.txmesh.peers.EchoService", method="echo", kind="two_way") == 1
+    assert mesh.value("dubbo_responses", method="echo", status="20") == 1
+    assert mesh.value("downstream_rq_active") == 0
+    assert mesh.clusters.get("provider").poolFor(mesh.clusters.get("provider").hosts[0]).activeStreams == 0
+
+
+def test_byte_by_byte_input_gives_the_same_result():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    for i in range(len(ECHO + ADD)):
+        proto.dataReceived((ECHO + ADD)[i:i + 1])
+    up = mesh.upstream()
+    reqs = sent(up)
+    assert [r.body for r in reqs] == [ECHO[16:], ADD[16:]]
+
+
+def test_ids_of_two_clients_are_remapped_and_answers_go_back_out_of_order():
+    mesh = Mesh()
+    (p1, t1), (p2, t2) = mesh.client(), mesh.client()
+    p1.dataReceived(ECHO)  # id 1
+    p2.dataReceived(ECHO)  # id 1 too
+    p2.dataReceived(dc.withRequestId(ADD, 7) + ADD[16:])
+    up = mesh.upstream()
+    assert len(mesh.upstreams["10.0.0.1:20880"]) == 1  # one shared connection
+    r1, r2, r3 = sent(up)
+    assert len({r1.requestId, r2.requestId, r3.requestId}) == 3
+    answer(up, r3, ADD_RESP)
+    answer(up, r2, ECHO_RESP)
+    answer(up, r1, ECHO_RESP)
+    assert [(f.requestId, f.body) for f in replies(t2)] == [(7, ADD_RESP[16:]), (1, ECHO_RESP[16:])]
+    assert [(f.requestId, f.body) for f in replies(t1)] == [(1, ECHO_RESP[16:])]
+
+
+def test_heartbeat_is_answered_locally_with_its_id():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(HEARTBEAT)
+    [reply] = replies(t)
+    assert reply.event and not reply.isRequest and reply.status == dc.OK
+    assert reply.requestId == dc.DubboDecoder().feed(HEARTBEAT)[0].requestId
+    assert mesh.upstreams == {}
+    assert mesh.value("dubbo_heartbeats", listener="dubbo_in") == 1
+
+
+def test_one_way_call_is_forwarded_and_leaves_nothing_pending():
+    assert ONEWAY, "the fixtures hold a one-way request"
+    mesh = Mesh(default="provider")
+    proto, t = mesh.client()
+    proto.dataReceived(ONEWAY[0])
+    up = mesh.upstream()
+    [req] = sent(up)
+    assert not req.twoWay and req.body == ONEWAY[0][16:]
+    assert t.value() == b""
+    assert proto.calls == {} and not proto.oneWay and up.activeStreams == 0
+    assert mesh.value("dubbo_requests", kind="one_way") == 1
+    assert mesh.value("downstream_rq_active") == 0
+
+
+def test_no_route_is_service_not_found_with_the_id():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(dc.withRequestId(PY_ECHO, 42) + PY_ECHO[16:])  # no group: no route matches
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (42, dc.SERVICE_NOT_FOUND)
+    assert "no_route" in dc.decodeErrorMessage(reply)
+    assert mesh.value("downstream_rq_error", cause="no_route") == 1
+
+
+def test_default_cluster_takes_unrouted_calls():
+    mesh = Mesh(default="fallback")
+    proto, t = mesh.client()
+    proto.dataReceived(PY_ECHO)
+    [req] = sent(mesh.upstream("10.0.0.3:20880"))
+    assert req.body == PY_ECHO[16:]
+
+
+def test_attachment_route_and_added_attachment_reencodes_the_body():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ATTACH)
+    [req] = sent(mesh.upstream("10.0.0.2:20880"))
+    att = req.invocation.attachments
+    assert att["x-routed"] == "tagged" and att["traceid"] == "abc123" and att["x-txmesh-test"] == "att-value-1"
+    original = dc.DubboDecoder().feed(ATTACH)[0].invocation
+    assert req.body[:original.attachmentsOffset] == ATTACH[16:16 + original.attachmentsOffset]  # args untouched
+
+
+def test_timeout_attachment_bounds_the_call_and_a_late_answer_is_dropped():
+    mesh = Mesh()
+    frame = dc.DubboDecoder().feed(ECHO)[0]
+    inv = frame.invocation
+    data = dc.encodeRequestWithAttachments(frame, inv, dict(inv.attachments, timeout="250"))
+    proto, t = mesh.client()
+    proto.dataReceived(data)
+    up = mesh.upstream()
+    [req] = sent(up)
+    mesh.clock.advance(0.2)
+    assert t.value() == b""
+    mesh.clock.advance(0.06)
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (1, dc.CLIENT_TIMEOUT)
+    answer(up, req, ECHO_RESP)
+    assert t.value() == b"" and up.lateResponses == 1
+    assert mesh.value("dubbo_timeouts", method="echo") == 1
+
+
+def test_route_timeout_applies_without_attachment():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO)
+    mesh.clock.advance(5.01)
+    [reply] = replies(t)
+    assert reply.status == dc.CLIENT_TIMEOUT
+
+
+def test_upstream_lost_with_calls_in_flight_answers_every_one():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    for i in range(1, 6):
+        proto.dataReceived(dc.withRequestId(ECHO, i) + ECHO[16:])
+    up = mesh.upstream()
+    assert len(sent(up)) == 5
+    up.connectionLost(Failure(ConnectionDone()))
+    got = replies(t)
+    assert sorted(f.requestId for f in got) == [1, 2, 3, 4, 5]
+    assert {f.status for f in got} == {dc.SERVER_ERROR}
+    assert proto.calls == {}
+    # the next call reconnects
+    proto.dataReceived(ECHO)
+    assert len(mesh.upstreams["10.0.0.1:20880"]) == 2
+
+
+def test_connect_failure_is_service_not_found():
+    mesh = Mesh(autoConnect=False)
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO)
+    proto.dataReceived(dc.withRequestId(ECHO, 2) + ECHO[16:])
+    [(address, d)] = mesh.connects
+    d.errback(Failure(ConnectionRefusedError()))
+    got = replies(t)
+    assert sorted((f.requestId, f.status) for f in got) == [(1, dc.SERVICE_NOT_FOUND), (2, dc.SERVICE_NOT_FOUND)]
+
+
+def test_overflow_is_threadpool_exhausted():
+    mesh = Mesh(pending=1, concurrent=1)
+    proto, t = mesh.client()
+    for i in (1, 2, 3):  # 1 in flight, 2 waits, 3 overflows
+        proto.dataReceived(dc.withRequestId(ECHO, i) + ECHO[16:])
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (3, dc.SERVER_THREADPOOL_EXHAUSTED_ERROR)
+    up = mesh.upstream()
+    [req] = sent(up)
+    answer(up, req, ECHO_RESP)  # frees the stream: 2 goes
+    assert [f.requestId for f in replies(t)] == [1]
+    assert len(sent(up)) == 1
+
+
+def test_business_exception_is_counted_and_relayed():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO)
+    up = mesh.upstream()
+    [req] = sent(up)
+    answer(up, req, FAIL_RESP)
+    [reply] = replies(t)
+    assert reply.body == FAIL_RESP[16:]
+    assert mesh.value("dubbo_business_exceptions", method="echo") == 1
+
+
+def test_bad_magic_closes_without_reply():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert t.value() == b"" and t.disconnecting
+    assert mesh.value("dubbo_decode_errors") == 1
+
+
+def test_oversize_length_is_refused_from_the_header():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO[:12] + (9 * 1024 * 1024).to_bytes(4, "big") + b"x" * 10)
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (1, dc.BAD_REQUEST)
+    assert t.disconnecting and mesh.upstreams == {}
+
+
+def test_truncated_frame_waits_and_malformed_body_keeps_the_connection():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO[:-5])
+    assert t.value() == b"" and not t.disconnecting and mesh.upstreams == {}
+    proto.dataReceived(ECHO[-5:])
+    assert len(sent(mesh.upstream())) == 1
+    bad = dc.encodeHeader(0xc2, 0, 9, 4) + b"\x05\x01\x02\x03"  # a string claiming 5 chars, 3 bytes left
+    proto.dataReceived(bad)
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (9, dc.BAD_REQUEST) and not t.disconnecting
+    proto.dataReceived(dc.withRequestId(ECHO, 10) + ECHO[16:])
+    assert len(sent(mesh.upstream())) == 1
+
+
+def test_downstream_disconnect_cancels_its_calls():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO)
+    up = mesh.upstream()
+    [req] = sent(up)
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert up.activeStreams == 0
+    answer(up, req, ECHO_RESP)
+    assert up.lateResponses == 1
+
+
+def test_service_method_series_are_capped():
+    mesh = Mesh(default="fallback")
+    mesh.factory.stats.maxServiceMethods = 3
+    proto, t = mesh.client()
+    frame = dc.DubboDecoder().feed(PY_ECHO)[0]
+    for i in range(10):
+        inv = frame.invocation
+        data = dc.encodeRequestWithAttachments(frame, inv, {"interface": "svc.N%d" % i})
+        proto.dataReceived(dc.withRequestId(data, i) + data[16:])
+    series = mesh.stats.snapshot()["dubbo_requests"]
+    assert len({e["labels"]["service"] for e in series}) == 4
+    assert mesh.value("dubbo_requests", service="_other", method="_other") == 7

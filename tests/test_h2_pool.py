@@ -1,0 +1,189 @@
+"""
+The HTTP/2 upstream pool and client protocol in memory: H2ClientProtocol over StringTransports, answered by h2
+server-side connections; time by a Clock.
+"""
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2 import events as h2events
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from txmesh import errors
+from txmesh.config import ClusterConfig
+from txmesh.protocols.h2_client import H2ClientProtocol
+from txmesh.stats import StatsStore
+from txmesh.stream import HeaderMap, RequestHead
+from txmesh.upstream.h2_pool import H2ConnectionPool
+from txmesh.upstream.host import Host
+
+
+class Peer:
+    """An upstream HTTP/2 server on the other side of one client connection."""
+
+    def __init__(self, proto, maxStreams):
+        self.proto = proto
+        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.conn.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: maxStreams})
+        self.conn.initiate_connection()
+        self.requests = []
+
+    def pump(self):
+        """Deliver what the client wrote to the server and back."""
+        data = self.proto.transport.value()
+        self.proto.transport.clear()
+        if data:
+            for e in self.conn.receive_data(data):
+                if isinstance(e, h2events.RequestReceived):
+                    self.requests.append(e.stream_id)
+        out = self.conn.data_to_send()
+        if out:
+            self.proto.dataReceived(out)
+
+    def respond(self, sid, body=b"ok"):
+        self.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+        self.conn.send_data(sid, body)
+        self.conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+        self.pump()
+
+
+class Responder:
+    def __init__(self):
+        self.events = []
+
+    def upstreamHeaders(self, head, endStream):
+        self.events.append(("headers", head.status))
+
+    def upstreamData(self, data, endStream):
+        self.events.append(("data", data, endStream))
+
+    def upstreamTrailers(self, trailers):
+        self.events.append(("trailers", trailers.get(b"grpc-status")))
+
+    def upstreamComplete(self, reusable):
+        self.events.append(("complete",))
+
+    def upstreamFailed(self, exc):
+        self.events.append(("failed", type(exc)))
+
+    def upstreamWritePaused(self):
+        pass
+
+    def upstreamWriteResumed(self):
+        pass
+
+
+def makePool(maxStreams=2):
+    clock = Clock()
+    peers = []
+
+    def connect(host):
+        proto = H2ClientProtocol()
+        proto.makeConnection(StringTransport())
+        peer = Peer(proto, maxStreams)
+        peers.append(peer)
+        peer.pump()
+        return defer.succeed(proto)
+
+    stats = StatsStore()
+    host = Host("127.0.0.1", 1, 1, stats=stats.scope(host="h"))
+    pool = H2ConnectionPool(clock, host, ClusterConfig("c", protocol="h2"), connect, stats.scope(cluster="c"))
+    return pool, peers, clock, stats
+
+
+def head():
+    return RequestHead(b"POST", b"/pkg.Svc/M", b"svc", HeaderMap([(b"content-type", b"application/grpc")]),
+                       version=(2, 0), protocol="grpc")
+
+
+def start(pool):
+    handles = []
+    pool.acquire().addCallback(handles.append)
+    r = Responder()
+    handles[0].sendRequest(head(), True, r)
+    return handles[0], r
+
+
+def test_streams_share_a_connection_up_to_peer_limit():
+    pool, peers, _, _ = makePool(maxStreams=2)
+    a, ra = start(pool)
+    b, rb = start(pool)
+    assert len(peers) == 1
+    c, rc = start(pool)  # the peer allows 2: a second connection opens
+    assert len(peers) == 2
+    for p in peers:
+        p.pump()
+    assert peers[0].requests == [1, 3] and peers[1].requests == [1]
+    peers[0].respond(1, b"A")
+    assert ra.events == [("headers", 200), ("data", b"A", False), ("complete",), ("trailers", b"0")]
+    pool.release(a)
+    d, rd = start(pool)  # the freed slot on the first connection is reused
+    assert len(peers) == 2 and d.proto is peers[0].proto
+
+
+def test_goaway_retries_unprocessed_streams_and_lets_the_rest_finish():
+    pool, peers, _, stats = makePool(maxStreams=10)
+    a, ra = start(pool)
+    b, rb = start(pool)
+    peers[0].pump()
+    # GOAWAY written raw: the h2 server state machine would refuse to answer stream 1 after it
+    peers[0].proto.dataReceived(GoAwayFrame(0, last_stream_id=1).serialize())
+    # stream 3 was not processed: it was sent again on a new connection
+    assert len(peers) == 2
+    peers[1].pump()
+    assert peers[1].requests == [1]
+    assert stats.total("upstream_h2_goaway_received") == 1
+    assert stats.total("upstream_h2_goaway_retried") == 1
+    peers[1].respond(1, b"B")
+    assert ("data", b"B", False) in rb.events
+    # stream 1 finishes on the old connection
+    peers[0].respond(1, b"A")
+    assert ("data", b"A", False) in ra.events
+    # no new stream goes to the old connection
+    c, _ = start(pool)
+    assert c.proto is peers[1].proto
+
+
+def test_reset_from_upstream_fails_the_stream():
+    pool, peers, _, _ = makePool()
+    a, ra = start(pool)
+    peers[0].pump()
+    peers[0].conn.reset_stream(1, 2)
+    peers[0].pump()
+    assert ra.events == [("failed", errors.UpstreamReset)]
+
+
+def test_discard_resets_the_stream_only():
+    pool, peers, _, _ = makePool()
+    a, ra = start(pool)
+    b, rb = start(pool)
+    peers[0].pump()
+    a.abandon()
+    pool.discard(a)
+    resets = [e for e in peers[0].conn.receive_data(a.proto.transport.value()) if isinstance(e, h2events.StreamReset)]
+    assert [e.stream_id for e in resets] == [1]
+    assert not a.proto.transport.disconnecting
+
+
+def test_unanswered_ping_closes_connection():
+    pool, peers, clock, stats = makePool()
+    a, ra = start(pool)
+    clock.advance(30)  # keepalive PING sent
+    clock.advance(10)  # not answered
+    assert ra.events == [("failed", errors.UpstreamReset)]
+    assert a.proto.transport.disconnecting
+    assert stats.total("upstream_h2_ping_timeout") == 1
+
+
+def test_answered_ping_keeps_connection():
+    pool, peers, clock, _ = makePool()
+    a, ra = start(pool)
+    clock.advance(30)
+    peers[0].pump()
+    clock.advance(10)
+    assert ra.events == []
+    assert not a.proto.transport.disconnecting

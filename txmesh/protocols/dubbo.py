@@ -1,0 +1,503 @@
+"""
+The Dubbo 2 listener: many calls in flight per connection, each one stream through the listener's filter chain
+and the generic router.
+
+The protocol only dispatches: bytes go to L{DubboDecoder}; heartbeats are answered here with the same id; every
+other request becomes a L{RequestHead} (protocol 'dubbo', method = the method name, authority = the interface,
+path ``/<interface>/<method>``, metadata interface/method/version/group, the string attachments as header fields,
+timeout from the ``timeout`` attachment, payload = the frame) decoded with endStream.  Responses come back as a
+ResponseHead whose status is the Dubbo status and the response frame as data; they are written with the
+downstream request id.  Errors the proxy decides (no route, timeout, overflow...) become Dubbo error responses
+carrying the request's id (L{DubboCall.makeLocalReply}).  The upstream side is L{txmesh.protocols.dubbo_client}.
+"""
+
+import copy
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from txmesh.protocols import dubbo_codec as dc
+from txmesh.protocols.dubbo_client import DubboClientProtocol, attachmentHeaders
+from txmesh.protocols.hessian2 import Hessian2Writer
+from txmesh.routing import ClusterAction, Route, RouteMatch, VirtualHost
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
+
+__all__ = ["DubboListenerFactory", "DubboServerProtocol", "DubboClientProtocol", "DubboListenerStats",
+           "dubboStatusFor"]
+
+DEFAULT_MAX_SERVICE_METHODS = 200
+_OVERFLOW_KEY = ("_other", "_other")
+
+# the router's failure causes -> Dubbo response status
+_CAUSE_STATUS = {
+    "no_route": dc.SERVICE_NOT_FOUND,
+    "no_cluster": dc.SERVICE_NOT_FOUND,
+    "no_healthy_upstream": dc.SERVICE_NOT_FOUND,
+    "upstream_connect_failure": dc.SERVICE_NOT_FOUND,
+    "upstream_connect_timeout": dc.SERVICE_NOT_FOUND,
+    "upstream_pool_closed": dc.SERVICE_NOT_FOUND,
+    "upstream_overflow": dc.SERVER_THREADPOOL_EXHAUSTED_ERROR,
+    "upstream_request_timeout": dc.CLIENT_TIMEOUT,
+    "upstream_reset_before_response": dc.SERVER_ERROR,
+    "upstream_protocol_error": dc.BAD_RESPONSE,
+    "request_body_too_large": dc.BAD_REQUEST,
+    "downstream_protocol_error": dc.BAD_REQUEST,
+}
+
+
+def dubboStatusFor(httpStatus, cause=None):
+    """The Dubbo status for a local reply: by the router's cause, else by the HTTP-like status a filter chose."""
+    if cause is not None:
+        status = _CAUSE_STATUS.get(cause)
+        if status is not None:
+            return status
+    if 200 <= httpStatus < 300:
+        return dc.OK
+    if httpStatus in (400, 413, 431):
+        return dc.BAD_REQUEST
+    if httpStatus in (408, 504):
+        return dc.CLIENT_TIMEOUT
+    if httpStatus == 429:
+        return dc.SERVER_THREADPOOL_EXHAUSTED_ERROR
+    if httpStatus in (403, 404, 503):
+        return dc.SERVICE_NOT_FOUND
+    return dc.SERVER_ERROR
+
+
+def encodeValueResponse(requestId, value, serializationId=dc.HESSIAN2):
+    """An OK response whose result is a string value (a route's direct_response body)."""
+    writer = Hessian2Writer()
+    writer.writeInt(dc.RESPONSE_VALUE)
+    writer.writeString(value)
+    body = writer.getvalue()
+    return dc.encodeHeader(serializationId, dc.OK, requestId, len(body)) + body
+
+
+# -- stats --------------------------------------------------------------------------------------------------------
+
+
+class _MethodStats:
+    __slots__ = ("twoWay", "oneWay", "businessExceptions", "timeouts", "_responses", "_scope")
+
+    def __init__(self, scope):
+        self._scope = scope
+        self.twoWay = scope.counter("dubbo_requests", help="Dubbo requests by service, method and kind",
+                                    kind="two_way")
+        self.oneWay = scope.counter("dubbo_requests", help="Dubbo requests by service, method and kind",
+                                    kind="one_way")
+        self.businessExceptions = scope.counter("dubbo_business_exceptions",
+                                                help="OK responses whose result is an exception")
+        self.timeouts = scope.counter("dubbo_timeouts", help="Calls answered with a timeout by the proxy")
+        self._responses = {}
+
+    def response(self, status):
+        c = self._responses.get(status)
+        if c is None:
+            c = self._responses[status] = self._scope.counter("dubbo_responses", help="Dubbo responses by status",
+                                                              status=str(status))
+        c.value += 1
+
+
+class DubboListenerStats:
+    """
+    Per-listener Dubbo counters.  Per service/method series are capped at ``maxServiceMethods`` distinct pairs per
+    listener; later pairs share one series labelled ``_other`` so a noisy client cannot blow up the metrics.
+    """
+
+    def __init__(self, stats, listener, maxServiceMethods=DEFAULT_MAX_SERVICE_METHODS):
+        s = stats.scope(listener=listener)
+        self._scope = s
+        self.maxServiceMethods = maxServiceMethods
+        self.cx_total = s.counter("downstream_cx", help="Connections accepted")
+        self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
+        self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
+        self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
+        self.rq_total = s.counter("downstream_rq", help="Requests received")
+        self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
+        self.heartbeats = s.counter("dubbo_heartbeats", help="Heartbeat requests answered by the listener")
+        self.decode_errors = s.counter("dubbo_decode_errors", help="Frames refused as malformed")
+        self._errors = {}
+        self._methods = {}
+
+    def method(self, service, method):
+        key = (service, method)
+        m = self._methods.get(key)
+        if m is None:
+            if len(self._methods) >= self.maxServiceMethods:
+                key = _OVERFLOW_KEY
+                m = self._methods.get(key)
+            if m is None:
+                m = self._methods[key] = _MethodStats(self._scope.store.scope(
+                    **dict(self._scope.labels), service=key[0], method=key[1]))
+        return m
+
+    def error(self, cause):
+        c = self._errors.get(cause)
+        if c is None:
+            c = self._errors[cause] = self._scope.counter("downstream_rq_error", help="Local error replies by cause",
+                                                          cause=cause)
+        c.value += 1
+
+
+# -- routing: the listener's default cluster ------------------------------------------------------------------------
+
+
+class _DefaultingRoutes:
+    """The listener's route table, falling back to a route to its ``default_cluster``."""
+
+    def __init__(self, routeConfig, defaultRoute):
+        self.routeConfig = routeConfig
+        self.defaultRoute = defaultRoute
+
+    def match(self, request):
+        route = self.routeConfig.match(request)
+        return route if route is not None else self.defaultRoute
+
+
+def _defaultRoute(cluster):
+    vhost = VirtualHost("default_cluster", ("*",))
+    return Route("default_cluster", vhost, RouteMatch(prefix=b"/"), ClusterAction(cluster))
+
+
+# -- request heads --------------------------------------------------------------------------------------------------
+
+
+def _serviceKey(path):
+    """(group, interface, version) of a URL-style service path "group/interface:version" (parts may be absent)."""
+    group, _, rest = path.rpartition("/")
+    interface, _, version = rest.partition(":")
+    return group, interface, version
+
+
+def requestHead(frame, inv):
+    """The RequestHead filters and the router see for a Dubbo request (``inv`` None: header-level only)."""
+    if inv is None:
+        head = RequestHead(b"", b"/", b"", scheme=b"dubbo", protocol="dubbo",
+                           metadata={"serialization": str(frame.serializationId)}, contentLength=len(frame.body))
+        head.payload = frame
+        return head
+    attachments = inv.attachments
+    pathGroup, pathInterface, pathVersion = _serviceKey(inv.serviceName)
+    interface = attachments.get("interface")
+    if type(interface) is not str or not interface:
+        interface = pathInterface
+    group = attachments.get("group")
+    if type(group) is not str:
+        group = pathGroup
+    version = inv.serviceVersion or attachments.get("version")
+    if type(version) is not str:
+        version = pathVersion
+    method = inv.methodName
+    bInterface = interface.encode("utf-8", "surrogatepass")
+    bMethod = method.encode("utf-8", "surrogatepass")
+    head = RequestHead(bMethod, b"/" + bInterface + b"/" + bMethod, bInterface,
+                       HeaderMap(attachmentHeaders(attachments)), scheme=b"dubbo", protocol="dubbo",
+                       metadata={"interface": interface, "method": method, "version": version or "",
+                                 "group": group or "", "dubbo_version": inv.dubboVersion or "",
+                                 "path": inv.serviceName, "parameter_types": inv.parameterTypes},
+                       contentLength=len(frame.body))
+    timeout = attachments.get("timeout")
+    try:
+        timeout = int(timeout) if timeout is not None and not isinstance(timeout, bool) else None
+    except (TypeError, ValueError):
+        timeout = None
+    if timeout is not None and timeout > 0:
+        head.timeout = timeout / 1000.0
+    head.payload = frame
+    return head
+
+
+# -- the downstream side of one call ----------------------------------------------------------------------------------
+
+
+class DubboCall:
+    """One downstream call: the ``downstream`` object of its ActiveStream (see txmesh.filters.chain)."""
+
+    __slots__ = ("proto", "requestId", "twoWay", "serializationId", "methodStats", "written", "stream", "label")
+
+    def __init__(self, proto, frame, methodStats, label):
+        self.proto = proto
+        self.requestId = frame.requestId
+        self.twoWay = frame.twoWay
+        self.serializationId = frame.serializationId
+        self.methodStats = methodStats
+        self.written = False
+        self.stream = None
+        self.label = label
+
+    def writeHeaders(self, response, endStream):
+        if not self.twoWay:
+            return
+        self.methodStats.response(response.status)
+        if endStream:
+            # a response without a frame (a filter's empty reply): still answer the id
+            if response.status == dc.OK:
+                body = b"\x92"  # result flag: null value
+                self._write(dc.encodeHeader(self.serializationId, dc.OK, self.requestId, 1) + body)
+            else:
+                self._write(dc.encodeResponse(self.requestId, response.status, "txmesh: empty response",
+                                              self.serializationId))
+
+    def writeData(self, data, endStream):
+        if not self.twoWay or not data or self.written:
+            return
+        if data[3] == dc.OK and len(data) > 16 and data[16] in (0x90, 0x93):
+            self.methodStats.businessExceptions.value += 1
+        self._write(dc.withRequestId(data[:16], self.requestId) + data[16:])
+
+    def writeTrailers(self, trailers):
+        pass
+
+    def _write(self, data):
+        self.written = True
+        transport = self.proto.transport
+        if transport is not None and not self.proto.closed:
+            transport.write(data)
+
+    def makeLocalReply(self, status, body=b"", headers=(), cause=None):
+        if isinstance(cause, bytes):
+            cause = cause.decode("ascii", "replace")
+        if cause:
+            self.proto.factory.stats.error(cause)
+        if cause == "upstream_request_timeout":
+            self.methodStats.timeouts.value += 1
+        dubboStatus = dubboStatusFor(status, cause)
+        text = body.decode("utf-8", "replace").strip() if isinstance(body, bytes) else str(body)
+        if dubboStatus == dc.OK:
+            return ResponseHead(dc.OK), encodeValueResponse(self.requestId, text)
+        message = "txmesh: %s (%s)" % (text or cause or "error", self.label)
+        return ResponseHead(dubboStatus), dc.encodeResponse(self.requestId, dubboStatus, message)
+
+    def reset(self, reason):
+        """A filter gave up after the response started; a Dubbo response is one frame, so answer if none went."""
+        if self.twoWay and not self.written:
+            self._write(dc.encodeResponse(self.requestId, dc.SERVER_ERROR, "txmesh: %s" % (reason,)))
+
+    def pauseReading(self):
+        self.proto.pauseReading()
+
+    def resumeReading(self):
+        self.proto.resumeReading()
+
+    def streamComplete(self, stream):
+        self.proto.callEnded(self)
+
+
+# -- the listener ---------------------------------------------------------------------------------------------------
+
+
+class DubboServerProtocol(Protocol):
+    """One downstream Dubbo connection; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.decoder = None
+        self.calls = {}  # downstream id -> DubboCall (two-way)
+        self.oneWay = set()  # DubboCall of one-way requests still in the chain
+        self.closed = False
+        self._pauses = 0
+        self._lastRead = 0.0
+        self._idleTimer = None
+        self._peer = ""
+
+    def connectionMade(self):
+        f = self.factory
+        self.decoder = dc.DubboDecoder(f.maxBodyBytes)
+        f.stats.cx_total.value += 1
+        f.stats.cx_active.value += 1
+        f.connections.add(self)
+        peer = self.transport.getPeer()
+        self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
+        self._lastRead = f.clock.seconds()
+        if f.idleTimeout:
+            self._idleTimer = f.clock.callLater(f.idleTimeout, self._idleCheck)
+
+    def dataReceived(self, data):
+        if self.closed:
+            return
+        self._lastRead = self.factory.clock.seconds()
+        try:
+            frames = self.decoder.feed(data)
+        except dc.DubboCodecError as e:
+            for frame in e.frames:
+                self._frameReceived(frame)
+            self._fatal(e)
+            return
+        for frame in frames:
+            self._frameReceived(frame)
+            if self.closed:
+                return
+
+    def _frameReceived(self, frame):
+        f = self.factory
+        if not frame.isRequest:
+            return  # a reply to nothing we asked (we send no heartbeats downstream): ignore
+        if frame.event:
+            if frame.twoWay:
+                f.stats.heartbeats.value += 1
+                self.transport.write(dc.encodeHeartbeatResponse(frame.requestId, frame.serializationId))
+            return
+        f.stats.rq_total.value += 1
+        try:
+            inv = frame.invocation
+        except dc.DubboCodecError as e:
+            f.stats.decode_errors.value += 1
+            if frame.twoWay:
+                self.transport.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST, "txmesh: " + e.reason,
+                                                       frame.serializationId))
+            return
+        if inv is None:
+            service, method = "_unknown", "_unknown"
+        else:
+            service, method = inv.interface, inv.methodName
+        methodStats = f.stats.method(service, method)
+        if frame.twoWay:
+            methodStats.twoWay.value += 1
+            if frame.requestId in self.calls:
+                f.stats.decode_errors.value += 1
+                self.transport.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST,
+                                                       "txmesh: request id already in flight",
+                                                       frame.serializationId))
+                return
+        else:
+            methodStats.oneWay.value += 1
+        head = requestHead(frame, inv)
+        call = DubboCall(self, frame, methodStats, "%s.%s" % (service, method))
+        if frame.twoWay:
+            self.calls[frame.requestId] = call
+        else:
+            self.oneWay.add(call)
+        f.stats.rq_active.value += 1
+        info = StreamInfo(f.clock.seconds(), "dubbo", f.listenerName, self._peer)
+        info.requestId = b"%d" % (frame.requestId,)
+        info.metadata = head.metadata
+        call.stream = stream = f.template.createStream(call, info)
+        stream.decodeHeaders(head, True)
+
+    def callEnded(self, call):
+        if call.twoWay:
+            if self.calls.get(call.requestId) is not call:
+                return
+            del self.calls[call.requestId]
+        else:
+            if call not in self.oneWay:
+                return
+            self.oneWay.discard(call)
+        self.factory.stats.rq_active.value -= 1
+        if self.factory.draining and not self.calls and not self.oneWay:
+            self._close()
+
+    def _fatal(self, exc):
+        """Framing is lost: answer the id if the header was readable, then close."""
+        f = self.factory
+        f.stats.decode_errors.value += 1
+        f.stats.cx_protocol_error.value += 1
+        if exc.requestId is not None and exc.twoWay:
+            self.transport.write(dc.encodeResponse(exc.requestId, exc.status, "txmesh: " + exc.reason))
+        self._close()
+
+    # -- flow control, idle, close ---------------------------------------------------------------------------------
+
+    def pauseReading(self):
+        self._pauses += 1
+        if self._pauses == 1 and not self.closed:
+            self.transport.pauseProducing()
+
+    def resumeReading(self):
+        if self._pauses:
+            self._pauses -= 1
+            if self._pauses == 0 and not self.closed:
+                self.transport.resumeProducing()
+
+    def _idleCheck(self):
+        f = self.factory
+        self._idleTimer = None
+        if self.closed:
+            return
+        remaining = self._lastRead + f.idleTimeout - f.clock.seconds()
+        if remaining > 1e-6 or self.calls or self.oneWay:
+            self._idleTimer = f.clock.callLater(max(remaining, 1e-3) if remaining > 1e-6 else f.idleTimeout,
+                                                self._idleCheck)
+            return
+        f.stats.cx_idle_timeout.value += 1
+        self._close()
+
+    def _close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self._pauses:
+            self._pauses = 0
+            self.transport.resumeProducing()
+        self.transport.loseConnection()
+
+    def drain(self):
+        if not self.calls and not self.oneWay:
+            self._close()
+
+    def connectionLost(self, reason):
+        f = self.factory
+        self.closed = True
+        f.stats.cx_active.value -= 1
+        f.connections.discard(self)
+        if self._idleTimer is not None and self._idleTimer.active():
+            self._idleTimer.cancel()
+        self._idleTimer = None
+        for call in list(self.calls.values()) + list(self.oneWay):
+            if call.twoWay:
+                # a one-way call already sent upstream may still complete; a two-way one has no one to answer
+                call.stream.resetStream("downstream_disconnect")
+        f.connectionEnded(self)
+
+
+class DubboListenerFactory(Factory):
+    """
+    Makes the server protocol of one Dubbo listener.  The payload limit is the listener's
+    ``limits.max_request_body`` (default 8 MiB, as Dubbo's); requests no route matches go to ``default_cluster``.
+    """
+
+    def __init__(self, listenerConfig, template, runtime, stats=None,
+                 maxServiceMethods=DEFAULT_MAX_SERVICE_METHODS):
+        self.listenerName = listenerConfig.name
+        limits = listenerConfig.limits
+        self.maxBodyBytes = limits.maxRequestBody or dc.DEFAULT_MAX_BODY_BYTES
+        self.idleTimeout = limits.idleTimeout
+        if listenerConfig.defaultCluster is not None:
+            template = copy.copy(template)
+            template.routeConfig = _DefaultingRoutes(template.routeConfig,
+                                                     _defaultRoute(listenerConfig.defaultCluster))
+        self.template = template
+        self.runtime = runtime
+        self.clock = runtime.clock
+        self.stats = stats if stats is not None else DubboListenerStats(runtime.stats, listenerConfig.name,
+                                                                        maxServiceMethods)
+        self.connections = set()
+        self.draining = False
+        self._drained = []
+
+    def buildProtocol(self, addr):
+        return DubboServerProtocol(self)
+
+    def drain(self):
+        """Close connections as their calls finish; fires when all are closed."""
+        self.draining = True
+        for p in list(self.connections):
+            p.drain()
+        if not self.connections:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drained.append(d)
+        return d
+
+    def abortAll(self):
+        for p in list(self.connections):
+            p.transport.abortConnection()
+
+    def connectionEnded(self, proto):
+        if self.draining and not self.connections:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)

@@ -1,0 +1,179 @@
+"""
+The upstream side of Dubbo: one client connection multiplexing many calls, for L{MultiplexConnectionPool}.
+
+Each call gets a fresh request id on this connection (ids from different downstream clients never collide); the
+response is matched back by that id and handed to the call's responder (the router) as a ResponseHead whose status
+is the Dubbo status byte, then the response frame's bytes as data (the listener rewrites the id back).  Request
+bodies are forwarded untouched unless a filter changed the attachments (exposed as request headers, see
+L{attachmentHeaders}).
+"""
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txmesh import errors
+from txmesh.protocols.dubbo_codec import (
+    OK,
+    DubboCodecError,
+    DubboDecoder,
+    encodeHeartbeat,
+    encodeHeartbeatResponse,
+    encodeRequestWithAttachments,
+    withRequestId,
+)
+from txmesh.stream import ResponseHead
+from txmesh.upstream.multiplex_pool import IMultiplexClient
+
+_MAX_ID = (1 << 63) - 1
+
+
+def attachmentHeaders(attachments):
+    """
+    The string-valued attachments as header fields (lower-case name bytes, value bytes), in order: how the
+    listener shows them to filters and route header matchers, and how the client tells whether a filter changed
+    them.
+    """
+    out = []
+    for k, v in attachments.items():
+        if type(k) is str and type(v) is str:
+            out.append((k.lower().encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass")))
+    return out
+
+
+def _newAttachments(attachments, headers):
+    """The attachments map after filters edited its header view: kept keys keep their case and position."""
+    byLower = {}
+    for k, v in attachments.items():
+        if type(k) is str and type(v) is str:
+            byLower[k.lower()] = k
+    wanted = {}
+    for name, value in headers:
+        wanted.setdefault(name.decode("utf-8", "surrogatepass"), value.decode("utf-8", "surrogatepass"))
+    out = {}
+    for k, v in attachments.items():
+        if type(k) is str and type(v) is str:
+            if k.lower() in wanted:
+                out[k] = wanted.pop(k.lower())
+        else:
+            out[k] = v
+    for name, value in wanted.items():
+        out[byLower.get(name, name)] = value
+    return out
+
+
+def requestBytes(head):
+    """The bytes to forward for a Dubbo request head: as received, or re-encoded if its attachments changed."""
+    frame = head.payload
+    inv = frame.invocation  # decoded (and cached) by the listener; None: not hessian2
+    if inv is not None:
+        fields = list(head.headers.items())
+        if fields != attachmentHeaders(inv.attachments):
+            try:
+                return encodeRequestWithAttachments(frame, inv, _newAttachments(inv.attachments, fields))
+            except TypeError:
+                pass  # an attachment value the writer cannot encode: forward the original
+    return frame.header + frame.body
+
+
+@implementer(IMultiplexClient)
+class DubboClientProtocol(Protocol):
+    """One upstream Dubbo connection.  See the module docstring and L{IMultiplexClient}."""
+
+    log = Logger()
+    onConnectionLost = None
+
+    def __init__(self, maxBodyBytes=None):
+        self.decoder = DubboDecoder() if maxBodyBytes is None else DubboDecoder(maxBodyBytes)
+        self.framesReceived = 0
+        self.lateResponses = 0
+        self._calls = {}  # upstream request id -> responder
+        self._nextId = 0
+        self.connected = False
+
+    def connectionMade(self):
+        self.connected = True
+
+    def _allocateId(self):
+        self._nextId = self._nextId + 1 if self._nextId < _MAX_ID else 1
+        return self._nextId
+
+    # -- IMultiplexClient ---------------------------------------------------------------------------------------
+
+    def startStream(self, head, endStream, responder):
+        frame = head.payload
+        data = requestBytes(head)
+        requestId = self._allocateId()
+        if not self.connected:
+            responder.upstreamFailed(errors.UpstreamReset("upstream connection already closed"))
+            return requestId
+        self.transport.write(withRequestId(data[:16], requestId) + data[16:])
+        if frame.twoWay:
+            self._calls[requestId] = responder
+        else:
+            # a one-way call has no response: it is complete once written, with nothing left pending
+            responder.upstreamComplete(True)
+            responder.upstreamHeaders(ResponseHead(OK), True)
+        return requestId
+
+    def writeBody(self, key, data, endStream):
+        pass  # a Dubbo request is one frame, sent whole by startStream
+
+    def writeTrailers(self, key, trailers):
+        pass
+
+    def cancelStream(self, key):
+        self._calls.pop(key, None)
+
+    def sendPing(self):
+        if self.connected:
+            self.transport.write(encodeHeartbeat(self._allocateId()))
+
+    @property
+    def activeStreams(self):
+        return len(self._calls)
+
+    # -- events -------------------------------------------------------------------------------------------------
+
+    def dataReceived(self, data):
+        try:
+            frames = self.decoder.feed(data)
+        except DubboCodecError as e:
+            for frame in e.frames:
+                self._frameReceived(frame)
+            self._failAll(errors.BadUpstreamResponse("bad dubbo response framing: " + e.reason))
+            self.transport.abortConnection()
+            return
+        for frame in frames:
+            self._frameReceived(frame)
+
+    def _frameReceived(self, frame):
+        self.framesReceived += 1
+        if frame.event:
+            if frame.isRequest and frame.twoWay:
+                # the provider's own heartbeat
+                self.transport.write(encodeHeartbeatResponse(frame.requestId, frame.serializationId))
+            return
+        if frame.isRequest:
+            return  # a provider does not call its consumer; ignore
+        responder = self._calls.pop(frame.requestId, None)
+        if responder is None:
+            self.lateResponses += 1  # timed out or cancelled already
+            return
+        responder.upstreamComplete(True)
+        responder.upstreamHeaders(ResponseHead(frame.status), False)
+        responder.upstreamData(frame.toBytes(), True)
+
+    def _failAll(self, exc):
+        calls, self._calls = self._calls, {}
+        for responder in calls.values():
+            try:
+                responder.upstreamFailed(exc)
+            except Exception:
+                self.log.failure("responder failed in upstreamFailed")
+
+    def connectionLost(self, reason):
+        self.connected = False
+        self._failAll(errors.UpstreamReset("upstream connection closed: %s" % (reason.getErrorMessage(),)))
+        if self.onConnectionLost is not None:
+            self.onConnectionLost(self)

@@ -1,0 +1,135 @@
+"""
+gRPC over HTTP/2, the parts a proxy needs (sans-IO): status codes, the ``grpc-timeout`` header, the mapping of
+proxy causes and HTTP statuses to gRPC codes, and a message-prefix counter that counts length-prefixed messages
+and enforces a maximum message size without buffering them.
+"""
+
+OK = 0
+CANCELLED = 1
+UNKNOWN = 2
+DEADLINE_EXCEEDED = 4
+PERMISSION_DENIED = 7
+RESOURCE_EXHAUSTED = 8
+UNIMPLEMENTED = 12
+INTERNAL = 13
+UNAVAILABLE = 14
+UNAUTHENTICATED = 16
+
+CONTENT_TYPE = b"application/grpc"
+
+# txmesh error cause (errors.py) -> the gRPC code a client expects
+_CAUSE_CODES = {
+    "no_route": UNIMPLEMENTED,
+    "no_cluster": UNAVAILABLE,
+    "no_healthy_upstream": UNAVAILABLE,
+    "upstream_connect_failure": UNAVAILABLE,
+    "upstream_connect_timeout": UNAVAILABLE,
+    "upstream_reset_before_response": UNAVAILABLE,
+    "upstream_pool_closed": UNAVAILABLE,
+    "upstream_error": UNAVAILABLE,
+    "upstream_overflow": RESOURCE_EXHAUSTED,
+    "upstream_request_timeout": DEADLINE_EXCEEDED,
+    "upstream_protocol_error": INTERNAL,
+    "request_body_too_large": RESOURCE_EXHAUSTED,
+    "grpc_message_too_large": RESOURCE_EXHAUSTED,
+}
+
+# https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
+_HTTP_CODES = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 404: UNIMPLEMENTED,
+               429: UNAVAILABLE, 502: UNAVAILABLE, 503: UNAVAILABLE, 504: UNAVAILABLE}
+
+_TIMEOUT_UNITS = {0x48: 3600.0, 0x4D: 60.0, 0x53: 1.0, 0x6D: 1e-3, 0x75: 1e-6, 0x6E: 1e-9}  # H M S m u n
+
+
+def statusForCause(cause, httpStatus):
+    """The gRPC code of a local reply: by its cause when known, else by its HTTP status."""
+    code = _CAUSE_CODES.get(cause)
+    if code is None:
+        code = statusForHTTP(httpStatus)
+    return code
+
+
+def statusForHTTP(httpStatus):
+    """The standard HTTP-to-gRPC mapping for a response without grpc-status."""
+    return _HTTP_CODES.get(httpStatus, UNKNOWN)
+
+
+def parseTimeout(value):
+    """
+    ``grpc-timeout`` (bytes, 1-8 digits and a unit H/M/S/m/u/n) in seconds, or None if malformed (gRPC says a
+    malformed value is ignored by intermediaries rather than failing the call).
+    """
+    if not 2 <= len(value) <= 9:
+        return None
+    unit = _TIMEOUT_UNITS.get(value[-1])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit():
+        return None
+    return int(digits) * unit
+
+
+def encodeMessage(text):
+    """``grpc-message`` percent-encoding (spec: encode outside 0x20-0x7E and '%')."""
+    if isinstance(text, str):
+        text = text.encode("utf-8")
+    out = bytearray()
+    for b in text:
+        if 0x20 <= b <= 0x7E and b != 0x25:
+            out.append(b)
+        else:
+            out += b"%%%02X" % b
+    return bytes(out)
+
+
+class MessageLimitExceeded(Exception):
+    """A length-prefixed message declared a length above the configured maximum."""
+
+    def __init__(self, length, limit):
+        self.length = length
+        self.limit = limit
+        super().__init__("gRPC message of %d bytes exceeds the limit of %d" % (length, limit))
+
+
+class MessageCounter:
+    """
+    Follows the 5-byte message prefixes (compressed flag, 4-byte big-endian length) through a stream of DATA
+    payloads, counting messages; it never keeps message bytes.  ``feed`` raises MessageLimitExceeded when a
+    message declares more than ``maxMessageSize`` bytes (0 = unlimited).
+    """
+
+    __slots__ = ("maxMessageSize", "messages", "_skip", "_prefix")
+
+    def __init__(self, maxMessageSize=0):
+        self.maxMessageSize = maxMessageSize
+        self.messages = 0
+        self._skip = 0  # body bytes of the current message still to pass
+        self._prefix = b""  # a partial prefix carried over
+
+    def feed(self, data):
+        """Account for ``data``; returns how many messages started in it."""
+        n = len(data)
+        i = 0
+        started = 0
+        skip = self._skip
+        while i < n:
+            if skip:
+                take = min(skip, n - i)
+                skip -= take
+                i += take
+                continue
+            need = 5 - len(self._prefix)
+            if n - i < need:
+                self._prefix += data[i:]
+                break
+            prefix = self._prefix + data[i:i + need]
+            self._prefix = b""
+            i += need
+            length = int.from_bytes(prefix[1:5], "big")
+            started += 1
+            if self.maxMessageSize and length > self.maxMessageSize:
+                self._skip = 0
+                raise MessageLimitExceeded(length, self.maxMessageSize)
+            skip = length
+        self._skip = skip
+        self.messages += started
+        return started

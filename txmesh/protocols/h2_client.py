@@ -1,0 +1,393 @@
+"""
+The HTTP/2 upstream client: one H2ClientProtocol per connection, shared by many requests; each request gets an
+H2UpstreamStream (a *stream handle*) from the multiplexed pool (txmesh.upstream.h2_pool).  The router uses a
+handle exactly as it uses an HTTP/1.1 connection: ``sendRequest``, ``writeBody``, ``writeTrailers``,
+``abandon``, ``pauseReading``/``resumeReading``; it hands it back with ``pool.release``/``pool.discard``.
+
+The responder (the router) gets ``upstreamHeaders``, ``upstreamData``, ``upstreamTrailers``, then
+``upstreamComplete(reusable)`` (called before the last event, as the HTTP/1.1 client does); or
+``upstreamFailed(exc)`` with L{errors.UpstreamReset} (RST_STREAM, connection lost, GOAWAY without retry).
+"""
+
+from h2 import events as ev
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError, StreamClosedError
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from txmesh import errors
+from txmesh.protocols.h2_common import (
+    DEFAULT_CONNECTION_WINDOW,
+    FlowControlledSender,
+    WriteWatcher,
+    makeConnection,
+    regularFields,
+    toHeaderMap,
+)
+from txmesh.stream import ResponseHead
+
+_REPLAY_LIMIT = 64 * 1024  # request bytes kept to retry a stream refused by GOAWAY
+
+
+class H2UpstreamStream:
+    """One request's stream on a shared upstream HTTP/2 connection (what the pool's ``acquire`` gives)."""
+
+    __slots__ = ("proto", "sid", "responder", "head", "replay", "replaySize", "responseStarted", "done",
+                 "paused", "unacked", "released", "requestEnded")
+
+    def __init__(self, proto):
+        self.proto = proto
+        self.sid = None
+        self.responder = None
+        self.head = None
+        self.replay = []
+        self.replaySize = 0
+        self.responseStarted = False
+        self.done = False
+        self.paused = False
+        self.unacked = 0
+        self.released = False
+        self.requestEnded = False
+
+    def sendRequest(self, head, endStream, responder):
+        self.responder = responder
+        self.head = head
+        self.requestEnded = endStream
+        self.proto._startStream(self, endStream)
+
+    def writeBody(self, data, endStream):
+        if self.done:
+            return
+        self._record((1, data, endStream), len(data))
+        self.requestEnded = endStream
+        self.proto._streamData(self, data, endStream)
+
+    def writeTrailers(self, trailers):
+        if self.done:
+            return
+        self._record((2, trailers, True), 0)
+        self.requestEnded = True
+        self.proto._streamTrailers(self, trailers)
+
+    def _record(self, item, size):
+        if self.replay is not None:
+            self.replaySize += size
+            if self.replaySize > _REPLAY_LIMIT:
+                self.replay = None
+            else:
+                self.replay.append(item)
+
+    def abandon(self):
+        """The request is given up (timeout, downstream gone): reset the stream (CANCEL)."""
+        self.responder = None
+        if not self.done:
+            self.done = True
+            self.proto._cancel(self, ErrorCodes.CANCEL)
+
+    def pauseReading(self):
+        self.paused = True
+
+    def resumeReading(self):
+        if self.paused:
+            self.paused = False
+            if self.unacked:
+                n, self.unacked = self.unacked, 0
+                self.proto._ack(self.sid, n)
+
+
+class H2ClientProtocol(FlowControlledSender, Protocol):
+    """One upstream HTTP/2 connection; see the module docstring.  The pool sets ``onConnectionLost``."""
+
+    log = Logger()
+    onConnectionLost = None
+    onGoaway = None
+    onCapacity = None  # called when streams can be opened again (settings changed, stream closed)
+    stats = None
+
+    def __init__(self):
+        self.conn = makeConnection(True)
+        self.streams = {}
+        self._backlogs = {}
+        self.connected = False
+        self.goingAway = False
+        self.lastStreamId = None
+        self.slots = 0  # stream handles the pool has handed out on this connection
+        self._clock = None
+        self._pingTimer = None
+        self._pingTimeoutTimer = None
+        self._keepalive = (0, 0)
+
+    def connectionMade(self):
+        self.connected = True
+        conn = self.conn
+        conn.initiate_connection()
+        conn.increment_flow_control_window(DEFAULT_CONNECTION_WINDOW - 65535)
+        self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
+        self._flush()
+
+    def newStream(self):
+        """A handle for one request on this connection (the pool counts it in ``slots``)."""
+        return H2UpstreamStream(self)
+
+    def maxStreams(self):
+        """How many concurrent streams the peer allows (its SETTINGS_MAX_CONCURRENT_STREAMS)."""
+        return self.conn.remote_settings.max_concurrent_streams
+
+    # -- keepalive ------------------------------------------------------------------------------------------------
+
+    def startKeepalive(self, clock, interval, timeout):
+        """PING every ``interval`` seconds; no ACK within ``timeout`` closes the connection (streams fail)."""
+        self._clock = clock
+        self._keepalive = (interval, timeout)
+        if interval and self.connected:
+            self._pingTimer = clock.callLater(interval, self._sendPing)
+
+    def _sendPing(self):
+        self._pingTimer = None
+        if not self.connected:
+            return
+        self.conn.ping(b"txmeshka")
+        self._flush()
+        self._pingTimeoutTimer = self._clock.callLater(self._keepalive[1], self._pingTimedOut)
+
+    def _pingTimedOut(self):
+        self._pingTimeoutTimer = None
+        if self.stats is not None:
+            self.stats.ping_timeout.value += 1
+        self._failAll(errors.UpstreamReset("upstream did not answer PING within %gs" % (self._keepalive[1],)))
+        self.transport.abortConnection()
+
+    def _stopTimers(self):
+        for name in ("_pingTimer", "_pingTimeoutTimer"):
+            t = getattr(self, name)
+            if t is not None:
+                if t.active():
+                    t.cancel()
+                setattr(self, name, None)
+
+    # -- requests -------------------------------------------------------------------------------------------------
+
+    def _startStream(self, h, endStream):
+        conn = self.conn
+        head = h.head
+        sid = conn.get_next_available_stream_id()
+        h.sid = sid
+        self.streams[sid] = h
+        fields = [(b":method", head.method), (b":scheme", head.scheme or b"http"), (b":authority", head.authority),
+                  (b":path", head.path)]
+        headers = head.headers
+        fields.extend(regularFields(headers, head.version == (2, 0)))
+        if head.version != (2, 0):
+            te = headers.get(b"te")
+            ct = headers.get(b"content-type", b"")
+            if (te is not None and b"trailers" in te.lower()) or ct.startswith(b"application/grpc"):
+                fields.append((b"te", b"trailers"))
+        if self.stats is not None:
+            self.stats.streams_opened.value += 1
+        conn.send_headers(sid, fields, end_stream=endStream)
+        self._flush()
+
+    def _streamData(self, h, data, endStream):
+        if h.sid not in self.streams:
+            return
+        try:
+            self._sendData(h.sid, data, endStream)
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush()
+
+    def _streamTrailers(self, h, trailers):
+        if h.sid not in self.streams:
+            return
+        try:
+            self._sendTrailers(h.sid, list(trailers.items()))
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush()
+
+    def _cancel(self, h, code):
+        sid = h.sid
+        if sid is None or not self.connected:
+            return
+        self.streams.pop(sid, None)
+        self._dropBacklog(sid)
+        stream = self.conn.streams.get(sid)
+        if stream is None or stream.closed:
+            return
+        if self.stats is not None:
+            self.stats.streams_reset_sent.value += 1
+        try:
+            self.conn.reset_stream(sid, code)
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush()
+
+    def _ack(self, sid, n):
+        if n and self.connected:
+            try:
+                self.conn.acknowledge_received_data(n, sid)
+            except (StreamClosedError, KeyError, ProtocolError):
+                return
+            self._flush()
+
+    # -- responses ------------------------------------------------------------------------------------------------
+
+    def dataReceived(self, data):
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as e:
+            self._flush()
+            self._failAll(errors.BadUpstreamResponse("upstream HTTP/2 protocol error: %s" % (e,)))
+            self.transport.abortConnection()
+            return
+        streams = self.streams
+        for event in events:
+            t = type(event)
+            if t is ev.DataReceived:
+                h = streams.get(event.stream_id)
+                n = event.flow_controlled_length
+                if h is None or h.responder is None:
+                    self.conn.acknowledge_received_data(n, event.stream_id) if n else None
+                    continue
+                if h.paused:
+                    h.unacked += n
+                elif n:
+                    self.conn.acknowledge_received_data(n, event.stream_id)
+                if event.stream_ended is not None:
+                    responder = self._complete(h)
+                    responder.upstreamData(event.data, True)
+                else:
+                    h.responder.upstreamData(event.data, False)
+            elif t is ev.ResponseReceived:
+                h = streams.get(event.stream_id)
+                if h is None or h.responder is None:
+                    continue
+                status = 0
+                for k, v in event.headers:
+                    if k == b":status":
+                        status = int(v)
+                        break
+                head = ResponseHead(status, toHeaderMap(event.headers), version=(2, 0))
+                h.responseStarted = True
+                if event.stream_ended is not None:
+                    if self.stats is not None:
+                        self.stats.grpcStatus(head.headers.get(b"grpc-status", b""))
+                    responder = self._complete(h)
+                    responder.upstreamHeaders(head, True)
+                else:
+                    h.responder.upstreamHeaders(head, False)
+            elif t is ev.TrailersReceived:
+                h = streams.get(event.stream_id)
+                if h is None or h.responder is None:
+                    continue
+                trailers = toHeaderMap(event.headers)
+                if self.stats is not None:
+                    self.stats.grpcStatus(trailers.get(b"grpc-status", b""))
+                responder = self._complete(h)
+                responder.upstreamTrailers(trailers)
+            elif t is ev.StreamEnded:
+                h = streams.get(event.stream_id)
+                if h is not None and h.responder is not None and not h.done:
+                    responder = self._complete(h)
+                    responder.upstreamData(b"", True)
+            elif t is ev.StreamReset:
+                h = streams.pop(event.stream_id, None)
+                self._dropBacklog(event.stream_id)
+                if self.stats is not None:
+                    self.stats.streams_reset_by_peer.value += 1
+                if h is not None and h.responder is not None and not h.done:
+                    h.done = True
+                    responder, h.responder = h.responder, None
+                    responder.upstreamFailed(errors.UpstreamReset(
+                        "upstream reset the stream (%s)" % (_codeName(event.error_code),)))
+            elif t is ev.WindowUpdated:
+                self._windowOpened(event.stream_id)
+            elif t is ev.RemoteSettingsChanged:
+                self._windowOpened(0)
+                if self.onCapacity is not None:
+                    self.onCapacity(self)
+            elif t is ev.PingAckReceived:
+                if self._pingTimeoutTimer is not None:
+                    self._pingTimeoutTimer.cancel()
+                    self._pingTimeoutTimer = None
+                    if self._keepalive[0]:
+                        self._pingTimer = self._clock.callLater(self._keepalive[0], self._sendPing)
+            elif t is ev.ConnectionTerminated:
+                self._goaway(event)
+        self._flush()
+
+    def _complete(self, h):
+        """The response ended: the stream leaves the connection; returns the responder for the last event."""
+        h.done = True
+        self.streams.pop(h.sid, None)
+        responder, h.responder = h.responder, None
+        responder.upstreamComplete(True)
+        return responder
+
+    def _goaway(self, event):
+        """GOAWAY: no new streams here; streams above last-stream-id were not processed and may be retried."""
+        self.goingAway = True
+        last = event.last_stream_id
+        self.lastStreamId = last
+        if self.stats is not None:
+            self.stats.goaway_received.value += 1
+        unprocessed = [h for sid, h in self.streams.items() if last is not None and sid > last]
+        for h in unprocessed:
+            self.streams.pop(h.sid, None)
+            self._dropBacklog(h.sid)
+        if self.onGoaway is not None:
+            self.onGoaway(self, unprocessed)
+        else:
+            for h in unprocessed:
+                self._failStream(h, errors.UpstreamReset("upstream sent GOAWAY"))
+        if not self.streams:
+            self.transport.loseConnection()
+
+    def _failStream(self, h, exc):
+        h.done = True
+        responder, h.responder = h.responder, None
+        if responder is not None:
+            responder.upstreamFailed(exc)
+
+    def _failAll(self, exc):
+        streams, self.streams = self.streams, {}
+        for h in streams.values():
+            if not h.done:
+                self._failStream(h, exc)
+
+    def connectionLost(self, reason):
+        self.connected = False
+        self._stopTimers()
+        self._failAll(errors.UpstreamReset("upstream connection closed: %s" % (reason.getErrorMessage(),)))
+        if self.onConnectionLost is not None:
+            self.onConnectionLost(self)
+
+    # -- backpressure -----------------------------------------------------------------------------------------------
+
+    def _backlogFull(self, sid):
+        h = self.streams.get(sid)
+        if h is not None and h.responder is not None:
+            h.responder.upstreamWritePaused()
+
+    def _backlogDrained(self, sid):
+        h = self.streams.get(sid)
+        if h is not None and h.responder is not None:
+            h.responder.upstreamWriteResumed()
+
+    def _transportFull(self):
+        for h in list(self.streams.values()):
+            if h.responder is not None:
+                h.responder.upstreamWritePaused()
+
+    def _transportDrained(self):
+        for h in list(self.streams.values()):
+            b = self._backlogs.get(h.sid)
+            if h.responder is not None and (b is None or not b.paused):
+                h.responder.upstreamWriteResumed()
+
+
+def _codeName(code):
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return str(code)

@@ -1,0 +1,633 @@
+"""
+The HTTP/2 listener (cleartext prior knowledge now; it never assumes cleartext, so TLS/ALPN can wrap it) on the
+``h2`` state machine.  Each HTTP/2 stream is one ActiveStream of the listener's filter chain, so HTTP/2 requests
+route like HTTP/1.1 ones.  A ``grpc`` listener adds gRPC behaviour: ``grpc-timeout`` bounds the call, local
+replies are trailers-only responses with a grpc-status, an HTTP error from upstream without grpc-status is
+mapped to one, and messages are counted (and their size bounded) from the 5-byte prefixes.
+
+Defences (CVE-2023-44487 and friends): a finite SETTINGS_MAX_CONCURRENT_STREAMS with streams past it refused;
+a bound on streams reset by the client before their response ended; a bound on control frames (PING, SETTINGS)
+answered while the transport's write buffer is full, and on PRIORITY, WINDOW_UPDATE and empty DATA frames
+relative to the useful work of the connection; h2 bounds header lists and CONTINUATION frames.
+"""
+
+import os
+import re
+
+from h2 import events as ev
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError, StreamClosedError
+from hyperframe.frame import GoAwayFrame
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from txmesh.protocols import grpc
+from txmesh.protocols.h2_common import (
+    DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_STREAM_WINDOW,
+    FlowControlledSender,
+    WriteWatcher,
+    makeConnection,
+    regularFields,
+)
+from txmesh.protocols.h2_stats import H2ListenerStats
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
+
+_STATUS = {s: b"%d" % s for s in range(100, 600)}
+_GRPC_STATUS = {c: b"%d" % c for c in range(17)}
+
+
+class H2Limits:
+    """HTTP/2 defence bounds of a listener (Envoy's defaults where Envoy has one)."""
+
+    maxConcurrentStreams = 100
+    maxPrematureResets = 100  # streams reset by the client before their response ended, per connection...
+    prematureResetRatio = 0.5  # ...once they are at least this share of the streams opened
+    maxPendingControlFrames = 1000  # PING/SETTINGS acks queued while the write buffer is full
+    maxInboundPriorityPerStream = 100
+    maxInboundWindowUpdatePerData = 10
+    maxConsecutiveEmptyData = 1
+    maxHeaderListSize = 65536
+    maxMessageSize = 4 << 20 | 1024  # gRPC message bound (0 = none); the default admits 4 MiB messages
+
+
+class _Stream:
+    """The downstream side of one HTTP/2 stream (the ``downstream`` object of its ActiveStream)."""
+
+    __slots__ = ("proto", "sid", "active", "requestEnded", "responseEnded", "paused", "unacked", "swallow",
+                 "requestMessages", "responseMessages", "premature")
+
+    def __init__(self, proto, sid):
+        self.proto = proto
+        self.sid = sid
+        self.active = None
+        self.requestEnded = False
+        self.responseEnded = False
+        self.paused = False
+        self.unacked = 0
+        self.swallow = False
+        self.requestMessages = None
+        self.responseMessages = None
+        self.premature = True
+
+    def writeHeaders(self, response, endStream):
+        self.proto._writeHeaders(self, response, endStream)
+
+    def writeData(self, data, endStream):
+        self.proto._writeData(self, data, endStream)
+
+    def writeTrailers(self, trailers):
+        self.proto._writeTrailers(self, trailers)
+
+    def makeLocalReply(self, status, body=b"", headers=(), cause=None):
+        return self.proto._makeLocalReply(status, body, headers, cause)
+
+    def reset(self, reason):
+        self.proto._resetStream(self, ErrorCodes.INTERNAL_ERROR)
+
+    def pauseReading(self):
+        self.paused = True
+
+    def resumeReading(self):
+        if self.paused:
+            self.paused = False
+            if self.unacked:
+                n, self.unacked = self.unacked, 0
+                self.proto._ack(self.sid, n)
+                self.proto._flush()
+
+    def streamComplete(self, active):
+        self.proto._streamComplete(self)
+
+
+class H2ServerProtocol(FlowControlledSender, Protocol):
+    """One downstream HTTP/2 connection."""
+
+    log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.conn = None
+        self.streams = {}
+        self._backlogs = {}
+        self._closing = False
+        self._writePaused = False
+        self._pendingControl = 0
+        self._streamsOpened = 0
+        self._prematureResets = 0
+        self._priorityFrames = 0
+        self._windowUpdates = 0
+        self._dataFramesSent = 0
+        self._emptyData = 0
+        self._idleTimer = None
+        self._peer = ""
+        self._peerHost = b""
+
+    # -- connection events -----------------------------------------------------------------------------------
+
+    def connectionMade(self):
+        f = self.factory
+        limits = f.h2Limits
+        self.conn = conn = makeConnection(False, limits.maxConcurrentStreams, limits.maxHeaderListSize)
+        conn.initiate_connection()
+        conn.increment_flow_control_window(DEFAULT_CONNECTION_WINDOW - 65535)
+        f.stats.cx_total.value += 1
+        f.stats.cx_active.value += 1
+        f.connections.add(self)
+        peer = self.transport.getPeer()
+        self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
+        self._peerHost = getattr(peer, "host", "").encode("ascii", "replace")
+        self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
+        self._flush()
+        self._armIdleTimer()
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as e:
+            self._protocolError(e)
+            return
+        for event in events:
+            t = type(event)
+            if t is ev.DataReceived:
+                self._dataReceived(event)
+            elif t is ev.RequestReceived:
+                self._requestReceived(event)
+            elif t is ev.StreamEnded:
+                s = self.streams.get(event.stream_id)
+                if s is not None and not s.requestEnded:
+                    s.requestEnded = True
+                    s.active.decodeData(b"", True)
+            elif t is ev.TrailersReceived:
+                s = self.streams.get(event.stream_id)
+                if s is not None and not s.requestEnded:
+                    s.requestEnded = True
+                    s.active.decodeTrailers(HeaderMap(list(event.headers)))
+            elif t is ev.StreamReset:
+                self._streamReset(event)
+            elif t is ev.WindowUpdated:
+                self._windowUpdates += 1
+                if self._windowUpdates > self.factory.h2Limits.maxInboundWindowUpdatePerData * (
+                        1 + self._dataFramesSent) + 100:
+                    self._flood("window_update")
+                    return
+                self._windowOpened(event.stream_id)
+            elif t is ev.RemoteSettingsChanged:
+                self._controlAnswered()
+                self._windowOpened(0)
+            elif t is ev.PingReceived:
+                self._controlAnswered()
+            elif t is ev.PriorityUpdated:
+                self._priorityFrames += 1
+                if self._priorityFrames > self.factory.h2Limits.maxInboundPriorityPerStream * (
+                        1 + 2 * self._streamsOpened):
+                    self._flood("priority")
+                    return
+            elif t is ev.ConnectionTerminated:
+                self.factory.stats.goaway_received.value += 1
+                self._closeNow()
+                return
+            if self._closing:
+                return
+        refused = self.conn.refusedStreams
+        if refused:
+            self.factory.stats.streams_refused.value += refused
+            self.conn.refusedStreams = 0
+        self._flush()
+
+    def connectionLost(self, reason):
+        f = self.factory
+        f.stats.cx_active.value -= 1
+        f.connections.discard(self)
+        self._cancelIdleTimer()
+        streams, self.streams = self.streams, {}
+        for s in streams.values():
+            f.stats.rq_active.value -= 1
+            s.active.resetStream("downstream_disconnect")
+        f.connectionEnded(self)
+
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    def _requestReceived(self, event):
+        f = self.factory
+        sid = event.stream_id
+        try:
+            method, path, authority, scheme, fields = readRequest(event.headers)
+        except MalformedRequest as e:
+            f.stats.error("malformed_request")
+            self.log.debug("stream {sid}: malformed request: {e}", sid=sid, e=e)
+            self._resetStream(None, ErrorCodes.PROTOCOL_ERROR, sid)
+            return
+        self._cancelIdleTimer()
+        self._streamsOpened += 1
+        f.stats.rq_total.value += 1
+        f.stats.rq_active.value += 1
+        f.stats.streams_opened.value += 1
+        headers = HeaderMap(fields)
+        head = RequestHead(method, path, authority, headers, scheme, (2, 0), f.protocolName)
+        cl = headers.get(b"content-length")
+        if cl is not None and cl.isdigit():
+            head.contentLength = int(cl)
+        if f.useRemoteAddress:
+            xff = headers.get(b"x-forwarded-for")
+            headers.set(b"x-forwarded-for", self._peerHost if xff is None else xff + b", " + self._peerHost)
+            headers.set(b"x-forwarded-proto", scheme)
+        rid = headers.get(b"x-request-id")
+        if rid is None:
+            rid = _requestId()
+            headers.add(b"x-request-id", rid)
+        s = _Stream(self, sid)
+        if f.grpc:
+            timeout = headers.get(b"grpc-timeout")
+            if timeout is not None:
+                head.timeout = grpc.parseTimeout(timeout)
+            s.requestMessages = grpc.MessageCounter(f.h2Limits.maxMessageSize)
+            s.responseMessages = grpc.MessageCounter()
+        info = StreamInfo(f.clock.seconds(), f.protocolName if f.grpc else "http/2", f.listenerName, self._peer)
+        info.requestId = rid
+        self.streams[sid] = s
+        s.active = f.template.createStream(s, info)
+        endStream = event.stream_ended is not None
+        s.requestEnded = endStream
+        s.active.decodeHeaders(head, endStream)
+
+    def _dataReceived(self, event):
+        sid = event.stream_id
+        s = self.streams.get(sid)
+        data = event.data
+        n = event.flow_controlled_length
+        if not data:
+            self._emptyData += 1
+            if event.stream_ended is None and self._emptyData > self.factory.h2Limits.maxConsecutiveEmptyData:
+                self._flood("empty_data")
+                return
+        else:
+            self._emptyData = 0
+        if s is None or s.requestEnded:
+            self._ack(sid, n)
+            return
+        if s.requestMessages is not None and data:
+            try:
+                started = s.requestMessages.feed(data)
+            except grpc.MessageLimitExceeded as e:
+                self._ack(sid, n)
+                s.active.sendLocalReply(413, str(e).encode("ascii"), cause="grpc_message_too_large")
+                return
+            if started:
+                self.factory.stats.messages_in.value += started
+        if s.paused:
+            s.unacked += n
+        else:
+            self._ack(sid, n)
+        endStream = event.stream_ended is not None
+        if endStream:
+            s.requestEnded = True
+        s.active.decodeData(data, endStream)
+
+    def _ack(self, sid, n):
+        if n:
+            try:
+                self.conn.acknowledge_received_data(n, sid)
+            except (StreamClosedError, KeyError):
+                pass
+
+    def _streamReset(self, event):
+        s = self.streams.pop(event.stream_id, None)
+        self._dropBacklog(event.stream_id)
+        f = self.factory
+        f.stats.streams_reset_by_peer.value += 1
+        if s is None:
+            return
+        f.stats.rq_active.value -= 1
+        s.responseEnded = True
+        if s.premature:
+            self._prematureResets += 1
+            limits = f.h2Limits
+            if (self._prematureResets > limits.maxPrematureResets
+                    and self._prematureResets >= self._streamsOpened * limits.prematureResetRatio):
+                s.active.resetStream("downstream_reset")
+                self._flood("rapid_reset")
+                return
+        s.active.resetStream("downstream_reset")
+        self._maybeIdle()
+
+    # -- responses (called through _Stream by the ActiveStream) ----------------------------------------------------
+
+    def _writeHeaders(self, s, response, endStream):
+        if s.responseEnded:
+            return
+        f = self.factory
+        status = response.status
+        f.stats.rq_class[status // 100 if status < 600 else 5].value += 1
+        headers = response.headers
+        if f.grpc:
+            code = headers.get(b"grpc-status")
+            if code is None and status != 200:
+                # an HTTP error without grpc-status: the standard mapping, as a trailers-only response
+                code = _GRPC_STATUS[grpc.statusForHTTP(status)]
+                fields = [(b":status", b"200"), (b"content-type", grpc.CONTENT_TYPE), (b"grpc-status", code),
+                          (b"grpc-message", b"upstream answered HTTP %d" % status)]
+                s.swallow = True
+                endStream = True
+            else:
+                fields = [(b":status", _STATUS.get(status) or b"%d" % status)]
+                fields.extend(regularFields(headers, response.version == (2, 0)))
+            if endStream:
+                f.stats.grpcStatus(code if code is not None else b"")
+        else:
+            fields = [(b":status", _STATUS.get(status) or b"%d" % status)]
+            fields.extend(regularFields(headers, response.version == (2, 0)))
+        if endStream:
+            s.responseEnded = True
+        try:
+            self.conn.send_headers(s.sid, fields, end_stream=endStream)
+        except (StreamClosedError, ProtocolError):
+            s.responseEnded = True
+        self._flush()
+
+    def _writeData(self, s, data, endStream):
+        if s.responseEnded or s.swallow:
+            return
+        if s.responseMessages is not None and data:
+            started = s.responseMessages.feed(data)
+            if started:
+                self.factory.stats.messages_out.value += started
+        if endStream:
+            s.responseEnded = True
+        self._dataFramesSent += 1
+        try:
+            self._sendData(s.sid, data, endStream)
+        except (StreamClosedError, ProtocolError):
+            s.responseEnded = True
+        self._flush()
+
+    def _writeTrailers(self, s, trailers):
+        if s.responseEnded or s.swallow:
+            return
+        s.responseEnded = True
+        if self.factory.grpc:
+            self.factory.stats.grpcStatus(trailers.get(b"grpc-status", b""))
+        try:
+            self._sendTrailers(s.sid, list(trailers.items()))
+        except (StreamClosedError, ProtocolError):
+            pass
+        self._flush()
+
+    def _makeLocalReply(self, status, body, headers, cause):
+        f = self.factory
+        if cause:
+            f.stats.error(cause if isinstance(cause, str) else cause.decode("ascii"))
+        if not f.grpc:
+            fields = [(b"content-type", b"text/plain")]
+            if cause:
+                fields.append((b"x-txmesh-error", cause.encode("ascii") if isinstance(cause, str) else cause))
+            fields.extend(headers)
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            return ResponseHead(status, HeaderMap(fields), version=(2, 0), contentLength=len(body)), body
+        causeText = cause.decode("ascii") if isinstance(cause, bytes) else cause
+        code = grpc.statusForCause(causeText, status) if status >= 300 else grpc.OK
+        message = body.strip() if isinstance(body, bytes) else (body or "").encode("utf-8").strip()
+        fields = [(b"content-type", grpc.CONTENT_TYPE), (b"grpc-status", _GRPC_STATUS[code])]
+        if message:
+            fields.append((b"grpc-message", grpc.encodeMessage(message)))
+        if causeText:
+            fields.append((b"x-txmesh-error", causeText.encode("ascii")))
+        fields.extend(headers)
+        return ResponseHead(200, HeaderMap(fields), version=(2, 0)), b""
+
+    def _resetStream(self, s, code, sid=None):
+        if s is not None:
+            sid = s.sid
+            if s.responseEnded and s.requestEnded:
+                return
+            s.responseEnded = True
+        self._dropBacklog(sid)
+        self.factory.stats.streams_reset_sent.value += 1
+        try:
+            self.conn.reset_stream(sid, code)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self._flush()
+
+    def _streamComplete(self, s):
+        if self.streams.pop(s.sid, None) is None:
+            return
+        s.premature = False
+        self.factory.stats.rq_active.value -= 1
+        if not s.responseEnded:
+            # the chain ended without a full response (reset by a filter or the router): say so to the client
+            self._resetStream(s, ErrorCodes.INTERNAL_ERROR)
+        elif not s.requestEnded:
+            # the response is complete but the client is still sending: stop it (RFC 9113 8.1)
+            self._resetStream(s, ErrorCodes.NO_ERROR)
+            self.factory.stats.streams_reset_sent.value -= 1
+        if self.factory.draining:
+            self._maybeClose()
+        self._maybeIdle()
+
+    # -- backpressure -------------------------------------------------------------------------------------------
+
+    def _backlogFull(self, sid):
+        s = self.streams.get(sid)
+        if s is not None:
+            s.active.downstreamWritePaused()
+
+    def _backlogDrained(self, sid):
+        s = self.streams.get(sid)
+        if s is not None and not self._writePaused:
+            s.active.downstreamWriteResumed()
+
+    def _transportFull(self):
+        self._writePaused = True
+        for s in list(self.streams.values()):
+            s.active.downstreamWritePaused()
+
+    def _transportDrained(self):
+        self._writePaused = False
+        self._pendingControl = 0
+        for s in list(self.streams.values()):
+            if self._backlogs.get(s.sid) is None or not self._backlogs[s.sid].paused:
+                s.active.downstreamWriteResumed()
+
+    def _controlAnswered(self):
+        """h2 queued an ACK (PING, SETTINGS); past the bound while the peer does not read us, it is a flood."""
+        if self._writePaused:
+            self._pendingControl += 1
+            if self._pendingControl > self.factory.h2Limits.maxPendingControlFrames:
+                self._flood("control_frames")
+
+    # -- ends ---------------------------------------------------------------------------------------------------
+
+    def _protocolError(self, exc):
+        f = self.factory
+        f.stats.cx_protocol_error.value += 1
+        f.stats.goaway_sent.value += 1
+        self._flush()  # h2 queued a GOAWAY
+        self._closeNow()
+
+    def _flood(self, kind):
+        """Close the connection with GOAWAY(ENHANCE_YOUR_CALM), as Envoy does for floods and rapid reset."""
+        f = self.factory
+        f.stats.flood(kind)
+        f.stats.goaway_sent.value += 1
+        try:
+            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        except ProtocolError:
+            pass
+        self._flush()
+        self._closeNow()
+
+    def _closeNow(self):
+        self._closing = True
+        self._cancelIdleTimer()
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def _maybeClose(self):
+        if not self.streams and not self._closing:
+            self._closing = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def _maybeIdle(self):
+        if not self.streams and not self._closing:
+            self._armIdleTimer()
+
+    def _armIdleTimer(self):
+        timeout = self.factory.limits.idleTimeout
+        if timeout and self._idleTimer is None:
+            self._idleTimer = self.factory.clock.callLater(timeout, self._idleTimedOut)
+
+    def _cancelIdleTimer(self):
+        if self._idleTimer is not None:
+            if self._idleTimer.active():
+                self._idleTimer.cancel()
+            self._idleTimer = None
+
+    def _idleTimedOut(self):
+        self._idleTimer = None
+        if not self.streams and not self._closing:
+            self.factory.stats.cx_idle_timeout.value += 1
+            self.drain()
+
+    def drain(self):
+        """Graceful drain: GOAWAY now; close when the open streams end."""
+        if self._closing:
+            return
+        # written past h2, whose state machine would refuse to finish the open streams after its own GOAWAY
+        self._flush()
+        self.transport.write(GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id).serialize())
+        self.factory.stats.goaway_sent.value += 1
+        self._maybeClose()
+
+
+class MalformedRequest(Exception):
+    """An HTTP/2 request that RFC 9113 8.2-8.3 calls malformed: answered with RST_STREAM(PROTOCOL_ERROR)."""
+
+
+_PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                  b"upgrade"})
+_BAD_NAME = re.compile(rb"[^a-z0-9!#$%&'*+\-.^_`|~]")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def readRequest(headers):
+    """
+    (method, path, authority, scheme, regular fields) of a request's header list, checked as RFC 9113 asks:
+    pseudo-headers first, known, once each; lower-case token names; no connection-specific fields; ``te`` only
+    "trailers"; no CR/LF/NUL in values.  ``:authority`` wins over ``host`` (which is dropped).
+
+    @raise MalformedRequest: the request must not be forwarded.
+    """
+    pseudo = {}
+    fields = []
+    host = None
+    for k, v in headers:
+        if k[:1] == b":":
+            if fields or host is not None:
+                raise MalformedRequest("pseudo-header %r after a regular field" % (k,))
+            if k not in _PSEUDO or k in pseudo:
+                raise MalformedRequest("unknown or repeated pseudo-header %r" % (k,))
+            pseudo[k] = v
+            continue
+        if not k or _BAD_NAME.search(k) is not None:
+            raise MalformedRequest("invalid field name %r" % (k,))
+        if k in _CONNECTION_SPECIFIC or (k == b"te" and v != b"trailers"):
+            raise MalformedRequest("connection-specific field %r" % (k,))
+        if _BAD_VALUE.search(v) is not None:
+            raise MalformedRequest("invalid value of %r" % (k,))
+        if k == b"host":
+            host = v
+        else:
+            fields.append((k, v))
+    method = pseudo.get(b":method")
+    path = pseudo.get(b":path")
+    if method is None or method == b"CONNECT" or not path or b":scheme" not in pseudo:
+        raise MalformedRequest("missing or unsupported :method, :path or :scheme")
+    authority = pseudo.get(b":authority")
+    if authority is None:
+        authority = host or b""
+    return method, path, authority, pseudo[b":scheme"], fields
+
+
+def _requestId():
+    h = os.urandom(16).hex()
+    return ("%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:32])).encode("ascii")
+
+
+class H2ListenerFactory(Factory):
+    """Makes the server protocol of one HTTP/2 listener (``protocol: http2``, or ``grpc`` with gRPC behaviour)."""
+
+    grpc = False
+    protocolName = "http"
+
+    def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http", h2Limits=None):
+        self.listenerName = listenerConfig.name
+        self.limits = listenerConfig.limits
+        self.h2Limits = h2Limits if h2Limits is not None else H2Limits()
+        self.useRemoteAddress = listenerConfig.useRemoteAddress
+        self.template = template
+        self.runtime = runtime
+        self.clock = runtime.clock
+        self.scheme = scheme
+        self.stats = stats if stats is not None else H2ListenerStats(runtime.stats, listenerConfig.name)
+        self.connections = set()
+        self.draining = False
+        self._drained = []
+
+    def buildProtocol(self, addr):
+        return H2ServerProtocol(self)
+
+    def drain(self):
+        """GOAWAY every connection; fires (a Deferred) when every connection has closed."""
+        from twisted.internet.defer import Deferred, succeed
+
+        self.draining = True
+        for p in list(self.connections):
+            p.drain()
+        if not self.connections:
+            return succeed(None)
+        d = Deferred()
+        self._drained.append(d)
+        return d
+
+    def abortAll(self):
+        for p in list(self.connections):
+            p.transport.abortConnection()
+
+    def connectionEnded(self, proto):
+        if self.draining and not self.connections:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+
+class GRPCListenerFactory(H2ListenerFactory):
+    """``protocol: grpc``: an HTTP/2 listener with gRPC semantics."""
+
+    grpc = True
+    protocolName = "grpc"

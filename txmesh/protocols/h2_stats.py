@@ -1,0 +1,38 @@
+"""Counters of HTTP/2 and gRPC listeners and upstream connections, made once per listener or cluster."""
+
+from txmesh.protocols.http1 import ListenerStats
+
+
+class H2ListenerStats(ListenerStats):
+    """The HTTP listener series plus streams, GOAWAYs, floods, gRPC statuses and messages."""
+
+    def __init__(self, stats, listener):
+        ListenerStats.__init__(self, stats, listener)
+        s = self._scope
+        self.streams_opened = s.counter("downstream_h2_streams", help="HTTP/2 streams opened by clients")
+        self.streams_refused = s.counter("downstream_h2_streams_refused",
+                                         help="HTTP/2 streams refused past SETTINGS_MAX_CONCURRENT_STREAMS")
+        self.streams_reset_by_peer = s.counter("downstream_h2_rx_reset", help="RST_STREAM received from clients")
+        self.streams_reset_sent = s.counter("downstream_h2_tx_reset", help="RST_STREAM sent to clients")
+        self.goaway_sent = s.counter("downstream_h2_goaway_sent", help="GOAWAY frames sent")
+        self.goaway_received = s.counter("downstream_h2_goaway_received", help="GOAWAY frames received")
+        self.messages_in = s.counter("downstream_grpc_messages_in", help="gRPC request messages received")
+        self.messages_out = s.counter("downstream_grpc_messages_out", help="gRPC response messages sent")
+        self._floods = {}
+        self._grpc = {}
+
+    def flood(self, kind):
+        c = self._floods.get(kind)
+        if c is None:
+            c = self._floods[kind] = self._scope.counter("downstream_h2_flood_close",
+                                                         help="Connections closed for a frame flood or rapid reset",
+                                                         kind=kind)
+        c.value += 1
+
+    def grpcStatus(self, code):
+        c = self._grpc.get(code)
+        if c is None:
+            label = code.decode("ascii", "replace") if code else "none"
+            c = self._grpc[code] = self._scope.counter("downstream_grpc_status", help="gRPC statuses returned",
+                                                       code=label)
+        c.value += 1
