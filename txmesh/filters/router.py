@@ -130,6 +130,12 @@ class Router:
         self._requestDone = endStream
         self._pending = [(_HEADERS, request, endStream)]
         self.pool = pool = cluster.poolFor(host)
+        acquireIdle = getattr(pool, "acquireIdle", None)
+        conn = acquireIdle() if acquireIdle is not None else None
+        if conn is not None:
+            # the common case under load: a pooled keep-alive connection, no Deferred needed
+            self._connected(conn)
+            return STOP
         d = pool.acquire()
         self._connecting = d
         d.addCallbacks(self._connected, self._connectFailed)

@@ -6,7 +6,7 @@ filter chain (server) or to the router's responder (client).  Pipelined requests
 responses leave in request order.
 """
 
-import os
+import random
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer
@@ -35,10 +35,17 @@ from txmesh.stream import HeaderMap, ResponseHead, StreamInfo
 _NO_BODY_STATUS = frozenset({204, 304})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _MAX_QUEUED_EVENTS = 64
+_HEADERS = "headers"
+_IDLE = "idle"
+
+
+_rng = random.SystemRandom()
+_fast = random.Random(_rng.getrandbits(64))
 
 
 def _requestId():
-    h = os.urandom(16).hex()
+    """A random (version 4 style) UUID; a per-process PRNG seeded from the OS: ids need uniqueness, not secrecy."""
+    h = "%032x" % _fast.getrandbits(128)
     return ("%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:32])).encode("ascii")
 
 
@@ -105,8 +112,11 @@ class HTTP1ServerProtocol(Protocol):
         self._noBody = False
         self._closing = False
         self._readPaused = False
-        self._headerTimer = None
-        self._idleTimer = None
+        # one lazily re-armed timer per connection serves both the request-headers and the idle timeouts: the hot
+        # path only moves ``_deadline`` (no DelayedCall created or cancelled per request)
+        self._timer = None
+        self._deadline = None
+        self._deadlineKind = None
         self._peer = ""
 
     # -- connection events ---------------------------------------------------------------------------------
@@ -128,9 +138,7 @@ class HTTP1ServerProtocol(Protocol):
     def dataReceived(self, data):
         if self._closing:
             return
-        if self._idleTimer is not None:
-            self._idleTimer.cancel()
-            self._idleTimer = None
+        if self._deadlineKind is _IDLE:
             self._armHeaderTimer()
         try:
             events = self.decoder.feed(data)
@@ -208,9 +216,7 @@ class HTTP1ServerProtocol(Protocol):
 
     def _startRequest(self, ev, endStream):
         f = self.factory
-        if self._headerTimer is not None:
-            self._headerTimer.cancel()
-            self._headerTimer = None
+        self._deadline = self._deadlineKind = None
         head = ev.head
         self._head = head
         self._method = head.method
@@ -355,38 +361,51 @@ class HTTP1ServerProtocol(Protocol):
     # -- timers and closing --------------------------------------------------------------------------------------
 
     def _armHeaderTimer(self):
-        timeout = self.factory.limits.requestHeadersTimeout
-        if timeout and self._headerTimer is None:
-            self._headerTimer = self.factory.clock.callLater(timeout, self._headersTimedOut)
+        self._setDeadline(_HEADERS, self.factory.limits.requestHeadersTimeout)
 
     def _armIdleTimer(self):
-        timeout = self.factory.limits.idleTimeout
-        if self._headerTimer is not None:
-            self._headerTimer.cancel()
-            self._headerTimer = None
-        if timeout and self._idleTimer is None:
-            self._idleTimer = self.factory.clock.callLater(timeout, self._idleTimedOut)
+        self._setDeadline(_IDLE, self.factory.limits.idleTimeout)
 
-    def _headersTimedOut(self):
-        self._headerTimer = None
-        if self.stream is not None or self._closing:
+    def _setDeadline(self, kind, timeout):
+        if not timeout:
+            self._deadline = self._deadlineKind = None
             return
-        self.factory.stats.rq_timeout.value += 1
-        self._protocolError(HTTPCodecError("request headers timeout", 408))
+        f = self.factory
+        self._deadline = f.clock.seconds() + timeout
+        self._deadlineKind = kind
+        if self._timer is None:
+            self._timer = f.clock.callLater(min(timeout, f.timerPeriod), self._timerFired)
 
-    def _idleTimedOut(self):
-        self._idleTimer = None
-        if self.stream is None and not self._closing:
+    def _timerFired(self):
+        """
+        The connection's timer: act if the deadline passed, else re-arm.  It never sleeps longer than the shortest
+        configured timeout, so a deadline set later (always at least that far ahead) is never overslept.
+        """
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closing:
+            return
+        clock = self.factory.clock
+        remaining = deadline - clock.seconds()
+        if remaining > 0:
+            self._timer = clock.callLater(min(remaining, self.factory.timerPeriod), self._timerFired)
+            return
+        kind = self._deadlineKind
+        self._deadline = self._deadlineKind = None
+        if self.stream is not None:
+            return
+        if kind is _HEADERS:
+            self.factory.stats.rq_timeout.value += 1
+            self._protocolError(HTTPCodecError("request headers timeout", 408))
+        else:
             self.factory.stats.cx_idle_timeout.value += 1
             self._closeAfterWrite()
 
     def _cancelTimers(self):
-        if self._headerTimer is not None:
-            self._headerTimer.cancel()
-            self._headerTimer = None
-        if self._idleTimer is not None:
-            self._idleTimer.cancel()
-            self._idleTimer = None
+        self._deadline = self._deadlineKind = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _closeAfterWrite(self):
         self._closing = True
@@ -411,6 +430,7 @@ class HTTP1ListenerFactory(Factory):
     def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http"):
         self.listenerName = listenerConfig.name
         self.limits = listenerConfig.limits
+        self.timerPeriod = min(t for t in (self.limits.requestHeadersTimeout, self.limits.idleTimeout, 3600.0) if t)
         self.useRemoteAddress = listenerConfig.useRemoteAddress
         self.template = template
         self.runtime = runtime

@@ -124,6 +124,20 @@ class HTTP1ConnectionPool:
         self._rqPendingOverflow.value += 1
         return defer.fail(Overflow("pending queue of %s is full (%d)" % (self.host.address, self.maxPendingRequests)))
 
+    def acquireIdle(self):
+        """
+        The synchronous fast path of acquire(): an idle connection (counted like acquire()), or None when acquire()
+        must be used.
+        """
+        if self._closed or not self._idle:
+            return None
+        self._rqTotal.value += 1
+        self.host.stats.rq_total.value += 1
+        conn = self._idle.pop()
+        conn.requests += 1
+        self._busy[conn.proto] = conn
+        return conn.proto
+
     def newStream(self, stream):
         """IConnectionPool.newStream: for a ping-pong pool, the same as acquire()."""
         return self.acquire()
