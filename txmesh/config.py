@@ -8,27 +8,22 @@ kinds are Twisted plugins found with ``getPlugins(..., txmesh.plugins)``; each f
 """
 
 import os
-import re
 from dataclasses import dataclass, field
 
-import yaml
 from twisted.internet.endpoints import _parseServer
 from twisted.plugin import getPlugins
 
 import txmesh.plugins
+from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, parseYAML
 from txmesh.errors import ConfigError
 from txmesh.interfaces import IFilterFactory, ILoadBalancerFactory
-from txmesh.routing import RouteConfig, buildRouteConfig
+from txmesh.routing import RouteConfig
+from txmesh.routing_config import buildRouteConfig
 
 KNOWN_PROTOCOLS = frozenset({"http", "dubbo", "grpc", "http2"})
 KNOWN_CLUSTER_PROTOCOLS = frozenset({"http1", "dubbo", "h2"})
 DEFAULT_ADMIN_ADDRESS = "tcp:9901:interface=127.0.0.1"
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?\Z")
-_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
-               dict: "a mapping", type(None): "null"}
 _WILDCARD_INTERFACES = frozenset({"", "0.0.0.0", "::"})
 
 
@@ -76,7 +71,7 @@ class FilterConfigContext:
 
     def error(self, reason, subpath=""):
         """A ConfigError for ``keyPath`` + ``subpath`` (e.g. "path" or "[0].name"), with its line."""
-        path = _join(self.keyPath, subpath)
+        path = joinPath(self.keyPath, subpath)
         return ConfigError(reason, path, self.filename, self.lineOf(path))
 
 
@@ -156,157 +151,9 @@ def load(path):
 
 def loads(text, filename="<string>"):
     """Validate mesh.yaml text.  @raise ConfigError: naming filename, line, key path and reason."""
-    raw, lines = _parseYAML(text, filename)
-    reader = _Reader(filename, lines)
+    raw, lines = parseYAML(text, filename)
+    reader = Reader(filename, lines)
     return _buildMesh(reader, raw)
-
-
-def _parseYAML(text, filename):
-    """The plain data of a YAML document and a {key path: line} map (rejecting duplicate keys)."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ConfigError("the configuration is empty", filename=filename, line=1)
-        lines = {}
-        _recordLines(node, "", lines, filename, set())
-        raw = loader.construct_document(node)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise ConfigError("invalid YAML: %s" % (e.problem or e.context,), filename=filename,
-                          line=mark.line + 1 if mark else None) from e
-    except yaml.YAMLError as e:
-        raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from e
-    finally:
-        loader.dispose()
-    return raw, lines
-
-
-def _recordLines(node, path, lines, filename, active):
-    lines.setdefault(path, node.start_mark.line + 1)
-    if id(node) in active:  # a recursive alias
-        return
-    active.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for keyNode, valueNode in node.value:
-            key = keyNode.value if isinstance(keyNode, yaml.ScalarNode) else "?"
-            if key == "<<":
-                continue
-            sub = _join(path, key)
-            if key in seen:
-                raise ConfigError("duplicate key '%s'" % (key,), sub, filename, keyNode.start_mark.line + 1)
-            seen.add(key)
-            lines[sub] = keyNode.start_mark.line + 1
-            _recordLines(valueNode, sub, lines, filename, active)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _recordLines(item, "%s[%d]" % (path, i), lines, filename, active)
-    active.discard(id(node))
-
-
-def _join(path, key):
-    if not key:
-        return path
-    if not path or key.startswith("["):
-        return path + key
-    return path + "." + key
-
-
-class _Reader:
-    """Typed accessors over the parsed YAML that raise ConfigErrors with file, line and key path."""
-
-    _REQUIRED = object()
-
-    def __init__(self, filename, lines):
-        self.filename = filename
-        self.lines = lines
-
-    def lineOf(self, path):
-        """The line of ``path``, or of its nearest recorded ancestor."""
-        while path:
-            line = self.lines.get(path)
-            if line is not None:
-                return line
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else ""
-        return self.lines.get("")
-
-    def error(self, reason, path):
-        return ConfigError(reason, path, self.filename, self.lineOf(path))
-
-    def check(self, value, path, kind):
-        if type(value) is int and kind is float:
-            return float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise self.error("must be %s, not %s" % (_TYPE_NAMES[kind], _TYPE_NAMES.get(type(value), "%s" % (
-                type(value).__name__,))), path)
-        return value
-
-    def mapping(self, value, path, required=(), optional=()):
-        """Check ``value`` is a mapping with all ``required`` keys and no key outside required + optional."""
-        if value is None and not required:
-            return {}
-        self.check(value, path, dict)
-        allowed = tuple(required) + tuple(optional)
-        for key in value:
-            if key not in allowed:
-                raise self.error("unknown key '%s' (allowed: %s)" % (key, ", ".join(allowed)), _join(path, str(key)))
-        for key in required:
-            if value.get(key) is None:
-                raise self.error("missing required key '%s'" % (key,), path)
-        return value
-
-    def list(self, m, path, key):
-        value = m.get(key)
-        if value is None:
-            return []
-        return self.check(value, _join(path, key), list)
-
-    def get(self, m, path, key, kind, default=_REQUIRED):
-        """``m[key]`` checked to be ``kind``; absent or null gives ``default``."""
-        value = m.get(key)
-        if value is None:
-            if default is self._REQUIRED:
-                raise self.error("missing required key '%s'" % (key,), path)
-            return default
-        return self.check(value, _join(path, key), kind)
-
-    def integer(self, m, path, key, default, low=0, high=None):
-        value = self.get(m, path, key, int, default)
-        if value is not None and (value < low or (high is not None and value > high)):
-            bound = ">= %d" % (low,) if high is None else "between %d and %d" % (low, high)
-            raise self.error("must be %s, got %d" % (bound, value), _join(path, key))
-        return value
-
-    def name(self, m, path, key="name"):
-        value = self.get(m, path, key, str)
-        if not _NAME.match(value):
-            raise self.error("invalid name '%s' (use letters, digits, '_', '.', '-')" % (value,), _join(path, key))
-        return value
-
-    def duration(self, m, path, key, default):
-        """A duration in float seconds: "250ms", "1.5s", "2m", "1h" or a number of seconds."""
-        value = m.get(key)
-        p = _join(path, key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise self.error("must be a duration like 250ms, 1.5s, 2m, 1h, not %s" % (
-                _TYPE_NAMES.get(type(value), type(value).__name__),), p)
-        if isinstance(value, str):
-            text = value.strip()
-            match = _DURATION.match(text.lstrip("-"))
-            if match is None:
-                raise self.error("invalid duration '%s' (use e.g. 250ms, 1.5s, 2m, 1h)" % (value,), p)
-            seconds = float(match.group(1)) * _UNITS[match.group(2)]
-            if text.startswith("-"):
-                seconds = -seconds
-        else:
-            seconds = float(value)
-        if seconds < 0 or seconds != seconds or seconds == float("inf"):
-            raise self.error("must be a duration >= 0, got %s" % (value,), p)
-        return seconds
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -329,7 +176,7 @@ def _buildMesh(r, raw):
     clusterNames = frozenset(c.name for c in clusters)
 
     adminRaw = r.mapping(raw.get("admin"), "admin", optional=("address",))
-    admin = AdminConfig(_endpointString(r, adminRaw, "admin", DEFAULT_ADMIN_ADDRESS))
+    admin = AdminConfig(endpointString(r, adminRaw, "admin", DEFAULT_ADMIN_ADDRESS))
 
     listenersRaw = r.list(raw, "", "listeners")
     if not listenersRaw:
@@ -371,26 +218,8 @@ def _checkUnique(r, names, what, key):
     seen = {}
     for name, path in names:
         if name in seen:
-            raise r.error("duplicate %s '%s' (also %s)" % (what, name, seen[name]), _join(path, key))
+            raise r.error("duplicate %s '%s' (also %s)" % (what, name, seen[name]), joinPath(path, key))
         seen[name] = path
-
-
-def _endpointString(r, m, path, default=None):
-    """A Twisted server endpoint description, parsed (never listened on) to check it."""
-    address = r.get(m, path, "address", str, default)
-    p = _join(path, "address")
-    try:
-        kind, args, kwargs = _parseServer(address, None)
-    except Exception as e:  # the parsers raise ValueError, TypeError, KeyError, OSError (ssl key files) ...
-        raise r.error("invalid endpoint '%s': %s" % (address, e), p) from e
-    if kind == "TCP" or getattr(kind, "prefix", None) == "tcp6":
-        try:
-            port = int(args[0])
-        except ValueError as e:
-            raise r.error("invalid endpoint '%s': %s" % (address, e), p) from e
-        if not 0 <= port <= 65535:
-            raise r.error("invalid endpoint '%s': port must be between 0 and 65535" % (address,), p)
-    return address
 
 
 def _addressKey(address):
@@ -431,20 +260,20 @@ def _buildCluster(r, m, path, lbFactories):
     protocol = r.get(m, path, "protocol", str, "http1")
     if protocol not in KNOWN_CLUSTER_PROTOCOLS:
         raise r.error("unknown cluster protocol '%s' (known: %s)" % (protocol, ", ".join(sorted(
-            KNOWN_CLUSTER_PROTOCOLS))), _join(path, "protocol"))
+            KNOWN_CLUSTER_PROTOCOLS))), joinPath(path, "protocol"))
     lbPolicy = r.get(m, path, "lb_policy", str, "round_robin")
     if lbPolicy not in lbFactories:
         raise r.error("unknown lb_policy '%s' (known: %s)" % (lbPolicy, ", ".join(sorted(lbFactories))),
-                      _join(path, "lb_policy"))
+                      joinPath(path, "lb_policy"))
     endpoints = []
     seen = {}
     for i, e in enumerate(r.list(m, path, "endpoints")):
         ePath = "%s.endpoints[%d]" % (path, i)
         r.mapping(e, ePath, required=("address",), optional=("weight",))
-        host, port = _hostPort(r, r.get(e, ePath, "address", str), _join(ePath, "address"))
+        host, port = hostPort(r, r.get(e, ePath, "address", str), joinPath(ePath, "address"))
         if (host, port) in seen:
             raise r.error("duplicate endpoint '%s' (also %s)" % (e["address"], seen[(host, port)]),
-                          _join(ePath, "address"))
+                          joinPath(ePath, "address"))
         seen[(host, port)] = ePath
         endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128)))
     return ClusterConfig(
@@ -460,21 +289,6 @@ def _buildCluster(r, m, path, lbFactories):
         heartbeatInterval=r.duration(m, path, "heartbeat_interval", 30.0 if protocol == "dubbo" else 0.0))
 
 
-def _hostPort(r, address, path):
-    """Split "host:port" or "[v6]:port" into (host without brackets, port)."""
-    if address.startswith("["):
-        host, sep, port = address[1:].partition("]:")
-    else:
-        host, sep, port = address.rpartition(":")
-        if ":" in host:
-            sep = ""
-    if not sep or not host or any(c.isspace() for c in host):
-        raise r.error("invalid address '%s' (use host:port or [v6]:port)" % (address,), path)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise r.error("invalid port in '%s' (must be 1..65535)" % (address,), path)
-    return host, int(port)
-
-
 def _buildListener(r, m, path, clusterNames, filterFactories):
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "use_remote_address", "limits", "network_filters", "filters",
@@ -483,12 +297,12 @@ def _buildListener(r, m, path, clusterNames, filterFactories):
     protocol = r.get(m, path, "protocol", str, "http")
     if protocol not in KNOWN_PROTOCOLS:
         raise r.error("unknown protocol '%s' (known: %s)" % (protocol, ", ".join(sorted(KNOWN_PROTOCOLS))),
-                      _join(path, "protocol"))
-    address = _endpointString(r, m, path)
+                      joinPath(path, "protocol"))
+    address = endpointString(r, m, path)
     defaultCluster = r.get(m, path, "default_cluster", str, None)
     if defaultCluster is not None and defaultCluster not in clusterNames:
-        raise r.error(_unknownCluster(defaultCluster, clusterNames), _join(path, "default_cluster"))
-    lPath = _join(path, "limits")
+        raise r.error(_unknownCluster(defaultCluster, clusterNames), joinPath(path, "default_cluster"))
+    lPath = joinPath(path, "limits")
     lm = r.mapping(m.get("limits"), lPath, optional=(
         "max_request_line", "max_header_bytes", "max_headers", "max_request_body", "request_headers_timeout",
         "idle_timeout", "buffer_limit"))
@@ -503,7 +317,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories):
     chain = _FilterChainBuilder(r, path, protocol, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")
     filters = chain.build("filters", m, "stream")
-    routeConfig = buildRouteConfig(r, m.get("route_config"), _join(path, "route_config"), clusterNames)
+    routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames)
     return ListenerConfig(name=name, protocol=protocol, address=address,
                           useRemoteAddress=r.get(m, path, "use_remote_address", bool, True),
                           defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,
@@ -526,16 +340,16 @@ class _FilterChainBuilder:
 
     def build(self, key, m, kind):
         r = self.r
-        chainPath = _join(self.listenerPath, key)
+        chainPath = joinPath(self.listenerPath, key)
         entries = []
         items = r.list(m, self.listenerPath, key)
         for i, item in enumerate(items):
             path = "%s[%d]" % (chainPath, i)
             r.mapping(item, path, required=("name",), optional=("config",))
             name = r.get(item, path, "name", str)
-            factory = self._lookup(name, _join(path, "name"), kind)
+            factory = self._lookup(name, joinPath(path, "name"), kind)
             if kind == "stream" and factory.terminal and i != len(items) - 1:
-                raise r.error("terminal filter '%s' must be the last filter" % (name,), _join(path, "name"))
+                raise r.error("terminal filter '%s' must be the last filter" % (name,), joinPath(path, "name"))
             entries.append(FilterEntry(name, factory, self._buildConfig(factory, item.get("config"), path)))
         if kind == "stream" and not (entries and entries[-1].factory.terminal):
             router = self.factories.get("router")
@@ -558,7 +372,7 @@ class _FilterChainBuilder:
         return factory
 
     def _buildConfig(self, factory, raw, path):
-        configPath = _join(path, "config")
+        configPath = joinPath(path, "config")
         if raw is None:
             raw = {}
         self.r.check(raw, configPath, dict)

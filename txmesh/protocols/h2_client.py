@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from txmesh import errors
 from txmesh.protocols.h2_common import (
     DEFAULT_CONNECTION_WINDOW,
+    WRITE_BATCH,
     FlowControlledSender,
     WriteWatcher,
     makeConnection,
@@ -233,10 +234,13 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
     # -- responses ------------------------------------------------------------------------------------------------
 
     def dataReceived(self, data):
+        WRITE_BATCH.run(self._dispatch, data)
+
+    def _dispatch(self, data):
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as e:
-            self._flush()
+            self._flushNow()
             self._failAll(errors.BadUpstreamResponse("upstream HTTP/2 protocol error: %s" % (e,)))
             self.transport.abortConnection()
             return

@@ -25,6 +25,7 @@ from txmesh.protocols import grpc
 from txmesh.protocols.h2_common import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_STREAM_WINDOW,
+    WRITE_BATCH,
     FlowControlledSender,
     WriteWatcher,
     makeConnection,
@@ -142,6 +143,9 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._armIdleTimer()
 
     def dataReceived(self, data):
+        WRITE_BATCH.run(self._dispatch, data)
+
+    def _dispatch(self, data):
         if self._closing:
             return
         try:
@@ -465,7 +469,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         f = self.factory
         f.stats.cx_protocol_error.value += 1
         f.stats.goaway_sent.value += 1
-        self._flush()  # h2 queued a GOAWAY
+        self._flushNow()  # h2 queued a GOAWAY
         self._closeNow()
 
     def _flood(self, kind):
@@ -477,7 +481,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
         except ProtocolError:
             pass
-        self._flush()
+        self._flushNow()
         self._closeNow()
 
     def _closeNow(self):
@@ -518,7 +522,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         if self._closing:
             return
         # written past h2, whose state machine would refuse to finish the open streams after its own GOAWAY
-        self._flush()
+        self._flushNow()
         self.transport.write(GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id).serialize())
         self.factory.stats.goaway_sent.value += 1
         self._maybeClose()
