@@ -362,7 +362,7 @@ def inproc(n, profile):
         state["profiling"] = True
         for _ in range(n):
             one()
-        pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(35)
+        pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "35")))
 
 
 # ---------------------------------------------------------------------------------------------------- main

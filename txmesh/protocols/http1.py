@@ -46,7 +46,8 @@ _fast = random.Random(_rng.getrandbits(64))
 def _requestId():
     """A random (version 4 style) UUID; a per-process PRNG seeded from the OS: ids need uniqueness, not secrecy."""
     h = "%032x" % _fast.getrandbits(128)
-    return ("%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:32])).encode("ascii")
+    return ("%s-%s-4%s-%s%s-%s" % (h[:8], h[8:12], h[13:16], "89ab"[int(h[16], 16) & 3], h[17:20],
+                                   h[20:32])).encode("ascii")
 
 
 @implementer(IPushProducer)
@@ -81,8 +82,9 @@ class ListenerStats:
         self.rq_total = s.counter("downstream_rq", help="Requests received")
         self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
         self.rq_timeout = s.counter("downstream_rq_header_timeout", help="Requests whose head came too slowly (408)")
-        self.rq_class = [s.counter("downstream_rq_xx", help="Responses by status class", code_class="%dxx" % c)
-                         for c in range(6)]
+        # indexed by status // 100 (1..5)
+        self.rq_class = [None] + [s.counter("downstream_rq_xx", help="Responses by status class",
+                                            code_class="%dxx" % c) for c in range(1, 6)]
         self._errors = {}
         self._scope = s
 
