@@ -219,10 +219,13 @@ def test_upstream_killed_with_calls_in_flight(mesh):
     got = raw.read(5, timeout=3)
     assert sorted(f.requestId for f in got) == [10, 11, 12, 13, 14]
     assert {f.status for f in got} <= {dc.SERVER_ERROR, dc.CLIENT_TIMEOUT}
-    assert time.monotonic() - start < 1.0
+    # bounded: the route timeout (500 ms) caps it; the slack is for a loaded 2-core CI machine
+    assert time.monotonic() - start < 2.5
     raw.send(request(20, "echo", "Ljava/lang/String;", ["x"]))
     [r] = raw.read(1)
-    assert (r.requestId, r.status) == (20, dc.SERVICE_NOT_FOUND)  # provider gone: connect refused
+    # provider gone: connect refused (60); if the kill lands while this call is on the old connection, the lost
+    # connection answers it (80): either way an error with its id, never a hang
+    assert r.requestId == 20 and r.status in (dc.SERVICE_NOT_FOUND, dc.SERVER_ERROR)
     raw.close()
 
 
