@@ -13,7 +13,6 @@ from twisted.plugin import IPlugin
 
 from txmesh import errors
 from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
-from txmesh.stream import HeaderMap, ResponseHead
 
 STOP = FilterStatus.STOP
 CONTINUE = FilterStatus.CONTINUE

@@ -13,10 +13,10 @@ carrying the request's id (L{DubboCall.makeLocalReply}).  The upstream side is L
 
 import copy
 
-from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from txmesh.protocols.listener import DrainingFactory
 from txmesh.protocols import dubbo_codec as dc
 from txmesh.protocols.dubbo_client import DubboClientProtocol, attachmentHeaders
 from txmesh.protocols.hessian2 import Hessian2Writer
@@ -453,7 +453,7 @@ class DubboServerProtocol(Protocol):
         f.connectionEnded(self)
 
 
-class DubboListenerFactory(Factory):
+class DubboListenerFactory(DrainingFactory):
     """
     Makes the server protocol of one Dubbo listener.  The payload limit is the listener's
     ``limits.max_request_body`` (default 8 MiB, as Dubbo's); requests no route matches go to ``default_cluster``.
@@ -461,6 +461,7 @@ class DubboListenerFactory(Factory):
 
     def __init__(self, listenerConfig, template, runtime, stats=None,
                  maxServiceMethods=DEFAULT_MAX_SERVICE_METHODS):
+        DrainingFactory.__init__(self)
         self.listenerName = listenerConfig.name
         limits = listenerConfig.limits
         self.maxBodyBytes = limits.maxRequestBody or dc.DEFAULT_MAX_BODY_BYTES
@@ -474,30 +475,6 @@ class DubboListenerFactory(Factory):
         self.clock = runtime.clock
         self.stats = stats if stats is not None else DubboListenerStats(runtime.stats, listenerConfig.name,
                                                                         maxServiceMethods)
-        self.connections = set()
-        self.draining = False
-        self._drained = []
 
     def buildProtocol(self, addr):
         return DubboServerProtocol(self)
-
-    def drain(self):
-        """Close connections as their calls finish; fires when all are closed."""
-        self.draining = True
-        for p in list(self.connections):
-            p.drain()
-        if not self.connections:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._drained.append(d)
-        return d
-
-    def abortAll(self):
-        for p in list(self.connections):
-            p.transport.abortConnection()
-
-    def connectionEnded(self, proto):
-        if self.draining and not self.connections:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)

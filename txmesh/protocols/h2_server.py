@@ -18,13 +18,13 @@ from h2 import events as ev
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError
 from hyperframe.frame import GoAwayFrame
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from txmesh.protocols.listener import DrainingFactory
 from txmesh.protocols import grpc
 from txmesh.protocols.h2_common import (
     DEFAULT_CONNECTION_WINDOW,
-    DEFAULT_STREAM_WINDOW,
     WRITE_BATCH,
     FlowControlledSender,
     WriteWatcher,
@@ -583,13 +583,14 @@ def _requestId():
     return ("%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:32])).encode("ascii")
 
 
-class H2ListenerFactory(Factory):
+class H2ListenerFactory(DrainingFactory):
     """Makes the server protocol of one HTTP/2 listener (``protocol: http2``, or ``grpc`` with gRPC behaviour)."""
 
     grpc = False
     protocolName = "http"
 
     def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http", h2Limits=None):
+        DrainingFactory.__init__(self)
         self.listenerName = listenerConfig.name
         self.limits = listenerConfig.limits
         self.h2Limits = h2Limits if h2Limits is not None else H2Limits()
@@ -599,35 +600,9 @@ class H2ListenerFactory(Factory):
         self.clock = runtime.clock
         self.scheme = scheme
         self.stats = stats if stats is not None else H2ListenerStats(runtime.stats, listenerConfig.name)
-        self.connections = set()
-        self.draining = False
-        self._drained = []
 
     def buildProtocol(self, addr):
         return H2ServerProtocol(self)
-
-    def drain(self):
-        """GOAWAY every connection; fires (a Deferred) when every connection has closed."""
-        from twisted.internet.defer import Deferred, succeed
-
-        self.draining = True
-        for p in list(self.connections):
-            p.drain()
-        if not self.connections:
-            return succeed(None)
-        d = Deferred()
-        self._drained.append(d)
-        return d
-
-    def abortAll(self):
-        for p in list(self.connections):
-            p.transport.abortConnection()
-
-    def connectionEnded(self, proto):
-        if self.draining and not self.connections:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
 
 
 class GRPCListenerFactory(H2ListenerFactory):

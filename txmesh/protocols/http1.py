@@ -10,10 +10,11 @@ import random
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txmesh.protocols.listener import DrainingFactory
 from txmesh import errors
 from txmesh.protocols.http1_codec import (
     LAST_CHUNK,
@@ -424,12 +425,13 @@ class HTTP1ServerProtocol(Protocol):
             self._closeAfterWrite()
 
 
-class HTTP1ListenerFactory(Factory):
+class HTTP1ListenerFactory(DrainingFactory):
     """Makes the server protocol of one HTTP listener; knows its connections for a graceful drain."""
 
     protocol = HTTP1ServerProtocol
 
     def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http"):
+        DrainingFactory.__init__(self)
         self.listenerName = listenerConfig.name
         self.limits = listenerConfig.limits
         self.timerPeriod = min(t for t in (self.limits.requestHeadersTimeout, self.limits.idleTimeout, 3600.0) if t)
@@ -439,37 +441,11 @@ class HTTP1ListenerFactory(Factory):
         self.clock = runtime.clock
         self.scheme = scheme
         self.stats = stats if stats is not None else ListenerStats(runtime.stats, listenerConfig.name)
-        self.connections = set()
-        self.draining = False
-        self._drained = []
 
     def buildProtocol(self, addr):
         p = HTTP1ServerProtocol(self)
         p.factory = self
         return p
-
-    def drain(self):
-        """Stop keeping connections alive; fires (a Deferred) when every connection has closed."""
-        from twisted.internet.defer import Deferred, succeed
-
-        self.draining = True
-        for p in list(self.connections):
-            p.drain()
-        if not self.connections:
-            return succeed(None)
-        d = Deferred()
-        self._drained.append(d)
-        return d
-
-    def abortAll(self):
-        for p in list(self.connections):
-            p.transport.abortConnection()
-
-    def connectionEnded(self, proto):
-        if self.draining and not self.connections:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
 
 
 class HTTP1ClientProtocol(Protocol):
