@@ -4,45 +4,24 @@ import io
 import json
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
+from txmesh.testing import FakeConfigContext as FakeContext
+from txmesh.testing import FakeRuntime as _FakeRuntime
+from txmesh.testing import RecordingInstaller as FakeInstaller
 from txmesh.errors import ConfigError
 from txmesh.filters.access_log import AccessLogFactory, isoTime
 from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
-from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, RequestHead, StreamInfo
 
 T0 = 1795255200.123  # 2026-11-21T10:00:00.123Z
 
 
-class FakeContext:
-    def error(self, reason, subpath=""):
-        return ConfigError(reason, path=subpath)
-
-
-class FakeRuntime:
+class FakeRuntime(_FakeRuntime):
     def __init__(self):
-        self.clock = Clock()
+        _FakeRuntime.__init__(self)
         self.clock.advance(T0)
-        self.stats = StatsStore()
-
-
-class FakeInstaller:
-    def __init__(self):
-        self.decoders = []
-        self.encoders = []
-
-    def addStreamDecoderFilter(self, f):
-        self.decoders.append(f)
-
-    def addStreamEncoderFilter(self, f):
-        self.encoders.append(f)
-
-    def addStreamFilter(self, f):
-        self.decoders.append(f)
-        self.encoders.append(f)
 
 
 class FakeDecoderCallbacks:

@@ -170,9 +170,12 @@ def test_route_timeout_is_deadline_exceeded(mesh):
 
 def test_grpc_timeout_bounds_the_call(mesh):
     """The client's deadline travels as grpc-timeout; txmesh ends the call and resets the upstream stream."""
+    # an upstream connection already open, so the call surely reaches the upstream before the deadline even on a
+    # loaded machine (a call still waiting for a connection has no upstream stream to reset)
+    call(mesh["channel"], "Unary")(b"warm", timeout=10)
     before = stat(mesh, "upstream_h2_tx_reset")
     with pytest.raises(grpc.RpcError) as info:
-        call(mesh["channel"], "Unary")(b"sleep:3", timeout=0.5)
+        call(mesh["channel"], "Unary")(b"sleep:3", timeout=1.0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # the proxy's own deadline fires at the same time as the client's; one of them resets upstream
     import time

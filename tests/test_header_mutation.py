@@ -12,42 +12,17 @@ from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
+from txmesh.testing import FakeConfigContext as FakeContext
+from txmesh.testing import FakeRuntime
+from txmesh.testing import RecordingInstaller as FakeInstaller
 from txmesh.errors import ConfigError
 from txmesh.filters.header_mutation import HeaderMutationFactory
 from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamEncoderFilter
-from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "tests" / "fixtures" / "example_filter" / "txmesh" / "plugins" / "example_api_key.py"
 T0 = 1795255200.123
-
-
-class FakeContext:
-    def error(self, reason, subpath=""):
-        return ConfigError(reason, path=subpath)
-
-
-class FakeRuntime:
-    def __init__(self):
-        self.clock = Clock()
-        self.stats = StatsStore()
-
-
-class FakeInstaller:
-    def __init__(self):
-        self.decoders = []
-        self.encoders = []
-
-    def addStreamDecoderFilter(self, f):
-        self.decoders.append(f)
-
-    def addStreamEncoderFilter(self, f):
-        self.encoders.append(f)
-
-    def addStreamFilter(self, f):
-        self.decoders.append(f)
-        self.encoders.append(f)
 
 
 class FakeDecoderCallbacks:

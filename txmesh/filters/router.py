@@ -13,9 +13,9 @@ from twisted.plugin import IPlugin
 
 from txmesh import errors
 from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
+from txmesh.routing import DirectResponseAction, RedirectAction
 
 STOP = FilterStatus.STOP
-CONTINUE = FilterStatus.CONTINUE
 
 _HEADERS, _DATA, _TRAILERS = 0, 1, 2
 
@@ -38,7 +38,7 @@ class Router:
     log = Logger()
 
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "host", "pool", "connection",
-                 "_pending", "_connecting", "_timer", "_requestDone", "_responseHeadersSeen", "_done",
+                 "_pending", "_connecting", "_timer", "_requestDone", "_done",
                  "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused")
 
     def __init__(self, runtime):
@@ -54,7 +54,6 @@ class Router:
         self._connecting = None
         self._timer = None
         self._requestDone = False
-        self._responseHeadersSeen = False
         self._done = False
         self._bodyLimit = 0
         self._bodySeen = 0
@@ -75,11 +74,10 @@ class Router:
             return STOP
         self.route = route
         action = route.action
-        kind = type(action).__name__
-        if kind == "DirectResponseAction":
+        if isinstance(action, DirectResponseAction):
             cb.sendLocalReply(action.status, action.body)
             return STOP
-        if kind == "RedirectAction":
+        if isinstance(action, RedirectAction):
             cb.sendLocalReply(action.responseCode, b"", ((b"location", action.location(request)),))
             return STOP
         self.action = action
@@ -204,7 +202,6 @@ class Router:
     # -- response side (called by the upstream client protocol) ------------------------------------------------
 
     def upstreamHeaders(self, response, endStream):
-        self._responseHeadersSeen = True
         route = self.route
         vhost = route.virtualHost
         headers = response.headers

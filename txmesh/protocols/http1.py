@@ -279,10 +279,8 @@ class HTTP1ServerProtocol(Protocol):
                     chunked = True
                 else:
                     keepAlive = False  # HTTP/1.0 peer: the body ends at close
-        if response.status == 304 or self._method == b"HEAD":
-            pass  # keep the upstream's Content-Length as it was
-        elif status == 204:
-            response.contentLength = None
+        if status == 204:
+            response.contentLength = None  # a 204 has no Content-Length; HEAD and 304 keep the upstream's
         self._chunked = chunked
         self._noBody = noBody
         if not keepAlive:
@@ -443,9 +441,7 @@ class HTTP1ListenerFactory(DrainingFactory):
         self.stats = stats if stats is not None else ListenerStats(runtime.stats, listenerConfig.name)
 
     def buildProtocol(self, addr):
-        p = HTTP1ServerProtocol(self)
-        p.factory = self
-        return p
+        return HTTP1ServerProtocol(self)
 
 
 class HTTP1ClientProtocol(Protocol):
