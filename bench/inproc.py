@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from txmesh import config as _config
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.protocols.http1 import HTTP1ClientProtocol, HTTP1ListenerFactory
+from txmesh.protocols.transport import WriteScope
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager
@@ -39,10 +40,12 @@ def build():
     cfg = _config.loads(CONFIG)
     clock = Clock()
     upstreams = []
+    scope = WriteScope()
 
     def connectFactory(clusterConfig):
         def connect(host):
             p = HTTP1ClientProtocol()
+            p.writeScope = scope
             t = StringTransport()
             p.makeConnection(t)
             upstreams.append((p, t))
@@ -51,7 +54,7 @@ def build():
 
     stats = StatsStore()
     clusters = ClusterManager(clock, cfg.clusters, connectFactory, stats, random.Random(1))
-    runtime = Runtime(clock, clusters, stats, random.Random(1), cfg)
+    runtime = Runtime(clock, clusters, stats, random.Random(1), cfg, writeScope=scope)
     lc = cfg.listeners[0]
     template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit, lc.limits.maxRequestBody)
     factory = HTTP1ListenerFactory(lc, template, runtime)

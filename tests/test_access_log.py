@@ -286,3 +286,71 @@ def test_relative_path_is_relative_to_the_config_file_and_config_close(tmp_path)
     runStream(factory, config, runtime, info, request)
     config.close()  # what the service calls on stop
     assert json.loads((tmp_path / "access.log").read_text())["response_code"] == 200
+
+
+class FakeFiles:
+    """The runtime's reopenable-files registry, as far as a config sees it."""
+
+    def __init__(self):
+        self.registered = []
+
+    def register(self, f):
+        self.registered.append(f)
+
+
+def logLine(factory, config, runtime, path):
+    info, request = makeStream(runtime, responseCode=200)
+    request = RequestHead(b"GET", path, b"example.com")
+    runStream(factory, config, runtime, info, request)
+
+
+def test_reopen_after_rename_writes_to_the_new_file(tmp_path):
+    log = tmp_path / "access.log"
+    runtime = FakeRuntime()
+    factory = AccessLogFactory()
+    config = factory.buildConfig({"path": str(log)}, FakeContext())
+    files = FakeFiles()
+    config.registerFiles(files)
+    assert files.registered == [config.writer]
+    logLine(factory, config, runtime, b"/before")
+    runtime.clock.advance(1)
+    log.rename(tmp_path / "access.log.1")  # what logrotate does
+    logLine(factory, config, runtime, b"/buffered")  # still buffered when the reopen comes: goes to the old file
+    assert config.writer.reopen() is True
+    logLine(factory, config, runtime, b"/after")
+    runtime.clock.advance(1)
+    rotated = (tmp_path / "access.log.1").read_text()
+    assert '"GET /before ' in rotated and '"GET /buffered ' in rotated and "/after" not in rotated
+    assert log.read_text().count("\n") == 1 and '"GET /after ' in log.read_text()
+    config.close()
+    assert config.writer.stream.closed
+    assert config.writer.reopen() is False  # closed: nothing reopened
+
+
+def test_failed_reopen_keeps_writing_to_the_old_file(tmp_path):
+    logDir = tmp_path / "logs"
+    logDir.mkdir()
+    runtime = FakeRuntime()
+    factory = AccessLogFactory()
+    config = factory.buildConfig({"path": str(logDir / "access.log")}, FakeContext())
+    logDir.rename(tmp_path / "gone")
+    with pytest.raises(OSError):
+        config.writer.reopen()
+    logLine(factory, config, runtime, b"/still-logged")
+    runtime.clock.advance(1)
+    assert '"GET /still-logged ' in (tmp_path / "gone" / "access.log").read_text()
+    assert runtime.stats.total("access_log_write_errors") == 0
+    # once the directory is back, the next reopen succeeds
+    logDir.mkdir()
+    assert config.writer.reopen() is True
+    logLine(factory, config, runtime, b"/new")
+    config.close()
+    assert '"GET /new ' in (logDir / "access.log").read_text()
+
+
+def test_stdout_is_not_registered_nor_reopened():
+    factory, config = build({"path": "-"})
+    files = FakeFiles()
+    config.registerFiles(files)
+    assert files.registered == []
+    assert config.writer.reopen() is False

@@ -308,3 +308,47 @@ def test_brokenCollaboratorIs500WithoutTraceback():
     r = request(site, b"/config_dump")
     assert r.code == 500
     assert b"secret detail" not in r.body
+
+
+class FakeReopen:
+    """The service's reopenLogs: counts calls and reports the failures it is told to."""
+
+    def __init__(self, reopened=2, failures=()):
+        self.calls = 0
+        self.result = (reopened, list(failures))
+
+    def __call__(self):
+        self.calls += 1
+        return self.result
+
+
+def test_postReopenLogs():
+    reopen = FakeReopen()
+    site = makeAdminSite(StatsStore(), None, dict, lambda: True, reactor=Clock(), reopenLogs=reopen)
+    r = request(site, b"/reopen_logs", method=b"POST", headers=[b"Content-Length: 0"])
+    assert (r.code, r.body) == (200, b"OK\n")
+    assert reopen.calls == 1
+    assert b"/reopen_logs" in request(site, b"/").body
+
+
+def test_reopenLogsFailureIs500NamingThePath():
+    reopen = FakeReopen(1, [("/var/log/gone/access.log", "No such file or directory")])
+    site = makeAdminSite(StatsStore(), None, dict, lambda: True, reactor=Clock(), reopenLogs=reopen)
+    r = request(site, b"/reopen_logs", method=b"POST", headers=[b"Content-Length: 0"])
+    assert r.code == 500
+    assert r.body == (b"reopened 1 log file(s); 1 failed:\n"
+                      b"/var/log/gone/access.log: No such file or directory\n")
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"PUT"])
+def test_reopenLogsOnlyByPost(method):
+    reopen = FakeReopen()
+    site = makeAdminSite(StatsStore(), None, dict, lambda: True, reactor=Clock(), reopenLogs=reopen)
+    r = request(site, b"/reopen_logs", method=method, headers=[b"Content-Length: 0"])
+    assert r.code == 405
+    assert r.header(b"allow") == b"POST"
+    assert reopen.calls == 0
+
+
+def test_reopenLogsWithoutCallableIs404(world):
+    assert world.get(b"/reopen_logs", method=b"POST", headers=[b"Content-Length: 0"]).code == 404

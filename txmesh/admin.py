@@ -1,9 +1,10 @@
 """
 The admin HTTP API, on twisted.web.
 
-Read-only and meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``,
-``/clusters``, ``/config_dump`` and an index at ``/``.  Only GET and HEAD are served (405 otherwise); any other
-path is a 404 and nothing is ever served from the file system.  Every body is computed at request time from the
+Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
+``/config_dump`` and an index at ``/`` serve GET and HEAD only (405 otherwise); the one action,
+``POST /reopen_logs`` (for logrotate), serves POST only.  Any other path is a 404 and nothing is ever served
+from the file system.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
 
@@ -67,19 +68,20 @@ def _escapeLabel(value):
 
 class _Endpoint(Resource):
     """
-    A leaf admin page: GET/HEAD only, no sub-paths.  Subclasses implement ``renderPage(request) -> bytes``.
+    A leaf admin page: GET/HEAD only (``methods``), no sub-paths.  Subclasses implement ``renderPage(request) -> bytes``.
 
     HEAD runs the GET code and twisted.web drops the body but keeps its Content-Length.
     """
 
     isLeaf = True
     description = ""
+    methods = (b"GET", b"HEAD")
     # "/stats/" is "/stats"; the index is only "/", so "//" is a 404
     allowTrailingSlash = True
 
     def render(self, request):
-        if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
+        if request.method not in self.methods:
+            request.setHeader(b"allow", b", ".join(self.methods))
             return _reply(request, 405, "method not allowed\n")
         if request.postpath and (request.postpath != [b""] or not self.allowTrailingSlash):
             return _reply(request, 404, "not found\n")
@@ -200,6 +202,28 @@ class ConfigDumpPage(_Endpoint):
         return _jsonReply(request, self._configDump())
 
 
+class ReopenLogsPage(_Endpoint):
+    """
+    ``POST /reopen_logs``: reopen every access-log file, as Envoy's endpoint of that name (and SIGUSR1) do.
+    200 ``OK`` when all reopened; 500 naming each path that could not be (its lines keep going to the old file).
+    """
+
+    description = "POST: reopen the access-log files (after logrotate)"
+    methods = (b"POST",)
+
+    def __init__(self, reopenLogs):
+        super().__init__()
+        self._reopenLogs = reopenLogs
+
+    def renderPage(self, request):
+        reopened, failures = self._reopenLogs()
+        if failures:
+            lines = ["reopened %d log file(s); %d failed:\n" % (reopened, len(failures))]
+            lines.extend("%s: %s\n" % failure for failure in failures)
+            return _reply(request, 500, "".join(lines))
+        return _reply(request, 200, "OK\n")
+
+
 class IndexPage(_Endpoint):
     """A plain-text list of the endpoints, one per line."""
 
@@ -244,7 +268,7 @@ class AdminSite(Site):
         pass
 
 
-def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None):
+def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None):
     """
     Build the admin API.
 
@@ -255,6 +279,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
     @param isDraining: optional callable -> bool, true once a graceful stop began (``/ready`` says DRAINING).
     @param reactor: the IReactorTime for the HTTP channels' timeouts; twisted.web's default (the global reactor)
         when None, so tap.py should pass its reactor.
+    @param reopenLogs: optional callable -> (number reopened, [(path, reason), ...]) behind ``POST /reopen_logs``
+        (the service's L{txmesh.service.MeshService.reopenLogs}); without it that path is a 404.
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
@@ -264,6 +290,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         "clusters": ClustersPage(clusterManager),
         "config_dump": ConfigDumpPage(configDump),
     }
+    if reopenLogs is not None:
+        pages["reopen_logs"] = ReopenLogsPage(reopenLogs)
     site = AdminSite(AdminRoot(pages), reactor=reactor)
     site.displayTracebacks = False
     return site

@@ -5,6 +5,8 @@ The running state one loaded config gives: clock, clusters, stats, randomness.  
 
 import random as _random
 
+from twisted.logger import Logger
+
 
 class RouterStats:
     """Per-cluster counters the router keeps (the pool keeps the connection ones)."""
@@ -18,22 +20,69 @@ class RouterStats:
         self.rq_completed = scope.counter("cluster_upstream_rq_completed", help="Requests answered by the upstream")
 
 
+class ReopenableFiles:
+    """
+    The log files one config opened, reopened together on SIGUSR1 or ``POST /reopen_logs`` (for logrotate).
+
+    A registered file has a ``path`` and ``reopen()``, which raises OSError when the path cannot be opened and
+    then keeps writing to its old file.  Outcomes are counted per path (``log_reopens``, ``log_reopen_errors``)
+    and a failure is logged, never raised: the next reopen tries again.
+    """
+
+    log = Logger()
+
+    def __init__(self, stats):
+        self._stats = stats
+        self._files = []
+
+    def register(self, f):
+        self._files.append(f)
+
+    def __len__(self):
+        return len(self._files)
+
+    def reopenAll(self):
+        """
+        Reopen every registered file.
+        @return: (number reopened, [(path, reason) for each failure]).
+        """
+        reopened, failures = 0, []
+        for f in self._files:
+            labels = (("path", f.path),)
+            try:
+                if f.reopen():
+                    reopened += 1
+                    self._stats.counter("log_reopens", labels, "Log files reopened (SIGUSR1, /reopen_logs)").inc()
+            except OSError as e:
+                reason = e.strerror or str(e)
+                failures.append((f.path, reason))
+                self._stats.counter("log_reopen_errors", labels,
+                                    "Failed log reopens (lines keep going to the old file)").inc()
+                self.log.error("cannot reopen log {path}: {reason}; still writing to the old file",
+                               path=f.path, reason=reason)
+        return reopened, failures
+
+
 class Runtime:
     """
     @ivar clock: the IReactorTime every timer uses.
     @ivar clusters: the ClusterManager (get(name) -> Cluster or None).
     @ivar stats: the StatsStore.
+    @ivar files: the L{ReopenableFiles} the config's log files registered with.
     @ivar random: a random.Random (seeded in tests).
     @ivar config: the MeshConfig this runtime was built from.
+    @ivar writeScope: the L{txmesh.protocols.transport.WriteScope} the service's protocols share, or None.
     """
 
-    def __init__(self, clock, clusters, stats, random=None, config=None, reactor=None):
+    def __init__(self, clock, clusters, stats, random=None, config=None, reactor=None, writeScope=None):
         self.clock = clock
         self.clusters = clusters
         self.stats = stats
         self.random = random if random is not None else _random.Random()
         self.config = config
         self.reactor = reactor
+        self.writeScope = writeScope
+        self.files = ReopenableFiles(stats)
         self._routerStats = {}
 
     def routerStats(self, cluster):

@@ -1,11 +1,13 @@
 """
 The service tree: one child service per listener, the admin listener, and the shutdown sequence (stop accepting,
-drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).
+drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).  While running,
+SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
 """
 
 import importlib
 import ipaddress
 import random
+import signal
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -21,6 +23,7 @@ from twisted.logger import Logger
 
 from txmesh.admin import makeAdminSite
 from txmesh.filters.chain import FilterChainTemplate
+from txmesh.protocols.transport import WriteScope
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager
@@ -31,11 +34,14 @@ class _QuietFactory(Factory):
 
     noisy = False
 
-    def __init__(self, protocolClass):
+    def __init__(self, protocolClass, writeScope=None):
         self.protocolClass = protocolClass
+        self.writeScope = writeScope
 
     def buildProtocol(self, addr):
-        return self.protocolClass()
+        p = self.protocolClass()
+        p.writeScope = self.writeScope
+        return p
 
 
 def _clientEndpoint(reactor, hostname, port, timeout):
@@ -70,8 +76,11 @@ def _load(ref):
     return getattr(importlib.import_module(module), attr)
 
 
-def connectFactoryFor(reactor):
-    """``connectFactory(clusterConfig) -> connect(host) -> Deferred[client protocol]`` for the cluster manager."""
+def connectFactoryFor(reactor, writeScope=None):
+    """
+    ``connectFactory(clusterConfig) -> connect(host) -> Deferred[client protocol]`` for the cluster manager; the
+    client protocols share ``writeScope`` (L{txmesh.protocols.transport.WriteScope}) with the listeners.
+    """
 
     def connectFactory(clusterConfig):
         protocolClass = _load(CLIENT_PROTOCOLS[clusterConfig.protocol])
@@ -79,7 +88,7 @@ def connectFactoryFor(reactor):
 
         def connect(host):
             ep = _clientEndpoint(reactor, host.hostname, host.port, timeout)
-            return ep.connect(_QuietFactory(protocolClass))
+            return ep.connect(_QuietFactory(protocolClass, writeScope))
 
         return connect
 
@@ -87,19 +96,34 @@ def connectFactoryFor(reactor):
 
 
 class MeshService(MultiService):
-    """Everything one mesh.yaml describes, running on ``reactor``."""
+    """
+    Everything one mesh.yaml describes, running on ``reactor``.
+
+    @param installSignal: C{signal.signal} (tests inject a recorder): used to install the SIGUSR1 handler on
+        start and to put the previous one back on stop.
+    """
 
     log = Logger()
+    reopenSignal = signal.SIGUSR1
 
-    def __init__(self, config, reactor, rng=None):
+    def __init__(self, config, reactor, rng=None, installSignal=signal.signal):
         MultiService.__init__(self)
         self.config = config
         self.reactor = reactor
         self.stats = StatsStore()
         self.draining = False
+        self._installSignal = installSignal
+        self._signalInstalled = False
+        self._previousHandler = None
         rng = rng if rng is not None else random.Random()
-        self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor), self.stats, rng)
-        self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor)
+        writeScope = WriteScope()
+        self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope), self.stats,
+                                       rng)
+        self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope)
+        for entry in self._filterEntries():
+            registerFiles = getattr(entry.config, "registerFiles", None)
+            if registerFiles is not None:
+                registerFiles(self.runtime.files)
         self.listenerFactories = []
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
@@ -111,15 +135,55 @@ class MeshService(MultiService):
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
         site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: not self.draining,
-                             isDraining=lambda: self.draining, reactor=reactor)
+                             isDraining=lambda: self.draining, reactor=reactor, reopenLogs=self.reopenLogs)
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
         admin._raiseSynchronously = True
         admin.setName("admin")
         admin.setServiceParent(self)
 
-    @defer.inlineCallbacks
+    def reopenLogs(self):
+        """
+        Reopen every log file (SIGUSR1, ``POST /reopen_logs``); failures are counted and logged, never raised.
+        @return: (number reopened, [(path, reason) for each failure]).
+        """
+        reopened, failures = self.runtime.files.reopenAll()
+        self.log.info("reopened {n} log file(s), {f} failed", n=reopened, f=len(failures))
+        return reopened, failures
+
+    def _signalReceived(self, signum, frame):
+        # Runs between two bytecodes of whatever the main thread was doing: hand the work to the reactor loop.
+        self.reactor.callFromThread(self.reopenLogs)
+        # Chain to the handler we replaced: twistd --logfile rotates its own log on SIGUSR1.
+        if callable(self._previousHandler):
+            self._previousHandler(signum, frame)
+
+    def startService(self):
+        """Install the SIGUSR1 handler (reopen the logs), then start the listeners and the admin API."""
+        try:
+            self._previousHandler = self._installSignal(self.reopenSignal, self._signalReceived)
+            self._signalInstalled = True
+        except ValueError as e:  # not the main thread: POST /reopen_logs still works
+            self.log.warn("cannot handle SIGUSR1 ({e}); reopen logs with POST /reopen_logs", e=e)
+        MultiService.startService(self)
+
+    def _restoreSignal(self, result=None):
+        if self._signalInstalled:
+            # None: the previous handler was not set from Python; the default action is the best guess
+            previous = self._previousHandler if self._previousHandler is not None else signal.SIG_DFL
+            self._installSignal(self.reopenSignal, previous)
+            self._signalInstalled = False
+            self._previousHandler = None
+        return result
+
     def stopService(self):
-        """Stop accepting, let in-flight requests finish up to drain_timeout, then close what is left."""
+        """
+        Stop accepting, let in-flight requests finish up to drain_timeout, then close what is left; SIGUSR1 keeps
+        reopening the logs until the files are closed, then the previous handler is back.
+        """
+        return self._stop().addBoth(self._restoreSignal)
+
+    @defer.inlineCallbacks
+    def _stop(self):
         self.draining = True
         listeners = [s for s in self if s.name and s.name.startswith("listener:")]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
@@ -129,7 +193,10 @@ class MeshService(MultiService):
             timer = self.reactor.callLater(timeout, drains.cancel)
             try:
                 yield drains
-            except defer.CancelledError:
+            except (defer.CancelledError, defer.FirstError) as e:
+                # gatherResults reports its cancellation as FirstError(CancelledError)
+                if isinstance(e, defer.FirstError) and not e.subFailure.check(defer.CancelledError):
+                    raise
                 self.log.warn("drain timeout ({t}s) passed; closing the remaining connections", t=timeout)
                 for f in self.listenerFactories:
                     f.abortAll()

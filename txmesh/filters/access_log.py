@@ -6,7 +6,10 @@ timer at most a second after the first buffered line, when the buffer holds ``ma
 shutdown (the service calls ``config.writer.close()``).  Only a fixed set of fields is logged; no header value
 other than the authority and the request id ever reaches the log.
 
-Not done yet: reopening the file on SIGHUP (for logrotate); until then use ``copytruncate``.
+A file log is reopened (flush, close, open the same path again for appending) when the service asks, on
+SIGUSR1 or an admin ``POST /reopen_logs``, so logrotate can rename it without ``copytruncate``: the config
+registers its writer with the runtime's reopenable-files registry (L{AccessLogConfig.registerFiles}).  stdout
+is never reopened.
 """
 
 import functools
@@ -127,14 +130,17 @@ class AccessLogWriter:
 
     Bound once (L{bind}) to the running config's clock and stats.  A failed write drops the batch, counts
     ``access_log_write_errors`` and is logged; the proxy keeps serving.
+
+    @ivar opener: how L{reopen} opens ``path`` again (the builtin open); None for a stream it does not own.
     """
 
     log = Logger()
 
-    def __init__(self, stream, path, ownsStream, flushInterval=1.0, maxBufferedLines=1024):
+    def __init__(self, stream, path, ownsStream, flushInterval=1.0, maxBufferedLines=1024, opener=None):
         self.stream = stream
         self.path = path
         self.ownsStream = ownsStream
+        self.opener = opener
         self.flushInterval = flushInterval
         self.maxBufferedLines = maxBufferedLines
         self.closed = False
@@ -193,6 +199,25 @@ class AccessLogWriter:
             self._errors.value += 1
         self.log.error(fmt, path=self.path, **kw)
 
+    def reopen(self):
+        """
+        Flush to the current file, then open ``path`` again for appending and close the old file (after a
+        logrotate rename, lines go to the new file).  No-op for stdout or once closed.
+
+        @return: True if a new file was opened.
+        @raise OSError: the path cannot be opened; the old file stays in use, so no line is lost.
+        """
+        if self.closed or not self.ownsStream or self.opener is None:
+            return False
+        self.flush()
+        new = self.opener(self.path, "a", encoding="utf-8", newline="")
+        old, self.stream = self.stream, new
+        try:
+            old.close()
+        except OSError as e:
+            self._countError("cannot close access log {path}: {error}", error=e)
+        return True
+
     def close(self):
         """Flush and, for a file, close it.  Called by the service when the config stops; idempotent."""
         if self.closed:
@@ -214,6 +239,14 @@ class AccessLogConfig:
     format: str
     writer: AccessLogWriter
     formatLine: object
+
+    def registerFiles(self, files):
+        """
+        Register a file log's writer with ``files`` (the runtime's L{txmesh.runtime.ReopenableFiles}) so that
+        SIGUSR1 and ``POST /reopen_logs`` reopen it; stdout is not registered.
+        """
+        if self.writer.ownsStream:
+            files.register(self.writer)
 
     def close(self):
         """Flush and close the log (the service calls it when the config stops)."""
@@ -303,7 +336,7 @@ class AccessLogFactory:
                 f = self.opener(path, "a", encoding="utf-8", newline="")
             except OSError as e:
                 raise context.error("cannot open %r for appending: %s" % (path, e.strerror or e), "path")
-            writer = AccessLogWriter(f, path, True)
+            writer = AccessLogWriter(f, path, True, opener=self.opener)
         return AccessLogConfig(path=path, format=fmt, writer=writer, formatLine=_FORMATS[fmt])
 
     def createFilters(self, config, callbacks, runtime):

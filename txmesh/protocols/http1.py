@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.protocols.listener import DrainingFactory
+from txmesh.protocols.transport import Writer, callInScope
 from txmesh import errors
 from txmesh.protocols.http1_codec import (
     LAST_CHUNK,
@@ -135,12 +136,15 @@ class HTTP1ServerProtocol(Protocol):
         peer = self.transport.getPeer()
         self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
         self._peerHost = getattr(peer, "host", "").encode("ascii", "replace")
+        self._out = Writer(self.transport, f.writeScope)
         self.transport.registerProducer(_WriteWatcher(self._downstreamFull, self._downstreamDrained), True)
         self._armHeaderTimer()
 
     def dataReceived(self, data):
-        if self._closing:
-            return
+        if not self._closing:
+            callInScope(self._out.scope, self._received, data)
+
+    def _received(self, data):
         if self._deadlineKind is _IDLE:
             self._armHeaderTimer()
         try:
@@ -247,7 +251,7 @@ class HTTP1ServerProtocol(Protocol):
         self.stream = stream = f.template.createStream(self, info)
         stream.decodeHeaders(head, endStream)
         if ev.expectContinue and not stream.responseStarted and not stream.complete:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _protocolError(self, exc):
         f = self.factory
@@ -259,7 +263,7 @@ class HTTP1ServerProtocol(Protocol):
         head = ResponseHead(status, HeaderMap([(b"content-type", b"text/plain"),
                                                (b"x-txmesh-error", b"downstream_protocol_error")]),
                             contentLength=len(body))
-        self.transport.write(encodeResponseHead(head, False, False) + body)
+        self._out.write(encodeResponseHead(head, False, False) + body)
         self._closeAfterWrite()
 
     # -- the downstream side of the active stream (called by ActiveStream) --------------------------------------
@@ -285,22 +289,22 @@ class HTTP1ServerProtocol(Protocol):
         self._noBody = noBody
         if not keepAlive:
             self._keepAlive = False
-        self.transport.write(encodeResponseHead(response, chunked, keepAlive))
+        self._out.write(encodeResponseHead(response, chunked, keepAlive))
 
     def writeData(self, data, endStream):
         if self._noBody:
             return
         if self._chunked:
             if data:
-                self.transport.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
+                self._out.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
             elif endStream:
-                self.transport.write(LAST_CHUNK)
+                self._out.write(LAST_CHUNK)
         elif data:
-            self.transport.write(data)
+            self._out.write(data)
 
     def writeTrailers(self, trailers):
         if self._chunked and not self._noBody:
-            self.transport.write(encodeTrailers(trailers))
+            self._out.write(encodeTrailers(trailers))
 
     def makeLocalReply(self, status, body=b"", headers=(), cause=None):
         fields = [(b"content-type", b"text/plain")]
@@ -317,6 +321,7 @@ class HTTP1ServerProtocol(Protocol):
 
     def reset(self, reason):
         self._closing = True
+        self._out.discard()
         self.transport.abortConnection()
 
     def pauseReading(self):
@@ -415,6 +420,7 @@ class HTTP1ServerProtocol(Protocol):
         self.transport.unregisterProducer()
         if self._readPaused:
             self.transport.resumeProducing()
+        self._out.flush()
         self.transport.loseConnection()
 
     def drain(self):
@@ -434,6 +440,7 @@ class HTTP1ListenerFactory(DrainingFactory):
         self.limits = listenerConfig.limits
         self.timerPeriod = min(t for t in (self.limits.requestHeadersTimeout, self.limits.idleTimeout, 3600.0) if t)
         self.useRemoteAddress = listenerConfig.useRemoteAddress
+        self.writeScope = getattr(runtime, "writeScope", None)
         self.template = template
         self.runtime = runtime
         self.clock = runtime.clock
@@ -454,6 +461,7 @@ class HTTP1ClientProtocol(Protocol):
     """
 
     onConnectionLost = None
+    writeScope = None  # set by the connecting factory: the service's WriteScope
 
     def __init__(self):
         self.decoder = ResponseDecoder()
@@ -466,6 +474,7 @@ class HTTP1ClientProtocol(Protocol):
 
     def connectionMade(self):
         self.connected = True
+        self._out = Writer(self.transport, self.writeScope)
         self.transport.registerProducer(_WriteWatcher(self._upstreamFull, self._upstreamDrained), True)
 
     def sendRequest(self, head, endStream, responder):
@@ -484,22 +493,22 @@ class HTTP1ClientProtocol(Protocol):
                 chunked = True
         self._chunked = chunked
         self._requestDone = endStream
-        self.transport.write(encodeRequestHead(head, chunked))
+        self._out.write(encodeRequestHead(head, chunked))
 
     def writeBody(self, data, endStream):
         if self._chunked:
             if data:
-                self.transport.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
+                self._out.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
             elif endStream:
-                self.transport.write(LAST_CHUNK)
+                self._out.write(LAST_CHUNK)
         elif data:
-            self.transport.write(data)
+            self._out.write(data)
         if endStream:
             self._requestDone = True
 
     def writeTrailers(self, trailers):
         if self._chunked:
-            self.transport.write(encodeTrailers(trailers))
+            self._out.write(encodeTrailers(trailers))
         self._requestDone = True
 
     def pauseReading(self):
@@ -518,6 +527,9 @@ class HTTP1ClientProtocol(Protocol):
         self._reusable = False
 
     def dataReceived(self, data):
+        callInScope(self.writeScope, self._received, data)
+
+    def _received(self, data):
         try:
             events = self.decoder.feed(data)
         except HTTPCodecError as e:
@@ -568,6 +580,7 @@ class HTTP1ClientProtocol(Protocol):
         self._reusable = False
         responder = self.responder
         self.responder = None
+        self._out.discard()
         self.transport.abortConnection()
         if responder is not None:
             responder.upstreamFailed(exc)

@@ -1,0 +1,117 @@
+"""
+Writing to a connection without a reactor round trip, and coalescing the writes one event makes.
+
+Twisted's ``transport.write`` only appends to a buffer and asks the reactor to watch the socket for writability;
+the bytes leave on the next reactor iteration, after two ``epoll_ctl`` calls and a write event dispatched through
+Python.  A proxy writes on every request in both directions, so that round trip costs more than the HTTP work
+(see docs/performance.md).  asyncio's transports do what L{Writer} does: when nothing is buffered, ``send()`` at
+once and hand Twisted only what the kernel did not take, so ordering, backpressure (the transport's producer
+pausing) and error handling stay Twisted's.
+
+Sending at once would turn a response head and its body, written by two calls while handling one upstream read,
+into two segments.  So writes made while a L{WriteScope} is entered (a protocol enters it around each
+``dataReceived``) are held per connection and sent, one ``send()`` each, when the outermost scope exits.  The
+scope is shared by every protocol of one service (the runtime owns it), because a read on one connection writes
+to another.
+"""
+
+from twisted.internet import tcp
+
+
+class WriteScope:
+    """Holds the writes made while it is entered; the outermost ``exit`` sends them."""
+
+    __slots__ = ("depth", "dirty")
+
+    def __init__(self):
+        self.depth = 0
+        self.dirty = []
+
+    def enter(self):
+        self.depth += 1
+
+    def exit(self):
+        self.depth -= 1
+        if not self.depth and self.dirty:
+            self.flush()
+
+    def flush(self):
+        dirty = self.dirty
+        while dirty:
+            self.dirty = []
+            for writer in dirty:
+                writer.flush()
+            dirty = self.dirty
+
+
+def callInScope(scope, f, arg):
+    """``f(arg)`` with ``scope`` entered (a protocol's ``dataReceived`` body); ``scope`` may be None."""
+    if scope is None:
+        return f(arg)
+    scope.depth += 1
+    try:
+        return f(arg)
+    finally:
+        scope.depth -= 1
+        if not scope.depth and scope.dirty:
+            scope.flush()
+
+
+class Writer:
+    """
+    The write side of one connection.  All of a protocol's writes go through it (never a mix with
+    ``transport.write``, which would reorder them).
+
+    On a plain TCP transport with an empty buffer, ``flush`` sends with the socket at once; on anything else
+    (TLS, an in-memory test transport, a transport already holding data or closing) it uses ``transport.write``.
+    """
+
+    __slots__ = ("transport", "scope", "_pending", "_socket")
+
+    def __init__(self, transport, scope=None, socket=None):
+        self.transport = transport
+        self.scope = scope
+        self._pending = []
+        if socket is None and isinstance(transport, tcp.Connection):
+            socket = transport.socket
+        self._socket = socket
+
+    def write(self, data):
+        scope = self.scope
+        if scope is not None and scope.depth:
+            if not self._pending:
+                scope.dirty.append(self)
+            self._pending.append(data)
+        elif self._pending:
+            self._pending.append(data)
+            self.flush()
+        else:
+            self._send(data)
+
+    def flush(self):
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._send(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def discard(self):
+        """Forget what is held (the connection is being aborted)."""
+        self._pending = []
+
+    def _send(self, data):
+        t = self.transport
+        sock = self._socket
+        if (sock is None or t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
+                or t._writeDisconnected or t.TLS):
+            t.write(data)
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # let Twisted meet the error on its own write and report the connection lost the usual way
+            t.write(data)
+            return
+        if sent < len(data):
+            t.write(data[sent:])
