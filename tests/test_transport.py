@@ -33,6 +33,7 @@ class FakeTCPTransport(StringTransport):
         self.disconnecting = False
         self._writeDisconnected = False
         self.TLS = False
+        self._aborting = False
 
     def write(self, data):
         StringTransport.write(self, data)
@@ -77,7 +78,8 @@ def test_socket_error_is_left_to_twisted():
 
 
 @pytest.mark.parametrize("attr,value", [("disconnecting", True), ("connected", False), ("TLS", True),
-                                        ("_writeDisconnected", True), ("dataBuffer", b"x")])
+                                        ("_writeDisconnected", True), ("dataBuffer", b"x"),
+                                        ("_aborting", True)])
 def test_non_idle_or_closing_transport_uses_twisted(attr, value):
     w, t, sock = make()
     setattr(t, attr, value)

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh.protocols.listener import DrainingFactory
+from txmesh.protocols.transport import Writer, callInScope
 from txmesh.protocols import dubbo_codec as dc
 from txmesh.protocols.dubbo_client import DubboClientProtocol, attachmentHeaders
 from txmesh.protocols.hessian2 import Hessian2Writer
@@ -251,9 +252,8 @@ class DubboCall:
 
     def _write(self, data):
         self.written = True
-        transport = self.proto.transport
-        if transport is not None and not self.proto.closed:
-            transport.write(data)
+        if self.proto.transport is not None and not self.proto.closed:
+            self.proto._out.write(data)
 
     def makeLocalReply(self, status, body=b"", headers=(), cause=None):
         if isinstance(cause, bytes):
@@ -311,13 +311,16 @@ class DubboServerProtocol(Protocol):
         f.connections.add(self)
         peer = self.transport.getPeer()
         self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
+        self._out = Writer(self.transport, f.writeScope)
         self._lastRead = f.clock.seconds()
         if f.idleTimeout:
             self._idleTimer = f.clock.callLater(f.idleTimeout, self._idleCheck)
 
     def dataReceived(self, data):
-        if self.closed:
-            return
+        if not self.closed:
+            callInScope(self._out.scope, self._received, data)
+
+    def _received(self, data):
         self._lastRead = self.factory.clock.seconds()
         try:
             frames = self.decoder.feed(data)
@@ -338,7 +341,7 @@ class DubboServerProtocol(Protocol):
         if frame.event:
             if frame.twoWay:
                 f.stats.heartbeats.value += 1
-                self.transport.write(dc.encodeHeartbeatResponse(frame.requestId, frame.serializationId))
+                self._out.write(dc.encodeHeartbeatResponse(frame.requestId, frame.serializationId))
             return
         f.stats.rq_total.value += 1
         try:
@@ -346,7 +349,7 @@ class DubboServerProtocol(Protocol):
         except dc.DubboCodecError as e:
             f.stats.decode_errors.value += 1
             if frame.twoWay:
-                self.transport.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST, "txmesh: " + e.reason,
+                self._out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST, "txmesh: " + e.reason,
                                                        frame.serializationId))
             return
         if inv is None:
@@ -358,7 +361,7 @@ class DubboServerProtocol(Protocol):
             methodStats.twoWay.value += 1
             if frame.requestId in self.calls:
                 f.stats.decode_errors.value += 1
-                self.transport.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST,
+                self._out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST,
                                                        "txmesh: request id already in flight",
                                                        frame.serializationId))
                 return
@@ -396,7 +399,7 @@ class DubboServerProtocol(Protocol):
         f.stats.decode_errors.value += 1
         f.stats.cx_protocol_error.value += 1
         if exc.requestId is not None and exc.twoWay:
-            self.transport.write(dc.encodeResponse(exc.requestId, exc.status, "txmesh: " + exc.reason))
+            self._out.write(dc.encodeResponse(exc.requestId, exc.status, "txmesh: " + exc.reason))
         self._close()
 
     # -- flow control, idle, close ---------------------------------------------------------------------------------
@@ -432,6 +435,7 @@ class DubboServerProtocol(Protocol):
         if self._pauses:
             self._pauses = 0
             self.transport.resumeProducing()
+        self._out.flush()
         self.transport.loseConnection()
 
     def drain(self):
@@ -473,6 +477,7 @@ class DubboListenerFactory(DrainingFactory):
         self.template = template
         self.runtime = runtime
         self.clock = runtime.clock
+        self.writeScope = getattr(runtime, "writeScope", None)
         self.stats = stats if stats is not None else DubboListenerStats(runtime.stats, listenerConfig.name,
                                                                         maxServiceMethods)
 

@@ -22,6 +22,7 @@ from txmesh.protocols.dubbo_codec import (
     encodeRequestWithAttachments,
     withRequestId,
 )
+from txmesh.protocols.transport import Writer, callInScope
 from txmesh.stream import ResponseHead
 from txmesh.upstream.multiplex_pool import IMultiplexClient
 
@@ -82,6 +83,7 @@ class DubboClientProtocol(Protocol):
 
     log = Logger()
     onConnectionLost = None
+    writeScope = None  # set by the connecting factory: the service's WriteScope
 
     def __init__(self, maxBodyBytes=None):
         self.decoder = DubboDecoder() if maxBodyBytes is None else DubboDecoder(maxBodyBytes)
@@ -93,6 +95,7 @@ class DubboClientProtocol(Protocol):
 
     def connectionMade(self):
         self.connected = True
+        self._out = Writer(self.transport, self.writeScope)
 
     def _allocateId(self):
         self._nextId = self._nextId + 1 if self._nextId < _MAX_ID else 1
@@ -107,7 +110,7 @@ class DubboClientProtocol(Protocol):
         if not self.connected:
             responder.upstreamFailed(errors.UpstreamReset("upstream connection already closed"))
             return requestId
-        self.transport.write(withRequestId(data[:16], requestId) + data[16:])
+        self._out.write(withRequestId(data[:16], requestId) + data[16:])
         if frame.twoWay:
             self._calls[requestId] = responder
         else:
@@ -127,7 +130,7 @@ class DubboClientProtocol(Protocol):
 
     def sendPing(self):
         if self.connected:
-            self.transport.write(encodeHeartbeat(self._allocateId()))
+            self._out.write(encodeHeartbeat(self._allocateId()))
 
     @property
     def activeStreams(self):
@@ -136,12 +139,16 @@ class DubboClientProtocol(Protocol):
     # -- events -------------------------------------------------------------------------------------------------
 
     def dataReceived(self, data):
+        callInScope(self.writeScope, self._received, data)
+
+    def _received(self, data):
         try:
             frames = self.decoder.feed(data)
         except DubboCodecError as e:
             for frame in e.frames:
                 self._frameReceived(frame)
             self._failAll(errors.BadUpstreamResponse("bad dubbo response framing: " + e.reason))
+            self._out.discard()
             self.transport.abortConnection()
             return
         for frame in frames:
@@ -152,7 +159,7 @@ class DubboClientProtocol(Protocol):
         if frame.event:
             if frame.isRequest and frame.twoWay:
                 # the provider's own heartbeat
-                self.transport.write(encodeHeartbeatResponse(frame.requestId, frame.serializationId))
+                self._out.write(encodeHeartbeatResponse(frame.requestId, frame.serializationId))
             return
         if frame.isRequest:
             return  # a provider does not call its consumer; ignore

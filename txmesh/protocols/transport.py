@@ -102,7 +102,7 @@ class Writer:
         t = self.transport
         sock = self._socket
         if (sock is None or t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
-                or t._writeDisconnected or t.TLS):
+                or t._writeDisconnected or t.TLS or t._aborting):
             t.write(data)
             return
         try:
