@@ -16,8 +16,8 @@ from twisted.plugin import getPlugins
 
 import txmesh.plugins
 from txmesh import config
-from txmesh.config import (AdminConfig, ClusterConfig, ConfigError, EndpointConfig, ListenerLimits, MeshConfig,
-                           load, loads)
+from txmesh.config import (AdminConfig, ClusterConfig, ConfigError, EndpointConfig, H2Limits, ListenerLimits,
+                           MeshConfig, load, loads)
 from txmesh.interfaces import IFilterFactory, ILoadBalancerFactory
 
 FAKE_PLUGINS = '''
@@ -169,7 +169,7 @@ ERRORS = [
     # listeners
     ("listener unknown key", addToListener("    use_remote_adress: true"),
      "mesh.yaml:8: listeners[0].use_remote_adress: unknown key 'use_remote_adress' (allowed: name, address, protocol,"
-     " default_cluster, use_remote_address, limits, network_filters, filters, route_config)"),
+     " default_cluster, use_remote_address, limits, http2, network_filters, filters, route_config)"),
     ("listener missing address", edit(("    address: tcp:15001:interface=127.0.0.1\n", "")),
      "mesh.yaml:6: listeners[0]: missing required key 'address'"),
     ("listener name type", edit(("name: outbound", "name: [outbound]")),
@@ -210,6 +210,34 @@ ERRORS = [
      " max_header_bytes, max_headers, max_request_body, request_headers_timeout, idle_timeout, buffer_limit)"),
     ("limits duration", addToListener("    limits:\n      idle_timeout: -5s"),
      "mesh.yaml:9: listeners[0].limits.idle_timeout: must be a duration >= 0, got -5s"),
+    # http2 block
+    ("http2 on http listener", addToListener("    http2: {max_concurrent_streams: 10}"),
+     "mesh.yaml:8: listeners[0].http2: only listeners of protocol grpc or http2 take an http2 block (this one is"
+     " 'http')"),
+    ("http2 unknown key", addToListener("    protocol: http2\n    http2: {max_streams: 10}"),
+     "mesh.yaml:9: listeners[0].http2.max_streams: unknown key 'max_streams' (allowed: max_concurrent_streams,"
+     " max_header_list_size, max_outbound_control_frames, max_consecutive_inbound_frames_with_empty_payload,"
+     " max_inbound_priority_frames_per_stream, max_inbound_window_update_frames_per_data_frame_sent,"
+     " max_premature_resets, premature_reset_ratio, max_message_size)"),
+    ("http2 not a mapping", addToListener("    protocol: grpc\n    http2: 10"),
+     "mesh.yaml:9: listeners[0].http2: must be a mapping, not an integer"),
+    ("http2 streams zero", addToListener("    protocol: grpc\n    http2:\n      max_concurrent_streams: 0"),
+     "mesh.yaml:10: listeners[0].http2.max_concurrent_streams: must be between 1 and 2147483647, got 0"),
+    ("http2 streams type", addToListener("    protocol: grpc\n    http2:\n      max_concurrent_streams: '5'"),
+     "mesh.yaml:10: listeners[0].http2.max_concurrent_streams: must be an integer, not a string"),
+    ("http2 header list", addToListener("    protocol: http2\n    http2: {max_header_list_size: 100}"),
+     "mesh.yaml:9: listeners[0].http2.max_header_list_size: must be between 1024 and 8388608, got 100"),
+    ("http2 ratio", addToListener("    protocol: http2\n    http2:\n      premature_reset_ratio: 1.5"),
+     "mesh.yaml:10: listeners[0].http2.premature_reset_ratio: must be between 0 and 1, got 1.5"),
+    ("http2 ratio type", addToListener("    protocol: http2\n    http2:\n      premature_reset_ratio: true"),
+     "mesh.yaml:10: listeners[0].http2.premature_reset_ratio: must be a number, not a boolean"),
+    ("http2 control frames", addToListener("    protocol: http2\n    http2: {max_outbound_control_frames: -1}"),
+     "mesh.yaml:9: listeners[0].http2.max_outbound_control_frames: must be >= 1, got -1"),
+    ("http2 message size on http2", addToListener("    protocol: http2\n    http2:\n      max_message_size: 10"),
+     "mesh.yaml:10: listeners[0].http2.max_message_size: max_message_size bounds gRPC messages: only for protocol"
+     " grpc"),
+    ("grpc message size too big", addToListener("    protocol: grpc\n    http2: {max_message_size: 4294967296}"),
+     "mesh.yaml:9: listeners[0].http2.max_message_size: must be between 0 and 4294967295, got 4294967296"),
     ("limits duration type", addToListener("    limits:\n      idle_timeout: [1]"),
      "mesh.yaml:9: listeners[0].limits.idle_timeout: must be a duration like 250ms, 1.5s, 2m, 1h, not a list"),
     # filters
@@ -408,6 +436,34 @@ def test_fullListener():
     assert [f.name for f in listener.filters] == ["fake_log", "router"]
     assert listener.filters[0].config == ("fake_log", (("path", "-"),), "listeners[0].filters[0].config",
                                           frozenset({"backend"}))
+
+
+def test_http2Defaults():
+    """http2/grpc listeners get the default H2Limits; other listeners none."""
+    assert loads(BASE).listeners[0].http2 is None
+    for protocol in ("http2", "grpc"):
+        listener = loads(addToListener("    protocol: %s" % (protocol,))).listeners[0]
+        assert listener.http2 == H2Limits()
+        assert (listener.http2.maxConcurrentStreams, listener.http2.maxHeaderListSize) == (100, 65536)
+
+
+def test_http2Block():
+    text = addToListener(textwrap.indent(textwrap.dedent("""\
+        protocol: grpc
+        http2:
+          max_concurrent_streams: 7
+          max_header_list_size: 2048
+          max_outbound_control_frames: 50
+          max_consecutive_inbound_frames_with_empty_payload: 0
+          max_inbound_priority_frames_per_stream: 3
+          max_inbound_window_update_frames_per_data_frame_sent: 4
+          max_premature_resets: 5
+          premature_reset_ratio: 1
+          max_message_size: 0"""), "    "))
+    assert loads(text).listeners[0].http2 == H2Limits(
+        maxConcurrentStreams=7, maxPrematureResets=5, prematureResetRatio=1.0, maxPendingControlFrames=50,
+        maxInboundPriorityPerStream=3, maxInboundWindowUpdatePerData=4, maxConsecutiveEmptyData=0,
+        maxHeaderListSize=2048, maxMessageSize=0)
 
 
 def test_customTerminalNotFollowedByRouter():

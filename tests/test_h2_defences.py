@@ -71,6 +71,7 @@ class _ListenerConfig:
     name = "l"
     limits = ListenerLimits()
     useRemoteAddress = False
+    http2 = None
 
 
 class _Runtime:

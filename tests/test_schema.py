@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.test_config import BASE, CLUSTER_OPTIONS, fakePluginDir, fakePlugins  # noqa: F401 (fixtures)
-from txmesh.config import load
+from txmesh.config import load, loads
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "mesh.yaml")
 
@@ -65,3 +65,30 @@ def test_schemaRejects(validator, old, new):
     assert old in BASE
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(yaml.safe_load(BASE.replace(old, new, 1)))
+
+
+def _listener(extra):
+    return BASE.replace("    address: tcp:15001:interface=127.0.0.1\n",
+                        "    address: tcp:15001:interface=127.0.0.1\n" + extra, 1)
+
+
+@pytest.mark.parametrize("extra", [
+    "    protocol: grpc\n    http2: {max_concurrent_streams: 10, premature_reset_ratio: 0.25, max_message_size: 0}\n",
+    "    protocol: http2\n    http2: {max_header_list_size: 2048}\n",
+])
+def test_http2BlockValidates(validator, extra):
+    validator.validate(yaml.safe_load(_listener(extra)))
+    assert loads(_listener(extra)).listeners[0].http2 is not None
+
+
+@pytest.mark.parametrize("extra", [
+    "    http2: {max_concurrent_streams: 10}\n",  # an http listener
+    "    protocol: dubbo\n    http2: {}\n",
+    "    protocol: http2\n    http2: {max_message_size: 10}\n",  # grpc only
+    "    protocol: grpc\n    http2: {max_concurrent_streams: 0}\n",
+    "    protocol: grpc\n    http2: {max_streams: 10}\n",
+    "    protocol: grpc\n    http2: {premature_reset_ratio: 2}\n",
+])
+def test_http2BlockRejected(validator, extra):
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(yaml.safe_load(_listener(extra)))

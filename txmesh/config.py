@@ -21,6 +21,7 @@ from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig
 
 KNOWN_PROTOCOLS = frozenset({"http", "dubbo", "grpc", "http2"})
+H2_PROTOCOLS = frozenset({"grpc", "http2"})
 KNOWN_CLUSTER_PROTOCOLS = frozenset({"http1", "dubbo", "h2"})
 DEFAULT_ADMIN_ADDRESS = "tcp:9901:interface=127.0.0.1"
 
@@ -48,6 +49,24 @@ class ListenerLimits:
     requestHeadersTimeout: float = 10.0
     idleTimeout: float = 300.0
     bufferLimit: int = 1048576
+
+
+@dataclass(frozen=True, slots=True)
+class H2Limits:
+    """
+    HTTP/2 defence bounds of an ``http2`` or ``grpc`` listener (its ``http2`` block; Envoy's defaults where Envoy
+    has one).  The flood bounds are per connection.
+    """
+
+    maxConcurrentStreams: int = 100
+    maxPrematureResets: int = 100  # streams reset by the client before their response ended...
+    prematureResetRatio: float = 0.5  # ...once they are at least this share of the streams opened
+    maxPendingControlFrames: int = 1000  # PING/SETTINGS acks queued while the write buffer is full
+    maxInboundPriorityPerStream: int = 100
+    maxInboundWindowUpdatePerData: int = 10
+    maxConsecutiveEmptyData: int = 1
+    maxHeaderListSize: int = 65536
+    maxMessageSize: int = 4 << 20 | 1024  # gRPC message bound (0 = none); the default admits 4 MiB messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +105,7 @@ class ListenerConfig:
     networkFilters: tuple
     filters: tuple
     routeConfig: RouteConfig
+    http2: H2Limits | None = None  # http2 and grpc listeners only
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +311,7 @@ def _buildCluster(r, m, path, lbFactories):
 
 def _buildListener(r, m, path, clusterNames, filterFactories):
     r.mapping(m, path, required=("name", "address"), optional=(
-        "protocol", "default_cluster", "use_remote_address", "limits", "network_filters", "filters",
+        "protocol", "default_cluster", "use_remote_address", "limits", "http2", "network_filters", "filters",
         "route_config"))
     name = r.name(m, path)
     protocol = r.get(m, path, "protocol", str, "http")
@@ -314,6 +334,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories):
         requestHeadersTimeout=r.duration(lm, lPath, "request_headers_timeout", 10.0),
         idleTimeout=r.duration(lm, lPath, "idle_timeout", 300.0),
         bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1))
+    http2 = _buildHttp2(r, m, path, protocol)
     chain = _FilterChainBuilder(r, path, protocol, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")
     filters = chain.build("filters", m, "stream")
@@ -321,7 +342,42 @@ def _buildListener(r, m, path, clusterNames, filterFactories):
     return ListenerConfig(name=name, protocol=protocol, address=address,
                           useRemoteAddress=r.get(m, path, "use_remote_address", bool, True),
                           defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,
-                          filters=filters, routeConfig=routeConfig)
+                          filters=filters, routeConfig=routeConfig, http2=http2)
+
+
+_MAX_STREAMS = 2 ** 31 - 1  # the largest SETTINGS_MAX_CONCURRENT_STREAMS
+
+
+def _buildHttp2(r, m, path, protocol):
+    """The H2Limits of an http2/grpc listener from its ``http2`` block; None for other protocols."""
+    hPath = joinPath(path, "http2")
+    if protocol not in H2_PROTOCOLS:
+        if m.get("http2") is not None:
+            raise r.error("only listeners of protocol %s take an http2 block (this one is '%s')" % (
+                " or ".join(sorted(H2_PROTOCOLS)), protocol), hPath)
+        return None
+    h = r.mapping(m.get("http2"), hPath, optional=(
+        "max_concurrent_streams", "max_header_list_size", "max_outbound_control_frames",
+        "max_consecutive_inbound_frames_with_empty_payload", "max_inbound_priority_frames_per_stream",
+        "max_inbound_window_update_frames_per_data_frame_sent", "max_premature_resets", "premature_reset_ratio",
+        "max_message_size"))
+    d = H2Limits()
+    if protocol != "grpc" and h.get("max_message_size") is not None:
+        raise r.error("max_message_size bounds gRPC messages: only for protocol grpc", joinPath(hPath,
+                                                                                              "max_message_size"))
+    return H2Limits(
+        maxConcurrentStreams=r.integer(h, hPath, "max_concurrent_streams", d.maxConcurrentStreams, 1, _MAX_STREAMS),
+        maxPrematureResets=r.integer(h, hPath, "max_premature_resets", d.maxPrematureResets, 1),
+        prematureResetRatio=r.number(h, hPath, "premature_reset_ratio", d.prematureResetRatio, 0.0, 1.0),
+        maxPendingControlFrames=r.integer(h, hPath, "max_outbound_control_frames", d.maxPendingControlFrames, 1),
+        maxInboundPriorityPerStream=r.integer(h, hPath, "max_inbound_priority_frames_per_stream",
+                                              d.maxInboundPriorityPerStream, 0),
+        maxInboundWindowUpdatePerData=r.integer(h, hPath, "max_inbound_window_update_frames_per_data_frame_sent",
+                                                d.maxInboundWindowUpdatePerData, 1),
+        maxConsecutiveEmptyData=r.integer(h, hPath, "max_consecutive_inbound_frames_with_empty_payload",
+                                          d.maxConsecutiveEmptyData, 0),
+        maxHeaderListSize=r.integer(h, hPath, "max_header_list_size", d.maxHeaderListSize, 1024, 8 << 20),
+        maxMessageSize=r.integer(h, hPath, "max_message_size", d.maxMessageSize, 0, 2 ** 32 - 1))
 
 
 def _unknownCluster(name, clusterNames):

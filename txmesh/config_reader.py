@@ -139,6 +139,13 @@ class Reader:
             raise self.error("must be %s, got %d" % (bound, value), joinPath(path, key))
         return value
 
+    def number(self, m, path, key, default, low, high):
+        """``m[key]`` as a float (an integer is accepted) within [low, high]."""
+        value = self.get(m, path, key, float, default)
+        if value is not None and not low <= value <= high:
+            raise self.error("must be between %g and %g, got %g" % (low, high, value), joinPath(path, key))
+        return value
+
     def name(self, m, path, key="name"):
         value = self.get(m, path, key, str)
         if not _NAME.match(value):

@@ -1,16 +1,19 @@
 """
 A grpcio test service with raw-bytes messages (no protoc step): ``test.Echo`` with the four call kinds.
 
-Run as ``python echo_server.py PORT``; it prints ``ready`` once it listens.  Requests steer it:
-  - Unary: ``sleep:S`` sleeps S seconds; ``status:CODE:DETAILS`` aborts with that status (and a
+Run as ``python echo_server.py PORT [NAME]``; it prints ``ready`` once it listens.  SIGUSR1 stops it gracefully
+(``server.stop(grace)``: GOAWAY, calls in flight finish, then it exits).  Requests steer it:
+  - Unary: ``whoami`` answers NAME; ``sleep:S`` sleeps S seconds; ``status:CODE:DETAILS`` aborts with that status (and a
     grpc-status-details-bin trailer); ``die`` exits the process at once; anything else is echoed.  Metadata whose
     key starts with ``x-echo`` comes back as initial metadata and as trailing metadata (``-bin`` keys included).
-  - ServerStream: ``N:SIZE`` answers N messages of SIZE bytes; ``N:SIZE:die`` exits after N messages.
+  - ServerStream: ``N:SIZE`` answers N messages of SIZE bytes; ``N:SIZE:die`` exits after N messages;
+    ``N:SIZE:slow`` waits 0.2 s before each message.
   - ClientStream: answers ``COUNT:TOTALBYTES`` of what it received.
   - Bidi: echoes each message as it arrives.
 """
 
 import os
+import signal
 import sys
 import time
 from concurrent import futures
@@ -29,8 +32,13 @@ def _echoMetadata(context):
         context.set_trailing_metadata(md)
 
 
+NAME = b""
+
+
 def unary(request, context):
     _echoMetadata(context)
+    if request == b"whoami":
+        return NAME
     if request.startswith(b"sleep:"):
         time.sleep(float(request[6:]))
         return b"slept"
@@ -47,7 +55,10 @@ def serverStream(request, context):
     _echoMetadata(context)
     parts = request.decode().split(":")
     n, size = int(parts[0]), int(parts[1])
+    slow = len(parts) > 2 and parts[2] == "slow"
     for i in range(n):
+        if slow:
+            time.sleep(0.2)
         yield bytes([65 + i % 26]) * size
     if len(parts) > 2 and parts[2] == "die":
         time.sleep(0.2)
@@ -78,17 +89,21 @@ HANDLERS = {
     "Bidi": grpc.stream_stream_rpc_method_handler(bidi, _ident, _ident),
 }
 
-OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20),
+           ("grpc.so_reuseport", 1)]  # a second server may take over the port (tests/test_grpc_goaway.py)
 
 
-def main(port):
+def main(port, name=""):
+    global NAME
+    NAME = name.encode()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", HANDLERS),))
     server.add_insecure_port("127.0.0.1:%d" % (port,))
     server.start()
+    signal.signal(signal.SIGUSR1, lambda *_: server.stop(10))
     print("ready", flush=True)
     server.wait_for_termination()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), *sys.argv[2:3])

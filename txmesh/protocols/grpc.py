@@ -16,6 +16,7 @@ UNAVAILABLE = 14
 UNAUTHENTICATED = 16
 
 CONTENT_TYPE = b"application/grpc"
+STATUS_BYTES = {c: b"%d" % c for c in range(17)}  # code -> its grpc-status value
 
 # txmesh error cause (errors.py) -> the gRPC code a client expects
 _CAUSE_CODES = {
@@ -52,6 +53,42 @@ def statusForCause(cause, httpStatus):
 def statusForHTTP(httpStatus):
     """The standard HTTP-to-gRPC mapping for a response without grpc-status."""
     return _HTTP_CODES.get(httpStatus, UNKNOWN)
+
+
+def httpErrorFields(httpStatus):
+    """The trailers-only header list standing for an upstream HTTP error that has no grpc-status."""
+    return [(b":status", b"200"), (b"content-type", CONTENT_TYPE),
+            (b"grpc-status", STATUS_BYTES[statusForHTTP(httpStatus)]),
+            (b"grpc-message", b"upstream answered HTTP %d" % (httpStatus,))]
+
+
+def localReplyFields(httpStatus, body, cause):
+    """
+    The fields of a trailers-only local reply: grpc-status by ``cause`` (str or None) or else by ``httpStatus``
+    (OK below 300), the stripped ``body`` as grpc-message, the cause as x-txmesh-error.
+    """
+    code = statusForCause(cause, httpStatus) if httpStatus >= 300 else OK
+    message = body.strip() if isinstance(body, bytes) else (body or "").encode("utf-8").strip()
+    fields = [(b"content-type", CONTENT_TYPE), (b"grpc-status", STATUS_BYTES[code])]
+    if message:
+        fields.append((b"grpc-message", encodeMessage(message)))
+    if cause:
+        fields.append((b"x-txmesh-error", cause.encode("ascii")))
+    return fields
+
+
+def abortFields(cause, flags, trailersOnly):
+    """
+    The trailers (or, before any response headers, the trailers-only response) of a stream the proxy gave up on
+    after it started: grpc-status by ``cause`` (UNAVAILABLE when unknown), a grpc-message naming the cause and
+    the response flags (e.g. "UC").
+    """
+    flags = ",".join(sorted(flags))
+    message = "response aborted: %s (%s)" % (cause, flags) if flags else "response aborted: %s" % (cause,)
+    fields = [(b"grpc-status", STATUS_BYTES[statusForCause(cause, 503)]), (b"grpc-message", encodeMessage(message))]
+    if trailersOnly:
+        fields[:0] = [(b":status", b"200"), (b"content-type", CONTENT_TYPE)]
+    return fields
 
 
 def parseTimeout(value):

@@ -71,7 +71,7 @@ def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536
     """
     An h2 connection with txmesh's settings.  The library's header validation and normalisation are off both
     ways: txmesh builds the header lists it sends itself (lower-case names, hop-by-hop fields dropped) and the
-    listener checks requests in the one pass that also reads them (h2_server.readRequest); h2 still checks
+    listener checks requests in the one pass that also reads them (h2_defences.readRequest); h2 still checks
     content-length against DATA.
     """
     config = H2Configuration(client_side=clientSide, header_encoding=None, validate_outbound_headers=False,

@@ -4,15 +4,10 @@ The HTTP/2 listener (cleartext prior knowledge now; it never assumes cleartext, 
 route like HTTP/1.1 ones.  A ``grpc`` listener adds gRPC behaviour: ``grpc-timeout`` bounds the call, local
 replies are trailers-only responses with a grpc-status, an HTTP error from upstream without grpc-status is
 mapped to one, and messages are counted (and their size bounded) from the 5-byte prefixes.
-
-Defences (CVE-2023-44487 and friends): a finite SETTINGS_MAX_CONCURRENT_STREAMS with streams past it refused;
-a bound on streams reset by the client before their response ended; a bound on control frames (PING, SETTINGS)
-answered while the transport's write buffer is full, and on PRIORITY, WINDOW_UPDATE and empty DATA frames
-relative to the useful work of the connection; h2 bounds header lists and CONTINUATION frames.
+An upstream failure after the response started ends a gRPC stream with a grpc-status, an HTTP/2 one with
+RST_STREAM.  Defences (h2_defences: malformed requests, floods, rapid reset) use the listener's H2Limits; a
+finite SETTINGS_MAX_CONCURRENT_STREAMS refuses streams past it; h2 bounds header lists and CONTINUATION frames.
 """
-
-import os
-import re
 
 from h2 import events as ev
 from h2.errors import ErrorCodes
@@ -21,8 +16,10 @@ from hyperframe.frame import GoAwayFrame
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from txmesh.protocols.listener import DrainingFactory
+from txmesh.config import H2Limits
 from txmesh.protocols import grpc
+from txmesh.protocols.h2_defences import FloodGuard, MalformedRequest, readRequest, requestId
+from txmesh.protocols.h2_downstream import H2DownstreamStream
 from txmesh.protocols.h2_common import (
     DEFAULT_CONNECTION_WINDOW,
     WRITE_BATCH,
@@ -32,73 +29,10 @@ from txmesh.protocols.h2_common import (
     regularFields,
 )
 from txmesh.protocols.h2_stats import H2ListenerStats
+from txmesh.protocols.listener import DrainingFactory
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
 
 _STATUS = {s: b"%d" % s for s in range(100, 600)}
-_GRPC_STATUS = {c: b"%d" % c for c in range(17)}
-
-
-class H2Limits:
-    """HTTP/2 defence bounds of a listener (Envoy's defaults where Envoy has one)."""
-
-    maxConcurrentStreams = 100
-    maxPrematureResets = 100  # streams reset by the client before their response ended, per connection...
-    prematureResetRatio = 0.5  # ...once they are at least this share of the streams opened
-    maxPendingControlFrames = 1000  # PING/SETTINGS acks queued while the write buffer is full
-    maxInboundPriorityPerStream = 100
-    maxInboundWindowUpdatePerData = 10
-    maxConsecutiveEmptyData = 1
-    maxHeaderListSize = 65536
-    maxMessageSize = 4 << 20 | 1024  # gRPC message bound (0 = none); the default admits 4 MiB messages
-
-
-class _Stream:
-    """The downstream side of one HTTP/2 stream (the ``downstream`` object of its ActiveStream)."""
-
-    __slots__ = ("proto", "sid", "active", "requestEnded", "responseEnded", "paused", "unacked", "swallow",
-                 "requestMessages", "responseMessages", "premature")
-
-    def __init__(self, proto, sid):
-        self.proto = proto
-        self.sid = sid
-        self.active = None
-        self.requestEnded = False
-        self.responseEnded = False
-        self.paused = False
-        self.unacked = 0
-        self.swallow = False
-        self.requestMessages = None
-        self.responseMessages = None
-        self.premature = True
-
-    def writeHeaders(self, response, endStream):
-        self.proto._writeHeaders(self, response, endStream)
-
-    def writeData(self, data, endStream):
-        self.proto._writeData(self, data, endStream)
-
-    def writeTrailers(self, trailers):
-        self.proto._writeTrailers(self, trailers)
-
-    def makeLocalReply(self, status, body=b"", headers=(), cause=None):
-        return self.proto._makeLocalReply(status, body, headers, cause)
-
-    def reset(self, reason):
-        self.proto._resetStream(self, ErrorCodes.INTERNAL_ERROR)
-
-    def pauseReading(self):
-        self.paused = True
-
-    def resumeReading(self):
-        if self.paused:
-            self.paused = False
-            if self.unacked:
-                n, self.unacked = self.unacked, 0
-                self.proto._ack(self.sid, n)
-                self.proto._flush()
-
-    def streamComplete(self, active):
-        self.proto._streamComplete(self)
 
 
 class H2ServerProtocol(FlowControlledSender, Protocol):
@@ -113,13 +47,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._backlogs = {}
         self._closing = False
         self._writePaused = False
-        self._pendingControl = 0
-        self._streamsOpened = 0
-        self._prematureResets = 0
-        self._priorityFrames = 0
-        self._windowUpdates = 0
-        self._dataFramesSent = 0
-        self._emptyData = 0
+        self.guard = FloodGuard(factory.h2Limits)
         self._idleTimer = None
         self._peer = ""
         self._peerHost = b""
@@ -172,10 +100,9 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             elif t is ev.StreamReset:
                 self._streamReset(event)
             elif t is ev.WindowUpdated:
-                self._windowUpdates += 1
-                if self._windowUpdates > self.factory.h2Limits.maxInboundWindowUpdatePerData * (
-                        1 + self._dataFramesSent) + 100:
-                    self._flood("window_update")
+                flood = self.guard.windowUpdateReceived()
+                if flood:
+                    self._flood(flood)
                     return
                 self._windowOpened(event.stream_id)
             elif t is ev.RemoteSettingsChanged:
@@ -184,10 +111,9 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             elif t is ev.PingReceived:
                 self._controlAnswered()
             elif t is ev.PriorityUpdated:
-                self._priorityFrames += 1
-                if self._priorityFrames > self.factory.h2Limits.maxInboundPriorityPerStream * (
-                        1 + 2 * self._streamsOpened):
-                    self._flood("priority")
+                flood = self.guard.priorityReceived()
+                if flood:
+                    self._flood(flood)
                     return
             elif t is ev.ConnectionTerminated:
                 self.factory.stats.goaway_received.value += 1
@@ -225,7 +151,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             self._resetStream(None, ErrorCodes.PROTOCOL_ERROR, sid)
             return
         self._cancelIdleTimer()
-        self._streamsOpened += 1
+        self.guard.streamsOpened += 1
         f.stats.rq_total.value += 1
         f.stats.rq_active.value += 1
         f.stats.streams_opened.value += 1
@@ -240,17 +166,17 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             headers.set(b"x-forwarded-proto", scheme)
         rid = headers.get(b"x-request-id")
         if rid is None:
-            rid = _requestId()
+            rid = requestId()
             headers.add(b"x-request-id", rid)
-        s = _Stream(self, sid)
+        info = StreamInfo(f.clock.seconds(), f.protocolName if f.grpc else "http/2", f.listenerName, self._peer)
+        info.requestId = rid
+        s = H2DownstreamStream(self, sid, info)
         if f.grpc:
             timeout = headers.get(b"grpc-timeout")
             if timeout is not None:
                 head.timeout = grpc.parseTimeout(timeout)
             s.requestMessages = grpc.MessageCounter(f.h2Limits.maxMessageSize)
             s.responseMessages = grpc.MessageCounter()
-        info = StreamInfo(f.clock.seconds(), f.protocolName if f.grpc else "http/2", f.listenerName, self._peer)
-        info.requestId = rid
         self.streams[sid] = s
         s.active = f.template.createStream(s, info)
         endStream = event.stream_ended is not None
@@ -262,13 +188,10 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         s = self.streams.get(sid)
         data = event.data
         n = event.flow_controlled_length
-        if not data:
-            self._emptyData += 1
-            if event.stream_ended is None and self._emptyData > self.factory.h2Limits.maxConsecutiveEmptyData:
-                self._flood("empty_data")
-                return
-        else:
-            self._emptyData = 0
+        flood = self.guard.dataReceived(not data, event.stream_ended is not None)
+        if flood:
+            self._flood(flood)
+            return
         if s is None or s.requestEnded:
             self._ack(sid, n)
             return
@@ -307,17 +230,15 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         f.stats.rq_active.value -= 1
         s.responseEnded = True
         if s.premature:
-            self._prematureResets += 1
-            limits = f.h2Limits
-            if (self._prematureResets > limits.maxPrematureResets
-                    and self._prematureResets >= self._streamsOpened * limits.prematureResetRatio):
+            flood = self.guard.prematureResetReceived()
+            if flood:
                 s.active.resetStream("downstream_reset")
-                self._flood("rapid_reset")
+                self._flood(flood)
                 return
         s.active.resetStream("downstream_reset")
         self._maybeIdle()
 
-    # -- responses (called through _Stream by the ActiveStream) ----------------------------------------------------
+    # -- responses (called through H2DownstreamStream by the ActiveStream) ---------------------------------------
 
     def _writeHeaders(self, s, response, endStream):
         if s.responseEnded:
@@ -330,9 +251,8 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             code = headers.get(b"grpc-status")
             if code is None and status != 200:
                 # an HTTP error without grpc-status: the standard mapping, as a trailers-only response
-                code = _GRPC_STATUS[grpc.statusForHTTP(status)]
-                fields = [(b":status", b"200"), (b"content-type", grpc.CONTENT_TYPE), (b"grpc-status", code),
-                          (b"grpc-message", b"upstream answered HTTP %d" % status)]
+                fields = grpc.httpErrorFields(status)
+                code = fields[2][1]
                 s.swallow = True
                 endStream = True
             else:
@@ -345,6 +265,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             fields.extend(regularFields(headers, response.version == (2, 0)))
         if endStream:
             s.responseEnded = True
+        s.headersSent = True
         try:
             self.conn.send_headers(s.sid, fields, end_stream=endStream)
         except (StreamClosedError, ProtocolError):
@@ -360,7 +281,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
                 self.factory.stats.messages_out.value += started
         if endStream:
             s.responseEnded = True
-        self._dataFramesSent += 1
+        self.guard.dataFramesSent += 1
         try:
             self._sendData(s.sid, data, endStream)
         except (StreamClosedError, ProtocolError):
@@ -391,16 +312,30 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             if isinstance(body, str):
                 body = body.encode("utf-8")
             return ResponseHead(status, HeaderMap(fields), version=(2, 0), contentLength=len(body)), body
-        causeText = cause.decode("ascii") if isinstance(cause, bytes) else cause
-        code = grpc.statusForCause(causeText, status) if status >= 300 else grpc.OK
-        message = body.strip() if isinstance(body, bytes) else (body or "").encode("utf-8").strip()
-        fields = [(b"content-type", grpc.CONTENT_TYPE), (b"grpc-status", _GRPC_STATUS[code])]
-        if message:
-            fields.append((b"grpc-message", grpc.encodeMessage(message)))
-        if causeText:
-            fields.append((b"x-txmesh-error", causeText.encode("ascii")))
+        fields = grpc.localReplyFields(status, body, cause.decode("ascii") if isinstance(cause, bytes) else cause)
         fields.extend(headers)
         return ResponseHead(200, HeaderMap(fields), version=(2, 0)), b""
+
+    def _endWithStatus(self, s, reason):
+        """
+        End a gRPC stream the proxy gave up on (upstream reset or timed out mid-response) with a grpc-status, in
+        trailers (or trailers-only before any headers), so the client sees why rather than a bare RST_STREAM.
+        """
+        if isinstance(reason, bytes):
+            reason = reason.decode("ascii", "replace")
+        fields = grpc.abortFields(reason, s.info.responseFlags, not s.headersSent)
+        s.responseEnded = True
+        self.factory.stats.error(reason)
+        self.factory.stats.grpcStatus(fields[-2][1])
+        try:
+            if s.headersSent:
+                self._sendTrailers(s.sid, fields)
+            else:
+                s.headersSent = True
+                self.conn.send_headers(s.sid, fields, end_stream=True)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self._flush()
 
     def _resetStream(self, s, code, sid=None):
         if s is not None:
@@ -451,17 +386,15 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
 
     def _transportDrained(self):
         self._writePaused = False
-        self._pendingControl = 0
+        self.guard.pendingControl = 0
         for s in list(self.streams.values()):
             if self._backlogs.get(s.sid) is None or not self._backlogs[s.sid].paused:
                 s.active.downstreamWriteResumed()
 
     def _controlAnswered(self):
-        """h2 queued an ACK (PING, SETTINGS); past the bound while the peer does not read us, it is a flood."""
-        if self._writePaused:
-            self._pendingControl += 1
-            if self._pendingControl > self.factory.h2Limits.maxPendingControlFrames:
-                self._flood("control_frames")
+        flood = self.guard.controlAnswered(self._writePaused)
+        if flood:
+            self._flood(flood)
 
     # -- ends ---------------------------------------------------------------------------------------------------
 
@@ -528,61 +461,6 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._maybeClose()
 
 
-class MalformedRequest(Exception):
-    """An HTTP/2 request that RFC 9113 8.2-8.3 calls malformed: answered with RST_STREAM(PROTOCOL_ERROR)."""
-
-
-_PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
-_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                                  b"upgrade"})
-_BAD_NAME = re.compile(rb"[^a-z0-9!#$%&'*+\-.^_`|~]")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
-
-
-def readRequest(headers):
-    """
-    (method, path, authority, scheme, regular fields) of a request's header list, checked as RFC 9113 asks:
-    pseudo-headers first, known, once each; lower-case token names; no connection-specific fields; ``te`` only
-    "trailers"; no CR/LF/NUL in values.  ``:authority`` wins over ``host`` (which is dropped).
-
-    @raise MalformedRequest: the request must not be forwarded.
-    """
-    pseudo = {}
-    fields = []
-    host = None
-    for k, v in headers:
-        if k[:1] == b":":
-            if fields or host is not None:
-                raise MalformedRequest("pseudo-header %r after a regular field" % (k,))
-            if k not in _PSEUDO or k in pseudo:
-                raise MalformedRequest("unknown or repeated pseudo-header %r" % (k,))
-            pseudo[k] = v
-            continue
-        if not k or _BAD_NAME.search(k) is not None:
-            raise MalformedRequest("invalid field name %r" % (k,))
-        if k in _CONNECTION_SPECIFIC or (k == b"te" and v != b"trailers"):
-            raise MalformedRequest("connection-specific field %r" % (k,))
-        if _BAD_VALUE.search(v) is not None:
-            raise MalformedRequest("invalid value of %r" % (k,))
-        if k == b"host":
-            host = v
-        else:
-            fields.append((k, v))
-    method = pseudo.get(b":method")
-    path = pseudo.get(b":path")
-    if method is None or method == b"CONNECT" or not path or b":scheme" not in pseudo:
-        raise MalformedRequest("missing or unsupported :method, :path or :scheme")
-    authority = pseudo.get(b":authority")
-    if authority is None:
-        authority = host or b""
-    return method, path, authority, pseudo[b":scheme"], fields
-
-
-def _requestId():
-    h = os.urandom(16).hex()
-    return ("%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:32])).encode("ascii")
-
-
 class H2ListenerFactory(DrainingFactory):
     """Makes the server protocol of one HTTP/2 listener (``protocol: http2``, or ``grpc`` with gRPC behaviour)."""
 
@@ -593,7 +471,9 @@ class H2ListenerFactory(DrainingFactory):
         DrainingFactory.__init__(self)
         self.listenerName = listenerConfig.name
         self.limits = listenerConfig.limits
-        self.h2Limits = h2Limits if h2Limits is not None else H2Limits()
+        if h2Limits is None:
+            h2Limits = listenerConfig.http2 if listenerConfig.http2 is not None else H2Limits()
+        self.h2Limits = h2Limits
         self.useRemoteAddress = listenerConfig.useRemoteAddress
         self.template = template
         self.runtime = runtime

@@ -1,0 +1,61 @@
+"""The downstream side of one stream of the HTTP/2 listener (h2_server), as its ActiveStream sees it."""
+
+from h2.errors import ErrorCodes
+
+
+class H2DownstreamStream:
+    """
+    The downstream side of one HTTP/2 stream of an H2ServerProtocol (the ``downstream`` object of its
+    ActiveStream): its state, and the ActiveStream's calls passed on to the connection.
+    """
+
+    __slots__ = ("proto", "sid", "info", "active", "requestEnded", "responseEnded", "headersSent", "paused",
+                 "unacked", "swallow", "requestMessages", "responseMessages", "premature")
+
+    def __init__(self, proto, sid, info):
+        self.proto = proto
+        self.sid = sid
+        self.info = info
+        self.active = None
+        self.headersSent = False
+        self.requestEnded = False
+        self.responseEnded = False
+        self.paused = False
+        self.unacked = 0
+        self.swallow = False
+        self.requestMessages = None
+        self.responseMessages = None
+        self.premature = True
+
+    def writeHeaders(self, response, endStream):
+        self.proto._writeHeaders(self, response, endStream)
+
+    def writeData(self, data, endStream):
+        self.proto._writeData(self, data, endStream)
+
+    def writeTrailers(self, trailers):
+        self.proto._writeTrailers(self, trailers)
+
+    def makeLocalReply(self, status, body=b"", headers=(), cause=None):
+        return self.proto._makeLocalReply(status, body, headers, cause)
+
+    def reset(self, reason):
+        """The response cannot complete: gRPC clients get a grpc-status naming ``reason``, others RST_STREAM."""
+        if self.proto.factory.grpc and not self.responseEnded:
+            self.proto._endWithStatus(self, reason)
+        else:
+            self.proto._resetStream(self, ErrorCodes.INTERNAL_ERROR)
+
+    def pauseReading(self):
+        self.paused = True
+
+    def resumeReading(self):
+        if self.paused:
+            self.paused = False
+            if self.unacked:
+                n, self.unacked = self.unacked, 0
+                self.proto._ack(self.sid, n)
+                self.proto._flush()
+
+    def streamComplete(self, active):
+        self.proto._streamComplete(self)
