@@ -154,7 +154,9 @@ def test_reset_from_upstream_fails_the_stream():
     peers[0].pump()
     peers[0].conn.reset_stream(1, 2)
     peers[0].pump()
-    assert ra.events == [("failed", errors.UpstreamReset)]
+    # Envoy's UR (upstream remote reset), not UC: the connection itself stays up
+    assert ra.events == [("failed", errors.UpstreamRemoteReset)]
+    assert errors.UpstreamRemoteReset.flag == "UR"
 
 
 def test_discard_resets_the_stream_only():

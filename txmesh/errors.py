@@ -103,6 +103,12 @@ class UpstreamReset(UpstreamError):
     cause = "upstream_reset_before_response"
 
 
+class UpstreamRemoteReset(UpstreamReset):
+    """The upstream reset the stream (HTTP/2 RST_STREAM) while the connection stays up."""
+
+    flag = "UR"
+
+
 class BadUpstreamResponse(UpstreamError):
     """The upstream's response was malformed (bad framing); its connection is not reused."""
 

@@ -302,7 +302,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 if h is not None and h.responder is not None and not h.done:
                     h.done = True
                     responder, h.responder = h.responder, None
-                    responder.upstreamFailed(errors.UpstreamReset(
+                    responder.upstreamFailed(errors.UpstreamRemoteReset(
                         "upstream reset the stream (%s)" % (_codeName(event.error_code),)))
             elif t is ev.WindowUpdated:
                 self._windowOpened(event.stream_id)
