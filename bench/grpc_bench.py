@@ -260,6 +260,7 @@ def inproc(n, profile):
     from txmesh.filters.chain import FilterChainTemplate
     from txmesh.protocols.h2_client import H2ClientProtocol
     from txmesh.protocols.h2_server import GRPCListenerFactory
+    from txmesh.protocols.transport import WriteScope
     from txmesh.runtime import Runtime
     from txmesh.stats import StatsStore
     from txmesh.upstream.cluster import ClusterManager
@@ -267,10 +268,12 @@ def inproc(n, profile):
     cfg = _config.loads(MESH_YAML.format(admin=1, port=0, upstream=1))
     clock = Clock()
     upstreams = []
+    scope = WriteScope()
 
     def connectFactory(clusterConfig):
         def connect(host):
             p = H2ClientProtocol()
+            p.writeScope = scope
             t = StringTransport()
             p.makeConnection(t)
             upstreams.append((p, t))
@@ -279,7 +282,7 @@ def inproc(n, profile):
 
     stats = StatsStore()
     clusters = ClusterManager(clock, cfg.clusters, connectFactory, stats, random.Random(1))
-    runtime = Runtime(clock, clusters, stats, random.Random(1), cfg)
+    runtime = Runtime(clock, clusters, stats, random.Random(1), cfg, writeScope=scope)
     lc = cfg.listeners[0]
     template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit,
                                    lc.limits.maxRequestBody)

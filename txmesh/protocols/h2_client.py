@@ -18,13 +18,13 @@ from twisted.logger import Logger
 from txmesh import errors
 from txmesh.protocols.h2_common import (
     DEFAULT_CONNECTION_WINDOW,
-    WRITE_BATCH,
     FlowControlledSender,
     WriteWatcher,
     makeConnection,
     regularFields,
     toHeaderMap,
 )
+from txmesh.protocols.transport import Writer, callInScope
 from txmesh.stream import ResponseHead
 
 _REPLAY_LIMIT = 64 * 1024  # request bytes kept to retry a stream refused by GOAWAY
@@ -101,6 +101,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
 
     log = Logger()
     onConnectionLost = None
+    writeScope = None  # set by the connecting factory: the service's WriteScope
     onGoaway = None
     onCapacity = None  # called when streams can be opened again (settings changed, stream closed)
     stats = None
@@ -123,6 +124,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         conn = self.conn
         conn.initiate_connection()
         conn.increment_flow_control_window(DEFAULT_CONNECTION_WINDOW - 65535)
+        self._out = Writer(self.transport, self.writeScope)
         self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
         self._flush()
 
@@ -234,7 +236,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
     # -- responses ------------------------------------------------------------------------------------------------
 
     def dataReceived(self, data):
-        WRITE_BATCH.run(self._dispatch, data)
+        callInScope(self.writeScope, self._dispatch, data)
 
     def _dispatch(self, data):
         try:
@@ -345,6 +347,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
             for h in unprocessed:
                 self._failStream(h, errors.UpstreamReset("upstream sent GOAWAY"))
         if not self.streams:
+            self._out.flush()
             self.transport.loseConnection()
 
     def _failStream(self, h, exc):

@@ -134,61 +134,39 @@ class _Backlog:
         self.paused = False
 
 
-class _WriteBatch:
-    """
-    Defers the flushes of every HTTP/2 connection while one of them dispatches what it read: a response read
-    upstream (HEADERS, DATA, trailers) becomes one ``transport.write`` downstream, not one per event, and frames
-    h2 queued on the reading connection (acks, WINDOW_UPDATEs) go out together.  One per process, since one read
-    reaches several connections synchronously through the router; the reactor is single-threaded.
-    """
-
-    __slots__ = ("depth", "dirty")
-
-    def __init__(self):
-        self.depth = 0
-        self.dirty = []
-
-    def run(self, fn, data):
-        """``fn(data)``, then (if outermost) flush every connection that wrote meanwhile."""
-        self.depth += 1
-        try:
-            fn(data)
-        finally:
-            self.depth -= 1
-            if not self.depth:
-                dirty = self.dirty
-                while dirty:
-                    dirty.pop()._flushNow()
-
-
-WRITE_BATCH = _WriteBatch()
-
-
 class FlowControlledSender:
     """
     Mixin for a Protocol with ``self.conn`` (H2Connection) and ``self.transport``: sends DATA within the peer's
     flow-control windows, keeping the rest per stream.  ``_backlogFull(sid)`` / ``_backlogDrained(sid)`` are
     called when a stream's backlog passes the high watermark and when it falls back below half of it.
-    ``_flush`` writes what h2 queued, or, while a read is being dispatched (WRITE_BATCH), at its end.
+    ``_flush`` writes what h2 queued through ``self._out`` (a L{Writer}); while a read is being dispatched (its
+    L{WriteScope} entered) it waits for the end of it, so a response read upstream (HEADERS, DATA, trailers)
+    leaves downstream in one ``send()``, and the frames h2 queued on the reading connection (acks, WINDOW_UPDATEs)
+    go with them.
     """
 
     _backlogs = None
     _dirty = False
+    _out = None  # the connection's Writer, made in connectionMade
 
     def _flush(self):
-        batch = WRITE_BATCH
-        if batch.depth:
+        scope = self._out.scope
+        if scope is not None and scope.depth:
             if not self._dirty:
                 self._dirty = True
-                batch.dirty.append(self)
+                scope.dirty.append(self)
             return
+        self._flushNow()
+
+    def flush(self):
+        """The WriteScope's end-of-read call: send what h2 queued meanwhile."""
         self._flushNow()
 
     def _flushNow(self):
         self._dirty = False
         data = self.conn.data_to_send()
         if data:
-            self.transport.write(data)
+            self._out.write(data)
 
     def _sendData(self, sid, data, endStream):
         backlogs = self._backlogs

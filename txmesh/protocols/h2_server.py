@@ -22,7 +22,6 @@ from txmesh.protocols.h2_defences import FloodGuard, MalformedRequest, readReque
 from txmesh.protocols.h2_downstream import H2DownstreamStream
 from txmesh.protocols.h2_common import (
     DEFAULT_CONNECTION_WINDOW,
-    WRITE_BATCH,
     FlowControlledSender,
     WriteWatcher,
     makeConnection,
@@ -30,6 +29,7 @@ from txmesh.protocols.h2_common import (
 )
 from txmesh.protocols.h2_stats import H2ListenerStats
 from txmesh.protocols.listener import DrainingFactory
+from txmesh.protocols.transport import Writer, callInScope
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
 
 _STATUS = {s: b"%d" % s for s in range(100, 600)}
@@ -66,12 +66,13 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         peer = self.transport.getPeer()
         self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
         self._peerHost = getattr(peer, "host", "").encode("ascii", "replace")
+        self._out = Writer(self.transport, f.writeScope)
         self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
         self._flush()
         self._armIdleTimer()
 
     def dataReceived(self, data):
-        WRITE_BATCH.run(self._dispatch, data)
+        callInScope(self._out.scope, self._dispatch, data)
 
     def _dispatch(self, data):
         if self._closing:
@@ -421,12 +422,14 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._closing = True
         self._cancelIdleTimer()
         self.transport.unregisterProducer()
+        self._out.flush()
         self.transport.loseConnection()
 
     def _maybeClose(self):
         if not self.streams and not self._closing:
             self._closing = True
             self.transport.unregisterProducer()
+            self._out.flush()
             self.transport.loseConnection()
 
     def _maybeIdle(self):
@@ -456,7 +459,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             return
         # written past h2, whose state machine would refuse to finish the open streams after its own GOAWAY
         self._flushNow()
-        self.transport.write(GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id).serialize())
+        self._out.write(GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id).serialize())
         self.factory.stats.goaway_sent.value += 1
         self._maybeClose()
 
@@ -478,6 +481,7 @@ class H2ListenerFactory(DrainingFactory):
         self.template = template
         self.runtime = runtime
         self.clock = runtime.clock
+        self.writeScope = getattr(runtime, "writeScope", None)
         self.scheme = scheme
         self.stats = stats if stats is not None else H2ListenerStats(runtime.stats, listenerConfig.name)
 
