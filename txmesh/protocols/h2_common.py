@@ -18,6 +18,7 @@ from hyperframe.frame import RstStreamFrame
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from txmesh.protocols.hpack_codec import MemoDecoder, StatelessEncoder
 from txmesh.stream import HeaderMap
 
 # Connection-specific fields (RFC 9113 8.2.2) that must not cross into HTTP/2; ``te`` is kept only as "trailers".
@@ -72,7 +73,7 @@ def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536
     An h2 connection with txmesh's settings.  The library's header validation and normalisation are off both
     ways: txmesh builds the header lists it sends itself (lower-case names, hop-by-hop fields dropped) and the
     listener checks requests in the one pass that also reads them (h2_defences.readRequest); h2 still checks
-    content-length against DATA.
+    content-length against DATA.  Header blocks go through L{txmesh.protocols.hpack_codec} (memoised both ways).
     """
     config = H2Configuration(client_side=clientSide, header_encoding=None, validate_outbound_headers=False,
                              normalize_outbound_headers=False, split_outbound_cookies=False,
@@ -86,7 +87,8 @@ def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536
     else:
         values[SettingCodes.MAX_CONCURRENT_STREAMS] = maxConcurrentStreams
     conn.local_settings = Settings(client=clientSide, initial_values=values)
-    conn.decoder.max_header_list_size = maxHeaderListSize
+    conn.encoder = StatelessEncoder()
+    conn.decoder = MemoDecoder(maxHeaderListSize)
     return conn
 
 
