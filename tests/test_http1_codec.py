@@ -495,82 +495,31 @@ def test_roundTrip():
                    [resp(headers=[(b"x-b", b"2")], length=2), ("body", b"ok"), END])
 
 
-# -- fields split from the head bytes ------------------------------------------------------------------------------
-
-class _FieldRecorder:
-    """What llhttp itself reports, field by field: the reference the one-pass split must equal."""
-
-    def __init__(self):
-        self.fields = []
-        self.done = False
-
-    def on_header(self, name, value):
-        self.fields.append((name.lower(), value.rstrip(b" \t")))
-
-    def on_headers_complete(self):
-        self.done = True
+@pytest.mark.parametrize("line", [b"GET / RTSP/1.0", b"GET / ICE/1.0", b"GET / RTSP/1.1"])
+def test_other_protocols_on_an_http_request_line_are_refused(line):
+    """llhttp parses RTSP and ICE request lines too (as HTTP/1.0): they are not HTTP."""
+    with pytest.raises(HTTPCodecError) as e:
+        RequestDecoder().feed(line + b"\r\nHost: a\r\n\r\n")
+    assert e.value.status == 400
 
 
-_NAMES = [b"Host", b"content-length", b"Transfer-Encoding", b"Connection", b"TE", b"Upgrade", b"Expect", b"X-A",
-          b"x_b", b"!#$%&'*+-.^_`|~09", b""]
-_VALUE_BYTES = [b"a", b"Z", b"0", b"7", b" ", b"\t", b":", b",", b";", b"\"", b"\x7f", b"\x80", b"\xff", b"\x00",
-                b"\x01", b"\x0b", b"\x0c", b"\r", b"\n", b"\r\n", b"\r\n ", b"\r\n\t", b"chunked", b"close"]
-_NAME_NOISE = [b" ", b"\t", b"(", b"@", b"\x00", b"\x80", b"\r", b"\n"]
+def test_http_request_line_split_byte_by_byte_is_still_read():
+    d = RequestDecoder()
+    events = []
+    for b in b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n":
+        events += d.feed(bytes([b]))
+    assert events[0].head.path == b"/x"
 
 
-def _randomHead(rng, request):
-    lines = [b"GET /x HTTP/1.1" if request else b"HTTP/1.1 200 OK"]
-    for _ in range(rng.randint(0, 6)):
-        name = rng.choice(_NAMES)
-        if rng.random() < 0.15:
-            i = rng.randint(0, len(name))
-            name = name[:i] + rng.choice(_NAME_NOISE) + name[i:]
-        sep = rng.choice([b":", b":", b": ", b":\t ", b" :", b""])
-        value = b"".join(rng.choice(_VALUE_BYTES) for _ in range(rng.randint(0, 6)))
-        lines.append(name + sep + value)
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-@pytest.mark.parametrize("request_", [True, False])
-def test_splitFieldsEqualsLlhttp(request_):
-    """
-    On every head strict llhttp accepts, the one-pass split gives exactly the fields llhttp reports one callback
-    at a time (seeded random heads with controls, bare CR/LF, obs-fold, odd OWS and bad names mixed in).
-    """
-    from httptools import HttpParserError, HttpRequestParser, HttpResponseParser
-
-    from txmesh.protocols.http1_wire import splitFields
-    rng = random.Random(20261121 + request_)
-    accepted = 0
-    for _ in range(4000):
-        raw = _randomHead(rng, request_)
-        raw = raw[:raw.index(b"\r\n\r\n") + 4]
-        rec = _FieldRecorder()
-        parser = (HttpRequestParser if request_ else HttpResponseParser)(rec)
-        try:
-            parser.feed_data(raw)
-        except HttpParserError:
-            continue
-        if not rec.done:
-            continue
-        accepted += 1
-        assert splitFields(raw, raw.index(b"\n") + 1) == rec.fields, raw
-    assert accepted > 500
-
-
-def test_emptyAndSpacedValues():
-    """Empty values, OWS around values and a field-less head decode as llhttp reports them."""
-    raw = (b"GET / HTTP/1.1\r\nHost:h\r\nX-Empty:\r\nX-Spaces: \t \r\nX-Pad:\t a b \t\r\n\r\n"
-           b"GET /2 HTTP/1.0\r\n\r\n")
-    checkRequests(raw, [req(headers=[(b"x-empty", b""), (b"x-spaces", b""), (b"x-pad", b"a b")]), END,
-                        req(path=b"/2", authority=b"", version=(1, 0), keepAlive=False), END])
-    checkResponses([b"GET"], b"HTTP/1.1 204 No Content\r\n\r\n", [resp(204, b"No Content", length=None), END])
-
-
-def test_trailersSplitAcrossFeeds():
-    """Trailers whose final CRLF comes in another feed, and an empty trailer section cut between CR and LF."""
-    raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
-           b"X-T:  v \r\nHost: no\r\n\r\n"
-           b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-    checkRequests(raw, [req(b"POST", chunked=True), ("body", b"a"), ("end", [(b"x-t", b"v")]),
-                        req(b"POST", chunked=True), END])
+def test_rtsp_status_line_from_upstream_is_bad_framing():
+    d = ResponseDecoder()
+    d.expect(b"GET")
+    with pytest.raises(HTTPCodecError) as e:
+        d.feed(b"RTSP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert e.value.status == 502
+    d = ResponseDecoder()
+    d.expect(b"GET")
+    events = []
+    for b in b"HTTP/1.1 204 No Content\r\n\r\n":
+        events += d.feed(bytes([b]))
+    assert events[0].head.status == 204

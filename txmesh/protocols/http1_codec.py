@@ -31,8 +31,8 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, Htt
 from txmesh.errors import HTTPCodecError
 from txmesh.protocols.http1_wire import (
     CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, BodyData,
-    InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData, checkChunked, encodeChunk,
-    encodeRequestHead, encodeResponseHead, encodeTrailers, readFields, splitFields)
+    InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData, checkChunked, classifyFields,
+    encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead
 
 __all__ = ["RequestDecoder", "ResponseDecoder", "RequestStarted", "ResponseStarted", "InterimResponse", "BodyData",
@@ -49,8 +49,6 @@ _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 _LEADING_BLANK = re.compile(rb"[\r\n]*")
 _ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?", re.DOTALL)
 _TRAILER_PRIMER = b"GET / HTTP/1.1\r\n"
-# Events are read-only: every message without trailers ends with this one.
-_COMPLETE = MessageComplete(None)
 
 class _MessageDecoder:
     """The machinery both decoders share: head reading with limits, body framing, chunked decoding."""
@@ -72,33 +70,31 @@ class _MessageDecoder:
         self._received = 0
         self._line = b""
         self._keepAlive = True
-        self._chunks = []
-        self._tail = b""
-        self._raw = b""
         self._resetHead()
 
-    def _resetHead(self):
-        # _chunks is left empty and _tail b"" by every head that completes (see _readHead)
+    def _resetHead(self, tail=b"", lines=0, lineLen=-1):
         self._headBytes = 0
-        self._lineLen = -1
-        self._lines = 0
-        self._text = b""
-        self._headDone = self._llDone = False
-
-    def _resetTrailers(self):
-        """Read trailers as a head whose start line (the last chunk's) is already behind."""
-        self._resetHead()
-        self._tail = b"\r\n"
-        self._lines = 1
-        self._lineLen = 0
+        self._lineLen = lineLen
+        self._lines = lines
+        self._tail = tail
+        self._chunks = []
+        self._fields = []
+        self._url = b""
+        self._reason = b""
+        self._headDone = False
+        self._llDone = False
 
     # -- httptools callbacks (names fixed by httptools) ----------------------------------------------------------
-    # No on_header: the fields are split from the validated head bytes in one pass (http1_wire.splitFields).
 
     def on_url(self, url):
-        self._text += url
+        self._url += url
 
-    on_status = on_url  # a response's reason phrase; _text holds one or the other
+    def on_status(self, reason):
+        self._reason += reason
+
+    def on_header(self, name, value):
+        # llhttp strips leading OWS only
+        self._fields.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self):
         self._headDone = True
@@ -150,6 +146,7 @@ class _MessageDecoder:
             lines = self._lines = self._lines + chunk.count(b"\n")
             if lines - 1 - (end >= 0) > self.maxHeaders:
                 self._fail("too many header fields", self._headStatus)
+        self._chunks.append(chunk)
         try:
             self._parser.feed_data(chunk)
         except HttpParserUpgrade:
@@ -157,33 +154,22 @@ class _MessageDecoder:
         except HttpParserError as e:
             self._fail("malformed head: %s" % (e,))
         if end < 0:
-            self._chunks.append(chunk)
             self._tail = chunk[-3:] if size >= 3 else (tail + chunk)[-3:]
             return -1
         if not self._headDone:
             self._fail("malformed head")
-        if tail:
-            self._tail = b""
-            chunks = self._chunks
-            if chunks:
-                chunks.append(chunk)
-                chunk = b"".join(chunks)
-                self._chunks = []
-        self._raw = chunk  # the whole head, from its start line to its final CRLF CRLF
         return end
 
-    def _dropSpentParser(self):
-        """Drop the parser unless llhttp finished the message and would read another (a bodiless keep-alive one)."""
-        parser = self._parser
-        if parser is not None and not (self._llDone and parser.should_keep_alive()):
-            self._parser = None
+    def _parserReusable(self):
+        return self._llDone and self._parser.should_keep_alive()
 
     # -- bodies --------------------------------------------------------------------------------------------------
 
     def _startBody(self, chunked, length):
         """Enter the body state for a message that has one."""
         self._received = 0
-        self._dropSpentParser()
+        if not self._parserReusable():
+            self._parser = None
         if chunked:
             self._state = _CHUNKED
             self._chunkState = _C_SIZE
@@ -195,8 +181,9 @@ class _MessageDecoder:
             self._remaining = length
 
     def _endMessage(self, events, trailers):
-        events.append(_COMPLETE if trailers is None else MessageComplete(trailers))
-        self._dropSpentParser()
+        events.append(MessageComplete(trailers))
+        if self._parser is not None and not self._parserReusable():
+            self._parser = None
         self._resetHead()
         self._state = _HEAD if self._keepAlive else _CLOSED
 
@@ -244,7 +231,7 @@ class _MessageDecoder:
                     self._chunkState = _C_DATA
                 else:
                     self._chunkState = _C_TRAILERS
-                    self._resetTrailers()
+                    self._resetHead(tail=b"\r\n", lines=1, lineLen=0)
             elif cs == _C_CRLF:
                 line = self._line
                 got = data[pos:pos + 2 - len(line)]
@@ -264,10 +251,11 @@ class _MessageDecoder:
                         return pos + 2
                     self._parser = self._parserType(self)
                     self._parser.feed_data(self._primer)
+                    self._fields = []
                 end = self._readHead(data, pos)
                 if end < 0:
                     return n
-                fields = [f for f in splitFields(self._raw, 0) if f[0] not in TRAILER_FORBIDDEN]
+                fields = [f for f in self._fields if f[0] not in TRAILER_FORBIDDEN]
                 self._parser = None
                 self._endMessage(events, HeaderMap(fields) if fields else None)
                 return end
@@ -382,19 +370,26 @@ class RequestDecoder(_MessageDecoder):
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             self._fail("unsupported HTTP version")
+        # llhttp also reads RTSP/1.0 and ICE/1.0 request lines, as HTTP/1.0
+        first = self._chunks[0]
+        end = first.find(b"\r\n")
+        line = first[:end] if end >= 0 else b"".join(self._chunks).partition(b"\r\n")[0]
+        if line[-9:-3] != b" HTTP/":
+            self._fail("unsupported protocol")
         method = parser.get_method()
-        raw = self._raw
-        headers, hosts, authority, length, te, teCount, close, keepAlive, upgrade, expectContinue = readFields(
-            raw, self._lineLen, 400)
-        if hosts == 0:
+        f = classifyFields(self._fields, self._badStatus)
+        if f.hosts == 0:
             if version == (1, 1):
                 self._fail("missing Host")
             authority = b""
-        elif hosts > 1:
+        elif f.hosts > 1:
             self._fail("more than one Host")
-        elif b"@" in authority:
-            self._fail("userinfo in Host")
-        url = self._text
+        else:
+            authority = f.host
+            if b"@" in authority:
+                self._fail("userinfo in Host")
+        url = self._url
+        upgrade = f.upgrade
         if url[:1] == b"/":
             path = url
         elif method == b"CONNECT":
@@ -414,18 +409,20 @@ class RequestDecoder(_MessageDecoder):
             if path[:1] == b"?":
                 path = b"/" + path
         if version == (1, 1):
-            keepAlive = not close
+            keepAlive = not f.close
         else:
-            keepAlive = keepAlive and not close
+            keepAlive = f.keepAlive and not f.close
         chunked = False
-        if te is not None:
-            checkChunked(length, teCount, version, raw, 400)
+        if f.te is not None:
+            checkChunked(f, version, b"".join(self._chunks), self._badStatus)
             chunked = True
+        length = f.contentLength
         if method == b"CONNECT":
             keepAlive = False
         self._keepAlive = keepAlive
-        head = RequestHead(method, path, authority, HeaderMap(headers), self.scheme, version, contentLength=length)
-        events.append(RequestStarted(head, keepAlive, expectContinue, chunked, upgrade))
+        head = RequestHead(method, path, authority, HeaderMap(f.headers), self.scheme, version,
+                           contentLength=length)
+        events.append(RequestStarted(head, keepAlive, f.expectContinue, chunked, upgrade))
         if chunked or length:
             self._startBody(chunked, length)
         else:
@@ -505,23 +502,25 @@ class ResponseDecoder(_MessageDecoder):
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             self._fail("unsupported HTTP version")
+        if self._chunks[0][:5] != b"HTTP/" and b"".join(self._chunks).lstrip(b"\r\n")[:5] != b"HTTP/":
+            self._fail("unsupported protocol")  # llhttp also reads RTSP/1.0 status lines
         status = parser.get_status_code()
         if status < 100:
             self._fail("invalid status code")
         if not self._expected:
             self._fail("response without a request")
-        raw = self._raw
-        headers, _, _, length, te, teCount, close, keepAlive, upgrade, _ = readFields(raw, self._lineLen, 502)
-        head = ResponseHead(status, HeaderMap(headers), self._text, version, length)
+        f = classifyFields(self._fields, self._badStatus)
+        head = ResponseHead(status, HeaderMap(f.headers), self._reason, version, f.contentLength)
         if status < 200 and status != 101:
             events.append(InterimResponse(status, head.headers))
-            self._dropSpentParser()
+            if not self._parserReusable():
+                self._parser = None
             self._resetHead()
             return
         method = self._expected.popleft()
-        keepAlive = (not close) if version == (1, 1) else (keepAlive and not close)
+        keepAlive = (not f.close) if version == (1, 1) else (f.keepAlive and not f.close)
         if status == 101 or (method == b"CONNECT" and 200 <= status < 300):
-            events.append(ResponseStarted(head, False, False, upgrade if status == 101 else b"connect"))
+            events.append(ResponseStarted(head, False, False, f.upgrade if status == 101 else b"connect"))
             self._keepAlive = True
             self._endMessage(events, None)
             self._state = _TUNNEL
@@ -530,12 +529,14 @@ class ResponseDecoder(_MessageDecoder):
         chunked = False
         if method == b"HEAD" or status == 204 or status == 304:
             length = 0
-        elif te is not None:
-            checkChunked(length, teCount, version, raw, 502)
+        elif f.te is not None:
+            checkChunked(f, version, b"".join(self._chunks), self._badStatus)
             chunked = True
             length = None
-        elif length is None:
-            keepAlive = False
+        else:
+            length = f.contentLength
+            if length is None:
+                keepAlive = False
         self._keepAlive = keepAlive
         events.append(ResponseStarted(head, keepAlive, chunked))
         if chunked or length is None or length:

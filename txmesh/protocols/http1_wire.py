@@ -51,72 +51,54 @@ _SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b
             b"upgrade": _UPGRADE, b"te": _TE_HDR, b"expect": _EXPECT, b"keep-alive": _DROP,
             b"proxy-connection": _DROP, b"trailer": _DROP}
 _CONN_OWN = frozenset([b"close", b"keep-alive", b"upgrade", b""])
-# The usual Connection values, as the token sets they split into (no split, no set built per message).
-_CONN_ONE = {t: frozenset([t]) for t in [b"close", b"keep-alive", b"upgrade"]}
 
 
-def splitFields(head, start):
-    """
-    The (lower-case name, value) pairs of a head that llhttp accepted in strict mode, from C{head[start:]} (just
-    past the start line) to its final CRLF CRLF.
+class _Framing:
+    """What the fields of one head say about framing and the connection."""
 
-    Done in one pass over the bytes instead of a Python callback per field, and equivalent to llhttp's own
-    fields because of what strict llhttp has already refused: every line ends in CRLF (no bare CR or LF, no
-    obs-fold), a name is a token (so the first colon ends it, with nothing between), and llhttp's value is
-    what follows the colon without leading SP / HTAB; trailing SP / HTAB we strip, as before.
-    """
-    if len(head) - start <= 2:
-        return []
-    return [(n.lower(), v.strip(b" \t")) for n, _, v in
-            [line.partition(b":") for line in head[start:-4].split(b"\r\n")]]
+    __slots__ = ("headers", "hosts", "host", "contentLength", "te", "teCount", "close", "keepAlive", "upgrade",
+                 "expectContinue")
 
 
-def readFields(head, start, badStatus):
-    """
-    Split the fields of a head (see L{splitFields}) into the regular ones and what they say about framing.
 
-    @return: (headers, hosts, host, contentLength, te, teCount, close, keepAlive, upgrade, expectContinue)
-    """
+def classifyFields(fields, badStatus):
+    """Split the fields of a head into the regular ones and what they say about framing."""
+    f = _Framing()
     headers = []
     hosts = 0
     host = cl = te = conn = upgrade = None
     teCount = 0
     expectContinue = False
-    if len(head) - start > 2:
-        special = _SPECIAL
-        app = headers.append
-        for line in head[start:-4].split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            kind = special.get(name)
-            if kind is None:
-                app((name, value.strip(b" \t")))
-                continue
-            value = value.strip(b" \t")
-            if kind == _HOST:
-                hosts += 1
-                host = value
-            elif kind == _CL:
-                if cl is not None or not value.isdigit() or len(value) > 18:
-                    raise HTTPCodecError("invalid Content-Length", badStatus)
-                cl = int(value)
-            elif kind == _CONN:
-                conn = value if conn is None else conn + b"," + value
-            elif kind == _TE:
-                teCount += 1
-                te = value
-            elif kind == _UPGRADE:
-                upgrade = value
-            elif kind == _TE_HDR:
-                if b"trailers" in [t.strip() for t in value.lower().split(b",")]:
-                    app((b"te", b"trailers"))
-            elif kind == _EXPECT:
-                app((name, value))
-                expectContinue = value.lower() == b"100-continue"
+    special = _SPECIAL
+    for field in fields:
+        kind = special.get(field[0])
+        if kind is None:
+            headers.append(field)
+            continue
+        value = field[1]
+        if kind == _HOST:
+            hosts += 1
+            host = value
+        elif kind == _CL:
+            if cl is not None or not value.isdigit() or len(value) > 18:
+                raise HTTPCodecError("invalid Content-Length", badStatus)
+            cl = int(value)
+        elif kind == _TE:
+            teCount += 1
+            te = value
+        elif kind == _CONN:
+            conn = value if conn is None else conn + b"," + value
+        elif kind == _UPGRADE:
+            upgrade = value
+        elif kind == _TE_HDR:
+            if b"trailers" in [t.strip() for t in value.lower().split(b",")]:
+                headers.append((b"te", b"trailers"))
+        elif kind == _EXPECT:
+            headers.append(field)
+            expectContinue = value.lower() == b"100-continue"
     close = keepAlive = False
     if conn is not None:
-        conn = conn.lower()
-        tokens = _CONN_ONE.get(conn) or {t.strip() for t in conn.split(b",")}
+        tokens = {t.strip() for t in conn.lower().split(b",")}
         close = b"close" in tokens
         keepAlive = b"keep-alive" in tokens
         if b"upgrade" not in tokens:
@@ -126,14 +108,24 @@ def readFields(head, start, badStatus):
             headers = [h for h in headers if h[0] not in nominated]
     else:
         upgrade = None
-    return headers, hosts, host, cl, te, teCount, close, keepAlive, upgrade, expectContinue
+    f.headers = headers
+    f.hosts = hosts
+    f.host = host
+    f.contentLength = cl
+    f.te = te
+    f.teCount = teCount
+    f.close = close
+    f.keepAlive = keepAlive
+    f.upgrade = upgrade
+    f.expectContinue = expectContinue
+    return f
 
 
-def checkChunked(contentLength, teCount, version, rawHead, badStatus):
+def checkChunked(f, version, rawHead, badStatus):
     """Transfer-Encoding must be exactly one field saying ``chunked``, in HTTP/1.1, without Content-Length."""
-    if contentLength is not None:
+    if f.contentLength is not None:
         raise HTTPCodecError("Content-Length with Transfer-Encoding", badStatus)
-    if teCount != 1 or version != (1, 1):
+    if f.teCount != 1 or version != (1, 1):
         raise HTTPCodecError("invalid Transfer-Encoding", badStatus)
     raw = TE_LINE.findall(rawHead)
     if len(raw) != 1 or TE_CHUNKED.match(raw[0]) is None:
@@ -154,14 +146,19 @@ def encodeRequestHead(head, chunked, upgrade=None):
         (none when it is None).
     @param upgrade: an Upgrade value to offer (adds ``Connection: upgrade``), or None.
     """
-    parts = [head.method, b" ", head.path or b"/", b" HTTP/1.1\r\nhost: ", head.authority, b"\r\n"]
-    add = parts.extend
-    for name, value in head.headers._fields:
-        if name in _NOT_COPIED and (name != b"te" or value != b"trailers"):
-            continue
-        add((name, b": ", value, b"\r\n"))
-    lines = 3 + (len(parts) - 6) // 4
+    path = head.path or b"/"
+    parts = [head.method, b" ", path, b" HTTP/1.1\r\nhost: ", head.authority, b"\r\n"]
+    lines = 3
     app = parts.append
+    for name, value in head.headers._fields:
+        if name in _NOT_COPIED:
+            if name != b"te" or value != b"trailers":
+                continue
+        app(name)
+        app(b": ")
+        app(value)
+        app(b"\r\n")
+        lines += 1
     if chunked:
         app(b"transfer-encoding: chunked\r\n")
         lines += 1
@@ -195,13 +192,16 @@ def encodeResponseHead(head, chunked, keepAlive, version=(1, 1), upgrade=None):
         if line is None:
             line = b"HTTP/1.1 %d Unknown\r\n" % (status,)
     parts = [line]
-    add = parts.extend
-    notCopied = _NOT_COPIED
-    for name, value in head.headers._fields:
-        if name not in notCopied:
-            add((name, b": ", value, b"\r\n"))
-    lines = 2 + (len(parts) - 1) // 4
+    lines = 2
     app = parts.append
+    for name, value in head.headers._fields:
+        if name in _NOT_COPIED:
+            continue
+        app(name)
+        app(b": ")
+        app(value)
+        app(b"\r\n")
+        lines += 1
     if status >= 200 and status != 204:
         if chunked and status != 304:
             app(b"transfer-encoding: chunked\r\n")
