@@ -91,8 +91,12 @@ def mesh(tmp_path):
     [(_, listener, _, _), (_, admin, _, _)] = reactor.tcpServers
 
     def get(path):
-        reply = send(listener, b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert reply.startswith(b"HTTP/1.1 200 ")
+        transport = StringTransport()
+        protocol = listener.buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        reactor.advance(0)  # writes made in a read leave at the end of the reactor turn
+        assert transport.value().startswith(b"HTTP/1.1 200 ")
         reactor.advance(1)  # the access log's flush timer
 
     yield service, reactor, signals, get, admin, tmp_path

@@ -145,3 +145,21 @@ def test_in_memory_transport_uses_write():
     w = Writer(t, None)
     w.write(b"abc")
     assert t.value() == b"abc"
+
+
+def test_with_a_clock_the_scope_sends_at_the_end_of_the_reactor_turn():
+    """Several reads in one turn: their writes leave together, once, before the next poll (callLater(0))."""
+    from twisted.internet.task import Clock
+    clock = Clock()
+    scope = WriteScope(clock)
+    a, ta, sa = make(scope=scope)
+    from txmesh.protocols.transport import callInScope
+    callInScope(scope, a.write, b"first ")
+    callInScope(scope, a.write, b"second")
+    assert sa.sent == []
+    assert len(clock.getDelayedCalls()) == 1  # one call per turn, not per read
+    clock.advance(0)
+    assert sa.sent == [b"first second"]
+    assert clock.getDelayedCalls() == []
+    a.write(b"!")  # outside a read (a timer): at once
+    assert sa.sent[-1] == b"!"

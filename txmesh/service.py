@@ -116,7 +116,7 @@ class MeshService(MultiService):
         self._signalInstalled = False
         self._previousHandler = None
         rng = rng if rng is not None else random.Random()
-        writeScope = WriteScope()
+        writeScope = WriteScope(reactor)
         self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope), self.stats,
                                        rng)
         self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope)
