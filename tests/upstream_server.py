@@ -14,6 +14,7 @@ RAW_PORT answers every connection with raw bytes chosen by the first request lin
   /garbage          not HTTP at all
   /reset            closes the connection without answering
   /truncated        promises 100 bytes, sends 10, closes
+  /trailers         a chunked response with a trailer field (x-checksum: abc)
 """
 
 import hashlib
@@ -73,6 +74,8 @@ RAW = {
     b"/garbage": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
     b"/reset": b"",
     b"/truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+    b"/trailers": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n"
+                   b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"),
 }
 
 
