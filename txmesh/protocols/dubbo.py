@@ -298,6 +298,7 @@ class DubboServerProtocol(Protocol):
         self.calls = {}  # downstream id -> DubboCall (two-way)
         self.oneWay = set()  # DubboCall of one-way requests still in the chain
         self.closed = False
+        self.broken = False  # framing lost: no more reading, close once the calls in flight are answered
         self._pauses = 0
         self._lastRead = 0.0
         self._idleTimer = None
@@ -317,7 +318,7 @@ class DubboServerProtocol(Protocol):
             self._idleTimer = f.clock.callLater(f.idleTimeout, self._idleCheck)
 
     def dataReceived(self, data):
-        if not self.closed:
+        if not self.closed and not self.broken:
             callInScope(self._out.scope, self._received, data)
 
     def _received(self, data):
@@ -390,7 +391,7 @@ class DubboServerProtocol(Protocol):
                 return
             self.oneWay.discard(call)
         self.factory.stats.rq_active.value -= 1
-        if self.factory.draining and not self.calls and not self.oneWay:
+        if (self.broken or self.factory.draining) and not self.calls and not self.oneWay:
             self._close()
 
     def _fatal(self, exc):
@@ -400,7 +401,10 @@ class DubboServerProtocol(Protocol):
         f.stats.cx_protocol_error.value += 1
         if exc.requestId is not None and exc.twoWay:
             self._out.write(dc.encodeResponse(exc.requestId, exc.status, "txmesh: " + exc.reason))
-        self._close()
+        # stop reading; the calls read before the bad bytes are answered first (their route timeout bounds them)
+        self.broken = True
+        if not self.calls and not self.oneWay:
+            self._close()
 
     # -- flow control, idle, close ---------------------------------------------------------------------------------
 

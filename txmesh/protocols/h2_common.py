@@ -62,6 +62,17 @@ class _FrameReceiver(H2Connection):
             self._prepare_for_sending(frames)
         return events
 
+    def _receive_goaway_frame(self, frame):
+        """
+        A graceful GOAWAY (NO_ERROR) leaves the connection open for the streams already under way, which h2 would
+        refuse to finish (it closes its state machine at once); the protocol closes when they end.
+        """
+        before = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == ErrorCodes.NO_ERROR:
+            self.state_machine.state = before
+        return frames, events
+
 
 class RefusingH2Connection(_FrameReceiver):
     """
@@ -92,13 +103,6 @@ class GracefulGoawayH2Connection(_FrameReceiver):
     An H2Connection (client side) that keeps receiving after a graceful GOAWAY (NO_ERROR): the streams at or
     below its last-stream-id may still finish, which the library would otherwise refuse (it closes at once).
     """
-
-    def _receive_goaway_frame(self, frame):
-        before = self.state_machine.state
-        frames, events = super()._receive_goaway_frame(frame)
-        if frame.error_code == ErrorCodes.NO_ERROR:
-            self.state_machine.state = before
-        return frames, events
 
 
 def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536):

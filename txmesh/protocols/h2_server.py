@@ -46,6 +46,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self.streams = {}
         self._backlogs = {}
         self._closing = False
+        self._peerGoaway = False  # the client sent a graceful GOAWAY: close once its streams end
         self._writePaused = False
         self.guard = FloodGuard(factory.h2Limits)
         self._idleTimer = None
@@ -118,8 +119,11 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
                     return
             elif t is ev.ConnectionTerminated:
                 self.factory.stats.goaway_received.value += 1
-                self._closeNow()
-                return
+                if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
+                    self._closeNow()
+                    return
+                # a client's graceful GOAWAY: the streams it opened still get their responses, then we close
+                self._peerGoaway = True
             if self._closing:
                 return
         refused = self.conn.refusedStreams
@@ -364,7 +368,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             # the response is complete but the client is still sending: stop it (RFC 9113 8.1)
             self._resetStream(s, ErrorCodes.NO_ERROR)
             self.factory.stats.streams_reset_sent.value -= 1
-        if self.factory.draining:
+        if self.factory.draining or self._peerGoaway:
             self._maybeClose()
         self._maybeIdle()
 

@@ -256,6 +256,17 @@ class HTTP1ServerProtocol(Protocol):
     def _protocolError(self, exc):
         f = self.factory
         f.stats.cx_protocol_error.value += 1
+        stream = self.stream
+        if stream is not None:
+            # bad bytes inside the active request's body: that request is over too (its upstream exchange is
+            # cancelled), and only one response may follow it on the wire
+            self.stream = None
+            f.stats.rq_active.value -= 1
+            started = stream.responseStarted
+            stream.resetStream("downstream_protocol_error")
+            if started:
+                self.reset("downstream_protocol_error")
+                return
         status = exc.status or 400
         f.stats.error("bad_request" if status == 400 else "http_%d" % status)
         f.stats.rq_class[status // 100].value += 1
