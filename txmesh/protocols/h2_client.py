@@ -19,6 +19,7 @@ from txmesh import errors
 from txmesh.protocols.h2_common import (
     DEFAULT_CONNECTION_WINDOW,
     FlowControlledSender,
+    ReadPausing,
     WriteWatcher,
     makeConnection,
     regularFields,
@@ -30,7 +31,7 @@ from txmesh.stream import ResponseHead
 _REPLAY_LIMIT = 64 * 1024  # request bytes kept to retry a stream refused by GOAWAY
 
 
-class H2UpstreamStream:
+class H2UpstreamStream(ReadPausing):
     """One request's stream on a shared upstream HTTP/2 connection (what the pool's ``acquire`` gives)."""
 
     __slots__ = ("proto", "sid", "responder", "head", "replay", "replaySize", "responseStarted", "done",
@@ -84,16 +85,6 @@ class H2UpstreamStream:
         if not self.done:
             self.done = True
             self.proto._cancel(self, ErrorCodes.CANCEL)
-
-    def pauseReading(self):
-        self.paused = True
-
-    def resumeReading(self):
-        if self.paused:
-            self.paused = False
-            if self.unacked:
-                n, self.unacked = self.unacked, 0
-                self.proto._ack(self.sid, n)
 
 
 class H2ClientProtocol(FlowControlledSender, Protocol):

@@ -173,6 +173,25 @@ class _Backlog:
         self.paused = False
 
 
+class ReadPausing:
+    """
+    Pausing one stream's reading (both stream handle classes): while paused, received DATA is not acknowledged,
+    so the peer's window closes; resuming acknowledges what was held (``proto._ack`` sends the WINDOW_UPDATE).
+    """
+
+    __slots__ = ()
+
+    def pauseReading(self):
+        self.paused = True
+
+    def resumeReading(self):
+        if self.paused:
+            self.paused = False
+            if self.unacked:
+                n, self.unacked = self.unacked, 0
+                self.proto._ack(self.sid, n)
+
+
 class FlowControlledSender:
     """
     Mixin for a Protocol with ``self.conn`` (H2Connection) and ``self.transport``: sends DATA within the peer's

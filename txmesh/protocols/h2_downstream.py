@@ -2,8 +2,10 @@
 
 from h2.errors import ErrorCodes
 
+from txmesh.protocols.h2_common import ReadPausing
 
-class H2DownstreamStream:
+
+class H2DownstreamStream(ReadPausing):
     """
     The downstream side of one HTTP/2 stream of an H2ServerProtocol (the ``downstream`` object of its
     ActiveStream): its state, and the ActiveStream's calls passed on to the connection.
@@ -45,17 +47,6 @@ class H2DownstreamStream:
             self.proto._endWithStatus(self, reason)
         else:
             self.proto._resetStream(self, ErrorCodes.INTERNAL_ERROR)
-
-    def pauseReading(self):
-        self.paused = True
-
-    def resumeReading(self):
-        if self.paused:
-            self.paused = False
-            if self.unacked:
-                n, self.unacked = self.unacked, 0
-                self.proto._ack(self.sid, n)
-                self.proto._flush()
 
     def streamComplete(self, active):
         self.proto._streamComplete(self)

@@ -223,7 +223,8 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             try:
                 self.conn.acknowledge_received_data(n, sid)
             except (StreamClosedError, KeyError):
-                pass
+                return
+            self._flush()
 
     def _streamReset(self, event):
         s = self.streams.pop(event.stream_id, None)
