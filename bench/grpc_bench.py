@@ -365,7 +365,7 @@ def inproc(n, profile):
         state["profiling"] = True
         for _ in range(n):
             one()
-        pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "35")))
+        prof.dump_stats(os.environ["DUMP"]) if os.environ.get("DUMP") else None; pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "35")))
 
 
 # ---------------------------------------------------------------------------------------------------- main

@@ -289,14 +289,24 @@ def test_te_other_than_trailers_is_rejected():
 
 
 def test_content_length_disagreeing_with_data_is_never_forwarded_complete():
+    """RFC 9113 8.1.1: a malformed message is a stream error (PROTOCOL_ERROR); the connection stays up."""
     data = DataFrame(1, b"0123456789", flags={"END_STREAM"}).serialize()
-    proto, transport, template, _ = serve()
+    proto, transport, template, stats = serve()
     proto.dataReceived(headersFrame(1, request() + [(b"content-length", b"4")], end=False))
     proto.dataReceived(data)
-    assert goaway(transport) == ErrorCodes.PROTOCOL_ERROR
+    assert resets(transport) == [(1, ErrorCodes.PROTOCOL_ERROR)]
+    assert goaway(transport) is None and not transport.disconnecting
     assert not any(e[0] == "data" for e in template.log)
-    proto.connectionLost(None)
-    assert template.log[-1][0] == "reset"
+    assert template.log[-1] == ("reset", "downstream_protocol_error")
+    assert stats.total("downstream_rq_error", cause="malformed_request") == 1
+
+
+def test_body_shorter_than_content_length_is_reset():
+    proto, transport, template, _ = serve()
+    proto.dataReceived(headersFrame(1, request() + [(b"content-length", b"40")], end=False)
+                       + DataFrame(1, b"0123456789", flags={"END_STREAM"}).serialize())
+    assert resets(transport) == [(1, ErrorCodes.PROTOCOL_ERROR)]
+    assert [e[0] for e in template.log] == ["headers", "reset"]
 
 
 def test_authority_wins_over_host():

@@ -9,15 +9,12 @@ The responder (the router) gets ``upstreamHeaders``, ``upstreamData``, ``upstrea
 ``upstreamFailed(exc)`` with L{errors.UpstreamReset} (RST_STREAM, connection lost, GOAWAY without retry).
 """
 
-from h2 import events as ev
-from h2.errors import ErrorCodes
-from h2.exceptions import ProtocolError, StreamClosedError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh import errors
+from txmesh.protocols import h2_frames as ev
 from txmesh.protocols.h2_common import (
-    DEFAULT_CONNECTION_WINDOW,
     FlowControlledSender,
     ReadPausing,
     WriteWatcher,
@@ -25,6 +22,7 @@ from txmesh.protocols.h2_common import (
     regularFields,
     toHeaderMap,
 )
+from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError, codeName
 from txmesh.protocols.transport import Writer, callInScope
 from txmesh.stream import ResponseHead
 
@@ -113,8 +111,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
     def connectionMade(self):
         self.connected = True
         conn = self.conn
-        conn.initiate_connection()
-        conn.increment_flow_control_window(DEFAULT_CONNECTION_WINDOW - 65535)
+        conn.initiateConnection()
         self._out = Writer(self.transport, self.writeScope)
         self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
         self._flush()
@@ -125,7 +122,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
 
     def maxStreams(self):
         """How many concurrent streams the peer allows (its SETTINGS_MAX_CONCURRENT_STREAMS)."""
-        return self.conn.remote_settings.max_concurrent_streams
+        return self.conn.remoteMaxConcurrentStreams
 
     # -- keepalive ------------------------------------------------------------------------------------------------
 
@@ -164,7 +161,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
     def _startStream(self, h, endStream):
         conn = self.conn
         head = h.head
-        sid = conn.get_next_available_stream_id()
+        sid = conn.nextStreamId()
         h.sid = sid
         self.streams[sid] = h
         fields = [(b":method", head.method), (b":scheme", head.scheme or b"http"), (b":authority", head.authority),
@@ -178,7 +175,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 fields.append((b"te", b"trailers"))
         if self.stats is not None:
             self.stats.streams_opened.value += 1
-        conn.send_headers(sid, fields, end_stream=endStream)
+        conn.sendHeaders(sid, fields, endStream)
         self._flush()
 
     def _streamData(self, h, data, endStream):
@@ -205,23 +202,16 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
             return
         self.streams.pop(sid, None)
         self._dropBacklog(sid)
-        stream = self.conn.streams.get(sid)
-        if stream is None or stream.closed:
+        if sid not in self.conn.streams:
             return
         if self.stats is not None:
             self.stats.streams_reset_sent.value += 1
-        try:
-            self.conn.reset_stream(sid, code)
-        except (StreamClosedError, ProtocolError):
-            return
+        self.conn.resetStream(sid, code)
         self._flush()
 
     def _ack(self, sid, n):
         if n and self.connected:
-            try:
-                self.conn.acknowledge_received_data(n, sid)
-            except (StreamClosedError, KeyError, ProtocolError):
-                return
+            self.conn.acknowledge(n, sid)
             self._flush()
 
     # -- responses ------------------------------------------------------------------------------------------------
@@ -231,7 +221,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
 
     def _dispatch(self, data):
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receiveData(data)
         except ProtocolError as e:
             self._flushNow()
             self._failAll(errors.BadUpstreamResponse("upstream HTTP/2 protocol error: %s" % (e,)))
@@ -244,13 +234,13 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 h = streams.get(event.stream_id)
                 n = event.flow_controlled_length
                 if h is None or h.responder is None:
-                    self.conn.acknowledge_received_data(n, event.stream_id) if n else None
+                    self.conn.acknowledge(n, event.stream_id)
                     continue
                 if h.paused:
                     h.unacked += n
                 elif n:
-                    self.conn.acknowledge_received_data(n, event.stream_id)
-                if event.stream_ended is not None:
+                    self.conn.acknowledge(n, event.stream_id)
+                if event.stream_ended:
                     responder = self._complete(h)
                     responder.upstreamData(event.data, True)
                 else:
@@ -266,7 +256,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                         break
                 head = ResponseHead(status, toHeaderMap(event.headers), version=(2, 0))
                 h.responseStarted = True
-                if event.stream_ended is not None:
+                if event.stream_ended:
                     if self.stats is not None:
                         self.stats.grpcStatus(head.headers.get(b"grpc-status", b""))
                     responder = self._complete(h)
@@ -282,21 +272,24 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                     self.stats.grpcStatus(trailers.get(b"grpc-status", b""))
                 responder = self._complete(h)
                 responder.upstreamTrailers(trailers)
-            elif t is ev.StreamEnded:
-                h = streams.get(event.stream_id)
-                if h is not None and h.responder is not None and not h.done:
-                    responder = self._complete(h)
-                    responder.upstreamData(b"", True)
             elif t is ev.StreamReset:
                 h = streams.pop(event.stream_id, None)
                 self._dropBacklog(event.stream_id)
                 if self.stats is not None:
-                    self.stats.streams_reset_by_peer.value += 1
+                    if event.remote_reset:
+                        self.stats.streams_reset_by_peer.value += 1
+                    else:
+                        self.stats.streams_reset_sent.value += 1
                 if h is not None and h.responder is not None and not h.done:
                     h.done = True
                     responder, h.responder = h.responder, None
-                    responder.upstreamFailed(errors.UpstreamRemoteReset(
-                        "upstream reset the stream (%s)" % (_codeName(event.error_code),)))
+                    if event.remote_reset:
+                        exc = errors.UpstreamRemoteReset(
+                            "upstream reset the stream (%s)" % (codeName(event.error_code),))
+                    else:
+                        exc = errors.BadUpstreamResponse(
+                            "malformed upstream HTTP/2 response (%s)" % (codeName(event.error_code),))
+                    responder.upstreamFailed(exc)
             elif t is ev.WindowUpdated:
                 self._windowOpened(event.stream_id)
             elif t is ev.RemoteSettingsChanged:
@@ -382,10 +375,3 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
             b = self._backlogs.get(h.sid)
             if h.responder is not None and (b is None or not b.paused):
                 h.responder.upstreamWriteResumed()
-
-
-def _codeName(code):
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return str(code)

@@ -1,5 +1,5 @@
 """
-What the HTTP/2 listener and the HTTP/2 upstream client share: the ``h2`` connection settings, outbound flow
+What the HTTP/2 listener and the HTTP/2 upstream client share: the connection's settings, outbound flow
 control (DATA beyond the peer's window waits in a per-stream backlog; a backlog above the high watermark pauses
 the producer of that stream), header translation between HTTP/2 and txmesh's HeaderMap, and the streaming
 producer that tells a protocol its transport's write buffer is full.
@@ -7,18 +7,10 @@ producer that tells a protocol its transport's write buffer is full.
 
 from collections import deque
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.exceptions import StreamClosedError, StreamIDTooLowError, TooManyStreamsError
-from h2.frame_buffer import CONTINUATION_BACKLOG  # noqa: F401  (h2 bounds CONTINUATION frames per header block)
-from h2.settings import SettingCodes, Settings
-from h2.stream import StreamClosedBy
-from hyperframe.frame import RstStreamFrame
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from txmesh.protocols.hpack_codec import MemoDecoder, StatelessEncoder
+from txmesh.protocols.h2_connection import H2Connection
 from txmesh.stream import HeaderMap
 
 # Connection-specific fields (RFC 9113 8.2.2) that must not cross into HTTP/2; ``te`` is kept only as "trailers".
@@ -30,107 +22,19 @@ DEFAULT_CONNECTION_WINDOW = 16 << 20
 HIGH_WATERMARK = 1 << 20
 
 
-class _FrameReceiver(H2Connection):
-    """
-    h2 4.x's ``_receive_frame`` without its first line, which formats ``repr(frame)`` for the trace logger on every
-    received frame even when the logger does nothing (~3 µs a frame, ~5% of a proxied gRPC call).  The rest is
-    h2's code as is; tests/test_h2_translation.py fails if h2's method changes, so this copy is re-checked then.
-    """
-
-    def _receive_frame(self, frame):
-        try:
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
-        except StreamClosedError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = RstStreamFrame(e.stream_id)
-                f.error_code = e.error_code
-                self._prepare_for_sending([f])
-                events = e._events
-            else:
-                raise
-        except StreamIDTooLowError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = RstStreamFrame(e.stream_id)
-                f.error_code = ErrorCodes.STREAM_CLOSED
-                self._prepare_for_sending([f])
-                events = []
-            elif self._stream_is_closed_by_end(e.stream_id):
-                raise StreamClosedError(e.stream_id) from e
-            else:
-                raise
-        else:
-            self._prepare_for_sending(frames)
-        return events
-
-    def _receive_goaway_frame(self, frame):
-        """
-        A graceful GOAWAY (NO_ERROR) leaves the connection open for the streams already under way, which h2 would
-        refuse to finish (it closes its state machine at once); the protocol closes when they end.
-        """
-        before = self.state_machine.state
-        frames, events = super()._receive_goaway_frame(frame)
-        if frame.error_code == ErrorCodes.NO_ERROR:
-            self.state_machine.state = before
-        return frames, events
-
-
-class RefusingH2Connection(_FrameReceiver):
-    """
-    An H2Connection that answers a stream past SETTINGS_MAX_CONCURRENT_STREAMS with RST_STREAM(REFUSED_STREAM), so
-    the client may retry it, instead of the library's connection-wide PROTOCOL_ERROR.
-    """
-
-    refusedStreams = 0
-
-    def _receive_headers_frame(self, frame):
-        try:
-            return super()._receive_headers_frame(frame)
-        except TooManyStreamsError:
-            # keep the HPACK decoder in step: the block must be decoded even though the stream is refused
-            self.decoder.decode(frame.data, raw=True)
-            sid = frame.stream_id
-            if sid > self.highest_inbound_stream_id:
-                self.highest_inbound_stream_id = sid
-            self._closed_streams[sid] = StreamClosedBy.SEND_RST_STREAM
-            self.refusedStreams += 1
-            f = RstStreamFrame(sid)
-            f.error_code = ErrorCodes.REFUSED_STREAM
-            return [f], []
-
-
-class GracefulGoawayH2Connection(_FrameReceiver):
-    """
-    An H2Connection (client side) that keeps receiving after a graceful GOAWAY (NO_ERROR): the streams at or
-    below its last-stream-id may still finish, which the library would otherwise refuse (it closes at once).
-    """
-
-
 def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536):
     """
-    An h2 connection with txmesh's settings.  The library's header validation and normalisation are off both
-    ways: txmesh builds the header lists it sends itself (lower-case names, hop-by-hop fields dropped) and the
-    listener checks requests in the one pass that also reads them (h2_defences.readRequest); h2 still checks
-    content-length against DATA.  Header blocks go through L{txmesh.protocols.hpack_codec} (memoised both ways).
+    An HTTP/2 connection (L{txmesh.protocols.h2_connection}) with txmesh's windows: 1 MiB per stream, 16 MiB for
+    the connection.  It does not validate header fields: txmesh builds the lists it sends itself (lower-case
+    names, hop-by-hop fields dropped) and the listener checks requests in the pass that reads them
+    (h2_defences.readRequest).
     """
-    config = H2Configuration(client_side=clientSide, header_encoding=None, validate_outbound_headers=False,
-                             normalize_outbound_headers=False, split_outbound_cookies=False,
-                             validate_inbound_headers=False, normalize_inbound_headers=False)
-    conn = (GracefulGoawayH2Connection if clientSide else RefusingH2Connection)(config=config)
-    # initial values, not assignments: assigned settings stay pending and initiate_connection would not send them
-    values = {SettingCodes.INITIAL_WINDOW_SIZE: DEFAULT_STREAM_WINDOW,
-              SettingCodes.MAX_HEADER_LIST_SIZE: maxHeaderListSize}
-    if clientSide:
-        values[SettingCodes.ENABLE_PUSH] = 0
-    else:
-        values[SettingCodes.MAX_CONCURRENT_STREAMS] = maxConcurrentStreams
-    conn.local_settings = Settings(client=clientSide, initial_values=values)
-    conn.encoder = StatelessEncoder()
-    conn.decoder = MemoDecoder(maxHeaderListSize)
-    return conn
+    return H2Connection(clientSide, maxConcurrentStreams, maxHeaderListSize, DEFAULT_STREAM_WINDOW,
+                        DEFAULT_CONNECTION_WINDOW)
 
 
 def toHeaderMap(pairs):
-    """A HeaderMap of the regular fields of an h2 header list (pseudo-headers dropped)."""
+    """A HeaderMap of the regular fields of an HTTP/2 header list (pseudo-headers dropped)."""
     return HeaderMap([(k, v) for k, v in pairs if k[:1] != b":"])
 
 
@@ -194,12 +98,12 @@ class ReadPausing:
 
 class FlowControlledSender:
     """
-    Mixin for a Protocol with ``self.conn`` (H2Connection) and ``self.transport``: sends DATA within the peer's
+    Mixin for a Protocol with ``self.conn`` (an H2Connection) and ``self.transport``: sends DATA within the peer's
     flow-control windows, keeping the rest per stream.  ``_backlogFull(sid)`` / ``_backlogDrained(sid)`` are
     called when a stream's backlog passes the high watermark and when it falls back below half of it.
-    ``_flush`` writes what h2 queued through ``self._out`` (a L{Writer}); while a read is being dispatched (its
+    ``_flush`` writes what the connection queued through ``self._out`` (a L{Writer}); while a read is being dispatched (its
     L{WriteScope} entered) it waits for the end of it, so a response read upstream (HEADERS, DATA, trailers)
-    leaves downstream in one ``send()``, and the frames h2 queued on the reading connection (acks, WINDOW_UPDATEs)
+    leaves downstream in one ``send()``, and the frames queued on the reading connection (acks, WINDOW_UPDATEs)
     go with them.
     """
 
@@ -217,12 +121,12 @@ class FlowControlledSender:
         self._flushNow()
 
     def flush(self):
-        """The WriteScope's end-of-read call: send what h2 queued meanwhile."""
+        """The WriteScope's end-of-read call: send what the connection queued meanwhile."""
         self._flushNow()
 
     def _flushNow(self):
         self._dirty = False
-        data = self.conn.data_to_send()
+        data = self.conn.dataToSend()
         if data:
             self._out.write(data)
 
@@ -240,18 +144,18 @@ class FlowControlledSender:
             return
         conn = self.conn
         n = len(data)
-        window = conn.local_flow_control_window(sid)
+        window = conn.localFlowControlWindow(sid)
         if n <= window:
-            frameSize = conn.max_outbound_frame_size
+            frameSize = conn.maxOutboundFrameSize
             if n <= frameSize:
-                conn.send_data(sid, data, end_stream=endStream)
+                conn.sendData(sid, data, endStream)
                 return
             sent = self._sendChunks(sid, data, n, frameSize)
         else:
-            sent = self._sendChunks(sid, data, window, conn.max_outbound_frame_size) if window > 0 else 0
+            sent = self._sendChunks(sid, data, window, conn.maxOutboundFrameSize) if window > 0 else 0
         if sent == n:
             if endStream:
-                conn.end_stream(sid)
+                conn.endStream(sid)
             return
         b = backlogs[sid] = _Backlog()
         b.chunks.append(data[sent:] if sent else data)
@@ -267,7 +171,7 @@ class FlowControlledSender:
         sent = 0
         while sent < limit:
             size = min(frameSize, limit - sent)
-            conn.send_data(sid, view[sent:sent + size].tobytes())
+            conn.sendData(sid, view[sent:sent + size].tobytes())
             sent += size
         return sent
 
@@ -277,7 +181,7 @@ class FlowControlledSender:
             b.trailers = fields
             b.end = True
             return
-        self.conn.send_headers(sid, fields, end_stream=True)
+        self.conn.sendHeaders(sid, fields, True)
 
     def _dropBacklog(self, sid):
         self._backlogs.pop(sid, None)
@@ -291,12 +195,12 @@ class FlowControlledSender:
         for s in sids:
             b = self._backlogs[s]
             try:
-                window = conn.local_flow_control_window(s)
+                window = conn.localFlowControlWindow(s)
             except Exception:
                 # the stream is gone (reset); its backlog goes with it
                 del self._backlogs[s]
                 continue
-            frameSize = conn.max_outbound_frame_size
+            frameSize = conn.maxOutboundFrameSize
             chunks = b.chunks
             while chunks and window > 0:
                 chunk = chunks[0]
@@ -313,13 +217,13 @@ class FlowControlledSender:
             if not chunks:
                 del self._backlogs[s]
                 if b.trailers is not None:
-                    conn.send_headers(s, b.trailers, end_stream=True)
+                    conn.sendHeaders(s, b.trailers, True)
                 elif b.end:
-                    conn.end_stream(s)
+                    conn.endStream(s)
             if b.paused and b.size <= HIGH_WATERMARK // 2:
                 b.paused = False
                 self._backlogDrained(s)
-            if sid == 0 and conn.outbound_flow_control_window <= 0:
+            if sid == 0 and conn.sendWindow <= 0:
                 break
 
     def _backlogFull(self, sid):

@@ -1,6 +1,6 @@
 """The downstream side of one stream of the HTTP/2 listener (h2_server), as its ActiveStream sees it."""
 
-from h2.errors import ErrorCodes
+from txmesh.protocols.h2_frames import ErrorCodes
 
 from txmesh.protocols.h2_common import ReadPausing
 

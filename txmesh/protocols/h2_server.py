@@ -1,27 +1,25 @@
 """
-The HTTP/2 listener (cleartext prior knowledge now; it never assumes cleartext, so TLS/ALPN can wrap it) on the
-``h2`` state machine.  Each HTTP/2 stream is one ActiveStream of the listener's filter chain, so HTTP/2 requests
+The HTTP/2 listener (cleartext prior knowledge now; it never assumes cleartext, so TLS/ALPN can wrap it) on
+txmesh's HTTP/2 connection (h2_connection).  Each HTTP/2 stream is one ActiveStream of the listener's filter chain, so HTTP/2 requests
 route like HTTP/1.1 ones.  A ``grpc`` listener adds gRPC behaviour: ``grpc-timeout`` bounds the call, local
 replies are trailers-only responses with a grpc-status, an HTTP error from upstream without grpc-status is
 mapped to one, and messages are counted (and their size bounded) from the 5-byte prefixes.
 An upstream failure after the response started ends a gRPC stream with a grpc-status, an HTTP/2 one with
 RST_STREAM.  Defences (h2_defences: malformed requests, floods, rapid reset) use the listener's H2Limits; a
-finite SETTINGS_MAX_CONCURRENT_STREAMS refuses streams past it; h2 bounds header lists and CONTINUATION frames.
+finite SETTINGS_MAX_CONCURRENT_STREAMS refuses streams past it; the connection bounds header lists and
+CONTINUATION frames.
 """
 
-from h2 import events as ev
-from h2.errors import ErrorCodes
-from h2.exceptions import ProtocolError, StreamClosedError
-from hyperframe.frame import GoAwayFrame
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh.config import H2Limits
 from txmesh.protocols import grpc
 from txmesh.protocols.h2_defences import FloodGuard, MalformedRequest, readRequest, requestId
+from txmesh.protocols import h2_frames as ev
 from txmesh.protocols.h2_downstream import H2DownstreamStream
+from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError
 from txmesh.protocols.h2_common import (
-    DEFAULT_CONNECTION_WINDOW,
     FlowControlledSender,
     WriteWatcher,
     makeConnection,
@@ -59,8 +57,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         f = self.factory
         limits = f.h2Limits
         self.conn = conn = makeConnection(False, limits.maxConcurrentStreams, limits.maxHeaderListSize)
-        conn.initiate_connection()
-        conn.increment_flow_control_window(DEFAULT_CONNECTION_WINDOW - 65535)
+        conn.initiateConnection()
         f.stats.cx_total.value += 1
         f.stats.cx_active.value += 1
         f.connections.add(self)
@@ -79,7 +76,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         if self._closing:
             return
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receiveData(data)
         except ProtocolError as e:
             self._protocolError(e)
             return
@@ -89,11 +86,6 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
                 self._dataReceived(event)
             elif t is ev.RequestReceived:
                 self._requestReceived(event)
-            elif t is ev.StreamEnded:
-                s = self.streams.get(event.stream_id)
-                if s is not None and not s.requestEnded:
-                    s.requestEnded = True
-                    s.active.decodeData(b"", True)
             elif t is ev.TrailersReceived:
                 s = self.streams.get(event.stream_id)
                 if s is not None and not s.requestEnded:
@@ -184,7 +176,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             s.responseMessages = grpc.MessageCounter()
         self.streams[sid] = s
         s.active = f.template.createStream(s, info)
-        endStream = event.stream_ended is not None
+        endStream = event.stream_ended
         s.requestEnded = endStream
         s.active.decodeHeaders(head, endStream)
 
@@ -193,7 +185,8 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         s = self.streams.get(sid)
         data = event.data
         n = event.flow_controlled_length
-        flood = self.guard.dataReceived(not data, event.stream_ended is not None)
+        endStream = event.stream_ended
+        flood = self.guard.dataReceived(not data, endStream)
         if flood:
             self._flood(flood)
             return
@@ -213,23 +206,29 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             s.unacked += n
         else:
             self._ack(sid, n)
-        endStream = event.stream_ended is not None
         if endStream:
             s.requestEnded = True
         s.active.decodeData(data, endStream)
 
     def _ack(self, sid, n):
         if n:
-            try:
-                self.conn.acknowledge_received_data(n, sid)
-            except (StreamClosedError, KeyError):
-                return
+            self.conn.acknowledge(n, sid)
             self._flush()
 
     def _streamReset(self, event):
         s = self.streams.pop(event.stream_id, None)
         self._dropBacklog(event.stream_id)
         f = self.factory
+        if not event.remote_reset:
+            # the connection found a stream error (a body longer or shorter than its content-length, ...)
+            f.stats.streams_reset_sent.value += 1
+            if s is not None:
+                f.stats.error("malformed_request")
+                f.stats.rq_active.value -= 1
+                s.responseEnded = True
+                s.active.resetStream("downstream_protocol_error")
+                self._maybeIdle()
+            return
         f.stats.streams_reset_by_peer.value += 1
         if s is None:
             return
@@ -273,7 +272,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             s.responseEnded = True
         s.headersSent = True
         try:
-            self.conn.send_headers(s.sid, fields, end_stream=endStream)
+            self.conn.sendHeaders(s.sid, fields, endStream)
         except (StreamClosedError, ProtocolError):
             s.responseEnded = True
         self._flush()
@@ -338,7 +337,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
                 self._sendTrailers(s.sid, fields)
             else:
                 s.headersSent = True
-                self.conn.send_headers(s.sid, fields, end_stream=True)
+                self.conn.sendHeaders(s.sid, fields, True)
         except (StreamClosedError, ProtocolError):
             pass
         self._flush()
@@ -352,7 +351,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._dropBacklog(sid)
         self.factory.stats.streams_reset_sent.value += 1
         try:
-            self.conn.reset_stream(sid, code)
+            self.conn.resetStream(sid, code)
         except (StreamClosedError, ProtocolError):
             pass
         self._flush()
@@ -408,7 +407,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         f = self.factory
         f.stats.cx_protocol_error.value += 1
         f.stats.goaway_sent.value += 1
-        self._flushNow()  # h2 queued a GOAWAY
+        self._flushNow()  # the connection queued a GOAWAY
         self._closeNow()
 
     def _flood(self, kind):
@@ -416,10 +415,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         f = self.factory
         f.stats.flood(kind)
         f.stats.goaway_sent.value += 1
-        try:
-            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-        except ProtocolError:
-            pass
+        self.conn.closeConnection(ErrorCodes.ENHANCE_YOUR_CALM)
         self._flushNow()
         self._closeNow()
 
@@ -462,9 +458,8 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         """Graceful drain: GOAWAY now; close when the open streams end."""
         if self._closing:
             return
-        # written past h2, whose state machine would refuse to finish the open streams after its own GOAWAY
+        self.conn.goAway()
         self._flushNow()
-        self._out.write(GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id).serialize())
         self.factory.stats.goaway_sent.value += 1
         self._maybeClose()
 
