@@ -4,7 +4,6 @@ frame floods (CVE-2023-44487 rapid reset, PING/SETTINGS, PRIORITY, WINDOW_UPDATE
 against the listener's L{txmesh.config.H2Limits}.
 """
 
-import os
 import re
 
 
@@ -56,12 +55,6 @@ def readRequest(headers):
     if authority is None:
         authority = host or b""
     return method, path, authority, pseudo[b":scheme"], fields
-
-
-def requestId():
-    """A random (version 4) UUID as bytes, for ``x-request-id``."""
-    h = os.urandom(16).hex()
-    return ("%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:32])).encode("ascii")
 
 
 class FloodGuard:

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from txmesh.config import H2Limits
 from txmesh.protocols import grpc
-from txmesh.protocols.h2_defences import FloodGuard, MalformedRequest, readRequest, requestId
+from txmesh.protocols.h2_defences import FloodGuard, MalformedRequest, readRequest
 from txmesh.protocols import h2_frames as ev
 from txmesh.protocols.h2_downstream import H2DownstreamStream
 from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError
@@ -28,7 +28,7 @@ from txmesh.protocols.h2_common import (
 from txmesh.protocols.h2_stats import H2ListenerStats
 from txmesh.protocols.listener import DrainingFactory
 from txmesh.protocols.transport import Writer, callInScope
-from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo, newRequestId
 
 _STATUS = {s: b"%d" % s for s in range(100, 600)}
 
@@ -48,6 +48,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._writePaused = False
         self.guard = FloodGuard(factory.h2Limits)
         self._idleTimer = None
+        self._idleSince = 0.0
         self._peer = ""
         self._peerHost = b""
 
@@ -67,6 +68,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._out = Writer(self.transport, f.writeScope)
         self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
         self._flush()
+        self._idleSince = f.clock.seconds()
         self._armIdleTimer()
 
     def dataReceived(self, data):
@@ -147,7 +149,6 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             self.log.debug("stream {sid}: malformed request: {e}", sid=sid, e=e)
             self._resetStream(None, ErrorCodes.PROTOCOL_ERROR, sid)
             return
-        self._cancelIdleTimer()
         self.guard.streamsOpened += 1
         f.stats.rq_total.value += 1
         f.stats.rq_active.value += 1
@@ -163,7 +164,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             headers.set(b"x-forwarded-proto", scheme)
         rid = headers.get(b"x-request-id")
         if rid is None:
-            rid = requestId()
+            rid = newRequestId()
             headers.add(b"x-request-id", rid)
         info = StreamInfo(f.clock.seconds(), f.protocolName if f.grpc else "http/2", f.listenerName, self._peer)
         info.requestId = rid
@@ -435,12 +436,17 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
 
     def _maybeIdle(self):
         if not self.streams and not self._closing:
+            self._idleSince = self.factory.clock.seconds()
             self._armIdleTimer()
 
-    def _armIdleTimer(self):
+    def _armIdleTimer(self, delay=None):
+        """
+        One timer per connection, not re-armed per stream: when it fires it looks at when the connection last
+        became idle, and waits the rest of the timeout if a stream came and went meanwhile.
+        """
         timeout = self.factory.limits.idleTimeout
         if timeout and self._idleTimer is None:
-            self._idleTimer = self.factory.clock.callLater(timeout, self._idleTimedOut)
+            self._idleTimer = self.factory.clock.callLater(timeout if delay is None else delay, self._idleTimedOut)
 
     def _cancelIdleTimer(self):
         if self._idleTimer is not None:
@@ -450,9 +456,14 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
 
     def _idleTimedOut(self):
         self._idleTimer = None
-        if not self.streams and not self._closing:
-            self.factory.stats.cx_idle_timeout.value += 1
-            self.drain()
+        if self.streams or self._closing:
+            return  # re-armed when the last stream ends
+        rest = self._idleSince + self.factory.limits.idleTimeout - self.factory.clock.seconds()
+        if rest > 0:
+            self._armIdleTimer(rest)
+            return
+        self.factory.stats.cx_idle_timeout.value += 1
+        self.drain()
 
     def drain(self):
         """Graceful drain: GOAWAY now; close when the open streams end."""

@@ -6,7 +6,6 @@ filter chain (server) or to the router's responder (client).  Pipelined requests
 responses leave in request order.
 """
 
-import random
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer
@@ -32,24 +31,13 @@ from txmesh.protocols.http1_codec import (
     encodeResponseHead,
     encodeTrailers,
 )
-from txmesh.stream import HeaderMap, ResponseHead, StreamInfo
+from txmesh.stream import HeaderMap, ResponseHead, StreamInfo, newRequestId
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _MAX_QUEUED_EVENTS = 64
 _HEADERS = "headers"
 _IDLE = "idle"
-
-
-_rng = random.SystemRandom()
-_fast = random.Random(_rng.getrandbits(64))
-
-
-def _requestId():
-    """A random (version 4 style) UUID; a per-process PRNG seeded from the OS: ids need uniqueness, not secrecy."""
-    h = "%032x" % _fast.getrandbits(128)
-    return ("%s-%s-4%s-%s%s-%s" % (h[:8], h[8:12], h[13:16], "89ab"[int(h[16], 16) & 3], h[17:20],
-                                   h[20:32])).encode("ascii")
 
 
 @implementer(IPushProducer)
@@ -243,7 +231,7 @@ class HTTP1ServerProtocol(Protocol):
             headers.set(b"x-forwarded-proto", f.scheme)
         rid = headers.get(b"x-request-id")
         if rid is None:
-            rid = _requestId()
+            rid = newRequestId()
             headers.add(b"x-request-id", rid)
         info = StreamInfo(f.clock.seconds(), "http/1.1" if head.version == (1, 1) else "http/1.0",
                           f.listenerName, self._peer)
