@@ -75,11 +75,11 @@ class StatelessEncoder:
     def encode(self, headers, huffman=True):
         cache = self._cache
         out = []
-        for field in headers:
-            key = (field[0], field[1])
+        for key in headers:
             b = cache.get(key)
             if b is None:
-                b = encodeField(bytes(key[0]), bytes(key[1]))
+                key = (bytes(key[0]), bytes(key[1]))
+                b = encodeField(key[0], key[1])
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
                 cache[key] = b

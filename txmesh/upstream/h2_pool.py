@@ -98,14 +98,13 @@ class H2ConnectionPool:
         A stream handle on a connection with room, else after a connect (below maxConnections), else queued (below
         maxPendingRequests).  Fails with Overflow, ConnectFailure, ConnectTimeout or PoolClosed.
         """
+        handle = self.acquireIdle()
+        if handle is not None:
+            return defer.succeed(handle)
         self._rqTotal.value += 1
         self.host.stats.rq_total.value += 1
         if self._closed:
             return defer.fail(PoolClosed("pool for %s is closed" % (self.host.address,)))
-        proto = self._pick()
-        if proto is not None:
-            proto.slots += 1
-            return defer.succeed(proto.newStream())
         if len(self._pending) >= self.maxPendingRequests:
             self._rqPendingOverflow.value += 1
             return defer.fail(Overflow("pending queue of %s is full (%d)" % (self.host.address,
@@ -115,6 +114,21 @@ class H2ConnectionPool:
         self._rqPendingActive.value += 1
         self._maybeConnect()
         return d
+
+    def acquireIdle(self):
+        """
+        The synchronous fast path of acquire(): a stream handle on a connection with room (counted like
+        acquire()), or None when acquire() must be used.
+        """
+        if self._closed:
+            return None
+        proto = self._pick()
+        if proto is None:
+            return None
+        self._rqTotal.value += 1
+        self.host.stats.rq_total.value += 1
+        proto.slots += 1
+        return proto.newStream()
 
     newStream = acquire
 
