@@ -10,6 +10,7 @@ proxy is probed with a real grpcio call, since h2load counts a trailers-only gRP
 
     /tmp/venv/bin/python bench/grpc_bench.py                    # 8 conns, -m 1 and 10, 10 s per run
     /tmp/venv/bin/python bench/grpc_bench.py --quick            # 3 s runs, 1 s warm-up
+    /tmp/venv/bin/python bench/grpc_bench.py --message-size 65536   # 64 KiB messages both ways
     /tmp/venv/bin/python bench/grpc_bench.py --inproc 20000 [--profile]   # Python cost per call, no sockets
 
 Every process it starts is stopped by PID at the end, also on Ctrl-C, SIGTERM or an exception.
@@ -384,6 +385,8 @@ def parseArgs(argv):
     p.add_argument("--inproc", type=int, metavar="N", help="only the in-memory Python cost of N calls")
     p.add_argument("--profile", action="store_true", help="with --inproc: cProfile the loop")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--message-size", type=int, default=len(PAYLOAD),
+                   help="bytes per request (and echoed response) message (default %d)" % len(PAYLOAD))
     args = p.parse_args(argv)
     args.streams = [int(x) for x in args.streams.split(",") if x]
     if args.quick:
@@ -396,7 +399,9 @@ def _terminated(signum, frame):
 
 
 def main(argv=None):
+    global PAYLOAD
     args = parseArgs(argv)
+    PAYLOAD = (b"0123456789abcdef" * (args.message_size // 16 + 1))[:args.message_size]
     if args.inproc:
         inproc(args.inproc, args.profile)
         return 0

@@ -94,6 +94,12 @@ class Writer:
         self._pending = []
         if socket is None and isinstance(transport, tcp.Connection):
             socket = transport.socket
+            try:
+                # as Envoy and nginx: a proxy's small writes (a trailer, a WINDOW_UPDATE) must not wait for the
+                # peer's delayed ACK (Nagle's algorithm), which stalled 64 KiB gRPC calls ~40 ms each
+                transport.setTcpNoDelay(True)
+            except OSError:
+                pass  # not TCP (a UNIX socket)
         self._socket = socket
 
     def write(self, data):
