@@ -20,11 +20,11 @@ from txmesh.protocols.h2_common import (
     WriteWatcher,
     makeConnection,
     regularFields,
-    toHeaderMap,
 )
+from txmesh.protocols.h2_defences import MalformedMessage, checkTrailers, readResponse
 from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError, codeName
 from txmesh.protocols.transport import Writer, callInScope
-from txmesh.stream import ResponseHead
+from txmesh.stream import HeaderMap, ResponseHead
 
 _REPLAY_LIMIT = 64 * 1024  # request bytes kept to retry a stream refused by GOAWAY
 
@@ -249,12 +249,12 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 h = streams.get(event.stream_id)
                 if h is None or h.responder is None:
                     continue
-                status = 0
-                for k, v in event.headers:
-                    if k == b":status":
-                        status = int(v)
-                        break
-                head = ResponseHead(status, toHeaderMap(event.headers), version=(2, 0))
+                try:
+                    status, fields = readResponse(event.headers)
+                except MalformedMessage as e:
+                    self._malformed(h, e)
+                    continue
+                head = ResponseHead(status, HeaderMap(fields), version=(2, 0))
                 h.responseStarted = True
                 if event.stream_ended:
                     if self.stats is not None:
@@ -267,7 +267,12 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 h = streams.get(event.stream_id)
                 if h is None or h.responder is None:
                     continue
-                trailers = toHeaderMap(event.headers)
+                try:
+                    checkTrailers(event.headers)
+                except MalformedMessage as e:
+                    self._malformed(h, e)
+                    continue
+                trailers = HeaderMap(list(event.headers))
                 if self.stats is not None:
                     self.stats.grpcStatus(trailers.get(b"grpc-status", b""))
                 responder = self._complete(h)
@@ -313,6 +318,13 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         responder, h.responder = h.responder, None
         responder.upstreamComplete(True)
         return responder
+
+    def _malformed(self, h, why):
+        """A response (or its trailers) RFC 9113 calls malformed: reset the stream, never forward it (502)."""
+        responder, h.responder = h.responder, None
+        h.done = True
+        self._cancel(h, ErrorCodes.PROTOCOL_ERROR)
+        responder.upstreamFailed(errors.BadUpstreamResponse("malformed upstream HTTP/2 response: %s" % (why,)))
 
     def _goaway(self, event):
         """GOAWAY: no new streams here; streams above last-stream-id were not processed and may be retried."""

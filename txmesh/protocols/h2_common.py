@@ -11,7 +11,6 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from txmesh.protocols.h2_connection import H2Connection
-from txmesh.stream import HeaderMap
 
 # Connection-specific fields (RFC 9113 8.2.2) that must not cross into HTTP/2; ``te`` is kept only as "trailers".
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
@@ -31,11 +30,6 @@ def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536
     """
     return H2Connection(clientSide, maxConcurrentStreams, maxHeaderListSize, DEFAULT_STREAM_WINDOW,
                         DEFAULT_CONNECTION_WINDOW)
-
-
-def toHeaderMap(pairs):
-    """A HeaderMap of the regular fields of an HTTP/2 header list (pseudo-headers dropped)."""
-    return HeaderMap([(k, v) for k, v in pairs if k[:1] != b":"])
 
 
 def regularFields(headers, fromHTTP2):

@@ -460,7 +460,7 @@ class H2Connection:
             elif code == F.MAX_CONCURRENT_STREAMS:
                 self.remoteMaxConcurrentStreams = value
             elif code == F.ENABLE_PUSH:
-                if value > 1:
+                if value > 1 or (value and self.clientSide):  # a server must not offer push (6.5.2)
                     raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "ENABLE_PUSH %d" % (value,))
             elif code == F.MAX_HEADER_LIST_SIZE:
                 self.remoteMaxHeaderListSize = value

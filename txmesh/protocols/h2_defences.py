@@ -1,14 +1,18 @@
 """
-What the HTTP/2 listener refuses, apart from its Protocol (sans-IO): malformed requests (RFC 9113 8.2-8.3) and
-frame floods (CVE-2023-44487 rapid reset, PING/SETTINGS, PRIORITY, WINDOW_UPDATE and empty DATA floods), counted
+What txmesh's HTTP/2 side refuses, apart from its Protocols (sans-IO): malformed requests, responses and trailers
+(RFC 9113 8.1-8.3: an intermediary must not forward them) and, on the listener, frame floods (CVE-2023-44487 rapid reset, PING/SETTINGS, PRIORITY, WINDOW_UPDATE and empty DATA floods), counted
 against the listener's L{txmesh.config.H2Limits}.
 """
 
 import re
 
 
-class MalformedRequest(Exception):
-    """An HTTP/2 request that RFC 9113 8.2-8.3 calls malformed: answered with RST_STREAM(PROTOCOL_ERROR)."""
+class MalformedMessage(Exception):
+    """An HTTP/2 message that RFC 9113 8.1-8.3 calls malformed: its stream is reset with PROTOCOL_ERROR."""
+
+
+class MalformedRequest(MalformedMessage):
+    """A malformed request (the listener answers RST_STREAM(PROTOCOL_ERROR) and forwards nothing)."""
 
 
 _PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
@@ -55,6 +59,51 @@ def readRequest(headers):
     if authority is None:
         authority = host or b""
     return method, path, authority, pseudo[b":scheme"], fields
+
+
+def _checkField(k, v):
+    if not k or _BAD_NAME.search(k) is not None:
+        raise MalformedMessage("invalid field name %r" % (k,))
+    if k in _CONNECTION_SPECIFIC:
+        raise MalformedMessage("connection-specific field %r" % (k,))
+    if _BAD_VALUE.search(v) is not None:
+        raise MalformedMessage("invalid value of %r" % (k,))
+
+
+def readResponse(headers):
+    """
+    (status, regular fields) of a final response's header list: one 3-digit ``:status`` first and no other
+    pseudo-header, and regular fields as ``readRequest`` checks them.
+
+    @raise MalformedMessage: the response must not be forwarded.
+    """
+    status = None
+    fields = []
+    for k, v in headers:
+        if k[:1] == b":":
+            if k != b":status" or status is not None or fields:
+                raise MalformedMessage("unexpected pseudo-header %r" % (k,))
+            if len(v) != 3 or not v.isdigit():
+                raise MalformedMessage("invalid :status %r" % (v,))
+            status = int(v)
+            continue
+        _checkField(k, v)
+        fields.append((k, v))
+    if status is None:
+        raise MalformedMessage("no :status")
+    return status, fields
+
+
+def checkTrailers(headers):
+    """
+    Trailers are field lines like the head's, without pseudo-headers (8.1).
+
+    @raise MalformedMessage: they must not be forwarded.
+    """
+    for k, v in headers:
+        if k[:1] == b":":
+            raise MalformedMessage("pseudo-header %r in trailers" % (k,))
+        _checkField(k, v)
 
 
 class FloodGuard:

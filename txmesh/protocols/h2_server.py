@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from txmesh.config import H2Limits
 from txmesh.protocols import grpc
-from txmesh.protocols.h2_defences import FloodGuard, MalformedRequest, readRequest
+from txmesh.protocols.h2_defences import FloodGuard, MalformedMessage, MalformedRequest, checkTrailers, readRequest
 from txmesh.protocols import h2_frames as ev
 from txmesh.protocols.h2_downstream import H2DownstreamStream
 from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError
@@ -44,6 +44,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self.streams = {}
         self._backlogs = {}
         self._closing = False
+        self._draining = False  # our graceful GOAWAY was sent: close once the open streams end
         self._peerGoaway = False  # the client sent a graceful GOAWAY: close once its streams end
         self._writePaused = False
         self.guard = FloodGuard(factory.h2Limits)
@@ -92,7 +93,13 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
                 s = self.streams.get(event.stream_id)
                 if s is not None and not s.requestEnded:
                     s.requestEnded = True
-                    s.active.decodeTrailers(HeaderMap(list(event.headers)))
+                    try:
+                        checkTrailers(event.headers)
+                    except MalformedMessage as e:
+                        self._resetStream(s, ErrorCodes.PROTOCOL_ERROR)
+                        self._malformed(s, e)
+                    else:
+                        s.active.decodeTrailers(HeaderMap(list(event.headers)))
             elif t is ev.StreamReset:
                 self._streamReset(event)
             elif t is ev.WindowUpdated:
@@ -224,11 +231,8 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             # the connection found a stream error (a body longer or shorter than its content-length, ...)
             f.stats.streams_reset_sent.value += 1
             if s is not None:
-                f.stats.error("malformed_request")
-                f.stats.rq_active.value -= 1
                 s.responseEnded = True
-                s.active.resetStream("downstream_protocol_error")
-                self._maybeIdle()
+                self._malformed(s, "stream error %s" % (ev.codeName(event.error_code),))
             return
         f.stats.streams_reset_by_peer.value += 1
         if s is None:
@@ -242,6 +246,16 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
                 self._flood(flood)
                 return
         s.active.resetStream("downstream_reset")
+        self._maybeIdle()
+
+    def _malformed(self, s, why):
+        """A stream already reset for a malformed request: the chain is told, the stream forgotten."""
+        f = self.factory
+        self.streams.pop(s.sid, None)
+        f.stats.error("malformed_request")
+        f.stats.rq_active.value -= 1
+        self.log.debug("stream {sid}: malformed request: {why}", sid=s.sid, why=why)
+        s.active.resetStream("downstream_protocol_error")
         self._maybeIdle()
 
     # -- responses (called through H2DownstreamStream by the ActiveStream) ---------------------------------------
@@ -369,7 +383,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             # the response is complete but the client is still sending: stop it (RFC 9113 8.1)
             self._resetStream(s, ErrorCodes.NO_ERROR)
             self.factory.stats.streams_reset_sent.value -= 1
-        if self.factory.draining or self._peerGoaway:
+        if self._draining or self._peerGoaway:
             self._maybeClose()
         self._maybeIdle()
 
@@ -467,8 +481,9 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
 
     def drain(self):
         """Graceful drain: GOAWAY now; close when the open streams end."""
-        if self._closing:
+        if self._closing or self._draining:
             return
+        self._draining = True
         self.conn.goAway()
         self._flushNow()
         self.factory.stats.goaway_sent.value += 1
