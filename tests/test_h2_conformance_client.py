@@ -11,11 +11,9 @@ deviates from it today, the test states the RFC's behaviour and is a strict xfai
 import struct
 
 import pytest
-from hpack import Decoder, Encoder
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
-    Frame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
@@ -24,103 +22,35 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-from twisted.internet.testing import StringTransport
 
+from tests.h2wire import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, END_HEADERS, END_STREAM, FLOW_CONTROL_ERROR,
+                          FRAME_SIZE_ERROR, HEADERS, INTERNAL_ERROR, MAX_WINDOW, PING, PREFACE, PROTOCOL_ERROR,
+                          RST_STREAM, SETTINGS, STREAM_CLOSED, WINDOW_UPDATE, Responder, WireEnd, assertGoaway,
+                          assertStreamOrGoaway, dataBytes, rawFrame)
 from txmesh import errors
 from txmesh.protocols.h2_client import H2ClientProtocol
 from txmesh.stream import HeaderMap, RequestHead
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-# error codes (RFC 9113 7), spelled here so the suite does not depend on any HTTP/2 library's enums
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-STREAM_CLOSED = 0x5
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-COMPRESSION_ERROR = 0x9
-
-# frame types and flags (RFC 9113 6)
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS, PADDED = 0x1, 0x1, 0x4, 0x8
-
-MAX_WINDOW = 2 ** 31 - 1
-
-
-def rawFrame(kind, flags, sid, payload=b""):
-    """A frame built byte by byte (RFC 9113 4.1), for the malformed ones hyperframe will not serialize."""
-    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, sid) + payload
-
-
-class Responder:
-    """Stands for the router: records what the client delivers for one request."""
-
-    def __init__(self):
-        self.events = []
-        self.heads = []
-
-    def upstreamHeaders(self, head, endStream):
-        self.heads.append(head)
-        self.events.append(("headers", head.status, endStream))
-
-    def upstreamData(self, data, endStream):
-        self.events.append(("data", data, endStream))
-
-    def upstreamTrailers(self, trailers):
-        self.events.append(("trailers", list(trailers.items())))
-
-    def upstreamComplete(self, reusable):
-        self.events.append(("complete",))
-
-    def upstreamFailed(self, exc):
-        self.events.append(("failed", type(exc)))
-
-    def upstreamWritePaused(self):
-        pass
-
-    def upstreamWriteResumed(self):
-        pass
-
-    def body(self):
-        return b"".join(e[1] for e in self.events if e[0] == "data")
-
-    def failed(self):
-        return [e[1] for e in self.events if e[0] == "failed"]
-
-
-class Server:
+class Server(WireEnd):
     """
     The upstream server end of one client connection, played with raw frames.  ``read()`` gives the frames the
     client wrote since the last read, header blocks decoded into ``.fields`` of the HEADERS frame, and checks
     that every DATA frame fits the windows this server granted (RFC 9113 6.9) and its SETTINGS_MAX_FRAME_SIZE.
     """
 
+    other = "client"
+
     def __init__(self, settings=None, handshake=True):
-        self.proto = H2ClientProtocol()
-        self.transport = StringTransport()
-        self.proto.makeConnection(self.transport)
+        super().__init__(H2ClientProtocol(), len(PREFACE))
         assert self.transport.value().startswith(PREFACE)
-        self.encoder = Encoder()
-        self.decoder = Decoder()
-        self.received = []
-        self._offset = len(PREFACE)
-        self._block = None
         # what this server lets the client send: its own (announced) settings and WINDOW_UPDATEs
         self.settings = dict(settings or {})
         self.grantedInitial = 65535
         self.granted = {0: 65535}
-        # what the client lets this server send: the client's settings and WINDOW_UPDATEs
-        self.initialWindow = 65535
-        self.windows = {0: 65535}
         self.clientPreface = self.read()
         if handshake:
             self.sendSettings(self.settings)
-
-    def send(self, *parts):
-        self.proto.dataReceived(b"".join(p if isinstance(p, bytes) else p.serialize() for p in parts))
 
     def sendSettings(self, settings):
         """SETTINGS from the server; the client applies them on receipt (its ACK follows)."""
@@ -138,40 +68,15 @@ class Server:
         self.granted[sid] = self.granted.get(sid, self.grantedInitial) + increment
         self.send(WindowUpdateFrame(sid, window_increment=increment))
 
-    def read(self):
-        data = self.transport.value()
-        maxFrameSize = self.settings.get(SettingsFrame.MAX_FRAME_SIZE, 16384)
-        out = []
-        while len(data) - self._offset >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(data[self._offset:self._offset + 9]))
-            end = self._offset + 9 + length
-            assert end <= len(data), "a partial frame on the wire"
-            assert length <= maxFrameSize, "%r exceeds SETTINGS_MAX_FRAME_SIZE %d" % (frame, maxFrameSize)
-            frame.parse_body(memoryview(data[self._offset + 9:end]))
-            self._offset = end
-            if isinstance(frame, HeadersFrame):
-                self._block = [frame, frame.data]
-            elif isinstance(frame, ContinuationFrame):
-                assert self._block is not None, "CONTINUATION without HEADERS from the client"
-                self._block[1] += frame.data
-            if isinstance(frame, (HeadersFrame, ContinuationFrame)) and "END_HEADERS" in frame.flags:
-                headers, block = self._block
-                headers.fields = self.decoder.decode(block, raw=True)
-                self._block = None
-            elif isinstance(frame, DataFrame):
-                n = frame.flow_controlled_length
-                sid = frame.stream_id
-                self.granted[sid] = self.granted.get(sid, self.grantedInitial) - n
-                self.granted[0] -= n
-                assert self.granted[sid] >= 0 and self.granted[0] >= 0, "DATA beyond the windows granted"
-            elif isinstance(frame, WindowUpdateFrame):
-                sid = frame.stream_id
-                self.windows[sid] = self.windows.get(sid, self.initialWindow) + frame.window_increment
-            elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
-                self.initialWindow = frame.settings.get(SettingsFrame.INITIAL_WINDOW_SIZE, self.initialWindow)
-            out.append(frame)
-        self.received.extend(out)
-        return out
+    def maxFrameSize(self):
+        return self.settings.get(SettingsFrame.MAX_FRAME_SIZE, 16384)
+
+    def dataRead(self, frame):
+        n = frame.flow_controlled_length
+        sid = frame.stream_id
+        self.granted[sid] = self.granted.get(sid, self.grantedInitial) - n
+        self.granted[0] -= n
+        assert self.granted[sid] >= 0 and self.granted[0] >= 0, "DATA beyond the windows granted"
 
     def request(self, end=True, headers=(), version=(2, 0)):
         """A request through a new stream handle, as the router makes one; returns (handle, responder)."""
@@ -181,66 +86,33 @@ class Server:
         return h, r
 
     def headers(self, sid, fields, end=False, endHeaders=True, **kwargs):
-        flags = set(kwargs.pop("flags", ()))
-        if end:
-            flags.add("END_STREAM")
-        if endHeaders:
-            flags.add("END_HEADERS")
-        return HeadersFrame(sid, data=self.encoder.encode(fields), flags=flags, **kwargs)
-
-    def sendWindow(self, sid):
-        self.read()
-        return min(self.windows.get(sid, self.initialWindow), self.windows[0])
+        return super().headers(sid, fields, end, endHeaders, **kwargs)
 
     def sendData(self, frame):
         """Send DATA if the client's windows allow it (charging them); False if they are shut."""
-        n = frame.flow_controlled_length
-        if n > self.sendWindow(frame.stream_id):
+        if frame.flow_controlled_length > self.sendWindow(frame.stream_id):
             return False
-        self.windows[frame.stream_id] = self.windows.get(frame.stream_id, self.initialWindow) - n
-        self.windows[0] -= n
-        self.send(frame)
+        super().sendData(frame)
         return True
-
-    def goaway(self):
-        self.read()
-        frames = [f for f in self.received if isinstance(f, GoAwayFrame)]
-        return frames[-1] if frames else None
-
-    def resets(self):
-        self.read()
-        return [(f.stream_id, f.error_code) for f in self.received if isinstance(f, RstStreamFrame)]
 
 
 def ok(status=b"200", extra=()):
     return [(b":status", status)] + list(extra)
 
 
-def dataBytes(frames, sid=None):
-    return sum(len(f.data) for f in frames if isinstance(f, DataFrame) and (sid is None or f.stream_id == sid))
-
-
 def assertConnectionError(server, code, *responders):
     """The client sent GOAWAY with ``code``, dropped the connection and failed every open stream."""
-    g = server.goaway()
-    assert g is not None, "no GOAWAY: %r" % (server.received,)
-    assert g.error_code == code, g
-    assert server.transport.disconnecting
+    assertGoaway(server, code)
     for r in responders:
         assert r.failed() == [errors.BadUpstreamResponse], r.events
 
 
 def assertStreamOrConnectionError(server, sid, code, responder):
     """RFC 9113 5.4: a stream error (RST_STREAM) or a connection error (GOAWAY); the stream's responder fails."""
-    g = server.goaway()
-    if g is not None:
-        assert g.error_code == code, g
-        assert server.transport.disconnecting
-    else:
-        assert (sid, code) in server.resets(), server.received
+    kind = assertStreamOrGoaway(server, sid, code)
     assert len(responder.failed()) == 1 and issubclass(responder.failed()[0], errors.UpstreamError)
     assert ("complete",) not in responder.events
-    return "connection" if g is not None else "stream"
+    return kind
 
 
 # -- 3.4 preface, 6.5 SETTINGS, 6.7 PING ---------------------------------------------------------------------------

@@ -11,11 +11,10 @@ listener deviates from it today, the test states the RFC's behaviour and is a st
 import struct
 
 import pytest
-from hpack import Decoder, Encoder
+from hpack import Encoder
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
-    Frame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
@@ -26,168 +25,43 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from txmesh.config import ListenerLimits
+from tests.h2wire import (ACK, CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, END_HEADERS, END_STREAM,
+                          FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, HEADERS, INTERNAL_ERROR, MAX_WINDOW, NO_ERROR,
+                          PADDED, PING, PREFACE, PRIORITY, PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS,
+                          STREAM_CLOSED, WINDOW_UPDATE, ListenerConfig, Runtime, Template, WireEnd, assertGoaway,
+                          assertStreamOrGoaway, dataBytes, dataFrames, rawFrame)
 from txmesh.protocols.h2_server import GRPCListenerFactory, H2ListenerFactory
-from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, ResponseHead
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# error codes (RFC 9113 7), spelled here so the suite does not depend on any HTTP/2 library's enums
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-STREAM_CLOSED = 0x5
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-COMPRESSION_ERROR = 0x9
-
-# frame types (RFC 9113 6)
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS, PADDED = 0x1, 0x1, 0x4, 0x8
-
-MAX_WINDOW = 2 ** 31 - 1
-
-
-class _Recorder:
-    """Stands for the ActiveStream: records what the listener forwards."""
-
-    def __init__(self, downstream, info, log):
-        self.downstream = downstream
-        self.info = info
-        self.log = log
-
-    def decodeHeaders(self, head, endStream):
-        self.log.append(("headers", head, endStream))
-
-    def decodeData(self, data, endStream):
-        self.log.append(("data", data, endStream))
-
-    def decodeTrailers(self, trailers):
-        self.log.append(("trailers", trailers))
-
-    def resetStream(self, reason, fromFilter=False):
-        self.log.append(("reset", reason))
-
-    def downstreamWritePaused(self):
-        pass
-
-    def downstreamWriteResumed(self):
-        pass
-
-
-class _Template:
-    def __init__(self):
-        self.log = []
-        self.streams = []
-
-    def createStream(self, downstream, info):
-        s = _Recorder(downstream, info, self.log)
-        self.streams.append(s)
-        return s
-
-
-class _ListenerConfig:
-    name = "l"
-    limits = ListenerLimits()
-    useRemoteAddress = False
-    http2 = None
-
-
-class _Runtime:
-    def __init__(self):
-        self.clock = Clock()
-        self.stats = StatsStore()
-
-
-def rawFrame(kind, flags, sid, payload=b""):
-    """A frame built byte by byte (RFC 9113 4.1), for the malformed ones hyperframe will not serialize."""
-    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, sid) + payload
 
 
 def request(path=b"/x", extra=()):
     return [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a.svc"), (b":path", path)] + list(extra)
 
 
-class Client:
+class Client(WireEnd):
     """
     The client end of one connection to the listener, played with raw frames.  ``read()`` gives the frames the
     server wrote since the last read, header blocks (HEADERS + CONTINUATION) decoded into ``.fields`` of the
     HEADERS frame; ``received`` keeps all of them.
     """
 
+    other = "server"
+
     def __init__(self, factoryClass=H2ListenerFactory, settings=None, preface=True):
-        self.runtime = _Runtime()
+        self.runtime = Runtime()
         self.stats = self.runtime.stats
-        self.template = _Template()
-        self.factory = factoryClass(_ListenerConfig(), self.template, self.runtime)
-        self.proto = self.factory.buildProtocol(None)
-        self.transport = StringTransport()
-        self.proto.makeConnection(self.transport)
-        self.encoder = Encoder()
-        self.decoder = Decoder()
-        self.received = []
-        self._offset = 0
-        self._block = None
+        self.template = Template()
+        self.factory = factoryClass(ListenerConfig(), self.template, self.runtime)
+        super().__init__(self.factory.buildProtocol(None))
         self.serverPreface = []
-        self.initialWindow = 65535  # what the server lets this client send (RFC 9113 6.9.2), kept up to date
-        self.windows = {0: 65535}
         if preface:
             self.send(PREFACE, SettingsFrame(0, settings=settings or {}))
             self.serverPreface = self.read()
 
-    def send(self, *parts):
-        self.proto.dataReceived(b"".join(p if isinstance(p, bytes) else p.serialize() for p in parts))
-
-    def read(self):
-        data = self.transport.value()
-        out = []
-        while len(data) - self._offset >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(data[self._offset:self._offset + 9]))
-            end = self._offset + 9 + length
-            assert end <= len(data), "a partial frame on the wire"
-            frame.parse_body(memoryview(data[self._offset + 9:end]))
-            self._offset = end
-            if isinstance(frame, HeadersFrame):
-                self._block = [frame, frame.data]
-            elif isinstance(frame, ContinuationFrame):
-                assert self._block is not None, "CONTINUATION without HEADERS from the server"
-                self._block[1] += frame.data
-            if isinstance(frame, (HeadersFrame, ContinuationFrame)) and "END_HEADERS" in frame.flags:
-                headers, block = self._block
-                headers.fields = self.decoder.decode(block, raw=True)
-                self._block = None
-            elif isinstance(frame, WindowUpdateFrame):
-                sid = frame.stream_id
-                self.windows[sid] = self.windows.get(sid, self.initialWindow) + frame.window_increment
-            elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
-                self.initialWindow = frame.settings.get(SettingsFrame.INITIAL_WINDOW_SIZE, self.initialWindow)
-            out.append(frame)
-        self.received.extend(out)
-        return out
-
     def headers(self, sid, fields=None, end=True, endHeaders=True, **kwargs):
-        flags = set(kwargs.pop("flags", ()))
-        if end:
-            flags.add("END_STREAM")
-        if endHeaders:
-            flags.add("END_HEADERS")
-        return HeadersFrame(sid, data=self.encoder.encode(fields or request()), flags=flags, **kwargs)
-
-    def goaway(self):
-        self.read()
-        frames = [f for f in self.received if isinstance(f, GoAwayFrame)]
-        return frames[-1] if frames else None
-
-    def resets(self):
-        self.read()
-        return [(f.stream_id, f.error_code) for f in self.received if isinstance(f, RstStreamFrame)]
+        return super().headers(sid, fields or request(), end, endHeaders, **kwargs)
 
     def forwarded(self):
         """What the chain saw, simply: ("headers", path, end), ("data", bytes, end), ("trailers", [...]), ..."""
@@ -216,47 +90,18 @@ class Client:
     def lose(self):
         self.proto.connectionLost(Failure(ConnectionDone()))
 
-    def sendWindow(self, sid):
-        """How much DATA the server's windows let this client send on ``sid`` now (RFC 9113 6.9)."""
-        self.read()
-        return min(self.windows.get(sid, self.initialWindow), self.windows[0])
-
-    def sendData(self, frame):
-        """Send a DATA frame, charging both windows for it."""
-        n = frame.flow_controlled_length
-        self.windows[frame.stream_id] = self.windows.get(frame.stream_id, self.initialWindow) - n
-        self.windows[0] -= n
-        self.send(frame)
-        return n
-
 
 def assertConnectionError(client, code):
     """The server sent GOAWAY with ``code`` and is closing; it forwarded no new request meanwhile."""
-    g = client.goaway()
-    assert g is not None, "no GOAWAY: %r" % (client.received,)
-    assert g.error_code == code, g
-    assert client.transport.disconnecting
-    return g
+    return assertGoaway(client, code)
 
 
 def assertStreamOrConnectionError(client, sid, code):
     """RFC 9113 5.4: a stream error (RST_STREAM) or, as any endpoint may choose, a connection error (GOAWAY)."""
-    g = client.goaway()
-    if g is not None:
-        assert g.error_code == code, g
-        assert client.transport.disconnecting
-        return "connection"
-    assert (sid, code) in client.resets(), client.received
-    assert not client.transport.disconnecting
-    return "stream"
-
-
-def dataFrames(frames, sid=None):
-    return [f for f in frames if isinstance(f, DataFrame) and (sid is None or f.stream_id == sid)]
-
-
-def sentBytes(frames, sid=None):
-    return sum(len(f.data) for f in dataFrames(frames, sid))
+    kind = assertStreamOrGoaway(client, sid, code)
+    if kind == "stream":
+        assert not client.transport.disconnecting
+    return kind
 
 
 def upload(client, frames):
@@ -874,14 +719,14 @@ def test_response_respects_the_clients_stream_window():
     c.respond(body=b"r" * 1000)
     frames = c.read()
     assert [f for f in frames if isinstance(f, HeadersFrame)][0].fields == [(b":status", b"200")]
-    assert sentBytes(frames) == 100
+    assert dataBytes(frames) == 100
     c.send(WindowUpdateFrame(1, window_increment=300))
-    assert sentBytes(c.read()) == 300
+    assert dataBytes(c.read()) == 300
     c.send(WindowUpdateFrame(1, window_increment=1000))
     frames = dataFrames(c.read())
     assert sum(len(f.data) for f in frames) == 600
     assert "END_STREAM" in frames[-1].flags
-    assert sentBytes(c.received) == 1000
+    assert dataBytes(c.received) == 1000
 
 
 def test_response_respects_the_clients_connection_window():
@@ -890,10 +735,10 @@ def test_response_respects_the_clients_connection_window():
     c.send(c.headers(1), c.headers(3))
     c.respond(0, body=b"a" * 50000)
     c.respond(1, body=b"b" * 50000)
-    assert sentBytes(c.read()) == 65535
+    assert dataBytes(c.read()) == 65535
     c.send(WindowUpdateFrame(0, window_increment=100000))
     c.read()
-    assert sentBytes(c.received, 1) == 50000 and sentBytes(c.received, 3) == 50000
+    assert dataBytes(c.received, 1) == 50000 and dataBytes(c.received, 3) == 50000
 
 
 def test_initial_window_size_change_adjusts_open_streams():
@@ -901,11 +746,11 @@ def test_initial_window_size_change_adjusts_open_streams():
     c = Client(settings={SettingsFrame.INITIAL_WINDOW_SIZE: 100})
     c.send(c.headers(1))
     c.respond(body=b"r" * 1000)
-    assert sentBytes(c.read()) == 100
+    assert dataBytes(c.read()) == 100
     c.send(SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 600}))
     frames = c.read()
     assert [f for f in frames if isinstance(f, SettingsFrame) and "ACK" in f.flags]
-    assert sentBytes(frames) == 500
+    assert dataBytes(frames) == 500
 
 
 def test_initial_window_size_decrease_can_make_a_window_negative():
@@ -915,12 +760,12 @@ def test_initial_window_size_decrease_can_make_a_window_negative():
     s = c.template.streams[0]
     s.downstream.writeHeaders(ResponseHead(200, version=(2, 0)), False)
     s.downstream.writeData(b"a" * 1000, False)
-    assert sentBytes(c.read()) == 1000
+    assert dataBytes(c.read()) == 1000
     c.send(SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 500}))  # window: 500 - 1000 = -500
     s.downstream.writeData(b"b" * 1000, True)
-    assert sentBytes(c.read()) == 0
+    assert dataBytes(c.read()) == 0
     c.send(WindowUpdateFrame(1, window_increment=600))  # -500 + 600 = 100
-    assert sentBytes(c.read()) == 100
+    assert dataBytes(c.read()) == 100
     c.send(WindowUpdateFrame(1, window_increment=900))
     frames = dataFrames(c.read())
     assert sum(len(f.data) for f in frames) == 900 and "END_STREAM" in frames[-1].flags
@@ -944,7 +789,7 @@ def test_last_of_repeated_settings_wins():
     c.send(PREFACE, rawFrame(SETTINGS, 0, 0, struct.pack(">HIHI", 4, 100, 4, 1)))
     c.send(c.headers(1))
     c.respond(body=b"r" * 10)
-    assert sentBytes(c.read()) == 1
+    assert dataBytes(c.read()) == 1
 
 
 # -- 6.5 SETTINGS --------------------------------------------------------------------------------------------------

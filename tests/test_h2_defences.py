@@ -17,73 +17,16 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from txmesh.config import ListenerLimits
+from tests.h2wire import PREFACE, ListenerConfig, Runtime, Template
 from txmesh.protocols.h2_server import GRPCListenerFactory, H2ListenerFactory
-from txmesh.stats import StatsStore
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-class _Recorder:
-    """Stands for the ActiveStream: records what the listener forwards."""
-
-    def __init__(self, downstream, info, log):
-        self.downstream = downstream
-        self.info = info
-        self.log = log
-        self.complete = False
-
-    def decodeHeaders(self, head, endStream):
-        self.log.append(("headers", head, endStream))
-
-    def decodeData(self, data, endStream):
-        self.log.append(("data", data, endStream))
-
-    def decodeTrailers(self, trailers):
-        self.log.append(("trailers", trailers))
-
-    def resetStream(self, reason, fromFilter=False):
-        self.complete = True
-        self.log.append(("reset", reason))
-
-    def downstreamWritePaused(self):
-        pass
-
-    def downstreamWriteResumed(self):
-        pass
-
-
-class _Template:
-    def __init__(self):
-        self.log = []
-        self.streams = []
-
-    def createStream(self, downstream, info):
-        s = _Recorder(downstream, info, self.log)
-        self.streams.append(s)
-        return s
-
-
-class _ListenerConfig:
-    name = "l"
-    limits = ListenerLimits()
-    useRemoteAddress = False
-    http2 = None
-
-
-class _Runtime:
-    def __init__(self):
-        self.clock = Clock()
-        self.stats = StatsStore()
 
 
 def serve(factoryClass=H2ListenerFactory):
-    runtime = _Runtime()
-    template = _Template()
-    factory = factoryClass(_ListenerConfig(), template, runtime)
+    runtime = Runtime()
+    template = Template()
+    factory = factoryClass(ListenerConfig(), template, runtime)
     proto = factory.buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)

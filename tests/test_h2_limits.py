@@ -8,17 +8,8 @@ from hpack import Encoder
 from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 from twisted.internet.testing import StringTransport
 
-from tests.test_h2_defences import (
-    PREFACE,
-    _Runtime,
-    _Template,
-    goaway,
-    headersFrame,
-    rawFrames,
-    request,
-    resets,
-    responses,
-)
+from tests.h2wire import PREFACE, Runtime, Template
+from tests.test_h2_defences import goaway, headersFrame, rawFrames, request, resets, responses
 from txmesh.config import loads
 from txmesh.protocols.h2_server import GRPCListenerFactory, H2ListenerFactory
 from txmesh.stream import HeaderMap, ResponseHead
@@ -36,8 +27,8 @@ listeners:
 def serve(protocol="http2", http2="{}"):
     """An H2 listener built from a loaded mesh.yaml, connected over a StringTransport, prefaces exchanged."""
     listenerConfig = loads(MESH % (protocol, http2)).listeners[0]
-    runtime = _Runtime()
-    template = _Template()
+    runtime = Runtime()
+    template = Template()
     factoryClass = GRPCListenerFactory if protocol == "grpc" else H2ListenerFactory
     proto = factoryClass(listenerConfig, template, runtime).buildProtocol(None)
     transport = StringTransport()

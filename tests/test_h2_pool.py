@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from tests import h2wire
 from txmesh import errors
 from txmesh.config import ClusterConfig
 from txmesh.protocols.h2_client import H2ClientProtocol
@@ -51,30 +52,14 @@ class Peer:
         self.pump()
 
 
-class Responder:
-    def __init__(self):
-        self.events = []
+class Responder(h2wire.Responder):
+    """Records a head by its status only and trailers by their grpc-status."""
 
     def upstreamHeaders(self, head, endStream):
         self.events.append(("headers", head.status))
 
-    def upstreamData(self, data, endStream):
-        self.events.append(("data", data, endStream))
-
     def upstreamTrailers(self, trailers):
         self.events.append(("trailers", trailers.get(b"grpc-status")))
-
-    def upstreamComplete(self, reusable):
-        self.events.append(("complete",))
-
-    def upstreamFailed(self, exc):
-        self.events.append(("failed", type(exc)))
-
-    def upstreamWritePaused(self):
-        pass
-
-    def upstreamWriteResumed(self):
-        pass
 
 
 def makePool(maxStreams=2):
