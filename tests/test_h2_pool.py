@@ -174,3 +174,25 @@ def test_answered_ping_keeps_connection():
     clock.advance(10)
     assert ra.events == []
     assert not a.proto.transport.disconnecting
+
+
+def test_connection_out_of_stream_ids_is_replaced():
+    """RFC 9113 5.1.1: stream ids cannot be reused; a connection that used its last id takes no new stream, its
+    open streams finish, and it closes when they are released."""
+    pool, peers, _, _ = makePool(maxStreams=10)
+    a, ra = start(pool)
+    first = peers[0].proto
+    first.conn._nextId = (1 << 31) - 1  # the last client stream id comes next
+    b, rb = start(pool)
+    assert b.sid == (1 << 31) - 1 and b.proto is first
+    c, rc = start(pool)
+    assert c.proto is not first and len(peers) == 2
+    for p in peers:
+        p.pump()
+    peers[0].respond(1, b"A")
+    peers[0].respond((1 << 31) - 1, b"B")
+    assert ("data", b"B", False) in rb.events
+    pool.release(a)
+    assert not first.transport.disconnecting
+    pool.release(b)
+    assert first.transport.disconnecting

@@ -177,6 +177,12 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
             self.stats.streams_opened.value += 1
         conn.sendHeaders(sid, fields, endStream)
         self._flush()
+        if conn.streamIdsExhausted() and not self.goingAway:
+            # 2^30 streams on one connection (about a day at 10k calls/s): retire it as if GOAWAY came; the pool
+            # opens a new one and this one closes when its streams end
+            self.goingAway = True
+            if self.onGoaway is not None:
+                self.onGoaway(self, [])
 
     def _streamData(self, h, data, endStream):
         if h.sid not in self.streams:

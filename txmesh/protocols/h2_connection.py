@@ -125,6 +125,10 @@ class H2Connection:
             raise StreamClosedError("stream ids exhausted on this connection")
         return self._nextId
 
+    def streamIdsExhausted(self):
+        """This side cannot open another stream (its ids reached 2^31-1): the connection must be replaced."""
+        return self._nextId > F.MAX_STREAM_ID
+
     def sendHeaders(self, sid, fields, endStream=False):
         """A header block (request, response or trailers) on ``sid``; a client's first one opens the stream."""
         if self.closed:
