@@ -50,10 +50,16 @@ def test_memo_is_bounded():
     assert len(enc._cache) <= 4096
 
 
-def test_header_table_size_setting_is_accepted():
+def test_header_table_size_setting_starts_the_next_block_with_a_size_update():
+    """RFC 7541 4.2: after the peer's SETTINGS_HEADER_TABLE_SIZE, the next block opens with an update (to 0)."""
     enc = StatelessEncoder()
-    enc.header_table_size = 0  # h2 does this on the peer's SETTINGS_HEADER_TABLE_SIZE
-    assert Decoder().decode(enc.encode([(b"a", b"b")]), raw=True) == [(b"a", b"b")]
+    enc.tableSizeChanged()
+    first = enc.encode([(b"a", b"b")])
+    assert first[:1] == b"\x20"
+    dec = Decoder()
+    dec.max_allowed_table_size = 0
+    assert dec.decode(first, raw=True) == [(b"a", b"b")]
+    assert enc.encode([(b"a", b"b")])[:1] != b"\x20"
 
 
 def _pairs(headers):

@@ -329,7 +329,12 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         """A response (or its trailers) RFC 9113 calls malformed: reset the stream, never forward it (502)."""
         responder, h.responder = h.responder, None
         h.done = True
-        self._cancel(h, ErrorCodes.PROTOCOL_ERROR)
+        self.streams.pop(h.sid, None)
+        self._dropBacklog(h.sid)
+        if self.stats is not None:
+            self.stats.streams_reset_sent.value += 1
+        self.conn.rejectMessage(h.sid)
+        self._flush()
         responder.upstreamFailed(errors.BadUpstreamResponse("malformed upstream HTTP/2 response: %s" % (why,)))
 
     def _goaway(self, event):

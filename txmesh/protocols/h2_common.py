@@ -147,12 +147,15 @@ class FlowControlledSender:
             sent = self._sendChunks(sid, data, n, frameSize)
         else:
             sent = self._sendChunks(sid, data, window, conn.maxOutboundFrameSize) if window > 0 else 0
-        if sent == n:
+        if sent == n and window >= 0:
             if endStream:
                 conn.endStream(sid)
             return
+        # the rest waits for WINDOW_UPDATE; so does an empty end of stream while the window is negative (the peer
+        # lowered INITIAL_WINDOW_SIZE, RFC 9113 6.9.2: no DATA until the window is positive again)
         b = backlogs[sid] = _Backlog()
-        b.chunks.append(data[sent:] if sent else data)
+        if n > sent:
+            b.chunks.append(data[sent:] if sent else data)
         b.size = n - sent
         b.end = endStream
         if b.size > HIGH_WATERMARK:
@@ -208,7 +211,7 @@ class FlowControlledSender:
                     chunks[0] = chunk[window:]
                     b.size -= window
                     window = 0
-            if not chunks:
+            if not chunks and window >= 0:
                 del self._backlogs[s]
                 if b.trailers is not None:
                     conn.sendHeaders(s, b.trailers, True)

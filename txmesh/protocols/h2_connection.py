@@ -175,6 +175,16 @@ class H2Connection:
         self._remember(sid, True)
         self._out.append(F.rstStreamFrame(sid, code))
 
+    def rejectMessage(self, sid, code=ErrorCodes.PROTOCOL_ERROR):
+        """
+        A stream error the protocol found in a message this connection already delivered (malformed fields): the
+        stream is reset even if the message ended it, as RFC 9113 8.1.1 asks of a malformed message.
+        """
+        if not self.closed:
+            self.streams.pop(sid, None)
+            self._remember(sid, True)
+            self._out.append(F.rstStreamFrame(sid, code))
+
     def localFlowControlWindow(self, sid):
         """How many bytes of DATA may be sent on ``sid`` now (the smaller of its window and the connection's)."""
         s = self.streams.get(sid)
@@ -397,6 +407,8 @@ class H2Connection:
         if not self._started(s, headers, ended, not (s.head or status == b"304" or status == b"204")):
             self._streamError(sid, ErrorCodes.PROTOCOL_ERROR, events)
             return
+        if ended and s.localEnded:
+            self._close(sid)
         events.append(F.ResponseReceived(sid, headers, ended))
 
     def _started(self, s, headers, ended, withLength=True):
@@ -468,6 +480,8 @@ class H2Connection:
                     raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "ENABLE_PUSH %d" % (value,))
             elif code == F.MAX_HEADER_LIST_SIZE:
                 self.remoteMaxHeaderListSize = value
+            elif code == F.HEADER_TABLE_SIZE:
+                self.encoder.tableSizeChanged()
             changed[code] = value
         self._settingsSeen = True
         self._out.append(F.SETTINGS_ACK)

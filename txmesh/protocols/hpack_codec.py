@@ -62,19 +62,26 @@ def encodeField(name, value):
 
 class StatelessEncoder:
     """
-    Stands in for ``hpack.Encoder`` on an ``h2`` connection (``conn.encoder``): h2 calls ``encode`` and sets
-    ``header_table_size`` when the peer changes its SETTINGS_HEADER_TABLE_SIZE, which does not concern an
-    encoder that never indexes.
+    The HPACK encoder of txmesh's HTTP/2 connections (``encode(fields) -> bytes``).  It never indexes, yet when the
+    peer announces SETTINGS_HEADER_TABLE_SIZE the next block must start with a dynamic table size update (RFC 7541
+    4.2): nghttp2 (curl, nginx, Envoy) rejects a block without it after lowering the size.  The update is to 0, the
+    size this encoder uses, which no setting can be below.
     """
-
-    header_table_size = 4096
 
     def __init__(self):
         self._cache = {}
+        self._sizeUpdate = False
 
-    def encode(self, headers, huffman=True):
+    def tableSizeChanged(self):
+        """The peer sent SETTINGS_HEADER_TABLE_SIZE: start the next block with a size update to 0."""
+        self._sizeUpdate = True
+
+    def encode(self, headers):
         cache = self._cache
         out = []
+        if self._sizeUpdate:
+            self._sizeUpdate = False
+            out.append(b"\x20")
         for key in headers:
             b = cache.get(key)
             if b is None:
