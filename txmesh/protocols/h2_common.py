@@ -95,10 +95,10 @@ class FlowControlledSender:
     Mixin for a Protocol with ``self.conn`` (an H2Connection) and ``self.transport``: sends DATA within the peer's
     flow-control windows, keeping the rest per stream.  ``_backlogFull(sid)`` / ``_backlogDrained(sid)`` are
     called when a stream's backlog passes the high watermark and when it falls back below half of it.
-    ``_flush`` writes what the connection queued through ``self._out`` (a L{Writer}); while a read is being dispatched (its
-    L{WriteScope} entered) it waits for the end of it, so a response read upstream (HEADERS, DATA, trailers)
-    leaves downstream in one ``send()``, and the frames queued on the reading connection (acks, WINDOW_UPDATEs)
-    go with them.
+    ``_flush`` writes what the connection queued through ``self._out`` (a L{Writer}); while a read is being
+    dispatched (its L{WriteScope} entered) it waits for the end of it, so a response read upstream (HEADERS,
+    DATA, trailers) leaves downstream in one ``send()``, and the frames queued on the reading connection (acks,
+    WINDOW_UPDATEs) go with them.
     """
 
     _backlogs = None

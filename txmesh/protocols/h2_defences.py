@@ -1,7 +1,8 @@
 """
 What txmesh's HTTP/2 side refuses, apart from its Protocols (sans-IO): malformed requests, responses and trailers
-(RFC 9113 8.1-8.3: an intermediary must not forward them) and, on the listener, frame floods (CVE-2023-44487 rapid reset, PING/SETTINGS, PRIORITY, WINDOW_UPDATE and empty DATA floods), counted
-against the listener's L{txmesh.config.H2Limits}.
+(RFC 9113 8.1-8.3: an intermediary must not forward them) and, on the listener, frame floods (CVE-2023-44487
+rapid reset, PING/SETTINGS, PRIORITY, WINDOW_UPDATE and empty DATA floods), counted against the listener's
+L{txmesh.config.H2Limits}.
 """
 
 import re
