@@ -17,13 +17,12 @@ from txmesh.protocols import h2_frames as ev
 from txmesh.protocols.h2_common import (
     FlowControlledSender,
     ReadPausing,
-    WriteWatcher,
     makeConnection,
     regularFields,
 )
 from txmesh.protocols.h2_defences import MalformedMessage, checkTrailers, readResponse
 from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError, codeName
-from txmesh.protocols.transport import Writer, callInScope
+from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.stream import HeaderMap, ResponseHead
 
 _REPLAY_LIMIT = 64 * 1024  # request bytes kept to retry a stream refused by GOAWAY

@@ -7,9 +7,6 @@ producer that tells a protocol its transport's write buffer is full.
 
 from collections import deque
 
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
-
 from txmesh.protocols.h2_connection import H2Connection
 
 # Connection-specific fields (RFC 9113 8.2.2) that must not cross into HTTP/2; ``te`` is kept only as "trailers".
@@ -38,26 +35,6 @@ def regularFields(headers, fromHTTP2):
     if fromHTTP2:
         return items
     return [(k, v) for k, v in items if k not in HOP_BY_HOP]
-
-
-@implementer(IPushProducer)
-class WriteWatcher:
-    """Registered on a transport as a streaming producer: the transport says when its write buffer is full."""
-
-    __slots__ = ("onPause", "onResume")
-
-    def __init__(self, onPause, onResume):
-        self.onPause = onPause
-        self.onResume = onResume
-
-    def pauseProducing(self):
-        self.onPause()
-
-    def resumeProducing(self):
-        self.onResume()
-
-    def stopProducing(self):
-        pass
 
 
 class _Backlog:

@@ -21,13 +21,12 @@ from txmesh.protocols.h2_downstream import H2DownstreamStream
 from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError
 from txmesh.protocols.h2_common import (
     FlowControlledSender,
-    WriteWatcher,
     makeConnection,
     regularFields,
 )
 from txmesh.protocols.h2_stats import H2ListenerStats
 from txmesh.protocols.listener import DrainingFactory
-from txmesh.protocols.transport import Writer, callInScope
+from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo, newRequestId
 
 _STATUS = {s: b"%d" % s for s in range(100, 600)}

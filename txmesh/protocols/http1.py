@@ -8,13 +8,11 @@ responses leave in request order.
 
 from collections import deque
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from txmesh.protocols.listener import DrainingFactory
-from txmesh.protocols.transport import Writer, callInScope
+from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh import errors
 from txmesh.protocols.http1_codec import (
     LAST_CHUNK,
@@ -38,26 +36,6 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _MAX_QUEUED_EVENTS = 64
 _HEADERS = "headers"
 _IDLE = "idle"
-
-
-@implementer(IPushProducer)
-class _WriteWatcher:
-    """Registered on a transport as a streaming producer: the transport tells it when its buffer is full."""
-
-    __slots__ = ("onPause", "onResume")
-
-    def __init__(self, onPause, onResume):
-        self.onPause = onPause
-        self.onResume = onResume
-
-    def pauseProducing(self):
-        self.onPause()
-
-    def resumeProducing(self):
-        self.onResume()
-
-    def stopProducing(self):
-        pass
 
 
 class ListenerStats:
@@ -125,7 +103,7 @@ class HTTP1ServerProtocol(Protocol):
         self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
         self._peerHost = getattr(peer, "host", "").encode("ascii", "replace")
         self._out = Writer(self.transport, f.writeScope)
-        self.transport.registerProducer(_WriteWatcher(self._downstreamFull, self._downstreamDrained), True)
+        self.transport.registerProducer(WriteWatcher(self._downstreamFull, self._downstreamDrained), True)
         self._armHeaderTimer()
 
     def dataReceived(self, data):
@@ -474,7 +452,7 @@ class HTTP1ClientProtocol(Protocol):
     def connectionMade(self):
         self.connected = True
         self._out = Writer(self.transport, self.writeScope)
-        self.transport.registerProducer(_WriteWatcher(self._upstreamFull, self._upstreamDrained), True)
+        self.transport.registerProducer(WriteWatcher(self._upstreamFull, self._upstreamDrained), True)
 
     def sendRequest(self, head, endStream, responder):
         if self._readPaused:

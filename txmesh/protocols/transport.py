@@ -20,6 +20,8 @@ Without a clock (unit tests) the outermost exit sends at once.
 """
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 
 class WriteScope:
@@ -141,3 +143,23 @@ class Writer:
             return
         if sent < len(data):
             t.write(data[sent:])
+
+
+@implementer(IPushProducer)
+class WriteWatcher:
+    """Registered on a transport as a streaming producer: the transport says when its write buffer is full."""
+
+    __slots__ = ("onPause", "onResume")
+
+    def __init__(self, onPause, onResume):
+        self.onPause = onPause
+        self.onResume = onResume
+
+    def pauseProducing(self):
+        self.onPause()
+
+    def resumeProducing(self):
+        self.onResume()
+
+    def stopProducing(self):
+        pass
