@@ -259,8 +259,8 @@ def inproc(n, profile):
 
     from txmesh import config as _config
     from txmesh.filters.chain import FilterChainTemplate
-    from txmesh.protocols.h2_client import H2ClientProtocol
-    from txmesh.protocols.h2_server import GRPCListenerFactory
+    from txmesh.protocols.h2.client import H2ClientProtocol
+    from txmesh.protocols.h2.server import GRPCListenerFactory
     from txmesh.protocols.transport import WriteScope
     from txmesh.runtime import Runtime
     from txmesh.stats import StatsStore

@@ -16,7 +16,8 @@ from twisted.internet.testing import StringTransport
 
 from txmesh import config as _config
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols.http1 import HTTP1ClientProtocol, HTTP1ListenerFactory
+from txmesh.protocols.http1.client import HTTP1ClientProtocol
+from txmesh.protocols.http1.server import HTTP1ListenerFactory
 from txmesh.protocols.transport import WriteScope
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore

@@ -14,7 +14,7 @@ from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import Cluster, ClusterManager
 from txmesh.upstream.host import Host
 from txmesh.upstream.lb import findLoadBalancerFactory
-from txmesh.upstream.pool import HTTP1ConnectionPool
+from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 
 
 @dataclass(frozen=True)

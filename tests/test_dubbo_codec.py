@@ -1,5 +1,5 @@
 """
-Tests for txmesh.protocols.dubbo_codec, on frames captured between real third-party Dubbo consumers and
+Tests for txmesh.protocols.dubbo.codec, on frames captured between real third-party Dubbo consumers and
 providers (tests/fixtures/dubbo-frames, see its README.md).
 """
 
@@ -9,11 +9,11 @@ import os
 import pytest
 
 from txmesh.errors import CodecError
-from txmesh.protocols import dubbo_codec as dc
-from txmesh.protocols.dubbo_codec import (
+from txmesh.protocols.dubbo import codec as dc
+from txmesh.protocols.dubbo.codec import (
     DubboCodecError, DubboDecoder, decodeErrorMessage, decodeInvocation, decodeResultFlag,
     encodeHeartbeat, encodeHeartbeatResponse, encodeRequestWithAttachments, encodeResponse, withRequestId)
-from txmesh.protocols.hessian2 import Hessian2Writer, RawValue
+from txmesh.protocols.dubbo.hessian2 import Hessian2Writer, RawValue
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dubbo-frames")
 

@@ -14,9 +14,9 @@ from twisted.python.failure import Failure
 
 from txmesh import config
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols import dubbo_codec as dc
-from txmesh.protocols.dubbo import DubboListenerFactory
-from txmesh.protocols.dubbo_client import DubboClientProtocol
+from txmesh.protocols.dubbo import codec as dc
+from txmesh.protocols.dubbo.server import DubboListenerFactory
+from txmesh.protocols.dubbo.client import DubboClientProtocol
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager

@@ -2,7 +2,7 @@
 
 import pytest
 
-from txmesh.protocols import grpc
+from txmesh.protocols.h2 import grpc
 
 
 @pytest.mark.parametrize("value, seconds", [(b"1S", 1.0), (b"250m", 0.25), (b"2M", 120.0), (b"1H", 3600.0),

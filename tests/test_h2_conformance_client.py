@@ -28,7 +28,7 @@ from tests.h2wire import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, END_HEA
                           RST_STREAM, SETTINGS, STREAM_CLOSED, WINDOW_UPDATE, Responder, WireEnd, assertGoaway,
                           assertStreamOrGoaway, dataBytes, rawFrame)
 from txmesh import errors
-from txmesh.protocols.h2_client import H2ClientProtocol
+from txmesh.protocols.h2.client import H2ClientProtocol
 from txmesh.stream import HeaderMap, RequestHead
 
 

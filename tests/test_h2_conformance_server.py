@@ -32,7 +32,7 @@ from tests.h2wire import (ACK, CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, EN
                           PADDED, PING, PREFACE, PRIORITY, PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS,
                           STREAM_CLOSED, WINDOW_UPDATE, ListenerConfig, Runtime, Template, WireEnd, assertGoaway,
                           assertStreamOrGoaway, dataBytes, dataFrames, rawFrame)
-from txmesh.protocols.h2_server import GRPCListenerFactory, H2ListenerFactory
+from txmesh.protocols.h2.server import GRPCListenerFactory, H2ListenerFactory
 from txmesh.stream import HeaderMap, ResponseHead
 
 

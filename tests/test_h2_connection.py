@@ -1,5 +1,5 @@
 """
-Codec-level tests of txmesh's own HTTP/2 connection (L{txmesh.protocols.h2_connection}), sans-IO.
+Codec-level tests of txmesh's own HTTP/2 connection (L{txmesh.protocols.h2.codec}), sans-IO.
 
   - Captured real bytes (tests/fixtures/h2, made by capture.py there: grpcio, curl and h2load clients; grpcio and
     h2 servers) are fed whole, byte by byte and in seeded random splits: the events must not depend on the split,
@@ -26,9 +26,9 @@ from h2.settings import SettingCodes
 from hpack import Encoder
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, PingFrame, SettingsFrame
 
-from txmesh.protocols import h2_frames as F
-from txmesh.protocols.h2_connection import H2Connection
-from txmesh.protocols.h2_frames import ErrorCodes, StreamClosedError
+from txmesh.protocols.h2 import frames as F
+from txmesh.protocols.h2.codec import H2Connection
+from txmesh.protocols.h2.frames import ErrorCodes, StreamClosedError
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "h2")
 SCENARIOS = ["grpcio-unary", "grpcio-client-stream", "curl-get", "curl-post", "h2load", "nghttp-table-size-0"]

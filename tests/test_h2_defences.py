@@ -20,7 +20,7 @@ from hyperframe.frame import (
 from twisted.internet.testing import StringTransport
 
 from tests.h2wire import PREFACE, ListenerConfig, Runtime, Template
-from txmesh.protocols.h2_server import GRPCListenerFactory, H2ListenerFactory
+from txmesh.protocols.h2.server import GRPCListenerFactory, H2ListenerFactory
 
 
 def serve(factoryClass=H2ListenerFactory):

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from tests.h2wire import PREFACE, Runtime, Template
 from tests.test_h2_defences import goaway, headersFrame, rawFrames, request, resets, responses
 from txmesh.config import loads
-from txmesh.protocols.h2_server import GRPCListenerFactory, H2ListenerFactory
+from txmesh.protocols.h2.server import GRPCListenerFactory, H2ListenerFactory
 from txmesh.stream import HeaderMap, ResponseHead
 
 MESH = """\

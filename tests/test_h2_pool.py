@@ -15,10 +15,10 @@ from twisted.internet.testing import StringTransport
 from tests import h2wire
 from txmesh import errors
 from txmesh.config import ClusterConfig
-from txmesh.protocols.h2_client import H2ClientProtocol
+from txmesh.protocols.h2.client import H2ClientProtocol
 from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, RequestHead
-from txmesh.upstream.h2_pool import H2ConnectionPool
+from txmesh.protocols.h2.pool import H2ConnectionPool
 from txmesh.upstream.host import Host
 
 

@@ -1,5 +1,5 @@
 """
-Tests for txmesh.protocols.hessian2: the spec's own examples (hessian-serialization, Hessian 2.0), writer
+Tests for txmesh.protocols.dubbo.hessian2: the spec's own examples (hessian-serialization, Hessian 2.0), writer
 round trips, and bounded skipping of hostile structures.
 """
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from txmesh.errors import CodecError
-from txmesh.protocols.hessian2 import Hessian2Reader, Hessian2Writer, HessianError, RawValue
+from txmesh.protocols.dubbo.hessian2 import Hessian2Reader, Hessian2Writer, HessianError, RawValue
 
 
 def reader(data, **kw):

@@ -8,7 +8,7 @@ from hpack.table import HeaderTable
 
 from hpack import Encoder
 
-from txmesh.protocols.hpack_codec import MemoDecoder, StatelessEncoder, encodeField
+from txmesh.protocols.h2.hpack import MemoDecoder, StatelessEncoder, encodeField
 
 FIELDS = [
     (b":status", b"200"),  # static pair

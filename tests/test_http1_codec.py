@@ -1,5 +1,5 @@
 """
-Tests for txmesh.protocols.http1_codec: every event sequence is checked on the whole input, byte by byte and on
+Tests for txmesh.protocols.http1.codec: every event sequence is checked on the whole input, byte by byte and on
 seeded random splits; every request-smuggling defence has its own case with the status the server answers.
 """
 
@@ -8,7 +8,7 @@ import random
 import pytest
 
 from txmesh.errors import HTTPCodecError
-from txmesh.protocols.http1_codec import (
+from txmesh.protocols.http1.codec import (
     HOP_BY_HOP, LAST_CHUNK, BodyData, InterimResponse, MessageComplete, RequestDecoder, RequestStarted,
     ResponseDecoder, ResponseStarted, TunnelData, encodeChunk, encodeRequestHead, encodeResponseHead,
     encodeTrailers)

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from tests import support
-from txmesh.protocols import dubbo_codec as dc
-from txmesh.protocols.hessian2 import Hessian2Writer
+from txmesh.protocols.dubbo import codec as dc
+from txmesh.protocols.dubbo.hessian2 import Hessian2Writer
 
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dubbo_peers")
 NODE = shutil.which("node")

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from txmesh.errors import ConnectFailure, Overflow, PoolClosed, UpstreamReset
 from txmesh.stats import StatsStore
 from txmesh.upstream.host import Host
-from txmesh.upstream.multiplex_pool import MultiplexConnectionPool
+from txmesh.protocols.dubbo.pool import MultiplexConnectionPool
 
 
 @dataclass(frozen=True)

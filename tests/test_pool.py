@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from txmesh.errors import ConnectFailure, ConnectTimeout, Overflow, PoolClosed
 from txmesh.stats import StatsStore
 from txmesh.upstream.host import Host
-from txmesh.upstream.pool import HTTP1ConnectionPool
+from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from tests.test_dubbo_listener import FIXTURES, Mesh, answer, load
 from tests.test_robustness_http1 import splits
-from txmesh.protocols import dubbo_codec as dc
+from txmesh.protocols.dubbo import codec as dc
 
 REQUESTS = [load(d + "/" + n) for d in sorted(os.listdir(FIXTURES)) if os.path.isdir(os.path.join(FIXTURES, d))
             for n in sorted(os.listdir(os.path.join(FIXTURES, d))) if n.endswith(".hex") and "-c2s-" in n]

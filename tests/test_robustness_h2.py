@@ -32,7 +32,7 @@ from tests.test_h2_defences import PREFACE, rawFrames
 from tests.test_robustness_http1 import InMemoryListener, Upstream, splits
 from txmesh import config as _config
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols.h2_server import GRPCListenerFactory, H2ListenerFactory
+from txmesh.protocols.h2.server import GRPCListenerFactory, H2ListenerFactory
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager

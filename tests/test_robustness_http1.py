@@ -19,8 +19,9 @@ from twisted.python.failure import Failure
 
 from txmesh import config as _config
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols.http1 import HTTP1ClientProtocol, HTTP1ListenerFactory
-from txmesh.protocols.http1_codec import (
+from txmesh.protocols.http1.client import HTTP1ClientProtocol
+from txmesh.protocols.http1.server import HTTP1ListenerFactory
+from txmesh.protocols.http1.codec import (
     HTTPCodecError,
     MessageComplete,
     RequestDecoder,

@@ -57,17 +57,17 @@ def _clientEndpoint(reactor, hostname, port, timeout):
 # cluster protocol -> the client protocol class a connection speaks, "module:attribute" so a protocol's module is
 # imported only when a config uses it
 CLIENT_PROTOCOLS = {
-    "http1": "txmesh.protocols.http1:HTTP1ClientProtocol",
-    "dubbo": "txmesh.protocols.dubbo_client:DubboClientProtocol",
-    "h2": "txmesh.protocols.h2_client:H2ClientProtocol",
+    "http1": "txmesh.protocols.http1.client:HTTP1ClientProtocol",
+    "dubbo": "txmesh.protocols.dubbo.client:DubboClientProtocol",
+    "h2": "txmesh.protocols.h2.client:H2ClientProtocol",
 }
 
 # listener protocol -> its listener Factory class, made as Factory(listenerConfig, template, runtime)
 LISTENER_FACTORIES = {
-    "http": "txmesh.protocols.http1:HTTP1ListenerFactory",
-    "dubbo": "txmesh.protocols.dubbo:DubboListenerFactory",
-    "grpc": "txmesh.protocols.h2_server:GRPCListenerFactory",
-    "http2": "txmesh.protocols.h2_server:H2ListenerFactory",
+    "http": "txmesh.protocols.http1.server:HTTP1ListenerFactory",
+    "dubbo": "txmesh.protocols.dubbo.server:DubboListenerFactory",
+    "grpc": "txmesh.protocols.h2.server:GRPCListenerFactory",
+    "http2": "txmesh.protocols.h2.server:H2ListenerFactory",
 }
 
 

@@ -39,3 +39,29 @@ class DrainingFactory(Factory):
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
+
+
+class ListenerStats:
+    """Per-listener counters, made once per listener."""
+
+    def __init__(self, stats, listener):
+        s = stats.scope(listener=listener)
+        self.cx_total = s.counter("downstream_cx", help="Connections accepted")
+        self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
+        self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
+        self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
+        self.rq_total = s.counter("downstream_rq", help="Requests received")
+        self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
+        self.rq_timeout = s.counter("downstream_rq_header_timeout", help="Requests whose head came too slowly (408)")
+        # indexed by status // 100 (1..5)
+        self.rq_class = [None] + [s.counter("downstream_rq_xx", help="Responses by status class",
+                                            code_class="%dxx" % c) for c in range(1, 6)]
+        self._errors = {}
+        self._scope = s
+
+    def error(self, cause):
+        c = self._errors.get(cause)
+        if c is None:
+            c = self._errors[cause] = self._scope.counter("downstream_rq_error", help="Local error replies by cause",
+                                                          cause=cause)
+        c.value += 1

@@ -10,9 +10,9 @@ from zope.interface import implementer
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
 from txmesh.upstream.lb import findLoadBalancerFactory
-from txmesh.upstream.h2_pool import H2ConnectionPool
-from txmesh.upstream.multiplex_pool import MultiplexConnectionPool
-from txmesh.upstream.pool import HTTP1ConnectionPool
+from txmesh.protocols.h2.pool import H2ConnectionPool
+from txmesh.protocols.dubbo.pool import MultiplexConnectionPool
+from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 
 # Cluster-level series: (name, kind, help).  The pool makes the upstream_cx_* / upstream_rq_pending_* ones on the
 # same scope, so these are the same series.

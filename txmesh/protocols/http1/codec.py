@@ -1,6 +1,6 @@
 """
 The sans-IO HTTP/1.1 codec: request and response decoders on llhttp (through httptools), serialisers in
-L{txmesh.protocols.http1_wire} (re-exported here).
+L{txmesh.protocols.http1.wire} (re-exported here).
 
 How the work is split, and why:
   - llhttp parses each *head* (request/status line and fields) in strict mode.  It refuses obs-fold, bare CR or
@@ -29,7 +29,7 @@ from collections import deque
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
 from txmesh.errors import HTTPCodecError
-from txmesh.protocols.http1_wire import (
+from txmesh.protocols.http1.wire import (
     CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, BodyData,
     InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData, checkChunked, classifyFields,
     encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)

@@ -1,8 +1,8 @@
 """The downstream side of one stream of the HTTP/2 listener (h2_server), as its ActiveStream sees it."""
 
-from txmesh.protocols.h2_frames import ErrorCodes
+from txmesh.protocols.h2.frames import ErrorCodes
 
-from txmesh.protocols.h2_common import ReadPausing
+from txmesh.protocols.h2.flow import ReadPausing
 
 
 class H2DownstreamStream(ReadPausing):

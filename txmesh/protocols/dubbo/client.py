@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh import errors
-from txmesh.protocols.dubbo_codec import (
+from txmesh.protocols.dubbo.codec import (
     OK,
     DubboCodecError,
     DubboDecoder,
@@ -24,7 +24,7 @@ from txmesh.protocols.dubbo_codec import (
 )
 from txmesh.protocols.transport import Writer, callInScope
 from txmesh.stream import ResponseHead
-from txmesh.upstream.multiplex_pool import IMultiplexClient
+from txmesh.protocols.dubbo.pool import IMultiplexClient
 
 _MAX_ID = (1 << 63) - 1
 

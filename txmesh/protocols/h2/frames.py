@@ -1,5 +1,5 @@
 """
-HTTP/2 frames (RFC 9113 section 4 and 6) for txmesh's own connection layer (L{txmesh.protocols.h2_connection}):
+HTTP/2 frames (RFC 9113 section 4 and 6) for txmesh's own connection layer (L{txmesh.protocols.h2.codec}):
 the frame and flag numbers, error codes, the events a connection reports, its typed errors, and the serialisers
 of the frames it sends.  Frames are parsed in place by the connection (a 9-byte header read with one ``struct``
 call, the payload sliced), so there is no frame object per frame.

@@ -7,7 +7,7 @@ hyperframe were 56% of txmesh's CPU, mostly in per-frame objects, flag sets, enu
 machine (docs/performance.md).  A proxy needs less of it: frames are parsed in place from one ``struct`` call per
 header, a stream is five numbers and two flags, and what the peer got wrong is answered as RFC 9113 says (connection
 errors with GOAWAY, stream errors with RST_STREAM).  HPACK stays hpack's (through
-L{txmesh.protocols.hpack_codec}).
+L{txmesh.protocols.h2.hpack}).
 
 What it checks: the preface and a first SETTINGS; frame sizes; stream-id order and parity; frames on idle, half-
 closed and closed streams (a stream this side reset may still get frames, which are ignored); CONTINUATION
@@ -19,9 +19,9 @@ by the listener (h2_defences.readRequest) in the pass that reads them.
 
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
-from txmesh.protocols import h2_frames as F
-from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError
-from txmesh.protocols.hpack_codec import MemoDecoder, StatelessEncoder
+from txmesh.protocols.h2 import frames as F
+from txmesh.protocols.h2.frames import ErrorCodes, ProtocolError, StreamClosedError
+from txmesh.protocols.h2.hpack import MemoDecoder, StatelessEncoder
 
 CONTINUATION_LIMIT = 64  # CONTINUATION frames per header block (as h2)
 _REMEMBERED = 512  # closed streams remembered per generation (two generations)

@@ -1,6 +1,6 @@
 """
 HTTP/1.1 on the wire: the decoders' events, the field rules they share, and serialisation (the decoders are in
-L{txmesh.protocols.http1_codec}, which re-exports the public names).
+L{txmesh.protocols.http1.codec}, which re-exports the public names).
 
 Every head is built as a list and joined once: one ``bytes`` per head, ready for one ``transport.write``.
 Fields that carry framing or connection semantics (``HOP_BY_HOP``, Content-Length, Host) are never copied from

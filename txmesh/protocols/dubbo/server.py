@@ -8,7 +8,7 @@ path ``/<interface>/<method>``, metadata interface/method/version/group, the str
 timeout from the ``timeout`` attachment, payload = the frame) decoded with endStream.  Responses come back as a
 ResponseHead whose status is the Dubbo status and the response frame as data; they are written with the
 downstream request id.  Errors the proxy decides (no route, timeout, overflow...) become Dubbo error responses
-carrying the request's id (L{DubboCall.makeLocalReply}).  The upstream side is L{txmesh.protocols.dubbo_client}.
+carrying the request's id (L{DubboCall.makeLocalReply}).  The upstream side is L{txmesh.protocols.dubbo.client}.
 """
 
 import copy
@@ -18,9 +18,9 @@ from twisted.logger import Logger
 
 from txmesh.protocols.listener import DrainingFactory
 from txmesh.protocols.transport import Writer, callInScope
-from txmesh.protocols import dubbo_codec as dc
-from txmesh.protocols.dubbo_client import DubboClientProtocol, attachmentHeaders
-from txmesh.protocols.hessian2 import Hessian2Writer
+from txmesh.protocols.dubbo import codec as dc
+from txmesh.protocols.dubbo.client import DubboClientProtocol, attachmentHeaders
+from txmesh.protocols.dubbo.hessian2 import Hessian2Writer
 from txmesh.routing import ClusterAction, Route, RouteMatch, VirtualHost
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
 

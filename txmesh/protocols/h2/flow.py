@@ -7,7 +7,7 @@ producer that tells a protocol its transport's write buffer is full.
 
 from collections import deque
 
-from txmesh.protocols.h2_connection import H2Connection
+from txmesh.protocols.h2.codec import H2Connection
 
 # Connection-specific fields (RFC 9113 8.2.2) that must not cross into HTTP/2; ``te`` is kept only as "trailers".
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
@@ -20,7 +20,7 @@ HIGH_WATERMARK = 1 << 20
 
 def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536):
     """
-    An HTTP/2 connection (L{txmesh.protocols.h2_connection}) with txmesh's windows: 1 MiB per stream, 16 MiB for
+    An HTTP/2 connection (L{txmesh.protocols.h2.codec}) with txmesh's windows: 1 MiB per stream, 16 MiB for
     the connection.  It does not validate header fields: txmesh builds the lists it sends itself (lower-case
     names, hop-by-hop fields dropped) and the listener checks requests in the pass that reads them
     (h2_defences.readRequest).

@@ -14,17 +14,17 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh.config import H2Limits
-from txmesh.protocols import grpc
-from txmesh.protocols.h2_defences import FloodGuard, MalformedMessage, MalformedRequest, checkTrailers, readRequest
-from txmesh.protocols import h2_frames as ev
-from txmesh.protocols.h2_downstream import H2DownstreamStream
-from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError
-from txmesh.protocols.h2_common import (
+from txmesh.protocols.h2 import grpc
+from txmesh.protocols.h2.defences import FloodGuard, MalformedMessage, MalformedRequest, checkTrailers, readRequest
+from txmesh.protocols.h2 import frames as ev
+from txmesh.protocols.h2.downstream import H2DownstreamStream
+from txmesh.protocols.h2.frames import ErrorCodes, ProtocolError, StreamClosedError
+from txmesh.protocols.h2.flow import (
     FlowControlledSender,
     makeConnection,
     regularFields,
 )
-from txmesh.protocols.h2_stats import H2ListenerStats
+from txmesh.protocols.h2.stats import H2ListenerStats
 from txmesh.protocols.listener import DrainingFactory
 from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo, newRequestId

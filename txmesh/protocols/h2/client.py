@@ -1,6 +1,6 @@
 """
 The HTTP/2 upstream client: one H2ClientProtocol per connection, shared by many requests; each request gets an
-H2UpstreamStream (a *stream handle*) from the multiplexed pool (txmesh.upstream.h2_pool).  The router uses a
+H2UpstreamStream (a *stream handle*) from the multiplexed pool (txmesh.protocols.h2.pool).  The router uses a
 handle exactly as it uses an HTTP/1.1 connection: ``sendRequest``, ``writeBody``, ``writeTrailers``,
 ``abandon``, ``pauseReading``/``resumeReading``; it hands it back with ``pool.release``/``pool.discard``.
 
@@ -13,15 +13,15 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh import errors
-from txmesh.protocols import h2_frames as ev
-from txmesh.protocols.h2_common import (
+from txmesh.protocols.h2 import frames as ev
+from txmesh.protocols.h2.flow import (
     FlowControlledSender,
     ReadPausing,
     makeConnection,
     regularFields,
 )
-from txmesh.protocols.h2_defences import MalformedMessage, checkTrailers, readResponse
-from txmesh.protocols.h2_frames import ErrorCodes, ProtocolError, StreamClosedError, codeName
+from txmesh.protocols.h2.defences import MalformedMessage, checkTrailers, readResponse
+from txmesh.protocols.h2.frames import ErrorCodes, ProtocolError, StreamClosedError, codeName
 from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.stream import HeaderMap, ResponseHead
 

@@ -6,7 +6,7 @@ saturated.  ``acquire()`` gives a per-request stream handle (the client protocol
 the timeout); after a GOAWAY a connection takes no new streams, streams above its last-stream-id are replayed on
 another connection when their request is small enough to have been kept, and the others finish.
 
-txmesh.upstream.multiplex_pool (Dubbo's) does not fit HTTP/2: it has no per-stream flow control, no peer stream
+txmesh.protocols.dubbo.pool (Dubbo's) does not fit HTTP/2: it has no per-stream flow control, no peer stream
 limit and no GOAWAY, hence this pool.
 """
 

@@ -1,9 +1,8 @@
 """
-HTTP/1.1 listener (server) and upstream client protocols.
+The HTTP/1.1 listener: one server protocol per downstream connection, and its factory.
 
-They only dispatch: bytes go to the sans-IO codec in L{txmesh.protocols.http1_codec}; its events go to the stream
-filter chain (server) or to the router's responder (client).  Pipelined requests are served one at a time, so
-responses leave in request order.
+It only dispatches: bytes go to the sans-IO codec in L{txmesh.protocols.http1.codec}; its events go to the stream
+filter chain.  Pipelined requests are served one at a time, so responses leave in request order.
 """
 
 from collections import deque
@@ -11,57 +10,26 @@ from collections import deque
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from txmesh.protocols.listener import DrainingFactory
+from txmesh.protocols.listener import DrainingFactory, ListenerStats
 from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
-from txmesh import errors
-from txmesh.protocols.http1_codec import (
+from txmesh.protocols.http1.codec import (
     LAST_CHUNK,
     BodyData,
     HTTPCodecError,
-    InterimResponse,
     MessageComplete,
     RequestDecoder,
     RequestStarted,
-    ResponseDecoder,
-    ResponseStarted,
     encodeChunk,
-    encodeRequestHead,
     encodeResponseHead,
     encodeTrailers,
 )
 from txmesh.stream import HeaderMap, ResponseHead, StreamInfo, newRequestId
 
 _NO_BODY_STATUS = frozenset({204, 304})
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
 _MAX_QUEUED_EVENTS = 64
 _HEADERS = "headers"
 _IDLE = "idle"
-
-
-class ListenerStats:
-    """Per-listener counters, made once per listener."""
-
-    def __init__(self, stats, listener):
-        s = stats.scope(listener=listener)
-        self.cx_total = s.counter("downstream_cx", help="Connections accepted")
-        self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
-        self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
-        self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
-        self.rq_total = s.counter("downstream_rq", help="Requests received")
-        self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
-        self.rq_timeout = s.counter("downstream_rq_header_timeout", help="Requests whose head came too slowly (408)")
-        # indexed by status // 100 (1..5)
-        self.rq_class = [None] + [s.counter("downstream_rq_xx", help="Responses by status class",
-                                            code_class="%dxx" % c) for c in range(1, 6)]
-        self._errors = {}
-        self._scope = s
-
-    def error(self, cause):
-        c = self._errors.get(cause)
-        if c is None:
-            c = self._errors[cause] = self._scope.counter("downstream_rq_error", help="Local error replies by cause",
-                                                          cause=cause)
-        c.value += 1
 
 
 class HTTP1ServerProtocol(Protocol):
@@ -426,172 +394,3 @@ class HTTP1ListenerFactory(DrainingFactory):
 
     def buildProtocol(self, addr):
         return HTTP1ServerProtocol(self)
-
-
-class HTTP1ClientProtocol(Protocol):
-    """
-    One upstream HTTP/1.1 connection, used by one request at a time (the pool guarantees it).
-
-    The ``responder`` given to ``sendRequest`` (the router) gets ``upstreamHeaders``, ``upstreamData``,
-    ``upstreamTrailers``, then ``upstreamComplete(reusable)``; or ``upstreamFailed(exc)`` with
-    L{errors.UpstreamReset} or L{errors.BadUpstreamResponse}.
-    """
-
-    onConnectionLost = None
-    writeScope = None  # set by the connecting factory: the service's WriteScope
-
-    def __init__(self):
-        self.decoder = ResponseDecoder()
-        self.responder = None
-        self._chunked = False
-        self._requestDone = True
-        self._reusable = True
-        self._readPaused = False
-        self.connected = False
-
-    def connectionMade(self):
-        self.connected = True
-        self._out = Writer(self.transport, self.writeScope)
-        self.transport.registerProducer(WriteWatcher(self._upstreamFull, self._upstreamDrained), True)
-
-    def sendRequest(self, head, endStream, responder):
-        if self._readPaused:
-            # a previous exchange left the connection paused (slow downstream); this one starts afresh
-            self._readPaused = False
-            self.transport.resumeProducing()
-        self.responder = responder
-        self.decoder.expect(head.method)
-        chunked = False
-        if head.contentLength is None:
-            if endStream:
-                if head.method in _BODY_METHODS:
-                    head.contentLength = 0
-            else:
-                chunked = True
-        self._chunked = chunked
-        self._requestDone = endStream
-        self._out.write(encodeRequestHead(head, chunked))
-
-    def writeBody(self, data, endStream):
-        if self._chunked:
-            if data:
-                self._out.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
-            elif endStream:
-                self._out.write(LAST_CHUNK)
-        elif data:
-            self._out.write(data)
-        if endStream:
-            self._requestDone = True
-
-    def writeTrailers(self, trailers):
-        if self._chunked:
-            self._out.write(encodeTrailers(trailers))
-        self._requestDone = True
-
-    def pauseReading(self):
-        if not self._readPaused:
-            self._readPaused = True
-            self.transport.pauseProducing()
-
-    def resumeReading(self):
-        if self._readPaused:
-            self._readPaused = False
-            self.transport.resumeProducing()
-
-    def abandon(self):
-        """The exchange is given up (timeout, downstream gone); the pool will discard this connection."""
-        self.responder = None
-        self._reusable = False
-
-    def dataReceived(self, data):
-        callInScope(self.writeScope, self._received, data)
-
-    def _received(self, data):
-        try:
-            events = self.decoder.feed(data)
-        except HTTPCodecError as e:
-            self._fail(errors.BadUpstreamResponse(e.reason))
-            return
-        n = len(events)
-        i = 0
-        while i < n:
-            ev = events[i]
-            i += 1
-            responder = self.responder
-            if responder is None:
-                # a response nobody asked for: the connection is out of step
-                self._reusable = False
-                self.transport.abortConnection()
-                return
-            t = type(ev)
-            if t is BodyData:
-                responder.upstreamData(ev.data, False)
-            elif t is ResponseStarted:
-                if not ev.keepAlive:
-                    self._reusable = False
-                if i < n and type(events[i]) is MessageComplete and events[i].trailers is None:
-                    i += 1
-                    self._complete()
-                    responder.upstreamHeaders(ev.head, True)
-                else:
-                    responder.upstreamHeaders(ev.head, False)
-            elif t is MessageComplete:
-                self._complete()
-                if ev.trailers is not None:
-                    responder.upstreamTrailers(ev.trailers)
-                else:
-                    responder.upstreamData(b"", True)
-            elif t is InterimResponse:
-                pass  # 100 Continue was already answered to the downstream by the listener
-
-    def _complete(self):
-        """
-        The response is complete: the connection goes back to the pool *before* the last event is delivered, so
-        a pipelined request that the delivery starts can reuse it.
-        """
-        responder = self.responder
-        self.responder = None
-        responder.upstreamComplete(self._reusable and self._requestDone and self.connected)
-
-    def _fail(self, exc):
-        self._reusable = False
-        responder = self.responder
-        self.responder = None
-        self._out.discard()
-        self.transport.abortConnection()
-        if responder is not None:
-            responder.upstreamFailed(exc)
-
-    def connectionLost(self, reason):
-        self.connected = False
-        self._reusable = False
-        if self.responder is not None:
-            try:
-                events = self.decoder.eof()
-            except HTTPCodecError:
-                events = None
-            if events:
-                for ev in events:
-                    if self.responder is None:
-                        break
-                    if type(ev) is BodyData:
-                        self.responder.upstreamData(ev.data, False)
-                    elif type(ev) is MessageComplete:
-                        responder = self.responder
-                        self._complete()
-                        responder.upstreamData(b"", True)
-            if self.responder is not None:
-                responder = self.responder
-                self.responder = None
-                responder.upstreamFailed(errors.UpstreamReset("upstream connection closed: %s"
-                                                              % (reason.getErrorMessage(),)))
-        if self.onConnectionLost is not None:
-            self.onConnectionLost(self)
-
-    def _upstreamFull(self):
-        if self.responder is not None:
-            self.responder.upstreamWritePaused()
-
-    def _upstreamDrained(self):
-        if self.responder is not None:
-            self.responder.upstreamWriteResumed()

@@ -11,7 +11,7 @@ filter changes the attachments (L{encodeRequestWithAttachments}).
 import struct
 
 from txmesh.errors import CodecError
-from txmesh.protocols.hessian2 import Hessian2Reader, Hessian2Writer, HessianError
+from txmesh.protocols.dubbo.hessian2 import Hessian2Reader, Hessian2Writer, HessianError
 
 MAGIC = b"\xda\xbb"
 HEADER_LENGTH = 16

@@ -1,6 +1,6 @@
 """Counters of HTTP/2 and gRPC listeners and upstream connections, made once per listener or cluster."""
 
-from txmesh.protocols.http1 import ListenerStats
+from txmesh.protocols.listener import ListenerStats
 
 
 class H2ListenerStats(ListenerStats):
