@@ -26,9 +26,11 @@ from h2.settings import SettingCodes
 from hpack import Encoder
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, PingFrame, SettingsFrame
 
+from txmesh.protocols.h2 import events as E
 from txmesh.protocols.h2 import frames as F
 from txmesh.protocols.h2.codec import H2Connection
-from txmesh.protocols.h2.frames import ErrorCodes, StreamClosedError
+from txmesh.protocols.h2.events import StreamClosedError
+from txmesh.protocols.h2.frames import ErrorCodes
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "h2")
 SCENARIOS = ["grpcio-unary", "grpcio-client-stream", "curl-get", "curl-post", "h2load", "nghttp-table-size-0"]
@@ -73,31 +75,31 @@ def common(events):
     """
     out = []
     for e in events:
-        if isinstance(e, (F.RequestReceived, h2.events.RequestReceived, h2.events.ResponseReceived)):
+        if isinstance(e, (E.RequestReceived, h2.events.RequestReceived, h2.events.ResponseReceived)):
             out.append(("headers", e.stream_id, fields(e.headers)))
-        elif isinstance(e, (F.TrailersReceived, h2.events.TrailersReceived)):
+        elif isinstance(e, (E.TrailersReceived, h2.events.TrailersReceived)):
             out.append(("trailers", e.stream_id, fields(e.headers)))
-        elif isinstance(e, (F.DataReceived, h2.events.DataReceived)):
+        elif isinstance(e, (E.DataReceived, h2.events.DataReceived)):
             out.append(("data", e.stream_id, bytes(e.data), e.flow_controlled_length))
-        elif isinstance(e, (F.StreamReset, h2.events.StreamReset)):
+        elif isinstance(e, (E.StreamReset, h2.events.StreamReset)):
             out.append(("reset", e.stream_id, int(e.error_code), e.remote_reset))
-        elif isinstance(e, (F.WindowUpdated, h2.events.WindowUpdated)):
+        elif isinstance(e, (E.WindowUpdated, h2.events.WindowUpdated)):
             out.append(("window", e.stream_id, e.delta))
-        elif isinstance(e, F.RemoteSettingsChanged):
+        elif isinstance(e, E.RemoteSettingsChanged):
             out.append(("settings", dict(e.changed)))
         elif isinstance(e, h2.events.RemoteSettingsChanged):
             out.append(("settings", {int(k): v.new_value for k, v in e.changed_settings.items()}))
-        elif isinstance(e, F.PingAckReceived):
+        elif isinstance(e, E.PingAckReceived):
             out.append(("pingack", bytes(e.data)))
-        elif isinstance(e, F.PingReceived):
+        elif isinstance(e, E.PingReceived):
             out.append(("ping", bytes(e.data)))
         elif isinstance(e, h2.events.PingAckReceived):
             out.append(("pingack", e.ping_data))
         elif isinstance(e, h2.events.PingReceived):
             out.append(("ping", e.ping_data))
-        elif isinstance(e, (F.PriorityUpdated, h2.events.PriorityUpdated)):
+        elif isinstance(e, (E.PriorityUpdated, h2.events.PriorityUpdated)):
             out.append(("priority", e.stream_id))
-        elif isinstance(e, F.ConnectionTerminated):
+        elif isinstance(e, E.ConnectionTerminated):
             out.append(("goaway", int(e.error_code), e.last_stream_id, bytes(e.additional_data)))
         elif isinstance(e, h2.events.ConnectionTerminated):
             out.append(("goaway", int(e.error_code), e.last_stream_id, e.additional_data or b""))
@@ -107,9 +109,9 @@ def common(events):
             continue
         else:
             raise AssertionError("unexpected event %r" % (e,))
-        if getattr(e, "stream_ended", False) is True and isinstance(e, (F.RequestReceived, F.DataReceived)):
+        if getattr(e, "stream_ended", False) is True and isinstance(e, (E.RequestReceived, E.DataReceived)):
             out.append(("end", e.stream_id))
-        elif isinstance(e, F.TrailersReceived):
+        elif isinstance(e, E.TrailersReceived):
             out.append(("end", e.stream_id))
     return out
 
@@ -168,7 +170,7 @@ class Ours:
         events = self.conn.receiveData(data)
         if self.autoAck:
             for e in events:
-                if isinstance(e, F.DataReceived):
+                if isinstance(e, E.DataReceived):
                     self.conn.acknowledge(e.flow_controlled_length, e.stream_id)
         return common(events)
 
@@ -863,7 +865,7 @@ def test_paddedDataFromH2(pair):
     peer.conn.send_data(sid, b"padded body", pad_length=200)
     peer.conn.send_data(sid, b"", pad_length=0, end_stream=True)
     events = side.conn.receiveData(peer.out())
-    data = [e for e in events if isinstance(e, F.DataReceived)]
+    data = [e for e in events if isinstance(e, E.DataReceived)]
     assert [(e.data, e.flow_controlled_length, e.stream_ended) for e in data] == \
         [(b"padded body", 212, False), (b"", 1, True)]
     assert peer.window(sid) == (1 << 20) - 213  # our stream window, as the peer sees it
@@ -987,7 +989,7 @@ def test_randomClientBehaviourGivesTheEventsH2ServerReports():
                 for lo, hi in zip([0] + cut, cut + [len(data)]):
                     for e in shadow.receiveData(data[lo:hi]):
                         got += common([e])
-                        if isinstance(e, F.DataReceived):
+                        if isinstance(e, E.DataReceived):
                             shadow.acknowledge(e.flow_controlled_length, e.stream_id)
             shadow.dataToSend()
             answer = reference.out()

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh import errors
-from txmesh.protocols.h2 import frames as ev
+from txmesh.protocols.h2 import events as ev
 from txmesh.protocols.h2.flow import (
     FlowControlledSender,
     ReadPausing,
@@ -21,7 +21,8 @@ from txmesh.protocols.h2.flow import (
     regularFields,
 )
 from txmesh.protocols.h2.defences import MalformedMessage, checkTrailers, readResponse
-from txmesh.protocols.h2.frames import ErrorCodes, ProtocolError, StreamClosedError, codeName
+from txmesh.protocols.h2.events import ProtocolError, StreamClosedError
+from txmesh.protocols.h2.frames import ErrorCodes, codeName
 from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.stream import HeaderMap, ResponseHead
 

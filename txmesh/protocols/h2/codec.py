@@ -19,8 +19,10 @@ by the listener (h2_defences.readRequest) in the pass that reads them.
 
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
+from txmesh.protocols.h2 import events as E
 from txmesh.protocols.h2 import frames as F
-from txmesh.protocols.h2.frames import ErrorCodes, ProtocolError, StreamClosedError
+from txmesh.protocols.h2.events import ProtocolError, StreamClosedError
+from txmesh.protocols.h2.frames import ErrorCodes
 from txmesh.protocols.h2.hpack import MemoDecoder, StatelessEncoder
 
 CONTINUATION_LIMIT = 64  # CONTINUATION frames per header block (as h2)
@@ -317,7 +319,7 @@ class H2Connection:
             s.remoteEnded = True
             if s.localEnded:
                 self._close(sid)
-        events.append(F.DataReceived(sid, data, n, bool(ended)))
+        events.append(E.DataReceived(sid, data, n, bool(ended)))
 
     def _headers(self, sid, flags, payload, events):
         if not sid:
@@ -372,7 +374,7 @@ class H2Connection:
             if flags & _SELF_DEPENDENT or not self._started(s, headers, ended):
                 self._streamError(sid, ErrorCodes.PROTOCOL_ERROR, events)
                 return
-            events.append(F.RequestReceived(sid, headers, ended))
+            events.append(E.RequestReceived(sid, headers, ended))
             return
         if s.remoteEnded:
             self._streamError(sid, ErrorCodes.STREAM_CLOSED, events)
@@ -388,7 +390,7 @@ class H2Connection:
             s.remoteEnded = True
             if s.localEnded:
                 self._close(sid)
-            events.append(F.TrailersReceived(sid, headers))
+            events.append(E.TrailersReceived(sid, headers))
             return
         # a client's response
         status = None
@@ -409,7 +411,7 @@ class H2Connection:
             return
         if ended and s.localEnded:
             self._close(sid)
-        events.append(F.ResponseReceived(sid, headers, ended))
+        events.append(E.ResponseReceived(sid, headers, ended))
 
     def _started(self, s, headers, ended, withLength=True):
         """Mark a stream's (request or response) headers received; False if the message is malformed."""
@@ -434,7 +436,7 @@ class H2Connection:
         if _unpackU32(payload)[0] & F.MAX_STREAM_ID == sid:
             self._streamError(sid, ErrorCodes.PROTOCOL_ERROR, events)
             return
-        events.append(F.PriorityUpdated(sid))
+        events.append(E.PriorityUpdated(sid))
 
     def _rstStream(self, sid, flags, payload, events):
         if not sid:
@@ -446,7 +448,7 @@ class H2Connection:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "RST_STREAM on idle stream %d" % (sid,))
             return
         self._remember(sid, False)
-        events.append(F.StreamReset(sid, _unpackU32(payload)[0]))
+        events.append(E.StreamReset(sid, _unpackU32(payload)[0]))
 
     def _settings(self, sid, flags, payload, events):
         if sid:
@@ -485,7 +487,7 @@ class H2Connection:
             changed[code] = value
         self._settingsSeen = True
         self._out.append(F.SETTINGS_ACK)
-        events.append(F.RemoteSettingsChanged(changed))
+        events.append(E.RemoteSettingsChanged(changed))
 
     def _pushPromise(self, sid, flags, payload, events):
         raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "PUSH_PROMISE (push is disabled)")
@@ -496,10 +498,10 @@ class H2Connection:
         if len(payload) != 8:
             raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, "PING of %d bytes" % (len(payload),))
         if flags & F.ACK:
-            events.append(F.PingAckReceived(payload))
+            events.append(E.PingAckReceived(payload))
         else:
             self._out.append(F.pingFrame(payload, True))
-            events.append(F.PingReceived(payload))
+            events.append(E.PingReceived(payload))
 
     def _goaway(self, sid, flags, payload, events):
         if sid:
@@ -508,7 +510,7 @@ class H2Connection:
             raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, "GOAWAY of %d bytes" % (len(payload),))
         last, code = _unpackGoaway(payload)
         self.goawayReceived = True
-        events.append(F.ConnectionTerminated(code, last & F.MAX_STREAM_ID, payload[8:]))
+        events.append(E.ConnectionTerminated(code, last & F.MAX_STREAM_ID, payload[8:]))
         if code != ErrorCodes.NO_ERROR:
             self.closed = True
 
@@ -522,7 +524,7 @@ class H2Connection:
             self.sendWindow += inc
             if self.sendWindow > F.MAX_WINDOW:
                 raise _ConnectionError(ErrorCodes.FLOW_CONTROL_ERROR, "the connection's window overflows")
-            events.append(F.WindowUpdated(0, inc))
+            events.append(E.WindowUpdated(0, inc))
             return
         s = self.streams.get(sid)
         if s is None:
@@ -536,7 +538,7 @@ class H2Connection:
         if s.sendWindow > F.MAX_WINDOW:
             self._streamError(sid, ErrorCodes.FLOW_CONTROL_ERROR, events)
             return
-        events.append(F.WindowUpdated(sid, inc))
+        events.append(E.WindowUpdated(sid, inc))
 
     # -- streams -----------------------------------------------------------------------------------------------------
 
@@ -544,7 +546,7 @@ class H2Connection:
         """RST_STREAM for a stream error this side found; an open stream is reported as reset (not by the peer)."""
         self._out.append(F.rstStreamFrame(sid, code))
         if self.streams.pop(sid, None) is not None:
-            events.append(F.StreamReset(sid, code, False))
+            events.append(E.StreamReset(sid, code, False))
         self._remember(sid, True)
 
     def _endLocal(self, sid, s):

@@ -16,9 +16,10 @@ from twisted.logger import Logger
 from txmesh.config import H2Limits
 from txmesh.protocols.h2 import grpc
 from txmesh.protocols.h2.defences import FloodGuard, MalformedMessage, MalformedRequest, checkTrailers, readRequest
-from txmesh.protocols.h2 import frames as ev
+from txmesh.protocols.h2 import events as ev
 from txmesh.protocols.h2.downstream import H2DownstreamStream
-from txmesh.protocols.h2.frames import ErrorCodes, ProtocolError, StreamClosedError
+from txmesh.protocols.h2.events import ProtocolError, StreamClosedError
+from txmesh.protocols.h2.frames import ErrorCodes, codeName
 from txmesh.protocols.h2.flow import (
     FlowControlledSender,
     makeConnection,
@@ -231,7 +232,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
             f.stats.streams_reset_sent.value += 1
             if s is not None:
                 s.responseEnded = True
-                self._malformed(s, "stream error %s" % (ev.codeName(event.error_code),))
+                self._malformed(s, "stream error %s" % (codeName(event.error_code),))
             return
         f.stats.streams_reset_by_peer.value += 1
         if s is None:

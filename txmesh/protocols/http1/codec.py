@@ -1,6 +1,7 @@
 """
-The sans-IO HTTP/1.1 codec: request and response decoders on llhttp (through httptools), serialisers in
-L{txmesh.protocols.http1.wire} (re-exported here).
+The sans-IO HTTP/1.1 codec: request and response decoders on llhttp (through httptools); the events they report are
+in L{txmesh.protocols.http1.events}, the field rules and serialisers in L{txmesh.protocols.http1.wire} (both
+re-exported here, so protocols import one module).
 
 How the work is split, and why:
   - llhttp parses each *head* (request/status line and fields) in strict mode.  It refuses obs-fold, bare CR or
@@ -29,10 +30,11 @@ from collections import deque
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
 from txmesh.errors import HTTPCodecError
+from txmesh.protocols.http1.events import (
+    BodyData, InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData)
 from txmesh.protocols.http1.wire import (
-    CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, BodyData,
-    InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData, checkChunked, classifyFields,
-    encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)
+    CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, checkChunked,
+    classifyFields, encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead
 
 __all__ = ["RequestDecoder", "ResponseDecoder", "RequestStarted", "ResponseStarted", "InterimResponse", "BodyData",
