@@ -292,20 +292,245 @@ class ILoadBalancerFactory(Interface):
         """Make an ILoadBalancer over the list of IHost (called again whenever the host set changes)."""
 
 
-class IConnectionPool(Interface):
-    """Connections to one upstream host, for one protocol."""
+class IUpstreamResponder(Interface):
+    """
+    What an upstream client protocol calls as the response to one request arrives: the router implements it.
 
-    def newStream(stream):
+    Order: ``upstreamHeaders`` once, then ``upstreamData`` any number of times, then optionally ``upstreamTrailers``;
+    the last of these carries the end of the stream (``endStream`` true, or trailers).  **``upstreamComplete`` comes
+    before that last event**, so the router can hand the connection (or stream) back to its pool before the last
+    event goes downstream: a pipelined or queued request that the delivery starts can then reuse it.  Instead of
+    any of these, ``upstreamFailed`` may come once, at any point, and then nothing else does.  No method is called
+    after ``upstreamFailed``, after the event that ended the stream, or after the handle was abandoned.
+    """
+
+    def upstreamHeaders(response, endStream):
+        """The response head (a txmesh.stream.ResponseHead); endStream if it has no body."""
+
+    def upstreamData(data, endStream):
+        """A piece of response body (possibly empty when it only ends the stream)."""
+
+    def upstreamTrailers(trailers):
+        """Response trailers (a txmesh.stream.HeaderMap); they end the stream."""
+
+    def upstreamComplete(reusable):
         """
-        Get an upstream stream bound to a connection (reused, new, or after waiting for a free one).
+        The response is complete (its last event follows at once).  ``reusable``: the connection may carry another
+        request (a ping-pong connection); multiplexing clients always say True.
+        """
 
-        @param stream: the caller's IUpstreamCallbacks-providing object, used by multiplexing pools.
-        @return: a Deferred firing with a connection object on which the request is sent, or failing with
-            ConnectTimeout, ConnectFailure, Overflow (pending queue full, failed at once) or PoolClosed.
+    def upstreamFailed(exc):
+        """
+        The exchange failed: a txmesh.errors.UpstreamError (UpstreamReset, UpstreamRemoteReset, BadUpstreamResponse,
+        UpstreamTimeout).  The handle is not to be used again; the router discards it.
+        """
+
+    def upstreamWritePaused():
+        """The upstream cannot take more request body now: stop reading it from downstream."""
+
+    def upstreamWriteResumed():
+        """The upstream can take request body again."""
+
+
+class IUpstreamStream(Interface):
+    """
+    One request's way to the upstream, as a pool hands it out: a whole ping-pong connection (HTTP/1.1) or a stream
+    on a shared connection (HTTP/2, Dubbo).  The router uses it the same way for every protocol, and gives it back
+    with IConnectionPool.release or discard.
+    """
+
+    def sendRequest(head, endStream, responder):
+        """Send the request head (a txmesh.stream.RequestHead); ``responder`` (IUpstreamResponder) gets the response."""
+
+    def writeBody(data, endStream):
+        """More request body."""
+
+    def writeTrailers(trailers):
+        """Request trailers; they end the request."""
+
+    def abandon():
+        """
+        The router gives the exchange up (timeout, downstream gone): stop delivering to the responder; the pool's
+        ``discard`` follows.
+        """
+
+    def pauseReading():
+        """Backpressure: the downstream is full; stop reading this stream's response (a no-op where it cannot)."""
+
+    def resumeReading():
+        """Resume reading the response."""
+
+
+class IConnectionPool(Interface):
+    """
+    Connections to one upstream host, for one protocol (Envoy's ConnectionPool::Instance).  Every pool counts on the
+    cluster's stats scope: upstream_rq_total, upstream_rq_pending_active/overflow, upstream_cx_total/active/
+    connect_fail/connect_timeout/destroy.
+    """
+
+    def acquire():
+        """
+        An IUpstreamStream for one request: on an existing connection with room, on a new one, or after waiting.
+        Cancelling the Deferred withdraws the request (it leaves the queue, or the connect made for it stops).
+
+        @return: a Deferred firing with an IUpstreamStream, or failing with txmesh.errors.Overflow (the pending
+            queue is full: at once), ConnectFailure (the cause chained), ConnectTimeout, or PoolClosed (drained).
+        """
+
+    def acquireIdle():
+        """
+        The synchronous fast path of acquire(): an IUpstreamStream on a connection that has room now (counted as
+        acquire() counts), or None when acquire() must be used.
+        """
+
+    def release(stream):
+        """The exchange on ``stream`` ended normally; its connection may be reused."""
+
+    def discard(stream):
+        """
+        The exchange on ``stream`` ended abnormally: a ping-pong connection is closed; on a multiplexed connection
+        only that stream ends (reset if it is still open).
         """
 
     def drain():
-        """Close idle connections and stop reusing busy ones; fires a Deferred when all are closed."""
+        """
+        Refuse new requests (PoolClosed), fail queued ones with PoolClosed, close idle connections now and busy
+        ones when their exchanges end.
+
+        @return: a Deferred firing with None once every connection is closed.
+        """
+
+    def describe():
+        """A JSON-able dict of the pool's state (connections, streams, pending) for the admin API."""
+
+
+class IMultiplexClient(Interface):
+    """
+    A client protocol that carries many requests on one connection (Dubbo; MOSN's multiplex pool mode).  It picks
+    its own stream/request id per connection, so ids of different downstream clients never collide.
+    """
+
+    framesReceived = Attribute("Frames read so far (int): the pool watches it to tell an idle connection from a "
+                               "dead one.")
+
+    def startStream(head, endStream, responder):
+        """Send a request; ``responder`` is an IUpstreamResponder.  @return: a key for the other calls."""
+
+    def writeBody(key, data, endStream):
+        """More request body for stream ``key``."""
+
+    def writeTrailers(key, trailers):
+        """Request trailers for stream ``key``."""
+
+    def cancelStream(key):
+        """Forget stream ``key``: its responder is never called again (a late response is dropped)."""
+
+    def sendPing():
+        """Send a protocol keep-alive (a Dubbo heartbeat); its reply counts in framesReceived."""
+
+
+class IDownstreamStream(Interface):
+    """
+    The listener's side of one stream, as the filter chain's ActiveStream sees it: where the encoded response goes.
+    Each listener protocol provides one per request (the HTTP/1.1 server protocol is its own, serving one request
+    at a time).
+    """
+
+    def writeHeaders(response, endStream):
+        """Frame and write the response head (a txmesh.stream.ResponseHead) in the protocol's own form."""
+
+    def writeData(data, endStream):
+        """Write response body bytes."""
+
+    def writeTrailers(trailers):
+        """Write response trailers; they end the response."""
+
+    def makeLocalReply(status, body, headers, cause):
+        """
+        A reply the proxy decides, in the protocol's own form: HTTP status and body, trailers-only gRPC with
+        grpc-status/grpc-message, or a Dubbo error frame with the request's id.
+
+        @param status: an HTTP status (the protocol maps it, and ``cause``, to its own).
+        @return: (ResponseHead, body bytes) to send through the encoder filters.
+        """
+
+    def reset(reason):
+        """End the stream abruptly (the response cannot be completed): RST_STREAM, or close the connection."""
+
+    def pauseReading():
+        """Backpressure: stop reading this stream's request body."""
+
+    def resumeReading():
+        """Resume reading the request body."""
+
+    def streamComplete(stream):
+        """The ActiveStream ``stream`` has ended (response written or reset); the listener forgets it."""
+
+
+class IDownstreamWatermarkCallbacks(Interface):
+    """
+    A stream decoder filter that produces response bytes (the router) and wants to know when the downstream's
+    write buffer crosses its watermarks (Envoy's DownstreamWatermarkCallbacks).
+    """
+
+    def onAboveWriteBufferHighWatermark():
+        """The downstream cannot take more response bytes now: stop reading the upstream."""
+
+    def onBelowWriteBufferLowWatermark():
+        """The downstream drained: resume reading the upstream."""
+
+
+class IListenerFactory(Interface):
+    """A listener's Twisted protocol factory: builds one server protocol per accepted connection."""
+
+    listenerName = Attribute("The listener's name (str).")
+    connections = Attribute("The set of open server protocols.")
+
+    def buildProtocol(addr):
+        """A server protocol for a connection from ``addr``."""
+
+    def drain():
+        """Stop keeping connections alive; a Deferred fires once every connection has closed."""
+
+    def abortAll():
+        """Drop every connection at once (after the drain timeout)."""
+
+
+class IProtocol(Interface):
+    """
+    One protocol txmesh speaks, described once (MOSN's xprotocol capabilities): what config, the service and the
+    clusters read instead of string tables.  Built-in descriptors live in each ``txmesh/protocols/<name>/protocol.py``
+    and are found as Twisted plugins (``getPlugins(IProtocol, txmesh.plugins)``), so a third-party protocol is added
+    the same way as a filter.
+    """
+
+    name = Attribute("The canonical name used in mesh.yaml, /config_dump and logs: 'http1', 'http2', 'grpc', 'dubbo'.")
+    aliases = Attribute("A frozenset of other spellings accepted in mesh.yaml (older names: 'http', 'h2').")
+    filterFamily = Attribute(
+        "What filters declare support for (IFilterFactory.protocols): 'http' for HTTP semantics over HTTP/1.1 or "
+        "HTTP/2, 'grpc', 'dubbo'.")
+    listens = Attribute("True if a listener may speak it.")
+    upstream = Attribute("True if a cluster may speak it.")
+
+    def buildListenerFactory(listenerConfig, template, runtime):
+        """An IListenerFactory for one listener of this protocol."""
+
+    def buildClientProtocol():
+        """A new client protocol instance for one upstream connection (its factory sets ``writeScope``)."""
+
+    def buildPool(clock, host, clusterConfig, connect, stats):
+        """
+        An IConnectionPool for one host of a cluster of this protocol.
+
+        @param connect: ``connect(host) -> Deferred`` firing with a connected client protocol.
+        @param stats: the cluster's txmesh.stats.Scope.
+        """
+
+    def localReplyStatus(httpStatus, cause):
+        """
+        The protocol-native status a local reply of ``httpStatus`` for ``cause`` (a txmesh.errors cause string, or
+        None) is sent with: the HTTP status itself, a grpc-status, or a Dubbo status.
+        """
 
 
 class ICodec(Interface):
