@@ -15,6 +15,7 @@ from txmesh.upstream.cluster import Cluster, ClusterManager
 from txmesh.upstream.host import Host
 from txmesh.upstream.lb import findLoadBalancerFactory
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
+from txmesh.protocols.http1.protocol import HTTP1
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class FakeClusterConfig:
     maxPendingRequests: int = 10
     maxRequestsPerConnection: int = 0
     endpoints: tuple = ()
+    descriptor: object = HTTP1
 
 
 class FakePool:

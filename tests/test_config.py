@@ -179,7 +179,7 @@ ERRORS = [
     ("use_remote_address type", addToListener("    use_remote_address: 'yes'"),
      "mesh.yaml:8: listeners[0].use_remote_address: must be a boolean, not a string"),
     ("protocol", addToListener("    protocol: smtp"),
-     "mesh.yaml:8: listeners[0].protocol: unknown protocol 'smtp' (known: %s)" % ", ".join(sorted(config.KNOWN_PROTOCOLS))),
+     "mesh.yaml:8: listeners[0].protocol: unknown listener protocol 'smtp' (known: dubbo, grpc, http1, http2)"),
     ("default_cluster", addToListener("    default_cluster: nope"),
      "mesh.yaml:8: listeners[0].default_cluster: unknown cluster 'nope' (known: backend)"),
     ("invalid endpoint type", edit(("tcp:15001:interface=127.0.0.1", "bogus:1")),
@@ -213,7 +213,7 @@ ERRORS = [
     # http2 block
     ("http2 on http listener", addToListener("    http2: {max_concurrent_streams: 10}"),
      "mesh.yaml:8: listeners[0].http2: only listeners of protocol grpc or http2 take an http2 block (this one is"
-     " 'http')"),
+     " 'http1')"),
     ("http2 unknown key", addToListener("    protocol: http2\n    http2: {max_streams: 10}"),
      "mesh.yaml:9: listeners[0].http2.max_streams: unknown key 'max_streams' (allowed: max_concurrent_streams,"
      " max_header_list_size, max_outbound_control_frames, max_consecutive_inbound_frames_with_empty_payload,"
@@ -250,7 +250,7 @@ ERRORS = [
     ("filter config type", addToListener("    filters:\n      - name: fake_log\n        config: [1]"),
      "mesh.yaml:10: listeners[0].filters[0].config: must be a mapping, not a list"),
     ("filter protocol", addToListener("    filters: [{name: fake_dubbo}]"),
-     "mesh.yaml:8: listeners[0].filters[0].name: filter 'fake_dubbo' does not support protocol 'http'"
+     "mesh.yaml:8: listeners[0].filters[0].name: filter 'fake_dubbo' does not support protocol 'http1'"
      " (supports: dubbo, grpc)"),
     ("network filter in filters", addToListener("    filters: [{name: fake_net}]"),
      "mesh.yaml:8: listeners[0].filters[0].name: 'fake_net' is a network filter; list it under network_filters"),
@@ -270,8 +270,7 @@ ERRORS = [
     ("duplicate cluster", edit(("clusters:\n", "clusters:\n  - name: backend\n")),
      "mesh.yaml:3: clusters[1].name: duplicate cluster name 'backend' (also clusters[0])"),
     ("cluster protocol", edit(("    endpoints:\n", "    protocol: h3\n    endpoints:\n")),
-     "mesh.yaml:3: clusters[0].protocol: unknown cluster protocol 'h3' (known: %s)" % ", ".join(
-         sorted(config.KNOWN_CLUSTER_PROTOCOLS))),
+     "mesh.yaml:3: clusters[0].protocol: unknown cluster protocol 'h3' (known: dubbo, grpc, http1, http2)"),
     ("connect_timeout", edit(("    endpoints:\n", "    connect_timeout: 1sec\n    endpoints:\n")),
      "mesh.yaml:3: clusters[0].connect_timeout: invalid duration '1sec' (use e.g. 250ms, 1.5s, 2m, 1h)"),
     ("bool duration", edit(("    endpoints:\n", "    idle_timeout: true\n    endpoints:\n")),
@@ -399,7 +398,7 @@ def test_defaults():
     assert mesh.drainTimeout == 15.0
     assert mesh.pluginPaths == ()
     (listener,) = mesh.listeners
-    assert (listener.name, listener.protocol, listener.address) == ("outbound", "http",
+    assert (listener.name, listener.protocol, listener.address) == ("outbound", "http1",
                                                                       "tcp:15001:interface=127.0.0.1")
     assert listener.useRemoteAddress is True
     assert listener.defaultCluster is None

@@ -17,12 +17,12 @@ import txmesh.plugins
 from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, parseYAML
 from txmesh.errors import ConfigError
 from txmesh.interfaces import IFilterFactory, ILoadBalancerFactory
+from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig
 
-KNOWN_PROTOCOLS = frozenset({"http", "dubbo", "grpc", "http2"})
+# listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
 H2_PROTOCOLS = frozenset({"grpc", "http2"})
-KNOWN_CLUSTER_PROTOCOLS = frozenset({"http1", "dubbo", "h2"})
 DEFAULT_ADMIN_ADDRESS = "tcp:9901:interface=127.0.0.1"
 
 _WILDCARD_INTERFACES = frozenset({"", "0.0.0.0", "::"})
@@ -96,6 +96,8 @@ class FilterConfigContext:
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
+    """One listener.  ``protocol`` is the canonical name; ``descriptor`` the IProtocol that builds its factory."""
+
     name: str
     protocol: str
     address: str
@@ -106,6 +108,7 @@ class ListenerConfig:
     filters: tuple
     routeConfig: RouteConfig
     http2: H2Limits | None = None  # http2 and grpc listeners only
+    descriptor: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class ClusterConfig:
     connectionsPerHost: int = 1
     maxConcurrentStreams: int = 0
     heartbeatInterval: float = 0.0
+    # the IProtocol of ``protocol``: builds the cluster's client protocols and pools
+    descriptor: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +193,11 @@ def _buildMesh(r, raw):
     pluginPaths = _pluginPaths(r, raw)
     filterFactories = _plugins(IFilterFactory)
     lbFactories = _plugins(ILoadBalancerFactory)
+    protocols = findProtocols()
 
     clusters = []
     for i, c in enumerate(r.list(raw, "", "clusters")):
-        clusters.append(_buildCluster(r, c, "clusters[%d]" % (i,), lbFactories))
+        clusters.append(_buildCluster(r, c, "clusters[%d]" % (i,), lbFactories, protocols))
     _checkUnique(r, [(c.name, "clusters[%d]" % (i,)) for i, c in enumerate(clusters)], "cluster name", "name")
     clusterNames = frozenset(c.name for c in clusters)
 
@@ -201,7 +207,7 @@ def _buildMesh(r, raw):
     listenersRaw = r.list(raw, "", "listeners")
     if not listenersRaw:
         raise r.error("must list at least one listener", "listeners")
-    listeners = tuple(_buildListener(r, l, "listeners[%d]" % (i,), clusterNames, filterFactories)
+    listeners = tuple(_buildListener(r, l, "listeners[%d]" % (i,), clusterNames, filterFactories, protocols)
                       for i, l in enumerate(listenersRaw))
     _checkUnique(r, [(l.name, "listeners[%d]" % (i,)) for i, l in enumerate(listeners)], "listener name", "name")
     _checkAddresses(r, admin, listeners)
@@ -272,15 +278,28 @@ def _checkAddresses(r, admin, listeners):
         taken.append((key, path, listener.address))
 
 
-def _buildCluster(r, m, path, lbFactories):
+def _protocol(r, m, path, protocols, default, role):
+    """
+    The IProtocol named by ``protocol`` (a canonical name or an older spelling); ``role`` is "listens" or
+    "upstream", what the protocol must be able to do here.
+    """
+    name = r.get(m, path, "protocol", str, default)
+    descriptor = protocols.get(name)
+    usable = sorted({p.name for p in protocols.values() if getattr(p, role)})
+    if descriptor is None or not getattr(descriptor, role):
+        what = "listener" if role == "listens" else "cluster"
+        raise r.error("unknown %s protocol '%s' (known: %s)" % (what, name, ", ".join(usable)),
+                      joinPath(path, "protocol"))
+    return descriptor
+
+
+def _buildCluster(r, m, path, lbFactories, protocols):
     r.mapping(m, path, required=("name",), optional=(
         "protocol", "lb_policy", "connect_timeout", "idle_timeout", "max_connections", "max_pending_requests",
         "max_requests_per_connection", "endpoints", "connections_per_host", "max_concurrent_streams",
         "heartbeat_interval"))
-    protocol = r.get(m, path, "protocol", str, "http1")
-    if protocol not in KNOWN_CLUSTER_PROTOCOLS:
-        raise r.error("unknown cluster protocol '%s' (known: %s)" % (protocol, ", ".join(sorted(
-            KNOWN_CLUSTER_PROTOCOLS))), joinPath(path, "protocol"))
+    descriptor = _protocol(r, m, path, protocols, "http1", "upstream")
+    protocol = descriptor.name
     lbPolicy = r.get(m, path, "lb_policy", str, "round_robin")
     if lbPolicy not in lbFactories:
         raise r.error("unknown lb_policy '%s' (known: %s)" % (lbPolicy, ", ".join(sorted(lbFactories))),
@@ -306,18 +325,17 @@ def _buildCluster(r, m, path, lbFactories):
         endpoints=tuple(endpoints),
         connectionsPerHost=r.integer(m, path, "connections_per_host", 1, 1, 64),
         maxConcurrentStreams=r.integer(m, path, "max_concurrent_streams", 0, 0),
-        heartbeatInterval=r.duration(m, path, "heartbeat_interval", 30.0 if protocol == "dubbo" else 0.0))
+        heartbeatInterval=r.duration(m, path, "heartbeat_interval", 30.0 if protocol == "dubbo" else 0.0),
+        descriptor=descriptor)
 
 
-def _buildListener(r, m, path, clusterNames, filterFactories):
+def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "use_remote_address", "limits", "http2", "network_filters", "filters",
         "route_config"))
     name = r.name(m, path)
-    protocol = r.get(m, path, "protocol", str, "http")
-    if protocol not in KNOWN_PROTOCOLS:
-        raise r.error("unknown protocol '%s' (known: %s)" % (protocol, ", ".join(sorted(KNOWN_PROTOCOLS))),
-                      joinPath(path, "protocol"))
+    descriptor = _protocol(r, m, path, protocols, "http1", "listens")
+    protocol = descriptor.name
     address = endpointString(r, m, path)
     defaultCluster = r.get(m, path, "default_cluster", str, None)
     if defaultCluster is not None and defaultCluster not in clusterNames:
@@ -335,14 +353,14 @@ def _buildListener(r, m, path, clusterNames, filterFactories):
         idleTimeout=r.duration(lm, lPath, "idle_timeout", 300.0),
         bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1))
     http2 = _buildHttp2(r, m, path, protocol)
-    chain = _FilterChainBuilder(r, path, protocol, clusterNames, filterFactories)
+    chain = _FilterChainBuilder(r, path, descriptor, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")
     filters = chain.build("filters", m, "stream")
     routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames)
     return ListenerConfig(name=name, protocol=protocol, address=address,
                           useRemoteAddress=r.get(m, path, "use_remote_address", bool, True),
                           defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,
-                          filters=filters, routeConfig=routeConfig, http2=http2)
+                          filters=filters, routeConfig=routeConfig, http2=http2, descriptor=descriptor)
 
 
 _MAX_STREAMS = 2 ** 31 - 1  # the largest SETTINGS_MAX_CONCURRENT_STREAMS
@@ -387,10 +405,11 @@ def _unknownCluster(name, clusterNames):
 class _FilterChainBuilder:
     """Looks filters up by name, checks kind and protocol fit and the terminal router, and builds their configs."""
 
-    def __init__(self, reader, listenerPath, protocol, clusterNames, factories):
+    def __init__(self, reader, listenerPath, descriptor, clusterNames, factories):
         self.r = reader
         self.listenerPath = listenerPath
-        self.protocol = protocol
+        self.protocol = descriptor.name
+        self.family = descriptor.filterFamily
         self.clusterNames = clusterNames
         self.factories = factories
 
@@ -422,7 +441,7 @@ class _FilterChainBuilder:
         if factory.kind != kind:
             where = "network_filters" if factory.kind == "network" else "filters"
             raise self.r.error("'%s' is a %s filter; list it under %s" % (name, factory.kind, where), path)
-        if self.protocol not in factory.protocols:
+        if self.family not in factory.protocols:
             raise self.r.error("filter '%s' does not support protocol '%s' (supports: %s)" % (
                 name, self.protocol, ", ".join(sorted(factory.protocols))), path)
         return factory

@@ -4,7 +4,6 @@ drain in-flight requests up to the drain timeout, then close the rest and the up
 SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
 """
 
-import importlib
 import ipaddress
 import random
 import signal
@@ -34,12 +33,12 @@ class _QuietFactory(Factory):
 
     noisy = False
 
-    def __init__(self, protocolClass, writeScope=None):
-        self.protocolClass = protocolClass
+    def __init__(self, descriptor, writeScope=None):
+        self.descriptor = descriptor
         self.writeScope = writeScope
 
     def buildProtocol(self, addr):
-        p = self.protocolClass()
+        p = self.descriptor.buildClientProtocol()
         p.writeScope = self.writeScope
         return p
 
@@ -54,28 +53,6 @@ def _clientEndpoint(reactor, hostname, port, timeout):
     return TCP6ClientEndpoint(reactor, hostname, port, timeout=timeout)
 
 
-# cluster protocol -> the client protocol class a connection speaks, "module:attribute" so a protocol's module is
-# imported only when a config uses it
-CLIENT_PROTOCOLS = {
-    "http1": "txmesh.protocols.http1.client:HTTP1ClientProtocol",
-    "dubbo": "txmesh.protocols.dubbo.client:DubboClientProtocol",
-    "h2": "txmesh.protocols.h2.client:H2ClientProtocol",
-}
-
-# listener protocol -> its listener Factory class, made as Factory(listenerConfig, template, runtime)
-LISTENER_FACTORIES = {
-    "http": "txmesh.protocols.http1.server:HTTP1ListenerFactory",
-    "dubbo": "txmesh.protocols.dubbo.server:DubboListenerFactory",
-    "grpc": "txmesh.protocols.h2.server:GRPCListenerFactory",
-    "http2": "txmesh.protocols.h2.server:H2ListenerFactory",
-}
-
-
-def _load(ref):
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def connectFactoryFor(reactor, writeScope=None):
     """
     ``connectFactory(clusterConfig) -> connect(host) -> Deferred[client protocol]`` for the cluster manager; the
@@ -83,12 +60,12 @@ def connectFactoryFor(reactor, writeScope=None):
     """
 
     def connectFactory(clusterConfig):
-        protocolClass = _load(CLIENT_PROTOCOLS[clusterConfig.protocol])
+        descriptor = clusterConfig.descriptor
         timeout = max(1, int(clusterConfig.connectTimeout + 0.999))
 
         def connect(host):
             ep = _clientEndpoint(reactor, host.hostname, host.port, timeout)
-            return ep.connect(_QuietFactory(protocolClass, writeScope))
+            return ep.connect(_QuietFactory(descriptor, writeScope))
 
         return connect
 
@@ -128,7 +105,7 @@ class MeshService(MultiService):
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody)
-            factory = _load(LISTENER_FACTORIES[lc.protocol])(lc, template, self.runtime)
+            factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
             self.listenerFactories.append(factory)
             svc = StreamServerEndpointService(serverFromString(reactor, lc.address), factory)
             svc._raiseSynchronously = True

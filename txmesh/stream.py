@@ -116,7 +116,7 @@ class RequestHead:
     @ivar path: the origin-form target including the query (bytes).
     @ivar headers: HeaderMap of the regular fields (no Host, no hop-by-hop).
     @ivar version: (1, 1), (1, 0) or (2, 0).
-    @ivar protocol: the downstream protocol name ('http', 'grpc', 'dubbo').
+    @ivar protocol: the canonical name of the listener's protocol ('http1', 'http2', 'grpc', 'dubbo').
     @ivar metadata: protocol fields that are not headers (Dubbo service/method/version/group), str -> str.
     @ivar contentLength: declared body length, or None (chunked / unknown / none).
     @ivar timeout: a deadline the client asked for, in seconds (grpc-timeout, Dubbo's timeout attachment), or
@@ -129,7 +129,7 @@ class RequestHead:
                  "contentLength", "timeout", "payload")
 
     def __init__(self, method, path, authority=b"", headers=None, scheme=b"http", version=(1, 1),
-                 protocol="http", metadata=None, contentLength=None):
+                 protocol="http1", metadata=None, contentLength=None):
         self.method = method
         self.path = path
         self.authority = authority

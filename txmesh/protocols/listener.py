@@ -8,8 +8,12 @@ now if idle, else after its in-flight work.
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
+from zope.interface import implementer
+
+from txmesh.interfaces import IListenerFactory
 
 
+@implementer(IListenerFactory)
 class DrainingFactory(Factory):
     """Base of the listener factories: connection tracking and a graceful drain."""
 

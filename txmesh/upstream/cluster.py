@@ -10,9 +10,6 @@ from zope.interface import implementer
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
 from txmesh.upstream.lb import findLoadBalancerFactory
-from txmesh.protocols.h2.pool import H2ConnectionPool
-from txmesh.protocols.dubbo.pool import MultiplexConnectionPool
-from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 
 # Cluster-level series: (name, kind, help).  The pool makes the upstream_cx_* / upstream_rq_pending_* ones on the
 # same scope, so these are the same series.
@@ -167,14 +164,6 @@ def _describeHost(h):
             "stats": {}}
 
 
-# Pool classes by cluster protocol.  Multiplexed protocols (h2, grpc, dubbo) add theirs here.
-POOL_CLASSES = {
-    "http1": HTTP1ConnectionPool,
-    "dubbo": MultiplexConnectionPool,
-    "h2": H2ConnectionPool,
-}
-
-
 class ClusterManager:
     """
     Every cluster of a running config.
@@ -184,23 +173,23 @@ class ClusterManager:
     @param connectFactory: ``connectFactory(clusterConfig) -> connect(host) -> Deferred[proto]``.
     @param stats: the txmesh.stats.StatsStore; each cluster gets a scope labelled cluster=name.
     @param random: a random.Random shared by the load balancers.
-    @param poolClasses: {protocol: pool class}; defaults to POOL_CLASSES.
+
+    Each cluster's pools are made by its protocol's descriptor (``clusterConfig.descriptor.buildPool``).
     """
 
-    def __init__(self, clock, clusterConfigs, connectFactory, stats, random, poolClasses=None):
+    def __init__(self, clock, clusterConfigs, connectFactory, stats, random):
         self.clock = clock
         self._clusters = {}
-        poolClasses = POOL_CLASSES if poolClasses is None else poolClasses
         for config in clusterConfigs:
             lbFactory = getattr(config, "lbFactory", None) or findLoadBalancerFactory(config.lbPolicy)
             if lbFactory is None:
                 raise ValueError("cluster %r: unknown lb policy %r" % (config.name, config.lbPolicy))
-            poolClass = poolClasses[getattr(config, "protocol", "http1")]
+            buildPool = config.descriptor.buildPool
             scope = stats.scope(cluster=config.name)
             connect = connectFactory(config)
 
-            def poolFactory(host, config=config, connect=connect, scope=scope, poolClass=poolClass):
-                return poolClass(clock, host, config, connect, scope)
+            def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool):
+                return buildPool(clock, host, config, connect, scope)
 
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
                                                   random, scope)

@@ -173,7 +173,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         if rid is None:
             rid = newRequestId()
             headers.add(b"x-request-id", rid)
-        info = StreamInfo(f.clock.seconds(), f.protocolName if f.grpc else "http/2", f.listenerName, self._peer)
+        info = StreamInfo(f.clock.seconds(), f.streamProtocol, f.listenerName, self._peer)
         info.requestId = rid
         s = H2DownstreamStream(self, sid, info)
         if f.grpc:
@@ -494,7 +494,8 @@ class H2ListenerFactory(DrainingFactory):
     """Makes the server protocol of one HTTP/2 listener (``protocol: http2``, or ``grpc`` with gRPC behaviour)."""
 
     grpc = False
-    protocolName = "http"
+    protocolName = "http2"  # RequestHead.protocol
+    streamProtocol = "h2"  # StreamInfo.protocol
 
     def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http", h2Limits=None):
         DrainingFactory.__init__(self)
@@ -520,3 +521,4 @@ class GRPCListenerFactory(H2ListenerFactory):
 
     grpc = True
     protocolName = "grpc"
+    streamProtocol = "grpc"
