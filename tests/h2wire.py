@@ -113,7 +113,9 @@ class ListenerConfig:
 
 
 class Runtime:
-    """The runtime the listener needs: a Clock and a StatsStore."""
+    """The runtime the listener needs: a Clock and a StatsStore (and no shared WriteScope)."""
+
+    writeScope = None
 
     def __init__(self):
         self.clock = Clock()

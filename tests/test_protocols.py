@@ -5,11 +5,9 @@ listener factories every descriptor builds providing IListenerFactory.
 """
 
 import os
-import random
 import textwrap
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface.verify import verifyObject
 
@@ -20,8 +18,6 @@ from txmesh.protocols.dubbo.protocol import DUBBO
 from txmesh.protocols.h2.protocol import GRPC, HTTP2
 from txmesh.protocols.http1.protocol import HTTP1
 from txmesh.service import MeshService
-from txmesh.stats import StatsStore
-from txmesh.upstream.host import Host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

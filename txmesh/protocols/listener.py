@@ -1,21 +1,30 @@
 """
-What every listener Factory shares: knowing its open connections so SIGTERM can drain them.
+What every listener shares, whatever its protocol.
 
-A protocol built by a L{DrainingFactory} adds itself to ``factory.connections`` when connected, removes itself and
-calls ``factory.connectionEnded(self)`` when its connection is lost, and has a ``drain()`` method that closes it
-now if idle, else after its in-flight work.
+- L{DrainingFactory}: knows its open connections so SIGTERM can drain them.  A protocol it builds adds itself to
+  ``factory.connections`` when connected, removes itself and calls ``factory.connectionEnded(self)`` when its
+  connection is lost, and has a ``drain()`` method that closes it now if idle, else after its in-flight work.
+- L{ListenerFactory}: what the built-in listener factories read from the listener's config and the runtime.
+- L{ListenerProtocol}: one downstream connection's accounting, peer address, writer and write-buffer watcher, and
+  L{ListenerProtocol.prepareRequest} (forwarding headers, request id, StreamInfo) for every request it decodes.
+- L{Deadline}: one lazily re-armed timer per connection for the idle and request-head timeouts.
+- L{ListenerStats}: the per-listener counters every protocol has.
 """
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from txmesh.interfaces import IListenerFactory
+from txmesh.protocols.transport import WriteWatcher, Writer
+from txmesh.stream import StreamInfo, newRequestId
 
 
 @implementer(IListenerFactory)
 class DrainingFactory(Factory):
     """Base of the listener factories: connection tracking and a graceful drain."""
+
+    listenerName = None
 
     def __init__(self):
         self.connections = set()
@@ -43,6 +52,163 @@ class DrainingFactory(Factory):
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
+
+
+class ListenerFactory(DrainingFactory):
+    """
+    Base of the built-in listener factories: one ``protocol(factory)`` per connection.
+
+    @ivar stats: the listener's counters (a L{ListenerStats} or a protocol's richer kind).
+    """
+
+    protocol = None
+
+    def __init__(self, listenerConfig, template, runtime, stats):
+        DrainingFactory.__init__(self)
+        self.listenerName = listenerConfig.name
+        self.limits = listenerConfig.limits
+        self.useRemoteAddress = listenerConfig.useRemoteAddress
+        self.template = template
+        self.runtime = runtime
+        self.clock = runtime.clock
+        self.writeScope = runtime.writeScope
+        self.stats = stats
+
+    def buildProtocol(self, addr):
+        return self.protocol(self)
+
+
+class ListenerProtocol(Protocol):
+    """
+    Base of the listener protocols.  Subclasses call ``ListenerProtocol.connectionMade`` first and
+    ``ListenerProtocol.connectionLost`` last.  A subclass that sets ``watchWrites`` gets ``writeBufferFull`` /
+    ``writeBufferDrained`` calls when the transport's write buffer crosses its watermarks.
+
+    @ivar peer: the peer address as 'host:port' (str), for StreamInfo and logs.
+    @ivar peerHost: the peer's host (bytes), for x-forwarded-for.
+    @ivar out: the connection's L{Writer}.
+    """
+
+    watchWrites = False
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.peer = ""
+        self.peerHost = b""
+        self.out = None
+
+    def connectionMade(self):
+        f = self.factory
+        f.stats.cx_total.value += 1
+        f.stats.cx_active.value += 1
+        f.connections.add(self)
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)  # an IAddress: UNIX addresses have no host or port
+        if host is None:
+            self.peer = str(peer)
+        else:
+            self.peer = "%s:%s" % (host, peer.port)
+            self.peerHost = host.encode("ascii", "replace")
+        self.out = Writer(self.transport, f.writeScope)
+        if self.watchWrites:
+            self.transport.registerProducer(WriteWatcher(self.writeBufferFull, self.writeBufferDrained), True)
+
+    def connectionLost(self, reason):
+        f = self.factory
+        f.stats.cx_active.value -= 1
+        f.connections.discard(self)
+        f.connectionEnded(self)
+
+    def writeBufferFull(self):
+        """The transport's write buffer is full (only with ``watchWrites``)."""
+
+    def writeBufferDrained(self):
+        """The transport's write buffer drained (only with ``watchWrites``)."""
+
+    def prepareRequest(self, headers, scheme, protocol):
+        """
+        Make a decoded request's header fields ready for the filters, and its StreamInfo: with
+        ``use_remote_address``, append the peer to x-forwarded-for and set x-forwarded-proto; give it an
+        x-request-id unless it has one.
+
+        @param headers: the request's HeaderMap (changed in place).
+        @param scheme: the request's scheme (bytes), for x-forwarded-proto.
+        @param protocol: the StreamInfo protocol ('http/1.1', 'h2', 'grpc', ...).
+        @return: the stream's StreamInfo.
+        """
+        f = self.factory
+        if f.useRemoteAddress:
+            xff = headers.get(b"x-forwarded-for")
+            headers.set(b"x-forwarded-for", self.peerHost if xff is None else xff + b", " + self.peerHost)
+            headers.set(b"x-forwarded-proto", scheme)
+        rid = headers.get(b"x-request-id")
+        if rid is None:
+            rid = newRequestId()
+            headers.add(b"x-request-id", rid)
+        info = StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
+        info.requestId = rid
+        return info
+
+    def streamInfo(self, protocol):
+        """A StreamInfo for a request of a protocol without forwarding headers (Dubbo)."""
+        f = self.factory
+        return StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
+
+
+class Deadline:
+    """
+    One timer per connection that is re-armed lazily: moving the deadline (``set``/``clear``) on the hot path creates
+    and cancels no DelayedCall.  When the timer fires before the deadline it sleeps the rest, never longer than
+    ``period`` (the shortest timeout it is ever given), so a later, nearer deadline is never overslept.
+
+    @param clock: an IReactorTime.
+    @param expired: called with the deadline's ``kind`` once it passes.
+    """
+
+    __slots__ = ("clock", "period", "expired", "deadline", "kind", "_timer")
+
+    def __init__(self, clock, period, expired):
+        self.clock = clock
+        self.period = period
+        self.expired = expired
+        self.deadline = None
+        self.kind = None
+        self._timer = None
+
+    def set(self, timeout, kind=None):
+        """Expire ``timeout`` seconds from now (0 or None: never)."""
+        if not timeout:
+            self.deadline = self.kind = None
+            return
+        self.deadline = self.clock.seconds() + timeout
+        self.kind = kind
+        if self._timer is None:
+            self._timer = self.clock.callLater(min(timeout, self.period), self._fired)
+
+    def clear(self):
+        """No deadline for now (the timer, if any, lapses when it fires)."""
+        self.deadline = self.kind = None
+
+    def cancel(self):
+        """No deadline, and no timer left behind (the connection is gone)."""
+        self.deadline = self.kind = None
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _fired(self):
+        self._timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        remaining = deadline - self.clock.seconds()
+        if remaining > 0:
+            self._timer = self.clock.callLater(min(remaining, self.period), self._fired)
+            return
+        kind = self.kind
+        self.deadline = self.kind = None
+        self.expired(kind)
 
 
 class ListenerStats:

@@ -112,7 +112,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         self.connected = True
         conn = self.conn
         conn.initiateConnection()
-        self._out = Writer(self.transport, self.writeScope)
+        self.out = Writer(self.transport, self.writeScope)
         self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
         self._flush()
 
@@ -354,7 +354,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
             for h in unprocessed:
                 self._failStream(h, errors.UpstreamReset("upstream sent GOAWAY"))
         if not self.streams:
-            self._out.flush()
+            self.out.flush()
             self.transport.loseConnection()
 
     def _failStream(self, h, exc):

@@ -1,10 +1,13 @@
-"""The downstream side of one stream of the HTTP/2 listener (h2_server), as its ActiveStream sees it."""
+"""The downstream side of one stream of the HTTP/2 listener (L{txmesh.protocols.h2.server}), as its ActiveStream sees it."""
 
+from zope.interface import implementer
+
+from txmesh.interfaces import IDownstreamStream
+from txmesh.protocols.h2.flow import ReadPausing
 from txmesh.protocols.h2.frames import ErrorCodes
 
-from txmesh.protocols.h2.flow import ReadPausing
 
-
+@implementer(IDownstreamStream)
 class H2DownstreamStream(ReadPausing):
     """
     The downstream side of one HTTP/2 stream of an H2ServerProtocol (the ``downstream`` object of its

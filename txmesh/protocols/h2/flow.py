@@ -72,7 +72,7 @@ class FlowControlledSender:
     Mixin for a Protocol with ``self.conn`` (an H2Connection) and ``self.transport``: sends DATA within the peer's
     flow-control windows, keeping the rest per stream.  ``_backlogFull(sid)`` / ``_backlogDrained(sid)`` are
     called when a stream's backlog passes the high watermark and when it falls back below half of it.
-    ``_flush`` writes what the connection queued through ``self._out`` (a L{Writer}); while a read is being
+    ``_flush`` writes what the connection queued through ``self.out`` (a L{Writer}); while a read is being
     dispatched (its L{WriteScope} entered) it waits for the end of it, so a response read upstream (HEADERS,
     DATA, trailers) leaves downstream in one ``send()``, and the frames queued on the reading connection (acks,
     WINDOW_UPDATEs) go with them.
@@ -80,10 +80,10 @@ class FlowControlledSender:
 
     _backlogs = None
     _dirty = False
-    _out = None  # the connection's Writer, made in connectionMade
+    out = None  # the connection's Writer, made in connectionMade
 
     def _flush(self):
-        scope = self._out.scope
+        scope = self.out.scope
         if scope is not None and scope.depth:
             if not self._dirty:
                 self._dirty = True
@@ -99,7 +99,7 @@ class FlowControlledSender:
         self._dirty = False
         data = self.conn.dataToSend()
         if data:
-            self._out.write(data)
+            self.out.write(data)
 
     def _sendData(self, sid, data, endStream):
         backlogs = self._backlogs

@@ -1,16 +1,15 @@
 """
 The HTTP/2 listener (cleartext prior knowledge now; it never assumes cleartext, so TLS/ALPN can wrap it) on
-txmesh's HTTP/2 connection (h2_connection).  Each HTTP/2 stream is one ActiveStream of the listener's filter
+txmesh's HTTP/2 connection (L{txmesh.protocols.h2.codec}).  Each HTTP/2 stream is one ActiveStream of the listener's filter
 chain, so HTTP/2 requests route like HTTP/1.1 ones.  A ``grpc`` listener adds gRPC behaviour: ``grpc-timeout``
 bounds the call, local replies are trailers-only responses with a grpc-status, an HTTP error from upstream without
 grpc-status is mapped to one, and messages are counted (and their size bounded) from the 5-byte prefixes.
 An upstream failure after the response started ends a gRPC stream with a grpc-status, an HTTP/2 one with
-RST_STREAM.  Defences (h2_defences: malformed requests, floods, rapid reset) use the listener's H2Limits; a
+RST_STREAM.  Defences (L{txmesh.protocols.h2.defences}: malformed requests, floods, rapid reset) use the listener's H2Limits; a
 finite SETTINGS_MAX_CONCURRENT_STREAMS refuses streams past it; the connection bounds header lists and
 CONTINUATION frames.
 """
 
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh.config import H2Limits
@@ -26,20 +25,21 @@ from txmesh.protocols.h2.flow import (
     regularFields,
 )
 from txmesh.protocols.h2.stats import H2ListenerStats
-from txmesh.protocols.listener import DrainingFactory
-from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
-from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo, newRequestId
+from txmesh.protocols.listener import Deadline, ListenerFactory, ListenerProtocol
+from txmesh.protocols.transport import callInScope
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead
 
 _STATUS = {s: b"%d" % s for s in range(100, 600)}
 
 
-class H2ServerProtocol(FlowControlledSender, Protocol):
+class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
     """One downstream HTTP/2 connection."""
 
     log = Logger()
+    watchWrites = True
 
     def __init__(self, factory):
-        self.factory = factory
+        ListenerProtocol.__init__(self, factory)
         self.conn = None
         self.streams = {}
         self._backlogs = {}
@@ -48,32 +48,20 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._peerGoaway = False  # the client sent a graceful GOAWAY: close once its streams end
         self._writePaused = False
         self.guard = FloodGuard(factory.h2Limits)
-        self._idleTimer = None
-        self._idleSince = 0.0
-        self._peer = ""
-        self._peerHost = b""
+        self._idle = Deadline(factory.clock, factory.limits.idleTimeout or 3600.0, self._idleTimedOut)
 
     # -- connection events -----------------------------------------------------------------------------------
 
     def connectionMade(self):
-        f = self.factory
-        limits = f.h2Limits
+        limits = self.factory.h2Limits
         self.conn = conn = makeConnection(False, limits.maxConcurrentStreams, limits.maxHeaderListSize)
         conn.initiateConnection()
-        f.stats.cx_total.value += 1
-        f.stats.cx_active.value += 1
-        f.connections.add(self)
-        peer = self.transport.getPeer()
-        self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
-        self._peerHost = getattr(peer, "host", "").encode("ascii", "replace")
-        self._out = Writer(self.transport, f.writeScope)
-        self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
+        ListenerProtocol.connectionMade(self)
         self._flush()
-        self._idleSince = f.clock.seconds()
-        self._armIdleTimer()
+        self._idle.set(self.factory.limits.idleTimeout)
 
     def dataReceived(self, data):
-        callInScope(self._out.scope, self._dispatch, data)
+        callInScope(self.out.scope, self._dispatch, data)
 
     def _dispatch(self, data):
         if self._closing:
@@ -135,14 +123,12 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
 
     def connectionLost(self, reason):
         f = self.factory
-        f.stats.cx_active.value -= 1
-        f.connections.discard(self)
-        self._cancelIdleTimer()
+        self._idle.cancel()
         streams, self.streams = self.streams, {}
         for s in streams.values():
             f.stats.rq_active.value -= 1
             s.active.resetStream("downstream_disconnect")
-        f.connectionEnded(self)
+        ListenerProtocol.connectionLost(self, reason)
 
     # -- requests ---------------------------------------------------------------------------------------------
 
@@ -165,16 +151,7 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         cl = headers.get(b"content-length")
         if cl is not None and cl.isdigit():
             head.contentLength = int(cl)
-        if f.useRemoteAddress:
-            xff = headers.get(b"x-forwarded-for")
-            headers.set(b"x-forwarded-for", self._peerHost if xff is None else xff + b", " + self._peerHost)
-            headers.set(b"x-forwarded-proto", scheme)
-        rid = headers.get(b"x-request-id")
-        if rid is None:
-            rid = newRequestId()
-            headers.add(b"x-request-id", rid)
-        info = StreamInfo(f.clock.seconds(), f.streamProtocol, f.listenerName, self._peer)
-        info.requestId = rid
+        info = self.prepareRequest(headers, scheme, f.streamProtocol)
         s = H2DownstreamStream(self, sid, info)
         if f.grpc:
             timeout = headers.get(b"grpc-timeout")
@@ -399,12 +376,12 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         if s is not None and not self._writePaused:
             s.active.downstreamWriteResumed()
 
-    def _transportFull(self):
+    def writeBufferFull(self):
         self._writePaused = True
         for s in list(self.streams.values()):
             s.active.downstreamWritePaused()
 
-    def _transportDrained(self):
+    def writeBufferDrained(self):
         self._writePaused = False
         self.guard.pendingControl = 0
         for s in list(self.streams.values()):
@@ -436,45 +413,28 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
 
     def _closeNow(self):
         self._closing = True
-        self._cancelIdleTimer()
+        self._idle.cancel()
         self.transport.unregisterProducer()
-        self._out.flush()
+        self.out.flush()
         self.transport.loseConnection()
 
     def _maybeClose(self):
         if not self.streams and not self._closing:
             self._closing = True
             self.transport.unregisterProducer()
-            self._out.flush()
+            self.out.flush()
             self.transport.loseConnection()
 
     def _maybeIdle(self):
         if not self.streams and not self._closing:
-            self._idleSince = self.factory.clock.seconds()
-            self._armIdleTimer()
+            self._idle.set(self.factory.limits.idleTimeout)
 
-    def _armIdleTimer(self, delay=None):
+    def _idleTimedOut(self, kind):
         """
-        One timer per connection, not re-armed per stream: when it fires it looks at when the connection last
-        became idle, and waits the rest of the timeout if a stream came and went meanwhile.
+        The idle deadline passed.  It is moved (not re-armed) each time the last stream ends, and not cleared when
+        one opens: a connection with streams open is not idle, and the deadline is set again when they end.
         """
-        timeout = self.factory.limits.idleTimeout
-        if timeout and self._idleTimer is None:
-            self._idleTimer = self.factory.clock.callLater(timeout if delay is None else delay, self._idleTimedOut)
-
-    def _cancelIdleTimer(self):
-        if self._idleTimer is not None:
-            if self._idleTimer.active():
-                self._idleTimer.cancel()
-            self._idleTimer = None
-
-    def _idleTimedOut(self):
-        self._idleTimer = None
         if self.streams or self._closing:
-            return  # re-armed when the last stream ends
-        rest = self._idleSince + self.factory.limits.idleTimeout - self.factory.clock.seconds()
-        if rest > 0:
-            self._armIdleTimer(rest)
             return
         self.factory.stats.cx_idle_timeout.value += 1
         self.drain()
@@ -490,30 +450,21 @@ class H2ServerProtocol(FlowControlledSender, Protocol):
         self._maybeClose()
 
 
-class H2ListenerFactory(DrainingFactory):
+class H2ListenerFactory(ListenerFactory):
     """Makes the server protocol of one HTTP/2 listener (``protocol: http2``, or ``grpc`` with gRPC behaviour)."""
 
+    protocol = H2ServerProtocol
     grpc = False
     protocolName = "http2"  # RequestHead.protocol
     streamProtocol = "h2"  # StreamInfo.protocol
 
     def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http", h2Limits=None):
-        DrainingFactory.__init__(self)
-        self.listenerName = listenerConfig.name
-        self.limits = listenerConfig.limits
+        ListenerFactory.__init__(self, listenerConfig, template, runtime,
+                                 stats if stats is not None else H2ListenerStats(runtime.stats, listenerConfig.name))
         if h2Limits is None:
             h2Limits = listenerConfig.http2 if listenerConfig.http2 is not None else H2Limits()
         self.h2Limits = h2Limits
-        self.useRemoteAddress = listenerConfig.useRemoteAddress
-        self.template = template
-        self.runtime = runtime
-        self.clock = runtime.clock
-        self.writeScope = getattr(runtime, "writeScope", None)
         self.scheme = scheme
-        self.stats = stats if stats is not None else H2ListenerStats(runtime.stats, listenerConfig.name)
-
-    def buildProtocol(self, addr):
-        return H2ServerProtocol(self)
 
 
 class GRPCListenerFactory(H2ListenerFactory):

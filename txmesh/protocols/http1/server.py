@@ -7,11 +7,13 @@ filter chain.  Pipelined requests are served one at a time, so responses leave i
 
 from collections import deque
 
-from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
 from twisted.logger import Logger
 
-from txmesh.protocols.listener import DrainingFactory, ListenerStats
-from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
+from txmesh.interfaces import IDownstreamStream
+from txmesh.protocols.listener import Deadline, ListenerFactory, ListenerProtocol, ListenerStats
+from txmesh.protocols.transport import callInScope
 from txmesh.protocols.http1.codec import (
     LAST_CHUNK,
     BodyData,
@@ -23,7 +25,7 @@ from txmesh.protocols.http1.codec import (
     encodeResponseHead,
     encodeTrailers,
 )
-from txmesh.stream import HeaderMap, ResponseHead, StreamInfo, newRequestId
+from txmesh.stream import HeaderMap, ResponseHead
 
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -32,13 +34,15 @@ _HEADERS = "headers"
 _IDLE = "idle"
 
 
-class HTTP1ServerProtocol(Protocol):
+@implementer(IDownstreamStream)
+class HTTP1ServerProtocol(ListenerProtocol):
     """One downstream HTTP/1.1 connection.  It is also the ``downstream`` side of its active stream."""
 
     log = Logger()
+    watchWrites = True
 
     def __init__(self, factory):
-        self.factory = factory
+        ListenerProtocol.__init__(self, factory)
         self.decoder = None
         self.stream = None
         self._queue = deque()
@@ -51,35 +55,25 @@ class HTTP1ServerProtocol(Protocol):
         self._closing = False
         self._readPaused = False
         # one lazily re-armed timer per connection serves both the request-headers and the idle timeouts: the hot
-        # path only moves ``_deadline`` (no DelayedCall created or cancelled per request)
-        self._timer = None
-        self._deadline = None
-        self._deadlineKind = None
-        self._peer = ""
+        # path only moves the deadline (no DelayedCall created or cancelled per request)
+        self._deadline = Deadline(factory.clock, factory.timerPeriod, self._timedOut)
 
     # -- connection events ---------------------------------------------------------------------------------
 
     def connectionMade(self):
+        ListenerProtocol.connectionMade(self)
         f = self.factory
         limits = f.limits
         self.decoder = RequestDecoder(limits.maxRequestLine, limits.maxHeaderBytes, limits.maxHeaders,
                                       f.scheme)
-        f.stats.cx_total.value += 1
-        f.stats.cx_active.value += 1
-        f.connections.add(self)
-        peer = self.transport.getPeer()
-        self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
-        self._peerHost = getattr(peer, "host", "").encode("ascii", "replace")
-        self._out = Writer(self.transport, f.writeScope)
-        self.transport.registerProducer(WriteWatcher(self._downstreamFull, self._downstreamDrained), True)
         self._armHeaderTimer()
 
     def dataReceived(self, data):
         if not self._closing:
-            callInScope(self._out.scope, self._received, data)
+            callInScope(self.out.scope, self._received, data)
 
     def _received(self, data):
-        if self._deadlineKind is _IDLE:
+        if self._deadline.kind is _IDLE:
             self._armHeaderTimer()
         try:
             events = self.decoder.feed(data)
@@ -102,17 +96,14 @@ class HTTP1ServerProtocol(Protocol):
                 return
 
     def connectionLost(self, reason):
-        f = self.factory
-        f.stats.cx_active.value -= 1
-        f.connections.discard(self)
-        self._cancelTimers()
+        self._deadline.cancel()
         stream = self.stream
         if stream is not None and not stream.complete:
             self.stream = None
-            f.stats.rq_active.value -= 1
+            self.factory.stats.rq_active.value -= 1
             stream.resetStream("downstream_disconnect")
         self._queue.clear()
-        f.connectionEnded(self)
+        ListenerProtocol.connectionLost(self, reason)
 
     # -- dispatch ------------------------------------------------------------------------------------------------
 
@@ -157,7 +148,7 @@ class HTTP1ServerProtocol(Protocol):
 
     def _startRequest(self, ev, endStream):
         f = self.factory
-        self._deadline = self._deadlineKind = None
+        self._deadline.clear()
         head = ev.head
         self._head = head
         self._method = head.method
@@ -168,24 +159,11 @@ class HTTP1ServerProtocol(Protocol):
         headers = head.headers
         if ev.expectContinue:
             headers.remove(b"expect")
-        if f.useRemoteAddress:
-            xff = headers.get(b"x-forwarded-for")
-            if xff is None:
-                headers.add(b"x-forwarded-for", self._peerHost)
-            else:
-                headers.set(b"x-forwarded-for", xff + b", " + self._peerHost)
-            headers.set(b"x-forwarded-proto", f.scheme)
-        rid = headers.get(b"x-request-id")
-        if rid is None:
-            rid = newRequestId()
-            headers.add(b"x-request-id", rid)
-        info = StreamInfo(f.clock.seconds(), "http/1.1" if head.version == (1, 1) else "http/1.0",
-                          f.listenerName, self._peer)
-        info.requestId = rid
+        info = self.prepareRequest(headers, f.scheme, "http/1.1" if head.version == (1, 1) else "http/1.0")
         self.stream = stream = f.template.createStream(self, info)
         stream.decodeHeaders(head, endStream)
         if ev.expectContinue and not stream.responseStarted and not stream.complete:
-            self._out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _protocolError(self, exc):
         f = self.factory
@@ -208,7 +186,7 @@ class HTTP1ServerProtocol(Protocol):
         head = ResponseHead(status, HeaderMap([(b"content-type", b"text/plain"),
                                                (b"x-txmesh-error", b"downstream_protocol_error")]),
                             contentLength=len(body))
-        self._out.write(encodeResponseHead(head, False, False) + body)
+        self.out.write(encodeResponseHead(head, False, False) + body)
         self._closeAfterWrite()
 
     # -- the downstream side of the active stream (called by ActiveStream) --------------------------------------
@@ -234,22 +212,22 @@ class HTTP1ServerProtocol(Protocol):
         self._noBody = noBody
         if not keepAlive:
             self._keepAlive = False
-        self._out.write(encodeResponseHead(response, chunked, keepAlive))
+        self.out.write(encodeResponseHead(response, chunked, keepAlive))
 
     def writeData(self, data, endStream):
         if self._noBody:
             return
         if self._chunked:
             if data:
-                self._out.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
+                self.out.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
             elif endStream:
-                self._out.write(LAST_CHUNK)
+                self.out.write(LAST_CHUNK)
         elif data:
-            self._out.write(data)
+            self.out.write(data)
 
     def writeTrailers(self, trailers):
         if self._chunked and not self._noBody:
-            self._out.write(encodeTrailers(trailers))
+            self.out.write(encodeTrailers(trailers))
 
     def makeLocalReply(self, status, body=b"", headers=(), cause=None):
         fields = [(b"content-type", b"text/plain")]
@@ -266,7 +244,7 @@ class HTTP1ServerProtocol(Protocol):
 
     def reset(self, reason):
         self._closing = True
-        self._out.discard()
+        self.out.discard()
         self.transport.abortConnection()
 
     def pauseReading(self):
@@ -301,49 +279,25 @@ class HTTP1ServerProtocol(Protocol):
 
     # -- backpressure ------------------------------------------------------------------------------------------
 
-    def _downstreamFull(self):
+    def writeBufferFull(self):
         if self.stream is not None:
             self.stream.downstreamWritePaused()
 
-    def _downstreamDrained(self):
+    def writeBufferDrained(self):
         if self.stream is not None:
             self.stream.downstreamWriteResumed()
 
     # -- timers and closing --------------------------------------------------------------------------------------
 
     def _armHeaderTimer(self):
-        self._setDeadline(_HEADERS, self.factory.limits.requestHeadersTimeout)
+        self._deadline.set(self.factory.limits.requestHeadersTimeout, _HEADERS)
 
     def _armIdleTimer(self):
-        self._setDeadline(_IDLE, self.factory.limits.idleTimeout)
+        self._deadline.set(self.factory.limits.idleTimeout, _IDLE)
 
-    def _setDeadline(self, kind, timeout):
-        if not timeout:
-            self._deadline = self._deadlineKind = None
-            return
-        f = self.factory
-        self._deadline = f.clock.seconds() + timeout
-        self._deadlineKind = kind
-        if self._timer is None:
-            self._timer = f.clock.callLater(min(timeout, f.timerPeriod), self._timerFired)
-
-    def _timerFired(self):
-        """
-        The connection's timer: act if the deadline passed, else re-arm.  It never sleeps longer than the shortest
-        configured timeout, so a deadline set later (always at least that far ahead) is never overslept.
-        """
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None or self._closing:
-            return
-        clock = self.factory.clock
-        remaining = deadline - clock.seconds()
-        if remaining > 0:
-            self._timer = clock.callLater(min(remaining, self.factory.timerPeriod), self._timerFired)
-            return
-        kind = self._deadlineKind
-        self._deadline = self._deadlineKind = None
-        if self.stream is not None:
+    def _timedOut(self, kind):
+        """The request head came too slowly (408), or the connection was idle too long."""
+        if self._closing or self.stream is not None:
             return
         if kind is _HEADERS:
             self.factory.stats.rq_timeout.value += 1
@@ -352,20 +306,14 @@ class HTTP1ServerProtocol(Protocol):
             self.factory.stats.cx_idle_timeout.value += 1
             self._closeAfterWrite()
 
-    def _cancelTimers(self):
-        self._deadline = self._deadlineKind = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     def _closeAfterWrite(self):
         self._closing = True
-        self._cancelTimers()
+        self._deadline.cancel()
         self._queue.clear()
         self.transport.unregisterProducer()
         if self._readPaused:
             self.transport.resumeProducing()
-        self._out.flush()
+        self.out.flush()
         self.transport.loseConnection()
 
     def drain(self):
@@ -374,23 +322,14 @@ class HTTP1ServerProtocol(Protocol):
             self._closeAfterWrite()
 
 
-class HTTP1ListenerFactory(DrainingFactory):
-    """Makes the server protocol of one HTTP listener; knows its connections for a graceful drain."""
+class HTTP1ListenerFactory(ListenerFactory):
+    """Makes the server protocol of one HTTP/1.1 listener."""
 
     protocol = HTTP1ServerProtocol
 
     def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http"):
-        DrainingFactory.__init__(self)
-        self.listenerName = listenerConfig.name
-        self.limits = listenerConfig.limits
-        self.timerPeriod = min(t for t in (self.limits.requestHeadersTimeout, self.limits.idleTimeout, 3600.0) if t)
-        self.useRemoteAddress = listenerConfig.useRemoteAddress
-        self.writeScope = getattr(runtime, "writeScope", None)
-        self.template = template
-        self.runtime = runtime
-        self.clock = runtime.clock
+        ListenerFactory.__init__(self, listenerConfig, template, runtime,
+                                 stats if stats is not None else ListenerStats(runtime.stats, listenerConfig.name))
+        limits = self.limits
+        self.timerPeriod = min(t for t in (limits.requestHeadersTimeout, limits.idleTimeout, 3600.0) if t)
         self.scheme = scheme
-        self.stats = stats if stats is not None else ListenerStats(runtime.stats, listenerConfig.name)
-
-    def buildProtocol(self, addr):
-        return HTTP1ServerProtocol(self)
