@@ -356,7 +356,8 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     chain = _FilterChainBuilder(r, path, descriptor, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")
     filters = chain.build("filters", m, "stream")
-    routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames)
+    routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames,
+                                   defaultCluster)
     return ListenerConfig(name=name, protocol=protocol, address=address,
                           useRemoteAddress=r.get(m, path, "use_remote_address", bool, True),
                           defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,

@@ -299,9 +299,11 @@ class RouteConfig:
     """
     The virtual hosts of a listener.  A host is chosen by the request authority (port stripped, case-insensitive):
     an exact domain, then the longest "*.suffix" (or "*suffix") wildcard, then the longest "prefix.*", then "*".
+    A request no route matches goes to ``defaultRoute`` (the listener's ``default_cluster``), if there is one.
     """
 
     virtualHosts: tuple = ()
+    defaultRoute: object = None
     _exact: dict = field(init=False, repr=False, compare=False)
     _suffixes: tuple = field(init=False, repr=False, compare=False)
     _prefixes: tuple = field(init=False, repr=False, compare=False)
@@ -357,12 +359,12 @@ class RouteConfig:
         return vhost
 
     def match(self, request):
-        """The first Route of the request's virtual host that fits, or None."""
+        """The first Route of the request's virtual host that fits, else the default route, else None."""
         vhost = self.virtualHostFor(request.authority)
         if vhost is None:
-            return None
+            return self.defaultRoute
         path = request.pathOnly()
         for route in vhost.routes:
             if route.match.matches(request, path):
                 return route
-        return None
+        return self.defaultRoute

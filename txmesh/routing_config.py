@@ -24,10 +24,17 @@ def _join(path, key):
     return path + "." + key if path else key
 
 
-def buildRouteConfig(r, raw, path, clusterNames):
-    """Validate a ``route_config`` mapping (None = no routes) into a RouteConfig."""
+def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None):
+    """
+    Validate a ``route_config`` mapping (None = no routes) into a RouteConfig; requests no route matches go to
+    ``defaultCluster`` when one is named (the listener's ``default_cluster``).
+    """
+    defaultRoute = None
+    if defaultCluster is not None:
+        vhost = VirtualHost("default_cluster", ("*",))
+        defaultRoute = Route("default_cluster", vhost, RouteMatch(prefix=b"/"), ClusterAction(defaultCluster))
     if raw is None:
-        return RouteConfig(())
+        return RouteConfig((), defaultRoute)
     r.mapping(raw, path, optional=("virtual_hosts",))
     vhosts, names, owners = [], {}, {}
     for i, v in enumerate(r.list(raw, path, "virtual_hosts")):
@@ -44,7 +51,7 @@ def buildRouteConfig(r, raw, path, clusterNames):
         for route in routes:
             object.__setattr__(route, "virtualHost", vhost)
         vhosts.append(vhost)
-    return RouteConfig(tuple(vhosts))
+    return RouteConfig(tuple(vhosts), defaultRoute)
 
 
 def _domains(r, v, vPath, name, owners):

@@ -11,39 +11,17 @@ downstream request id.  Errors the proxy decides (no route, timeout, overflow...
 carrying the request's id (L{DubboCall.makeLocalReply}).  The upstream side is L{txmesh.protocols.dubbo.client}.
 """
 
-import copy
-
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from txmesh.protocols.listener import DrainingFactory
-from txmesh.protocols.transport import Writer, callInScope
+from txmesh.interfaces import IDownstreamStream
+from txmesh.protocols.listener import Deadline, ListenerFactory, ListenerProtocol
+from txmesh.protocols.transport import callInScope
 from txmesh.protocols.dubbo import codec as dc
 from txmesh.protocols.dubbo.client import attachmentHeaders
 from txmesh.protocols.dubbo.replies import dubboStatusFor, encodeValueResponse
 from txmesh.protocols.dubbo.stats import DEFAULT_MAX_SERVICE_METHODS, DubboListenerStats
-from txmesh.routing import ClusterAction, Route, RouteMatch, VirtualHost
-from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
-
-# -- routing: the listener's default cluster ------------------------------------------------------------------------
-
-
-class _DefaultingRoutes:
-    """The listener's route table, falling back to a route to its ``default_cluster``."""
-
-    def __init__(self, routeConfig, defaultRoute):
-        self.routeConfig = routeConfig
-        self.defaultRoute = defaultRoute
-
-    def match(self, request):
-        route = self.routeConfig.match(request)
-        return route if route is not None else self.defaultRoute
-
-
-def _defaultRoute(cluster):
-    vhost = VirtualHost("default_cluster", ("*",))
-    return Route("default_cluster", vhost, RouteMatch(prefix=b"/"), ClusterAction(cluster))
-
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead
 
 # -- request heads --------------------------------------------------------------------------------------------------
 
@@ -96,6 +74,7 @@ def requestHead(frame, inv):
 # -- the downstream side of one call ----------------------------------------------------------------------------------
 
 
+@implementer(IDownstreamStream)
 class DubboCall:
     """One downstream call: the ``downstream`` object of its ActiveStream (see txmesh.filters.chain)."""
 
@@ -137,7 +116,7 @@ class DubboCall:
     def _write(self, data):
         self.written = True
         if self.proto.transport is not None and not self.proto.closed:
-            self.proto._out.write(data)
+            self.proto.out.write(data)
 
     def makeLocalReply(self, status, body=b"", headers=(), cause=None):
         if isinstance(cause, bytes):
@@ -171,42 +150,34 @@ class DubboCall:
 # -- the listener ---------------------------------------------------------------------------------------------------
 
 
-class DubboServerProtocol(Protocol):
+class DubboServerProtocol(ListenerProtocol):
     """One downstream Dubbo connection; see the module docstring."""
 
     log = Logger()
 
     def __init__(self, factory):
-        self.factory = factory
+        ListenerProtocol.__init__(self, factory)
         self.decoder = None
         self.calls = {}  # downstream id -> DubboCall (two-way)
         self.oneWay = set()  # DubboCall of one-way requests still in the chain
         self.closed = False
         self.broken = False  # framing lost: no more reading, close once the calls in flight are answered
         self._pauses = 0
-        self._lastRead = 0.0
-        self._idleTimer = None
-        self._peer = ""
+        # idle: no bytes read for the listener's idle_timeout, and no call in flight
+        self._idle = Deadline(factory.clock, factory.limits.idleTimeout or 3600.0, self._idleTimedOut)
 
     def connectionMade(self):
+        ListenerProtocol.connectionMade(self)
         f = self.factory
         self.decoder = dc.DubboDecoder(f.maxBodyBytes)
-        f.stats.cx_total.value += 1
-        f.stats.cx_active.value += 1
-        f.connections.add(self)
-        peer = self.transport.getPeer()
-        self._peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
-        self._out = Writer(self.transport, f.writeScope)
-        self._lastRead = f.clock.seconds()
-        if f.idleTimeout:
-            self._idleTimer = f.clock.callLater(f.idleTimeout, self._idleCheck)
+        self._idle.set(f.limits.idleTimeout)
 
     def dataReceived(self, data):
         if not self.closed and not self.broken:
-            callInScope(self._out.scope, self._received, data)
+            callInScope(self.out.scope, self._received, data)
 
     def _received(self, data):
-        self._lastRead = self.factory.clock.seconds()
+        self._idle.set(self.factory.limits.idleTimeout)
         try:
             frames = self.decoder.feed(data)
         except dc.DubboCodecError as e:
@@ -226,7 +197,7 @@ class DubboServerProtocol(Protocol):
         if frame.event:
             if frame.twoWay:
                 f.stats.heartbeats.value += 1
-                self._out.write(dc.encodeHeartbeatResponse(frame.requestId, frame.serializationId))
+                self.out.write(dc.encodeHeartbeatResponse(frame.requestId, frame.serializationId))
             return
         f.stats.rq_total.value += 1
         try:
@@ -234,7 +205,7 @@ class DubboServerProtocol(Protocol):
         except dc.DubboCodecError as e:
             f.stats.decode_errors.value += 1
             if frame.twoWay:
-                self._out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST, "txmesh: " + e.reason,
+                self.out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST, "txmesh: " + e.reason,
                                                        frame.serializationId))
             return
         if inv is None:
@@ -246,7 +217,7 @@ class DubboServerProtocol(Protocol):
             methodStats.twoWay.value += 1
             if frame.requestId in self.calls:
                 f.stats.decode_errors.value += 1
-                self._out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST,
+                self.out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST,
                                                        "txmesh: request id already in flight",
                                                        frame.serializationId))
                 return
@@ -259,7 +230,7 @@ class DubboServerProtocol(Protocol):
         else:
             self.oneWay.add(call)
         f.stats.rq_active.value += 1
-        info = StreamInfo(f.clock.seconds(), "dubbo", f.listenerName, self._peer)
+        info = self.streamInfo("dubbo")
         info.requestId = b"%d" % (frame.requestId,)
         info.metadata = head.metadata
         call.stream = stream = f.template.createStream(call, info)
@@ -284,7 +255,7 @@ class DubboServerProtocol(Protocol):
         f.stats.decode_errors.value += 1
         f.stats.cx_protocol_error.value += 1
         if exc.requestId is not None and exc.twoWay:
-            self._out.write(dc.encodeResponse(exc.requestId, exc.status, "txmesh: " + exc.reason))
+            self.out.write(dc.encodeResponse(exc.requestId, exc.status, "txmesh: " + exc.reason))
         # stop reading; the calls read before the bad bytes are answered first (their route timeout bounds them)
         self.broken = True
         if not self.calls and not self.oneWay:
@@ -303,15 +274,13 @@ class DubboServerProtocol(Protocol):
             if self._pauses == 0 and not self.closed:
                 self.transport.resumeProducing()
 
-    def _idleCheck(self):
+    def _idleTimedOut(self, kind):
         f = self.factory
-        self._idleTimer = None
         if self.closed:
             return
-        remaining = self._lastRead + f.idleTimeout - f.clock.seconds()
-        if remaining > 1e-6 or self.calls or self.oneWay:
-            self._idleTimer = f.clock.callLater(max(remaining, 1e-3) if remaining > 1e-6 else f.idleTimeout,
-                                                self._idleCheck)
+        if self.calls or self.oneWay:
+            # calls in flight: not idle; look again a whole timeout later
+            self._idle.set(f.limits.idleTimeout)
             return
         f.stats.cx_idle_timeout.value += 1
         self._close()
@@ -323,7 +292,7 @@ class DubboServerProtocol(Protocol):
         if self._pauses:
             self._pauses = 0
             self.transport.resumeProducing()
-        self._out.flush()
+        self.out.flush()
         self.transport.loseConnection()
 
     def drain(self):
@@ -331,43 +300,28 @@ class DubboServerProtocol(Protocol):
             self._close()
 
     def connectionLost(self, reason):
-        f = self.factory
         self.closed = True
-        f.stats.cx_active.value -= 1
-        f.connections.discard(self)
-        if self._idleTimer is not None and self._idleTimer.active():
-            self._idleTimer.cancel()
-        self._idleTimer = None
+        self._idle.cancel()
         for call in list(self.calls.values()) + list(self.oneWay):
             if call.twoWay:
                 # a one-way call already sent upstream may still complete; a two-way one has no one to answer
                 call.stream.resetStream("downstream_disconnect")
-        f.connectionEnded(self)
+        ListenerProtocol.connectionLost(self, reason)
 
 
-class DubboListenerFactory(DrainingFactory):
+class DubboListenerFactory(ListenerFactory):
     """
     Makes the server protocol of one Dubbo listener.  The payload limit is the listener's
-    ``limits.max_request_body`` (default 8 MiB, as Dubbo's); requests no route matches go to ``default_cluster``.
+    ``limits.max_request_body`` (default 8 MiB, as Dubbo's); requests no route matches go to ``default_cluster``
+    (the route table carries it).
     """
+
+    protocol = DubboServerProtocol
 
     def __init__(self, listenerConfig, template, runtime, stats=None,
                  maxServiceMethods=DEFAULT_MAX_SERVICE_METHODS):
-        DrainingFactory.__init__(self)
-        self.listenerName = listenerConfig.name
-        limits = listenerConfig.limits
-        self.maxBodyBytes = limits.maxRequestBody or dc.DEFAULT_MAX_BODY_BYTES
-        self.idleTimeout = limits.idleTimeout
-        if listenerConfig.defaultCluster is not None:
-            template = copy.copy(template)
-            template.routeConfig = _DefaultingRoutes(template.routeConfig,
-                                                     _defaultRoute(listenerConfig.defaultCluster))
-        self.template = template
-        self.runtime = runtime
-        self.clock = runtime.clock
-        self.writeScope = getattr(runtime, "writeScope", None)
-        self.stats = stats if stats is not None else DubboListenerStats(runtime.stats, listenerConfig.name,
-                                                                        maxServiceMethods)
-
-    def buildProtocol(self, addr):
-        return DubboServerProtocol(self)
+        ListenerFactory.__init__(self, listenerConfig, template, runtime,
+                                 stats if stats is not None else DubboListenerStats(runtime.stats,
+                                                                                    listenerConfig.name,
+                                                                                    maxServiceMethods))
+        self.maxBodyBytes = self.limits.maxRequestBody or dc.DEFAULT_MAX_BODY_BYTES
