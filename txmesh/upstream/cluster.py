@@ -9,7 +9,6 @@ from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
-from txmesh.upstream.lb import findLoadBalancerFactory
 from txmesh.protocols.h2.pool import H2ConnectionPool
 from txmesh.protocols.dubbo.pool import MultiplexConnectionPool
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
@@ -192,7 +191,7 @@ class ClusterManager:
         self._clusters = {}
         poolClasses = POOL_CLASSES if poolClasses is None else poolClasses
         for config in clusterConfigs:
-            lbFactory = getattr(config, "lbFactory", None) or findLoadBalancerFactory(config.lbPolicy)
+            lbFactory = config.lbFactory  # config found it among the plugins (txmesh.config)
             if lbFactory is None:
                 raise ValueError("cluster %r: unknown lb policy %r" % (config.name, config.lbPolicy))
             poolClass = poolClasses[getattr(config, "protocol", "http1")]
