@@ -8,8 +8,10 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.plugin import getPlugins
 
-from txmesh.interfaces import ICluster
+import txmesh.plugins
+from txmesh.interfaces import ICluster, ILoadBalancerFactory
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import Cluster, ClusterManager
 from txmesh.upstream.host import Host
@@ -51,6 +53,11 @@ class FakePool:
         return self.drained
 
 
+def lbFactory(name):
+    """The built-in policy ``name``, found among the plugins as txmesh.config finds it."""
+    return findLoadBalancerFactory(name, getPlugins(ILoadBalancerFactory, txmesh.plugins))
+
+
 def makeCluster(endpoints, policy="round_robin"):
     store = StatsStore()
     pools = []
@@ -60,7 +67,7 @@ def makeCluster(endpoints, policy="round_robin"):
         return pools[-1]
 
     config = FakeClusterConfig("backend", lbPolicy=policy, endpoints=tuple(endpoints))
-    cluster = Cluster("backend", config, endpoints, findLoadBalancerFactory(policy), poolFactory,
+    cluster = Cluster("backend", config, endpoints, lbFactory(policy), poolFactory,
                       random.Random(1), store.scope(cluster="backend"))
     return cluster, pools, store
 
@@ -138,8 +145,9 @@ def makeManager():
         return connect
 
     configs = [
-        FakeClusterConfig("a", endpoints=(Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 80, 2))),
-        FakeClusterConfig("b", lbPolicy="least_request", lbFactory=findLoadBalancerFactory("least_request"),
+        FakeClusterConfig("a", lbFactory=lbFactory("round_robin"),
+                          endpoints=(Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 80, 2))),
+        FakeClusterConfig("b", lbPolicy="least_request", lbFactory=lbFactory("least_request"),
                           endpoints=(Endpoint("10.0.1.1", 9000),)),
     ]
     return ClusterManager(clock, configs, connectFactory, store, random.Random(2)), store, attempts, clock

@@ -8,7 +8,13 @@ from twisted.plugin import IPlugin, getPlugins
 import txmesh.plugins
 from txmesh.interfaces import ILoadBalancer, ILoadBalancerFactory
 from txmesh.upstream.host import Host
-from txmesh.upstream.lb import LBContext, findLoadBalancerFactory, smoothWeightedSequence
+from txmesh.upstream.lb import (
+    LBContext,
+    LoadBalancerFactory,
+    RoundRobinLoadBalancer,
+    findLoadBalancerFactory,
+    smoothWeightedSequence,
+)
 
 
 def makeHosts(*weights):
@@ -16,7 +22,7 @@ def makeHosts(*weights):
 
 
 def factory(name):
-    return findLoadBalancerFactory(name)
+    return findLoadBalancerFactory(name, getPlugins(ILoadBalancerFactory, txmesh.plugins))
 
 
 def picks(lb, n, context=None):
@@ -30,7 +36,14 @@ def test_plugins_found():
         assert IPlugin.providedBy(found[name])
         lb = found[name].create(makeHosts(1, 1), random.Random(1))
         assert ILoadBalancer.providedBy(lb)
-    assert findLoadBalancerFactory("nope") is None
+    assert factory("nope") is None
+
+
+def test_find_among_given_factories():
+    """The caller (config) finds the plugins and passes them: the upstream layer does not import txmesh.plugins."""
+    mine = LoadBalancerFactory("mine", RoundRobinLoadBalancer)
+    assert findLoadBalancerFactory("mine", [factory("round_robin"), mine]) is mine
+    assert findLoadBalancerFactory("round_robin", [mine]) is None
 
 
 def test_round_robin_even_and_in_turn():

@@ -10,7 +10,6 @@ kinds are Twisted plugins found with ``getPlugins(..., txmesh.plugins)``; each f
 import os
 from dataclasses import dataclass, field
 
-from twisted.internet.endpoints import _parseServer
 from twisted.plugin import getPlugins
 
 import txmesh.plugins
@@ -20,6 +19,7 @@ from txmesh.interfaces import IFilterFactory, ILoadBalancerFactory
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig
+from txmesh.twisted_private import parseServerEndpoint
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
 H2_PROTOCOLS = frozenset({"grpc", "http2"})
@@ -250,10 +250,10 @@ def _checkUnique(r, names, what, key):
 
 def _addressKey(address):
     """A normalised form of an endpoint string, to find two listeners on one address."""
-    kind, args, kwargs = _parseServer(address, None)
-    if kind == "TCP" or getattr(kind, "prefix", None) == "tcp6":
+    kind, args, kwargs = parseServerEndpoint(address)
+    if kind in ("tcp", "tcp6"):
         return ("tcp", int(args[0]), kwargs.get("interface", ""))
-    if kind == "UNIX":
+    if kind == "unix":
         return ("unix", os.path.abspath(args[0]), None)
     return ("other", address, None)
 

@@ -9,9 +9,9 @@ the line (from the YAML node marks) and the key path (``listeners[0].filters[2].
 import re
 
 import yaml
-from twisted.internet.endpoints import _parseServer
 
 from txmesh.errors import ConfigError
+from txmesh.twisted_private import parseServerEndpoint
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?\Z")
@@ -181,10 +181,10 @@ def endpointString(r, m, path, default=None):
     address = r.get(m, path, "address", str, default)
     p = joinPath(path, "address")
     try:
-        kind, args, kwargs = _parseServer(address, None)
+        kind, args, kwargs = parseServerEndpoint(address)
     except Exception as e:  # the parsers raise ValueError, TypeError, KeyError, OSError (ssl key files) ...
         raise r.error("invalid endpoint '%s': %s" % (address, e), p) from e
-    if kind == "TCP" or getattr(kind, "prefix", None) == "tcp6":
+    if kind in ("tcp", "tcp6"):
         try:
             port = int(args[0])
         except ValueError as e:

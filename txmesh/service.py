@@ -25,6 +25,7 @@ from txmesh.filters.chain import FilterChainTemplate
 from txmesh.protocols.transport import WriteScope
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
+from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
 
 
@@ -108,13 +109,13 @@ class MeshService(MultiService):
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
             self.listenerFactories.append(factory)
             svc = StreamServerEndpointService(serverFromString(reactor, lc.address), factory)
-            svc._raiseSynchronously = True
+            raiseBindErrorsSynchronously(svc)
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
         site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: not self.draining,
                              isDraining=lambda: self.draining, reactor=reactor, reopenLogs=self.reopenLogs)
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
-        admin._raiseSynchronously = True
+        raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
         admin.setServiceParent(self)
 

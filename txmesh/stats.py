@@ -6,7 +6,8 @@ formatted until someone asks.  ``/stats`` renders a JSON snapshot, ``/metrics`` 
 prometheus_client collector at scrape time, so the exposition format is prometheus_client's, not ours.
 
 A series is named by a metric name and a tuple of label pairs.  ``Scope`` objects fix a prefix of labels (a
-listener, a cluster) so components create their series once, at construction, and keep references.
+listener, a cluster) so components create their series once, at construction, and keep references; a
+L{LabelledCounter} does the same for a label whose values only come at run time (an error cause, a status).
 """
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -131,3 +132,39 @@ class Scope:
 
     def gauge(self, name, help="", **labels):
         return self.store.gauge(name, self.labels + tuple(labels.items()), help)
+
+
+class LabelledCounter:
+    """
+    One counter metric split by a label whose values come at run time (an error cause, a status code): the Counter
+    for a value is made on first use, in ``scope`` plus ``labelName=label(value)``, and kept, so counting costs
+    one dict lookup.  The store's per-metric cap still applies (past it values share the ``_other`` series).
+
+    ``counters[value]`` is the Counter; ``counters.inc(value)`` counts one.
+
+    @param scope: a L{Scope} (its labels come first).
+    @param label: turns a value into the label's string (default C{str}); called once per value.
+    """
+
+    __slots__ = ("_scope", "_name", "_help", "_labelName", "_label", "_counters")
+
+    def __init__(self, scope, name, help, labelName, label=str):
+        self._scope = scope
+        self._name = name
+        self._help = help
+        self._labelName = labelName
+        self._label = label
+        self._counters = {}
+
+    def __getitem__(self, value):
+        c = self._counters.get(value)
+        if c is None:
+            c = self._counters[value] = self._scope.counter(self._name, help=self._help,
+                                                            **{self._labelName: self._label(value)})
+        return c
+
+    def inc(self, value, n=1):
+        c = self._counters.get(value)
+        if c is None:
+            c = self[value]
+        c.value += n

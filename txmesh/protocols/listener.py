@@ -19,6 +19,8 @@ from txmesh.interfaces import IListenerFactory
 from txmesh.protocols.transport import WriteWatcher, Writer
 from txmesh.stream import StreamInfo, newRequestId
 
+from txmesh.stats import LabelledCounter
+
 
 @implementer(IListenerFactory)
 class DrainingFactory(Factory):
@@ -212,7 +214,7 @@ class Deadline:
 
 
 class ListenerStats:
-    """Per-listener counters, made once per listener."""
+    """Per-listener counters, made once per listener.  ``error(cause)`` counts a local error reply."""
 
     def __init__(self, stats, listener):
         s = stats.scope(listener=listener)
@@ -226,12 +228,5 @@ class ListenerStats:
         # indexed by status // 100 (1..5)
         self.rq_class = [None] + [s.counter("downstream_rq_xx", help="Responses by status class",
                                             code_class="%dxx" % c) for c in range(1, 6)]
-        self._errors = {}
+        self.error = LabelledCounter(s, "downstream_rq_error", "Local error replies by cause", "cause").inc
         self._scope = s
-
-    def error(self, cause):
-        c = self._errors.get(cause)
-        if c is None:
-            c = self._errors[cause] = self._scope.counter("downstream_rq_error", help="Local error replies by cause",
-                                                          cause=cause)
-        c.value += 1

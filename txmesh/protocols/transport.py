@@ -23,6 +23,8 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from txmesh.twisted_private import tcpTransportIdle
+
 
 class WriteScope:
     """
@@ -129,8 +131,7 @@ class Writer:
     def _send(self, data):
         t = self.transport
         sock = self._socket
-        if (sock is None or t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
-                or t._writeDisconnected or t.TLS or t._aborting):
+        if sock is None or not tcpTransportIdle(t):
             t.write(data)
             return
         try:

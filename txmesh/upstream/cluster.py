@@ -9,7 +9,6 @@ from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
-from txmesh.upstream.lb import findLoadBalancerFactory
 
 # Cluster-level series: (name, kind, help).  The pool makes the upstream_cx_* / upstream_rq_pending_* ones on the
 # same scope, so these are the same series.
@@ -181,7 +180,7 @@ class ClusterManager:
         self.clock = clock
         self._clusters = {}
         for config in clusterConfigs:
-            lbFactory = getattr(config, "lbFactory", None) or findLoadBalancerFactory(config.lbPolicy)
+            lbFactory = config.lbFactory  # config found it among the plugins (txmesh.config)
             if lbFactory is None:
                 raise ValueError("cluster %r: unknown lb policy %r" % (config.name, config.lbPolicy))
             buildPool = config.descriptor.buildPool

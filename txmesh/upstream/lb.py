@@ -211,13 +211,12 @@ class LoadBalancerFactory:
         return "<LoadBalancerFactory %s>" % (self.name,)
 
 
-def findLoadBalancerFactory(name):
-    """The ILoadBalancerFactory plugin named ``name`` in txmesh.plugins, or None."""
-    from twisted.plugin import getPlugins
-
-    import txmesh.plugins
-
-    for factory in getPlugins(ILoadBalancerFactory, txmesh.plugins):
+def findLoadBalancerFactory(name, factories):
+    """
+    The ILoadBalancerFactory named ``name`` among ``factories`` (the caller finds them, e.g.
+    ``getPlugins(ILoadBalancerFactory, txmesh.plugins)``: this layer does not import the plugin package), or None.
+    """
+    for factory in factories:
         if factory.name == name:
             return factory
     return None

@@ -2,15 +2,18 @@
 The Dubbo listener's counters: per listener, and per service and method (capped, see L{DubboListenerStats}).
 """
 
+from txmesh.stats import LabelledCounter
+
 DEFAULT_MAX_SERVICE_METHODS = 200
 _OVERFLOW_KEY = ("_other", "_other")
 
 
 class _MethodStats:
-    __slots__ = ("twoWay", "oneWay", "businessExceptions", "timeouts", "_responses", "_scope")
+    """One service/method's counters; ``response(status)`` counts a response by its Dubbo status byte."""
+
+    __slots__ = ("twoWay", "oneWay", "businessExceptions", "timeouts", "response")
 
     def __init__(self, scope):
-        self._scope = scope
         self.twoWay = scope.counter("dubbo_requests", help="Dubbo requests by service, method and kind",
                                     kind="two_way")
         self.oneWay = scope.counter("dubbo_requests", help="Dubbo requests by service, method and kind",
@@ -18,20 +21,14 @@ class _MethodStats:
         self.businessExceptions = scope.counter("dubbo_business_exceptions",
                                                 help="OK responses whose result is an exception")
         self.timeouts = scope.counter("dubbo_timeouts", help="Calls answered with a timeout by the proxy")
-        self._responses = {}
-
-    def response(self, status):
-        c = self._responses.get(status)
-        if c is None:
-            c = self._responses[status] = self._scope.counter("dubbo_responses", help="Dubbo responses by status",
-                                                              status=str(status))
-        c.value += 1
+        self.response = LabelledCounter(scope, "dubbo_responses", "Dubbo responses by status", "status").inc
 
 
 class DubboListenerStats:
     """
     Per-listener Dubbo counters.  Per service/method series are capped at ``maxServiceMethods`` distinct pairs per
     listener; later pairs share one series labelled ``_other`` so a noisy client cannot blow up the metrics.
+    ``error(cause)`` counts a local error reply.
     """
 
     def __init__(self, stats, listener, maxServiceMethods=DEFAULT_MAX_SERVICE_METHODS):
@@ -46,7 +43,7 @@ class DubboListenerStats:
         self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
         self.heartbeats = s.counter("dubbo_heartbeats", help="Heartbeat requests answered by the listener")
         self.decode_errors = s.counter("dubbo_decode_errors", help="Frames refused as malformed")
-        self._errors = {}
+        self.error = LabelledCounter(s, "downstream_rq_error", "Local error replies by cause", "cause").inc
         self._methods = {}
 
     def method(self, service, method):
@@ -60,10 +57,3 @@ class DubboListenerStats:
                 m = self._methods[key] = _MethodStats(self._scope.store.scope(
                     **dict(self._scope.labels), service=key[0], method=key[1]))
         return m
-
-    def error(self, cause):
-        c = self._errors.get(cause)
-        if c is None:
-            c = self._errors[cause] = self._scope.counter("downstream_rq_error", help="Local error replies by cause",
-                                                          cause=cause)
-        c.value += 1

@@ -1,10 +1,19 @@
 """Counters of HTTP/2 and gRPC listeners and upstream connections, made once per listener or cluster."""
 
 from txmesh.protocols.listener import ListenerStats
+from txmesh.stats import LabelledCounter
+
+
+def grpcStatusLabel(code):
+    """The ``code`` label of a grpc-status field's bytes (``none`` when absent or empty)."""
+    return code.decode("ascii", "replace") if code else "none"
 
 
 class H2ListenerStats(ListenerStats):
-    """The HTTP listener series plus streams, GOAWAYs, floods, gRPC statuses and messages."""
+    """
+    The HTTP listener series plus streams, GOAWAYs, floods, gRPC statuses and messages.  ``flood(kind)`` counts a
+    connection closed for a flood; ``grpcStatus(code)`` a grpc-status returned (the field's bytes).
+    """
 
     def __init__(self, stats, listener):
         ListenerStats.__init__(self, stats, listener)
@@ -18,21 +27,7 @@ class H2ListenerStats(ListenerStats):
         self.goaway_received = s.counter("downstream_h2_goaway_received", help="GOAWAY frames received")
         self.messages_in = s.counter("downstream_grpc_messages_in", help="gRPC request messages received")
         self.messages_out = s.counter("downstream_grpc_messages_out", help="gRPC response messages sent")
-        self._floods = {}
-        self._grpc = {}
-
-    def flood(self, kind):
-        c = self._floods.get(kind)
-        if c is None:
-            c = self._floods[kind] = self._scope.counter("downstream_h2_flood_close",
-                                                         help="Connections closed for a frame flood or rapid reset",
-                                                         kind=kind)
-        c.value += 1
-
-    def grpcStatus(self, code):
-        c = self._grpc.get(code)
-        if c is None:
-            label = code.decode("ascii", "replace") if code else "none"
-            c = self._grpc[code] = self._scope.counter("downstream_grpc_status", help="gRPC statuses returned",
-                                                       code=label)
-        c.value += 1
+        self.flood = LabelledCounter(s, "downstream_h2_flood_close",
+                                     "Connections closed for a frame flood or rapid reset", "kind").inc
+        self.grpcStatus = LabelledCounter(s, "downstream_grpc_status", "gRPC statuses returned", "code",
+                                          grpcStatusLabel).inc

@@ -1,0 +1,167 @@
+"""
+txmesh.twisted_private on the installed Twisted: every private name it relies on still exists and still means what
+the module's docstrings say.  setup.cfg's upper bound on Twisted is the newest release these tests passed on; when
+one fails after an upgrade, the message names the attribute and the version.
+
+The transports are real L{twisted.internet.tcp.Server} objects on a loopback TCP connection made with plain sockets,
+driven by a MemoryReactorClock: no reactor loop, nothing to wait for.
+"""
+
+import importlib
+import pathlib
+import re
+import socket
+
+import pytest
+import twisted
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, tcp
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+
+import txmesh
+from txmesh.protocols.transport import Writer
+from txmesh.twisted_private import (
+    PRIVATE_NAMES,
+    parseServerEndpoint,
+    raiseBindErrorsSynchronously,
+    tcpTransportIdle,
+)
+
+TWISTED = twisted.__version__
+
+
+def _missing(owner, name):
+    return ("Twisted %s has no %s.%s, which txmesh/twisted_private.py relies on: find the replacement in that "
+            "Twisted release, change the module, then move the Twisted bound in setup.cfg" % (TWISTED, owner, name))
+
+
+def _resolve(owner):
+    module, _, attr = owner.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return importlib.import_module(owner)
+
+
+@pytest.fixture
+def connection():
+    """A real TCP server-side transport over one end of a loopback connection, and the other end."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        peer = socket.create_connection(listening.getsockname(), timeout=5)
+        ours, _ = listening.accept()  # the kernel completed the handshake already: no wait
+    proto = Protocol()
+    conn = tcp.Server(ours, proto, ("127.0.0.1", 1), None, 1, MemoryReactorClock())
+    proto.makeConnection(conn)
+    peer.setblocking(False)
+    yield conn, peer
+    ours.close()
+    peer.close()
+
+
+@pytest.mark.parametrize("owner,name", PRIVATE_NAMES, ids=["%s.%s" % p for p in PRIVATE_NAMES])
+def test_private_name_exists(owner, name, connection):
+    conn, _ = connection
+    if owner.startswith(("twisted.internet.abstract.", "twisted.internet.tcp.")):
+        # instance attributes (FileDescriptor.__init__ sets _tempDataLen): check a real transport
+        assert hasattr(conn, name), _missing(owner, name)
+    else:
+        assert hasattr(_resolve(owner), name), _missing(owner, name)
+
+
+def test_a_fresh_transport_is_idle(connection):
+    conn, _ = connection
+    assert tcpTransportIdle(conn)
+
+
+def test_bytes_twisted_holds_make_it_busy(connection):
+    conn, _ = connection
+    conn.write(b"held until the reactor's next write event")
+    assert conn._tempDataLen, _missing("twisted.internet.abstract.FileDescriptor", "_tempDataLen (as write's count)")
+    assert not tcpTransportIdle(conn)
+
+
+def test_abort_makes_it_busy(connection):
+    conn, _ = connection
+    conn.abortConnection()
+    assert conn._aborting, _missing("twisted.internet.tcp._AbortingMixin", "_aborting (set by abortConnection)")
+    assert not tcpTransportIdle(conn)
+
+
+def test_write_side_shut_makes_it_busy(connection):
+    conn, peer = connection
+    conn.loseWriteConnection()
+    conn.doWrite()  # the reactor's write event: nothing buffered, so Twisted shuts the write side now
+    assert conn._writeDisconnected, _missing("twisted.internet.abstract.FileDescriptor",
+                                             "_writeDisconnected (set once loseWriteConnection shut the socket)")
+    assert not tcpTransportIdle(conn)
+    assert peer.recv(10) == b""
+
+
+def test_closing_makes_it_busy(connection):
+    conn, _ = connection
+    conn.loseConnection()
+    assert not tcpTransportIdle(conn)
+
+
+def test_writer_sends_at_once_and_keeps_order_behind_twisted(connection):
+    conn, peer = connection
+    writer = Writer(conn)
+    writer.write(b"direct")
+    assert peer.recv(100) == b"direct"
+    conn.write(b"1")  # Twisted holds this one...
+    writer.write(b"2")  # ...so this one must queue behind it, not overtake it
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
+    conn.doWrite()
+    assert peer.recv(100) == b"12"
+
+
+def test_parse_tcp():
+    kind, args, kwargs = parseServerEndpoint("tcp:8080:interface=127.0.0.1")
+    assert (kind, args[0], kwargs["interface"]) == ("tcp", 8080, "127.0.0.1")
+
+
+def test_parse_tcp6_plugin():
+    kind, args, kwargs = parseServerEndpoint(r"tcp6:8080:interface=\:\:1")
+    assert (kind, int(args[0]), kwargs["interface"]) == ("tcp6", 8080, "::1")
+
+
+def test_parse_unix():
+    kind, args, _ = parseServerEndpoint("unix:/run/txmesh.sock")
+    assert (kind, args[0]) == ("unix", "/run/txmesh.sock")
+
+
+def test_parse_unknown_type():
+    with pytest.raises(ValueError):
+        parseServerEndpoint("nope:80")
+
+
+class _RefusingEndpoint:
+    def listen(self, factory):
+        return defer.fail(CannotListenError("127.0.0.1", 80, OSError("address in use")))
+
+
+def test_bind_errors_raise_from_privileged_start():
+    svc = StreamServerEndpointService(_RefusingEndpoint(), Factory())
+    raiseBindErrorsSynchronously(svc)
+    with pytest.raises(CannotListenError):
+        svc.privilegedStartService()
+
+
+_PRIVATE_IMPORT = re.compile(r"from twisted[\w.]* import [^\n]*\b_[a-zA-Z]|import twisted[\w.]*\._[a-zA-Z]")
+
+
+def test_no_other_module_uses_them():
+    """The point of the module: a Twisted upgrade has one place to look."""
+    names = [name for _, name in PRIVATE_NAMES]
+    root = pathlib.Path(txmesh.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "twisted_private.py":
+            continue
+        text = path.read_text()
+        offenders += ["%s: %s" % (path.relative_to(root), n) for n in names if re.search(r"\b%s\b" % n, text)]
+        offenders += ["%s: %s" % (path.relative_to(root), m.group()) for m in _PRIVATE_IMPORT.finditer(text)]
+    assert not offenders, "private Twisted names outside txmesh/twisted_private.py: %s" % (offenders,)
