@@ -203,6 +203,12 @@ class IStreamEncoderFilter(Interface):
     def encodeTrailers(trailers):
         """Response trailers. Returns FilterStatus."""
 
+    def onStreamComplete():
+        """
+        The stream ended (response sent or stream reset); final StreamInfo is available.  Called once per filter,
+        also for a filter installed as both decoder and encoder.  Returns nothing.
+        """
+
 
 class IFilterChainFactoryCallbacks(Interface):
     """Given to IFilterFactory.createFilters to install the filters of one connection or stream."""

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from txmesh.interfaces import (
     FilterStatus,
+    IDownstreamWatermarkCallbacks,
     IFilterChainFactoryCallbacks,
     IStreamDecoderFilterCallbacks,
     IStreamEncoderFilterCallbacks,
@@ -171,10 +172,7 @@ class ActiveStream:
     """
     One request/response exchange running through the filters.
 
-    The ``downstream`` object is the listener's side of the stream; it must provide
-    ``writeHeaders(response, endStream)``, ``writeData(data, endStream)``, ``writeTrailers(trailers)``,
-    ``makeLocalReply(status, body, headers, cause) -> (ResponseHead, body)``, ``reset(reason)``,
-    ``pauseReading()`` and ``resumeReading()``.
+    The ``downstream`` object is the listener's side of the stream (an L{IDownstreamStream}).
     """
 
     log = Logger()
@@ -200,13 +198,16 @@ class ActiveStream:
         self._encStopped = -1
         self._encPending = None
         self._encQueue = deque()
+        self._watermarkFilters = ()
 
     def finishSetup(self):
-        for i, f in enumerate(self.decoders):
+        decoders = self.decoders
+        for i, f in enumerate(decoders):
             f.setDecoderFilterCallbacks(_DecoderCallbacks(self, i))
         self.encoders.reverse()
         for i, f in enumerate(self.encoders):
             f.setEncoderFilterCallbacks(_EncoderCallbacks(self, i))
+        self._watermarkFilters = tuple(f for f in decoders if IDownstreamWatermarkCallbacks.providedBy(f))
 
     # -- routing --------------------------------------------------------------------------------------------
 
@@ -382,12 +383,10 @@ class ActiveStream:
         self.complete = True
         self.streamInfo.endTime = self.template.runtime.clock.seconds()
         for f in self.decoders:
-            onReset = getattr(f, "onStreamReset", None)
-            if onReset is not None:
-                try:
-                    onReset(reason)
-                except Exception:
-                    self.log.failure("filter {f!r} failed in onStreamReset", f=f)
+            try:
+                f.onStreamReset(reason)
+            except Exception:
+                self.log.failure("filter {f!r} failed in onStreamReset", f=f)
         if fromFilter:
             self.downstream.reset(reason)
         self._notifyComplete()
@@ -403,25 +402,20 @@ class ActiveStream:
             if id(f) in seen:
                 continue
             seen.add(id(f))
-            onComplete = getattr(f, "onStreamComplete", None)
-            if onComplete is not None:
-                try:
-                    onComplete()
-                except Exception:
-                    self.log.failure("filter {f!r} failed in onStreamComplete", f=f)
+            try:
+                f.onStreamComplete()
+            except Exception:
+                self.log.failure("filter {f!r} failed in onStreamComplete", f=f)
         self.downstream.streamComplete(self)
 
     # -- backpressure from the downstream side ---------------------------------------------------------------
 
     def downstreamWritePaused(self):
         """The downstream cannot take more response bytes: tell filters that produce them (the router)."""
-        for f in self.decoders:
-            cb = getattr(f, "onAboveWriteBufferHighWatermark", None)
-            if cb is not None:
-                cb()
+        for f in self._watermarkFilters:
+            f.onAboveWriteBufferHighWatermark()
 
     def downstreamWriteResumed(self):
-        for f in self.decoders:
-            cb = getattr(f, "onBelowWriteBufferLowWatermark", None)
-            if cb is not None:
-                cb()
+        """The downstream drained: the filters told of the pause may produce again."""
+        for f in self._watermarkFilters:
+            f.onBelowWriteBufferLowWatermark()

@@ -12,7 +12,13 @@ from zope.interface import implementer
 from twisted.plugin import IPlugin
 
 from txmesh import errors
-from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
+from txmesh.interfaces import (
+    FilterStatus,
+    IDownstreamWatermarkCallbacks,
+    IFilterFactory,
+    IStreamDecoderFilter,
+    IUpstreamResponder,
+)
 from txmesh.routing import DirectResponseAction, RedirectAction
 
 STOP = FilterStatus.STOP
@@ -31,7 +37,7 @@ def applyHeaderMutations(headers, toRemove, toAdd):
             headers.set(opt.name, opt.value)
 
 
-@implementer(IStreamDecoderFilter)
+@implementer(IStreamDecoderFilter, IUpstreamResponder, IDownstreamWatermarkCallbacks)
 class Router:
     """One per stream.  See the module docstring."""
 
