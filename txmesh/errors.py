@@ -126,7 +126,7 @@ class UpstreamTimeout(UpstreamError):
 
 
 class PoolClosed(UpstreamError):
-    """The pool was drained (host removed, config reloaded)."""
+    """The pool was drained: its host left the cluster, or txmesh is shutting down."""
 
     flag = "UF"
     status = 503

@@ -1,15 +1,15 @@
 """
 Every extension point of txmesh, as zope.interface interfaces.
 
-Implementations say ``@implementer(...)``; the documentation lives here.  The layering is Envoy's: a listener's
-connection runs *network* (connection-level, bytes) read/write filters, the last read filter of which is the
-protocol's codec ("connection manager"); the codec turns bytes into *streams* (one request/response exchange)
-that run through *stream* filters in decode order, ending in the terminal router, and back through them in
-encode order.
+Implementations say ``@implementer(...)`` and tests check them with ``verifyObject``; the documentation lives here.
+The layering is Envoy's: a listener's connection runs *network* (connection-level, bytes) read/write filters
+before the protocol's codec; the codec turns bytes into *streams* (one request/response exchange) that run
+through *stream* filters in decode order, ending in the terminal router, and back through them in encode order.
+The router gets an upstream stream from a host's connection pool and is the responder of the upstream client.
 
-Extensions are found with ``twisted.plugin.getPlugins(IFilterFactory, txmesh.plugins)`` (and the same for the
-load-balancer factories): a third-party package ships a module in its own ``txmesh/plugins/`` drop-in directory,
-or any module on ``txmesh.plugins.__path__``.
+Extensions are found with ``twisted.plugin.getPlugins(I..., txmesh.plugins)``: filter factories
+(IFilterFactory), load-balancer factories (ILoadBalancerFactory) and protocols (IProtocol).  A third-party package
+ships a module in its own ``txmesh/plugins/`` drop-in directory, or in a directory named by ``plugin_paths``.
 """
 
 from enum import Enum

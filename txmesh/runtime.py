@@ -1,6 +1,6 @@
 """
-The running state one loaded config gives: clock, clusters, stats, randomness.  Filters get it in
-``IFilterFactory.createFilters``; a reload builds a new one and swaps it whole.
+The running state one loaded config gives: clock, clusters, stats, randomness, the shared WriteScope and the log
+files.  Filters get it in ``IFilterFactory.createFilters``; the service builds it once, at start.
 """
 
 import random as _random

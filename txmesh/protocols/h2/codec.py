@@ -14,7 +14,7 @@ closed and closed streams (a stream this side reset may still get frames, which 
 sequencing and count; padding; SETTINGS values; both flow-control windows, inbound and outbound; content-length
 against DATA (a malformed message is a stream error); MAX_CONCURRENT_STREAMS (streams past it are refused with
 REFUSED_STREAM, their header block still decoded so HPACK stays in step).  Header *fields* of requests are checked
-by the listener (h2_defences.readRequest) in the pass that reads them.
+by the listener (L{txmesh.protocols.h2.defences.readRequest}) in the pass that reads them.
 """
 
 from hpack.exceptions import HPACKError, OversizedHeaderListError

@@ -23,7 +23,7 @@ def makeConnection(clientSide, maxConcurrentStreams=100, maxHeaderListSize=65536
     An HTTP/2 connection (L{txmesh.protocols.h2.codec}) with txmesh's windows: 1 MiB per stream, 16 MiB for
     the connection.  It does not validate header fields: txmesh builds the lists it sends itself (lower-case
     names, hop-by-hop fields dropped) and the listener checks requests in the pass that reads them
-    (h2_defences.readRequest).
+    (L{txmesh.protocols.h2.defences.readRequest}).
     """
     return H2Connection(clientSide, maxConcurrentStreams, maxHeaderListSize, DEFAULT_STREAM_WINDOW,
                         DEFAULT_CONNECTION_WINDOW)
