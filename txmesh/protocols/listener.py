@@ -214,19 +214,30 @@ class Deadline:
 
 
 class ListenerStats:
-    """Per-listener counters, made once per listener.  ``error(cause)`` counts a local error reply."""
+    """
+    The counters every listener has, made once per listener: connections and requests.  ``error(cause)`` counts a
+    local error reply.  Protocols add theirs in subclasses (L{HTTPListenerStats}, the Dubbo and HTTP/2 ones).
+    """
 
     def __init__(self, stats, listener):
         s = stats.scope(listener=listener)
+        self._scope = s
         self.cx_total = s.counter("downstream_cx", help="Connections accepted")
         self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
         self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
         self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
         self.rq_total = s.counter("downstream_rq", help="Requests received")
         self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
+        self.error = LabelledCounter(s, "downstream_rq_error", "Local error replies by cause", "cause").inc
+
+
+class HTTPListenerStats(ListenerStats):
+    """The counters of HTTP listeners (HTTP/1.1 and HTTP/2): the request-head timeout and responses by class."""
+
+    def __init__(self, stats, listener):
+        ListenerStats.__init__(self, stats, listener)
+        s = self._scope
         self.rq_timeout = s.counter("downstream_rq_header_timeout", help="Requests whose head came too slowly (408)")
         # indexed by status // 100 (1..5)
         self.rq_class = [None] + [s.counter("downstream_rq_xx", help="Responses by status class",
                                             code_class="%dxx" % c) for c in range(1, 6)]
-        self.error = LabelledCounter(s, "downstream_rq_error", "Local error replies by cause", "cause").inc
-        self._scope = s

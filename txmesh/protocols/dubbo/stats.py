@@ -2,6 +2,7 @@
 The Dubbo listener's counters: per listener, and per service and method (capped, see L{DubboListenerStats}).
 """
 
+from txmesh.protocols.listener import ListenerStats
 from txmesh.stats import LabelledCounter
 
 DEFAULT_MAX_SERVICE_METHODS = 200
@@ -24,7 +25,7 @@ class _MethodStats:
         self.response = LabelledCounter(scope, "dubbo_responses", "Dubbo responses by status", "status").inc
 
 
-class DubboListenerStats:
+class DubboListenerStats(ListenerStats):
     """
     Per-listener Dubbo counters.  Per service/method series are capped at ``maxServiceMethods`` distinct pairs per
     listener; later pairs share one series labelled ``_other`` so a noisy client cannot blow up the metrics.
@@ -32,18 +33,11 @@ class DubboListenerStats:
     """
 
     def __init__(self, stats, listener, maxServiceMethods=DEFAULT_MAX_SERVICE_METHODS):
-        s = stats.scope(listener=listener)
-        self._scope = s
+        ListenerStats.__init__(self, stats, listener)
+        s = self._scope
         self.maxServiceMethods = maxServiceMethods
-        self.cx_total = s.counter("downstream_cx", help="Connections accepted")
-        self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
-        self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
-        self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
-        self.rq_total = s.counter("downstream_rq", help="Requests received")
-        self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
         self.heartbeats = s.counter("dubbo_heartbeats", help="Heartbeat requests answered by the listener")
         self.decode_errors = s.counter("dubbo_decode_errors", help="Frames refused as malformed")
-        self.error = LabelledCounter(s, "downstream_rq_error", "Local error replies by cause", "cause").inc
         self._methods = {}
 
     def method(self, service, method):

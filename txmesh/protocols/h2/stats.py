@@ -1,6 +1,6 @@
 """Counters of HTTP/2 and gRPC listeners and upstream connections, made once per listener or cluster."""
 
-from txmesh.protocols.listener import ListenerStats
+from txmesh.protocols.listener import HTTPListenerStats
 from txmesh.stats import LabelledCounter
 
 
@@ -9,14 +9,14 @@ def grpcStatusLabel(code):
     return code.decode("ascii", "replace") if code else "none"
 
 
-class H2ListenerStats(ListenerStats):
+class H2ListenerStats(HTTPListenerStats):
     """
     The HTTP listener series plus streams, GOAWAYs, floods, gRPC statuses and messages.  ``flood(kind)`` counts a
     connection closed for a flood; ``grpcStatus(code)`` a grpc-status returned (the field's bytes).
     """
 
     def __init__(self, stats, listener):
-        ListenerStats.__init__(self, stats, listener)
+        HTTPListenerStats.__init__(self, stats, listener)
         s = self._scope
         self.streams_opened = s.counter("downstream_h2_streams", help="HTTP/2 streams opened by clients")
         self.streams_refused = s.counter("downstream_h2_streams_refused",

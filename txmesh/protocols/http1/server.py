@@ -12,7 +12,7 @@ from zope.interface import implementer
 from twisted.logger import Logger
 
 from txmesh.interfaces import IDownstreamStream
-from txmesh.protocols.listener import Deadline, ListenerFactory, ListenerProtocol, ListenerStats
+from txmesh.protocols.listener import Deadline, HTTPListenerStats, ListenerFactory, ListenerProtocol
 from txmesh.protocols.transport import callInScope
 from txmesh.protocols.http1.codec import (
     LAST_CHUNK,
@@ -329,7 +329,7 @@ class HTTP1ListenerFactory(ListenerFactory):
 
     def __init__(self, listenerConfig, template, runtime, stats=None, scheme=b"http"):
         ListenerFactory.__init__(self, listenerConfig, template, runtime,
-                                 stats if stats is not None else ListenerStats(runtime.stats, listenerConfig.name))
+                                 stats if stats is not None else HTTPListenerStats(runtime.stats, listenerConfig.name))
         limits = self.limits
         self.timerPeriod = min(t for t in (limits.requestHeadersTimeout, limits.idleTimeout, 3600.0) if t)
         self.scheme = scheme
