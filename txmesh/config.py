@@ -26,6 +26,8 @@ KNOWN_CLUSTER_PROTOCOLS = frozenset({"http1", "dubbo", "h2"})
 DEFAULT_ADMIN_ADDRESS = "tcp:9901:interface=127.0.0.1"
 
 _WILDCARD_INTERFACES = frozenset({"", "0.0.0.0", "::"})
+# listener protocol -> what filters declare in IFilterFactory.protocols when it differs (HTTP semantics over h2)
+_FILTER_FAMILY = {"http2": "http"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -422,7 +424,7 @@ class _FilterChainBuilder:
         if factory.kind != kind:
             where = "network_filters" if factory.kind == "network" else "filters"
             raise self.r.error("'%s' is a %s filter; list it under %s" % (name, factory.kind, where), path)
-        if self.protocol not in factory.protocols:
+        if _FILTER_FAMILY.get(self.protocol, self.protocol) not in factory.protocols:
             raise self.r.error("filter '%s' does not support protocol '%s' (supports: %s)" % (
                 name, self.protocol, ", ".join(sorted(factory.protocols))), path)
         return factory

@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from txmesh.admin import makeAdminSite
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols.transport import WriteScope
+from txmesh.filters.network import FilteringFactory
+from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager
@@ -130,7 +131,11 @@ class MeshService(MultiService):
                                            lc.limits.maxRequestBody)
             factory = _load(LISTENER_FACTORIES[lc.protocol])(lc, template, self.runtime)
             self.listenerFactories.append(factory)
-            svc = StreamServerEndpointService(serverFromString(reactor, lc.address), factory)
+            served = factory
+            if lc.networkFilters:
+                served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
+                                          newWriter=Writer)
+            svc = StreamServerEndpointService(serverFromString(reactor, lc.address), served)
             svc._raiseSynchronously = True
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
