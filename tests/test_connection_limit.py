@@ -33,7 +33,7 @@ def test_connectionsUpToTheLimitPassThenAreRefusedAtOnce():
     config = ConnectionLimitConfig(2)
     opened = [open_(config, runtime) for _ in range(3)]
     assert [status for _, _, status in opened] == [FilterStatus.CONTINUE, FilterStatus.CONTINUE, FilterStatus.STOP]
-    assert [c.closed for _, c, _ in opened] == [None, None, "abort"]
+    assert [c.closed for _, c, _ in opened] == [None, None, "close"]
     assert runtime.stats.value(ACTIVE, listener="ingress") == 2
     assert runtime.stats.value(LIMITED, listener="ingress") == 1
 
@@ -76,7 +76,7 @@ def test_delayClosesLaterOnTheClock():
     runtime.clock.advance(0.49)
     assert refused.closed is None
     runtime.clock.advance(0.01)
-    assert refused.closed == "abort"
+    assert refused.closed == "close"
 
 
 def test_peerLeavingDuringTheDelayCancelsTheTimer():

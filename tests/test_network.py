@@ -5,6 +5,8 @@ filter, connectionLost everywhere, and the transport calls a listener protocol m
 addresses) as they reach the real transport; the built-in network filters as plugins.
 """
 
+import os
+
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
@@ -16,7 +18,8 @@ from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
 import txmesh.plugins
-from txmesh.config import FilterEntry
+from txmesh.config import FilterEntry, loads
+from txmesh.errors import ConfigError
 from txmesh.filters.network import FilteringFactory, FilteringProtocol, _NetworkInstaller, _ReadFilterCallbacks
 from txmesh.interfaces import (
     FilterStatus,
@@ -460,3 +463,48 @@ def test_builtInNetworkFiltersArePlugins(name):
     verifyObject(IFilterFactory, factory)
     verifyObject(IPlugin, factory)
     assert factory.kind == "network" and factory.protocols == {"http", "grpc", "dubbo"}
+
+
+EXAMPLE_PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "example_network_filter",
+                               "txmesh", "plugins")
+EXAMPLE_CONFIG = """
+plugin_paths: ["%s"]
+listeners:
+  - name: ingress
+    address: tcp:0
+    network_filters:
+      - name: example_preamble
+        config: {token: %s}
+"""
+
+
+def test_thirdPartyNetworkFilterFromPluginPaths():
+    """The fixture plugin (tests/fixtures/example_network_filter) loads through plugin_paths and runs."""
+    mesh = loads(EXAMPLE_CONFIG % (EXAMPLE_PLUGINS, "open-sesame"))
+    listener = mesh.listeners[0]
+    [entry] = listener.networkFilters
+    assert entry.name == "example_preamble" and entry.config == b"open-sesame"
+    runtime = FakeRuntime()
+    factory = FilteringFactory(InnerFactory(), listener.networkFilters, runtime, listener.name)
+
+    good = factory.buildProtocol(PEER)
+    good.makeConnection(PeerTransport())
+    good.dataReceived(b"open-")
+    good.dataReceived(b"sesame\r\nGET / HTTP/1.1\r\n")
+    good.dataReceived(b"\r\n")
+    assert factory.wrappedFactory.built[0].received == [b"GET / HTTP/1.1\r\n", b"\r\n"]
+
+    bad = factory.buildProtocol(PEER)
+    transport = PeerTransport()
+    bad.makeConnection(transport)
+    bad.dataReceived(b"guess\r\nGET / HTTP/1.1\r\n\r\n")
+    assert transport.value() == b"bad preamble\r\n" and transport.disconnecting
+    assert factory.wrappedFactory.built[1].received == []
+    assert runtime.stats.value("example_preamble_refused") == 1
+
+
+def test_thirdPartyNetworkFilterConfigError():
+    with pytest.raises(ConfigError) as info:
+        loads(EXAMPLE_CONFIG % (EXAMPLE_PLUGINS, "[1]"), "mesh.yaml")
+    assert str(info.value) == ("mesh.yaml:8: listeners[0].network_filters[0].config.token: must be a one-line "
+                               "string")

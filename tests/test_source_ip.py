@@ -61,7 +61,7 @@ def test_decision(raw, peer, allowed):
     if allowed:
         assert status is FilterStatus.CONTINUE and connection.closed is None
     else:
-        assert status is FilterStatus.STOP and connection.closed == "abort"
+        assert status is FilterStatus.STOP and connection.closed == "close"
     assert runtime.stats.value("source_ip_allowed", listener="ingress") == int(allowed)
     assert runtime.stats.value("source_ip_denied", listener="ingress") == int(not allowed)
 

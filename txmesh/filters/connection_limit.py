@@ -56,9 +56,9 @@ class ConnectionLimitFilter:
                       "Connections refused by a connection_limit filter").inc()
         if self.config.delay:
             # the chain holds the connection (not reading) until the timer closes it
-            self._delayed = self.runtime.clock.callLater(self.config.delay, connection.close, True)
+            self._delayed = self.runtime.clock.callLater(self.config.delay, connection.close)
         else:
-            connection.close(abort=True)
+            connection.close()
         return FilterStatus.STOP
 
     def dataReceived(self, data):

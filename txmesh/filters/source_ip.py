@@ -69,7 +69,7 @@ class SourceIPFilter:
             self.runtime.stats.counter("source_ip_allowed", labels, "Connections source_ip let through").inc()
             return FilterStatus.CONTINUE
         self.runtime.stats.counter("source_ip_denied", labels, "Connections source_ip refused").inc()
-        connection.close(abort=True)
+        connection.close()
         return FilterStatus.STOP
 
     def dataReceived(self, data):
