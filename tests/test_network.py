@@ -6,6 +6,7 @@ addresses) as they reach the real transport; the built-in network filters as plu
 """
 
 import os
+import re
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -18,9 +19,10 @@ from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
 import txmesh.plugins
+from tests import support
 from txmesh.config import FilterEntry, loads
 from txmesh.errors import ConfigError
-from txmesh.filters.network import FilteringFactory, FilteringProtocol, _NetworkInstaller, _ReadFilterCallbacks
+from txmesh.filters.network import FilteringFactory, FilteringProtocol
 from txmesh.interfaces import (
     FilterStatus,
     IConnectionInfo,
@@ -107,6 +109,7 @@ class OneFilter:
         self.f, self.read, self.write = f, read, write
 
     def createFilters(self, config, callbacks, runtime):
+        self.installer = callbacks
         if self.read:
             callbacks.addReadFilter(self.f)
         if self.write:
@@ -440,19 +443,26 @@ def test_aFactoryReturningNoProtocolClosesTheConnection():
     assert transport.disconnecting
 
 
+def installerOf(proto):
+    """The IFilterChainFactoryCallbacks the chain gave its first OneFilter."""
+    return proto.factory.entries[0][0].installer
+
+
 def test_streamFiltersCannotBeInstalledInANetworkChain():
-    installer = _NetworkInstaller()
+    proto, transport, inner = connect(Scripted("a", []))
+    installer = installerOf(proto)
     for method in (installer.addStreamDecoderFilter, installer.addStreamEncoderFilter, installer.addStreamFilter):
         with pytest.raises(TypeError, match="list it under filters"):
             method(object())
 
 
 def test_interfaces():
-    proto, transport, inner = connect(Scripted("a", []))
+    a = Scripted("a", [])
+    proto, transport, inner = connect(a)
     verifyObject(IConnectionInfo, proto)
     verifyObject(IPushProducer, proto)
-    verifyObject(IReadFilterCallbacks, _ReadFilterCallbacks(proto, 0))
-    verifyObject(IFilterChainFactoryCallbacks, _NetworkInstaller())
+    verifyObject(IReadFilterCallbacks, a.callbacks)
+    verifyObject(IFilterChainFactoryCallbacks, installerOf(proto))
     assert isinstance(proto, FilteringProtocol)
 
 
@@ -465,8 +475,7 @@ def test_builtInNetworkFiltersArePlugins(name):
     assert factory.kind == "network" and factory.protocols == {"http", "grpc", "dubbo"}
 
 
-EXAMPLE_PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "example_network_filter",
-                               "txmesh", "plugins")
+EXAMPLE_PLUGINS = os.path.join(support.ROOT, "tests", "fixtures", "example_network_filter", "txmesh", "plugins")
 EXAMPLE_CONFIG = """
 plugin_paths: ["%s"]
 listeners:
@@ -508,3 +517,10 @@ def test_thirdPartyNetworkFilterConfigError():
         loads(EXAMPLE_CONFIG % (EXAMPLE_PLUGINS, "[1]"), "mesh.yaml")
     assert str(info.value) == ("mesh.yaml:8: listeners[0].network_filters[0].config.token: must be a one-line "
                                "string")
+
+
+def test_exampleInDocsIsTheFixture():
+    with open(os.path.join(support.ROOT, "docs", "filters.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    with open(os.path.join(EXAMPLE_PLUGINS, "example_preamble.py")) as f:
+        assert f.read() in blocks
