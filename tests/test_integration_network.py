@@ -5,6 +5,7 @@ listeners; real TCP clients over loopback are refused (closed before any byte) o
 the admin ``/stats``.  Every wait is bounded.
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -78,26 +79,46 @@ listeners:
     address: tcp:{dubboallowed}:interface=127.0.0.1
     network_filters:
       - {{name: connection_limit, config: {{max_connections: 5}}}}
+  - name: proxied
+    address: tcp:{proxied}:interface=127.0.0.1
+    network_filters:
+      - {{name: connection_limit, config: {{max_connections: 100}}}}
+      - {{name: source_ip, config: {{allow: [127.0.0.0/8]}}}}
+    route_config:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{prefix: /}}
+              route: {{cluster: upstream}}
   - name: dubbodenied
     protocol: dubbo
     address: tcp:{dubbodenied}:interface=127.0.0.1
     network_filters:
       - {{name: source_ip, config: {{allow: [192.0.2.0/24]}}}}
+clusters:
+  - name: upstream
+    endpoints: [{{address: "127.0.0.1:{upstream}"}}]
 """
 
-NAMES = ("limited", "allowed", "denied", "preamble", "h2allowed", "grpcdenied", "dubboallowed", "dubbodenied")
+NAMES = ("limited", "allowed", "denied", "preamble", "h2allowed", "grpcdenied", "dubboallowed", "dubbodenied",
+         "proxied")
 
 
 @pytest.fixture(scope="module")
 def mesh():
-    ports = {name: support.freePort() for name in NAMES + ("admin",)}
-    tx = support.startTxmesh(CONFIG.format(fixture=FIXTURE, **ports), ports["admin"])
+    up, upstream, _ = support.startUpstream()
     try:
-        for name in NAMES:
-            support.waitForPort(ports[name], proc=tx.popen)
-        yield ports
+        ports = {name: support.freePort() for name in NAMES + ("admin",)}
+        tx = support.startTxmesh(CONFIG.format(fixture=FIXTURE, upstream=upstream, **ports), ports["admin"])
+        try:
+            for name in NAMES:
+                support.waitForPort(ports[name], proc=tx.popen)
+            yield ports
+        finally:
+            tx.stop()
     finally:
-        tx.stop()
+        up.stop()
 
 
 def exchange(port, data, timeout=5.0):
@@ -209,3 +230,26 @@ def test_dubboListeners(mesh):
     assert answer[:2] == b"\xda\xbb" and struct.unpack(">Q", answer[4:12])[0] == 77
     assert exchange(mesh["dubbodenied"], encodeHeartbeat(78)) == b""
     assert stat(mesh, "source_ip_denied", listener="dubbodenied") >= 1
+
+
+def test_proxiedThroughTheFiltersBothWaysWithBackpressure(mesh):
+    """
+    A 2 MiB upload and a 16 MiB download through the filtered listener, the client reading slowly so the
+    downstream fills and the proxy must pause the upstream (through the producer registered across the wrapper).
+    """
+    body = os.urandom(2 << 20)
+    s = socket.create_connection(("127.0.0.1", mesh["proxied"]), timeout=10)
+    try:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        answer = readAll(s, b"", timeout=10, until=b"}")
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert hashlib.sha256(body).hexdigest().encode() in answer
+        size = 16 << 20
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+        time.sleep(0.3)  # let the proxy's buffers fill while nothing is read
+        got = readAll(s, b"", timeout=30)
+    finally:
+        s.close()
+    head, _, payload = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and payload == b"x" * size

@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
@@ -32,6 +32,8 @@ from txmesh.interfaces import (
     IReadFilterCallbacks,
     IWriteFilter,
 )
+from txmesh.protocols.transport import Writer
+from txmesh.service import MeshService
 from txmesh.testing import FakeRuntime
 
 CONTINUE, STOP = FilterStatus.CONTINUE, FilterStatus.STOP
@@ -524,3 +526,35 @@ def test_exampleInDocsIsTheFixture():
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     with open(os.path.join(EXAMPLE_PLUGINS, "example_preamble.py")) as f:
         assert f.read() in blocks
+
+
+SERVICE_CONFIG = """
+admin: {address: "tcp:0"}
+listeners:
+  - name: plain
+    address: tcp:0
+  - name: filtered
+    address: tcp:0
+    network_filters:
+      - {name: source_ip, config: {deny: [10.0.0.0/8]}}
+"""
+
+
+def test_serviceWrapsOnlyListenersWithNetworkFilters():
+    reactor = MemoryReactorClock()
+    service = MeshService(loads(SERVICE_CONFIG), reactor, installSignal=lambda *a: None)
+    service.startService()
+    try:
+        served = {s.name: s.factory for s in service if s.name.startswith("listener:")}
+        plain, filtered = service.listenerFactories
+        assert served["listener:plain"] is plain
+        wrapper = served["listener:filtered"]
+        assert isinstance(wrapper, FilteringFactory) and wrapper.wrappedFactory is filtered
+        assert wrapper.listenerName == "filtered" and wrapper.newWriter is Writer
+        # a connection from a denied address never reaches the HTTP listener
+        proto = wrapper.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 1)))
+        assert filtered.connections == set()
+        assert service.stats.value("source_ip_denied", listener="filtered") == 1
+    finally:
+        service.stopService()
