@@ -23,15 +23,21 @@ FIXTURE = os.path.join(support.ROOT, "tests", "fixtures", "example_network_filte
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
-DIRECT = """
+
+def routes(action):
+    """A listener's route_config: every path to ``action`` (doubled braces: CONFIG is formatted later)."""
+    return """
     route_config:
       virtual_hosts:
         - name: all
           domains: ["*"]
           routes:
             - match: {{prefix: /}}
-              direct_response: {{status: 200, body: "hello\\n"}}
-"""
+              %s
+""" % (action,)
+
+
+DIRECT = routes('direct_response: {{status: 200, body: "hello\\n"}}')
 
 CONFIG = """
 plugin_paths: ["{fixture}"]
@@ -84,13 +90,7 @@ listeners:
     network_filters:
       - {{name: connection_limit, config: {{max_connections: 100}}}}
       - {{name: source_ip, config: {{allow: [127.0.0.0/8]}}}}
-    route_config:
-      virtual_hosts:
-        - name: all
-          domains: ["*"]
-          routes:
-            - match: {{prefix: /}}
-              route: {{cluster: upstream}}
+""" + routes("route: {{cluster: upstream}}") + """
   - name: dubbodenied
     protocol: dubbo
     address: tcp:{dubbodenied}:interface=127.0.0.1
