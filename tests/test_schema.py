@@ -14,6 +14,7 @@ import yaml
 
 from tests.test_config import BASE, CLUSTER_OPTIONS, fakePluginDir, fakePlugins  # noqa: F401 (fixtures)
 from txmesh.config import load, loads
+from txmesh.errors import ConfigError
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "mesh.yaml")
 
@@ -92,3 +93,29 @@ def test_http2BlockValidates(validator, extra):
 def test_http2BlockRejected(validator, extra):
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(yaml.safe_load(_listener(extra)))
+
+
+@pytest.mark.parametrize("extra", [
+    "    network_filters:\n      - {name: connection_limit, config: {max_connections: 10, delay: 100ms}}\n",
+    "    network_filters:\n      - {name: source_ip, config: {allow: [10.0.0.0/8, '::1'], deny: ['2001:db8::/32']}}\n",
+    "    network_filters:\n      - {name: source_ip, config: {deny: [192.0.2.1]}}\n      - {name: third_party}\n",
+])
+def test_networkFiltersValidate(validator, extra):
+    validator.validate(yaml.safe_load(_listener(extra)))
+
+
+@pytest.mark.parametrize("extra", [
+    "    network_filters:\n      - {name: connection_limit}\n",
+    "    network_filters:\n      - {name: connection_limit, config: {max_connections: 0}}\n",
+    "    network_filters:\n      - {name: connection_limit, config: {max_connections: 1, delay: soon}}\n",
+    "    network_filters:\n      - {name: connection_limit, config: {max_connections: 1, burst: 2}}\n",
+    "    network_filters:\n      - {name: source_ip, config: {}}\n",
+    "    network_filters:\n      - {name: source_ip, config: {allow: []}}\n",
+    "    network_filters:\n      - {name: source_ip, config: {allow: [not-an-ip]}}\n",
+    "    network_filters:\n      - {name: source_ip, config: {allow: [10.0.0.0/8], permit: []}}\n",
+])
+def test_networkFiltersRejected(validator, extra):
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(yaml.safe_load(_listener(extra)))
+    with pytest.raises(ConfigError):
+        loads(_listener(extra))

@@ -155,25 +155,47 @@ class Reader:
     def duration(self, m, path, key, default):
         """A duration in float seconds: "250ms", "1.5s", "2m", "1h" or a number of seconds."""
         value = m.get(key)
-        p = joinPath(path, key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise self.error("must be a duration like 250ms, 1.5s, 2m, 1h, not %s" % (
-                _TYPE_NAMES.get(type(value), type(value).__name__),), p)
-        if isinstance(value, str):
-            text = value.strip()
-            match = _DURATION.match(text.lstrip("-"))
-            if match is None:
-                raise self.error("invalid duration '%s' (use e.g. 250ms, 1.5s, 2m, 1h)" % (value,), p)
-            seconds = float(match.group(1)) * _UNITS[match.group(2)]
-            if text.startswith("-"):
-                seconds = -seconds
-        else:
-            seconds = float(value)
-        if seconds < 0 or seconds != seconds or seconds == float("inf"):
-            raise self.error("must be a duration >= 0, got %s" % (value,), p)
-        return seconds
+        try:
+            return parseDuration(value)
+        except ValueError as e:
+            raise self.error(str(e), joinPath(path, key)) from None
+
+
+def parseDuration(value):
+    """
+    Float seconds from a mesh.yaml duration: "250ms", "1.5s", "2m", "1h" or a number of seconds (for filter
+    plugins, whose buildConfig has no Reader).  @raise ValueError: saying why, for a ConfigError's reason.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a duration like 250ms, 1.5s, 2m, 1h, not %s" % (
+            _TYPE_NAMES.get(type(value), type(value).__name__),))
+    if isinstance(value, str):
+        text = value.strip()
+        match = _DURATION.match(text.lstrip("-"))
+        if match is None:
+            raise ValueError("invalid duration '%s' (use e.g. 250ms, 1.5s, 2m, 1h)" % (value,))
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        if text.startswith("-"):
+            seconds = -seconds
+    else:
+        seconds = float(value)
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError("must be a duration >= 0, got %s" % (value,))
+    return seconds
+
+
+def checkFilterKeys(raw, known, context):
+    """
+    For filter plugins' buildConfig: refuse a ``config`` that is not a mapping or has a key outside ``known``.
+    @raise txmesh.errors.ConfigError: made by ``context.error`` (a FilterConfigContext), naming the key.
+    """
+    if not isinstance(raw, dict):
+        raise context.error("must be a mapping")
+    for key in raw:
+        if key not in known:
+            raise context.error("unknown key (expected one of: %s)" % (", ".join(known),), str(key))
 
 
 def endpointString(r, m, path, default=None):

@@ -51,10 +51,24 @@ class IConnectionInfo(Interface):
 
 
 class IReadFilterCallbacks(Interface):
+    """What one read filter may do to the chain it is in (Envoy's ReadFilterCallbacks)."""
+
     connection = Attribute("The IConnectionInfo of the connection.")
 
     def continueReading():
-        """Resume a read filter chain that a filter stopped; buffered bytes are delivered to the next filter."""
+        """
+        Resume the chain this filter stopped (its ``connectionMade`` or ``dataReceived`` returned STOP): the
+        connection is offered to the filters after it (and then the protocol), or the bytes it held go to the
+        next filter, followed by the bytes that arrived meanwhile (from the first filter).  Call it after
+        returning STOP, never from inside the call that returns it.
+        """
+
+    def injectReadData(data):
+        """
+        Pass ``data`` to the filters after this one and then the protocol, now, as if it had been read (for a
+        filter that keeps bytes itself and releases them later).  Only once the connection was accepted by every
+        filter's ``connectionMade``.
+        """
 
 
 class IReadFilter(Interface):
@@ -67,20 +81,25 @@ class IReadFilter(Interface):
 
     def connectionMade():
         """
-        A new connection was accepted.
+        A new connection was accepted.  Filters see it in configuration order; the protocol sees it only once every
+        filter answered CONTINUE.
 
-        @return: FilterStatus.STOP to refuse (the filter must then close the connection) or CONTINUE.
+        @return: FilterStatus.CONTINUE, or STOP to hold the connection (reading stops; later filters and the
+            protocol do not see it yet): the filter then either closes it (``connection.close()``: refused) or
+            lets it through with ``continueReading()``.
         """
 
     def dataReceived(data):
         """
         Bytes arrived from the peer.
 
-        @return: FilterStatus; STOP holds the bytes (the chain buffers them) until continueReading().
+        @return: FilterStatus.CONTINUE (pass them on), STOP (hold them: the chain buffers them, and what arrives
+            later, bounded by the listener's buffer limit past which reading pauses, until continueReading()), or
+            bytes to pass on instead (b"" passes nothing on: the filter consumed them).
         """
 
     def connectionLost(reason):
-        """The connection ended; a Failure says why."""
+        """The connection ended; a Failure says why.  Called on every read filter, whatever it answered before."""
 
 
 class IWriteFilter(Interface):
@@ -88,9 +107,11 @@ class IWriteFilter(Interface):
 
     def writeData(data):
         """
-        Bytes are about to be written to the peer.
+        Bytes are about to be written to the peer (by the protocol, or by a filter through ``connection.write``).
 
-        @return: a FilterStatus, or bytes to replace what is written (then CONTINUE is implied).
+        @return: FilterStatus.CONTINUE (pass them on towards the peer), STOP (they are not written: the filter took
+            them, and may write something later with ``connection.write``, which passes every write filter again),
+            or bytes to pass on instead (b"" writes nothing).
         """
 
 

@@ -22,7 +22,8 @@ from twisted.logger import Logger
 
 from txmesh.admin import makeAdminSite
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols.transport import WriteScope
+from txmesh.filters.network import FilteringFactory
+from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.twisted_private import raiseBindErrorsSynchronously
@@ -108,7 +109,11 @@ class MeshService(MultiService):
                                            lc.limits.maxRequestBody)
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
             self.listenerFactories.append(factory)
-            svc = StreamServerEndpointService(serverFromString(reactor, lc.address), factory)
+            served = factory
+            if lc.networkFilters:
+                served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
+                                          newWriter=Writer)
+            svc = StreamServerEndpointService(serverFromString(reactor, lc.address), served)
             raiseBindErrorsSynchronously(svc)
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)

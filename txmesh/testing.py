@@ -8,13 +8,22 @@ install its per-stream instances without a running mesh.
     installer = RecordingInstaller()
     MyFilterFactory().createFilters(config, installer, FakeRuntime())
     [f] = installer.decoders
+
+A network filter is tested the same way, with L{FakeReadFilterCallbacks} around a L{FakeConnection}:
+
+    MyNetworkFilterFactory().createFilters(config, installer, FakeRuntime())
+    [f] = installer.readFilters
+    callbacks = FakeReadFilterCallbacks(FakeConnection(peer=IPv4Address("TCP", "10.0.0.1", 5555)))
+    f.initializeReadFilterCallbacks(callbacks)
+    assert f.connectionMade() is FilterStatus.CONTINUE
 """
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from txmesh.errors import ConfigError
-from txmesh.interfaces import IFilterChainFactoryCallbacks
+from txmesh.interfaces import IConnectionInfo, IFilterChainFactoryCallbacks, IReadFilterCallbacks
 from txmesh.stats import StatsStore
 
 
@@ -23,6 +32,15 @@ class FakeConfigContext:
 
     def error(self, reason, subpath=""):
         return ConfigError(reason, path=subpath)
+
+
+def buildConfigError(factory, raw):
+    """The ConfigError ``factory.buildConfig(raw, FakeConfigContext())`` raises (AssertionError if it builds)."""
+    try:
+        factory.buildConfig(raw, FakeConfigContext())
+    except ConfigError as e:
+        return e
+    raise AssertionError("%r built a config from %r" % (factory, raw))
 
 
 class FakeRuntime:
@@ -58,3 +76,43 @@ class RecordingInstaller:
 
     def addWriteFilter(self, f):
         self.writeFilters.append(f)
+
+
+@implementer(IConnectionInfo)
+class FakeConnection:
+    """
+    The ``connection`` a network filter sees: records what it writes and how it closes.
+
+    @ivar written: the bytes written, one item per call.
+    @ivar closed: None while open, then "close" or "abort".
+    """
+
+    def __init__(self, peer=None, host=None, listenerName="test"):
+        self.peer = peer if peer is not None else IPv4Address("TCP", "127.0.0.1", 40000)
+        self.host = host if host is not None else IPv4Address("TCP", "127.0.0.1", 15001)
+        self.listenerName = listenerName
+        self.written = []
+        self.closed = None
+
+    def write(self, data):
+        self.written.append(data)
+
+    def close(self, abort=False):
+        if self.closed is None:
+            self.closed = "abort" if abort else "close"
+
+
+@implementer(IReadFilterCallbacks)
+class FakeReadFilterCallbacks:
+    """What a read filter is given: counts ``continueReading`` calls and records injected bytes."""
+
+    def __init__(self, connection=None):
+        self.connection = connection if connection is not None else FakeConnection()
+        self.continued = 0
+        self.injected = []
+
+    def continueReading(self):
+        self.continued += 1
+
+    def injectReadData(self, data):
+        self.injected.append(data)

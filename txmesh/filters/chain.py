@@ -70,7 +70,9 @@ class _Installer:
         self.stream.encoders.append(f)
 
     def addReadFilter(self, f):
-        raise TypeError("a network filter cannot be installed in a stream chain")
+        # network filters run per connection, in txmesh.filters.network's chain
+        raise TypeError("a network filter cannot be installed in a stream filter chain (list it under "
+                        "network_filters)")
 
     addWriteFilter = addReadFilter
 
