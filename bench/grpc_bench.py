@@ -134,15 +134,15 @@ def startHaproxy(procs, workdir, upstream):
     return port, procs.start("haproxy", ["haproxy", "-db", "-f", conf], port)
 
 
-def startTxmesh(procs, workdir, upstream):
+def startTxmesh(procs, workdir, upstream, tree=REPO, name="txmesh"):
     port, admin = freePort(), freePort()
-    conf = os.path.join(workdir, "mesh.yaml")
+    conf = os.path.join(workdir, name + "-mesh.yaml")
     with open(conf, "w") as f:
         f.write(MESH_YAML.format(admin=admin, port=port, upstream=upstream))
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
     argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "txmesh", "--config", conf]
-    return port, procs.start("txmesh", argv, port, env=env)
+    return port, procs.start(name, argv, port, env=env, cwd=tree)
 
 
 STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "txmesh": startTxmesh}
@@ -385,6 +385,9 @@ def parseArgs(argv):
     p.add_argument("--inproc", type=int, metavar="N", help="only the in-memory Python cost of N calls")
     p.add_argument("--profile", action="store_true", help="with --inproc: cProfile the loop")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--base-tree", metavar="DIR",
+                   help="A/B: also run txmesh from this source tree (e.g. a git worktree of the base commit) as "
+                        "'txmesh-base', between two runs of this tree's")
     p.add_argument("--message-size", type=int, default=len(PAYLOAD),
                    help="bytes per request (and echoed response) message (default %d)" % len(PAYLOAD))
     args = p.parse_args(argv)
@@ -407,7 +410,15 @@ def main(argv=None):
         return 0
     proxies = [args.reference] + (["haproxy"] if args.also_haproxy and args.reference != "haproxy" else []) \
         + ["txmesh"]
-    for tool in ["h2load"] + [p for p in proxies if p != "txmesh"]:
+    if args.base_tree:
+        # A/B in one run: this tree, the base tree, this tree again (so drift over the run shows)
+        base = os.path.abspath(args.base_tree)
+        STARTERS["txmesh-base"] = lambda procs, workdir, upstream: startTxmesh(procs, workdir, upstream, base,
+                                                                               "txmesh-base")
+        STARTERS["txmesh-again"] = lambda procs, workdir, upstream: startTxmesh(procs, workdir, upstream, REPO,
+                                                                                "txmesh-again")
+        proxies += ["txmesh-base", "txmesh-again"]
+    for tool in ["h2load"] + [p for p in proxies if not p.startswith("txmesh")]:
         if shutil.which(tool) is None:
             sys.exit("%s is not installed" % tool)
     signal.signal(signal.SIGTERM, _terminated)

@@ -11,6 +11,7 @@ bench/results/<timestamp>.md.
     /tmp/venv/bin/python bench/run.py                      # all proxies, 10 s per run
     /tmp/venv/bin/python bench/run.py --quick --proxies nginx,haproxy
     /tmp/venv/bin/python bench/run.py --py-spy /tmp/txmesh.svg
+    /tmp/venv/bin/python bench/run.py --base-tree /tmp/txmesh-base   # A/B: also txmesh from another source tree
 
 Every process it starts is stopped by PID at the end, also on Ctrl-C, SIGTERM or an exception.
 """
@@ -72,16 +73,17 @@ def startHaproxy(procs, workdir, upstreamPort):
     return port, proc
 
 
-def startTxmesh(procs, workdir, upstreamPort):
+def startTxmesh(procs, workdir, upstreamPort, tree=REPO, name="txmesh"):
     port, adminPort = freePort(), freePort()
-    conf = render("mesh.yaml.in", os.path.join(workdir, "mesh.yaml"), PORT=port, ADMIN_PORT=adminPort,
+    conf = render("mesh.yaml.in", os.path.join(workdir, name + "-mesh.yaml"), PORT=port, ADMIN_PORT=adminPort,
                   UPSTREAM_PORT=upstreamPort)
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
     # twistd (not ``python -m twisted``, which is the newer ``twist`` runner without -n/--pidfile) on this very
-    # interpreter; the repo on PYTHONPATH so its twisted/plugins drop-in is found
+    # interpreter; the tree on PYTHONPATH so its twisted/plugins drop-in is found; its own directory as the cwd, so
+    # ``python -c`` (which puts the cwd first on sys.path) imports that tree's txmesh
     argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "txmesh", "--config", conf]
-    proc = procs.start("txmesh", argv, port, env=env)
+    proc = procs.start(name, argv, port, env=env, cwd=tree)
     return port, proc
 
 
@@ -218,9 +220,20 @@ def parseArgs(argv):
                    help="the Python proxy --py-spy records (default txmesh)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/<timestamp>.md")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) for inspection")
+    p.add_argument("--base-tree", metavar="DIR",
+                   help="A/B: also run txmesh from this source tree (e.g. a git worktree of the base commit) as "
+                        "'txmesh-base', in the same run, alternating with this tree's")
     args = p.parse_args(argv)
     args.proxies = [x for x in args.proxies.split(",") if x]
-    bad = set(args.proxies) - set(ALL_PROXIES + EXTRA_PROXIES)
+    if args.base_tree:
+        STARTERS["txmesh-base"] = lambda procs, workdir, upstreamPort: startTxmesh(
+            procs, workdir, upstreamPort, os.path.abspath(args.base_tree), "txmesh-base")
+        args.proxies.append("txmesh-base")
+        if "txmesh" in args.proxies:  # B, A, B: the tree under test runs again last, so drift shows
+            STARTERS["txmesh-again"] = lambda procs, workdir, upstreamPort: startTxmesh(
+                procs, workdir, upstreamPort, REPO, "txmesh-again")
+            args.proxies.append("txmesh-again")
+    bad = set(args.proxies) - set(ALL_PROXIES + EXTRA_PROXIES + ("txmesh-base", "txmesh-again"))
     if bad:
         p.error("unknown proxies: %s" % ", ".join(sorted(bad)))
     args.bodies = [x for x in args.bodies.split(",") if x]
