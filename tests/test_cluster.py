@@ -5,7 +5,6 @@ import random
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -15,6 +14,7 @@ from txmesh.upstream.cluster import Cluster, ClusterManager
 from txmesh.upstream.host import Host
 from txmesh.upstream.lb import findLoadBalancerFactory
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
+from txmesh.testing import FakeClientProtocol
 
 
 @dataclass(frozen=True)
@@ -113,14 +113,6 @@ def test_cluster_drain_waits_for_removed_pools():
     assert done == []
     pools[1].drained.callback(None)
     assert done == [None]
-
-
-class FakeClientProtocol(Protocol):
-    onConnectionLost = None
-
-    def connectionLost(self, reason=None):
-        if self.onConnectionLost is not None:
-            self.onConnectionLost(self)
 
 
 def makeManager():

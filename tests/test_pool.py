@@ -4,16 +4,15 @@ from dataclasses import dataclass
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 
 from txmesh.errors import ConnectFailure, ConnectTimeout, Overflow, PoolClosed
 from txmesh.stats import StatsStore
 from txmesh.upstream.host import Host
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
+from txmesh.testing import FakeClientProtocol
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,6 @@ class FakeClusterConfig:
     maxPendingRequests: int = 2
     maxRequestsPerConnection: int = 0
     endpoints: tuple = ()
-
-
-class FakeClientProtocol(Protocol):
-    """Stands in for the HTTP/1.1 client protocol: reports its loss to the pool like the real one."""
-
-    onConnectionLost = None
-
-    def connectionLost(self, reason=Failure(ConnectionDone())):
-        if self.onConnectionLost is not None:
-            self.onConnectionLost(self)
 
 
 class FakeConnector:
