@@ -68,7 +68,7 @@ from txmesh.protocols.http1.codec import (
 from txmesh.protocols.http1.server import HTTP1ListenerFactory
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
-from txmesh.stream import HeaderMap, ResponseHead
+from txmesh.stream import HeaderMap, ResponseHead, StreamInfo
 from txmesh.upstream.cluster import ClusterManager
 
 
@@ -232,11 +232,12 @@ class RecordingPool:
     """
     An IConnectionPool the test answers by hand: ``idle`` streams are handed out by acquireIdle (LIFO);
     acquire() returns a Deferred kept in ``waiting`` (``cancelled`` counts the ones withdrawn).  ``released`` and
-    ``discarded`` record how exchanges ended.  Made by ClusterManager as ``RecordingPool(clock, host, clusterConfig,
-    connect, stats)``; ``RecordingPool.made`` lists every instance.
+    ``discarded`` record how exchanges ended.  ``lateHandle``: a cancelled acquire fires with it instead (a pool
+    whose connection was made as the request went away).  ClusterManager makes it as ``RecordingPool(clock, host,
+    clusterConfig, connect, stats)``.
     """
 
-    made = None  # set to a list by the test (class attribute: ClusterManager makes the instances)
+    lateHandle = None
 
     def __init__(self, clock=None, host=None, clusterConfig=None, connect=None, stats=None):
         self.host = host
@@ -245,8 +246,6 @@ class RecordingPool:
         self.cancelled = 0
         self.released = []
         self.discarded = []
-        if RecordingPool.made is not None:
-            RecordingPool.made.append(self)
 
     def acquire(self):
         d = defer.Deferred(self._cancelled)
@@ -255,6 +254,8 @@ class RecordingPool:
 
     def _cancelled(self, d):
         self.cancelled += 1
+        if self.lateHandle is not None:
+            d.callback(self.lateHandle)
 
     def acquireIdle(self):
         return self.idle.pop() if self.idle else None
@@ -712,6 +713,18 @@ class InMemoryMesh:
         protocol.makeConnection(transport)
         self.runTurns()
         return DownstreamClient(self, protocol, transport)
+
+    def openStream(self, downstream=None):
+        """
+        A stream of the listener's filter chain (an ActiveStream) whose downstream is ``downstream`` (default a new
+        L{RecordingDownstream}), for tests that drive filters and the router without the codec:
+        ``stream.decodeHeaders(RequestHead(...), endStream)``.  @return: (stream, downstream).
+        """
+        downstream = downstream if downstream is not None else RecordingDownstream()
+        info = StreamInfo(self.clock.seconds(), "http/1.1", self.listenerConfig.name, "10.1.2.3:5555")
+        stream = self.template.createStream(downstream, info)
+        self.streams.append(stream)
+        return stream, downstream
 
     def runTurns(self):
         """Run what is due now (closes and upstream reads that a real reactor does on its next turns)."""
