@@ -1,13 +1,14 @@
 """Cluster and ClusterManager: host choice, lazy pools, host-set updates, drain, describe()."""
 
+import functools
 import json
 import random
-from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from txmesh.config import ClusterConfig, EndpointConfig
 from txmesh.interfaces import ICluster
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import Cluster, ClusterManager
@@ -17,25 +18,9 @@ from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 from txmesh.testing import FakeClientProtocol
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-    weight: int = 1
-
-
-@dataclass(frozen=True)
-class FakeClusterConfig:
-    name: str
-    protocol: str = "http1"
-    lbPolicy: str = "round_robin"
-    lbFactory: object = None
-    connectTimeout: float = 1.0
-    idleTimeout: float = 60.0
-    maxConnections: int = 10
-    maxPendingRequests: int = 10
-    maxRequestsPerConnection: int = 0
-    endpoints: tuple = ()
+# the real config objects, with this module's defaults
+Endpoint = EndpointConfig
+FakeClusterConfig = functools.partial(ClusterConfig, maxConnections=10, maxPendingRequests=10)
 
 
 class FakePool:

@@ -195,6 +195,34 @@ class FakeClientProtocol(Protocol):
             self.onConnectionLost(self)
 
 
+class FakeConnector:
+    """
+    A pool's ``connect(host)``: records each attempt (``attempts``, Deferreds in order); the test completes one with
+    ``succeed(i)`` (a new ``makeProtocol()`` connected to ``makeTransport(proto)``) or fails it.  ``cancelled``
+    counts the attempts the pool withdrew.
+    """
+
+    def __init__(self, makeProtocol=FakeClientProtocol, makeTransport=lambda proto: StringTransport()):
+        self.attempts = []
+        self.cancelled = 0
+        self._makeProtocol = makeProtocol
+        self._makeTransport = makeTransport
+
+    def __call__(self, host):
+        d = defer.Deferred(self._cancelled)
+        self.attempts.append(d)
+        return d
+
+    def _cancelled(self, d):
+        self.cancelled += 1
+
+    def succeed(self, i=-1):
+        proto = self._makeProtocol()
+        proto.makeConnection(self._makeTransport(proto))
+        self.attempts[i].callback(proto)
+        return proto
+
+
 @implementer(IUpstreamStream)
 class RecordingUpstreamStream:
     """
