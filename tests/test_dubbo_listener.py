@@ -4,22 +4,15 @@ connections are StringTransports, time is a Clock, frames are real captured ones
 """
 
 import os
-import random
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from txmesh import config
-from txmesh.filters.chain import FilterChainTemplate
 from txmesh.protocols.dubbo import codec as dc
-from txmesh.protocols.dubbo.server import DubboListenerFactory
 from txmesh.protocols.dubbo.client import DubboClientProtocol
-from txmesh.runtime import Runtime
-from txmesh.stats import StatsStore
-from txmesh.upstream.cluster import ClusterManager
+from txmesh.testing import InMemoryMesh
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dubbo-frames")
 
@@ -82,34 +75,25 @@ def frames(data):
 
 
 class Mesh:
-    """One Dubbo listener wired to clusters whose connects are answered by the test."""
+    """One Dubbo listener (txmesh.testing.InMemoryMesh) wired to clusters whose connects are answered by the test."""
 
     def __init__(self, default=None, pending=100, concurrent=0, autoConnect=True, heartbeat=None):
-        self.clock = Clock()
-        self.stats = StatsStore()
         text = MESH % {"default": ("default_cluster: %s" % default) if default else "", "pending": pending,
                        "concurrent": concurrent,
                        "heartbeat": ("heartbeat_interval: %s" % heartbeat) if heartbeat else ""}
-        cfg = config.loads(text)
         self.autoConnect = autoConnect
         self.upstreams = {}  # host address -> [DubboClientProtocol]
         self.connects = []  # (address, Deferred) not answered yet
 
-        def connectFactory(clusterConfig):
-            def connect(host):
-                if self.autoConnect:
-                    return defer.succeed(self.makeUpstream(host.address))
-                d = defer.Deferred()
-                self.connects.append((host.address, d))
-                return d
-            return connect
+        def connect(host, clusterConfig):
+            if self.autoConnect:
+                return defer.succeed(self.makeUpstream(host.address))
+            d = defer.Deferred()
+            self.connects.append((host.address, d))
+            return d
 
-        self.clusters = ClusterManager(self.clock, cfg.clusters, connectFactory, self.stats, random.Random(0))
-        self.runtime = Runtime(self.clock, self.clusters, self.stats, random.Random(0), cfg)
-        lc = cfg.listeners[0]
-        template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                       lc.limits.maxRequestBody)
-        self.factory = DubboListenerFactory(lc, template, self.runtime)
+        mesh = InMemoryMesh(text, connect=connect)
+        self.clock, self.stats, self.clusters, self.factory = mesh.clock, mesh.stats, mesh.clusters, mesh.factory
 
     def makeUpstream(self, address):
         proto = DubboClientProtocol()

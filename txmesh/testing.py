@@ -65,6 +65,7 @@ from txmesh.protocols.http1.codec import (
     ResponseDecoder,
     ResponseStarted,
 )
+from txmesh.protocols.h2.server import GRPCListenerFactory, H2ListenerFactory
 from txmesh.protocols.http1.server import HTTP1ListenerFactory
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
@@ -662,22 +663,19 @@ class FakeHTTPUpstream:
 
 # -- the in-memory mesh --------------------------------------------------------------------------------------------
 
-_LISTENER_FACTORIES = {"http": HTTP1ListenerFactory, "http1": HTTP1ListenerFactory, "dubbo": DubboListenerFactory}
+# listener protocol -> factory class, made as Factory(listenerConfig, template, runtime) as the service does
+_LISTENER_FACTORIES = {"http": HTTP1ListenerFactory, "http1": HTTP1ListenerFactory, "dubbo": DubboListenerFactory,
+                       "http2": H2ListenerFactory, "grpc": GRPCListenerFactory}
 
 
-class _RecordingTemplate:
-    """The listener's FilterChainTemplate, keeping each stream it makes (for access-log lines and flags)."""
+class _RecordingTemplate(FilterChainTemplate):
+    """A FilterChainTemplate that keeps each stream it makes in ``streams`` (for access-log lines and flags)."""
 
-    def __init__(self, template, streams):
-        self._template = template
-        self._streams = streams
-
-    def __getattr__(self, name):
-        return getattr(self._template, name)
+    streams = ()
 
     def createStream(self, downstream, streamInfo):
-        stream = self._template.createStream(downstream, streamInfo)
-        self._streams.append(stream)
+        stream = FilterChainTemplate.createStream(self, downstream, streamInfo)
+        self.streams.append(stream)
         return stream
 
 
@@ -691,17 +689,20 @@ class InMemoryMesh:
         pools, connected to L{FakeHTTPUpstream} hosts.
     @param missingClusters: names of configured clusters the running set lacks (as after a reload that dropped
         them while a route still names them).
+    @param connect: ``connect(host, clusterConfig) -> Deferred`` firing with a connected client protocol, for
+        upstreams of your own; default: the host's L{FakeHTTPUpstream}.
     @ivar clock: the MemoryReactorClock every timer runs on (starts at 0).
     @ivar stats: the StatsStore; ``value(name, **labels)`` sums a series.
     @ivar streams: every ActiveStream the listener made, in order (``streamInfo``, ``request``).
     """
 
-    def __init__(self, text, listener=None, poolClasses=None, missingClusters=(), seed=0):
+    def __init__(self, text, listener=None, poolClasses=None, missingClusters=(), connect=None, seed=0):
         self.config = _config.loads(text)
         self.clock = MemoryReactorClock()
         self.stats = StatsStore()
         self.streams = []
         self._upstreams = {}
+        self._connect = connect
         self._ports = 50000
         rng = _random.Random(seed)
         clusterConfigs = [c for c in self.config.clusters if c.name not in missingClusters]
@@ -709,13 +710,15 @@ class InMemoryMesh:
         self.runtime = Runtime(self.clock, self.clusters, self.stats, rng, self.config, reactor=self.clock)
         lcs = [lc for lc in self.config.listeners if listener is None or lc.name == listener]
         lc = self.listenerConfig = lcs[0]
-        self.template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                            lc.limits.maxRequestBody)
-        self.factory = _LISTENER_FACTORIES[lc.protocol](lc, _RecordingTemplate(self.template, self.streams),
-                                                        self.runtime)
+        self.template = _RecordingTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
+                                           lc.limits.maxRequestBody)
+        self.template.streams = self.streams
+        self.factory = _LISTENER_FACTORIES[lc.protocol](lc, self.template, self.runtime)
 
     def _connectFactory(self, clusterConfig):
         def connect(host):
+            if self._connect is not None:
+                return self._connect(host, clusterConfig)
             return self.upstream(host.address, clusterConfig.protocol).connect()
         return connect
 
@@ -751,7 +754,6 @@ class InMemoryMesh:
         downstream = downstream if downstream is not None else RecordingDownstream()
         info = StreamInfo(self.clock.seconds(), "http/1.1", self.listenerConfig.name, "10.1.2.3:5555")
         stream = self.template.createStream(downstream, info)
-        self.streams.append(stream)
         return stream, downstream
 
     def runTurns(self):
