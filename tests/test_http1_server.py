@@ -471,3 +471,15 @@ def test_a_pipelined_exchange_started_while_the_downstream_is_full_reads_its_ups
     backend.requests[0].respond(200, body=b"a")  # /b starts on the same connection; the client still reads nothing
     assert [r.head.path for r in backend.requests] == [b"/a", b"/b"]
     assert up.producerState == "paused"
+
+
+def test_a_long_pipeline_pauses_reading_and_resumes_as_it_is_served(mesh):
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(get(b"/x") * 100)
+    assert client.readingPaused  # past the queue bound the listener stops reading
+    for i in range(100):
+        backend.requests[i].respond(200, body=b"%d" % i)
+    assert not client.readingPaused
+    assert [r.body for r in client.responses()] == [b"%d" % i for i in range(100)]
+    assert len(backend.connections) == 1
