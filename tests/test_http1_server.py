@@ -77,6 +77,14 @@ def get(path):
     return GET % path
 
 
+def proxied(mesh, path):
+    """A new client that sent GET ``path``, and the backend it goes to: (backend, client)."""
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(get(path))
+    return backend, client
+
+
 # -- proxying -----------------------------------------------------------------------------------------------------
 
 def test_request_is_proxied_with_forwarding_headers_and_mutations(mesh):
@@ -125,9 +133,7 @@ def test_content_length_and_chunked_bodies_reach_the_upstream(mesh):
 
 
 def test_chunked_response_and_trailers_are_relayed(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/chunked"))
+    backend, client = proxied(mesh, b"/chunked")
     backend.requests[0].respondRaw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                    + b"3e8\r\n" + b"y" * 1000 + b"\r\n" + b"0\r\nx-checksum: abc\r\n\r\n")
     r = client.response()
@@ -208,18 +214,14 @@ def test_idle_keepalive_connection_is_closed_after_idle_timeout(mesh):
 
 
 def test_a_request_in_flight_is_not_cut_by_the_idle_or_head_timeouts(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/long"))
+    backend, client = proxied(mesh, b"/long")
     mesh.advance(10)  # past both; the route's default timeout is 15s
     backend.requests[0].respond(200, body=b"late but fine")
     assert client.response().body == b"late but fine" and not client.closed
 
 
 def test_route_timeout_is_504_and_the_late_answer_is_dropped(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/slow/3000"))
+    backend, client = proxied(mesh, b"/slow/3000")
     [req] = backend.requests
     mesh.advance(0.49)
     assert client.received() == b""
@@ -307,9 +309,7 @@ def test_pending_overflow_is_503_uo(mesh):
 
 
 def test_upstream_reset_before_response_is_503_uc(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/raw/reset"))
+    backend, client = proxied(mesh, b"/raw/reset")
     backend.requests[0].reset()
     r = client.response()
     assert (r.status, r.header("x-txmesh-error")) == (503, b"upstream_reset_before_response")
@@ -322,9 +322,7 @@ def test_upstream_reset_before_response_is_503_uc(mesh):
     b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
 ], ids=["bad-framing", "garbage"])
 def test_bad_upstream_framing_is_502_upe(mesh, raw):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/raw"))
+    backend, client = proxied(mesh, b"/raw")
     backend.requests[0].respondRaw(raw)
     r = client.response()
     assert (r.status, r.header("x-txmesh-error")) == (502, b"upstream_protocol_error")
@@ -333,9 +331,7 @@ def test_bad_upstream_framing_is_502_upe(mesh, raw):
 
 
 def test_upstream_closing_inside_the_body_resets_the_downstream(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/raw/truncated"))
+    backend, client = proxied(mesh, b"/raw/truncated")
     backend.requests[0].respondRaw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
     backend.requests[0].reset()
     assert client.aborted
@@ -426,18 +422,14 @@ def test_graceful_drain_closes_idle_at_once_and_busy_after_its_response(mesh):
 
 
 def test_downstream_disconnect_abandons_the_upstream_exchange(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/long"))
+    backend, client = proxied(mesh, b"/long")
     client.disconnect()
     assert backend.connections[0].closed  # not reusable: its response would be out of step
     assert mesh.value("downstream_rq_active") == 0 and mesh.value("downstream_cx_active") == 0
 
 
 def test_full_downstream_pauses_the_upstream_and_a_drained_one_resumes_it(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/big"))
+    backend, client = proxied(mesh, b"/big")
     up = backend.connections[0].transport
     client.fillWriteBuffer()
     assert up.producerState == "paused"
@@ -491,9 +483,7 @@ def test_a_long_pipeline_pauses_reading_and_resumes_as_it_is_served(mesh):
     "upstreamHeaders, so a response whose body takes longer than the route timeout is cut (downstream reset, "
     "flag UT)"))
 def test_the_route_timeout_bounds_the_response_head_not_the_body(mesh):
-    backend = mesh.upstream("backend")
-    client = mesh.connect()
-    client.send(get(b"/slow/body"))
+    backend, client = proxied(mesh, b"/slow/body")
     mesh.advance(0.1)
     [req] = backend.requests
     req.respondRaw(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")  # the head within the 500ms
