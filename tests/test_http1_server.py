@@ -15,7 +15,7 @@ listeners:
   protocol: http
   address: tcp:0
   limits:
-    request_line_max: 2048
+    max_request_line: 2048
     max_header_bytes: 4096
     max_headers: 30
     request_headers_timeout: 1s
@@ -70,7 +70,7 @@ GET = b"GET %s HTTP/1.1\r\nHost: app.svc\r\n\r\n"
 
 @pytest.fixture
 def mesh():
-    return InMemoryMesh(MESH.replace("request_line_max", "max_request_line"), missingClusters=("gone",))
+    return InMemoryMesh(MESH, missingClusters=("gone",))
 
 
 def get(path):
