@@ -8,6 +8,7 @@ from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
 from txmesh.testing import FakeConfigContext as FakeContext
+from txmesh.testing import FakeDecoderCallbacks
 from txmesh.testing import FakeRuntime as _FakeRuntime
 from txmesh.testing import RecordingInstaller as FakeInstaller
 from txmesh.errors import ConfigError
@@ -22,13 +23,6 @@ class FakeRuntime(_FakeRuntime):
     def __init__(self):
         _FakeRuntime.__init__(self)
         self.clock.advance(T0)
-
-
-class FakeDecoderCallbacks:
-    def __init__(self, streamInfo, request, clock):
-        self.streamInfo = streamInfo
-        self.request = request
-        self.clock = clock
 
 
 class CollectingStream(io.StringIO):

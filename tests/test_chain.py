@@ -5,45 +5,10 @@ from zope.interface import implementer
 
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.interfaces import FilterStatus, IStreamDecoderFilter, IStreamEncoderFilter
-from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
+from txmesh.stream import RequestHead, ResponseHead, StreamInfo
+from txmesh.testing import RecordingDownstream as FakeDownstream
 
 CONTINUE, STOP = FilterStatus.CONTINUE, FilterStatus.STOP
-
-
-class FakeDownstream:
-    def __init__(self):
-        self.written = []
-        self.paused = 0
-        self.resumed = 0
-        self.completed = []
-        self.resets = []
-
-    def writeHeaders(self, response, endStream):
-        self.written.append(("headers", response.status, endStream))
-
-    def writeData(self, data, endStream):
-        self.written.append(("data", data, endStream))
-
-    def writeTrailers(self, trailers):
-        self.written.append(("trailers", trailers.items()))
-
-    def makeLocalReply(self, status, body=b"", headers=(), cause=None):
-        h = HeaderMap(list(headers))
-        if cause:
-            h.add(b"x-txmesh-error", cause.encode())
-        return ResponseHead(status, h, contentLength=len(body)), body
-
-    def reset(self, reason):
-        self.resets.append(reason)
-
-    def pauseReading(self):
-        self.paused += 1
-
-    def resumeReading(self):
-        self.resumed += 1
-
-    def streamComplete(self, stream):
-        self.completed.append(stream)
 
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter)

@@ -1,16 +1,16 @@
 """Cluster and ClusterManager: host choice, lazy pools, host-set updates, drain, describe()."""
 
+import functools
 import json
 import random
-from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.plugin import getPlugins
 
 import txmesh.plugins
+from txmesh.config import ClusterConfig, EndpointConfig
 from txmesh.interfaces import ICluster, ILoadBalancerFactory
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import Cluster, ClusterManager
@@ -18,28 +18,12 @@ from txmesh.upstream.host import Host
 from txmesh.upstream.lb import findLoadBalancerFactory
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 from txmesh.protocols.http1.protocol import HTTP1
+from txmesh.testing import FakeClientProtocol
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-    weight: int = 1
-
-
-@dataclass(frozen=True)
-class FakeClusterConfig:
-    name: str
-    protocol: str = "http1"
-    lbPolicy: str = "round_robin"
-    lbFactory: object = None
-    connectTimeout: float = 1.0
-    idleTimeout: float = 60.0
-    maxConnections: int = 10
-    maxPendingRequests: int = 10
-    maxRequestsPerConnection: int = 0
-    endpoints: tuple = ()
-    descriptor: object = HTTP1
+# the real config objects, with this module's defaults
+Endpoint = EndpointConfig
+FakeClusterConfig = functools.partial(ClusterConfig, maxConnections=10, maxPendingRequests=10, descriptor=HTTP1)
 
 
 class FakePool:
@@ -122,14 +106,6 @@ def test_cluster_drain_waits_for_removed_pools():
     assert done == []
     pools[1].drained.callback(None)
     assert done == [None]
-
-
-class FakeClientProtocol(Protocol):
-    onConnectionLost = None
-
-    def connectionLost(self, reason=None):
-        if self.onConnectionLost is not None:
-            self.onConnectionLost(self)
 
 
 def makeManager():

@@ -4,22 +4,15 @@ connections are StringTransports, time is a Clock, frames are real captured ones
 """
 
 import os
-import random
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from txmesh import config
-from txmesh.filters.chain import FilterChainTemplate
 from txmesh.protocols.dubbo import codec as dc
-from txmesh.protocols.dubbo.server import DubboListenerFactory
 from txmesh.protocols.dubbo.client import DubboClientProtocol
-from txmesh.runtime import Runtime
-from txmesh.stats import StatsStore
-from txmesh.upstream.cluster import ClusterManager
+from txmesh.testing import InMemoryMesh
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dubbo-frames")
 
@@ -60,6 +53,7 @@ listeners:
 clusters:
 - name: provider
   protocol: dubbo
+  %(heartbeat)s
   max_pending_requests: %(pending)d
   max_concurrent_streams: %(concurrent)d
   endpoints: [{address: "10.0.0.1:20880"}]
@@ -81,33 +75,25 @@ def frames(data):
 
 
 class Mesh:
-    """One Dubbo listener wired to clusters whose connects are answered by the test."""
+    """One Dubbo listener (txmesh.testing.InMemoryMesh) wired to clusters whose connects are answered by the test."""
 
-    def __init__(self, default=None, pending=100, concurrent=0, autoConnect=True):
-        self.clock = Clock()
-        self.stats = StatsStore()
+    def __init__(self, default=None, pending=100, concurrent=0, autoConnect=True, heartbeat=None):
         text = MESH % {"default": ("default_cluster: %s" % default) if default else "", "pending": pending,
-                       "concurrent": concurrent}
-        cfg = config.loads(text)
+                       "concurrent": concurrent,
+                       "heartbeat": ("heartbeat_interval: %s" % heartbeat) if heartbeat else ""}
         self.autoConnect = autoConnect
         self.upstreams = {}  # host address -> [DubboClientProtocol]
         self.connects = []  # (address, Deferred) not answered yet
 
-        def connectFactory(clusterConfig):
-            def connect(host):
-                if self.autoConnect:
-                    return defer.succeed(self.makeUpstream(host.address))
-                d = defer.Deferred()
-                self.connects.append((host.address, d))
-                return d
-            return connect
+        def connect(host, clusterConfig):
+            if self.autoConnect:
+                return defer.succeed(self.makeUpstream(host.address))
+            d = defer.Deferred()
+            self.connects.append((host.address, d))
+            return d
 
-        self.clusters = ClusterManager(self.clock, cfg.clusters, connectFactory, self.stats, random.Random(0))
-        self.runtime = Runtime(self.clock, self.clusters, self.stats, random.Random(0), cfg)
-        lc = cfg.listeners[0]
-        template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                       lc.limits.maxRequestBody)
-        self.factory = DubboListenerFactory(lc, template, self.runtime)
+        mesh = InMemoryMesh(text, connect=connect)
+        self.clock, self.stats, self.clusters, self.factory = mesh.clock, mesh.stats, mesh.clusters, mesh.factory
 
     def makeUpstream(self, address):
         proto = DubboClientProtocol()
@@ -265,10 +251,66 @@ def test_timeout_attachment_bounds_the_call_and_a_late_answer_is_dropped():
 def test_route_timeout_applies_without_attachment():
     mesh = Mesh()
     proto, t = mesh.client()
-    proto.dataReceived(ECHO)
-    mesh.clock.advance(5.01)
+    proto.dataReceived(dc.withRequestId(PY_ECHO, 1) + PY_ECHO[16:])  # no group: no route, answered at once
     [reply] = replies(t)
-    assert reply.status == dc.CLIENT_TIMEOUT
+    assert (reply.requestId, reply.status) == (1, dc.SERVICE_NOT_FOUND)
+    proto.dataReceived(dc.withRequestId(ECHO, 2) + ECHO[16:])  # the route's timeout is 5s
+    mesh.clock.advance(4.99)
+    assert t.value() == b""
+    mesh.clock.advance(0.02)
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (2, dc.CLIENT_TIMEOUT)
+    assert mesh.value("dubbo_timeouts", method="echo") == 1
+
+
+def test_answered_heartbeats_keep_the_idle_upstream_connection():
+    mesh = Mesh(heartbeat="200ms")
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO)
+    up = mesh.upstream()
+    [req] = sent(up)
+    answer(up, req, ECHO_RESP)
+    replies(t)
+    pings = 0
+    for _ in range(6):  # six intervals idle, each heartbeat answered by the provider
+        mesh.clock.advance(0.2)
+        for f in sent(up):
+            assert f.event and f.isRequest
+            up.dataReceived(dc.encodeHeartbeatResponse(f.requestId))
+            pings += 1
+    assert pings >= 3
+    proto.dataReceived(dc.withRequestId(ECHO, 2) + ECHO[16:])
+    [req] = sent(up)
+    answer(up, req, ECHO_RESP)
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (2, dc.OK)
+    assert len(mesh.upstreams["10.0.0.1:20880"]) == 1 and not up.transport.disconnecting
+    assert mesh.value("upstream_cx_total", cluster="provider") == 1
+    assert mesh.value("upstream_cx_heartbeat_fail", cluster="provider") == 0
+
+
+def test_provider_killed_with_calls_in_flight_then_gone():
+    mesh = Mesh()
+    proto, t = mesh.client()
+    for i in range(1, 7):  # answered at once
+        proto.dataReceived(dc.withRequestId(ECHO, i) + ECHO[16:])
+    up = mesh.upstream()
+    for req in sent(up):
+        answer(up, req, ECHO_RESP)
+    assert sorted(f.requestId for f in replies(t)) == [1, 2, 3, 4, 5, 6]
+    for i in range(10, 15):  # held by the provider
+        proto.dataReceived(dc.withRequestId(ECHO, i) + ECHO[16:])
+    assert len(sent(up)) == 5
+    mesh.autoConnect = False  # the provider is gone: the next connect is refused
+    up.connectionLost(Failure(ConnectionDone()))
+    got = replies(t)
+    assert sorted(f.requestId for f in got) == [10, 11, 12, 13, 14]
+    assert {f.status for f in got} == {dc.SERVER_ERROR}  # at once, not after the route timeout
+    proto.dataReceived(dc.withRequestId(ECHO, 20) + ECHO[16:])
+    [(address, d)] = mesh.connects
+    d.errback(Failure(ConnectionRefusedError()))
+    [reply] = replies(t)
+    assert (reply.requestId, reply.status) == (20, dc.SERVICE_NOT_FOUND)
 
 
 def test_upstream_lost_with_calls_in_flight_answers_every_one():
@@ -340,6 +382,7 @@ def test_oversize_length_is_refused_from_the_header():
     [reply] = replies(t)
     assert (reply.requestId, reply.status) == (1, dc.BAD_REQUEST)
     assert t.disconnecting and mesh.upstreams == {}
+    assert mesh.value("dubbo_decode_errors") == 1
 
 
 def test_truncated_frame_waits_and_malformed_body_keeps_the_connection():
@@ -353,6 +396,7 @@ def test_truncated_frame_waits_and_malformed_body_keeps_the_connection():
     proto.dataReceived(bad)
     [reply] = replies(t)
     assert (reply.requestId, reply.status) == (9, dc.BAD_REQUEST) and not t.disconnecting
+    assert mesh.value("dubbo_decode_errors") == 1
     proto.dataReceived(dc.withRequestId(ECHO, 10) + ECHO[16:])
     assert len(sent(mesh.upstream())) == 1
 

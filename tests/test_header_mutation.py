@@ -13,7 +13,7 @@ from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
 from txmesh.testing import FakeConfigContext as FakeContext
-from txmesh.testing import FakeRuntime
+from txmesh.testing import FakeDecoderCallbacks, FakeRuntime
 from txmesh.testing import RecordingInstaller as FakeInstaller
 from txmesh.errors import ConfigError
 from txmesh.filters.header_mutation import HeaderMutationFactory
@@ -23,25 +23,6 @@ from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "tests" / "fixtures" / "example_filter" / "txmesh" / "plugins" / "example_api_key.py"
 T0 = 1795255200.123
-
-
-class FakeDecoderCallbacks:
-    def __init__(self, streamInfo, request, clock):
-        self.streamInfo = streamInfo
-        self.request = request
-        self.clock = clock
-        self.routeCleared = 0
-        self.continued = 0
-        self.localReplies = []
-
-    def clearRouteCache(self):
-        self.routeCleared += 1
-
-    def continueDecoding(self):
-        self.continued += 1
-
-    def sendLocalReply(self, status, body=b"", headers=(), cause=None):
-        self.localReplies.append((status, body, cause))
 
 
 class FakeEncoderCallbacks:

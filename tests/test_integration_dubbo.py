@@ -1,7 +1,8 @@
 """
-End to end over loopback: txmesh under twistd between a real third-party Dubbo 2 consumer and provider
-(sofa-rpc-node + dubbo-remoting, hessian2; tests/dubbo_peers, installed by `npm ci` there), plus raw-frame clients.
-Skipped when node or the peers are not installed.
+Smoke tests, end to end over loopback: txmesh under twistd between a real third-party Dubbo 2 consumer and provider
+(sofa-rpc-node + dubbo-remoting, hessian2; tests/dubbo_peers, installed by `npm ci` there), plus a raw-frame client.
+Skipped when node or the peers are not installed.  Timeouts, heartbeats, a lost provider and bad frames are
+tested in memory against the clock in tests/test_dubbo_listener.py.
 """
 
 import json
@@ -41,14 +42,11 @@ listeners:
         - name: all
           domains: ["*"]
           routes:
-            - match: {{dubbo: {{interface: "org.txmesh.peers.*", method: slow}}}}
-              route: {{cluster: provider, timeout: 500ms}}
             - match: {{dubbo: {{interface: "org.txmesh.peers.*", version: "1.0.0"}}}}
               route: {{cluster: provider}}
 clusters:
   - name: provider
     protocol: dubbo
-    heartbeat_interval: 200ms
     endpoints: [{{address: "127.0.0.1:{provider}"}}]
 """
 
@@ -94,17 +92,6 @@ class Raw:
             self.frames += self.decoder.feed(data)
         got, self.frames = self.frames[:n], self.frames[n:]
         return got
-
-    def closed(self, timeout=5.0):
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-            return True
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
 
     def close(self):
         self.sock.close()
@@ -174,81 +161,4 @@ def test_raw_calls_attachments_one_way_and_heartbeat(mesh):
     stats = mesh.stats()
     assert total(stats, "dubbo_requests", kind="one_way") == 1
     assert total(stats, "dubbo_heartbeats") == 1
-    raw.close()
-
-
-def test_no_route_and_timeout_answers(mesh):
-    raw = Raw(mesh.port)
-    raw.send(request(1, "echo", "Ljava/lang/String;", ["x"], interface="com.other.Svc"))
-    [r] = raw.read(1)
-    assert (r.requestId, r.status) == (1, dc.SERVICE_NOT_FOUND)
-    start = time.monotonic()
-    raw.send(request(2, "slow", "I", [3000]))
-    [r] = raw.read(1)
-    assert (r.requestId, r.status) == (2, dc.CLIENT_TIMEOUT) and time.monotonic() - start < 2.5
-    raw.close()
-
-
-def test_upstream_heartbeats_keep_the_idle_connection(mesh):
-    raw = Raw(mesh.port)
-    raw.send(request(1, "echo", "Ljava/lang/String;", ["x"]))
-    raw.read(1)
-    time.sleep(1.2)  # 6 heartbeat intervals
-    raw.send(request(2, "echo", "Ljava/lang/String;", ["y"]))
-    [r] = raw.read(1)
-    assert r.status == dc.OK
-    stats = mesh.stats()
-    assert total(stats, "upstream_cx_total", cluster="provider") == 1
-    assert total(stats, "upstream_cx_heartbeat_fail", cluster="provider") == 0
-    raw.close()
-
-
-def test_upstream_killed_with_calls_in_flight(mesh):
-    raw = Raw(mesh.port)
-    raw.send(request(1, "echo", "Ljava/lang/String;", ["warm"]))
-    raw.read(1)
-    for i in range(2, 7):
-        raw.send(request(i, "add", "II", [1, i]))  # answered at once
-    raw.read(5)
-    # calls the provider holds: the route for slow times out at 500 ms, so kill well before that
-    for i in range(10, 15):
-        raw.send(request(i, "slow", "I", [5000]))
-    time.sleep(0.1)
-    mesh.provider.signal(9)
-    start = time.monotonic()
-    got = raw.read(5, timeout=3)
-    assert sorted(f.requestId for f in got) == [10, 11, 12, 13, 14]
-    assert {f.status for f in got} <= {dc.SERVER_ERROR, dc.CLIENT_TIMEOUT}
-    # bounded: the route timeout (500 ms) caps it; the slack is for a loaded 2-core CI machine
-    assert time.monotonic() - start < 2.5
-    raw.send(request(20, "echo", "Ljava/lang/String;", ["x"]))
-    [r] = raw.read(1)
-    # provider gone: connect refused (60); if the kill lands while this call is on the old connection, the lost
-    # connection answers it (80): either way an error with its id, never a hang
-    assert r.requestId == 20 and r.status in (dc.SERVICE_NOT_FOUND, dc.SERVER_ERROR)
-    raw.close()
-
-
-def test_raw_bad_frames(mesh):
-    raw = Raw(mesh.port)
-    raw.send(b"GET / HTTP/1.1\r\n\r\n")
-    assert raw.closed()
-    raw = Raw(mesh.port)
-    raw.send(dc.encodeHeader(0xc2, 0, 5, 9 * 1024 * 1024) + b"xx")
-    [r] = raw.read(1)
-    assert (r.requestId, r.status) == (5, dc.BAD_REQUEST) and raw.closed()
-    raw = Raw(mesh.port)
-    good = request(6, "echo", "Ljava/lang/String;", ["x"])
-    raw.send(good[:20])  # truncated: nothing happens yet
-    assert raw.read(1, timeout=0.3) == []
-    raw.send(good[20:])
-    [r] = raw.read(1)
-    assert (r.requestId, r.status) == (6, dc.OK)
-    raw.send(dc.encodeHeader(0xc2, 0, 7, 4) + b"\x05\x01\x02\x03")  # malformed hessian
-    [r] = raw.read(1)
-    assert (r.requestId, r.status) == (7, dc.BAD_REQUEST)
-    raw.send(request(8, "echo", "Ljava/lang/String;", ["still here"]))
-    [r] = raw.read(1)
-    assert (r.requestId, r.status) == (8, dc.OK)
-    assert total(mesh.stats(), "dubbo_decode_errors") == 3
     raw.close()

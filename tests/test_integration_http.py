@@ -1,6 +1,9 @@
 """
-End to end over loopback: txmesh under twistd between real clients (curl, http.client, raw sockets) and real
-upstreams (nginx from Debian's packages, and the scriptable Python upstream for echo and broken responses).
+Smoke tests, end to end over loopback: txmesh under twistd between real clients (curl, http.client) and real
+upstreams (nginx from Debian's packages, and the scriptable Python upstream).  Behaviour (timeouts, local
+replies, pipelining, defences, drain) is tested in memory against the clock in tests/test_http1_server.py; here
+only what needs real processes and sockets: bodies through kernel buffers, curl's 100-continue, nginx, the admin
+API, the access log file, SIGTERM.
 """
 
 import http.client
@@ -45,18 +48,6 @@ listeners:
           routes:
             - match: {{prefix: /direct}}
               direct_response: {{status: 200, body: "direct\\n"}}
-            - match: {{prefix: /old}}
-              redirect: {{path_redirect: /new, response_code: 301}}
-            - match: {{prefix: /v1/}}
-              route: {{cluster: echo, prefix_rewrite: /echo/}}
-            - match: {{prefix: /small}}
-              route: {{cluster: echo, max_request_body: 10}}
-            - match: {{prefix: /slow}}
-              route: {{cluster: echo, timeout: 500ms}}
-            - match: {{prefix: /raw}}
-              route: {{cluster: raw}}
-            - match: {{prefix: /refused}}
-              route: {{cluster: refused}}
             - match: {{prefix: /static}}
               route: {{cluster: nginx}}
             - match: {{prefix: /}}
@@ -66,13 +57,8 @@ listeners:
 clusters:
   - name: echo
     endpoints: [{{address: "127.0.0.1:{echo}"}}]
-  - name: raw
-    endpoints: [{{address: "127.0.0.1:{raw}"}}]
   - name: nginx
     endpoints: [{{address: "127.0.0.1:{nginx}"}}]
-  - name: refused
-    connect_timeout: 1s
-    endpoints: [{{address: "127.0.0.1:{refused}"}}]
 """
 
 
@@ -80,7 +66,7 @@ clusters:
 def mesh(tmp_path_factory):
     procs = []
     try:
-        up, echo, raw = support.startUpstream()
+        up, echo, _ = support.startUpstream()
         procs.append(up)
         nginxPort = support.freePort()
         docroot = str(tmp_path_factory.mktemp("www"))
@@ -96,8 +82,7 @@ def mesh(tmp_path_factory):
             support.waitForPort(nginxPort, proc=ng.popen)
         admin, listen = support.freePort(), support.freePort()
         accesslog = str(tmp_path_factory.mktemp("log") / "access.log")
-        cfg = CONFIG.format(admin=admin, listen=listen, echo=echo, raw=raw, nginx=nginxPort,
-                            refused=support.freePort(), accesslog=accesslog)
+        cfg = CONFIG.format(admin=admin, listen=listen, echo=echo, nginx=nginxPort, accesslog=accesslog)
         tx = support.startTxmesh(cfg, admin)
         procs.append(tx)
         support.waitForPort(listen, proc=tx.popen)
@@ -119,26 +104,6 @@ def request(mesh, method, path, body=None, headers=None, host="app.svc", chunked
     return r, data
 
 
-def raw(mesh, data, timeout=5.0, shutdownWrite=False):
-    """Send raw bytes, return everything the proxy answers until it closes (or the timeout)."""
-    s = socket.create_connection(("127.0.0.1", mesh["port"]), timeout=timeout)
-    s.sendall(data)
-    if shutdownWrite:
-        s.shutdown(socket.SHUT_WR)
-    out = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-    except socket.timeout:
-        pass
-    s.close()
-    return out
-
-
 def stats(mesh):
     _, body = support.adminGet(mesh["admin"], "/stats")
     return json.loads(body)
@@ -149,6 +114,14 @@ def statValue(mesh, name, **labels):
         if all(series["labels"].get(k) == v for k, v in labels.items()):
             return series["value"]
     return 0
+
+
+def waitFor(condition, timeout=5.0):
+    """Poll ``condition`` until it holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in %gs" % timeout
+        time.sleep(0.02)
 
 
 def test_get_through_proxy_adds_forwarding_headers(mesh):
@@ -167,11 +140,6 @@ def test_get_through_proxy_adds_forwarding_headers(mesh):
     assert r.getheader("x-vhost") == "app"
 
 
-def test_request_id_is_kept_when_present(mesh):
-    _, data = request(mesh, "GET", "/", headers={"X-Request-Id": "abc-123"})
-    assert dict(json.loads(data)["headers"])["x-request-id"] == "abc-123"
-
-
 def test_post_content_length_and_chunked_bodies_stream_through(mesh):
     body = os.urandom(200000)
     r, data = request(mesh, "POST", "/upload", body=body)
@@ -187,78 +155,6 @@ def test_post_content_length_and_chunked_bodies_stream_through(mesh):
     assert json.loads(data)["body_length"] == len(body)
 
 
-def test_prefix_rewrite_direct_response_redirect(mesh):
-    _, data = request(mesh, "GET", "/v1/thing?q=2")
-    assert json.loads(data)["path"] == "/echo/thing?q=2"
-    r, data = request(mesh, "GET", "/direct")
-    assert (r.status, data) == (200, b"direct\n")
-    r, _ = request(mesh, "GET", "/old/x")
-    assert r.status == 301 and r.getheader("location").endswith("/new")
-
-
-def test_no_route_is_404_with_cause(mesh):
-    r, data = request(mesh, "GET", "/", host="unknown.example")
-    assert r.status == 404
-    assert r.getheader("x-txmesh-error") == "no_route"
-
-
-def test_connect_refused_is_503(mesh):
-    r, _ = request(mesh, "GET", "/refused")
-    assert r.status == 503
-    assert r.getheader("x-txmesh-error") == "upstream_connect_failure"
-    assert statValue(mesh, "upstream_cx_connect_fail", cluster="refused") >= 1
-
-
-def test_route_timeout_is_504(mesh):
-    r, _ = request(mesh, "GET", "/slow/3000")
-    assert r.status == 504
-    assert r.getheader("x-txmesh-error") == "upstream_request_timeout"
-    assert statValue(mesh, "cluster_upstream_rq_timeout", cluster="echo") >= 1
-    r, data = request(mesh, "GET", "/slow/10")
-    assert (r.status, data) == (200, b"slow done\n")
-
-
-@pytest.mark.parametrize("path,status,cause", [
-    ("/raw/bad-framing", 502, "upstream_protocol_error"),
-    ("/raw/garbage", 502, "upstream_protocol_error"),
-    ("/raw/reset", 503, "upstream_reset_before_response"),
-])
-def test_broken_upstream_responses(mesh, path, status, cause):
-    r, _ = request(mesh, "GET", path)
-    assert r.status == status
-    assert r.getheader("x-txmesh-error") == cause
-
-
-def test_truncated_upstream_body_resets_downstream(mesh):
-    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-        request(mesh, "GET", "/raw/truncated")
-
-
-def test_body_over_route_limit_is_413(mesh):
-    r, _ = request(mesh, "POST", "/small", body=b"x" * 11)
-    assert r.status == 413
-    out = raw(mesh, b"POST /small HTTP/1.1\r\nHost: app.svc\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"5\r\nhello\r\n5\r\nworld\r\n5\r\nagain\r\n0\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 413 ")
-
-
-def test_keepalive_and_pipelining_keep_order(mesh):
-    reqs = b"".join(b"GET /p%d HTTP/1.1\r\nHost: app.svc\r\n\r\n" % i for i in range(5))
-    reqs += b"GET /direct HTTP/1.1\r\nHost: app.svc\r\nConnection: close\r\n\r\n"
-    out = raw(mesh, reqs)
-    assert out.count(b"HTTP/1.1 200 ") == 6
-    positions = [out.find(b'"path": "/p%d"' % i) for i in range(5)]
-    assert all(p > 0 for p in positions) and positions == sorted(positions)
-    assert out.endswith(b"direct\n")
-
-
-def test_head_and_http10(mesh):
-    r, data = request(mesh, "HEAD", "/bytes/1234")
-    assert r.status == 200 and data == b"" and r.getheader("content-length") == "1234"
-    out = raw(mesh, b"GET /bytes/10 HTTP/1.0\r\nHost: app.svc\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"x" * 10)
-
-
 def test_expect_100_continue_with_curl(mesh):
     if not shutil.which("curl"):
         pytest.skip("curl not installed")
@@ -268,11 +164,6 @@ def test_expect_100_continue_with_curl(mesh):
                          capture_output=True, timeout=20)
     assert b"HTTP/1.1 100 Continue" in out.stderr
     assert json.loads(out.stdout)["body_length"] == 5000
-
-
-def test_chunked_response_from_upstream(mesh):
-    r, data = request(mesh, "GET", "/chunked/1000/50")
-    assert r.status == 200 and data == b"y" * 50000
 
 
 def test_nginx_upstream_large_body(mesh):
@@ -286,57 +177,6 @@ def test_nginx_upstream_large_body(mesh):
         out = subprocess.run(["curl", "-sS", "--max-time", "10", "-H", "Host: app.svc",
                               "http://127.0.0.1:%d/static/small.txt" % mesh["port"]], capture_output=True, timeout=20)
         assert out.stdout == b"s" * 100
-
-
-SMUGGLING = [
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nContent-Length: +5\r\n\r\nhello", 400),
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nContent-Length: \r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\r\nX-Folded: a\r\n b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\nX-A: b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\r\nX-A: b\x00c\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\r\n: empty\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\r\nX-A : b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\r\nHost: other\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nHost: app.svc\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n", 400),
-    (b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: app.svc\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\nHost: app.svc\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(40)) + b"\r\n", 431),
-]
-
-
-@pytest.mark.parametrize("data,status", SMUGGLING, ids=range(len(SMUGGLING)))
-def test_defences_answer_and_close(mesh, data, status):
-    out = raw(mesh, data)
-    assert out.startswith(b"HTTP/1.1 %d " % status), out[:200]
-    # the connection was closed by the proxy (raw() returned before its timeout) and nothing else follows
-    assert out.count(b"HTTP/1.1 ") == 1
-
-
-def test_slow_headers_get_408(mesh):
-    s = socket.create_connection(("127.0.0.1", mesh["port"]), timeout=5)
-    s.sendall(b"GET / HTTP/1.1\r\nHost: app")
-    start = time.monotonic()
-    out = s.recv(4096)
-    s.close()
-    assert out.startswith(b"HTTP/1.1 408 ")
-    assert 0.5 < time.monotonic() - start < 4
-
-
-def test_idle_keepalive_connection_is_closed(mesh):
-    s = socket.create_connection(("127.0.0.1", mesh["port"]), timeout=6)
-    s.sendall(b"GET /direct HTTP/1.1\r\nHost: app.svc\r\n\r\n")
-    out = s.recv(4096)
-    assert out.startswith(b"HTTP/1.1 200 ")
-    start = time.monotonic()
-    assert s.recv(4096) == b""
-    assert 1 < time.monotonic() - start < 5
-    s.close()
 
 
 def test_admin_endpoints_show_counters(mesh):
@@ -386,7 +226,7 @@ clusters: [{name: echo, endpoints: [{address: "127.0.0.1:%d"}]}]
         support.waitForPort(listen, proc=tx.popen)
         c = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
         c.request("GET", "/slow/1000")
-        time.sleep(0.3)
+        waitFor(lambda: statValue({"admin": admin}, "downstream_rq_active", listener="l") == 1)  # it is in flight
         tx.signal(signal.SIGTERM)
         r = c.getresponse()
         assert (r.status, r.read()) == (200, b"slow done\n")

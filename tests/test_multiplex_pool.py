@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -14,6 +13,7 @@ from txmesh.errors import ConnectFailure, Overflow, PoolClosed, UpstreamReset
 from txmesh.stats import StatsStore
 from txmesh.upstream.host import Host
 from txmesh.protocols.dubbo.pool import MultiplexConnectionPool
+from txmesh.testing import FakeConnector
 
 
 @dataclass(frozen=True)
@@ -79,20 +79,8 @@ class Responder:
     failed = None
 
 
-class Connector:
-    def __init__(self):
-        self.attempts = []
-
-    def __call__(self, host):
-        d = defer.Deferred()
-        self.attempts.append(d)
-        return d
-
-    def succeed(self, i=-1):
-        proto = FakeMux()
-        proto.makeConnection(Transport(proto))
-        self.attempts[i].callback(proto)
-        return proto
+def Connector():
+    return FakeConnector(FakeMux, Transport)
 
 
 def makePool(**kw):

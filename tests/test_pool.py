@@ -1,65 +1,23 @@
 """HTTP1ConnectionPool driven with fake client protocols on StringTransport and a fake clock."""
 
-from dataclasses import dataclass
+import functools
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 
+from txmesh.config import ClusterConfig
 from txmesh.errors import ConnectFailure, ConnectTimeout, Overflow, PoolClosed
 from txmesh.stats import StatsStore
 from txmesh.upstream.host import Host
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
+from txmesh.testing import FakeConnector
 
 
-@dataclass(frozen=True)
-class FakeClusterConfig:
-    name: str = "backend"
-    protocol: str = "http1"
-    lbPolicy: str = "round_robin"
-    lbFactory: object = None
-    connectTimeout: float = 1.0
-    idleTimeout: float = 10.0
-    maxConnections: int = 2
-    maxPendingRequests: int = 2
-    maxRequestsPerConnection: int = 0
-    endpoints: tuple = ()
-
-
-class FakeClientProtocol(Protocol):
-    """Stands in for the HTTP/1.1 client protocol: reports its loss to the pool like the real one."""
-
-    onConnectionLost = None
-
-    def connectionLost(self, reason=Failure(ConnectionDone())):
-        if self.onConnectionLost is not None:
-            self.onConnectionLost(self)
-
-
-class FakeConnector:
-    """connect(host): records each attempt; the test completes or fails it."""
-
-    def __init__(self):
-        self.attempts = []  # Deferreds, in order
-        self.cancelled = 0
-
-    def __call__(self, host):
-        d = defer.Deferred(lambda _: self._cancelled())
-        self.attempts.append(d)
-        return d
-
-    def _cancelled(self):
-        self.cancelled += 1
-
-    def succeed(self, i=-1):
-        proto = FakeClientProtocol()
-        proto.makeConnection(StringTransport())
-        self.attempts[i].callback(proto)
-        return proto
+# the real config object, with this module's defaults
+FakeClusterConfig = functools.partial(ClusterConfig, "backend", idleTimeout=10.0, maxConnections=2,
+                                      maxPendingRequests=2)
 
 
 class Harness:

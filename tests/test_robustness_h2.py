@@ -24,18 +24,9 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-from twisted.internet import defer
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from tests.test_h2_defences import PREFACE, rawFrames
-from tests.test_robustness_http1 import InMemoryListener, Upstream, splits
-from txmesh import config as _config
-from txmesh.filters.chain import FilterChainTemplate
-from txmesh.protocols.h2.server import GRPCListenerFactory, H2ListenerFactory
-from txmesh.runtime import Runtime
-from txmesh.stats import StatsStore
-from txmesh.upstream.cluster import ClusterManager
+from tests.test_robustness_http1 import InMemoryListener, splits
 
 CONFIG = """
 listeners:
@@ -53,36 +44,12 @@ class Mesh(InMemoryListener):
     """One HTTP/2 (or gRPC) listener connection wired to an answering HTTP/1.1 upstream, all in memory."""
 
     def __init__(self, rng, protocol):
-        cfg = _config.loads(CONFIG % protocol)
-        self.clock = Clock()
-        self.upstreams = []
-        self.stats = StatsStore()
-        self.accepted = []
+        InMemoryListener.__init__(self, rng, CONFIG % protocol)
 
-        def connectFactory(clusterConfig):
-            def connect(host):
-                u = Upstream(rng)
-                self.upstreams.append(u)
-                return defer.succeed(u.proto)
-            return connect
-
-        clusters = ClusterManager(self.clock, cfg.clusters, connectFactory, self.stats, random.Random(1))
-        runtime = Runtime(self.clock, clusters, self.stats, random.Random(1), cfg)
-        lc = cfg.listeners[0]
-        template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                       lc.limits.maxRequestBody)
-        create = template.createStream
-
-        def createStream(downstream, info):
-            self.accepted.append(downstream.sid)
-            return create(downstream, info)
-
-        template.createStream = createStream
-        factoryClass = GRPCListenerFactory if protocol == "grpc" else H2ListenerFactory
-        self.factory = factoryClass(lc, template, runtime)
-        self.server = self.factory.buildProtocol(None)
-        self.transport = StringTransport()
-        self.server.makeConnection(self.transport)
+    @property
+    def accepted(self):
+        """The stream ids the listener made a stream for."""
+        return [s.downstream.sid for s in self.mesh.streams]
 
 
 # -- frame generation -------------------------------------------------------------------------------------------

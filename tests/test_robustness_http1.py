@@ -13,14 +13,10 @@ import random
 import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from txmesh import config as _config
-from txmesh.filters.chain import FilterChainTemplate
 from txmesh.protocols.http1.client import HTTP1ClientProtocol
-from txmesh.protocols.http1.server import HTTP1ListenerFactory
 from txmesh.protocols.http1.codec import (
     HTTPCodecError,
     MessageComplete,
@@ -29,9 +25,7 @@ from txmesh.protocols.http1.codec import (
     ResponseDecoder,
     ResponseStarted,
 )
-from txmesh.runtime import Runtime
-from txmesh.stats import StatsStore
-from txmesh.upstream.cluster import ClusterManager
+from txmesh.testing import InMemoryMesh
 
 CONFIG = """
 listeners:
@@ -100,7 +94,24 @@ class Upstream:
 
 
 class InMemoryListener:
-    """A listener protocol on a StringTransport with in-memory upstreams (``self.server``, ``self.upstreams``)."""
+    """
+    One listener connection on a StringTransport (``server``, ``transport``) wired by txmesh.testing.InMemoryMesh
+    to in-memory upstreams that answer every request (``upstreams``).
+    """
+
+    def __init__(self, rng, text):
+        self.upstreams = []
+
+        def connect(host, clusterConfig):
+            u = Upstream(rng)
+            self.upstreams.append(u)
+            return defer.succeed(u.proto)
+
+        self.mesh = InMemoryMesh(text, connect=connect, seed=1)
+        self.clock, self.stats, self.factory = self.mesh.clock, self.mesh.stats, self.mesh.factory
+        self.server = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.server.makeConnection(self.transport)
 
     def pump(self):
         for _ in range(100):
@@ -115,27 +126,7 @@ class InMemoryListener:
 
 class Mesh(InMemoryListener):
     def __init__(self, rng):
-        cfg = _config.loads(CONFIG)
-        self.clock = Clock()
-        self.upstreams = []
-        self.stats = StatsStore()
-
-        def connectFactory(clusterConfig):
-            def connect(host):
-                u = Upstream(rng)
-                self.upstreams.append(u)
-                return defer.succeed(u.proto)
-            return connect
-
-        clusters = ClusterManager(self.clock, cfg.clusters, connectFactory, self.stats, random.Random(1))
-        runtime = Runtime(self.clock, clusters, self.stats, random.Random(1), cfg)
-        lc = cfg.listeners[0]
-        template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                       lc.limits.maxRequestBody)
-        self.factory = HTTP1ListenerFactory(lc, template, runtime)
-        self.server = self.factory.buildProtocol(None)
-        self.transport = StringTransport()
-        self.server.makeConnection(self.transport)
+        InMemoryListener.__init__(self, rng, CONFIG)
 
 
 # -- input generation ------------------------------------------------------------------------------------------

@@ -1,0 +1,349 @@
+"""
+The router against recording pools and upstream handles (txmesh.testing.RecordingPool, RecordingUpstreamStream):
+routes, clusters and the filter chain are the real ones from a mesh.yaml; the downstream is a RecordingDownstream.
+"""
+
+import pytest
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from txmesh import errors
+from txmesh.interfaces import (
+    IConnectionPool,
+    IDownstreamStream,
+    IDownstreamWatermarkCallbacks,
+    IUpstreamResponder,
+    IUpstreamStream,
+)
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead
+from txmesh.testing import InMemoryMesh, RecordingDownstream, RecordingPool, RecordingUpstreamStream
+
+MESH = """
+listeners:
+- name: ingress
+  protocol: http
+  address: tcp:0
+  limits: {max_request_body: 100}
+  route_config:
+    virtual_hosts:
+    - name: app
+      domains: ["*"]
+      routes:
+      - match: {prefix: /small}
+        route: {cluster: backend, max_request_body: 10}
+      - match: {prefix: /untimed}
+        route: {cluster: backend, timeout: 0s}
+      - match: {prefix: /}
+        route: {cluster: backend, timeout: 5s}
+        response_headers_to_add: [{name: x-route, value: r1}]
+clusters:
+- name: backend
+  endpoints: [{address: "10.0.0.1:80"}]
+"""
+
+
+class Harness:
+    """A mesh whose pools are RecordingPools; ``pool`` is the backend host's, made on the first request."""
+
+    def __init__(self):
+        self.pools = []
+
+        def makePool(*args):
+            self.pools.append(RecordingPool(*args))
+            return self.pools[-1]
+
+        self.mesh = InMemoryMesh(MESH, poolClasses={"http1": makePool})
+        self.host = self.mesh.clusters.get("backend").hosts[0]
+
+    @property
+    def pool(self):
+        [pool] = self.pools
+        return pool
+
+    def start(self, path=b"/", endStream=True, contentLength=None, timeout=None, idle=None):
+        """Open a stream and decode a request head; with ``idle``, the pool has that handle ready."""
+        stream, downstream = self.mesh.openStream()
+        if idle is not None:
+            pool = self.mesh.clusters.get("backend").poolFor(self.host)
+            pool.idle.append(idle)
+        request = RequestHead(b"POST" if not endStream else b"GET", path, b"app", HeaderMap(),
+                              contentLength=contentLength)
+        request.timeout = timeout
+        stream.decodeHeaders(request, endStream)
+        return stream, downstream
+
+    def connect(self, i=0):
+        """Answer the pool's i-th waiting acquire with a new handle."""
+        handle = RecordingUpstreamStream()
+        self.pool.waiting[i].callback(handle)
+        return handle
+
+
+def status(downstream):
+    """The status the downstream was sent, and its x-txmesh-error."""
+    [(kind, code, _)] = [w for w in downstream.written if w[0] == "headers"]
+    return code, downstream.lastResponse.headers.get(b"x-txmesh-error")
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+def test_doubles_provide_their_interfaces():
+    assert verifyObject(IConnectionPool, RecordingPool())
+    assert verifyObject(IUpstreamStream, RecordingUpstreamStream())
+    assert verifyObject(IDownstreamStream, RecordingDownstream())
+
+
+def test_router_has_the_responder_and_watermark_methods(h):
+    stream, _ = h.start(idle=RecordingUpstreamStream())
+    router = stream.decoders[-1]
+    assert verifyObject(IUpstreamResponder, router, tentative=True)
+    assert verifyObject(IDownstreamWatermarkCallbacks, router, tentative=True)
+
+
+def test_router_declares_the_responder_and_watermark_interfaces(h):
+    stream, _ = h.start(idle=RecordingUpstreamStream())
+    router = stream.decoders[-1]
+    assert IUpstreamResponder.providedBy(router) and IDownstreamWatermarkCallbacks.providedBy(router)
+
+
+# -- getting a connection ------------------------------------------------------------------------------------------
+
+def test_an_idle_handle_is_used_at_once_without_acquire(h):
+    handle = RecordingUpstreamStream()
+    stream, _ = h.start(idle=handle)
+    assert [c[0] for c in handle.calls] == ["sendRequest"]
+    assert h.pool.waiting == []
+    assert h.host.activeRequests == 1
+
+
+def test_acquire_when_no_handle_is_idle_and_queued_body_follows_in_order(h):
+    stream, _ = h.start(endStream=False, contentLength=None)
+    assert len(h.pool.waiting) == 1
+    stream.decodeData(b"abc", False)
+    stream.decodeTrailers(HeaderMap([(b"x-t", b"1")]))
+    handle = h.connect()
+    assert [c[0] for c in handle.calls] == ["sendRequest", "writeBody", "writeTrailers"]
+    assert handle.calls[1] == ("writeBody", b"abc", False)
+
+
+# -- the end of an exchange -----------------------------------------------------------------------------------------
+
+def respond(handle, reusable=True, status=200):
+    r = handle.responder
+    r.upstreamHeaders(ResponseHead(status), False)
+    r.upstreamComplete(reusable)
+    r.upstreamData(b"body", True)
+
+
+def test_complete_and_reusable_releases_the_handle(h):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(idle=handle)
+    respond(handle)
+    assert h.pool.released == [handle] and h.pool.discarded == []
+    assert downstream.written == [("headers", 200, False), ("data", b"body", True)]
+    assert downstream.lastResponse.headers.get(b"x-route") == b"r1"
+    assert h.host.activeRequests == 0
+    assert h.mesh.value("cluster_upstream_rq_completed", cluster="backend") == 1
+
+
+def test_complete_but_not_reusable_discards_the_handle(h):
+    handle = RecordingUpstreamStream()
+    h.start(idle=handle)
+    respond(handle, reusable=False)
+    assert h.pool.released == [] and h.pool.discarded == [handle]
+
+
+def test_complete_before_the_request_ended_discards_the_handle(h):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(endStream=False, idle=handle)
+    respond(handle, reusable=True, status=400)  # an early answer: the rest of the body was never sent
+    assert h.pool.released == [] and h.pool.discarded == [handle]
+    assert downstream.written[0] == ("headers", 400, False)
+
+
+# -- timeouts -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path,requestTimeout,fires", [
+    (b"/", None, 5.0),  # the route's
+    (b"/", 2.0, 2.0),  # the request's, smaller
+    (b"/", 10.0, 5.0),  # the route's, smaller
+    (b"/untimed", 3.0, 3.0),  # no route timeout: the request's
+])
+def test_timeout_is_the_smaller_of_route_and_request(h, path, requestTimeout, fires):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(path=path, timeout=requestTimeout, idle=handle)
+    h.mesh.clock.advance(fires - 0.001)
+    assert downstream.written == []
+    h.mesh.clock.advance(0.002)
+    assert status(downstream) == (504, b"upstream_request_timeout")
+    assert "abandon" in handle.calls and h.pool.discarded == [handle]
+    assert stream.streamInfo.responseFlags == {"UT"}
+    assert h.mesh.value("cluster_upstream_rq_timeout", cluster="backend") == 1
+    assert h.host.activeRequests == 0
+
+
+def test_no_timeout_at_all_never_fires(h):
+    stream, downstream = h.start(path=b"/untimed", idle=RecordingUpstreamStream())
+    h.mesh.clock.advance(3600)
+    assert downstream.written == []
+
+
+def test_timeout_while_acquiring_cancels_the_acquire(h):
+    stream, downstream = h.start()
+    h.mesh.clock.advance(5.0)
+    assert status(downstream) == (504, b"upstream_request_timeout")
+    assert h.pool.cancelled == 1
+
+
+def test_a_response_cancels_the_timer(h):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(idle=handle)
+    respond(handle)
+    h.mesh.clock.advance(10)
+    assert [w[0] for w in downstream.written] == ["headers", "data"]
+    assert h.mesh.clock.getDelayedCalls() == []
+
+
+# -- request body limits ----------------------------------------------------------------------------------------------
+
+def test_413_by_content_length_before_any_acquire(h):
+    stream, downstream = h.start(path=b"/small", endStream=False, contentLength=11)
+    assert status(downstream) == (413, b"request_body_too_large")
+    assert h.pools == [] or h.pool.waiting == []
+
+
+def test_413_by_streamed_body_on_a_connected_handle(h):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(path=b"/small", endStream=False, idle=handle)
+    stream.decodeData(b"12345", False)
+    stream.decodeData(b"678901", False)
+    assert status(downstream) == (413, b"request_body_too_large")
+    assert "abandon" in handle.calls and h.pool.discarded == [handle]
+    assert ("writeBody", b"678901", False) not in handle.calls
+
+
+def test_413_by_streamed_body_while_acquiring_cancels_the_acquire(h):
+    stream, downstream = h.start(path=b"/small", endStream=False)
+    stream.decodeData(b"x" * 11, False)
+    assert status(downstream) == (413, b"request_body_too_large")
+    assert h.pool.cancelled == 1
+
+
+def test_413_by_the_listener_limit(h):
+    stream, downstream = h.start(endStream=False, contentLength=101)
+    assert status(downstream) == (413, b"request_body_too_large")
+
+
+# -- backpressure ---------------------------------------------------------------------------------------------------
+
+def test_full_upstream_pauses_the_downstream_and_resumes_it(h):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(endStream=False, idle=handle)
+    handle.responder.upstreamWritePaused()
+    assert (downstream.paused, downstream.resumed) == (1, 0)
+    handle.responder.upstreamWriteResumed()
+    assert (downstream.paused, downstream.resumed) == (1, 1)
+
+
+def test_full_downstream_pauses_reading_the_upstream_and_resumes_it(h):
+    handle = RecordingUpstreamStream()
+    stream, _ = h.start(idle=handle)
+    stream.downstreamWritePaused()
+    stream.downstreamWriteResumed()
+    assert handle.calls[1:] == ["pauseReading", "resumeReading"]
+
+
+def test_a_pause_before_the_connection_is_applied_when_it_comes(h):
+    stream, _ = h.start()
+    stream.downstreamWritePaused()
+    handle = h.connect()
+    assert [c if isinstance(c, str) else c[0] for c in handle.calls] == ["sendRequest", "pauseReading"]
+
+
+def test_a_pause_and_resume_before_the_connection_leave_it_reading(h):
+    stream, _ = h.start()
+    stream.downstreamWritePaused()
+    stream.downstreamWriteResumed()
+    handle = h.connect()
+    assert [c if isinstance(c, str) else c[0] for c in handle.calls] == ["sendRequest"]
+
+
+# -- failures -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc,code,cause,flag", [
+    (errors.ConnectFailure("refused"), 503, b"upstream_connect_failure", "UF"),
+    (errors.ConnectTimeout("slow"), 503, b"upstream_connect_timeout", "UF"),
+    (errors.Overflow("full"), 503, b"upstream_overflow", "UO"),
+    (errors.PoolClosed("drained"), 503, b"upstream_pool_closed", "UF"),
+    (RuntimeError("a bug"), 503, b"upstream_connect_failure", "UF"),  # unexpected: logged, still answered
+])
+def test_acquire_failures_become_local_replies(h, exc, code, cause, flag):
+    stream, downstream = h.start()
+    h.pool.waiting[0].errback(Failure(exc))
+    assert status(downstream) == (code, cause)
+    assert stream.streamInfo.responseFlags == {flag}
+    assert h.host.activeRequests == 0
+
+
+@pytest.mark.parametrize("exc,code,cause,flag", [
+    (errors.UpstreamReset("closed"), 503, b"upstream_reset_before_response", "UC"),
+    (errors.UpstreamRemoteReset("rst"), 503, b"upstream_reset_before_response", "UR"),
+    (errors.BadUpstreamResponse("framing"), 502, b"upstream_protocol_error", "UPE"),
+])
+def test_upstream_failures_before_the_response_become_local_replies(h, exc, code, cause, flag):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(idle=handle)
+    handle.responder.upstreamFailed(exc)
+    assert status(downstream) == (code, cause)
+    assert stream.streamInfo.responseFlags == {flag}
+    assert h.pool.discarded == [handle]
+
+
+def test_upstream_failure_after_the_response_started_resets_the_downstream(h):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(idle=handle)
+    handle.responder.upstreamHeaders(ResponseHead(200), False)
+    handle.responder.upstreamData(b"part", False)
+    handle.responder.upstreamFailed(errors.UpstreamReset("closed"))
+    assert downstream.resets == ["upstream_reset_before_response"]
+    assert downstream.written == [("headers", 200, False), ("data", b"part", False)]
+    assert h.pool.discarded == [handle]
+
+
+def test_no_healthy_host(h):
+    h.mesh.clusters.get("backend").updateHosts([])
+    stream, downstream = h.start()
+    assert status(downstream) == (503, b"no_healthy_upstream")
+    assert stream.streamInfo.responseFlags == {"UH"}
+
+
+# -- the stream ends first ------------------------------------------------------------------------------------------
+
+def test_stream_reset_abandons_the_connected_handle(h):
+    handle = RecordingUpstreamStream()
+    stream, downstream = h.start(idle=handle)
+    stream.resetStream("downstream_disconnect")
+    assert handle.calls[-1] == "abandon" and h.pool.discarded == [handle]
+    assert h.host.activeRequests == 0
+    assert downstream.written == []
+
+
+def test_stream_reset_cancels_a_pending_acquire(h):
+    stream, downstream = h.start()
+    stream.resetStream("downstream_disconnect")
+    assert h.pool.cancelled == 1
+    assert h.host.activeRequests == 0
+
+
+def test_a_handle_that_comes_after_the_stream_ended_goes_back_untouched(h):
+    """A pool whose cancel cannot withdraw the acquire (its connection was made meanwhile) fires it anyway."""
+    stream, downstream = h.start()
+    late = RecordingUpstreamStream()
+    h.pool.lateHandle = late
+    stream.resetStream("downstream_disconnect")
+    assert h.pool.cancelled == 1
+    assert h.pool.released == [late] and late.calls == []
+    assert downstream.written == []
