@@ -105,7 +105,7 @@ def test_new_connection_then_reuse_lifo():
     assert len(h.connector.attempts) == 2
     assert h.stat("upstream_rq_total") == 4 and h.host.stats.rq_total.value == 4
     assert h.host.stats.cx_total.value == 2
-    assert a.onConnectionLost == h.pool._connectionLost
+    assert a.onConnectionLost == h.pool.connectionLost
 
 
 def test_pending_then_overflow():
