@@ -328,6 +328,11 @@ class ConnectionPoolBase:
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _open(self, client):
+        self.take(client)
+        return self.makeStream(client)
+
+    def take(self, client):
+        """Count one more stream on ``client`` (``makeStream`` makes it, or a subclass moves one there)."""
         client.active += 1
         client.served += 1
         self._rqActive.value += 1
@@ -335,7 +340,12 @@ class ConnectionPoolBase:
             self._unfile(client)
         if self.maxRequestsPerConnection and client.served >= self.maxRequestsPerConnection:
             self._retire(client)
-        return self.makeStream(client)
+
+    def untake(self, client):
+        """One stream leaves ``client`` without ending (moved elsewhere): uncount it."""
+        client.active -= 1
+        self._rqActive.value -= 1
+        self._file(client)
 
     def _streamEnded(self, client):
         if client.closed:
