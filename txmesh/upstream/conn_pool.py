@@ -82,6 +82,7 @@ class ConnectionPoolBase:
     clientClass = ActiveClient
     PER_REQUEST_CONNECTS = False
     BACKOFF = None  # (base, max) seconds of the exponential connect backoff, or None
+    MORE_DEMAND = False  # True if demand() counts more than the pending queue
 
     # set by subclasses from their config
     maxConnections = 1
@@ -204,7 +205,8 @@ class ConnectionPoolBase:
             return None
         self._rqTotal.value += 1
         self.host.stats.rq_total.value += 1
-        return self._open(client)
+        self.take(client)
+        return self.makeStream(client)
 
     def release(self, stream):
         """The exchange on ``stream`` ended normally; its connection may carry another."""
@@ -361,7 +363,7 @@ class ConnectionPoolBase:
         if not client.ready and client.active < client.capacity:
             client.ready = True
             self._ready.append(client)
-        if self.demand():
+        if self._pending or (self.MORE_DEMAND and self.demand()):
             self.servePending()
         if client.active == 0 and self.idleTimeout and not client.closed:
             client.idleSince = self.clock.seconds()
@@ -384,7 +386,7 @@ class ConnectionPoolBase:
             client.ready = False
             ready = self._ready
             if ready[-1] is client:
-                ready.pop()
+                del ready[-1]
             else:
                 ready.remove(client)
 

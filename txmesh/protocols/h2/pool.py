@@ -79,6 +79,7 @@ class H2ConnectionPool(ConnectionPoolBase):
     """
 
     clientClass = _H2Client
+    MORE_DEMAND = True  # GOAWAY replays wait too
 
     def __init__(self, clock, host, clusterConfig, connect, stats):
         ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats)
