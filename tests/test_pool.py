@@ -4,14 +4,12 @@ from dataclasses import dataclass
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 
 from txmesh.errors import ConnectFailure, ConnectTimeout, Overflow, PoolClosed
 from txmesh.stats import StatsStore
+from txmesh.testing import FakeConnector
 from txmesh.upstream.host import Host
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 
@@ -28,38 +26,6 @@ class FakeClusterConfig:
     maxPendingRequests: int = 2
     maxRequestsPerConnection: int = 0
     endpoints: tuple = ()
-
-
-class FakeClientProtocol(Protocol):
-    """Stands in for the HTTP/1.1 client protocol: reports its loss to the pool like the real one."""
-
-    onConnectionLost = None
-
-    def connectionLost(self, reason=Failure(ConnectionDone())):
-        if self.onConnectionLost is not None:
-            self.onConnectionLost(self)
-
-
-class FakeConnector:
-    """connect(host): records each attempt; the test completes or fails it."""
-
-    def __init__(self):
-        self.attempts = []  # Deferreds, in order
-        self.cancelled = 0
-
-    def __call__(self, host):
-        d = defer.Deferred(lambda _: self._cancelled())
-        self.attempts.append(d)
-        return d
-
-    def _cancelled(self):
-        self.cancelled += 1
-
-    def succeed(self, i=-1):
-        proto = FakeClientProtocol()
-        proto.makeConnection(StringTransport())
-        self.attempts[i].callback(proto)
-        return proto
 
 
 class Harness:

@@ -8,9 +8,17 @@ install its per-stream instances without a running mesh.
     installer = RecordingInstaller()
     MyFilterFactory().createFilters(config, installer, FakeRuntime())
     [f] = installer.decoders
+
+And for people who write connection pools: a connect function that records its attempts (L{FakeConnector}) and
+the client protocol it connects (L{FakeClientProtocol}).
 """
 
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmesh.errors import ConfigError
@@ -58,3 +66,37 @@ class RecordingInstaller:
 
     def addWriteFilter(self, f):
         self.writeFilters.append(f)
+
+
+class FakeClientProtocol(Protocol):
+    """Stands in for a ping-pong client protocol: reports its loss to the pool (``onConnectionLost``) as they do."""
+
+    onConnectionLost = None
+
+    def connectionLost(self, reason=Failure(ConnectionDone())):
+        if self.onConnectionLost is not None:
+            self.onConnectionLost(self)
+
+
+class FakeConnector:
+    """A pool's ``connect(host)``: records each attempt (a Deferred) for the test to complete or fail."""
+
+    def __init__(self, protocolFactory=FakeClientProtocol):
+        self.protocolFactory = protocolFactory
+        self.attempts = []  # Deferreds, in order
+        self.cancelled = 0
+
+    def __call__(self, host):
+        d = defer.Deferred(lambda _: self._cancelled())
+        self.attempts.append(d)
+        return d
+
+    def _cancelled(self):
+        self.cancelled += 1
+
+    def succeed(self, i=-1):
+        """Complete attempt ``i`` with a new protocol connected to a StringTransport; returns the protocol."""
+        proto = self.protocolFactory()
+        proto.makeConnection(StringTransport())
+        self.attempts[i].callback(proto)
+        return proto
