@@ -19,6 +19,7 @@ from txmesh.interfaces import (
     IHTTP2ClientCallbacks,
     IHTTP2ClientConnection,
     IMultiplexClient,
+    IPooledConnection,
     IUpstreamStream,
 )
 from txmesh.protocols.dubbo.client import DubboClientProtocol
@@ -117,6 +118,7 @@ def test_every_handle_provides_IUpstreamStream():
 
 
 def test_client_protocols_provide_what_their_pools_use():
+    assert verifyObject(IPooledConnection, HTTP1ClientProtocol())
     assert verifyObject(IMultiplexClient, DubboClientProtocol())
     assert verifyObject(IHTTP2ClientConnection, H2ClientProtocol())
 

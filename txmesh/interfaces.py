@@ -404,7 +404,19 @@ class IConnectionPool(Interface):
         """A JSON-able dict of the pool's state (connections, streams, pending) for the admin API."""
 
 
-class IMultiplexClient(Interface):
+class IPooledConnection(Interface):
+    """
+    What the connection-pool base (txmesh.upstream.conn_pool) needs of a client protocol it connected, unless the
+    protocol's pool wires the loss otherwise (HTTP/2: L{IHTTP2ClientCallbacks}).
+    """
+
+    transport = Attribute("The connection's ITransport: the pool closes it (loseConnection, abortConnection).")
+    onConnectionLost = Attribute(
+        "Set by the pool: called with the protocol from connectionLost, after the protocol failed what was in "
+        "flight on it.")
+
+
+class IMultiplexClient(IPooledConnection):
     """
     A client protocol that carries many requests on one connection (Dubbo; MOSN's multiplex pool mode).  It picks
     its own stream/request id per connection, so ids of different downstream clients never collide.

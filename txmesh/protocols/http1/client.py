@@ -9,7 +9,7 @@ from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from txmesh import errors
-from txmesh.interfaces import IUpstreamStream
+from txmesh.interfaces import IPooledConnection, IUpstreamStream
 from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.protocols.http1.codec import (
     LAST_CHUNK,
@@ -27,7 +27,7 @@ from txmesh.protocols.http1.codec import (
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
-@implementer(IUpstreamStream)
+@implementer(IUpstreamStream, IPooledConnection)
 class HTTP1ClientProtocol(Protocol):
     """
     One upstream HTTP/1.1 connection, used by one request at a time (the pool guarantees it): the pool hands it
