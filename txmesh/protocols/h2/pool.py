@@ -145,13 +145,15 @@ class H2ConnectionPool(ConnectionPoolBase):
         self._retire(client)
         proto = client.proto
         for handle in unprocessed:
-            if self._closed or not proto.canReplay(handle):
+            if self._closed or handle not in self._streams or not proto.canReplay(handle):
                 # the router discards the handle when told
                 proto.failStream(handle, UpstreamReset("upstream sent GOAWAY before processing the stream"))
-            elif self._streams.pop(handle, None) is not None:
+                continue
+            del self._streams[handle]
+            if not client.closed:  # a closed connection's streams were uncounted already
                 self.untake(client)
-                self.h2stats.goaway_retried.value += 1
-                self._retry.append(handle)
+            self.h2stats.goaway_retried.value += 1
+            self._retry.append(handle)
         if client.active == 0:
             self._close(client, abort=False)
         self.servePending()
