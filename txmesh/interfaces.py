@@ -363,9 +363,10 @@ class IUpstreamStream(Interface):
 
 class IConnectionPool(Interface):
     """
-    Connections to one upstream host, for one protocol (Envoy's ConnectionPool::Instance).  Every pool counts on the
-    cluster's stats scope: upstream_rq_total, upstream_rq_pending_active/overflow, upstream_cx_total/active/
-    connect_fail/connect_timeout/destroy.
+    Connections to one upstream host, for one protocol (Envoy's ConnectionPool::Instance); the built-in pools are
+    subclasses of txmesh.upstream.conn_pool.ConnectionPoolBase.  Every pool counts on the cluster's stats scope:
+    upstream_rq_total, upstream_rq_active, upstream_rq_pending_active/overflow, upstream_cx_total/active/
+    connect_fail/connect_timeout/idle_timeout/destroy.
     """
 
     def acquire():
