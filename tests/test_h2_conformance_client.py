@@ -157,15 +157,33 @@ def test_ping_is_answered_and_ping_ack_is_not():
     assert [(f.opaque_data, f.flags) for f in pings] == [(b"abcdefgh", {"ACK"})]
 
 
+class Callbacks:
+    """Stands in for the pool's record of the connection (IHTTP2ClientCallbacks)."""
+
+    stats = None
+
+    def __init__(self):
+        self.events = []
+
+    def capacityChanged(self):
+        self.events.append("capacity")
+
+    def goawayReceived(self, unprocessed):
+        self.events.append(("goaway", [h.sid for h in unprocessed]))
+
+    def connectionLost(self):
+        self.events.append("lost")
+
+
 def test_max_streams_follows_the_servers_setting():
     """5.1.2, 6.5.2: the client reports the server's SETTINGS_MAX_CONCURRENT_STREAMS, and notices changes."""
     s = Server(settings={SettingsFrame.MAX_CONCURRENT_STREAMS: 7})
     assert s.proto.maxStreams() == 7
-    changed = []
-    s.proto.onCapacity = changed.append
+    callbacks = Callbacks()
+    s.proto.setCallbacks(callbacks)
     s.sendSettings({SettingsFrame.MAX_CONCURRENT_STREAMS: 2})
     assert s.proto.maxStreams() == 2
-    assert changed == [s.proto]
+    assert callbacks.events == ["capacity"]
 
 
 @pytest.mark.parametrize("setting,value,code", [
@@ -405,7 +423,9 @@ def test_goaway_reports_streams_above_last_stream_id(hook):
     s = Server()
     reported = []
     if hook:
-        s.proto.onGoaway = lambda proto, unprocessed: reported.extend(h.sid for h in unprocessed)
+        callbacks = Callbacks()
+        callbacks.goawayReceived = lambda unprocessed: reported.extend(h.sid for h in unprocessed)
+        s.proto.setCallbacks(callbacks)
     h1, r1 = s.request()
     h3, r3 = s.request()
     s.send(GoAwayFrame(0, last_stream_id=1))

@@ -9,8 +9,10 @@ from h2 import events as h2events
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from tests import h2wire
 from txmesh import errors
@@ -62,7 +64,7 @@ class Responder(h2wire.Responder):
         self.events.append(("trailers", trailers.get(b"grpc-status")))
 
 
-def makePool(maxStreams=2):
+def makePool(maxStreams=2, **config):
     clock = Clock()
     peers = []
 
@@ -76,7 +78,7 @@ def makePool(maxStreams=2):
 
     stats = StatsStore()
     host = Host("127.0.0.1", 1, 1, stats=stats.scope(host="h"))
-    pool = H2ConnectionPool(clock, host, ClusterConfig("c", protocol="h2"), connect, stats.scope(cluster="c"))
+    pool = H2ConnectionPool(clock, host, ClusterConfig("c", protocol="h2", **config), connect, stats.scope(cluster="c"))
     return pool, peers, clock, stats
 
 
@@ -196,3 +198,33 @@ def test_connection_out_of_stream_ids_is_replaced():
     assert not first.transport.disconnecting
     pool.release(b)
     assert first.transport.disconnecting
+
+
+def test_lowered_stream_limit_sends_new_streams_to_another_connection():
+    """A SETTINGS that lowers MAX_CONCURRENT_STREAMS below the streams in use leaves the connection no room."""
+    pool, peers, _, _ = makePool(maxStreams=10)
+    a, _ = start(pool)
+    peers[0].conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    peers[0].pump()
+    b, _ = start(pool)
+    assert len(peers) == 2 and b.proto is peers[1].proto
+    pool.release(a)
+    c, _ = start(pool)  # room again on the first
+    assert c.proto is peers[0].proto
+
+
+def test_stream_given_up_while_waiting_for_replay_is_not_replayed():
+    pool, peers, _, stats = makePool(maxStreams=10, maxConnections=1)
+    a, ra = start(pool)
+    b, rb = start(pool)
+    peers[0].pump()
+    peers[0].proto.dataReceived(GoAwayFrame(0, last_stream_id=1).serialize())
+    assert len(peers) == 1  # no room for a second connection: stream 3 waits
+    b.abandon()
+    pool.discard(b)
+    peers[0].respond(1, b"A")
+    pool.release(a)
+    assert peers[0].proto.transport.disconnecting
+    peers[0].proto.connectionLost(Failure(ConnectionDone()))
+    assert len(peers) == 1 and rb.events == []
+    assert stats.total("upstream_rq_active") == 0 and stats.total("upstream_cx_active") == 0

@@ -10,9 +10,9 @@ from twisted.internet.task import Clock
 from txmesh.config import ClusterConfig
 from txmesh.errors import ConnectFailure, ConnectTimeout, Overflow, PoolClosed
 from txmesh.stats import StatsStore
+from txmesh.testing import FakeConnector
 from txmesh.upstream.host import Host
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
-from txmesh.testing import FakeConnector
 
 
 # the real config object, with this module's defaults
@@ -63,7 +63,7 @@ def test_new_connection_then_reuse_lifo():
     assert len(h.connector.attempts) == 2
     assert h.stat("upstream_rq_total") == 4 and h.host.stats.rq_total.value == 4
     assert h.host.stats.cx_total.value == 2
-    assert a.onConnectionLost == h.pool._connectionLost
+    assert a.onConnectionLost == h.pool.connectionLost
 
 
 def test_pending_then_overflow():

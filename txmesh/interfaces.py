@@ -390,9 +390,10 @@ class IUpstreamStream(Interface):
 
 class IConnectionPool(Interface):
     """
-    Connections to one upstream host, for one protocol (Envoy's ConnectionPool::Instance).  Every pool counts on the
-    cluster's stats scope: upstream_rq_total, upstream_rq_pending_active/overflow, upstream_cx_total/active/
-    connect_fail/connect_timeout/destroy.
+    Connections to one upstream host, for one protocol (Envoy's ConnectionPool::Instance); the built-in pools are
+    subclasses of txmesh.upstream.conn_pool.ConnectionPoolBase.  Every pool counts on the cluster's stats scope:
+    upstream_rq_total, upstream_rq_active, upstream_rq_pending_active/overflow, upstream_cx_total/active/
+    connect_fail/connect_timeout/idle_timeout/destroy.
     """
 
     def acquire():
@@ -431,7 +432,19 @@ class IConnectionPool(Interface):
         """A JSON-able dict of the pool's state (connections, streams, pending) for the admin API."""
 
 
-class IMultiplexClient(Interface):
+class IPooledConnection(Interface):
+    """
+    What the connection-pool base (txmesh.upstream.conn_pool) needs of a client protocol it connected, unless the
+    protocol's pool wires the loss otherwise (HTTP/2: L{IHTTP2ClientCallbacks}).
+    """
+
+    transport = Attribute("The connection's ITransport: the pool closes it (loseConnection, abortConnection).")
+    onConnectionLost = Attribute(
+        "Set by the pool: called with the protocol from connectionLost, after the protocol failed what was in "
+        "flight on it.")
+
+
+class IMultiplexClient(IPooledConnection):
     """
     A client protocol that carries many requests on one connection (Dubbo; MOSN's multiplex pool mode).  It picks
     its own stream/request id per connection, so ids of different downstream clients never collide.
@@ -454,6 +467,60 @@ class IMultiplexClient(Interface):
 
     def sendPing():
         """Send a protocol keep-alive (a Dubbo heartbeat); its reply counts in framesReceived."""
+
+
+class IHTTP2ClientConnection(Interface):
+    """
+    An upstream HTTP/2 connection, as its pool (txmesh.protocols.h2.pool) uses it: the pool hands out its streams
+    and keeps its own books; the connection tells the pool what changed through an L{IHTTP2ClientCallbacks}.
+    """
+
+    connected = Attribute("True from connectionMade to connectionLost.")
+
+    def setCallbacks(callbacks):
+        """Report to ``callbacks`` (an L{IHTTP2ClientCallbacks}) from now on; count in its ``stats``."""
+
+    def newStream():
+        """A new stream handle (an IUpstreamStream) on this connection, not yet sent."""
+
+    def maxStreams():
+        """
+        How many concurrent streams this connection may carry now: the peer's SETTINGS_MAX_CONCURRENT_STREAMS, or 0
+        once it takes no new stream (GOAWAY received, stream ids used up).
+        """
+
+    def startKeepalive(clock, interval, timeout):
+        """PING every ``interval`` seconds; no ACK within ``timeout`` fails every stream and aborts the connection."""
+
+    def resetStream(stream):
+        """The pool discards ``stream``: deliver nothing more for it and reset it (CANCEL) if it is still open."""
+
+    def failStream(stream, exc):
+        """Fail ``stream``'s responder with ``exc`` (an UpstreamError); nothing more is delivered for it."""
+
+    def canReplay(stream):
+        """Whether ``stream`` (refused by a GOAWAY) kept its whole request and has seen no response yet."""
+
+    def replayStream(stream):
+        """Send ``stream``'s request again, on this connection, from what it kept; it belongs to this one now."""
+
+
+class IHTTP2ClientCallbacks(Interface):
+    """What an L{IHTTP2ClientConnection} tells its pool (Envoy's CodecClientCallbacks)."""
+
+    stats = Attribute("The cluster's txmesh.protocols.h2.pool.H2UpstreamStats, or None.")
+
+    def capacityChanged():
+        """maxStreams() may have changed (SETTINGS received, stream ids used up)."""
+
+    def goawayReceived(unprocessed):
+        """
+        GOAWAY: the connection takes no new stream.  ``unprocessed``: the streams above its last-stream-id, which
+        the peer did not process and the connection forgot; the pool replays or fails each of them.
+        """
+
+    def connectionLost():
+        """The connection is gone; it failed its open streams with UpstreamReset first."""
 
 
 class IDownstreamStream(Interface):

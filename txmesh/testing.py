@@ -35,6 +35,9 @@ StringTransport); each upstream host is a scriptable fake HTTP/1.1 server (L{Fak
 
 Nothing here sleeps: advance time with C{mesh.advance(seconds)}.  A peer's close reaches its protocol on the next
 reactor turn, as with a real reactor; every harness call runs the turns that are due.
+
+And for people who write connection pools: a connect function that records its attempts (L{FakeConnector}) and
+the client protocol it connects (L{FakeClientProtocol}).
 """
 
 import dataclasses

@@ -133,8 +133,7 @@ class Router:
         self._requestDone = endStream
         self._pending = [(_HEADERS, request, endStream)]
         self.pool = pool = cluster.poolFor(host)
-        acquireIdle = getattr(pool, "acquireIdle", None)
-        conn = acquireIdle() if acquireIdle is not None else None
+        conn = pool.acquireIdle()
         if conn is not None:
             # the common case under load: a pooled keep-alive connection, no Deferred needed
             self._connected(conn)

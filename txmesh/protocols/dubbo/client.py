@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh import errors
+from txmesh.interfaces import IMultiplexClient
 from txmesh.protocols.dubbo.codec import (
     OK,
     DubboCodecError,
@@ -24,7 +25,6 @@ from txmesh.protocols.dubbo.codec import (
 )
 from txmesh.protocols.transport import Writer, callInScope
 from txmesh.stream import ResponseHead
-from txmesh.protocols.dubbo.pool import IMultiplexClient
 
 _MAX_ID = (1 << 63) - 1
 

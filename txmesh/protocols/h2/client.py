@@ -11,8 +11,10 @@ The responder (the router) gets ``upstreamHeaders``, ``upstreamData``, ``upstrea
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txmesh import errors
+from txmesh.interfaces import IHTTP2ClientConnection, IUpstreamStream
 from txmesh.protocols.h2 import events as ev
 from txmesh.protocols.h2.flow import (
     FlowControlledSender,
@@ -29,11 +31,12 @@ from txmesh.stream import HeaderMap, ResponseHead
 _REPLAY_LIMIT = 64 * 1024  # request bytes kept to retry a stream refused by GOAWAY
 
 
+@implementer(IUpstreamStream)
 class H2UpstreamStream(ReadPausing):
     """One request's stream on a shared upstream HTTP/2 connection (what the pool's ``acquire`` gives)."""
 
     __slots__ = ("proto", "sid", "responder", "head", "replay", "replaySize", "responseStarted", "done",
-                 "paused", "unacked", "released", "requestEnded")
+                 "paused", "unacked", "requestEnded")
 
     def __init__(self, proto):
         self.proto = proto
@@ -46,7 +49,6 @@ class H2UpstreamStream(ReadPausing):
         self.done = False
         self.paused = False
         self.unacked = 0
-        self.released = False
         self.requestEnded = False
 
     def sendRequest(self, head, endStream, responder):
@@ -85,15 +87,14 @@ class H2UpstreamStream(ReadPausing):
             self.proto._cancel(self, ErrorCodes.CANCEL)
 
 
+@implementer(IHTTP2ClientConnection)
 class H2ClientProtocol(FlowControlledSender, Protocol):
-    """One upstream HTTP/2 connection; see the module docstring.  The pool sets ``onConnectionLost``."""
+    """One upstream HTTP/2 connection; see the module docstring.  Its pool gives it callbacks (setCallbacks)."""
 
     log = Logger()
-    onConnectionLost = None
     writeScope = None  # set by the connecting factory: the service's WriteScope
-    onGoaway = None
-    onCapacity = None  # called when streams can be opened again (settings changed, stream closed)
     stats = None
+    _callbacks = None
 
     def __init__(self):
         self.conn = makeConnection(True)
@@ -102,7 +103,6 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         self.connected = False
         self.goingAway = False
         self.lastStreamId = None
-        self.slots = 0  # stream handles the pool has handed out on this connection
         self._clock = None
         self._pingTimer = None
         self._pingTimeoutTimer = None
@@ -116,13 +116,45 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         self.transport.registerProducer(WriteWatcher(self._transportFull, self._transportDrained), True)
         self._flush()
 
+    # -- IHTTP2ClientConnection ------------------------------------------------------------------------------
+
+    def setCallbacks(self, callbacks):
+        self._callbacks = callbacks
+        self.stats = callbacks.stats
+
     def newStream(self):
-        """A handle for one request on this connection (the pool counts it in ``slots``)."""
         return H2UpstreamStream(self)
 
     def maxStreams(self):
-        """How many concurrent streams the peer allows (its SETTINGS_MAX_CONCURRENT_STREAMS)."""
-        return self.conn.remoteMaxConcurrentStreams
+        return 0 if self.goingAway else self.conn.remoteMaxConcurrentStreams
+
+    def resetStream(self, h):
+        h.responder = None
+        h.done = True
+        self._cancel(h, ErrorCodes.CANCEL)
+
+    def failStream(self, h, exc):
+        h.done = True
+        responder, h.responder = h.responder, None
+        if responder is not None:
+            responder.upstreamFailed(exc)
+
+    def canReplay(self, h):
+        return h.replay is not None and not h.responseStarted
+
+    def replayStream(self, h):
+        h.proto = self
+        h.sid = None
+        h.done = False
+        replay = h.replay
+        h.replay = []
+        h.replaySize = 0
+        self._startStream(h, not replay and h.requestEnded)
+        for kind, payload, endStream in replay:
+            if kind == 1:
+                h.writeBody(payload, endStream)
+            else:
+                h.writeTrailers(payload)
 
     # -- keepalive ------------------------------------------------------------------------------------------------
 
@@ -181,8 +213,8 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
             # 2^30 streams on one connection (about a day at 10k calls/s): retire it as if GOAWAY came; the pool
             # opens a new one and this one closes when its streams end
             self.goingAway = True
-            if self.onGoaway is not None:
-                self.onGoaway(self, [])
+            if self._callbacks is not None:
+                self._callbacks.capacityChanged()
 
     def _streamData(self, h, data, endStream):
         if h.sid not in self.streams:
@@ -305,8 +337,8 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 self._windowOpened(event.stream_id)
             elif t is ev.RemoteSettingsChanged:
                 self._windowOpened(0)
-                if self.onCapacity is not None:
-                    self.onCapacity(self)
+                if self._callbacks is not None:
+                    self._callbacks.capacityChanged()
             elif t is ev.PingAckReceived:
                 if self._pingTimeoutTimer is not None:
                     self._pingTimeoutTimer.cancel()
@@ -348,33 +380,27 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         for h in unprocessed:
             self.streams.pop(h.sid, None)
             self._dropBacklog(h.sid)
-        if self.onGoaway is not None:
-            self.onGoaway(self, unprocessed)
+        if self._callbacks is not None:
+            self._callbacks.goawayReceived(unprocessed)
         else:
             for h in unprocessed:
-                self._failStream(h, errors.UpstreamReset("upstream sent GOAWAY"))
+                self.failStream(h, errors.UpstreamReset("upstream sent GOAWAY"))
         if not self.streams:
             self.out.flush()
             self.transport.loseConnection()
-
-    def _failStream(self, h, exc):
-        h.done = True
-        responder, h.responder = h.responder, None
-        if responder is not None:
-            responder.upstreamFailed(exc)
 
     def _failAll(self, exc):
         streams, self.streams = self.streams, {}
         for h in streams.values():
             if not h.done:
-                self._failStream(h, exc)
+                self.failStream(h, exc)
 
     def connectionLost(self, reason):
         self.connected = False
         self._stopTimers()
         self._failAll(errors.UpstreamReset("upstream connection closed: %s" % (reason.getErrorMessage(),)))
-        if self.onConnectionLost is not None:
-            self.onConnectionLost(self)
+        if self._callbacks is not None:
+            self._callbacks.connectionLost()
 
     # -- backpressure -----------------------------------------------------------------------------------------------
 

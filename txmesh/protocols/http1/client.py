@@ -6,8 +6,10 @@ L{txmesh.protocols.http1.codec}; the response's events go to the router's respon
 """
 
 from twisted.internet.protocol import Protocol
+from zope.interface import implementer
 
 from txmesh import errors
+from txmesh.interfaces import IPooledConnection, IUpstreamStream
 from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.protocols.http1.codec import (
     LAST_CHUNK,
@@ -25,9 +27,11 @@ from txmesh.protocols.http1.codec import (
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
+@implementer(IUpstreamStream, IPooledConnection)
 class HTTP1ClientProtocol(Protocol):
     """
-    One upstream HTTP/1.1 connection, used by one request at a time (the pool guarantees it).
+    One upstream HTTP/1.1 connection, used by one request at a time (the pool guarantees it): the pool hands it
+    out as the request's IUpstreamStream.
 
     The ``responder`` given to ``sendRequest`` (the router) gets ``upstreamHeaders``, ``upstreamData``,
     ``upstreamTrailers``, then ``upstreamComplete(reusable)``; or ``upstreamFailed(exc)`` with

@@ -1,0 +1,285 @@
+"""
+The connection-pool base (txmesh.upstream.conn_pool) driven by a Clock, and the contracts every pool and every
+handle it gives out declare (verifyObject).
+"""
+
+import json
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface.verify import verifyObject
+
+from txmesh.config import ClusterConfig
+from txmesh.errors import ConnectFailure, ConnectTimeout, Overflow, PoolClosed
+from txmesh.interfaces import (
+    IConnectionPool,
+    IHTTP2ClientCallbacks,
+    IHTTP2ClientConnection,
+    IMultiplexClient,
+    IPooledConnection,
+    IUpstreamStream,
+)
+from txmesh.protocols.dubbo.client import DubboClientProtocol
+from txmesh.protocols.dubbo.pool import MultiplexConnectionPool, StreamHandle
+from txmesh.protocols.h2.client import H2ClientProtocol, H2UpstreamStream
+from txmesh.protocols.h2.pool import H2ConnectionPool
+from txmesh.protocols.http1.client import HTTP1ClientProtocol
+from txmesh.protocols.http1.pool import HTTP1ConnectionPool
+from txmesh.stats import StatsStore
+from txmesh.testing import FakeConnector
+from txmesh.upstream.conn_pool import ConnectionPoolBase
+from txmesh.upstream.host import Host
+
+
+@dataclass(frozen=True)
+class Cfg:
+    connectTimeout: float = 1.0
+    maxPendingRequests: int = 2
+
+
+class Stream:
+    def __init__(self, client):
+        self.client = client
+        self.ended = False
+
+
+class TwoStreamPool(ConnectionPoolBase):
+    """A multiplexed protocol of two streams per connection, at most two connections."""
+
+    maxConnections = 2
+    BACKOFF = (1.0, 4.0)
+
+    def __init__(self, *args, idleTimeout=0, maxRequestsPerConnection=0):
+        ConnectionPoolBase.__init__(self, *args)
+        self.idleTimeout = idleTimeout
+        self.maxRequestsPerConnection = maxRequestsPerConnection
+        self.full = set()  # clients that take no more streams
+
+    def capacity(self, client):
+        return 0 if client in self.full else 2
+
+    def makeStream(self, client):
+        return Stream(client)
+
+    def streamClient(self, stream):
+        if stream.ended:
+            return None
+        stream.ended = True
+        return stream.client
+
+
+class Harness:
+    def __init__(self, **kw):
+        self.clock = Clock()
+        self.store = StatsStore()
+        self.host = Host("10.0.0.1", 80)
+        self.connector = FakeConnector()
+        self.pool = TwoStreamPool(self.clock, self.host, Cfg(maxPendingRequests=kw.pop("maxPendingRequests", 2)),
+                                  self.connector, self.store.scope(cluster="c"), **kw)
+
+    def stat(self, name):
+        return self.store.value(name, cluster="c")
+
+    def acquire(self):
+        out = []
+        d = self.pool.acquire()
+        d.addBoth(out.append)
+        return d, out
+
+
+# -- contracts --------------------------------------------------------------------------------------------------
+
+
+def pools():
+    store = StatsStore()
+    host = Host("10.0.0.1", 80)
+    for cls in (HTTP1ConnectionPool, MultiplexConnectionPool, H2ConnectionPool):
+        yield cls(Clock(), host, ClusterConfig("c"), FakeConnector(), store.scope(cluster=cls.__name__))
+
+
+def test_every_pool_provides_IConnectionPool_and_describes_itself_as_json():
+    for pool in pools():
+        assert verifyObject(IConnectionPool, pool)
+        state = pool.describe()
+        json.dumps(state)
+        assert state["connections"] == 0 and state["pending"] == 0
+
+
+def test_every_handle_provides_IUpstreamStream():
+    h2 = H2ClientProtocol()
+    h2.makeConnection(StringTransport())
+    assert verifyObject(IUpstreamStream, HTTP1ClientProtocol())
+    assert verifyObject(IUpstreamStream, StreamHandle(None))
+    assert verifyObject(IUpstreamStream, H2UpstreamStream(h2))
+    assert verifyObject(IUpstreamStream, h2.newStream())
+
+
+def test_client_protocols_provide_what_their_pools_use():
+    assert verifyObject(IPooledConnection, HTTP1ClientProtocol())
+    assert verifyObject(IMultiplexClient, DubboClientProtocol())
+    assert verifyObject(IHTTP2ClientConnection, H2ClientProtocol())
+
+
+def test_h2_pool_gives_each_connection_its_callbacks():
+    store = StatsStore()
+    proto = H2ClientProtocol()
+    proto.makeConnection(StringTransport())
+    pool = H2ConnectionPool(Clock(), Host("10.0.0.1", 80), ClusterConfig("c"), lambda host: defer.succeed(proto),
+                            store.scope(cluster="c"))
+    handles = []
+    pool.acquire().addCallback(handles.append)
+    assert verifyObject(IUpstreamStream, handles[0])
+    assert verifyObject(IHTTP2ClientCallbacks, pool.clientClass(pool))
+    # no SETTINGS from the peer yet: its limit is unbounded, so the configured one (1000) holds
+    assert pool.describe()["clients"] == [{"active": 1, "capacity": 1000, "served": 1,
+                                           "draining": False}]
+
+
+# -- the base -----------------------------------------------------------------------------------------------------
+
+
+def test_one_connect_serves_every_waiter_it_has_room_for():
+    h = Harness()
+    _, a = h.acquire()
+    _, b = h.acquire()
+    assert len(h.connector.attempts) == 1 and h.stat("upstream_rq_pending_active") == 2
+    h.connector.succeed()
+    assert a[0].client is b[0].client
+    assert h.stat("upstream_rq_pending_active") == 0 and h.stat("upstream_rq_active") == 2
+    assert h.pool.describe()["activeStreams"] == 2
+
+
+def test_connect_timeout_fails_waiters_and_counts():
+    h = Harness()
+    _, out = h.acquire()
+    h.clock.advance(0.9)
+    assert out == []
+    h.clock.advance(0.1)
+    assert out[0].check(ConnectTimeout)
+    assert h.connector.cancelled == 1
+    assert h.stat("upstream_cx_connect_timeout") == 1 and h.stat("upstream_cx_connect_fail") == 1
+    assert h.host.stats.cx_connect_fail.value == 1
+
+
+def test_backoff_fails_fast_then_doubles():
+    h = Harness()
+    _, out = h.acquire()
+    h.connector.attempts[0].errback(ConnectionRefusedError())
+    assert out[0].check(ConnectFailure)
+    assert isinstance(out[0].value.__cause__, ConnectionRefusedError)
+    _, fast = h.acquire()
+    assert fast[0].check(ConnectFailure) and len(h.connector.attempts) == 1
+    h.clock.advance(1.0)
+    _, second = h.acquire()
+    assert len(h.connector.attempts) == 2
+    h.connector.attempts[1].errback(ConnectionRefusedError())
+    h.clock.advance(1.9)  # the second failure waits 2 s
+    _, still = h.acquire()
+    assert still[0].check(ConnectFailure) and len(h.connector.attempts) == 2
+    h.clock.advance(0.1)
+    h.acquire()
+    h.connector.succeed()
+    _, fine = h.acquire()
+    assert isinstance(fine[0], Stream)
+
+
+def test_overflow_past_the_pending_limit():
+    h = Harness(maxPendingRequests=1)
+    _, first = h.acquire()
+    _, second = h.acquire()
+    assert first == [] and second[0].check(Overflow)
+    assert h.stat("upstream_rq_pending_overflow") == 1 and h.stat("upstream_rq_total") == 2
+
+
+def test_cancelled_waiter_leaves_the_queue():
+    h = Harness()
+    d, out = h.acquire()
+    _, kept = h.acquire()
+    d.cancel()
+    assert out[0].check(defer.CancelledError)
+    assert h.stat("upstream_rq_pending_active") == 1
+    h.connector.succeed()
+    assert len(kept) == 1 and h.pool.describe()["activeStreams"] == 1
+
+
+def test_drain_fires_only_when_every_connection_is_closed():
+    h = Harness()
+    _, out = h.acquire()
+    proto = h.connector.succeed()
+    done = []
+    h.pool.drain().addCallback(done.append)
+    _, refused = h.acquire()
+    assert refused[0].check(PoolClosed)
+    assert done == [] and not proto.transport.disconnecting
+    h.pool.release(out[0])
+    assert proto.transport.disconnecting and done == []  # closed, its connectionLost not come yet
+    proto.connectionLost()
+    assert done == [None]
+    assert h.stat("upstream_cx_active") == 0 and h.stat("upstream_cx_destroy") == 1
+    assert h.stat("upstream_rq_active") == 0
+
+
+def test_drain_stops_connects_nobody_waits_for():
+    h = Harness()
+    h.acquire()
+    done = []
+    h.pool.drain().addCallback(done.append)
+    assert h.connector.cancelled == 1 and done == [None]
+    assert h.stat("upstream_cx_connect_fail") == 0
+
+
+def test_idle_timeout_closes_a_connection_without_streams():
+    h = Harness(idleTimeout=5.0)
+    _, out = h.acquire()
+    proto = h.connector.succeed()
+    h.clock.advance(10)
+    assert not proto.transport.disconnecting  # busy
+    h.pool.release(out[0])
+    h.clock.advance(4.9)
+    assert not proto.transport.disconnecting
+    h.clock.advance(0.1)
+    assert proto.transport.disconnecting and h.stat("upstream_cx_idle_timeout") == 1
+    assert h.pool.connectionCount == 0
+
+
+def test_capacity_dropping_to_zero_retires_the_connection():
+    h = Harness()
+    _, a = h.acquire()
+    first = h.connector.succeed()
+    client = a[0].client
+    h.pool.full.add(client)  # as after an HTTP/2 GOAWAY
+    h.pool.capacityChanged(client)
+    _, b = h.acquire()
+    assert len(h.connector.attempts) == 2 and b == []
+    h.connector.succeed()
+    assert b[0].client is not a[0].client
+    h.pool.release(a[0])
+    assert first.transport.disconnecting
+
+
+def test_max_requests_per_connection():
+    h = Harness(maxRequestsPerConnection=3)
+    _, a = h.acquire()
+    proto = h.connector.succeed()
+    streams = [a[0], h.pool.acquireIdle(), h.pool.acquireIdle()]
+    assert streams[2] is None  # two streams at once
+    h.pool.release(streams[1])
+    third = h.pool.acquireIdle()
+    assert third is not None and h.pool.acquireIdle() is None  # three served: no more on this one
+    h.pool.release(a[0])
+    assert not proto.transport.disconnecting
+    h.pool.release(third)
+    assert proto.transport.disconnecting
+
+
+def test_connection_lost_forgets_its_streams():
+    h = Harness()
+    _, a = h.acquire()
+    proto = h.connector.succeed()
+    proto.connectionLost()
+    assert h.stat("upstream_rq_active") == 0 and h.stat("upstream_cx_active") == 0
+    h.pool.discard(a[0])  # the router discards after upstreamFailed: harmless
+    assert h.stat("upstream_rq_active") == 0 and h.stat("upstream_cx_destroy") == 1
