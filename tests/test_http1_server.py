@@ -448,11 +448,6 @@ def test_full_upstream_pauses_reading_the_downstream(mesh):
     assert not client.readingPaused
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the listener tells a stream its write buffer is full only on the transport's pause transition; a "
-    "pipelined request that starts while the buffer is still full gets a router whose downstream-paused state "
-    "starts False (and the HTTP/1.1 client resumes the reused connection in sendRequest), so its response is read "
-    "at full speed into the full buffer"))
 def test_a_pipelined_exchange_started_while_the_downstream_is_full_reads_its_upstream_paused(mesh):
     backend = mesh.upstream("backend")
     client = mesh.connect()

@@ -89,6 +89,8 @@ class ListenerProtocol(Protocol):
     @ivar peer: the peer address as 'host:port' (str), for StreamInfo and logs.
     @ivar peerHost: the peer's host (bytes), for x-forwarded-for.
     @ivar out: the connection's L{Writer}.
+    @ivar writeBlocked: (with ``watchWrites``) the transport's write buffer is above its high watermark now; a
+        stream that starts meanwhile must be told at once (``ActiveStream.downstreamWritePaused``).
     """
 
     watchWrites = False
@@ -98,6 +100,7 @@ class ListenerProtocol(Protocol):
         self.peer = ""
         self.peerHost = b""
         self.out = None
+        self.writeBlocked = False
 
     def connectionMade(self):
         f = self.factory
@@ -113,13 +116,21 @@ class ListenerProtocol(Protocol):
             self.peerHost = host.encode("ascii", "replace")
         self.out = Writer(self.transport, f.writeScope)
         if self.watchWrites:
-            self.transport.registerProducer(WriteWatcher(self.writeBufferFull, self.writeBufferDrained), True)
+            self.transport.registerProducer(WriteWatcher(self._bufferFull, self._bufferDrained), True)
 
     def connectionLost(self, reason):
         f = self.factory
         f.stats.cx_active.value -= 1
         f.connections.discard(self)
         f.connectionEnded(self)
+
+    def _bufferFull(self):
+        self.writeBlocked = True
+        self.writeBufferFull()
+
+    def _bufferDrained(self):
+        self.writeBlocked = False
+        self.writeBufferDrained()
 
     def writeBufferFull(self):
         """The transport's write buffer is full (only with ``watchWrites``)."""

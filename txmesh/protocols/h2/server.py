@@ -46,7 +46,6 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         self._closing = False
         self._draining = False  # our graceful GOAWAY was sent: close once the open streams end
         self._peerGoaway = False  # the client sent a graceful GOAWAY: close once its streams end
-        self._writePaused = False
         self.guard = FloodGuard(factory.h2Limits)
         self._idle = Deadline(factory.clock, factory.limits.idleTimeout or 3600.0, self._idleTimedOut)
 
@@ -161,6 +160,8 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             s.responseMessages = grpc.MessageCounter()
         self.streams[sid] = s
         s.active = f.template.createStream(s, info)
+        if self.writeBlocked:
+            s.active.downstreamWritePaused()  # the connection is not being read by the client now
         endStream = event.stream_ended
         s.requestEnded = endStream
         s.active.decodeHeaders(head, endStream)
@@ -373,23 +374,21 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
 
     def _backlogDrained(self, sid):
         s = self.streams.get(sid)
-        if s is not None and not self._writePaused:
+        if s is not None and not self.writeBlocked:
             s.active.downstreamWriteResumed()
 
     def writeBufferFull(self):
-        self._writePaused = True
         for s in list(self.streams.values()):
             s.active.downstreamWritePaused()
 
     def writeBufferDrained(self):
-        self._writePaused = False
         self.guard.pendingControl = 0
         for s in list(self.streams.values()):
             if self._backlogs.get(s.sid) is None or not self._backlogs[s.sid].paused:
                 s.active.downstreamWriteResumed()
 
     def _controlAnswered(self):
-        flood = self.guard.controlAnswered(self._writePaused)
+        flood = self.guard.controlAnswered(self.writeBlocked)
         if flood:
             self._flood(flood)
 

@@ -161,6 +161,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
             headers.remove(b"expect")
         info = self.prepareRequest(headers, f.scheme, "http/1.1" if head.version == (1, 1) else "http/1.0")
         self.stream = stream = f.template.createStream(self, info)
+        if self.writeBlocked:
+            # a pipelined request starting while the client is still not reading: its upstream must start paused
+            stream.downstreamWritePaused()
         stream.decodeHeaders(head, endStream)
         if ev.expectContinue and not stream.responseStarted and not stream.complete:
             self.out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
