@@ -12,14 +12,13 @@ from txmesh import errors
 from txmesh.interfaces import IPooledConnection, IUpstreamStream
 from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
 from txmesh.protocols.http1.codec import (
-    LAST_CHUNK,
     BodyData,
     HTTPCodecError,
     InterimResponse,
     MessageComplete,
     ResponseDecoder,
     ResponseStarted,
-    encodeChunk,
+    encodeBody,
     encodeRequestHead,
     encodeTrailers,
 )
@@ -74,13 +73,9 @@ class HTTP1ClientProtocol(Protocol):
         self._out.write(encodeRequestHead(head, chunked))
 
     def writeBody(self, data, endStream):
-        if self._chunked:
-            if data:
-                self._out.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
-            elif endStream:
-                self._out.write(LAST_CHUNK)
-        elif data:
-            self._out.write(data)
+        out = encodeBody(data, self._chunked, endStream)
+        if out:
+            self._out.write(out)
         if endStream:
             self._requestDone = True
 

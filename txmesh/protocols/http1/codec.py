@@ -34,12 +34,12 @@ from txmesh.protocols.http1.events import (
     BodyData, InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData)
 from txmesh.protocols.http1.wire import (
     CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, checkChunked,
-    classifyFields, encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)
+    classifyFields, encodeBody, encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead
 
 __all__ = ["RequestDecoder", "ResponseDecoder", "RequestStarted", "ResponseStarted", "InterimResponse", "BodyData",
-           "TunnelData", "MessageComplete", "HOP_BY_HOP", "LAST_CHUNK", "encodeChunk", "encodeRequestHead",
-           "encodeResponseHead", "encodeTrailers"]
+           "TunnelData", "MessageComplete", "HOP_BY_HOP", "LAST_CHUNK", "encodeBody", "encodeChunk",
+           "encodeRequestHead", "encodeResponseHead", "encodeTrailers"]
 
 
 # decoder states

@@ -15,13 +15,12 @@ from txmesh.interfaces import IDownstreamStream
 from txmesh.protocols.listener import Deadline, HTTPListenerStats, ListenerFactory, ListenerProtocol
 from txmesh.protocols.transport import callInScope
 from txmesh.protocols.http1.codec import (
-    LAST_CHUNK,
     BodyData,
     HTTPCodecError,
     MessageComplete,
     RequestDecoder,
     RequestStarted,
-    encodeChunk,
+    encodeBody,
     encodeResponseHead,
     encodeTrailers,
 )
@@ -220,13 +219,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
     def writeData(self, data, endStream):
         if self._noBody:
             return
-        if self._chunked:
-            if data:
-                self.out.write(encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data))
-            elif endStream:
-                self.out.write(LAST_CHUNK)
-        elif data:
-            self.out.write(data)
+        out = encodeBody(data, self._chunked, endStream)
+        if out:
+            self.out.write(out)
 
     def writeTrailers(self, trailers):
         if self._chunked and not self._noBody:

@@ -233,6 +233,18 @@ def encodeChunk(data):
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def encodeBody(data, chunked, endStream):
+    """
+    The bytes that carry a piece of a message body: as is, or as a chunk (with the last chunk when ``endStream``).
+    b"" when there is nothing to write.
+    """
+    if not chunked:
+        return data
+    if data:
+        return encodeChunk(data) + LAST_CHUNK if endStream else encodeChunk(data)
+    return LAST_CHUNK if endStream else b""
+
+
 def encodeTrailers(trailers):
     """
     The end of a chunked body with trailers: the last chunk, the trailer fields, the final CRLF (just
