@@ -561,6 +561,51 @@ class IDownstreamStream(Interface):
         """The ActiveStream ``stream`` has ended (response written or reset); the listener forgets it."""
 
 
+class IStream(Interface):
+    """
+    One request/response exchange running through a listener's stream filters (Envoy's filter manager), as the
+    listener's codec drives it.  Request events go in through the ``decode*`` calls, in order; the response comes
+    back to the listener's IDownstreamStream.
+    """
+
+    streamInfo = Attribute("The stream's IStreamInfo.")
+    request = Attribute("The txmesh.stream.RequestHead once decodeHeaders was called, else None.")
+    responseStarted = Attribute("True once the response head went to the downstream.")
+    complete = Attribute("True once the stream ended (response complete, or reset).")
+
+    def decodeHeaders(request, endStream):
+        """The request head (a txmesh.stream.RequestHead); endStream if it has no body."""
+
+    def decodeData(data, endStream):
+        """A piece of request body."""
+
+    def decodeTrailers(trailers):
+        """Request trailers (a txmesh.stream.HeaderMap); they end the request."""
+
+    def sendLocalReply(status, body=b"", headers=(), cause=None, flag=None):
+        """Answer with a reply the proxy decides (see IStreamDecoderFilterCallbacks.sendLocalReply)."""
+
+    def resetStream(reason):
+        """The downstream went away (or broke the stream): end it without a response; filters are told."""
+
+    def downstreamWritePaused():
+        """The downstream's write buffer is full: filters that produce response bytes pause."""
+
+    def downstreamWriteResumed():
+        """The downstream drained."""
+
+
+class IStreamFactory(Interface):
+    """A listener's filter-chain template: makes the IStream of each request (one filter instance each)."""
+
+    def createStream(downstream, streamInfo):
+        """
+        @param downstream: the listener's IDownstreamStream for this request.
+        @param streamInfo: its IStreamInfo.
+        @return: an IStream, ready for decodeHeaders.
+        """
+
+
 class IDownstreamWatermarkCallbacks(Interface):
     """
     A stream decoder filter that produces response bytes (the router) and wants to know when the downstream's

@@ -19,8 +19,10 @@ from txmesh.interfaces import (
     FilterStatus,
     IDownstreamWatermarkCallbacks,
     IFilterChainFactoryCallbacks,
+    IStream,
     IStreamDecoderFilterCallbacks,
     IStreamEncoderFilterCallbacks,
+    IStreamFactory,
 )
 
 CONTINUE = FilterStatus.CONTINUE
@@ -29,6 +31,7 @@ STOP = FilterStatus.STOP
 _HEADERS, _DATA, _TRAILERS = 0, 1, 2
 
 
+@implementer(IStreamFactory)
 class FilterChainTemplate:
     """
     The immutable recipe of a listener's stream filters: (factory, config) pairs, built once at load.
@@ -170,6 +173,7 @@ class _EncoderCallbacks:
         self.stream._resumeEncoding(self.index)
 
 
+@implementer(IStream)
 class ActiveStream:
     """
     One request/response exchange running through the filters.

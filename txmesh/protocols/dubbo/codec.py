@@ -10,7 +10,10 @@ filter changes the attachments (L{encodeRequestWithAttachments}).
 
 import struct
 
+from zope.interface import implementer
+
 from txmesh.errors import CodecError
+from txmesh.interfaces import ICodec
 from txmesh.protocols.dubbo.hessian2 import Hessian2Reader, Hessian2Writer, HessianError
 
 MAGIC = b"\xda\xbb"
@@ -149,6 +152,7 @@ class DubboFrame:
             len(self.body))
 
 
+@implementer(ICodec)
 class DubboDecoder:
     """
     Splits a byte stream into L{DubboFrame}s.  A body longer than C{maxBodyBytes} is refused as soon as its

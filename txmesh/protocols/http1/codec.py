@@ -28,8 +28,10 @@ import re
 from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
+from zope.interface import implementer
 
 from txmesh.errors import HTTPCodecError
+from txmesh.interfaces import ICodec
 from txmesh.protocols.http1.events import (
     BodyData, InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData)
 from txmesh.protocols.http1.wire import (
@@ -295,6 +297,7 @@ class _MessageDecoder:
         return n
 
 
+@implementer(ICodec)
 class RequestDecoder(_MessageDecoder):
     """
     Decode the requests of one downstream connection, pipelined ones included.
@@ -433,6 +436,7 @@ class RequestDecoder(_MessageDecoder):
                 self._state = _HOLD
 
 
+@implementer(ICodec)
 class ResponseDecoder(_MessageDecoder):
     """
     Decode the responses of one upstream connection, in the order of the requests announced with L{expect}.
