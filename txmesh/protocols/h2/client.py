@@ -247,7 +247,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         self.conn.resetStream(sid, code)
         self._flush()
 
-    def _ack(self, sid, n):
+    def acknowledge(self, sid, n):
         if n and self.connected:
             self.conn.acknowledge(n, sid)
             self._flush()

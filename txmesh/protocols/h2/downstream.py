@@ -33,23 +33,23 @@ class H2DownstreamStream(ReadPausing):
         self.premature = True
 
     def writeHeaders(self, response, endStream):
-        self.proto._writeHeaders(self, response, endStream)
+        self.proto.writeStreamHeaders(self, response, endStream)
 
     def writeData(self, data, endStream):
-        self.proto._writeData(self, data, endStream)
+        self.proto.writeStreamData(self, data, endStream)
 
     def writeTrailers(self, trailers):
-        self.proto._writeTrailers(self, trailers)
+        self.proto.writeStreamTrailers(self, trailers)
 
     def makeLocalReply(self, status, body=b"", headers=(), cause=None):
-        return self.proto._makeLocalReply(status, body, headers, cause)
+        return self.proto.makeLocalReply(status, body, headers, cause)
 
     def reset(self, reason):
         """The response cannot complete: gRPC clients get a grpc-status naming ``reason``, others RST_STREAM."""
         if self.proto.factory.grpc and not self.responseEnded:
-            self.proto._endWithStatus(self, reason)
+            self.proto.endStreamWithStatus(self, reason)
         else:
-            self.proto._resetStream(self, ErrorCodes.INTERNAL_ERROR)
+            self.proto.resetStream(self, ErrorCodes.INTERNAL_ERROR)
 
     def streamComplete(self, active):
-        self.proto._streamComplete(self)
+        self.proto.streamEnded(self)

@@ -51,7 +51,7 @@ class _Backlog:
 class ReadPausing:
     """
     Pausing one stream's reading (both stream handle classes): while paused, received DATA is not acknowledged,
-    so the peer's window closes; resuming acknowledges what was held (``proto._ack`` sends the WINDOW_UPDATE).
+    so the peer's window closes; resuming acknowledges what was held (``proto.acknowledge`` sends the WINDOW_UPDATE).
     """
 
     __slots__ = ()
@@ -64,7 +64,7 @@ class ReadPausing:
             self.paused = False
             if self.unacked:
                 n, self.unacked = self.unacked, 0
-                self.proto._ack(self.sid, n)
+                self.proto.acknowledge(self.sid, n)
 
 
 class FlowControlledSender:

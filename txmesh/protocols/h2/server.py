@@ -83,7 +83,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
                     try:
                         checkTrailers(event.headers)
                     except MalformedMessage as e:
-                        self._resetStream(s, ErrorCodes.PROTOCOL_ERROR)
+                        self.resetStream(s, ErrorCodes.PROTOCOL_ERROR)
                         self._malformed(s, e)
                     else:
                         s.active.decodeTrailers(HeaderMap(list(event.headers)))
@@ -139,7 +139,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         except MalformedRequest as e:
             f.stats.error("malformed_request")
             self.log.debug("stream {sid}: malformed request: {e}", sid=sid, e=e)
-            self._resetStream(None, ErrorCodes.PROTOCOL_ERROR, sid)
+            self.resetStream(None, ErrorCodes.PROTOCOL_ERROR, sid)
             return
         self.guard.streamsOpened += 1
         f.stats.rq_total.value += 1
@@ -177,13 +177,13 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             self._flood(flood)
             return
         if s is None or s.requestEnded:
-            self._ack(sid, n)
+            self.acknowledge(sid, n)
             return
         if s.requestMessages is not None and data:
             try:
                 started = s.requestMessages.feed(data)
             except grpc.MessageLimitExceeded as e:
-                self._ack(sid, n)
+                self.acknowledge(sid, n)
                 s.active.sendLocalReply(413, str(e).encode("ascii"), cause="grpc_message_too_large")
                 return
             if started:
@@ -191,12 +191,12 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         if s.paused:
             s.unacked += n
         else:
-            self._ack(sid, n)
+            self.acknowledge(sid, n)
         if endStream:
             s.requestEnded = True
         s.active.decodeData(data, endStream)
 
-    def _ack(self, sid, n):
+    def acknowledge(self, sid, n):
         if n:
             self.conn.acknowledge(n, sid)
             self._flush()
@@ -238,7 +238,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
 
     # -- responses (called through H2DownstreamStream by the ActiveStream) ---------------------------------------
 
-    def _writeHeaders(self, s, response, endStream):
+    def writeStreamHeaders(self, s, response, endStream):
         if s.responseEnded:
             return
         f = self.factory
@@ -270,7 +270,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             s.responseEnded = True
         self._flush()
 
-    def _writeData(self, s, data, endStream):
+    def writeStreamData(self, s, data, endStream):
         if s.responseEnded or s.swallow:
             return
         if s.responseMessages is not None and data:
@@ -286,7 +286,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             s.responseEnded = True
         self._flush()
 
-    def _writeTrailers(self, s, trailers):
+    def writeStreamTrailers(self, s, trailers):
         if s.responseEnded or s.swallow:
             return
         s.responseEnded = True
@@ -298,7 +298,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             pass
         self._flush()
 
-    def _makeLocalReply(self, status, body, headers, cause):
+    def makeLocalReply(self, status, body, headers, cause):
         f = self.factory
         if cause:
             f.stats.error(cause if isinstance(cause, str) else cause.decode("ascii"))
@@ -314,7 +314,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         fields.extend(headers)
         return ResponseHead(200, HeaderMap(fields), version=(2, 0)), b""
 
-    def _endWithStatus(self, s, reason):
+    def endStreamWithStatus(self, s, reason):
         """
         End a gRPC stream the proxy gave up on (upstream reset or timed out mid-response) with a grpc-status, in
         trailers (or trailers-only before any headers), so the client sees why rather than a bare RST_STREAM.
@@ -335,7 +335,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             pass
         self._flush()
 
-    def _resetStream(self, s, code, sid=None):
+    def resetStream(self, s, code, sid=None):
         if s is not None:
             sid = s.sid
             if s.responseEnded and s.requestEnded:
@@ -349,17 +349,17 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             pass
         self._flush()
 
-    def _streamComplete(self, s):
+    def streamEnded(self, s):
         if self.streams.pop(s.sid, None) is None:
             return
         s.premature = False
         self.factory.stats.rq_active.value -= 1
         if not s.responseEnded:
             # the chain ended without a full response (reset by a filter or the router): say so to the client
-            self._resetStream(s, ErrorCodes.INTERNAL_ERROR)
+            self.resetStream(s, ErrorCodes.INTERNAL_ERROR)
         elif not s.requestEnded:
             # the response is complete but the client is still sending: stop it (RFC 9113 8.1)
-            self._resetStream(s, ErrorCodes.NO_ERROR)
+            self.resetStream(s, ErrorCodes.NO_ERROR)
             self.factory.stats.streams_reset_sent.value -= 1
         if self._draining or self._peerGoaway:
             self._maybeClose()
