@@ -33,8 +33,13 @@ def test_exampleValidates(validator):
 
 def test_exampleLoads():
     mesh = load(EXAMPLE)
-    assert [l.name for l in mesh.listeners] == ["outbound", "inbound"]
-    outbound, inbound = mesh.listeners
+    assert [(l.name, l.protocol) for l in mesh.listeners] == [
+        ("outbound", "http1"), ("inbound", "http1"), ("grpc", "grpc"), ("dubbo", "dubbo")]
+    outbound, inbound, grpcListener, dubboListener = mesh.listeners
+    assert grpcListener.address == "tcp:15002:interface=127.0.0.1"
+    assert dubboListener.address == "tcp:15003:interface=127.0.0.1"
+    assert [(c.name, c.protocol) for c in mesh.clusters if c.name in ("grpc_echo", "dubbo_provider")] == [
+        ("grpc_echo", "grpc"), ("dubbo_provider", "dubbo")]
     assert outbound.address == "tcp:15001:interface=127.0.0.1"
     assert inbound.address == "tcp:15006:interface=127.0.0.1"
     assert mesh.admin.address == "tcp:9901:interface=127.0.0.1"
