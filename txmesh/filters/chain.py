@@ -204,16 +204,13 @@ class ActiveStream:
         self._encStopped = -1
         self._encPending = None
         self._encQueue = deque()
-        self._watermarkFilters = ()
 
     def finishSetup(self):
-        decoders = self.decoders
-        for i, f in enumerate(decoders):
+        for i, f in enumerate(self.decoders):
             f.setDecoderFilterCallbacks(_DecoderCallbacks(self, i))
         self.encoders.reverse()
         for i, f in enumerate(self.encoders):
             f.setEncoderFilterCallbacks(_EncoderCallbacks(self, i))
-        self._watermarkFilters = tuple(f for f in decoders if IDownstreamWatermarkCallbacks.providedBy(f))
 
     # -- routing --------------------------------------------------------------------------------------------
 
@@ -417,11 +414,16 @@ class ActiveStream:
     # -- backpressure from the downstream side ---------------------------------------------------------------
 
     def downstreamWritePaused(self):
-        """The downstream cannot take more response bytes: tell filters that produce them (the router)."""
-        for f in self._watermarkFilters:
-            f.onAboveWriteBufferHighWatermark()
+        """
+        The downstream cannot take more response bytes: tell the filters that produce them (the router: those
+        providing IDownstreamWatermarkCallbacks).  Rare, so they are looked up here, not at every stream's setup.
+        """
+        for f in self.decoders:
+            if IDownstreamWatermarkCallbacks.providedBy(f):
+                f.onAboveWriteBufferHighWatermark()
 
     def downstreamWriteResumed(self):
         """The downstream drained: the filters told of the pause may produce again."""
-        for f in self._watermarkFilters:
-            f.onBelowWriteBufferLowWatermark()
+        for f in self.decoders:
+            if IDownstreamWatermarkCallbacks.providedBy(f):
+                f.onBelowWriteBufferLowWatermark()

@@ -152,7 +152,10 @@ class ListenerProtocol(Protocol):
         f = self.factory
         if f.useRemoteAddress:
             xff = headers.get(b"x-forwarded-for")
-            headers.set(b"x-forwarded-for", self.peerHost if xff is None else xff + b", " + self.peerHost)
+            if xff is None:
+                headers.add(b"x-forwarded-for", self.peerHost)  # add: no search for fields to replace
+            else:
+                headers.set(b"x-forwarded-for", xff + b", " + self.peerHost)
             headers.set(b"x-forwarded-proto", scheme)
         rid = headers.get(b"x-request-id")
         if rid is None:

@@ -205,7 +205,14 @@ class ConnectionPoolBase:
             return None
         self._rqTotal.value += 1
         self.host.stats.rq_total.value += 1
-        self.take(client)
+        # take(client), inline: this is the per-request path under load
+        client.active += 1
+        client.served += 1
+        self._rqActive.value += 1
+        if client.active >= client.capacity:
+            self._unfile(client)
+        if self.maxRequestsPerConnection and client.served >= self.maxRequestsPerConnection:
+            self._retire(client)
         return self.makeStream(client)
 
     def release(self, stream):

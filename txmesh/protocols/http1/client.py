@@ -73,9 +73,13 @@ class HTTP1ClientProtocol(Protocol):
         self._out.write(encodeRequestHead(head, chunked))
 
     def writeBody(self, data, endStream):
-        out = encodeBody(data, self._chunked, endStream)
-        if out:
-            self._out.write(out)
+        if not self._chunked:
+            if data:
+                self._out.write(data)
+        else:
+            out = encodeBody(data, True, endStream)
+            if out:
+                self._out.write(out)
         if endStream:
             self._requestDone = True
 

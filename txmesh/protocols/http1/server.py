@@ -219,9 +219,13 @@ class HTTP1ServerProtocol(ListenerProtocol):
     def writeData(self, data, endStream):
         if self._noBody:
             return
-        out = encodeBody(data, self._chunked, endStream)
-        if out:
-            self.out.write(out)
+        if not self._chunked:
+            if data:
+                self.out.write(data)
+        else:
+            out = encodeBody(data, True, endStream)
+            if out:
+                self.out.write(out)
 
     def writeTrailers(self, trailers):
         if self._chunked and not self._noBody:
