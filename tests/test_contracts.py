@@ -70,6 +70,14 @@ def test_filters_and_the_callbacks_they_get(proxied):
         assert verifyObject(I.IFilterFactory, factory)
 
 
+def test_filter_configs_holding_resources():
+    from txmesh.filters.access_log import AccessLogFactory
+    from txmesh.testing import FakeConfigContext
+
+    config = AccessLogFactory().buildConfig({"path": "-"}, FakeConfigContext())
+    assert verifyObject(I.IFilterConfigResources, config)
+
+
 def test_clusters_hosts_and_load_balancers(proxied):
     mesh, _ = proxied
     cluster = mesh.clusters.get("backend")

@@ -250,6 +250,20 @@ class IFilterChainFactoryCallbacks(Interface):
         pass
 
 
+class IFilterConfigResources(Interface):
+    """
+    A filter config (what IFilterFactory.buildConfig returned) that holds resources the service manages: log files
+    reopened on SIGUSR1, things closed when the config stops.  Optional: the service looks for it with
+    ``providedBy``.
+    """
+
+    def registerFiles(files):
+        """Register reopenable files with ``files`` (a txmesh.runtime.ReopenableFiles)."""
+
+    def close():
+        """Flush and close what the config holds (the service is stopping)."""
+
+
 class IFilterFactory(Interface):
     """
     A named filter kind, found as a Twisted plugin.  The factory validates the filter's ``config`` mapping once, at

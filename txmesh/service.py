@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from txmesh.admin import makeAdminSite
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.filters.network import FilteringFactory
+from txmesh.interfaces import IFilterConfigResources
 from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
@@ -100,9 +101,8 @@ class MeshService(MultiService):
                                        rng)
         self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope)
         for entry in self._filterEntries():
-            registerFiles = getattr(entry.config, "registerFiles", None)
-            if registerFiles is not None:
-                registerFiles(self.runtime.files)
+            if IFilterConfigResources.providedBy(entry.config):
+                entry.config.registerFiles(self.runtime.files)
         self.listenerFactories = []
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
@@ -190,9 +190,8 @@ class MeshService(MultiService):
             f.abortAll()
         yield self.clusters.drain()
         for entry in self._filterEntries():
-            close = getattr(entry.config, "close", None)
-            if close is not None:
-                close()
+            if IFilterConfigResources.providedBy(entry.config):
+                entry.config.close()
         yield MultiService.stopService(self)
 
     def _filterEntries(self):

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
+from txmesh.interfaces import FilterStatus, IFilterConfigResources, IFilterFactory, IStreamDecoderFilter
 
 _PROTOCOL_NAMES = {
     "http/1.1": "HTTP/1.1",
@@ -231,6 +231,7 @@ class AccessLogWriter:
                 self._countError("cannot close access log {path}: {error}", error=e)
 
 
+@implementer(IFilterConfigResources)
 @attrs.frozen
 class AccessLogConfig:
     """The validated config of one access_log entry; ``writer`` is what the service flushes/closes on stop."""

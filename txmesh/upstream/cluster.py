@@ -151,8 +151,8 @@ class Cluster:
         self.stats.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
         return {
             "name": self.name,
-            "protocol": getattr(self.config, "protocol", None),
-            "lbPolicy": getattr(self.config, "lbPolicy", None) or getattr(self._lbFactory, "name", None),
+            "protocol": self.config.protocol,
+            "lbPolicy": self.config.lbPolicy,
             "stats": self.stats.asDict(),
             "hosts": [h.describe() if hasattr(h, "describe") else _describeHost(h) for h in self.hosts],
         }

@@ -95,9 +95,9 @@ class MultiplexConnectionPool(ConnectionPoolBase):
 
     def __init__(self, clock, host, clusterConfig, connect, stats):
         ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats)
-        self.maxConnections = max(1, getattr(clusterConfig, "connectionsPerHost", 1) or 1)
-        self.maxConcurrentStreams = getattr(clusterConfig, "maxConcurrentStreams", 0) or DEFAULT_MAX_CONCURRENT
-        self.heartbeatInterval = getattr(clusterConfig, "heartbeatInterval", 0) or 0
+        self.maxConnections = max(1, clusterConfig.connectionsPerHost or 1)
+        self.maxConcurrentStreams = clusterConfig.maxConcurrentStreams or DEFAULT_MAX_CONCURRENT
+        self.heartbeatInterval = clusterConfig.heartbeatInterval or 0
         self._cxHeartbeatFail = stats.counter("upstream_cx_heartbeat_fail",
                                               help="Upstream connections closed after 3 heartbeats without a reply.")
 

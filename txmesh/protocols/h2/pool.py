@@ -17,35 +17,12 @@ from zope.interface import implementer
 
 from txmesh.errors import UpstreamReset
 from txmesh.interfaces import IHTTP2ClientCallbacks
+from txmesh.protocols.h2.stats import H2UpstreamStats
 from txmesh.upstream.conn_pool import ActiveClient, ConnectionPoolBase
 
 KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_TIMEOUT = 10.0
 MAX_STREAMS_PER_CONNECTION = 1000
-
-
-class H2UpstreamStats:
-    """Per-cluster HTTP/2 series (on the cluster's scope); the client protocol counts in them."""
-
-    def __init__(self, scope):
-        c = scope.counter
-        self.streams_opened = c("upstream_h2_streams", help="HTTP/2 streams opened upstream")
-        self.streams_reset_sent = c("upstream_h2_tx_reset", help="RST_STREAM sent upstream")
-        self.streams_reset_by_peer = c("upstream_h2_rx_reset", help="RST_STREAM received from upstream")
-        self.goaway_received = c("upstream_h2_goaway_received", help="GOAWAY frames received from upstream")
-        self.goaway_retried = c("upstream_h2_goaway_retried",
-                                help="Streams above a GOAWAY's last-stream-id retried on another connection")
-        self.ping_timeout = c("upstream_h2_ping_timeout", help="Connections closed as their PING went unanswered")
-        self._grpc = {}
-        self._scope = scope
-
-    def grpcStatus(self, code):
-        c = self._grpc.get(code)
-        if c is None:
-            label = code.decode("ascii", "replace") if code else "none"
-            c = self._grpc[code] = self._scope.counter("upstream_grpc_status", help="gRPC statuses from upstream",
-                                                       code=label)
-        c.value += 1
 
 
 @implementer(IHTTP2ClientCallbacks)
@@ -84,9 +61,9 @@ class H2ConnectionPool(ConnectionPoolBase):
     def __init__(self, clock, host, clusterConfig, connect, stats):
         ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats)
         self.maxConnections = clusterConfig.maxConnections
-        self.keepaliveInterval = getattr(clusterConfig, "heartbeatInterval", 0) or KEEPALIVE_INTERVAL
+        self.keepaliveInterval = clusterConfig.heartbeatInterval or KEEPALIVE_INTERVAL
         self.keepaliveTimeout = KEEPALIVE_TIMEOUT
-        self.maxStreamsPerConnection = getattr(clusterConfig, "maxConcurrentStreams", 0) or MAX_STREAMS_PER_CONNECTION
+        self.maxStreamsPerConnection = clusterConfig.maxConcurrentStreams or MAX_STREAMS_PER_CONNECTION
         self.h2stats = H2UpstreamStats(stats)
         self._streams = {}  # handle -> _H2Client, every stream handed out and not yet released
         self._retry = deque()  # handles refused by GOAWAY, waiting for a stream

@@ -31,3 +31,22 @@ class H2ListenerStats(HTTPListenerStats):
                                      "Connections closed for a frame flood or rapid reset", "kind").inc
         self.grpcStatus = LabelledCounter(s, "downstream_grpc_status", "gRPC statuses returned", "code",
                                           grpcStatusLabel).inc
+
+
+class H2UpstreamStats:
+    """
+    Per-cluster HTTP/2 series (on the cluster's scope); the client protocol counts in them.  ``grpcStatus(code)``
+    counts a grpc-status an upstream returned (the field's bytes).
+    """
+
+    def __init__(self, scope):
+        c = scope.counter
+        self.streams_opened = c("upstream_h2_streams", help="HTTP/2 streams opened upstream")
+        self.streams_reset_sent = c("upstream_h2_tx_reset", help="RST_STREAM sent upstream")
+        self.streams_reset_by_peer = c("upstream_h2_rx_reset", help="RST_STREAM received from upstream")
+        self.goaway_received = c("upstream_h2_goaway_received", help="GOAWAY frames received from upstream")
+        self.goaway_retried = c("upstream_h2_goaway_retried",
+                                help="Streams above a GOAWAY's last-stream-id retried on another connection")
+        self.ping_timeout = c("upstream_h2_ping_timeout", help="Connections closed as their PING went unanswered")
+        self.grpcStatus = LabelledCounter(scope, "upstream_grpc_status", "gRPC statuses from upstream", "code",
+                                          grpcStatusLabel).inc
