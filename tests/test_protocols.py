@@ -23,6 +23,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def mesh(listenerProtocol, clusterProtocol="http1", filters="[{name: router}]", extra=""):
+    """A mesh.yaml with one listener and one cluster; a Dubbo listener routes by its default_cluster."""
+    if listenerProtocol == "dubbo":
+        routing = "default_cluster: backend"
+    else:
+        routing = ("route_config:\n      virtual_hosts: [{name: all, domains: [\"*\"], routes: [{match: {prefix: /},"
+                   " route: {cluster: backend}}]}]")
     return config.loads(textwrap.dedent("""\
         %s
         clusters:
@@ -33,23 +39,9 @@ def mesh(listenerProtocol, clusterProtocol="http1", filters="[{name: router}]", 
           - name: l
             address: tcp:0:interface=127.0.0.1
             protocol: %s
-            default_cluster: backend
             filters: %s
-        """) % (extra, clusterProtocol, listenerProtocol, filters) if listenerProtocol == "dubbo" else
-        textwrap.dedent("""\
-        %s
-        clusters:
-          - name: backend
-            protocol: %s
-            endpoints: [{address: 127.0.0.1:8080}]
-        listeners:
-          - name: l
-            address: tcp:0:interface=127.0.0.1
-            protocol: %s
-            filters: %s
-            route_config:
-              virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: backend}}]}]
-        """) % (extra, clusterProtocol, listenerProtocol, filters))
+            %s
+        """) % (extra, clusterProtocol, listenerProtocol, filters, routing))
 
 
 @pytest.mark.parametrize("descriptor", [HTTP1, HTTP2, GRPC, DUBBO], ids=lambda d: d.name)

@@ -83,7 +83,9 @@ class ConnectionLimitFactory:
     terminal = False
 
     def buildConfig(self, raw, context):
-        """@raise txmesh.errors.ConfigError: for an unknown key, a missing or bad ``max_connections``, a bad ``delay``."""
+        """
+        @raise txmesh.errors.ConfigError: for an unknown key, a missing or bad ``max_connections``, a bad ``delay``.
+        """
         checkFilterKeys(raw, _KEYS, context)
         limit = raw.get("max_connections")
         if type(limit) is not int or limit < 1:

@@ -1,4 +1,7 @@
-"""The downstream side of one stream of the HTTP/2 listener (L{txmesh.protocols.h2.server}), as its ActiveStream sees it."""
+"""
+The downstream side of one stream of the HTTP/2 listener (L{txmesh.protocols.h2.server}), as its ActiveStream sees
+it.
+"""
 
 from zope.interface import implementer
 

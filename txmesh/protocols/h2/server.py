@@ -1,15 +1,14 @@
 """
 The HTTP/2 listener (cleartext prior knowledge now; it never assumes cleartext, so TLS/ALPN can wrap it) on
-txmesh's HTTP/2 connection (L{txmesh.protocols.h2.codec}).  Each HTTP/2 stream is one ActiveStream of the listener's filter
-chain, so HTTP/2 requests route like HTTP/1.1 ones.  A ``grpc`` listener adds gRPC behaviour: ``grpc-timeout``
-bounds the call, local replies are trailers-only responses with a grpc-status, an HTTP error from upstream without
-grpc-status is mapped to one, and messages are counted (and their size bounded) from the 5-byte prefixes.
-An upstream failure after the response started ends a gRPC stream with a grpc-status, an HTTP/2 one with
-RST_STREAM.  Defences (L{txmesh.protocols.h2.defences}: malformed requests, floods, rapid reset) use the listener's H2Limits; a
-finite SETTINGS_MAX_CONCURRENT_STREAMS refuses streams past it; the connection bounds header lists and
-CONTINUATION frames.
+txmesh's HTTP/2 connection (L{txmesh.protocols.h2.codec}).  Each HTTP/2 stream is one ActiveStream of the
+listener's filter chain, so HTTP/2 requests route like HTTP/1.1 ones.  A ``grpc`` listener adds gRPC behaviour:
+``grpc-timeout`` bounds the call, local replies are trailers-only responses with a grpc-status, an HTTP error from
+upstream without grpc-status is mapped to one, and messages are counted (and their size bounded) from the 5-byte
+prefixes.  An upstream failure after the response started ends a gRPC stream with a grpc-status, an HTTP/2 one
+with RST_STREAM.  Defences (L{txmesh.protocols.h2.defences}: malformed requests, floods, rapid reset) use the
+listener's H2Limits; a finite SETTINGS_MAX_CONCURRENT_STREAMS refuses streams past it; the connection bounds
+header lists and CONTINUATION frames.
 """
-
 from twisted.logger import Logger
 
 from txmesh.config import H2Limits
