@@ -17,6 +17,7 @@ from txmesh.config import load, loads
 from txmesh.errors import ConfigError
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "mesh.yaml")
+PAIR = [os.path.join(os.path.dirname(EXAMPLE), name) for name in ("outbound.yaml", "inbound.yaml")]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,14 @@ def validator():
 def test_exampleValidates(validator):
     with open(EXAMPLE) as f:
         validator.validate(yaml.safe_load(f))
+
+
+@pytest.mark.parametrize("path", PAIR, ids=os.path.basename)
+def test_pairExamplesValidateAndLoad(validator, path):
+    """etc/outbound.yaml and etc/inbound.yaml (the sidecar pair): one listener per protocol each."""
+    with open(path) as f:
+        validator.validate(yaml.safe_load(f))
+    assert sorted(l.protocol for l in load(path).listeners) == ["dubbo", "grpc", "http1"]
 
 
 def test_exampleLoads():
