@@ -5,8 +5,9 @@ long-lived connections, each carrying many requests at once (MOSN's multiplex po
 Everything but the protocol's part is L{txmesh.upstream.conn_pool.ConnectionPoolBase}.  Here: a connection's
 capacity is ``maxConcurrentStreams``; a request goes to the least loaded connection; ``acquire()`` hands out a
 L{StreamHandle} bound to one connection, and ``release``/``discard`` end that stream only, never the shared
-connection; failed connects back off exponentially (calls arriving meanwhile wait for the next attempt); connections without
-calls are pinged (heartbeats) and closed after the cluster's ``idle_timeout`` (heartbeats are not calls).
+connection; failed connects back off exponentially (calls arriving meanwhile wait for the next attempt);
+connections without calls are pinged (heartbeats) and closed after the cluster's ``idle_timeout`` (heartbeats are
+not calls).
 
 The client protocol provides L{txmesh.interfaces.IMultiplexClient}; the pool sets its ``onConnectionLost``, which
 it calls with itself from ``connectionLost``, *after* failing every in-flight stream with L{UpstreamReset}.
