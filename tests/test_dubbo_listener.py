@@ -37,7 +37,7 @@ ONEWAY = [load("dubbopy-consumer__sofa-provider/" + n) for n in sorted(os.listdi
 
 
 def withRequestId(frame, rid="rid-1"):
-    """``frame`` as a caller's sidecar forwards it: with an x-request-id attachment, so this hop forwards it untouched."""
+    """``frame`` as a caller's sidecar forwards it: with an x-request-id attachment (forwarded untouched here)."""
     f = dc.DubboDecoder().feed(frame)[0]
     inv = f.invocation
     return dc.encodeRequestWithAttachments(f, inv, dict(inv.attachments, **{"x-request-id": rid}))

@@ -108,7 +108,8 @@ def formatText(info, request, clock, responseCode=None):
     method, path, authority, requestId, flags, duration = _fields(info, request, clock)
     return '[%s] "%s %s %s" %d %s %d %d %d "%s" "%s" "%s" "%s"\n' % (
         isoTime(info.startTime), _text(method), _text(path), protocolName(info.protocol),
-        responseCode if responseCode is not None else info.responseCode or 0, flags or "-", info.bytesReceived, info.bytesSent, duration,
+        responseCode if responseCode is not None else info.responseCode or 0, flags or "-", info.bytesReceived,
+        info.bytesSent, duration,
         info.downstreamPeer or "-", _text(authority), info.upstreamHost or "-", _text(requestId))
 
 

@@ -6,9 +6,9 @@ The protocol only dispatches: bytes go to L{DubboDecoder}; heartbeats are answer
 other request becomes a L{RequestHead} (protocol 'dubbo', method = the method name, authority = the interface,
 path ``/<interface>/<method>``, metadata interface/method/version/group, the string attachments as header fields,
 timeout from the ``timeout`` attachment, payload = the frame) decoded with endStream; an ``x-request-id``
-attachment is added when the call has none (kept from a trusted peer), so one id names the call at every hop.  Responses come back as a
-ResponseHead whose status is the Dubbo status and the response frame as data; they are written with the
-downstream request id.  Errors the proxy decides (no route, timeout, overflow...) become Dubbo error responses
+attachment is added when the call has none (kept from a trusted peer), so one id names the call at every hop.
+Responses come back as a ResponseHead whose status is the Dubbo status and the response frame as data; they are
+written with the downstream request id.  Errors the proxy decides (no route, timeout, overflow...) become Dubbo error responses
 carrying the request's id (L{DubboCall.makeLocalReply}).  The upstream side is L{txmesh.protocols.dubbo.client}.
 """
 
