@@ -120,10 +120,15 @@ def test_networkFiltersValidate(validator, extra):
     "    network_filters:\n      - {name: source_ip, config: {allow: [10.0.0.0/8], permit: []}}\n",
 ])
 def test_networkFiltersRejected(validator, extra):
+    assertBothReject(validator, _listener(extra))
+
+
+def assertBothReject(validator, text):
+    """Both the schema and the loader refuse ``text``."""
     with pytest.raises(jsonschema.ValidationError):
-        validator.validate(yaml.safe_load(_listener(extra)))
+        validator.validate(yaml.safe_load(text))
     with pytest.raises(ConfigError):
-        loads(_listener(extra))
+        loads(text)
 
 
 @pytest.mark.parametrize("extra", [
@@ -143,17 +148,11 @@ def test_forwardingKeysValidate(validator, extra):
     "    internal_address_config: {ranges: []}\n",
 ])
 def test_forwardingKeysRejected(validator, extra):
-    with pytest.raises(jsonschema.ValidationError):
-        validator.validate(yaml.safe_load(_listener(extra)))
-    with pytest.raises(ConfigError):
-        loads(_listener(extra))
+    assertBothReject(validator, _listener(extra))
 
 
 def test_nodeValidates(validator):
     text = "node: {id: sidecar-a, cluster: shop}\n" + BASE
     validator.validate(yaml.safe_load(text))
     assert loads(text).node.id == "sidecar-a"
-    with pytest.raises(jsonschema.ValidationError):
-        validator.validate(yaml.safe_load("node: {id: ''}\n" + BASE))
-    with pytest.raises(ConfigError):
-        loads("node: {id: ''}\n" + BASE)
+    assertBothReject(validator, "node: {id: ''}\n" + BASE)
