@@ -103,11 +103,15 @@ def buildConfigError(factory, raw):
 
 
 class FakeRuntime:
-    """The ``runtime`` given to createFilters: a fake clock (advance it in tests) and a fresh stats store."""
+    """
+    The ``runtime`` given to createFilters: a fake clock (advance it in tests), a fresh stats store and the node
+    ``test-node``.
+    """
 
     def __init__(self, clock=None, stats=None):
         self.clock = clock if clock is not None else Clock()
         self.stats = stats if stats is not None else StatsStore()
+        self.node = _config.NodeConfig(id="test-node")
 
 
 @implementer(IFilterChainFactoryCallbacks)
