@@ -20,7 +20,7 @@ from hyperframe.frame import (
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from txmesh.config import ListenerLimits
+from txmesh.config import ForwardingConfig, ListenerLimits, NodeConfig
 from txmesh.stats import StatsStore
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -109,6 +109,8 @@ class ListenerConfig:
     name = "l"
     limits = ListenerLimits()
     useRemoteAddress = False
+    forwarding = ForwardingConfig(useRemoteAddress=False)
+    protocol = "http2"
     http2 = None
 
 
@@ -116,6 +118,8 @@ class Runtime:
     """The runtime the listener needs: a Clock and a StatsStore (and no shared WriteScope)."""
 
     writeScope = None
+
+    node = NodeConfig(id="node-t")
 
     def __init__(self):
         self.clock = Clock()

@@ -348,3 +348,43 @@ def test_stdout_is_not_registered_nor_reopened():
     config.registerFiles(files)
     assert files.registered == []
     assert config.writer.reopen() is False
+
+
+class GrpcContext(FakeContext):
+    listenerProtocol = "grpc"
+
+
+@pytest.mark.parametrize("events, code", [
+    ([("headers", 200, [(b"grpc-status", b"14")], True)], 14),  # trailers-only local reply
+    ([("headers", 200, [], False), ("trailers", [(b"grpc-status", b"5")])], 5),
+    ([("headers", 200, [], False), ("trailers", [(b"grpc-status", b"0")])], 0),
+    ([("headers", 503, [], True)], 14),  # an upstream HTTP error without grpc-status, as the client sees it
+    ([("headers", 200, [], False), ("reset", "upstream_request_timeout")], 4),
+    ([("reset", "downstream_reset")], 1),
+])
+def test_grpc_lines_log_the_grpc_status_not_the_http_200(events, code):
+    from txmesh.interfaces import IStreamEncoderFilter
+    from txmesh.stream import ResponseHead
+    runtime = FakeRuntime()
+    factory = AccessLogFactory(stdout=CollectingStream())
+    config = factory.buildConfig({"format": "json"}, GrpcContext())
+    installer = FakeInstaller()
+    factory.createFilters(config, installer, runtime)
+    [f] = installer.decoders
+    assert installer.encoders == [f] and verifyObject(IStreamEncoderFilter, f)
+    info = StreamInfo(T0, "grpc", "grpc_in", "10.0.0.1:5555")
+    request = RequestHead(b"POST", b"/pkg.Svc/M", b"svc")
+    f.setDecoderFilterCallbacks(FakeDecoderCallbacks(info, request, runtime.clock))
+    f.decodeHeaders(request, True)
+    for event in events:
+        if event[0] == "headers":
+            info.responseCode = event[1]
+            f.encodeHeaders(ResponseHead(event[1], HeaderMap(event[2])), event[3])
+        elif event[0] == "trailers":
+            f.encodeTrailers(HeaderMap(event[1]))
+        else:
+            f.onStreamReset(event[1])
+    info.endTime = runtime.clock.seconds()
+    f.onStreamComplete()
+    config.writer.flush()
+    assert json.loads(factory.stdout.getvalue())["response_code"] == code

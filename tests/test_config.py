@@ -156,7 +156,7 @@ ERRORS = [
                             "    address: tcp:15001:interface=127.0.0.1\n    name: again\n")),
      "mesh.yaml:8: listeners[0].name: duplicate key 'name'"),
     ("unknown top key", "bogus: 1\n" + BASE,
-     "mesh.yaml:1: bogus: unknown key 'bogus' (allowed: plugin_paths, drain_timeout, admin, listeners, clusters)"),
+     "mesh.yaml:1: bogus: unknown key 'bogus' (allowed: node, plugin_paths, drain_timeout, admin, listeners, clusters)"),
     ("missing listeners", "clusters: []\n", "mesh.yaml:1: missing required key 'listeners'"),
     ("no listeners", "listeners: []\n", "mesh.yaml:1: listeners: must list at least one listener"),
     ("listeners not a list", "listeners: {a: 1}\n", "mesh.yaml:1: listeners: must be a list, not a mapping"),
@@ -169,7 +169,8 @@ ERRORS = [
     # listeners
     ("listener unknown key", addToListener("    use_remote_adress: true"),
      "mesh.yaml:8: listeners[0].use_remote_adress: unknown key 'use_remote_adress' (allowed: name, address, protocol,"
-     " default_cluster, use_remote_address, limits, http2, network_filters, filters, route_config)"),
+     " default_cluster, traffic_direction, use_remote_address, xff_num_trusted_hops, internal_address_config,"
+     " limits, http2, network_filters, filters, route_config)"),
     ("listener missing address", edit(("    address: tcp:15001:interface=127.0.0.1\n", "")),
      "mesh.yaml:6: listeners[0]: missing required key 'address'"),
     ("listener name type", edit(("name: outbound", "name: [outbound]")),

@@ -38,6 +38,7 @@ from txmesh.upstream.host import Host
 class Cfg:
     connectTimeout: float = 1.0
     maxPendingRequests: int = 2
+    idleTimeout: float = 0.0
 
 
 class Stream:
@@ -164,26 +165,42 @@ def test_connect_timeout_fails_waiters_and_counts():
     assert h.host.stats.cx_connect_fail.value == 1
 
 
-def test_backoff_fails_fast_then_doubles():
+def test_backoff_makes_requests_wait_for_the_next_attempt_then_doubles():
     h = Harness()
     _, out = h.acquire()
     h.connector.attempts[0].errback(ConnectionRefusedError())
     assert out[0].check(ConnectFailure)
     assert isinstance(out[0].value.__cause__, ConnectionRefusedError)
-    _, fast = h.acquire()
-    assert fast[0].check(ConnectFailure) and len(h.connector.attempts) == 1
+    # during the backoff a request waits for the next attempt rather than failing at once
+    _, waiting = h.acquire()
+    assert waiting == [] and len(h.connector.attempts) == 1
     h.clock.advance(1.0)
-    _, second = h.acquire()
     assert len(h.connector.attempts) == 2
     h.connector.attempts[1].errback(ConnectionRefusedError())
+    assert waiting[0].check(ConnectFailure)  # it had its attempt
+    _, second = h.acquire()
     h.clock.advance(1.9)  # the second failure waits 2 s
-    _, still = h.acquire()
-    assert still[0].check(ConnectFailure) and len(h.connector.attempts) == 2
+    assert second == [] and len(h.connector.attempts) == 2
     h.clock.advance(0.1)
-    h.acquire()
+    assert len(h.connector.attempts) == 3
     h.connector.succeed()
+    assert isinstance(second[0], Stream)
     _, fine = h.acquire()
     assert isinstance(fine[0], Stream)
+
+
+def test_request_waiting_out_a_backoff_may_give_up_and_drain_stops_the_timer():
+    h = Harness()
+    _, out = h.acquire()
+    h.connector.attempts[0].errback(ConnectionRefusedError())
+    d, waiting = h.acquire()
+    d.cancel()  # its own timeout: it leaves the queue
+    assert h.pool.pendingCount == 0
+    h.clock.advance(1.0)
+    assert len(h.connector.attempts) == 1  # nobody waits: no connect
+    h.acquire()
+    h.pool.drain()
+    assert h.clock.getDelayedCalls() == []
 
 
 def test_overflow_past_the_pending_limit():

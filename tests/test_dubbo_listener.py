@@ -34,6 +34,18 @@ PY_ECHO = load("dubbopy-consumer__sofa-provider/c0-c2s-000-req-echo.hex")  # no 
 ONEWAY = [load("dubbopy-consumer__sofa-provider/" + n) for n in sorted(os.listdir(FIXTURES + "/dubbopy-consumer__sofa-provider"))
           if n.endswith(".hex") and "c2s" in n and load("dubbopy-consumer__sofa-provider/" + n)[2] == 0x82]
 
+
+
+def withRequestId(frame, rid="rid-1"):
+    """``frame`` as a caller's sidecar forwards it: with an x-request-id attachment (forwarded untouched here)."""
+    f = dc.DubboDecoder().feed(frame)[0]
+    inv = f.invocation
+    return dc.encodeRequestWithAttachments(f, inv, dict(inv.attachments, **{"x-request-id": rid}))
+
+
+ECHO_RID, ADD_RID, PY_ECHO_RID = withRequestId(ECHO), withRequestId(ADD), withRequestId(PY_ECHO)
+ONEWAY_RID = withRequestId(ONEWAY[0]) if ONEWAY else None
+
 MESH = """
 listeners:
 - name: dubbo_in
@@ -135,10 +147,10 @@ def replies(transport):
 def test_echo_forwarded_untouched_and_answered_with_the_downstream_id():
     mesh = Mesh()
     proto, t = mesh.client()
-    proto.dataReceived(ECHO)
+    proto.dataReceived(ECHO_RID)
     up = mesh.upstream()
     [req] = sent(up)
-    assert req.header[:4] == ECHO[:4] and req.body == ECHO[16:]
+    assert req.header[:4] == ECHO_RID[:4] and req.body == ECHO_RID[16:]
     answer(up, req, ECHO_RESP)
     [resp] = replies(t)
     assert resp.toBytes() == ECHO_RESP  # the same id (1) as the downstream request, body untouched
@@ -151,11 +163,11 @@ def test_echo_forwarded_untouched_and_answered_with_the_downstream_id():
 def test_byte_by_byte_input_gives_the_same_result():
     mesh = Mesh()
     proto, t = mesh.client()
-    for i in range(len(ECHO + ADD)):
-        proto.dataReceived((ECHO + ADD)[i:i + 1])
+    for i in range(len(ECHO_RID + ADD_RID)):
+        proto.dataReceived((ECHO_RID + ADD_RID)[i:i + 1])
     up = mesh.upstream()
     reqs = sent(up)
-    assert [r.body for r in reqs] == [ECHO[16:], ADD[16:]]
+    assert [r.body for r in reqs] == [ECHO_RID[16:], ADD_RID[16:]]
 
 
 def test_ids_of_two_clients_are_remapped_and_answers_go_back_out_of_order():
@@ -190,10 +202,10 @@ def test_one_way_call_is_forwarded_and_leaves_nothing_pending():
     assert ONEWAY, "the fixtures hold a one-way request"
     mesh = Mesh(default="provider")
     proto, t = mesh.client()
-    proto.dataReceived(ONEWAY[0])
+    proto.dataReceived(ONEWAY_RID)
     up = mesh.upstream()
     [req] = sent(up)
-    assert not req.twoWay and req.body == ONEWAY[0][16:]
+    assert not req.twoWay and req.body == ONEWAY_RID[16:]
     assert t.value() == b""
     assert proto.calls == {} and not proto.oneWay and up.activeStreams == 0
     assert mesh.value("dubbo_requests", kind="one_way") == 1
@@ -213,9 +225,9 @@ def test_no_route_is_service_not_found_with_the_id():
 def test_default_cluster_takes_unrouted_calls():
     mesh = Mesh(default="fallback")
     proto, t = mesh.client()
-    proto.dataReceived(PY_ECHO)
+    proto.dataReceived(PY_ECHO_RID)
     [req] = sent(mesh.upstream("10.0.0.3:20880"))
-    assert req.body == PY_ECHO[16:]
+    assert req.body == PY_ECHO_RID[16:]
 
 
 def test_attachment_route_and_added_attachment_reencodes_the_body():

@@ -273,7 +273,8 @@ def test_grpc_local_reply_is_trailers_only():
     fields = dict(resp.fields)
     assert fields[b":status"] == b"200"
     assert fields[b"grpc-status"] == b"12"
-    assert fields[b"grpc-message"] == b"no_route"
+    assert fields[b"grpc-message"] == b"txmesh node-t: no_route"
+    assert fields[b"x-txmesh-node"] == b"node-t"  # the sidecar that answered
     assert "END_STREAM" in resp.flags
     assert body == b""
     assert stats.total("downstream_grpc_status", code="12") == 1

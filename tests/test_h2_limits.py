@@ -130,7 +130,7 @@ def test_grpc_upstream_reset_mid_stream_ends_with_unavailable_trailers():
     assert "END_STREAM" in trailers.flags
     assert b":status" not in fields
     assert fields[b"grpc-status"] == b"14"
-    assert fields[b"grpc-message"] == b"response aborted: upstream_reset_before_response (UC)"
+    assert fields[b"grpc-message"] == b"txmesh node-t: response aborted: upstream_reset_before_response (UC)"
     assert resets(transport) == []
     assert [f.data for f in rawFrames(transport) if isinstance(f, DataFrame)] == [b"\x00\x00\x00\x00\x02hi"]
     assert stats.total("downstream_grpc_status", code="14") == 1
@@ -171,7 +171,7 @@ def test_grpc_abort_before_headers_is_trailers_only():
     resp = responses(transport)[0]
     fields = dict(resp.fields)
     assert (fields[b":status"], fields[b"grpc-status"]) == (b"200", b"14")
-    assert fields[b"grpc-message"] == b"response aborted: some_filter_gave_up"
+    assert fields[b"grpc-message"] == b"txmesh node-t: response aborted: some_filter_gave_up"
     assert "END_STREAM" in resp.flags
 
 

@@ -228,3 +228,17 @@ def test_stream_given_up_while_waiting_for_replay_is_not_replayed():
     peers[0].proto.connectionLost(Failure(ConnectionDone()))
     assert len(peers) == 1 and rb.events == []
     assert stats.total("upstream_rq_active") == 0 and stats.total("upstream_cx_active") == 0
+
+
+def test_cluster_idle_timeout_closes_an_unused_connection():
+    pool, peers, clock, stats = makePool(idleTimeout=45.0)
+    a, ra = start(pool)
+    peers[0].pump()
+    peers[0].respond(1, b"A")
+    pool.release(a)
+    clock.advance(30)  # a keepalive PING, answered: still not a stream
+    peers[0].pump()
+    assert not a.proto.transport.disconnecting
+    clock.advance(15)
+    assert a.proto.transport.disconnecting
+    assert stats.value("upstream_cx_idle_timeout", cluster="c") == 1

@@ -23,6 +23,7 @@ class Cfg:
     connectionsPerHost: int = 1
     maxConcurrentStreams: int = 2
     heartbeatInterval: float = 10.0
+    idleTimeout: float = 0.0
 
 
 class FakeMux(Protocol):
@@ -140,18 +141,31 @@ def test_release_and_discard_end_only_the_stream():
     assert pool.activeStreams == 0 and pool.connectionCount == 1
 
 
-def test_connect_failure_fails_waiters_then_backoff_fails_fast_then_retries():
+def test_connect_failure_fails_waiters_then_calls_wait_out_the_backoff():
     pool, clock, connector, stats = makePool()
     got = results([pool.acquire(), pool.acquire()])
     connector.attempts[0].errback(Failure(ConnectionRefusedError()))
     assert [type(f.value) for f in got] == [ConnectFailure, ConnectFailure]
-    fast = results([pool.acquire()])
-    assert isinstance(fast[0].value, ConnectFailure) and len(connector.attempts) == 1
-    clock.advance(0.11)
-    later = results([pool.acquire()])
+    # the upstream restarts: calls made during the backoff wait for the next attempt, which serves them
+    during = results([pool.acquire() for _ in range(2)])
+    assert during == [] and len(connector.attempts) == 1
+    clock.advance(0.1)
     assert len(connector.attempts) == 2
     connector.succeed()
-    assert len(later) == 1 and not isinstance(later[0], Failure)
+    assert len(during) == 2 and not any(isinstance(x, Failure) for x in during)
+    assert stats.value("upstream_cx_connect_fail", cluster="c") == 1
+
+
+def test_idle_timeout_closes_an_unused_connection_despite_heartbeats():
+    pool, clock, connector, stats = makePool(idleTimeout=25.0, heartbeatInterval=10.0)
+    got = results([pool.acquire()])
+    proto = connector.succeed()
+    pool.release(got[0])
+    clock.advance(20.0)
+    assert proto.pings >= 1 and pool.connectionCount == 1  # heartbeats do not count as use
+    clock.advance(5.0)
+    assert pool.connectionCount == 0
+    assert stats.value("upstream_cx_idle_timeout", cluster="c") == 1
 
 
 def test_connect_timeout():

@@ -129,7 +129,39 @@ def test_networkFiltersValidate(validator, extra):
     "    network_filters:\n      - {name: source_ip, config: {allow: [10.0.0.0/8], permit: []}}\n",
 ])
 def test_networkFiltersRejected(validator, extra):
+    assertBothReject(validator, _listener(extra))
+
+
+def assertBothReject(validator, text):
+    """Both the schema and the loader refuse ``text``."""
     with pytest.raises(jsonschema.ValidationError):
-        validator.validate(yaml.safe_load(_listener(extra)))
+        validator.validate(yaml.safe_load(text))
     with pytest.raises(ConfigError):
-        loads(_listener(extra))
+        loads(text)
+
+
+@pytest.mark.parametrize("extra", [
+    "    traffic_direction: inbound\n",
+    "    traffic_direction: outbound\n    use_remote_address: true\n    xff_num_trusted_hops: 2\n",
+    "    internal_address_config: {cidr_ranges: [10.0.0.0/8, 'fd00::/8']}\n",
+])
+def test_forwardingKeysValidate(validator, extra):
+    validator.validate(yaml.safe_load(_listener(extra)))
+    loads(_listener(extra))
+
+
+@pytest.mark.parametrize("extra", [
+    "    traffic_direction: sideways\n",
+    "    xff_num_trusted_hops: -1\n",
+    "    internal_address_config: {cidr_ranges: [not-an-ip]}\n",
+    "    internal_address_config: {ranges: []}\n",
+])
+def test_forwardingKeysRejected(validator, extra):
+    assertBothReject(validator, _listener(extra))
+
+
+def test_nodeValidates(validator):
+    text = "node: {id: sidecar-a, cluster: shop}\n" + BASE
+    validator.validate(yaml.safe_load(text))
+    assert loads(text).node.id == "sidecar-a"
+    assertBothReject(validator, "node: {id: ''}\n" + BASE)

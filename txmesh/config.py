@@ -7,7 +7,9 @@ kinds are Twisted plugins found with ``getPlugins(..., txmesh.plugins)``; each f
 ``config`` mapping through a FilterConfigContext so its errors are just as precise.  See docs/configuration.md.
 """
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field
 
 from twisted.plugin import getPlugins
@@ -31,6 +33,38 @@ _WILDCARD_INTERFACES = frozenset({"", "0.0.0.0", "::"})
 # ---------------------------------------------------------------------------------------------------------------
 # The configuration objects
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """
+    Who this sidecar is (Envoy's bootstrap ``node``): ``id`` names it in every local reply it makes (the
+    ``x-txmesh-node`` field, the grpc-message, the Dubbo error text), so a caller can tell which hop failed.
+    """
+
+    id: str = field(default_factory=socket.gethostname)
+    cluster: str = ""
+
+
+# Envoy's internal_address_config defaults: RFC 1918, loopback and unique-local IPv6 are internal
+DEFAULT_INTERNAL_RANGES = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128", "fc00::/7"))
+
+# traffic_direction -> (use_remote_address, xff_num_trusted_hops) defaults
+_DIRECTION_DEFAULTS = {"unspecified": (True, 0), "inbound": (True, 1), "outbound": (False, 0)}
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingConfig:
+    """
+    How a listener treats the forwarding header fields (x-forwarded-for/-proto, x-request-id): Envoy's
+    ``use_remote_address``, ``xff_num_trusted_hops`` and ``internal_address_config``, with defaults by the
+    listener's ``traffic_direction``; see docs/configuration.md.
+    """
+
+    useRemoteAddress: bool = True
+    trustedHops: int = 0
+    internalRanges: tuple = DEFAULT_INTERNAL_RANGES
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +143,8 @@ class ListenerConfig:
     routeConfig: RouteConfig
     http2: H2Limits | None = None  # http2 and grpc listeners only
     descriptor: object = field(default=None, compare=False, repr=False)
+    trafficDirection: str = "unspecified"
+    forwarding: ForwardingConfig = ForwardingConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +183,7 @@ class MeshConfig:
     clusters: tuple
     drainTimeout: float = 15.0
     pluginPaths: tuple = ()
+    node: NodeConfig = field(default_factory=NodeConfig)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -187,7 +224,7 @@ def loads(text, filename="<string>"):
 
 
 def _buildMesh(r, raw):
-    r.mapping(raw, "", optional=("plugin_paths", "drain_timeout", "admin", "listeners", "clusters"))
+    r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters"))
     if raw.get("listeners") is None:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
@@ -212,7 +249,43 @@ def _buildMesh(r, raw):
     _checkUnique(r, [(l.name, "listeners[%d]" % (i,)) for i, l in enumerate(listeners)], "listener name", "name")
     _checkAddresses(r, admin, listeners)
     return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
-                      drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw)
+                      drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
+                      node=_buildNode(r, raw))
+
+
+def _buildNode(r, raw):
+    """The ``node`` block: ``id`` (default: the host name) and ``cluster``."""
+    m = r.mapping(raw.get("node"), "node", optional=("id", "cluster"))
+    default = NodeConfig()
+    nodeId = r.get(m, "node", "id", str, default.id)
+    if not nodeId or not nodeId.isprintable() or not nodeId.isascii():
+        raise r.error("must be printable ASCII, not empty", "node.id")
+    return NodeConfig(id=nodeId, cluster=r.get(m, "node", "cluster", str, ""))
+
+
+def _buildForwarding(r, m, path):
+    """traffic_direction, and the ForwardingConfig its defaults and the listener's own keys give."""
+    direction = r.get(m, path, "traffic_direction", str, "unspecified")
+    if direction not in _DIRECTION_DEFAULTS:
+        raise r.error("must be inbound, outbound or unspecified, not '%s'" % (direction,),
+                      joinPath(path, "traffic_direction"))
+    useRemote, hops = _DIRECTION_DEFAULTS[direction]
+    iPath = joinPath(path, "internal_address_config")
+    im = r.mapping(m.get("internal_address_config"), iPath, optional=("cidr_ranges",))
+    ranges = DEFAULT_INTERNAL_RANGES
+    if im.get("cidr_ranges") is not None:
+        ranges = []
+        for i, cidr in enumerate(r.list(im, iPath, "cidr_ranges")):
+            where = "%s.cidr_ranges[%d]" % (iPath, i)
+            try:
+                ranges.append(ipaddress.ip_network(r.check(cidr, where, str)))
+            except ValueError as e:
+                raise r.error("not a CIDR range: %s" % (e,), where) from e
+        ranges = tuple(ranges)
+    return direction, ForwardingConfig(
+        useRemoteAddress=r.get(m, path, "use_remote_address", bool, useRemote),
+        trustedHops=r.integer(m, path, "xff_num_trusted_hops", hops, 0, 16),
+        internalRanges=ranges)
 
 
 def _pluginPaths(r, raw):
@@ -331,8 +404,8 @@ def _buildCluster(r, m, path, lbFactories, protocols):
 
 def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     r.mapping(m, path, required=("name", "address"), optional=(
-        "protocol", "default_cluster", "use_remote_address", "limits", "http2", "network_filters", "filters",
-        "route_config"))
+        "protocol", "default_cluster", "traffic_direction", "use_remote_address", "xff_num_trusted_hops",
+        "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config"))
     name = r.name(m, path)
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
@@ -358,10 +431,12 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     filters = chain.build("filters", m, "stream")
     routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames,
                                    defaultCluster)
+    direction, forwarding = _buildForwarding(r, m, path)
     return ListenerConfig(name=name, protocol=protocol, address=address,
-                          useRemoteAddress=r.get(m, path, "use_remote_address", bool, True),
+                          useRemoteAddress=forwarding.useRemoteAddress,
                           defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,
-                          filters=filters, routeConfig=routeConfig, http2=http2, descriptor=descriptor)
+                          filters=filters, routeConfig=routeConfig, http2=http2, descriptor=descriptor,
+                          trafficDirection=direction, forwarding=forwarding)
 
 
 _MAX_STREAMS = 2 ** 31 - 1  # the largest SETTINGS_MAX_CONCURRENT_STREAMS

@@ -7,6 +7,8 @@ import random as _random
 
 from twisted.logger import Logger
 
+from txmesh.config import NodeConfig
+
 
 class RouterStats:
     """Per-cluster counters the router keeps (the pool keeps the connection ones)."""
@@ -71,6 +73,7 @@ class Runtime:
     @ivar files: the L{ReopenableFiles} the config's log files registered with.
     @ivar random: a random.Random (seeded in tests).
     @ivar config: the MeshConfig this runtime was built from.
+    @ivar node: the NodeConfig naming this sidecar (the config's, else the host name).
     @ivar writeScope: the L{txmesh.protocols.transport.WriteScope} the service's protocols share, or None.
     """
 
@@ -80,6 +83,7 @@ class Runtime:
         self.stats = stats
         self.random = random if random is not None else _random.Random()
         self.config = config
+        self.node = config.node if config is not None else NodeConfig()
         self.reactor = reactor
         self.writeScope = writeScope
         self.files = ReopenableFiles(stats)

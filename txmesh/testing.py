@@ -87,6 +87,8 @@ from txmesh.upstream.cluster import ClusterManager
 class FakeConfigContext:
     """The ``context`` of IFilterFactory.buildConfig: errors name the sub-path only (no file, no line)."""
 
+    listenerProtocol = "http1"
+
     def error(self, reason, subpath=""):
         return ConfigError(reason, path=subpath)
 
@@ -101,11 +103,15 @@ def buildConfigError(factory, raw):
 
 
 class FakeRuntime:
-    """The ``runtime`` given to createFilters: a fake clock (advance it in tests) and a fresh stats store."""
+    """
+    The ``runtime`` given to createFilters: a fake clock (advance it in tests), a fresh stats store and the node
+    ``test-node``.
+    """
 
     def __init__(self, clock=None, stats=None):
         self.clock = clock if clock is not None else Clock()
         self.stats = stats if stats is not None else StatsStore()
+        self.node = _config.NodeConfig(id="test-node")
 
 
 @implementer(IFilterChainFactoryCallbacks)
@@ -408,6 +414,32 @@ class MemoryTransport(StringTransport):
         self.lost = True
         self.disconnecting = True
         self.protocol.connectionLost(reason if reason is not None else Failure(ConnectionDone()))
+
+
+class _LinkedTransport(MemoryTransport):
+    """One end of an in-memory connection between two meshes: writes reach ``other``'s protocol next turn."""
+
+    other = None
+    _pumping = False
+
+    def write(self, data):
+        StringTransport.write(self, data)
+        if not self._pumping:
+            self._pumping = True
+            self.clock.callLater(0, self._pump)
+
+    def _pump(self):
+        self._pumping = False
+        data = self.value()
+        self.clear()
+        if data and not self.other.lost:
+            self.other.protocol.dataReceived(data)
+
+    def closeFromPeer(self, reason=None):
+        if self.lost:
+            return
+        MemoryTransport.closeFromPeer(self, reason)
+        self.other._scheduleLost(ConnectionDone)
 
 
 # -- the downstream client -----------------------------------------------------------------------------------------
@@ -762,15 +794,18 @@ class InMemoryMesh:
     @param missingClusters: names of configured clusters the running set lacks (as after a reload that dropped
         them while a route still names them).
     @param connect: ``connect(host, clusterConfig) -> Deferred`` firing with a connected client protocol, for
-        upstreams of your own; default: the host's L{FakeHTTPUpstream}.
+        upstreams of your own; default: the host's L{FakeHTTPUpstream}.  Another mesh's L{connector} makes a
+        sidecar pair: this mesh's upstream connects reach that mesh's listener.
+    @param clock: the MemoryReactorClock to run on (share the peer's in a pair); default a new one.
     @ivar clock: the MemoryReactorClock every timer runs on (starts at 0).
     @ivar stats: the StatsStore; ``value(name, **labels)`` sums a series.
     @ivar streams: every ActiveStream the listener made, in order (``streamInfo``, ``request``).
     """
 
-    def __init__(self, text, listener=None, poolClasses=None, missingClusters=(), connect=None, seed=0):
+    def __init__(self, text, listener=None, poolClasses=None, missingClusters=(), connect=None, seed=0, clock=None):
         self.config = _config.loads(text)
-        self.clock = MemoryReactorClock()
+        self.clock = clock if clock is not None else MemoryReactorClock()
+        self.listening = True
         self.stats = StatsStore()
         self.streams = []
         self._upstreams = {}
@@ -819,6 +854,27 @@ class InMemoryMesh:
         protocol.makeConnection(transport)
         self.runTurns()
         return DownstreamClient(self, protocol, transport)
+
+    def connector(self, peer="10.0.0.9"):
+        """
+        A ``connect`` for another InMemoryMesh whose upstream connects reach this mesh's listener (a sidecar
+        pair: the other is the caller's outbound, this the callee's inbound), from the address ``peer``.  Connects
+        are refused while ``listening`` is False (this sidecar is down); bytes cross on the next reactor turn, and
+        so do closes.
+        """
+        def connect(host, clusterConfig):
+            if not self.listening:
+                return defer.fail(ConnectionRefusedError("%s is down" % (host.address,)))
+            client = clusterConfig.descriptor.buildClientProtocol()
+            self._ports += 1
+            there = _LinkedTransport(self.clock, IPv4Address("TCP", host.hostname, host.port))
+            here = _LinkedTransport(self.clock, IPv4Address("TCP", peer, self._ports))
+            there.protocol, here.protocol = client, self.factory.buildProtocol(here.getPeer())
+            there.other, here.other = here, there
+            here.protocol.makeConnection(here)
+            client.makeConnection(there)
+            return defer.succeed(client)
+        return connect
 
     def openStream(self, downstream=None):
         """

@@ -24,7 +24,14 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from txmesh.interfaces import FilterStatus, IFilterConfigResources, IFilterFactory, IStreamDecoderFilter
+from txmesh.interfaces import (
+    FilterStatus,
+    IFilterConfigResources,
+    IFilterFactory,
+    IStreamDecoderFilter,
+    IStreamEncoderFilter,
+)
+from txmesh.protocols.h2 import grpc
 
 _PROTOCOL_NAMES = {
     "http/1.1": "HTTP/1.1",
@@ -91,28 +98,32 @@ def _fields(info, request, clock):
     return method, path, authority, requestId, flags, duration
 
 
-def formatText(info, request, clock):
+def formatText(info, request, clock, responseCode=None):
     """
     One Envoy-like text line: start time, "method path protocol", status, flags, bytes received, bytes sent,
     duration ms, "peer", "authority", "upstream host", "request id", e.g.
     C{[2026-11-21T10:00:00.123Z] "GET /p HTTP/1.1" 200 - 0 1234 5 "10.0.0.1:5555" "a.com" "127.0.0.1:8080" "r1"}.
+    ``responseCode`` overrides the StreamInfo's (a gRPC stream logs its grpc-status).
     """
     method, path, authority, requestId, flags, duration = _fields(info, request, clock)
     return '[%s] "%s %s %s" %d %s %d %d %d "%s" "%s" "%s" "%s"\n' % (
         isoTime(info.startTime), _text(method), _text(path), protocolName(info.protocol),
-        info.responseCode or 0, flags or "-", info.bytesReceived, info.bytesSent, duration,
+        responseCode if responseCode is not None else info.responseCode or 0, flags or "-", info.bytesReceived,
+        info.bytesSent, duration,
         info.downstreamPeer or "-", _text(authority), info.upstreamHost or "-", _text(requestId))
 
 
-def formatJson(info, request, clock):
+def formatJson(info, request, clock, responseCode=None):
     """The same fields as formatText, as one JSON object per line (missing values are null)."""
     method, path, authority, requestId, flags, duration = _fields(info, request, clock)
+    if responseCode is None:
+        responseCode = info.responseCode or 0
     return json.dumps({
         "start_time": isoTime(info.startTime),
         "method": _json(method),
         "path": _json(path),
         "protocol": protocolName(info.protocol),
-        "response_code": info.responseCode or 0,
+        "response_code": responseCode,
         "response_flags": flags,
         "bytes_received": info.bytesReceived,
         "bytes_sent": info.bytesSent,
@@ -240,6 +251,7 @@ class AccessLogConfig:
     format: str
     writer: AccessLogWriter
     formatLine: object
+    grpc: bool = False  # a grpc listener's: lines log the grpc-status
 
     def registerFiles(self, files):
         """
@@ -284,6 +296,58 @@ class AccessLogFilter:
         cb = self.callbacks
         config = self.config
         config.writer.write(config.formatLine(cb.streamInfo, cb.request, self.clock))
+
+
+@implementer(IStreamDecoderFilter, IStreamEncoderFilter)
+class GrpcAccessLogFilter(AccessLogFilter):
+    """
+    On a ``grpc`` listener: the line's response code is the call's grpc-status (from the trailers, or the
+    headers of a trailers-only response), not the HTTP 200 every gRPC response has; a call that ended without one
+    logs what the client was told: an HTTP error's mapped status, CANCELLED when the client went away, else the
+    status the listener ends an aborted call with (by its cause).
+    """
+
+    __slots__ = ("grpcStatus",)
+
+    def __init__(self, config, clock):
+        AccessLogFilter.__init__(self, config, clock)
+        self.grpcStatus = None
+
+    def setEncoderFilterCallbacks(self, callbacks):
+        pass
+
+    def encodeHeaders(self, response, endStream):
+        value = response.headers.get(b"grpc-status")
+        if value is not None:
+            self.grpcStatus = value
+        elif response.status != 200:
+            self.grpcStatus = b"%d" % (grpc.statusForHTTP(response.status),)
+        return FilterStatus.CONTINUE
+
+    def encodeData(self, data, endStream):
+        return FilterStatus.CONTINUE
+
+    def encodeTrailers(self, trailers):
+        value = trailers.get(b"grpc-status")
+        if value is not None:
+            self.grpcStatus = value
+        return FilterStatus.CONTINUE
+
+    def onStreamReset(self, reason):
+        if isinstance(reason, bytes):
+            reason = reason.decode("ascii", "replace")
+        reason = str(reason)
+        if reason.startswith("downstream"):
+            self.grpcStatus = b"%d" % (grpc.CANCELLED,)
+        else:
+            self.grpcStatus = b"%d" % (grpc.statusForCause(reason, 503),)
+
+    def onStreamComplete(self):
+        cb = self.callbacks
+        config = self.config
+        value = self.grpcStatus
+        code = int(value) if value is not None and value.isdigit() else grpc.UNKNOWN
+        config.writer.write(config.formatLine(cb.streamInfo, cb.request, self.clock, code))
 
 
 _KEYS = frozenset({"path", "format"})
@@ -338,8 +402,12 @@ class AccessLogFactory:
             except OSError as e:
                 raise context.error("cannot open %r for appending: %s" % (path, e.strerror or e), "path")
             writer = AccessLogWriter(f, path, True, opener=self.opener)
-        return AccessLogConfig(path=path, format=fmt, writer=writer, formatLine=_FORMATS[fmt])
+        return AccessLogConfig(path=path, format=fmt, writer=writer, formatLine=_FORMATS[fmt],
+                               grpc=context.listenerProtocol == "grpc")
 
     def createFilters(self, config, callbacks, runtime):
         config.writer.bind(runtime.clock, runtime.stats)
-        callbacks.addStreamDecoderFilter(AccessLogFilter(config, runtime.clock))
+        if config.grpc:
+            callbacks.addStreamFilter(GrpcAccessLogFilter(config, runtime.clock))
+        else:
+            callbacks.addStreamDecoderFilter(AccessLogFilter(config, runtime.clock))

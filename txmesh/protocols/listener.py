@@ -11,6 +11,8 @@ What every listener shares, whatever its protocol.
 - L{ListenerStats}: the per-listener counters every protocol has.
 """
 
+import ipaddress
+
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -69,7 +71,15 @@ class ListenerFactory(DrainingFactory):
         DrainingFactory.__init__(self)
         self.listenerName = listenerConfig.name
         self.limits = listenerConfig.limits
-        self.useRemoteAddress = listenerConfig.useRemoteAddress
+        forwarding = listenerConfig.forwarding
+        self.useRemoteAddress = forwarding.useRemoteAddress
+        self.trustedHops = forwarding.trustedHops
+        self.internalRanges = forwarding.internalRanges
+        # gRPC carries the scheme in :scheme and has no use for x-forwarded-proto (see docs/configuration.md)
+        self.forwardedProto = listenerConfig.protocol != "grpc"
+        node = runtime.node
+        self.nodeId = node.id
+        self.nodeField = (b"x-txmesh-node", node.id.encode("ascii"))
         self.template = template
         self.runtime = runtime
         self.clock = runtime.clock
@@ -88,6 +98,8 @@ class ListenerProtocol(Protocol):
 
     @ivar peer: the peer address as 'host:port' (str), for StreamInfo and logs.
     @ivar peerHost: the peer's host (bytes), for x-forwarded-for.
+    @ivar peerTrusted: whether the peer's x-request-id and x-forwarded-proto are kept: the listener does not use
+        the remote address, trusts at least one hop (``xff_num_trusted_hops``), or the peer's address is internal.
     @ivar out: the connection's L{Writer}.
     @ivar writeBlocked: (with ``watchWrites``) the transport's write buffer is above its high watermark now; a
         stream that starts meanwhile must be told at once (``ActiveStream.downstreamWritePaused``).
@@ -99,6 +111,7 @@ class ListenerProtocol(Protocol):
         self.factory = factory
         self.peer = ""
         self.peerHost = b""
+        self.peerTrusted = True
         self.out = None
         self.writeBlocked = False
 
@@ -114,6 +127,8 @@ class ListenerProtocol(Protocol):
         else:
             self.peer = "%s:%s" % (host, peer.port)
             self.peerHost = host.encode("ascii", "replace")
+        if f.useRemoteAddress and not f.trustedHops:
+            self.peerTrusted = isInternal(host, f.internalRanges)
         self.out = Writer(self.transport, f.writeScope)
         if self.watchWrites:
             self.transport.registerProducer(WriteWatcher(self._bufferFull, self._bufferDrained), True)
@@ -140,9 +155,9 @@ class ListenerProtocol(Protocol):
 
     def prepareRequest(self, headers, scheme, protocol):
         """
-        Make a decoded request's header fields ready for the filters, and its StreamInfo: with
-        ``use_remote_address``, append the peer to x-forwarded-for and set x-forwarded-proto; give it an
-        x-request-id unless it has one.
+        Make a decoded request's header fields ready for the filters, and its StreamInfo (Envoy's trust model):
+        with ``use_remote_address``, append the peer to x-forwarded-for; set x-forwarded-proto (replacing the
+        peer's unless it is trusted; not on gRPC listeners); keep a trusted peer's x-request-id, else make one.
 
         @param headers: the request's HeaderMap (changed in place).
         @param scheme: the request's scheme (bytes), for x-forwarded-proto.
@@ -156,11 +171,18 @@ class ListenerProtocol(Protocol):
                 headers.add(b"x-forwarded-for", self.peerHost)  # add: no search for fields to replace
             else:
                 headers.set(b"x-forwarded-for", xff + b", " + self.peerHost)
-            headers.set(b"x-forwarded-proto", scheme)
+        if f.forwardedProto:
+            if f.useRemoteAddress and not f.trustedHops:  # an edge: the scheme is ours to say
+                headers.set(b"x-forwarded-proto", scheme)
+            elif headers.get(b"x-forwarded-proto") is None:
+                headers.add(b"x-forwarded-proto", scheme)
         rid = headers.get(b"x-request-id")
         if rid is None:
             rid = newRequestId()
             headers.add(b"x-request-id", rid)
+        elif not self.peerTrusted:
+            rid = newRequestId()
+            headers.set(b"x-request-id", rid)
         info = StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
         info.requestId = rid
         return info
@@ -169,6 +191,17 @@ class ListenerProtocol(Protocol):
         """A StreamInfo for a request of a protocol without forwarding headers (Dubbo)."""
         f = self.factory
         return StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
+
+
+def isInternal(host, ranges):
+    """Whether the address ``host`` (str) is in one of ``ranges`` (ip_network); an IPv4-mapped IPv6 as IPv4."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in r for r in ranges)
 
 
 class Deadline:

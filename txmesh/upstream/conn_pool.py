@@ -16,6 +16,10 @@ pool (``txmesh/protocols/<p>/pool.py``) is a small subclass that supplies:
   - ``watch(client)``: wire the client protocol's connection-lost notification to ``connectionLost`` (the default
     sets ``proto.onConnectionLost``), and ``clientReady``/``clientClosed`` for per-connection timers (heartbeats).
 
+With a backoff (``BACKOFF``), a request that arrives while it is in force waits in the queue for the connect that
+starts when it ends, bounded by its own timeout, rather than failing at once (after a peer restarts, the next
+attempt usually succeeds); if that connect fails, it fails the waiters.
+
 Two connect policies: a *ping-pong* pool (``PER_REQUEST_CONNECTS``) makes one connect per request that found no idle
 connection, owned by that request (its failure fails that request only, cancelling the request cancels the
 connect); a multiplexed pool queues requests and runs one connect at a time, which serves every waiter it has room
@@ -72,7 +76,8 @@ class ConnectionPoolBase:
 
     @param clock: an IReactorTime for the connect, idle and backoff timers.
     @param host: the IHost.
-    @param clusterConfig: connectTimeout and maxPendingRequests; subclasses read their own limits.
+    @param clusterConfig: connectTimeout, idleTimeout (seconds; 0 = none) and maxPendingRequests; subclasses read
+        their own limits.
     @param connect: ``connect(host) -> Deferred`` firing with a connected client protocol.
     @param stats: the cluster's txmesh.stats.Scope; the upstream_cx_* and upstream_rq_* series are made there (the
         same series the Cluster reads).
@@ -86,7 +91,6 @@ class ConnectionPoolBase:
 
     # set by subclasses from their config
     maxConnections = 1
-    idleTimeout = 0
     maxRequestsPerConnection = 0
 
     def __init__(self, clock, host, clusterConfig, connect, stats):
@@ -95,6 +99,9 @@ class ConnectionPoolBase:
         self._connect = connect
         self.connectTimeout = clusterConfig.connectTimeout or 0
         self.maxPendingRequests = clusterConfig.maxPendingRequests
+        # every protocol's connections close after idle_timeout without a stream (0 = never); heartbeats and
+        # PINGs are not streams
+        self.idleTimeout = clusterConfig.idleTimeout or 0
 
         self._clients = {}  # proto -> ActiveClient, every open connection
         self._ready = []  # ActiveClients with room for a stream, most recently freed last
@@ -103,6 +110,7 @@ class ConnectionPoolBase:
         self._pending = deque()  # acquire() Deferreds waiting, oldest first
         self._failures = 0  # consecutive failed connects (for the backoff)
         self._retryAt = 0.0
+        self._retryTimer = None  # starts the next connect when the backoff ends, while requests wait
         self._closed = False
         self._drained = []
 
@@ -175,11 +183,7 @@ class ConnectionPoolBase:
         self.host.stats.rq_total.value += 1
         if self._closed:
             return defer.fail(PoolClosed("pool for %s is closed" % (self.host.address,)))
-        if (self._failures and not self._clients and not self._connectingClients
-                and self.clock.seconds() < self._retryAt):
-            return defer.fail(ConnectFailure("%s is unreachable; next connect in %.1fs" % (
-                self.host.address, self._retryAt - self.clock.seconds())))
-        if self.PER_REQUEST_CONNECTS and self._roomToConnect():
+        if self.PER_REQUEST_CONNECTS and self._roomToConnect() and not self._backingOff():
             d = defer.Deferred(self._cancelWaiter)
             self._startConnect(d)
             return d
@@ -236,6 +240,9 @@ class ConnectionPoolBase:
         @return: a Deferred firing with None once every connection is closed.
         """
         self._closed = True
+        if self._retryTimer is not None:
+            self._retryTimer.cancel()
+            self._retryTimer = None
         self.failPending(lambda: PoolClosed("pool for %s was drained" % (self.host.address,)))
         for client in list(self._connectingClients):
             if client.owner is None:
@@ -419,11 +426,32 @@ class ConnectionPoolBase:
     def _roomToConnect(self):
         return len(self._connectingClients) + len(self._clients) < self.maxConnections
 
+    def _backingOff(self):
+        """
+        True while the connect backoff is in force: then requests wait in the queue for the connect that starts
+        when it ends (bounded by their own timeout, which cancels them), rather than failing at once, since a
+        fresh attempt may well succeed (the peer restarted).
+        """
+        if not self._failures:
+            return False
+        wait = self._retryAt - self.clock.seconds()
+        if wait <= 0:
+            return False
+        if self._retryTimer is None:
+            self._retryTimer = self.clock.callLater(wait, self._retryTimerFired)
+        return True
+
+    def _retryTimerFired(self):
+        self._retryTimer = None
+        self._connectIfNeeded()
+
     def _connectIfNeeded(self):
-        """Connect for waiting requests while there is room (and no backoff in force)."""
+        """Connect for waiting requests while there is room; during a backoff, when it ends."""
         if self._closed:
             return
         if self.PER_REQUEST_CONNECTS:
+            if self._pending and self._backingOff():
+                return
             pending = self._pending
             while pending and self._roomToConnect():
                 d = pending.popleft()
@@ -433,7 +461,7 @@ class ConnectionPoolBase:
         # one connect at a time serves every waiter it has room for; the next starts when it ends
         if self._connectingClients or not self.demand() or not self._roomToConnect():
             return
-        if self._failures and self.clock.seconds() < self._retryAt:
+        if self._backingOff():
             return
         self._startConnect(None)
 

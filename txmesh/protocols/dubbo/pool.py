@@ -5,7 +5,9 @@ long-lived connections, each carrying many requests at once (MOSN's multiplex po
 Everything but the protocol's part is L{txmesh.upstream.conn_pool.ConnectionPoolBase}.  Here: a connection's
 capacity is ``maxConcurrentStreams``; a request goes to the least loaded connection; ``acquire()`` hands out a
 L{StreamHandle} bound to one connection, and ``release``/``discard`` end that stream only, never the shared
-connection; failed connects back off exponentially; idle connections are pinged (heartbeats).
+connection; failed connects back off exponentially (calls arriving meanwhile wait for the next attempt);
+connections without calls are pinged (heartbeats) and closed after the cluster's ``idle_timeout`` (heartbeats are
+not calls).
 
 The client protocol provides L{txmesh.interfaces.IMultiplexClient}; the pool sets its ``onConnectionLost``, which
 it calls with itself from ``connectionLost``, *after* failing every in-flight stream with L{UpstreamReset}.
@@ -78,8 +80,8 @@ class MultiplexConnectionPool(ConnectionPoolBase):
     Up to ``connectionsPerHost`` connections to one host, up to ``maxConcurrentStreams`` streams each; past that,
     requests wait (up to ``maxPendingRequests``, then fail at once with Overflow).  Idle connections are pinged every
     ``heartbeatInterval`` and closed after 3 pings without any frame back.  After failed connects, new connects wait
-    an exponential backoff (0.1 s doubling to 5 s) and requests arriving meanwhile with no usable connection fail at
-    once with ConnectFailure.
+    an exponential backoff (0.1 s doubling to 5 s); requests arriving meanwhile with no usable connection wait for
+    the connect that ends it (bounded by their timeout) and fail with ConnectFailure only if it fails too.
 
     @param clock: an IReactorTime.
     @param host: the IHost.

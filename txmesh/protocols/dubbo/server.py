@@ -5,9 +5,10 @@ and the generic router.
 The protocol only dispatches: bytes go to L{DubboDecoder}; heartbeats are answered here with the same id; every
 other request becomes a L{RequestHead} (protocol 'dubbo', method = the method name, authority = the interface,
 path ``/<interface>/<method>``, metadata interface/method/version/group, the string attachments as header fields,
-timeout from the ``timeout`` attachment, payload = the frame) decoded with endStream.  Responses come back as a
-ResponseHead whose status is the Dubbo status and the response frame as data; they are written with the
-downstream request id.  Errors the proxy decides (no route, timeout, overflow...) become Dubbo error responses
+timeout from the ``timeout`` attachment, payload = the frame) decoded with endStream; an ``x-request-id``
+attachment is added when the call has none (kept from a trusted peer), so one id names the call at every hop.
+Responses come back as a ResponseHead whose status is the Dubbo status and the response frame as data; they are
+written with the downstream request id.  Errors the proxy decides (no route, timeout, overflow...) become Dubbo error responses
 carrying the request's id (L{DubboCall.makeLocalReply}).  The upstream side is L{txmesh.protocols.dubbo.client}.
 """
 
@@ -21,7 +22,7 @@ from txmesh.protocols.dubbo import codec as dc
 from txmesh.protocols.dubbo.client import attachmentHeaders
 from txmesh.protocols.dubbo.replies import dubboStatusFor, encodeValueResponse
 from txmesh.protocols.dubbo.stats import DEFAULT_MAX_SERVICE_METHODS, DubboListenerStats
-from txmesh.stream import HeaderMap, RequestHead, ResponseHead
+from txmesh.stream import HeaderMap, RequestHead, ResponseHead, newRequestId
 
 # -- request heads --------------------------------------------------------------------------------------------------
 
@@ -100,8 +101,8 @@ class DubboCall:
                 body = b"\x92"  # result flag: null value
                 self._write(dc.encodeHeader(self.serializationId, dc.OK, self.requestId, 1) + body)
             else:
-                self._write(dc.encodeResponse(self.requestId, response.status, "txmesh: empty response",
-                                              self.serializationId))
+                self._write(dc.encodeResponse(self.requestId, response.status,
+                                              self.proto.factory.errorPrefix + "empty response", self.serializationId))
 
     def writeData(self, data, endStream):
         if not self.twoWay or not data or self.written:
@@ -129,13 +130,14 @@ class DubboCall:
         text = body.decode("utf-8", "replace").strip() if isinstance(body, bytes) else str(body)
         if dubboStatus == dc.OK:
             return ResponseHead(dc.OK), encodeValueResponse(self.requestId, text)
-        message = "txmesh: %s (%s)" % (text or cause or "error", self.label)
+        message = "%s%s (%s)" % (self.proto.factory.errorPrefix, text or cause or "error", self.label)
         return ResponseHead(dubboStatus), dc.encodeResponse(self.requestId, dubboStatus, message)
 
     def reset(self, reason):
         """A filter gave up after the response started; a Dubbo response is one frame, so answer if none went."""
         if self.twoWay and not self.written:
-            self._write(dc.encodeResponse(self.requestId, dc.SERVER_ERROR, "txmesh: %s" % (reason,)))
+            self._write(dc.encodeResponse(self.requestId, dc.SERVER_ERROR,
+                                          "%s%s" % (self.proto.factory.errorPrefix, reason)))
 
     def pauseReading(self):
         self.proto.pauseReading()
@@ -205,8 +207,8 @@ class DubboServerProtocol(ListenerProtocol):
         except dc.DubboCodecError as e:
             f.stats.decode_errors.value += 1
             if frame.twoWay:
-                self.out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST, "txmesh: " + e.reason,
-                                                       frame.serializationId))
+                self.out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST, f.errorPrefix + e.reason,
+                                                 frame.serializationId))
             return
         if inv is None:
             service, method = "_unknown", "_unknown"
@@ -218,8 +220,8 @@ class DubboServerProtocol(ListenerProtocol):
             if frame.requestId in self.calls:
                 f.stats.decode_errors.value += 1
                 self.out.write(dc.encodeResponse(frame.requestId, dc.BAD_REQUEST,
-                                                       "txmesh: request id already in flight",
-                                                       frame.serializationId))
+                                                 f.errorPrefix + "request id already in flight",
+                                                 frame.serializationId))
                 return
         else:
             methodStats.oneWay.value += 1
@@ -231,7 +233,15 @@ class DubboServerProtocol(ListenerProtocol):
             self.oneWay.add(call)
         f.stats.rq_active.value += 1
         info = self.streamInfo("dubbo")
-        info.requestId = b"%d" % (frame.requestId,)
+        # one id across hops (the frame's id is per connection): the x-request-id attachment, kept from a trusted
+        # peer, else made here and added (the call is then re-encoded with it: once, on the first hop)
+        rid = head.headers.get(b"x-request-id")
+        if rid is None or not self.peerTrusted:
+            rid = newRequestId()
+            if inv is not None:
+                head.headers.set(b"x-request-id", rid)
+        info.requestId = rid
+        info.bytesReceived = len(frame.header) + len(frame.body)
         info.metadata = head.metadata
         call.stream = stream = f.template.createStream(call, info)
         stream.decodeHeaders(head, True)
@@ -255,7 +265,7 @@ class DubboServerProtocol(ListenerProtocol):
         f.stats.decode_errors.value += 1
         f.stats.cx_protocol_error.value += 1
         if exc.requestId is not None and exc.twoWay:
-            self.out.write(dc.encodeResponse(exc.requestId, exc.status, "txmesh: " + exc.reason))
+            self.out.write(dc.encodeResponse(exc.requestId, exc.status, f.errorPrefix + exc.reason))
         # stop reading; the calls read before the bad bytes are answered first (their route timeout bounds them)
         self.broken = True
         if not self.calls and not self.oneWay:
@@ -325,3 +335,5 @@ class DubboListenerFactory(ListenerFactory):
                                                                                     listenerConfig.name,
                                                                                     maxServiceMethods))
         self.maxBodyBytes = self.limits.maxRequestBody or dc.DEFAULT_MAX_BODY_BYTES
+        # every error text this listener writes names the sidecar, so a caller can tell which hop failed
+        self.errorPrefix = "txmesh %s: " % (self.nodeId,)

@@ -62,30 +62,40 @@ def httpErrorFields(httpStatus):
             (b"grpc-message", b"upstream answered HTTP %d" % (httpStatus,))]
 
 
-def localReplyFields(httpStatus, body, cause):
+def localReplyFields(httpStatus, body, cause, node=None):
     """
     The fields of a trailers-only local reply: grpc-status by ``cause`` (str or None) or else by ``httpStatus``
-    (OK below 300), the stripped ``body`` as grpc-message, the cause as x-txmesh-error.
+    (OK below 300), the stripped ``body`` as grpc-message, the cause as x-txmesh-error.  ``node`` (str), the id of
+    the sidecar making the reply, goes in x-txmesh-node and prefixes an error's grpc-message ("txmesh <node>: ..."),
+    so a caller sees which hop failed.
     """
     code = statusForCause(cause, httpStatus) if httpStatus >= 300 else OK
     message = body.strip() if isinstance(body, bytes) else (body or "").encode("utf-8").strip()
+    if node and code != OK:
+        message = b"txmesh %s: %s" % (node.encode("ascii"), message or (cause or "error").encode("ascii"))
     fields = [(b"content-type", CONTENT_TYPE), (b"grpc-status", STATUS_BYTES[code])]
     if message:
         fields.append((b"grpc-message", encodeMessage(message)))
     if cause:
         fields.append((b"x-txmesh-error", cause.encode("ascii")))
+    if node:
+        fields.append((b"x-txmesh-node", node.encode("ascii")))
     return fields
 
 
-def abortFields(cause, flags, trailersOnly):
+def abortFields(cause, flags, trailersOnly, node=None):
     """
     The trailers (or, before any response headers, the trailers-only response) of a stream the proxy gave up on
     after it started: grpc-status by ``cause`` (UNAVAILABLE when unknown), a grpc-message naming the cause and
-    the response flags (e.g. "UC").
+    the response flags (e.g. "UC"), and the sidecar (``node``) that gave up.
     """
     flags = ",".join(sorted(flags))
     message = "response aborted: %s (%s)" % (cause, flags) if flags else "response aborted: %s" % (cause,)
+    if node:
+        message = "txmesh %s: %s" % (node, message)
     fields = [(b"grpc-status", STATUS_BYTES[statusForCause(cause, 503)]), (b"grpc-message", encodeMessage(message))]
+    if node:
+        fields.insert(0, (b"x-txmesh-node", node.encode("ascii")))  # grpc-status stays second to last
     if trailersOnly:
         fields[:0] = [(b":status", b"200"), (b"content-type", CONTENT_TYPE)]
     return fields

@@ -305,11 +305,13 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             fields = [(b"content-type", b"text/plain")]
             if cause:
                 fields.append((b"x-txmesh-error", cause.encode("ascii") if isinstance(cause, str) else cause))
+            fields.append(f.nodeField)
             fields.extend(headers)
             if isinstance(body, str):
                 body = body.encode("utf-8")
             return ResponseHead(status, HeaderMap(fields), version=(2, 0), contentLength=len(body)), body
-        fields = grpc.localReplyFields(status, body, cause.decode("ascii") if isinstance(cause, bytes) else cause)
+        fields = grpc.localReplyFields(status, body, cause.decode("ascii") if isinstance(cause, bytes) else cause,
+                                       f.nodeId)
         fields.extend(headers)
         return ResponseHead(200, HeaderMap(fields), version=(2, 0)), b""
 
@@ -320,7 +322,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         """
         if isinstance(reason, bytes):
             reason = reason.decode("ascii", "replace")
-        fields = grpc.abortFields(reason, s.info.responseFlags, not s.headersSent)
+        fields = grpc.abortFields(reason, s.info.responseFlags, not s.headersSent, self.factory.nodeId)
         s.responseEnded = True
         self.factory.stats.error(reason)
         self.factory.stats.grpcStatus(fields[-2][1])

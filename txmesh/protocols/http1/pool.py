@@ -32,7 +32,6 @@ class HTTP1ConnectionPool(ConnectionPoolBase):
 
     def __init__(self, clock, host, clusterConfig, connect, stats):
         ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats)
-        self.idleTimeout = clusterConfig.idleTimeout or 0
         self.maxConnections = clusterConfig.maxConnections
         self.maxRequestsPerConnection = clusterConfig.maxRequestsPerConnection or 0
 

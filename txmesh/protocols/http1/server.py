@@ -186,7 +186,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
         f.stats.rq_class[status // 100].value += 1
         body = (exc.reason if isinstance(exc.reason, str) else "bad request").encode("ascii", "replace") + b"\n"
         head = ResponseHead(status, HeaderMap([(b"content-type", b"text/plain"),
-                                               (b"x-txmesh-error", b"downstream_protocol_error")]),
+                                               (b"x-txmesh-error", b"downstream_protocol_error"), f.nodeField]),
                             contentLength=len(body))
         self.out.write(encodeResponseHead(head, False, False) + body)
         self._closeAfterWrite()
@@ -236,6 +236,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
         if cause:
             fields.append((b"x-txmesh-error", cause.encode("ascii") if isinstance(cause, str) else cause))
             self.factory.stats.error(cause if isinstance(cause, str) else cause.decode("ascii"))
+        fields.append(self.factory.nodeField)  # which sidecar answered: this hop, not the app or another sidecar
         fields.extend(headers)
         if isinstance(body, str):
             body = body.encode("utf-8")
