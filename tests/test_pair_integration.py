@@ -195,17 +195,14 @@ def appHeaders(pair, target, *args):
 @pytest.mark.parametrize("target", ["hop", "pair"])
 def test_app_sees_forwarding_headers(pair, target):
     """
-    What holds whichever trust model txmesh uses: one x-forwarded-proto ``http``, an x-forwarded-for naming only
-    loopback peers (every hop here is on 127.0.0.1), one x-request-id (a UUID txmesh made).
-
-    TODO(lead): today (before the "ident" trust-model change) the pair's app sees ``x-forwarded-for: 127.0.0.1,
-    127.0.0.1`` (each sidecar appends its peer) and the one hop's app ``127.0.0.1``; assert the exact value here
-    once the trust model is merged.
+    Envoy's trust model as the shipped pair sets it (traffic_direction): the outbound sidecar appends nothing (the
+    app's loopback address does not leak into the mesh), the inbound appends its peer and trusts one hop; so the
+    app behind one hop or a pair sees exactly one x-forwarded-for entry, the caller (here 127.0.0.1), one
+    x-forwarded-proto ``http`` and one x-request-id (a UUID txmesh made).
     """
     headers = appHeaders(pair, target)
     assert headers["x-forwarded-proto"] == "http"
-    xff = [h.strip() for h in headers["x-forwarded-for"].split(",")]
-    assert xff and set(xff) == {"127.0.0.1"}
+    assert headers["x-forwarded-for"] == "127.0.0.1"
     assert str(uuid.UUID(headers["x-request-id"])) == headers["x-request-id"]
 
 
@@ -236,10 +233,10 @@ def test_one_call_in_both_access_logs_by_request_id(pair):
 
 
 @needsCurl
-def test_request_id_from_the_app_is_kept_today(pair):
+def test_request_id_from_the_app_is_kept(pair):
     """
-    TODO(lead): records today's behaviour: an x-request-id the app sends is kept by both sidecars.  The "ident"
-    engineer's trust model may decide otherwise for untrusted callers; adjust or drop this after merging.
+    The app's own x-request-id crosses the pair: the outbound listener does not use the remote address (its peer
+    is the local app) and the inbound trusts one hop, so the callee's app and both access logs share the caller's id.
     """
     rid = str(uuid.uuid4())
     assert appHeaders(pair, "pair", "-H", "X-Request-Id: " + rid)["x-request-id"] == rid
