@@ -169,7 +169,7 @@ ERRORS = [
     # listeners
     ("listener unknown key", addToListener("    use_remote_adress: true"),
      "mesh.yaml:8: listeners[0].use_remote_adress: unknown key 'use_remote_adress' (allowed: name, address, protocol,"
-     " default_cluster, use_remote_address, limits, http2, network_filters, filters, route_config)"),
+     " default_cluster, use_remote_address, limits, http2, network_filters, filters, route_config, respect_expected_rq_timeout)"),
     ("listener missing address", edit(("    address: tcp:15001:interface=127.0.0.1\n", "")),
      "mesh.yaml:6: listeners[0]: missing required key 'address'"),
     ("listener name type", edit(("name: outbound", "name: [outbound]")),
@@ -207,7 +207,8 @@ ERRORS = [
      "mesh.yaml:8: listeners[0].limits.max_headers: must be >= 1, got 0"),
     ("limits unknown", addToListener("    limits: {max_body: 1}"),
      "mesh.yaml:8: listeners[0].limits.max_body: unknown key 'max_body' (allowed: max_request_line,"
-     " max_header_bytes, max_headers, max_request_body, request_headers_timeout, idle_timeout, buffer_limit)"),
+     " max_header_bytes, max_headers, max_request_body, request_headers_timeout, idle_timeout, buffer_limit,"
+     " stream_idle_timeout)"),
     ("limits duration", addToListener("    limits:\n      idle_timeout: -5s"),
      "mesh.yaml:9: listeners[0].limits.idle_timeout: must be a duration >= 0, got -5s"),
     # http2 block

@@ -185,10 +185,13 @@ def test_timeout_is_the_smaller_of_route_and_request(h, path, requestTimeout, fi
     assert h.host.activeRequests == 0
 
 
-def test_no_timeout_at_all_never_fires(h):
+def test_without_a_route_timeout_only_the_stream_idle_timeout_ends_a_silent_stream(h):
     stream, downstream = h.start(path=b"/untimed", idle=RecordingUpstreamStream())
-    h.mesh.clock.advance(3600)
+    h.mesh.clock.advance(299.9)
     assert downstream.written == []
+    h.mesh.clock.advance(0.1)  # the listener's stream_idle_timeout, 5 min by default
+    assert status(downstream) == (408, b"stream_idle_timeout")
+    assert stream.streamInfo.responseFlags == {"SI"}
 
 
 def test_timeout_while_acquiring_cancels_the_acquire(h):

@@ -38,12 +38,15 @@ class FilterChainTemplate:
     ``createStream`` makes the per-stream instances.
     """
 
-    def __init__(self, entries, runtime, routeConfig, bufferLimit=1 << 20, maxRequestBody=0):
+    def __init__(self, entries, runtime, routeConfig, bufferLimit=1 << 20, maxRequestBody=0,
+                 streamIdleTimeout=0, respectExpectedTimeout=False):
         self.entries = tuple((e.factory, e.config) for e in entries)
         self.runtime = runtime
         self.routeConfig = routeConfig
         self.bufferLimit = bufferLimit
         self.maxRequestBody = maxRequestBody
+        self.streamIdleTimeout = streamIdleTimeout
+        self.respectExpectedTimeout = respectExpectedTimeout
 
     def createStream(self, downstream, streamInfo):
         stream = ActiveStream(self, downstream, streamInfo)
@@ -113,6 +116,14 @@ class _DecoderCallbacks:
     @property
     def bufferLimit(self):
         return self.stream.template.bufferLimit
+
+    @property
+    def streamIdleTimeout(self):
+        return self.stream.template.streamIdleTimeout
+
+    @property
+    def respectExpectedTimeout(self):
+        return self.stream.template.respectExpectedTimeout
 
     def continueDecoding(self):
         self.stream._resumeDecoding(self.index)
