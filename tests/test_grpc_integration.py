@@ -6,6 +6,7 @@ under twistd.  Every call has a deadline, so nothing here can hang.
 import os
 import sys
 import threading
+import time
 
 import grpc
 import pytest
@@ -29,6 +30,8 @@ listeners:
           routes:
             - match: {{grpc: {{service: test.Echo, method: Unary}}, headers: [{{name: x-route, exact: short}}]}}
               route: {{cluster: echo, timeout: 300ms}}
+            - match: {{grpc: {{service: test.Echo, method: Unary}}, headers: [{{name: x-route, exact: keepalive}}]}}
+              route: {{cluster: echo_keepalive}}
             - match: {{grpc: {{service: test.Echo}}}}
               route: {{cluster: echo, timeout: 20s}}
             - match: {{prefix: /test.Dead/}}
@@ -36,6 +39,10 @@ listeners:
 clusters:
   - name: echo
     protocol: h2
+    endpoints: [{{address: "127.0.0.1:{upstream}"}}]
+  - name: echo_keepalive
+    protocol: grpc
+    heartbeat_interval: 1s
     endpoints: [{{address: "127.0.0.1:{upstream}"}}]
   - name: dead
     protocol: h2
@@ -197,6 +204,34 @@ def test_client_cancellation_resets_upstream(mesh):
     assert stat(mesh, "upstream_h2_tx_reset") > before
 
 
+def test_keepalive_every_second_is_never_refused_by_a_default_grpcio_server(mesh):
+    """
+    With PINGs every second whatever the traffic (txmesh before), grpcio answered the 4th PING during a silent
+    call with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and the call failed (UNAVAILABLE).  Now PINGs go only after
+    a quiet second with a call open, at most two until the server sends data.  About 12 s.
+    """
+    unary = call(mesh["channel"], "Unary")
+    md = [("x-route", "keepalive")]
+    for _ in range(4):  # calls spread over a few seconds
+        assert unary(b"sleep:0.3", timeout=5, metadata=md) == b"slept"
+        time.sleep(0.5)
+    assert unary(b"sleep:5", timeout=10, metadata=md) == b"slept"  # 5 s without a frame from the server
+    time.sleep(3)  # then idle
+    assert unary(b"sleep:1.5", timeout=5, metadata=md) == b"slept"
+    assert stat(mesh, "upstream_h2_keepalive_ping", cluster="echo_keepalive") >= 2  # it did ping
+    assert stat(mesh, "upstream_h2_goaway_received", cluster="echo_keepalive") == 0
+    assert stat(mesh, "upstream_h2_keepalive_backoff", cluster="echo_keepalive") == 0
+
+
+def test_the_upstream_call_gets_the_time_left(mesh):
+    unary = call(mesh["channel"], "Unary")
+    left = float(unary(b"deadline", timeout=8))  # the client's deadline, the route's 20 s being further
+    assert 6 < left <= 8.1  # grpcio rounds its deadline up a little
+    left = float(unary(b"deadline", timeout=8, metadata=[("x-route", "short")]))  # the 300 ms route timeout
+    assert 0.1 < left <= 0.3
+
+
+
 def test_counters(mesh):
     call(mesh["channel"], "Unary")(b"count", timeout=5)
     assert stat(mesh, "downstream_h2_streams", listener="grpc_in") >= 1
@@ -216,3 +251,4 @@ def test_upstream_killed_mid_stream_is_not_ok(mesh):
     # the response had started: txmesh ends the stream with trailers naming the cause, not a bare RST_STREAM
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "UC" in info.value.details(), info.value.details()
+
