@@ -363,11 +363,11 @@ def sentHeader(handle, name):
 
 
 @pytest.mark.parametrize("protocol, incoming, name, sent", [
-    ("http1", (), b"x-txmesh-expected-rq-timeout-ms", b"5000"),
-    ("http2", ((b"x-txmesh-expected-rq-timeout-ms", b"9000"),), b"x-txmesh-expected-rq-timeout-ms", b"5000"),
-    ("grpc", (), b"grpc-timeout", b"5000m"),
-    ("grpc", ((b"grpc-timeout", b"1H"),), b"grpc-timeout", b"5000m"),
-    ("dubbo", ((b"timeout", b"8000"),), b"timeout", b"5000"),
+    ("http1", (), b"x-txmesh-expected-rq-timeout-ms", b"4990"),
+    ("http2", ((b"x-txmesh-expected-rq-timeout-ms", b"9000"),), b"x-txmesh-expected-rq-timeout-ms", b"4990"),
+    ("grpc", (), b"grpc-timeout", b"4990m"),
+    ("grpc", ((b"grpc-timeout", b"1H"),), b"grpc-timeout", b"4990m"),
+    ("dubbo", ((b"timeout", b"8000"),), b"timeout", b"4990"),
     ("dubbo", (), b"timeout", None),  # a call without the attachment is not re-encoded to add one
 ])
 def test_the_upstream_request_carries_the_route_timeout(h, protocol, incoming, name, sent):
@@ -376,24 +376,29 @@ def test_the_upstream_request_carries_the_route_timeout(h, protocol, incoming, n
     assert sentHeader(handle, name) == sent
 
 
-def test_the_upstream_request_carries_the_clients_deadline_when_nearer(h):
+@pytest.mark.parametrize("deadline, sent", [
+    (2.0, b"1990m"),  # less 10 ms for the way there and back
+    (0.05, b"45m"),  # at most a tenth of the time left
+    (0.0005, b"1m"),  # never 0
+])
+def test_the_upstream_request_carries_the_clients_deadline_when_nearer(h, deadline, sent):
     handle = RecordingUpstreamStream()
-    h.start(idle=handle, protocol="grpc", timeout=2.0)
-    assert sentHeader(handle, b"grpc-timeout") == b"2000m"
+    h.start(idle=handle, protocol="grpc", timeout=deadline)
+    assert sentHeader(handle, b"grpc-timeout") == sent
 
 
 def test_the_time_told_shrinks_by_the_wait_for_a_connection(h):
     stream, downstream = h.start(protocol="grpc", timeout=2.0)
     h.mesh.clock.advance(1.25)
     handle = h.connect()
-    assert sentHeader(handle, b"grpc-timeout") == b"750m"
+    assert sentHeader(handle, b"grpc-timeout") == b"740m"
 
 
 def test_a_trusted_expected_timeout_bounds_the_call_and_is_passed_on(h):
     handle = RecordingUpstreamStream()
     stream, downstream = h.start(path=b"/untimed", idle=handle,
                                  headers=[(b"x-txmesh-expected-rq-timeout-ms", b"1500")])
-    assert sentHeader(handle, b"x-txmesh-expected-rq-timeout-ms") == b"1500"
+    assert sentHeader(handle, b"x-txmesh-expected-rq-timeout-ms") == b"1490"
     h.mesh.clock.advance(1.4)
     assert downstream.written == []
     h.mesh.clock.advance(0.1)
@@ -422,7 +427,7 @@ def test_a_listener_that_does_not_trust_the_expected_timeout_ignores_and_drops_i
     assert downstream.written == []
     other = RecordingUpstreamStream()
     h.start(idle=other, headers=[(b"x-txmesh-expected-rq-timeout-ms", b"1000")])
-    assert sentHeader(other, b"x-txmesh-expected-rq-timeout-ms") == b"5000"  # this hop's own bound
+    assert sentHeader(other, b"x-txmesh-expected-rq-timeout-ms") == b"4990"  # this hop's own bound
 
 
 def test_the_route_timeout_starts_when_the_request_ends(h):
@@ -527,3 +532,75 @@ def test_a_bidi_grpc_stream_outlives_the_old_30s_limit():
     assert downstream.written[-1][0] == "trailers"
     h.mesh.clock.advance(3600)
     assert downstream.resets == []
+
+
+# -- across two hops: the hop nearest the cause answers -------------------------------------------------------------
+
+EDGE = """
+listeners:
+- name: edge
+  protocol: http
+  address: tcp:0
+  route_config:
+    virtual_hosts:
+    - {name: app, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: inner, timeout: 2s}}]}
+clusters:
+- name: inner
+  endpoints: [{address: "10.0.0.2:80"}]
+"""
+
+INNER = """
+listeners:
+- name: inner
+  protocol: http
+  address: tcp:0
+  route_config:
+    virtual_hosts:
+    - {name: app, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: backend}}]}
+clusters:
+- name: backend
+  endpoints: [{address: "10.0.0.3:80"}]
+"""
+
+
+def twoHops():
+    """An edge mesh whose cluster ``inner`` is a second in-memory mesh's listener, over memory transports."""
+    from twisted.internet import defer
+    from txmesh.protocols.descriptor import findProtocols
+    from txmesh.testing import MemoryTransport
+
+    inner = InMemoryMesh(INNER)
+
+    def connect(host, clusterConfig):
+        client = findProtocols()["http1"].buildClientProtocol()
+        down = inner.connect()
+        there = MemoryTransport(edge.clock)
+        there.protocol = client
+
+        def forward(src, deliver):
+            data = src.value()
+            src.clear()
+            deliver(data)
+
+        there._onWrite = lambda: forward(there, down.send)
+        down.transport._onWrite = lambda: forward(down.transport, client.dataReceived)
+        client.makeConnection(there)
+        return defer.succeed(client)
+
+    edge = InMemoryMesh(EDGE, connect=connect)
+    return edge, inner
+
+
+def test_in_a_pair_the_inner_hop_times_out_first_and_its_answer_comes_back():
+    edge, inner = twoHops()
+    client = edge.connect()
+    client.request(path=b"/slow")
+    [req] = inner.upstream("backend").requests
+    assert req.head.headers.get(b"x-txmesh-expected-rq-timeout-ms") == b"1980"  # 2 s less 10 ms, less 10 ms
+    for mesh in (edge, inner):
+        mesh.advance(1.99)
+    r = client.response()
+    assert r.status == 504 and r.header("x-txmesh-error") == b"upstream_request_timeout"
+    assert inner.responseFlags() == [{"UT"}]  # the inner hop, nearest the silent backend, answered
+    assert edge.responseFlags() == [set()]  # the edge relayed it
+    assert edge.value("cluster_upstream_rq_timeout", cluster="inner") == 0

@@ -14,8 +14,9 @@ Time bounds (Envoy's model), all on one timer per stream that is re-armed only w
   ``x-txmesh-expected-rq-timeout-ms`` on a listener that trusts it) count from the request's arrival;
 - the listener's ``stream_idle_timeout`` ends a stream on which nothing moved either way for that long.
 
-The upstream request carries the time left when it is sent (``grpc-timeout``, the ``timeout`` attachment, or
-``x-txmesh-expected-rq-timeout-ms``), so the next hop gives up first and the hop nearest the cause answers.
+The upstream request carries the time left when it is sent, less DEADLINE_MARGIN (``grpc-timeout``, the
+``timeout`` attachment, or ``x-txmesh-expected-rq-timeout-ms``), so the next hop gives up first and the hop nearest
+the cause answers.
 """
 
 from twisted.logger import Logger
@@ -38,6 +39,7 @@ STOP = FilterStatus.STOP
 _HEADERS, _DATA, _TRAILERS = 0, 1, 2
 
 EXPECTED_TIMEOUT = b"x-txmesh-expected-rq-timeout-ms"
+DEADLINE_MARGIN = 0.01  # seconds the next hop is told less than this hop has left (at most a tenth of it)
 _GRPC_TIMEOUT = b"grpc-timeout"
 _DUBBO_TIMEOUT = b"timeout"
 
@@ -57,7 +59,9 @@ def stampTimeout(request, left, hadExpected):
     attachment (when the call has one, and only when it differs: a change re-encodes the call), else
     ``x-txmesh-expected-rq-timeout-ms``.  ``hadExpected``: the request came with that field.
     """
-    ms = int(left * 1000) or 1  # rounded down: the next hop gives up before this one
+    # less a margin for the way there and back, rounded down: the next hop gives up, and its answer comes back,
+    # before this hop's own timer fires
+    ms = int((left - min(DEADLINE_MARGIN, left * 0.1)) * 1000) or 1
     protocol = request.protocol
     headers = request.headers
     if protocol == "grpc":
