@@ -45,8 +45,8 @@ class FilterChainTemplate:
         self.routeConfig = routeConfig
         self.bufferLimit = bufferLimit
         self.maxRequestBody = maxRequestBody
-        self.streamIdleTimeout = streamIdleTimeout
-        self.respectExpectedTimeout = respectExpectedTimeout
+        # what the router reads at each stream's start, in one tuple: its clock and the listener's time settings
+        self.timeBounds = (runtime.clock if runtime is not None else None, streamIdleTimeout, respectExpectedTimeout)
 
     def createStream(self, downstream, streamInfo):
         stream = ActiveStream(self, downstream, streamInfo)
@@ -118,12 +118,9 @@ class _DecoderCallbacks:
         return self.stream.template.bufferLimit
 
     @property
-    def streamIdleTimeout(self):
-        return self.stream.template.streamIdleTimeout
-
-    @property
-    def respectExpectedTimeout(self):
-        return self.stream.template.respectExpectedTimeout
+    def timeBounds(self):
+        """(clock, the listener's stream_idle_timeout, whether it trusts x-txmesh-expected-rq-timeout-ms)."""
+        return self.stream.template.timeBounds
 
     def continueDecoding(self):
         self.stream._resumeDecoding(self.index)

@@ -203,14 +203,16 @@ class Router:
         Arm the stream's one timer (see the module docstring) and stamp the request with the time it has left.
         ``now``: when the request arrived.
         """
-        clock = self._clock = cb.clock
+        clock, idle, trusted = cb.timeBounds
+        self._clock = clock
         hadExpected = False
         deadline = request.timeout
-        if request.protocol != "dubbo" and request.protocol != "grpc":
+        protocol = request.protocol
+        if protocol != "dubbo" and protocol != "grpc":
             expected = request.headers.get(EXPECTED_TIMEOUT)
             if expected is not None:
                 hadExpected = True
-                if deadline is None and cb.respectExpectedTimeout:
+                if deadline is None and trusted:
                     deadline = parseExpectedTimeout(expected)
         self._hadExpected = hadExpected
         kind = errors.UpstreamTimeout
@@ -228,20 +230,23 @@ class Router:
                 kind = errors.UpstreamTimeout
             route = 0
         self._routeTimeout = route
-        idle = self._idle = cb.streamIdleTimeout
-        if idle:
-            self._lastActive = now
         if deadline is not None:
             self._deadline = now + deadline
             self._deadlineKind = kind
-            if not idle or deadline < idle:
-                idle = deadline
+            if deadline <= idle:
+                idle = 0  # the deadline comes first whatever moves: no need to watch for idleness
         if idle:
+            self._idle = idle
+            self._lastActive = now
+            if deadline is not None and deadline < idle:
+                idle = deadline
             self._timer = clock.callLater(idle, self._timerFired)
+        elif deadline is not None:
+            self._timer = clock.callLater(deadline, self._timerFired)
         if left:
             self._sendBy = now + left
             stampTimeout(request, left, hadExpected)
-        elif hadExpected and not cb.respectExpectedTimeout:
+        elif hadExpected and not trusted:
             request.headers.remove(EXPECTED_TIMEOUT)  # never pass on an untrusted deadline
 
     def _requestEnded(self):
@@ -255,6 +260,8 @@ class Router:
             if self._deadline is None or deadline < self._deadline:
                 self._deadline = deadline
                 self._deadlineKind = errors.UpstreamTimeout
+                if route <= self._idle:
+                    self._idle = 0  # as in _startTimers
                 timer = self._timer
                 if timer is None:
                     self._timer = self._clock.callLater(route, self._timerFired)
