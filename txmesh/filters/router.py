@@ -96,8 +96,7 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "host", "pool", "connection",
                  "_pending", "_connecting", "_timer", "_requestDone", "_done",
                  "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused",
-                 "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_hadExpected")
+                 "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -118,14 +117,12 @@ class Router:
         self._clusterStats = None
         self._upstreamPaused = False
         self._downstreamPaused = False
-        self._clock = None
+        # set by _startTimers: _clock; _deadlineKind (the UpstreamTimeout subclass the deadline ends with) with
+        # _deadline; _lastActive (when something last moved) with _idle
         self._deadline = None  # when the stream must end (seconds since the epoch), or None
-        self._deadlineKind = None  # the UpstreamTimeout subclass it ends with
         self._routeTimeout = 0  # the route timeout, until the request ends and starts it
         self._idle = 0  # the listener's stream_idle_timeout
-        self._lastActive = 0.0
         self._sendBy = None  # the deadline told to the next hop, or None
-        self._hadExpected = False
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -214,7 +211,6 @@ class Router:
                 hadExpected = True
                 if deadline is None and trusted:
                     deadline = parseExpectedTimeout(expected)
-        self._hadExpected = hadExpected
         kind = errors.UpstreamTimeout
         msd = action.maxStreamDuration
         if msd and (deadline is None or msd < deadline):
