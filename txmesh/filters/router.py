@@ -53,27 +53,42 @@ def parseExpectedTimeout(value):
     return None
 
 
+_toldMs = {}  # seconds left -> the milliseconds told (bytes); mostly the few route timeouts
+
+
+def toldMs(left):
+    """
+    The milliseconds (bytes) the next hop is told when this one has ``left`` seconds (> 0): less a margin for
+    the way there and back, rounded down, so the next hop gives up, and its answer comes back, before this hop's
+    own timer fires; never 0.
+    """
+    value = _toldMs.get(left)
+    if value is None:
+        value = b"%d" % (int((left - min(DEADLINE_MARGIN, left * 0.1)) * 1000) or 1,)
+        if len(_toldMs) < 256:
+            _toldMs[left] = value
+    return value
+
+
 def stampTimeout(request, left, hadExpected):
     """
-    Tell the next hop the time it has left (``left`` seconds > 0): gRPC's ``grpc-timeout``, Dubbo's ``timeout``
-    attachment (when the call has one, and only when it differs: a change re-encodes the call), else
+    Tell the next hop the time it has left (``left`` seconds > 0, see L{toldMs}): gRPC's ``grpc-timeout``, Dubbo's
+    ``timeout`` attachment (when the call has one, and only when it differs: a change re-encodes the call), else
     ``x-txmesh-expected-rq-timeout-ms``.  ``hadExpected``: the request came with that field.
     """
-    # less a margin for the way there and back, rounded down: the next hop gives up, and its answer comes back,
-    # before this hop's own timer fires
-    ms = int((left - min(DEADLINE_MARGIN, left * 0.1)) * 1000) or 1
+    ms = toldMs(left)
     protocol = request.protocol
     headers = request.headers
     if protocol == "grpc":
-        headers.set(_GRPC_TIMEOUT, encodeTimeout(ms))
+        headers.set(_GRPC_TIMEOUT, encodeTimeout(int(ms)))
     elif protocol == "dubbo":
         old = headers.get(_DUBBO_TIMEOUT)
-        if old is not None and old != b"%d" % (ms,):
-            headers.set(_DUBBO_TIMEOUT, b"%d" % (ms,))
+        if old is not None and old != ms:
+            headers.set(_DUBBO_TIMEOUT, ms)
     elif hadExpected:
-        headers.set(EXPECTED_TIMEOUT, b"%d" % (ms,))
+        headers.set(EXPECTED_TIMEOUT, ms)
     else:
-        headers.add(EXPECTED_TIMEOUT, b"%d" % (ms,))  # add: no search for a field to replace
+        headers.add(EXPECTED_TIMEOUT, ms)  # add: no search for a field to replace
 
 
 def applyHeaderMutations(headers, toRemove, toAdd):
