@@ -170,7 +170,7 @@ ERRORS = [
     ("listener unknown key", addToListener("    use_remote_adress: true"),
      "mesh.yaml:8: listeners[0].use_remote_adress: unknown key 'use_remote_adress' (allowed: name, address, protocol,"
      " default_cluster, traffic_direction, use_remote_address, xff_num_trusted_hops, internal_address_config,"
-     " limits, http2, network_filters, filters, route_config)"),
+     " limits, http2, network_filters, filters, route_config, respect_expected_rq_timeout)"),
     ("listener missing address", edit(("    address: tcp:15001:interface=127.0.0.1\n", "")),
      "mesh.yaml:6: listeners[0]: missing required key 'address'"),
     ("listener name type", edit(("name: outbound", "name: [outbound]")),
@@ -208,7 +208,8 @@ ERRORS = [
      "mesh.yaml:8: listeners[0].limits.max_headers: must be >= 1, got 0"),
     ("limits unknown", addToListener("    limits: {max_body: 1}"),
      "mesh.yaml:8: listeners[0].limits.max_body: unknown key 'max_body' (allowed: max_request_line,"
-     " max_header_bytes, max_headers, max_request_body, request_headers_timeout, idle_timeout, buffer_limit)"),
+     " max_header_bytes, max_headers, max_request_body, request_headers_timeout, idle_timeout, buffer_limit,"
+     " stream_idle_timeout)"),
     ("limits duration", addToListener("    limits:\n      idle_timeout: -5s"),
      "mesh.yaml:9: listeners[0].limits.idle_timeout: must be a duration >= 0, got -5s"),
     # http2 block
@@ -332,6 +333,13 @@ ERRORS = [
      "mesh.yaml:14: %s.route.prefix_rewrite: prefix_rewrite needs match.prefix" % (ROUTES,)),
     ("route timeout", edit(("{cluster: backend}", "{cluster: backend, timeout: 1d}")),
      "mesh.yaml:14: %s.route.timeout: invalid duration '1d' (use e.g. 250ms, 1.5s, 2m, 1h)" % (ROUTES,)),
+    ("route max_stream_duration", edit(("{cluster: backend}", "{cluster: backend, max_stream_duration: -1s}")),
+     "mesh.yaml:14: %s.route.max_stream_duration: must be a duration >= 0, got -1s" % (ROUTES,)),
+    ("stream idle timeout", addToListener("    limits:\n      stream_idle_timeout: forever"),
+     "mesh.yaml:9: listeners[0].limits.stream_idle_timeout: invalid duration 'forever' (use e.g. 250ms, 1.5s, 2m,"
+     " 1h)"),
+    ("respect expected timeout", addToListener("    respect_expected_rq_timeout: 1"),
+     "mesh.yaml:8: listeners[0].respect_expected_rq_timeout: must be a boolean, not an integer"),
     ("direct status", edit(("route: {cluster: backend}", "direct_response: {status: 99}")),
      "mesh.yaml:14: %s.direct_response.status: must be between 200 and 599, got 99" % (ROUTES,)),
     ("redirect code", edit(("route: {cluster: backend}", "redirect: {response_code: 300}")),
@@ -577,3 +585,12 @@ def test_anchorsAndMergeKeys():
     merged = loads("clusters:\n  - &c {name: a, connect_timeout: 3s}\n  - {<<: *c, name: b}\n"
                    "listeners: [{name: l, address: 'tcp:0'}]\n")
     assert [(c.name, c.connectTimeout) for c in merged.clusters] == [("a", 3.0), ("b", 3.0)]
+
+
+@pytest.mark.parametrize("protocol, timeout", [("http1", 15.0), ("http2", 15.0), ("grpc", 0.0)])
+def test_route_timeout_defaults_to_none_on_grpc_listeners(protocol, timeout):
+    """gRPC streams live on grpc-timeout and stream_idle_timeout (Envoy's advice); docs/configuration.md."""
+    mesh = loads(addToListener("    protocol: %s" % (protocol,)))
+    [listener] = mesh.listeners
+    assert listener.routeConfig.virtualHosts[0].routes[0].action.timeout == timeout
+    assert listener.limits.streamIdleTimeout == 300.0 and listener.respectExpectedTimeout is True

@@ -250,6 +250,7 @@ def test_timeout_attachment_bounds_the_call_and_a_late_answer_is_dropped():
     proto.dataReceived(data)
     up = mesh.upstream()
     [req] = sent(up)
+    assert req.invocation.attachments["timeout"] == "240"  # the provider is told the time left, less 10 ms
     mesh.clock.advance(0.2)
     assert t.value() == b""
     mesh.clock.advance(0.06)
@@ -258,6 +259,16 @@ def test_timeout_attachment_bounds_the_call_and_a_late_answer_is_dropped():
     answer(up, req, ECHO_RESP)
     assert t.value() == b"" and up.lateResponses == 1
     assert mesh.value("dubbo_timeouts", method="echo") == 1
+
+
+def test_a_timeout_attachment_beyond_the_route_timeout_is_forwarded_as_the_route_timeout():
+    mesh = Mesh()
+    frame = dc.DubboDecoder().feed(ECHO)[0]
+    data = dc.encodeRequestWithAttachments(frame, frame.invocation, dict(frame.invocation.attachments, timeout="8000"))
+    proto, t = mesh.client()
+    proto.dataReceived(data)
+    [req] = sent(mesh.upstream())
+    assert req.invocation.attachments["timeout"] == "4990"  # the route's 5 s, less 10 ms
 
 
 def test_route_timeout_applies_without_attachment():

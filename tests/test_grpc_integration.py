@@ -6,6 +6,7 @@ under twistd.  Every call has a deadline, so nothing here can hang.
 import os
 import sys
 import threading
+import time
 
 import grpc
 import pytest
@@ -29,6 +30,8 @@ listeners:
           routes:
             - match: {{grpc: {{service: test.Echo, method: Unary}}, headers: [{{name: x-route, exact: short}}]}}
               route: {{cluster: echo, timeout: 300ms}}
+            - match: {{grpc: {{service: test.Echo, method: Unary}}, headers: [{{name: x-route, exact: keepalive}}]}}
+              route: {{cluster: echo_keepalive}}
             - match: {{grpc: {{service: test.Echo}}}}
               route: {{cluster: echo, timeout: 20s}}
             - match: {{prefix: /test.Dead/}}
@@ -36,6 +39,10 @@ listeners:
 clusters:
   - name: echo
     protocol: h2
+    endpoints: [{{address: "127.0.0.1:{upstream}"}}]
+  - name: echo_keepalive
+    protocol: grpc
+    heartbeat_interval: 1s
     endpoints: [{{address: "127.0.0.1:{upstream}"}}]
   - name: dead
     protocol: h2
@@ -169,20 +176,23 @@ def test_route_timeout_is_deadline_exceeded(mesh):
 
 
 def test_grpc_timeout_bounds_the_call(mesh):
-    """The client's deadline travels as grpc-timeout; txmesh ends the call and resets the upstream stream."""
+    """
+    The client's deadline travels as grpc-timeout, less 10 ms: the upstream gives up first and answers
+    DEADLINE_EXCEEDED itself; should its answer come late, txmesh ends the call and resets the upstream stream.
+    """
     # an upstream connection already open, so the call surely reaches the upstream before the deadline even on a
     # loaded machine (a call still waiting for a connection has no upstream stream to reset)
     call(mesh["channel"], "Unary")(b"warm", timeout=10)
-    before = stat(mesh, "upstream_h2_tx_reset")
+    before = stat(mesh, "upstream_h2_tx_reset") + stat(mesh, "upstream_grpc_status", code="4")
     with pytest.raises(grpc.RpcError) as info:
         call(mesh["channel"], "Unary")(b"sleep:3", timeout=1.0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # the proxy's own deadline fires at the same time as the client's; one of them resets upstream
     import time
     deadline = time.monotonic() + 5
-    while stat(mesh, "upstream_h2_tx_reset") == before and time.monotonic() < deadline:
+    while (stat(mesh, "upstream_h2_tx_reset") + stat(mesh, "upstream_grpc_status", code="4") == before
+           and time.monotonic() < deadline):
         time.sleep(0.05)
-    assert stat(mesh, "upstream_h2_tx_reset") > before
+    assert stat(mesh, "upstream_h2_tx_reset") + stat(mesh, "upstream_grpc_status", code="4") > before
 
 
 def test_client_cancellation_resets_upstream(mesh):
@@ -195,6 +205,34 @@ def test_client_cancellation_resets_upstream(mesh):
     while stat(mesh, "upstream_h2_tx_reset") == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stat(mesh, "upstream_h2_tx_reset") > before
+
+
+def test_keepalive_every_second_is_never_refused_by_a_default_grpcio_server(mesh):
+    """
+    With PINGs every second whatever the traffic (txmesh before), grpcio answered the 4th PING during a silent
+    call with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and the call failed (UNAVAILABLE).  Now PINGs go only after
+    a quiet second with a call open, at most two until the server sends data.  About 12 s.
+    """
+    unary = call(mesh["channel"], "Unary")
+    md = [("x-route", "keepalive")]
+    for _ in range(4):  # calls spread over a few seconds
+        assert unary(b"sleep:0.3", timeout=5, metadata=md) == b"slept"
+        time.sleep(0.5)
+    assert unary(b"sleep:5", timeout=10, metadata=md) == b"slept"  # 5 s without a frame from the server
+    time.sleep(3)  # then idle
+    assert unary(b"sleep:1.5", timeout=5, metadata=md) == b"slept"
+    assert stat(mesh, "upstream_h2_keepalive_ping", cluster="echo_keepalive") >= 2  # it did ping
+    assert stat(mesh, "upstream_h2_goaway_received", cluster="echo_keepalive") == 0
+    assert stat(mesh, "upstream_h2_keepalive_backoff", cluster="echo_keepalive") == 0
+
+
+def test_the_upstream_call_gets_the_time_left(mesh):
+    unary = call(mesh["channel"], "Unary")
+    left = float(unary(b"deadline", timeout=8))  # the client's deadline, the route's 20 s being further
+    assert 6 < left <= 8.1  # grpcio rounds its deadline up a little
+    left = float(unary(b"deadline", timeout=8, metadata=[("x-route", "short")]))  # the 300 ms route timeout
+    assert 0.1 < left <= 0.3
+
 
 
 def test_counters(mesh):
@@ -216,3 +254,4 @@ def test_upstream_killed_mid_stream_is_not_ok(mesh):
     # the response had started: txmesh ends the stream with trailers naming the cause, not a bare RST_STREAM
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "UC" in info.value.details(), info.value.details()
+

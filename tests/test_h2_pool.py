@@ -34,6 +34,7 @@ class Peer:
             SettingCodes.MAX_CONCURRENT_STREAMS: maxStreams})
         self.conn.initiate_connection()
         self.requests = []
+        self.pings = 0
 
     def pump(self):
         """Deliver what the client wrote to the server and back."""
@@ -43,6 +44,8 @@ class Peer:
             for e in self.conn.receive_data(data):
                 if isinstance(e, h2events.RequestReceived):
                     self.requests.append(e.stream_id)
+                elif isinstance(e, h2events.PingReceived):
+                    self.pings += 1
         out = self.conn.data_to_send()
         if out:
             self.proto.dataReceived(out)
@@ -176,6 +179,92 @@ def test_answered_ping_keeps_connection():
     clock.advance(10)
     assert ra.events == []
     assert not a.proto.transport.disconnecting
+
+
+def test_no_ping_while_frames_arrive():
+    """gRPC A8: a PING only after the interval passed with nothing received."""
+    pool, peers, clock, stats = makePool()
+    a, ra = start(pool)
+    peer = peers[0]
+    peer.pump()
+    peer.conn.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    for _ in range(10):
+        clock.advance(20)
+        peer.conn.send_data(1, b"x")  # a message every 20 s: never 30 s quiet
+        peer.pump()
+    assert peer.pings == 0 and stats.total("upstream_h2_keepalive_ping") == 0
+    clock.advance(30)  # now quiet for the interval
+    peer.pump()
+    assert peer.pings == 1
+
+
+def test_no_ping_on_a_connection_without_streams():
+    pool, peers, clock, _ = makePool()
+    a, ra = start(pool)
+    peers[0].pump()
+    peers[0].respond(1, b"A")
+    pool.release(a)
+    clock.advance(600)
+    peers[0].pump()
+    assert peers[0].pings == 0
+
+
+def test_at_most_two_pings_without_data_then_quiet_until_the_peer_sends_data():
+    """A gRPC server strikes a PING that follows another without its sending data; the third strike is a GOAWAY."""
+    pool, peers, clock, _ = makePool()
+    a, ra = start(pool)
+    peer = peers[0]
+    for _ in range(10):
+        clock.advance(30)
+        peer.pump()  # PINGs acknowledged: the connection is alive, the stream just silent
+    assert peer.pings == 2
+    peer.conn.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    peer.pump()
+    clock.advance(30)
+    peer.pump()
+    assert peer.pings == 3
+
+
+TOO_MANY_PINGS = GoAwayFrame(0, last_stream_id=1, error_code=0xB, additional_data=b"too_many_pings").serialize()
+
+
+def test_too_many_pings_doubles_the_interval_of_every_connection_once():
+    pool, peers, clock, stats = makePool(maxStreams=1)
+    a, ra = start(pool)
+    b, rb = start(pool)
+    assert len(peers) == 2
+    for p in peers:
+        p.pump()
+    peers[0].proto.dataReceived(TOO_MANY_PINGS)
+    assert pool.keepaliveInterval == 60
+    assert stats.total("upstream_h2_keepalive_backoff") == 1
+    # the other connection, pinging every 30 s too, is refused as well: the pool doubled already
+    peers[1].proto.dataReceived(TOO_MANY_PINGS)
+    assert pool.keepaliveInterval == 60 and stats.total("upstream_h2_keepalive_backoff") == 1
+    # a new connection pings after 60 quiet seconds, not 30
+    c, rc = start(pool)
+    peer = peers[2]
+    peer.pump()
+    clock.advance(59)
+    peer.pump()
+    assert peer.pings == 0
+    clock.advance(1)
+    peer.pump()
+    assert peer.pings == 1
+
+
+def test_the_doubled_interval_is_capped():
+    pool, peers, clock, stats = makePool(heartbeatInterval=5000.0)
+    a, ra = start(pool)
+    peers[0].proto.dataReceived(TOO_MANY_PINGS)
+    assert pool.keepaliveInterval == 7200.0
+
+
+def test_another_enhance_your_calm_leaves_the_interval():
+    pool, peers, clock, stats = makePool()
+    a, ra = start(pool)
+    peers[0].proto.dataReceived(GoAwayFrame(0, last_stream_id=1, error_code=0xB, additional_data=b"flood").serialize())
+    assert pool.keepaliveInterval == 30 and stats.total("upstream_h2_keepalive_backoff") == 0
 
 
 def test_connection_out_of_stream_ids_is_replaced():

@@ -88,6 +88,24 @@ def _listener(extra):
 
 
 @pytest.mark.parametrize("extra", [
+    "    respect_expected_rq_timeout: false\n    limits: {stream_idle_timeout: 30s}\n",
+    "    limits: {stream_idle_timeout: 0}\n",
+])
+def test_timeBoundsValidate(validator, extra):
+    validator.validate(yaml.safe_load(_listener(extra)))
+    loads(_listener(extra))
+
+
+def test_routeMaxStreamDuration(validator):
+    text = BASE.replace("route: {cluster: backend}", "route: {cluster: backend, max_stream_duration: 1h}", 1)
+    validator.validate(yaml.safe_load(text))
+    assert loads(text).listeners[0].routeConfig.virtualHosts[0].routes[0].action.maxStreamDuration == 3600.0
+    bad = BASE.replace("route: {cluster: backend}", "route: {cluster: backend, max_stream_duration: forever}", 1)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(yaml.safe_load(bad))
+
+
+@pytest.mark.parametrize("extra", [
     "    protocol: grpc\n    http2: {max_concurrent_streams: 10, premature_reset_ratio: 0.25, max_message_size: 0}\n",
     "    protocol: http2\n    http2: {max_header_list_size: 2048}\n",
 ])
@@ -127,8 +145,11 @@ def test_networkFiltersValidate(validator, extra):
     "    network_filters:\n      - {name: source_ip, config: {allow: []}}\n",
     "    network_filters:\n      - {name: source_ip, config: {allow: [not-an-ip]}}\n",
     "    network_filters:\n      - {name: source_ip, config: {allow: [10.0.0.0/8], permit: []}}\n",
+    "    respect_expected_rq_timeout: maybe\n",
+    "    limits: {stream_idle_timeout: -1s}\n",
+    "    limits: {stream_idle_timeout: soon}\n",
 ])
-def test_networkFiltersRejected(validator, extra):
+def test_listenerKeysRejected(validator, extra):
     assertBothReject(validator, _listener(extra))
 
 

@@ -83,6 +83,7 @@ class ListenerLimits:
     requestHeadersTimeout: float = 10.0
     idleTimeout: float = 300.0
     bufferLimit: int = 1048576
+    streamIdleTimeout: float = 300.0  # a stream on which nothing moved this long ends (0 = never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class ListenerConfig:
     filters: tuple
     routeConfig: RouteConfig
     http2: H2Limits | None = None  # http2 and grpc listeners only
+    respectExpectedTimeout: bool = True  # honour x-txmesh-expected-rq-timeout-ms from the client
     descriptor: object = field(default=None, compare=False, repr=False)
     trafficDirection: str = "unspecified"
     forwarding: ForwardingConfig = ForwardingConfig()
@@ -405,7 +407,8 @@ def _buildCluster(r, m, path, lbFactories, protocols):
 def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "traffic_direction", "use_remote_address", "xff_num_trusted_hops",
-        "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config"))
+        "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config",
+        "respect_expected_rq_timeout"))
     name = r.name(m, path)
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
@@ -416,7 +419,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     lPath = joinPath(path, "limits")
     lm = r.mapping(m.get("limits"), lPath, optional=(
         "max_request_line", "max_header_bytes", "max_headers", "max_request_body", "request_headers_timeout",
-        "idle_timeout", "buffer_limit"))
+        "idle_timeout", "buffer_limit", "stream_idle_timeout"))
     limits = ListenerLimits(
         maxRequestLine=r.integer(lm, lPath, "max_request_line", 8192, 1),
         maxHeaderBytes=r.integer(lm, lPath, "max_header_bytes", 65536, 1),
@@ -424,19 +427,22 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
         maxRequestBody=r.integer(lm, lPath, "max_request_body", 0, 0),
         requestHeadersTimeout=r.duration(lm, lPath, "request_headers_timeout", 10.0),
         idleTimeout=r.duration(lm, lPath, "idle_timeout", 300.0),
-        bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1))
+        bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1),
+        streamIdleTimeout=r.duration(lm, lPath, "stream_idle_timeout", 300.0))
     http2 = _buildHttp2(r, m, path, protocol)
     chain = _FilterChainBuilder(r, path, descriptor, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")
     filters = chain.build("filters", m, "stream")
+    # gRPC routes default to no route timeout: streams live on grpc-timeout and stream_idle_timeout (Envoy's advice)
     routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames,
-                                   defaultCluster)
+                                   defaultCluster, 0.0 if protocol == "grpc" else 15.0)
     direction, forwarding = _buildForwarding(r, m, path)
     return ListenerConfig(name=name, protocol=protocol, address=address,
                           useRemoteAddress=forwarding.useRemoteAddress,
                           defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,
                           filters=filters, routeConfig=routeConfig, http2=http2, descriptor=descriptor,
-                          trafficDirection=direction, forwarding=forwarding)
+                          trafficDirection=direction, forwarding=forwarding,
+                          respectExpectedTimeout=r.get(m, path, "respect_expected_rq_timeout", bool, True))
 
 
 _MAX_STREAMS = 2 ** 31 - 1  # the largest SETTINGS_MAX_CONCURRENT_STREAMS

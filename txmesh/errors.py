@@ -118,11 +118,31 @@ class BadUpstreamResponse(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """The route (or per-request) timeout passed before the response head arrived."""
+    """
+    The route timeout passed before the whole response arrived (it counts from the end of the request, as
+    Envoy's), or the client's deadline did (``grpc-timeout``, Dubbo's ``timeout`` attachment, a trusted
+    ``x-txmesh-expected-rq-timeout-ms``; counted from the request's arrival).  Before the response head this is a
+    local reply; after it, the stream is cut (gRPC: trailers with DEADLINE_EXCEEDED).
+    """
 
     flag = "UT"
     status = 504
     cause = "upstream_request_timeout"
+
+
+class MaxStreamDuration(UpstreamTimeout):
+    """The route's ``max_stream_duration`` passed since the request arrived (Envoy's UMSDR)."""
+
+    flag = "UMSDR"
+    cause = "max_stream_duration_reached"
+
+
+class StreamIdleTimeout(UpstreamTimeout):
+    """Nothing moved on the stream, either way, for the listener's ``stream_idle_timeout`` (Envoy's SI)."""
+
+    flag = "SI"
+    status = 408
+    cause = "stream_idle_timeout"
 
 
 class PoolClosed(UpstreamError):

@@ -504,7 +504,13 @@ class IHTTP2ClientConnection(Interface):
         """
 
     def startKeepalive(clock, interval, timeout):
-        """PING every ``interval`` seconds; no ACK within ``timeout`` fails every stream and aborts the connection."""
+        """
+        PING once ``interval`` seconds passed with nothing received while streams are open; no ACK within
+        ``timeout`` fails every stream and aborts the connection.
+        """
+
+    def setKeepaliveInterval(interval):
+        """Use ``interval`` (seconds) between PINGs from now on."""
 
     def resetStream(stream):
         """The pool discards ``stream``: deliver nothing more for it and reset it (CANCEL) if it is still open."""
@@ -535,6 +541,12 @@ class IHTTP2ClientCallbacks(Interface):
 
     def connectionLost():
         """The connection is gone; it failed its open streams with UpstreamReset first."""
+
+    def pingsRefused(interval):
+        """
+        The peer closed the connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" while it pinged every
+        ``interval`` seconds (gRPC A8: the client doubles its keepalive interval).
+        """
 
 
 class IDownstreamStream(Interface):

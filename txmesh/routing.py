@@ -163,7 +163,8 @@ def _rewrite(action, request):
 @dataclass(frozen=True, slots=True)
 class ClusterAction:
     """
-    Forward to one cluster.  ``timeout`` in seconds (0 = none); ``hostRewrite`` replaces the authority;
+    Forward to one cluster.  ``timeout`` in seconds (0 = none) bounds the whole response from the end of the
+    request; ``maxStreamDuration`` (0 = none) bounds the stream from its start; ``hostRewrite`` replaces the authority;
     ``maxRequestBody`` (bytes) overrides the listener's limit when not None.
     """
 
@@ -174,6 +175,7 @@ class ClusterAction:
     hostRewrite: bytes | None = None
     maxRequestBody: int | None = None
     matchPrefix: bytes | None = None  # the route's match.prefix, which prefixRewrite replaces
+    maxStreamDuration: float = 0.0
 
     def pickCluster(self, random):
         return self.cluster
@@ -194,6 +196,7 @@ class WeightedClusterAction:
     hostRewrite: bytes | None = None
     maxRequestBody: int | None = None
     matchPrefix: bytes | None = None
+    maxStreamDuration: float = 0.0
     _cumulative: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):

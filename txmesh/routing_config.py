@@ -24,15 +24,16 @@ def _join(path, key):
     return path + "." + key if path else key
 
 
-def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None):
+def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None, defaultTimeout=15.0):
     """
     Validate a ``route_config`` mapping (None = no routes) into a RouteConfig; requests no route matches go to
-    ``defaultCluster`` when one is named (the listener's ``default_cluster``).
+    ``defaultCluster`` when one is named (the listener's ``default_cluster``).  ``defaultTimeout``: a route's
+    ``timeout`` when it names none (0 on gRPC listeners).
     """
     defaultRoute = None
     if defaultCluster is not None:
         vhost = VirtualHost("default_cluster", ("*",))
-        defaultRoute = Route("default_cluster", vhost, RouteMatch(prefix=b"/"), ClusterAction(defaultCluster))
+        defaultRoute = Route("default_cluster", vhost, RouteMatch(prefix=b"/"), ClusterAction(defaultCluster, timeout=defaultTimeout))
     if raw is None:
         return RouteConfig((), defaultRoute)
     r.mapping(raw, path, optional=("virtual_hosts",))
@@ -45,7 +46,7 @@ def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None):
             raise r.error("duplicate virtual host name '%s' (also %s)" % (name, names[name]), _join(vPath, "name"))
         names[name] = vPath
         domains = _domains(r, v, vPath, name, owners)
-        routes = tuple(_buildRoute(r, rt, "%s.routes[%d]" % (vPath, j), clusterNames)
+        routes = tuple(_buildRoute(r, rt, "%s.routes[%d]" % (vPath, j), clusterNames, defaultTimeout)
                        for j, rt in enumerate(r.list(v, vPath, "routes")))
         vhost = VirtualHost(name, domains, routes, *_headerMutations(r, v, vPath))
         for route in routes:
@@ -129,7 +130,7 @@ def _exactlyOne(r, m, path, keys):
     return present[0]
 
 
-def _buildRoute(r, m, path, clusterNames):
+def _buildRoute(r, m, path, clusterNames, defaultTimeout=15.0):
     r.mapping(m, path, required=("match",), optional=("name", "route", "direct_response", "redirect")
               + _HEADER_KEYS)
     name = r.get(m, path, "name", str, None)
@@ -137,7 +138,7 @@ def _buildRoute(r, m, path, clusterNames):
     kind = _exactlyOne(r, m, path, ("route", "direct_response", "redirect"))
     aPath = _join(path, kind)
     if kind == "route":
-        action = _buildClusterAction(r, m[kind], aPath, match, clusterNames)
+        action = _buildClusterAction(r, m[kind], aPath, match, clusterNames, defaultTimeout)
     elif kind == "direct_response":
         d = r.mapping(m[kind], aPath, required=("status",), optional=("body",))
         action = DirectResponseAction(r.integer(d, aPath, "status", None, 200, 599),
@@ -240,9 +241,9 @@ def _prefixRewrite(r, m, path, match):
     return None if value is None else value.encode("utf-8")
 
 
-def _buildClusterAction(r, m, path, match, clusterNames):
+def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
     r.mapping(m, path, optional=("cluster", "weighted_clusters", "timeout", "prefix_rewrite", "regex_rewrite",
-                                 "host_rewrite", "max_request_body"))
+                                 "host_rewrite", "max_request_body", "max_stream_duration"))
     kind = _exactlyOne(r, m, path, ("cluster", "weighted_clusters"))
     prefixRewrite = _prefixRewrite(r, m, path, match)
     regexRewrite = None
@@ -256,7 +257,8 @@ def _buildClusterAction(r, m, path, match, clusterNames):
     hostRewrite = r.get(m, path, "host_rewrite", str, None)
     if hostRewrite is not None:
         hostRewrite = _host(r, hostRewrite, _join(path, "host_rewrite"))
-    common = dict(timeout=r.duration(m, path, "timeout", 15.0), prefixRewrite=prefixRewrite,
+    common = dict(timeout=r.duration(m, path, "timeout", defaultTimeout),
+                  maxStreamDuration=r.duration(m, path, "max_stream_duration", 0.0), prefixRewrite=prefixRewrite,
                   regexRewrite=regexRewrite, hostRewrite=hostRewrite,
                   maxRequestBody=r.integer(m, path, "max_request_body", None, 0), matchPrefix=match.prefix)
     if kind == "cluster":

@@ -106,7 +106,8 @@ class MeshService(MultiService):
         self.listenerFactories = []
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                           lc.limits.maxRequestBody)
+                                           lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
+                                           lc.respectExpectedTimeout)
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
             self.listenerFactories.append(factory)
             served = factory

@@ -119,8 +119,8 @@ class RequestHead:
     @ivar protocol: the canonical name of the listener's protocol ('http1', 'http2', 'grpc', 'dubbo').
     @ivar metadata: protocol fields that are not headers (Dubbo service/method/version/group), str -> str.
     @ivar contentLength: declared body length, or None (chunked / unknown / none).
-    @ivar timeout: a deadline the client asked for, in seconds (grpc-timeout, Dubbo's timeout attachment), or
-        None; the router bounds the upstream call by the smaller of it and the route's timeout.
+    @ivar timeout: a deadline the client asked for, in seconds from the request's arrival (grpc-timeout, Dubbo's
+        timeout attachment), or None; the router bounds the stream by it and tells the next hop the time left.
     @ivar payload: protocol-specific data the upstream codec needs to forward the request as it came (e.g. the
         decoded Dubbo frame), or None.
     """

@@ -821,7 +821,8 @@ class InMemoryMesh:
         lcs = [lc for lc in self.config.listeners if listener is None or lc.name == listener]
         lc = self.listenerConfig = lcs[0]
         self.template = _RecordingTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                           lc.limits.maxRequestBody)
+                                           lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
+                                           lc.respectExpectedTimeout)
         self.template.streams = self.streams
         self.factory = lc.descriptor.buildListenerFactory(lc, self.template, self.runtime)
 

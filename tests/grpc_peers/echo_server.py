@@ -3,7 +3,7 @@ A grpcio test service with raw-bytes messages (no protoc step): ``test.Echo`` wi
 
 Run as ``python echo_server.py PORT [NAME]``; it prints ``ready`` once it listens.  SIGUSR1 stops it gracefully
 (``server.stop(grace)``: GOAWAY, calls in flight finish, then it exits).  Requests steer it:
-  - Unary: ``whoami`` answers NAME; ``sleep:S`` sleeps S seconds; ``status:CODE:DETAILS`` aborts with that status (and a
+  - Unary: ``whoami`` answers NAME; ``deadline`` answers the seconds left to the call; ``sleep:S`` sleeps S seconds; ``status:CODE:DETAILS`` aborts with that status (and a
     grpc-status-details-bin trailer); ``die`` exits the process at once; anything else is echoed.  Metadata whose
     key starts with ``x-echo`` comes back as initial metadata and as trailing metadata (``-bin`` keys included).
   - ServerStream: ``N:SIZE`` answers N messages of SIZE bytes; ``N:SIZE:die`` exits after N messages;
@@ -39,6 +39,8 @@ def unary(request, context):
     _echoMetadata(context)
     if request == b"whoami":
         return NAME
+    if request == b"deadline":
+        return b"%.3f" % (context.time_remaining(),)
     if request.startswith(b"sleep:"):
         time.sleep(float(request[6:]))
         return b"slept"

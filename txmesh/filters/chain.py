@@ -38,12 +38,15 @@ class FilterChainTemplate:
     ``createStream`` makes the per-stream instances.
     """
 
-    def __init__(self, entries, runtime, routeConfig, bufferLimit=1 << 20, maxRequestBody=0):
+    def __init__(self, entries, runtime, routeConfig, bufferLimit=1 << 20, maxRequestBody=0,
+                 streamIdleTimeout=0, respectExpectedTimeout=False):
         self.entries = tuple((e.factory, e.config) for e in entries)
         self.runtime = runtime
         self.routeConfig = routeConfig
         self.bufferLimit = bufferLimit
         self.maxRequestBody = maxRequestBody
+        # what the router reads at each stream's start, in one tuple: its clock and the listener's time settings
+        self.timeBounds = (runtime.clock if runtime is not None else None, streamIdleTimeout, respectExpectedTimeout)
 
     def createStream(self, downstream, streamInfo):
         stream = ActiveStream(self, downstream, streamInfo)
@@ -113,6 +116,11 @@ class _DecoderCallbacks:
     @property
     def bufferLimit(self):
         return self.stream.template.bufferLimit
+
+    @property
+    def timeBounds(self):
+        """(clock, the listener's stream_idle_timeout, whether it trusts x-txmesh-expected-rq-timeout-ms)."""
+        return self.stream.template.timeBounds
 
     def continueDecoding(self):
         self.stream._resumeDecoding(self.index)

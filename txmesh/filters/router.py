@@ -5,6 +5,18 @@ It matches the route, answers direct responses and redirects itself, picks the c
 upstream connection from the host's pool and relays the request and the response, coupling backpressure both
 ways.  Every failure becomes a local reply whose status, ``x-txmesh-error`` header and response flag name the cause
 (Envoy's response flags); the listener's codec makes it protocol-native.
+
+Time bounds (Envoy's model), all on one timer per stream that is re-armed only when it fires early:
+
+- the route ``timeout`` bounds the whole response, counted from the end of the request (a request still
+  streaming is not timed by it);
+- the route ``max_stream_duration`` and the client's deadline (``grpc-timeout``, Dubbo's ``timeout`` attachment,
+  ``x-txmesh-expected-rq-timeout-ms`` on a listener that trusts it) count from the request's arrival;
+- the listener's ``stream_idle_timeout`` ends a stream on which nothing moved either way for that long.
+
+The upstream request carries the time left when it is sent, less DEADLINE_MARGIN (``grpc-timeout``, the
+``timeout`` attachment, or ``x-txmesh-expected-rq-timeout-ms``), so the next hop gives up first and the hop nearest
+the cause answers.
 """
 
 from twisted.logger import Logger
@@ -19,11 +31,64 @@ from txmesh.interfaces import (
     IStreamDecoderFilter,
     IUpstreamResponder,
 )
+from txmesh.protocols.h2.grpc import encodeTimeout
 from txmesh.routing import DirectResponseAction, RedirectAction
 
 STOP = FilterStatus.STOP
 
 _HEADERS, _DATA, _TRAILERS = 0, 1, 2
+
+EXPECTED_TIMEOUT = b"x-txmesh-expected-rq-timeout-ms"
+DEADLINE_MARGIN = 0.01  # seconds the next hop is told less than this hop has left (at most a tenth of it)
+_GRPC_TIMEOUT = b"grpc-timeout"
+_DUBBO_TIMEOUT = b"timeout"
+
+
+def parseExpectedTimeout(value):
+    """``x-txmesh-expected-rq-timeout-ms`` (bytes, decimal ms > 0) in seconds, or None if malformed."""
+    if value.isdigit() and len(value) <= 12:
+        ms = int(value)
+        if ms > 0:
+            return ms / 1000.0
+    return None
+
+
+_toldMs = {}  # seconds left -> the milliseconds told (bytes); mostly the few route timeouts
+
+
+def toldMs(left):
+    """
+    The milliseconds (bytes) the next hop is told when this one has ``left`` seconds (> 0): less a margin for
+    the way there and back, rounded down, so the next hop gives up, and its answer comes back, before this hop's
+    own timer fires; never 0.
+    """
+    value = _toldMs.get(left)
+    if value is None:
+        value = b"%d" % (int((left - min(DEADLINE_MARGIN, left * 0.1)) * 1000) or 1,)
+        if len(_toldMs) < 256:
+            _toldMs[left] = value
+    return value
+
+
+def stampTimeout(request, left, hadExpected):
+    """
+    Tell the next hop the time it has left (``left`` seconds > 0, see L{toldMs}): gRPC's ``grpc-timeout``, Dubbo's
+    ``timeout`` attachment (when the call has one, and only when it differs: a change re-encodes the call), else
+    ``x-txmesh-expected-rq-timeout-ms``.  ``hadExpected``: the request came with that field.
+    """
+    ms = toldMs(left)
+    protocol = request.protocol
+    headers = request.headers
+    if protocol == "grpc":
+        headers.set(_GRPC_TIMEOUT, encodeTimeout(int(ms)))
+    elif protocol == "dubbo":
+        old = headers.get(_DUBBO_TIMEOUT)
+        if old is not None and old != ms:
+            headers.set(_DUBBO_TIMEOUT, ms)
+    elif hadExpected:
+        headers.set(EXPECTED_TIMEOUT, ms)
+    else:
+        headers.add(EXPECTED_TIMEOUT, ms)  # add: no search for a field to replace
 
 
 def applyHeaderMutations(headers, toRemove, toAdd):
@@ -45,7 +110,8 @@ class Router:
 
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "host", "pool", "connection",
                  "_pending", "_connecting", "_timer", "_requestDone", "_done",
-                 "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused")
+                 "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused",
+                 "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -66,6 +132,12 @@ class Router:
         self._clusterStats = None
         self._upstreamPaused = False
         self._downstreamPaused = False
+        # set by _startTimers: _clock; _deadlineKind (the UpstreamTimeout subclass the deadline ends with) with
+        # _deadline; _lastActive (when something last moved) with _idle
+        self._deadline = None  # when the stream must end (seconds since the epoch), or None
+        self._routeTimeout = 0  # the route timeout, until the request ends and starts it
+        self._idle = 0  # the listener's stream_idle_timeout
+        self._sendBy = None  # the deadline told to the next hop, or None
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -124,12 +196,7 @@ class Router:
         info.upstreamHost = host.address
         host.activeRequests += 1
 
-        timeout = action.timeout
-        if request.timeout is not None and (not timeout or request.timeout < timeout):
-            timeout = request.timeout
-        if timeout:
-            self._timer = cb.clock.callLater(timeout, self._timedOut)
-
+        self._startTimers(cb, info.startTime, request, action, endStream)
         self._requestDone = endStream
         self._pending = [(_HEADERS, request, endStream)]
         self.pool = pool = cluster.poolFor(host)
@@ -140,8 +207,107 @@ class Router:
             return STOP
         d = pool.acquire()
         self._connecting = d
-        d.addCallbacks(self._connected, self._connectFailed)
+        d.addCallbacks(self._connectedLater, self._connectFailed)
         return STOP
+
+    def _startTimers(self, cb, now, request, action, endStream):
+        """
+        Arm the stream's one timer (see the module docstring) and stamp the request with the time it has left.
+        ``now``: when the request arrived.
+        """
+        clock, idle, trusted = cb.timeBounds
+        self._clock = clock
+        hadExpected = False
+        deadline = request.timeout
+        protocol = request.protocol
+        if protocol != "dubbo" and protocol != "grpc":
+            expected = request.headers.get(EXPECTED_TIMEOUT)
+            if expected is not None:
+                hadExpected = True
+                if deadline is None and trusted:
+                    deadline = parseExpectedTimeout(expected)
+        kind = errors.UpstreamTimeout
+        msd = action.maxStreamDuration
+        if msd and (deadline is None or msd < deadline):
+            deadline = msd
+            kind = errors.MaxStreamDuration
+        route = action.timeout
+        left = deadline
+        if route and (left is None or route < left):
+            left = route  # what the next hop is told: at most the route timeout
+        if route and endStream:
+            if deadline is None or route < deadline:
+                deadline = route
+                kind = errors.UpstreamTimeout
+            route = 0
+        self._routeTimeout = route
+        if deadline is not None:
+            self._deadline = now + deadline
+            self._deadlineKind = kind
+            if deadline <= idle:
+                idle = 0  # the deadline comes first whatever moves: no need to watch for idleness
+        if idle:
+            self._idle = idle
+            self._lastActive = now
+            if deadline is not None and deadline < idle:
+                idle = deadline
+            self._timer = clock.callLater(idle, self._timerFired)
+        elif deadline is not None:
+            self._timer = clock.callLater(deadline, self._timerFired)
+        if left:
+            self._sendBy = now + left
+            stampTimeout(request, left, hadExpected)
+        elif hadExpected and not trusted:
+            request.headers.remove(EXPECTED_TIMEOUT)  # never pass on an untrusted deadline
+
+    def _requestEnded(self):
+        """The request ended: the route timeout starts (and the timer moves nearer if it must)."""
+        self._requestDone = True
+        route = self._routeTimeout
+        if route:
+            self._routeTimeout = 0
+            now = self._clock.seconds()
+            deadline = now + route
+            if self._deadline is None or deadline < self._deadline:
+                self._deadline = deadline
+                self._deadlineKind = errors.UpstreamTimeout
+                if route <= self._idle:
+                    self._idle = 0  # as in _startTimers
+                timer = self._timer
+                if timer is None:
+                    self._timer = self._clock.callLater(route, self._timerFired)
+                elif timer.getTime() > deadline:
+                    timer.reset(route)
+
+    def _timerFired(self):
+        self._timer = None
+        if self._done:
+            return
+        now = self._clock.seconds()
+        deadline = self._deadline
+        if deadline is not None and deadline <= now:
+            kind = self._deadlineKind
+            self._timedOut(kind("max stream duration reached" if kind is errors.MaxStreamDuration
+                                else "upstream request timeout"))
+            return
+        idle = self._idle
+        if idle:
+            idleEnd = self._lastActive + idle
+            if idleEnd <= now:
+                self._timedOut(errors.StreamIdleTimeout("stream idle timeout"))
+                return
+            if deadline is None or idleEnd < deadline:
+                deadline = idleEnd
+        self._timer = self._clock.callLater(deadline - now, self._timerFired)
+
+    def _connectedLater(self, conn):
+        """The pool gave a connection after a wait: the time the next hop is told shrinks by the wait."""
+        sendBy = self._sendBy
+        if sendBy is not None and not self._done and self._pending:
+            left = sendBy - self._clock.seconds()
+            if left > 0:
+                stampTimeout(self._pending[0][1], left, True)
+        self._connected(conn)
 
     def decodeData(self, data, endStream):
         if self._done:
@@ -152,8 +318,10 @@ class Router:
                 self._abandonUpstream()
                 self.callbacks.sendLocalReply(413, b"request body too large\n", cause="request_body_too_large")
                 return STOP
+        if self._idle:
+            self._lastActive = self._clock.seconds()
         if endStream:
-            self._requestDone = True
+            self._requestEnded()
         conn = self.connection
         if conn is None:
             self._pending.append((_DATA, data, endStream))
@@ -164,7 +332,7 @@ class Router:
     def decodeTrailers(self, trailers):
         if self._done:
             return STOP
-        self._requestDone = True
+        self._requestEnded()
         conn = self.connection
         if conn is None:
             self._pending.append((_TRAILERS, trailers, True))
@@ -207,6 +375,8 @@ class Router:
     # -- response side (called by the upstream client protocol) ------------------------------------------------
 
     def upstreamHeaders(self, response, endStream):
+        if self._idle:
+            self._lastActive = self._clock.seconds()
         route = self.route
         vhost = route.virtualHost
         headers = response.headers
@@ -215,9 +385,13 @@ class Router:
         self.callbacks.encodeHeaders(response, endStream)
 
     def upstreamData(self, data, endStream):
+        if self._idle:
+            self._lastActive = self._clock.seconds()
         self.callbacks.encodeData(data, endStream)
 
     def upstreamTrailers(self, trailers):
+        if self._idle:
+            self._lastActive = self._clock.seconds()
         self.callbacks.encodeTrailers(trailers)
 
     def upstreamComplete(self, reusable):
@@ -260,14 +434,12 @@ class Router:
 
     # -- ends --------------------------------------------------------------------------------------------------
 
-    def _timedOut(self):
-        self._timer = None
-        if self._done:
-            return
+    def _timedOut(self, exc):
+        """A time bound passed (``exc``: an L{errors.UpstreamTimeout}): give up on the upstream and reply."""
         if self._clusterStats is not None:
             self._clusterStats.rq_timeout.value += 1
         self._abandonUpstream()
-        self._fail(errors.UpstreamTimeout("upstream request timeout"))
+        self._fail(exc)
 
     def _fail(self, exc):
         """Turn a typed upstream error into a local reply (or a reset, once the response has started)."""

@@ -30,6 +30,13 @@ from txmesh.stream import HeaderMap, ResponseHead
 
 _REPLAY_LIMIT = 64 * 1024  # request bytes kept to retry a stream refused by GOAWAY
 
+# PINGs sent without a HEADERS or DATA frame received in between (gRPC core's max_pings_without_data).  gRPC
+# servers (grpc-go, grpc-java, gRPC core) count a PING that comes sooner than their minimum interval (5 min by
+# default) since the last one as a strike unless they sent HEADERS or DATA in between, and close the connection
+# with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" at the third strike; the first PING is never a strike, so two
+# never reach it.
+MAX_PINGS_WITHOUT_DATA = 2
+
 
 @implementer(IUpstreamStream)
 class H2UpstreamStream(ReadPausing):
@@ -107,6 +114,9 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         self._pingTimer = None
         self._pingTimeoutTimer = None
         self._keepalive = (0, 0)
+        self._lastRead = 0.0
+        self._pingsWithoutData = 0
+        self._pingedEvery = 0  # the interval of the last PING sent: what a "too_many_pings" refuses
 
     def connectionMade(self):
         self.connected = True
@@ -159,19 +169,44 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
     # -- keepalive ------------------------------------------------------------------------------------------------
 
     def startKeepalive(self, clock, interval, timeout):
-        """PING every ``interval`` seconds; no ACK within ``timeout`` closes the connection (streams fail)."""
+        """
+        PING when ``interval`` seconds passed with nothing received while streams are open (gRPC's A8 client
+        keepalive, without pings on an idle connection); at most MAX_PINGS_WITHOUT_DATA in a row until the peer
+        sends HEADERS or DATA.  No ACK within ``timeout`` closes the connection (its streams fail).
+        """
         self._clock = clock
         self._keepalive = (interval, timeout)
+        self._pingedEvery = interval
+        self._lastRead = clock.seconds()
         if interval and self.connected:
-            self._pingTimer = clock.callLater(interval, self._sendPing)
+            self._pingTimer = clock.callLater(interval, self._keepaliveDue)
 
-    def _sendPing(self):
+    def setKeepaliveInterval(self, interval):
+        """The pool changed the PING interval (the peer refused pings as too many); it applies from the next PING."""
+        self._keepalive = (interval, self._keepalive[1])
+
+    def _keepaliveDue(self):
         self._pingTimer = None
-        if not self.connected:
+        interval = self._keepalive[0]
+        if not self.connected or not interval:
             return
+        clock = self._clock
+        quiet = clock.seconds() - self._lastRead
+        if quiet < interval:
+            # something came since; look again when the connection will have been quiet for the interval
+            self._pingTimer = clock.callLater(interval - quiet, self._keepaliveDue)
+            return
+        if not self.streams or self._pingsWithoutData >= MAX_PINGS_WITHOUT_DATA:
+            # nothing to keep alive, or more pings would count as strikes: wait
+            self._pingTimer = clock.callLater(interval, self._keepaliveDue)
+            return
+        self._pingsWithoutData += 1
+        self._pingedEvery = interval
+        if self.stats is not None:
+            self.stats.pings_sent.value += 1
         self.conn.ping(b"txmeshka")
         self._flush()
-        self._pingTimeoutTimer = self._clock.callLater(self._keepalive[1], self._pingTimedOut)
+        self._pingTimeoutTimer = clock.callLater(self._keepalive[1], self._pingTimedOut)
 
     def _pingTimedOut(self):
         self._pingTimeoutTimer = None
@@ -255,6 +290,8 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
     # -- responses ------------------------------------------------------------------------------------------------
 
     def dataReceived(self, data):
+        if self._clock is not None:
+            self._lastRead = self._clock.seconds()
         callInScope(self.writeScope, self._dispatch, data)
 
     def _dispatch(self, data):
@@ -269,6 +306,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         for event in events:
             t = type(event)
             if t is ev.DataReceived:
+                self._pingsWithoutData = 0
                 h = streams.get(event.stream_id)
                 n = event.flow_controlled_length
                 if h is None or h.responder is None:
@@ -284,6 +322,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 else:
                     h.responder.upstreamData(event.data, False)
             elif t is ev.ResponseReceived:
+                self._pingsWithoutData = 0
                 h = streams.get(event.stream_id)
                 if h is None or h.responder is None:
                     continue
@@ -302,6 +341,7 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 else:
                     h.responder.upstreamHeaders(head, False)
             elif t is ev.TrailersReceived:
+                self._pingsWithoutData = 0
                 h = streams.get(event.stream_id)
                 if h is None or h.responder is None:
                     continue
@@ -343,8 +383,8 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                 if self._pingTimeoutTimer is not None:
                     self._pingTimeoutTimer.cancel()
                     self._pingTimeoutTimer = None
-                    if self._keepalive[0]:
-                        self._pingTimer = self._clock.callLater(self._keepalive[0], self._sendPing)
+                    if self._keepalive[0] and self._pingTimer is None:
+                        self._pingTimer = self._clock.callLater(self._keepalive[0], self._keepaliveDue)
             elif t is ev.ConnectionTerminated:
                 self._goaway(event)
         self._flush()
@@ -376,6 +416,9 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
         self.lastStreamId = last
         if self.stats is not None:
             self.stats.goaway_received.value += 1
+        if (event.error_code == ErrorCodes.ENHANCE_YOUR_CALM and event.additional_data == b"too_many_pings"
+                and self._callbacks is not None):
+            self._callbacks.pingsRefused(self._pingedEvery)
         unprocessed = [h for sid, h in self.streams.items() if last is not None and sid > last]
         for h in unprocessed:
             self.streams.pop(h.sid, None)

@@ -30,6 +30,8 @@ _CAUSE_CODES = {
     "upstream_error": UNAVAILABLE,
     "upstream_overflow": RESOURCE_EXHAUSTED,
     "upstream_request_timeout": DEADLINE_EXCEEDED,
+    "max_stream_duration_reached": DEADLINE_EXCEEDED,
+    "stream_idle_timeout": DEADLINE_EXCEEDED,
     "upstream_protocol_error": INTERNAL,
     "request_body_too_large": RESOURCE_EXHAUSTED,
     "grpc_message_too_large": RESOURCE_EXHAUSTED,
@@ -113,6 +115,13 @@ def parseTimeout(value):
     if unit is None or not digits.isdigit():
         return None
     return int(digits) * unit
+
+
+def encodeTimeout(ms):
+    """A ``grpc-timeout`` value for ``ms`` milliseconds (int > 0): ms while it fits in 8 digits, else seconds."""
+    if ms < 100000000:
+        return b"%dm" % (ms,)
+    return b"%dS" % (min(ms // 1000, 99999999),)
 
 
 def encodeMessage(text):

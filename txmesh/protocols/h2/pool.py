@@ -13,6 +13,7 @@ an L{IHTTP2ClientCallbacks}.
 
 from collections import deque
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.errors import UpstreamReset
@@ -22,6 +23,7 @@ from txmesh.upstream.conn_pool import ActiveClient, ConnectionPoolBase
 
 KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_TIMEOUT = 10.0
+KEEPALIVE_INTERVAL_MAX = 7200.0  # doubling after too_many_pings stops here (gRPC servers' bound without calls)
 MAX_STREAMS_PER_CONNECTION = 1000
 
 
@@ -44,6 +46,9 @@ class _H2Client(ActiveClient):
     def connectionLost(self):
         self.pool.connectionLost(self.proto)
 
+    def pingsRefused(self, interval):
+        self.pool.pingsRefused(interval)
+
 
 class H2ConnectionPool(ConnectionPoolBase):
     """
@@ -55,6 +60,7 @@ class H2ConnectionPool(ConnectionPoolBase):
     @param stats: the cluster's Scope.
     """
 
+    log = Logger()
     clientClass = _H2Client
     MORE_DEMAND = True  # GOAWAY replays wait too
 
@@ -115,6 +121,22 @@ class H2ConnectionPool(ConnectionPoolBase):
             handle.proto.failStream(handle, make())
 
     # -- what connections report ----------------------------------------------------------------------------------
+
+    def pingsRefused(self, interval):
+        """
+        A connection pinging every ``interval`` seconds got GOAWAY "too_many_pings": double the interval for every
+        connection of this pool (gRPC A8), up to KEEPALIVE_INTERVAL_MAX.  A connection still on an interval the
+        pool already doubled changes nothing (several may report the same refusal).
+        """
+        if interval < self.keepaliveInterval or self.keepaliveInterval >= KEEPALIVE_INTERVAL_MAX:
+            return
+        new = self.keepaliveInterval = min(interval * 2, KEEPALIVE_INTERVAL_MAX)
+        self.h2stats.keepalive_backoff.value += 1
+        self.log.warn("upstream {host} refused PINGs every {old}s as too many (GOAWAY too_many_pings); the "
+                      "keepalive interval of its connections is now {new}s", host=self.host.address, old=interval,
+                      new=new)
+        for client in list(self._clients.values()):
+            client.proto.setKeepaliveInterval(new)
 
     def goawayReceived(self, client, unprocessed):
         """No new streams on ``client``; replay the streams it did not process where they were kept, else fail them."""

@@ -48,5 +48,8 @@ class H2UpstreamStats:
         self.goaway_retried = c("upstream_h2_goaway_retried",
                                 help="Streams above a GOAWAY's last-stream-id retried on another connection")
         self.ping_timeout = c("upstream_h2_ping_timeout", help="Connections closed as their PING went unanswered")
+        self.pings_sent = c("upstream_h2_keepalive_ping", help="Keepalive PINGs sent upstream")
+        self.keepalive_backoff = c("upstream_h2_keepalive_backoff",
+                                   help="Keepalive intervals doubled after GOAWAY too_many_pings")
         self.grpcStatus = LabelledCounter(scope, "upstream_grpc_status", "gRPC statuses from upstream", "code",
                                           grpcStatusLabel).inc
