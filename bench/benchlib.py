@@ -22,11 +22,22 @@ class BenchError(Exception):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
+_given = set()
+
+
 def freePort():
-    """A TCP port free on loopback right now (the kernel's pick; the window before we bind it is harmless)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A TCP port free on loopback right now (the kernel's pick; the window before we bind it is harmless), never one
+    this process was given before: the kernel may hand the same port to two binds in a row.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
+    raise BenchError("no fresh loopback port after 100 tries")
 
 
 def render(template, dest, **values):

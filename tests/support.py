@@ -17,10 +17,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
+_given = set()
+
+
 def freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A loopback port nothing listens on now, and never one this process was given before: the kernel may hand the
+    same ephemeral port to two binds in a row, and a test that asks for several ports at once needs them distinct.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port after 100 tries")
 
 
 def waitForPort(port, timeout=15.0, proc=None):
