@@ -510,11 +510,21 @@ def test_responseChunkedTrailers():
 
 
 def test_switchingProtocols():
+    """After a 101 to a request that offered an upgrade, the bytes are the tunnel's."""
     raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x00"
-    checkResponses([b"GET"], raw, [resp(101, b"Switching Protocols", keepAlive=False), END, ("tunnel", b"\x81\x00")])
+    for how, pieces in splits(raw):
+        d = ResponseDecoder()
+        d.expect(b"GET", upgrade=True)
+        assert decode(d, pieces) == [resp(101, b"Switching Protocols", keepAlive=False), END, ("tunnel", b"\x81\x00")]
     d = ResponseDecoder()
-    d.expect(b"GET")
+    d.expect(b"GET", upgrade=True)
     assert d.feed(raw)[0].upgrade == b"websocket"
+
+
+def test_unsolicitedSwitchingProtocolsIsBadFraming():
+    """A 101 to a request that offered no upgrade (the client never offers one yet) is refused: 502."""
+    raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x00"
+    checkResponses([b"GET"], raw, [("error", 502)])
 
 
 @pytest.mark.parametrize("raw", [

@@ -515,8 +515,8 @@ class ResponseDecoder(_MessageDecoder):
 
     C{feed(data)} returns ResponseStarted, BodyData, MessageComplete and InterimResponse events; bad framing
     raises L{HTTPCodecError} (502) and the connection must not be reused.  A response to HEAD, a 204 or a 304
-    has no body; one without Content-Length or chunked ends at close (L{eof}).  After a 101, or a 2xx to
-    CONNECT, the bytes that follow are TunnelData.
+    has no body; one without Content-Length or chunked ends at close (L{eof}).  After a 101 (only to a request
+    that offered an upgrade), or a 2xx to CONNECT, the bytes that follow are TunnelData.
     """
 
     _parserType = HttpResponseParser
@@ -529,9 +529,12 @@ class ResponseDecoder(_MessageDecoder):
         self._held = []
         self._heldBytes = 0
 
-    def expect(self, method):
-        """A request with ``method`` was sent: its response comes after those already expected."""
-        self._expected.append(method)
+    def expect(self, method, upgrade=False):
+        """
+        A request with ``method`` was sent: its response comes after those already expected.  ``upgrade``: the
+        request offered an Upgrade, so a 101 may answer it; a 101 to any other request is bad framing (502).
+        """
+        self._expected.append((method, upgrade))
 
     def feed(self, data):
         events = []
@@ -595,7 +598,9 @@ class ResponseDecoder(_MessageDecoder):
                 self._parser = None
             self._resetHead()
             return
-        method = self._expected.popleft()
+        method, upgradeOffered = self._expected.popleft()
+        if status == 101 and not upgradeOffered:
+            self._fail("101 Switching Protocols to a request that offered no upgrade")
         keepAlive = (not f.close) if version == (1, 1) else (f.keepAlive and not f.close)
         if status == 101 or (method == b"CONNECT" and 200 <= status < 300):
             events.append(ResponseStarted(head, False, False, f.upgrade if status == 101 else b"connect"))
