@@ -14,8 +14,8 @@ Time bounds (Envoy's model), all on one timer per stream that is re-armed only w
   ``x-txmesh-expected-rq-timeout-ms`` on a listener that trusts it) count from the request's arrival;
 - the listener's ``stream_idle_timeout`` ends a stream on which nothing moved either way for that long.
 
-CONNECT gets 501 Not Implemented (``x-txmesh-error: connect_not_supported``) before any route is matched: no
-listener runs tunnels yet (RFC 9110 9.3.6 leaves the answer to a proxy that does not; 501, not 405, since no
+An HTTP CONNECT gets 501 Not Implemented (``x-txmesh-error: connect_not_supported``) before any route is matched:
+no listener runs tunnels yet (RFC 9110 9.3.6 leaves the answer to a proxy that does not; 501, not 405, since no
 target resource on this listener would allow it).
 
 The upstream request carries the time left when it is sent, less DEADLINE_MARGIN (``grpc-timeout``, the
@@ -151,7 +151,7 @@ class Router:
 
     def decodeHeaders(self, request, endStream):
         cb = self.callbacks
-        if request.method == b"CONNECT":
+        if request.method == b"CONNECT" and request.protocol != "dubbo":  # a Dubbo method may be named so
             # no listener runs tunnels yet: refuse before routing, so no upstream is ever chosen or connected
             cb.sendLocalReply(501, b"connect_not_supported\n", (), CONNECT_NOT_SUPPORTED)
             return STOP
