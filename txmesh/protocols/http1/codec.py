@@ -535,7 +535,7 @@ class ResponseDecoder(_MessageDecoder):
         A request with ``method`` was sent: its response comes after those already expected.  ``upgrade``: the
         request offered an Upgrade, so a 101 may answer it; a 101 to any other request is bad framing (502).
         """
-        self._expected.append((method, upgrade))
+        self._expected.append((method,) if upgrade else method)  # a bare method in the common case: no tuple
 
     def feed(self, data):
         events = []
@@ -599,8 +599,10 @@ class ResponseDecoder(_MessageDecoder):
                 self._parser = None
             self._resetHead()
             return
-        method, upgradeOffered = self._expected.popleft()
-        if status == 101 and not upgradeOffered:
+        method = self._expected.popleft()
+        if type(method) is tuple:
+            method = method[0]
+        elif status == 101:
             self._fail("101 Switching Protocols to a request that offered no upgrade")
         keepAlive = (not f.close) if version == (1, 1) else (f.keepAlive and not f.close)
         if status == 101 or (method == b"CONNECT" and 200 <= status < 300):
