@@ -328,6 +328,15 @@ ERRORS = [
                                                       " substitution: /}}")),
      "mesh.yaml:14: %s.route.regex_rewrite.pattern: invalid regex '*': nothing to repeat at position 0"
      % (ROUTES,)),
+    ("prefix_rewrite with a space", edit(("{cluster: backend}", "{cluster: backend, prefix_rewrite: '/a b'}")),
+     "mesh.yaml:14: %s.route.prefix_rewrite: invalid path part '/a b': no spaces, control characters or '#'"
+     % (ROUTES,)),
+    ("regex substitution with a fragment", edit(("{cluster: backend}", "{cluster: backend, regex_rewrite: {pattern:"
+                                                                        " x, substitution: '/y#z'}}")),
+     "mesh.yaml:14: %s.route.regex_rewrite.substitution: invalid path part '/y#z': no spaces, control characters"
+     " or '#'" % (ROUTES,)),
+    ("host_rewrite not an authority", edit(("{cluster: backend}", "{cluster: backend, host_rewrite: 'a b'}")),
+     "mesh.yaml:14: %s.route.host_rewrite: invalid host_rewrite 'a b': not host[:port]" % (ROUTES,)),
     ("prefix_rewrite without prefix", edit(("{prefix: /}", "{path: /a}"),
                                            ("{cluster: backend}", "{cluster: backend, prefix_rewrite: /b}")),
      "mesh.yaml:14: %s.route.prefix_rewrite: prefix_rewrite needs match.prefix" % (ROUTES,)),

@@ -140,6 +140,60 @@ def test_absoluteForm():
     checkRequests(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", [req(b"OPTIONS", b"*"), END])
 
 
+@pytest.mark.parametrize("value", [b"\tchunked", b"chunked\t", b" \tchunked \t", b"\t\tCHUNKED", b"chunked "])
+def test_transferEncodingWithTabsAsOWS(value):
+    """OWS around a field value is SP or HTAB (RFC 9110 5.6.3): ``Transfer-Encoding:<HTAB>chunked`` is chunked."""
+    raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:%s\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+           b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n" % value)
+    checkRequests(raw, [req(b"POST", chunked=True), ("body", b"abc"), END, req(path=b"/2"), END])
+    checkResponses([b"GET"], b"HTTP/1.1 200 OK\r\nTransfer-Encoding:%s\r\n\r\n2\r\nok\r\n0\r\n\r\n" % value,
+                   [resp(chunked=True), ("body", b"ok"), END])
+
+
+def test_tabsAsOWSInOtherFields():
+    """HTAB is OWS in Content-Length, Connection (and its list), TE, Expect, Upgrade and Host too; trailers alike."""
+    raw = (b"POST / HTTP/1.1\r\nHost:\th:81\t\r\nContent-Length:\t2\t\r\nConnection:\tkeep-alive\t,\tx-hop\t\r\n"
+           b"X-Hop: 1\r\nTE:\tdeflate\t,\ttrailers\t\r\nExpect:\t100-continue\t\r\n\r\nok")
+    checkRequests(raw, [req(b"POST", authority=b"h:81", headers=[(b"te", b"trailers"), (b"expect", b"100-continue")],
+                            length=2, expectContinue=True), ("body", b"ok"), END])
+    raw = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade:\twebsocket\t\r\nConnection:\tUpgrade\t\r\n\r\n"
+    checkRequests(raw, [req(path=b"/ws", upgrade=b"websocket"), END])
+    raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Sum:\t9\t\r\n\r\n")
+    checkRequests(raw, [req(b"POST", chunked=True), ("end", [(b"x-sum", b"9")])])
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length:\t2\t\r\nConnection:\tclose\t\r\n\r\nok"
+    checkResponses([b"GET"], raw, [resp(length=2, keepAlive=False), ("body", b"ok"), END])
+
+
+def test_chunkExtensionsGrammar():
+    """Extensions are ``BWS ; BWS token [BWS = BWS (token / quoted-string)]`` (RFC 9112 7.1.1), and are dropped."""
+    raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"1;a\r\nx\r\n1 ;a=b\r\ny\r\n1\t;\ta\t=\t\"q \\\" ;\"\r\nz\r\n2;a=1;b;c=\"\"\r\n!!\r\n0;last\r\n\r\n")
+    checkRequests(raw, [req(b"POST", chunked=True), ("body", b"xyz!!"), END])
+
+
+@pytest.mark.parametrize("host", [b"app.svc", b"app.svc:8080", b"10.0.0.1:80", b"[::1]", b"[2001:db8::1]:443",
+                                  b"[v1.fe80::a+en1]", b"a%20b", b"x_y~z!$&'()*+,;=", b"h:", b""])
+def test_hostForms(host):
+    """Host is ``uri-host [":" port]``: reg-name (IPv4 is one), IP-literal, empty (RFC 9110 7.2)."""
+    checkRequests(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host, [req(authority=host), END])
+
+
+def test_requestTargetForms():
+    """origin-form, absolute-form (its authority wins over Host), asterisk-form for OPTIONS, authority-form for
+    CONNECT (RFC 9112 3.2)."""
+    checkRequests(b"GET /a/b?c=d&e HTTP/1.1\r\nHost: h\r\n\r\n", [req(path=b"/a/b?c=d&e"), END])
+    checkRequests(b"GET //a HTTP/1.1\r\nHost: h\r\n\r\n", [req(path=b"//a"), END])
+    checkRequests(b"GET https://[::1]:8443/x HTTP/1.1\r\nHost: h\r\n\r\n", [req(path=b"/x", authority=b"[::1]:8443"), END])
+    checkRequests(b"GET http://up HTTP/1.1\r\nHost: h\r\n\r\n", [req(path=b"/", authority=b"up"), END])
+    checkRequests(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", [req(b"OPTIONS", b"*"), END])
+    # RFC 9112 3.2.4: an OPTIONS absolute-form target with an empty path is forwarded in asterisk-form
+    checkRequests(b"OPTIONS http://up:81 HTTP/1.1\r\nHost: up\r\n\r\n", [req(b"OPTIONS", b"*", b"up:81"), END])
+    checkRequests(b"OPTIONS http://up/ HTTP/1.1\r\nHost: up\r\n\r\n", [req(b"OPTIONS", b"/", b"up"), END])
+    for target in (b"db:5432", b"10.0.0.1:443", b"[::1]:443"):
+        checkRequests(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target),
+                      [req(b"CONNECT", b"", target, keepAlive=False, upgrade=b"connect"), END])
+
+
 def test_connectHoldsBytesUntilTunnel():
     d = RequestDecoder()
     evs = decode(d, [b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\nearly"])
@@ -195,8 +249,8 @@ BAD_REQUESTS = {
     "cl_nondigit": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5x\r\n\r\nhello",
     "cl_hex": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x5\r\n\r\nhello",
     "cl_huge": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-    "te_trailing_space": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked \r\n\r\n0\r\n\r\n",
-    "te_leading_tab": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \tchunked\r\n\r\n0\r\n\r\n",
+    "te_chunked_then_token": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\tx\r\n\r\n0\r\n\r\n",
+    "te_vtab": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n",
     "te_xchunked": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
     "te_chunked_identity": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
     "te_gzip_chunked": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
@@ -219,6 +273,36 @@ BAD_REQUESTS = {
     "missing_host": b"GET / HTTP/1.1\r\nX: 1\r\n\r\n",
     "two_hosts": b"GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",
     "host_userinfo": b"GET / HTTP/1.1\r\nHost: u@h\r\n\r\n",
+    "host_space": b"GET / HTTP/1.1\r\nHost: app.svc evil\r\n\r\n",
+    "host_tab_inside": b"GET / HTTP/1.1\r\nHost: app\tsvc\r\n\r\n",
+    "host_slash": b"GET / HTTP/1.1\r\nHost: app.svc/x\r\n\r\n",
+    "host_quote": b"GET / HTTP/1.1\r\nHost: \"app\"\r\n\r\n",
+    "host_bad_port": b"GET / HTTP/1.1\r\nHost: app.svc:8o\r\n\r\n",
+    "host_long_port": b"GET / HTTP/1.1\r\nHost: app.svc:123456\r\n\r\n",
+    "host_two_ports": b"GET / HTTP/1.1\r\nHost: app.svc:80:81\r\n\r\n",
+    "host_bad_pct": b"GET / HTTP/1.1\r\nHost: a%2g\r\n\r\n",
+    "host_bad_ipv6": b"GET / HTTP/1.1\r\nHost: [::g]\r\n\r\n",
+    "host_ipv6_unbracketed": b"GET / HTTP/1.1\r\nHost: ::1\r\n\r\n",
+    "host_obs_text": b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",
+    "absolute_bad_authority": b"GET http://a,b:x/ HTTP/1.1\r\nHost: h\r\n\r\n",
+    "absolute_userinfo": b"GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+    "absolute_empty_host": b"GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n",
+    "absolute_fragment": b"GET http://h/x#f HTTP/1.1\r\nHost: h\r\n\r\n",
+    "absolute_other_scheme": b"GET ftp://h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+    "origin_fragment": b"GET /x#f HTTP/1.1\r\nHost: h\r\n\r\n",
+    "asterisk_not_options": b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+    "authority_form_not_connect": b"OPTIONS h:80 HTTP/1.1\r\nHost: h\r\n\r\n",
+    "connect_origin_form": b"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n",
+    "connect_asterisk": b"CONNECT * HTTP/1.1\r\nHost: h\r\n\r\n",
+    "connect_no_port": b"CONNECT db HTTP/1.1\r\nHost: db\r\n\r\n",
+    "connect_empty_port": b"CONNECT db: HTTP/1.1\r\nHost: db\r\n\r\n",
+    "connect_no_host": b"CONNECT :5432 HTTP/1.1\r\nHost: db\r\n\r\n",
+    "connect_userinfo": b"CONNECT u@db:5432 HTTP/1.1\r\nHost: db\r\n\r\n",
+    "connect_absolute": b"CONNECT http://db:5432/ HTTP/1.1\r\nHost: db\r\n\r\n",
+    "method_unknown_token": b"FROB / HTTP/1.1\r\nHost: h\r\n\r\n",
+    "method_lowercase": b"get / HTTP/1.1\r\nHost: h\r\n\r\n",
+    "target_space": b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+    "target_tab": b"GET /a\tb HTTP/1.1\r\nHost: h\r\n\r\n",
     "bad_method": b"G@T / HTTP/1.1\r\nHost: h\r\n\r\n",
     "version_12": b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
     "version_20": b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
@@ -228,6 +312,19 @@ BAD_REQUESTS = {
     "chunk_ext_bare_lf": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b\nx\r\n0\r\n\r\n",
     "chunk_size_bare_lf": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n",
     "chunk_size_space": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1 \r\nx\r\n0\r\n\r\n",
+    "chunk_ext_empty": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;\r\nx\r\n0\r\n\r\n",
+    "chunk_ext_no_value": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\r\nx\r\n0\r\n\r\n",
+    "chunk_ext_bad_name": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a b\r\nx\r\n0\r\n\r\n",
+    "chunk_ext_open_quote": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"1;a=\"b\r\nx\r\n0\r\n\r\n"),
+    "chunk_size_leading_space": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n 1\r\nx\r\n0\r\n\r\n",
+    "chunk_size_0x": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\nx\r\n0\r\n\r\n",
+    "chunk_size_underscore": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"1_0\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n"),
+    "chunk_size_plus": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\nx\r\n0\r\n\r\n",
+    "chunk_missing_lf_after_data": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\rx0\r\n\r\n",
+    "chunk_data_short": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"1\r\nx\r\n2\r\nx\r\n1\r\ny\r\n0\r\n\r\n"),
     "chunk_size_nonhex": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
     "chunk_size_63bits": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n8000000000000000\r\n",
     "chunk_size_17_digits": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000001\r\n",
@@ -259,6 +356,37 @@ def test_errorRaisedWhenNothingElse():
     with pytest.raises(HTTPCodecError) as e:
         RequestDecoder().feed(BAD_REQUESTS["cl_and_te"])
     assert e.value.status == 400
+
+
+def test_manyTinyChunksComeAsOneBodyDataPerFeed():
+    """A run of complete chunks is decoded in one pass and delivered together; splits give the same bytes."""
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw = head + b"1\r\nx\r\n" * 1000 + b"0\r\n\r\n"
+    evs = RequestDecoder().feed(raw)
+    assert [norm(e) for e in evs] == [req(b"POST", chunked=True), ("body", b"x" * 1000), END]
+    body = b"".join(b"%x%s\r\n%s\r\n" % (n, ext, b"y" * n)
+                    for n, ext in zip(range(1, 60), [b"", b";a=b", b" ;q=\"v\"", b""] * 15))
+    body += b"00A\r\n0123456789\r\nF\r\n" + b"z" * 15 + b"\r\n" + b"400\r\n" + b"w" * 1024 + b"\r\n"
+    expected = b"".join(b"y" * n for n in range(1, 60)) + b"0123456789" + b"z" * 15 + b"w" * 1024
+    checkRequests(head + body + b"0\r\nX-T: 1\r\n\r\n" + head + b"1\r\n!\r\n0\r\n\r\n",
+                  [req(b"POST", chunked=True), ("body", expected), ("end", [(b"x-t", b"1")]),
+                   req(b"POST", chunked=True), ("body", b"!"), END])
+
+
+def test_bodyLimitInsideARunOfChunks():
+    """The chunks within the limit are delivered, then 413, however the bytes are cut."""
+    raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 10 + b"0\r\n\r\n"
+    for how, pieces in splits(raw):
+        d = RequestDecoder()
+        d.bodyLimit = 5
+        assert decode(d, pieces) == [req(b"POST", chunked=True), ("body", b"xxxxx"), ("error", 413)], how
+
+
+def test_badChunkAfterARunOfGoodOnes():
+    """The good chunks before a bad one are delivered, then the 400."""
+    raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 3
+           + b"2\r\nxyz\r\n")
+    checkRequests(raw, [req(b"POST", chunked=True), ("body", b"xxxxy"), ("error", 400)])
 
 
 def test_chunkSizeRefusedAtOnce():
@@ -382,11 +510,21 @@ def test_responseChunkedTrailers():
 
 
 def test_switchingProtocols():
+    """After a 101 to a request that offered an upgrade, the bytes are the tunnel's."""
     raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x00"
-    checkResponses([b"GET"], raw, [resp(101, b"Switching Protocols", keepAlive=False), END, ("tunnel", b"\x81\x00")])
+    for how, pieces in splits(raw):
+        d = ResponseDecoder()
+        d.expect(b"GET", upgrade=True)
+        assert decode(d, pieces) == [resp(101, b"Switching Protocols", keepAlive=False), END, ("tunnel", b"\x81\x00")]
     d = ResponseDecoder()
-    d.expect(b"GET")
+    d.expect(b"GET", upgrade=True)
     assert d.feed(raw)[0].upgrade == b"websocket"
+
+
+def test_unsolicitedSwitchingProtocolsIsBadFraming():
+    """A 101 to a request that offered no upgrade (the client never offers one yet) is refused: 502."""
+    raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x00"
+    checkResponses([b"GET"], raw, [("error", 502)])
 
 
 @pytest.mark.parametrize("raw", [
@@ -413,7 +551,7 @@ BAD_RESPONSES = {
     "cl_duplicate": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
     "cl_signed": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
     "te_gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-    "te_space": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked \r\n\r\n0\r\n\r\n",
+    "te_two_tokens": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked chunked\r\n\r\n0\r\n\r\n",
     "status_short": b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
     "version": b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
     "obs_fold": b"HTTP/1.1 200 OK\r\nX: 1\r\n 2\r\nContent-Length: 0\r\n\r\n",

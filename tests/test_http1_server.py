@@ -500,3 +500,98 @@ def test_the_route_timeout_counts_from_the_end_of_the_request(mesh):
     req.respond(200, body=b"ok")
     r = client.response()
     assert (r.status, r.body) == (200, b"ok") and not client.aborted
+
+
+# -- strict on the wire: edges, tunnels ---------------------------------------------------------------------------
+
+def assertNoUpstreamWork(mesh, backend):
+    """No request went to the backend's pool, and no connection to it was opened."""
+    assert backend.connections == [] and backend.requests == []
+    assert mesh.value("upstream_rq_total", cluster="backend") == 0
+    assert mesh.value("upstream_cx_total", cluster="backend") == 0
+
+
+def test_transfer_encoding_after_a_tab_is_chunked_end_to_end(mesh):
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(b"POST /up HTTP/1.1\r\nHost:\tapp.svc\t\r\nTransfer-Encoding:\tchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    [req] = backend.requests
+    assert (req.head.authority, req.body, req.complete) == (b"app.svc", b"abc", True)
+    req.respond(200, body=b"ok")
+    assert client.response().status == 200 and not client.closed
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: app.svc evil\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: app.svc/x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: app.svc:8o\r\n\r\n",
+    b"GET http://app.svc:x/ HTTP/1.1\r\nHost: app.svc\r\n\r\n",
+    b"GET http://u@app.svc/ HTTP/1.1\r\nHost: app.svc\r\n\r\n",
+    b"GET /a#b HTTP/1.1\r\nHost: app.svc\r\n\r\n",
+    b"GET * HTTP/1.1\r\nHost: app.svc\r\n\r\n",
+    b"CONNECT /x HTTP/1.1\r\nHost: app.svc\r\n\r\n",
+    b"CONNECT app.svc HTTP/1.1\r\nHost: app.svc\r\n\r\n",
+], ids=["host_space", "host_slash", "host_port", "absolute_port", "absolute_userinfo", "fragment", "asterisk_get",
+        "connect_origin_form", "connect_no_port"])
+def test_bad_host_or_target_is_400_before_any_upstream(mesh, data):
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(data)
+    r = client.response()
+    assert (r.status, r.header("x-txmesh-error")) == (400, b"downstream_protocol_error") and client.closed
+    assertNoUpstreamWork(mesh, backend)
+
+
+def test_connect_is_501_and_never_reaches_an_upstream(mesh):
+    """No listener tunnels yet: CONNECT is refused before routing; no pool is asked, no connection opened."""
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(b"CONNECT app.svc:443 HTTP/1.1\r\nHost: app.svc:443\r\n\r\n\x16\x03\x01early tls bytes")
+    r = client.response()
+    assert (r.status, r.header("x-txmesh-error")) == (501, b"connect_not_supported")
+    assert client.closed and client.received().count(b"HTTP/1.1 ") == 1
+    assertNoUpstreamWork(mesh, backend)
+    assert mesh.value("downstream_rq_error", listener="ingress", cause="connect_not_supported") == 1
+
+
+def test_websocket_upgrade_is_forwarded_as_a_plain_request(mesh):
+    """
+    No tunnel support yet: an Upgrade offer is ignored (RFC 9110 7.8 lets a server ignore it), so the upstream gets
+    a plain GET without Upgrade or Connection, its answer goes back as HTTP and the connection stays HTTP.
+    """
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(b"GET /ws HTTP/1.1\r\nHost: app.svc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    [req] = backend.requests
+    assert b"upgrade" not in req.head.headers and b"connection" not in req.head.headers
+    assert b"upgrade" not in req.connection.transport.value().lower()
+    req.respond(426, headers=[(b"Upgrade", b"websocket")], body=b"upgrade required")
+    r = client.response()
+    assert (r.status, r.body) == (426, b"upgrade required") and not client.closed
+    client.send(get(b"/next"))
+    assert [q.head.path for q in backend.requests] == [b"/ws", b"/next"]
+
+
+def test_a_101_from_the_upstream_is_never_relayed(mesh):
+    """The proxy offered no upgrade upstream: a 101 there is bad framing (502), not a tunnel to the client."""
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(b"GET /ws HTTP/1.1\r\nHost: app.svc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    [req] = backend.requests
+    req.respondRaw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x00")
+    r = client.response()
+    assert (r.status, r.header("x-txmesh-error")) == (502, b"upstream_protocol_error")
+    assert b" 101 " not in client.received() and b"\x81\x00" not in client.received()
+
+
+def test_a_stalled_upload_is_ended_by_the_stream_idle_timeout_not_the_route_timeout(mesh):
+    """The route timeout starts once the request is whole; a body that stops arriving is stream_idle_timeout's."""
+    backend = mesh.upstream("backend")
+    client = mesh.connect()
+    client.send(b"POST /slow/up HTTP/1.1\r\nHost: app.svc\r\nContent-Length: 10\r\n\r\nab")
+    mesh.advance(299.9)  # far past the 500ms route timeout; the default stream_idle_timeout is 5 minutes
+    assert client.received() == b"" and backend.requests[0].body == b"ab"
+    mesh.advance(0.2)
+    r = client.response()
+    assert (r.status, r.header("x-txmesh-error")) == (408, b"stream_idle_timeout") and client.closed

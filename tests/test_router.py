@@ -604,3 +604,24 @@ def test_in_a_pair_the_inner_hop_times_out_first_and_its_answer_comes_back():
     assert inner.responseFlags() == [{"UT"}]  # the inner hop, nearest the silent backend, answered
     assert edge.responseFlags() == [set()]  # the edge relayed it
     assert edge.value("cluster_upstream_rq_timeout", cluster="inner") == 0
+
+
+@pytest.mark.parametrize("protocol", ["http1", "http2", "grpc"])
+def test_connect_is_501_before_any_route_or_pool(h, protocol):
+    """No listener tunnels yet: an HTTP CONNECT (any HTTP version) never reaches a pool."""
+    stream, downstream = h.mesh.openStream()
+    stream.decodeHeaders(RequestHead(b"CONNECT", b"", b"db:5432", HeaderMap([]), protocol=protocol), True)
+    assert status(downstream) == (501, b"connect_not_supported")
+    assert h.pools == [] and h.host.activeRequests == 0
+    assert h.mesh.value("upstream_rq_total", cluster="backend") == 0
+
+
+def test_a_dubbo_method_named_connect_is_routed():
+    """In a Dubbo call the method is the service method's name: ``CONNECT`` there is no tunnel request."""
+    pools = []
+    mesh = InMemoryMesh(MESH.replace("protocol: http", "protocol: dubbo"), poolClasses={
+        "http1": lambda *a: pools.append(RecordingPool(*a)) or pools[-1]})
+    stream, downstream = mesh.openStream()
+    stream.decodeHeaders(RequestHead(b"CONNECT", b"/com.example.Db/CONNECT", b"com.example.Db", HeaderMap([]),
+                                     protocol="dubbo"), True)
+    assert downstream.written == [] and len(pools) == 1 and len(pools[0].waiting) == 1

@@ -8,6 +8,7 @@ matching, are in txmesh.routing.
 
 import re
 
+from txmesh.protocols.http1.wire import validAuthority
 from txmesh.routing import (ClusterAction, DirectResponseAction, DubboMatch, HeaderMatcher, HeaderValueOption,
                             RedirectAction, RegexRewrite, Route, RouteConfig, RouteMatch, VirtualHost,
                             WeightedClusterAction, encodeHost)
@@ -15,6 +16,8 @@ from txmesh.routing import (ClusterAction, DirectResponseAction, DubboMatch, Hea
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
+# what a rewritten path may not hold: it goes into an HTTP/1.1 request line (or :path) as is
+_NOT_IN_PATH = re.compile(rb"[\x00-\x20\x7f#]")
 
 _HEADER_KEYS = ("request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
                 "response_headers_to_remove")
@@ -234,11 +237,19 @@ def _buildDubboMatch(r, m, path):
                       r.get(m, path, "version", str, None), r.get(m, path, "group", str, None), tuple(attachments))
 
 
+def _pathPart(r, value, path):
+    """A rewrite's replacement text, as bytes: nothing a request line cannot carry (spaces, controls, ``#``)."""
+    encoded = value.encode("utf-8")
+    if _NOT_IN_PATH.search(encoded) is not None:
+        raise r.error("invalid path part %r: no spaces, control characters or '#'" % (value,), path)
+    return encoded
+
+
 def _prefixRewrite(r, m, path, match):
     value = r.get(m, path, "prefix_rewrite", str, None)
     if value is not None and match.prefix is None:
         raise r.error("prefix_rewrite needs match.prefix", _join(path, "prefix_rewrite"))
-    return None if value is None else value.encode("utf-8")
+    return None if value is None else _pathPart(r, value, _join(path, "prefix_rewrite"))
 
 
 def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
@@ -253,10 +264,15 @@ def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
             raise r.error("prefix_rewrite and regex_rewrite are exclusive", rrPath)
         rr = r.mapping(m["regex_rewrite"], rrPath, required=("pattern", "substitution"))
         regexRewrite = RegexRewrite(_regex(r, r.get(rr, rrPath, "pattern", str), _join(rrPath, "pattern")),
-                                    r.get(rr, rrPath, "substitution", str).encode("utf-8"))
+                                    _pathPart(r, r.get(rr, rrPath, "substitution", str),
+                                              _join(rrPath, "substitution")))
     hostRewrite = r.get(m, path, "host_rewrite", str, None)
     if hostRewrite is not None:
-        hostRewrite = _host(r, hostRewrite, _join(path, "host_rewrite"))
+        hrPath = _join(path, "host_rewrite")
+        hostRewrite = _host(r, hostRewrite, hrPath)
+        if not validAuthority(hostRewrite, requireHost=True):
+            raise r.error("invalid host_rewrite %r: not host[:port]" % (hostRewrite.decode("ascii", "replace"),),
+                          hrPath)
     common = dict(timeout=r.duration(m, path, "timeout", defaultTimeout),
                   maxStreamDuration=r.duration(m, path, "max_stream_duration", 0.0), prefixRewrite=prefixRewrite,
                   regexRewrite=regexRewrite, hostRewrite=hostRewrite,

@@ -467,9 +467,9 @@ def parseResponses(data, methods=(), closed=False):
     """
     decoder = ResponseDecoder()
     for m in methods:
-        decoder.expect(m)
-    for _ in range(data.count(b"HTTP/1.")):  # enough for every response the bytes may hold
-        decoder.expect(b"GET")
+        decoder.expect(m, True)
+    for _ in range(data.count(b"HTTP/1.")):  # enough for every response the bytes may hold (a 101 too)
+        decoder.expect(b"GET", True)
     events = []
     try:
         events += decoder.feed(data)

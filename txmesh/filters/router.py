@@ -14,6 +14,10 @@ Time bounds (Envoy's model), all on one timer per stream that is re-armed only w
   ``x-txmesh-expected-rq-timeout-ms`` on a listener that trusts it) count from the request's arrival;
 - the listener's ``stream_idle_timeout`` ends a stream on which nothing moved either way for that long.
 
+An HTTP CONNECT gets 501 Not Implemented (``x-txmesh-error: connect_not_supported``) before any route is matched:
+no listener runs tunnels yet (RFC 9110 9.3.6 leaves the answer to a proxy that does not; 501, not 405, since no
+target resource on this listener would allow it).
+
 The upstream request carries the time left when it is sent, less DEADLINE_MARGIN (``grpc-timeout``, the
 ``timeout`` attachment, or ``x-txmesh-expected-rq-timeout-ms``), so the next hop gives up first and the hop nearest
 the cause answers.
@@ -40,6 +44,7 @@ _HEADERS, _DATA, _TRAILERS = 0, 1, 2
 
 EXPECTED_TIMEOUT = b"x-txmesh-expected-rq-timeout-ms"
 DEADLINE_MARGIN = 0.01  # seconds the next hop is told less than this hop has left (at most a tenth of it)
+CONNECT_NOT_SUPPORTED = "connect_not_supported"  # the x-txmesh-error of the 501 that answers CONNECT
 _GRPC_TIMEOUT = b"grpc-timeout"
 _DUBBO_TIMEOUT = b"timeout"
 
@@ -146,6 +151,10 @@ class Router:
 
     def decodeHeaders(self, request, endStream):
         cb = self.callbacks
+        if request.method == b"CONNECT" and request.protocol != "dubbo":  # a Dubbo method may be named so
+            # no listener runs tunnels yet: refuse before routing, so no upstream is ever chosen or connected
+            cb.sendLocalReply(501, b"connect_not_supported\n", (), CONNECT_NOT_SUPPORTED)
+            return STOP
         route = cb.route()
         if route is None:
             self._fail(errors.NoRoute("no route for %r%r" % (request.authority, request.pathOnly())))

@@ -15,9 +15,14 @@ How the work is split, and why:
     same parser is reused.
   - Limits are counted on the bytes we feed it: the request line (414), the header block size and field
     count (431) are checked on every feed, before the block ends.
-  - On top of llhttp we refuse: Transfer-Encoding other than exactly ``chunked`` (optionally after spaces;
-    ``chunked ``, ``\\tchunked``, ``gzip, chunked``, repeated TE fields: all 400, never 501), TE in HTTP/1.0,
-    missing Host in HTTP/1.1, several Host fields, HTTP versions other than 1.0 and 1.1.
+  - On top of llhttp we refuse: Transfer-Encoding other than exactly ``chunked`` between optional whitespace (OWS
+    is SP or HTAB, RFC 9110 5.6.3: ``\tchunked`` and ``chunked `` are chunked; ``gzip, chunked``, repeated TE
+    fields: 400, never 501; llhttp's own TE check, which refuses a trailing HTAB, is relaxed for this), TE in
+    HTTP/1.0, missing Host in HTTP/1.1, several Host fields, a Host or target authority that is not
+    ``uri-host [":" port]``, a request-target whose form does not fit the method (authority-form only and always
+    for CONNECT, asterisk-form only for OPTIONS, no fragment), HTTP versions other than 1.0 and 1.1.
+  - Chunked bodies are decoded a run of complete chunks at a time (one BodyData per run), the chunk-by-chunk
+    state machine taking over at the edges of a feed and for anything unusual, so both refuse the same bytes.
 
 Decoded heads hold no Host (it becomes C{authority}), no hop-by-hop field and no field named in Connection;
 ``te: trailers`` survives as the one allowed TE value (gRPC needs it end to end).  Expect stays in the headers.
@@ -35,8 +40,9 @@ from txmesh.interfaces import ICodec
 from txmesh.protocols.http1.events import (
     BodyData, InterimResponse, MessageComplete, RequestStarted, ResponseStarted, TunnelData)
 from txmesh.protocols.http1.wire import (
-    CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, TRAILER_FORBIDDEN, checkChunked,
-    classifyFields, encodeBody, encodeChunk, encodeRequestHead, encodeResponseHead, encodeTrailers)
+    CHUNK_LINE, CHUNK_PARTIAL, HOP_BY_HOP, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, PLAIN_AUTHORITY,
+    TRAILER_FORBIDDEN, checkChunked, classifyFields, encodeBody, encodeChunk, encodeRequestHead, encodeResponseHead,
+    encodeTrailers, validAuthority)
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead
 
 __all__ = ["RequestDecoder", "ResponseDecoder", "RequestStarted", "ResponseStarted", "InterimResponse", "BodyData",
@@ -51,8 +57,24 @@ _C_SIZE, _C_DATA, _C_CRLF, _C_TRAILERS = range(4)
 
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 _LEADING_BLANK = re.compile(rb"[\r\n]*")
-_ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?", re.DOTALL)
+_ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)([/?][^#]*)?", re.DOTALL)
 _TRAILER_PRIMER = b"GET / HTTP/1.1\r\n"
+# chunk-size lines without extensions or leading zeros, up to 0x3ff, and their values: the bulk decoder's fast path
+_SMALL_SIZES = {}
+for _i in range(1, 0x400):
+    _SMALL_SIZES[b"%x" % _i] = _SMALL_SIZES[b"%X" % _i] = _i
+del _i
+
+
+def _requestParser(callbacks):
+    """
+    An llhttp request parser, strict but for Transfer-Encoding: llhttp refuses ``chunked<HTAB>`` (legal OWS), and
+    wire.checkChunked checks the raw TE lines itself (exactly one, ``chunked`` between OWS, no Content-Length).
+    """
+    parser = HttpRequestParser(callbacks)
+    parser.set_dangerous_leniencies(lenient_transfer_encoding=True)
+    return parser
+
 
 class _MessageDecoder:
     """The machinery both decoders share: head reading with limits, body framing, chunked decoding."""
@@ -214,6 +236,11 @@ class _MessageDecoder:
                 if rem == take:
                     self._chunkState = _C_CRLF
             elif cs == _C_SIZE:
+                if not self._line:
+                    end = self._readChunkRun(data, pos, events)
+                    if end != pos:
+                        pos = end
+                        continue
                 i = data.find(b"\n", pos)
                 if i < 0:
                     line = self._line + data[pos:]
@@ -263,6 +290,47 @@ class _MessageDecoder:
                 self._parser = None
                 self._endMessage(events, HeaderMap(fields) if fields else None)
                 return end
+        return pos
+
+    def _readChunkRun(self, data, pos, events):
+        """
+        Decode the complete chunks at data[pos:] in one loop, as one BodyData; stop before anything else (a chunk
+        cut by the end of the feed, the last chunk, an oversized or malformed line, missing CRLF, the body limit),
+        which the chunk-by-chunk path in L{_readChunked} then takes, with its errors.  A body of many tiny chunks
+        thus costs one dict lookup or regex match per chunk, not a pass through the state machine.
+
+        @return: the offset after the last chunk decoded (``pos`` when there was none).
+        """
+        n = len(data)
+        find = data.find
+        sizes = _SMALL_SIZES
+        line = CHUNK_LINE.fullmatch
+        limit = self.bodyLimit
+        room = MAX_CHUNK_SIZE if limit is None else limit - self._received
+        pieces = []
+        total = 0
+        while True:
+            i = find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+            if i < 0:
+                break
+            size = sizes.get(data[pos:i])
+            if size is None:
+                m = line(data, pos, i + 2)
+                if m is None:
+                    break
+                size = int(m.group(1), 16)
+                if size == 0 or size > MAX_CHUNK_SIZE:
+                    break
+            start = i + 2
+            end = start + size
+            if end + 2 > n or data[end] != 13 or data[end + 1] != 10 or total + size > room:
+                break
+            pieces.append(data[start:end])
+            total += size
+            pos = end + 2
+        if pieces:
+            self._received += total
+            events.append(BodyData(pieces[0] if len(pieces) == 1 else b"".join(pieces)))
         return pos
 
     def _feedBody(self, data, pos, events):
@@ -340,7 +408,7 @@ class RequestDecoder(_MessageDecoder):
                             if pos == n:
                                 break
                         if self._parser is None:
-                            self._parser = HttpRequestParser(self)
+                            self._parser = _requestParser(self)
                     end = self._readHead(data, pos)
                     if end < 0:
                         break
@@ -391,28 +459,33 @@ class RequestDecoder(_MessageDecoder):
             self._fail("more than one Host")
         else:
             authority = f.host
-            if b"@" in authority:
-                self._fail("userinfo in Host")
+            if PLAIN_AUTHORITY(authority) is None and not validAuthority(authority):
+                self._fail("invalid Host")
         url = self._url
         upgrade = f.upgrade
-        if url[:1] == b"/":
-            path = url
-        elif method == b"CONNECT":
-            if b"/" in url or b"@" in url:
+        # the request-target's form follows the method (RFC 9112 3.2): authority-form only for CONNECT, and CONNECT
+        # only with it; asterisk-form only for OPTIONS; else origin-form or absolute-form.  No fragment in any.
+        if method == b"CONNECT":
+            if not validAuthority(url, True, True):
                 self._fail("invalid CONNECT target")
             path = b""
             authority = url
             upgrade = b"connect"
+        elif url[:1] == b"/":
+            if b"#" in url:
+                self._fail("fragment in request target")
+            path = url
         elif url == b"*" and method == b"OPTIONS":
             path = url
         else:
             m = _ABSOLUTE.fullmatch(url)
-            if m is None:
+            if m is None or not validAuthority(m.group(1), True):
                 self._fail("invalid request target")
             authority = m.group(1)
-            path = m.group(2) or b"/"
-            if path[:1] == b"?":
-                path = b"/" + path
+            path = m.group(2)
+            if not path or path[:1] == b"?":
+                # RFC 9112 3.2.4: OPTIONS for the server itself is forwarded in asterisk-form
+                path = (b"*" if method == b"OPTIONS" else b"/") if not path else b"/" + path
         if version == (1, 1):
             keepAlive = not f.close
         else:
@@ -443,8 +516,8 @@ class ResponseDecoder(_MessageDecoder):
 
     C{feed(data)} returns ResponseStarted, BodyData, MessageComplete and InterimResponse events; bad framing
     raises L{HTTPCodecError} (502) and the connection must not be reused.  A response to HEAD, a 204 or a 304
-    has no body; one without Content-Length or chunked ends at close (L{eof}).  After a 101, or a 2xx to
-    CONNECT, the bytes that follow are TunnelData.
+    has no body; one without Content-Length or chunked ends at close (L{eof}).  After a 101 (only to a request
+    that offered an upgrade), or a 2xx to CONNECT, the bytes that follow are TunnelData.
     """
 
     _parserType = HttpResponseParser
@@ -457,9 +530,12 @@ class ResponseDecoder(_MessageDecoder):
         self._held = []
         self._heldBytes = 0
 
-    def expect(self, method):
-        """A request with ``method`` was sent: its response comes after those already expected."""
-        self._expected.append(method)
+    def expect(self, method, upgrade=False):
+        """
+        A request with ``method`` was sent: its response comes after those already expected.  ``upgrade``: the
+        request offered an Upgrade, so a 101 may answer it; a 101 to any other request is bad framing (502).
+        """
+        self._expected.append((method,) if upgrade else method)  # a bare method in the common case: no tuple
 
     def feed(self, data):
         events = []
@@ -524,6 +600,10 @@ class ResponseDecoder(_MessageDecoder):
             self._resetHead()
             return
         method = self._expected.popleft()
+        if type(method) is tuple:
+            method = method[0]
+        elif status == 101:
+            self._fail("101 Switching Protocols to a request that offered no upgrade")
         keepAlive = (not f.close) if version == (1, 1) else (f.keepAlive and not f.close)
         if status == 101 or (method == b"CONNECT" and 200 <= status < 300):
             events.append(ResponseStarted(head, False, False, f.upgrade if status == 101 else b"connect"))
