@@ -219,8 +219,8 @@ ERRORS = [
     ("http2 unknown key", addToListener("    protocol: http2\n    http2: {max_streams: 10}"),
      "mesh.yaml:9: listeners[0].http2.max_streams: unknown key 'max_streams' (allowed: max_concurrent_streams,"
      " max_header_list_size, max_outbound_control_frames, max_consecutive_inbound_frames_with_empty_payload,"
-     " max_inbound_priority_frames_per_stream, max_inbound_window_update_frames_per_data_frame_sent,"
-     " max_premature_resets, premature_reset_ratio, max_message_size)"),
+     " max_inbound_priority_frames_per_stream, max_inbound_control_frames_per_second,"
+     " max_inbound_window_update_frames_per_data_frame_sent, max_premature_resets, premature_reset_ratio, max_message_size)"),
     ("http2 not a mapping", addToListener("    protocol: grpc\n    http2: 10"),
      "mesh.yaml:9: listeners[0].http2: must be a mapping, not an integer"),
     ("http2 streams zero", addToListener("    protocol: grpc\n    http2:\n      max_concurrent_streams: 0"),
