@@ -469,3 +469,21 @@ def test_well_formed_connect_is_answered_501_and_never_forwarded(end):
     assert not transport.disconnecting
     proto.dataReceived(DataFrame(1, b"tunnel bytes").serialize())  # in flight: ignored, never forwarded
     assert template.log == [] and not transport.disconnecting
+
+
+@pytest.mark.parametrize("name", ["grpcio-unary", "grpcio-client-stream", "curl-get", "curl-post", "h2load",
+                                  "nghttp-table-size-0"])
+def test_real_clients_requests_pass_every_check(name):
+    """What grpcio, curl (nghttp2), h2load and nghttp sent (tests/fixtures/h2 captures), whole: their requests
+    are well-formed and their PING/SETTINGS within the rate, so nothing is reset and nothing closes."""
+    from tests.test_h2_connection import capture
+    runtime = Runtime()
+    template = Template()
+    factoryClass = GRPCListenerFactory if name.startswith("grpcio") else H2ListenerFactory
+    proto = factoryClass(ListenerConfig(), template, runtime).buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(capture(name, "c2s"))
+    assert resets(transport) == [] and goaway(transport) is None and not transport.disconnecting
+    assert [e[0] for e in template.log if e[0] == "headers"]
+    assert runtime.stats.total("downstream_rq_error", cause="malformed_request") == 0

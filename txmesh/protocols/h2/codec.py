@@ -14,7 +14,8 @@ closed and closed streams (a stream this side reset may still get frames, which 
 sequencing and count; padding; SETTINGS values; both flow-control windows, inbound and outbound; content-length
 against DATA (a malformed message is a stream error); MAX_CONCURRENT_STREAMS (streams past it are refused with
 REFUSED_STREAM, their header block still decoded so HPACK stays in step).  Header *fields* of requests are checked
-by the listener (L{txmesh.protocols.h2.defences.readRequest}) in the pass that reads them.
+by the listener (L{txmesh.protocols.h2.defences.readRequest}) in the pass that reads them; it tells the connection
+which streams it accepted (``streamAccepted``), and a GOAWAY names the last of them (not a refused or malformed one).
 """
 
 from hpack.exceptions import HPACKError, OversizedHeaderListError
