@@ -30,7 +30,7 @@ _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connecti
                                   b"upgrade"})
 _BAD_NAME = re.compile(rb"[^a-z0-9!#$%&'*+\-.^_`|~]")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
-_WHITESPACE = (0x20, 0x09)  # a value must not start or end with one (RFC 9113 8.2.1)
+_WHITESPACE = b" \t"  # a value must not start or end with one (RFC 9113 8.2.1)
 # what becomes the HTTP/1.1 request line upstream, the route's match and x-forwarded-proto
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # :method (RFC 9110 5.6.2)
 _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*")  # :scheme (RFC 3986 3.1)
@@ -41,6 +41,11 @@ _AUTHORITY = re.compile(_HOST + rb"(?::[0-9]*)?")
 _CONNECT_AUTHORITY = re.compile(_HOST + rb":[0-9]+")  # CONNECT: host and port both (RFC 9113 8.5)
 _COMMON_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH"})
 _COMMON_SCHEMES = frozenset({b"http", b"https"})
+# authorities already found well-formed (a few per deployment: the regex runs once each), short ones only, and
+# forgotten all at once when full, so a client sending many cannot make it big
+_goodAuthorities = set()
+_GOOD_AUTHORITIES_MAX = 4096
+_GOOD_AUTHORITY_LENGTH = 255
 
 
 def readRequest(headers):
@@ -69,7 +74,7 @@ def readRequest(headers):
             raise MalformedRequest("invalid field name %r" % (k,))
         if k in _CONNECTION_SPECIFIC or (k == b"te" and v != b"trailers"):
             raise MalformedRequest("connection-specific field %r" % (k,))
-        if v and (_BAD_VALUE.search(v) is not None or v[0] in _WHITESPACE or v[-1] in _WHITESPACE):
+        if _BAD_VALUE.search(v) is not None or v.strip(_WHITESPACE) != v:
             raise MalformedRequest("invalid value of %r" % (k,))
         if k == b"host":
             host = v
@@ -94,8 +99,13 @@ def readRequest(headers):
         authority = host
         if authority is None:
             return method, path, b"", scheme, fields
-    if _AUTHORITY.fullmatch(authority) is None:
-        raise MalformedRequest("invalid :authority %r" % (authority,))
+    if authority not in _goodAuthorities:
+        if _AUTHORITY.fullmatch(authority) is None:
+            raise MalformedRequest("invalid :authority %r" % (authority,))
+        if len(authority) <= _GOOD_AUTHORITY_LENGTH:
+            if len(_goodAuthorities) >= _GOOD_AUTHORITIES_MAX:
+                _goodAuthorities.clear()
+            _goodAuthorities.add(authority)
     return method, path, authority, scheme, fields
 
 
