@@ -487,3 +487,12 @@ def test_real_clients_requests_pass_every_check(name):
     assert resets(transport) == [] and goaway(transport) is None and not transport.disconnecting
     assert [e[0] for e in template.log if e[0] == "headers"]
     assert runtime.stats.total("downstream_rq_error", cause="malformed_request") == 0
+
+
+def test_split_cookie_fields_are_joined_for_the_upstream():
+    """RFC 9113 8.2.3: cookie crumbs in separate fields become one field ("; ") before an HTTP/1.1 hop sees them."""
+    transport, template, _ = _malformed(request() + [(b"cookie", b"a=1"), (b"x-a", b"1"), (b"cookie", b"b=2"),
+                                                     (b"cookie", b"c=3")])
+    head = template.log[0][1]
+    assert list(head.headers.items())[:2] == [(b"cookie", b"a=1; b=2; c=3"), (b"x-a", b"1")]
+    assert head.headers.getAll(b"cookie") == [b"a=1; b=2; c=3"]

@@ -54,7 +54,8 @@ def readRequest(headers):
     pseudo-headers first, known, once each; ``:method`` a token; ``:scheme`` a URI scheme; ``:path`` origin-form
     (or ``*`` for OPTIONS) without CTL or space; ``:authority`` (or ``host`` without it) a host and an optional
     port, no userinfo; lower-case token names; no connection-specific fields; ``te`` only "trailers"; no CR/LF/NUL
-    in values, nor whitespace at their ends.  ``:authority`` wins over ``host`` (which is dropped).
+    in values, nor whitespace at their ends.  ``:authority`` wins over ``host`` (which is dropped); ``cookie``
+    fields are joined into one with "; " (RFC 9113 8.2.3).
 
     @raise MalformedRequest: the request must not be forwarded.
     @raise UnsupportedRequest: a well-formed CONNECT (only ``:method`` and ``:authority``, RFC 9113 8.5).
@@ -62,6 +63,7 @@ def readRequest(headers):
     pseudo = {}
     fields = []
     host = None
+    cookie = cookieAt = None
     for k, v in headers:
         if k[:1] == b":":
             if fields or host is not None:
@@ -78,8 +80,18 @@ def readRequest(headers):
             raise MalformedRequest("invalid value of %r" % (k,))
         if k == b"host":
             host = v
+        elif k == b"cookie":
+            if cookie is None:
+                cookie = [v]
+                cookieAt = len(fields)
+                fields.append((k, v))
+            else:
+                cookie.append(v)
         else:
             fields.append((k, v))
+    if cookie is not None and len(cookie) > 1:
+        # crumbs split across fields (8.2.3) are one field again, as an HTTP/1.1 upstream must get them
+        fields[cookieAt] = (b"cookie", b"; ".join(cookie))
     method = pseudo.get(b":method")
     if method is None or (method not in _COMMON_METHODS and _TOKEN.fullmatch(method) is None):
         raise MalformedRequest("missing or invalid :method %r" % (method,))
