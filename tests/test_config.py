@@ -219,8 +219,8 @@ ERRORS = [
     ("http2 unknown key", addToListener("    protocol: http2\n    http2: {max_streams: 10}"),
      "mesh.yaml:9: listeners[0].http2.max_streams: unknown key 'max_streams' (allowed: max_concurrent_streams,"
      " max_header_list_size, max_outbound_control_frames, max_consecutive_inbound_frames_with_empty_payload,"
-     " max_inbound_priority_frames_per_stream, max_inbound_window_update_frames_per_data_frame_sent,"
-     " max_premature_resets, premature_reset_ratio, max_message_size)"),
+     " max_inbound_priority_frames_per_stream, max_inbound_control_frames_per_second,"
+     " max_inbound_window_update_frames_per_data_frame_sent, max_premature_resets, premature_reset_ratio, max_message_size)"),
     ("http2 not a mapping", addToListener("    protocol: grpc\n    http2: 10"),
      "mesh.yaml:9: listeners[0].http2: must be a mapping, not an integer"),
     ("http2 streams zero", addToListener("    protocol: grpc\n    http2:\n      max_concurrent_streams: 0"),
@@ -233,6 +233,12 @@ ERRORS = [
      "mesh.yaml:10: listeners[0].http2.premature_reset_ratio: must be between 0 and 1, got 1.5"),
     ("http2 ratio type", addToListener("    protocol: http2\n    http2:\n      premature_reset_ratio: true"),
      "mesh.yaml:10: listeners[0].http2.premature_reset_ratio: must be a number, not a boolean"),
+    ("http2 control frame rate", addToListener("    protocol: grpc\n    http2:\n"
+                                               "      max_inbound_control_frames_per_second: 0"),
+     "mesh.yaml:10: listeners[0].http2.max_inbound_control_frames_per_second: must be >= 1, got 0"),
+    ("http2 control frame rate type", addToListener("    protocol: http2\n    http2:\n"
+                                                    "      max_inbound_control_frames_per_second: 1.5"),
+     "mesh.yaml:10: listeners[0].http2.max_inbound_control_frames_per_second: must be an integer, not a number"),
     ("http2 control frames", addToListener("    protocol: http2\n    http2: {max_outbound_control_frames: -1}"),
      "mesh.yaml:9: listeners[0].http2.max_outbound_control_frames: must be >= 1, got -1"),
     ("http2 message size on http2", addToListener("    protocol: http2\n    http2:\n      max_message_size: 10"),

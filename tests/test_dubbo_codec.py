@@ -189,6 +189,34 @@ def test_telnetIsNotAccepted():
     assert e.value.fatal and e.value.requestId is None
 
 
+@pytest.mark.parametrize("data", [b"GET / HTTP/1.1\r\n", b"ls\r\n", b"\xdaX", b"\xda\xbc", b"\xbb\xda", b"\x00"],
+                         ids=["http", "telnet", "second-byte", "second-byte-near", "swapped", "nul"])
+def test_badMagicRefusedAtTheFirstByteThatDisagrees(data):
+    """Non-Dubbo bytes are refused byte by byte: the first byte unless it is 0xda, else the second; no waiting
+    for a 16-byte header that may never come."""
+    decoder = DubboDecoder()
+    wrong = 0 if data[0] != 0xDA else 1
+    for i in range(wrong):
+        assert decoder.feed(data[i:i + 1]) == []
+    with pytest.raises(DubboCodecError) as e:
+        decoder.feed(data[wrong:wrong + 1])
+    assert e.value.fatal and e.value.requestId is None
+
+
+def test_badMagicOfALaterFrameRefusedAtItsFirstByte():
+    good = load("sofa-consumer__sofa-provider/c0-c2s-000-req-echo.hex")
+    decoder = DubboDecoder()
+    assert [f.requestId for f in decoder.feed(good + b"\xda")] == [1]
+    with pytest.raises(DubboCodecError) as e:
+        decoder.feed(b"G")
+    assert e.value.fatal and e.value.frames == []
+
+
+def test_magicAloneWaitsForTheRestOfTheHeader():
+    decoder = DubboDecoder()
+    assert decoder.feed(b"\xda") == [] and decoder.feed(b"\xbb") == [] and decoder.feed(b"\xc2\x00") == []
+
+
 def test_oversizeRefusedFromHeaderAlone():
     """A body length over the limit fails with the id and BAD_REQUEST from the 16 header bytes alone."""
     header = dc.encodeHeader(0xC2, 0, 99, 8 * 1024 * 1024 + 1)

@@ -5,6 +5,7 @@ connections are StringTransports, time is a Clock, frames are real captured ones
 
 import os
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import StringTransport
@@ -448,3 +449,23 @@ def test_service_method_series_are_capped():
     series = mesh.stats.snapshot()["dubbo_requests"]
     assert len({e["labels"]["service"] for e in series}) == 4
     assert mesh.value("dubbo_requests", service="_other", method="_other") == 7
+
+
+@pytest.mark.parametrize("data", [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"ls\r\n", b"\xda\x00"],
+                         ids=["http", "telnet", "second-byte"])
+def test_non_dubbo_bytes_close_the_connection_at_the_first_wrong_byte(data):
+    """The listener does not wait for 16 bytes: the first byte that disagrees with the magic closes the
+    connection (nothing in flight to answer), counted as a decode error and a protocol error."""
+    mesh = Mesh()
+    proto, t = mesh.client()
+    wrong = 0 if data[0] != 0xDA else 1
+    for i in range(wrong):
+        proto.dataReceived(data[i:i + 1])
+        assert not t.disconnecting
+    proto.dataReceived(data[wrong:wrong + 1])
+    assert t.disconnecting and t.value() == b""
+    assert mesh.value("dubbo_decode_errors") == 1
+    assert mesh.value("downstream_cx_protocol_error") == 1
+    proto.dataReceived(data[wrong + 1:])  # the rest, already in flight: ignored
+    assert mesh.value("dubbo_decode_errors") == 1
+    assert mesh.upstreams == {}

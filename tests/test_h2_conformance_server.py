@@ -926,6 +926,60 @@ def test_streams_above_goaway_last_stream_id_are_not_processed():
     assert c.resets() in ([], [(3, REFUSED_STREAM)])
 
 
+def test_graceful_goaway_names_the_last_stream_accepted_not_refused_or_malformed():
+    """6.8: the last-stream-id is the last stream the server may act on.  Streams it refused (REFUSED_STREAM past
+    MAX_CONCURRENT_STREAMS) or reset as malformed were not processed: the client may retry them elsewhere, so they
+    must not raise it."""
+    c = Client()
+    for i in range(100):
+        c.send(c.headers(1 + 2 * i, end=False))
+    c.send(c.headers(201, end=False))  # past MAX_CONCURRENT_STREAMS
+    assert c.resets() == [(201, REFUSED_STREAM)]
+    c.factory.drain()
+    g = c.goaway()
+    assert (g.error_code, g.last_stream_id) == (NO_ERROR, 199)
+    assert len(c.template.streams) == 100
+
+
+@pytest.mark.parametrize("fields", [request(path=b"no-slash"), request(extra=[(b"content-length", b"3")])],
+                         ids=["listener", "connection"])
+def test_graceful_goaway_does_not_name_a_malformed_stream(fields):
+    """Whether the listener (its fields) or the connection (content-length without a body) found it malformed."""
+    c = Client()
+    c.send(c.headers(1, end=False), c.headers(3, fields))
+    assert c.resets() == [(3, PROTOCOL_ERROR)]
+    c.factory.drain()
+    g = c.goaway()
+    assert (g.error_code, g.last_stream_id) == (NO_ERROR, 1)
+
+
+def test_graceful_goaway_with_no_stream_accepted_names_zero():
+    c = Client()
+    c.send(c.headers(1, request(extra=[(b"connection", b"close")])))
+    c.factory.drain()
+    g = c.goaway()
+    assert (g.error_code, g.last_stream_id) == (NO_ERROR, 0)
+    assert c.transport.disconnecting
+
+
+def test_error_goaway_names_the_last_stream_accepted():
+    """6.8, 5.4.1: the GOAWAY of a connection error also names the last stream accepted, not the highest seen."""
+    c = Client()
+    c.send(c.headers(1, end=False), c.headers(3, request(path=b"")), c.headers(5, [(b":method", b"CONNECT"),
+                                                                                    (b":authority", b"a:1")]))
+    c.send(rawFrame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)))  # a connection error
+    g = assertConnectionError(c, PROTOCOL_ERROR)
+    assert g.last_stream_id == 1
+
+
+def test_flood_goaway_names_the_last_stream_accepted():
+    c = Client()
+    c.send(c.headers(1, end=False), c.headers(3, request(extra=[(b"te", b"gzip")])))
+    c.send(PingFrame(0, opaque_data=b"12345678").serialize() * 100)
+    g = assertConnectionError(c, 0xB)  # ENHANCE_YOUR_CALM
+    assert g.last_stream_id == 1
+
+
 # -- 5.5 extensions, 8.4 server push -------------------------------------------------------------------------------
 
 

@@ -153,7 +153,10 @@ def request(method=b"POST", path=b"/", extra=()):
 # -- the two implementations behind one face -------------------------------------------------------------------------
 
 class Ours:
-    """txmesh's connection; every byte it writes is kept in ``wire``; data is acknowledged as it arrives."""
+    """
+    txmesh's connection; every byte it writes is kept in ``wire``; data is acknowledged as it arrives, and the
+    peer's requests are accepted (``streamAccepted``) as the listener does with well-formed ones.
+    """
 
     def __init__(self, clientSide, autoAck=True, **kwargs):
         self.conn = H2Connection(clientSide, **kwargs)
@@ -168,10 +171,11 @@ class Ours:
 
     def feed(self, data):
         events = self.conn.receiveData(data)
-        if self.autoAck:
-            for e in events:
-                if isinstance(e, E.DataReceived):
-                    self.conn.acknowledge(e.flow_controlled_length, e.stream_id)
+        for e in events:
+            if isinstance(e, E.RequestReceived):
+                self.conn.streamAccepted(e.stream_id)
+            elif self.autoAck and isinstance(e, E.DataReceived):
+                self.conn.acknowledge(e.flow_controlled_length, e.stream_id)
         return common(events)
 
     def window(self, sid):
@@ -669,7 +673,7 @@ def test_pingBothWays(pair):
 
 def test_gracefulGoawayRefusesLaterStreams():
     """
-    Our graceful GOAWAY names the last stream the peer opened; a stream that crossed it on the wire is refused
+    Our graceful GOAWAY names the last stream accepted; a stream that crossed it on the wire is refused
     (REFUSED_STREAM, safe to retry) and not reported; the streams before it still finish.  (Checked on the frames:
     h2's connection takes any GOAWAY as the end and rejects the RST_STREAM that follows it.)
     """
@@ -705,7 +709,7 @@ def test_goawayWithAnErrorFromH2EndsOurConnection():
 
 
 def test_ourErrorGoawayReachesH2():
-    """closeConnection's GOAWAY names the last stream the peer opened, the code and the debug data."""
+    """closeConnection's GOAWAY names the last stream accepted, the code and the debug data."""
     client, server = Theirs(True), Ours(False)
     pump(client, server)
     sid = client.open(request(), end=True)

@@ -17,16 +17,18 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+import pytest
 from twisted.internet.testing import StringTransport
 
 from tests.h2wire import PREFACE, ListenerConfig, Runtime, Template
+from txmesh.config import H2Limits
 from txmesh.protocols.h2.server import GRPCListenerFactory, H2ListenerFactory
 
 
-def serve(factoryClass=H2ListenerFactory):
-    runtime = Runtime()
+def serve(factoryClass=H2ListenerFactory, h2Limits=None, runtime=None):
+    runtime = runtime or Runtime()
     template = Template()
-    factory = factoryClass(ListenerConfig(), template, runtime)
+    factory = factoryClass(ListenerConfig(), template, runtime, h2Limits=h2Limits)
     proto = factory.buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
@@ -132,7 +134,8 @@ def test_resets_after_responses_are_not_rapid_reset():
 
 
 def _floodWhileNotReading(frame, count):
-    proto, transport, _, stats = serve()
+    # the rate bound out of the way: this is the bound on answers queued for a peer that does not read them
+    proto, transport, _, stats = serve(h2Limits=H2Limits(maxInboundControlFramesPerSecond=10 ** 6))
     transport.producer.pauseProducing()  # the peer does not read: our write buffer is full
     proto.dataReceived(frame * count)
     return transport, stats
@@ -151,10 +154,62 @@ def test_settings_flood_closes_connection():
     assert stats.total("downstream_h2_flood_close", kind="control_frames") == 1
 
 
-def test_pings_from_a_reading_peer_are_fine():
-    proto, transport, _, _ = serve()
-    proto.dataReceived(PingFrame(0, opaque_data=b"12345678").serialize() * 1100)
+def pingAcks(transport):
+    return [f for f in rawFrames(transport) if isinstance(f, PingFrame) and "ACK" in f.flags]
+
+
+@pytest.mark.parametrize("frame", [PingFrame(0, opaque_data=b"12345678"), SettingsFrame(0),
+                                   PingFrame(0, opaque_data=b"12345678", flags={"ACK"})],
+                         ids=["ping", "settings", "unasked-ping-ack"])
+def test_control_flood_from_a_reading_peer_closes_connection(frame):
+    """A client that reads our ACKs is bounded too: more than 100 PING/SETTINGS frames in a second of the
+    listener's clock (its first SETTINGS is one of them) is a flood, whole or frame by frame."""
+    proto, transport, _, stats = serve()
+    for _ in range(99):
+        proto.dataReceived(frame.serialize())
     assert not transport.disconnecting
+    proto.dataReceived(frame.serialize())
+    assert transport.disconnecting
+    assert goaway(transport) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert stats.total("downstream_h2_flood_close", kind="control_frame_rate") == 1
+    assert stats.total("downstream_h2_goaway_sent") == 1
+    assert isinstance(rawFrames(transport)[-1], GoAwayFrame)  # nothing after the GOAWAY
+
+
+def test_control_frames_at_the_rate_for_a_long_time_are_fine():
+    runtime = Runtime()
+    proto, transport, _, stats = serve(runtime=runtime)
+    ping = PingFrame(0, opaque_data=b"12345678").serialize()
+    for second in range(30):
+        runtime.clock.advance(1)
+        proto.dataReceived(ping * 99 + SettingsFrame(0).serialize())
+    assert not transport.disconnecting
+    assert len(pingAcks(transport)) == 30 * 99
+    assert stats.total("downstream_h2_flood_close", kind="control_frame_rate") == 0
+
+
+def test_configured_control_frame_rate():
+    proto, transport, _, stats = serve(h2Limits=H2Limits(maxInboundControlFramesPerSecond=5))
+    proto.dataReceived(PingFrame(0, opaque_data=b"12345678").serialize() * 5)  # 4 + the preface's SETTINGS
+    assert transport.disconnecting
+    assert stats.total("downstream_h2_flood_close", kind="control_frame_rate") == 1
+
+
+def test_pings_that_follow_our_data_are_not_a_flood():
+    """gRPC's BDP probe sends a PING as our DATA arrives: each DATA frame sent allows one more in its second."""
+    proto, transport, template, stats = serve()
+    proto.dataReceived(headersFrame(1, request()))
+    s = template.streams[0]
+    from txmesh.stream import ResponseHead
+    s.downstream.writeHeaders(ResponseHead(200, version=(2, 0)), False)
+    ping = PingFrame(0, opaque_data=b"12345678").serialize()
+    for _ in range(300):
+        s.downstream.writeData(b"x" * 10, False)
+        proto.dataReceived(ping)
+    assert not transport.disconnecting
+    proto.dataReceived(ping * 100)
+    assert transport.disconnecting
+    assert stats.total("downstream_h2_flood_close", kind="control_frame_rate") == 1
 
 
 def test_empty_data_flood_closes_connection():
@@ -291,3 +346,153 @@ def test_grpc_http_error_from_upstream_is_mapped():
     assert dict(resp.fields)[b"grpc-status"] == b"14"
     assert "END_STREAM" in resp.flags
     assert not [f for f in rawFrames(transport) if isinstance(f, DataFrame)]
+
+
+# -- pseudo-headers and the values that become the upstream request line or a routing decision ----------------------
+
+
+def _with(name, value):
+    """request() with pseudo-header ``name`` set to ``value`` (None: left out)."""
+    fields = [(k, value if k == name else v) for k, v in request()]
+    return [(k, v) for k, v in fields if v is not None]
+
+
+# bad values of each pseudo-header (None: left out)
+BAD_PSEUDO = {
+    b":method": [b"GET /evil HTTP/1.1", b"GET\r\nx-a: 1", b"G\x00T", b"", b"G(T", b"G\xc3\x89T", None],
+    b":scheme": [b"", b"1http", b"ht tp", b"http\r\nx-a: 1", b"h_ttp", b"http:", None],
+    b":path": [b"", None, b"x", b"http://b.svc/x", b"*", b"/x HTTP/1.1", b"/a\tb", b"/a\x7f",
+               b"/x HTTP/1.1\r\nhost: evil\r\n\r\nGET /y", b"/x\x00"],
+    b":authority": [b"", b"user@a.svc", b"a.svc:80@evil.svc", b"a svc", b"a.svc\r\nx-a: 1", b"a.svc/x",
+                    b"a.svc:8o", b"a.svc:80:80", b"[::1", b"a%zz.svc"],
+}
+
+MALFORMED = [("%s=%r" % (name.decode(), value), _with(name, value))
+             for name, values in BAD_PSEUDO.items() for value in values] + [
+    ("host-userinfo-without-authority", _with(b":authority", None) + [(b"host", b"user@a.svc")]),
+    ("host-space-without-authority", _with(b":authority", None) + [(b"host", b"a svc")]),
+    ("unknown-pseudo", request() + [(b":protocol", b"websocket")]),
+    ("status-in-request", request() + [(b":status", b"200")]),
+    ("repeated-path", request() + [(b":path", b"/y")]),
+    ("connect-with-scheme-and-path", [(b":method", b"CONNECT")] + request()[1:]),
+    ("connect-without-authority", [(b":method", b"CONNECT")]),
+    ("connect-without-port", [(b":method", b"CONNECT"), (b":authority", b"a.svc")]),
+    ("connect-userinfo", [(b":method", b"CONNECT"), (b":authority", b"u@a.svc:443")]),
+    ("connect-with-path", [(b":method", b"CONNECT"), (b":authority", b"a.svc:443"), (b":path", b"/")]),
+    ("value-leading-space", request() + [(b"x-a", b" v")]),
+    ("value-trailing-tab", request() + [(b"x-a", b"v\t")]),
+    ("value-lf", request() + [(b"x-a", b"v\nx-b: 1")]),
+] + [("connection-specific-" + name.decode(), request() + [(name, value)]) for name, value in [
+    (b"connection", b"close"), (b"keep-alive", b"timeout=5"), (b"proxy-connection", b"keep-alive"),
+    (b"transfer-encoding", b"chunked"), (b"upgrade", b"h2c")]] + [
+    ("te-gzip", request() + [(b"te", b"gzip")]),
+    ("te-trailers-and-more", request() + [(b"te", b"trailers, deflate")]),
+]
+
+
+@pytest.mark.parametrize("fields", [c[1] for c in MALFORMED], ids=[c[0] for c in MALFORMED])
+def test_malformed_request_is_reset_and_never_forwarded(fields):
+    """RFC 9113 8.2-8.5: RST_STREAM(PROTOCOL_ERROR) on that stream, nothing reaches the chain (so nothing goes
+    upstream), the connection serves the next request."""
+    proto, transport, template, stats = serve()
+    enc = Encoder()
+    proto.dataReceived(headersFrame(1, fields, encoder=enc))
+    assert resets(transport) == [(1, ErrorCodes.PROTOCOL_ERROR)]
+    assert template.streams == [] and template.log == []
+    assert stats.total("downstream_rq_error", cause="malformed_request") == 1
+    assert not transport.disconnecting and goaway(transport) is None
+    proto.dataReceived(headersFrame(3, request(), encoder=enc))
+    assert [e[1].path for e in template.log if e[0] == "headers"] == [b"/x"]
+
+
+ACCEPTED = [
+    ("options-asterisk", [(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":authority", b"a.svc"),
+                          (b":path", b"*")], (b"OPTIONS", b"*", b"a.svc", b"http")),
+    ("extension-method", _with(b":method", b"PROPFIND"), (b"PROPFIND", b"/x", b"a.svc", b"http")),
+    ("https", _with(b":scheme", b"https"), (b"POST", b"/x", b"a.svc", b"https")),
+    ("scheme-with-plus", _with(b":scheme", b"svn+ssh"), (b"POST", b"/x", b"a.svc", b"svn+ssh")),
+    ("query-and-percent", _with(b":path", b"/x?a=b&c=%20#"), (b"POST", b"/x?a=b&c=%20#", b"a.svc", b"http")),
+    ("utf8-path", _with(b":path", b"/caf\xc3\xa9"), (b"POST", b"/caf\xc3\xa9", b"a.svc", b"http")),
+    ("authority-port", _with(b":authority", b"a.svc:8080"), (b"POST", b"/x", b"a.svc:8080", b"http")),
+    ("authority-ipv6", _with(b":authority", b"[::1]:80"), (b"POST", b"/x", b"[::1]:80", b"http")),
+    ("authority-ipv4", _with(b":authority", b"127.0.0.1"), (b"POST", b"/x", b"127.0.0.1", b"http")),
+    ("host-without-authority", _with(b":authority", None) + [(b"host", b"h.svc:81")],
+     (b"POST", b"/x", b"h.svc:81", b"http")),
+    ("no-authority-at-all", _with(b":authority", None), (b"POST", b"/x", b"", b"http")),
+    ("te-trailers", request() + [(b"te", b"trailers")], (b"POST", b"/x", b"a.svc", b"http")),
+]
+
+
+@pytest.mark.parametrize("fields,expected", [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_well_formed_request_is_forwarded(fields, expected):
+    proto, transport, template, stats = serve()
+    proto.dataReceived(headersFrame(1, fields))
+    assert resets(transport) == []
+    head = template.log[0][1]
+    assert (head.method, head.path, head.authority, head.scheme) == expected
+
+
+def test_scheme_reaches_x_forwarded_proto_only_when_valid():
+    """:scheme is what an edge listener writes into x-forwarded-proto; a non-scheme never gets that far."""
+    from txmesh.config import ForwardingConfig
+
+    class Edge(ListenerConfig):
+        forwarding = ForwardingConfig(useRemoteAddress=True)
+
+    runtime = Runtime()
+    template = Template()
+    proto = H2ListenerFactory(Edge(), template, runtime).buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    enc = Encoder()
+    proto.dataReceived(PREFACE + SettingsFrame(0).serialize() + headersFrame(1, _with(b":scheme", b"https"),
+                                                                             encoder=enc))
+    proto.dataReceived(headersFrame(3, _with(b":scheme", b"https\r\nx-evil: 1"), encoder=enc))
+    [head] = [e[1] for e in template.log if e[0] == "headers"]
+    assert head.headers.get(b"x-forwarded-proto") == b"https"
+    assert resets(transport) == [(3, ErrorCodes.PROTOCOL_ERROR)]
+
+
+@pytest.mark.parametrize("end", [True, False], ids=["ended", "open"])
+def test_well_formed_connect_is_answered_501_and_never_forwarded(end):
+    """RFC 9113 8.5: CONNECT with only :method and :authority is well-formed; the listener does not tunnel, so it
+    answers 501 itself (and stops a client still sending with RST_STREAM(NO_ERROR))."""
+    proto, transport, template, stats = serve()
+    proto.dataReceived(headersFrame(1, [(b":method", b"CONNECT"), (b":authority", b"a.svc:443")], end=end))
+    assert template.streams == []
+    [resp] = responses(transport)
+    fields = dict(resp.fields)
+    assert fields[b":status"] == b"501" and fields[b"x-txmesh-error"] == b"unsupported_request"
+    assert "END_STREAM" in resp.flags
+    assert resets(transport) == ([] if end else [(1, ErrorCodes.NO_ERROR)])
+    assert stats.total("downstream_rq_error", cause="unsupported_request") == 1
+    assert not transport.disconnecting
+    proto.dataReceived(DataFrame(1, b"tunnel bytes").serialize())  # in flight: ignored, never forwarded
+    assert template.log == [] and not transport.disconnecting
+
+
+@pytest.mark.parametrize("name", ["grpcio-unary", "grpcio-client-stream", "curl-get", "curl-post", "h2load",
+                                  "nghttp-table-size-0"])
+def test_real_clients_requests_pass_every_check(name):
+    """What grpcio, curl (nghttp2), h2load and nghttp sent (tests/fixtures/h2 captures), whole: their requests
+    are well-formed and their PING/SETTINGS within the rate, so nothing is reset and nothing closes."""
+    from tests.test_h2_connection import capture
+    runtime = Runtime()
+    template = Template()
+    factoryClass = GRPCListenerFactory if name.startswith("grpcio") else H2ListenerFactory
+    proto = factoryClass(ListenerConfig(), template, runtime).buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(capture(name, "c2s"))
+    assert resets(transport) == [] and goaway(transport) is None and not transport.disconnecting
+    assert [e[0] for e in template.log if e[0] == "headers"]
+    assert runtime.stats.total("downstream_rq_error", cause="malformed_request") == 0
+
+
+def test_split_cookie_fields_are_joined_for_the_upstream():
+    """RFC 9113 8.2.3: cookie crumbs in separate fields become one field ("; ") before an HTTP/1.1 hop sees them."""
+    transport, template, _ = _malformed(request() + [(b"cookie", b"a=1"), (b"x-a", b"1"), (b"cookie", b"b=2"),
+                                                     (b"cookie", b"c=3")])
+    head = template.log[0][1]
+    assert list(head.headers.items())[:2] == [(b"cookie", b"a=1; b=2; c=3"), (b"x-a", b"1")]
+    assert head.headers.getAll(b"cookie") == [b"a=1; b=2; c=3"]

@@ -90,6 +90,22 @@ def test_configured_empty_data_bound():
     assert stats.total("downstream_h2_flood_close", kind="empty_data") == 1
 
 
+def test_configured_control_frame_rate():
+    """max_inbound_control_frames_per_second bounds PING/SETTINGS from a client that reads its ACKs, per second
+    of the listener's clock."""
+    from hyperframe.frame import PingFrame
+    proto, transport, _, stats = serve(http2="{max_inbound_control_frames_per_second: 10}")
+    ping = PingFrame(0, opaque_data=b"abcdefgh").serialize()
+    proto.dataReceived(ping * 9)  # with the preface's SETTINGS: 10 this second
+    assert not transport.disconnecting
+    proto.factory.clock.advance(1)
+    proto.dataReceived(ping * 10)
+    assert not transport.disconnecting
+    proto.dataReceived(ping)
+    assert transport.disconnecting and goaway(transport) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert stats.total("downstream_h2_flood_close", kind="control_frame_rate") == 1
+
+
 def test_configured_grpc_message_size():
     proto, transport, template, stats = serve("grpc", "{max_message_size: 100}")
     replies = []

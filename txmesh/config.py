@@ -97,6 +97,7 @@ class H2Limits:
     maxPrematureResets: int = 100  # streams reset by the client before their response ended...
     prematureResetRatio: float = 0.5  # ...once they are at least this share of the streams opened
     maxPendingControlFrames: int = 1000  # PING/SETTINGS acks queued while the write buffer is full
+    maxInboundControlFramesPerSecond: int = 100  # PING/SETTINGS received per second, + 1 per DATA frame sent
     maxInboundPriorityPerStream: int = 100
     maxInboundWindowUpdatePerData: int = 10
     maxConsecutiveEmptyData: int = 1
@@ -459,6 +460,7 @@ def _buildHttp2(r, m, path, protocol):
     h = r.mapping(m.get("http2"), hPath, optional=(
         "max_concurrent_streams", "max_header_list_size", "max_outbound_control_frames",
         "max_consecutive_inbound_frames_with_empty_payload", "max_inbound_priority_frames_per_stream",
+        "max_inbound_control_frames_per_second",
         "max_inbound_window_update_frames_per_data_frame_sent", "max_premature_resets", "premature_reset_ratio",
         "max_message_size"))
     d = H2Limits()
@@ -470,6 +472,8 @@ def _buildHttp2(r, m, path, protocol):
         maxPrematureResets=r.integer(h, hPath, "max_premature_resets", d.maxPrematureResets, 1),
         prematureResetRatio=r.number(h, hPath, "premature_reset_ratio", d.prematureResetRatio, 0.0, 1.0),
         maxPendingControlFrames=r.integer(h, hPath, "max_outbound_control_frames", d.maxPendingControlFrames, 1),
+        maxInboundControlFramesPerSecond=r.integer(h, hPath, "max_inbound_control_frames_per_second",
+                                                   d.maxInboundControlFramesPerSecond, 1),
         maxInboundPriorityPerStream=r.integer(h, hPath, "max_inbound_priority_frames_per_stream",
                                               d.maxInboundPriorityPerStream, 0),
         maxInboundWindowUpdatePerData=r.integer(h, hPath, "max_inbound_window_update_frames_per_data_frame_sent",

@@ -155,8 +155,9 @@ class DubboFrame:
 @implementer(ICodec)
 class DubboDecoder:
     """
-    Splits a byte stream into L{DubboFrame}s.  A body longer than C{maxBodyBytes} is refused as soon as its
-    header is in, before any of it is buffered.  After a fatal error the decoder refuses all further input.
+    Splits a byte stream into L{DubboFrame}s.  A frame whose first bytes are not the magic is refused at the first
+    byte that disagrees; a body longer than C{maxBodyBytes} as soon as its header is in, before any of it is
+    buffered.  After a fatal error the decoder refuses all further input.
     """
 
     def __init__(self, maxBodyBytes=DEFAULT_MAX_BODY_BYTES):
@@ -180,7 +181,13 @@ class DubboDecoder:
             while True:
                 header = self._pendingHeader
                 if header is None:
-                    if len(buf) - pos < HEADER_LENGTH:
+                    have = len(buf) - pos
+                    if have < HEADER_LENGTH:
+                        # refuse non-Dubbo bytes (an HTTP request, a telnet command) at the first byte that
+                        # disagrees with the magic, not after 16 bytes that may never come
+                        if have and (buf[pos] != 0xDA or (have > 1 and buf[pos + 1] != 0xBB)):
+                            raise DubboCodecError("bad dubbo magic 0x%s" % (bytes(buf[pos:pos + 2]).hex(),),
+                                                  fatal=True)
                         break
                     header = bytes(buf[pos:pos + HEADER_LENGTH])
                     self._checkHeader(header)

@@ -14,7 +14,8 @@ closed and closed streams (a stream this side reset may still get frames, which 
 sequencing and count; padding; SETTINGS values; both flow-control windows, inbound and outbound; content-length
 against DATA (a malformed message is a stream error); MAX_CONCURRENT_STREAMS (streams past it are refused with
 REFUSED_STREAM, their header block still decoded so HPACK stays in step).  Header *fields* of requests are checked
-by the listener (L{txmesh.protocols.h2.defences.readRequest}) in the pass that reads them.
+by the listener (L{txmesh.protocols.h2.defences.readRequest}) in the pass that reads them; it tells the connection
+which streams it accepted (``streamAccepted``), and a GOAWAY names the last of them (not a refused or malformed one).
 """
 
 from hpack.exceptions import HPACKError, OversizedHeaderListError
@@ -73,6 +74,7 @@ class H2Connection:
         self.maxHeaderListSize = maxHeaderListSize
         self.streams = {}
         self.highestInbound = 0  # the highest stream id the peer opened
+        self.lastAccepted = 0  # the highest one the protocol accepted (streamAccepted): GOAWAY's last-stream-id
         self._nextId = 1 if clientSide else 2
         self.refusedStreams = 0  # streams refused past maxConcurrentStreams, for the protocol's counters
         self.closed = False  # a connection error was found, or GOAWAY with an error sent or received
@@ -220,11 +222,19 @@ class H2Connection:
     def ping(self, data):
         self._out.append(F.pingFrame(data))
 
+    def streamAccepted(self, sid):
+        """
+        The protocol took the peer's stream ``sid`` on (it was not refused nor malformed): a GOAWAY's last-stream-id
+        names the highest such stream, as streams refused or reset unprocessed may be retried elsewhere (6.8).
+        """
+        if sid > self.lastAccepted:
+            self.lastAccepted = sid
+
     def closeConnection(self, code, debug=b""):
         """GOAWAY with an error: nothing more is sent or received."""
         if not self.closed:
             self.closed = True
-            self._out.append(F.goawayFrame(self.highestInbound, code, debug))
+            self._out.append(F.goawayFrame(self.lastAccepted, code, debug))
 
     def goAway(self):
         """
@@ -232,8 +242,9 @@ class H2Connection:
         (REFUSED_STREAM, safe to retry elsewhere).
         """
         if not self.closed and self._lastStreamSent is None:
+            # streams above it are refused, so the peer's newer streams (past highestInbound) as well
             self._lastStreamSent = self.highestInbound
-            self._out.append(F.goawayFrame(self.highestInbound, ErrorCodes.NO_ERROR))
+            self._out.append(F.goawayFrame(self.lastAccepted, ErrorCodes.NO_ERROR))
 
     # -- input -------------------------------------------------------------------------------------------------------
 

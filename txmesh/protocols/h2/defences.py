@@ -1,7 +1,7 @@
 """
 What txmesh's HTTP/2 side refuses, apart from its Protocols (sans-IO): malformed requests, responses and trailers
 (RFC 9113 8.1-8.3: an intermediary must not forward them) and, on the listener, frame floods (CVE-2023-44487
-rapid reset, PING/SETTINGS, PRIORITY, WINDOW_UPDATE and empty DATA floods), counted against the listener's
+rapid reset, PING/SETTINGS (queued answers and a rate), PRIORITY, WINDOW_UPDATE and empty DATA floods), counted against the listener's
 L{txmesh.config.H2Limits}.
 """
 
@@ -16,24 +16,54 @@ class MalformedRequest(MalformedMessage):
     """A malformed request (the listener answers RST_STREAM(PROTOCOL_ERROR) and forwards nothing)."""
 
 
+class UnsupportedRequest(Exception):
+    """
+    A well-formed request the HTTP/2 listener does not serve (CONNECT: it does not tunnel): answered with an HTTP
+    ``status`` by the listener itself, never forwarded.
+    """
+
+    status = 501
+
+
 _PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
 _BAD_NAME = re.compile(rb"[^a-z0-9!#$%&'*+\-.^_`|~]")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
+_WHITESPACE = b" \t"  # a value must not start or end with one (RFC 9113 8.2.1)
+# what becomes the HTTP/1.1 request line upstream, the route's match and x-forwarded-proto
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # :method (RFC 9110 5.6.2)
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*")  # :scheme (RFC 3986 3.1)
+_BAD_PATH = re.compile(rb"[\x00-\x20\x7f]")  # :path: no CTL, no space
+# :authority: RFC 3986 uri-host [":" port], an IP literal or a reg-name; no userinfo (RFC 9113 8.3.1)
+_HOST = rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)"
+_AUTHORITY = re.compile(_HOST + rb"(?::[0-9]*)?")
+_CONNECT_AUTHORITY = re.compile(_HOST + rb":[0-9]+")  # CONNECT: host and port both (RFC 9113 8.5)
+_COMMON_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH"})
+_COMMON_SCHEMES = frozenset({b"http", b"https"})
+# authorities already found well-formed (a few per deployment: the regex runs once each), short ones only, and
+# forgotten all at once when full, so a client sending many cannot make it big
+_goodAuthorities = set()
+_GOOD_AUTHORITIES_MAX = 4096
+_GOOD_AUTHORITY_LENGTH = 255
 
 
 def readRequest(headers):
     """
     (method, path, authority, scheme, regular fields) of a request's header list, checked as RFC 9113 asks:
-    pseudo-headers first, known, once each; lower-case token names; no connection-specific fields; ``te`` only
-    "trailers"; no CR/LF/NUL in values.  ``:authority`` wins over ``host`` (which is dropped).
+    pseudo-headers first, known, once each; ``:method`` a token; ``:scheme`` a URI scheme; ``:path`` origin-form
+    (or ``*`` for OPTIONS) without CTL or space; ``:authority`` (or ``host`` without it) a host and an optional
+    port, no userinfo; lower-case token names; no connection-specific fields; ``te`` only "trailers"; no CR/LF/NUL
+    in values, nor whitespace at their ends.  ``:authority`` wins over ``host`` (which is dropped); ``cookie``
+    fields are joined into one with "; " (RFC 9113 8.2.3).
 
     @raise MalformedRequest: the request must not be forwarded.
+    @raise UnsupportedRequest: a well-formed CONNECT (only ``:method`` and ``:authority``, RFC 9113 8.5).
     """
     pseudo = {}
     fields = []
     host = None
+    cookie = cookieAt = None
     for k, v in headers:
         if k[:1] == b":":
             if fields or host is not None:
@@ -46,20 +76,49 @@ def readRequest(headers):
             raise MalformedRequest("invalid field name %r" % (k,))
         if k in _CONNECTION_SPECIFIC or (k == b"te" and v != b"trailers"):
             raise MalformedRequest("connection-specific field %r" % (k,))
-        if _BAD_VALUE.search(v) is not None:
+        if _BAD_VALUE.search(v) is not None or v.strip(_WHITESPACE) != v:
             raise MalformedRequest("invalid value of %r" % (k,))
         if k == b"host":
             host = v
+        elif k == b"cookie":
+            if cookie is None:
+                cookie = [v]
+                cookieAt = len(fields)
+                fields.append((k, v))
+            else:
+                cookie.append(v)
         else:
             fields.append((k, v))
+    if cookie is not None and len(cookie) > 1:
+        # crumbs split across fields (8.2.3) are one field again, as an HTTP/1.1 upstream must get them
+        fields[cookieAt] = (b"cookie", b"; ".join(cookie))
     method = pseudo.get(b":method")
-    path = pseudo.get(b":path")
-    if method is None or method == b"CONNECT" or not path or b":scheme" not in pseudo:
-        raise MalformedRequest("missing or unsupported :method, :path or :scheme")
+    if method is None or (method not in _COMMON_METHODS and _TOKEN.fullmatch(method) is None):
+        raise MalformedRequest("missing or invalid :method %r" % (method,))
     authority = pseudo.get(b":authority")
+    if method == b"CONNECT":
+        if len(pseudo) != 2 or authority is None or _CONNECT_AUTHORITY.fullmatch(authority) is None:
+            raise MalformedRequest("CONNECT takes :authority host:port and neither :scheme nor :path")
+        raise UnsupportedRequest("CONNECT to %r: the HTTP/2 listener does not tunnel" % (authority,))
+    scheme = pseudo.get(b":scheme")
+    if scheme is None or (scheme not in _COMMON_SCHEMES and _SCHEME.fullmatch(scheme) is None):
+        raise MalformedRequest("missing or invalid :scheme %r" % (scheme,))
+    path = pseudo.get(b":path")
+    if (not path or (path[0] != 0x2F and (path != b"*" or method != b"OPTIONS"))
+            or _BAD_PATH.search(path) is not None):
+        raise MalformedRequest("missing or invalid :path %r" % (path,))
     if authority is None:
-        authority = host or b""
-    return method, path, authority, pseudo[b":scheme"], fields
+        authority = host
+        if authority is None:
+            return method, path, b"", scheme, fields
+    if authority not in _goodAuthorities:
+        if _AUTHORITY.fullmatch(authority) is None:
+            raise MalformedRequest("invalid :authority %r" % (authority,))
+        if len(authority) <= _GOOD_AUTHORITY_LENGTH:
+            if len(_goodAuthorities) >= _GOOD_AUTHORITIES_MAX:
+                _goodAuthorities.clear()
+            _goodAuthorities.add(authority)
+    return method, path, authority, scheme, fields
 
 
 def _checkField(k, v):
@@ -114,11 +173,13 @@ class FloodGuard:
     the connection then closes with GOAWAY(ENHANCE_YOUR_CALM), as Envoy does.
     """
 
-    __slots__ = ("limits", "streamsOpened", "dataFramesSent", "pendingControl", "prematureResets",
-                 "priorityFrames", "windowUpdates", "emptyData")
+    __slots__ = ("limits", "clock", "streamsOpened", "dataFramesSent", "pendingControl", "prematureResets",
+                 "priorityFrames", "windowUpdates", "emptyData", "controlWindowStart", "controlInWindow",
+                 "dataAtWindowStart")
 
-    def __init__(self, limits):
+    def __init__(self, limits, clock):
         self.limits = limits
+        self.clock = clock
         self.streamsOpened = 0
         self.dataFramesSent = 0  # useful work the peer may answer with WINDOW_UPDATEs
         self.pendingControl = 0  # PING/SETTINGS acks queued since the transport's write buffer filled
@@ -126,6 +187,9 @@ class FloodGuard:
         self.priorityFrames = 0
         self.windowUpdates = 0
         self.emptyData = 0
+        self.controlWindowStart = clock.seconds()  # the one-second window inbound PING/SETTINGS are counted in
+        self.controlInWindow = 0
+        self.dataAtWindowStart = 0  # dataFramesSent when the window began
 
     def windowUpdateReceived(self):
         self.windowUpdates += 1
@@ -149,12 +213,26 @@ class FloodGuard:
             return "empty_data"
         return None
 
-    def controlAnswered(self, writePaused):
-        """h2 queued an ACK (PING, SETTINGS); past the bound while the peer does not read us, it is a flood."""
-        if writePaused:
+    def controlReceived(self, writePaused, answered=True):
+        """
+        A PING or SETTINGS frame came (``answered``: an ACK of it was queued).  Two bounds: the ACKs queued while
+        the peer does not read us (``control_frames``), and the frames received per second of the clock, plus one
+        per DATA frame sent in that second (``control_frame_rate``), so a peer that reads its ACKs cannot make
+        us answer without limit while clients' BDP pings, sent as our DATA arrives, still fit.
+        """
+        if writePaused and answered:
             self.pendingControl += 1
             if self.pendingControl > self.limits.maxPendingControlFrames:
                 return "control_frames"
+        now = self.clock.seconds()
+        if now - self.controlWindowStart >= 1.0:
+            self.controlWindowStart = now
+            self.controlInWindow = 0
+            self.dataAtWindowStart = self.dataFramesSent
+        self.controlInWindow += 1
+        if (self.controlInWindow > self.limits.maxInboundControlFramesPerSecond
+                + self.dataFramesSent - self.dataAtWindowStart):
+            return "control_frame_rate"
         return None
 
     def prematureResetReceived(self):

@@ -13,7 +13,14 @@ from twisted.logger import Logger
 
 from txmesh.config import H2Limits
 from txmesh.protocols.h2 import grpc
-from txmesh.protocols.h2.defences import FloodGuard, MalformedMessage, MalformedRequest, checkTrailers, readRequest
+from txmesh.protocols.h2.defences import (
+    FloodGuard,
+    MalformedMessage,
+    MalformedRequest,
+    UnsupportedRequest,
+    checkTrailers,
+    readRequest,
+)
 from txmesh.protocols.h2 import events as ev
 from txmesh.protocols.h2.downstream import H2DownstreamStream
 from txmesh.protocols.h2.events import ProtocolError, StreamClosedError
@@ -45,7 +52,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         self._closing = False
         self._draining = False  # our graceful GOAWAY was sent: close once the open streams end
         self._peerGoaway = False  # the client sent a graceful GOAWAY: close once its streams end
-        self.guard = FloodGuard(factory.h2Limits)
+        self.guard = FloodGuard(factory.h2Limits, factory.clock)
         self._idle = Deadline(factory.clock, factory.limits.idleTimeout or 3600.0, self._idleTimedOut)
 
     # -- connection events -----------------------------------------------------------------------------------
@@ -95,10 +102,15 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
                     return
                 self._windowOpened(event.stream_id)
             elif t is ev.RemoteSettingsChanged:
-                self._controlAnswered()
+                if self._controlReceived():
+                    return
                 self._windowOpened(0)
             elif t is ev.PingReceived:
-                self._controlAnswered()
+                if self._controlReceived():
+                    return
+            elif t is ev.PingAckReceived:
+                if self._controlReceived(False):  # we send no PING: each ACK is unasked for
+                    return
             elif t is ev.PriorityUpdated:
                 flood = self.guard.priorityReceived()
                 if flood:
@@ -140,6 +152,10 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             self.log.debug("stream {sid}: malformed request: {e}", sid=sid, e=e)
             self.resetStream(None, ErrorCodes.PROTOCOL_ERROR, sid)
             return
+        except UnsupportedRequest as e:
+            self._refuse(sid, e, event.stream_ended)
+            return
+        self.conn.streamAccepted(sid)
         self.guard.streamsOpened += 1
         f.stats.rq_total.value += 1
         f.stats.rq_active.value += 1
@@ -164,6 +180,24 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         endStream = event.stream_ended
         s.requestEnded = endStream
         s.active.decodeHeaders(head, endStream)
+
+    def _refuse(self, sid, exc, ended):
+        """
+        A well-formed request this listener does not serve (CONNECT) is answered here, never forwarded: its status
+        with END_STREAM, then RST_STREAM(NO_ERROR) if the client is still sending (RFC 9113 8.1).
+        """
+        f = self.factory
+        f.stats.error("unsupported_request")
+        f.stats.rq_class[exc.status // 100].value += 1
+        self.log.debug("stream {sid}: {e}", sid=sid, e=exc)
+        fields = [(b":status", _STATUS[exc.status]), (b"x-txmesh-error", b"unsupported_request"), f.nodeField]
+        try:
+            self.conn.sendHeaders(sid, fields, True)
+            if not ended:
+                self.conn.resetStream(sid, ErrorCodes.NO_ERROR)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self._flush()
 
     def _dataReceived(self, event):
         sid = event.stream_id
@@ -388,10 +422,13 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             if self._backlogs.get(s.sid) is None or not self._backlogs[s.sid].paused:
                 s.active.downstreamWriteResumed()
 
-    def _controlAnswered(self):
-        flood = self.guard.controlAnswered(self.writeBlocked)
+    def _controlReceived(self, answered=True):
+        """A PING or SETTINGS (``answered``: acknowledged) came; True if that was one too many (closed)."""
+        flood = self.guard.controlReceived(self.writeBlocked, answered)
         if flood:
             self._flood(flood)
+            return True
+        return False
 
     # -- ends ---------------------------------------------------------------------------------------------------
 
