@@ -462,10 +462,10 @@ def test_well_formed_connect_is_answered_501_and_never_forwarded(end):
     assert template.streams == []
     [resp] = responses(transport)
     fields = dict(resp.fields)
-    assert fields[b":status"] == b"501" and fields[b"x-txmesh-error"] == b"unsupported_request"
+    assert fields[b":status"] == b"501" and fields[b"x-txmesh-error"] == b"connect_not_supported"
     assert "END_STREAM" in resp.flags
     assert resets(transport) == ([] if end else [(1, ErrorCodes.NO_ERROR)])
-    assert stats.total("downstream_rq_error", cause="unsupported_request") == 1
+    assert stats.total("downstream_rq_error", cause="connect_not_supported") == 1
     assert not transport.disconnecting
     proto.dataReceived(DataFrame(1, b"tunnel bytes").serialize())  # in flight: ignored, never forwarded
     assert template.log == [] and not transport.disconnecting

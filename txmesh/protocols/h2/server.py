@@ -187,10 +187,10 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         with END_STREAM, then RST_STREAM(NO_ERROR) if the client is still sending (RFC 9113 8.1).
         """
         f = self.factory
-        f.stats.error("unsupported_request")
+        f.stats.error("connect_not_supported")
         f.stats.rq_class[exc.status // 100].value += 1
         self.log.debug("stream {sid}: {e}", sid=sid, e=exc)
-        fields = [(b":status", _STATUS[exc.status]), (b"x-txmesh-error", b"unsupported_request"), f.nodeField]
+        fields = [(b":status", _STATUS[exc.status]), (b"x-txmesh-error", b"connect_not_supported"), f.nodeField]
         try:
             self.conn.sendHeaders(sid, fields, True)
             if not ended:
