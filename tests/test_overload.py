@@ -408,7 +408,7 @@ def test_a_port_that_is_not_tcp_is_not_watched():
 
 
 def test_overload_without_bounds_admits_everything():
-    o = Overload()
+    o = Overload(None, MemoryReactorClock())
     o.connectionOpened()
     assert o.refusal(10 ** 6, 0) is None
     o.start()  # no memory mark: nothing scheduled
@@ -501,3 +501,19 @@ def test_real_emfile_pauses_the_port_then_serves_again():
     assert result["errors"] >= 1 and result["paused"] >= 1  # the real EMFILE reached the watcher
     assert result["readsWhileOut"] < 20  # paused 10, 20, 40 ... ms between tries
     assert result["served"] == 5  # descriptors free again: the port reads again and the waiting clients are served
+
+
+def test_the_service_reads_the_rss_on_its_clock_and_stops_with_it():
+    text = MEMORY + "\nlisteners:\n  - {name: web, address: \"tcp:0\", protocol: dubbo}\n"
+    reactor = MemoryReactorClock()
+    rss = RSS(2000)
+    svc = MeshService(loads(text), reactor, installSignal=lambda *a: None, readRSS=rss)
+    svc.startService()
+    assert svc.stats.value("overload_memory_pressure") == 1
+    assert svc.listenerFactories[0].buildProtocol(None) is None
+    rss.value = 10
+    reactor.advance(1)
+    assert svc.stats.value("overload_memory_pressure") == 0
+    svc.stopService()
+    reactor.advance(30)
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]

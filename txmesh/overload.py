@@ -87,7 +87,7 @@ class Overload:
     """
     The process-wide overload state one config gives (see the module docstring).
 
-    @param config: the L{OverloadConfig}.
+    @param config: the L{OverloadConfig} (None: no bounds).
     @param clock: the IReactorTime the memory checks run on.
     @param stats: the StatsStore.
     @param readRSS: ``readRSS() -> bytes`` (raising OSError when it cannot tell); only used with a memory mark.
@@ -97,7 +97,7 @@ class Overload:
 
     log = Logger()
 
-    def __init__(self, config=None, clock=None, stats=None, readRSS=None):
+    def __init__(self, config, clock, stats=None, readRSS=None):
         self.config = config if config is not None else OverloadConfig()
         self.clock = clock
         self.maxConnections = self.config.maxConnections
@@ -106,7 +106,7 @@ class Overload:
         self._readRSS = readRSS
         self._timer = None
         self._readFailed = False
-        self.logOnce = LogOncePer(clock, self.log) if clock is not None else None
+        self.logOnce = LogOncePer(clock, self.log)
         stats = stats if stats is not None else StatsStore()
         self._stats = stats
         self.active = stats.gauge("overload_downstream_cx_active", help="Downstream connections open, all listeners")
@@ -191,6 +191,9 @@ class Overload:
                 if closed:
                     self._stats.counter("downstream_cx_overload_idle_closed", (("listener", f.listenerName),),
                                         "Idle connections closed under memory pressure").inc(closed)
+                    self.logOnce.warn(("idle_closed", f.listenerName),
+                                      "listener {l}: closed {closed} idle connection(s) under memory pressure "
+                                      "({n} sweep(s) in the last {interval}s)", l=f.listenerName, closed=closed)
 
 
 class AcceptBackoff:

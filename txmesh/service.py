@@ -103,8 +103,9 @@ class MeshService(MultiService):
         writeScope = WriteScope(reactor)
         self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope), self.stats,
                                        rng)
+        self._statm = None
         if readRSS is None and config.overload.memoryHighWatermark:
-            readRSS = StatmReader()
+            readRSS = self._statm = StatmReader()
         self.overload = Overload(config.overload, reactor, self.stats, readRSS)
         self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope,
                                overload=self.overload)
@@ -183,6 +184,8 @@ class MeshService(MultiService):
     def _stop(self):
         self.draining = True
         self.overload.stop()
+        if self._statm is not None:
+            self._statm.close()
         for backoff in self.acceptBackoffs:
             backoff.stop()
         listeners = [s for s in self if s.name and s.name.startswith("listener:")]
