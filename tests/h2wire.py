@@ -21,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from txmesh.config import ForwardingConfig, ListenerLimits, NodeConfig
+from txmesh.overload import Overload
 from txmesh.stats import StatsStore
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -115,7 +116,7 @@ class ListenerConfig:
 
 
 class Runtime:
-    """The runtime the listener needs: a Clock and a StatsStore (and no shared WriteScope)."""
+    """The runtime the listener needs: a Clock, a StatsStore and an Overload without bounds (no shared WriteScope)."""
 
     writeScope = None
 
@@ -124,6 +125,7 @@ class Runtime:
     def __init__(self):
         self.clock = Clock()
         self.stats = StatsStore()
+        self.overload = Overload(None, self.clock, self.stats)
 
 
 # -- the upstream client's collaborator ----------------------------------------------------------------------------

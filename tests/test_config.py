@@ -156,7 +156,7 @@ ERRORS = [
                             "    address: tcp:15001:interface=127.0.0.1\n    name: again\n")),
      "mesh.yaml:8: listeners[0].name: duplicate key 'name'"),
     ("unknown top key", "bogus: 1\n" + BASE,
-     "mesh.yaml:1: bogus: unknown key 'bogus' (allowed: node, plugin_paths, drain_timeout, admin, listeners, clusters)"),
+     "mesh.yaml:1: bogus: unknown key 'bogus' (allowed: node, plugin_paths, drain_timeout, admin, listeners, clusters, overload)"),
     ("missing listeners", "clusters: []\n", "mesh.yaml:1: missing required key 'listeners'"),
     ("no listeners", "listeners: []\n", "mesh.yaml:1: listeners: must list at least one listener"),
     ("listeners not a list", "listeners: {a: 1}\n", "mesh.yaml:1: listeners: must be a list, not a mapping"),
@@ -209,7 +209,7 @@ ERRORS = [
     ("limits unknown", addToListener("    limits: {max_body: 1}"),
      "mesh.yaml:8: listeners[0].limits.max_body: unknown key 'max_body' (allowed: max_request_line,"
      " max_header_bytes, max_headers, max_request_body, request_headers_timeout, idle_timeout, buffer_limit,"
-     " stream_idle_timeout)"),
+     " stream_idle_timeout, max_connections, write_timeout)"),
     ("limits duration", addToListener("    limits:\n      idle_timeout: -5s"),
      "mesh.yaml:9: listeners[0].limits.idle_timeout: must be a duration >= 0, got -5s"),
     # http2 block

@@ -20,7 +20,7 @@ LAYERS = (
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
                            "protocols/*/grpc.py", "protocols/*/defences.py", "config.py", "config_reader.py",
                            "routing.py", "routing_config.py"]),
-    ("filters, upstream", ["filters/*.py", "upstream/*.py", "runtime.py"]),
+    ("filters, upstream", ["filters/*.py", "upstream/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
     ("service", ["service.py", "admin.py", "tap.py", "cli.py", "testing.py"]),
     ("plugins", ["plugins/*.py"]),

@@ -186,3 +186,25 @@ def test_nodeValidates(validator):
     validator.validate(yaml.safe_load(text))
     assert loads(text).node.id == "sidecar-a"
     assertBothReject(validator, "node: {id: ''}\n" + BASE)
+
+
+@pytest.mark.parametrize("text", [
+    "overload: {max_connections: 1000, memory_high_watermark: 2000000000, memory_check_interval: 500ms}\n" + BASE,
+    "overload:\n  memory_high_watermark: 2000\n  memory_low_watermark: 1000\n" + BASE,
+    _listener("    limits: {max_connections: 100, write_timeout: 30s}\n"),
+])
+def test_overloadKeysValidate(validator, text):
+    validator.validate(yaml.safe_load(text))
+    loads(text)
+
+
+@pytest.mark.parametrize("text", [
+    "overload: {max_connections: -1}\n" + BASE,
+    "overload: {memory_high_watermark: lots}\n" + BASE,
+    "overload: {memory_check_interval: soon}\n" + BASE,
+    "overload: {max_conns: 1}\n" + BASE,
+    _listener("    limits: {max_connections: -1}\n"),
+    _listener("    limits: {write_timeout: -1s}\n"),
+])
+def test_overloadKeysRejected(validator, text):
+    assertBothReject(validator, text)

@@ -7,7 +7,9 @@ The transports are real L{twisted.internet.tcp.Server} objects on a loopback TCP
 driven by a MemoryReactorClock: no reactor loop, nothing to wait for.
 """
 
+import errno
 import importlib
+import os
 import pathlib
 import re
 import socket
@@ -27,6 +29,7 @@ from txmesh.twisted_private import (
     parseServerEndpoint,
     raiseBindErrorsSynchronously,
     tcpTransportIdle,
+    watchAcceptErrors,
 )
 
 TWISTED = twisted.__version__
@@ -63,7 +66,9 @@ def connection():
 @pytest.mark.parametrize("owner,name", PRIVATE_NAMES, ids=["%s.%s" % p for p in PRIVATE_NAMES])
 def test_private_name_exists(owner, name, connection):
     conn, _ = connection
-    if owner.startswith(("twisted.internet.abstract.", "twisted.internet.tcp.")):
+    if owner == "twisted.internet.tcp.Port":
+        assert hasattr(tcp.Port, name), _missing(owner, name)
+    elif owner.startswith(("twisted.internet.abstract.", "twisted.internet.tcp.")):
         # instance attributes (FileDescriptor.__init__ sets _tempDataLen): check a real transport
         assert hasattr(conn, name), _missing(owner, name)
     else:
@@ -165,3 +170,47 @@ def test_no_other_module_uses_them():
         offenders += ["%s: %s" % (path.relative_to(root), n) for n in names if re.search(r"\b%s\b" % n, text)]
         offenders += ["%s: %s" % (path.relative_to(root), m.group()) for m in _PRIVATE_IMPORT.finditer(text)]
     assert not offenders, "private Twisted names outside txmesh/twisted_private.py: %s" % (offenders,)
+
+
+class _FailingAccept:
+    """Stands for a listening socket whose accept() fails with ``code`` once, then has nothing to accept."""
+
+    def __init__(self, code):
+        self.codes = [code]
+
+    def accept(self):
+        code = self.codes.pop(0) if self.codes else errno.EAGAIN
+        raise OSError(code, os.strerror(code))
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
+def test_port_doRead_accepts_through_port_socket_and_survives_resource_errors(code):
+    """
+    watchAcceptErrors: tcp.Port.doRead still accepts with ``self.socket.accept()`` (a real connection goes through the
+    stand-in), and a resource error is seen by the watcher, logged by Twisted and not raised.
+    """
+    clock = MemoryReactorClock()
+    built = []
+    factory = Factory.forProtocol(Protocol)
+    factory.buildProtocol = lambda addr: built.append(addr) or Protocol()
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=clock)
+    port.startListening()
+    seen = []
+    try:
+        assert watchAcceptErrors(port, {code}, seen.append), _missing("twisted.internet.tcp.Port", "socket")
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5):
+            port.doRead()
+            assert len(built) == 1, "tcp.Port.doRead no longer accepts through port.socket (Twisted %s)" % (TWISTED,)
+        watched = port.socket
+        port.socket = _FailingAccept(code)
+        watchAcceptErrors(port, {code}, seen.append)
+        port.doRead()
+        assert seen == [code], "tcp.Port.doRead no longer calls port.socket.accept() (Twisted %s)" % (TWISTED,)
+        port.socket = watched
+    finally:
+        port.stopListening()
+        clock.advance(0)
+
+
+def test_watchAcceptErrors_leaves_other_ports_alone():
+    assert not watchAcceptErrors(object(), {errno.EMFILE}, lambda code: None)

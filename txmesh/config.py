@@ -84,6 +84,22 @@ class ListenerLimits:
     idleTimeout: float = 300.0
     bufferLimit: int = 1048576
     streamIdleTimeout: float = 300.0  # a stream on which nothing moved this long ends (0 = never)
+    maxConnections: int = 0  # open connections on this listener; one more is refused (0 = no limit)
+    writeTimeout: float = 60.0  # a client whose write buffer stays full this long is closed (0 = never)
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadConfig:
+    """
+    The process-wide overload bounds (the top-level ``overload`` block; Envoy's overload manager in spirit): a global
+    connection limit across every listener, and a memory high-water mark on the process RSS above which new
+    connections are refused and idle ones closed, until it falls below the low mark.  0 disables a bound.
+    """
+
+    maxConnections: int = 0
+    memoryHighWatermark: int = 0  # bytes of RSS
+    memoryLowWatermark: int = 0  # bytes of RSS; below it the pressure ends (the loader defaults it to 90% of high)
+    memoryCheckInterval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +203,7 @@ class MeshConfig:
     drainTimeout: float = 15.0
     pluginPaths: tuple = ()
     node: NodeConfig = field(default_factory=NodeConfig)
+    overload: OverloadConfig = OverloadConfig()
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -227,7 +244,8 @@ def loads(text, filename="<string>"):
 
 
 def _buildMesh(r, raw):
-    r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters"))
+    r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
+                                 "overload"))
     if raw.get("listeners") is None:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
@@ -253,7 +271,27 @@ def _buildMesh(r, raw):
     _checkAddresses(r, admin, listeners)
     return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
                       drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
-                      node=_buildNode(r, raw))
+                      node=_buildNode(r, raw), overload=_buildOverload(r, raw))
+
+
+def _buildOverload(r, raw):
+    """The ``overload`` block: the global connection limit and the memory high/low marks."""
+    m = r.mapping(raw.get("overload"), "overload", optional=(
+        "max_connections", "memory_high_watermark", "memory_low_watermark", "memory_check_interval"))
+    high = r.integer(m, "overload", "memory_high_watermark", 0, 0)
+    low = r.integer(m, "overload", "memory_low_watermark", None, 1)
+    if low is not None and not high:
+        raise r.error("needs memory_high_watermark", "overload.memory_low_watermark")
+    if low is not None and low >= high:
+        raise r.error("must be below memory_high_watermark (%d), got %d" % (high, low),
+                      "overload.memory_low_watermark")
+    interval = r.duration(m, "overload", "memory_check_interval", 1.0)
+    if not 0.01 <= interval <= 3600:
+        raise r.error("must be between 10ms and 1h", "overload.memory_check_interval")
+    return OverloadConfig(maxConnections=r.integer(m, "overload", "max_connections", 0, 0),
+                          memoryHighWatermark=high,
+                          memoryLowWatermark=low if low is not None else high * 9 // 10,
+                          memoryCheckInterval=interval)
 
 
 def _buildNode(r, raw):
@@ -420,7 +458,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     lPath = joinPath(path, "limits")
     lm = r.mapping(m.get("limits"), lPath, optional=(
         "max_request_line", "max_header_bytes", "max_headers", "max_request_body", "request_headers_timeout",
-        "idle_timeout", "buffer_limit", "stream_idle_timeout"))
+        "idle_timeout", "buffer_limit", "stream_idle_timeout", "max_connections", "write_timeout"))
     limits = ListenerLimits(
         maxRequestLine=r.integer(lm, lPath, "max_request_line", 8192, 1),
         maxHeaderBytes=r.integer(lm, lPath, "max_header_bytes", 65536, 1),
@@ -429,7 +467,9 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
         requestHeadersTimeout=r.duration(lm, lPath, "request_headers_timeout", 10.0),
         idleTimeout=r.duration(lm, lPath, "idle_timeout", 300.0),
         bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1),
-        streamIdleTimeout=r.duration(lm, lPath, "stream_idle_timeout", 300.0))
+        streamIdleTimeout=r.duration(lm, lPath, "stream_idle_timeout", 300.0),
+        maxConnections=r.integer(lm, lPath, "max_connections", 0, 0),
+        writeTimeout=r.duration(lm, lPath, "write_timeout", 60.0))
     http2 = _buildHttp2(r, m, path, protocol)
     chain = _FilterChainBuilder(r, path, descriptor, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")

@@ -660,6 +660,32 @@ class IListenerFactory(Interface):
     def abortAll():
         """Drop every connection at once (after the drain timeout)."""
 
+    def closeIdleConnections():
+        """
+        Close the connections that carry no request now (memory pressure: L{txmesh.overload.Overload}); those of
+        protocols that cannot tell are left open.  @return: how many were closed.
+        """
+
+
+class IListenerConnection(Interface):
+    """
+    One downstream connection of a built-in listener (the server protocol): what its factory, the drain and the
+    overload monitor ask of it, whatever its protocol.
+    """
+
+    def drain():
+        """Stop keeping the connection alive: close it now if idle, else once its in-flight work is done."""
+
+    def isIdle():
+        """
+        Whether the connection carries nothing now, so closing it loses no request: an HTTP/1.1 keep-alive connection
+        between requests (no request in flight, no byte of the next one read), an HTTP/2 one without streams, a
+        Dubbo one without calls in flight.
+        """
+
+    def closeIfIdle():
+        """Close the connection (gracefully: HTTP/2 sends GOAWAY) if it is idle.  @return: True if it was."""
+
 
 class IProtocol(Interface):
     """

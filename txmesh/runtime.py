@@ -8,6 +8,7 @@ import random as _random
 from twisted.logger import Logger
 
 from txmesh.config import NodeConfig
+from txmesh.overload import Overload
 
 
 class RouterStats:
@@ -75,9 +76,12 @@ class Runtime:
     @ivar config: the MeshConfig this runtime was built from.
     @ivar node: the NodeConfig naming this sidecar (the config's, else the host name).
     @ivar writeScope: the L{txmesh.protocols.transport.WriteScope} the service's protocols share, or None.
+    @ivar overload: the L{txmesh.overload.Overload} every listener asks before taking a connection (default: the
+        config's bounds, without a memory reader).
     """
 
-    def __init__(self, clock, clusters, stats, random=None, config=None, reactor=None, writeScope=None):
+    def __init__(self, clock, clusters, stats, random=None, config=None, reactor=None, writeScope=None,
+                 overload=None):
         self.clock = clock
         self.clusters = clusters
         self.stats = stats
@@ -86,6 +90,9 @@ class Runtime:
         self.node = config.node if config is not None else NodeConfig()
         self.reactor = reactor
         self.writeScope = writeScope
+        if overload is None:
+            overload = Overload(config.overload if config is not None else None, clock, stats)
+        self.overload = overload
         self.files = ReopenableFiles(stats)
         self._routerStats = {}
 

@@ -24,6 +24,7 @@ from txmesh.admin import makeAdminSite
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IFilterConfigResources
+from txmesh.overload import AcceptBackoff, Overload, StatmReader
 from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
@@ -81,12 +82,15 @@ class MeshService(MultiService):
 
     @param installSignal: C{signal.signal} (tests inject a recorder): used to install the SIGUSR1 handler on
         start and to put the previous one back on stop.
+    @param readRSS: ``readRSS() -> bytes``, the process RSS for the overload memory marks (default: a
+        L{StatmReader} of /proc/self/statm).
+    @ivar overload: the L{Overload} every listener asks (global connection count, memory pressure).
     """
 
     log = Logger()
     reopenSignal = signal.SIGUSR1
 
-    def __init__(self, config, reactor, rng=None, installSignal=signal.signal):
+    def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None):
         MultiService.__init__(self)
         self.config = config
         self.reactor = reactor
@@ -99,22 +103,31 @@ class MeshService(MultiService):
         writeScope = WriteScope(reactor)
         self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope), self.stats,
                                        rng)
-        self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope)
+        self._statm = None
+        if readRSS is None and config.overload.memoryHighWatermark:
+            readRSS = self._statm = StatmReader()
+        self.overload = Overload(config.overload, reactor, self.stats, readRSS)
+        self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope,
+                               overload=self.overload)
         for entry in self._filterEntries():
             if IFilterConfigResources.providedBy(entry.config):
                 entry.config.registerFiles(self.runtime.files)
         self.listenerFactories = []
+        self.acceptBackoffs = []
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
                                            lc.respectExpectedTimeout)
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
             self.listenerFactories.append(factory)
+            self.overload.watch(factory)
             served = factory
             if lc.networkFilters:
                 served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
                                           newWriter=Writer)
-            svc = StreamServerEndpointService(serverFromString(reactor, lc.address), served)
+            backoff = AcceptBackoff(reactor, lc.name, self.stats, self.overload.logOnce)
+            self.acceptBackoffs.append(backoff)
+            svc = StreamServerEndpointService(backoff.endpoint(serverFromString(reactor, lc.address)), served)
             raiseBindErrorsSynchronously(svc)
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
@@ -149,6 +162,7 @@ class MeshService(MultiService):
         except ValueError as e:  # not the main thread: POST /reopen_logs still works
             self.log.warn("cannot handle SIGUSR1 ({e}); reopen logs with POST /reopen_logs", e=e)
         MultiService.startService(self)
+        self.overload.start()
 
     def _restoreSignal(self, result=None):
         if self._signalInstalled:
@@ -169,6 +183,11 @@ class MeshService(MultiService):
     @defer.inlineCallbacks
     def _stop(self):
         self.draining = True
+        self.overload.stop()
+        if self._statm is not None:
+            self._statm.close()
+        for backoff in self.acceptBackoffs:
+            backoff.stop()
         listeners = [s for s in self if s.name and s.name.startswith("listener:")]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
         drains = defer.gatherResults([f.drain() for f in self.listenerFactories])

@@ -76,6 +76,7 @@ from txmesh.protocols.http1.codec import (
     ResponseDecoder,
     ResponseStarted,
 )
+from txmesh.overload import Overload
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, ResponseHead, StreamInfo
@@ -802,7 +803,8 @@ class InMemoryMesh:
     @ivar streams: every ActiveStream the listener made, in order (``streamInfo``, ``request``).
     """
 
-    def __init__(self, text, listener=None, poolClasses=None, missingClusters=(), connect=None, seed=0, clock=None):
+    def __init__(self, text, listener=None, poolClasses=None, missingClusters=(), connect=None, seed=0, clock=None,
+                 readRSS=None):
         self.config = _config.loads(text)
         self.clock = clock if clock is not None else MemoryReactorClock()
         self.listening = True
@@ -817,7 +819,9 @@ class InMemoryMesh:
             clusterConfigs = [dataclasses.replace(c, descriptor=_PoolOverride(c.descriptor, poolClasses[c.protocol]))
                               if c.protocol in poolClasses else c for c in clusterConfigs]
         self.clusters = ClusterManager(self.clock, clusterConfigs, self._connectFactory, self.stats, rng)
-        self.runtime = Runtime(self.clock, self.clusters, self.stats, rng, self.config, reactor=self.clock)
+        self.overload = Overload(self.config.overload, self.clock, self.stats, readRSS)
+        self.runtime = Runtime(self.clock, self.clusters, self.stats, rng, self.config, reactor=self.clock,
+                               overload=self.overload)
         lcs = [lc for lc in self.config.listeners if listener is None or lc.name == listener]
         lc = self.listenerConfig = lcs[0]
         self.template = _RecordingTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
@@ -825,6 +829,7 @@ class InMemoryMesh:
                                            lc.respectExpectedTimeout)
         self.template.streams = self.streams
         self.factory = lc.descriptor.buildListenerFactory(lc, self.template, self.runtime)
+        self.overload.watch(self.factory)
 
     def _connectFactory(self, clusterConfig):
         def connect(host):
@@ -848,10 +853,17 @@ class InMemoryMesh:
         return u
 
     def connect(self, peer=("10.1.2.3", None)):
-        """A new downstream connection to the listener (a L{DownstreamClient})."""
+        """
+        A new downstream connection to the listener (a L{DownstreamClient}).  A connection the listener refuses
+        (``buildProtocol`` gave None: overload bounds) is closed at once, as Twisted's port does: its client's
+        ``protocol`` is None and ``closed`` is true.
+        """
         self._ports += 1
         transport = MemoryTransport(self.clock, IPv4Address("TCP", peer[0], peer[1] or self._ports))
         protocol = transport.protocol = self.factory.buildProtocol(transport.getPeer())
+        if protocol is None:
+            transport.disconnecting = transport.lost = True
+            return DownstreamClient(self, None, transport)
         protocol.makeConnection(transport)
         self.runTurns()
         return DownstreamClient(self, protocol, transport)

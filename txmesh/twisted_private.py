@@ -1,12 +1,13 @@
 """
 Every use txmesh makes of a private Twisted name, in one place (STYLE.md habit 14).
 
-Twisted gives no public way to do these three things; each function names the Twisted source it reads and why
+Twisted gives no public way to do these things; each function names the Twisted source it reads and why
 txmesh needs it.  ``tests/test_twisted_private.py`` checks every name on real Twisted objects and fails naming the
 missing attribute and the installed Twisted version; ``setup.cfg`` bounds Twisted to the releases that test
 passed on.  Nothing else in txmesh may import a ``_``-name from Twisted or read one off a Twisted object.
 """
 
+from twisted.internet import tcp
 from twisted.internet.endpoints import _parseServer
 
 # (owner, attribute) of every private Twisted name used below; the test module checks each on real objects
@@ -16,6 +17,8 @@ PRIVATE_NAMES = (
     ("twisted.internet.tcp._AbortingMixin", "_aborting"),
     ("twisted.internet.endpoints", "_parseServer"),
     ("twisted.application.internet.StreamServerEndpointService", "_raiseSynchronously"),
+    # not ``_``-names, but undocumented internals of the listening port that watchAcceptErrors relies on
+    ("twisted.internet.tcp.Port", "doRead"),
 )
 
 
@@ -66,3 +69,46 @@ def raiseBindErrorsSynchronously(service):
     (documented there as an ``@ivar`` since 10.2, never made public); the service resets it after starting.
     """
     service._raiseSynchronously = True
+
+
+class _AcceptWatchingSocket:
+    """A listening socket that reports the accept() errors it is asked to watch, then raises them as before."""
+
+    __slots__ = ("_socket", "_errors", "_failed")
+
+    def __init__(self, sock, errors, failed):
+        self._socket = sock
+        self._errors = errors
+        self._failed = failed
+
+    def accept(self):
+        try:
+            return self._socket.accept()
+        except OSError as e:
+            if e.errno in self._errors:
+                self._failed(e.errno)
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._socket, name)
+
+
+def watchAcceptErrors(port, errors, failed):
+    """
+    Call ``failed(errno)`` each time the listening ``port`` (a L{twisted.internet.tcp.Port}: TCP, UNIX, SSL and
+    systemd-adopted ports are all of this kind) fails to accept a connection with an errno in ``errors``, then let
+    Twisted handle the error as it does.  Other ports are left alone.
+
+    Relies on C{twisted/internet/tcp.py}: ``Port.doRead`` accepts through ``self.socket.accept()`` (in
+    ``_accept``) up to ``numberAccepts`` times per read event, and on ``EMFILE``, ``ENFILE``, ``ENOBUFS`` and
+    ``ENOMEM`` logs "Could not accept new connection" and returns, leaving the connection in the backlog, so a
+    level-triggered reactor calls ``doRead`` again at once, in a tight loop, while the process is out of
+    descriptors.  Twisted says nothing to the factory about it, hence the socket stand-in: ``port.socket`` is an
+    attribute of every connected port, but not part of any interface.
+
+    @return: True if the port is watched.
+    """
+    if not isinstance(port, tcp.Port) or getattr(port, "socket", None) is None:
+        return False
+    port.socket = _AcceptWatchingSocket(port.socket, frozenset(errors), failed)
+    return True

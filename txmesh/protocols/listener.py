@@ -4,8 +4,11 @@ What every listener shares, whatever its protocol.
 - L{DrainingFactory}: knows its open connections so SIGTERM can drain them.  A protocol it builds adds itself to
   ``factory.connections`` when connected, removes itself and calls ``factory.connectionEnded(self)`` when its
   connection is lost, and has a ``drain()`` method that closes it now if idle, else after its in-flight work.
-- L{ListenerFactory}: what the built-in listener factories read from the listener's config and the runtime.
-- L{ListenerProtocol}: one downstream connection's accounting, peer address, writer and write-buffer watcher, and
+- L{ListenerFactory}: what the built-in listener factories read from the listener's config and the runtime, and
+  the overload check every new connection passes (``buildProtocol`` returns None past the listener's
+  ``limits.max_connections``, the global ``overload.max_connections`` or under memory pressure: Twisted closes it).
+- L{ListenerProtocol}: one downstream connection's accounting, peer address, writer and write-buffer watcher (and
+  ``limits.write_timeout``: a client that leaves its write buffer full that long is dropped), and
   L{ListenerProtocol.prepareRequest} (forwarding headers, request id, StreamInfo) for every request it decodes.
 - L{Deadline}: one lazily re-armed timer per connection for the idle and request-head timeouts.
 - L{ListenerStats}: the per-listener counters every protocol has.
@@ -15,9 +18,11 @@ import ipaddress
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmesh.interfaces import IListenerFactory
+from txmesh.interfaces import IListenerConnection, IListenerFactory
+from txmesh.overload import GLOBAL_LIMIT, LISTENER_LIMIT
 from txmesh.protocols.transport import WriteWatcher, Writer
 from txmesh.stream import StreamInfo, newRequestId
 
@@ -51,6 +56,10 @@ class DrainingFactory(Factory):
         for p in list(self.connections):
             p.transport.abortConnection()
 
+    def closeIdleConnections(self):
+        """The protocols of this base cannot say whether they are idle: none is closed."""
+        return 0
+
     def connectionEnded(self, proto):
         if self.draining and not self.connections:
             waiting, self._drained = self._drained, []
@@ -66,6 +75,7 @@ class ListenerFactory(DrainingFactory):
     """
 
     protocol = None
+    log = Logger()
 
     def __init__(self, listenerConfig, template, runtime, stats):
         DrainingFactory.__init__(self)
@@ -85,16 +95,39 @@ class ListenerFactory(DrainingFactory):
         self.clock = runtime.clock
         self.writeScope = runtime.writeScope
         self.stats = stats
+        self.overload = runtime.overload
+        self.maxConnections = self.limits.maxConnections
 
     def buildProtocol(self, addr):
-        return self.protocol(self)
+        """A server protocol, or None (Twisted closes the connection) when the overload bounds refuse it."""
+        why = self.overload.refusal(len(self.connections), self.maxConnections)
+        if why is None:
+            return self.protocol(self)
+        stats = self.stats
+        if why is LISTENER_LIMIT:
+            stats.cx_overflow.value += 1
+        elif why is GLOBAL_LIMIT:
+            stats.cx_global_overflow.value += 1
+        else:
+            stats.cx_overload_reject.value += 1
+        self.overload.logOnce.warn(("refused", self.listenerName, why),
+                                   "listener {l}: refusing connections ({why}); {n} in the last {interval}s",
+                                   l=self.listenerName, why=why)
+        return None
+
+    def closeIdleConnections(self):
+        """Close every idle connection (L{IListenerConnection.closeIfIdle}).  @return: how many."""
+        return sum(1 for p in list(self.connections) if p.closeIfIdle())
 
 
+@implementer(IListenerConnection)
 class ListenerProtocol(Protocol):
     """
     Base of the listener protocols.  Subclasses call ``ListenerProtocol.connectionMade`` first and
-    ``ListenerProtocol.connectionLost`` last.  A subclass that sets ``watchWrites`` gets ``writeBufferFull`` /
-    ``writeBufferDrained`` calls when the transport's write buffer crosses its watermarks.
+    ``ListenerProtocol.connectionLost`` last, and say when they are idle (``isIdle``) and how they drain
+    (``drain``).  A subclass that sets ``watchWrites`` gets ``writeBufferFull`` / ``writeBufferDrained`` calls when
+    the transport's write buffer crosses its watermarks.  With ``limits.write_timeout``, a connection whose write
+    buffer stays full that long (the client reads nothing) is aborted and counted (``downstream_cx_write_timeout``).
 
     @ivar peer: the peer address as 'host:port' (str), for StreamInfo and logs.
     @ivar peerHost: the peer's host (bytes), for x-forwarded-for.
@@ -114,12 +147,14 @@ class ListenerProtocol(Protocol):
         self.peerTrusted = True
         self.out = None
         self.writeBlocked = False
+        self._writeTimer = None
 
     def connectionMade(self):
         f = self.factory
         f.stats.cx_total.value += 1
         f.stats.cx_active.value += 1
         f.connections.add(self)
+        f.overload.connectionOpened()
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)  # an IAddress: UNIX addresses have no host or port
         if host is None:
@@ -130,22 +165,61 @@ class ListenerProtocol(Protocol):
         if f.useRemoteAddress and not f.trustedHops:
             self.peerTrusted = isInternal(host, f.internalRanges)
         self.out = Writer(self.transport, f.writeScope)
-        if self.watchWrites:
+        if self.watchWrites or f.limits.writeTimeout:
             self.transport.registerProducer(WriteWatcher(self._bufferFull, self._bufferDrained), True)
 
     def connectionLost(self, reason):
         f = self.factory
+        self._cancelWriteTimer()
         f.stats.cx_active.value -= 1
         f.connections.discard(self)
+        f.overload.connectionClosed()
         f.connectionEnded(self)
 
     def _bufferFull(self):
         self.writeBlocked = True
-        self.writeBufferFull()
+        timeout = self.factory.limits.writeTimeout
+        if timeout and self._writeTimer is None:
+            self._writeTimer = self.factory.clock.callLater(timeout, self._writeTimedOut)
+        if self.watchWrites:
+            self.writeBufferFull()
 
     def _bufferDrained(self):
         self.writeBlocked = False
-        self.writeBufferDrained()
+        self._cancelWriteTimer()
+        if self.watchWrites:
+            self.writeBufferDrained()
+
+    def _cancelWriteTimer(self):
+        timer, self._writeTimer = self._writeTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _writeTimedOut(self):
+        """The client read nothing that let the write buffer drain for ``limits.write_timeout``: drop it."""
+        self._writeTimer = None
+        f = self.factory
+        f.stats.cx_write_timeout.value += 1
+        f.overload.logOnce.warn(("write_timeout", f.listenerName),
+                                "listener {l}: closed a connection whose client did not read for {t}s ({peer}); "
+                                "{n} in the last {interval}s", l=f.listenerName, t=f.limits.writeTimeout,
+                                peer=self.peer)
+        self.out.discard()
+        self.transport.abortConnection()
+
+    def isIdle(self):
+        """Whether the connection carries nothing now (L{IListenerConnection.isIdle}); each protocol says."""
+        raise NotImplementedError
+
+    def drain(self):
+        """Close now if idle, else after the in-flight work (L{IListenerConnection.drain}); each protocol says."""
+        raise NotImplementedError
+
+    def closeIfIdle(self):
+        if self.isIdle():
+            self.drain()
+            return True
+        return False
 
     def writeBufferFull(self):
         """The transport's write buffer is full (only with ``watchWrites``)."""
@@ -273,6 +347,14 @@ class ListenerStats:
         self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
         self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
         self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
+        self.cx_overflow = s.counter("downstream_cx_overflow",
+                                     help="Connections refused at the listener's limits.max_connections")
+        self.cx_global_overflow = s.counter("downstream_global_cx_overflow",
+                                            help="Connections refused at the global overload.max_connections")
+        self.cx_overload_reject = s.counter("downstream_cx_overload_reject",
+                                            help="Connections refused under memory pressure")
+        self.cx_write_timeout = s.counter("downstream_cx_write_timeout",
+                                          help="Connections closed because the client did not read (write_timeout)")
         self.rq_total = s.counter("downstream_rq", help="Requests received")
         self.rq_active = s.gauge("downstream_rq_active", help="Requests in flight")
         self.error = LabelledCounter(s, "downstream_rq_error", "Local error replies by cause", "cause").inc

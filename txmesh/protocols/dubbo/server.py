@@ -305,6 +305,13 @@ class DubboServerProtocol(ListenerProtocol):
         self.out.flush()
         self.transport.loseConnection()
 
+    def isIdle(self):
+        """
+        No call in flight (a request frame still arriving is not seen: the codec does not say what it holds; its
+        caller sees the connection close before any response, as at an idle timeout).
+        """
+        return not self.calls and not self.oneWay and not self.closed and not self.broken
+
     def drain(self):
         if not self.calls and not self.oneWay:
             self._close()

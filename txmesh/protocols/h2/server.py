@@ -476,6 +476,10 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         self.factory.stats.cx_idle_timeout.value += 1
         self.drain()
 
+    def isIdle(self):
+        """No stream open, and not closing already."""
+        return not self.streams and not self._closing and not self._draining
+
     def drain(self):
         """Graceful drain: GOAWAY now; close when the open streams end."""
         if self._closing or self._draining:

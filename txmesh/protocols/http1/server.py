@@ -319,6 +319,10 @@ class HTTP1ServerProtocol(ListenerProtocol):
         self.out.flush()
         self.transport.loseConnection()
 
+    def isIdle(self):
+        """Between two requests: the last response written, no byte of the next request read yet."""
+        return self.stream is None and not self._queue and not self._closing and self._deadline.kind is _IDLE
+
     def drain(self):
         """Graceful drain: close now if idle, else after the current response."""
         if self.stream is None:
