@@ -92,7 +92,7 @@ def test_overload_block_and_limits_load():
 def test_defaults_bound_nothing_but_the_write_timeout():
     cfg = loads(config())
     assert (cfg.overload.maxConnections, cfg.overload.memoryHighWatermark) == (0, 0)
-    assert (cfg.listeners[0].limits.maxConnections, cfg.listeners[0].limits.writeTimeout) == (0, 60.0)
+    assert (cfg.listeners[0].limits.maxConnections, cfg.listeners[0].limits.writeTimeout) == (0, 300.0)
 
 
 @pytest.mark.parametrize("overload, limits, expected", [

@@ -85,7 +85,7 @@ class ListenerLimits:
     bufferLimit: int = 1048576
     streamIdleTimeout: float = 300.0  # a stream on which nothing moved this long ends (0 = never)
     maxConnections: int = 0  # open connections on this listener; one more is refused (0 = no limit)
-    writeTimeout: float = 60.0  # a client whose write buffer stays full this long is closed (0 = never)
+    writeTimeout: float = 300.0  # a client whose write buffer stays full this long is closed (0 = never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +469,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
         bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1),
         streamIdleTimeout=r.duration(lm, lPath, "stream_idle_timeout", 300.0),
         maxConnections=r.integer(lm, lPath, "max_connections", 0, 0),
-        writeTimeout=r.duration(lm, lPath, "write_timeout", 60.0))
+        writeTimeout=r.duration(lm, lPath, "write_timeout", 300.0))
     http2 = _buildHttp2(r, m, path, protocol)
     chain = _FilterChainBuilder(r, path, descriptor, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")
