@@ -22,8 +22,9 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a b
 
 def parseYAML(text, filename):
     """The plain data of a YAML document and a {key path: line} map (rejecting duplicate keys)."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # reads the text: a control character is a ReaderError here
         node = loader.get_single_node()
         if node is None:
             raise ConfigError("the configuration is empty", filename=filename, line=1)
@@ -37,7 +38,8 @@ def parseYAML(text, filename):
     except yaml.YAMLError as e:
         raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from e
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return raw, lines
 
 
