@@ -7,6 +7,7 @@ tests/fixtures/fuzz/regressions/ (each file named after its target), with tests 
 
 import os
 import random
+import time
 
 import pytest
 from twisted.internet.testing import StringTransport
@@ -87,6 +88,37 @@ def test_a_control_character_in_mesh_yaml_is_a_config_error():
     with pytest.raises(ConfigError) as e:
         fuzz_targets.config.loads("\x08listeners: []\n", "mesh.yaml")
     assert str(e.value).startswith("mesh.yaml: invalid YAML")
+
+
+def test_mesh_yaml_nested_too_deeply_is_a_config_error():
+    """Found by hand beside the config target: PyYAML composes recursively, so 1200 '[' raised RecursionError."""
+    with open(os.path.join(REGRESSIONS, "config-deep-nesting")) as f:
+        text = f.read()
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value) == "mesh.yaml: invalid YAML: nested too deeply"
+
+
+def test_mesh_yaml_aliases_of_aliases_are_not_walked_path_by_path():
+    """
+    Found by hand beside the config target: recording a line for every key path walked each path through aliases
+    of aliases, 10^9 of them for 9 levels of 10 (a "billion laughs"); now each node once, in well under a second.
+    """
+    with open(os.path.join(REGRESSIONS, "config-alias-bomb")) as f:
+        text = f.read()
+    started = time.process_time()
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert time.process_time() - started < 2
+    assert str(e.value).startswith("mesh.yaml:1: a: unknown key 'a'")
+
+
+def test_an_error_under_an_alias_still_names_the_line_of_its_anchor():
+    text = ("clusters:\n  - &c {name: c, endpoints: [{address: '127.0.0.1:1'}]}\n  - *c\n"
+            "listeners:\n  - name: l\n    protocol: http\n    address: tcp:0\n")
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value).startswith("mesh.yaml:2: clusters[1].name: duplicate cluster name 'c'")
 
 
 def test_a_whole_response_before_bad_bytes_in_the_same_read_is_delivered():

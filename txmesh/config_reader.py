@@ -37,17 +37,22 @@ def parseYAML(text, filename):
                           line=mark.line + 1 if mark else None) from e
     except yaml.YAMLError as e:
         raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from e
+    except RecursionError:
+        # PyYAML composes and constructs nodes recursively: "[[[[..." a thousand deep exhausts the stack
+        raise ConfigError("invalid YAML: nested too deeply", filename=filename) from None
     finally:
         if loader is not None:
             loader.dispose()
     return raw, lines
 
 
-def _recordLines(node, path, lines, filename, active):
+def _recordLines(node, path, lines, filename, visited):
     lines.setdefault(path, node.start_mark.line + 1)
-    if id(node) in active:  # a recursive alias
+    if id(node) in visited:
+        # an alias (recursive or not): its paths take the line of the alias itself.  Walking every path through
+        # aliases of aliases would be exponential ("billion laughs": 10 aliases of 10 aliases ... 9 deep)
         return
-    active.add(id(node))
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for keyNode, valueNode in node.value:
@@ -59,11 +64,10 @@ def _recordLines(node, path, lines, filename, active):
                 raise ConfigError("duplicate key '%s'" % (key,), sub, filename, keyNode.start_mark.line + 1)
             seen.add(key)
             lines[sub] = keyNode.start_mark.line + 1
-            _recordLines(valueNode, sub, lines, filename, active)
+            _recordLines(valueNode, sub, lines, filename, visited)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _recordLines(item, "%s[%d]" % (path, i), lines, filename, active)
-    active.discard(id(node))
+            _recordLines(item, "%s[%d]" % (path, i), lines, filename, visited)
 
 
 def joinPath(path, key):
