@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,12 +34,34 @@ TARGET_NAMES = ["http1-request", "http1-response", "hpack", "grpc", "dubbo", "he
 MAX_LEN = {"config": 4096, "h2-server": 4096, "h2-client": 4096}
 
 
+# Functions atheris 2.3.0 miscompiles on CPython 3.11 (the instrumented code segfaults in libpython when the loop
+# exits through an exception): they run uninstrumented, so only their coverage is not seen.
+UNINSTRUMENTED = [("txmesh.protocols.dubbo.hessian2", "Hessian2Reader", "_skipString")]
+
+
+def instrumentedTargets():
+    """tests.fuzz_targets with txmesh and hpack instrumented for coverage (but for UNINSTRUMENTED)."""
+    import importlib
+
+    import atheris
+
+    plain = {}
+    for module, cls, name in UNINSTRUMENTED:
+        plain[module, cls, name] = getattr(getattr(importlib.import_module(module), cls), name).__code__
+    for module in [m for m in sys.modules if m == "txmesh" or m.startswith("txmesh.")]:
+        del sys.modules[module]
+    with atheris.instrument_imports(include=["txmesh", "hpack"], exclude=["txmesh.plugins"]):
+        from tests import fuzz_targets
+    for (module, cls, name), code in plain.items():
+        m = sys.modules[module]
+        setattr(getattr(m, cls), name, types.FunctionType(code, m.__dict__, name))
+    return fuzz_targets
+
+
 def runOne(name, runs, seconds, extra):
     import atheris
 
-    with atheris.instrument_imports(include=["txmesh", "hpack"], exclude=["txmesh.plugins"]):
-        from tests import fuzz_targets
-    target = fuzz_targets.TARGETS[name]
+    target = instrumentedTargets().TARGETS[name]
     work = os.path.join(RESULTS, name)
     corpus = os.path.join(work, "corpus")
     os.makedirs(corpus, exist_ok=True)
@@ -106,7 +129,8 @@ def reproduce(name, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("target", nargs="?", choices=TARGET_NAMES + ["all"])
+    p.add_argument("target", nargs="?", help="one of %s, or all" % (", ".join(TARGET_NAMES),))
+    p.add_argument("--skip", default="", help="with all: targets to leave out, comma-separated")
     p.add_argument("--runs", type=int, default=100000, help="executions per target (0: no bound)")
     p.add_argument("--seconds", type=int, default=0, help="stop a target after this many seconds")
     p.add_argument("--write-seeds", action="store_true")
@@ -119,7 +143,10 @@ def main():
     elif args.reproduce:
         reproduce(args.target, args.reproduce)
     elif args.target == "all":
-        sys.exit(runAll(TARGET_NAMES, args.runs, args.seconds))
+        skip = set(args.skip.split(","))
+        sys.exit(runAll([n for n in TARGET_NAMES if n not in skip], args.runs, args.seconds))
+    elif args.target not in TARGET_NAMES:
+        p.error("unknown target %r" % (args.target,))
     else:
         runOne(args.target, args.runs, args.seconds, extra)
 

@@ -227,11 +227,12 @@ def h2Client(data):
 
 
 def _frames(data, clientSide):
-    """(type, flags, payload) of the whole frames of ``data`` (the server's preface skipped)."""
+    """(type, stream id, payload) of the whole frames of ``data`` (the server's preface skipped)."""
     pos = 0 if clientSide else 24
     while pos + 9 <= len(data):
         n = int.from_bytes(data[pos:pos + 3], "big")
-        yield data[pos + 3], data[pos + 4], data[pos + 9:pos + 9 + n]
+        sid = int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+        yield data[pos + 3], sid, data[pos + 9:pos + 9 + n]
         pos += 9 + n
 
 
@@ -240,15 +241,16 @@ def _badPriorityOrAltsvc(data, clientSide):
 
 
 def _repeatedSetting(data, clientSide):
-    for t, flags, p in _frames(data, clientSide):
+    for t, _, p in _frames(data, clientSide):
         ids = [p[i:i + 2] for i in range(0, len(p) - len(p) % 6, 6)] if t == 4 else []
         if len(set(ids)) < len(ids):
             return True
     return False
 
 
-def _reservedBitInWindowUpdate(data, clientSide):
-    return any(t == 8 and p[:1] >= b"\x80" for t, _, p in _frames(data, clientSide))
+def _windowUpdateOnAStream(data, clientSide):
+    """WINDOW_UPDATE with the reserved bit set, or of 0 on a stream: hyperframe refuses either frame outright."""
+    return any(t == 8 and (p[:1] >= b"\x80" or (sid and p == b"\0\0\0\0")) for t, sid, p in _frames(data, clientSide))
 
 
 # Where txmesh and h2 judge the same whole frames differently, and why: (a substring of txmesh's error, of h2's,
@@ -279,8 +281,9 @@ DIVERGENCES = [
     # RFC 9113 6.3: PRIORITY of a length other than 5 is a stream error; RFC 7838 4: a malformed ALTSVC (type 0xa,
     # an extension frame to txmesh, which ignores it, RFC 9113 5.5) is ignored; hyperframe refuses both outright
     (None, "FrameDataMissingError", _badPriorityOrAltsvc),
-    # RFC 9113 6.9: WINDOW_UPDATE's reserved bit is ignored on receipt; hyperframe refuses the increment
-    (None, "non-compliant data", _reservedBitInWindowUpdate),
+    # RFC 9113 6.9: WINDOW_UPDATE's reserved bit is ignored on receipt, and an increment of 0 on a stream is a stream
+    # error (ignored on a stream already closed); hyperframe refuses both frames outright
+    (None, "non-compliant data", _windowUpdateOnAStream),
 ]
 
 

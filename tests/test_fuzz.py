@@ -90,6 +90,14 @@ def test_a_control_character_in_mesh_yaml_is_a_config_error():
     assert str(e.value).startswith("mesh.yaml: invalid YAML")
 
 
+@pytest.mark.parametrize("text", ["~", "null", "# only a comment\n---\n"])
+def test_a_null_mesh_yaml_is_empty(text):
+    """Found by the config target: a document that is null got past the empty check and raised AttributeError."""
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value) == "mesh.yaml:1: the configuration is empty"
+
+
 def test_mesh_yaml_nested_too_deeply_is_a_config_error():
     """Found by hand beside the config target: PyYAML composes recursively, so 1200 '[' raised RecursionError."""
     with open(os.path.join(REGRESSIONS, "config-deep-nesting")) as f:

@@ -31,6 +31,8 @@ def parseYAML(text, filename):
         lines = {}
         _recordLines(node, "", lines, filename, set())
         raw = loader.construct_document(node)
+        if raw is None:  # only comments, "~", "null" or "---"
+            raise ConfigError("the configuration is empty", filename=filename, line=1)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise ConfigError("invalid YAML: %s" % (e.problem or e.context,), filename=filename,
