@@ -10,10 +10,13 @@ import random
 import time
 
 import pytest
+from hpack import Encoder
 from twisted.internet.testing import StringTransport
 
 from tests import fuzz_seeds, fuzz_targets
 from txmesh.errors import ConfigError
+from txmesh.protocols.h2 import frames as F
+from txmesh.protocols.h2.codec import H2Connection
 from txmesh.protocols.http1.client import HTTP1ClientProtocol
 from txmesh.protocols.http1.codec import HTTPCodecError, MessageComplete, RequestDecoder, ResponseDecoder
 from txmesh.stream import HeaderMap, RequestHead
@@ -127,6 +130,43 @@ def test_an_error_under_an_alias_still_names_the_line_of_its_anchor():
     with pytest.raises(ConfigError) as e:
         fuzz_targets.config.loads(text, "mesh.yaml")
     assert str(e.value).startswith("mesh.yaml:2: clusters[1].name: duplicate cluster name 'c'")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("config-5000-digit-integer", "mesh.yaml: invalid YAML: Exceeds the limit (4300 digits)"),
+    ("config-superscript-port", "mesh.yaml:2: clusters[0].endpoints[0].address: invalid port in 'h:\u00b2'"),
+])
+def test_numbers_python_will_not_convert_are_config_errors(name, message):
+    """
+    Found by hand beside the config target (its inputs stop at 4 KiB): PyYAML's int() of more than 4300 digits, and
+    a port of Unicode digits ('\u00b2'.isdigit() is true, int() refuses it), raised ValueError.
+    """
+    with open(os.path.join(REGRESSIONS, name), encoding="utf-8") as f:
+        text = f.read()
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value).startswith(message)
+
+
+def test_an_http2_content_length_of_5000_digits_is_a_malformed_request():
+    """
+    Found by hand beside the h2-server target (its inputs stop at 4 KiB): int() of a content-length past 4300 digits
+    raised ValueError out of receiveData.  Like HTTP/1.1's, a content-length over 18 digits is malformed: the stream
+    is reset (PROTOCOL_ERROR), the connection stays.
+    """
+    block = Encoder().encode([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/"),
+                              (b"content-length", b"1" * 5000)])
+    conn = H2Connection(False)
+    conn.initiateConnection()
+    conn.dataToSend()
+    events = conn.receiveData(F.PREFACE + F.settingsFrame({}) + F.headerFrames(1, block, False, 16384))
+    assert [type(e).__name__ for e in events] == ["RemoteSettingsChanged", "StreamReset"]
+    assert conn.dataToSend().endswith(F.rstStreamFrame(1, F.ErrorCodes.PROTOCOL_ERROR))
+    assert not conn.closed
+    ok = Encoder().encode([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/"),
+                           (b"content-length", b"9" * 18)])
+    [started] = conn.receiveData(F.headerFrames(3, ok, False, 16384))
+    assert type(started).__name__ == "RequestReceived"
 
 
 def test_a_whole_response_before_bad_bytes_in_the_same_read_is_delivered():

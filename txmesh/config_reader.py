@@ -39,6 +39,9 @@ def parseYAML(text, filename):
                           line=mark.line + 1 if mark else None) from e
     except yaml.YAMLError as e:
         raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from e
+    except ValueError as e:
+        # PyYAML's int(): past 4300 digits Python refuses the conversion
+        raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from None
     except RecursionError:
         # PyYAML composes and constructs nodes recursively: "[[[[..." a thousand deep exhausts the stack
         raise ConfigError("invalid YAML: nested too deeply", filename=filename) from None
@@ -234,6 +237,6 @@ def hostPort(r, address, path):
             sep = ""
     if not sep or not host or any(c.isspace() for c in host):
         raise r.error("invalid address '%s' (use host:port or [v6]:port)" % (address,), path)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not port.isascii() or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
         raise r.error("invalid port in '%s' (must be 1..65535)" % (address,), path)
     return host, int(port)
