@@ -258,6 +258,8 @@ def _windowUpdateOnAStream(data, clientSide):
 DIVERGENCES = [
     # RFC 9113 3.4: the first frame must be SETTINGS; h2 does not check it
     ("the first frame is not SETTINGS", None, None),
+    # RFC 9113 8.4: a server must treat a client's PUSH_PROMISE as a connection error; h2 does not
+    ("PUSH_PROMISE", None, None),
     # RFC 9113 5.1: frames other than HEADERS/PRIORITY on an idle stream are a connection error; h2 lets some pass
     ("idle stream", None, None),
     # RFC 9113 6.5.3: SETTINGS values are processed in order; hyperframe keeps only the last of a repeated one
