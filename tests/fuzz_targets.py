@@ -253,11 +253,18 @@ def _windowUpdateOnAStream(data, clientSide):
     return any(t == 8 and (p[:1] >= b"\x80" or (sid and p == b"\0\0\0\0")) for t, sid, p in _frames(data, clientSide))
 
 
+def _goawayReceived(data, clientSide):
+    return any(t == 7 for t, _, _ in _frames(data, clientSide))
+
+
 # Where txmesh and h2 judge the same whole frames differently, and why: (a substring of txmesh's error, of h2's,
 # a condition on the input or None).  A disagreement matching none of these fails the target.
 DIVERGENCES = [
     # RFC 9113 3.4: the first frame must be SETTINGS; h2 does not check it
     ("the first frame is not SETTINGS", None, None),
+    # RFC 9113 6.8: the sender of a GOAWAY may go on sending on its streams (txmesh reads them after a graceful
+    # GOAWAY and stops reading after one with an error); h2 refuses any frame once it has received a GOAWAY
+    (None, "in state ConnectionState.CLOSED", _goawayReceived),
     # RFC 9113 8.4: a server must treat a client's PUSH_PROMISE as a connection error; h2 does not
     ("PUSH_PROMISE", None, None),
     # RFC 9113 5.1: frames other than HEADERS/PRIORITY on an idle stream are a connection error; h2 lets some pass
