@@ -257,6 +257,22 @@ def _goawayReceived(data, clientSide):
     return any(t == 7 for t, _, _ in _frames(data, clientSide))
 
 
+def _errorGoawayReceived(data, clientSide):
+    return any(t == 7 and p[4:8] != b"\0\0\0\0" for t, _, p in _frames(data, clientSide))
+
+
+def _paddingLeavesNothing(data, clientSide):
+    """A padded DATA or HEADERS frame whose padding takes all the room after the pad length (and priority)."""
+    pos = 0 if clientSide else 24
+    while pos + 9 <= len(data):
+        n = int.from_bytes(data[pos:pos + 3], "big")
+        t, flags, p = data[pos + 3], data[pos + 4], data[pos + 9:pos + 9 + n]
+        if t in (0, 1) and flags & 0x8 and p and n - 1 - p[0] - (5 if t == 1 and flags & 0x20 else 0) == 0:
+            return True
+        pos += 9 + n
+    return False
+
+
 # Where txmesh and h2 judge the same whole frames differently, and why: (a substring of txmesh's error, of h2's,
 # a condition on the input or None).  A disagreement matching none of these fails the target.
 DIVERGENCES = [
@@ -265,6 +281,11 @@ DIVERGENCES = [
     # RFC 9113 6.8: the sender of a GOAWAY may go on sending on its streams (txmesh reads them after a graceful
     # GOAWAY and stops reading after one with an error); h2 refuses any frame once it has received a GOAWAY
     (None, "in state ConnectionState.CLOSED", _goawayReceived),
+    # after the peer's GOAWAY with an error txmesh reads nothing more; h2 goes on judging the frames that follow
+    (None, "", _errorGoawayReceived),
+    # RFC 9113 6.1/6.2: padding is an error only when it *exceeds* the room left; hyperframe also refuses padding that
+    # leaves an empty payload or header block fragment
+    (None, "invalid padding", _paddingLeavesNothing),
     # RFC 9113 8.4: a server must treat a client's PUSH_PROMISE as a connection error; h2 does not
     ("PUSH_PROMISE", None, None),
     # RFC 9113 5.1: frames other than HEADERS/PRIORITY on an idle stream are a connection error; h2 lets some pass
