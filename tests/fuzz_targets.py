@@ -286,6 +286,12 @@ DIVERGENCES = [
     # RFC 9113 6.1/6.2: padding is an error only when it *exceeds* the room left; hyperframe also refuses padding that
     # leaves an empty payload or header block fragment
     (None, "invalid padding", _paddingLeavesNothing),
+    # RFC 9113 5.1: frames on a stream closed by the peer's RST_STREAM MAY be a connection error (STREAM_CLOSED),
+    # which txmesh makes them; h2 makes them a stream error
+    ("on closed stream", None, None),
+    # RFC 9113 8.1.1: a request carrying :status is malformed, a stream error (the listener's readRequest resets it);
+    # h2 reads it as a 1xx response with END_STREAM and makes it a connection error
+    (None, "Cannot set END_STREAM on informational responses", None),
     # RFC 9113 8.4: a server must treat a client's PUSH_PROMISE as a connection error; h2 does not
     ("PUSH_PROMISE", None, None),
     # RFC 9113 5.1: frames other than HEADERS/PRIORITY on an idle stream are a connection error; h2 lets some pass
