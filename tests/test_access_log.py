@@ -361,6 +361,8 @@ class GrpcContext(FakeContext):
     ([("headers", 503, [], True)], 14),  # an upstream HTTP error without grpc-status, as the client sees it
     ([("headers", 200, [], False), ("reset", "upstream_request_timeout")], 4),
     ([("reset", "downstream_reset")], 1),
+    # a grpc-status Python's int() refuses (past 4300 digits) raised ValueError when the line was written
+    ([("headers", 200, [], False), ("trailers", [(b"grpc-status", b"1" * 5000)])], 2),
 ])
 def test_grpc_lines_log_the_grpc_status_not_the_http_200(events, code):
     from txmesh.interfaces import IStreamEncoderFilter

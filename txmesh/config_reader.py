@@ -22,30 +22,42 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a b
 
 def parseYAML(text, filename):
     """The plain data of a YAML document and a {key path: line} map (rejecting duplicate keys)."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # reads the text: a control character is a ReaderError here
         node = loader.get_single_node()
         if node is None:
             raise ConfigError("the configuration is empty", filename=filename, line=1)
         lines = {}
         _recordLines(node, "", lines, filename, set())
         raw = loader.construct_document(node)
+        if raw is None:  # only comments, "~", "null" or "---"
+            raise ConfigError("the configuration is empty", filename=filename, line=1)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise ConfigError("invalid YAML: %s" % (e.problem or e.context,), filename=filename,
                           line=mark.line + 1 if mark else None) from e
     except yaml.YAMLError as e:
         raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from e
+    except ValueError as e:
+        # PyYAML's int(): past 4300 digits Python refuses the conversion
+        raise ConfigError("invalid YAML: %s" % (e,), filename=filename) from None
+    except RecursionError:
+        # PyYAML composes and constructs nodes recursively: "[[[[..." a thousand deep exhausts the stack
+        raise ConfigError("invalid YAML: nested too deeply", filename=filename) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return raw, lines
 
 
-def _recordLines(node, path, lines, filename, active):
+def _recordLines(node, path, lines, filename, visited):
     lines.setdefault(path, node.start_mark.line + 1)
-    if id(node) in active:  # a recursive alias
+    if id(node) in visited:
+        # an alias (recursive or not): its paths take the line of the alias itself.  Walking every path through
+        # aliases of aliases would be exponential ("billion laughs": 10 aliases of 10 aliases ... 9 deep)
         return
-    active.add(id(node))
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for keyNode, valueNode in node.value:
@@ -57,11 +69,10 @@ def _recordLines(node, path, lines, filename, active):
                 raise ConfigError("duplicate key '%s'" % (key,), sub, filename, keyNode.start_mark.line + 1)
             seen.add(key)
             lines[sub] = keyNode.start_mark.line + 1
-            _recordLines(valueNode, sub, lines, filename, active)
+            _recordLines(valueNode, sub, lines, filename, visited)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _recordLines(item, "%s[%d]" % (path, i), lines, filename, active)
-    active.discard(id(node))
+            _recordLines(item, "%s[%d]" % (path, i), lines, filename, visited)
 
 
 def joinPath(path, key):
@@ -226,6 +237,6 @@ def hostPort(r, address, path):
             sep = ""
     if not sep or not host or any(c.isspace() for c in host):
         raise r.error("invalid address '%s' (use host:port or [v6]:port)" % (address,), path)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not port.isascii() or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
         raise r.error("invalid port in '%s' (must be 1..65535)" % (address,), path)
     return host, int(port)

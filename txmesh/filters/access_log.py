@@ -346,7 +346,7 @@ class GrpcAccessLogFilter(AccessLogFilter):
         cb = self.callbacks
         config = self.config
         value = self.grpcStatus
-        code = int(value) if value is not None and value.isdigit() else grpc.UNKNOWN
+        code = int(value) if value is not None and value.isdigit() and len(value) <= 10 else grpc.UNKNOWN
         config.writer.write(config.formatLine(cb.streamInfo, cb.request, self.clock, code))
 
 

@@ -429,7 +429,7 @@ class H2Connection:
         s.started = True
         for k, v in headers:
             if k == b"content-length" and withLength:
-                if not v.isdigit() or s.expected >= 0:
+                if not v.isdigit() or len(v) > 18 or s.expected >= 0:  # as HTTP/1.1's (wire.classifyFields)
                     return False
                 s.expected = int(v)
         if ended:

@@ -112,6 +112,11 @@ class HTTP1ClientProtocol(Protocol):
         except HTTPCodecError as e:
             self._fail(errors.BadUpstreamResponse(e.reason))
             return
+        error = None
+        if events and isinstance(events[-1], HTTPCodecError):
+            # what came before the bad bytes is delivered; the connection is not reused
+            error = events.pop()
+            self._reusable = False
         n = len(events)
         i = 0
         while i < n:
@@ -143,6 +148,8 @@ class HTTP1ClientProtocol(Protocol):
                     responder.upstreamData(b"", True)
             elif t is InterimResponse:
                 pass  # 100 Continue was already answered to the downstream by the listener
+        if error is not None:
+            self._fail(errors.BadUpstreamResponse(error.reason))
 
     def _complete(self):
         """

@@ -180,6 +180,10 @@ class _MessageDecoder:
         except HttpParserError as e:
             self._fail("malformed head: %s" % (e,))
         if end < 0:
+            if self._headDone:
+                # llhttp ended the head where there is no CRLF CRLF (a version-less HTTP/0.9 line, e.g.
+                # "CONNECT h\n\r\n"): refused now, not at whichever later byte the split of the input brings
+                self._fail("malformed head")
             self._tail = chunk[-3:] if size >= 3 else (tail + chunk)[-3:]
             return -1
         if not self._headDone:
@@ -515,7 +519,9 @@ class ResponseDecoder(_MessageDecoder):
     Decode the responses of one upstream connection, in the order of the requests announced with L{expect}.
 
     C{feed(data)} returns ResponseStarted, BodyData, MessageComplete and InterimResponse events; bad framing
-    raises L{HTTPCodecError} (502) and the connection must not be reused.  A response to HEAD, a 204 or a 304
+    raises L{HTTPCodecError} (502) and the connection must not be reused.  When the same feed already produced
+    events (a whole response before the bad bytes), the list ends with the exception instead, so that response is
+    delivered whatever the split of the bytes.  A response to HEAD, a 204 or a 304
     has no body; one without Content-Length or chunked ends at close (L{eof}).  After a 101 (only to a request
     that offered an upgrade), or a 2xx to CONNECT, the bytes that follow are TunnelData.
     """
@@ -555,10 +561,12 @@ class ResponseDecoder(_MessageDecoder):
                     break
                 else:
                     pos = self._feedBody(data, pos, events)
-        except HTTPCodecError:
+        except HTTPCodecError as e:
             self._state = _CLOSED
             self._parser = None
-            raise
+            if not events:
+                raise
+            events.append(e)
         return events
 
     def eof(self):

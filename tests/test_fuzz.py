@@ -1,0 +1,224 @@
+"""
+A bounded, seeded run of every fuzz target (tests/fuzz_targets.py: the codecs and parsers, with their properties):
+the seed corpus from tests/fixtures/fuzz/<target>/ and a fixed number of mutations of it, the same on every run.
+The coverage-guided, unbounded run is bench/fuzz.py (atheris); what it found is replayed here from
+tests/fixtures/fuzz/regressions/ (each file named after its target), with tests of the fixes as a user sees them.
+"""
+
+import os
+import random
+import time
+
+import pytest
+from hpack import Encoder
+from twisted.internet.testing import StringTransport
+
+from tests import fuzz_seeds, fuzz_targets
+from txmesh.errors import ConfigError
+from txmesh.protocols.h2 import frames as F
+from txmesh.protocols.h2.codec import H2Connection
+from txmesh.protocols.http1.client import HTTP1ClientProtocol
+from txmesh.protocols.http1.codec import HTTPCodecError, MessageComplete, RequestDecoder, ResponseDecoder
+from txmesh.stream import HeaderMap, RequestHead
+
+REGRESSIONS = os.path.join(fuzz_seeds.FIXTURES, "fuzz", "regressions")
+# mutated inputs per target: a few seconds in all (config.loads finds its plugins on every call, so it gets fewer)
+RUNS = {"http1-request": 4000, "http1-response": 4000, "h2-server": 2000, "h2-client": 2000, "hpack": 2000,
+        "grpc": 4000, "dubbo": 2000, "hessian2": 2000, "config": 200}
+
+
+def mutate(rng, data, corpus):
+    """libFuzzer's kinds of mutation, a few at a time: flip, insert, erase, duplicate, splice, cut, interesting ints."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(8)
+        pos = rng.randint(0, len(data))
+        if op == 0 and pos < len(data):
+            data[pos] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            data[pos:pos] = rng.randbytes(rng.randint(1, 4))
+        elif op == 2:
+            del data[pos:pos + rng.randint(1, 16)]
+        elif op == 3 and data:
+            a = rng.randrange(len(data))
+            data[pos:pos] = data[a:a + rng.randint(1, 32)]
+        elif op == 4:
+            other = rng.choice(corpus)
+            a = rng.randint(0, len(other))
+            data[pos:] = other[a:a + rng.randint(1, 200)]
+        elif op == 5:
+            del data[pos:]
+        elif op == 6 and pos < len(data):
+            data[pos] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, 0x0A, 0x0D, 0x3A, 0x20])
+        elif op == 7 and pos + 4 <= len(data):
+            data[pos:pos + 4] = rng.choice([b"\0\0\0\0", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\0\0\x40\x01"])
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", sorted(fuzz_targets.TARGETS))
+def test_seeds_and_their_mutations_keep_the_properties(name):
+    target = fuzz_targets.TARGETS[name]
+    corpus = [data for _, data in fuzz_seeds.load(name)]
+    assert corpus
+    for data in corpus:
+        target(data)
+    rng = random.Random(name)
+    for i in range(RUNS[name]):
+        data = mutate(rng, rng.choice(corpus), corpus)
+        try:
+            target(data)
+        except Exception as e:
+            raise AssertionError("%s failed on mutation %d: %r" % (name, i, data)) from e
+
+
+@pytest.mark.parametrize("path", sorted(os.listdir(REGRESSIONS)))
+def test_what_the_fuzzers_found_stays_fixed(path):
+    name = next(n for n in sorted(fuzz_targets.TARGETS, key=len, reverse=True) if path.startswith(n + "-"))
+    with open(os.path.join(REGRESSIONS, path), "rb") as f:
+        fuzz_targets.TARGETS[name](f.read())
+
+
+def test_seed_corpus_is_what_the_captures_give():
+    """tests/fixtures/fuzz/ is ``bench/fuzz.py --write-seeds`` of the current captures (rerun it when they change)."""
+    for name, inputs in fuzz_seeds.seeds().items():
+        assert sorted(inputs) == fuzz_seeds.load(name), name
+
+
+# -- the fixes, as a user sees them --------------------------------------------------------------------------------
+
+def test_a_control_character_in_mesh_yaml_is_a_config_error():
+    """Found by the config target: PyYAML's reader refused the text before parseYAML's try, so a ReaderError escaped."""
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads("\x08listeners: []\n", "mesh.yaml")
+    assert str(e.value).startswith("mesh.yaml: invalid YAML")
+
+
+@pytest.mark.parametrize("text", ["~", "null", "# only a comment\n---\n"])
+def test_a_null_mesh_yaml_is_empty(text):
+    """Found by the config target: a document that is null got past the empty check and raised AttributeError."""
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value) == "mesh.yaml:1: the configuration is empty"
+
+
+def test_mesh_yaml_nested_too_deeply_is_a_config_error():
+    """Found by hand beside the config target: PyYAML composes recursively, so 1200 '[' raised RecursionError."""
+    with open(os.path.join(REGRESSIONS, "config-deep-nesting")) as f:
+        text = f.read()
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value) == "mesh.yaml: invalid YAML: nested too deeply"
+
+
+def test_mesh_yaml_aliases_of_aliases_are_not_walked_path_by_path():
+    """
+    Found by hand beside the config target: recording a line for every key path walked each path through aliases
+    of aliases, 10^9 of them for 9 levels of 10 (a "billion laughs"); now each node once, in well under a second.
+    """
+    with open(os.path.join(REGRESSIONS, "config-alias-bomb")) as f:
+        text = f.read()
+    started = time.process_time()
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert time.process_time() - started < 2
+    assert str(e.value).startswith("mesh.yaml:1: a: unknown key 'a'")
+
+
+def test_an_error_under_an_alias_still_names_the_line_of_its_anchor():
+    text = ("clusters:\n  - &c {name: c, endpoints: [{address: '127.0.0.1:1'}]}\n  - *c\n"
+            "listeners:\n  - name: l\n    protocol: http\n    address: tcp:0\n")
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value).startswith("mesh.yaml:2: clusters[1].name: duplicate cluster name 'c'")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("config-5000-digit-integer", "mesh.yaml: invalid YAML: Exceeds the limit (4300 digits)"),
+    ("config-superscript-port", "mesh.yaml:2: clusters[0].endpoints[0].address: invalid port in 'h:\u00b2'"),
+])
+def test_numbers_python_will_not_convert_are_config_errors(name, message):
+    """
+    Found by hand beside the config target (its inputs stop at 4 KiB): PyYAML's int() of more than 4300 digits, and
+    a port of Unicode digits ('\u00b2'.isdigit() is true, int() refuses it), raised ValueError.
+    """
+    with open(os.path.join(REGRESSIONS, name), encoding="utf-8") as f:
+        text = f.read()
+    with pytest.raises(ConfigError) as e:
+        fuzz_targets.config.loads(text, "mesh.yaml")
+    assert str(e.value).startswith(message)
+
+
+def test_an_http2_content_length_of_5000_digits_is_a_malformed_request():
+    """
+    Found by hand beside the h2-server target (its inputs stop at 4 KiB): int() of a content-length past 4300 digits
+    raised ValueError out of receiveData.  Like HTTP/1.1's, a content-length over 18 digits is malformed: the stream
+    is reset (PROTOCOL_ERROR), the connection stays.
+    """
+    block = Encoder().encode([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/"),
+                              (b"content-length", b"1" * 5000)])
+    conn = H2Connection(False)
+    conn.initiateConnection()
+    conn.dataToSend()
+    events = conn.receiveData(F.PREFACE + F.settingsFrame({}) + F.headerFrames(1, block, False, 16384))
+    assert [type(e).__name__ for e in events] == ["RemoteSettingsChanged", "StreamReset"]
+    assert conn.dataToSend().endswith(F.rstStreamFrame(1, F.ErrorCodes.PROTOCOL_ERROR))
+    assert not conn.closed
+    ok = Encoder().encode([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/"),
+                           (b"content-length", b"9" * 18)])
+    [started] = conn.receiveData(F.headerFrames(3, ok, False, 16384))
+    assert type(started).__name__ == "RequestReceived"
+
+
+def test_a_whole_response_before_bad_bytes_in_the_same_read_is_delivered():
+    """
+    Found by the http1-response target: a complete response followed by bad framing in one read raised at once and
+    the response was lost (the client got a 502), while the same bytes in two reads delivered it.
+    """
+    decoder = ResponseDecoder()
+    decoder.expect(b"GET")
+    events = decoder.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nbad header\r\n\r\n")
+    assert [type(e).__name__ for e in events] == ["ResponseStarted", "BodyData", "MessageComplete", "HTTPCodecError"]
+    assert decoder.feed(b"more") == []
+
+    class Responder:
+        def __init__(self):
+            self.got = []
+
+        def upstreamHeaders(self, head, ended):
+            self.got.append(("headers", head.status, ended))
+
+        def upstreamData(self, data, ended):
+            self.got.append(("data", data, ended))
+
+        def upstreamTrailers(self, trailers):
+            self.got.append(("trailers",))
+
+        def upstreamComplete(self, reusable):
+            self.got.append(("complete", reusable))
+
+        def upstreamFailed(self, exc):
+            self.got.append(("failed", type(exc).__name__))
+
+    proto = HTTP1ClientProtocol()
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    responder = Responder()
+    proto.sendRequest(RequestHead(b"GET", b"/", b"h", HeaderMap([])), True, responder)
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nbad header\r\n\r\n")
+    # the whole 200 reaches the router, the connection is not handed back for reuse, and no 502 follows
+    assert responder.got == [("headers", 200, False), ("data", b"ok", False), ("complete", False), ("data", b"", True)]
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_a_version_less_connect_line_is_refused_at_once():
+    """
+    Found by the http1-request target: ``CONNECT h\\n\\r\\n`` (no HTTP version) ended llhttp's head but not ours,
+    so the 400 came at whichever later byte the split of the input brought, or never.
+    """
+    decoder = RequestDecoder()
+    with pytest.raises(HTTPCodecError) as e:
+        decoder.feed(b"CONNECT h.s&\n\r\nxyz")
+    assert e.value.status == 400
+    events = RequestDecoder().feed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\nCONNECT h.s&\n\r\nxyz")
+    assert [type(e).__name__ for e in events] == ["RequestStarted", "MessageComplete", "HTTPCodecError"]
+    assert type(events[1]) is MessageComplete
