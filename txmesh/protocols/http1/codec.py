@@ -98,6 +98,43 @@ class _MessageDecoder:
         self._keepAlive = True
         self._resetHead()
 
+
+    def feed(self, data):
+        """
+        Decode ``data``: heads through llhttp (``_headParser``), bodies ourselves.
+
+        @return: the events, in order; an HTTPCodecError after events already decoded from this data is the last
+            event (so a message that was whole before the bad bytes is still delivered), else it is raised.
+        """
+        events = []
+        pos = 0
+        n = len(data)
+        try:
+            while pos < n:
+                if self._state == _HEAD:
+                    if self._headBytes == 0:
+                        if self._skipsBlankLines and data[pos] in b"\r\n":
+                            pos = _LEADING_BLANK.match(data, pos).end()
+                            if pos == n:
+                                break
+                        if self._parser is None:
+                            self._parser = self._headParser(self)
+                    end = self._readHead(data, pos)
+                    if end < 0:
+                        break
+                    pos = end
+                    self._startMessage(events)
+                elif self._state == _CLOSED:
+                    break
+                else:
+                    pos = self._feedBody(data, pos, events)
+        except HTTPCodecError as e:
+            self._state = _CLOSED
+            self._parser = None
+            if not events:
+                raise
+            events.append(e)
+        return events
     def _resetHead(self, tail=b"", lines=0, lineLen=-1):
         self._headBytes = 0
         self._lineLen = lineLen
@@ -391,44 +428,14 @@ class RequestDecoder(_MessageDecoder):
 
     _parserType = HttpRequestParser
     _primer = _TRAILER_PRIMER
+    _skipsBlankLines = True  # RFC 9112 2.2: empty lines before a request line are ignored
+    _headParser = staticmethod(_requestParser)
 
     def __init__(self, maxRequestLine=8192, maxHeaderBytes=65536, maxHeaders=100, scheme=b"http"):
         super().__init__(maxRequestLine, maxHeaderBytes, maxHeaders)
         self.scheme = scheme
         self._held = []
         self._heldBytes = 0
-
-    def feed(self, data):
-        events = []
-        pos = 0
-        n = len(data)
-        try:
-            while pos < n:
-                if self._state == _HEAD:
-                    if self._headBytes == 0:
-                        if data[pos] in b"\r\n":
-                            # RFC 9112 2.2: ignore empty lines before a request line
-                            pos = _LEADING_BLANK.match(data, pos).end()
-                            if pos == n:
-                                break
-                        if self._parser is None:
-                            self._parser = _requestParser(self)
-                    end = self._readHead(data, pos)
-                    if end < 0:
-                        break
-                    pos = end
-                    self._startRequest(events)
-                elif self._state == _CLOSED:
-                    break
-                else:
-                    pos = self._feedBody(data, pos, events)
-        except HTTPCodecError as e:
-            self._state = _CLOSED
-            self._parser = None
-            if not events:
-                raise
-            events.append(e)
-        return events
 
     def startTunnel(self):
         """
@@ -442,7 +449,7 @@ class RequestDecoder(_MessageDecoder):
         self._parser = None
         return [TunnelData(held)] if held else []
 
-    def _startRequest(self, events):
+    def _startMessage(self, events):
         parser = self._parser
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
@@ -528,6 +535,8 @@ class ResponseDecoder(_MessageDecoder):
 
     _parserType = HttpResponseParser
     _primer = b"HTTP/1.1 204 No Content\r\n"
+    _skipsBlankLines = False
+    _headParser = HttpResponseParser
     _lineStatus = _headStatus = _badStatus = 502
 
     def __init__(self, maxStatusLine=8192, maxHeaderBytes=65536, maxHeaders=100):
@@ -542,32 +551,6 @@ class ResponseDecoder(_MessageDecoder):
         request offered an Upgrade, so a 101 may answer it; a 101 to any other request is bad framing (502).
         """
         self._expected.append((method,) if upgrade else method)  # a bare method in the common case: no tuple
-
-    def feed(self, data):
-        events = []
-        pos = 0
-        n = len(data)
-        try:
-            while pos < n:
-                if self._state == _HEAD:
-                    if self._parser is None:
-                        self._parser = HttpResponseParser(self)
-                    end = self._readHead(data, pos)
-                    if end < 0:
-                        break
-                    pos = end
-                    self._startResponse(events)
-                elif self._state == _CLOSED:
-                    break
-                else:
-                    pos = self._feedBody(data, pos, events)
-        except HTTPCodecError as e:
-            self._state = _CLOSED
-            self._parser = None
-            if not events:
-                raise
-            events.append(e)
-        return events
 
     def eof(self):
         """
@@ -587,7 +570,7 @@ class ResponseDecoder(_MessageDecoder):
             raise HTTPCodecError("connection closed inside a response body", 502)
         return []
 
-    def _startResponse(self, events):
+    def _startMessage(self, events):
         parser = self._parser
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
