@@ -14,7 +14,7 @@ from txmesh.config import ClusterConfig, EndpointConfig
 from txmesh.interfaces import ICluster, ILoadBalancerFactory
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import Cluster, ClusterManager
-from txmesh.upstream.host import Host
+from txmesh.upstream.host import HealthFlag, Host
 from txmesh.upstream.lb import findLoadBalancerFactory
 from txmesh.protocols.http1.pool import HTTP1ConnectionPool
 from txmesh.protocols.http1.protocol import HTTP1
@@ -161,7 +161,7 @@ def test_manager_builds_clusters_and_pools():
 def test_describe():
     manager, _, attempts, _ = makeManager()
     a = manager.get("a")
-    a.hosts[1].healthy = False
+    a.hosts[1].setHealthFlag(HealthFlag.FAILED_ACTIVE_HC)
     a.hosts[0].activeRequests = 3
     a.poolFor(a.hosts[0]).acquire()
     described = manager.describe()
@@ -169,7 +169,9 @@ def test_describe():
     first = described[0]
     assert first["name"] == "a" and first["lbPolicy"] == "round_robin" and first["protocol"] == "http1"
     assert first["stats"]["upstream_rq_total"] == 1 and first["stats"]["membership_healthy"] == 1
-    assert first["hosts"][0] == {"address": "10.0.0.1:80", "weight": 1, "healthy": True, "activeRequests": 3,
+    assert first["hosts"][0] == {"address": "10.0.0.1:80", "weight": 1, "healthy": True, "healthFlags": [],
+                                 "priority": 0, "activeRequests": 3,
                                  "stats": {"cx_total": 1, "cx_connect_fail": 0, "rq_total": 1, "rq_error": 0}}
     assert first["hosts"][1]["healthy"] is False and first["hosts"][1]["weight"] == 2
+    assert first["hosts"][1]["healthFlags"] == ["failed_active_hc"]
     assert described[1]["lbPolicy"] == "least_request"

@@ -171,6 +171,9 @@ class EndpointConfig:
     host: str
     port: int
     weight: int = 1
+    priority: int = 0
+    locality: str = ""
+    metadata: tuple = ()  # ((key, value), ...) str pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,12 @@ class ClusterConfig:
     connectionsPerHost: int = 1
     maxConcurrentStreams: int = 0
     heartbeatInterval: float = 0.0
+    # resilience (issue 11)
+    healthChecks: tuple = ()  # health_checks: the checkers' built configs
+    outlierDetection: object = None  # outlier_detection, or None when off
+    commonLbConfig: object = None  # common_lb_config: panic threshold, priorities, slow start
+    circuitBreakers: object = None  # circuit_breakers: cluster-wide limits
+    lbConfig: object = None  # the lb_policy's own options (ring_hash, maglev, least_request, ewma)
     # the IProtocol of ``protocol``: builds the cluster's client protocols and pools
     descriptor: object = field(default=None, compare=False, repr=False)
 
@@ -411,7 +420,8 @@ def _buildCluster(r, m, path, lbFactories, protocols):
     r.mapping(m, path, required=("name",), optional=(
         "protocol", "lb_policy", "connect_timeout", "idle_timeout", "max_connections", "max_pending_requests",
         "max_requests_per_connection", "endpoints", "connections_per_host", "max_concurrent_streams",
-        "heartbeat_interval"))
+        "heartbeat_interval", "health_checks", "outlier_detection", "common_lb_config", "circuit_breakers",
+        "lb_config"))
     descriptor = _protocol(r, m, path, protocols, "http1", "upstream")
     protocol = descriptor.name
     lbPolicy = r.get(m, path, "lb_policy", str, "round_robin")
@@ -422,13 +432,15 @@ def _buildCluster(r, m, path, lbFactories, protocols):
     seen = {}
     for i, e in enumerate(r.list(m, path, "endpoints")):
         ePath = "%s.endpoints[%d]" % (path, i)
-        r.mapping(e, ePath, required=("address",), optional=("weight",))
+        r.mapping(e, ePath, required=("address",), optional=("weight", "priority", "locality", "metadata"))
         host, port = hostPort(r, r.get(e, ePath, "address", str), joinPath(ePath, "address"))
         if (host, port) in seen:
             raise r.error("duplicate endpoint '%s' (also %s)" % (e["address"], seen[(host, port)]),
                           joinPath(ePath, "address"))
         seen[(host, port)] = ePath
-        endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128)))
+        endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128),
+                                        r.integer(e, ePath, "priority", 0, 0, 127),
+                                        r.get(e, ePath, "locality", str, ""), _endpointMetadata(r, e, ePath)))
     return ClusterConfig(
         name=r.name(m, path), protocol=protocol, lbPolicy=lbPolicy, lbFactory=lbFactories[lbPolicy],
         connectTimeout=r.duration(m, path, "connect_timeout", 1.0),
@@ -440,7 +452,62 @@ def _buildCluster(r, m, path, lbFactories, protocols):
         connectionsPerHost=r.integer(m, path, "connections_per_host", 1, 1, 64),
         maxConcurrentStreams=r.integer(m, path, "max_concurrent_streams", 0, 0),
         heartbeatInterval=r.duration(m, path, "heartbeat_interval", 30.0 if protocol == "dubbo" else 0.0),
+        healthChecks=_buildHealthChecks(r, m, path, protocol),
+        outlierDetection=_buildOutlierDetection(r, m, path),
+        commonLbConfig=_buildCommonLbConfig(r, m, path),
+        circuitBreakers=_buildCircuitBreakers(r, m, path),
+        lbConfig=_buildLbConfig(r, m, path, lbPolicy),
         descriptor=descriptor)
+
+
+def _endpointMetadata(r, e, ePath):
+    raw = e.get("metadata")
+    if raw is None:
+        return ()
+    mPath = joinPath(ePath, "metadata")
+    if not isinstance(raw, dict):
+        raise r.error("must be a mapping of names to strings", mPath)
+    out = []
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise r.error("metadata keys are names and values strings", joinPath(mPath, str(key)))
+        out.append((key, str(value)))
+    return tuple(sorted(out))
+
+
+def _buildHealthChecks(r, m, path, protocol):
+    """``health_checks`` (issue 11 part 1): not written yet."""
+    if m.get("health_checks") is not None:
+        raise r.error("health_checks is not supported yet", joinPath(path, "health_checks"))
+    return ()
+
+
+def _buildOutlierDetection(r, m, path):
+    """``outlier_detection`` (issue 11 part 2): not written yet."""
+    if m.get("outlier_detection") is not None:
+        raise r.error("outlier_detection is not supported yet", joinPath(path, "outlier_detection"))
+    return None
+
+
+def _buildCommonLbConfig(r, m, path):
+    """``common_lb_config`` (issue 11 part 3): not written yet."""
+    if m.get("common_lb_config") is not None:
+        raise r.error("common_lb_config is not supported yet", joinPath(path, "common_lb_config"))
+    return None
+
+
+def _buildCircuitBreakers(r, m, path):
+    """``circuit_breakers`` (issue 11 part 4): not written yet."""
+    if m.get("circuit_breakers") is not None:
+        raise r.error("circuit_breakers is not supported yet", joinPath(path, "circuit_breakers"))
+    return None
+
+
+def _buildLbConfig(r, m, path, lbPolicy):
+    """``lb_config`` (issue 11 part 6): not written yet."""
+    if m.get("lb_config") is not None:
+        raise r.error("lb_config is not supported yet", joinPath(path, "lb_config"))
+    return None
 
 
 def _buildListener(r, m, path, clusterNames, filterFactories, protocols):

@@ -312,6 +312,48 @@ class IHost(Interface):
     healthy = Attribute("Whether the host may receive traffic.")
     activeRequests = Attribute("Requests in flight to this host (for least-request balancing).")
     stats = Attribute("Per-host counters.")
+    healthFlags = Attribute(
+        "An int of txmesh.upstream.host.HealthFlag bits (failed active health check, ejected by outlier detection, "
+        "...); ``healthy`` is ``not healthFlags`` and is kept in step by setHealthFlag/clearHealthFlag.")
+    priority = Attribute("The endpoint's priority (0 = highest), for priority-level balancing.")
+    locality = Attribute("The endpoint's locality (str, '' when unset).")
+    metadata = Attribute("A read-only mapping of str -> str (e.g. Dubbo version/group) from config or discovery.")
+    monitor = Attribute("The IHostMonitor the router reports each attempt's outcome to.")
+
+    def setHealthFlag(flag):
+        """Set a HealthFlag bit; the host's health watchers are told if ``healthy`` changed."""
+
+    def clearHealthFlag(flag):
+        """Clear a HealthFlag bit; the host's health watchers are told if ``healthy`` changed."""
+
+
+class IHostMonitor(Interface):
+    """
+    Where the router reports what happened on each attempt to a host (Envoy's outlier DetectorHostMonitor).  The
+    outlier detector and latency-aware balancers read it; the default monitor does nothing.
+    """
+
+    def putResult(outcome):
+        """One attempt ended: ``outcome`` is a txmesh.upstream.outcome.Outcome (see outcome.classify*)."""
+
+    def putResponseTime(seconds):
+        """The time from sending an attempt to its response head (or its failure), in seconds."""
+
+
+class IResourceLimit(Interface):
+    """One circuit-breaker resource of a cluster (connections, pending requests, requests, retries)."""
+
+    max = Attribute("The limit (int).")
+    count = Attribute("How many are in use (int).")
+
+    def canCreate():
+        """True if one more may be taken."""
+
+    def inc():
+        """Take one (callers check canCreate first)."""
+
+    def dec():
+        """Give one back."""
 
 
 class ILoadBalancer(Interface):
@@ -747,3 +789,22 @@ class ICluster(Interface):
 
     def poolFor(host):
         """The IConnectionPool for an IHost of this cluster."""
+
+    resources = Attribute("The cluster's txmesh.upstream.resources.ClusterResources (its circuit breakers).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resilience (issue 11): each part's contracts go under its own heading
+# ---------------------------------------------------------------------------------------------------------------
+
+# -- active health checks (part 1) --
+
+# -- outlier detection, priorities and panic (parts 2, 3) --
+
+# -- circuit breakers and local rate limits (parts 4, 7) --
+
+# -- retries, timeouts and mirroring (parts 5, 9, 10) --
+
+# -- load balancing (part 6) --
+
+# -- fault injection and the error-rate breaker (parts 8, 4) --

@@ -176,6 +176,9 @@ class ClusterAction:
     maxRequestBody: int | None = None
     matchPrefix: bytes | None = None  # the route's match.prefix, which prefixRewrite replaces
     maxStreamDuration: float = 0.0
+    retryPolicy: object = None  # the route's (or its virtual host's) retry policy, or None (issue 11)
+    hashPolicies: tuple = ()  # hash_policy entries for ring_hash/maglev clusters (issue 11)
+    mirrorPolicies: tuple = ()  # request_mirror_policies (issue 11)
 
     def pickCluster(self, random):
         return self.cluster
@@ -197,6 +200,9 @@ class WeightedClusterAction:
     maxRequestBody: int | None = None
     matchPrefix: bytes | None = None
     maxStreamDuration: float = 0.0
+    retryPolicy: object = None  # the route's (or its virtual host's) retry policy, or None (issue 11)
+    hashPolicies: tuple = ()  # hash_policy entries for ring_hash/maglev clusters (issue 11)
+    mirrorPolicies: tuple = ()  # request_mirror_policies (issue 11)
     _cumulative: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):

@@ -254,7 +254,8 @@ def _prefixRewrite(r, m, path, match):
 
 def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
     r.mapping(m, path, optional=("cluster", "weighted_clusters", "timeout", "prefix_rewrite", "regex_rewrite",
-                                 "host_rewrite", "max_request_body", "max_stream_duration"))
+                                 "host_rewrite", "max_request_body", "max_stream_duration", "retry_policy",
+                                 "hash_policy", "request_mirror_policies"))
     kind = _exactlyOne(r, m, path, ("cluster", "weighted_clusters"))
     prefixRewrite = _prefixRewrite(r, m, path, match)
     regexRewrite = None
@@ -276,7 +277,10 @@ def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
     common = dict(timeout=r.duration(m, path, "timeout", defaultTimeout),
                   maxStreamDuration=r.duration(m, path, "max_stream_duration", 0.0), prefixRewrite=prefixRewrite,
                   regexRewrite=regexRewrite, hostRewrite=hostRewrite,
-                  maxRequestBody=r.integer(m, path, "max_request_body", None, 0), matchPrefix=match.prefix)
+                  maxRequestBody=r.integer(m, path, "max_request_body", None, 0), matchPrefix=match.prefix,
+                  retryPolicy=_buildRetryPolicy(r, m, path),
+                  hashPolicies=_buildHashPolicies(r, m, path),
+                  mirrorPolicies=_buildMirrorPolicies(r, m, path, clusterNames))
     if kind == "cluster":
         name = r.get(m, path, "cluster", str)
         _checkCluster(r, name, _join(path, "cluster"), clusterNames)
@@ -292,6 +296,27 @@ def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
     if sum(weight for _, weight in clusters) <= 0:
         raise r.error("the weights must add up to more than 0", wPath)
     return WeightedClusterAction(tuple(clusters), **common)
+
+
+def _buildRetryPolicy(r, m, path):
+    """The route's ``retry_policy`` (issue 11 part 5): not written yet."""
+    if m.get("retry_policy") is not None:
+        raise r.error("retry_policy is not supported yet", _join(path, "retry_policy"))
+    return None
+
+
+def _buildHashPolicies(r, m, path):
+    """The route's ``hash_policy`` list (issue 11 part 6): not written yet."""
+    if m.get("hash_policy") is not None:
+        raise r.error("hash_policy is not supported yet", _join(path, "hash_policy"))
+    return ()
+
+
+def _buildMirrorPolicies(r, m, path, clusterNames):
+    """The route's ``request_mirror_policies`` (issue 11 part 9): not written yet."""
+    if m.get("request_mirror_policies") is not None:
+        raise r.error("request_mirror_policies is not supported yet", _join(path, "request_mirror_policies"))
+    return ()
 
 
 def _checkCluster(r, name, path, clusterNames):

@@ -37,6 +37,7 @@ from txmesh.interfaces import (
 )
 from txmesh.protocols.h2.grpc import encodeTimeout
 from txmesh.routing import DirectResponseAction, RedirectAction
+from txmesh.upstream.outcome import classifyDubbo, classifyError, classifyGRPC, classifyHTTP, Outcome
 
 STOP = FilterStatus.STOP
 
@@ -46,6 +47,8 @@ EXPECTED_TIMEOUT = b"x-txmesh-expected-rq-timeout-ms"
 DEADLINE_MARGIN = 0.01  # seconds the next hop is told less than this hop has left (at most a tenth of it)
 CONNECT_NOT_SUPPORTED = "connect_not_supported"  # the x-txmesh-error of the 501 that answers CONNECT
 _GRPC_TIMEOUT = b"grpc-timeout"
+_GRPC_STATUS = b"grpc-status"
+_CONTENT_TYPE = b"content-type"
 _DUBBO_TIMEOUT = b"timeout"
 
 
@@ -116,7 +119,8 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "host", "pool", "connection",
                  "_pending", "_connecting", "_timer", "_requestDone", "_done",
                  "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused",
-                 "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy")
+                 "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
+                 "_sentAt", "_reported")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -143,6 +147,8 @@ class Router:
         self._routeTimeout = 0  # the route timeout, until the request ends and starts it
         self._idle = 0  # the listener's stream_idle_timeout
         self._sendBy = None  # the deadline told to the next hop, or None
+        self._sentAt = None  # when the request went to the upstream connection (for putResponseTime)
+        self._reported = False  # the attempt's outcome went to host.monitor (or waits for gRPC trailers: None)
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -356,6 +362,7 @@ class Router:
             self.pool.release(conn)
             return
         self.connection = conn
+        self._sentAt = self._clock.seconds()
         pending = self._pending
         self._pending = None
         for kind, payload, endStream in pending:
@@ -378,14 +385,55 @@ class Router:
         if not isinstance(exc, errors.UpstreamError):
             self.log.failure("unexpected connection failure", failure)
             exc = errors.ConnectFailure(str(exc))
+        self._reportError(exc)
         self._fail(exc)
         return None
+
+    # -- what the attempt came to, for the host's monitor (outlier detection, latency-aware balancing) ---------
+
+    def _report(self, outcome):
+        if not self._reported:
+            self._reported = True
+            self.host.monitor.putResult(outcome)
+
+    def _reportError(self, exc):
+        if self.host is not None and not self._reported:
+            outcome = classifyError(exc)
+            if outcome is not None:
+                self._report(outcome)
+
+    def _reportResponse(self, response, endStream):
+        """Classify the response head by the cluster's protocol (gRPC waits for its grpc-status)."""
+        monitor = self.host.monitor
+        if self._sentAt is not None:
+            monitor.putResponseTime(self._clock.seconds() - self._sentAt)
+        status = response.status
+        if self.cluster.config.protocol == "dubbo":
+            self._report(classifyDubbo(status))
+            return
+        if status == 200:
+            ctype = response.headers.get(_CONTENT_TYPE)
+            if ctype is not None and ctype.startswith(b"application/grpc"):
+                if endStream:  # trailers-only
+                    self._reportGRPC(response.headers)
+                else:
+                    self._reported = None  # decided by the trailers
+                return
+        self._report(classifyHTTP(status))
+
+    def _reportGRPC(self, fields):
+        value = fields.get(_GRPC_STATUS)
+        self._reported = False
+        code = int(value) if value is not None and value.isdigit() else 2  # none or malformed: UNKNOWN
+        self._report(classifyGRPC(code))
 
     # -- response side (called by the upstream client protocol) ------------------------------------------------
 
     def upstreamHeaders(self, response, endStream):
         if self._idle:
             self._lastActive = self._clock.seconds()
+        if not self._reported:
+            self._reportResponse(response, endStream)
         route = self.route
         vhost = route.virtualHost
         headers = response.headers
@@ -401,12 +449,17 @@ class Router:
     def upstreamTrailers(self, trailers):
         if self._idle:
             self._lastActive = self._clock.seconds()
+        if self._reported is None:
+            self._reportGRPC(trailers)
         self.callbacks.encodeTrailers(trailers)
 
     def upstreamComplete(self, reusable):
         """The upstream response ended; the connection goes back to the pool if it can carry another request."""
         conn = self.connection
         self.connection = None
+        if self._reported is None:  # a gRPC response that ended without trailers
+            self._reported = False
+            self._report(Outcome.EXT_ORIGIN_FAILURE)
         self._finishUpstream()
         self._clusterStats.rq_completed.value += 1
         if conn is not None:
@@ -423,6 +476,7 @@ class Router:
             self.pool.discard(conn)
         if self._done:
             return
+        self._reportError(exc)
         self._fail(exc)
 
     def upstreamWritePaused(self):
@@ -447,6 +501,7 @@ class Router:
         """A time bound passed (``exc``: an L{errors.UpstreamTimeout}): give up on the upstream and reply."""
         if self._clusterStats is not None:
             self._clusterStats.rq_timeout.value += 1
+        self._reportError(exc)
         self._abandonUpstream()
         self._fail(exc)
 

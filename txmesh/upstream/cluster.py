@@ -9,6 +9,7 @@ from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
+from txmesh.upstream.resources import ClusterResources
 
 # Cluster-level series: (name, kind, help).  The pool makes the upstream_cx_* / upstream_rq_pending_* ones on the
 # same scope, so these are the same series.
@@ -70,6 +71,8 @@ class Cluster:
         self._random = random
         self._scope = stats
         self.stats = ClusterStats(stats)
+        # the circuit breakers; the limits come from the cluster's config (circuit_breakers) where it has them
+        self.resources = ClusterResources(scope=stats)
         self.hosts = ()
         self._byAddress = {}
         self._pools = {}  # address -> pool
@@ -77,10 +80,11 @@ class Cluster:
         self._lb = lbFactory.create((), random)
         self._setHosts(hosts)
 
-    def makeHost(self, hostname, port, weight=1):
+    def makeHost(self, hostname, port, weight=1, priority=0, locality="", metadata=None):
         """A new Host of this cluster, its counters on the cluster's scope labelled host='ip:port'."""
         address = "%s:%d" % (hostname, int(port))
-        return Host(hostname, port, weight, stats=hostScope(self._scope, address))
+        return Host(hostname, port, weight, stats=hostScope(self._scope, address), priority=priority,
+                    locality=locality, metadata=metadata)
 
     def updateHosts(self, hosts):
         """
@@ -104,9 +108,13 @@ class Cluster:
                 continue
             host = self._byAddress.get(address)
             if host is None:
-                host = h if IHost.providedBy(h) else self.makeHost(h.host, h.port, weight)
+                host = h if IHost.providedBy(h) else self.makeHost(h.host, h.port, weight, h.priority, h.locality,
+                                                                    dict(h.metadata))
             else:
                 host.weight = max(1, int(weight))
+                if not IHost.providedBy(h):
+                    host.priority = h.priority
+                    host.locality = h.locality
             byAddress[address] = host
             new.append(host)
         removed = [a for a in self._byAddress if a not in byAddress]

@@ -6,9 +6,12 @@ and the host's connection pool (which keeps ``activeRequests`` and the connectio
 same object must survive host-set updates: ``Cluster.updateHosts`` keeps the existing ``Host`` of an address.
 """
 
+import enum
+import types
+
 from zope.interface import implementer
 
-from txmesh.interfaces import IHost
+from txmesh.interfaces import IHost, IHostMonitor
 from txmesh.stats import Scope, StatsStore
 
 # The per-host counters: the short name (used in HostStats attributes and the admin API) and the help text.  The
@@ -35,6 +38,33 @@ class HostStats:
         return {name: getattr(self, name).value for name, _ in HOST_COUNTERS}
 
 
+class HealthFlag(enum.IntFlag):
+    """Why a host is not healthy (Envoy's Host::HealthFlag); a host with no flag set is healthy."""
+
+    FAILED_ACTIVE_HC = 0x01  # failed its active health check (or has not passed one yet, when so configured)
+    FAILED_OUTLIER_CHECK = 0x02  # ejected by outlier detection
+    FAILED_EDS_HEALTH = 0x04  # its discovery source says it is unhealthy (or disabled)
+    PENDING_ACTIVE_HC = 0x08  # new, waiting for its first active health check
+    DEGRADED_ACTIVE_HC = 0x10  # reserved: degraded (Envoy's x-envoy-degraded); not used for balancing yet
+
+
+@implementer(IHostMonitor)
+class NullHostMonitor:
+    """The monitor of a cluster without outlier detection or latency-aware balancing: it does nothing."""
+
+    __slots__ = ()
+
+    def putResult(self, outcome):
+        pass
+
+    def putResponseTime(self, seconds):
+        pass
+
+
+NULL_MONITOR = NullHostMonitor()
+_NO_METADATA = types.MappingProxyType({})
+
+
 @implementer(IHost)
 class Host:
     """
@@ -47,16 +77,45 @@ class Host:
         counters live in a private store (handy in tests and for throwaway hosts).
     """
 
-    def __init__(self, hostname, port, weight=1, stats=None, healthy=True):
+    def __init__(self, hostname, port, weight=1, stats=None, healthy=True, priority=0, locality="",
+                 metadata=None):
         self.hostname = hostname
         self.port = int(port)
         self.weight = max(1, int(weight))
         self.address = "%s:%d" % (hostname, self.port)
-        self.healthy = healthy
+        self.healthFlags = 0 if healthy else HealthFlag.FAILED_EDS_HEALTH
+        self.healthy = healthy  # == not healthFlags, kept as a plain attribute: the balancers read it per pick
+        self.priority = priority
+        self.locality = locality
+        self.metadata = types.MappingProxyType(dict(metadata)) if metadata else _NO_METADATA
+        self.monitor = NULL_MONITOR
         self.activeRequests = 0
+        self._healthWatchers = []
         if stats is None:
             stats = StatsStore().scope(host=self.address)
         self.stats = HostStats(stats)
+
+    def setHealthFlag(self, flag):
+        self._setFlags(self.healthFlags | flag)
+
+    def clearHealthFlag(self, flag):
+        self._setFlags(self.healthFlags & ~flag)
+
+    def _setFlags(self, flags):
+        was = self.healthy
+        self.healthFlags = flags
+        self.healthy = not flags
+        if self.healthy != was:
+            for watcher in list(self._healthWatchers):
+                watcher(self)
+
+    def addHealthWatcher(self, watcher):
+        """Call ``watcher(host)`` whenever ``healthy`` changes (the cluster recomputes its healthy share)."""
+        self._healthWatchers.append(watcher)
+
+    def removeHealthWatcher(self, watcher):
+        if watcher in self._healthWatchers:
+            self._healthWatchers.remove(watcher)
 
     def __repr__(self):
         return "<Host %s weight=%d%s>" % (self.address, self.weight, "" if self.healthy else " unhealthy")
@@ -67,6 +126,8 @@ class Host:
             "address": self.address,
             "weight": self.weight,
             "healthy": self.healthy,
+            "healthFlags": [f.name.lower() for f in HealthFlag if self.healthFlags & f],
+            "priority": self.priority,
             "activeRequests": self.activeRequests,
             "stats": self.stats.asDict(),
         }

@@ -1,0 +1,92 @@
+"""
+What one attempt to an upstream host came to, in the terms outlier detection, retries and error-rate breakers
+share (Envoy's ``Upstream::Outlier::Result``), and the table that maps each protocol's status onto them.
+
+Two origins (Envoy's ``split_external_local_origin_errors``): *local-origin* outcomes are what txmesh itself saw on
+the connection (a refused or timed-out connect, a reset, no answer in time); *external-origin* outcomes are what the
+upstream answered.  An answer is a failure of the *transport* only when the upstream says it could not serve:
+
+| protocol | success | gateway failure | other failure |
+|---|---|---|---|
+| HTTP | < 500 | 502, 503, 504 | other 5xx |
+| gRPC (grpc-status) | everything else (OK, and the caller's errors: CANCELLED, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, UNAUTHENTICATED) | UNAVAILABLE (14) | UNKNOWN (2), DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8), INTERNAL (13), DATA_LOSS (15) |
+| Dubbo (response status) | OK (20) — a business exception travels as OK with an exception result, and is a success of the transport; BAD_REQUEST (40), CLIENT_ERROR (90) | SERVICE_NOT_FOUND (60), SERVER_THREADPOOL_EXHAUSTED_ERROR (100) | CLIENT_TIMEOUT (30), SERVER_TIMEOUT (31), BAD_RESPONSE (50), SERVICE_ERROR (70), SERVER_ERROR (80) |
+"""
+
+import enum
+
+
+class Outcome(enum.IntEnum):
+    SUCCESS = 0  # the upstream answered and the answer is not a transport failure
+    EXT_ORIGIN_FAILURE = 1  # the upstream answered with a failure that is not a gateway failure (500, INTERNAL, SERVER_ERROR)
+    GATEWAY_FAILURE = 2  # the upstream answered that it could not serve (502/503/504, UNAVAILABLE, SERVICE_NOT_FOUND)
+    LOCAL_ORIGIN_CONNECT_FAILED = 3  # connect refused or timed out
+    LOCAL_ORIGIN_TIMEOUT = 4  # no (whole) answer within the time bound
+    LOCAL_ORIGIN_RESET = 5  # the connection or stream was reset, or the answer could not be decoded
+    LOCAL_ORIGIN_CONNECT_SUCCESS = 6  # a connection was made (clears consecutive local-origin failures)
+
+    @property
+    def isFailure(self):
+        return self not in (Outcome.SUCCESS, Outcome.LOCAL_ORIGIN_CONNECT_SUCCESS)
+
+    @property
+    def isLocalOrigin(self):
+        return self >= Outcome.LOCAL_ORIGIN_CONNECT_FAILED
+
+    @property
+    def isGateway(self):
+        """Counts toward consecutive gateway failures (Envoy counts local-origin failures as gateway ones too
+        when origins are not split)."""
+        return self is Outcome.GATEWAY_FAILURE
+
+
+_SUCCESS = Outcome.SUCCESS
+_EXT = Outcome.EXT_ORIGIN_FAILURE
+_GW = Outcome.GATEWAY_FAILURE
+
+
+def classifyHTTP(status):
+    """The outcome of an HTTP response status (int)."""
+    if status < 500:
+        return _SUCCESS
+    if status in (502, 503, 504):
+        return _GW
+    return _EXT
+
+
+# grpc-status code -> outcome; codes absent here are successes of the transport
+_GRPC = {2: _EXT, 4: _EXT, 8: _EXT, 13: _EXT, 15: _EXT, 14: _GW}
+
+
+def classifyGRPC(code):
+    """The outcome of a grpc-status (int)."""
+    return _GRPC.get(code, _SUCCESS)
+
+
+# Dubbo response status -> outcome (txmesh.protocols.dubbo.codec's constants, spelled as numbers: this layer does
+# not import the protocol packages)
+_DUBBO = {20: _SUCCESS, 40: _SUCCESS, 90: _SUCCESS, 60: _GW, 100: _GW,
+          30: _EXT, 31: _EXT, 50: _EXT, 70: _EXT, 80: _EXT}
+
+
+def classifyDubbo(status):
+    """The outcome of a Dubbo response status (int); an unknown status is a failure."""
+    return _DUBBO.get(status, _EXT)
+
+
+def classifyError(exc):
+    """
+    The outcome of an upstream failure the router saw (a txmesh.errors.UpstreamError), or None when the failure
+    says nothing about the host (an overflow, a drained pool, a missing route or cluster).
+    """
+    from txmesh import errors  # the bottom layer: imported here only to keep this module's import cheap
+
+    if isinstance(exc, errors.ConnectFailure):
+        return Outcome.LOCAL_ORIGIN_CONNECT_FAILED
+    if isinstance(exc, (errors.StreamIdleTimeout, errors.MaxStreamDuration)):
+        return None  # the stream's own bounds, not the host's slowness
+    if isinstance(exc, errors.UpstreamTimeout):
+        return Outcome.LOCAL_ORIGIN_TIMEOUT
+    if isinstance(exc, (errors.UpstreamReset, errors.BadUpstreamResponse)):
+        return Outcome.LOCAL_ORIGIN_RESET
+    return None
