@@ -172,3 +172,18 @@ def test_an_overflow_says_nothing_about_the_host(h):
     h.start()
     h.pool.waiting[0].errback(Failure(errors.Overflow("full")))
     assert h.monitor.results == []
+
+
+def test_monitors_fan_out_and_come_off_again():
+    host = Host("10.0.0.1", 80)
+    a, b = RecordingMonitor(), RecordingMonitor()
+    host.addMonitor(a)
+    assert host.monitor is a
+    host.addMonitor(b)
+    host.monitor.putResult(Outcome.SUCCESS)
+    host.monitor.putResponseTime(0.5)
+    assert a.results == b.results == [Outcome.SUCCESS] and a.times == b.times == [0.5]
+    host.removeMonitor(a)
+    assert host.monitor is b
+    host.removeMonitor(b)
+    assert host.monitor is NULL_MONITOR

@@ -326,6 +326,18 @@ class IHost(Interface):
     def clearHealthFlag(flag):
         """Clear a HealthFlag bit; the host's health watchers are told if ``healthy`` changed."""
 
+    def addHealthWatcher(watcher):
+        """Call ``watcher(host)`` whenever ``healthy`` changes."""
+
+    def removeHealthWatcher(watcher):
+        """Stop calling ``watcher``."""
+
+    def addMonitor(monitor):
+        """Have an IHostMonitor told about every attempt to this host as well (``monitor`` fans out)."""
+
+    def removeMonitor(monitor):
+        """Stop telling ``monitor``."""
+
 
 class IHostMonitor(Interface):
     """

@@ -62,6 +62,24 @@ class NullHostMonitor:
 
 
 NULL_MONITOR = NullHostMonitor()
+
+
+@implementer(IHostMonitor)
+class FanOutHostMonitor:
+    """Tells several monitors (e.g. outlier detection and a latency-aware balancer) about each attempt."""
+
+    __slots__ = ("monitors",)
+
+    def __init__(self, monitors):
+        self.monitors = tuple(monitors)
+
+    def putResult(self, outcome):
+        for m in self.monitors:
+            m.putResult(outcome)
+
+    def putResponseTime(self, seconds):
+        for m in self.monitors:
+            m.putResponseTime(seconds)
 _NO_METADATA = types.MappingProxyType({})
 
 
@@ -108,6 +126,25 @@ class Host:
         if self.healthy != was:
             for watcher in list(self._healthWatchers):
                 watcher(self)
+
+    def addMonitor(self, monitor):
+        """Have ``monitor`` (an IHostMonitor) told about every attempt too; the host's ``monitor`` fans out."""
+        current = self.monitor
+        if current is NULL_MONITOR:
+            self.monitor = monitor
+        elif isinstance(current, FanOutHostMonitor):
+            self.monitor = FanOutHostMonitor(current.monitors + (monitor,))
+        else:
+            self.monitor = FanOutHostMonitor((current, monitor))
+
+    def removeMonitor(self, monitor):
+        """Stop telling ``monitor``."""
+        current = self.monitor
+        if current is monitor:
+            self.monitor = NULL_MONITOR
+        elif isinstance(current, FanOutHostMonitor):
+            rest = tuple(m for m in current.monitors if m is not monitor)
+            self.monitor = rest[0] if len(rest) == 1 else FanOutHostMonitor(rest) if rest else NULL_MONITOR
 
     def addHealthWatcher(self, watcher):
         """Call ``watcher(host)`` whenever ``healthy`` changes (the cluster recomputes its healthy share)."""
