@@ -177,6 +177,43 @@ class EndpointConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetectionConfig:
+    """``outlier_detection`` (Envoy's OutlierDetection; times in seconds, percentages 0..100)."""
+
+    consecutive5xx: int = 5
+    consecutiveGatewayFailure: int = 5
+    consecutiveLocalOriginFailure: int = 5
+    splitExternalLocalOriginErrors: bool = False
+    interval: float = 10.0
+    baseEjectionTime: float = 30.0
+    maxEjectionTime: float = 300.0
+    maxEjectionTimeJitter: float = 0.0
+    maxEjectionPercent: int = 10
+    alwaysEjectOneHost: bool = False
+    enforcingConsecutive5xx: int = 100
+    enforcingConsecutiveGatewayFailure: int = 0
+    enforcingConsecutiveLocalOriginFailure: int = 100
+    enforcingSuccessRate: int = 100
+    enforcingLocalOriginSuccessRate: int = 100
+    successRateMinimumHosts: int = 5
+    successRateRequestVolume: int = 100
+    successRateStdevFactor: int = 1900
+    failurePercentageThreshold: int = 85
+    enforcingFailurePercentage: int = 0
+    enforcingFailurePercentageLocalOrigin: int = 0
+    failurePercentageMinimumHosts: int = 5
+    failurePercentageRequestVolume: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class CommonLbConfig:
+    """``common_lb_config``: the panic threshold and priority overprovisioning (slow start joins here)."""
+
+    healthyPanicThreshold: float = 50.0  # percent of healthy hosts under which a priority level balances over all
+    overprovisioningFactor: int = 140  # percent: a level's health is its healthy share times this, capped at 100
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     protocol: str = "http1"
@@ -482,18 +519,70 @@ def _buildHealthChecks(r, m, path, protocol):
     return ()
 
 
+_OUTLIER_PERCENTS = (
+    ("max_ejection_percent", "maxEjectionPercent"),
+    ("enforcing_consecutive_5xx", "enforcingConsecutive5xx"),
+    ("enforcing_consecutive_gateway_failure", "enforcingConsecutiveGatewayFailure"),
+    ("enforcing_consecutive_local_origin_failure", "enforcingConsecutiveLocalOriginFailure"),
+    ("enforcing_success_rate", "enforcingSuccessRate"),
+    ("enforcing_local_origin_success_rate", "enforcingLocalOriginSuccessRate"),
+    ("failure_percentage_threshold", "failurePercentageThreshold"),
+    ("enforcing_failure_percentage", "enforcingFailurePercentage"),
+    ("enforcing_failure_percentage_local_origin", "enforcingFailurePercentageLocalOrigin"),
+)
+_OUTLIER_COUNTS = (
+    ("consecutive_5xx", "consecutive5xx"),
+    ("consecutive_gateway_failure", "consecutiveGatewayFailure"),
+    ("consecutive_local_origin_failure", "consecutiveLocalOriginFailure"),
+    ("success_rate_minimum_hosts", "successRateMinimumHosts"),
+    ("success_rate_request_volume", "successRateRequestVolume"),
+    ("success_rate_stdev_factor", "successRateStdevFactor"),
+    ("failure_percentage_minimum_hosts", "failurePercentageMinimumHosts"),
+    ("failure_percentage_request_volume", "failurePercentageRequestVolume"),
+)
+_OUTLIER_BOOLS = (
+    ("split_external_local_origin_errors", "splitExternalLocalOriginErrors"),
+    ("always_eject_one_host", "alwaysEjectOneHost"),
+)
+
+
 def _buildOutlierDetection(r, m, path):
-    """``outlier_detection`` (issue 11 part 2): not written yet."""
-    if m.get("outlier_detection") is not None:
-        raise r.error("outlier_detection is not supported yet", joinPath(path, "outlier_detection"))
-    return None
+    """``outlier_detection`` (issue 11 part 2): None when absent; ``{}`` turns it on with Envoy's defaults."""
+    if m.get("outlier_detection") is None:
+        return None
+    path = joinPath(path, "outlier_detection")
+    od = r.mapping(m["outlier_detection"], path, optional=tuple(k for k, _ in _OUTLIER_PERCENTS + _OUTLIER_COUNTS
+                                                                  + _OUTLIER_BOOLS) + (
+        "interval", "base_ejection_time", "max_ejection_time", "max_ejection_time_jitter"))
+    defaults = OutlierDetectionConfig()
+    values = {}
+    for key, name in _OUTLIER_PERCENTS:
+        values[name] = r.integer(od, path, key, getattr(defaults, name), 0, 100)
+    for key, name in _OUTLIER_COUNTS:
+        values[name] = r.integer(od, path, key, getattr(defaults, name), 0)
+    for key, name in _OUTLIER_BOOLS:
+        values[name] = r.get(od, path, key, bool, getattr(defaults, name))
+    values["interval"] = r.duration(od, path, "interval", defaults.interval)
+    if values["interval"] <= 0:
+        raise r.error("must be a duration > 0", joinPath(path, "interval"))
+    base = values["baseEjectionTime"] = r.duration(od, path, "base_ejection_time", defaults.baseEjectionTime)
+    # Envoy: max_ejection_time defaults to 300s or base_ejection_time, whichever is larger
+    values["maxEjectionTime"] = r.duration(od, path, "max_ejection_time", max(defaults.maxEjectionTime, base))
+    if values["maxEjectionTime"] < base:
+        raise r.error("must be >= base_ejection_time (%gs)" % (base,), joinPath(path, "max_ejection_time"))
+    values["maxEjectionTimeJitter"] = r.duration(od, path, "max_ejection_time_jitter", 0.0)
+    return OutlierDetectionConfig(**values)
 
 
 def _buildCommonLbConfig(r, m, path):
-    """``common_lb_config`` (issue 11 part 3): not written yet."""
-    if m.get("common_lb_config") is not None:
-        raise r.error("common_lb_config is not supported yet", joinPath(path, "common_lb_config"))
-    return None
+    """``common_lb_config`` (issue 11 part 3): None when absent (the defaults apply)."""
+    if m.get("common_lb_config") is None:
+        return None
+    path = joinPath(path, "common_lb_config")
+    c = r.mapping(m["common_lb_config"], path, optional=("healthy_panic_threshold", "overprovisioning_factor"))
+    return CommonLbConfig(
+        healthyPanicThreshold=r.number(c, path, "healthy_panic_threshold", 50.0, 0.0, 100.0),
+        overprovisioningFactor=r.integer(c, path, "overprovisioning_factor", 140, 1))
 
 
 def _buildCircuitBreakers(r, m, path):

@@ -813,6 +813,24 @@ class ICluster(Interface):
 
 # -- outlier detection, priorities and panic (parts 2, 3) --
 
+
+class IOutlierDetector(Interface):
+    """
+    A cluster's outlier detector (Envoy's Outlier::Detector): it installs an IHostMonitor on each host of the
+    cluster, ejects hosts (HealthFlag.FAILED_OUTLIER_CHECK) on what their monitors see, and brings them back on
+    time, on its injected clock.
+    """
+
+    def hostsChanged(added, removed):
+        """The cluster's host set changed: monitor the ``added`` IHosts, forget the ``removed`` ones."""
+
+    def describeHost(host):
+        """A JSON-able dict of ``host``'s outlier state (ejected, until when, times ejected, last success rate),
+        or None for a host the detector does not know."""
+
+    def stop():
+        """Stop the interval timer (the cluster is drained); ejected hosts stay as they are."""
+
 # -- circuit breakers and local rate limits (parts 4, 7) --
 
 # -- retries, timeouts and mirroring (parts 5, 9, 10) --

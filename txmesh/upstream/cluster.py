@@ -3,12 +3,16 @@ Clusters: a named set of upstream hosts with a load balancer and a connection po
 ClusterManager that builds every configured cluster for a running config.
 """
 
+import dataclasses
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
+from txmesh.upstream.lb import LBContext
+from txmesh.upstream.outlier import OutlierDetector
 from txmesh.upstream.resources import ClusterResources
 
 # Cluster-level series: (name, kind, help).  The pool makes the upstream_cx_* / upstream_rq_pending_* ones on the
@@ -26,8 +30,56 @@ CLUSTER_STATS = (
     ("upstream_cx_none_healthy", "counter", "Host choices that found no healthy host."),
     ("membership_change", "counter", "Host-set changes."),
     ("membership_total", "gauge", "Hosts in the cluster."),
-    ("membership_healthy", "gauge", "Healthy hosts in the cluster (as of the last describe or host-set change)."),
+    ("membership_healthy", "gauge", "Healthy hosts in the cluster."),
+    ("lb_healthy_panic", "counter", "Host choices made in panic mode (balanced over all hosts of a priority level, "
+                                    "healthy or not)."),
 )
+
+# Envoy's defaults (common_lb_config.healthy_panic_threshold, the ClusterLoadAssignment overprovisioning_factor)
+DEFAULT_PANIC_THRESHOLD = 50.0
+DEFAULT_OVERPROVISIONING_FACTOR = 140
+_IGNORE_HEALTH = LBContext(ignoreHealth=True)
+
+
+def priorityLoads(levels, overprovisioningFactor, panicThreshold):
+    """
+    Envoy's priority load and panic state (``LoadBalancerBase::recalculatePerPriorityState``).
+
+    @param levels: [(hosts, healthy)] counts per priority level, highest priority first.
+    @return: ([load percent per level], [panic per level]); the loads add up to 100.
+
+    A level's health is min(100, overprovisioningFactor x healthy / hosts) (integer percent); loads go to the
+    levels in order, each taking its health scaled by the total health when that is under 100.  Panic applies
+    only when the total health is under 100: then a level whose healthy share is under the threshold balances
+    over all its hosts, and when every level is in panic the load follows the host counts.
+    """
+    n = len(levels)
+    health = [min(100, overprovisioningFactor * healthy // hosts) if hosts else 0 for hosts, healthy in levels]
+    total = min(100, sum(health))
+    loads = [0] * n
+    if total == 0 and panicThreshold == 0:
+        loads[0] = 100  # everything is down and panic is off: P0 gets the load and finds no host
+        return loads, [False] * n
+    if total:
+        left = 100
+        first = None
+        for i, h in enumerate(health):
+            if first is None and h > 0:
+                first = i
+            loads[i] = min(left, h * 100 // total)
+            left -= loads[i]
+        loads[first] += left  # the rounding
+    if total == 100:
+        return loads, [False] * n
+    panic = [100.0 * healthy / hosts < panicThreshold if hosts else True for hosts, healthy in levels]
+    if all(panic):
+        allHosts = sum(hosts for hosts, _ in levels)
+        if allHosts:
+            loads = [100 * hosts // allHosts for hosts, _ in levels]
+            loads[next(i for i, (hosts, _) in enumerate(levels) if hosts)] += 100 - sum(loads)
+        else:
+            loads = [100] + [0] * (n - 1)
+    return loads, panic
 
 
 class ClusterStats:
@@ -59,11 +111,16 @@ class Cluster:
     @param poolFactory: ``poolFactory(host) -> IConnectionPool``, called once per host on first use.
     @param random: a random.Random for the load balancers.
     @param stats: a txmesh.stats.Scope labelled cluster=name.
+    @param outlierDetector: the cluster's IOutlierDetector, or None without outlier detection.
+
+    Hosts are grouped by priority, one balancer per level; the level of each pick follows Envoy's priority load
+    and panic rules (priorityLoads), recomputed when a host's health or the host set changes.  With one level not
+    in panic, a pick costs what the level's balancer costs.
     """
 
     log = Logger()
 
-    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats):
+    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, outlierDetector=None):
         self.name = name
         self.config = clusterConfig
         self._lbFactory = lbFactory
@@ -77,7 +134,15 @@ class Cluster:
         self._byAddress = {}
         self._pools = {}  # address -> pool
         self._draining = set()  # Deferreds of pools of removed hosts still closing
-        self._lb = lbFactory.create((), random)
+        self.outlierDetector = outlierDetector
+        common = clusterConfig.commonLbConfig
+        self._panicThreshold = common.healthyPanicThreshold if common is not None else DEFAULT_PANIC_THRESHOLD
+        self._overprovisioning = (common.overprovisioningFactor if common is not None
+                                  else DEFAULT_OVERPROVISIONING_FACTOR)
+        self._levels = ()  # ((priority, hosts, balancer), ...), highest priority first
+        self._loads = ()  # (load percent, panic) per level, as of the last health change
+        self._lb = None  # the one balancer when one level takes all the load without panic, else None
+        self._table = ()  # ((cumulative load, balancer, panic), ...) for the levels with load
         self._setHosts(hosts)
 
     def makeHost(self, hostname, port, weight=1, priority=0, locality="", metadata=None):
@@ -118,11 +183,23 @@ class Cluster:
             byAddress[address] = host
             new.append(host)
         removed = [a for a in self._byAddress if a not in byAddress]
+        added = [h for h in new if h.address not in self._byAddress]
+        removedHosts = [self._byAddress[a] for a in removed]
         self.hosts = tuple(new)
         self._byAddress = byAddress
-        self._lb = self._lbFactory.create(self.hosts, self._random)
+        for host in removedHosts:
+            host.removeHealthWatcher(self._hostHealthChanged)
+        for host in added:
+            host.addHealthWatcher(self._hostHealthChanged)
+        if self.outlierDetector is not None:
+            self.outlierDetector.hostsChanged(added, removedHosts)
+        byPriority = {}
+        for host in self.hosts:
+            byPriority.setdefault(host.priority, []).append(host)
+        self._levels = tuple((p, tuple(byPriority[p]), self._makeBalancer(byPriority[p]))
+                             for p in sorted(byPriority)) or ((0, (), self._makeBalancer(())),)
         self.stats.membership_total.value = len(self.hosts)
-        self.stats.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
+        self._recomputeLoads()
         for address in removed:
             pool = self._pools.pop(address, None)
             if pool is not None:
@@ -130,16 +207,58 @@ class Cluster:
                 self._draining.add(d)
                 d.addBoth(self._poolDrained, d)
 
+    def _makeBalancer(self, hosts):
+        """The ILoadBalancer of one priority level (every balancer of the cluster is made here)."""
+        return self._lbFactory.create(tuple(hosts), self._random)
+
+    def _hostHealthChanged(self, host):
+        self._recomputeLoads()
+
+    def _recomputeLoads(self):
+        """Priority loads and panic from the hosts' health: on host-set and health changes, never per pick."""
+        levels = self._levels
+        counts = [(len(hosts), sum(1 for h in hosts if h.healthy)) for _, hosts, _ in levels]
+        self.stats.membership_healthy.value = sum(healthy for _, healthy in counts)
+        loads, panic = priorityLoads(counts, self._overprovisioning, self._panicThreshold)
+        self._loads = tuple(zip(loads, panic))
+        if len(levels) == 1 and not panic[0]:
+            self._lb = levels[0][2]
+            self._table = ()
+            return
+        self._lb = None
+        table = []
+        cumulative = 0
+        for (_, _, balancer), load, inPanic in zip(levels, loads, panic):
+            if load:
+                cumulative += load
+                table.append((cumulative, balancer, inPanic))
+        self._table = tuple(table)
+
     def _poolDrained(self, result, d):
         self._draining.discard(d)
         return result
 
     def chooseHost(self, context=None):
         """The load balancer's choice for one request (a txmesh.upstream.lb.LBContext or None), or None."""
-        host = self._lb.chooseHost(context)
+        lb = self._lb
+        host = lb.chooseHost(context) if lb is not None else self._chooseByPriority(context)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
         return host
+
+    def _chooseByPriority(self, context):
+        table = self._table
+        if len(table) == 1:
+            _, balancer, panic = table[0]
+        else:
+            x = self._random.random() * 100
+            for bound, balancer, panic in table:
+                if x < bound:
+                    break
+        if panic:
+            self.stats.lb_healthy_panic.value += 1
+            context = _IGNORE_HEALTH if context is None else dataclasses.replace(context, ignoreHealth=True)
+        return balancer.chooseHost(context)
 
     def poolFor(self, host):
         """The connection pool of ``host``, made on first use."""
@@ -150,6 +269,8 @@ class Cluster:
 
     def drain(self):
         """Drain every pool (config reload, shutdown); fires when all their connections are closed."""
+        if self.outlierDetector is not None:
+            self.outlierDetector.stop()
         pools, self._pools = list(self._pools.values()), {}
         ds = [p.drain() for p in pools] + list(self._draining)
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
@@ -157,12 +278,19 @@ class Cluster:
     def describe(self):
         """A JSON-able dict for the admin API's /clusters."""
         self.stats.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
+        hosts = [h.describe() if hasattr(h, "describe") else _describeHost(h) for h in self.hosts]
+        if self.outlierDetector is not None:
+            for h, d in zip(self.hosts, hosts):
+                d["outlier"] = self.outlierDetector.describeHost(h)
         return {
             "name": self.name,
             "protocol": self.config.protocol,
             "lbPolicy": self.config.lbPolicy,
             "stats": self.stats.asDict(),
-            "hosts": [h.describe() if hasattr(h, "describe") else _describeHost(h) for h in self.hosts],
+            "priorities": [{"priority": p, "hosts": len(hs), "healthy": sum(1 for h in hs if h.healthy),
+                            "load": load, "panic": panic}
+                           for (p, hs, _), (load, panic) in zip(self._levels, self._loads)],
+            "hosts": hosts,
         }
 
 
@@ -198,8 +326,11 @@ class ClusterManager:
             def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool):
                 return buildPool(clock, host, config, connect, scope)
 
+            detector = None
+            if config.outlierDetection is not None:
+                detector = OutlierDetector(config.outlierDetection, clock, random, scope)
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
-                                                  random, scope)
+                                                  random, scope, outlierDetector=detector)
 
     def get(self, name):
         """The Cluster called ``name``, or None."""

@@ -30,10 +30,13 @@ class LBContext:
     hashKey: bytes or str for hash-based policies (unused by the built-in policies).
     attempted: hosts already tried by earlier attempts of this request (IHost objects or their addresses);
         avoided while another healthy host exists.
+    ignoreHealth: the cluster's priority level is in panic (txmesh.upstream.cluster): pick among all hosts,
+        healthy or not; every balancer honours it.
     """
 
     hashKey: object = None
     attempted: frozenset = frozenset()
+    ignoreHealth: bool = False
 
 
 def _tried(host, attempted):
@@ -52,6 +55,8 @@ class _LoadBalancer:
         if host is not None and host.healthy and (context is None or not context.attempted
                                                   or not _tried(host, context.attempted)):
             return host
+        if context is not None and context.ignoreHealth:
+            return _chooseIgnoringHealth(self.hosts, host, context.attempted, self._random)
         return self._chooseSlow(context.attempted if context is not None else frozenset())
 
     def _chooseSlow(self, attempted):
@@ -66,6 +71,14 @@ class _LoadBalancer:
             return None
         fresh = [h for h in healthy if not _tried(h, attempted)] if attempted else healthy
         return self._random.choice(fresh or healthy)
+
+
+def _chooseIgnoringHealth(hosts, host, attempted, random):
+    """Panic mode: the policy's pick ``host`` whatever its health, unless already attempted and another exists."""
+    if host is None or not (attempted and _tried(host, attempted)):
+        return host
+    fresh = [h for h in hosts if not _tried(h, attempted)]
+    return random.choice(fresh) if fresh else host
 
 
 @implementer(ILoadBalancer)
