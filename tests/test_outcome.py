@@ -27,8 +27,9 @@ def test_http_statuses(status, outcome):
 
 
 def test_grpc_statuses():
-    failures = {2: Outcome.EXT_ORIGIN_FAILURE, 4: Outcome.EXT_ORIGIN_FAILURE, 8: Outcome.EXT_ORIGIN_FAILURE,
-                13: Outcome.EXT_ORIGIN_FAILURE, 15: Outcome.EXT_ORIGIN_FAILURE, 14: Outcome.GATEWAY_FAILURE}
+    # as the HTTP status Envoy maps each code to (grpcToHttpStatus): 500, 504, 501, 500, 503, 500
+    failures = {2: Outcome.EXT_ORIGIN_FAILURE, 4: Outcome.GATEWAY_FAILURE, 12: Outcome.EXT_ORIGIN_FAILURE,
+                13: Outcome.EXT_ORIGIN_FAILURE, 14: Outcome.GATEWAY_FAILURE, 15: Outcome.EXT_ORIGIN_FAILURE}
     for code in range(17):
         assert classifyGRPC(code) is failures.get(code, Outcome.SUCCESS), code
 

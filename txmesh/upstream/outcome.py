@@ -9,7 +9,10 @@ upstream answered.  An answer is a failure of the *transport* only when the upst
 | protocol | success | gateway failure | other failure |
 |---|---|---|---|
 | HTTP | < 500 | 502, 503, 504 | other 5xx |
-| gRPC (grpc-status) | everything else (OK, and the caller's errors: CANCELLED, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, UNAUTHENTICATED) | UNAVAILABLE (14) | UNKNOWN (2), DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8), INTERNAL (13), DATA_LOSS (15) |
+| gRPC (grpc-status) | everything else (OK, and the caller's errors: CANCELLED, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNAUTHENTICATED) | DEADLINE_EXCEEDED (4), UNAVAILABLE (14) | UNKNOWN (2), UNIMPLEMENTED (12), INTERNAL (13), DATA_LOSS (15) |
+
+A grpc-status counts as the HTTP status Envoy maps it to for outlier detection (``Grpc::Utility::grpcToHttpStatus``:
+DEADLINE_EXCEEDED 504, UNAVAILABLE 503, UNIMPLEMENTED 501, UNKNOWN/INTERNAL/DATA_LOSS 500, RESOURCE_EXHAUSTED 429).
 | Dubbo (response status) | OK (20) — a business exception travels as OK with an exception result, and is a success of the transport; BAD_REQUEST (40), CLIENT_ERROR (90) | SERVICE_NOT_FOUND (60), SERVER_THREADPOOL_EXHAUSTED_ERROR (100) | CLIENT_TIMEOUT (30), SERVER_TIMEOUT (31), BAD_RESPONSE (50), SERVICE_ERROR (70), SERVER_ERROR (80) |
 """
 
@@ -19,7 +22,7 @@ import enum
 class Outcome(enum.IntEnum):
     SUCCESS = 0  # the upstream answered and the answer is not a transport failure
     EXT_ORIGIN_FAILURE = 1  # the upstream answered with a failure that is not a gateway failure (500, INTERNAL, SERVER_ERROR)
-    GATEWAY_FAILURE = 2  # the upstream answered that it could not serve (502/503/504, UNAVAILABLE, SERVICE_NOT_FOUND)
+    GATEWAY_FAILURE = 2  # the upstream answered that it could not serve (502/503/504, UNAVAILABLE, DEADLINE_EXCEEDED, SERVICE_NOT_FOUND)
     LOCAL_ORIGIN_CONNECT_FAILED = 3  # connect refused or timed out
     LOCAL_ORIGIN_TIMEOUT = 4  # no (whole) answer within the time bound
     LOCAL_ORIGIN_RESET = 5  # the connection or stream was reset, or the answer could not be decoded
@@ -55,7 +58,7 @@ def classifyHTTP(status):
 
 
 # grpc-status code -> outcome; codes absent here are successes of the transport
-_GRPC = {2: _EXT, 4: _EXT, 8: _EXT, 13: _EXT, 15: _EXT, 14: _GW}
+_GRPC = {2: _EXT, 4: _GW, 12: _EXT, 13: _EXT, 15: _EXT, 14: _GW}
 
 
 def classifyGRPC(code):
