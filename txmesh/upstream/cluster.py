@@ -9,6 +9,7 @@ from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
+from txmesh.upstream.lb import LoadBalancerOptions
 from txmesh.upstream.resources import ClusterResources
 
 # Cluster-level series: (name, kind, help).  The pool makes the upstream_cx_* / upstream_rq_pending_* ones on the
@@ -59,11 +60,12 @@ class Cluster:
     @param poolFactory: ``poolFactory(host) -> IConnectionPool``, called once per host on first use.
     @param random: a random.Random for the load balancers.
     @param stats: a txmesh.stats.Scope labelled cluster=name.
+    @param clock: the IReactorTime of the balancers (slow start, latency estimates), or None.
     """
 
     log = Logger()
 
-    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats):
+    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, clock=None):
         self.name = name
         self.config = clusterConfig
         self._lbFactory = lbFactory
@@ -77,8 +79,12 @@ class Cluster:
         self._byAddress = {}
         self._pools = {}  # address -> pool
         self._draining = set()  # Deferreds of pools of removed hosts still closing
-        self._lb = lbFactory.create((), random)
+        self._started = False
+        # one options object for every balancer of the cluster: state in it outlives host-set changes
+        self._lbOptions = LoadBalancerOptions(clock, clusterConfig.lbConfig, stats)
+        self._lb = lbFactory.create((), random, self._lbOptions)
         self._setHosts(hosts)
+        self._started = True  # hosts added from now on ramp up (slow start)
 
     def makeHost(self, hostname, port, weight=1, priority=0, locality="", metadata=None):
         """A new Host of this cluster, its counters on the cluster's scope labelled host='ip:port'."""
@@ -110,6 +116,8 @@ class Cluster:
             if host is None:
                 host = h if IHost.providedBy(h) else self.makeHost(h.host, h.port, weight, h.priority, h.locality,
                                                                     dict(h.metadata))
+                if self._started and self._lbOptions.clock is not None:
+                    host.addedAt = self._lbOptions.clock.seconds()
             else:
                 host.weight = max(1, int(weight))
                 if not IHost.providedBy(h):
@@ -120,7 +128,7 @@ class Cluster:
         removed = [a for a in self._byAddress if a not in byAddress]
         self.hosts = tuple(new)
         self._byAddress = byAddress
-        self._lb = self._lbFactory.create(self.hosts, self._random)
+        self._lb = self._lbFactory.create(self.hosts, self._random, self._lbOptions)
         self.stats.membership_total.value = len(self.hosts)
         self.stats.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
         for address in removed:
@@ -199,7 +207,7 @@ class ClusterManager:
                 return buildPool(clock, host, config, connect, scope)
 
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
-                                                  random, scope)
+                                                  random, scope, clock)
 
     def get(self, name):
         """The Cluster called ``name``, or None."""
