@@ -20,6 +20,7 @@ import bisect
 import hashlib
 import math
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.interfaces import ILoadBalancer
@@ -92,6 +93,19 @@ class _HashLoadBalancer:
         return fallback
 
 
+def ringPointsPerWeight(totalWeight, minimum, maximum):
+    """
+    Ring points per unit of weight: the least power of two giving ``minimum`` points or more in all, halved
+    while the ring would exceed ``maximum`` (and at least 1).
+    """
+    per = 1
+    while per * totalWeight < minimum:
+        per *= 2
+    while per > 1 and per * totalWeight > maximum:
+        per //= 2
+    return per
+
+
 def _normalizedWeights(hosts):
     total = sum(h.weight for h in hosts)
     return [h.weight / total for h in hosts]
@@ -100,9 +114,14 @@ def _normalizedWeights(hosts):
 @implementer(ILoadBalancer)
 class RingHashLoadBalancer(_HashLoadBalancer):
     """
-    Envoy's ring hash: each host gets ``ceil(scale * weight share)`` points on a 64-bit ring, hashed from
-    ``"<address>_<n>"``; ``scale`` is the least that gives the lightest host ``minimum_ring_size * its share``
-    points (rounded up), capped at ``maximum_ring_size``.  A key goes to the first point at or after its hash.
+    A ketama-style ring as Envoy's ring hash: each host gets ``weight * perWeight`` points on a 64-bit ring,
+    hashed from ``"<address>_<n>"``, so that the ring has at least ``minimum_ring_size`` points (and at most
+    ``maximum_ring_size``); a key goes to the first point at or after its hash.
+
+    Unlike Envoy, which rescales every host's points from the lightest share on each change (moving some keys
+    between hosts that stayed), ``perWeight`` is a power of two (ringPointsPerWeight): a host-set change leaves
+    the other hosts' points where they were unless the total weight crosses a power of two, so removing a host
+    moves its keys only.
     """
 
     def __init__(self, hosts, random, options=None):
@@ -113,20 +132,12 @@ class RingHashLoadBalancer(_HashLoadBalancer):
         points = []
         counts = [0] * len(hosts)
         if hosts:
-            shares = _normalizedWeights(hosts)
-            least = min(shares)
-            scale = min(math.ceil(least * config.minimumRingSize) / least, config.maximumRingSize)
-            target = 0.0
-            made = 0
+            perWeight = ringPointsPerWeight(sum(h.weight for h in hosts), config.minimumRingSize,
+                                            config.maximumRingSize)
             for index, host in enumerate(hosts):
-                target += scale * shares[index]
                 prefix = host.address.encode("ascii", "replace") + b"_"
-                n = 0
-                while made < target:
-                    points.append((hash64(prefix + str(n).encode("ascii")), index))
-                    n += 1
-                    made += 1
-                counts[index] = n
+                n = counts[index] = host.weight * perWeight
+                points.extend((hash64(prefix + b"%d" % i), index) for i in range(n))
             points.sort()
         self._hashes = [h for h, _ in points]
         self._owners = [i for _, i in points]
@@ -153,6 +164,8 @@ class MaglevLoadBalancer(_HashLoadBalancer):
     of the table to within one entry per round, and removing a host moves little more than its own entries.
     """
 
+    log = Logger()
+
     def __init__(self, hosts, random, options=None):
         super().__init__(hosts, random)
         options = options or NO_OPTIONS
@@ -160,7 +173,10 @@ class MaglevLoadBalancer(_HashLoadBalancer):
         self.tableSize = size
         hosts = self.hosts
         counts = [0] * len(hosts)
-        if hosts and len(hosts) <= size:
+        if len(hosts) > size:
+            self.log.error("maglev: {n} hosts do not fit a table of {size} entries (raise lb_config.table_size): "
+                           "no host will be chosen", n=len(hosts), size=size)
+        elif hosts:
             self._owners = _maglevTable(hosts, size, counts)
         if options.stats is not None:
             stats = options.stats
