@@ -122,3 +122,21 @@ P = "listeners[0].route_config.virtual_hosts[0].routes[0].route.hash_policy[0]"
 def test_hash_policy_errors(entry, message):
     error = errorOf(route="                hash_policy: [%s]" % (entry,))
     assert error.startswith("<string>:12: " + message), error
+
+
+def test_the_editors_schema_knows_the_keys():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    good = MESH % {"policy": "least_request", "cluster": "    lb_config: {choice_count: 3, slow_start: {window: 10s}}",
+                   "route": "                hash_policy: [{header: {header_name: x-u}, terminal: true}, "
+                            "{connection_properties: {source_ip: true}}, {dubbo_attachment: {name: t}}]"}
+    load("least_request", "    lb_config: {choice_count: 3, slow_start: {window: 10s}}")  # and the loader agrees
+    validator.validate(yaml.safe_load(good))
+    bad = MESH % {"policy": "maglev", "cluster": "    lb_config: {tablesize: 7}", "route": ""}
+    assert not validator.is_valid(yaml.safe_load(bad))
