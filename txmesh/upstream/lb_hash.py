@@ -18,7 +18,6 @@ index (table, O(1)).  Build times are in docs/resilience.md.
 
 import bisect
 import hashlib
-import math
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -26,7 +25,6 @@ from zope.interface import implementer
 from txmesh.interfaces import ILoadBalancer
 from txmesh.upstream.lb import DEFAULT_LB_CONFIG, NO_OPTIONS, _tried
 
-_MASK64 = (1 << 64) - 1
 
 
 def hash64(data, seed=b""):
