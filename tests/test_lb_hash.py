@@ -200,7 +200,7 @@ def test_maglev_table_properties():
     store = StatsStore()
     hosts = makeHosts(7)
     lb = create("maglev", hosts, stats=store.scope(cluster="c"))
-    table = lb._owners
+    table = lb.entries
     # every entry filled, by equal-weight hosts within one entry of each other
     assert len(table) == 65537 and min(table) >= 0
     counts = Counter(table)
@@ -218,8 +218,8 @@ def test_maglev_table_properties():
 def test_maglev_weighted_table_shares_and_custom_size():
     hosts = makeHosts(3, weights=[1, 1, 2])
     lb = MaglevLoadBalancer(hosts, random.Random(1), LoadBalancerOptions(config=LbConfig(tableSize=5003)))
-    counts = Counter(lb._owners)
-    assert len(lb._owners) == 5003
+    counts = Counter(lb.entries)
+    assert len(lb.entries) == 5003
     assert abs(counts[2] / 5003 - 0.5) < 0.01
     assert abs(counts[0] - counts[1]) <= 2
 

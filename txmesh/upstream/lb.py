@@ -65,12 +65,16 @@ class LoadBalancerOptions:
 NO_OPTIONS = LoadBalancerOptions()
 
 
-def _tried(host, attempted):
+def wasAttempted(host, attempted):
+    """Whether ``host`` is in an LBContext's ``attempted`` (as the IHost or its address)."""
     return host in attempted or host.address in attempted
 
 
-class _LoadBalancer:
-    """Shared pick-then-fallback logic; subclasses implement ``_pick()`` (may return None for no hosts)."""
+class PickingLoadBalancer:
+    """
+    Shared pick-then-fallback logic for policies that draw a host (the base of the built-in ones and of
+    lb_ewma's); subclasses implement ``_pick()`` (may return None for no hosts).
+    """
 
     def __init__(self, hosts, random, options=None):
         self.hosts = tuple(hosts)
@@ -84,7 +88,7 @@ class _LoadBalancer:
             return self._chooseSlow(frozenset(), False)
         attempted = context.attempted
         if host is not None and (host.healthy or context.ignoreHealth) and not (attempted
-                                                                                and _tried(host, attempted)):
+                                                                                and wasAttempted(host, attempted)):
             return host
         return self._chooseSlow(attempted, context.ignoreHealth)
 
@@ -95,16 +99,16 @@ class _LoadBalancer:
         # A few more picks of the policy keep its distribution when a minority of hosts is bad.
         for _ in range(len(hosts)):
             host = self._pick()
-            if (ignoreHealth or host.healthy) and not (attempted and _tried(host, attempted)):
+            if (ignoreHealth or host.healthy) and not (attempted and wasAttempted(host, attempted)):
                 return host
         healthy = list(hosts) if ignoreHealth else [h for h in hosts if h.healthy]
         if not healthy:
             return None
-        fresh = [h for h in healthy if not _tried(h, attempted)] if attempted else healthy
+        fresh = [h for h in healthy if not wasAttempted(h, attempted)] if attempted else healthy
         return self._random.choice(fresh or healthy)
 
 
-class _SlowStart:
+class SlowStart:
     """
     Envoy's slow start: a host that joined a running cluster (``host.addedAt`` set) and is healthy gets the
     weight ``weight * max(timeFactor ** (1 / aggression), minWeightPercent / 100)`` where ``timeFactor`` is its
@@ -139,12 +143,12 @@ class _SlowStart:
 
 
 def _slowStart(hosts, options):
-    """A _SlowStart for the balancer, or None when not configured or no host of this set ramps."""
+    """A SlowStart for the balancer, or None when not configured or no host of this set ramps."""
     config = options.config
     ss = config.slowStart if config is not None else None
     if ss is None or options.clock is None:
         return None
-    ramp = _SlowStart(ss, options.clock, hosts)
+    ramp = SlowStart(ss, options.clock, hosts)
     return ramp if ramp.ramping() else None
 
 
@@ -180,9 +184,9 @@ def _positive(weight):
     return weight if weight > 1e-9 else 1e-9
 
 
-class _RampingLoadBalancer(_LoadBalancer):
+class _RampingLoadBalancer(PickingLoadBalancer):
     """
-    A policy with slow start: ``_steady()`` is its own pick; while a new host ramps (see _SlowStart), picks come
+    A policy with slow start: ``_steady()`` is its own pick; while a new host ramps (see SlowStart), picks come
     from an EDF schedule over ``_rampWeight(host, factor)``.
     """
 
@@ -282,7 +286,7 @@ class WeightedRoundRobinLoadBalancer(_RampingLoadBalancer):
 
 
 @implementer(ILoadBalancer)
-class RandomLoadBalancer(_LoadBalancer):
+class RandomLoadBalancer(PickingLoadBalancer):
     """A random host, with probability proportional to its weight."""
 
     def __init__(self, hosts, random, options=None):

@@ -18,7 +18,7 @@ import math
 from zope.interface import implementer
 
 from txmesh.interfaces import IHostMonitor, ILoadBalancer
-from txmesh.upstream.lb import DEFAULT_LB_CONFIG, NO_OPTIONS, _LoadBalancer
+from txmesh.upstream.lb import DEFAULT_LB_CONFIG, NO_OPTIONS, PickingLoadBalancer
 
 
 @implementer(IHostMonitor)
@@ -62,7 +62,7 @@ class PeakEwma:
 
 
 @implementer(ILoadBalancer)
-class PeakEwmaLoadBalancer(_LoadBalancer):
+class PeakEwmaLoadBalancer(PickingLoadBalancer):
     """Power of ``choice_count`` choices on ``estimate * (active + 1) / weight`` (see the module docstring)."""
 
     def __init__(self, hosts, random, options=None):

@@ -23,8 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.interfaces import ILoadBalancer
-from txmesh.upstream.lb import DEFAULT_LB_CONFIG, NO_OPTIONS, _tried
-
+from txmesh.upstream.lb import DEFAULT_LB_CONFIG, NO_OPTIONS, wasAttempted
 
 
 def hash64(data, seed=b""):
@@ -43,17 +42,17 @@ def keyHash(key):
 
 class _HashLoadBalancer:
     """
-    Shared pick logic: ``_owners`` is the ring or table as host indexes, ``_start(hash)`` the entry a hash lands
+    Shared pick logic: ``entries`` is the ring or table as host indexes, ``_start(hash)`` the entry a hash lands
     on; the walk goes on from there to the next entries.
     """
 
     def __init__(self, hosts, random):
         self.hosts = tuple(hosts)
         self._random = random
-        self._owners = []
+        self.entries = []  # the ring's points or the table's entries, in order, as indexes into self.hosts
 
     def chooseHost(self, context=None):
-        owners = self._owners
+        owners = self.entries
         if not owners:
             return None
         if context is None:
@@ -64,13 +63,13 @@ class _HashLoadBalancer:
             key = self._random.getrandbits(64)
         i = self._start(key)
         host = self.hosts[owners[i]]
-        if (ignoreHealth or host.healthy) and not (attempted and _tried(host, attempted)):
+        if (ignoreHealth or host.healthy) and not (attempted and wasAttempted(host, attempted)):
             return host
         return self._walk(i, attempted, ignoreHealth)
 
     def _walk(self, i, attempted, ignoreHealth):
         """The next entry's host that is healthy and not attempted; else the first healthy one seen; else None."""
-        owners = self._owners
+        owners = self.entries
         hosts = self.hosts
         n = len(owners)
         seen = set()
@@ -82,7 +81,7 @@ class _HashLoadBalancer:
             seen.add(index)
             host = hosts[index]
             if ignoreHealth or host.healthy:
-                if not (attempted and _tried(host, attempted)):
+                if not (attempted and wasAttempted(host, attempted)):
                     return host
                 if fallback is None:
                     fallback = host
@@ -138,7 +137,7 @@ class RingHashLoadBalancer(_HashLoadBalancer):
                 points.extend((hash64(prefix + b"%d" % i), index) for i in range(n))
             points.sort()
         self._hashes = [h for h, _ in points]
-        self._owners = [i for _, i in points]
+        self.entries = [i for _, i in points]
         self.size = len(points)
         if options.stats is not None:
             stats = options.stats
@@ -175,7 +174,7 @@ class MaglevLoadBalancer(_HashLoadBalancer):
             self.log.error("maglev: {n} hosts do not fit a table of {size} entries (raise lb_config.table_size): "
                            "no host will be chosen", n=len(hosts), size=size)
         elif hosts:
-            self._owners = _maglevTable(hosts, size, counts)
+            self.entries = _maglevTable(hosts, size, counts)
         if options.stats is not None:
             stats = options.stats
             stats.gauge("maglev_lb_min_entries_per_host",
