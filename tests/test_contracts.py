@@ -9,6 +9,7 @@ import random
 
 import pytest
 from twisted.plugin import getPlugins
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyClass, verifyObject
 
@@ -23,6 +24,7 @@ from txmesh.protocols.http1.codec import RequestDecoder, ResponseDecoder
 from txmesh.protocols.http1.server import HTTP1ServerProtocol
 from txmesh.stream import StreamInfo
 from txmesh.testing import InMemoryMesh
+from txmesh.upstream.lb import LoadBalancerOptions
 
 MESH = """
 listeners:
@@ -86,9 +88,11 @@ def test_clusters_hosts_and_load_balancers(proxied):
         assert verifyObject(I.IHost, host)
     factories = list(getPlugins(I.ILoadBalancerFactory, txmesh.plugins))
     assert {f.name for f in factories} >= {"round_robin", "weighted_round_robin", "random", "least_request"}
+    options = LoadBalancerOptions(clock=Clock())
+    assert verifyObject(I.ILoadBalancerOptions, options)
     for factory in factories:
         assert verifyObject(I.ILoadBalancerFactory, factory)
-        assert verifyObject(I.ILoadBalancer, factory.create(cluster.hosts, random.Random(1)))
+        assert verifyObject(I.ILoadBalancer, factory.create(cluster.hosts, random.Random(1), options))
 
 
 @pytest.mark.parametrize("codec", [RequestDecoder(), ResponseDecoder(), dc.DubboDecoder()],

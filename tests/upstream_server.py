@@ -1,7 +1,9 @@
 """
 A scriptable upstream for the integration tests, run as a subprocess:
 
-    python tests/upstream_server.py HTTP_PORT RAW_PORT
+    python tests/upstream_server.py HTTP_PORT RAW_PORT [DELAY_MS]
+
+DELAY_MS (optional) delays every HTTP answer by that many milliseconds (a slow host).
 
 HTTP_PORT serves (twisted.web):
   /echo...          JSON of method, path, headers, body length and sha256 of the body
@@ -25,10 +27,28 @@ from twisted.internet import protocol, reactor
 from twisted.web import resource, server
 
 
+DELAY = float(sys.argv[3]) / 1000.0 if __name__ == "__main__" and len(sys.argv) > 3 else 0.0
+
+
 class Upstream(resource.Resource):
     isLeaf = True
 
     def render(self, request):
+        if not DELAY:
+            return self.answer(request)
+
+        def later():
+            if request._disconnected:
+                return
+            body = self.answer(request)
+            if body is not server.NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        reactor.callLater(DELAY, later)
+        return server.NOT_DONE_YET
+
+    def answer(self, request):
         parts = request.path.decode().strip("/").split("/")
         kind = parts[0]
         if kind == "bytes":

@@ -8,6 +8,7 @@ kinds are Twisted plugins found with ``getPlugins(..., txmesh.plugins)``; each f
 """
 
 import ipaddress
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -211,6 +212,32 @@ class CommonLbConfig:
 
     healthyPanicThreshold: float = 50.0  # percent of healthy hosts under which a priority level balances over all
     overprovisioningFactor: int = 140  # percent: a level's health is its healthy share times this, capped at 100
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStartConfig:
+    """``lb_config.slow_start`` (Envoy's SlowStartConfig)."""
+
+    window: float
+    aggression: float = 1.0
+    minWeightPercent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LbConfig:
+    """
+    ``lb_config``: the options of the cluster's lb_policy (only the policy's own keys may be set; the defaults
+    are Envoy's, and Linkerd's for peak_ewma).
+    """
+
+    minimumRingSize: int = 1024  # ring_hash
+    maximumRingSize: int = 8 * 1024 * 1024  # ring_hash
+    tableSize: int = 65537  # maglev, a prime
+    choiceCount: int = 2  # least_request, peak_ewma
+    activeRequestBias: float = 1.0  # least_request
+    decayTime: float = 10.0  # peak_ewma
+    defaultRtt: float = 0.03  # peak_ewma
+    slowStart: SlowStartConfig | None = None  # round_robin, weighted_round_robin, least_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,11 +619,68 @@ def _buildCircuitBreakers(r, m, path):
     return None
 
 
+# lb_config keys each built-in policy takes (a third-party policy takes none)
+_LB_CONFIG_KEYS = {
+    "ring_hash": ("minimum_ring_size", "maximum_ring_size"),
+    "maglev": ("table_size",),
+    "least_request": ("choice_count", "active_request_bias", "slow_start"),
+    "peak_ewma": ("choice_count", "decay_time", "default_rtt"),
+    "round_robin": ("slow_start",),
+    "weighted_round_robin": ("slow_start",),
+    "random": (),
+}
+MAX_RING_SIZE = 8 * 1024 * 1024
+
+
 def _buildLbConfig(r, m, path, lbPolicy):
-    """``lb_config`` (issue 11 part 6): not written yet."""
-    if m.get("lb_config") is not None:
-        raise r.error("lb_config is not supported yet", joinPath(path, "lb_config"))
-    return None
+    """``lb_config``: the lb_policy's options (LbConfig), or None when absent."""
+    raw = m.get("lb_config")
+    if raw is None:
+        return None
+    lPath = joinPath(path, "lb_config")
+    keys = _LB_CONFIG_KEYS.get(lbPolicy, ())
+    r.check(raw, lPath, dict)
+    for key in raw:
+        if key not in keys:
+            raise r.error("not an option of lb_policy %s (its options: %s)" % (lbPolicy, ", ".join(keys) or "none"),
+                          joinPath(lPath, str(key)))
+    minRing = r.integer(raw, lPath, "minimum_ring_size", 1024, 1, MAX_RING_SIZE)
+    maxRing = r.integer(raw, lPath, "maximum_ring_size", MAX_RING_SIZE, 1, MAX_RING_SIZE)
+    if minRing > maxRing:
+        raise r.error("minimum_ring_size %d is above maximum_ring_size %d" % (minRing, maxRing),
+                      joinPath(lPath, "minimum_ring_size"))
+    tableSize = r.integer(raw, lPath, "table_size", 65537, 2, 5000011)
+    if not _isPrime(tableSize):
+        raise r.error("must be a prime (e.g. 65537, 5000011), got %d" % (tableSize,), joinPath(lPath, "table_size"))
+    decayTime = r.duration(raw, lPath, "decay_time", 10.0)
+    if decayTime <= 0:
+        raise r.error("must be above 0", joinPath(lPath, "decay_time"))
+    defaultRtt = r.duration(raw, lPath, "default_rtt", 0.03)
+    slowStart = None
+    if raw.get("slow_start") is not None:
+        sPath = joinPath(lPath, "slow_start")
+        sm = r.mapping(raw["slow_start"], sPath, required=("window",), optional=("aggression", "min_weight_percent"))
+        window = r.duration(sm, sPath, "window", 0.0)
+        if window <= 0:
+            raise r.error("must be above 0", joinPath(sPath, "window"))
+        aggression = r.number(sm, sPath, "aggression", 1.0, 0.0, 1000.0)
+        if aggression <= 0:
+            raise r.error("must be above 0", joinPath(sPath, "aggression"))
+        slowStart = SlowStartConfig(window, aggression, r.number(sm, sPath, "min_weight_percent", 10.0, 0.0, 100.0))
+    return LbConfig(
+        minimumRingSize=minRing, maximumRingSize=maxRing, tableSize=tableSize,
+        choiceCount=r.integer(raw, lPath, "choice_count", 2, 2, 100),
+        activeRequestBias=r.number(raw, lPath, "active_request_bias", 1.0, 0.0, 100.0),
+        decayTime=decayTime, defaultRtt=defaultRtt, slowStart=slowStart)
+
+
+def _isPrime(n):
+    if n < 2:
+        return False
+    for d in range(2, math.isqrt(n) + 1):
+        if n % d == 0:
+            return False
+    return True
 
 
 def _buildListener(r, m, path, clusterNames, filterFactories, protocols):

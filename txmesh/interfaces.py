@@ -319,6 +319,9 @@ class IHost(Interface):
     locality = Attribute("The endpoint's locality (str, '' when unset).")
     metadata = Attribute("A read-only mapping of str -> str (e.g. Dubbo version/group) from config or discovery.")
     monitor = Attribute("The IHostMonitor the router reports each attempt's outcome to.")
+    addedAt = Attribute(
+        "When the host joined its cluster after the cluster started (the cluster clock's seconds), or None for the "
+        "hosts it started with: slow start ramps the former up.")
 
     def setHealthFlag(flag):
         """Set a HealthFlag bit; the host's health watchers are told if ``healthy`` changed."""
@@ -383,8 +386,15 @@ class ILoadBalancerFactory(Interface):
 
     name = Attribute("The lb_policy name in mesh.yaml.")
 
-    def create(hosts, random):
-        """Make an ILoadBalancer over the list of IHost (called again whenever the host set changes)."""
+    def create(hosts, random, options=None):
+        """
+        Make an ILoadBalancer over the list of IHost (called again whenever the host set changes, never per
+        request: rings and tables are built here).
+
+        @param random: a random.Random.
+        @param options: the cluster's ILoadBalancerOptions (the same object for every host set of the cluster), or
+            None for defaults without a clock.  Callers pass it; a factory must accept it.
+        """
 
 
 class IUpstreamResponder(Interface):
@@ -836,5 +846,18 @@ class IOutlierDetector(Interface):
 # -- retries, timeouts and mirroring (parts 5, 9, 10) --
 
 # -- load balancing (part 6) --
+
+
+class ILoadBalancerOptions(Interface):
+    """
+    What a cluster gives its ILoadBalancerFactory with each host set (txmesh.upstream.lb.LoadBalancerOptions).
+    """
+
+    clock = Attribute("The cluster's IReactorTime (slow start, latency estimates), or None.")
+    config = Attribute("The cluster's lb_config (txmesh.config.LbConfig), or None for the defaults.")
+    stats = Attribute("The cluster's txmesh.stats.Scope for the balancer's gauges, or None.")
+    hostState = Attribute(
+        "A weakref.WeakKeyDictionary, IHost -> the balancer's state for that host (e.g. its latency estimate), "
+        "kept across host-set changes of one cluster.")
 
 # -- fault injection and the error-rate breaker (parts 8, 4) --

@@ -161,6 +161,24 @@ def _rewrite(action, request):
 
 
 @dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """
+    One entry of a route's ``hash_policy`` (Envoy's RouteAction.HashPolicy): where the request's hash key comes
+    from (txmesh.upstream.hashing.requestHash combines them).
+
+    kind: ``header`` (gRPC metadata included), ``cookie``, ``source_ip``, ``query_parameter`` or
+        ``dubbo_attachment``.
+    name: the header, cookie, query parameter or attachment name (bytes; header and attachment names lower-case),
+        None for ``source_ip``.
+    terminal: when this entry yields a key, the later entries are not looked at.
+    """
+
+    kind: str
+    name: bytes | None = None
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterAction:
     """
     Forward to one cluster.  ``timeout`` in seconds (0 = none) bounds the whole response from the end of the

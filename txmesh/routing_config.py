@@ -9,8 +9,8 @@ matching, are in txmesh.routing.
 import re
 
 from txmesh.protocols.http1.wire import validAuthority
-from txmesh.routing import (ClusterAction, DirectResponseAction, DubboMatch, HeaderMatcher, HeaderValueOption,
-                            RedirectAction, RegexRewrite, Route, RouteConfig, RouteMatch, VirtualHost,
+from txmesh.routing import (ClusterAction, DirectResponseAction, DubboMatch, HashPolicy, HeaderMatcher,
+                            HeaderValueOption, RedirectAction, RegexRewrite, Route, RouteConfig, RouteMatch, VirtualHost,
                             WeightedClusterAction, encodeHost)
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -305,11 +305,42 @@ def _buildRetryPolicy(r, m, path):
     return None
 
 
+# hash_policy kinds: (the key holding the kind's mapping, the name key inside it)
+_HASH_KINDS = {
+    "header": "header_name",
+    "cookie": "name",
+    "connection_properties": "source_ip",
+    "query_parameter": "name",
+    "dubbo_attachment": "name",
+}
+
+
 def _buildHashPolicies(r, m, path):
-    """The route's ``hash_policy`` list (issue 11 part 6): not written yet."""
-    if m.get("hash_policy") is not None:
-        raise r.error("hash_policy is not supported yet", _join(path, "hash_policy"))
-    return ()
+    """The route's ``hash_policy`` list (Envoy's RouteAction.HashPolicy) as HashPolicy objects."""
+    out = []
+    for i, e in enumerate(r.list(m, path, "hash_policy")):
+        ePath = "%s.hash_policy[%d]" % (path, i)
+        r.mapping(e, ePath, optional=tuple(_HASH_KINDS) + ("terminal",))
+        kind = _exactlyOne(r, e, ePath, tuple(_HASH_KINDS))
+        kPath = _join(ePath, kind)
+        inner = _HASH_KINDS[kind]
+        if kind == "cookie" and isinstance(e[kind], dict) and e[kind].get("ttl") is not None:
+            raise r.error("generating the cookie (ttl) is not supported: txmesh hashes a cookie the client sends",
+                          _join(kPath, "ttl"))
+        km = r.mapping(e[kind], kPath, required=(inner,), optional=("path",) if kind == "cookie" else ())
+        terminal = r.get(e, ePath, "terminal", bool, False)
+        if kind == "connection_properties":
+            if not r.get(km, kPath, "source_ip", bool):
+                raise r.error("must be true (the only connection property)", _join(kPath, "source_ip"))
+            out.append(HashPolicy("source_ip", None, terminal))
+            continue
+        name = r.get(km, kPath, inner, str)
+        if not name:
+            raise r.error("must not be empty", _join(kPath, inner))
+        if kind in ("header", "dubbo_attachment"):
+            name = name.lower()
+        out.append(HashPolicy(kind, name.encode("utf-8"), terminal))
+    return tuple(out)
 
 
 def _buildMirrorPolicies(r, m, path, clusterNames):

@@ -37,6 +37,8 @@ from txmesh.interfaces import (
 )
 from txmesh.protocols.h2.grpc import encodeTimeout
 from txmesh.routing import DirectResponseAction, RedirectAction
+from txmesh.upstream.hashing import requestHash
+from txmesh.upstream.lb import LBContext
 from txmesh.upstream.outcome import classifyDubbo, classifyError, classifyGRPC, classifyHTTP, Outcome
 
 STOP = FilterStatus.STOP
@@ -203,7 +205,8 @@ class Router:
         if action.hostRewrite is not None:
             request.authority = action.hostRewrite
 
-        host = cluster.chooseHost(None)
+        policies = action.hashPolicies
+        host = cluster.chooseHost(LBContext(hashKey=requestHash(policies, request, info)) if policies else None)
         if host is None:
             self._fail(errors.NoHealthyUpstream("no healthy host in cluster %r" % (clusterName,)))
             return STOP

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.host import Host, hostScope
-from txmesh.upstream.lb import LBContext
+from txmesh.upstream.lb import LBContext, LoadBalancerOptions
 from txmesh.upstream.outlier import OutlierDetector
 from txmesh.upstream.resources import ClusterResources
 
@@ -116,11 +116,14 @@ class Cluster:
     Hosts are grouped by priority, one balancer per level; the level of each pick follows Envoy's priority load
     and panic rules (priorityLoads), recomputed when a host's health or the host set changes.  With one level not
     in panic, a pick costs what the level's balancer costs.
+
+    @param clock: the IReactorTime of the balancers (slow start, latency estimates), or None.
     """
 
     log = Logger()
 
-    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, outlierDetector=None):
+    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, outlierDetector=None,
+                 clock=None):
         self.name = name
         self.config = clusterConfig
         self._lbFactory = lbFactory
@@ -143,7 +146,11 @@ class Cluster:
         self._loads = ()  # (load percent, panic) per level, as of the last health change
         self._lb = None  # the one balancer when one level takes all the load without panic, else None
         self._table = ()  # ((cumulative load, balancer, panic), ...) for the levels with load
+        self._started = False
+        # one options object for every balancer of the cluster: state in it outlives host-set changes
+        self._lbOptions = LoadBalancerOptions(clock, clusterConfig.lbConfig, stats)
         self._setHosts(hosts)
+        self._started = True  # hosts added from now on ramp up (slow start)
 
     def makeHost(self, hostname, port, weight=1, priority=0, locality="", metadata=None):
         """A new Host of this cluster, its counters on the cluster's scope labelled host='ip:port'."""
@@ -175,6 +182,8 @@ class Cluster:
             if host is None:
                 host = h if IHost.providedBy(h) else self.makeHost(h.host, h.port, weight, h.priority, h.locality,
                                                                     dict(h.metadata))
+                if self._started and self._lbOptions.clock is not None:
+                    host.addedAt = self._lbOptions.clock.seconds()
             else:
                 host.weight = max(1, int(weight))
                 if not IHost.providedBy(h):
@@ -209,7 +218,7 @@ class Cluster:
 
     def _makeBalancer(self, hosts):
         """The ILoadBalancer of one priority level (every balancer of the cluster is made here)."""
-        return self._lbFactory.create(tuple(hosts), self._random)
+        return self._lbFactory.create(tuple(hosts), self._random, self._lbOptions)
 
     def _hostHealthChanged(self, host):
         self._recomputeLoads()
@@ -330,7 +339,7 @@ class ClusterManager:
             if config.outlierDetection is not None:
                 detector = OutlierDetector(config.outlierDetection, clock, random, scope)
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
-                                                  random, scope, outlierDetector=detector)
+                                                  random, scope, outlierDetector=detector, clock=clock)
 
     def get(self, name):
         """The Cluster called ``name``, or None."""

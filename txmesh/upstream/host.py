@@ -107,6 +107,7 @@ class Host:
         self.locality = locality
         self.metadata = types.MappingProxyType(dict(metadata)) if metadata else _NO_METADATA
         self.monitor = NULL_MONITOR
+        self.addedAt = None  # when the host joined a running cluster (its clock's seconds), for slow start
         self.activeRequests = 0
         self._healthWatchers = []
         if stats is None:
