@@ -763,12 +763,14 @@ class IProtocol(Interface):
     def buildClientProtocol():
         """A new client protocol instance for one upstream connection (its factory sets ``writeScope``)."""
 
-    def buildPool(clock, host, clusterConfig, connect, stats):
+    def buildPool(clock, host, clusterConfig, connect, stats, resources=None):
         """
         An IConnectionPool for one host of a cluster of this protocol.
 
         @param connect: ``connect(host) -> Deferred`` firing with a connected client protocol.
         @param stats: the cluster's txmesh.stats.Scope.
+        @param resources: the cluster's txmesh.upstream.resources.ClusterResources: every pool of the cluster
+            takes its connections and pending requests from them (circuit breakers); None: the pool's own.
         """
 
     def localReplyStatus(httpStatus, cause):

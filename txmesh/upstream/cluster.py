@@ -18,6 +18,8 @@ CLUSTER_STATS = (
     ("upstream_rq_pending_overflow", "counter", "Requests failed at once because the pending queue was full."),
     ("upstream_rq_pending_active", "gauge", "Requests waiting for a connection."),
     ("upstream_cx_total", "counter", "Upstream connections opened."),
+    ("upstream_cx_overflow", "counter",
+     "Connects not made because the cluster's circuit_breakers.max_connections was reached."),
     ("upstream_cx_active", "gauge", "Open upstream connections."),
     ("upstream_cx_connect_fail", "counter", "Upstream connects that failed (timeouts included)."),
     ("upstream_cx_connect_timeout", "counter", "Upstream connects that timed out."),
@@ -59,11 +61,13 @@ class Cluster:
     @param poolFactory: ``poolFactory(host) -> IConnectionPool``, called once per host on first use.
     @param random: a random.Random for the load balancers.
     @param stats: a txmesh.stats.Scope labelled cluster=name.
+    @param resources: the cluster's ClusterResources (circuit breakers) its pools share; default: built from
+        ``clusterConfig.circuitBreakers``.
     """
 
     log = Logger()
 
-    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats):
+    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, resources=None):
         self.name = name
         self.config = clusterConfig
         self._lbFactory = lbFactory
@@ -71,8 +75,10 @@ class Cluster:
         self._random = random
         self._scope = stats
         self.stats = ClusterStats(stats)
-        # the circuit breakers; the limits come from the cluster's config (circuit_breakers) where it has them
-        self.resources = ClusterResources(scope=stats)
+        # the circuit breakers: the limits come from the cluster's config (circuit_breakers), Envoy's defaults else
+        if resources is None:
+            resources = ClusterResources.fromConfig(clusterConfig.circuitBreakers, stats)
+        self.resources = resources
         self.hosts = ()
         self._byAddress = {}
         self._pools = {}  # address -> pool
@@ -194,12 +200,15 @@ class ClusterManager:
             buildPool = config.descriptor.buildPool
             scope = stats.scope(cluster=config.name)
             connect = connectFactory(config)
+            # every pool of the cluster takes its connections and pending requests from these (circuit_breakers)
+            resources = ClusterResources.fromConfig(config.circuitBreakers, scope)
 
-            def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool):
-                return buildPool(clock, host, config, connect, scope)
+            def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool,
+                            resources=resources):
+                return buildPool(clock, host, config, connect, scope, resources)
 
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
-                                                  random, scope)
+                                                  random, scope, resources)
 
     def get(self, name):
         """The Cluster called ``name``, or None."""
