@@ -817,6 +817,44 @@ class ICluster(Interface):
 
 # -- circuit breakers and local rate limits (parts 4, 7) --
 
+class ITokenBucket(Interface):
+    """
+    A token bucket the rate-limit filters take from (txmesh.filters.token_bucket): refilled lazily from the time
+    each call is given, never by a timer.
+    """
+
+    maxTokens = Attribute("The burst: tokens when full (int).")
+
+    def consume(now):
+        """Take one token if there is one; True if taken.  ``now``: the clock's seconds()."""
+
+    def remaining(now):
+        """Tokens left now (int)."""
+
+    def secondsToNextFill(now):
+        """Seconds until the next fill adds tokens (float)."""
+
+
+class IErrorRateBreaker(Interface):
+    """
+    One error-rate circuit breaker (txmesh.filters.error_rate_breaker): closed, open (fail fast) or half-open
+    (letting probes through), decided by the failures in a rolling window.
+    """
+
+    state = Attribute("'closed', 'open' or 'half_open'.")
+
+    def allow(now):
+        """
+        May a request go through now?  Closed: yes; open: no, until ``sleep_window`` passed, then half-open;
+        half-open: yes for up to the configured number of probes in flight.
+        """
+
+    def record(failed, now):
+        """An allowed request ended: ``failed`` (bool) by the outcome table (txmesh.upstream.outcome)."""
+
+    def abandon():
+        """An allowed request ended without an answer that says anything about the upstream (its slot is freed)."""
+
 # -- retries, timeouts and mirroring (parts 5, 9, 10) --
 
 # -- load balancing (part 6) --
