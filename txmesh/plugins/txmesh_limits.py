@@ -6,3 +6,6 @@ The built-in limits (issue 11 parts 4 and 7), found by getPlugins: the ``local_r
 from txmesh.filters.local_rate_limit import LocalRateLimitFactory
 
 localRateLimit = LocalRateLimitFactory()
+from txmesh.filters.connection_rate_limit import ConnectionRateLimitFactory
+
+connectionRateLimit = ConnectionRateLimitFactory()
