@@ -849,11 +849,15 @@ class IErrorRateBreaker(Interface):
         half-open: yes for up to the configured number of probes in flight.
         """
 
-    def record(failed, now):
-        """An allowed request ended: ``failed`` (bool) by the outcome table (txmesh.upstream.outcome)."""
+    def record(failed, now, probe=False):
+        """
+        An allowed request ended: ``failed`` (bool) by the outcome table (txmesh.upstream.outcome); ``probe``: it was
+        let through while half-open (the state just after its ``allow``).
+        """
 
-    def abandon():
-        """An allowed request ended without an answer that says anything about the upstream (its slot is freed)."""
+    def abandon(probe=False):
+        """An allowed request ended without an answer that says anything about the upstream (a probe's slot is
+        freed)."""
 
 # -- retries, timeouts and mirroring (parts 5, 9, 10) --
 

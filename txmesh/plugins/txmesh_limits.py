@@ -3,9 +3,10 @@ The built-in limits (issue 11 parts 4 and 7), found by getPlugins: the ``local_r
 ``error_rate_breaker`` stream filters and the ``connection_rate_limit`` network filter.
 """
 
+from txmesh.filters.connection_rate_limit import ConnectionRateLimitFactory
+from txmesh.filters.error_rate_breaker import ErrorRateBreakerFactory
 from txmesh.filters.local_rate_limit import LocalRateLimitFactory
 
 localRateLimit = LocalRateLimitFactory()
-from txmesh.filters.connection_rate_limit import ConnectionRateLimitFactory
-
 connectionRateLimit = ConnectionRateLimitFactory()
+errorRateBreaker = ErrorRateBreakerFactory()
