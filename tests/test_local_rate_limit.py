@@ -5,7 +5,14 @@ headers, counters), and the protocol-native statuses for gRPC and Dubbo.
 """
 
 import pytest
+from h2 import events as h2events
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from twisted.internet import defer
+from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
+
+from tests.test_dubbo_listener import ECHO
 
 from txmesh.config import FilterConfigContext
 from txmesh.errors import ConfigError
@@ -14,6 +21,7 @@ from txmesh.filters.local_rate_limit import LocalRateLimitFactory
 from txmesh.filters.token_bucket import TokenBucket, TokenBucketConfig
 from txmesh.interfaces import IFilterFactory, ITokenBucket
 from txmesh.protocols.dubbo import codec as dc
+from txmesh.protocols.dubbo.client import DubboClientProtocol
 from txmesh.protocols.dubbo.replies import dubboStatusFor
 from txmesh.protocols.h2 import grpc
 from txmesh.testing import InMemoryMesh
@@ -184,3 +192,78 @@ def test_protocol_native_statuses():
     assert dubboStatusFor(429, "local_rate_limited") == dc.SERVER_THREADPOOL_EXHAUSTED_ERROR
     assert grpc.statusForCause("circuit_open", 503) == grpc.UNAVAILABLE
     assert dubboStatusFor(503, "circuit_open") == dc.SERVICE_NOT_FOUND
+
+
+# -- through the gRPC and Dubbo listeners ------------------------------------------------------------------------
+
+LISTENER = """\
+clusters:
+  - name: backend
+    protocol: %(cluster)s
+    endpoints:
+      - {address: "10.0.0.1:%(port)d"}
+listeners:
+  - name: rpc
+    protocol: %(protocol)s
+    address: tcp:15001
+    default_cluster: backend
+    filters:
+      - name: local_rate_limit
+        config: {token_bucket: {max_tokens: 1, fill_interval: 1m}, descriptor: %(descriptor)s}
+    route_config:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {prefix: /}
+              route: {cluster: backend}
+"""
+
+
+def test_grpc_over_the_limit_is_resource_exhausted_at_once():
+
+    connects = []
+
+    def connect(host, clusterConfig):
+        connects.append(host)
+        return defer.Deferred()  # never connects: the allowed call just waits
+
+    m = InMemoryMesh(LISTENER % {"cluster": "grpc", "port": 50051, "protocol": "grpc",
+                                 "descriptor": "grpc_method"}, connect=connect)
+    client = m.connect()
+    h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    h2.initiate_connection()
+    for sid in (1, 3):
+        h2.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/pkg.Greeter/Hello"),
+                              (b":authority", b"svc"), (b"content-type", b"application/grpc"), (b"te", b"trailers")],
+                        end_stream=True)
+    client.send(h2.data_to_send())
+    answered = {e.stream_id: dict(e.headers) for e in h2.receive_data(client.received())
+                if isinstance(e, h2events.ResponseReceived)}
+    assert list(answered) == [3]  # the first waits for its upstream; the second is refused at once
+    assert answered[3][b"grpc-status"] == b"8" and answered[3][b":status"] == b"200"
+    assert len(connects) == 1
+    assert m.value("ratelimit_rate_limited", descriptor="pkg.Greeter/Hello") == 1
+
+
+def test_dubbo_over_the_limit_is_threadpool_exhausted_with_the_callers_id():
+
+    upstreams = []
+
+    def connect(host, clusterConfig):
+        proto = DubboClientProtocol()
+        proto.makeConnection(StringTransport())
+        upstreams.append(proto)
+        return defer.succeed(proto)
+
+    m = InMemoryMesh(LISTENER % {"cluster": "dubbo", "port": 20880, "protocol": "dubbo",
+                                 "descriptor": "dubbo_method"}, connect=connect)
+    proto = m.factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for rid in (1, 2):
+        proto.dataReceived(dc.withRequestId(ECHO, rid) + ECHO[16:])
+    [reply] = dc.DubboDecoder().feed(transport.value())
+    assert (reply.requestId, reply.status) == (2, dc.SERVER_THREADPOOL_EXHAUSTED_ERROR)
+    assert len(dc.DubboDecoder().feed(upstreams[0].transport.value())) == 1  # only the allowed call went up
+    assert m.value("ratelimit_ok", limiter="local_rate_limit") == 1
