@@ -5,6 +5,11 @@ of HTTP, gRPC and Dubbo responses by the shared table; keys and their cap; throu
 """
 
 import pytest
+from h2 import events as h2events
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -246,3 +251,55 @@ def test_http_opens_on_5xx_fails_fast_and_closes_after_a_good_probe():
     assert get().status == 200  # the probe
     assert [get().status for _ in range(3)] == [200, 200, 200]
     assert m.value("error_rate_breaker_state", listener="web", key="api") == 0
+
+
+GRPC_MESH = """\
+clusters:
+  - name: backend
+    protocol: grpc
+    endpoints:
+      - {address: "10.0.0.1:50051"}
+listeners:
+  - name: rpc
+    protocol: grpc
+    address: tcp:15001
+    filters:
+      - name: error_rate_breaker
+        config: {scope: service, request_volume_threshold: 2, error_threshold_percentage: 100}
+    route_config:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {prefix: /}
+              route: {cluster: backend}
+"""
+
+
+def test_grpc_listener_connect_failures_open_the_breaker_then_unavailable_at_once():
+    connects = []
+
+    def connect(host, clusterConfig):
+        connects.append(host)
+        return defer.fail(ConnectionRefusedError())
+
+    m = InMemoryMesh(GRPC_MESH, connect=connect)
+    client = m.connect()
+    h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    h2.initiate_connection()
+    answers = {}
+    for sid in (1, 3, 5):
+        h2.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/pkg.Greeter/Hello"),
+                              (b":authority", b"svc"), (b"content-type", b"application/grpc"), (b"te", b"trailers")],
+                        end_stream=True)
+        client.send(h2.data_to_send())
+        m.runTurns()
+        for e in h2.receive_data(client.received()):
+            if isinstance(e, h2events.ResponseReceived):
+                answers[e.stream_id] = dict(e.headers)
+        client.transport.clear()
+    assert [answers[s][b"grpc-status"] for s in (1, 3, 5)] == [b"14", b"14", b"14"]
+    assert answers[5][b"x-txmesh-error"] == b"circuit_open"
+    assert len(connects) == 2  # the third call never reached the pool
+    assert m.value("error_rate_breaker_rq_failure", key="pkg.Greeter") == 2
+    assert m.value("error_rate_breaker_state", key="pkg.Greeter") == 1
