@@ -168,6 +168,7 @@ class Cluster:
             "protocol": self.config.protocol,
             "lbPolicy": self.config.lbPolicy,
             "stats": self.stats.asDict(),
+            "circuitBreakers": self.resources.describe(),
             "hosts": [h.describe() if hasattr(h, "describe") else _describeHost(h) for h in self.hosts],
         }
 
