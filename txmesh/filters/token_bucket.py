@@ -85,6 +85,9 @@ class TokenBucket:
             self._lastFill += fills * self.fillInterval
 
     def consume(self, now):
+        if self.tokens > 0 and now - self._lastFill < self.fillInterval:
+            self.tokens -= 1  # the per-request path: no fill is due
+            return True
         self._refill(now)
         if self.tokens > 0:
             self.tokens -= 1
