@@ -21,7 +21,7 @@ def test_cause_mapping():
     assert grpc.statusForCause("no_healthy_upstream", 503) == grpc.UNAVAILABLE
     assert grpc.statusForCause("upstream_connect_failure", 503) == grpc.UNAVAILABLE
     assert grpc.statusForCause("upstream_reset_before_response", 503) == grpc.UNAVAILABLE
-    assert grpc.statusForCause("upstream_overflow", 503) == grpc.RESOURCE_EXHAUSTED
+    assert grpc.statusForCause("upstream_overflow", 503) == grpc.UNAVAILABLE
     assert grpc.statusForCause("upstream_request_timeout", 504) == grpc.DEADLINE_EXCEEDED
     assert grpc.statusForCause(None, 403) == grpc.PERMISSION_DENIED
 

@@ -612,11 +612,28 @@ def _buildCommonLbConfig(r, m, path):
         overprovisioningFactor=r.integer(c, path, "overprovisioning_factor", 140, 1))
 
 
+@dataclass(frozen=True, slots=True)
+class CircuitBreakersConfig:
+    """A cluster's ``circuit_breakers``: cluster-wide limits (Envoy's default-priority thresholds and defaults)."""
+
+    maxConnections: int = 1024
+    maxPendingRequests: int = 1024
+    maxRequests: int = 1024
+    maxRetries: int = 3
+
+
 def _buildCircuitBreakers(r, m, path):
-    """``circuit_breakers`` (issue 11 part 4): not written yet."""
-    if m.get("circuit_breakers") is not None:
-        raise r.error("circuit_breakers is not supported yet", joinPath(path, "circuit_breakers"))
-    return None
+    """``circuit_breakers`` (issue 11 part 4): the cluster-wide limits, or None (Envoy's defaults) when absent."""
+    raw = m.get("circuit_breakers")
+    if raw is None:
+        return None
+    cPath = joinPath(path, "circuit_breakers")
+    r.mapping(raw, cPath, optional=("max_connections", "max_pending_requests", "max_requests", "max_retries"))
+    return CircuitBreakersConfig(
+        maxConnections=r.integer(raw, cPath, "max_connections", 1024, 1),
+        maxPendingRequests=r.integer(raw, cPath, "max_pending_requests", 1024, 0),
+        maxRequests=r.integer(raw, cPath, "max_requests", 1024, 1),
+        maxRetries=r.integer(raw, cPath, "max_retries", 3, 0))
 
 
 # lb_config keys each built-in policy takes (a third-party policy takes none)

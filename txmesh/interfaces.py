@@ -773,12 +773,14 @@ class IProtocol(Interface):
     def buildClientProtocol():
         """A new client protocol instance for one upstream connection (its factory sets ``writeScope``)."""
 
-    def buildPool(clock, host, clusterConfig, connect, stats):
+    def buildPool(clock, host, clusterConfig, connect, stats, resources=None):
         """
         An IConnectionPool for one host of a cluster of this protocol.
 
         @param connect: ``connect(host) -> Deferred`` firing with a connected client protocol.
         @param stats: the cluster's txmesh.stats.Scope.
+        @param resources: the cluster's txmesh.upstream.resources.ClusterResources: every pool of the cluster
+            takes its connections and pending requests from them (circuit breakers); None: the pool's own.
         """
 
     def localReplyStatus(httpStatus, cause):
@@ -842,6 +844,48 @@ class IOutlierDetector(Interface):
         """Stop the interval timer (the cluster is drained); ejected hosts stay as they are."""
 
 # -- circuit breakers and local rate limits (parts 4, 7) --
+
+class ITokenBucket(Interface):
+    """
+    A token bucket the rate-limit filters take from (txmesh.filters.token_bucket): refilled lazily from the time
+    each call is given, never by a timer.
+    """
+
+    maxTokens = Attribute("The burst: tokens when full (int).")
+
+    def consume(now):
+        """Take one token if there is one; True if taken.  ``now``: the clock's seconds()."""
+
+    def remaining(now):
+        """Tokens left now (int)."""
+
+    def secondsToNextFill(now):
+        """Seconds until the next fill adds tokens (float)."""
+
+
+class IErrorRateBreaker(Interface):
+    """
+    One error-rate circuit breaker (txmesh.filters.error_rate_breaker): closed, open (fail fast) or half-open
+    (letting probes through), decided by the failures in a rolling window.
+    """
+
+    state = Attribute("'closed', 'open' or 'half_open'.")
+
+    def allow(now):
+        """
+        May a request go through now?  Closed: yes; open: no, until ``sleep_window`` passed, then half-open;
+        half-open: yes for up to the configured number of probes in flight.
+        """
+
+    def record(failed, now, probe=False):
+        """
+        An allowed request ended: ``failed`` (bool) by the outcome table (txmesh.upstream.outcome); ``probe``: it was
+        let through while half-open (the state just after its ``allow``).
+        """
+
+    def abandon(probe=False):
+        """An allowed request ended without an answer that says anything about the upstream (a probe's slot is
+        freed)."""
 
 # -- retries, timeouts and mirroring (parts 5, 9, 10) --
 

@@ -777,8 +777,8 @@ class _PoolOverride:
         self._descriptor = descriptor
         self._poolClass = poolClass
 
-    def buildPool(self, clock, host, clusterConfig, connect, stats):
-        return self._poolClass(clock, host, clusterConfig, connect, stats)
+    def buildPool(self, clock, host, clusterConfig, connect, stats, resources=None):
+        return self._poolClass(clock, host, clusterConfig, connect, stats)  # test pools keep no cluster limits
 
     def buildClientProtocol(self):
         return self._descriptor.buildClientProtocol()

@@ -19,7 +19,7 @@ class ProtocolDescriptor:
 
     @param listenerFactory: ``(listenerConfig, template, runtime) -> IListenerFactory``, or None if it cannot listen.
     @param clientProtocol: ``() -> client protocol``, or None if no cluster can speak it.
-    @param pool: ``(clock, host, clusterConfig, connect, stats) -> IConnectionPool``.
+    @param pool: ``(clock, host, clusterConfig, connect, stats, resources) -> IConnectionPool``.
     @param replyStatus: ``(httpStatus, cause) -> protocol-native status``; None: the HTTP status itself.
     """
 
@@ -41,8 +41,8 @@ class ProtocolDescriptor:
     def buildClientProtocol(self):
         return self._clientProtocol()
 
-    def buildPool(self, clock, host, clusterConfig, connect, stats):
-        return self._pool(clock, host, clusterConfig, connect, stats)
+    def buildPool(self, clock, host, clusterConfig, connect, stats, resources=None):
+        return self._pool(clock, host, clusterConfig, connect, stats, resources)
 
     def localReplyStatus(self, httpStatus, cause):
         if self._replyStatus is None:

@@ -22,6 +22,8 @@ CLUSTER_STATS = (
     ("upstream_rq_pending_overflow", "counter", "Requests failed at once because the pending queue was full."),
     ("upstream_rq_pending_active", "gauge", "Requests waiting for a connection."),
     ("upstream_cx_total", "counter", "Upstream connections opened."),
+    ("upstream_cx_overflow", "counter",
+     "Connects not made because the cluster's circuit_breakers.max_connections was reached."),
     ("upstream_cx_active", "gauge", "Open upstream connections."),
     ("upstream_cx_connect_fail", "counter", "Upstream connects that failed (timeouts included)."),
     ("upstream_cx_connect_timeout", "counter", "Upstream connects that timed out."),
@@ -118,12 +120,14 @@ class Cluster:
     in panic, a pick costs what the level's balancer costs.
 
     @param clock: the IReactorTime of the balancers (slow start, latency estimates), or None.
+    @param resources: the cluster's ClusterResources (circuit breakers) its pools share; default: built from
+        ``clusterConfig.circuitBreakers``.
     """
 
     log = Logger()
 
     def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, outlierDetector=None,
-                 clock=None):
+                 clock=None, resources=None):
         self.name = name
         self.config = clusterConfig
         self._lbFactory = lbFactory
@@ -131,8 +135,10 @@ class Cluster:
         self._random = random
         self._scope = stats
         self.stats = ClusterStats(stats)
-        # the circuit breakers; the limits come from the cluster's config (circuit_breakers) where it has them
-        self.resources = ClusterResources(scope=stats)
+        # the circuit breakers: the limits come from the cluster's config (circuit_breakers), Envoy's defaults else
+        if resources is None:
+            resources = ClusterResources.fromConfig(clusterConfig.circuitBreakers, stats)
+        self.resources = resources
         self.hosts = ()
         self._byAddress = {}
         self._pools = {}  # address -> pool
@@ -296,6 +302,7 @@ class Cluster:
             "protocol": self.config.protocol,
             "lbPolicy": self.config.lbPolicy,
             "stats": self.stats.asDict(),
+            "circuitBreakers": self.resources.describe(),
             "priorities": [{"priority": p, "hosts": len(hs), "healthy": sum(1 for h in hs if h.healthy),
                             "load": load, "panic": panic}
                            for (p, hs, _), (load, panic) in zip(self._levels, self._loads)],
@@ -331,15 +338,19 @@ class ClusterManager:
             buildPool = config.descriptor.buildPool
             scope = stats.scope(cluster=config.name)
             connect = connectFactory(config)
+            # every pool of the cluster takes its connections and pending requests from these (circuit_breakers)
+            resources = ClusterResources.fromConfig(config.circuitBreakers, scope)
 
-            def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool):
-                return buildPool(clock, host, config, connect, scope)
+            def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool,
+                            resources=resources):
+                return buildPool(clock, host, config, connect, scope, resources)
 
             detector = None
             if config.outlierDetection is not None:
                 detector = OutlierDetector(config.outlierDetection, clock, random, scope)
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
-                                                  random, scope, outlierDetector=detector, clock=clock)
+                                                  random, scope, outlierDetector=detector, clock=clock,
+                                                  resources=resources)
 
     def get(self, name):
         """The Cluster called ``name``, or None."""

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from txmesh.errors import ConnectFailure, ConnectTimeout, Overflow, PoolClosed
 from txmesh.interfaces import IConnectionPool
+from txmesh.upstream.resources import ClusterResources
 
 
 class ActiveClient:
@@ -81,6 +82,12 @@ class ConnectionPoolBase:
     @param connect: ``connect(host) -> Deferred`` firing with a connected client protocol.
     @param stats: the cluster's txmesh.stats.Scope; the upstream_cx_* and upstream_rq_* series are made there (the
         same series the Cluster reads).
+    @param resources: the cluster's txmesh.upstream.resources.ClusterResources, shared by all its pools (its
+        circuit breakers): a new connection takes one of ``connections`` (as Envoy, a pool with no connection at
+        all may always make one, so no request waits on a pool that cannot connect; otherwise the connect is not
+        made, counted in upstream_cx_overflow, and the request waits as pending), a queued request one of
+        ``pendingRequests`` (none left: Overflow at once, upstream_rq_pending_overflow).  None: the pool's own,
+        with Envoy's defaults.
     """
 
     log = Logger()
@@ -93,7 +100,7 @@ class ConnectionPoolBase:
     maxConnections = 1
     maxRequestsPerConnection = 0
 
-    def __init__(self, clock, host, clusterConfig, connect, stats):
+    def __init__(self, clock, host, clusterConfig, connect, stats, resources=None):
         self.clock = clock
         self.host = host
         self._connect = connect
@@ -113,6 +120,10 @@ class ConnectionPoolBase:
         self._retryTimer = None  # starts the next connect when the backoff ends, while requests wait
         self._closed = False
         self._drained = []
+        if resources is None:
+            resources = ClusterResources()
+        self._cxLimit = resources.connections
+        self._pendingLimit = resources.pendingRequests
 
         c = stats.counter
         self._rqTotal = c("upstream_rq_total", help="Requests sent (or queued) upstream.")
@@ -126,6 +137,8 @@ class ConnectionPoolBase:
         self._rqPendingOverflow = c("upstream_rq_pending_overflow",
                                     help="Requests failed at once because the pending queue was full.")
         self._rqPendingActive = stats.gauge("upstream_rq_pending_active", help="Requests waiting for a connection.")
+        self._cxOverflow = c("upstream_cx_overflow",
+                             help="Connects not made because the cluster's circuit_breakers.max_connections was reached.")
 
     # -- what subclasses supply ---------------------------------------------------------------------------------
 
@@ -191,10 +204,18 @@ class ConnectionPoolBase:
             self._rqPendingOverflow.value += 1
             return defer.fail(Overflow("pending queue of %s is full (%d)" % (self.host.address,
                                                                              self.maxPendingRequests)))
+        pendingLimit = self._pendingLimit
+        if not pendingLimit.canCreate():
+            self._rqPendingOverflow.value += 1
+            return defer.fail(Overflow("the cluster's pending requests are at circuit_breakers.max_pending_requests "
+                                       "(%d)" % (pendingLimit.max,)))
         d = defer.Deferred(self._cancelWaiter)
         self._pending.append(d)
+        pendingLimit.inc()
         self._rqPendingActive.value += 1
         self._connectIfNeeded()
+        if self._clusterBlocks():
+            self._cxOverflow.value += 1
         return d
 
     def acquireIdle(self):
@@ -329,6 +350,7 @@ class ConnectionPoolBase:
                 break
             d = pending.popleft()
             self._rqPendingActive.value -= 1
+            self._pendingLimit.dec()
             d.callback(self._open(client))
         if self.demand():
             self._connectIfNeeded()
@@ -339,6 +361,7 @@ class ConnectionPoolBase:
         pending, self._pending = self._pending, deque()
         self._rqPendingActive.value -= len(pending)
         for d in pending:
+            self._pendingLimit.dec()
             d.errback(Failure(make()))
 
     # -- internals ----------------------------------------------------------------------------------------------
@@ -422,9 +445,20 @@ class ConnectionPoolBase:
                     return
             return
         self._rqPendingActive.value -= 1
+        self._pendingLimit.dec()
 
     def _roomToConnect(self):
-        return len(self._connectingClients) + len(self._clients) < self.maxConnections
+        """Room for one more connect: below the pool's own limit, and the cluster's (see the class docstring)."""
+        count = len(self._connectingClients) + len(self._clients)
+        if count >= self.maxConnections:
+            return False
+        return not count or self._cxLimit.canCreate()
+
+    def _clusterBlocks(self):
+        """A connect this pool would make now is refused by the cluster's limit alone."""
+        count = len(self._connectingClients) + len(self._clients)
+        return (0 < count < self.maxConnections and not self._cxLimit.canCreate()
+                and (self.PER_REQUEST_CONNECTS or not self._connectingClients))
 
     def _backingOff(self):
         """
@@ -456,6 +490,7 @@ class ConnectionPoolBase:
             while pending and self._roomToConnect():
                 d = pending.popleft()
                 self._rqPendingActive.value -= 1
+                self._pendingLimit.dec()
                 self._startConnect(d)
             return
         # one connect at a time serves every waiter it has room for; the next starts when it ends
@@ -469,6 +504,7 @@ class ConnectionPoolBase:
         client = self.clientClass(self)
         client.owner = owner
         self._connectingClients.append(client)
+        self._cxLimit.inc()
         self._cxTotal.value += 1
         self.host.stats.cx_total.value += 1
         try:
@@ -523,6 +559,7 @@ class ConnectionPoolBase:
 
     def _connectFailed(self, failure, client):
         self._connectDone(client)
+        self._cxLimit.dec()
         if client.cancelled:
             # the requester went away or the pool drained; its Deferred is already failed
             self._connectIfNeeded()
@@ -579,6 +616,7 @@ class ConnectionPoolBase:
             client.idleTimer = None
         self._rqActive.value -= client.active
         self._cxActive.value -= 1
+        self._cxLimit.dec()
         self._cxDestroy.value += 1
         self.clientClosed(client)
 

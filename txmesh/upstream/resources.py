@@ -69,6 +69,16 @@ class ClusterResources:
         self.requests = limit("rq", maxRequests)
         self.retries = limit("rq_retry", maxRetries)
 
+    @classmethod
+    def fromConfig(cls, config, scope=None):
+        """
+        The resources of a cluster whose ``circuit_breakers`` built ``config`` (a
+        txmesh.config.CircuitBreakersConfig), or Envoy's defaults when it is None.
+        """
+        if config is None:
+            return cls(scope=scope)
+        return cls(config.maxConnections, config.maxPendingRequests, config.maxRequests, config.maxRetries, scope)
+
     def describe(self):
         return {name: {"max": getattr(self, name).max, "count": getattr(self, name).count}
                 for name in ("connections", "pendingRequests", "requests", "retries")}

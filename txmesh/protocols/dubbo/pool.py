@@ -89,14 +89,15 @@ class MultiplexConnectionPool(ConnectionPoolBase):
         maxConcurrentStreams, heartbeatInterval (seconds; 0 = none).
     @param connect: ``connect(host) -> Deferred`` firing with a connected client protocol (IMultiplexClient).
     @param stats: the cluster's txmesh.stats.Scope.
+    @param resources: the cluster's ClusterResources (see ConnectionPoolBase).
     """
 
     log = Logger()
     clientClass = _DubboClient
     BACKOFF = (BACKOFF_BASE, BACKOFF_MAX)
 
-    def __init__(self, clock, host, clusterConfig, connect, stats):
-        ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats)
+    def __init__(self, clock, host, clusterConfig, connect, stats, resources=None):
+        ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats, resources)
         self.maxConnections = max(1, clusterConfig.connectionsPerHost or 1)
         self.maxConcurrentStreams = clusterConfig.maxConcurrentStreams or DEFAULT_MAX_CONCURRENT
         self.heartbeatInterval = clusterConfig.heartbeatInterval or 0

@@ -28,7 +28,9 @@ _CAUSE_CODES = {
     "upstream_reset_before_response": UNAVAILABLE,
     "upstream_pool_closed": UNAVAILABLE,
     "upstream_error": UNAVAILABLE,
-    "upstream_overflow": RESOURCE_EXHAUSTED,
+    "upstream_overflow": UNAVAILABLE,  # a circuit breaker (Envoy's UO 503 -> UNAVAILABLE): another host may serve
+    "circuit_open": UNAVAILABLE,
+    "local_rate_limited": RESOURCE_EXHAUSTED,
     "upstream_request_timeout": DEADLINE_EXCEEDED,
     "max_stream_duration_reached": DEADLINE_EXCEEDED,
     "stream_idle_timeout": DEADLINE_EXCEEDED,

@@ -58,14 +58,15 @@ class H2ConnectionPool(ConnectionPoolBase):
         never above the peer's limit), heartbeatInterval (the PING interval; 0: 30 s).
     @param connect: ``connect(host) -> Deferred`` firing with a connected H2ClientProtocol.
     @param stats: the cluster's Scope.
+    @param resources: the cluster's ClusterResources (see ConnectionPoolBase).
     """
 
     log = Logger()
     clientClass = _H2Client
     MORE_DEMAND = True  # GOAWAY replays wait too
 
-    def __init__(self, clock, host, clusterConfig, connect, stats):
-        ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats)
+    def __init__(self, clock, host, clusterConfig, connect, stats, resources=None):
+        ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats, resources)
         self.maxConnections = clusterConfig.maxConnections
         self.keepaliveInterval = clusterConfig.heartbeatInterval or KEEPALIVE_INTERVAL
         self.keepaliveTimeout = KEEPALIVE_TIMEOUT

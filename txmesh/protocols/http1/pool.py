@@ -26,12 +26,13 @@ class HTTP1ConnectionPool(ConnectionPoolBase):
     @param connect: ``connect(host) -> Deferred`` firing with a connected client protocol; the pool sets its
         ``onConnectionLost``, which the protocol calls (with itself) from ``connectionLost``.
     @param stats: the cluster's txmesh.stats.Scope.
+    @param resources: the cluster's ClusterResources (see ConnectionPoolBase).
     """
 
     PER_REQUEST_CONNECTS = True
 
-    def __init__(self, clock, host, clusterConfig, connect, stats):
-        ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats)
+    def __init__(self, clock, host, clusterConfig, connect, stats, resources=None):
+        ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats, resources)
         self.maxConnections = clusterConfig.maxConnections
         self.maxRequestsPerConnection = clusterConfig.maxRequestsPerConnection or 0
 
