@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
+from txmesh.upstream.health import ClusterHealthChecker
 from txmesh.upstream.host import Host, hostScope
 from txmesh.upstream.resources import ClusterResources
 
@@ -59,11 +60,13 @@ class Cluster:
     @param poolFactory: ``poolFactory(host) -> IConnectionPool``, called once per host on first use.
     @param random: a random.Random for the load balancers.
     @param stats: a txmesh.stats.Scope labelled cluster=name.
+    @param healthChecker: the cluster's txmesh.upstream.health.ClusterHealthChecker, or None: it follows the host
+        set (and marks new hosts pending their first check).
     """
 
     log = Logger()
 
-    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats):
+    def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, healthChecker=None):
         self.name = name
         self.config = clusterConfig
         self._lbFactory = lbFactory
@@ -78,6 +81,7 @@ class Cluster:
         self._pools = {}  # address -> pool
         self._draining = set()  # Deferreds of pools of removed hosts still closing
         self._lb = lbFactory.create((), random)
+        self.healthChecker = healthChecker
         self._setHosts(hosts)
 
     def makeHost(self, hostname, port, weight=1, priority=0, locality="", metadata=None):
@@ -120,6 +124,8 @@ class Cluster:
         removed = [a for a in self._byAddress if a not in byAddress]
         self.hosts = tuple(new)
         self._byAddress = byAddress
+        if self.healthChecker is not None:
+            self.healthChecker.setHosts(self.hosts)
         self._lb = self._lbFactory.create(self.hosts, self._random)
         self.stats.membership_total.value = len(self.hosts)
         self.stats.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
@@ -157,12 +163,16 @@ class Cluster:
     def describe(self):
         """A JSON-able dict for the admin API's /clusters."""
         self.stats.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
+        hosts = [h.describe() if hasattr(h, "describe") else _describeHost(h) for h in self.hosts]
+        if self.healthChecker is not None:
+            for h, d in zip(self.hosts, hosts):
+                d["healthCheck"] = self.healthChecker.describeHost(h)
         return {
             "name": self.name,
             "protocol": self.config.protocol,
             "lbPolicy": self.config.lbPolicy,
             "stats": self.stats.asDict(),
-            "hosts": [h.describe() if hasattr(h, "describe") else _describeHost(h) for h in self.hosts],
+            "hosts": hosts,
         }
 
 
@@ -181,7 +191,9 @@ class ClusterManager:
     @param stats: the txmesh.stats.StatsStore; each cluster gets a scope labelled cluster=name.
     @param random: a random.Random shared by the load balancers.
 
-    Each cluster's pools are made by its protocol's descriptor (``clusterConfig.descriptor.buildPool``).
+    Each cluster's pools are made by its protocol's descriptor (``clusterConfig.descriptor.buildPool``).  A cluster
+    with ``health_checks`` gets a ClusterHealthChecker on ``clock`` (then also an IReactorTCP: checks connect with
+    it), started by ``startHealthChecks``.
     """
 
     def __init__(self, clock, clusterConfigs, connectFactory, stats, random):
@@ -198,8 +210,11 @@ class ClusterManager:
             def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool):
                 return buildPool(clock, host, config, connect, scope)
 
+            healthChecker = None
+            if config.healthChecks:
+                healthChecker = ClusterHealthChecker(config.healthChecks[0], clock, random, scope)
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
-                                                  random, scope)
+                                                  random, scope, healthChecker)
 
     def get(self, name):
         """The Cluster called ``name``, or None."""
@@ -213,6 +228,18 @@ class ClusterManager:
 
     def __contains__(self, name):
         return name in self._clusters
+
+    def startHealthChecks(self):
+        """Start the active health checks of every cluster that has them (the service starts)."""
+        for c in self._clusters.values():
+            if c.healthChecker is not None:
+                c.healthChecker.start()
+
+    def stopHealthChecks(self):
+        """Stop every active health check, cancelling checks in flight (drain, shutdown)."""
+        for c in self._clusters.values():
+            if c.healthChecker is not None:
+                c.healthChecker.stop()
 
     def drain(self):
         """Drain every cluster's pools; fires when all upstream connections are closed."""
