@@ -146,6 +146,21 @@ class FilterConfigContext:
         return ConfigError(reason, path, self.filename, self.lineOf(path))
 
 
+def buildPluginConfig(factory, raw, context):
+    """
+    ``factory.buildConfig(raw, context)``, its errors placed at ``context``'s key path: a bare ConfigError("reason",
+    "sub.path") or a ValueError becomes ``context.error``.
+    """
+    try:
+        return factory.buildConfig(raw, context)
+    except ConfigError as e:
+        if e.filename is not None:
+            raise
+        raise context.error(e.reason, e.path) from e
+    except ValueError as e:
+        raise context.error(str(e)) from e
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """One listener.  ``protocol`` is the canonical name; ``descriptor`` the IProtocol that builds its factory."""
@@ -512,10 +527,7 @@ class HealthCheckConfigContext:
     clusterProtocol: str
     lineOf: object
 
-    def error(self, reason, subpath=""):
-        """A ConfigError for ``keyPath`` + ``subpath`` (e.g. "path"), with its line."""
-        path = joinPath(self.keyPath, subpath)
-        return ConfigError(reason, path, self.filename, self.lineOf(path))
+    error = FilterConfigContext.error  # ConfigError for keyPath + subpath, with its line
 
 
 def _buildHealthChecks(r, m, path, protocol):
@@ -551,15 +563,7 @@ def _buildHealthChecks(r, m, path, protocol):
 
     interval = positive("interval", 5.0)
     context = HealthCheckConfigContext(r.filename, hPath, m.get("name", ""), protocol, r.lineOf)
-    own = {k: v for k, v in h.items() if k in factory.keys}
-    try:
-        checkerConfig = factory.buildConfig(own, context)
-    except ConfigError as e:
-        if e.filename is not None:
-            raise
-        raise context.error(e.reason, e.path) from e
-    except ValueError as e:
-        raise context.error(str(e)) from e
+    checkerConfig = buildPluginConfig(factory, {k: v for k, v in h.items() if k in factory.keys}, context)
     return (HealthCheckConfig(
         type=kind, factory=factory, checkerConfig=checkerConfig, interval=interval,
         timeout=positive("timeout", 1.0),
@@ -735,12 +739,4 @@ class _FilterChainBuilder:
             raw = {}
         self.r.check(raw, configPath, dict)
         context = FilterConfigContext(self.r.filename, configPath, self.protocol, self.clusterNames, self.r.lineOf)
-        try:
-            return factory.buildConfig(raw, context)
-        except ConfigError as e:
-            if e.filename is not None:
-                raise
-            # A factory that raised a bare ConfigError("reason", "sub.path"): place it within this entry.
-            raise context.error(e.reason, e.path) from e
-        except ValueError as e:
-            raise context.error(str(e)) from e
+        return buildPluginConfig(factory, raw, context)

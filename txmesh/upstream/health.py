@@ -25,6 +25,7 @@ import ipaddress
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from txmesh.upstream.host import HealthFlag
@@ -123,6 +124,45 @@ def probeHost(reactor, host, protocol, exchange):
                                  protocol)
     connecting.addCallbacks(connected, connectFailed)
     return result
+
+
+class ProbeProtocol(Protocol):
+    """The base of a check's client protocol: ``finished`` fires once with the check's CheckResult."""
+
+    lostReason = "connection closed before the answer"
+
+    def __init__(self):
+        self.finished = defer.Deferred()
+
+    def connectionLost(self, reason):
+        self.finish(CheckResult(CheckOutcome.NETWORK, self.lostReason))
+
+    def finish(self, result):
+        if not self.finished.called:
+            self.finished.callback(result)
+
+
+class ProbeChecker:
+    """
+    The base of checkers that run one exchange per check on a connection of their own (tcp, grpc, dubbo):
+    subclasses say which protocol to connect (``makeProtocol``) and what to do once connected (``exchange``).
+    """
+
+    def __init__(self, config, host, reactor):
+        self.config = config
+        self.host = host
+        self.reactor = reactor
+
+    def check(self):
+        return probeHost(self.reactor, self.host, self.makeProtocol(), self.exchange)
+
+    def makeProtocol(self):
+        """A new client protocol for one check's connection."""
+        raise NotImplementedError()
+
+    def exchange(self, proto):
+        """``proto`` is connected: a Deferred[CheckResult] of the check (default: ``proto.finished``)."""
+        return proto.finished
 
 
 # (name, kind, help): the cluster's health-check series, Envoy's cluster.<name>.health_check.* names

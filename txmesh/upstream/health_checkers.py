@@ -8,8 +8,6 @@ their protocol packages (txmesh/protocols/h2/health.py, txmesh/protocols/dubbo/h
 import dataclasses
 
 import treq.client
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -18,11 +16,10 @@ from txmesh.interfaces import IHealthChecker, IHealthCheckerFactory
 from txmesh.upstream.health import (
     CONNECT_BACKSTOP,
     PASSED,
-    CheckOutcome,
-    CheckResult,
+    ProbeChecker,
+    ProbeProtocol,
     failed,
     networkFailure,
-    probeHost,
 )
 
 USER_AGENT = b"txmesh/HC"  # Envoy sends Envoy/HC
@@ -56,47 +53,37 @@ class TCPCheckConfig:
     expect: bytes = b""
 
 
-class _TCPProbe(Protocol):
+class _TCPProbe(ProbeProtocol):
     """Writes ``send`` on connect; passes once ``expect`` was read (at once when there is nothing to expect)."""
 
-    def __init__(self, config, finished):
+    lostReason = "connection closed before the expected bytes"
+
+    def __init__(self, config):
+        super().__init__()
         self.config = config
-        self.finished = finished
         self.received = b""
 
     def connectionMade(self):
         if self.config.send:
             self.transport.write(self.config.send)
         if not self.config.expect:
-            self._finish(PASSED)
+            self.finish(PASSED)
 
     def dataReceived(self, data):
         self.received += data
         expect = self.config.expect
         if expect in self.received:
-            self._finish(PASSED)
+            self.finish(PASSED)
         elif len(self.received) > max(4 * len(expect), 65536):
-            self._finish(failed("%d bytes received without the expected ones" % (len(self.received),)))
-
-    def connectionLost(self, reason):
-        self._finish(CheckResult(CheckOutcome.NETWORK, "connection closed before the expected bytes"))
-
-    def _finish(self, result):
-        if not self.finished.called:
-            self.finished.callback(result)
+            self.finish(failed("%d bytes received without the expected ones" % (len(self.received),)))
 
 
 @implementer(IHealthChecker)
-class TCPChecker:
+class TCPChecker(ProbeChecker):
     """Connects to the host (and exchanges the configured bytes) on a connection of its own."""
 
-    def __init__(self, config, host, reactor):
-        self.config = config
-        self.host = host
-        self.reactor = reactor
-
-    def check(self):
-        return probeHost(self.reactor, self.host, _TCPProbe(self.config, Deferred()), lambda proto: proto.finished)
+    def makeProtocol(self):
+        return _TCPProbe(self.config)
 
 
 @implementer(IHealthCheckerFactory)

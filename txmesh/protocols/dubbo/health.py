@@ -8,14 +8,12 @@ come back OK and not an exception.
 
 import dataclasses
 
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from txmesh.interfaces import IHealthChecker, IHealthCheckerFactory
 from txmesh.protocols.dubbo import codec as dc
 from txmesh.protocols.dubbo.hessian2 import Hessian2Writer
-from txmesh.upstream.health import PASSED, CheckOutcome, CheckResult, failed, probeHost
+from txmesh.upstream.health import PASSED, CheckOutcome, CheckResult, ProbeChecker, ProbeProtocol, failed
 
 DUBBO_VERSION = "2.0.2"
 _CHECK_ID = 1
@@ -65,14 +63,16 @@ def judgeResponse(config, frame):
     return PASSED
 
 
-class _DubboProbe(Protocol):
+class _DubboProbe(ProbeProtocol):
     """Sends the check's frame, answers the provider's heartbeats, fires ``finished`` at the response."""
 
+    lostReason = "connection closed before the response"
+
     def __init__(self, config, request):
+        super().__init__()
         self.config = config
         self.request = request
         self.decoder = dc.DubboDecoder()
-        self.finished = Deferred()
 
     def connectionMade(self):
         self.transport.write(self.request)
@@ -81,35 +81,26 @@ class _DubboProbe(Protocol):
         try:
             frames = self.decoder.feed(data)
         except dc.DubboCodecError as e:
-            self._finish(CheckResult(CheckOutcome.NETWORK, "bad dubbo framing: " + e.reason))
+            self.finish(CheckResult(CheckOutcome.NETWORK, "bad dubbo framing: " + e.reason))
             return
         for frame in frames:
             if frame.isRequest:
                 if frame.event and frame.twoWay:  # the provider's own heartbeat
                     self.transport.write(dc.encodeHeartbeatResponse(frame.requestId, frame.serializationId))
             elif frame.requestId == _CHECK_ID:
-                self._finish(judgeResponse(self.config, frame))
-
-    def connectionLost(self, reason):
-        self._finish(CheckResult(CheckOutcome.NETWORK, "connection closed before the response"))
-
-    def _finish(self, result):
-        if not self.finished.called:
-            self.finished.callback(result)
+                self.finish(judgeResponse(self.config, frame))
 
 
 @implementer(IHealthChecker)
-class DubboChecker:
+class DubboChecker(ProbeChecker):
     """A heartbeat or an invocation per check, on a Dubbo connection of its own."""
 
     def __init__(self, config, host, reactor):
-        self.config = config
-        self.host = host
-        self.reactor = reactor
+        super().__init__(config, host, reactor)
         self.request = encodeCheckRequest(config)
 
-    def check(self):
-        return probeHost(self.reactor, self.host, _DubboProbe(self.config, self.request), lambda p: p.finished)
+    def makeProtocol(self):
+        return _DubboProbe(self.config, self.request)
 
 
 @implementer(IHealthCheckerFactory)

@@ -17,7 +17,7 @@ from txmesh.interfaces import IHealthChecker, IHealthCheckerFactory, IUpstreamRe
 from txmesh.protocols.h2 import grpc
 from txmesh.protocols.h2.client import H2ClientProtocol
 from txmesh.stream import HeaderMap, RequestHead
-from txmesh.upstream.health import PASSED, CheckOutcome, CheckResult, failed, probeHost
+from txmesh.upstream.health import PASSED, CheckOutcome, CheckResult, ProbeChecker, failed
 
 CHECK_PATH = b"/grpc.health.v1.Health/Check"
 # HealthCheckResponse.ServingStatus
@@ -160,19 +160,17 @@ class GRPCCheckConfig:
 
 
 @implementer(IHealthChecker)
-class GRPCChecker:
+class GRPCChecker(ProbeChecker):
     """One Health/Check call per check, on an HTTP/2 connection of its own."""
 
     def __init__(self, config, host, reactor):
-        self.config = config
-        self.host = host
-        self.reactor = reactor
+        super().__init__(config, host, reactor)
         self.request = encodeCheckRequest(config.serviceName)
 
-    def check(self):
-        return probeHost(self.reactor, self.host, H2ClientProtocol(), self._exchange)
+    def makeProtocol(self):
+        return H2ClientProtocol()
 
-    def _exchange(self, proto):
+    def exchange(self, proto):
         done = Deferred()
         head = RequestHead(b"POST", CHECK_PATH, authority=self.config.authority.encode("ascii"),
                            headers=HeaderMap([(b"content-type", grpc.CONTENT_TYPE),
