@@ -346,3 +346,40 @@ def test_a_cluster_without_health_checks_has_no_checker_and_healthy_hosts():
     assert cluster.healthChecker is None
     assert cluster.chooseHost().healthy
     assert "healthCheck" not in cluster.describe()["hosts"][0]
+
+
+# -- the service starts and stops the checks ------------------------------------------------------------------------
+
+SERVICE_MESH = """
+drain_timeout: 1s
+admin: {address: "tcp:0"}
+listeners: [{name: web, address: "tcp:0", default_cluster: backend}]
+clusters:
+  - name: backend
+    endpoints: [{address: "10.0.0.1:80"}, {address: "10.0.0.2:80"}]
+    health_checks: [{type: tcp, interval: 5s}]
+"""
+
+
+def test_the_service_starts_checks_on_its_reactor_and_stops_them_on_shutdown():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txmesh.config import loads
+    from txmesh.service import MeshService
+
+    reactor = MemoryReactorClock()
+    svc = MeshService(loads(SERVICE_MESH), reactor, installSignal=lambda *a: None)
+    [cluster] = list(svc.clusters)
+    assert [h.healthy for h in cluster.hosts] == [False, False]  # pending their first check
+    reactor.advance(0)
+    assert reactor.tcpClients == []  # nothing before the service starts
+    svc.startService()
+    reactor.advance(0)
+    assert sorted((c[0], c[1]) for c in reactor.tcpClients) == [("10.0.0.1", 80), ("10.0.0.2", 80)]
+    connectors = list(reactor.connectors)
+    done = []
+    svc.stopService().addBoth(done.append)
+    reactor.advance(1)
+    assert done == [None]
+    assert all(c.stoppedConnecting for c in connectors)  # the checks in flight were cancelled
+    assert reactor.getDelayedCalls() == []
