@@ -299,3 +299,22 @@ def test_config_errors_name_the_line_and_key(checks, protocol, path, reason):
     assert e.value.path == "clusters[0]." + path
     assert reason in e.value.reason
     assert e.value.filename == "mesh.yaml" and e.value.line >= 7
+
+
+def test_the_schema_knows_health_checks():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    text = MESH % ("http1", """      - {type: http, path: /healthz, interval: 2s, timeout: 500ms, unhealthy_threshold: 3,
+         healthy_threshold: 1, expected_statuses: [{start: 200, end: 300}], request_headers: {x-a: b}}""")
+    validator.validate(yaml.safe_load(text))
+    load(text.split("health_checks:\n")[1])  # and the loader agrees
+    two = yaml.safe_load(MESH % ("http1", "      - {}\n      - {}"))
+    assert not validator.is_valid(two)
+    bad = yaml.safe_load(MESH % ("http1", "      - {healthy_threshold: 0}"))
+    assert not validator.is_valid(bad)

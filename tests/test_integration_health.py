@@ -283,6 +283,7 @@ def test_dubbo_heartbeat_and_invocation_checks_against_the_real_provider():
         # sofa-rpc-node has no EchoFilter: $echo is an unknown method there, and the check says so
         echo = last("echo")
         assert echo["result"] == "failed" and hostsOf(admin, "echo")[address]["healthy"] is False
+        assert echo["reason"].startswith("dubbo status 80: Can not find method")
         prov.stop()
         waitFor(lambda: not hostsOf(admin, "heartbeat")[address]["healthy"], what="the stopped provider to fail")
         assert last("heartbeat")["result"] == "refused"
