@@ -383,3 +383,12 @@ def test_the_service_starts_checks_on_its_reactor_and_stops_them_on_shutdown():
     assert done == [None]
     assert all(c.stoppedConnecting for c in connectors)  # the checks in flight were cancelled
     assert reactor.getDelayedCalls() == []
+
+
+def test_checks_stopped_then_started_again_go_on():
+    s = healthySession()
+    s.session.stop()
+    s.session.start()
+    s.clock.advance(0)
+    s.checker.answer(PASSED)
+    assert len(s.clock.getDelayedCalls()) == 1  # the next one is scheduled

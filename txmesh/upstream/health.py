@@ -220,6 +220,7 @@ class HealthCheckSession:
 
     def start(self):
         """Schedule the first check, after a random part of ``initial_jitter``."""
+        self._stopped = False
         initial = self.config.initialJitter
         self._schedule(self.random.uniform(0, initial) if initial else 0.0)
 
