@@ -118,6 +118,65 @@ def test_cancel_aborts_the_connect_or_the_connection():
     assert run2.reactor.connectors[-1].stoppedConnecting
 
 
+# -- http ---------------------------------------------------------------------------------------------------------
+
+
+def httpRun(raw):
+    checker, reactor = buildChecker(txmesh_health.http, raw)
+    results = []
+    d = checker.check()
+    d.addBoth(results.append)
+    reactor.advance(0)  # the Agent resolves (an IP literal) then connects
+    host, port, factory, _, _ = reactor.tcpClients[-1]
+    assert (host, port) == ("127.0.0.1", 8080)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return d, results, proto, transport
+
+
+def test_http_sends_envoys_request_and_passes_on_an_expected_status():
+    d, results, proto, transport = httpRun({"path": "/healthz?full=1", "method": "HEAD",
+                                            "request_headers": {"x-probe": "1"}})
+    head = transport.value().split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"HEAD /healthz?full=1 HTTP/1.1"
+    fields = {k.lower(): v for k, v in (line.split(b": ", 1) for line in head[1:])}
+    assert fields[b"host"] == b"backend"  # Envoy's default: the cluster's name
+    assert fields[b"user-agent"] == b"txmesh/HC" and fields[b"x-probe"] == b"1"
+    assert fields[b"connection"] == b"close"  # a connection of the check's own, never kept
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert results[0].passed
+
+
+@pytest.mark.parametrize("statuses, status, passed", [
+    (None, 204, False),  # Envoy's default: 200 only
+    (None, 200, True),
+    ([{"start": 200, "end": 300}], 204, True),
+    ([{"start": 200, "end": 300}], 300, False),  # end excluded
+    ([503], 503, True),
+])
+def test_http_expected_statuses(statuses, status, passed):
+    raw = {} if statuses is None else {"expected_statuses": statuses}
+    d, results, proto, transport = httpRun(raw)
+    proto.dataReceived(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % (status,))
+    [result] = results
+    assert result.passed is passed
+    if not passed:
+        assert (result.outcome, result.reason) == (CheckOutcome.FAILED, "status %d" % (status,))
+
+
+def test_http_connection_lost_before_the_response_is_a_network_failure():
+    d, results, proto, transport = httpRun({})
+    proto.connectionLost(Failure(ConnectionRefusedError()))
+    assert results[0].outcome is CheckOutcome.NETWORK
+
+
+def test_http_cancel_closes_the_connection():
+    d, results, proto, transport = httpRun({})
+    d.cancel()
+    assert transport.disconnecting or transport.disconnected
+
+
 # -- grpc ---------------------------------------------------------------------------------------------------------
 
 
