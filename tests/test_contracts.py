@@ -10,7 +10,7 @@ import random
 import pytest
 from twisted.plugin import getPlugins
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface.verify import verifyClass, verifyObject
 
 import txmesh.plugins
@@ -22,9 +22,12 @@ from txmesh.protocols.h2.client import H2ClientProtocol
 from txmesh.protocols.h2.downstream import H2DownstreamStream
 from txmesh.protocols.http1.codec import RequestDecoder, ResponseDecoder
 from txmesh.protocols.http1.server import HTTP1ServerProtocol
+from txmesh.config import loads
+from txmesh.stats import StatsStore
 from txmesh.stream import StreamInfo
 from txmesh.testing import InMemoryMesh
 from txmesh.upstream.lb import LoadBalancerOptions
+from txmesh.upstream.cluster import ClusterManager
 
 MESH = """
 listeners:
@@ -128,3 +131,18 @@ def test_an_active_stream_made_by_hand_provides_IStream():
     assert verifyObject(I.IStreamFactory, template)
     stream = ActiveStream(template, None, StreamInfo(0.0, "http/1.1", "l"))
     assert verifyObject(I.IStream, stream)
+
+
+def test_health_checker_plugins_and_the_checkers_a_config_builds():
+    factories = {p.name: p for p in getPlugins(I.IHealthCheckerFactory, txmesh.plugins)}
+    assert {"tcp", "http", "grpc", "dubbo"} <= set(factories)
+    text = "listeners: [{name: l, address: 'tcp:0', default_cluster: h}]\nclusters:\n" + "".join(
+        "  - {name: %s, protocol: %s, endpoints: [{address: '10.0.0.1:80'}], health_checks: [{type: %s}]}\n"
+        % (kind, protocol, kind) for kind, protocol in (("tcp", "http2"), ("http", "http1"), ("grpc", "grpc"),
+                                                        ("dubbo", "dubbo")))
+    config = loads(text.replace("default_cluster: h", "default_cluster: tcp"))
+    clusters = ClusterManager(MemoryReactorClock(), config.clusters, lambda c: None, StatsStore(), random.Random(1))
+    for cluster in clusters:
+        verifyObject(I.IHealthCheckerFactory, cluster.config.healthChecks[0].factory)
+        [session] = cluster.healthChecker.sessions.values()
+        verifyObject(I.IHealthChecker, session.checker)

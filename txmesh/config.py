@@ -18,7 +18,7 @@ from twisted.plugin import getPlugins
 import txmesh.plugins
 from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, parseYAML
 from txmesh.errors import ConfigError
-from txmesh.interfaces import IFilterFactory, ILoadBalancerFactory
+from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig
@@ -145,6 +145,21 @@ class FilterConfigContext:
         """A ConfigError for ``keyPath`` + ``subpath`` (e.g. "path" or "[0].name"), with its line."""
         path = joinPath(self.keyPath, subpath)
         return ConfigError(reason, path, self.filename, self.lineOf(path))
+
+
+def buildPluginConfig(factory, raw, context):
+    """
+    ``factory.buildConfig(raw, context)``, its errors placed at ``context``'s key path: a bare ConfigError("reason",
+    "sub.path") or a ValueError becomes ``context.error``.
+    """
+    try:
+        return factory.buildConfig(raw, context)
+    except ConfigError as e:
+        if e.filename is not None:
+            raise
+        raise context.error(e.reason, e.path) from e
+    except ValueError as e:
+        raise context.error(str(e)) from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,11 +554,90 @@ def _endpointMetadata(r, e, ePath):
     return tuple(sorted(out))
 
 
+# the health check a cluster gets when its ``health_checks`` entry names no ``type``
+DEFAULT_HEALTH_CHECK_TYPE = {"http1": "http", "http2": "tcp", "grpc": "grpc", "dubbo": "dubbo"}
+_HEALTH_CHECK_KEYS = ("type", "interval", "timeout", "interval_jitter", "interval_jitter_percent", "initial_jitter",
+                      "unhealthy_threshold", "healthy_threshold", "unhealthy_interval", "no_traffic_interval")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """
+    One cluster's active health check (``health_checks[0]``): the scheduler's keys, in seconds, and the checker's
+    own config built by its IHealthCheckerFactory (``factory``).  See docs/configuration.md.
+    """
+
+    type: str
+    factory: object = field(compare=False, repr=False)
+    checkerConfig: object = None
+    interval: float = 5.0
+    timeout: float = 1.0
+    intervalJitter: float = 0.0
+    intervalJitterPercent: int = 0
+    initialJitter: float = 0.0
+    unhealthyThreshold: int = 2
+    healthyThreshold: int = 2
+    unhealthyInterval: float = 5.0  # the loader defaults it to ``interval``
+    noTrafficInterval: float = 0.0  # 0: hosts without traffic are checked every ``interval`` too
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfigContext:
+    """What an IHealthCheckerFactory.buildConfig may know about where its keys sit, and how to report errors."""
+
+    filename: str
+    keyPath: str
+    clusterName: str
+    clusterProtocol: str
+    lineOf: object
+
+    error = FilterConfigContext.error  # ConfigError for keyPath + subpath, with its line
+
+
 def _buildHealthChecks(r, m, path, protocol):
-    """``health_checks`` (issue 11 part 1): not written yet."""
-    if m.get("health_checks") is not None:
-        raise r.error("health_checks is not supported yet", joinPath(path, "health_checks"))
-    return ()
+    """
+    ``health_checks``: a list of at most one entry (as Envoy, which refuses more), whose ``type`` names an
+    IHealthCheckerFactory plugin (default by the cluster's protocol, DEFAULT_HEALTH_CHECK_TYPE); the plugin builds
+    its own keys.
+    """
+    entries = r.list(m, path, "health_checks")
+    if not entries:
+        return ()
+    listPath = joinPath(path, "health_checks")
+    if len(entries) > 1:
+        raise r.error("one health check per cluster (as Envoy), got %d" % (len(entries),), listPath + "[1]")
+    hPath = listPath + "[0]"
+    h = r.check(entries[0], hPath, dict)
+    factories = _plugins(IHealthCheckerFactory)
+    kind = r.get(h, hPath, "type", str, DEFAULT_HEALTH_CHECK_TYPE.get(protocol, "tcp"))
+    factory = factories.get(kind)
+    if factory is None:
+        raise r.error("unknown health check type '%s' (known: %s)" % (kind, ", ".join(sorted(factories))),
+                      joinPath(hPath, "type"))
+    if factory.protocols is not None and protocol not in factory.protocols:
+        raise r.error("health check '%s' does not check %s clusters (only %s)" % (
+            kind, protocol, ", ".join(sorted(factory.protocols))), joinPath(hPath, "type"))
+    r.mapping(h, hPath, optional=_HEALTH_CHECK_KEYS + tuple(factory.keys))
+
+    def positive(key, default):
+        value = r.duration(h, hPath, key, default)
+        if value <= 0:
+            raise r.error("must be more than 0", joinPath(hPath, key))
+        return value
+
+    interval = positive("interval", 5.0)
+    context = HealthCheckConfigContext(r.filename, hPath, m.get("name", ""), protocol, r.lineOf)
+    checkerConfig = buildPluginConfig(factory, {k: v for k, v in h.items() if k in factory.keys}, context)
+    return (HealthCheckConfig(
+        type=kind, factory=factory, checkerConfig=checkerConfig, interval=interval,
+        timeout=positive("timeout", 1.0),
+        intervalJitter=r.duration(h, hPath, "interval_jitter", 0.0),
+        intervalJitterPercent=r.integer(h, hPath, "interval_jitter_percent", 0, 0, 100),
+        initialJitter=r.duration(h, hPath, "initial_jitter", 0.0),
+        unhealthyThreshold=r.integer(h, hPath, "unhealthy_threshold", 2, 1, 1000),
+        healthyThreshold=r.integer(h, hPath, "healthy_threshold", 2, 1, 1000),
+        unhealthyInterval=positive("unhealthy_interval", interval),
+        noTrafficInterval=r.duration(h, hPath, "no_traffic_interval", 0.0)),)
 
 
 _OUTLIER_PERCENTS = (
@@ -835,12 +929,4 @@ class _FilterChainBuilder:
             raw = {}
         self.r.check(raw, configPath, dict)
         context = FilterConfigContext(self.r.filename, configPath, self.protocol, self.clusterNames, self.r.lineOf)
-        try:
-            return factory.buildConfig(raw, context)
-        except ConfigError as e:
-            if e.filename is not None:
-                raise
-            # A factory that raised a bare ConfigError("reason", "sub.path"): place it within this entry.
-            raise context.error(e.reason, e.path) from e
-        except ValueError as e:
-            raise context.error(str(e)) from e
+        return buildPluginConfig(factory, raw, context)

@@ -823,6 +823,55 @@ class ICluster(Interface):
 
 # -- active health checks (part 1) --
 
+
+class IHealthChecker(Interface):
+    """
+    Checks one host, on connections of its own (never the data-path pool or its limits): made per host by an
+    L{IHealthCheckerFactory}; the cluster's health-check scheduler (txmesh.upstream.health) calls ``check`` every
+    interval and bounds it by the configured timeout.
+    """
+
+    def check():
+        """
+        Run one check now.
+
+        @return: a Deferred firing with a txmesh.upstream.health.CheckResult (PASSED, or FAILED: the host answered
+            wrongly; REFUSED: the connection was refused; NETWORK: any other connect or transport failure); it never
+            errbacks except with CancelledError after ``cancel()``.  Cancelling it (the scheduler's timeout) closes
+            the check's connection.
+        """
+
+
+class IHealthCheckerFactory(Interface):
+    """
+    A kind of active health check (``health_checks[].type`` in mesh.yaml), found as a Twisted plugin with
+    ``getPlugins(IHealthCheckerFactory, txmesh.plugins)``.  Like a filter factory it validates its own keys once, at
+    load, into an immutable config, then makes a cheap checker per host.
+    """
+
+    name = Attribute("The ``type`` in mesh.yaml: 'tcp', 'http', 'grpc', 'dubbo'.")
+    protocols = Attribute(
+        "A frozenset of the cluster protocols (canonical names) it can check, or None for any protocol.")
+    keys = Attribute("A tuple of the mesh.yaml keys of its own, beside the common ones (interval, timeout ...).")
+
+    def buildConfig(raw, context):
+        """
+        Validate the checker's own keys.
+
+        @param raw: a dict of the entry's keys that are among ``keys``.
+        @param context: a txmesh.config.HealthCheckConfigContext (file, key path, cluster name and protocol,
+            ``error(reason, subpath)``).
+        @return: an immutable config object for ``makeChecker``.
+        @raise txmesh.errors.ConfigError: made by ``context.error``.
+        """
+
+    def makeChecker(config, host, reactor):
+        """
+        An L{IHealthChecker} for one IHost.
+
+        @param reactor: an IReactorTCP and IReactorTime: the checker connects with it and bounds its connect by it.
+        """
+
 # -- outlier detection, priorities and panic (parts 2, 3) --
 
 

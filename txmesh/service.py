@@ -4,7 +4,6 @@ drain in-flight requests up to the drain timeout, then close the rest and the up
 SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
 """
 
-import ipaddress
 import random
 import signal
 
@@ -12,12 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    serverFromString,
-)
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from txmesh.admin import makeAdminSite
@@ -30,6 +24,7 @@ from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
+from txmesh.upstream.health import clientEndpoint
 
 
 class _QuietFactory(Factory):
@@ -47,16 +42,6 @@ class _QuietFactory(Factory):
         return p
 
 
-def _clientEndpoint(reactor, hostname, port, timeout):
-    try:
-        ip = ipaddress.ip_address(hostname)
-    except ValueError:
-        return HostnameEndpoint(reactor, hostname, port, timeout=timeout)
-    if ip.version == 4:
-        return TCP4ClientEndpoint(reactor, hostname, port, timeout=timeout)
-    return TCP6ClientEndpoint(reactor, hostname, port, timeout=timeout)
-
-
 def connectFactoryFor(reactor, writeScope=None):
     """
     ``connectFactory(clusterConfig) -> connect(host) -> Deferred[client protocol]`` for the cluster manager; the
@@ -68,7 +53,7 @@ def connectFactoryFor(reactor, writeScope=None):
         timeout = max(1, int(clusterConfig.connectTimeout + 0.999))
 
         def connect(host):
-            ep = _clientEndpoint(reactor, host.hostname, host.port, timeout)
+            ep = clientEndpoint(reactor, host.hostname, host.port, timeout)
             return ep.connect(_QuietFactory(descriptor, writeScope))
 
         return connect
@@ -163,6 +148,7 @@ class MeshService(MultiService):
             self.log.warn("cannot handle SIGUSR1 ({e}); reopen logs with POST /reopen_logs", e=e)
         MultiService.startService(self)
         self.overload.start()
+        self.clusters.startHealthChecks()
 
     def _restoreSignal(self, result=None):
         if self._signalInstalled:
@@ -184,6 +170,7 @@ class MeshService(MultiService):
     def _stop(self):
         self.draining = True
         self.overload.stop()
+        self.clusters.stopHealthChecks()
         if self._statm is not None:
             self._statm.close()
         for backoff in self.acceptBackoffs:

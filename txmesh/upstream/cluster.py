@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.interfaces import ICluster, IHost
+from txmesh.upstream.health import ClusterHealthChecker
 from txmesh.upstream.host import Host, hostScope
 from txmesh.upstream.lb import LBContext, LoadBalancerOptions
 from txmesh.upstream.outlier import OutlierDetector
@@ -122,12 +123,14 @@ class Cluster:
     @param clock: the IReactorTime of the balancers (slow start, latency estimates), or None.
     @param resources: the cluster's ClusterResources (circuit breakers) its pools share; default: built from
         ``clusterConfig.circuitBreakers``.
+    @param healthChecker: the cluster's txmesh.upstream.health.ClusterHealthChecker, or None: it follows the host
+        set (and marks new hosts pending their first check).
     """
 
     log = Logger()
 
     def __init__(self, name, clusterConfig, hosts, lbFactory, poolFactory, random, stats, outlierDetector=None,
-                 clock=None, resources=None):
+                 clock=None, resources=None, healthChecker=None):
         self.name = name
         self.config = clusterConfig
         self._lbFactory = lbFactory
@@ -155,6 +158,7 @@ class Cluster:
         self._started = False
         # one options object for every balancer of the cluster: state in it outlives host-set changes
         self._lbOptions = LoadBalancerOptions(clock, clusterConfig.lbConfig, stats)
+        self.healthChecker = healthChecker
         self._setHosts(hosts)
         self._started = True  # hosts added from now on ramp up (slow start)
 
@@ -213,6 +217,8 @@ class Cluster:
             byPriority.setdefault(host.priority, []).append(host)
         self._levels = tuple((p, tuple(byPriority[p]), self._makeBalancer(byPriority[p]))
                              for p in sorted(byPriority)) or ((0, (), self._makeBalancer(())),)
+        if self.healthChecker is not None:
+            self.healthChecker.setHosts(self.hosts)  # new hosts pending their first check (flags after levels)
         self.stats.membership_total.value = len(self.hosts)
         self._recomputeLoads()
         for address in removed:
@@ -297,6 +303,9 @@ class Cluster:
         if self.outlierDetector is not None:
             for h, d in zip(self.hosts, hosts):
                 d["outlier"] = self.outlierDetector.describeHost(h)
+        if self.healthChecker is not None:
+            for h, d in zip(self.hosts, hosts):
+                d["healthCheck"] = self.healthChecker.describeHost(h)
         return {
             "name": self.name,
             "protocol": self.config.protocol,
@@ -325,7 +334,9 @@ class ClusterManager:
     @param stats: the txmesh.stats.StatsStore; each cluster gets a scope labelled cluster=name.
     @param random: a random.Random shared by the load balancers.
 
-    Each cluster's pools are made by its protocol's descriptor (``clusterConfig.descriptor.buildPool``).
+    Each cluster's pools are made by its protocol's descriptor (``clusterConfig.descriptor.buildPool``).  A cluster
+    with ``health_checks`` gets a ClusterHealthChecker on ``clock`` (then also an IReactorTCP: checks connect with
+    it), started by ``startHealthChecks``.
     """
 
     def __init__(self, clock, clusterConfigs, connectFactory, stats, random):
@@ -345,12 +356,15 @@ class ClusterManager:
                             resources=resources):
                 return buildPool(clock, host, config, connect, scope, resources)
 
+            healthChecker = None
+            if config.healthChecks:
+                healthChecker = ClusterHealthChecker(config.healthChecks[0], clock, random, scope)
             detector = None
             if config.outlierDetection is not None:
                 detector = OutlierDetector(config.outlierDetection, clock, random, scope)
             self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
                                                   random, scope, outlierDetector=detector, clock=clock,
-                                                  resources=resources)
+                                                  resources=resources, healthChecker=healthChecker)
 
     def get(self, name):
         """The Cluster called ``name``, or None."""
@@ -364,6 +378,18 @@ class ClusterManager:
 
     def __contains__(self, name):
         return name in self._clusters
+
+    def startHealthChecks(self):
+        """Start the active health checks of every cluster that has them (the service starts)."""
+        for c in self._clusters.values():
+            if c.healthChecker is not None:
+                c.healthChecker.start()
+
+    def stopHealthChecks(self):
+        """Stop every active health check, cancelling checks in flight (drain, shutdown)."""
+        for c in self._clusters.values():
+            if c.healthChecker is not None:
+                c.healthChecker.stop()
 
     def drain(self):
         """Drain every cluster's pools; fires when all upstream connections are closed."""
