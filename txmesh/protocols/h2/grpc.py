@@ -29,6 +29,8 @@ _CAUSE_CODES = {
     "upstream_pool_closed": UNAVAILABLE,
     "upstream_error": UNAVAILABLE,
     "upstream_overflow": RESOURCE_EXHAUSTED,
+    "upstream_rq_overflow": UNAVAILABLE,
+    "upstream_per_try_timeout": DEADLINE_EXCEEDED,
     "upstream_request_timeout": DEADLINE_EXCEEDED,
     "max_stream_duration_reached": DEADLINE_EXCEEDED,
     "stream_idle_timeout": DEADLINE_EXCEEDED,
