@@ -21,6 +21,16 @@ target resource on this listener would allow it).
 The upstream request carries the time left when it is sent, less DEADLINE_MARGIN (``grpc-timeout``, the
 ``timeout`` attachment, or ``x-txmesh-expected-rq-timeout-ms``), so the next hop gives up first and the hop nearest
 the cause answers.
+
+Attempts (Envoy's split of Router::Filter and UpstreamRequest): each try upstream is an L{UpstreamRequest} holding
+its host, its pool connection (or the wait for one), its per-try timer and its outcome report to the host's
+monitor; it is the IUpstreamResponder the client protocol calls.  A route's ``retry_policy``
+(txmesh.upstream.retry) keeps the request's events for replay and, while nothing went downstream, drops a
+retriable answer or failure and starts another attempt after a back-off, on a host not tried yet; the stream's
+timer (route timeout, ``max_stream_duration``, the client's deadline, idleness) spans all attempts, and each
+attempt tells the next hop min(per-try timeout, time left).  Every attempt takes one of the cluster's
+``resources.requests`` (over the limit: 503 ``UO`` at once) and every retry one of its ``resources.retries``.
+Without a retry policy the only cost is the attempt object.
 """
 
 from twisted.logger import Logger
