@@ -380,7 +380,7 @@ class Router:
         """
         cluster = self.cluster
         requests = cluster.resources.requests
-        if not requests.canCreate():
+        if requests.count >= requests.max:  # canCreate(), inlined: once per attempt
             if isRetry:
                 cluster.resources.retries.dec()
             self._clusterStats.rq_overflow.value += 1
@@ -613,8 +613,12 @@ class Router:
     def onStreamComplete(self):
         # the response reached downstream; if the upstream side is still open (e.g. a local reply was sent
         # while the request was in flight), drop it
-        if not self._done or self._live():
+        if not self._done or self._retry is not None:
             self._abandonUpstream()
+            return
+        attempt = self.attempt
+        if attempt is not None and not attempt.state:
+            attempt.abandon()
 
 
 _LIVE, _COMPLETED, _ENDED = 0, 1, 2  # UpstreamRequest.state
