@@ -7,12 +7,19 @@ bounded by its clients' timeouts and waitFor.
 import concurrent.futures
 import http.client
 import json
+import os
+import shutil
+import socket
+import sys
+import threading
 
 import pytest
 
 from tests import support
 
-pytestmark = pytest.mark.skipif(not support.NGINX, reason="nginx not installed")
+pytestmark = pytest.mark.timeout(120)
+NODE = shutil.which("node")
+PEERS = os.path.join(support.ROOT, "tests", "dubbo_peers")
 
 CONFIG = """
 admin: {{address: "tcp:{admin}:interface=127.0.0.1"}}
@@ -57,6 +64,8 @@ clusters:
 
 @pytest.fixture(scope="module")
 def mesh():
+    if not support.NGINX:
+        pytest.skip("nginx not installed")
     procs = []
     try:
         up, echo, _ = support.startUpstream()
@@ -128,3 +137,157 @@ def test_a_budget_stops_a_retry_storm_when_every_host_fails(mesh):
     # without the budget every request would make num_retries + 1 = 4 attempts
     assert attempts < 4 * n * 0.75, attempts
     assert stat(mesh, "upstream_rq_retry_budget_exhausted", cluster="failing") > 0
+
+
+# -- gRPC: UNAVAILABLE from one grpcio server, retried on the other ---------------------------------------------------
+
+GRPC_CONFIG = """
+admin: {{address: "tcp:{admin}:interface=127.0.0.1"}}
+listeners:
+  - name: grpc_in
+    protocol: grpc
+    address: tcp:{listen}:interface=127.0.0.1
+    route_config:
+      virtual_hosts:
+        - name: svc
+          domains: ["*"]
+          routes:
+            - match: {{grpc: {{service: test.Echo}}}}
+              route:
+                cluster: echo
+                timeout: 10s
+                retry_policy: {{retry_on: unavailable, num_retries: 1}}
+clusters:
+  - name: echo
+    protocol: h2
+    lb_policy: round_robin
+    endpoints: [{{address: "127.0.0.1:{a}"}}, {{address: "127.0.0.1:{b}"}}]
+"""
+
+
+def test_grpc_unavailable_is_retried_on_the_other_server():
+    grpc = pytest.importorskip("grpc")
+    peer = os.path.join(support.ROOT, "tests", "grpc_peers", "echo_server.py")
+    procs = []
+    try:
+        ports = {}
+        for name in ("a", "b"):
+            ports[name] = support.freePort()
+            procs.append(support.Proc([sys.executable, peer, str(ports[name]), name]))
+            support.waitForPort(ports[name], proc=procs[-1].popen)
+        admin, listen = support.freePort(), support.freePort()
+        procs.append(support.startTxmesh(GRPC_CONFIG.format(admin=admin, listen=listen, **ports), admin))
+        support.waitForPort(listen, proc=procs[-1].popen)
+        with grpc.insecure_channel("127.0.0.1:%d" % (listen,)) as channel:
+            unary = channel.unary_unary("/test.Echo/Unary", request_serializer=None, response_deserializer=None)
+            answers = [unary(b"failon:a", timeout=5) for _ in range(10)]
+        assert answers == [b"b"] * 10
+        _, body = support.adminGet(admin, "/stats")
+        retries = sum(s["value"] for s in json.loads(body).get("upstream_rq_retry", []))
+        assert retries >= 3  # round robin sent about half the first attempts to a
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+# -- Dubbo: SERVICE_NOT_FOUND from one provider, retried on the real one -----------------------------------------------
+
+DUBBO_CONFIG = """
+admin: {{address: "tcp:{admin}:interface=127.0.0.1"}}
+listeners:
+  - name: dubbo_in
+    protocol: dubbo
+    address: tcp:{listen}:interface=127.0.0.1
+    route_config:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{dubbo: {{interface: "org.txmesh.peers.*"}}}}
+              route:
+                cluster: provider
+                retry_policy: {{retry_on: "service-not-found,connect-failure", num_retries: 1}}
+clusters:
+  - name: provider
+    protocol: dubbo
+    lb_policy: round_robin
+    endpoints: [{{address: "127.0.0.1:{provider}"}}, {{address: "127.0.0.1:{missing}"}}]
+"""
+
+
+class NotFoundProvider:
+    """A Dubbo provider that answers every two-way call SERVICE_NOT_FOUND (and counts them), in a thread."""
+
+    def __init__(self):
+        from txmesh.protocols.dubbo import codec as dc
+
+        self.dc = dc
+        self.calls = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(30)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        try:
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        except OSError:
+            return
+
+    def _serve(self, conn):
+        dc = self.dc
+        decoder = dc.DubboDecoder()
+        conn.settimeout(30)
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for frame in decoder.feed(data):
+                    if frame.isRequest and frame.twoWay:
+                        if frame.event:
+                            conn.sendall(dc.encodeResponse(frame.requestId, dc.OK, "", event=True))
+                        else:
+                            self.calls += 1
+                            conn.sendall(dc.encodeResponse(frame.requestId, dc.SERVICE_NOT_FOUND, "not here"))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.skipif(NODE is None or not os.path.isdir(os.path.join(PEERS, "node_modules", "sofa-rpc-node")),
+                    reason="node or the Dubbo peers are not installed")
+def test_dubbo_service_not_found_is_retried_on_another_provider():
+    from tests.test_integration_dubbo import Raw, request, startProvider
+    from txmesh.protocols.dubbo import codec as dc
+
+    missing = NotFoundProvider()
+    procs = []
+    try:
+        provider, providerPort = startProvider()
+        procs.append(provider)
+        admin, listen = support.freePort(), support.freePort()
+        procs.append(support.startTxmesh(DUBBO_CONFIG.format(admin=admin, listen=listen, provider=providerPort,
+                                                             missing=missing.port), admin))
+        support.waitForPort(listen, proc=procs[-1].popen)
+        raw = Raw(listen)
+        frames = []
+        for i in range(10):  # one at a time: concurrent retries past 3 would meet the max_retries breaker
+            raw.send(request(i + 1, "echo", "Ljava/lang/String;", ["call %d" % i]))
+            frames += raw.read(1, timeout=10)
+        raw.close()
+        assert sorted(f.requestId for f in frames) == list(range(1, 11))
+        assert [f.status for f in frames] == [dc.OK] * 10
+        assert missing.calls >= 3  # round robin sent about half the first attempts to it
+    finally:
+        missing.close()
+        for p in reversed(procs):
+            p.stop()

@@ -491,3 +491,45 @@ def test_retry_after_and_pushback_parsing():
     assert parseRetryAfter(b"soon", 0) is None
     assert parsePushback(b"250") == 0.25
     assert parsePushback(b"-5") == NO_RETRY and parsePushback(b"x") == NO_RETRY
+
+
+DUBBO_MESH = """
+listeners:
+- name: dubbo_in
+  protocol: dubbo
+  address: tcp:0
+  route_config:
+    virtual_hosts:
+    - name: all
+      domains: ["*"]
+      routes:
+      - match: {dubbo: {interface: "org.example.*"}}
+        route: {cluster: backend, retry_policy: {retry_on: "service-not-found,timeout", num_retries: 1}}
+clusters:
+- name: backend
+  protocol: dubbo
+  endpoints: [{address: "10.0.0.1:20880"}, {address: "10.0.0.2:20880"}]
+"""
+
+
+def dubboAnswer(handle, status, body=b"frame"):
+    """As the Dubbo client delivers an answer: complete, then the head, then the whole frame as data."""
+    handle.answered = True
+    r = handle.responder
+    r.upstreamComplete(True)
+    r.upstreamHeaders(ResponseHead(status), False)
+    r.upstreamData(body, True)
+
+
+@pytest.mark.parametrize("status,retried", [(60, True), (31, True), (80, False), (20, False)])
+def test_dubbo_statuses_by_name_and_the_dropped_answer_never_goes_down(status, retried):
+    h = Harness(DUBBO_MESH, protocol="dubbo")
+    stream, down = h.start(b"/org.example.Echo/echo", method=b"echo", protocol="dubbo",
+                           metadata={"interface": "org.example.Echo", "method": "echo"})
+    dubboAnswer(h.sent()[0], status, b"first")
+    backoffPassed(h)
+    assert len(h.sent()) == (2 if retried else 1)
+    if retried:
+        assert down.written == []  # neither the head nor the body of the dropped answer
+        dubboAnswer(h.sent()[1], 20, b"second")
+    assert [w for w in down.written if w[0] == "data"][0][1] == (b"second" if retried else b"first")

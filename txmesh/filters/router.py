@@ -435,6 +435,7 @@ class Router:
         retriable = state.grpcRetriable(status) if grpc else state.statusRetriable(status, dubbo)
         if retriable:
             if len(state.live) > (0 if attempt.state else 1):
+                attempt.held = DROPPED
                 attempt.abandon()  # a hedge may yet answer better
                 return True
             delay = None
@@ -443,6 +444,7 @@ class Router:
                 if value is not None:
                     delay = parsePushback(value) if grpc else parseRetryAfter(value, self._clock.seconds())
             if self._maybeRetry(attempt, delay):
+                attempt.held = DROPPED  # the rest of its answer (a completed one's body) is ignored
                 if not attempt.state:
                     attempt.abandon()
                 return True
@@ -622,6 +624,7 @@ class Router:
 
 
 _LIVE, _COMPLETED, _ENDED = 0, 1, 2  # UpstreamRequest.state
+DROPPED = object()  # UpstreamRequest.held of an attempt whose answer was dropped for a retry
 
 
 @implementer(IUpstreamResponder)
@@ -651,7 +654,7 @@ class UpstreamRequest:
         self.reported = False  # the outcome went to host.monitor (or waits for gRPC trailers: None)
         self.perTryTimer = None
         self.startedAt = None  # when the per-try timer started
-        self.held = None  # a gRPC response head kept back until its grpc-status says whether to retry
+        self.held = None  # a gRPC response head kept back until its grpc-status says whether to retry, or DROPPED
         host.activeRequests += 1
 
     def start(self, pending):
@@ -857,6 +860,8 @@ class UpstreamRequest:
         if router._idle:
             router._lastActive = router._clock.seconds()
         if self.held is not None:
+            if self.held is DROPPED:
+                return
             self._release()
         router.callbacks.encodeData(data, endStream)
 
@@ -867,6 +872,8 @@ class UpstreamRequest:
         if self.reported is None:
             self._reportGRPC(trailers)
         if self.held is not None:
+            if self.held is DROPPED:
+                return
             if router._retry is not None and router._retry.grpcRetriable(grpcStatus(trailers)):
                 held, self.held = self.held, None
                 if router._retryAnswer(self, grpcStatus(trailers), trailers, False, True):
