@@ -533,3 +533,47 @@ def test_dubbo_statuses_by_name_and_the_dropped_answer_never_goes_down(status, r
         assert down.written == []  # neither the head nor the body of the dropped answer
         dubboAnswer(h.sent()[1], 20, b"second")
     assert [w for w in down.written if w[0] == "data"][0][1] == (b"second" if retried else b"first")
+
+
+def test_the_hedge_that_answers_first_wins_and_the_slow_attempt_is_reset(h):
+    stream, down = h.start(b"/hedge")
+    first = h.sent()[0]
+    h.mesh.advance(1.0)
+    backoffPassed(h)
+    second = h.sent()[1]
+    answer(second, 200)
+    assert statuses(down) == [200] and "abandon" in first.calls
+    assert h.stat("upstream_rq_retry_success") == 1
+    assert all(host.activeRequests == 0 for host in h.cluster.hosts)
+
+
+def test_each_retry_tells_the_next_hop_the_callers_time_left(h):
+    stream, down = h.mesh.openStream()
+    for host in h.cluster.hosts:
+        handle = RecordingUpstreamStream()
+        h.cluster.poolFor(host).idle.append(handle)
+        h.all.append(handle)
+    request = RequestHead(b"POST", b"/pertry", b"app", HeaderMap(), protocol="grpc")
+    request.timeout = 1.5  # the caller's grpc-timeout
+    h.mark = _order[0]
+    stream.decodeHeaders(request, True)
+    assert h.sent()[0].calls[0][1].headers.get(b"grpc-timeout") == b"990m"  # min(per-try 1s, 1.5s) less 10ms
+    h.mesh.advance(1.0)  # per-try timeout: retried
+    backoffPassed(h)
+    told = int(h.sent()[1].calls[0][1].headers.get(b"grpc-timeout")[:-1])
+    assert 0 < told < 500  # what is left of the caller's 1.5s
+    h.mesh.advance(0.5)
+    assert statuses(down) == [504]  # the caller's deadline ends it, retries included
+
+
+def test_max_stream_duration_spans_the_retries():
+    h = Harness(MESH.replace("route: {cluster: backend, timeout: 10s, retry_policy: {retry_on: reset, per_try_timeout",
+                             "route: {cluster: backend, timeout: 10s, max_stream_duration: 1.5s, "
+                             "retry_policy: {retry_on: reset, per_try_timeout"))
+    stream, down = h.start(b"/pertry")
+    h.mesh.advance(1.0)
+    backoffPassed(h)
+    assert len(h.sent()) == 2
+    h.mesh.advance(0.5)
+    assert statuses(down) == [504]
+    assert down.lastResponse.headers.get(b"x-txmesh-error") == b"max_stream_duration_reached"
