@@ -405,7 +405,17 @@ class Router:
                     stampTimeout(request, left, True)
             if self._requestDone and self._perTry:
                 attempt.armPerTry(self._perTry)
-        attempt.start(pending)
+        # start it (inlined: once per request)
+        attempt.pending = pending
+        pool = attempt.pool
+        conn = pool.acquireIdle()
+        if conn is not None:
+            # the common case under load: a pooled keep-alive connection, no Deferred needed
+            attempt._connected(conn)
+            return
+        d = pool.acquire()
+        attempt.connecting = d
+        d.addCallbacks(attempt._connectedLater, attempt._connectFailed)
 
     def _live(self):
         """The attempts in flight."""
@@ -657,18 +667,6 @@ class UpstreamRequest:
         self.held = None  # a gRPC response head kept back until its grpc-status says whether to retry, or DROPPED
         host.activeRequests += 1
 
-    def start(self, pending):
-        self.pending = pending
-        pool = self.pool
-        conn = pool.acquireIdle()
-        if conn is not None:
-            # the common case under load: a pooled keep-alive connection, no Deferred needed
-            self._connected(conn)
-            return
-        d = pool.acquire()
-        self.connecting = d
-        d.addCallbacks(self._connectedLater, self._connectFailed)
-
     def tellBy(self, now):
         """The time (seconds) the next hop may take for this attempt: min(per-try timeout, the time left)."""
         router = self.router
@@ -774,10 +772,9 @@ class UpstreamRequest:
             timer.cancel()
         self.host.activeRequests -= 1
         router = self.router
-        resources = router.cluster.resources
-        resources.requests.dec()
         if self.isRetry:
-            resources.retries.dec()
+            router.cluster.resources.retries.dec()
+        router.cluster.resources.requests.dec()
         retry = router._retry
         if retry is not None and self in retry.live:
             retry.live.remove(self)
