@@ -577,3 +577,24 @@ def test_max_stream_duration_spans_the_retries():
     h.mesh.advance(0.5)
     assert statuses(down) == [504]
     assert down.lastResponse.headers.get(b"x-txmesh-error") == b"max_stream_duration_reached"
+
+
+def test_a_dubbo_retry_carries_the_time_left_in_its_timeout_attachment():
+    h = Harness(DUBBO_MESH, protocol="dubbo")
+    stream, down = h.mesh.openStream()
+    for host in h.cluster.hosts:
+        handle = RecordingUpstreamStream()
+        h.cluster.poolFor(host).idle.append(handle)
+        h.all.append(handle)
+    request = RequestHead(b"echo", b"/org.example.Echo/echo", b"org.example.Echo", HeaderMap([(b"timeout", b"3000")]),
+                          protocol="dubbo", metadata={"interface": "org.example.Echo", "method": "echo"})
+    request.timeout = 3.0  # the consumer's timeout attachment
+    h.mark = _order[0]
+    stream.decodeHeaders(request, True)
+    first = h.sent()[0]
+    assert first.calls[0][1].headers.get(b"timeout") == b"2990"
+    h.mesh.advance(0.5)
+    dubboAnswer(first, 60)
+    backoffPassed(h)
+    told = int(h.sent()[1].calls[0][1].headers.get(b"timeout"))
+    assert told == 2190  # 3s less the 0.5s before the answer and the 0.3s step the back-off ran in, less 10ms
