@@ -376,7 +376,7 @@ ERRORS = [
     ("vhost unknown key", edit(("          routes:\n", "          route:\n")),
      "mesh.yaml:12: listeners[0].route_config.virtual_hosts[0].route: unknown key 'route' (allowed: name, domains,"
      " routes, request_headers_to_add, request_headers_to_remove, response_headers_to_add,"
-     " response_headers_to_remove)"),
+     " response_headers_to_remove, retry_policy, include_request_attempt_count)"),
 ]
 
 

@@ -99,17 +99,13 @@ def test_doubles_provide_their_interfaces():
     assert verifyObject(IDownstreamStream, RecordingDownstream())
 
 
-def test_router_has_the_responder_and_watermark_methods(h):
-    stream, _ = h.start(idle=RecordingUpstreamStream())
+def test_each_attempt_is_the_responder_and_the_router_takes_the_watermarks(h):
+    handle = RecordingUpstreamStream()
+    stream, _ = h.start(idle=handle)
     router = stream.decoders[-1]
-    assert verifyObject(IUpstreamResponder, router, tentative=True)
-    assert verifyObject(IDownstreamWatermarkCallbacks, router, tentative=True)
-
-
-def test_router_declares_the_responder_and_watermark_interfaces(h):
-    stream, _ = h.start(idle=RecordingUpstreamStream())
-    router = stream.decoders[-1]
-    assert IUpstreamResponder.providedBy(router) and IDownstreamWatermarkCallbacks.providedBy(router)
+    assert verifyObject(IUpstreamResponder, handle.responder)  # the attempt (Envoy's UpstreamRequest)
+    assert handle.responder is not router
+    assert verifyObject(IDownstreamWatermarkCallbacks, router)
 
 
 # -- getting a connection ------------------------------------------------------------------------------------------

@@ -109,6 +109,16 @@ class UpstreamRemoteReset(UpstreamReset):
     flag = "UR"
 
 
+class UpstreamRefusedStream(UpstreamRemoteReset):
+    """The upstream refused the stream (HTTP/2 REFUSED_STREAM): it did no work on it, so a retry is safe."""
+
+
+class RequestsOverflow(Overflow):
+    """The cluster's ``max_requests`` circuit breaker is at its limit (Envoy answers 503 with flag UO)."""
+
+    cause = "upstream_rq_overflow"
+
+
 class BadUpstreamResponse(UpstreamError):
     """The upstream's response was malformed (bad framing); its connection is not reused."""
 
@@ -128,6 +138,12 @@ class UpstreamTimeout(UpstreamError):
     flag = "UT"
     status = 504
     cause = "upstream_request_timeout"
+
+
+class UpstreamPerTryTimeout(UpstreamTimeout):
+    """One attempt's ``per_try_timeout`` passed before its response head, and no retry followed."""
+
+    cause = "upstream_per_try_timeout"
 
 
 class MaxStreamDuration(UpstreamTimeout):

@@ -399,7 +399,8 @@ class ILoadBalancerFactory(Interface):
 
 class IUpstreamResponder(Interface):
     """
-    What an upstream client protocol calls as the response to one request arrives: the router implements it.
+    What an upstream client protocol calls as the response to one request arrives: the router's UpstreamRequest
+    (one per attempt) implements it.
 
     Order: ``upstreamHeaders`` once, then ``upstreamData`` any number of times, then optionally ``upstreamTrailers``;
     the last of these carries the end of the stream (``endStream`` true, or trailers).  **``upstreamComplete`` comes

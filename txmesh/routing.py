@@ -395,3 +395,49 @@ class RouteConfig:
             if route.match.matches(request, path):
                 return route
         return self.defaultRoute
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retries (issue 11 parts 5 and 10)
+# ---------------------------------------------------------------------------------------------------------------
+
+# retry_on names -> the grpc-status codes and Dubbo response statuses they retry
+GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
+DUBBO_RETRY_ON = {"timeout": (30, 31), "service-not-found": (60,), "server-error": (80,), "service-error": (70,),
+                  "threadpool-exhausted": (100,), "bad-response": (50,)}
+HTTP_RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx",
+                 "retriable-status-codes")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """
+    A route's (or its virtual host's) ``retry_policy``, validated (txmesh.routing_config).  The per-request
+    decisions are in txmesh.upstream.retry; what each field means is in docs/configuration.md.
+
+    ``onConnectFailure``/``onRefusedStream``/``onReset``: the failures before any answer that are retried;
+    ``on5xx``/``onGatewayError``: HTTP status classes; ``retriableStatusCodes``: HTTP statuses retried besides
+    (retriable-4xx adds 409); ``grpcCodes``/``dubboStatuses``: the answers retried by name.  ``budgetPercent``
+    None: no budget, the cluster's ``max_retries`` breaker alone bounds concurrent retries.
+    """
+
+    numRetries: int = 1
+    onConnectFailure: bool = False
+    onRefusedStream: bool = False
+    onReset: bool = False
+    on5xx: bool = False
+    onGatewayError: bool = False
+    retriableStatusCodes: frozenset = frozenset()
+    grpcCodes: frozenset = frozenset()
+    dubboStatuses: frozenset = frozenset()
+    perTryTimeout: float = 0.0
+    baseInterval: float = 0.025
+    maxInterval: float = 0.25
+    previousHosts: bool = True
+    hostSelectionAttempts: int = 1
+    retryNonIdempotent: bool = False
+    bufferLimit: int = 16384
+    budgetPercent: float | None = None
+    minRetryConcurrency: int = 3
+    hedgeOnPerTryTimeout: bool = False
+    includeAttemptCount: bool = False

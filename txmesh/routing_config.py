@@ -6,12 +6,13 @@ duration/error, raising ConfigErrors that name file, line and key path); the obj
 matching, are in txmesh.routing.
 """
 
+import dataclasses
 import re
 
 from txmesh.protocols.http1.wire import validAuthority
-from txmesh.routing import (ClusterAction, DirectResponseAction, DubboMatch, HashPolicy, HeaderMatcher,
-                            HeaderValueOption, RedirectAction, RegexRewrite, Route, RouteConfig, RouteMatch, VirtualHost,
-                            WeightedClusterAction, encodeHost)
+from txmesh.routing import (DUBBO_RETRY_ON, GRPC_RETRY_ON, HTTP_RETRY_ON, ClusterAction, DirectResponseAction,
+                            DubboMatch, HashPolicy, HeaderMatcher, HeaderValueOption, RedirectAction, RegexRewrite,
+                            RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedClusterAction, encodeHost)
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
@@ -43,7 +44,8 @@ def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None, defaultTim
     vhosts, names, owners = [], {}, {}
     for i, v in enumerate(r.list(raw, path, "virtual_hosts")):
         vPath = "%s.virtual_hosts[%d]" % (path, i)
-        r.mapping(v, vPath, required=("name", "domains"), optional=("routes",) + _HEADER_KEYS)
+        r.mapping(v, vPath, required=("name", "domains"),
+                  optional=("routes",) + _HEADER_KEYS + ("retry_policy", "include_request_attempt_count"))
         name = r.name(v, vPath)
         if name in names:
             raise r.error("duplicate virtual host name '%s' (also %s)" % (name, names[name]), _join(vPath, "name"))
@@ -51,6 +53,9 @@ def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None, defaultTim
         domains = _domains(r, v, vPath, name, owners)
         routes = tuple(_buildRoute(r, rt, "%s.routes[%d]" % (vPath, j), clusterNames, defaultTimeout)
                        for j, rt in enumerate(r.list(v, vPath, "routes")))
+        vhostRetry = _buildRetryPolicy(r, v, vPath, r.get(v, vPath, "include_request_attempt_count", bool, False))
+        if vhostRetry is not None:
+            _inheritRetryPolicy(routes, vhostRetry)
         vhost = VirtualHost(name, domains, routes, *_headerMutations(r, v, vPath))
         for route in routes:
             object.__setattr__(route, "virtualHost", vhost)
@@ -298,11 +303,107 @@ def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
     return WeightedClusterAction(tuple(clusters), **common)
 
 
-def _buildRetryPolicy(r, m, path):
-    """The route's ``retry_policy`` (issue 11 part 5): not written yet."""
-    if m.get("retry_policy") is not None:
-        raise r.error("retry_policy is not supported yet", _join(path, "retry_policy"))
-    return None
+_RETRY_KEYS = ("retry_on", "retriable_status_codes", "num_retries", "per_try_timeout", "retry_back_off",
+               "retry_host_predicate", "host_selection_retry_max_attempts", "retry_non_idempotent",
+               "per_request_buffer_limit", "retry_budget", "hedge_on_per_try_timeout",
+               "include_request_attempt_count")
+
+
+def _buildRetryPolicy(r, m, path, includeAttemptCount=False):
+    """
+    The ``retry_policy`` of a route (``m`` its ``route`` mapping) or a virtual host (issue 11 parts 5 and 10), or
+    None when it has none.  ``includeAttemptCount``: the virtual host's ``include_request_attempt_count``.
+    """
+    raw = m.get("retry_policy")
+    if raw is None:
+        return RetryPolicy(numRetries=0, includeAttemptCount=True) if includeAttemptCount else None
+    path = _join(path, "retry_policy")
+    r.mapping(raw, path, required=("retry_on",), optional=_RETRY_KEYS)
+    retryOn = raw["retry_on"]
+    onPath = _join(path, "retry_on")
+    if isinstance(retryOn, str):
+        names = [n.strip() for n in retryOn.split(",") if n.strip()]
+    else:
+        names = [r.check(n, "%s[%d]" % (onPath, i), str).strip() for i, n in enumerate(r.list(raw, path, "retry_on"))]
+    known = HTTP_RETRY_ON + tuple(GRPC_RETRY_ON) + tuple(DUBBO_RETRY_ON)
+    grpcCodes, dubboStatuses = set(), set()
+    for name in names:
+        if name not in known:
+            raise r.error("unknown retry_on condition '%s' (known: %s)" % (name, ", ".join(known)), onPath)
+        if name in GRPC_RETRY_ON:
+            grpcCodes.add(GRPC_RETRY_ON[name])
+        if name in DUBBO_RETRY_ON:
+            dubboStatuses.update(DUBBO_RETRY_ON[name])
+    if not names:
+        raise r.error("must name at least one condition", onPath)
+    codes = set()
+    for i, code in enumerate(r.list(raw, path, "retriable_status_codes")):
+        code = r.check(code, "%s.retriable_status_codes[%d]" % (path, i), int)
+        if not 100 <= code <= 599:
+            raise r.error("must be an HTTP status between 100 and 599, got %d" % (code,),
+                          "%s.retriable_status_codes[%d]" % (path, i))
+        codes.add(code)
+    if codes and "retriable-status-codes" not in names:
+        raise r.error("retriable_status_codes needs 'retriable-status-codes' in retry_on",
+                      _join(path, "retriable_status_codes"))
+    if "retriable-status-codes" in names and not codes:
+        raise r.error("'retriable-status-codes' needs retriable_status_codes", onPath)
+    if "retriable-4xx" in names:
+        codes.add(409)
+    backOff = r.mapping(raw.get("retry_back_off"), _join(path, "retry_back_off"),
+                        optional=("base_interval", "max_interval"))
+    bPath = _join(path, "retry_back_off")
+    base = r.duration(backOff, bPath, "base_interval", 0.025)
+    if base <= 0:
+        raise r.error("must be > 0", _join(bPath, "base_interval"))
+    maxInterval = r.duration(backOff, bPath, "max_interval", base * 10)
+    if maxInterval < base:
+        raise r.error("must be >= base_interval (%gs)" % (base,), _join(bPath, "max_interval"))
+    predicates = [r.check(p, "%s.retry_host_predicate[%d]" % (path, i), str)
+                  for i, p in enumerate(r.list(raw, path, "retry_host_predicate"))] \
+        if raw.get("retry_host_predicate") is not None else ["previous_hosts"]
+    for i, p in enumerate(predicates):
+        if p != "previous_hosts":
+            raise r.error("unknown retry host predicate '%s' (known: previous_hosts)" % (p,),
+                          "%s.retry_host_predicate[%d]" % (path, i))
+    budgetPercent, minConcurrency = None, 3
+    if raw.get("retry_budget") is not None:
+        budget = r.mapping(raw["retry_budget"], _join(path, "retry_budget"),
+                           optional=("budget_percent", "min_retry_concurrency"))
+        bPath = _join(path, "retry_budget")
+        budgetPercent = r.number(budget, bPath, "budget_percent", 20.0, 0.0, 100.0)
+        minConcurrency = r.integer(budget, bPath, "min_retry_concurrency", 3, 0)
+    return RetryPolicy(
+        numRetries=r.integer(raw, path, "num_retries", 1, 0, 100),
+        onConnectFailure="connect-failure" in names, onRefusedStream="refused-stream" in names,
+        onReset="reset" in names, on5xx="5xx" in names, onGatewayError="gateway-error" in names,
+        retriableStatusCodes=frozenset(codes), grpcCodes=frozenset(grpcCodes),
+        dubboStatuses=frozenset(dubboStatuses),
+        perTryTimeout=r.duration(raw, path, "per_try_timeout", 0.0),
+        baseInterval=base, maxInterval=maxInterval, previousHosts=bool(predicates),
+        hostSelectionAttempts=r.integer(raw, path, "host_selection_retry_max_attempts", 1, 1, 100),
+        retryNonIdempotent=r.get(raw, path, "retry_non_idempotent", bool, False),
+        bufferLimit=r.integer(raw, path, "per_request_buffer_limit", 16384, 0),
+        budgetPercent=budgetPercent, minRetryConcurrency=minConcurrency,
+        hedgeOnPerTryTimeout=r.get(raw, path, "hedge_on_per_try_timeout", bool, False),
+        includeAttemptCount=r.get(raw, path, "include_request_attempt_count", bool, includeAttemptCount))
+
+
+def _inheritRetryPolicy(routes, policy):
+    """
+    Routes that forward without a retry_policy of their own take their virtual host's (``policy``); the virtual
+    host's include_request_attempt_count applies to the routes' own policies too.
+    """
+    for route in routes:
+        action = route.action
+        if not isinstance(action, (ClusterAction, WeightedClusterAction)):
+            continue
+        own = action.retryPolicy
+        if own is None:
+            object.__setattr__(route, "action", dataclasses.replace(action, retryPolicy=policy))
+        elif policy.includeAttemptCount and not own.includeAttemptCount:
+            object.__setattr__(route, "action", dataclasses.replace(
+                action, retryPolicy=dataclasses.replace(own, includeAttemptCount=True)))
 
 
 # hash_policy kinds: (the key holding the kind's mapping, the name key inside it)

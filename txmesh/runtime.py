@@ -14,13 +14,34 @@ from txmesh.overload import Overload
 class RouterStats:
     """Per-cluster counters the router keeps (the pool keeps the connection ones)."""
 
-    __slots__ = ("rq_total", "rq_timeout", "rq_completed")
+    __slots__ = ("rq_total", "rq_timeout", "rq_completed", "rq_overflow", "retry", "retry_success",
+                 "retry_overflow", "retry_budget_exhausted", "retry_limit_exceeded", "per_try_timeout",
+                 "retry_backoff_exponential", "retry_backoff_ratelimited", "retry_abandoned")
 
     def __init__(self, stats, cluster):
         scope = stats.scope(cluster=cluster)
-        self.rq_total = scope.counter("cluster_upstream_rq", help="Requests routed to the cluster")
-        self.rq_timeout = scope.counter("cluster_upstream_rq_timeout", help="Requests that hit the route timeout")
-        self.rq_completed = scope.counter("cluster_upstream_rq_completed", help="Requests answered by the upstream")
+        c = scope.counter
+        self.rq_total = c("cluster_upstream_rq", help="Requests routed to the cluster")
+        self.rq_timeout = c("cluster_upstream_rq_timeout", help="Requests that hit the route timeout")
+        self.rq_completed = c("cluster_upstream_rq_completed", help="Requests answered by the upstream")
+        # retries and the request breaker (issue 11 parts 4, 5 and 10; Envoy's names)
+        self.rq_overflow = c("upstream_rq_pending_overflow",
+                             help="Requests failed at once by the pool's queue or the max_requests breaker.")
+        self.retry = c("upstream_rq_retry", help="Retries started (or scheduled).")
+        self.retry_success = c("upstream_rq_retry_success", help="Retried requests whose last answer was kept.")
+        self.retry_overflow = c("upstream_rq_retry_overflow",
+                                help="Retries not made: the retry budget or the max_retries breaker was full.")
+        self.retry_budget_exhausted = c("upstream_rq_retry_budget_exhausted",
+                                        help="Retries not made because of the retry budget.")
+        self.retry_limit_exceeded = c("upstream_rq_retry_limit_exceeded",
+                                      help="Retriable failures past num_retries.")
+        self.per_try_timeout = c("upstream_rq_per_try_timeout", help="Attempts that hit the per-try timeout.")
+        self.retry_backoff_exponential = c("upstream_rq_retry_backoff_exponential",
+                                           help="Retries delayed by the jittered exponential back-off.")
+        self.retry_backoff_ratelimited = c("upstream_rq_retry_backoff_ratelimited",
+                                           help="Retries delayed by Retry-After or grpc-retry-pushback-ms.")
+        self.retry_abandoned = c("retry_or_shadow_abandoned",
+                                 help="Requests whose body outgrew per_request_buffer_limit: no more retries.")
 
 
 class ReopenableFiles:

@@ -4,7 +4,8 @@ A grpcio test service with raw-bytes messages (no protoc step): ``test.Echo`` wi
 Run as ``python echo_server.py PORT [NAME]``; it prints ``ready`` once it listens.  SIGUSR1 stops it gracefully
 (``server.stop(grace)``: GOAWAY, calls in flight finish, then it exits).  Requests steer it:
   - Unary: ``whoami`` answers NAME; ``deadline`` answers the seconds left to the call; ``sleep:S`` sleeps S seconds; ``status:CODE:DETAILS`` aborts with that status (and a
-    grpc-status-details-bin trailer); ``die`` exits the process at once; anything else is echoed.  Metadata whose
+    grpc-status-details-bin trailer); ``die`` exits the process at once; ``failon:NAME`` aborts with UNAVAILABLE on the server of that NAME and
+    answers NAME elsewhere; anything else is echoed.  Metadata whose
     key starts with ``x-echo`` comes back as initial metadata and as trailing metadata (``-bin`` keys included).
   - ServerStream: ``N:SIZE`` answers N messages of SIZE bytes; ``N:SIZE:die`` exits after N messages;
     ``N:SIZE:slow`` waits 0.2 s before each message.
@@ -50,6 +51,10 @@ def unary(request, context):
         context.abort(grpc.StatusCode[code], details)
     if request == b"die":
         os._exit(1)
+    if request.startswith(b"failon:"):  # UNAVAILABLE on the server of that NAME, else its NAME
+        if request[7:] == NAME:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "unavailable here")
+        return NAME
     return request
 
 

@@ -21,6 +21,16 @@ target resource on this listener would allow it).
 The upstream request carries the time left when it is sent, less DEADLINE_MARGIN (``grpc-timeout``, the
 ``timeout`` attachment, or ``x-txmesh-expected-rq-timeout-ms``), so the next hop gives up first and the hop nearest
 the cause answers.
+
+Attempts (Envoy's split of Router::Filter and UpstreamRequest): each try upstream is an L{UpstreamRequest} holding
+its host, its pool connection (or the wait for one), its per-try timer and its outcome report to the host's
+monitor; it is the IUpstreamResponder the client protocol calls.  A route's ``retry_policy``
+(txmesh.upstream.retry) keeps the request's events for replay and, while nothing went downstream, drops a
+retriable answer or failure and starts another attempt after a back-off, on a host not tried yet; the stream's
+timer (route timeout, ``max_stream_duration``, the client's deadline, idleness) spans all attempts, and each
+attempt tells the next hop min(per-try timeout, time left).  Every attempt takes one of the cluster's
+``resources.requests`` (over the limit: 503 ``UO`` at once) and every retry one of its ``resources.retries``.
+Without a retry policy the only cost is the attempt object.
 """
 
 from twisted.logger import Logger
@@ -40,6 +50,8 @@ from txmesh.routing import DirectResponseAction, RedirectAction
 from txmesh.upstream.hashing import requestHash
 from txmesh.upstream.lb import LBContext
 from txmesh.upstream.outcome import classifyDubbo, classifyError, classifyGRPC, classifyHTTP, Outcome
+from txmesh.upstream.retry import (GRPC_PUSHBACK, RETRY_AFTER, backoff, budgetAllows, parsePushback,
+                                   parseRetryAfter, retryState)
 
 STOP = FilterStatus.STOP
 
@@ -52,6 +64,7 @@ _GRPC_TIMEOUT = b"grpc-timeout"
 _GRPC_STATUS = b"grpc-status"
 _CONTENT_TYPE = b"content-type"
 _DUBBO_TIMEOUT = b"timeout"
+ATTEMPT_COUNT = b"x-txmesh-attempt-count"  # Envoy's x-envoy-attempt-count, with include_request_attempt_count
 
 
 def parseExpectedTimeout(value):
@@ -112,17 +125,17 @@ def applyHeaderMutations(headers, toRemove, toAdd):
             headers.set(opt.name, opt.value)
 
 
-@implementer(IStreamDecoderFilter, IUpstreamResponder, IDownstreamWatermarkCallbacks)
+@implementer(IStreamDecoderFilter, IDownstreamWatermarkCallbacks)
 class Router:
-    """One per stream.  See the module docstring."""
+    """One per stream (Envoy's Router::Filter); each try upstream is an L{UpstreamRequest}.  See the module
+    docstring."""
 
     log = Logger()
 
-    __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "host", "pool", "connection",
-                 "_pending", "_connecting", "_timer", "_requestDone", "_done",
-                 "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused",
+    __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
+                 "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_sentAt", "_reported")
+                 "_perTry")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -130,18 +143,16 @@ class Router:
         self.route = None
         self.action = None
         self.cluster = None
-        self.host = None
-        self.pool = None
-        self.connection = None
-        self._pending = None
-        self._connecting = None
+        self.request = None
+        self.attempt = None  # the latest UpstreamRequest; once the response started, the one that answered
+        self._retry = None  # the RetryState while the request may still be retried (txmesh.upstream.retry)
+        self._attempts = 0  # attempts started
         self._timer = None
         self._requestDone = False
         self._done = False
         self._bodyLimit = 0
         self._bodySeen = 0
         self._clusterStats = None
-        self._upstreamPaused = False
         self._downstreamPaused = False
         # set by _startTimers: _clock; _deadlineKind (the UpstreamTimeout subclass the deadline ends with) with
         # _deadline; _lastActive (when something last moved) with _idle
@@ -149,8 +160,7 @@ class Router:
         self._routeTimeout = 0  # the route timeout, until the request ends and starts it
         self._idle = 0  # the listener's stream_idle_timeout
         self._sendBy = None  # the deadline told to the next hop, or None
-        self._sentAt = None  # when the request went to the upstream connection (for putResponseTime)
-        self._reported = False  # the attempt's outcome went to host.monitor (or waits for gRPC trailers: None)
+        self._perTry = 0.0  # the retry policy's per_try_timeout (0: none)
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -206,26 +216,25 @@ class Router:
             request.authority = action.hostRewrite
 
         policies = action.hashPolicies
-        host = cluster.chooseHost(LBContext(hashKey=requestHash(policies, request, info)) if policies else None)
+        hashKey = requestHash(policies, request, info) if policies else None
+        host = cluster.chooseHost(LBContext(hashKey=hashKey) if policies else None)
         if host is None:
             self._fail(errors.NoHealthyUpstream("no healthy host in cluster %r" % (clusterName,)))
             return STOP
-        self.host = host
         info.upstreamHost = host.address
-        host.activeRequests += 1
+        self.request = request
+        policy = action.retryPolicy
+        if policy is not None:
+            self._perTry = policy.perTryTimeout
+            state = retryState(policy, request)
+            if state is not None:
+                state.buffer.append((_HEADERS, request, endStream))
+                state.hashKey = hashKey
+                self._retry = state
 
         self._startTimers(cb, info.startTime, request, action, endStream)
         self._requestDone = endStream
-        self._pending = [(_HEADERS, request, endStream)]
-        self.pool = pool = cluster.poolFor(host)
-        conn = pool.acquireIdle()
-        if conn is not None:
-            # the common case under load: a pooled keep-alive connection, no Deferred needed
-            self._connected(conn)
-            return STOP
-        d = pool.acquire()
-        self._connecting = d
-        d.addCallbacks(self._connectedLater, self._connectFailed)
+        self._startAttempt(host, [(_HEADERS, request, endStream)], False)
         return STOP
 
     def _startTimers(self, cb, now, request, action, endStream):
@@ -274,6 +283,10 @@ class Router:
             self._timer = clock.callLater(deadline, self._timerFired)
         if left:
             self._sendBy = now + left
+        perTry = self._perTry
+        if perTry and (not left or perTry < left):
+            left = perTry  # each attempt tells the next hop at most its per-try timeout
+        if left:
             stampTimeout(request, left, hadExpected)
         elif hadExpected and not trusted:
             request.headers.remove(EXPECTED_TIMEOUT)  # never pass on an untrusted deadline
@@ -281,6 +294,9 @@ class Router:
     def _requestEnded(self):
         """The request ended: the route timeout starts (and the timer moves nearer if it must)."""
         self._requestDone = True
+        if self._perTry:
+            for attempt in self._live():
+                attempt.armPerTry(self._perTry)
         route = self._routeTimeout
         if route:
             self._routeTimeout = 0
@@ -318,15 +334,6 @@ class Router:
                 deadline = idleEnd
         self._timer = self._clock.callLater(deadline - now, self._timerFired)
 
-    def _connectedLater(self, conn):
-        """The pool gave a connection after a wait: the time the next hop is told shrinks by the wait."""
-        sendBy = self._sendBy
-        if sendBy is not None and not self._done and self._pending:
-            left = sendBy - self._clock.seconds()
-            if left > 0:
-                stampTimeout(self._pending[0][1], left, True)
-        self._connected(conn)
-
     def decodeData(self, data, endStream):
         if self._done:
             return STOP
@@ -340,34 +347,373 @@ class Router:
             self._lastActive = self._clock.seconds()
         if endStream:
             self._requestEnded()
-        conn = self.connection
-        if conn is None:
-            self._pending.append((_DATA, data, endStream))
+        state = self._retry
+        if state is None:
+            self.attempt.writeBody(data, endStream)
         else:
-            conn.writeBody(data, endStream)
+            self._buffer(state, (_DATA, data, endStream), len(data))
+            for attempt in state.live:
+                attempt.writeBody(data, endStream)
         return STOP
 
     def decodeTrailers(self, trailers):
         if self._done:
             return STOP
         self._requestEnded()
-        conn = self.connection
-        if conn is None:
-            self._pending.append((_TRAILERS, trailers, True))
+        state = self._retry
+        if state is None:
+            self.attempt.writeTrailers(trailers)
         else:
-            conn.writeTrailers(trailers)
+            self._buffer(state, (_TRAILERS, trailers, True), 0)
+            for attempt in state.live:
+                attempt.writeTrailers(trailers)
         return STOP
 
-    def _connected(self, conn):
-        self._connecting = None
+    def _buffer(self, state, event, size):
+        """Keep a request event for replay; past per_request_buffer_limit the request is no longer retried."""
+        if state.buffer is not None and not state.buffered(event, size):
+            self._clusterStats.retry_abandoned.value += 1
+            if state.timer is not None:  # a retry waits in its back-off: it can no longer replay the request
+                self._fail(errors.UpstreamReset("retry abandoned: the request outgrew per_request_buffer_limit"))
+
+    # -- attempts ----------------------------------------------------------------------------------------------
+
+    def _startAttempt(self, host, pending, isRetry):
+        """
+        Send the request (``pending``: its events so far) to ``host`` as a new attempt, if the cluster's
+        ``max_requests`` breaker allows (else the stream fails at once with 503 UO).
+        """
+        cluster = self.cluster
+        requests = cluster.resources.requests
+        if requests.count >= requests.max:  # canCreate(), inlined: once per attempt
+            if isRetry:
+                cluster.resources.retries.dec()
+            self._clusterStats.rq_overflow.value += 1
+            self._fail(errors.RequestsOverflow("max_requests reached on cluster %r" % (cluster.config.name,)))
+            return
+        requests.inc()
+        self._attempts = n = self._attempts + 1
+        attempt = UpstreamRequest(self, host, cluster.poolFor(host), n, isRetry)
+        self.attempt = attempt
+        state = self._retry
+        if state is not None:
+            state.live.append(attempt)
+            state.attempted.append(host)
+        policy = self.action.retryPolicy
+        if policy is not None:
+            request = self.request
+            if policy.includeAttemptCount:
+                request.headers.set(ATTEMPT_COUNT, b"%d" % (n,))
+            if n > 1:
+                left = attempt.tellBy(self._clock.seconds()) if (self._sendBy or self._perTry) else None
+                if left is not None and left > 0:
+                    stampTimeout(request, left, True)
+            if self._requestDone and self._perTry:
+                attempt.armPerTry(self._perTry)
+        # start it (inlined: once per request)
+        attempt.pending = pending
+        pool = attempt.pool
+        conn = pool.acquireIdle()
+        if conn is not None:
+            # the common case under load: a pooled keep-alive connection, no Deferred needed
+            attempt._connected(conn)
+            return
+        d = pool.acquire()
+        attempt.connecting = d
+        d.addCallbacks(attempt._connectedLater, attempt._connectFailed)
+
+    def _live(self):
+        """The attempts in flight."""
+        state = self._retry
+        if state is not None:
+            return list(state.live)
+        attempt = self.attempt
+        return [attempt] if attempt is not None and not attempt.state else []
+
+    def _attemptFailed(self, attempt, exc):
+        """``attempt`` failed before its answer was kept: retry if the policy says so, else fail the stream."""
+        state = self._retry
+        if state is not None:
+            if state.live:
+                return  # another attempt (a hedge) is still in flight and may yet answer
+            if state.errorRetriable(exc) and self._maybeRetry(attempt):
+                return
+        self._fail(exc)
+
+    def _retryAnswer(self, attempt, status, fields, dubbo, grpc):
+        """
+        ``attempt`` answered with ``status`` (HTTP or Dubbo; with ``grpc``, a grpc-status code): True if it is
+        dropped for a retry (or for a hedge still in flight), False if the answer is kept (and the request
+        committed to ``attempt``).
+        """
+        state = self._retry
+        retriable = state.grpcRetriable(status) if grpc else state.statusRetriable(status, dubbo)
+        if retriable:
+            if len(state.live) > (0 if attempt.state else 1):
+                attempt.held = DROPPED
+                attempt.abandon()  # a hedge may yet answer better
+                return True
+            delay = None
+            if fields is not None:
+                value = fields.get(GRPC_PUSHBACK) if grpc else fields.get(RETRY_AFTER)
+                if value is not None:
+                    delay = parsePushback(value) if grpc else parseRetryAfter(value, self._clock.seconds())
+            if self._maybeRetry(attempt, delay):
+                attempt.held = DROPPED  # the rest of its answer (a completed one's body) is ignored
+                if not attempt.state:
+                    attempt.abandon()
+                return True
+        self._commit(attempt, retriable)
+        return False
+
+    def _maybeRetry(self, attempt, delay=None):
+        """
+        Schedule a retry after ``attempt`` failed or answered retriably, if the policy's limits allow (``delay``:
+        what Retry-After or a pushback asked for, NO_RETRY, or None for the back-off).  True if scheduled.
+        """
+        state = self._retry
+        if state.buffer is None or state.timer is not None:
+            return False
+        policy = state.policy
+        stats = self._clusterStats
+        if state.retries >= policy.numRetries:
+            stats.retry_limit_exceeded.value += 1
+            return False
+        if delay is not None and delay < 0:
+            return False  # a pushback that forbids retrying
+        resources = self.cluster.resources
+        if not budgetAllows(policy, resources):
+            stats.retry_overflow.value += 1
+            if policy.budgetPercent is not None:
+                stats.retry_budget_exhausted.value += 1
+            return False
+        if delay is None:
+            delay = backoff(policy, state.retries + 1, self.runtime.random)
+            ratelimited = False
+        else:
+            ratelimited = True
+        deadline = self._deadline
+        if deadline is not None and self._clock.seconds() + delay >= deadline:
+            return False  # the retry could not start before the stream's deadline
+        if ratelimited:
+            stats.retry_backoff_ratelimited.value += 1
+        else:
+            stats.retry_backoff_exponential.value += 1
+        state.retries += 1
+        state.held += 1
+        resources.retries.inc()
+        stats.retry.value += 1
+        state.timer = self._clock.callLater(delay, self._retryNow)
+        return True
+
+    def _retryNow(self):
+        """The back-off ended: start the retry on a host not tried yet where one is healthy."""
+        state = self._retry
+        state.timer = None
+        state.held -= 1
+        cluster = self.cluster
+        context = state.context()
+        host = cluster.chooseHost(context)
+        tries = state.policy.hostSelectionAttempts
+        while tries > 1 and host is not None and context is not None and host in context.attempted:
+            host = cluster.chooseHost(context)
+            tries -= 1
+        if host is None:
+            cluster.resources.retries.dec()
+            self._fail(errors.NoHealthyUpstream("no healthy host in cluster %r" % (cluster.config.name,)))
+            return
+        self.callbacks.streamInfo.upstreamHost = host.address
+        self._startAttempt(host, list(state.buffer), True)
+
+    def _perTryTimedOut(self, attempt):
+        """``attempt`` had no answer within the per-try timeout: hedge, retry or fail (504 UT)."""
+        self._clusterStats.per_try_timeout.value += 1
+        exc = errors.UpstreamPerTryTimeout("upstream per-try timeout")
+        attempt.reportError(exc)
+        state = self._retry
+        if state is not None and state.policy.hedgeOnPerTryTimeout:
+            if state.errorRetriable(exc):
+                self._maybeRetry(attempt)  # the first attempt goes on; the first good answer wins
+            return
+        attempt.abandon()
+        self._attemptFailed(attempt, exc)
+
+    def _commit(self, attempt, retriable=False):
+        """The request stays with ``attempt``'s answer: other attempts are cancelled, no more retries."""
+        state = self._retry
+        self._retry = None
+        self.attempt = attempt
+        self._releaseRetries(state)
+        for other in state.live:
+            if other is not attempt:
+                other.abandon()
+        if attempt.number > 1 and not retriable:
+            self._clusterStats.retry_success.value += 1
+        if attempt.state == _COMPLETED:
+            self._finishUpstream()
+            self._clusterStats.rq_completed.value += 1
+
+    def _releaseRetries(self, state):
+        """No more retries for this request: a pending back-off is cancelled and its breaker count given back."""
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        if state.held:
+            retries = self.cluster.resources.retries
+            for _ in range(state.held):
+                retries.dec()
+            state.held = 0
+
+    def _forwardHeaders(self, response, endStream):
+        """The kept answer's head goes downstream."""
+        route = self.route
+        vhost = route.virtualHost
+        headers = response.headers
+        applyHeaderMutations(headers, route.responseHeadersToRemove, route.responseHeadersToAdd)
+        applyHeaderMutations(headers, vhost.responseHeadersToRemove, vhost.responseHeadersToAdd)
+        self.callbacks.encodeHeaders(response, endStream)
+
+    # -- downstream watermarks -----------------------------------------------------------------------------------
+
+    def onAboveWriteBufferHighWatermark(self):
+        self._downstreamPaused = True
+        for attempt in self._live():
+            if attempt.connection is not None:
+                attempt.connection.pauseReading()
+
+    def onBelowWriteBufferLowWatermark(self):
+        self._downstreamPaused = False
+        for attempt in self._live():
+            if attempt.connection is not None:
+                attempt.connection.resumeReading()
+
+    # -- ends --------------------------------------------------------------------------------------------------
+
+    def _timedOut(self, exc):
+        """A time bound passed (``exc``: an L{errors.UpstreamTimeout}): give up on the upstream and reply."""
+        if self._clusterStats is not None:
+            self._clusterStats.rq_timeout.value += 1
+        for attempt in self._live():
+            attempt.reportError(exc)
+        self._fail(exc)
+
+    def _fail(self, exc):
+        """Turn a typed upstream error into a local reply (or a reset, once the response has started)."""
+        cb = self.callbacks
+        self._abandonUpstream()
+        cb.sendLocalReply(exc.status, exc.cause.encode("ascii") + b"\n", (), exc.cause, exc.flag)
+
+    def _abandonUpstream(self):
+        """Give up on the upstream exchange (timeout, downstream gone): attempts in flight are abandoned."""
+        live = self._live()
+        self._finishUpstream()
+        for attempt in live:
+            attempt.abandon()
+
+    def _finishUpstream(self):
         if self._done:
-            # the stream ended while we waited; hand the connection back untouched
+            return
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        state = self._retry
+        if state is not None:
+            self._retry = None
+            self._releaseRetries(state)
+            for attempt in state.live:
+                attempt.abandon()
+
+    def onStreamReset(self, reason):
+        self._abandonUpstream()
+
+    def onStreamComplete(self):
+        # the response reached downstream; if the upstream side is still open (e.g. a local reply was sent
+        # while the request was in flight), drop it
+        if not self._done or self._retry is not None:
+            self._abandonUpstream()
+            return
+        attempt = self.attempt
+        if attempt is not None and not attempt.state:
+            attempt.abandon()
+
+
+_LIVE, _COMPLETED, _ENDED = 0, 1, 2  # UpstreamRequest.state
+DROPPED = object()  # UpstreamRequest.held of an attempt whose answer was dropped for a retry
+
+
+@implementer(IUpstreamResponder)
+class UpstreamRequest:
+    """
+    One attempt of a request on one host (Envoy's UpstreamRequest): the pool's connection or the wait for it, the
+    per-try timer, the attempt's outcome for the host's monitor (outlier detection, latency-aware balancing),
+    and the responder the upstream client protocol calls.  Its router decides what the answer is worth.
+    """
+
+    log = Logger()
+
+    __slots__ = ("router", "host", "pool", "number", "isRetry", "connection", "connecting", "pending", "state",
+                 "sentAt", "reported", "perTryTimer", "startedAt", "held")
+
+    def __init__(self, router, host, pool, number, isRetry):
+        self.router = router
+        self.host = host
+        self.pool = pool
+        self.number = number  # 1 for the first attempt
+        self.isRetry = isRetry  # holds one of the cluster's resources.retries
+        self.connection = None
+        self.connecting = None
+        self.pending = None  # request events waiting for the connection
+        self.state = _LIVE
+        self.sentAt = None  # when the request went to the upstream connection (for putResponseTime)
+        self.reported = False  # the outcome went to host.monitor (or waits for gRPC trailers: None)
+        self.perTryTimer = None
+        self.startedAt = None  # when the per-try timer started
+        self.held = None  # a gRPC response head kept back until its grpc-status says whether to retry, or DROPPED
+        host.activeRequests += 1
+
+    def tellBy(self, now):
+        """The time (seconds) the next hop may take for this attempt: min(per-try timeout, the time left)."""
+        router = self.router
+        sendBy = router._sendBy
+        perTry = router._perTry
+        if perTry:
+            end = (self.startedAt if self.startedAt is not None else now) + perTry
+            if sendBy is None or end < sendBy:
+                sendBy = end
+        return None if sendBy is None else sendBy - now
+
+    def armPerTry(self, perTry):
+        if self.perTryTimer is None and not self.state and self.reported is False:
+            clock = self.router._clock
+            self.startedAt = clock.seconds()
+            self.perTryTimer = clock.callLater(perTry, self._perTryFired)
+
+    def _perTryFired(self):
+        self.perTryTimer = None
+        if not self.state and not self.router._done:
+            self.router._perTryTimedOut(self)
+
+    def _connectedLater(self, conn):
+        """The pool gave a connection after a wait: the time the next hop is told shrinks by the wait."""
+        router = self.router
+        if not self.state and self.pending and (router._sendBy is not None or router._perTry):
+            left = self.tellBy(router._clock.seconds())
+            if left is not None and left > 0:
+                stampTimeout(self.pending[0][1], left, True)
+        self._connected(conn)
+
+    def _connected(self, conn):
+        self.connecting = None
+        if self.state:
+            # the attempt ended while we waited; hand the connection back untouched
             self.pool.release(conn)
             return
         self.connection = conn
-        self._sentAt = self._clock.seconds()
-        pending = self._pending
-        self._pending = None
+        router = self.router
+        self.sentAt = router._clock.seconds()
+        pending = self.pending
+        self.pending = None
         for kind, payload, endStream in pending:
             if kind == _HEADERS:
                 conn.sendRequest(payload, endStream, self)
@@ -375,43 +721,90 @@ class Router:
                 conn.writeBody(payload, endStream)
             else:
                 conn.writeTrailers(payload)
-            if self._done:
+            if self.state:
                 return
-        if self._downstreamPaused:
+        if router._downstreamPaused:
             conn.pauseReading()
 
     def _connectFailed(self, failure):
-        self._connecting = None
-        if self._done:
+        self.connecting = None
+        if self.state:
             return None
         exc = failure.value
         if not isinstance(exc, errors.UpstreamError):
             self.log.failure("unexpected connection failure", failure)
             exc = errors.ConnectFailure(str(exc))
-        self._reportError(exc)
-        self._fail(exc)
+        self._end(_ENDED)
+        self.reportError(exc)
+        self.router._attemptFailed(self, exc)
         return None
+
+    def writeBody(self, data, endStream):
+        conn = self.connection
+        if conn is not None:
+            conn.writeBody(data, endStream)
+        elif not self.state:
+            self.pending.append((_DATA, data, endStream))
+
+    def writeTrailers(self, trailers):
+        conn = self.connection
+        if conn is not None:
+            conn.writeTrailers(trailers)
+        elif not self.state:
+            self.pending.append((_TRAILERS, trailers, True))
+
+    def abandon(self):
+        """The router gives this attempt up (timeout, a retry or hedge won, downstream gone)."""
+        if not self._end(_ENDED):
+            return
+        if self.connecting is not None:
+            d, self.connecting = self.connecting, None
+            d.cancel()
+        conn = self.connection
+        self.connection = None
+        if conn is not None:
+            conn.abandon()
+            self.pool.discard(conn)
+
+    def _end(self, state):
+        """The attempt ends (once): its host, breaker and retry counts are given back.  False if it had."""
+        if self.state:
+            return False
+        self.state = state
+        timer = self.perTryTimer
+        if timer is not None:
+            self.perTryTimer = None
+            timer.cancel()
+        self.host.activeRequests -= 1
+        router = self.router
+        if self.isRetry:
+            router.cluster.resources.retries.dec()
+        router.cluster.resources.requests.dec()
+        retry = router._retry
+        if retry is not None and self in retry.live:
+            retry.live.remove(self)
+        return True
 
     # -- what the attempt came to, for the host's monitor (outlier detection, latency-aware balancing) ---------
 
     def _report(self, outcome):
-        if not self._reported:
-            self._reported = True
+        if not self.reported:
+            self.reported = True
             self.host.monitor.putResult(outcome)
 
-    def _reportError(self, exc):
-        if self.host is not None and not self._reported:
+    def reportError(self, exc):
+        if not self.reported:
             outcome = classifyError(exc)
             if outcome is not None:
                 self._report(outcome)
 
-    def _reportResponse(self, response, endStream):
+    def _reportResponse(self, response, endStream, dubbo):
         """Classify the response head by the cluster's protocol (gRPC waits for its grpc-status)."""
         monitor = self.host.monitor
-        if self._sentAt is not None:
-            monitor.putResponseTime(self._clock.seconds() - self._sentAt)
+        if self.sentAt is not None:
+            monitor.putResponseTime(self.router._clock.seconds() - self.sentAt)
         status = response.status
-        if self.cluster.config.protocol == "dubbo":
+        if dubbo:
             self._report(classifyDubbo(status))
             return
         if status == 200:
@@ -420,53 +813,92 @@ class Router:
                 if endStream:  # trailers-only
                     self._reportGRPC(response.headers)
                 else:
-                    self._reported = None  # decided by the trailers
+                    self.reported = None  # decided by the trailers
                 return
         self._report(classifyHTTP(status))
 
     def _reportGRPC(self, fields):
-        value = fields.get(_GRPC_STATUS)
-        self._reported = False
-        code = int(value) if value is not None and value.isdigit() else 2  # none or malformed: UNKNOWN
-        self._report(classifyGRPC(code))
+        self.reported = False
+        self._report(classifyGRPC(grpcStatus(fields)))
 
     # -- response side (called by the upstream client protocol) ------------------------------------------------
 
     def upstreamHeaders(self, response, endStream):
-        if self._idle:
-            self._lastActive = self._clock.seconds()
-        if not self._reported:
-            self._reportResponse(response, endStream)
-        route = self.route
-        vhost = route.virtualHost
-        headers = response.headers
-        applyHeaderMutations(headers, route.responseHeadersToRemove, route.responseHeadersToAdd)
-        applyHeaderMutations(headers, vhost.responseHeadersToRemove, vhost.responseHeadersToAdd)
-        self.callbacks.encodeHeaders(response, endStream)
+        router = self.router
+        if router._idle:
+            router._lastActive = router._clock.seconds()
+        timer = self.perTryTimer
+        if timer is not None:  # the answer started: the per-try timeout no longer applies (Envoy's rule)
+            self.perTryTimer = None
+            timer.cancel()
+        dubbo = router.cluster.config.protocol == "dubbo"
+        if not self.reported:
+            self._reportResponse(response, endStream, dubbo)
+        if router._retry is not None:
+            status = response.status
+            if not dubbo and status == 200 and router._retry.policy.grpcCodes:
+                ctype = response.headers.get(_CONTENT_TYPE)
+                if ctype is not None and ctype.startswith(b"application/grpc"):
+                    if not endStream:
+                        self.held = response  # whether to retry is in the trailers, if no body comes first
+                        return
+                    if router._retryAnswer(self, grpcStatus(response.headers), response.headers, False, True):
+                        return
+                    router._forwardHeaders(response, endStream)
+                    return
+            if router._retryAnswer(self, status, response.headers, dubbo, False):
+                return
+        router._forwardHeaders(response, endStream)
+
+    def _release(self):
+        """A held gRPC head goes downstream after all: the request stays with this attempt."""
+        held, self.held = self.held, None
+        router = self.router
+        router._commit(self)
+        router._forwardHeaders(held, False)
 
     def upstreamData(self, data, endStream):
-        if self._idle:
-            self._lastActive = self._clock.seconds()
-        self.callbacks.encodeData(data, endStream)
+        router = self.router
+        if router._idle:
+            router._lastActive = router._clock.seconds()
+        if self.held is not None:
+            if self.held is DROPPED:
+                return
+            self._release()
+        router.callbacks.encodeData(data, endStream)
 
     def upstreamTrailers(self, trailers):
-        if self._idle:
-            self._lastActive = self._clock.seconds()
-        if self._reported is None:
+        router = self.router
+        if router._idle:
+            router._lastActive = router._clock.seconds()
+        if self.reported is None:
             self._reportGRPC(trailers)
-        self.callbacks.encodeTrailers(trailers)
+        if self.held is not None:
+            if self.held is DROPPED:
+                return
+            if router._retry is not None and router._retry.grpcRetriable(grpcStatus(trailers)):
+                held, self.held = self.held, None
+                if router._retryAnswer(self, grpcStatus(trailers), trailers, False, True):
+                    return
+                router._forwardHeaders(held, False)
+            else:
+                self._release()
+        router.callbacks.encodeTrailers(trailers)
 
     def upstreamComplete(self, reusable):
         """The upstream response ended; the connection goes back to the pool if it can carry another request."""
         conn = self.connection
         self.connection = None
-        if self._reported is None:  # a gRPC response that ended without trailers
-            self._reported = False
+        if self.reported is None and self.held is None:  # a gRPC response that ended without trailers
+            self.reported = False
             self._report(Outcome.EXT_ORIGIN_FAILURE)
-        self._finishUpstream()
-        self._clusterStats.rq_completed.value += 1
+        router = self.router
+        self._end(_COMPLETED)
+        if router._retry is None:
+            router._finishUpstream()
+            router._clusterStats.rq_completed.value += 1
         if conn is not None:
-            if reusable and self._requestDone:
+            if reusable and router._requestDone:
                 self.pool.release(conn)
             else:
                 self.pool.discard(conn)
@@ -477,73 +909,23 @@ class Router:
         self.connection = None
         if conn is not None:
             self.pool.discard(conn)
-        if self._done:
+        if not self._end(_ENDED) or self.router._done:
             return
-        self._reportError(exc)
-        self._fail(exc)
+        self.held = None
+        self.reportError(exc)
+        self.router._attemptFailed(self, exc)
 
     def upstreamWritePaused(self):
-        self.callbacks.pauseDecoding()
+        self.router.callbacks.pauseDecoding()
 
     def upstreamWriteResumed(self):
-        self.callbacks.resumeDecoding()
+        self.router.callbacks.resumeDecoding()
 
-    def onAboveWriteBufferHighWatermark(self):
-        self._downstreamPaused = True
-        if self.connection is not None:
-            self.connection.pauseReading()
 
-    def onBelowWriteBufferLowWatermark(self):
-        self._downstreamPaused = False
-        if self.connection is not None:
-            self.connection.resumeReading()
-
-    # -- ends --------------------------------------------------------------------------------------------------
-
-    def _timedOut(self, exc):
-        """A time bound passed (``exc``: an L{errors.UpstreamTimeout}): give up on the upstream and reply."""
-        if self._clusterStats is not None:
-            self._clusterStats.rq_timeout.value += 1
-        self._reportError(exc)
-        self._abandonUpstream()
-        self._fail(exc)
-
-    def _fail(self, exc):
-        """Turn a typed upstream error into a local reply (or a reset, once the response has started)."""
-        cb = self.callbacks
-        self._finishUpstream()
-        cb.sendLocalReply(exc.status, exc.cause.encode("ascii") + b"\n", (), exc.cause, exc.flag)
-
-    def _abandonUpstream(self):
-        """Give up on the upstream exchange (timeout, downstream gone): the connection cannot be reused."""
-        self._finishUpstream()
-        if self._connecting is not None:
-            d, self._connecting = self._connecting, None
-            d.cancel()
-        conn = self.connection
-        self.connection = None
-        if conn is not None:
-            conn.abandon()
-            self.pool.discard(conn)
-
-    def _finishUpstream(self):
-        if self._done:
-            return
-        self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.host is not None:
-            self.host.activeRequests -= 1
-
-    def onStreamReset(self, reason):
-        self._abandonUpstream()
-
-    def onStreamComplete(self):
-        # the response reached downstream; if the upstream side is still open (e.g. a local reply was sent
-        # while the request was in flight), drop it
-        if self.connection is not None or self._connecting is not None:
-            self._abandonUpstream()
+def grpcStatus(fields):
+    """The grpc-status of response headers or trailers (an int; none or malformed: UNKNOWN, 2)."""
+    value = fields.get(_GRPC_STATUS)
+    return int(value) if value is not None and value.isdigit() and len(value) < 4 else 2
 
 
 @implementer(IFilterFactory, IPlugin)

@@ -17,6 +17,8 @@ _CAUSE_STATUS = {
     "upstream_overflow": dc.SERVER_THREADPOOL_EXHAUSTED_ERROR,
     "local_rate_limited": dc.SERVER_THREADPOOL_EXHAUSTED_ERROR,
     "circuit_open": dc.SERVICE_NOT_FOUND,
+    "upstream_rq_overflow": dc.SERVER_THREADPOOL_EXHAUSTED_ERROR,
+    "upstream_per_try_timeout": dc.CLIENT_TIMEOUT,
     "upstream_request_timeout": dc.CLIENT_TIMEOUT,
     "upstream_reset_before_response": dc.SERVER_ERROR,
     "upstream_protocol_error": dc.BAD_RESPONSE,

@@ -226,6 +226,8 @@ class DubboServerProtocol(ListenerProtocol):
         else:
             methodStats.oneWay.value += 1
         head = requestHead(frame, inv)
+        if not frame.twoWay:
+            head.metadata["one_way"] = "true"  # no answer expected: the router never retries it
         call = DubboCall(self, frame, methodStats, "%s.%s" % (service, method))
         if frame.twoWay:
             self.calls[frame.requestId] = call

@@ -367,7 +367,8 @@ class H2ClientProtocol(FlowControlledSender, Protocol):
                     h.done = True
                     responder, h.responder = h.responder, None
                     if event.remote_reset:
-                        exc = errors.UpstreamRemoteReset(
+                        refused = event.error_code == ErrorCodes.REFUSED_STREAM
+                        exc = (errors.UpstreamRefusedStream if refused else errors.UpstreamRemoteReset)(
                             "upstream reset the stream (%s)" % (codeName(event.error_code),))
                     else:
                         exc = errors.BadUpstreamResponse(

@@ -31,6 +31,8 @@ _CAUSE_CODES = {
     "upstream_overflow": UNAVAILABLE,  # a circuit breaker (Envoy's UO 503 -> UNAVAILABLE): another host may serve
     "circuit_open": UNAVAILABLE,
     "local_rate_limited": RESOURCE_EXHAUSTED,
+    "upstream_rq_overflow": UNAVAILABLE,
+    "upstream_per_try_timeout": DEADLINE_EXCEEDED,
     "upstream_request_timeout": DEADLINE_EXCEEDED,
     "max_stream_duration_reached": DEADLINE_EXCEEDED,
     "stream_idle_timeout": DEADLINE_EXCEEDED,
