@@ -285,21 +285,28 @@ clusters:
 """
 
 
-def dubboCall(abort):
-    upstreams = []
+def dubboMesh(text):
+    """An InMemoryMesh of a Dubbo listener whose upstream connects make DubboClientProtocols on StringTransports:
+    (mesh, {host address: client protocol}, a downstream connection's protocol, its transport)."""
+    upstreams = {}
 
     def connect(host, clusterConfig):
         proto = DubboClientProtocol()
         proto.makeConnection(StringTransport())
-        upstreams.append(proto)
+        upstreams[host.address] = proto
         return defer.succeed(proto)
 
-    mesh = InMemoryMesh(DUBBO % (abort,), connect=connect)
+    mesh = InMemoryMesh(text, connect=connect)
     proto = mesh.factory.buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
+    return mesh, upstreams, proto, transport
+
+
+def dubboCall(abort):
+    mesh, upstreams, proto, transport = dubboMesh(DUBBO % (abort,))
     proto.dataReceived(ECHO)
-    return mesh, upstreams, frames(transport.value())
+    return mesh, list(upstreams.values()), frames(transport.value())
 
 
 def test_dubbo_abort_with_the_configured_dubbo_status():

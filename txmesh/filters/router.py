@@ -120,7 +120,7 @@ class Router:
                  "_pending", "_connecting", "_timer", "_requestDone", "_done",
                  "_bodyLimit", "_bodySeen", "_clusterStats", "_upstreamPaused", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_sentAt", "_reported")
+                 "_sentAt", "_reported", "_shadows")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -149,6 +149,7 @@ class Router:
         self._sendBy = None  # the deadline told to the next hop, or None
         self._sentAt = None  # when the request went to the upstream connection (for putResponseTime)
         self._reported = False  # the attempt's outcome went to host.monitor (or waits for gRPC trailers: None)
+        self._shadows = None  # request mirroring (issue 11 part 9): the shadows the body and trailers are teed to
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -202,6 +203,8 @@ class Router:
             action.rewritePath(request)
         if action.hostRewrite is not None:
             request.authority = action.hostRewrite
+        if action.mirrorPolicies:  # request mirroring (issue 11 part 9): before the primary stamps its timeouts
+            self._shadows = self.runtime.shadows.start(request, action.mirrorPolicies, endStream)
 
         host = cluster.chooseHost(None)
         if host is None:
@@ -335,6 +338,9 @@ class Router:
                 return STOP
         if self._idle:
             self._lastActive = self._clock.seconds()
+        if self._shadows is not None:  # request mirroring (issue 11 part 9)
+            for shadow in self._shadows:
+                shadow.writeBody(data, endStream)
         if endStream:
             self._requestEnded()
         conn = self.connection
@@ -348,6 +354,9 @@ class Router:
         if self._done:
             return STOP
         self._requestEnded()
+        if self._shadows is not None:  # request mirroring (issue 11 part 9)
+            for shadow in self._shadows:
+                shadow.writeTrailers(trailers)
         conn = self.connection
         if conn is None:
             self._pending.append((_TRAILERS, trailers, True))
@@ -537,6 +546,9 @@ class Router:
         self._abandonUpstream()
 
     def onStreamComplete(self):
+        if self._shadows is not None:  # request mirroring (issue 11 part 9): a request cut short is not mirrored
+            for shadow in self._shadows:
+                shadow.abandon()
         # the response reached downstream; if the upstream side is still open (e.g. a local reply was sent
         # while the request was in flight), drop it
         if self.connection is not None or self._connecting is not None:
