@@ -3,6 +3,9 @@ The ``fault`` filter (txmesh.filters.fault) through the listeners in memory: HTT
 Dubbo listener with captured frames) and gRPC's local-reply fields; time is a Clock, randomness seeded.
 """
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
@@ -337,3 +340,60 @@ def test_dubbo_abort_by_attachment_when_enabled():
     [reply] = frames(transport.value())
     assert reply.status == dc.SERVICE_NOT_FOUND
     assert sent(up) == []
+
+
+GRPC = """
+listeners:
+- name: grpc_in
+  protocol: grpc
+  address: tcp:0
+  filters:
+  - name: fault
+    config:
+      abort: {grpc_status: 8, percentage: 100}
+  route_config:
+    virtual_hosts:
+    - name: svc
+      domains: ["*"]
+      routes:
+      - match: {grpc: {service: test.Echo}}
+        route: {cluster: echo}
+clusters:
+- name: echo
+  protocol: h2
+  endpoints: [{address: "10.0.0.1:50051"}]
+"""
+
+
+def grpcCall(mesh, headers=(), body=b"\x00\x00\x00\x00\x02hi"):
+    """One gRPC call (an h2 client on an in-memory connection): the response's header and trailer fields."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    conn = mesh.connect()
+    conn.send(client.data_to_send())
+    client.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/test.Echo/Unary"),
+                            (b":authority", b"svc"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+                        + list(headers))
+    client.send_data(1, body, end_stream=True)
+    conn.send(client.data_to_send())
+    fields = []
+    for event in client.receive_data(conn.received()):
+        if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+            fields += event.headers
+    return dict(fields)
+
+
+def test_grpc_abort_with_the_configured_grpc_status():
+    mesh = InMemoryMesh(GRPC)
+    fields = grpcCall(mesh)
+    assert fields[b":status"] == b"200" and fields[b"grpc-status"] == b"8"  # RESOURCE_EXHAUSTED as configured
+    assert b"fault filter abort" in fields[b"grpc-message"] and fields[b"x-txmesh-error"] == b"fault_abort"
+    assert mesh.upstream("echo").connections == []
+    assert mesh.responseFlags() == [{"FI"}]
+
+
+def test_grpc_abort_by_header_when_enabled():
+    mesh = InMemoryMesh(GRPC.replace("abort: {grpc_status: 8, percentage: 100}",
+                                     "abort: {header_abort: {}, percentage: 100}"))
+    fields = grpcCall(mesh, [(b"x-txmesh-fault-abort-grpc-request", b"14")])
+    assert fields[b"grpc-status"] == b"14"

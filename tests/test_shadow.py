@@ -3,6 +3,9 @@ Request mirroring (txmesh.upstream.shadow and the router's tee) in memory: an HT
 mirror to a shadow cluster of fake upstreams; time is a Clock, sampling seeded.
 """
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from zope.interface.verify import verifyObject
 
@@ -16,7 +19,7 @@ from txmesh.testing import InMemoryMesh
 from txmesh.upstream.shadow import ShadowRequest, ShadowWriter, shadowAuthority, traceSampled
 
 from tests.test_dubbo_listener import ECHO, ECHO_RESP, ONEWAY, answer, frames, sent
-from tests.test_fault import dubboMesh
+from tests.test_fault import dubboMesh, grpcCall
 
 MESH = """
 listeners:
@@ -296,3 +299,51 @@ def test_writer_without_a_cluster_counts_a_failure():
     writer = ShadowWriter(Clock(), NoClusters(), stats, random.Random(0))
     assert writer.start(RequestHead(b"GET", b"/"), (MirrorPolicy("gone"),), True) is None
     assert stats.total("shadow_rq_failed", cluster="gone") == 1
+
+
+GRPC = """
+listeners:
+- name: grpc_in
+  protocol: grpc
+  address: tcp:0
+  route_config:
+    virtual_hosts:
+    - name: svc
+      domains: ["*"]
+      routes:
+      - match: {grpc: {service: test.Echo}}
+        route:
+          cluster: echo
+          request_mirror_policies: [{cluster: echo_shadow}]
+clusters:
+- name: echo
+  protocol: h2
+  endpoints: [{address: "10.0.0.1:50051"}]
+- name: echo_shadow
+  protocol: h2
+  endpoints: [{address: "10.0.0.2:50051"}]
+"""
+
+
+def upstreamRequests(upstream):
+    """What an HTTP/2 fake upstream was sent: [(header fields dict, body)] read by an h2 server connection."""
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    out = {}
+    for event in server.receive_data(upstream.connections[0].transport.value()):
+        if isinstance(event, h2.events.RequestReceived):
+            out[event.stream_id] = [dict(event.headers), b""]
+        elif isinstance(event, h2.events.DataReceived):
+            out[event.stream_id][1] += event.data
+    return [tuple(v) for v in out.values()]
+
+
+def test_grpc_call_is_mirrored_over_h2():
+    mesh = InMemoryMesh(GRPC)
+    message = b"\x00\x00\x00\x00\x02hi"
+    grpcCall(mesh, body=message)
+    [(primary, primaryBody)] = upstreamRequests(mesh.upstream("echo"))
+    [(shadow, shadowBody)] = upstreamRequests(mesh.upstream("echo_shadow"))
+    assert primary[b":authority"] == b"svc" and shadow[b":authority"] == b"svc-shadow"
+    assert shadow[b":path"] == b"/test.Echo/Unary" and shadow[b"content-type"] == b"application/grpc"
+    assert primaryBody == shadowBody == message
+    assert mesh.value("shadow_rq_total", cluster="echo_shadow") == 1
