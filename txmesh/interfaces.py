@@ -151,7 +151,9 @@ class IStreamDecoderFilterCallbacks(Interface):
         """
         End the stream with a reply the proxy itself decides (a status of the stream's protocol: an HTTP status
         for HTTP, translated to grpc-status or a Dubbo status by the listener's codec); cause names the
-        response flag / x-txmesh-error value.
+        response flag / x-txmesh-error value.  A filter that must choose the protocol-native status itself lists
+        ``grpc-status`` (gRPC listeners) or ``dubbo-status`` (Dubbo listeners,
+        txmesh.protocols.dubbo.codec.LOCAL_REPLY_STATUS) among ``headers``; the codec answers with it.
         """
 
     def route():
