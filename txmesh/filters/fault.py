@@ -311,13 +311,18 @@ def _int(raw, key, path, context, low, high, allowed=None):
     return value
 
 
+def _section(raw, name, keys, headerKey, context):
+    """Check the shape of the ``delay`` or ``abort`` mapping; whether it asks for header control."""
+    if not isinstance(raw, dict):
+        raise context.error("must be a mapping", name)
+    checkFilterKeys(raw, keys, _Sub(context, name))
+    return _flag(raw, headerKey, name, context)
+
+
 def _buildDelay(raw, context):
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise context.error("must be a mapping", "delay")
-    checkFilterKeys(raw, _DELAY_KEYS, _Sub(context, "delay"))
-    fromHeader = _flag(raw, "header_delay", "delay", context)
+    fromHeader = _section(raw, "delay", _DELAY_KEYS, "header_delay", context)
     fixed = None
     if raw.get("fixed_delay") is not None:
         try:
@@ -332,10 +337,7 @@ def _buildDelay(raw, context):
 def _buildAbort(raw, context):
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise context.error("must be a mapping", "abort")
-    checkFilterKeys(raw, _ABORT_KEYS, _Sub(context, "abort"))
-    fromHeader = _flag(raw, "header_abort", "abort", context)
+    fromHeader = _section(raw, "abort", _ABORT_KEYS, "header_abort", context)
     http = _int(raw, "http_status", "abort", context, 200, 599)
     grpc = _int(raw, "grpc_status", "abort", context, 0, 16)
     dubbo = _int(raw, "dubbo_status", "abort", context, 0, 255, dc.STATUSES - {dc.OK})
