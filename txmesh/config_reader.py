@@ -197,6 +197,40 @@ def parseDuration(value):
     return seconds
 
 
+DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10000, "MILLION": 1000000}
+
+
+def parseFraction(value):
+    """
+    A share of requests as ``(numerator, denominator)`` ints, from Envoy's FractionalPercent (``{numerator: n,
+    denominator: HUNDRED | TEN_THOUSAND | MILLION}``, denominator HUNDRED when absent; a numerator above the
+    denominator counts as the denominator, as Envoy does) or a plain percentage (a number from 0 to 100: a whole
+    one over HUNDRED, else kept to a millionth).  A request is sampled when ``random.randrange(denominator) < numerator``.
+    @raise ValueError: saying why, for a ConfigError's reason (the key is ``value``'s own).
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a percentage (0 to 100) or {numerator, denominator}, not a boolean")
+    if isinstance(value, (int, float)):
+        if not 0 <= value <= 100:
+            raise ValueError("a percentage must be between 0 and 100, got %s" % (value,))
+        if isinstance(value, int) or value.is_integer():
+            return int(value), 100
+        return int(round(value * 10000)), 1000000
+    if not isinstance(value, dict):
+        raise ValueError("must be a percentage (0 to 100) or {numerator, denominator}")
+    for key in value:
+        if key not in ("numerator", "denominator"):
+            raise ValueError("unknown key '%s' (allowed: numerator, denominator)" % (key,))
+    numerator = value.get("numerator", 0)
+    if isinstance(numerator, bool) or not isinstance(numerator, int) or numerator < 0:
+        raise ValueError("numerator must be an integer >= 0")
+    name = value.get("denominator", "HUNDRED")
+    denominator = DENOMINATORS.get(name) if isinstance(name, str) else None
+    if denominator is None:
+        raise ValueError("denominator must be one of HUNDRED, TEN_THOUSAND, MILLION, not %r" % (name,))
+    return min(numerator, denominator), denominator
+
+
 def checkFilterKeys(raw, known, context):
     """
     For filter plugins' buildConfig: refuse a ``config`` that is not a mapping or has a key outside ``known``.

@@ -151,7 +151,9 @@ class IStreamDecoderFilterCallbacks(Interface):
         """
         End the stream with a reply the proxy itself decides (a status of the stream's protocol: an HTTP status
         for HTTP, translated to grpc-status or a Dubbo status by the listener's codec); cause names the
-        response flag / x-txmesh-error value.
+        response flag / x-txmesh-error value.  A filter that must choose the protocol-native status itself lists
+        ``grpc-status`` (gRPC listeners) or ``dubbo-status`` (Dubbo listeners,
+        txmesh.protocols.dubbo.codec.LOCAL_REPLY_STATUS) among ``headers``; the codec answers with it.
         """
 
     def route():
@@ -938,6 +940,35 @@ class IErrorRateBreaker(Interface):
         freed)."""
 
 # -- retries, timeouts and mirroring (parts 5, 9, 10) --
+
+
+class IShadowWriter(Interface):
+    """
+    Request mirroring (txmesh.upstream.shadow): copies of sampled requests to shadow clusters, fire and forget.
+    The router calls it; nothing it does can fail, delay or pause the primary request.
+    """
+
+    def start(request, policies, endStream):
+        """
+        Sample each of ``policies`` (txmesh.routing.MirrorPolicy) for ``request`` (a txmesh.stream.RequestHead as
+        it goes upstream; the writer copies what it needs) and start a shadow for each sampled one.
+
+        @param endStream: the request has no body.
+        @return: a list of the IShadowRequest still wanting the body and trailers, or None when there is none.
+        """
+
+
+class IShadowRequest(Interface):
+    """One mirrored request in flight: the router tees the rest of the request to it."""
+
+    def writeBody(data, endStream):
+        """More request body (the shadow holds it, bounded, until it can be sent)."""
+
+    def writeTrailers(trailers):
+        """Request trailers; they end the request."""
+
+    def abandon():
+        """The primary request will not complete (the downstream went away): a shadow still sending it stops."""
 
 # -- load balancing (part 6) --
 

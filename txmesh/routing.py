@@ -179,6 +179,24 @@ class HashPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """
+    One ``request_mirror_policies`` entry: a copy of a sampled request (``numerator`` out of ``denominator``; with
+    ``traceSampled``, only requests whose trace is sampled) goes to ``cluster``, fire and forget
+    (txmesh.upstream.shadow).  Bounds: ``timeout`` seconds, ``maxInFlight`` shadows to the cluster at once,
+    ``maxBufferedBytes`` of request body held per shadow while it waits for its connection.
+    """
+
+    cluster: str
+    numerator: int = 100
+    denominator: int = 100
+    traceSampled: bool = False
+    timeout: float = 15.0
+    maxInFlight: int = 64
+    maxBufferedBytes: int = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterAction:
     """
     Forward to one cluster.  ``timeout`` in seconds (0 = none) bounds the whole response from the end of the
@@ -196,7 +214,7 @@ class ClusterAction:
     maxStreamDuration: float = 0.0
     retryPolicy: object = None  # the route's (or its virtual host's) retry policy, or None (issue 11)
     hashPolicies: tuple = ()  # hash_policy entries for ring_hash/maglev clusters (issue 11)
-    mirrorPolicies: tuple = ()  # request_mirror_policies (issue 11)
+    mirrorPolicies: tuple = ()  # request_mirror_policies: MirrorPolicy entries (issue 11)
 
     def pickCluster(self, random):
         return self.cluster
@@ -220,7 +238,7 @@ class WeightedClusterAction:
     maxStreamDuration: float = 0.0
     retryPolicy: object = None  # the route's (or its virtual host's) retry policy, or None (issue 11)
     hashPolicies: tuple = ()  # hash_policy entries for ring_hash/maglev clusters (issue 11)
-    mirrorPolicies: tuple = ()  # request_mirror_policies (issue 11)
+    mirrorPolicies: tuple = ()  # request_mirror_policies: MirrorPolicy entries (issue 11)
     _cumulative: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):

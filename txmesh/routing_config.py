@@ -9,10 +9,11 @@ matching, are in txmesh.routing.
 import dataclasses
 import re
 
+from txmesh.config_reader import parseFraction
 from txmesh.protocols.http1.wire import validAuthority
 from txmesh.routing import (DUBBO_RETRY_ON, GRPC_RETRY_ON, HTTP_RETRY_ON, ClusterAction, DirectResponseAction,
-                            DubboMatch, HashPolicy, HeaderMatcher, HeaderValueOption, RedirectAction, RegexRewrite,
-                            RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedClusterAction, encodeHost)
+                            DubboMatch, HashPolicy, HeaderMatcher, HeaderValueOption, MirrorPolicy, RedirectAction,
+                            RegexRewrite, RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedClusterAction, encodeHost)
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
@@ -444,11 +445,48 @@ def _buildHashPolicies(r, m, path):
     return tuple(out)
 
 
+_MIRROR_KEYS = ("cluster", "runtime_fraction", "fraction", "trace_sampled", "timeout", "max_in_flight",
+                "max_buffered_bytes")
+
+
 def _buildMirrorPolicies(r, m, path, clusterNames):
-    """The route's ``request_mirror_policies`` (issue 11 part 9): not written yet."""
-    if m.get("request_mirror_policies") is not None:
-        raise r.error("request_mirror_policies is not supported yet", _join(path, "request_mirror_policies"))
-    return ()
+    """
+    The route's ``request_mirror_policies`` (issue 11 part 9): MirrorPolicy entries.  The share is Envoy's
+    ``runtime_fraction: {default_value: {numerator, denominator}}`` (txmesh has no runtime keys, so
+    ``runtime_key`` is refused) or ``fraction`` (the same FractionalPercent, or a plain percentage); default all.
+    A shadow's ``timeout`` defaults to the route's (15s when the route has none).
+    """
+    entries = r.list(m, path, "request_mirror_policies")
+    if not entries:
+        return ()
+    routeTimeout = r.duration(m, path, "timeout", 0.0) or 15.0
+    out = []
+    for i, e in enumerate(entries):
+        ePath = "%s.request_mirror_policies[%d]" % (path, i)
+        r.mapping(e, ePath, required=("cluster",), optional=_MIRROR_KEYS[1:])
+        cluster = r.get(e, ePath, "cluster", str)
+        _checkCluster(r, cluster, _join(ePath, "cluster"), clusterNames)
+        numerator, denominator = 100, 100
+        if e.get("runtime_fraction") is not None and e.get("fraction") is not None:
+            raise r.error("runtime_fraction and fraction are exclusive", ePath)
+        fPath, raw = _join(ePath, "fraction"), e.get("fraction")
+        if e.get("runtime_fraction") is not None:
+            rfPath = _join(ePath, "runtime_fraction")
+            rf = r.mapping(e["runtime_fraction"], rfPath, required=("default_value",))
+            fPath, raw = _join(rfPath, "default_value"), rf["default_value"]
+        if raw is not None:
+            try:
+                numerator, denominator = parseFraction(raw)
+            except ValueError as exc:
+                raise r.error(str(exc), fPath) from None
+        out.append(MirrorPolicy(cluster, numerator, denominator,
+                                traceSampled=r.get(e, ePath, "trace_sampled", bool, False),
+                                timeout=r.duration(e, ePath, "timeout", routeTimeout),
+                                maxInFlight=r.integer(e, ePath, "max_in_flight", 64, 1),
+                                maxBufferedBytes=r.integer(e, ePath, "max_buffered_bytes", 1 << 16, 0)))
+        if out[-1].timeout <= 0:
+            raise r.error("must be a duration > 0 (a shadow is always bounded)", _join(ePath, "timeout"))
+    return tuple(out)
 
 
 def _checkCluster(r, name, path, clusterNames):

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from txmesh.config import NodeConfig
 from txmesh.overload import Overload
+from txmesh.upstream.shadow import ShadowWriter
 
 
 class RouterStats:
@@ -99,6 +100,7 @@ class Runtime:
     @ivar writeScope: the L{txmesh.protocols.transport.WriteScope} the service's protocols share, or None.
     @ivar overload: the L{txmesh.overload.Overload} every listener asks before taking a connection (default: the
         config's bounds, without a memory reader).
+    @ivar shadows: the L{txmesh.upstream.shadow.ShadowWriter} the router mirrors requests with.
     """
 
     def __init__(self, clock, clusters, stats, random=None, config=None, reactor=None, writeScope=None,
@@ -115,6 +117,7 @@ class Runtime:
             overload = Overload(config.overload if config is not None else None, clock, stats)
         self.overload = overload
         self.files = ReopenableFiles(stats)
+        self.shadows = ShadowWriter(clock, clusters, stats, self.random)
         self._routerStats = {}
 
     def routerStats(self, cluster):

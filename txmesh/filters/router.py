@@ -135,7 +135,7 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
                  "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_perTry")
+                 "_perTry", "_shadows")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -161,6 +161,7 @@ class Router:
         self._idle = 0  # the listener's stream_idle_timeout
         self._sendBy = None  # the deadline told to the next hop, or None
         self._perTry = 0.0  # the retry policy's per_try_timeout (0: none)
+        self._shadows = None  # request mirroring (issue 11 part 9): the shadows the body and trailers are teed to
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -214,6 +215,8 @@ class Router:
             action.rewritePath(request)
         if action.hostRewrite is not None:
             request.authority = action.hostRewrite
+        if action.mirrorPolicies:  # request mirroring (issue 11 part 9): before the primary stamps its timeouts
+            self._shadows = self.runtime.shadows.start(request, action.mirrorPolicies, endStream)
 
         policies = action.hashPolicies
         hashKey = requestHash(policies, request, info) if policies else None
@@ -345,6 +348,9 @@ class Router:
                 return STOP
         if self._idle:
             self._lastActive = self._clock.seconds()
+        if self._shadows is not None:  # request mirroring (issue 11 part 9)
+            for shadow in self._shadows:
+                shadow.writeBody(data, endStream)
         if endStream:
             self._requestEnded()
         state = self._retry
@@ -360,6 +366,9 @@ class Router:
         if self._done:
             return STOP
         self._requestEnded()
+        if self._shadows is not None:  # request mirroring (issue 11 part 9)
+            for shadow in self._shadows:
+                shadow.writeTrailers(trailers)
         state = self._retry
         if state is None:
             self.attempt.writeTrailers(trailers)
@@ -628,6 +637,9 @@ class Router:
         self._abandonUpstream()
 
     def onStreamComplete(self):
+        if self._shadows is not None:  # request mirroring (issue 11 part 9): a request cut short is not mirrored
+            for shadow in self._shadows:
+                shadow.abandon()
         # the response reached downstream; if the upstream side is still open (e.g. a local reply was sent
         # while the request was in flight), drop it
         if not self._done or self._retry is not None:

@@ -37,6 +37,11 @@ SERVICE_ERROR = 70
 SERVER_ERROR = 80
 CLIENT_ERROR = 90
 SERVER_THREADPOOL_EXHAUSTED_ERROR = 100
+STATUSES = frozenset({OK, CLIENT_TIMEOUT, SERVER_TIMEOUT, BAD_REQUEST, BAD_RESPONSE, SERVICE_NOT_FOUND, SERVICE_ERROR,
+                      SERVER_ERROR, CLIENT_ERROR, SERVER_THREADPOOL_EXHAUSTED_ERROR})
+# a local reply's headers may name the Dubbo status a filter chose (the fault filter's dubbo_status): the listener
+# answers with it instead of the one mapped from the HTTP-like status and cause
+LOCAL_REPLY_STATUS = b"dubbo-status"
 
 # Result flag, the first value of an OK response body (org.apache.dubbo.rpc.protocol.dubbo.DubboCodec).
 RESPONSE_WITH_EXCEPTION = 0

@@ -27,8 +27,14 @@ _CAUSE_STATUS = {
 }
 
 
-def dubboStatusFor(httpStatus, cause=None):
-    """The Dubbo status for a local reply: by the router's cause, else by the HTTP-like status a filter chose."""
+def dubboStatusFor(httpStatus, cause=None, headers=()):
+    """
+    The Dubbo status for a local reply: the one a filter named in its ``headers`` (``dc.LOCAL_REPLY_STATUS``), else
+    by the router's cause, else by the HTTP-like status a filter chose.
+    """
+    for name, value in headers:
+        if name == dc.LOCAL_REPLY_STATUS and value.isdigit() and int(value) in dc.STATUSES:
+            return int(value)
     if cause is not None:
         status = _CAUSE_STATUS.get(cause)
         if status is not None:

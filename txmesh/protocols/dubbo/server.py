@@ -126,7 +126,7 @@ class DubboCall:
             self.proto.factory.stats.error(cause)
         if cause == "upstream_request_timeout":
             self.methodStats.timeouts.value += 1
-        dubboStatus = dubboStatusFor(status, cause)
+        dubboStatus = dubboStatusFor(status, cause, headers)
         text = body.decode("utf-8", "replace").strip() if isinstance(body, bytes) else str(body)
         if dubboStatus == dc.OK:
             return ResponseHead(dc.OK), encodeValueResponse(self.requestId, text)

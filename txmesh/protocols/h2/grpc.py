@@ -68,14 +68,16 @@ def httpErrorFields(httpStatus):
             (b"grpc-message", b"upstream answered HTTP %d" % (httpStatus,))]
 
 
-def localReplyFields(httpStatus, body, cause, node=None):
+def localReplyFields(httpStatus, body, cause, node=None, code=None):
     """
-    The fields of a trailers-only local reply: grpc-status by ``cause`` (str or None) or else by ``httpStatus``
-    (OK below 300), the stripped ``body`` as grpc-message, the cause as x-txmesh-error.  ``node`` (str), the id of
-    the sidecar making the reply, goes in x-txmesh-node and prefixes an error's grpc-message ("txmesh <node>: ..."),
-    so a caller sees which hop failed.
+    The fields of a trailers-only local reply: grpc-status ``code`` when given (a filter chose it: see
+    L{localReplyCode}), else by ``cause`` (str or None) or else by ``httpStatus`` (OK below 300), the stripped
+    ``body`` as grpc-message, the cause as x-txmesh-error.  ``node`` (str), the id of the sidecar making the reply,
+    goes in x-txmesh-node and prefixes an error's grpc-message ("txmesh <node>: ..."), so a caller sees which hop
+    failed.
     """
-    code = statusForCause(cause, httpStatus) if httpStatus >= 300 else OK
+    if code is None:
+        code = statusForCause(cause, httpStatus) if httpStatus >= 300 else OK
     message = body.strip() if isinstance(body, bytes) else (body or "").encode("utf-8").strip()
     if node and code != OK:
         message = b"txmesh %s: %s" % (node.encode("ascii"), message or (cause or "error").encode("ascii"))
@@ -87,6 +89,20 @@ def localReplyFields(httpStatus, body, cause, node=None):
     if node:
         fields.append((b"x-txmesh-node", node.encode("ascii")))
     return fields
+
+
+def localReplyCode(headers):
+    """
+    The grpc-status a filter chose for its local reply by naming ``grpc-status`` among the reply's ``headers``
+    ((name, value) pairs; the fault filter's configured code), as (code or None, the other headers).
+    """
+    code, rest = None, []
+    for name, value in headers:
+        if name == b"grpc-status" and value.isdigit() and int(value) in STATUS_BYTES:
+            code = int(value)
+        else:
+            rest.append((name, value))
+    return code, rest
 
 
 def abortFields(cause, flags, trailersOnly, node=None):

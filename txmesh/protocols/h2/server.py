@@ -344,8 +344,9 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             if isinstance(body, str):
                 body = body.encode("utf-8")
             return ResponseHead(status, HeaderMap(fields), version=(2, 0), contentLength=len(body)), body
+        code, headers = grpc.localReplyCode(headers) if headers else (None, headers)
         fields = grpc.localReplyFields(status, body, cause.decode("ascii") if isinstance(cause, bytes) else cause,
-                                       f.nodeId)
+                                       f.nodeId, code)
         fields.extend(headers)
         return ResponseHead(200, HeaderMap(fields), version=(2, 0)), b""
 
