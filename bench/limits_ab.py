@@ -1,5 +1,5 @@
 """
-A/B of the limits (issue 11 parts 4, 7) configured but not firing, on bench/inproc.py's in-memory HTTP/1.1 path:
+A/B of the resilience parts (issue 11) configured but not firing, on bench/inproc.py's in-memory HTTP/1.1 path:
 the same build, the same run, configs without and with ``local_rate_limit`` (per source address, a bucket that
 never empties), ``error_rate_breaker`` (per route, never opening) and ``circuit_breakers``; plus a no-op
 ``header_mutation`` as the cost of any one stream filter.  Usage: python bench/limits_ab.py [N] [ROUNDS]
@@ -32,9 +32,21 @@ def withFilters(filters, circuitBreakers=False):
     return text
 
 
+def withResilience(filters):
+    """Every data-path part of issue 11 configured, none firing: a retry policy, outlier detection, breakers and
+    the limits (health checks run off the data path, on their own connections: not in this in-memory path)."""
+    text = withFilters(filters, circuitBreakers=True)
+    text = text.replace("route: {cluster: c}", "route: {cluster: c, retry_policy: {retry_on: 'connect-failure,reset,"
+                        "gateway-error', num_retries: 2, per_try_timeout: 1s}}")
+    return text.replace("circuit_breakers: {max_connections: 100}}",
+                        "circuit_breakers: {max_connections: 100}, outlier_detection: {}}")
+
+
 CASES = [("base", BASE), ("noop filter", withFilters(NOOP)), ("local_rate_limit", withFilters(RATE_LIMIT)),
          ("error_rate_breaker", withFilters(BREAKER)),
-         ("all limits", withFilters(RATE_LIMIT + BREAKER, circuitBreakers=True))]
+         ("all limits", withFilters(RATE_LIMIT + BREAKER, circuitBreakers=True)),
+         ("retry+outlier+cb", withResilience("")),
+         ("all of issue 11", withResilience(RATE_LIMIT + BREAKER))]
 
 
 def perRequest(config, n):
