@@ -17,7 +17,8 @@ from zope.interface import implementer
 
 from txmesh.config_reader import checkFilterKeys
 from txmesh.filters.token_bucket import TokenBucket, buildTokenBucketConfig
-from txmesh.interfaces import FilterStatus, IFilterFactory, IReadFilter
+from txmesh.filters.network import AdmissionFilter
+from txmesh.interfaces import IFilterFactory
 
 _KEYS = ("token_bucket",)
 
@@ -42,38 +43,16 @@ class ConnectionRateLimitConfig:
     bucket: _Bucket = field(compare=False)
 
 
-@implementer(IReadFilter)
-class ConnectionRateLimitFilter:
+class ConnectionRateLimitFilter(AdmissionFilter):
     """One connection's instance: takes a token, or closes the connection."""
 
-    __slots__ = ("config", "runtime", "callbacks")
+    __slots__ = ()
 
-    def __init__(self, config, runtime):
-        self.config = config
-        self.runtime = runtime
-        self.callbacks = None
+    admitted = ("connection_rate_limit_ok", "Connections a connection_rate_limit filter let through")
+    refused = ("connection_rate_limit_rate_limited", "Connections closed by a connection_rate_limit filter")
 
-    def initializeReadFilterCallbacks(self, callbacks):
-        self.callbacks = callbacks
-
-    def connectionMade(self):
-        connection = self.callbacks.connection
-        labels = (("listener", connection.listenerName),)
-        stats = self.runtime.stats
-        if self.config.bucket.consume(self.runtime.clock.seconds()):
-            stats.counter("connection_rate_limit_ok", labels,
-                          "Connections a connection_rate_limit filter let through").inc()
-            return FilterStatus.CONTINUE
-        stats.counter("connection_rate_limit_rate_limited", labels,
-                      "Connections closed by a connection_rate_limit filter").inc()
-        connection.close()
-        return FilterStatus.STOP
-
-    def dataReceived(self, data):
-        return FilterStatus.CONTINUE
-
-    def connectionLost(self, reason):
-        pass
+    def admit(self, connection):
+        return self.config.bucket.consume(self.runtime.clock.seconds())
 
 
 @implementer(IFilterFactory, IPlugin)

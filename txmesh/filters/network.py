@@ -27,7 +27,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
-from txmesh.interfaces import FilterStatus, IConnectionInfo, IFilterChainFactoryCallbacks, IReadFilterCallbacks
+from txmesh.interfaces import (FilterStatus, IConnectionInfo, IFilterChainFactoryCallbacks, IReadFilter,
+                               IReadFilterCallbacks)
 
 CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP
@@ -309,3 +310,45 @@ class FilteringProtocol(ProtocolWrapper):
     def abortConnection(self):
         self.disconnecting = 1
         self.transport.abortConnection()
+
+
+@implementer(IReadFilter)
+class AdmissionFilter:
+    """
+    The shape of a network filter that decides once, when the connection is made, whether to let it through
+    (``source_ip``, ``connection_rate_limit``): ``admit(connection)`` says; each answer is counted per listener
+    (``admitted`` and ``refused``: (series name, help) pairs) and a refused connection is closed at once.
+    """
+
+    __slots__ = ("config", "runtime", "callbacks")
+
+    admitted = refused = None  # (name, help), set by each subclass
+
+    def __init__(self, config, runtime):
+        self.config = config
+        self.runtime = runtime
+        self.callbacks = None
+
+    def admit(self, connection):
+        raise NotImplementedError
+
+    def initializeReadFilterCallbacks(self, callbacks):
+        self.callbacks = callbacks
+
+    def connectionMade(self):
+        connection = self.callbacks.connection
+        labels = (("listener", connection.listenerName),)
+        if self.admit(connection):
+            name, help = self.admitted
+            self.runtime.stats.counter(name, labels, help).inc()
+            return FilterStatus.CONTINUE
+        name, help = self.refused
+        self.runtime.stats.counter(name, labels, help).inc()
+        connection.close()
+        return FilterStatus.STOP
+
+    def dataReceived(self, data):
+        return FilterStatus.CONTINUE
+
+    def connectionLost(self, reason):
+        pass

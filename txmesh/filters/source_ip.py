@@ -17,7 +17,8 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txmesh.config_reader import checkFilterKeys
-from txmesh.interfaces import FilterStatus, IFilterFactory, IReadFilter
+from txmesh.filters.network import AdmissionFilter
+from txmesh.interfaces import IFilterFactory
 
 _KEYS = ("allow", "deny")
 
@@ -48,35 +49,16 @@ class SourceIPConfig:
         return False
 
 
-@implementer(IReadFilter)
-class SourceIPFilter:
+class SourceIPFilter(AdmissionFilter):
     """One connection's instance: lets it through or closes it at once."""
 
-    __slots__ = ("config", "runtime", "callbacks")
+    __slots__ = ()
 
-    def __init__(self, config, runtime):
-        self.config = config
-        self.runtime = runtime
-        self.callbacks = None
+    admitted = ("source_ip_allowed", "Connections source_ip let through")
+    refused = ("source_ip_denied", "Connections source_ip refused")
 
-    def initializeReadFilterCallbacks(self, callbacks):
-        self.callbacks = callbacks
-
-    def connectionMade(self):
-        connection = self.callbacks.connection
-        labels = (("listener", connection.listenerName),)
-        if self.config.permits(getattr(connection.peer, "host", None)):
-            self.runtime.stats.counter("source_ip_allowed", labels, "Connections source_ip let through").inc()
-            return FilterStatus.CONTINUE
-        self.runtime.stats.counter("source_ip_denied", labels, "Connections source_ip refused").inc()
-        connection.close()
-        return FilterStatus.STOP
-
-    def dataReceived(self, data):
-        return FilterStatus.CONTINUE
-
-    def connectionLost(self, reason):
-        pass
+    def admit(self, connection):
+        return self.config.permits(getattr(connection.peer, "host", None))
 
 
 @implementer(IFilterFactory, IPlugin)
