@@ -198,3 +198,26 @@ class StreamInfo:
         self.metadata = {}
         self.endTime = None
         self.requestId = None
+
+
+# The parts of a request held while its upstream connection is being made (the router's attempts, mirroring's
+# shadows): (kind, payload, endStream) with kind one of these.
+HELD_HEADERS, HELD_DATA, HELD_TRAILERS = 0, 1, 2
+
+
+def sendHeld(conn, held, responder, stopped):
+    """
+    Send the held parts of a request, in order, on ``conn`` (an IUpstreamStream) with ``responder`` as the
+    request's IUpstreamResponder; stop early once ``stopped()`` is true (sending can end the exchange).
+    @return: True if every part was sent.
+    """
+    for kind, payload, endStream in held:
+        if kind == HELD_HEADERS:
+            conn.sendRequest(payload, endStream, responder)
+        elif kind == HELD_DATA:
+            conn.writeBody(payload, endStream)
+        else:
+            conn.writeTrailers(payload)
+        if stopped():
+            return False
+    return True

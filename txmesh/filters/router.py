@@ -47,6 +47,7 @@ from txmesh.interfaces import (
 )
 from txmesh.protocols.h2.grpc import encodeTimeout
 from txmesh.routing import DirectResponseAction, RedirectAction
+from txmesh.stream import HELD_DATA, HELD_HEADERS, HELD_TRAILERS, sendHeld
 from txmesh.upstream.hashing import requestHash
 from txmesh.upstream.lb import LBContext
 from txmesh.upstream.outcome import classifyDubbo, classifyError, classifyGRPC, classifyHTTP, Outcome
@@ -55,7 +56,7 @@ from txmesh.upstream.retry import (GRPC_PUSHBACK, RETRY_AFTER, backoff, budgetAl
 
 STOP = FilterStatus.STOP
 
-_HEADERS, _DATA, _TRAILERS = 0, 1, 2
+_HEADERS, _DATA, _TRAILERS = HELD_HEADERS, HELD_DATA, HELD_TRAILERS
 
 EXPECTED_TIMEOUT = b"x-txmesh-expected-rq-timeout-ms"
 DEADLINE_MARGIN = 0.01  # seconds the next hop is told less than this hop has left (at most a tenth of it)
@@ -726,17 +727,13 @@ class UpstreamRequest:
         self.sentAt = router._clock.seconds()
         pending = self.pending
         self.pending = None
-        for kind, payload, endStream in pending:
-            if kind == _HEADERS:
-                conn.sendRequest(payload, endStream, self)
-            elif kind == _DATA:
-                conn.writeBody(payload, endStream)
-            else:
-                conn.writeTrailers(payload)
-            if self.state:
-                return
+        if not sendHeld(conn, pending, self, self._ended):
+            return
         if router._downstreamPaused:
             conn.pauseReading()
+
+    def _ended(self):
+        return bool(self.state)
 
     def _connectFailed(self, failure):
         self.connecting = None

@@ -26,10 +26,10 @@ from zope.interface import implementer
 
 from txmesh import errors
 from txmesh.interfaces import IShadowRequest, IShadowWriter, IUpstreamResponder
-from txmesh.stream import RequestHead
+from txmesh.stream import HELD_DATA, HELD_HEADERS, HELD_TRAILERS, RequestHead, sendHeld
 from txmesh.upstream.outcome import classifyDubbo, classifyGRPC, classifyHTTP, Outcome
 
-_HEADERS, _DATA, _TRAILERS = 0, 1, 2
+_HEADERS, _DATA, _TRAILERS = HELD_HEADERS, HELD_DATA, HELD_TRAILERS
 _GRPC_STATUS = b"grpc-status"
 _CONTENT_TYPE = b"content-type"
 
@@ -238,15 +238,7 @@ class ShadowRequest:
         self.connection = conn
         pending, self._pending = self._pending, None
         self._buffered = 0
-        for kind, payload, endStream in pending:
-            if kind == _HEADERS:
-                conn.sendRequest(payload, endStream, self)
-            elif kind == _DATA:
-                conn.writeBody(payload, endStream)
-            else:
-                conn.writeTrailers(payload)
-            if self.finished:
-                return
+        sendHeld(conn, pending, self, lambda: self.finished)
 
     def _connectFailed(self, failure):
         self._connecting = None
