@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from twisted.plugin import getPlugins
 
 import txmesh.plugins
+from txmesh.discovery_config import buildDiscovery, buildRegistration, buildRegistries
 from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, parseYAML
 from txmesh.errors import ConfigError
 from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
@@ -278,6 +279,9 @@ class ClusterConfig:
     commonLbConfig: object = None  # common_lb_config: panic threshold, priorities, slow start
     circuitBreakers: object = None  # circuit_breakers: cluster-wide limits
     lbConfig: object = None  # the lb_policy's own options (ring_hash, maglev, least_request, ewma)
+    # discovery (issue 12): where the hosts come from at run time (txmesh.discovery_config.DiscoveryConfig), or None
+    # for the fixed ``endpoints``
+    discovery: object = None
     # the IProtocol of ``protocol``: builds the cluster's client protocols and pools
     descriptor: object = field(default=None, compare=False, repr=False)
 
@@ -292,6 +296,9 @@ class MeshConfig:
     pluginPaths: tuple = ()
     node: NodeConfig = field(default_factory=NodeConfig)
     overload: OverloadConfig = OverloadConfig()
+    # discovery and registration (issue 12): {name: registry config}, the registration config or None
+    registries: dict = field(default_factory=dict, compare=False)
+    registration: object = None
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -333,7 +340,7 @@ def loads(text, filename="<string>"):
 
 def _buildMesh(r, raw):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
-                                 "overload"))
+                                 "overload", "registries", "registration"))
     if raw.get("listeners") is None:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
@@ -341,9 +348,10 @@ def _buildMesh(r, raw):
     lbFactories = _plugins(ILoadBalancerFactory)
     protocols = findProtocols()
 
+    registries = buildRegistries(r, raw)
     clusters = []
     for i, c in enumerate(r.list(raw, "", "clusters")):
-        clusters.append(_buildCluster(r, c, "clusters[%d]" % (i,), lbFactories, protocols))
+        clusters.append(_buildCluster(r, c, "clusters[%d]" % (i,), lbFactories, protocols, registries))
     _checkUnique(r, [(c.name, "clusters[%d]" % (i,)) for i, c in enumerate(clusters)], "cluster name", "name")
     clusterNames = frozenset(c.name for c in clusters)
 
@@ -359,7 +367,8 @@ def _buildMesh(r, raw):
     _checkAddresses(r, admin, listeners)
     return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
                       drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
-                      node=_buildNode(r, raw), overload=_buildOverload(r, raw))
+                      node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
+                      registration=buildRegistration(r, raw, registries, listeners))
 
 
 def _buildOverload(r, raw):
@@ -495,12 +504,12 @@ def _protocol(r, m, path, protocols, default, role):
     return descriptor
 
 
-def _buildCluster(r, m, path, lbFactories, protocols):
+def _buildCluster(r, m, path, lbFactories, protocols, registries=None):
     r.mapping(m, path, required=("name",), optional=(
         "protocol", "lb_policy", "connect_timeout", "idle_timeout", "max_connections", "max_pending_requests",
         "max_requests_per_connection", "endpoints", "connections_per_host", "max_concurrent_streams",
         "heartbeat_interval", "health_checks", "outlier_detection", "common_lb_config", "circuit_breakers",
-        "lb_config"))
+        "lb_config", "discovery"))
     descriptor = _protocol(r, m, path, protocols, "http1", "upstream")
     protocol = descriptor.name
     lbPolicy = r.get(m, path, "lb_policy", str, "round_robin")
@@ -536,7 +545,15 @@ def _buildCluster(r, m, path, lbFactories, protocols):
         commonLbConfig=_buildCommonLbConfig(r, m, path),
         circuitBreakers=_buildCircuitBreakers(r, m, path),
         lbConfig=_buildLbConfig(r, m, path, lbPolicy),
+        discovery=_buildClusterDiscovery(r, m, path, protocol, registries or {}),
         descriptor=descriptor)
+
+
+def _buildClusterDiscovery(r, m, path, protocol, registries):
+    """``discovery`` (txmesh.discovery_config): a cluster has either fixed ``endpoints`` or a ``discovery``."""
+    if m.get("discovery") is not None and m.get("endpoints"):
+        raise r.error("a cluster has either 'endpoints' or 'discovery', not both", joinPath(path, "discovery"))
+    return buildDiscovery(r, m, path, m.get("name"), protocol, registries)
 
 
 def _endpointMetadata(r, e, ePath):

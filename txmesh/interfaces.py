@@ -986,3 +986,172 @@ class ILoadBalancerOptions(Interface):
         "kept across host-set changes of one cluster.")
 
 # -- fault injection and the error-rate breaker (parts 8, 4) --
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discovery and registration (issue 12): each part's contracts go under its own heading
+# ---------------------------------------------------------------------------------------------------------------
+
+# -- discovery sources (part 1) --
+
+
+class IHostSetSink(Interface):
+    """
+    Where an L{IDiscoverySource} delivers what it finds: one per discovered cluster (txmesh.discovery.base), which
+    applies host sets to the cluster (``ICluster.updateHosts``), keeps the last known set when the source fails, and
+    records version, last update and staleness for ``/clusters`` and the counters.  Called on the reactor thread only.
+    """
+
+    def hostsUpdated(endpoints, version):
+        """
+        A complete new host set (never a delta).
+
+        @param endpoints: a sequence of txmesh.config.EndpointConfig (host, port, weight, priority, locality,
+            metadata); may be empty (the registry says there are no hosts).
+        @param version: a str naming this set in the source's own terms (a ZooKeeper zxid, an etcd revision, a
+            file's mtime and size, a DNS answer's expiry), shown in ``/clusters``.
+        """
+
+    def sourceFailed(reason):
+        """
+        The source could not fetch or lost its registry (a str or a twisted Failure).  The host set is not changed
+        (the last known one keeps serving unless the config says otherwise); the sink counts and logs it once per
+        change of state.
+        """
+
+
+class IDiscoverySource(Interface):
+    """One cluster's running discovery (made by an L{IDiscoverySourceFactory}); it owns its timers and watches."""
+
+    def start():
+        """Begin discovering: deliver every host set to the sink, from now on, until ``stop``."""
+
+    def stop():
+        """Stop watching and cancel every timer and call in flight.  @return: None or a Deferred."""
+
+    def describe():
+        """A JSON-able dict of the source's own state for ``/clusters`` (names resolved, path watched, revision)."""
+
+
+class IDiscoverySourceFactory(Interface):
+    """
+    A kind of discovery (``clusters[].discovery.type`` in mesh.yaml: 'static', 'dns', 'file', 'zookeeper', 'etcd'),
+    found as a Twisted plugin with ``getPlugins(IDiscoverySourceFactory, txmesh.plugins)``.  Like a health checker
+    factory it validates its own keys once, at load, into an immutable config.
+    """
+
+    name = Attribute("The ``type`` in mesh.yaml.")
+    keys = Attribute("A tuple of the mesh.yaml keys of its own, beside the common ones (type, registry, ...).")
+    registryType = Attribute(
+        "The ``registries[].type`` a source of this kind needs ('zookeeper', 'etcd'), or None for none.")
+
+    def buildConfig(raw, context):
+        """
+        Validate the source's own keys.
+
+        @param raw: a dict of the entry's keys that are among ``keys``.
+        @param context: a txmesh.config.DiscoveryConfigContext (file, key path, cluster name and protocol,
+            ``error(reason, subpath)``).
+        @return: an immutable config object for ``makeSource``.
+        @raise txmesh.errors.ConfigError: made by ``context.error``.
+        """
+
+    def makeSource(config, context, sink):
+        """
+        An L{IDiscoverySource} for one cluster.
+
+        @param context: a txmesh.discovery.base.SourceContext: ``reactor`` (IReactorTime, IReactorTCP ...),
+            ``clusterName``, ``clusterProtocol``, ``stats`` (the cluster's txmesh.stats.Scope), ``registry`` (the
+            running registry client of the entry's ``registry``, or None).
+        @param sink: the cluster's L{IHostSetSink}.
+        """
+
+# -- registry clients (parts 1, 2, 3): one session per ``registries`` entry, shared by sources and registration --
+
+
+class IZooKeeperSession(Interface):
+    """
+    One ZooKeeper session (txmesh.discovery.zookeeper.ZooKeeperSession, over kazoo), shared by every discovery
+    source, Dubbo registry router and registration of one ``registries`` entry.  Every callback runs on the reactor
+    thread (brought there with ``callFromThread``); kazoo's threads never touch txmesh state.
+    """
+
+    config = Attribute("Its txmesh.discovery_config.ZooKeeperRegistryConfig.")
+    connected = Attribute("True while the session is connected.")
+
+    def start():
+        """Begin connecting (retrying forever with backoff).  @return: a Deferred fired once first connected."""
+
+    def stop():
+        """Close the session (its ephemeral nodes go with it).  @return: a Deferred."""
+
+    def addStateListener(callback):
+        """``callback(state)`` on the reactor on each change: 'connected', 'suspended', 'lost' (session expired)."""
+
+    def watchChildren(path, callback):
+        """
+        Watch the children of ``path`` (which may not exist yet): ``callback(children, version)`` on the reactor with
+        the list of child names (str) now and after every change, and again after a reconnect; ``version`` is the
+        parent's pzxid as a str.  @return: an object with ``cancel()``.
+        """
+
+    def getChildrenData(path):
+        """@return: a Deferred firing with {child name: bytes data} of ``path``'s children ({} if none)."""
+
+    def ensureEphemeral(path, data=b""):
+        """
+        Create ``path`` (and its missing parents, persistent) as an ephemeral node holding ``data`` and keep it: it
+        is created again whenever a new session is established after the old one expired.
+        @return: a Deferred fired once it exists.
+        """
+
+    def removeEphemeral(path):
+        """Stop keeping ``path`` and delete it.  @return: a Deferred fired once deleted (or already gone)."""
+
+
+class IEtcdClient(Interface):
+    """
+    One etcd v3 cluster through its HTTP/JSON gateway (txmesh.discovery.etcd.EtcdClient, on treq), shared by every
+    discovery source and registration of one ``registries`` entry.
+    """
+
+    config = Attribute("Its txmesh.discovery_config.EtcdRegistryConfig.")
+    connected = Attribute("True while the last call to etcd succeeded (a watch stream is open, a put went through).")
+
+    def watchPrefix(prefix, callback):
+        """
+        Keep a view of every key under ``prefix``: ``callback(items, revision)`` on the reactor with {key: value}
+        (bytes) now and after each change, through a streamed watch that resumes at the next revision after a
+        broken stream and re-reads the whole prefix after a compaction.  @return: an object with ``cancel()``.
+        """
+
+    def putWithLease(key, value, ttl):
+        """
+        Keep ``key`` = ``value`` under a lease of ``ttl`` seconds kept alive (re-granted and re-put when it was
+        lost).  @return: a Deferred fired once first written.
+        """
+
+    def deleteKey(key):
+        """Stop keeping ``key``, revoke its lease, delete it.  @return: a Deferred."""
+
+    def stop():
+        """Cancel every watch and keep-alive.  @return: a Deferred."""
+
+# -- registration of the local app (part 3) --
+
+
+class IRegistrar(Interface):
+    """
+    Publishes the local app in one registry (made per ``registration`` entry): the registration manager
+    (txmesh.discovery.registration) calls ``register`` while the local app passes its health check and
+    ``deregister`` when it fails and first on drain.
+    """
+
+    def register():
+        """Publish (idempotent).  @return: a Deferred fired once published."""
+
+    def deregister():
+        """Withdraw (idempotent).  @return: a Deferred fired once withdrawn."""
+
+    def describe():
+        """A JSON-able dict: what is published where, and whether it is now."""
