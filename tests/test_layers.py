@@ -18,7 +18,7 @@ LAYERS = (
                    "discovery/__init__.py"]),
     ("codecs and config", ["protocols/*/codec.py", "protocols/*/events.py", "protocols/*/wire.py",
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
-                           "protocols/*/grpc.py", "protocols/*/defences.py", "config.py", "config_reader.py",
+                           "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
                            "routing.py", "routing_config.py", "discovery_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),

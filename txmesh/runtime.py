@@ -104,7 +104,7 @@ class Runtime:
     """
 
     def __init__(self, clock, clusters, stats, random=None, config=None, reactor=None, writeScope=None,
-                 overload=None):
+                 overload=None, registries=None):
         self.clock = clock
         self.clusters = clusters
         self.stats = stats
@@ -116,6 +116,8 @@ class Runtime:
         if overload is None:
             overload = Overload(config.overload if config is not None else None, clock, stats)
         self.overload = overload
+        # the running registry clients (txmesh.discovery.registries.RegistryClients), or None
+        self.registries = registries
         self.files = ReopenableFiles(stats)
         self.shadows = ShadowWriter(clock, clusters, stats, self.random)
         self._routerStats = {}

@@ -15,6 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from txmesh.admin import makeAdminSite
+from txmesh.discovery.registries import RegistryClients
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IFilterConfigResources
@@ -86,6 +87,8 @@ class MeshService(MultiService):
         self._previousHandler = None
         rng = rng if rng is not None else random.Random()
         writeScope = WriteScope(reactor)
+        # one session per ``registries`` entry, shared by discovery, Dubbo registry routes and registration
+        self.registries = RegistryClients(reactor, config.registries)
         self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope), self.stats,
                                        rng)
         self._statm = None
@@ -93,7 +96,7 @@ class MeshService(MultiService):
             readRSS = self._statm = StatmReader()
         self.overload = Overload(config.overload, reactor, self.stats, readRSS)
         self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope,
-                               overload=self.overload)
+                               overload=self.overload, registries=self.registries)
         for entry in self._filterEntries():
             if IFilterConfigResources.providedBy(entry.config):
                 entry.config.registerFiles(self.runtime.files)
@@ -196,6 +199,7 @@ class MeshService(MultiService):
         for f in self.listenerFactories:
             f.abortAll()
         yield self.clusters.drain()
+        yield self.registries.stop()
         for entry in self._filterEntries():
             if IFilterConfigResources.providedBy(entry.config):
                 entry.config.close()
