@@ -242,14 +242,58 @@ def runWrk(port, path, conns, duration, threads):
     return parseWrk(out.stdout)
 
 
+def rssKiB(pid):
+    """Resident memory (KiB) of ``pid`` and its descendants, from /proc/<pid>/status VmRSS."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+class RSSSampler:
+    """The peak RSS of a process tree while a ``with`` block runs (sampled every ``interval`` s in a thread)."""
+
+    def __init__(self, pid, interval=0.2):
+        import threading
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rssKiB(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def measure(port, cpuPid, path, conns, duration, threads, warmup):
-    """One wrk run against ``port``; CPU µs per request of ``cpuPid``'s process tree."""
+    """
+    One wrk run against ``port``; CPU µs per request of ``cpuPid``'s process tree, its RSS before the run
+    (``rssIdleKiB``: after any warm-up, no load) and its peak RSS under the run's load (``rssLoadKiB``).
+    """
     if warmup:
         runWrk(port, path, conns, warmup, threads)
+    idle = rssKiB(cpuPid)
     before = cpuSeconds(cpuPid)
-    result = runWrk(port, path, conns, duration, threads)
+    with RSSSampler(cpuPid) as sampler:
+        result = runWrk(port, path, conns, duration, threads)
     cpu = cpuSeconds(cpuPid) - before
     result["cpuUs"] = cpu * 1e6 / result["requests"] if result["requests"] else float("nan")
+    result["rssIdleKiB"], result["rssLoadKiB"] = idle, sampler.peak
     return result
 
 

@@ -180,8 +180,9 @@ def fmtRatio(value, ref):
 
 def table(rows, proxies, bodies, connsList):
     """Markdown table; ``rows`` maps (target, body, conns) to a measure() result or an error string."""
-    out = ["| proxy | body | conns | rps | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | rps vs nginx | errors |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| proxy | body | conns | rps | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | rps vs nginx | RSS idle MiB "
+           "| RSS under load MiB | errors |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for body in bodies:
         for conns in connsList:
             ref = rows.get(("nginx", body, conns))
@@ -192,14 +193,14 @@ def table(rows, proxies, bodies, connsList):
                 if r is None:
                     continue
                 if not isinstance(r, dict):
-                    out.append("| %s | %s | %d | failed: %s | | | | | | |" % (name, body, conns, r))
+                    out.append("| %s | %s | %d | failed: %s | | | | | | | | |" % (name, body, conns, r))
                     continue
                 direct = target == "direct"
-                out.append("| %s | %s | %d | %.0f | %.2f | %.2f | %.1f | %s | %s | %d |" % (
+                out.append("| %s | %s | %d | %.0f | %.2f | %.2f | %.1f | %s | %s | %.1f | %.1f | %d |" % (
                     name, body, conns, r["rps"], r["p50"], r["p99"], r["cpuUs"],
                     "—" if direct else fmtRatio(r["cpuUs"], ref and ref["cpuUs"]),
                     "—" if direct else fmtRatio(r["rps"], ref and ref["rps"]),
-                    r["errors"]))
+                    r["rssIdleKiB"] / 1024, r["rssLoadKiB"] / 1024, r["errors"]))
     return out
 
 
