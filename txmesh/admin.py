@@ -3,8 +3,8 @@ The admin HTTP API, on twisted.web.
 
 Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
 ``/config_dump``, ``/registrations`` (when configured) and an index at ``/`` serve GET and HEAD only (405
-otherwise); the one action, ``POST /reopen_logs`` (for logrotate), serves POST only.  Any other path is a 404 and nothing is ever served
-from the file system.  Every body is computed at request time from the
+otherwise); the one action, ``POST /reopen_logs`` (for logrotate), serves POST only.  Any other path is a 404 and
+nothing is ever served from the file system.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
 

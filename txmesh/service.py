@@ -1,8 +1,8 @@
 """
 The service tree: one child service per listener, the admin listener, the local app's registration (started once
 the listeners are bound), and the shutdown sequence (withdraw the registration and wait its ``drain_grace``, stop
-accepting, drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).  While running,
-SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
+accepting, drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).  While
+running, SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
 """
 
 import random
