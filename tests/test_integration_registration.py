@@ -130,6 +130,46 @@ def test_registered_while_healthy_and_after_session_expiry(zookeeper):
         app.close()
 
 
+def test_zookeeper_restart_keeps_the_registration_in_step(zookeeper_server):
+    """
+    ZooKeeper killed and started again within the session timeout (the session survives): the registration is
+    there after the restart; the app failing during an outage withdraws it once ZooKeeper is back.
+    """
+    app = _listenApp()
+    appPort = app.getsockname()[1]
+    listen = support.freePort()
+    config = loads(IN_PROCESS.replace("session_timeout: 4s", "session_timeout: 8s").format(
+        listen=listen, app=appPort, hosts=zookeeper_server.hosts, iface=IFACE))
+    registries = RegistryClients(reactor(), config.registries)
+    manager = k = None
+    try:
+        manager = onReactor(makeRegistration, config.registration, reactor(), registries, StatsStore(), listen,
+                            config.node)
+        onReactor(manager.start)
+        session = registries.get("zk")
+        k = _kazoo(zookeeper_server.hosts)
+        waitFor(lambda: _providers(k, "/t-reg") != [], timeout=10)
+        k.stop()
+        zookeeper_server.kill()
+        waitFor(lambda: not session.connected, timeout=10)
+        app.close()  # the app fails while ZooKeeper is away
+        waitFor(lambda: manager.describe()["registries"][0]["state"] == "withdrawn", timeout=10)
+        zookeeper_server.start()
+        waitFor(lambda: session.connected, timeout=20)
+        assert session.sessionsEstablished == 1  # the same session: its nodes survived the outage
+        k = _kazoo(zookeeper_server.hosts)
+        waitFor(lambda: _providers(k, "/t-reg") == [], timeout=10)  # deleted on the reconnect
+        app = _listenApp(appPort)
+        waitFor(lambda: _providers(k, "/t-reg") != [], timeout=10)
+    finally:
+        if manager is not None:
+            onReactor(manager.stop)
+        onReactor(registries.stop)
+        if k is not None:
+            k.stop()
+        app.close()
+
+
 # -- the issue's check: txmesh under twistd, a real consumer through sofa-rpc-node's ZooKeeper registry --
 
 TWISTD = """
