@@ -8,11 +8,16 @@ The real ZooKeeper and a real Dubbo consumer are in tests/test_integration_regis
 
 import dataclasses
 import json
+import os
 import random
+import re
 import sys
 import types
+from importlib import resources
 
+import jsonschema
 import pytest
+import yaml
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -468,3 +473,23 @@ def test_registrations_admin_page():
 def test_recording_registrar_is_a_registrar():
     verifyObject(IRegistrar, RecordingRegistrar())
     verifyObject(IRegistrar, ZooKeeperRegistrar(FakeSession(), []))
+
+
+# -- docs and schema -------------------------------------------------------------------------------------------------
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "discovery.md")
+
+
+def test_worked_example_loads_and_validates():
+    text = open(DOC, encoding="utf-8").read()
+    section = text[text.index("## A Dubbo sidecar pair registered in ZooKeeper"):text.index("## When a registry")]
+    [example] = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    mesh = loads(example)
+    r = mesh.registration
+    assert (r.listener, r.advertiseAddress, r.healthCheck.type, r.appPort) == ("dubbo_in", "10.0.0.5", "dubbo", 20881)
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate(yaml.safe_load(example))
+    validator.validate(yaml.safe_load(BASE + REGISTRATION))
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(yaml.safe_load(BASE + "registration: {listener: dubbo_in, publish: [], extra: 1}\n"))
