@@ -190,7 +190,7 @@ registries:
 registration:
   listener: dubbo_in
   drain_grace: 1.5s
-  health_check: {{interval: 0.2s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 1}}
+  health_check: {{type: dubbo, interval: 0.2s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 1}}
   publish:
     - registry: zk
       application: echo-app
@@ -243,7 +243,8 @@ def _accepts(port):
 @pytest.mark.skipif(NODE is None or not os.path.isdir(os.path.join(PEERS, "node_modules", "sofa-rpc-node")),
                     reason="node or the Dubbo peers (npm ci in tests/dubbo_peers) not installed")
 def test_real_consumer_finds_txmesh_registration(zookeeper):
-    admin, listen, providerPort = support.freePort(), support.freePort(), support.freePort()
+    # the listener on port 0: the port published is the one it was given
+    admin, listen, providerPort = support.freePort(), 0, support.freePort()
     provider = _startProvider(providerPort)
     mesh = consumer = None
     try:
@@ -256,11 +257,13 @@ def test_real_consumer_finds_txmesh_registration(zookeeper):
         found = lines.until(lambda e: e.get("providers"))
         [published] = found["providers"]
         url = dubbo_url.parse(published)
-        assert (url.host, url.port, url.get("application"), url.get("side")) == ("127.0.0.1", listen, "echo-app",
-                                                                               "provider")
+        listen = url.port
+        assert listen and _accepts(listen)
+        assert (url.host, url.get("application"), url.get("side")) == ("127.0.0.1", "echo-app", "provider")
         assert found["call"] == {"ok": "via registry"}  # called through txmesh's inbound listener
         registrations = json.loads(support.adminGet(admin, "/registrations")[1])
         assert registrations["localApp"]["healthy"] is True
+        assert registrations["localApp"]["check"]["type"] == "dubbo"  # heartbeats answered by the provider
         assert registrations["registries"][0]["urls"] == [published]
 
         provider.stop()  # the local app goes: its registration goes

@@ -169,6 +169,9 @@ ERRORS = [
      "registration.health_check.path", "unknown key 'path'"),
     ("registration: {listener: dubbo_in, health_check: {address: 'nohost'}, publish: [{registry: etcd1, key: /k}]}",
      "registration.health_check.address", "invalid address"),
+    ("registration: {listener: dubbo_in, health_check: {no_traffic_interval: 60s}, "
+     "publish: [{registry: etcd1, key: /k}]}",
+     "registration.health_check.no_traffic_interval", "not counted"),
     ("registration: {listener: dubbo_in, drain_grace: soon, publish: [{registry: etcd1, key: /k}]}",
      "registration.drain_grace", "invalid duration"),
 ]
@@ -340,7 +343,7 @@ def test_registered_after_the_healthy_threshold_only():
     assert w.calls() == [["register"], ["register"]]
     assert w.stats.value("registration_published", registry="zk") == 1
     assert w.stats.value("registration_registered", registry="etcd1") == 1
-    assert w.stats.value("registration_local_app_healthy") == 1
+    assert w.stats.value("registration_health_check_healthy") == 1
     assert w.stats.value("registration_health_check_success") == 2
     w.check(PASSED)
     assert w.calls() == [["register"], ["register"]]  # idempotent: no call without a change

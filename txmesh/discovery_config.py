@@ -310,6 +310,8 @@ def _buildLocalCheck(r, m, path, listener, clusters):
     if h.get("type") is None:
         h = dict(h, type="tcp")  # a connect check unless the config names another
     check = buildHealthCheck(r, h, hPath, listener.name, listener.protocol, extraKeys=("address",))
+    if check.noTrafficInterval:
+        raise r.error("the local app's traffic is not counted: use interval", joinPath(hPath, "no_traffic_interval"))
     return host, port, check
 
 

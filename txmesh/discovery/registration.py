@@ -203,9 +203,8 @@ class RegistrationManager:
         check = config.healthCheck
         if checker is None:
             checker = check.factory.makeChecker(check.checkerConfig, self.host, reactor)
+        # registration_health_check_*: the check's series; its ``healthy`` gauge is 1 while the app passes
         self.stats = HealthCheckStats(stats.scope(), prefix="registration_")
-        self.healthyGauge = stats.gauge("registration_local_app_healthy",
-                                        help="1 while the local app passes its health check (and is published).")
         self.session = HealthCheckSession(self.host, check, checker, reactor, random or _random.Random(), self.stats,
                                           self._healthChanged, firstCheckDecides=False)
         self.entries = [_Published(name, r, stats.scope(registry=name)) for name, r in registrars]
@@ -222,7 +221,7 @@ class RegistrationManager:
         if healthy == self.healthy:
             return
         self.healthy = healthy
-        self.healthyGauge.value = int(healthy)
+        self.stats.health_check_healthy.value = int(healthy)
         if self.draining:
             return
         if healthy:
