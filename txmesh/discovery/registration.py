@@ -23,7 +23,7 @@ import random as _random
 import socket
 import struct
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -296,10 +296,7 @@ class RegistrationManager:
         self.draining = True
         self.session.stop()
         published = [e for e in self.entries if e.wanted or e.state in ("registered", "registering", "failed")]
-        for e in self.entries:
-            if e.retry is not None and e.retry.active():
-                e.retry.cancel()
-            e.retry = None
+        self._cancelRetries()
         if not published:
             return
         self.log.info("registration: draining; withdrawing {address} from {registries}, then waiting {grace}s",
@@ -312,12 +309,15 @@ class RegistrationManager:
         except defer.TimeoutError:
             self.log.warn("registration: withdrawing took over {t}s; draining anyway", t=self.withdrawTimeout)
         if self.config.drainGrace:
-            yield _sleep(self.clock, self.config.drainGrace)
+            yield task.deferLater(self.clock, self.config.drainGrace)
 
     def stop(self):
         """Stop the check and the retries (after ``drain``, or on a stop without drain)."""
         self.draining = True
         self.session.stop()
+        self._cancelRetries()
+
+    def _cancelRetries(self):
         for e in self.entries:
             if e.retry is not None and e.retry.active():
                 e.retry.cancel()
@@ -334,12 +334,6 @@ class RegistrationManager:
             "registries": [dict(e.registrar.describe(), name=e.name, state=e.state, lastError=e.lastError)
                            for e in self.entries],
         }
-
-
-def _sleep(clock, seconds):
-    d = defer.Deferred()
-    clock.callLater(seconds, d.callback, None)
-    return d
 
 
 def makeRegistration(config, reactor, registries, stats, port, node, random=None, nodeAddress=firstNonLoopbackIPv4,
