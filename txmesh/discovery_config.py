@@ -244,7 +244,6 @@ class RegistrationConfig:
 
 
 _REGISTRATION_KEYS = ("listener", "advertise_address", "drain_grace", "health_check", "publish")
-_WILDCARD = ("", "0.0.0.0", "::")
 
 
 def buildRegistration(r, raw, registries, listeners, clusters=()):
@@ -304,8 +303,8 @@ def _buildLocalCheck(r, m, path, listener, clusters):
     else:
         cluster = next((c for c in clusters if c.name == listener.defaultCluster), None)
         if cluster is None or len(cluster.endpoints) != 1:
-            raise r.error("name the local app's address (health_check.address: host:port); it is not the single "
-                          "endpoint of listener '%s''s default_cluster" % (listener.name,), hPath)
+            raise r.error("name the local app's address (health_check.address: host:port): the default_cluster of "
+                          "listener '%s' has not exactly one endpoint" % (listener.name,), hPath)
         host, port = cluster.endpoints[0].host, cluster.endpoints[0].port
     if h.get("type") is None:
         h = dict(h, type="tcp")  # a connect check unless the config names another
