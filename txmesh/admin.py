@@ -2,9 +2,9 @@
 The admin HTTP API, on twisted.web.
 
 Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
-``/config_dump`` and an index at ``/`` serve GET and HEAD only (405 otherwise); the one action,
-``POST /reopen_logs`` (for logrotate), serves POST only.  Any other path is a 404 and nothing is ever served
-from the file system.  Every body is computed at request time from the
+``/config_dump``, ``/registrations`` (when configured) and an index at ``/`` serve GET and HEAD only (405
+otherwise); the one action, ``POST /reopen_logs`` (for logrotate), serves POST only.  Any other path is a 404 and
+nothing is ever served from the file system.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
 
@@ -202,6 +202,19 @@ class ConfigDumpPage(_Endpoint):
         return _jsonReply(request, self._configDump())
 
 
+class RegistrationsPage(_Endpoint):
+    """The local app's registration (txmesh.discovery.registration): what is published where, and its health."""
+
+    description = "the local app's registrations and its health check as JSON"
+
+    def __init__(self, describe):
+        super().__init__()
+        self._describe = describe
+
+    def renderPage(self, request):
+        return _jsonReply(request, self._describe())
+
+
 class ReopenLogsPage(_Endpoint):
     """
     ``POST /reopen_logs``: reopen every access-log file, as Envoy's endpoint of that name (and SIGUSR1) do.
@@ -268,7 +281,8 @@ class AdminSite(Site):
         pass
 
 
-def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None):
+def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None,
+                  registrations=None):
     """
     Build the admin API.
 
@@ -281,6 +295,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         when None, so tap.py should pass its reactor.
     @param reopenLogs: optional callable -> (number reopened, [(path, reason), ...]) behind ``POST /reopen_logs``
         (the service's L{txmesh.service.MeshService.reopenLogs}); without it that path is a 404.
+    @param registrations: optional callable -> dict behind ``/registrations`` (the local app's registration);
+        without it that path is a 404.
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
@@ -292,6 +308,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
     }
     if reopenLogs is not None:
         pages["reopen_logs"] = ReopenLogsPage(reopenLogs)
+    if registrations is not None:
+        pages["registrations"] = RegistrationsPage(registrations)
     site = AdminSite(AdminRoot(pages), reactor=reactor)
     site.displayTracebacks = False
     return site

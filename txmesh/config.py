@@ -368,7 +368,7 @@ def _buildMesh(r, raw):
     return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
                       drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
-                      registration=buildRegistration(r, raw, registries, listeners))
+                      registration=buildRegistration(r, raw, registries, listeners, clusters))
 
 
 def _buildOverload(r, raw):
@@ -623,8 +623,16 @@ def _buildHealthChecks(r, m, path, protocol):
     listPath = joinPath(path, "health_checks")
     if len(entries) > 1:
         raise r.error("one health check per cluster (as Envoy), got %d" % (len(entries),), listPath + "[1]")
-    hPath = listPath + "[0]"
-    h = r.check(entries[0], hPath, dict)
+    return (buildHealthCheck(r, entries[0], listPath + "[0]", m.get("name", ""), protocol),)
+
+
+def buildHealthCheck(r, h, hPath, name, protocol, extraKeys=()):
+    """
+    One health check entry at ``hPath``: the scheduler's keys and its IHealthCheckerFactory plugin's own (a
+    cluster's ``health_checks[0]``; the local app's ``registration.health_check``, which adds ``extraKeys``, left
+    for its caller).  @return: a HealthCheckConfig.
+    """
+    h = r.check(h, hPath, dict)
     factories = _plugins(IHealthCheckerFactory)
     kind = r.get(h, hPath, "type", str, DEFAULT_HEALTH_CHECK_TYPE.get(protocol, "tcp"))
     factory = factories.get(kind)
@@ -634,7 +642,7 @@ def _buildHealthChecks(r, m, path, protocol):
     if factory.protocols is not None and protocol not in factory.protocols:
         raise r.error("health check '%s' does not check %s clusters (only %s)" % (
             kind, protocol, ", ".join(sorted(factory.protocols))), joinPath(hPath, "type"))
-    r.mapping(h, hPath, optional=_HEALTH_CHECK_KEYS + tuple(factory.keys))
+    r.mapping(h, hPath, optional=_HEALTH_CHECK_KEYS + tuple(factory.keys) + tuple(extraKeys))
 
     def positive(key, default):
         value = r.duration(h, hPath, key, default)
@@ -643,9 +651,9 @@ def _buildHealthChecks(r, m, path, protocol):
         return value
 
     interval = positive("interval", 5.0)
-    context = HealthCheckConfigContext(r.filename, hPath, m.get("name", ""), protocol, r.lineOf)
+    context = HealthCheckConfigContext(r.filename, hPath, name, protocol, r.lineOf)
     checkerConfig = buildPluginConfig(factory, {k: v for k, v in h.items() if k in factory.keys}, context)
-    return (HealthCheckConfig(
+    return HealthCheckConfig(
         type=kind, factory=factory, checkerConfig=checkerConfig, interval=interval,
         timeout=positive("timeout", 1.0),
         intervalJitter=r.duration(h, hPath, "interval_jitter", 0.0),
@@ -654,7 +662,7 @@ def _buildHealthChecks(r, m, path, protocol):
         unhealthyThreshold=r.integer(h, hPath, "unhealthy_threshold", 2, 1, 1000),
         healthyThreshold=r.integer(h, hPath, "healthy_threshold", 2, 1, 1000),
         unhealthyInterval=positive("unhealthy_interval", interval),
-        noTrafficInterval=r.duration(h, hPath, "no_traffic_interval", 0.0)),)
+        noTrafficInterval=r.duration(h, hPath, "no_traffic_interval", 0.0))
 
 
 _OUTLIER_PERCENTS = (

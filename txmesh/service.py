@@ -1,7 +1,8 @@
 """
-The service tree: one child service per listener, the admin listener, and the shutdown sequence (stop accepting,
-drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).  While running,
-SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
+The service tree: one child service per listener, the admin listener, the local app's registration (started once
+the listeners are bound), and the shutdown sequence (withdraw the registration and wait its ``drain_grace``, stop
+accepting, drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).  While
+running, SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
 """
 
 import random
@@ -15,6 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from txmesh.admin import makeAdminSite
+from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.filters.network import FilteringFactory
@@ -119,8 +121,11 @@ class MeshService(MultiService):
             raiseBindErrorsSynchronously(svc)
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
+        # the local app's registration (issue 12 part 3): made once the listeners are bound (startService)
+        self.registration = None
         site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: not self.draining,
-                             isDraining=lambda: self.draining, reactor=reactor, reopenLogs=self.reopenLogs)
+                             isDraining=lambda: self.draining, reactor=reactor, reopenLogs=self.reopenLogs,
+                             registrations=self._describeRegistration if config.registration else None)
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
         raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
@@ -152,6 +157,22 @@ class MeshService(MultiService):
         MultiService.startService(self)
         self.overload.start()
         self.clusters.startHealthChecks()
+        if self.config.registration is not None:
+            registration = self.config.registration
+            self.registration = makeRegistration(registration, self.reactor, self.registries, self.stats,
+                                                 self._boundPort(registration), self.config.node)
+            self.registration.start()
+
+    def _boundPort(self, registration):
+        """The port the registration's listener listens on (its configured one, or the one port 0 was given)."""
+        if registration.listenerPort:
+            return registration.listenerPort
+        names = [lc.name for lc in self.config.listeners]
+        ports = self.acceptBackoffs[names.index(registration.listener)].ports
+        return ports[0].getHost().port
+
+    def _describeRegistration(self):
+        return self.registration.describe() if self.registration is not None else {"started": False}
 
     def _restoreSignal(self, result=None):
         if self._signalInstalled:
@@ -172,6 +193,10 @@ class MeshService(MultiService):
     @defer.inlineCallbacks
     def _stop(self):
         self.draining = True
+        if self.registration is not None:
+            # withdraw the local app first and let callers' registries notice, while the listeners still serve
+            yield self.registration.drain()
+            self.registration.stop()
         self.overload.stop()
         self.clusters.stopHealthChecks()
         if self._statm is not None:

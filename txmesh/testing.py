@@ -37,7 +37,8 @@ Nothing here sleeps: advance time with C{mesh.advance(seconds)}.  A peer's close
 reactor turn, as with a real reactor; every harness call runs the turns that are due.
 
 And for people who write connection pools: a connect function that records its attempts (L{FakeConnector}) and
-the client protocol it connects (L{FakeClientProtocol}).
+the client protocol it connects (L{FakeClientProtocol}); for registration, a registrar that records its calls
+(L{RecordingRegistrar}).
 """
 
 import dataclasses
@@ -64,6 +65,7 @@ from txmesh.interfaces import (
     IDownstreamStream,
     IFilterChainFactoryCallbacks,
     IReadFilterCallbacks,
+    IRegistrar,
     IUpstreamStream,
 )
 from txmesh.protocols.descriptor import findProtocols
@@ -926,3 +928,37 @@ class InMemoryMesh:
     def responseFlags(self):
         """The response flags of every stream, in order (as the access log shows them)."""
         return [set(s.streamInfo.responseFlags) for s in self.streams]
+
+
+@implementer(IRegistrar)
+class RecordingRegistrar:
+    """
+    An IRegistrar for tests of registration (txmesh.discovery.registration): it records each call in ``calls``
+    ("register"/"deregister") and answers at once, or, with ``manual=True``, with a Deferred the test fires from
+    ``pending`` (or fails: ``pending.pop(0).errback(...)``).
+    """
+
+    def __init__(self, name="fake", manual=False):
+        self.name = name
+        self.manual = manual
+        self.calls = []
+        self.pending = []
+        self.published = False
+
+    def _call(self, what, published):
+        self.calls.append(what)
+        self.published = published
+        if not self.manual:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def register(self):
+        return self._call("register", True)
+
+    def deregister(self):
+        return self._call("deregister", False)
+
+    def describe(self):
+        return {"type": "fake", "registry": self.name, "published": self.published}

@@ -93,6 +93,7 @@ class ZooKeeperSession:
         self._listeners = []
         self._watches = set()
         self._ephemerals = {}  # path -> data, kept across session loss
+        self._removals = set()  # paths removed while disconnected: deleted on reconnect (the session may survive)
         self._startCalled = False
         self._connectWaiters = []
         self._stopped = False
@@ -142,6 +143,9 @@ class ZooKeeperSession:
                 self.sessionsEstablished += 1
                 self.log.info("zookeeper registry {name}: session 0x{sid:x} established ({hosts})",
                               name=self.config.name, sid=sessionId or 0, hosts=self.config.hosts)
+            removals, self._removals = self._removals, set()
+            for path in removals:
+                self._whenDone(self.client.delete_async(path)).addErrback(self._removalFailed, path)
             for path, data in list(self._ephemerals.items()):
                 self._create(path, data)
             for w in list(self._watches):
@@ -221,6 +225,7 @@ class ZooKeeperSession:
 
     def ensureEphemeral(self, path, data=b""):
         self._ephemerals[path] = data
+        self._removals.discard(path)
         if not self.connected:
             # the connect creates it; a second create then finds it ours
             return self._whenConnected().addCallback(
@@ -245,10 +250,17 @@ class ZooKeeperSession:
         d.addErrback(lambda f: f.trap(NoNodeError))
         return d.addCallback(lambda _: self._create(path, data) if path in self._ephemerals else None)
 
+    def _removalFailed(self, failure, path):
+        if not failure.check(NoNodeError) and path not in self._ephemerals:
+            self._removals.add(path)  # lost the connection again: the next reconnect tries again
+
     def removeEphemeral(self, path):
         self._ephemerals.pop(path, None)
         if not self.connected:
-            return defer.succeed(None)  # the node goes with the session, or is deleted on the next connect
+            # the node goes with the session if it expires; if the session survives the outage, it is deleted on
+            # the reconnect
+            self._removals.add(path)
+            return defer.succeed(None)
         d = self._whenDone(self.client.delete_async(path))
         return d.addErrback(lambda f: f.trap(NoNodeError))
 

@@ -180,10 +180,12 @@ HEALTH_CHECK_STATS = (
 class HealthCheckStats:
     """The health-check series of one cluster, on its scope (labelled cluster=name)."""
 
-    def __init__(self, scope):
+    def __init__(self, scope, prefix=""):
+        # prefix: "registration_" for the local app's check (txmesh.discovery.registration), whose series have no
+        # cluster label
         for name, kind, help in HEALTH_CHECK_STATS:
             make = scope.counter if kind == "counter" else scope.gauge
-            setattr(self, name, make(name, help=help))
+            setattr(self, name, make(prefix + name, help=help))
 
 
 class HealthCheckSession:
@@ -196,12 +198,15 @@ class HealthCheckSession:
     @param random: a random.Random (jitter).
     @param stats: the cluster's L{HealthCheckStats}.
     @param changed: called with no argument when the host's FAILED_ACTIVE_HC flag changed.
+    @param firstCheckDecides: True (Envoy's rule for a new host): one pass on the first check makes it healthy;
+        False: it needs ``healthy_threshold`` passes like any failed host (the local app's registration).
     """
 
     log = Logger()
 
-    def __init__(self, host, config, checker, clock, random, stats, changed):
+    def __init__(self, host, config, checker, clock, random, stats, changed, firstCheckDecides=True):
         self.host = host
+        self.firstCheckDecides = firstCheckDecides
         self.config = config
         self.checker = checker
         self.clock = clock
@@ -301,7 +306,8 @@ class HealthCheckSession:
             stats.health_check_success.value += 1
             self.consecutiveFailures = 0
             self.consecutivePasses += 1
-            if wasFailed and (self._firstCheck or self.consecutivePasses >= self.config.healthyThreshold):
+            if wasFailed and ((self._firstCheck and self.firstCheckDecides)
+                              or self.consecutivePasses >= self.config.healthyThreshold):
                 flags &= ~_FAILED
         else:
             stats.health_check_failure.value += 1
