@@ -272,7 +272,7 @@ class FakeConnector:
         self.attempts = []
         self.cancelled = 0
         self._makeProtocol = makeProtocol
-        self._makeTransport = makeTransport
+        self._newTransport = makeTransport
 
     def __call__(self, host):
         d = defer.Deferred(self._cancelled)
@@ -284,7 +284,7 @@ class FakeConnector:
 
     def succeed(self, i=-1):
         proto = self._makeProtocol()
-        proto.makeConnection(self._makeTransport(proto))
+        proto.makeConnection(self._newTransport(proto))
         self.attempts[i].callback(proto)
         return proto
 
