@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 from benchlib import BenchError, Processes, freePort, measure, probe, render
-from run import BODIES, REPO, TWISTD, machine, startNginx, startUpstream
+from run import BODIES, REPO, TWISTD, machine, pySpy, startNginx, startUpstream, topFunctions
 
 
 def twistdEnv(tree):
@@ -82,12 +82,16 @@ def main(argv=None):
     p.add_argument("--body", default="small", choices=sorted(BODIES))
     p.add_argument("--conns", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1, as in the issue's figures)")
+    p.add_argument("--py-spy", metavar="DIR",
+                   help="after the rounds, profile each Python variant with py-spy during one more small/16 run "
+                        "(not in the table): collapsed stacks to DIR/<variant>.collapsed, top functions printed")
     args = p.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     workdir = tempfile.mkdtemp(prefix="txmesh-ab-")
     os.chmod(workdir, 0o755)
     procs = Processes(workdir)
     results = {label(v): [] for v in variants}
+    profiles = []
     try:
         upstreamPort, _ = startUpstream(procs, workdir)
         for r in range(args.rounds):
@@ -105,6 +109,21 @@ def main(argv=None):
                 results[name].append(m)
                 print("round %d %-16s %8.0f rps %7.1f CPU µs/req" % (r + 1, name, m["rps"], m["cpuUs"]),
                       file=sys.stderr)
+        if args.py_spy:
+            os.makedirs(args.py_spy, exist_ok=True)
+            for v in variants:
+                if v == "nginx":
+                    continue
+                name = label(v)
+                port, proc = starter(v)(procs, workdir, upstreamPort)
+                try:
+                    path = os.path.join(args.py_spy, name + ".collapsed")
+                    if pySpy(path, proc.pid, port, args.duration, args.threads, "raw"):
+                        selfRows, inclusiveRows, total = topFunctions(path, 12)
+                        profiles.append("%s (%d samples), self time:" % (name, total))
+                        profiles += selfRows
+                finally:
+                    procs.stop(name)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
@@ -121,7 +140,7 @@ def main(argv=None):
         rps = [m["rps"] for m in ms]
         out.append("| %s | %.1f | %.1f-%.1f | %.0f | %.0f-%.0f |" % (
             name, statistics.median(cpu), min(cpu), max(cpu), statistics.median(rps), min(rps), max(rps)))
-    print("\n".join(out))
+    print("\n".join(out + [""] + profiles))
     return 0
 
 

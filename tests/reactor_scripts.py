@@ -145,7 +145,70 @@ def basics(reactor, out):
     run().addErrback(lambda f: (out.__setitem__("error", f.getTraceback()), reactor.stop()))
 
 
-SCENARIOS = {"exception": exceptionInDataReceived, "basics": basics}
+def startTLS(reactor, out):
+    """Plain bytes (1 MiB, more than a send takes through a small SO_SNDBUF), then startTLS on both sides, then an echo under TLS."""
+    from twisted.internet import protocol, ssl
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+
+    from txmesh.tcp import DirectWriteMixin
+
+    key = ssl.KeyPair.generate(size=2048)
+    serverOptions = key.selfSignedCert(1, CN="localhost").options()
+    plain = os.urandom(1 << 20)
+
+    class Server(protocol.Protocol):
+        tls = False
+
+        def connectionMade(self):
+            import socket
+
+            self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+        def dataReceived(self, data):
+            if self.tls:
+                self.transport.write(b"echo:" + data)
+            elif data == b"STARTTLS\n":
+                self.transport.write(plain)  # the kernel takes part: the rest is held by txmesh's transport
+                self.transport.write(b"OK\n")
+                if isinstance(self.transport, DirectWriteMixin):
+                    out["heldAtStartTLS"] = bool(self.transport.held)
+                self.transport.startTLS(serverOptions)
+                self.tls = True
+
+    class Client(protocol.Protocol):
+        def connectionMade(self):
+            self.buf = b""
+            self.tls = False
+            self.transport.write(b"STARTTLS\n")
+
+        def dataReceived(self, data):
+            if not self.tls:
+                self.buf += data
+                if len(self.buf) == len(plain) + 3:
+                    out["plainOk"] = self.buf == plain + b"OK\n"
+                    self.transport.startTLS(ssl.CertificateOptions())
+                    self.tls = True
+                    self.buf = b""
+                    self.transport.write(b"secret")
+            else:
+                self.buf += data
+                if self.buf == b"echo:secret":
+                    out["tlsEcho"] = True
+                    self.transport.loseConnection()
+
+        def connectionLost(self, reason):
+            out["clientLost"] = reason.type.__name__
+            reactor.callLater(0, reactor.stop)
+
+    def listening(port):
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            protocol.Factory.forProtocol(Client))
+
+    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(protocol.Factory.forProtocol(Server)).addCallback(
+        listening)
+
+
+SCENARIOS = {"exception": exceptionInDataReceived, "basics": basics, "starttls": startTLS}
 
 
 def main():

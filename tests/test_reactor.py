@@ -57,6 +57,15 @@ def test_timers_callFromThread_spawnProcess_and_tcp_still_work(kind):
                                                           "twisted.internet.tcp.Client")
 
 
+@pytest.mark.parametrize("kind", ["txmesh", "epoll"])
+def test_startTLS_after_held_plain_bytes_keeps_their_order(kind):
+    """Plain bytes the transport still holds go out before the TLS handshake, then TLS works both ways."""
+    out, _ = run("starttls", kind)
+    assert (out["plainOk"], out["tlsEcho"], out["clientLost"]) == (True, True, "ConnectionDone")
+    if kind == "txmesh":
+        assert out["heldAtStartTLS"] is True  # the case under test: startTLS with bytes held
+
+
 INSTALL = """
 import json
 %s
