@@ -99,16 +99,22 @@ class DirectWriteMixin:
             return super().doWrite()
         held = self.held
         if held:
-            data = held[0] if len(held) == 1 else b"".join(held)
+            data = held[0]
+            if len(held) > 1 and len(data) < self.SEND_LIMIT:
+                # small pieces go out in one send; a big head is sent alone (no copy of a large buffer per event)
+                data = b"".join(held)
+                held[:] = [data]
             sent = self.writeSomeData(data)
             if isinstance(sent, Exception):
                 return sent
+            self.heldLen -= sent
             if sent < len(data):
-                self.held = [memoryview(data)[sent:]]
-                self.heldLen = len(data) - sent
+                held[0] = memoryview(data)[sent:]
+                return None
+            del held[0]
+            if held:
                 return None
             self.held = ()
-            self.heldLen = 0
         self.stopWriting()
         # the same order as Twisted's FileDescriptor.doWrite
         if self.producer is not None and ((not self.streamingProducer) or self.producerPaused):
