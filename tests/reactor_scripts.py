@@ -135,6 +135,20 @@ def basics(reactor, out):
         sender = yield clientFromString(reactor, "tcp:127.0.0.1:%d" % port.getHost().port).connect(
             protocol.Factory.forProtocol(Sender))
         out["echoOk"] = yield sender.done
+        # systemd: endpoints adopt a listening descriptor; a refused connect fails as Twisted reports it
+        import socket
+
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            adopted = reactor.adoptStreamPort(listening.fileno(), socket.AF_INET, protocol.Factory.forProtocol(Echo))
+            out["adopted"] = type(adopted).__module__ + "." + type(adopted).__name__
+            yield adopted.stopListening()
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            closedPort = closed.getsockname()[1]
+        try:
+            yield clientFromString(reactor, "tcp:127.0.0.1:%d" % closedPort).connect(
+                protocol.Factory.forProtocol(Sender))
+        except Exception as e:
+            out["refused"] = type(e).__name__
         out["threadOk"] = (yield fromThread) != threading.get_ident()
         data, code = yield proc.done
         out["spawned"] = [data.decode().strip(), code]

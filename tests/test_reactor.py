@@ -50,11 +50,14 @@ def test_timers_callFromThread_spawnProcess_and_tcp_still_work(kind):
     assert out["threadOk"] is True
     assert out["spawned"] == ["spawned", 0]
     assert out["echoOk"] is True  # 4 MiB echoed intact, in order
-    if kind == "txmesh":  # endpoint strings reach txmesh's transports through the reactor
+    assert out["refused"] == "ConnectionRefusedError"
+    if kind == "txmesh":  # endpoint strings (tcp:, and systemd:'s adoptStreamPort) reach txmesh's transports
         assert (out["serverConn"], out["clientConn"]) == ("txmesh.tcp.Server", "txmesh.tcp.Client")
+        assert out["adopted"] == "txmesh.tcp.Port"
     else:
         assert (out["serverConn"], out["clientConn"]) == ("twisted.internet.tcp.Server",
                                                           "twisted.internet.tcp.Client")
+        assert out["adopted"] == "twisted.internet.tcp.Port"
 
 
 @pytest.mark.parametrize("kind", ["txmesh", "epoll"])
