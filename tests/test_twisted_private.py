@@ -37,6 +37,12 @@ from txmesh.twisted_private import (
 TWISTED = twisted.__version__
 
 
+def _closeReactor(r):
+    """Close a never-run reactor's descriptors (its epoll object and its waker's pipe)."""
+    r.waker.connectionLost(None)
+    r._poller.close()
+
+
 class _ClientFactory(ClientFactory):
     protocol = Protocol
 
@@ -80,7 +86,7 @@ def test_private_name_exists(owner, name, connection):
         try:
             assert hasattr(r, name), _missing(owner, name)
         finally:
-            r._poller.close()
+            _closeReactor(r)
     elif owner.startswith(("twisted.internet.abstract.", "twisted.internet.tcp.")):
         # instance attributes (FileDescriptor.__init__ sets _tempDataLen): check a real transport
         assert hasattr(conn, name), _missing(owner, name)
@@ -99,8 +105,7 @@ def test_lean_loop_names_mean_what_doPoll_reads():
         assert (r._POLL_IN, r._POLL_OUT) == (select.EPOLLIN, select.EPOLLOUT)
         assert r._POLL_DISCONNECTED == select.EPOLLHUP | select.EPOLLERR
     finally:
-        r._poller.close()
-        r._internalReaders.clear()
+        _closeReactor(r)
 
 
 def test_connector_makes_its_transport_through_makeTransport():

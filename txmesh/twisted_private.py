@@ -25,7 +25,7 @@ PRIVATE_NAMES = (
     ("twisted.internet.epollreactor.EPollReactor", "_POLL_DISCONNECTED"),
     ("twisted.internet.epollreactor.EPollReactor", "_POLL_IN"),
     ("twisted.internet.epollreactor.EPollReactor", "_POLL_OUT"),
-    # adoptTCPPort; txmesh.tcp.Connector overrides _makeTransport, the hook BaseConnector.connect calls
+    # adoptTCPPort; ClientClassConnector overrides _makeTransport, the hook BaseConnector.connect calls
     ("twisted.internet.tcp.Port", "_fromListeningDescriptor"),
     ("twisted.internet.tcp.Connector", "_makeTransport"),
     ("twisted.application.internet.StreamServerEndpointService", "_raiseSynchronously"),
