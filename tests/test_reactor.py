@@ -4,12 +4,15 @@ The txmesh reactor (txmesh/reactor.py, the loop in txmesh/twisted_private.py), e
 runs the same scenario for comparison.
 """
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from tests import support
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "reactor_scripts.py")
@@ -88,3 +91,54 @@ def test_twistd_txmesh_installs_the_txmesh_reactor_unless_another_was_chosen():
     # twistd -r poll installs its reactor while parsing options, before the plugin's makeService
     out, _ = run(code=INSTALL % "from twisted.internet import pollreactor; pollreactor.install()")
     assert (out["installed"], out["reactor"]) == (False, "PollReactor")
+
+
+PROXY = """
+admin:
+  address: tcp:{admin}:interface=127.0.0.1
+listeners:
+  - name: http
+    protocol: http
+    address: tcp:{listen}:interface=127.0.0.1
+    filters: [{{name: router}}]
+    route_config:
+      virtual_hosts:
+        - name: app
+          domains: ["*"]
+          routes: [{{match: {{prefix: /}}, route: {{cluster: echo}}}}]
+clusters:
+  - name: echo
+    endpoints: [{{address: "127.0.0.1:{echo}"}}]
+"""
+
+
+@pytest.mark.parametrize("twistdArgs,reactorClass", [((), "txmesh.reactor.TxmeshReactor"),
+                                                     (("-r", "epoll"), "twisted.internet.epollreactor.EPollReactor"),
+                                                     (("-r", "txmesh-epoll"), "txmesh.reactor.TxmeshReactor")])
+def test_twistd_txmesh_proxies_on_its_reactor_or_the_one_chosen_with_r(twistdArgs, reactorClass):
+    import http.client
+
+    procs = []
+    try:
+        up, echo, _ = support.startUpstream()
+        procs.append(up)
+        admin, listen = support.freePort(), support.freePort()
+        tx = support.startTxmesh(PROXY.format(admin=admin, listen=listen, echo=echo), admin, twistdArgs=twistdArgs)
+        procs.append(tx)
+        support.waitForPort(listen, proc=tx.popen)
+        c = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
+        for i in range(3):  # keep-alive: the connections reused
+            body = os.urandom(1 << 20)  # more than the kernel takes at once: partial sends and held bytes
+            c.request("POST", "/echo/%d" % i, body=body, headers={"Host": "app.svc"})
+            r = c.getresponse()
+            assert r.status == 200
+            echoed = json.loads(r.read())
+            assert echoed["body_sha256"] == hashlib.sha256(body).hexdigest()
+            c.request("GET", "/bytes/3000000", headers={"Host": "app.svc"})
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, b"x" * 3000000)
+        c.close()
+        assert "reactor class: %s." % reactorClass in tx.output()
+    finally:
+        for p in reversed(procs):
+            p.stop()
