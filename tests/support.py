@@ -88,8 +88,11 @@ def startUpstream():
     return proc, http, raw
 
 
-def startTxmesh(configText, adminPort, extraEnv=None):
-    """Write configText to a temp mesh.yaml and run `python -m twisted -n txmesh --config` on it."""
+def startTxmesh(configText, adminPort, extraEnv=None, twistdArgs=()):
+    """
+    Write configText to a temp mesh.yaml and run `twistd -n txmesh --config` on it; ``twistdArgs`` go before
+    ``txmesh`` (``("-r", "epoll")``: Twisted's reactor instead of txmesh's).
+    """
     d = tempfile.mkdtemp(prefix="txmesh-cfg-")
     path = os.path.join(d, "mesh.yaml")
     with open(path, "w") as f:
@@ -98,7 +101,7 @@ def startTxmesh(configText, adminPort, extraEnv=None):
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extraEnv or {})
     proc = Proc([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-                 "txmesh", "--config", path], env=env)
+                 *twistdArgs, "txmesh", "--config", path], env=env)
     try:
         waitForPort(adminPort, proc=proc.popen)
     except RuntimeError:

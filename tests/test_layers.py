@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # (layer, glob patterns of module paths under txmesh/), lowest first
 LAYERS = (
-    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "twisted_private.py",
+    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "twisted_private.py", "tcp.py",
                    "protocols/descriptor.py", "__init__.py", "plugins/__init__.py", "protocols/__init__.py",
                    "protocols/*/__init__.py", "filters/__init__.py", "upstream/__init__.py",
                    "discovery/__init__.py"]),
@@ -22,7 +22,7 @@ LAYERS = (
                            "routing.py", "routing_config.py", "discovery_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
-    ("service", ["service.py", "admin.py", "tap.py", "cli.py", "testing.py"]),
+    ("service", ["service.py", "admin.py", "tap.py", "reactor.py", "cli.py", "testing.py"]),
     ("plugins", ["plugins/*.py"]),
 )
 

@@ -23,16 +23,28 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
 import txmesh
-from txmesh.protocols.transport import Writer
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import ClientFactory
+
 from txmesh.twisted_private import (
     PRIVATE_NAMES,
+    adoptTCPPort,
     parseServerEndpoint,
     raiseBindErrorsSynchronously,
-    tcpTransportIdle,
     watchAcceptErrors,
 )
 
 TWISTED = twisted.__version__
+
+
+def _closeReactor(r):
+    """Close a never-run reactor's descriptors (its epoll object and its waker's pipe)."""
+    r.waker.connectionLost(None)
+    r._poller.close()
+
+
+class _ClientFactory(ClientFactory):
+    protocol = Protocol
 
 
 def _missing(owner, name):
@@ -66,8 +78,15 @@ def connection():
 @pytest.mark.parametrize("owner,name", PRIVATE_NAMES, ids=["%s.%s" % p for p in PRIVATE_NAMES])
 def test_private_name_exists(owner, name, connection):
     conn, _ = connection
-    if owner == "twisted.internet.tcp.Port":
-        assert hasattr(tcp.Port, name), _missing(owner, name)
+    if owner in ("twisted.internet.tcp.Port", "twisted.internet.tcp.Connector"):
+        assert hasattr(_resolve(owner), name), _missing(owner, name)
+    elif owner == "twisted.internet.epollreactor.EPollReactor":
+        # _poller and _selectables are set by __init__: check a real (never run) reactor
+        r = EPollReactor()
+        try:
+            assert hasattr(r, name), _missing(owner, name)
+        finally:
+            _closeReactor(r)
     elif owner.startswith(("twisted.internet.abstract.", "twisted.internet.tcp.")):
         # instance attributes (FileDescriptor.__init__ sets _tempDataLen): check a real transport
         assert hasattr(conn, name), _missing(owner, name)
@@ -75,52 +94,45 @@ def test_private_name_exists(owner, name, connection):
         assert hasattr(_resolve(owner), name), _missing(owner, name)
 
 
-def test_a_fresh_transport_is_idle(connection):
-    conn, _ = connection
-    assert tcpTransportIdle(conn)
+def test_lean_loop_names_mean_what_doPoll_reads():
+    """_poller polls, _selectables maps fds to selectables, and the masks are epoll's."""
+    import select
+
+    r = EPollReactor()
+    try:
+        assert isinstance(r._selectables, dict), _missing("EPollReactor", "_selectables (a dict fd -> selectable)")
+        assert callable(r._poller.poll), _missing("EPollReactor", "_poller.poll")
+        assert (r._POLL_IN, r._POLL_OUT) == (select.EPOLLIN, select.EPOLLOUT)
+        assert r._POLL_DISCONNECTED == select.EPOLLHUP | select.EPOLLERR
+    finally:
+        _closeReactor(r)
 
 
-def test_bytes_twisted_holds_make_it_busy(connection):
-    conn, _ = connection
-    conn.write(b"held until the reactor's next write event")
-    assert conn._tempDataLen, _missing("twisted.internet.abstract.FileDescriptor", "_tempDataLen (as write's count)")
-    assert not tcpTransportIdle(conn)
+def test_connector_makes_its_transport_through_makeTransport():
+    """BaseConnector.connect builds the transport with _makeTransport: txmesh.tcp.Connector's (ClientClassConnector) is used."""
+    from txmesh import tcp as txtcp
+
+    reactor = MemoryReactorClock()
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        c = txtcp.Connector("127.0.0.1", listening.getsockname()[1], _ClientFactory(), 5, None, reactor)
+        c.connect()
+        try:
+            assert isinstance(c.transport, txtcp.Client)
+        finally:
+            c.transport.socket.close()
 
 
-def test_abort_makes_it_busy(connection):
-    conn, _ = connection
-    conn.abortConnection()
-    assert conn._aborting, _missing("twisted.internet.tcp._AbortingMixin", "_aborting (set by abortConnection)")
-    assert not tcpTransportIdle(conn)
+def test_adoptTCPPort_builds_the_given_port_class_on_a_listening_descriptor():
+    from txmesh import tcp as txtcp
 
-
-def test_write_side_shut_makes_it_busy(connection):
-    conn, peer = connection
-    conn.loseWriteConnection()
-    conn.doWrite()  # the reactor's write event: nothing buffered, so Twisted shuts the write side now
-    assert conn._writeDisconnected, _missing("twisted.internet.abstract.FileDescriptor",
-                                             "_writeDisconnected (set once loseWriteConnection shut the socket)")
-    assert not tcpTransportIdle(conn)
-    assert peer.recv(10) == b""
-
-
-def test_closing_makes_it_busy(connection):
-    conn, _ = connection
-    conn.loseConnection()
-    assert not tcpTransportIdle(conn)
-
-
-def test_writer_sends_at_once_and_keeps_order_behind_twisted(connection):
-    conn, peer = connection
-    writer = Writer(conn)
-    writer.write(b"direct")
-    assert peer.recv(100) == b"direct"
-    conn.write(b"1")  # Twisted holds this one...
-    writer.write(b"2")  # ...so this one must queue behind it, not overtake it
-    with pytest.raises(BlockingIOError):
-        peer.recv(100)
-    conn.doWrite()
-    assert peer.recv(100) == b"12"
+    reactor = MemoryReactorClock()
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        p = adoptTCPPort(txtcp.Port, reactor, listening.fileno(), socket.AF_INET, Factory.forProtocol(Protocol))
+        try:
+            assert isinstance(p, txtcp.Port)
+            assert p.getHost().port == listening.getsockname()[1]
+        finally:
+            p.socket.close()
 
 
 def test_parse_tcp():

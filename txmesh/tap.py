@@ -4,6 +4,7 @@ twistd glue: ``twistd -n txmesh --config mesh.yaml``.  The only module that touc
 
 import sys
 
+from twisted.internet import error
 from twisted.python import usage
 
 from txmesh import config as _config
@@ -21,6 +22,21 @@ class Options(usage.Options):
             raise usage.UsageError("--config is required")
 
 
+def installDefaultReactor():
+    """
+    Install the txmesh reactor (L{txmesh.reactor}) unless one is installed already: ``twistd -r NAME`` installs
+    NAME while parsing its options, before it asks this plugin for the service.
+    @return: True if the txmesh reactor was installed here.
+    """
+    from txmesh import reactor as txreactor
+
+    try:
+        txreactor.install()
+    except error.ReactorAlreadyInstalledError:
+        return False
+    return True
+
+
 def makeService(options):
     try:
         cfg = _config.load(options["config"])
@@ -30,6 +46,7 @@ def makeService(options):
     if options["check"]:
         sys.stdout.write("txmesh: %s is valid\n" % (options["config"],))
         sys.exit(0)
+    installDefaultReactor()
     from twisted.internet import reactor
 
     from txmesh.service import MeshService

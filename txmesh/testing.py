@@ -274,7 +274,7 @@ class FakeConnector:
         self.attempts = []
         self.cancelled = 0
         self._makeProtocol = makeProtocol
-        self._makeTransport = makeTransport
+        self._newTransport = makeTransport
 
     def __call__(self, host):
         d = defer.Deferred(self._cancelled)
@@ -286,7 +286,7 @@ class FakeConnector:
 
     def succeed(self, i=-1):
         proto = self._makeProtocol()
-        proto.makeConnection(self._makeTransport(proto))
+        proto.makeConnection(self._newTransport(proto))
         self.attempts[i].callback(proto)
         return proto
 
