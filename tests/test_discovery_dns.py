@@ -456,3 +456,87 @@ def test_endpoint_config_is_what_the_sink_gets():
     source.sink = Sink()
     source.start()
     assert got == [(EndpointConfig("10.0.0.1", 80),)]
+
+
+# -- against a real DNS server: Twisted's authoritative server on a loopback port, in the reactor thread --
+
+
+@pytest.fixture
+def dnsServer():
+    """(zone, port): tests/dns_server.py's ZoneAuthority served over UDP and TCP on 127.0.0.1."""
+    from tests.dns_server import ZoneAuthority, listen
+    from tests.reactor_thread import onReactor, reactor
+    zone = ZoneAuthority()
+    port, ports = onReactor(listen, reactor(), zone)
+    yield zone, port
+    for p in ports:
+        onReactor(p.stopListening)
+
+
+def runSource(port, *names, **kw):
+    from tests.reactor_thread import onReactor, reactor
+    kw.setdefault("lookupFamily", "v4_only")
+    cfg = DNSConfig(targets=tuple(DNSTarget(n, 8080) for n in names), resolvers=(("127.0.0.1", port),),
+                    hostsFile="", minTtl=0.2, timeout=1.0, failureBaseInterval=0.2, **kw)
+    r = reactor()
+    sink = RecordingSink()
+    source = DNSSource(cfg, r, sink, makeResolver(cfg, r), StatsStore().scope())
+    onReactor(source.start)
+    return source, sink
+
+
+def hostsNow(sink):
+    return sink.calls and sink.last[0] == "hosts" and [h for h, _, _ in sink.last[1]]
+
+
+def test_strict_follows_a_real_server_at_the_ttl(dnsServer):
+    from tests.reactor_thread import onReactor, waitFor
+    zone, port = dnsServer
+    many = [("A", "10.0.%d.%d" % (i // 200, i % 200 + 1), 1) for i in range(60)]  # a large answer (60 hosts, ~1 KB)
+    zone.setRecords({"svc": [("A", "127.0.0.2", 1), ("A", "127.0.0.3", 1)], "big": many})
+    source, sink = runSource(port, "svc.test.internal", "big.test.internal")
+    try:
+        waitFor(lambda: hostsNow(sink) and len(hostsNow(sink)) == 62, timeout=5)
+        assert hostsNow(sink)[:2] == ["127.0.0.2", "127.0.0.3"]
+        assert 0.2 <= source.describe()["next_resolution_in"] <= 1.0  # the records' TTL of 1 s
+        onReactor(zone.setRecords, {"svc": [("A", "127.0.0.3", 1), ("A", "127.0.0.4", 1)]})  # big: NXDOMAIN now
+        waitFor(lambda: hostsNow(sink) == ["127.0.0.3", "127.0.0.4"], timeout=5)
+        onReactor(zone.setRecords, {})
+        waitFor(lambda: hostsNow(sink) == [], timeout=5)
+        assert sink.last[2] == source.version
+    finally:
+        onReactor(source.stop)
+
+
+def test_logical_and_families_against_a_real_server(dnsServer):
+    from tests.reactor_thread import onReactor, waitFor
+    zone, port = dnsServer
+    zone.setRecords({"lb": [("A", "127.0.0.5", 1), ("A", "127.0.0.6", 1), ("AAAA", "::1", 1)]})
+    logical, logicalSink = runSource(port, "lb.test.internal", mode="logical")
+    auto, autoSink = runSource(port, "lb.test.internal", lookupFamily="auto")
+    try:
+        waitFor(lambda: hostsNow(logicalSink) == ["127.0.0.5"] and hostsNow(autoSink) == ["::1"], timeout=5)
+        onReactor(zone.setRecords, {"lb": [("A", "127.0.0.6", 1), ("A", "127.0.0.7", 1)]})
+        waitFor(lambda: hostsNow(logicalSink) == ["127.0.0.6"] and hostsNow(autoSink) == ["127.0.0.6", "127.0.0.7"],
+                timeout=5)
+    finally:
+        onReactor(logical.stop)
+        onReactor(auto.stop)
+
+
+def test_a_silent_server_fails_the_source_and_the_set_stays(dnsServer):
+    from tests.reactor_thread import onReactor, waitFor
+    zone, port = dnsServer
+    zone.setRecords({"svc": [("A", "127.0.0.2", 1)]})
+    source, sink = runSource(port, "svc.test.internal")
+    try:
+        waitFor(lambda: hostsNow(sink) == ["127.0.0.2"], timeout=5)
+        onReactor(setattr, zone, "silent", True)  # queries reach it and go unanswered
+        onReactor(zone.setRecords, {"svc": [("A", "127.0.0.9", 1)]})
+        waitFor(lambda: sink.last[0] == "failed", timeout=5)
+        assert sink.last == ("failed", "dns: svc.test.internal: timed out")
+        assert [c[1] for c in sink.calls if c[0] == "hosts"][-1] == [("127.0.0.2", 8080, 1)]
+        onReactor(setattr, zone, "silent", False)
+        waitFor(lambda: hostsNow(sink) == ["127.0.0.9"], timeout=5)
+    finally:
+        onReactor(source.stop)
