@@ -540,3 +540,32 @@ def test_a_silent_server_fails_the_source_and_the_set_stays(dnsServer):
         waitFor(lambda: hostsNow(sink) == ["127.0.0.9"], timeout=5)
     finally:
         onReactor(source.stop)
+
+
+def test_schema_accepts_the_dns_keys():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+    keys = """
+mode: logical
+hosts: ["api.example.com:443", {address: "10.0.0.1:8080", weight: 3, priority: 1, locality: z1}]
+lookup_family: v4_preferred
+refresh_rate: 2s
+respect_dns_ttl: true
+min_ttl: 1s
+max_ttl: 1m
+failure_refresh_rate: {base_interval: 500ms, max_interval: 8s}
+timeout: 1500ms
+resolvers: ["127.0.0.1:5353"]
+resolv_conf: /etc/resolv.conf
+hosts_file: /etc/hosts
+"""
+    text = MESH % "\n".join("      " + line for line in keys.strip().splitlines())
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(text))
+    config.loads(text)
+    bad = yaml.safe_load(MESH % "      hosts: [a.example:80]\n      lookup_family: V4_ONLY")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(bad)
