@@ -17,7 +17,8 @@ import txmesh.plugins
 from txmesh import config
 from txmesh.config import EndpointConfig
 from txmesh.discovery.base import SourceContext
-from txmesh.discovery.dns import DNSConfig, DNSSource, DNSSourceFactory, DNSTarget, makeResolver
+from txmesh.discovery.dns import DNSSource, DNSSourceFactory, makeResolver
+from txmesh.discovery.dns_config import DNSConfig, DNSTarget
 from txmesh.errors import ConfigError
 from txmesh.interfaces import IDiscoverySource, IDiscoverySourceFactory, IHostSetSink
 from txmesh.stats import StatsStore

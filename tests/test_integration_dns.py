@@ -12,12 +12,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
 import txmesh.discovery.base
 from tests import support
+from tests.test_integration_health import waitFor
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -60,16 +60,6 @@ def writeZone(path, records):
     with open(path + ".tmp", "w") as f:
         json.dump(records, f)
     os.rename(path + ".tmp", path)
-
-
-def waitFor(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("not within %.0fs: %r" % (timeout, predicate))
 
 
 def curl(port):
