@@ -570,3 +570,30 @@ hosts_file: /etc/hosts
     bad = yaml.safe_load(MESH % "      hosts: [a.example:80]\n      lookup_family: V4_ONLY")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def test_resolv_conf_is_read_when_it_changes_and_leaves_no_timer(tmp_path):
+    """Twisted's client re-reads resolv.conf on a 60 s timer of its own; txmesh's reads it on use, when changed."""
+    import os
+    resolvConf = tmp_path / "resolv.conf"
+    resolvConf.write_text("search example\nnameserver 10.0.0.53\n")
+    clock = Clock()
+    cfg = DNSConfig(targets=targets(("svc.example", 80, 1)), resolvConf=str(resolvConf), hostsFile="")
+    chain = makeResolver(cfg, clock)
+    (resolver,) = chain.resolvers
+    assert resolver.dynServers == [("10.0.0.53", 53)] and clock.getDelayedCalls() == []
+    resolvConf.write_text("nameserver 10.0.0.54\nnameserver 10.0.0.55\n")
+    os.utime(resolvConf, (1, 1))
+    resolver.maybeParseConfig()
+    assert resolver.dynServers == [("10.0.0.54", 53), ("10.0.0.55", 53)]
+    resolvConf.unlink()
+    resolver.maybeParseConfig()
+    assert resolver.dynServers == [("127.0.0.1", 53)]  # Twisted's answer to no resolv.conf
+    assert clock.getDelayedCalls() == []
+
+
+def test_resolvers_replace_resolv_conf():
+    cfg = DNSConfig(targets=targets(("svc.example", 80, 1)), resolvers=(("127.0.0.1", 5353),), hostsFile="",
+                    resolvConf="/nonexistent/resolv.conf")
+    (resolver,) = makeResolver(cfg, Clock()).resolvers
+    assert resolver.servers == [("127.0.0.1", 5353)] and resolver.resolv is None

@@ -159,7 +159,9 @@ class DNSSource:
         return {
             "mode": self.config.mode,
             "lookup_family": self.config.lookupFamily,
-            "resolvers": ["%s:%d" % s for s in self.config.resolvers] or self.config.resolvConf,
+            "resolvers": ["%s:%d" % s for s in self.config.resolvers],  # [] : resolv_conf's nameservers
+            "resolv_conf": None if self.config.resolvers else self.config.resolvConf,
+            "hosts_file": self.config.hostsFile or None,
             "names": [{"name": t.name, "port": t.port, "addresses": list(self.addresses.get(t, ())),
                        "ttl": self.ttls.get(t), "error": self.errors.get(t)} for t in self.config.targets],
             "version": self.version,
