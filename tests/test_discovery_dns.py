@@ -592,6 +592,14 @@ def test_resolv_conf_is_read_when_it_changes_and_leaves_no_timer(tmp_path):
     assert clock.getDelayedCalls() == []
 
 
+def test_an_unreadable_resolv_conf_does_not_stop_the_source(tmp_path):
+    resolvConf = tmp_path / "resolv.conf"
+    resolvConf.mkdir()  # open() fails with IsADirectoryError, not FileNotFoundError
+    cfg = DNSConfig(targets=targets(("svc.example", 80, 1)), resolvConf=str(resolvConf), hostsFile="")
+    (resolver,) = makeResolver(cfg, Clock()).resolvers
+    assert resolver.dynServers == [("127.0.0.1", 53)]
+
+
 def test_resolvers_replace_resolv_conf():
     cfg = DNSConfig(targets=targets(("svc.example", 80, 1)), resolvers=(("127.0.0.1", 5353),), hostsFile="",
                     resolvConf="/nonexistent/resolv.conf")

@@ -45,6 +45,7 @@ class ResolvConfResolver(client.Resolver):
     outlive a stopped source.  The parsing stays Twisted's (``parseConfig``).
     """
 
+    log = Logger()
     _resolvMtime = None
 
     def maybeParseConfig(self):
@@ -60,6 +61,13 @@ class ResolvConfResolver(client.Resolver):
             if self._resolvMtime is not False:
                 self._resolvMtime = False
                 self.parseConfig(())  # Twisted's answer to a missing file: 127.0.0.1:53
+        except OSError as e:
+            # unreadable: keep the servers read before (Twisted's client would raise out of its timer); at first, none
+            # were read: Twisted's default for an empty file
+            if self._resolvMtime is None:
+                self._resolvMtime = False
+                self.parseConfig(())
+                self.log.warn("cannot read {path} ({e}): asking 127.0.0.1:53", path=self.resolv, e=e)
 
     def queryUDP(self, queries, timeout=None):
         self.maybeParseConfig()
