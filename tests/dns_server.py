@@ -64,14 +64,14 @@ class ZoneAuthority(authority.FileAuthority):
         return super()._lookup(name, cls, type, timeout)
 
 
-def listen(reactor, zone):
-    """Serve ``zone`` on 127.0.0.1, UDP and TCP on one free port; @return: (port number, [listening ports])."""
+def listen(reactor, zone, interface="127.0.0.1"):
+    """Serve ``zone`` on ``interface``, UDP and TCP on one free port; @return: (port number, [listening ports])."""
     factory = server.DNSServerFactory(authorities=[zone])
     for _ in range(20):
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface=interface)
         number = udp.getHost().port
         try:
-            tcp = reactor.listenTCP(number, factory, interface="127.0.0.1")
+            tcp = reactor.listenTCP(number, factory, interface=interface)
         except CannotListenError:
             udp.stopListening()
             continue

@@ -382,7 +382,7 @@ min_ttl: 1s
 max_ttl: 1m
 failure_refresh_rate: {base_interval: 500ms, max_interval: 8s}
 timeout: 1500ms
-resolvers: ["127.0.0.1:5353", "10.0.0.53"]
+resolvers: ["127.0.0.1:5353", "10.0.0.53", "[::1]:5353", "fd00::53"]
 hosts_file: ""
 """)
     d = mesh.clusters[0].discovery
@@ -393,7 +393,8 @@ hosts_file: ""
     assert (c.mode, c.lookupFamily, c.refreshRate, c.respectDnsTtl, c.minTtl, c.maxTtl) == (
         "logical", "all", 2.0, False, 1.0, 60.0)
     assert (c.failureBaseInterval, c.failureMaxInterval, c.timeout) == (0.5, 8.0, 1.5)
-    assert c.resolvers == (("127.0.0.1", 5353), ("10.0.0.53", 53)) and c.hostsFile == ""
+    assert c.resolvers == (("127.0.0.1", 5353), ("10.0.0.53", 53), ("::1", 5353), ("fd00::53", 53))
+    assert c.hostsFile == ""
     assert c.retransmits() == (1.0, 0.5)
 
 
@@ -429,7 +430,7 @@ def test_config_defaults():
     ("hosts: [a.example:80]\nfailure_refresh_rate: {base: 2s}",
      "mesh.yaml:6: clusters[0].discovery.failure_refresh_rate.base: unknown key 'base'"),
     ("hosts: [a.example:80]\nresolvers: [dns.google:53]",
-     "mesh.yaml:6: clusters[0].discovery.resolvers[0]: must be an IPv4 address"),
+     "mesh.yaml:6: clusters[0].discovery.resolvers[0]: must be an IP address, optionally with :port"),
     ("hosts: [a.example:80]\nresolvers: ['127.0.0.1:99999']",
      "mesh.yaml:6: clusters[0].discovery.resolvers[0]: invalid port"),
     ("hosts: [a.example:80]\nrespect_dns_ttl: yes please",
@@ -523,6 +524,35 @@ def test_logical_and_families_against_a_real_server(dnsServer):
     finally:
         onReactor(logical.stop)
         onReactor(auto.stop)
+
+
+def _ipv6Loopback():
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6Loopback(), reason="no IPv6 loopback (::1) on this machine")
+def test_an_ipv6_dns_server():
+    from tests.dns_server import ZoneAuthority, listen
+    from tests.reactor_thread import onReactor, reactor, waitFor
+    zone = ZoneAuthority({"svc": [("A", "127.0.0.2", 1)]})
+    port, ports = onReactor(listen, reactor(), zone, "::1")
+    cfg = DNSConfig(targets=(DNSTarget("svc.test.internal", 8080),), resolvers=(("::1", port),), hostsFile="",
+                    lookupFamily="v4_only", timeout=1.0)
+    sink = RecordingSink()
+    source = DNSSource(cfg, reactor(), sink, makeResolver(cfg, reactor()), StatsStore().scope())
+    try:
+        onReactor(source.start)
+        waitFor(lambda: hostsNow(sink) == ["127.0.0.2"], timeout=5)
+    finally:
+        onReactor(source.stop)
+        for p in ports:
+            onReactor(p.stopListening)
 
 
 def test_a_silent_server_fails_the_source_and_the_set_stays(dnsServer):

@@ -102,14 +102,13 @@ def _target(r, raw, path):
 
 
 def _resolver(r, raw, path):
-    host, sep, port = raw.rpartition(":") if raw.count(":") == 1 else (raw, "", "")
-    if not sep:
-        host, port = raw, "53"
-    if _literal(host) is None or ":" in host:
-        raise r.error("must be an IPv4 address, optionally with :port (Twisted's client sends to IPv4 servers)", path)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise r.error("invalid port in '%s' (must be 1..65535)" % (raw,), path)
-    return host, int(port)
+    """A DNS server: ``ip``, ``ip:port``, ``[v6]:port`` or a bare IPv6 address (port 53 when none is given)."""
+    if _literal(raw) is not None:
+        return _literal(raw), 53
+    host, port = hostPort(r, raw, path)
+    if _literal(host) is None:
+        raise r.error("must be an IP address, optionally with :port (a DNS server, not a name to resolve)", path)
+    return _literal(host), port
 
 
 def buildDNSConfig(raw, context):
