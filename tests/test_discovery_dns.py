@@ -18,7 +18,7 @@ from txmesh import config
 from txmesh.config import EndpointConfig
 from txmesh.discovery.base import SourceContext
 from txmesh.discovery.dns import DNSSource, DNSSourceFactory, makeResolver
-from txmesh.discovery.dns_config import DNSConfig, DNSTarget
+from txmesh.discovery.dns_config import DNSConfig
 from txmesh.errors import ConfigError
 from txmesh.interfaces import IDiscoverySource, IDiscoverySourceFactory, IHostSetSink
 from txmesh.stats import StatsStore
@@ -73,7 +73,7 @@ class ScriptedResolver(common.ResolverBase):
 
 
 def targets(*specs):
-    return tuple(DNSTarget(name, port, weight) for name, port, weight in specs)
+    return tuple(EndpointConfig(name, port, weight) for name, port, weight in specs)
 
 
 def nextIn(clock):
@@ -273,7 +273,7 @@ def test_preferred_family_failing_with_nothing_from_the_other_fails_the_round():
 
 
 def test_address_literals_are_never_looked_up():
-    cfg = DNSConfig(targets=(DNSTarget("127.0.0.1", 8080, literal=True),))
+    cfg = DNSConfig(targets=(EndpointConfig("127.0.0.1", 8080),))
     resolver, sink = ScriptedResolver(), RecordingSink()
     DNSSource(cfg, Clock(), sink, resolver, StatsStore().scope()).start()
     assert resolver.queries == [] and sink.last[1] == [("127.0.0.1", 8080, 1)]
@@ -290,6 +290,17 @@ def test_stop_cancels_the_query_in_flight_and_every_timer():
     source.stop()
     clock.advance(60)
     assert clock.getDelayedCalls() == [] and len(sink.calls) == 1 and len(resolver.queries) == 1
+
+
+def test_start_twice_is_one_loop_and_start_after_stop_resumes():
+    source, clock, sink, resolver, _ = makeSource({("svc.example", "A"): [("10.0.0.1", 10)]})
+    source.start()
+    source.start()
+    assert len(resolver.queries) == 1 and len(clock.getDelayedCalls()) == 1
+    source.stop()
+    source.start()
+    clock.advance(10)
+    assert len(resolver.queries) == 3 and len(clock.getDelayedCalls()) == 1
 
 
 def test_a_failing_sink_does_not_stop_the_refresh():
@@ -388,8 +399,8 @@ hosts_file: ""
     d = mesh.clusters[0].discovery
     c = d.sourceConfig
     assert d.type == "dns" and d.registry is None
-    assert c.targets == (DNSTarget("api.example.com", 443), DNSTarget("10.0.0.1", 8080, 3, 1, "z1", True),
-                         DNSTarget("::1", 80, literal=True))
+    assert c.targets == (EndpointConfig("api.example.com", 443), EndpointConfig("10.0.0.1", 8080, 3, 1, "z1"),
+                         EndpointConfig("::1", 80))
     assert (c.mode, c.lookupFamily, c.refreshRate, c.respectDnsTtl, c.minTtl, c.maxTtl) == (
         "logical", "all", 2.0, False, 1.0, 60.0)
     assert (c.failureBaseInterval, c.failureMaxInterval, c.timeout) == (0.5, 8.0, 1.5)
@@ -478,7 +489,7 @@ def dnsServer():
 def runSource(port, *names, **kw):
     from tests.reactor_thread import onReactor, reactor
     kw.setdefault("lookupFamily", "v4_only")
-    cfg = DNSConfig(targets=tuple(DNSTarget(n, 8080) for n in names), resolvers=(("127.0.0.1", port),),
+    cfg = DNSConfig(targets=tuple(EndpointConfig(n, 8080) for n in names), resolvers=(("127.0.0.1", port),),
                     hostsFile="", minTtl=0.2, timeout=1.0, failureBaseInterval=0.2, **kw)
     r = reactor()
     sink = RecordingSink()
@@ -542,7 +553,7 @@ def test_an_ipv6_dns_server():
     from tests.reactor_thread import onReactor, reactor, waitFor
     zone = ZoneAuthority({"svc": [("A", "127.0.0.2", 1)]})
     port, ports = onReactor(listen, reactor(), zone, "::1")
-    cfg = DNSConfig(targets=(DNSTarget("svc.test.internal", 8080),), resolvers=(("::1", port),), hostsFile="",
+    cfg = DNSConfig(targets=(EndpointConfig("svc.test.internal", 8080),), resolvers=(("::1", port),), hostsFile="",
                     lookupFamily="v4_only", timeout=1.0)
     sink = RecordingSink()
     source = DNSSource(cfg, reactor(), sink, makeResolver(cfg, reactor()), StatsStore().scope())

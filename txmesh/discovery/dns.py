@@ -17,18 +17,19 @@ next comes after a jittered exponential back-off (``failure_refresh_rate``).  Af
 rebuild when nothing changed); its ``version`` is a hash of the sorted set, so equal sets have equal versions.
 """
 
+import dataclasses
 import hashlib
 import os
 import random
 import socket
 
 from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from twisted.names import client, dns, error, hosts, resolve
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmesh.config import EndpointConfig
 from txmesh.discovery.dns_config import KEYS, buildDNSConfig
 from txmesh.interfaces import IDiscoverySource, IDiscoverySourceFactory
 
@@ -149,6 +150,8 @@ class DNSSource:
     # -- IDiscoverySource --
 
     def start(self):
+        if self.running:
+            return
         self.running = True
         self._resolveAll()
 
@@ -171,7 +174,7 @@ class DNSSource:
             "resolvers": ["%s:%d" % s for s in self.config.resolvers],  # [] : resolv_conf's nameservers
             "resolv_conf": None if self.config.resolvers else self.config.resolvConf,
             "hosts_file": self.config.hostsFile or None,
-            "names": [{"name": t.name, "port": t.port, "addresses": list(self.addresses.get(t, ())),
+            "names": [{"name": t.host, "port": t.port, "addresses": list(self.addresses.get(t, ())),
                        "ttl": self.ttls.get(t), "error": self.errors.get(t)} for t in self.config.targets],
             "version": self.version,
             "consecutive_failures": self.consecutiveFailures,
@@ -214,7 +217,7 @@ class DNSSource:
         for target, why in failures:
             self.errors[target] = why
         if failures:
-            self.sink.sourceFailed("dns: " + "; ".join("%s: %s" % (t.name, why) for t, why in failures))
+            self.sink.sourceFailed("dns: " + "; ".join("%s: %s" % (t.host, why) for t, why in failures))
             return self._failed()
         self.consecutiveFailures = 0
         for target, answer in answers.items():
@@ -241,7 +244,7 @@ class DNSSource:
             for address in self.addresses.get(target, ()):
                 if (address, target.port) not in seen:
                     seen.add((address, target.port))
-                    out.append(EndpointConfig(address, target.port, target.weight, target.priority, target.locality))
+                    out.append(dataclasses.replace(target, host=address))
         return tuple(out)
 
     def _failed(self):
@@ -263,17 +266,17 @@ class DNSSource:
     # -- one name --
 
     def _resolveTarget(self, target):
-        if target.literal:
-            return defer.succeed(_Answer((target.name,)))
+        if isIPAddress(target.host) or isIPv6Address(target.host):
+            return defer.succeed(_Answer((target.host,)))  # an address literal: never looked up
         family = self.config.lookupFamily
         if family == "v4_only":
-            d = self._query(target.name, False)
+            d = self._query(target.host, False)
         elif family == "v6_only":
-            d = self._query(target.name, True)
+            d = self._query(target.host, True)
         elif family == "all":
-            d = self._both(target.name)
+            d = self._both(target.host)
         else:
-            d = self._preferred(target.name, family == "auto")
+            d = self._preferred(target.host, family == "auto")
         return d.addTimeout(self.config.timeout, self.reactor)  # cancels the query (or both) in flight
 
     def _preferred(self, name, v6First):

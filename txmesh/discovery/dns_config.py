@@ -6,6 +6,7 @@ L{DNSConfig} (docs/configuration.md, ``#### dns``).  The source itself is txmesh
 import ipaddress
 from dataclasses import dataclass
 
+from txmesh.config import EndpointConfig
 from txmesh.config_reader import Reader, hostPort, joinPath
 
 MODES = ("strict", "logical")
@@ -18,21 +19,11 @@ _RETRANSMITS = (1.0, 3.0, 11.0, 45.0)
 
 
 @dataclass(frozen=True, slots=True)
-class DNSTarget:
-    """One ``hosts`` entry: a name (or an address literal) and the port and balancing fields its hosts get."""
-
-    name: str
-    port: int
-    weight: int = 1
-    priority: int = 0
-    locality: str = ""
-    literal: bool = False  # an IP address: its own answer, never looked up
-
-
-@dataclass(frozen=True, slots=True)
 class DNSConfig:
     """``clusters[].discovery`` of ``type: dns`` (times in seconds); see docs/configuration.md, ``#### dns``."""
 
+    # the ``hosts`` entries as txmesh.config.EndpointConfig templates: ``host`` is the name to resolve (lowercased,
+    # without a trailing dot) or an address literal; each address found becomes a copy with that address as host
     targets: tuple
     mode: str = "strict"
     lookupFamily: str = "v4_preferred"
@@ -98,7 +89,7 @@ def _target(r, raw, path):
     literal = _literal(name)
     if literal is None:
         _checkName(r, name, aPath)
-    return DNSTarget(literal or name.rstrip(".").lower(), port, weight, priority, locality, literal is not None)
+    return EndpointConfig(literal or name.rstrip(".").lower(), port, weight, priority, locality)
 
 
 def _resolver(r, raw, path):
@@ -128,10 +119,10 @@ def buildDNSConfig(raw, context):
     for i, item in enumerate(hostsList):
         iPath = "%s.hosts[%d]" % (path, i)
         target = _target(r, item, iPath)
-        if (target.name, target.port) in seen:
-            raise r.error("duplicate host '%s:%d' (also %s)" % (target.name, target.port, seen[(
-                target.name, target.port)]), iPath)
-        seen[(target.name, target.port)] = iPath
+        if (target.host, target.port) in seen:
+            raise r.error("duplicate host '%s:%d' (also %s)" % (target.host, target.port, seen[(
+                target.host, target.port)]), iPath)
+        seen[(target.host, target.port)] = iPath
         targets.append(target)
     refresh = r.duration(raw, path, "refresh_rate", 5.0)
     minTtl = r.duration(raw, path, "min_ttl", 5.0)
