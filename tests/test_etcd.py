@@ -1,0 +1,288 @@
+"""
+txmesh.discovery.etcd against a real etcd (Debian's, started by tests/registry_servers.py) on the real reactor
+(tests/reactor_thread.py): prefix watches see puts and deletes, resume after etcd is killed and restarted without
+re-reading, recover from a compaction; keys under leases are kept alive, vanish when the keep-alives stop (a
+crashed txmesh), come back when the lease is lost, go when withdrawn; endpoints are tried in turn, every call
+bounded.  Every wait is bounded.
+"""
+
+import base64
+import threading
+
+import pytest
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols import portforward
+from zope.interface.verify import verifyObject
+
+from tests.reactor_thread import onReactor, reactor, waitFor
+from tests.support import freePort
+from txmesh.discovery.etcd import EtcdClient, EtcdError, EtcdRegistrar, EtcdUnavailable, prefixEnd
+from txmesh.discovery_config import EtcdRegistryConfig
+from txmesh.interfaces import IEtcdClient, IRegistrar
+
+pytestmark = pytest.mark.timeout(40)
+
+
+def b64(data):
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def put(server, key, value, lease=None):
+    body = {"key": b64(key), "value": b64(value)}
+    if lease:
+        body["lease"] = lease
+    return int(server.call("/v3/kv/put", body)["header"]["revision"])
+
+
+def delete(server, key):
+    return int(server.call("/v3/kv/deleterange", {"key": b64(key)})["header"]["revision"])
+
+
+def get(server, key):
+    """The kv of ``key`` (value decoded, lease) or None."""
+    kvs = server.call("/v3/kv/range", {"key": b64(key)}).get("kvs")
+    if not kvs:
+        return None
+    return {"value": base64.b64decode(kvs[0].get("value", "")).decode(), "lease": kvs[0].get("lease")}
+
+
+def client(*urls, timeout=2.0, name="etcd"):
+    return EtcdClient(EtcdRegistryConfig(name=name, endpoints=tuple(urls), timeout=timeout), reactor())
+
+
+class Recorder:
+    """What a watch delivered: each (items, revision) and each failure, checking they come on the reactor thread."""
+
+    def __init__(self):
+        self.sets = []
+        self.failures = []
+        self.threads = set()
+
+    def changed(self, items, revision):
+        self.threads.add(threading.current_thread().name)
+        self.sets.append((items, revision))
+
+    def failed(self, reason):
+        self.threads.add(threading.current_thread().name)
+        self.failures.append(reason)
+
+    def last(self):
+        return self.sets[-1][0] if self.sets else None
+
+
+def test_interfaces(etcd):
+    c = client(etcd.url)
+    verifyObject(IEtcdClient, c)
+    verifyObject(IRegistrar, EtcdRegistrar(c, "/k", "v", 5))
+
+
+def test_prefix_end():
+    assert prefixEnd(b"/svc/") == b"/svc0"
+    assert prefixEnd(b"a\xff") == b"b"
+    assert prefixEnd(b"\xff\xff") == b"\0"
+
+
+def test_watch_sees_puts_and_deletes(etcd):
+    put(etcd, "/t-watch/a", "1")
+    put(etcd, "/t-watchX", "outside the prefix")
+    c = client(etcd.url)
+    rec = Recorder()
+    w = onReactor(c.watchPrefix, "/t-watch/", rec.changed, rec.failed)
+    try:
+        waitFor(lambda: rec.last() == {"/t-watch/a": b"1"})
+        assert c.connected
+        put(etcd, "/t-watch/b", "2")
+        waitFor(lambda: rec.last() == {"/t-watch/a": b"1", "/t-watch/b": b"2"})
+        rev = put(etcd, "/t-watch/a", "3")
+        waitFor(lambda: rec.last() == {"/t-watch/a": b"3", "/t-watch/b": b"2"})
+        assert rec.sets[-1][1] == str(rev)  # the version is the etcd revision of the change
+        delete(etcd, "/t-watch/a")
+        waitFor(lambda: rec.last() == {"/t-watch/b": b"2"})
+        revisions = [int(r) for _, r in rec.sets]
+        assert revisions == sorted(revisions)
+        assert (w.lists, w.resumes, rec.failures) == (1, 0, [])
+    finally:
+        onReactor(c.stop)
+    assert rec.threads == {"test-reactor"}
+
+
+def test_watch_resumes_after_etcd_restart_without_losing_a_change(etcd_server):
+    put(etcd_server, "/t-rs/a", "1")
+    c = client(etcd_server.url)
+    rec = Recorder()
+    w = onReactor(c.watchPrefix, "/t-rs/", rec.changed, rec.failed)
+    try:
+        waitFor(lambda: rec.last() == {"/t-rs/a": b"1"})
+        etcd_server.kill()
+        waitFor(lambda: rec.failures and not c.connected, timeout=10)
+        etcd_server.start()
+        # changes made while the watcher is still away, and more once it may be back
+        put(etcd_server, "/t-rs/b", "2")
+        delete(etcd_server, "/t-rs/a")
+        put(etcd_server, "/t-rs/c", "3")
+        waitFor(lambda: rec.last() == {"/t-rs/b": b"2", "/t-rs/c": b"3"}, timeout=20)
+        assert w.lists == 1 and w.resumes >= 1  # resumed from its revision: the changes came as events
+        assert c.connected
+        put(etcd_server, "/t-rs/d", "4")
+        waitFor(lambda: "/t-rs/d" in rec.last())
+    finally:
+        onReactor(c.stop)
+
+
+class _CutServer(portforward.ProxyServer):
+    def connectionMade(self):
+        self.factory.open.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        self.factory.open.discard(self)
+        super().connectionLost(reason)
+
+
+class CuttableProxy(portforward.ProxyFactory):
+    """A loopback TCP forwarder to etcd that a test cuts (every connection dropped, nothing listening) and restores."""
+
+    protocol = _CutServer
+
+    def __init__(self, port):
+        super().__init__("127.0.0.1", port)
+        self.open = set()
+        self.listenPort = freePort()
+        self.url = "http://127.0.0.1:%d" % (self.listenPort,)
+        self.listening = None
+
+    def listen(self):
+        self.listening = reactor().listenTCP(self.listenPort, self, interface="127.0.0.1")
+
+    def cut(self):
+        for p in list(self.open):
+            p.transport.abortConnection()
+        return self.listening.stopListening()
+
+
+def test_watch_across_a_compaction_reads_the_prefix_again(etcd_server):
+    proxy = CuttableProxy(etcd_server.port)
+    onReactor(proxy.listen)
+    put(etcd_server, "/t-cp/a", "1")
+    c = client(proxy.url)
+    rec = Recorder()
+    w = onReactor(c.watchPrefix, "/t-cp/", rec.changed, rec.failed)
+    try:
+        waitFor(lambda: rec.last() == {"/t-cp/a": b"1"})
+        onReactor(proxy.cut)
+        waitFor(lambda: rec.failures, timeout=10)
+        # while the watcher is away: changes, then the history it would resume from is compacted away
+        put(etcd_server, "/t-cp/b", "2")
+        delete(etcd_server, "/t-cp/a")
+        rev = put(etcd_server, "/t-cp/c", "3")
+        etcd_server.call("/v3/kv/compaction", {"revision": str(rev), "physical": True})
+        onReactor(proxy.listen)
+        waitFor(lambda: rec.last() == {"/t-cp/b": b"2", "/t-cp/c": b"3"}, timeout=20)
+        assert (w.compactions, w.lists) == (1, 2)
+        assert int(rec.sets[-1][1]) >= rev
+        put(etcd_server, "/t-cp/d", "4")  # and it watches again
+        waitFor(lambda: "/t-cp/d" in rec.last())
+    finally:
+        onReactor(c.stop)
+        onReactor(proxy.cut)
+
+
+def test_key_kept_alive_then_gone_after_the_ttl_when_txmesh_crashes(etcd):
+    c = client(etcd.url)
+    onReactor(c.putWithLease, "/t-lease/me", "127.0.0.1:8080", 2)
+    kv = get(etcd, "/t-lease/me")
+    assert kv["value"] == "127.0.0.1:8080" and kv["lease"]
+    # keep-alives every TTL/3: the key outlives its TTL while they go on
+    waitFor(lambda: c.describeKey("/t-lease/me")["keepAlives"] >= 4, timeout=10)
+    assert get(etcd, "/t-lease/me") is not None
+    onReactor(c.stop)  # a crash: no revoke, no delete
+    assert get(etcd, "/t-lease/me") is not None
+    waitFor(lambda: get(etcd, "/t-lease/me") is None, timeout=10)
+
+
+def test_registration_comes_back_after_the_lease_was_lost(etcd):
+    c = client(etcd.url)
+    registrar = EtcdRegistrar(c, "/t-lost/me", '{"address": "127.0.0.1:8081"}', 2)
+    try:
+        onReactor(registrar.register)
+        first = get(etcd, "/t-lost/me")["lease"]
+        assert onReactor(registrar.describe)["published"]
+        etcd.call("/v3/lease/revoke", {"ID": first})  # the lease lost (as if it expired while etcd was away)
+        assert get(etcd, "/t-lost/me") is None
+        waitFor(lambda: get(etcd, "/t-lost/me") is not None, timeout=10)
+        kv = get(etcd, "/t-lost/me")
+        assert kv["lease"] != first and kv["value"] == '{"address": "127.0.0.1:8081"}'
+        assert c.describeKey("/t-lost/me")["grants"] == 2
+        onReactor(registrar.deregister)
+        assert get(etcd, "/t-lost/me") is None
+        ttl = etcd.call("/v3/kv/lease/timetolive", {"ID": kv["lease"]})
+        assert int(ttl["TTL"]) == -1  # revoked, not left to expire
+        d = onReactor(registrar.describe)
+        assert (d["registered"], d["published"], d["key"], d["registry"]) == (False, False, "/t-lost/me", "etcd")
+    finally:
+        onReactor(c.stop)
+
+
+def test_put_waits_for_etcd_and_a_new_value_replaces_the_old(etcd_server):
+    c = client(etcd_server.url, timeout=1.0)
+    try:
+        etcd_server.kill()
+        written = []
+        onReactor(lambda: c.putWithLease("/t-wait/me", "v1", 3).addCallback(written.append) and None)
+        waitFor(lambda: not c.connected and c.describeKey("/t-wait/me")["written"] is False)
+        assert written == []
+        etcd_server.start()
+        waitFor(lambda: written, timeout=20)
+        assert get(etcd_server, "/t-wait/me")["value"] == "v1"
+        onReactor(c.putWithLease, "/t-wait/me", "v2", 3)
+        assert get(etcd_server, "/t-wait/me")["value"] == "v2"
+    finally:
+        onReactor(c.stop)
+
+
+class _Silent(Protocol):
+    """Accepts and never answers."""
+
+
+def test_endpoints_tried_in_turn_each_call_bounded(etcd):
+    silent = freePort()
+    port = onReactor(lambda: reactor().listenTCP(silent, Factory.forProtocol(_Silent), interface="127.0.0.1"))
+    refused = "http://127.0.0.1:%d" % (freePort(),)
+    c = client(refused, "http://127.0.0.1:%d" % (silent,), etcd.url, timeout=0.5)
+    try:
+        put(etcd, "/t-turn/a", "1")
+        rec = Recorder()
+        onReactor(c.watchPrefix, "/t-turn/", rec.changed)
+        waitFor(lambda: rec.last() == {"/t-turn/a": b"1"}, timeout=10)
+        assert c.connected
+        dead = client(refused, "http://127.0.0.1:%d" % (silent,), timeout=0.5)
+        with pytest.raises(EtcdUnavailable):
+            onReactor(dead.call, "/v3/kv/range", {"key": b64("/x")}, timeout=5)
+        assert not dead.connected
+        onReactor(dead.stop)
+        # an answer from etcd is not retried elsewhere: it says what is wrong
+        with pytest.raises(EtcdError) as e:
+            onReactor(c.call, "/v3/kv/range", {"key": 5})
+        assert e.value.code == 3 and not isinstance(e.value, EtcdUnavailable)
+    finally:
+        onReactor(c.stop)
+        onReactor(port.stopListening)
+
+
+def test_stop_cancels_watches_and_keepalives(etcd):
+    c = client(etcd.url)
+    rec = Recorder()
+    onReactor(c.watchPrefix, "/t-stop/", rec.changed)
+    onReactor(c.putWithLease, "/t-stop/me", "x", 5)
+    waitFor(lambda: rec.last() == {"/t-stop/me": b"x"})
+    onReactor(c.stop)
+    n = len(rec.sets)
+    put(etcd, "/t-stop/other", "y")
+    # a second watcher sees the put; the stopped one got nothing more
+    c2 = client(etcd.url)
+    rec2 = Recorder()
+    onReactor(c2.watchPrefix, "/t-stop/", rec2.changed)
+    waitFor(lambda: rec2.last() and "/t-stop/other" in rec2.last())
+    onReactor(c2.stop)
+    assert len(rec.sets) == n
+    assert not c.connected
