@@ -70,6 +70,13 @@ class Recorder:
         return self.sets[-1][0] if self.sets else None
 
 
+def watching(url, prefix):
+    """A client on ``url`` watching ``prefix``: (client, Recorder, the watch)."""
+    c = client(url)
+    rec = Recorder()
+    return c, rec, onReactor(c.watchPrefix, prefix, rec.changed, rec.failed)
+
+
 def test_interfaces(etcd):
     c = client(etcd.url)
     verifyObject(IEtcdClient, c)
@@ -85,9 +92,7 @@ def test_prefix_end():
 def test_watch_sees_puts_and_deletes(etcd):
     put(etcd, "/t-watch/a", "1")
     put(etcd, "/t-watchX", "outside the prefix")
-    c = client(etcd.url)
-    rec = Recorder()
-    w = onReactor(c.watchPrefix, "/t-watch/", rec.changed, rec.failed)
+    c, rec, w = watching(etcd.url, "/t-watch/")
     try:
         waitFor(lambda: rec.last() == {"/t-watch/a": b"1"})
         assert c.connected
@@ -108,9 +113,7 @@ def test_watch_sees_puts_and_deletes(etcd):
 
 def test_watch_resumes_after_etcd_restart_without_losing_a_change(etcd_server):
     put(etcd_server, "/t-rs/a", "1")
-    c = client(etcd_server.url)
-    rec = Recorder()
-    w = onReactor(c.watchPrefix, "/t-rs/", rec.changed, rec.failed)
+    c, rec, w = watching(etcd_server.url, "/t-rs/")
     try:
         waitFor(lambda: rec.last() == {"/t-rs/a": b"1"})
         etcd_server.kill()
@@ -164,9 +167,7 @@ def test_watch_across_a_compaction_reads_the_prefix_again(etcd_server):
     proxy = CuttableProxy(etcd_server.port)
     onReactor(proxy.listen)
     put(etcd_server, "/t-cp/a", "1")
-    c = client(proxy.url)
-    rec = Recorder()
-    w = onReactor(c.watchPrefix, "/t-cp/", rec.changed, rec.failed)
+    c, rec, w = watching(proxy.url, "/t-cp/")
     try:
         waitFor(lambda: rec.last() == {"/t-cp/a": b"1"})
         onReactor(proxy.cut)

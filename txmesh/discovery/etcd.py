@@ -449,7 +449,8 @@ class _PrefixWatch:
         self.client._setConnected(False)
         self._recovering = True
         message = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
-        self.client.log.warn("etcd watch of {prefix} broken ({why}); retrying", prefix=self.prefix, why=message)
+        if self._backoff.attempt == 0:  # once per outage; the retries that fail too are not logged again
+            self.client.log.warn("etcd watch of {prefix} broken ({why}); retrying", prefix=self.prefix, why=message)
         if self.failed is not None:
             self.failed(message)
         self._timer = self.client.reactor.callLater(self._backoff.next(), self._again)
