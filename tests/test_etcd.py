@@ -7,16 +7,24 @@ bounded.  Every wait is bounded.
 """
 
 import base64
+import json
 import threading
+from random import Random
 
 import pytest
+from treq.testing import RequestTraversalAgent
+from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.protocols import portforward
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
 from tests.reactor_thread import onReactor, reactor, waitFor
 from tests.support import freePort
-from txmesh.discovery.etcd import EtcdClient, EtcdError, EtcdRegistrar, EtcdUnavailable, prefixEnd
+from txmesh.discovery.etcd import EtcdClient, EtcdRegistrar
+from txmesh.discovery.etcd_gateway import EtcdError, EtcdUnavailable, prefixEnd
 from txmesh.discovery_config import EtcdRegistryConfig
 from txmesh.interfaces import IEtcdClient, IRegistrar
 
@@ -287,3 +295,232 @@ def test_stop_cancels_watches_and_keepalives(etcd):
     onReactor(c2.stop)
     assert len(rec.sets) == n
     assert not c.connected
+
+
+# -- unit tests: the client on a Clock, over treq's in-memory agent, against a scripted gateway --
+
+class ScriptedGateway(Resource):
+    """Records each POST (path, JSON body, request) and leaves it open for the test to answer."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def render_POST(self, request):
+        self.requests.append((request.path.decode(), json.loads(request.content.read()), request))
+        return NOT_DONE_YET
+
+
+class Scripted:
+    """An EtcdClient on a Clock whose calls reach a ScriptedGateway through treq's RequestTraversalAgent."""
+
+    def __init__(self, endpoints=("http://127.0.0.1:2379",), timeout=2.0):
+        self.clock = Clock()
+        self.gateway = ScriptedGateway()
+        self.agent = RequestTraversalAgent(self.gateway)
+        self.client = EtcdClient(EtcdRegistryConfig(name="etcd", endpoints=tuple(endpoints), timeout=timeout),
+                                 self.clock, agent=self.agent, random=Random(7))
+
+    def take(self, path):
+        """The one request waiting, which must be to ``path``: (body, request)."""
+        self.agent.flush()
+        assert [r[0] for r in self.gateway.requests] == [path]
+        _, body, request = self.gateway.requests.pop()
+        return body, request
+
+    def idle(self):
+        self.agent.flush()
+        return self.gateway.requests == []
+
+    def write(self, request, data, finish=False, code=200):
+        request.setResponseCode(code)
+        request.write(data if isinstance(data, bytes) else json.dumps(data).encode())
+        if finish:
+            request.finish()
+        self.agent.flush()
+
+    def answer(self, path, obj, code=200):
+        body, request = self.take(path)
+        self.write(request, obj, True, code)
+        return body
+
+
+HEADER = {"header": {"revision": "10"}}
+
+
+def test_keep_alive_every_third_of_the_ttl_then_a_new_lease_when_lost():
+    s = Scripted()
+    done = []
+    s.client.putWithLease("/k", "v", 9).addCallback(done.append)
+    assert s.answer("/v3/lease/grant", {"ID": "7", "TTL": "9"}) == {"TTL": 9}
+    assert s.answer("/v3/kv/put", HEADER) == {"key": b64("/k"), "value": b64("v"), "lease": "7"}
+    assert done == [None]
+    s.clock.advance(2.9)
+    assert s.idle()
+    s.clock.advance(0.1)
+    assert s.answer("/v3/lease/keepalive", {"result": {"ID": "7", "TTL": "9"}}) == {"ID": "7"}
+    s.clock.advance(3)
+    s.answer("/v3/lease/keepalive", {"result": {"ID": "7"}})  # no TTL: etcd lost the lease
+    assert s.client.describeKey("/k")["written"] is False
+    s.answer("/v3/lease/grant", {"ID": "8", "TTL": "9"})
+    assert s.answer("/v3/kv/put", HEADER)["lease"] == "8"
+    assert s.client.describeKey("/k") == {"key": "/k", "ttl": 9, "lease": "8", "written": True, "grants": 2,
+                                          "keepAlives": 1}
+    # a keep-alive that cannot reach etcd is retried, sooner than the TTL
+    s.clock.advance(3)
+    s.take("/v3/lease/keepalive")
+    s.clock.advance(2)  # the call's timeout; one more try on a fresh connection
+    s.take("/v3/lease/keepalive")
+    s.clock.advance(2)
+    assert s.client.connected is False
+    s.clock.advance(0.2)
+    s.answer("/v3/lease/keepalive", {"result": {"ID": "8", "TTL": "9"}})
+    assert s.client.connected
+
+
+def test_each_call_bounded_then_the_next_endpoint():
+    s = Scripted(endpoints=("http://127.0.0.1:1", "http://127.0.0.1:2"))
+    results = []
+    s.client.call("/v3/kv/range", {"key": b64("/a")}).addBoth(results.append)
+    _, first = s.take("/v3/kv/range")
+    assert first.getHeader("host") == "127.0.0.1:1"
+    s.clock.advance(2)
+    _, second = s.take("/v3/kv/range")
+    assert second.getHeader("host") == "127.0.0.1:2"
+    s.write(second, HEADER, True)
+    assert results == [HEADER] and s.client.connected
+    # the endpoint that answered is asked first next time; when none answers the call fails, bounded
+    s.client.call("/v3/kv/range", {}).addBoth(results.append)
+    hosts = []
+    for _ in range(3):  # each endpoint, then the first one again
+        _, request = s.take("/v3/kv/range")
+        hosts.append(request.getHeader("host"))
+        s.clock.advance(2)
+    assert hosts == ["127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]
+    assert results[-1].check(EtcdUnavailable) and not s.client.connected
+
+
+@pytest.mark.parametrize("code, body, error", [
+    (200, b"<html>not etcd</html>", EtcdUnavailable),  # not JSON: try another endpoint
+    (503, b"", EtcdUnavailable),
+    (503, b'{"error": "etcdserver: no leader", "code": 14}', EtcdUnavailable),
+    (400, b'{"error": "bad", "message": "bad", "code": 3}', EtcdError),  # an answer: no other endpoint
+    (404, b"404 page not found\n", EtcdError),
+    (200, b"", EtcdUnavailable),
+])
+def test_bad_answers_are_typed_errors(code, body, error):
+    s = Scripted(endpoints=("http://127.0.0.1:1",))
+    results = []
+    s.client.call("/v3/kv/range", {}).addBoth(results.append)
+    _, request = s.take("/v3/kv/range")
+    s.write(request, body, True, code)
+    if error is EtcdUnavailable:  # tried again
+        _, request = s.take("/v3/kv/range")
+        s.write(request, body, True, code)
+    assert s.idle()
+    assert results[0].check(EtcdError)
+    assert isinstance(results[0].value, EtcdUnavailable) == (error is EtcdUnavailable)
+
+
+def watchScripted():
+    s = Scripted()
+    rec = Recorder()
+    w = s.client.watchPrefix("/p/", rec.changed, rec.failed)
+    s.answer("/v3/kv/range", {"header": {"revision": "10"}, "kvs": [{"key": b64("/p/a"), "value": b64("1")}]})
+    assert rec.sets == [({"/p/a": b"1"}, "10")]
+    body, stream = s.take("/v3/watch")
+    assert body == {"create_request": {"key": b64("/p/"), "range_end": b64("/p0"), "start_revision": "11"}}
+    s.write(stream, b'{"result": {"header": {"revision": "10"}, "created": true}}\n')
+    return s, rec, w, stream
+
+
+def test_broken_stream_resumes_after_a_jittered_backoff():
+    s, rec, w, stream = watchScripted()
+    # an event split across writes
+    event = json.dumps({"result": {"header": {"revision": "12"}, "events": [
+        {"kv": {"key": b64("/p/b"), "value": b64("2"), "mod_revision": "12"}}]}}).encode()
+    s.write(stream, event[:17])
+    s.write(stream, event[17:])
+    assert rec.sets[-1] == ({"/p/a": b"1", "/p/b": b"2"}, "12")
+    delays = []
+    for attempt in range(8):
+        stream.finish()  # the stream ends (etcd went away)
+        s.agent.flush()
+        assert len(rec.failures) == attempt + 1
+        waited = 0.0
+        while s.idle():
+            s.clock.advance(0.01)
+            waited += 0.01
+        delays.append(waited)
+        body, stream = s.take("/v3/watch")
+        assert body["create_request"]["start_revision"] == "13"  # resumes after the last revision seen
+    base = [min(10.0, 0.2 * 2 ** n) for n in range(8)]
+    assert all(b * 0.5 - 0.02 <= d <= b + 0.02 for d, b in zip(delays, base)), delays
+    assert len(set(round(d / b, 2) for d, b in zip(delays, base))) > 1  # jittered
+    # back: the set is delivered again, and the backoff starts over
+    s.write(stream, b'{"result": {"header": {"revision": "12"}, "created": true}}')
+    assert rec.sets[-1] == ({"/p/a": b"1", "/p/b": b"2"}, "12") and len(rec.sets) == 3
+    assert (w.lists, w.resumes) == (1, 8)
+
+
+@pytest.mark.parametrize("message", [
+    b'{"error": {"grpc_code": 14, "http_code": 503, "message": "etcdserver: shutdown"}}',
+    b'{"result": {"header": {}, "canceled": true, "cancel_reason": "bye"}}',
+    b'[not json',
+    b'{"result": {"header": {}, "events": [{"type": "PUT"}]}}',  # an event without its kv
+    b'{"result": {"header": {}, "events": [{"kv": {"key": "***"}}]}}',  # not base64
+])
+def test_stream_errors_restart_the_watch(message):
+    s, rec, w, stream = watchScripted()
+    s.write(stream, message)
+    assert len(rec.failures) == 1
+    assert s.idle()
+    s.clock.advance(0.2)
+    body, _ = s.take("/v3/watch")
+    assert body["create_request"]["start_revision"] == "11"
+
+
+def test_malformed_range_answer_is_retried():
+    s = Scripted()
+    rec = Recorder()
+    s.client.watchPrefix("/p/", rec.changed, rec.failed)
+    s.answer("/v3/kv/range", {"kvs": []})  # no header
+    assert len(rec.failures) == 1 and rec.sets == []
+    s.clock.advance(0.2)
+    s.answer("/v3/kv/range", {"header": {"revision": "3"}})
+    assert rec.sets == [({}, "3")]
+
+
+def test_compaction_reads_the_prefix_again():
+    s, rec, w, stream = watchScripted()
+    s.write(stream, b'{"result": {"header": {}, "canceled": true, "compact_revision": "15"}}')
+    s.answer("/v3/kv/range", {"header": {"revision": "20"}, "kvs": [{"key": b64("/p/c"), "value": b64("3")}]})
+    assert rec.sets[-1] == ({"/p/c": b"3"}, "20") and rec.failures == []
+    body, _ = s.take("/v3/watch")
+    assert body["create_request"]["start_revision"] == "21"
+    assert (w.lists, w.compactions) == (2, 1)
+
+
+def test_withdraw_while_granting_and_stop():
+    s = Scripted()
+    results = []
+    s.client.putWithLease("/k", "v", 6).addBoth(results.append)
+    s.take("/v3/lease/grant")  # never answered
+    d = s.client.deleteKey("/k")
+    assert results[0].check(defer.CancelledError)
+    s.answer("/v3/kv/deleterange", HEADER)  # no lease known: just the delete
+    assert d.called and s.client.describeKey("/k") is None
+    rec = Recorder()
+    s.client.watchPrefix("/p/", rec.changed, rec.failed)
+    pending = s.client.putWithLease("/k2", "v", 6)
+    pending.addErrback(results.append)
+    s.client.stop()
+    assert results[-1].check(defer.CancelledError)
+    s.clock.advance(60)
+    s.agent.flush()
+    assert [r[0] for r in s.gateway.requests] in ([], ["/v3/kv/range", "/v3/lease/grant"])
+    n = len(s.gateway.requests)
+    s.clock.advance(60)
+    assert len(s.gateway.requests) == n and rec.sets == [] and rec.failures == []
