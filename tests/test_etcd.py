@@ -340,6 +340,7 @@ class Scripted:
         if finish:
             request.finish()
         self.agent.flush()
+        self.clock.advance(0)  # the watch's delivery
 
     def answer(self, path, obj, code=200):
         body, request = self.take(path)
@@ -463,6 +464,14 @@ def test_broken_stream_resumes_after_a_jittered_backoff():
     s.write(stream, b'{"result": {"header": {"revision": "12"}, "created": true}}')
     assert rec.sets[-1] == ({"/p/a": b"1", "/p/b": b"2"}, "12") and len(rec.sets) == 3
     assert (w.lists, w.resumes) == (1, 8)
+
+
+def test_changes_read_together_give_one_host_set():
+    s, rec, w, stream = watchScripted()
+    events = b"".join(json.dumps({"result": {"header": {"revision": str(r)}, "events": [
+        {"kv": {"key": b64("/p/%d" % r), "value": b64("x"), "mod_revision": str(r)}}]}}).encode() for r in (11, 12, 13))
+    s.write(stream, events)
+    assert len(rec.sets) == 2 and rec.sets[-1] == ({"/p/a": b"1", "/p/11": b"x", "/p/12": b"x", "/p/13": b"x"}, "13")
 
 
 @pytest.mark.parametrize("message", [

@@ -185,6 +185,8 @@ def test_source_reads_what_etcdctl_and_the_registrar_write(etcd):
         assert (d["prefix"], d["revision"], d["keys"], d["hosts"], d["registry"]) == (
             "/t-src/orders/", str(rev), 6, 4, "etcd")
         assert list(d["invalid"]) == ["/t-src/orders/bad"]
+        assert d["watch"] == {"revision": rev, "watching": True, "lists": 1, "resumes": 0,
+                              "compactions": 0}
         etcdctl(etcd, "del", "/t-src/orders/a")
         onReactor(registrar.deregister)
         waitFor(lambda: sink.addresses() == ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8004"])  # dup now wins

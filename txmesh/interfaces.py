@@ -1124,7 +1124,8 @@ class IEtcdClient(Interface):
         {key (str): value (bytes)} and the etcd revision (a str) now and after each change, through a streamed
         watch that resumes at the next revision after a broken stream and re-reads the whole prefix after a
         compaction; ``failed(reason)`` (a str) each time the read or the stream fails, after which the view is
-        delivered again once the watch is back.  @return: an object with ``cancel()``.
+        delivered again once the watch is back.  @return: an object with ``cancel()`` and ``describe()`` (a
+        JSON-able dict: revision, watching, and how often it read the prefix, resumed, met a compaction).
         """
 
     def putWithLease(key, value, ttl):

@@ -123,14 +123,22 @@ class _PrefixWatch:
         self._pending = None  # the call in flight
         self._stream = None
         self._timer = None
+        self._delivery = None
 
     def start(self):
         self._list()
+
+    def describe(self):
+        return {"revision": self.revision, "watching": self._stream is not None and self._timer is None,
+                "lists": self.lists, "resumes": self.resumes, "compactions": self.compactions}
 
     def cancel(self):
         self.active = False
         self.client._watches.discard(self)
         self._halt()
+        if self._delivery is not None:
+            self._delivery.cancel()
+            self._delivery = None
 
     def _halt(self):
         if self._timer is not None and self._timer.active():
@@ -266,6 +274,15 @@ class _PrefixWatch:
             self._list()
 
     def _deliver(self):
+        """
+        Deliver the view once what was read so far is applied (a call on the next reactor turn): watch responses read
+        together, a burst of changes, give one host set.
+        """
+        if self._delivery is None:
+            self._delivery = self.client.reactor.callLater(0, self._delivered)
+
+    def _delivered(self):
+        self._delivery = None
         self.callback(dict(self.items), str(self.revision))
 
 

@@ -126,39 +126,45 @@ class EtcdSource:
     def describe(self):
         return {"registry": self.client.config.name, "prefix": self.config.prefix, "revision": self.revision,
                 "keys": self.keys, "hosts": self.hosts, "connected": self.client.connected,
-                "invalid": dict(sorted(self.invalid.items())[:20]), "error": self.lastError}
+                "invalid": dict(sorted(self.invalid.items())[:20]), "error": self.lastError,
+                "watch": self.watch.describe() if self.watch is not None else None}
 
     def _changed(self, items, revision):
-        parsed = {}
+        parsed = self._parsed
+        for key, value in items.items():
+            cached = parsed.get(key)
+            if cached is None or (cached[0] is not value and cached[0] != value):
+                parsed[key] = (value, self._parse(key, value))
+        if len(parsed) != len(items):
+            for key in [k for k in parsed if k not in items]:
+                del parsed[key]
         endpoints = []
         seen = set()
         invalid = {}
-        for key in sorted(items):
-            value = items[key]
-            cached = self._parsed.get(key)
-            if cached is not None and cached[0] == value:
-                result = cached[1]
-            else:
-                try:
-                    result = parseEntry(key, value)
-                except ValueError as e:
-                    result = e
-                    self.invalidEntries.inc()
-                    self.log.warn("cluster {cluster}: etcd key {key} skipped: {why}", cluster=self.clusterName,
-                                  key=key, why=e)
-            parsed[key] = (value, result)
+        for key in sorted(parsed):
+            result = parsed[key][1]
             if isinstance(result, ValueError):
                 invalid[key] = str(result)
-            elif (result.host, result.port) not in seen:
-                seen.add((result.host, result.port))
+                continue
+            address = (result.host, result.port)
+            if address not in seen:
+                seen.add(address)
                 endpoints.append(result)
-        self._parsed = parsed
         self.invalid = invalid
         self.revision = revision
         self.keys = len(items)
         self.hosts = len(endpoints)
         self.lastError = None
         self.sink.hostsUpdated(tuple(endpoints), revision)
+
+    def _parse(self, key, value):
+        """An EndpointConfig, or the ValueError saying why the entry gives none (logged and counted once)."""
+        try:
+            return parseEntry(key, value)
+        except ValueError as e:
+            self.invalidEntries.inc()
+            self.log.warn("cluster {cluster}: etcd key {key} skipped: {why}", cluster=self.clusterName, key=key, why=e)
+            return e
 
     def _failed(self, reason):
         self.lastError = reason
