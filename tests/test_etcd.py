@@ -512,6 +512,21 @@ def test_compaction_reads_the_prefix_again():
     assert (w.lists, w.compactions) == (2, 1)
 
 
+def test_withdraw_revokes_and_deletes_even_when_the_lease_is_gone():
+    s = Scripted()
+    s.client.putWithLease("/k", "v", 6)
+    s.answer("/v3/lease/grant", {"ID": "7", "TTL": "6"})
+    s.answer("/v3/kv/put", HEADER)
+    done = []
+    s.client.deleteKey("/k").addBoth(done.append)
+    assert s.answer("/v3/lease/revoke", {"error": "etcdserver: requested lease not found", "code": 5}, 404) == {
+        "ID": "7"}
+    assert s.answer("/v3/kv/deleterange", HEADER) == {"key": b64("/k")}
+    assert done == [None]
+    s.clock.advance(10)
+    assert s.idle()  # no keep-alive any more
+
+
 def test_withdraw_while_granting_and_stop():
     s = Scripted()
     results = []

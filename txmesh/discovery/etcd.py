@@ -400,6 +400,7 @@ class _Lease:
             self.publish()
             return
         self.keepAlives += 1
+        self._backoff.reset()
         self._later(self.grantedTTL / 3.0, self._keepAlive)
 
     def _keepAliveFailed(self, failure):
@@ -439,7 +440,7 @@ class _Lease:
         if self.leaseID is not None:
             leaseID, self.leaseID = self.leaseID, None
             d.addCallback(lambda _: self.client.call("/v3/lease/revoke", {"ID": leaseID}))
-            d.addErrback(lambda f: f.trap(EtcdError) if f.value.code == GRPC_NOT_FOUND else f)
+            d.addErrback(lambda f: None if f.check(EtcdError) and f.value.code == GRPC_NOT_FOUND else f)
         d.addCallback(lambda _: self.client.call("/v3/kv/deleterange", {"key": b64(self.key)}))
         return d.addCallback(lambda _: None)
 
