@@ -1141,7 +1141,8 @@ class IEtcdClient(Interface):
     def describeKey(key):
         """
         What ``putWithLease`` keeps for ``key``: a JSON-able dict (``written``: the key is in etcd as far as the
-        client knows, ``lease``, ``ttl``, ``grants``: leases granted so far), or None if the key is not kept.
+        client knows, ``lease``, ``ttl``, ``grants``: leases granted so far, ``keepAlives``), or None if the key is
+        not kept.
         """
 
     def stop():
