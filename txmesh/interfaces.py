@@ -1118,21 +1118,32 @@ class IEtcdClient(Interface):
     config = Attribute("Its txmesh.discovery_config.EtcdRegistryConfig.")
     connected = Attribute("True while the last call to etcd succeeded (a watch stream is open, a put went through).")
 
-    def watchPrefix(prefix, callback):
+    def watchPrefix(prefix, callback, failed=None):
         """
-        Keep a view of every key under ``prefix``: ``callback(items, revision)`` on the reactor with {key: value}
-        (bytes) now and after each change, through a streamed watch that resumes at the next revision after a
-        broken stream and re-reads the whole prefix after a compaction.  @return: an object with ``cancel()``.
+        Keep a view of every key under ``prefix`` (str or bytes): ``callback(items, revision)`` on the reactor with
+        {key (str): value (bytes)} and the etcd revision (a str) now and after each change, through a streamed
+        watch that resumes at the next revision after a broken stream and re-reads the whole prefix after a
+        compaction; ``failed(reason)`` (a str) each time the read or the stream fails, after which the view is
+        delivered again once the watch is back.  @return: an object with ``cancel()`` and ``describe()`` (a
+        JSON-able dict: revision, watching, and how often it read the prefix, resumed, met a compaction).
         """
 
     def putWithLease(key, value, ttl):
         """
         Keep ``key`` = ``value`` under a lease of ``ttl`` seconds kept alive (re-granted and re-put when it was
-        lost).  @return: a Deferred fired once first written.
+        lost).  ``key`` and ``value`` are str or bytes.  @return: a Deferred fired once first written (however long
+        etcd takes to answer); failing with CancelledError if ``deleteKey`` or ``stop`` comes first.
         """
 
     def deleteKey(key):
         """Stop keeping ``key``, revoke its lease, delete it.  @return: a Deferred."""
+
+    def describeKey(key):
+        """
+        What ``putWithLease`` keeps for ``key``: a JSON-able dict (``written``: the key is in etcd as far as the
+        client knows, ``lease``, ``ttl``, ``grants``: leases granted so far, ``keepAlives``), or None if the key is
+        not kept.
+        """
 
     def stop():
         """Cancel every watch and keep-alive.  @return: a Deferred."""
