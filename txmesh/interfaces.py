@@ -1088,6 +1088,9 @@ class IZooKeeperSession(Interface):
     def addStateListener(callback):
         """``callback(state)`` on the reactor on each change: 'connected', 'suspended', 'lost' (session expired)."""
 
+    def removeStateListener(callback):
+        """Stop calling ``callback`` (a source that stops: a Dubbo registry route's idle cluster removed)."""
+
     def watchChildren(path, callback):
         """
         Watch the children of ``path`` (which may not exist yet): ``callback(children, version)`` on the reactor with
