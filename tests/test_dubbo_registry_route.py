@@ -274,3 +274,21 @@ def test_routes_to_one_registry_must_agree():
     with pytest.raises(ConfigError) as e:
         loads(text, "mesh.yaml")
     assert "routes[1].route.dubbo_registry: routes to registry 'zk' share its clusters" in str(e.value)
+
+
+def test_schema_takes_the_keys():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+
+    from tests.test_zookeeper_discovery import MESH as DISCOVERY_MESH
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    # (the schema has no outlier_detection yet: issue 11's key, not this part's)
+    validator.validate(yaml.safe_load((MESH % {"cap": 16}).replace("  outlier_detection: {consecutive_5xx: 3}\n", "")))
+    validator.validate(yaml.safe_load(DISCOVERY_MESH % "      interface: org.Demo\n      group: g\n      version: '1.0'"))
+    bad = yaml.safe_load((MESH % {"cap": 16}).replace("max_clusters: 16", "max_clusters: 0").replace(
+        "  outlier_detection: {consecutive_5xx: 3}\n", ""))
+    assert not validator.is_valid(bad)
