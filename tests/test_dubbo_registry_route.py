@@ -292,3 +292,13 @@ def test_schema_takes_the_keys():
     bad = yaml.safe_load((MESH % {"cap": 16}).replace("max_clusters: 16", "max_clusters: 0").replace(
         "  outlier_detection: {consecutive_5xx: 3}\n", ""))
     assert not validator.is_valid(bad)
+
+
+def test_a_call_naming_no_usable_interface_is_refused_without_a_cluster():
+    mesh = Mesh()
+    bad = ECHO.replace(IFACE.encode(), b"org.txmesh.peers Echo..rvice")  # not a class name
+    _, t = call(mesh, bad, requestId=3)
+    [resp] = replies(t)
+    assert resp.status == dc.SERVICE_NOT_FOUND and resp.requestId == 3 and b"no_cluster" in resp.body
+    assert [c.name for c in mesh.clusters if c.name.startswith("dubbo:")] == []
+    assert mesh.session.watches == []

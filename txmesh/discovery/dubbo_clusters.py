@@ -14,6 +14,7 @@ it after its last call) and with no request in flight is removed: its source sto
 """
 
 import dataclasses
+import re
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -22,6 +23,9 @@ from zope.interface import implementer
 from txmesh import errors
 from txmesh.discovery.zookeeper import ZooKeeperSource, ZooKeeperSourceConfig
 from txmesh.interfaces import IHostSetSink, IRegistryClusters
+
+# a Dubbo interface as it may appear in a ZooKeeper path: a Java class name (letters, digits, _ $ - and dots)
+_INTERFACE = re.compile(r"[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*\Z", re.ASCII)
 
 
 @implementer(IHostSetSink)
@@ -132,16 +136,22 @@ class _RegistryClusters:
     def make(self, service):
         action = self.action
         interface, group, version = service
-        if not interface or "/" in interface or "*" in interface or not interface.isprintable() or " " in interface:
+        if len(interface) > 512 or _INTERFACE.match(interface) is None:
             raise errors.NoClusterFound("the call names no usable interface (%r)" % (interface[:100],))
         if len(self.entries) >= action.maxClusters:
             self.stats.overflow.value += 1
             raise errors.NoClusterFound("max_clusters (%d) on-demand clusters of registry %r exist" % (
                 action.maxClusters, self.registry))
-        session = self.owner.registries.get(self.registry)
+        registries = self.owner.registries
+        if registries is None:
+            raise errors.NoClusterFound("no registry clients on this runtime")
+        session = registries.get(self.registry)
         name = "dubbo:%s:%s:%s:%s" % (self.registry, interface, group, version)
-        cluster = self.owner.clusters.addCluster(dataclasses.replace(action.template, name=name, endpoints=(),
-                                                                     discovery=None))
+        try:
+            cluster = self.owner.clusters.addCluster(dataclasses.replace(action.template, name=name, endpoints=(),
+                                                                         discovery=None))
+        except KeyError:
+            raise errors.NoClusterFound("a configured cluster is named %r" % (name,)) from None
         entry = self.entries[service] = _OnDemandCluster(self, name, cluster)
         sourceConfig = ZooKeeperSourceConfig(interface, group, version, action.protocol, action.configurators,
                                              session.config.root)
