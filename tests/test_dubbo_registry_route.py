@@ -288,7 +288,8 @@ def test_schema_takes_the_keys():
     validator = jsonschema.Draft202012Validator(schema)
     # (the schema has no outlier_detection yet: issue 11's key, not this part's)
     validator.validate(yaml.safe_load((MESH % {"cap": 16}).replace("  outlier_detection: {consecutive_5xx: 3}\n", "")))
-    validator.validate(yaml.safe_load(DISCOVERY_MESH % "      interface: org.Demo\n      group: g\n      version: '1.0'"))
+    keys = "      interface: org.Demo\n      group: g\n      version: '1.0'"
+    validator.validate(yaml.safe_load(DISCOVERY_MESH % keys))
     bad = yaml.safe_load((MESH % {"cap": 16}).replace("max_clusters: 16", "max_clusters: 0").replace(
         "  outlier_detection: {consecutive_5xx: 3}\n", ""))
     assert not validator.is_valid(bad)

@@ -1071,7 +1071,7 @@ class IDiscoverySourceFactory(Interface):
 
 class IZooKeeperSession(Interface):
     """
-    One ZooKeeper session (txmesh.discovery.zookeeper.ZooKeeperSession, over kazoo), shared by every discovery
+    One ZooKeeper session (txmesh.discovery.zookeeper_session.ZooKeeperSession, over kazoo), shared by every discovery
     source, Dubbo registry router and registration of one ``registries`` entry.  Every callback runs on the reactor
     thread (brought there with ``callFromThread``); kazoo's threads never touch txmesh state.
     """
