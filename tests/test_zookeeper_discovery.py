@@ -344,3 +344,21 @@ def test_real_provider_registered_by_sofa_rpc_node_is_discovered(zookeeper):
         b.stop()
         onReactor(source.stop)
         onReactor(session.stop)
+
+
+def test_factory_makes_a_source_from_the_source_context():
+    from twisted.internet.task import Clock
+
+    from txmesh.discovery.base import SourceContext
+    c = loads(MESH % "      interface: %s" % (IFACE,))
+    d = c.cluster("demo").discovery
+    session, sink, stats = SessionDouble(), RecordingSink(), StatsStore()
+    context = SourceContext(Clock(), "demo", "dubbo", stats.scope(cluster="demo"), session)
+    source = d.factory.makeSource(d.sourceConfig, context, sink)
+    verifyObject(IDiscoverySource, source)
+    source.start()
+    session.set(CONFIGURATORS, [])
+    session.set(PROVIDERS, [provider(port=1)])
+    assert sink.sets == [(["10.0.0.5:1"], "12/11")]
+    assert stats.total("zookeeper_updates", cluster="demo") == 1
+    assert source.describe()["registry"] == "zk"
