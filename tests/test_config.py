@@ -310,7 +310,7 @@ ERRORS = [
     ("zero weights", edit(("{cluster: backend}", "{weighted_clusters: [{name: backend, weight: 0}]}")),
      "mesh.yaml:14: %s.route.weighted_clusters: the weights must add up to more than 0" % (ROUTES,)),
     ("cluster and weighted", edit(("{cluster: backend}", "{cluster: backend, weighted_clusters: []}")),
-     "mesh.yaml:14: %s.route: exactly one of cluster, weighted_clusters is required (got cluster,"
+     "mesh.yaml:14: %s.route: exactly one of cluster, weighted_clusters, dubbo_registry is required (got cluster,"
      " weighted_clusters)" % (ROUTES,)),
     ("no action", edit(("              route: {cluster: backend}\n", "")),
      "mesh.yaml:13: %s: exactly one of route, direct_response, redirect is required" % (ROUTES,)),

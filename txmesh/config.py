@@ -22,7 +22,7 @@ from txmesh.errors import ConfigError
 from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
-from txmesh.routing_config import buildRouteConfig
+from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
 from txmesh.twisted_private import parseServerEndpoint
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
@@ -365,6 +365,8 @@ def _buildMesh(r, raw):
                       for i, l in enumerate(listenersRaw))
     _checkUnique(r, [(l.name, "listeners[%d]" % (i,)) for i, l in enumerate(listeners)], "listener name", "name")
     _checkAddresses(r, admin, listeners)
+    resolveDubboRegistryActions(r, listeners, {c.name: c for c in clusters}, registries, lambda: _buildCluster(
+        r, {"name": "dubbo_registry", "protocol": "dubbo"}, "", lbFactories, protocols))  # issue 12 part 2
     return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
                       drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,

@@ -1071,7 +1071,7 @@ class IDiscoverySourceFactory(Interface):
 
 class IZooKeeperSession(Interface):
     """
-    One ZooKeeper session (txmesh.discovery.zookeeper.ZooKeeperSession, over kazoo), shared by every discovery
+    One ZooKeeper session (txmesh.discovery.zookeeper_session.ZooKeeperSession, over kazoo), shared by every discovery
     source, Dubbo registry router and registration of one ``registries`` entry.  Every callback runs on the reactor
     thread (brought there with ``callFromThread``); kazoo's threads never touch txmesh state.
     """
@@ -1087,6 +1087,9 @@ class IZooKeeperSession(Interface):
 
     def addStateListener(callback):
         """``callback(state)`` on the reactor on each change: 'connected', 'suspended', 'lost' (session expired)."""
+
+    def removeStateListener(callback):
+        """Stop calling ``callback`` (a source that stops: a Dubbo registry route's idle cluster removed)."""
 
     def watchChildren(path, callback):
         """
@@ -1147,6 +1150,37 @@ class IEtcdClient(Interface):
 
     def stop():
         """Cancel every watch and keep-alive.  @return: a Deferred."""
+
+# -- Dubbo without a cluster per interface (part 2) --
+
+
+class IRegistryClusters(Interface):
+    """
+    The clusters ``dubbo_registry`` routes make on demand, one per (registry, interface, group, version) of the
+    calls (txmesh.discovery.dubbo_clusters.RegistryClusters, ``runtime.registryClusters``): the router asks it
+    instead of the ClusterManager for a route whose action is a txmesh.routing.DubboRegistryAction.
+    """
+
+    def clusterFor(action, request):
+        """
+        The ready ICluster of the call's service (``request``: a txmesh.stream.RequestHead of a Dubbo call), or None
+        when it does not exist yet or waits for its first providers list (then ``waitForCluster``).  Cheap: on
+        every call.
+        """
+
+    def waitForCluster(action, request):
+        """
+        Make the call's cluster if needed and wait for its first providers list, at most the action's
+        ``initialFetchTimeout``.  @return: a Deferred firing with the ICluster (maybe without hosts), or failing
+        with txmesh.errors.NoClusterFound (no usable interface, ``max_clusters`` reached); cancellable.
+        """
+
+    def describe():
+        """A JSON-able dict {registry: [each on-demand cluster's state]} for the admin API."""
+
+    def stop():
+        """Stop every source and timer (the service stops), cancelling calls still waiting."""
+
 
 # -- registration of the local app (part 3) --
 

@@ -257,6 +257,42 @@ class WeightedClusterAction:
 
 
 @dataclass(frozen=True, slots=True)
+class DubboRegistryAction:
+    """
+    ``route: {dubbo_registry: {...}}`` on a Dubbo listener (issue 12 part 2): each call goes to the providers of its
+    own interface, group and version in a ZooKeeper registry, through a cluster made on demand (named
+    ``clusterName(request)``) by txmesh.discovery.dubbo_clusters from ``template`` (a ClusterConfig: lb policy,
+    timeouts, outlier detection, circuit breakers; set once config resolved it).  The route's timeout, retry,
+    hash and mirror policies apply as for a ``cluster`` route.
+    """
+
+    registry: str
+    templateName: str | None = None  # the clusters[] entry copied, or None for Dubbo's cluster defaults
+    maxClusters: int = 256
+    idleTimeout: float = 600.0
+    initialFetchTimeout: float = 3.0
+    protocol: str = "dubbo"  # the provider URLs' protocol
+    configurators: bool = True
+    timeout: float = 15.0
+    maxRequestBody: int | None = None
+    maxStreamDuration: float = 0.0
+    retryPolicy: object = None
+    hashPolicies: tuple = ()
+    mirrorPolicies: tuple = ()
+    prefixRewrite = None  # what the router reads of every forwarding action; a Dubbo call has no path to rewrite
+    regexRewrite = None
+    hostRewrite = None
+    template: object = field(default=None, compare=False)
+    path: str = field(default="", compare=False)  # the key path in mesh.yaml, for errors found after the listeners
+
+    def service(self, request):
+        """(interface, group, version) of a Dubbo call; version 0.0.0 is Dubbo's "none"."""
+        md = request.metadata
+        version = md.get("version", "")
+        return md.get("interface", ""), md.get("group", ""), "" if version == "0.0.0" else version
+
+
+@dataclass(frozen=True, slots=True)
 class DirectResponseAction:
     """Answer from the proxy itself."""
 

@@ -13,7 +13,8 @@ from txmesh.config_reader import parseFraction
 from txmesh.protocols.http1.wire import validAuthority
 from txmesh.routing import (DUBBO_RETRY_ON, GRPC_RETRY_ON, HTTP_RETRY_ON, ClusterAction, DirectResponseAction,
                             DubboMatch, HashPolicy, HeaderMatcher, HeaderValueOption, MirrorPolicy, RedirectAction,
-                            RegexRewrite, RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedClusterAction, encodeHost)
+                            RegexRewrite, RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedClusterAction, encodeHost,
+                            DubboRegistryAction)
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
@@ -261,8 +262,8 @@ def _prefixRewrite(r, m, path, match):
 def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
     r.mapping(m, path, optional=("cluster", "weighted_clusters", "timeout", "prefix_rewrite", "regex_rewrite",
                                  "host_rewrite", "max_request_body", "max_stream_duration", "retry_policy",
-                                 "hash_policy", "request_mirror_policies"))
-    kind = _exactlyOne(r, m, path, ("cluster", "weighted_clusters"))
+                                 "hash_policy", "request_mirror_policies", "dubbo_registry"))
+    kind = _exactlyOne(r, m, path, ("cluster", "weighted_clusters", "dubbo_registry"))
     prefixRewrite = _prefixRewrite(r, m, path, match)
     regexRewrite = None
     if m.get("regex_rewrite") is not None:
@@ -291,6 +292,8 @@ def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
         name = r.get(m, path, "cluster", str)
         _checkCluster(r, name, _join(path, "cluster"), clusterNames)
         return ClusterAction(name, **common)
+    if kind == "dubbo_registry":
+        return _buildDubboRegistry(r, m, path, clusterNames, common)
     wPath = _join(path, "weighted_clusters")
     clusters = []
     for i, w in enumerate(r.list(m, path, "weighted_clusters")):
@@ -302,6 +305,83 @@ def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
     if sum(weight for _, weight in clusters) <= 0:
         raise r.error("the weights must add up to more than 0", wPath)
     return WeightedClusterAction(tuple(clusters), **common)
+
+
+_DUBBO_REGISTRY_KEYS = ("registry", "cluster_template", "max_clusters", "idle_timeout", "initial_fetch_timeout",
+                        "protocol", "configurators")
+
+
+def _buildDubboRegistry(r, m, path, clusterNames, common):
+    """
+    ``route.dubbo_registry`` (issue 12 part 2): the route's calls go to clusters made on demand per interface,
+    group and version from a ZooKeeper registry.  The registry, the template's protocol and the listener's are
+    checked once every listener is built (L{resolveDubboRegistryActions}).
+    """
+    dPath = _join(path, "dubbo_registry")
+    d = r.mapping(m["dubbo_registry"], dPath, required=("registry",), optional=_DUBBO_REGISTRY_KEYS[1:])
+    for key in ("prefix_rewrite", "regex_rewrite", "host_rewrite"):
+        if m.get(key) is not None:
+            raise r.error("a dubbo_registry route does not rewrite calls", _join(path, key))
+    template = r.get(d, dPath, "cluster_template", str, None)
+    if template is not None:
+        _checkCluster(r, template, _join(dPath, "cluster_template"), clusterNames)
+    idle = r.duration(d, dPath, "idle_timeout", 600.0)
+    if idle <= 0:
+        raise r.error("must be a duration > 0 (idle clusters are always removed)", _join(dPath, "idle_timeout"))
+    initial = r.duration(d, dPath, "initial_fetch_timeout", 3.0)
+    if not 0 < initial <= 60:
+        raise r.error("must be a duration between 0 and 60s (a call waits that long at most)",
+                      _join(dPath, "initial_fetch_timeout"))
+    protocol = r.get(d, dPath, "protocol", str, "dubbo")
+    if not protocol or not protocol.isascii() or not protocol.isalnum():
+        raise r.error("must be a URL scheme such as dubbo", _join(dPath, "protocol"))
+    del common["prefixRewrite"], common["regexRewrite"], common["hostRewrite"], common["matchPrefix"]
+    return DubboRegistryAction(
+        registry=r.get(d, dPath, "registry", str), templateName=template,
+        maxClusters=r.integer(d, dPath, "max_clusters", 256, 1, 100000), idleTimeout=idle,
+        initialFetchTimeout=initial, protocol=protocol, configurators=r.get(d, dPath, "configurators", bool, True),
+        path=dPath, **common)
+
+
+def resolveDubboRegistryActions(r, listeners, clusters, registries, defaultTemplate):
+    """
+    Once listeners and clusters are built: every ``dubbo_registry`` route is on a Dubbo listener, names a ZooKeeper
+    registry and a template cluster of protocol dubbo with neither endpoints nor discovery; routes naming one
+    registry agree (they share its clusters).  Sets each action's ``template`` (``defaultTemplate()`` when it
+    names none: Dubbo's cluster defaults).
+    """
+    first = {}
+    for listener in listeners:
+        for vhost in listener.routeConfig.virtualHosts:
+            for route in vhost.routes:
+                action = route.action
+                if not isinstance(action, DubboRegistryAction):
+                    continue
+                if listener.protocol != "dubbo":
+                    raise r.error("dubbo_registry routes only Dubbo calls (this listener is '%s')"
+                                  % (listener.protocol,), action.path)
+                registry = registries.get(action.registry)
+                if registry is None or registry.type != "zookeeper":
+                    raise r.error("'%s' is not a zookeeper registry (registries: %s)" % (
+                        action.registry, ", ".join(sorted(registries)) or "none"), _join(action.path, "registry"))
+                if action.templateName is None:
+                    template = defaultTemplate()
+                else:
+                    template = clusters[action.templateName]
+                    tPath = _join(action.path, "cluster_template")
+                    if template.protocol != "dubbo":
+                        raise r.error("cluster '%s' is %s; the template must be a dubbo cluster"
+                                      % (template.name, template.protocol), tPath)
+                    if template.endpoints or template.discovery is not None:
+                        raise r.error("cluster '%s' has endpoints or discovery; a template has neither"
+                                      % (template.name,), tPath)
+                object.__setattr__(action, "template", template)
+                shared = (action.templateName, action.maxClusters, action.idleTimeout, action.initialFetchTimeout,
+                          action.protocol, action.configurators)
+                other = first.setdefault(action.registry, (shared, action.path))
+                if other[0] != shared:
+                    raise r.error("routes to registry '%s' share its clusters: their dubbo_registry settings must be "
+                                  "the same as %s's" % (action.registry, other[1]), action.path)
 
 
 _RETRY_KEYS = ("retry_on", "retriable_status_codes", "num_retries", "per_try_timeout", "retry_back_off",
@@ -397,7 +477,7 @@ def _inheritRetryPolicy(routes, policy):
     """
     for route in routes:
         action = route.action
-        if not isinstance(action, (ClusterAction, WeightedClusterAction)):
+        if not isinstance(action, (ClusterAction, WeightedClusterAction, DubboRegistryAction)):
             continue
         own = action.retryPolicy
         if own is None:

@@ -8,6 +8,7 @@ import random as _random
 from twisted.logger import Logger
 
 from txmesh.config import NodeConfig
+from txmesh.discovery.dubbo_clusters import RegistryClusters
 from txmesh.overload import Overload
 from txmesh.upstream.shadow import ShadowWriter
 
@@ -100,6 +101,7 @@ class Runtime:
     @ivar writeScope: the L{txmesh.protocols.transport.WriteScope} the service's protocols share, or None.
     @ivar overload: the L{txmesh.overload.Overload} every listener asks before taking a connection (default: the
         config's bounds, without a memory reader).
+    @ivar registryClusters: the L{txmesh.discovery.dubbo_clusters.RegistryClusters} of ``dubbo_registry`` routes.
     @ivar shadows: the L{txmesh.upstream.shadow.ShadowWriter} the router mirrors requests with.
     """
 
@@ -120,6 +122,8 @@ class Runtime:
         self.registries = registries
         self.files = ReopenableFiles(stats)
         self.shadows = ShadowWriter(clock, clusters, stats, self.random)
+        # dubbo_registry routes' clusters, made on demand (issue 12 part 2)
+        self.registryClusters = RegistryClusters(clock, clusters, registries, stats)
         self._routerStats = {}
 
     def routerStats(self, cluster):

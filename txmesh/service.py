@@ -223,6 +223,7 @@ class MeshService(MultiService):
                     timer.cancel()
         for f in self.listenerFactories:
             f.abortAll()
+        self.runtime.registryClusters.stop()  # dubbo_registry routes' sources (issue 12 part 2)
         yield self.clusters.drain()
         yield self.registries.stop()
         for entry in self._filterEntries():

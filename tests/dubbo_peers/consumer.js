@@ -26,6 +26,17 @@ const int = i => ({ $class: 'int', $: i });
     out.correct = rs.filter((r, i) => r.ok === 'm' + i).length;
   } else if (scenario === 'slow') {
     out.slow = await call('slow', [int(n)], 10000);
+  } else if (scenario === 'load') {
+    // who() for n ms, 8 in flight: how many answers each provider gave, and every failure
+    out.tags = {}; out.errors = [];
+    const end = Date.now() + n;
+    const worker = async () => {
+      while (Date.now() < end) {
+        const r = await call('who', [], 3000);
+        if (r.ok !== undefined) out.tags[r.ok] = (out.tags[r.ok] || 0) + 1; else out.errors.push(r.message);
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, worker));
   } else if (scenario === 'bench') {
     // n calls, 32 in flight; latencies in microseconds
     const lat = []; let next = 0; const t0 = process.hrtime.bigint();

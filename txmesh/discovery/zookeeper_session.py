@@ -201,6 +201,10 @@ class ZooKeeperSession:
     def addStateListener(self, callback):
         self._listeners.append(callback)
 
+    def removeStateListener(self, callback):
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
     def watchChildren(self, path, callback):
         w = _ChildrenWatch(self, path, callback)
         self._watches.add(w)

@@ -33,6 +33,7 @@ attempt tells the next hop min(per-try timeout, time left).  Every attempt takes
 Without a retry policy the only cost is the attempt object.
 """
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.plugin import IPlugin
@@ -46,7 +47,7 @@ from txmesh.interfaces import (
     IUpstreamResponder,
 )
 from txmesh.protocols.h2.grpc import encodeTimeout
-from txmesh.routing import DirectResponseAction, RedirectAction
+from txmesh.routing import DirectResponseAction, DubboRegistryAction, RedirectAction
 from txmesh.stream import HELD_DATA, HELD_HEADERS, HELD_TRAILERS, sendHeld
 from txmesh.upstream.hashing import requestHash
 from txmesh.upstream.lb import LBContext
@@ -136,7 +137,7 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
                  "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_perTry", "_shadows")
+                 "_perTry", "_shadows", "_waiting")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -163,6 +164,7 @@ class Router:
         self._sendBy = None  # the deadline told to the next hop, or None
         self._perTry = 0.0  # the retry policy's per_try_timeout (0: none)
         self._shadows = None  # request mirroring (issue 11 part 9): the shadows the body and trailers are teed to
+        self._waiting = None  # the wait for a dubbo_registry route's on-demand cluster (issue 12 part 2)
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -188,13 +190,53 @@ class Router:
             cb.sendLocalReply(action.responseCode, b"", ((b"location", action.location(request)),))
             return STOP
         self.action = action
-        info = cb.streamInfo
+        if isinstance(action, DubboRegistryAction):  # issue 12 part 2: the call's service's on-demand cluster
+            cluster = self.runtime.registryClusters.clusterFor(action, request)
+            if cluster is None:
+                self._awaitCluster(action, request, endStream)
+                return STOP
+            return self._forward(request, endStream, cluster, cluster.name)
         clusterName = action.pickCluster(self.runtime.random)
-        info.clusterName = clusterName
         cluster = self.runtime.clusters.get(clusterName)
         if cluster is None:
+            cb.streamInfo.clusterName = clusterName
             self._fail(errors.NoClusterFound("cluster %r is not configured" % (clusterName,)))
             return STOP
+        return self._forward(request, endStream, cluster, clusterName)
+
+    def _awaitCluster(self, action, request, endStream):
+        """
+        The service's cluster waits for its first providers list (bounded by the action's initial_fetch_timeout):
+        route the call once it is there.  A Dubbo call arrives whole (headers with endStream), so nothing else comes
+        meanwhile.
+        """
+        d = self._waiting = self.runtime.registryClusters.waitForCluster(action, request)
+
+        def ready(cluster):
+            self._waiting = None
+            if not self._done:
+                self._forward(request, endStream, cluster, cluster.name)
+
+        def failed(failure):
+            self._waiting = None
+            if failure.check(errors.UpstreamError):
+                if not self._done:
+                    self.callbacks.streamInfo.clusterName = None
+                    self._fail(failure.value)
+            elif not failure.check(defer.CancelledError):
+                self.log.failure("on-demand cluster failed", failure)
+                if not self._done:
+                    self._fail(errors.NoClusterFound("on-demand cluster failed"))
+
+        d.addCallbacks(ready, failed)
+
+    def _forward(self, request, endStream, cluster, clusterName):
+        """Forward the request to ``cluster``: rewrites, a host, timers, the first attempt."""
+        cb = self.callbacks
+        action = self.action
+        route = self.route
+        info = cb.streamInfo
+        info.clusterName = clusterName
         self.cluster = cluster
         self._clusterStats = self.runtime.routerStats(clusterName)
         self._clusterStats.rq_total.value += 1
@@ -635,6 +677,8 @@ class Router:
                 attempt.abandon()
 
     def onStreamReset(self, reason):
+        if self._waiting is not None:
+            self._waiting.cancel()
         self._abandonUpstream()
 
     def onStreamComplete(self):

@@ -341,30 +341,55 @@ class ClusterManager:
 
     def __init__(self, clock, clusterConfigs, connectFactory, stats, random):
         self.clock = clock
+        self._connectFactory = connectFactory
+        self._stats = stats
+        self._random = random
+        self._healthChecking = False
         self._clusters = {}
         for config in clusterConfigs:
-            lbFactory = config.lbFactory  # config found it among the plugins (txmesh.config)
-            if lbFactory is None:
-                raise ValueError("cluster %r: unknown lb policy %r" % (config.name, config.lbPolicy))
-            buildPool = config.descriptor.buildPool
-            scope = stats.scope(cluster=config.name)
-            connect = connectFactory(config)
-            # every pool of the cluster takes its connections and pending requests from these (circuit_breakers)
-            resources = ClusterResources.fromConfig(config.circuitBreakers, scope)
+            self._clusters[config.name] = self._build(config)
 
-            def poolFactory(host, config=config, connect=connect, scope=scope, buildPool=buildPool,
-                            resources=resources):
-                return buildPool(clock, host, config, connect, scope, resources)
+    def _build(self, config):
+        clock, random = self.clock, self._random
+        lbFactory = config.lbFactory  # config found it among the plugins (txmesh.config)
+        if lbFactory is None:
+            raise ValueError("cluster %r: unknown lb policy %r" % (config.name, config.lbPolicy))
+        buildPool = config.descriptor.buildPool
+        scope = self._stats.scope(cluster=config.name)
+        connect = self._connectFactory(config)
+        # every pool of the cluster takes its connections and pending requests from these (circuit_breakers)
+        resources = ClusterResources.fromConfig(config.circuitBreakers, scope)
 
-            healthChecker = None
-            if config.healthChecks:
-                healthChecker = ClusterHealthChecker(config.healthChecks[0], clock, random, scope)
-            detector = None
-            if config.outlierDetection is not None:
-                detector = OutlierDetector(config.outlierDetection, clock, random, scope)
-            self._clusters[config.name] = Cluster(config.name, config, config.endpoints, lbFactory, poolFactory,
-                                                  random, scope, outlierDetector=detector, clock=clock,
-                                                  resources=resources, healthChecker=healthChecker)
+        def poolFactory(host):
+            return buildPool(clock, host, config, connect, scope, resources)
+
+        healthChecker = None
+        if config.healthChecks:
+            healthChecker = ClusterHealthChecker(config.healthChecks[0], clock, random, scope)
+        detector = None
+        if config.outlierDetection is not None:
+            detector = OutlierDetector(config.outlierDetection, clock, random, scope)
+        return Cluster(config.name, config, config.endpoints, lbFactory, poolFactory, random, scope,
+                       outlierDetector=detector, clock=clock, resources=resources, healthChecker=healthChecker)
+
+    def addCluster(self, config):
+        """
+        Build and add a cluster at run time (a Dubbo registry route's per-interface cluster, issue 12 part 2); its
+        health checks start if the others have.  @return: the Cluster.  @raise KeyError: the name is taken.
+        """
+        if config.name in self._clusters:
+            raise KeyError(config.name)
+        cluster = self._clusters[config.name] = self._build(config)
+        if self._healthChecking and cluster.healthChecker is not None:
+            cluster.healthChecker.start()
+        return cluster
+
+    def removeCluster(self, name):
+        """Remove a cluster added at run time: its health checks stop, its pools drain.  @return: a Deferred."""
+        cluster = self._clusters.pop(name)
+        if cluster.healthChecker is not None:
+            cluster.healthChecker.stop()
+        return cluster.drain()
 
     def get(self, name):
         """The Cluster called ``name``, or None."""
@@ -381,12 +406,14 @@ class ClusterManager:
 
     def startHealthChecks(self):
         """Start the active health checks of every cluster that has them (the service starts)."""
+        self._healthChecking = True
         for c in self._clusters.values():
             if c.healthChecker is not None:
                 c.healthChecker.start()
 
     def stopHealthChecks(self):
         """Stop every active health check, cancelling checks in flight (drain, shutdown)."""
+        self._healthChecking = False
         for c in self._clusters.values():
             if c.healthChecker is not None:
                 c.healthChecker.stop()
