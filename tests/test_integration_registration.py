@@ -289,3 +289,74 @@ def test_real_consumer_finds_txmesh_registration(zookeeper):
         if mesh is not None:
             mesh.stop()
         provider.stop()
+
+
+ETCD_CONFIG = """
+node: {{id: n1, cluster: reg-test}}
+listeners:
+  - name: http_in
+    protocol: http1
+    address: tcp:{listen}:interface=127.0.0.1
+    default_cluster: app
+clusters:
+  - name: app
+    endpoints: [{{address: "127.0.0.1:{app}"}}]
+registries:
+  - {{name: etcd1, type: etcd, endpoints: ["{url}"], timeout: 2s}}
+registration:
+  listener: http_in
+  drain_grace: 0.1s
+  health_check: {{type: tcp, interval: 0.1s, timeout: 0.5s, healthy_threshold: 2, unhealthy_threshold: 1}}
+  publish:
+    - registry: etcd1
+      key: /t-reg-etcd/{{address}}
+      ttl: 2s
+      metadata: {{zone: a}}
+"""
+
+
+def test_etcd_registration_read_back_by_the_etcd_source(etcd):
+    """
+    The local app registered in a real etcd under a lease, read back by the etcd discovery source's own parser
+    (what another txmesh discovering the service sees); withdrawn when the app stops, back when it listens again.
+    """
+    from txmesh.discovery.etcd_source import parseEntry
+
+    app = _listenApp()
+    listen = support.freePort()
+    config = loads(ETCD_CONFIG.format(listen=listen, app=app.getsockname()[1], url=etcd.url))
+    registries = RegistryClients(reactor(), config.registries)
+    manager = None
+
+    def hosts():
+        out = etcd.call("/v3/kv/range", {"key": _b64("/t-reg-etcd/"), "range_end": _b64("/t-reg-etcd0")})
+        return [parseEntry(_unb64(kv["key"]), _unb64(kv["value"]).encode()) for kv in out.get("kvs", [])]
+
+    try:
+        manager = onReactor(makeRegistration, config.registration, reactor(), registries, StatsStore(), listen,
+                            config.node)
+        onReactor(manager.start)
+        waitFor(lambda: hosts() != [], timeout=10)
+        [host] = hosts()
+        assert (host.host, host.port, host.metadata) == ("127.0.0.1", listen, (("zone", "a"),))
+        app.close()
+        waitFor(lambda: hosts() == [], timeout=10)
+        app = _listenApp(config.clusters[0].endpoints[0].port)
+        waitFor(lambda: hosts() != [], timeout=10)
+        onReactor(manager.drain)
+        assert hosts() == []
+    finally:
+        if manager is not None:
+            onReactor(manager.stop)
+        onReactor(registries.stop)
+        app.close()
+
+
+def _b64(text):
+    import base64
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text):
+    import base64
+    return base64.b64decode(text).decode()

@@ -276,7 +276,7 @@ def test_advertised_host_rules():
     assert found is None or not found.startswith("127.")
 
 
-def test_etcd_entry_builds_d3s_registrar(monkeypatch):
+def test_etcd_entry_builds_an_etcd_registrar(monkeypatch):
     made = []
 
     @implementer(IRegistrar)
@@ -285,7 +285,8 @@ def test_etcd_entry_builds_d3s_registrar(monkeypatch):
             super().__init__("etcd1")
             made.append((client, key, value, ttl))
 
-    monkeypatch.setitem(sys.modules, "txmesh.discovery.etcd", types.SimpleNamespace(EtcdRegistrar=EtcdRegistrar))
+    import txmesh.discovery.registration
+    monkeypatch.setattr(txmesh.discovery.registration, "EtcdRegistrar", EtcdRegistrar)
     config = load().registration
     etcdOnly = dataclasses.replace(config, publish=config.publish[1:])
     client = object()
@@ -293,7 +294,7 @@ def test_etcd_entry_builds_d3s_registrar(monkeypatch):
                                NodeConfig(id="n1"), nodeAddress=lambda: "10.0.0.5")
     [(c, key, value, ttl)] = made
     assert (c, key, ttl) == (client, "/services/demo/10.0.0.5:20880", 15)
-    assert json.loads(value) == {"address": "10.0.0.5:20880", "zone": "a"}
+    assert json.loads(value) == {"address": "10.0.0.5:20880", "metadata": {"zone": "a"}}
     assert manager.address == "10.0.0.5:20880"
 
 

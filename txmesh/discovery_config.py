@@ -221,7 +221,7 @@ class EtcdPublishConfig:
     key: str
     value: str = None
     ttl: int = 10
-    metadata: tuple = ()  # ((key, value), ...) added to the default value
+    metadata: tuple = ()  # ((key, value), ...): the default value's "metadata" object
     type: str = "etcd"
 
 

@@ -27,6 +27,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txmesh.discovery.etcd import EtcdRegistrar
 from txmesh.interfaces import IRegistrar
 from txmesh.protocols.dubbo.url import DubboURL
 from txmesh.upstream.health import HealthCheckSession, HealthCheckStats
@@ -123,7 +124,11 @@ def etcdKeyValue(entry, host, port):
     if entry.value is not None:
         value = entry.value.format(**fields)
     else:
-        value = json.dumps(dict(entry.metadata, address=address), sort_keys=True)
+        # the shape the etcd discovery source reads (txmesh.discovery.etcd_source.parseEntry)
+        doc = {"address": address}
+        if entry.metadata:
+            doc["metadata"] = dict(entry.metadata)
+        value = json.dumps(doc, sort_keys=True)
     return key, value.encode("utf-8")
 
 
@@ -358,7 +363,6 @@ def makeRegistration(config, reactor, registries, stats, port, node, random=None
             nodes = zookeeperNodes(entry, client.config.root, host, port, application, pid, timestamp, anyhost)
             registrars.append((entry.registry, ZooKeeperRegistrar(client, nodes)))
         else:
-            from txmesh.discovery.etcd import EtcdRegistrar  # helper d3's module (issue 12, part 1 etcd)
             key, value = etcdKeyValue(entry, host, port)
             registrars.append((entry.registry, EtcdRegistrar(client, key, value, entry.ttl)))
     return RegistrationManager(config, reactor, registrars, stats, address, random)
