@@ -423,3 +423,17 @@ def test_empty_cluster_dubbo_is_service_not_found():
     [reply] = replies(transport)
     assert reply.status == dc.SERVICE_NOT_FOUND and "no_healthy_upstream" in dc.decodeErrorMessage(reply)
     mesh.clusters.stopDiscovery()
+
+
+def test_schema_knows_the_static_and_file_keys():
+    import jsonschema
+    import yaml
+    from importlib import resources
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate(yaml.safe_load(MESH))
+    validator.validate(yaml.safe_load(EMPTY % {"protocol": "http1", "cluster": "http1"}).__or__(
+        {"clusters": [{"name": "c", "discovery": {"type": "file", "path": "eps.yaml", "refresh_interval": "2s"}}]}))
+    bad = yaml.safe_load(MESH)
+    bad["clusters"][0]["discovery"]["endpoints"][0]["address"] = "no-port"
+    assert list(validator.iter_errors(bad))

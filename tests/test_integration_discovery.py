@@ -78,6 +78,22 @@ def waitForVersion(admin, version, timeout=5.0):
     raise AssertionError("version %s not applied within %.0fs: %r" % (version, timeout, clusterInfo(admin)))
 
 
+def startMesh(ports, policy):
+    """txmesh under twistd, its cluster ``web`` discovered from a file listing ``ports`` (version 0)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="txmesh-eds-"), "web.json")
+    writeEndpoints(path, ports, 0)
+    admin, listen = support.freePort(), support.freePort()
+    mesh = support.startTxmesh(CONFIG.format(admin=admin, listen=listen, path=path, policy=policy, fetch="5s"),
+                               admin)
+    try:
+        support.waitForPort(listen)
+        waitForVersion(admin, 0)
+    except Exception:
+        mesh.stop()
+        raise
+    return mesh, path, admin, listen
+
+
 class Client(threading.Thread):
     """One keep-alive HTTP/1.1 client sending GET /echo until told to stop (each request bounded by 10 s)."""
 
@@ -112,15 +128,8 @@ class Client(threading.Thread):
 
 def test_host_set_moves_under_load_without_a_failed_request(upstreams):
     a, b, c = upstreams
-    d = tempfile.mkdtemp(prefix="txmesh-eds-")
-    path = os.path.join(d, "web.json")
-    writeEndpoints(path, [a, b], 0)
-    admin, listen = support.freePort(), support.freePort()
-    mesh = support.startTxmesh(CONFIG.format(admin=admin, listen=listen, path=path, policy="least_request",
-                                             fetch="5s"), admin)
+    mesh, path, admin, listen = startMesh([a, b], "least_request")
     try:
-        support.waitForPort(listen)
-        waitForVersion(admin, 0)
         stop = threading.Event()
         clients = [Client(listen, stop) for _ in range(4)]
         for client in clients:
@@ -155,15 +164,8 @@ def test_host_set_moves_under_load_without_a_failed_request(upstreams):
 
 def test_slow_response_on_a_removed_host_completes(upstreams):
     a, b, _ = upstreams
-    d = tempfile.mkdtemp(prefix="txmesh-eds-")
-    path = os.path.join(d, "web.json")
-    writeEndpoints(path, [a], 0)
-    admin, listen = support.freePort(), support.freePort()
-    mesh = support.startTxmesh(CONFIG.format(admin=admin, listen=listen, path=path, policy="round_robin",
-                                             fetch="5s"), admin)
+    mesh, path, admin, listen = startMesh([a], "round_robin")
     try:
-        support.waitForPort(listen)
-        waitForVersion(admin, 0)
         result = {}
 
         def slow():
