@@ -42,7 +42,7 @@ class NullPool:
     def __init__(self, host):
         self.host = host
 
-    def drain(self):
+    def drain(self, serveQueued=False):
         from twisted.internet import defer
         return defer.succeed(None)
 

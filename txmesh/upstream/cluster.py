@@ -228,7 +228,7 @@ class Cluster:
         for address in removed:
             pool = self._pools.pop(address, None)
             if pool is not None:
-                d = pool.drain()
+                d = pool.drain(serveQueued=True)  # requests already queued there are still served
                 self._draining.add(d)
                 d.addBoth(self._poolDrained, d)
 
