@@ -123,6 +123,9 @@ def test_unchanged_set_is_not_rebuilt():
     sink.hostsUpdated([ep(2), ep(1, weight=5)], "v3")  # a weight change is a change
     assert value(store, "membership_change") == 2
     assert {h.address: h.weight for h in cluster.hosts} == {"10.0.0.1:1": 5, "10.0.0.1:2": 1}
+    kept = {h.port: h for h in cluster.hosts}[2]
+    sink.hostsUpdated([ep(2, metadata=(("version", "2"),)), ep(1, weight=5)], "v4")  # new metadata, same host
+    assert {h.port: h for h in cluster.hosts}[2] is kept and dict(kept.metadata) == {"version": "2"}
 
 
 def test_removed_hosts_pools_drain_and_kept_hosts_keep_theirs():

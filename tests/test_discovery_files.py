@@ -10,6 +10,7 @@ import random
 import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger
+from zope.interface.verify import verifyObject
 
 from tests.reactor_thread import onReactor, waitFor
 from tests.test_cluster import FakePool, lbFactory
@@ -18,6 +19,7 @@ from txmesh.discovery.base import ClusterDiscovery
 from txmesh.discovery.files import FileSource, FileSourceConfig, FileSourceFactory, parseEndpointsFile
 from txmesh.discovery_config import DiscoveryConfig
 from txmesh.errors import ConfigError
+from txmesh.interfaces import IDiscoverySource
 from txmesh.protocols.http1.protocol import HTTP1
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import Cluster
@@ -130,6 +132,7 @@ def test_poll_sees_changes_and_keeps_the_last_set_on_a_bad_file(tmp_path):
     warm = h.sink.start()
     assert warm.called and h.addresses() == ["127.0.0.1:1", "127.0.0.1:2"]
     assert h.sink.describe()["source"]["watch"] == "poll"  # a Clock has no file descriptors to watch
+    assert verifyObject(IDiscoverySource, h.sink.source)
     h.write(eps(2, 3))
     h.clock.advance(5)
     assert h.addresses() == ["127.0.0.1:2", "127.0.0.1:3"]

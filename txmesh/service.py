@@ -190,7 +190,7 @@ class MeshService(MultiService):
     def startService(self):
         """
         Install the SIGUSR1 handler (reopen the logs), bind the listeners and the admin API, start discovery, and
-        let the listeners accept once every discovered cluster is warm (``whenServing``).
+        let the listeners accept once every discovered cluster is warm (then ``serving`` is true).
         """
         try:
             self._previousHandler = self._installSignal(self.reopenSignal, self._signalReceived)
@@ -200,19 +200,12 @@ class MeshService(MultiService):
         MultiService.startService(self)
         self.overload.start()
         self.clusters.startHealthChecks()
-        self._warming = self.clusters.startDiscovery()
-        self._warming.addCallback(self._startServing)
+        self.clusters.startDiscovery().addCallback(self._startServing)
 
     def _startServing(self, _=None):
         if not self.draining:
             self.serving = True
             self.acceptGate.open()
-
-    def whenServing(self):
-        """A Deferred fired once the listeners accept (discovered clusters warm), or at once if they do."""
-        d = defer.Deferred()
-        self._warming.addCallback(lambda result: (d.callback(None), result)[1])
-        return d
 
     def _restoreSignal(self, result=None):
         if self._signalInstalled:

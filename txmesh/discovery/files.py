@@ -192,7 +192,7 @@ class FileSource:
     def start(self):
         self.check()
         self._watch()
-        self._poll = LoopingCall(self.check)
+        self._poll = LoopingCall(self._checkLogged)
         self._poll.clock = self.reactor
         self._poll.start(self.config.refreshInterval, now=False)
 
@@ -242,7 +242,16 @@ class FileSource:
     def _notifiedCheck(self):
         self._scheduled = None
         force, self._force = self._force, False
-        self.check(force)
+        self._checkLogged(force)
+
+    def _checkLogged(self, force=False):
+        """``check`` from a timer or a watch: an unexpected error is logged and reported, and watching goes on."""
+        try:
+            self.check(force)
+        except Exception:
+            failure = Failure()
+            self.log.failure("checking {path}", failure, path=self.config.path)
+            self.sink.sourceFailed(failure)
 
     def check(self, force=False):
         """Read the file if it changed since the last check (or ``force``) and report what it holds."""
