@@ -1,5 +1,5 @@
 """
-Discovery benchmarks (issue 12, part 5).  Usage: python bench/discovery_bench.py [CHANGES]   (default 1000)
+Discovery benchmarks (issue 12, part 5).  Usage: python bench/discovery_bench.py [CHANGES]   (default 1000; about a minute)
 
 (a) CHANGES endpoint changes applied end to end, one after the other:
     - sink: ``ClusterDiscovery.hostsUpdated`` of a 10-host set with one endpoint replaced -> ``Cluster.updateHosts``
@@ -20,6 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # txmesh and bench from this tree
 
 from twisted.internet.task import Clock
 from twisted.plugin import getPlugins
@@ -178,6 +180,87 @@ def picks():
         print("  %-14s %10.0f %10.0f %8.2f" % (policy, best[10], best[10000], best[10000] / best[10]))
 
 
+def wholeRequests(rounds=5, n=20000, policy="round_robin"):
+    """
+    bench/inproc.py's proxied HTTP/1.1 request (in-memory transports, the real listener, router, pool and client)
+    against a round_robin cluster of 10 and of 10,000 hosts, A/B alternating; every host has its upstream connection
+    open before timing (the warm-up visits each), so the difference is the pick and the per-host pool lookups.
+    With ``policy="ring_hash"`` every request hashes the same Host header, so it goes to one host whatever the
+    cluster's size: the control that separates the cluster's size from spreading requests over 10,000 connections.
+    Timers go to the real reactor (not run): 10,000 idle connections keep 10,000 idle timers, and
+    twisted.internet.task.Clock re-sorts its whole list on every callLater, which the reactor's heap does not.
+    """
+    from twisted.internet import reactor
+    from twisted.internet import defer
+    from twisted.internet.testing import StringTransport
+
+    from bench.inproc import CONFIG, REQUEST, RESPONSE
+    from txmesh import config as _config
+    from txmesh.filters.chain import FilterChainTemplate
+    from txmesh.protocols.http1.client import HTTP1ClientProtocol
+    from txmesh.protocols.http1.server import HTTP1ListenerFactory
+    from txmesh.protocols.transport import WriteScope
+    from txmesh.runtime import Runtime
+    from txmesh.upstream.cluster import ClusterManager
+
+    last = [None]
+
+    class Upstream(StringTransport):
+        def write(self, data):
+            StringTransport.write(self, data)
+            last[0] = self
+
+    def build(size):
+        endpoints = ", ".join('{address: "%s:8080"}' % endpoint(i).host for i in range(size))
+        text = CONFIG.replace('endpoints: [{address: "127.0.0.1:1"}]', "lb_policy: %s, endpoints: [%s]" % (
+            policy, endpoints))
+        if policy == "ring_hash":
+            text = text.replace("route: {cluster: c}", "route: {cluster: c, hash_policy: [{header: {header_name: host}}]}")
+        cfg = _config.loads(text)
+        scope = WriteScope()
+
+        def connectFactory(clusterConfig):
+            def connect(host):
+                p = HTTP1ClientProtocol()
+                p.writeScope = scope
+                t = Upstream()
+                t.proto = p
+                p.makeConnection(t)
+                return defer.succeed(p)
+            return connect
+
+        stats = StatsStore()
+        clusters = ClusterManager(reactor, cfg.clusters, connectFactory, stats, random.Random(1))
+        runtime = Runtime(reactor, clusters, stats, random.Random(1), cfg, writeScope=scope)
+        lc = cfg.listeners[0]
+        template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit,
+                                       lc.limits.maxRequestBody)
+        server = HTTP1ListenerFactory(lc, template, runtime).buildProtocol(None)
+        st = StringTransport()
+        server.makeConnection(st)
+        return server, st
+
+    def run(server, st, count):
+        for _ in range(count):
+            server.dataReceived(REQUEST)
+            ut = last[0]
+            ut.clear()
+            ut.proto.dataReceived(RESPONSE)
+            st.clear()
+
+    meshes = {size: build(size) for size in (10, 10000)}
+    for size, (server, st) in meshes.items():
+        run(server, st, 2 * size)  # every host's connection opened, then idle
+    best = {10: float("inf"), 10000: float("inf")}
+    for _ in range(rounds):
+        for size, (server, st) in meshes.items():
+            start = time.perf_counter()
+            run(server, st, n)
+            best[size] = min(best[size], (time.perf_counter() - start) / n * 1e6)
+    print("(b) whole proxied HTTP/1.1 request (bench/inproc.py's), %s, best of %d rounds of %d:" % (policy, rounds, n))
+    print("  10 hosts %.2f us, 10,000 hosts %.2f us (ratio %.3f)" % (best[10], best[10000], best[10000] / best[10]))
+
+
 def updates():
     print("(c) one update of a 10,000-host set (one endpoint replaced), ms: Cluster.updateHosts through the sink")
     for policy in POLICIES:
@@ -210,4 +293,6 @@ if __name__ == "__main__":
     print("         file: %d changes in %.1f ms wall (write + rename + inotify + parse + apply + pick, in turn)"
           % (len(times), wall * 1e3))
     picks()
+    wholeRequests()
+    wholeRequests(policy="ring_hash")
     updates()
