@@ -440,3 +440,60 @@ def test_schema_knows_the_static_and_file_keys():
     bad = yaml.safe_load(MESH)
     bad["clusters"][0]["discovery"]["endpoints"][0]["address"] = "no-port"
     assert list(validator.iter_errors(bad))
+
+
+DUBBO = """
+listeners:
+- name: l
+  protocol: dubbo
+  address: tcp:0
+  default_cluster: c
+clusters:
+- name: c
+  protocol: dubbo
+  discovery: {type: static, endpoints: [{address: "10.0.0.1:20880"}]}
+"""
+
+
+def test_dubbo_calls_queued_and_in_flight_survive_a_host_set_change():
+    """A multiplexed pool: a call waiting for the removed host's first connect is served by it, then it closes."""
+    from twisted.internet import defer
+    from twisted.internet.testing import StringTransport
+
+    from tests.test_dubbo_listener import ECHO, ECHO_RESP, answer, replies, sent
+    from txmesh.protocols.dubbo import codec as dc
+    from txmesh.protocols.dubbo.client import DubboClientProtocol
+    from txmesh.testing import InMemoryMesh
+
+    connects = []
+
+    def connect(host, clusterConfig):
+        d = defer.Deferred()
+        connects.append((host.address, d))
+        return d
+
+    def upstream():
+        p = DubboClientProtocol()
+        p.makeConnection(StringTransport())
+        return p
+
+    mesh = InMemoryMesh(DUBBO, connect=connect)
+    mesh.clusters.startDiscovery()
+    proto = mesh.factory.buildProtocol(None)
+    downstream = StringTransport()
+    proto.makeConnection(downstream)
+    proto.dataReceived(dc.withRequestId(ECHO, 1) + ECHO[16:])  # waits for the connect to a
+    assert [address for address, _ in connects] == ["10.0.0.1:20880"]
+    mesh.clusters.discovery("c").hostsUpdated([EndpointConfig("10.0.0.2", 20880)], "2")  # a leaves meanwhile
+    a = upstream()
+    connects[0][1].callback(a)
+    [request] = sent(a)  # the queued call went out on a's connection
+    proto.dataReceived(dc.withRequestId(ECHO, 2) + ECHO[16:])  # a new call goes to b
+    assert [address for address, _ in connects] == ["10.0.0.1:20880", "10.0.0.2:20880"]
+    assert not a.transport.disconnecting
+    answer(a, request, ECHO_RESP)
+    mesh.runTurns()
+    [reply] = replies(downstream)
+    assert (reply.requestId, reply.status) == (1, 20)
+    assert a.transport.disconnecting  # a's pool closed its connection once its last call ended
+    assert mesh.value("downstream_rq_error") == 0
