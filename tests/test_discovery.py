@@ -497,3 +497,25 @@ def test_dubbo_calls_queued_and_in_flight_survive_a_host_set_change():
     assert (reply.requestId, reply.status) == (1, 20)
     assert a.transport.disconnecting  # a's pool closed its connection once its last call ended
     assert mesh.value("downstream_rq_error") == 0
+
+
+def test_a_source_that_raises_at_start_is_reported_not_fatal():
+    clock, store, factory, cluster, sink, events, _ = makeDiscovered(initialFetchTimeout=1.0)
+
+    def broken():
+        raise RuntimeError("plugin bug")
+
+    original = factory.makeSource
+
+    def makeSource(config, context, s):
+        source = original(config, context, s)
+        source.start = broken
+        return source
+
+    factory.makeSource = makeSource
+    warm = sink.start()
+    assert sink.describe()["state"] == "failing" and sink.describe()["last_failure"] == "plugin bug"
+    assert value(store, "update_failure") == 1
+    assert any(e.get("log_failure") is not None for e in events)
+    clock.advance(1)
+    assert warm.called

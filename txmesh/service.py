@@ -229,7 +229,9 @@ class MeshService(MultiService):
         self.serving = False
         self.overload.stop()
         self.clusters.stopHealthChecks()
-        discoveryStopped = self.clusters.stopDiscovery()  # host sets stay as they are while draining
+        # host sets stay as they are while draining
+        discoveryStopped = self.clusters.stopDiscovery().addErrback(
+            lambda f: self.log.failure("stopping discovery", f))
         if self._statm is not None:
             self._statm.close()
         for backoff in self.acceptBackoffs:

@@ -116,7 +116,13 @@ class ClusterDiscovery:
             self._timer = self.clock.callLater(config.initialFetchTimeout, self._initialFetchTimedOut)
         else:
             self._warm()
-        self.source.start()
+        try:
+            self.source.start()
+        except Exception:  # a source's bug: reported like any failure; the cluster waits, then serves empty
+            failure = Failure()
+            self.log.failure("cluster {cluster}: starting its {kind} source", failure, cluster=self.cluster.name,
+                             kind=config.type)
+            self.sourceFailed(failure)
         return self.whenWarm()
 
     def stop(self):

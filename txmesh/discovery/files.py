@@ -115,8 +115,7 @@ def _endpoints(r, raw, data):
             raise r.error("must hold exactly one ClusterLoadAssignment, got %d" % (len(resources),), "resources")
         version = raw.get("version_info")
         endpoints = _envoyEndpoints(r, resources[0], "resources[0]")
-    elif "cluster_name" in raw or any(isinstance(e, dict) and "lb_endpoints" in e
-                                      for e in (raw.get("endpoints") or ()) if isinstance(raw.get("endpoints"), list)):
+    elif "cluster_name" in raw or _hasLbEndpoints(raw.get("endpoints")):
         endpoints = _envoyEndpoints(r, raw, "")
     else:
         r.mapping(raw, "", required=("endpoints",), optional=("version",))
@@ -127,6 +126,11 @@ def _endpoints(r, raw, data):
     elif isinstance(version, (dict, list)):
         raise r.error("must be a string or a number", "version")
     return endpoints, str(version)
+
+
+def _hasLbEndpoints(groups):
+    """``endpoints`` in Envoy's shape (locality groups of ``lb_endpoints``) rather than txmesh's."""
+    return isinstance(groups, list) and any(isinstance(g, dict) and "lb_endpoints" in g for g in groups)
 
 
 def _envoyEndpoints(r, cla, path):
