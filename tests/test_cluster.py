@@ -32,7 +32,7 @@ class FakePool:
         self.drained = defer.Deferred()
         self.draining = False
 
-    def drain(self):
+    def drain(self, serveQueued=False):
         self.draining = True
         return self.drained
 

@@ -248,6 +248,59 @@ def test_drain_stops_connects_nobody_waits_for():
     assert h.stat("upstream_cx_connect_fail") == 0
 
 
+def test_drain_serving_queued_requests_lets_the_connect_serve_them():
+    """A host removed from its cluster (issue 12): a request waiting for the pool's first connect is still served."""
+    h = Harness()
+    _, waiting = h.acquire()
+    done = []
+    h.pool.drain(serveQueued=True).addCallback(done.append)
+    assert h.connector.cancelled == 0 and waiting == [] and done == []
+    _, refused = h.acquire()  # nothing new is taken
+    assert refused[0].check(PoolClosed)
+    proto = h.connector.succeed()
+    assert isinstance(waiting[0], Stream)  # served by the connect made for it
+    assert not proto.transport.disconnecting and done == []
+    h.pool.release(waiting[0])
+    assert proto.transport.disconnecting  # then drained as usual
+    proto.connectionLost()
+    assert done == [None] and h.stat("upstream_rq_pending_active") == 0
+
+
+def test_drain_serving_queued_requests_waits_for_a_busy_connection():
+    h = Harness()
+    out = [h.acquire()[1] for _ in range(2)]
+    proto = h.connector.succeed()  # both streams of the one connection
+    _, third = h.acquire()  # no room: queued, a second connect starts
+    assert third == [] and len(h.connector.attempts) == 2
+    done = []
+    h.pool.drain(serveQueued=True).addCallback(done.append)
+    h.pool.release(out[0][0])  # a stream ends: the queued request takes it
+    assert isinstance(third[0], Stream) and third[0].client.proto is proto
+    assert h.connector.cancelled == 1  # the second connect is no longer needed
+    h.pool.release(out[1][0])
+    assert not proto.transport.disconnecting and done == []
+    h.pool.release(third[0])
+    assert proto.transport.disconnecting
+    proto.connectionLost()
+    assert done == [None]
+
+
+def test_drain_serving_queued_requests_fails_them_at_shutdown():
+    h = Harness()
+    _, waiting = h.acquire()
+    first = []
+    h.pool.drain(serveQueued=True).addCallback(first.append)
+    h.pool.drain()  # the process stops meanwhile
+    assert waiting[0].check(PoolClosed) and first == [None]
+
+
+def test_drain_serving_queued_requests_with_none_queued_is_a_drain():
+    h = Harness()
+    done = []
+    h.pool.drain(serveQueued=True).addCallback(done.append)
+    assert done == [None]
+
+
 def test_idle_timeout_closes_a_connection_without_streams():
     h = Harness(idleTimeout=5.0)
     _, out = h.acquire()

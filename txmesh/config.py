@@ -518,19 +518,7 @@ def _buildCluster(r, m, path, lbFactories, protocols, registries=None):
     if lbPolicy not in lbFactories:
         raise r.error("unknown lb_policy '%s' (known: %s)" % (lbPolicy, ", ".join(sorted(lbFactories))),
                       joinPath(path, "lb_policy"))
-    endpoints = []
-    seen = {}
-    for i, e in enumerate(r.list(m, path, "endpoints")):
-        ePath = "%s.endpoints[%d]" % (path, i)
-        r.mapping(e, ePath, required=("address",), optional=("weight", "priority", "locality", "metadata"))
-        host, port = hostPort(r, r.get(e, ePath, "address", str), joinPath(ePath, "address"))
-        if (host, port) in seen:
-            raise r.error("duplicate endpoint '%s' (also %s)" % (e["address"], seen[(host, port)]),
-                          joinPath(ePath, "address"))
-        seen[(host, port)] = ePath
-        endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128),
-                                        r.integer(e, ePath, "priority", 0, 0, 127),
-                                        r.get(e, ePath, "locality", str, ""), _endpointMetadata(r, e, ePath)))
+    endpoints = buildEndpoints(r, r.list(m, path, "endpoints"), joinPath(path, "endpoints"))
     return ClusterConfig(
         name=r.name(m, path), protocol=protocol, lbPolicy=lbPolicy, lbFactory=lbFactories[lbPolicy],
         connectTimeout=r.duration(m, path, "connect_timeout", 1.0),
@@ -538,7 +526,7 @@ def _buildCluster(r, m, path, lbFactories, protocols, registries=None):
         maxConnections=r.integer(m, path, "max_connections", 1024, 1),
         maxPendingRequests=r.integer(m, path, "max_pending_requests", 1024, 0),
         maxRequestsPerConnection=r.integer(m, path, "max_requests_per_connection", 0, 0),
-        endpoints=tuple(endpoints),
+        endpoints=endpoints,
         connectionsPerHost=r.integer(m, path, "connections_per_host", 1, 1, 64),
         maxConcurrentStreams=r.integer(m, path, "max_concurrent_streams", 0, 0),
         heartbeatInterval=r.duration(m, path, "heartbeat_interval", 30.0 if protocol == "dubbo" else 0.0),
@@ -549,6 +537,28 @@ def _buildCluster(r, m, path, lbFactories, protocols, registries=None):
         lbConfig=_buildLbConfig(r, m, path, lbPolicy),
         discovery=_buildClusterDiscovery(r, m, path, protocol, registries or {}),
         descriptor=descriptor)
+
+
+def buildEndpoints(r, items, listPath):
+    """
+    A list of endpoints (``{address, weight, priority, locality, metadata}``) as a tuple of EndpointConfig: a
+    cluster's ``endpoints``, the static discovery source's, a watched endpoints file's; errors name
+    ``listPath[i].key``.
+    """
+    endpoints = []
+    seen = {}
+    for i, e in enumerate(items):
+        ePath = "%s[%d]" % (listPath, i)
+        r.mapping(e, ePath, required=("address",), optional=("weight", "priority", "locality", "metadata"))
+        host, port = hostPort(r, r.get(e, ePath, "address", str), joinPath(ePath, "address"))
+        if (host, port) in seen:
+            raise r.error("duplicate endpoint '%s' (also %s)" % (e["address"], seen[(host, port)]),
+                          joinPath(ePath, "address"))
+        seen[(host, port)] = ePath
+        endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128),
+                                        r.integer(e, ePath, "priority", 0, 0, 127),
+                                        r.get(e, ePath, "locality", str, ""), _endpointMetadata(r, e, ePath)))
+    return tuple(endpoints)
 
 
 def _buildClusterDiscovery(r, m, path, protocol, registries):

@@ -73,6 +73,7 @@ class DiscoveryConfigContext:
     clusterProtocol: str
     lineOf: object
     registry: object = None  # the RegistryConfig the entry names, or None
+    reader: object = None  # the txmesh.config_reader.Reader of the file (typed accessors with the same errors)
 
     def error(self, reason, subpath=""):
         from txmesh.errors import ConfigError
@@ -165,7 +166,7 @@ def buildDiscovery(r, m, path, clusterName, protocol, registries):
                     registryName, registry.type, kind, factory.registryType), joinPath(dPath, "registry"))
     elif registryName is not None:
         raise r.error("discovery '%s' uses no registry" % (kind,), joinPath(dPath, "registry"))
-    context = DiscoveryConfigContext(r.filename, dPath, clusterName, protocol, r.lineOf, registry)
+    context = DiscoveryConfigContext(r.filename, dPath, clusterName, protocol, r.lineOf, registry, reader=r)
     own = {k: v for k, v in raw.items() if k in factory.keys}
     return DiscoveryConfig(
         type=kind, factory=factory, sourceConfig=factory.buildConfig(own, context),

@@ -501,10 +501,11 @@ class IConnectionPool(Interface):
         only that stream ends (reset if it is still open).
         """
 
-    def drain():
+    def drain(serveQueued=False):
         """
         Refuse new requests (PoolClosed), fail queued ones with PoolClosed, close idle connections now and busy
-        ones when their exchanges end.
+        ones when their exchanges end.  With ``serveQueued`` (a host removed from its cluster), queued requests are
+        served first, connecting for them as needed, and only then is the pool drained.
 
         @return: a Deferred firing with None once every connection is closed.
         """

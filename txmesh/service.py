@@ -11,9 +11,11 @@ import signal
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txmesh.admin import makeAdminSite
 from txmesh.discovery.registration import makeRegistration
@@ -64,6 +66,45 @@ def connectFactoryFor(reactor, writeScope=None):
     return connectFactory
 
 
+class AcceptGate:
+    """
+    Holds the listeners' accepts until the service serves (Envoy's cluster warming: listeners take connections once
+    discovered clusters have their first host set or their ``initial_fetch_timeout`` passed).  Ports are bound at
+    start as before, so a taken port still fails the start; until ``open()`` their accepts are paused
+    (``IPushProducer.pauseProducing``) and clients wait in the kernel's backlog.
+    """
+
+    def __init__(self):
+        self.isOpen = False
+        self._ports = []
+
+    def endpoint(self, endpoint):
+        """An IStreamServerEndpoint listening like ``endpoint``, its port held until ``open()``."""
+        return _GatedEndpoint(endpoint, self)
+
+    def portListening(self, port):
+        if not self.isOpen and IPushProducer.providedBy(port):
+            port.pauseProducing()
+            self._ports.append(port)
+        return port
+
+    def open(self):
+        self.isOpen = True
+        ports, self._ports = self._ports, []
+        for port in ports:
+            port.resumeProducing()
+
+
+@implementer(IStreamServerEndpoint)
+class _GatedEndpoint:
+    def __init__(self, endpoint, gate):
+        self._endpoint = endpoint
+        self._gate = gate
+
+    def listen(self, factory):
+        return self._endpoint.listen(factory).addCallback(self._gate.portListening)
+
+
 class MeshService(MultiService):
     """
     Everything one mesh.yaml describes, running on ``reactor``.
@@ -92,7 +133,10 @@ class MeshService(MultiService):
         # one session per ``registries`` entry, shared by discovery, Dubbo registry routes and registration
         self.registries = RegistryClients(reactor, config.registries)
         self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope), self.stats,
-                                       rng)
+                                       rng, registries=self.registries)
+        # listeners accept once discovered clusters are warm (startService)
+        self.serving = False
+        self.acceptGate = AcceptGate()
         self._statm = None
         if readRSS is None and config.overload.memoryHighWatermark:
             readRSS = self._statm = StatmReader()
@@ -117,13 +161,14 @@ class MeshService(MultiService):
                                           newWriter=Writer)
             backoff = AcceptBackoff(reactor, lc.name, self.stats, self.overload.logOnce)
             self.acceptBackoffs.append(backoff)
-            svc = StreamServerEndpointService(backoff.endpoint(serverFromString(reactor, lc.address)), served)
+            svc = StreamServerEndpointService(
+                self.acceptGate.endpoint(backoff.endpoint(serverFromString(reactor, lc.address))), served)
             raiseBindErrorsSynchronously(svc)
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
-        # the local app's registration (issue 12 part 3): made once the listeners are bound (startService)
+        # the local app's registration (issue 12 part 3): made once the listeners serve (_startServing)
         self.registration = None
-        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: not self.draining,
+        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: self.serving and not self.draining,
                              isDraining=lambda: self.draining, reactor=reactor, reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None)
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
@@ -148,7 +193,10 @@ class MeshService(MultiService):
             self._previousHandler(signum, frame)
 
     def startService(self):
-        """Install the SIGUSR1 handler (reopen the logs), then start the listeners and the admin API."""
+        """
+        Install the SIGUSR1 handler (reopen the logs), bind the listeners and the admin API, start discovery, and
+        let the listeners accept once every discovered cluster is warm (then ``serving`` is true).
+        """
         try:
             self._previousHandler = self._installSignal(self.reopenSignal, self._signalReceived)
             self._signalInstalled = True
@@ -157,7 +205,15 @@ class MeshService(MultiService):
         MultiService.startService(self)
         self.overload.start()
         self.clusters.startHealthChecks()
+        self.clusters.startDiscovery().addCallback(self._startServing)
+
+    def _startServing(self, _=None):
+        if self.draining:
+            return
+        self.serving = True
+        self.acceptGate.open()
         if self.config.registration is not None:
+            # registered once callers can be served: listeners bound and accepting, discovered clusters warm
             registration = self.config.registration
             self.registration = makeRegistration(registration, self.reactor, self.registries, self.stats,
                                                  self._boundPort(registration), self.config.node)
@@ -197,8 +253,12 @@ class MeshService(MultiService):
             # withdraw the local app first and let callers' registries notice, while the listeners still serve
             yield self.registration.drain()
             self.registration.stop()
+        self.serving = False
         self.overload.stop()
         self.clusters.stopHealthChecks()
+        # host sets stay as they are while draining
+        discoveryStopped = self.clusters.stopDiscovery().addErrback(
+            lambda f: self.log.failure("stopping discovery", f))
         if self._statm is not None:
             self._statm.close()
         for backoff in self.acceptBackoffs:
@@ -225,6 +285,7 @@ class MeshService(MultiService):
             f.abortAll()
         self.runtime.registryClusters.stop()  # dubbo_registry routes' sources (issue 12 part 2)
         yield self.clusters.drain()
+        yield discoveryStopped
         yield self.registries.stop()
         for entry in self._filterEntries():
             if IFilterConfigResources.providedBy(entry.config):

@@ -39,6 +39,20 @@ class Gauge:
         self.value = v
 
 
+class ComputedGauge:
+    """A gauge whose value is ``read()`` when someone looks (a snapshot, a scrape): an age or a staleness, kept
+    without a ticking timer."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, read):
+        self.read = read
+
+    @property
+    def value(self):
+        return self.read()
+
+
 class StatsStore:
     """
     All series of one process.  ``maxSeriesPerMetric`` caps label cardinality: past it, new label sets of that
@@ -75,6 +89,10 @@ class StatsStore:
 
     def gauge(self, name, labels=(), help=""):
         return self._series("gauge", Gauge, name, tuple(labels), help)
+
+    def computedGauge(self, name, read, labels=(), help=""):
+        """A L{ComputedGauge} for ``name`` and ``labels`` reading ``read()`` at each snapshot or scrape."""
+        return self._series("gauge", lambda: ComputedGauge(read), name, tuple(labels), help)
 
     def scope(self, **labels):
         return Scope(self, tuple(labels.items()))
@@ -132,6 +150,9 @@ class Scope:
 
     def gauge(self, name, help="", **labels):
         return self.store.gauge(name, self.labels + tuple(labels.items()), help)
+
+    def computedGauge(self, name, read, help="", **labels):
+        return self.store.computedGauge(name, read, self.labels + tuple(labels.items()), help)
 
 
 class LabelledCounter:

@@ -362,7 +362,7 @@ class RecordingPool:
     def discard(self, stream):
         self.discarded.append(stream)
 
-    def drain(self):
+    def drain(self, serveQueued=False):
         return defer.succeed(None)
 
     def describe(self):

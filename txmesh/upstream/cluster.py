@@ -4,11 +4,13 @@ ClusterManager that builds every configured cluster for a running config.
 """
 
 import dataclasses
+import types
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txmesh.discovery.base import ClusterDiscovery
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.health import ClusterHealthChecker
 from txmesh.upstream.host import Host, hostScope
@@ -199,6 +201,8 @@ class Cluster:
                 if not IHost.providedBy(h):
                     host.priority = h.priority
                     host.locality = h.locality
+                    if h.metadata or host.metadata:  # discovery may change a kept host's metadata
+                        host.metadata = types.MappingProxyType(dict(h.metadata))
             byAddress[address] = host
             new.append(host)
         removed = [a for a in self._byAddress if a not in byAddress]
@@ -224,7 +228,7 @@ class Cluster:
         for address in removed:
             pool = self._pools.pop(address, None)
             if pool is not None:
-                d = pool.drain()
+                d = pool.drain(serveQueued=True)  # requests already queued there are still served
                 self._draining.add(d)
                 d.addBoth(self._poolDrained, d)
 
@@ -337,17 +341,26 @@ class ClusterManager:
     Each cluster's pools are made by its protocol's descriptor (``clusterConfig.descriptor.buildPool``).  A cluster
     with ``health_checks`` gets a ClusterHealthChecker on ``clock`` (then also an IReactorTCP: checks connect with
     it), started by ``startHealthChecks``.
+
+    A cluster with ``discovery`` gets a txmesh.discovery.base.ClusterDiscovery (its host-set sink), whose source
+    ``startDiscovery`` makes and starts, with the running client of the registry it names from ``registries`` (a
+    txmesh.discovery.registries.RegistryClients).
     """
 
-    def __init__(self, clock, clusterConfigs, connectFactory, stats, random):
+    def __init__(self, clock, clusterConfigs, connectFactory, stats, random, registries=None):
         self.clock = clock
         self._connectFactory = connectFactory
         self._stats = stats
         self._random = random
         self._healthChecking = False
         self._clusters = {}
+        self._discoveries = {}  # cluster name -> ClusterDiscovery
+        self._registries = registries
         for config in clusterConfigs:
-            self._clusters[config.name] = self._build(config)
+            cluster = self._clusters[config.name] = self._build(config)
+            if config.discovery is not None:
+                self._discoveries[config.name] = ClusterDiscovery(cluster, config.discovery, clock,
+                                                                  stats.scope(cluster=config.name))
 
     def _build(self, config):
         clock, random = self.clock, self._random
@@ -418,11 +431,39 @@ class ClusterManager:
             if c.healthChecker is not None:
                 c.healthChecker.stop()
 
+    def discovery(self, name):
+        """The ClusterDiscovery of cluster ``name``, or None (fixed endpoints, or no such cluster)."""
+        return self._discoveries.get(name)
+
+    def startDiscovery(self):
+        """
+        Start every cluster's discovery source.  @return: a Deferred fired once each discovered cluster has its first
+        host set or its ``initial_fetch_timeout`` passed (Envoy's cluster warming); at once without discovery.
+        """
+        ds = []
+        for d in self._discoveries.values():
+            name = d.config.registry
+            registry = self._registries.get(name) if name is not None and self._registries is not None else None
+            ds.append(d.start(registry))
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    def stopDiscovery(self):
+        """Stop every discovery source (drain, shutdown): host sets stay as they are.  @return: a Deferred."""
+        ds = [d.stop() for d in self._discoveries.values()]
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
     def drain(self):
         """Drain every cluster's pools; fires when all upstream connections are closed."""
         ds = [c.drain() for c in self._clusters.values()]
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
     def describe(self):
-        """[cluster dict], for the admin API's /clusters."""
-        return [c.describe() for c in self._clusters.values()]
+        """[cluster dict], for the admin API's /clusters (with ``discovery`` for discovered clusters)."""
+        out = []
+        for c in self._clusters.values():
+            d = c.describe()
+            discovery = self._discoveries.get(c.name)
+            if discovery is not None:
+                d["discovery"] = discovery.describe()
+            out.append(d)
+        return out

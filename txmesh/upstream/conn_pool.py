@@ -119,6 +119,7 @@ class ConnectionPoolBase:
         self._retryAt = 0.0
         self._retryTimer = None  # starts the next connect when the backoff ends, while requests wait
         self._closed = False
+        self._serveQueued = False  # closed to new requests, but still serving the queued ones (drain(True))
         self._drained = []
         if resources is None:
             resources = ClusterResources()
@@ -253,14 +254,25 @@ class ConnectionPoolBase:
             self.resetStream(client, stream)
             self._streamEnded(client)
 
-    def drain(self):
+    def drain(self, serveQueued=False):
         """
         Refuse new requests (PoolClosed), fail queued ones with PoolClosed, stop connects nobody waits for, close
         idle connections now and busy ones when their streams end.
 
+        @param serveQueued: let the queued requests keep their place and be served (connecting for them as
+            needed) before all that: the pool of a host removed from its cluster (Envoy's drain for deletion), so
+            no admitted request fails for the host set's change.
         @return: a Deferred firing with None once every connection is closed.
         """
+        if serveQueued and self._pending and not self._closed:
+            self._closed = self._serveQueued = True
+            d = defer.Deferred()
+            self._drained.append(d)
+            self._connectIfNeeded()
+            self._checkDrained()
+            return d
         self._closed = True
+        self._serveQueued = False
         if self._retryTimer is not None:
             self._retryTimer.cancel()
             self._retryTimer = None
@@ -446,6 +458,7 @@ class ConnectionPoolBase:
             return
         self._rqPendingActive.value -= 1
         self._pendingLimit.dec()
+        self._checkDrained()
 
     def _roomToConnect(self):
         """Room for one more connect: below the pool's own limit, and the cluster's (see the class docstring)."""
@@ -481,7 +494,7 @@ class ConnectionPoolBase:
 
     def _connectIfNeeded(self):
         """Connect for waiting requests while there is room; during a backoff, when it ends."""
-        if self._closed:
+        if self._closed and not self._serveQueued:
             return
         if self.PER_REQUEST_CONNECTS:
             if self._pending and self._backingOff():
@@ -545,7 +558,7 @@ class ConnectionPoolBase:
                 self._retire(client)
             owner.callback(stream)
             return None
-        if self._closed:
+        if self._closed and not self._serveQueued:
             self._close(client, abort=False)
             self._checkDrained()
             return None
@@ -636,6 +649,12 @@ class ConnectionPoolBase:
             transport.loseConnection()
 
     def _checkDrained(self):
+        if self._serveQueued and not self._pending:
+            # drain(serveQueued=True): the last queued request was served (or failed, or went away): drain as usual
+            self._serveQueued = False
+            self._closed = False
+            self.drain()  # the Deferred drain(True) returned waits in self._drained with this one's
+            return
         if (self._drained and self._closed and not self._clients and not self._connectingClients
                 and not self._closing):
             drained, self._drained = self._drained, []
