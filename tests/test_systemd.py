@@ -155,3 +155,42 @@ def test_config_version_follows_the_content():
     assert configVersion({"a": 1, "b": [2]}) == configVersion({"b": [2], "a": 1})
     assert configVersion({"a": 1}) != configVersion({"a": 2})
     assert len(configVersion({})) == 8
+
+
+
+def test_mesh_service_says_ready_once_bound_and_stopping_on_drain():
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from txmesh.service import MeshService
+
+    from tests.test_integration_systemd import CONFIG
+
+    cfg = _config.loads(CONFIG.format(admin=9901, listen=15001), filename="/etc/txmesh/mesh.yaml")
+    reactor, sent = MemoryReactorClock(), Recorder()
+    notifier = SystemdNotifier(sent, reactor, watchdogInterval=0.5, statusInterval=2.0)
+    service = MeshService(cfg, reactor, installSignal=lambda *a: None, notifier=notifier)
+    verifyObject(IServiceNotifier, MeshService(cfg, reactor, installSignal=lambda *a: None).notifier)
+    assert sent == []  # nothing before the ports are bound
+    service.startService()
+    assert [port for port, *_ in reactor.tcpServers] == [15001, 9901]
+    assert sent.keys()[:2] == ["READY=1", "WATCHDOG=1"]
+    assert sent[0][1][1].startswith("2 listeners (web tcp:15001:interface=127.0.0.1, admin tcp:9901")
+    listener = reactor.tcpServers[0][1]
+    transport = StringTransport()
+    protocol = listener.buildProtocol(None)
+    protocol.makeConnection(transport)
+    for _ in range(4):
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    reactor.advance(0)
+    assert transport.value().count(b"HTTP/1.1 200 ") == 4
+    for _ in range(4):
+        reactor.advance(0.5)
+    [status] = [d for d in sent if d[0][0] == "STATUS"]
+    assert "; 1 connections open; 2.0 req/s over 2s; config /etc/txmesh/mesh.yaml version " in status[0][1]
+    d = service.stopService()
+    assert sent[-1][0] == ("STOPPING", "1") and sent[-1][1][1].startswith("draining: 2 listeners")
+    reactor.advance(2)  # drain_timeout: the test's connection never closes
+    assert d.called
+    pings = sent.keys().count("WATCHDOG=1")
+    reactor.advance(5)
+    assert sent.keys().count("WATCHDOG=1") == pings  # stopped with the service

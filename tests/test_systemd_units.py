@@ -65,7 +65,7 @@ def test_venv_binaries_exist_for_the_rewritten_units():
         assert os.access(os.path.join(sys.prefix, "bin", name), os.X_OK), "pip install the project into this venv"
 
 
-@pytest.mark.parametrize("dropIn", [None, "txmesh-low-ports.conf"])
+@pytest.mark.parametrize("dropIn", [None, "txmesh-low-ports.conf", "txmesh-sockets.conf"])
 def test_systemd_analyze_verify(tmp_path, dropIn):
     files = copyUnits(str(tmp_path), dropIn and ("txmesh.service", os.path.join(ETC, dropIn)))
     out = analyze("verify", "--man=no", *files, cwd=str(tmp_path))
