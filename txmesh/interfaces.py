@@ -1201,3 +1201,40 @@ class IRegistrar(Interface):
 
     def describe():
         """A JSON-able dict: what is published where, and whether it is now."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration that changes while serving (issue 13): each part's contracts go under its own heading
+# ---------------------------------------------------------------------------------------------------------------
+
+# -- the service manager's notifications (part 4: systemd) --
+
+
+class IServiceNotifier(Interface):
+    """
+    Tells the service manager what the service is doing (systemd's sd_notify protocol: READY, RELOADING,
+    STOPPING, STATUS, WATCHDOG).  ``txmesh/systemd.py`` has the implementation that writes to ``$NOTIFY_SOCKET``
+    and the one that does nothing (no ``$NOTIFY_SOCKET``).  No method raises: a service manager that cannot be
+    told is logged, never a reason to stop serving.
+    """
+
+    def ready(status):
+        """Every listener and the admin are bound (or a reload is complete): READY=1 with ``status`` as STATUS=."""
+
+    def reloading():
+        """A reload starts: RELOADING=1 with MONOTONIC_USEC= (the clock systemd compares); ``ready`` ends it."""
+
+    def stopping(status):
+        """The drain starts: STOPPING=1 with ``status`` as STATUS=."""
+
+    def status(text):
+        """A one-line STATUS= an operator reads in ``systemctl status``."""
+
+    def start(describe):
+        """
+        Start the timers: the watchdog pings (WATCHDOG=1 at half of ``$WATCHDOG_USEC``, from the reactor, so a
+        stuck reactor misses them) and STATUS= refreshed from ``describe() -> str``.
+        """
+
+    def stop():
+        """Stop the timers (the process is about to exit) and close the socket."""

@@ -27,6 +27,7 @@ from txmesh.overload import AcceptBackoff, Overload, StatmReader
 from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
+from txmesh.systemd import MeshStatus, NullNotifier
 from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
 from txmesh.upstream.health import clientEndpoint
@@ -113,14 +114,17 @@ class MeshService(MultiService):
         start and to put the previous one back on stop.
     @param readRSS: ``readRSS() -> bytes``, the process RSS for the overload memory marks (default: a
         L{StatmReader} of /proc/self/statm).
+    @param notifier: the L{txmesh.interfaces.IServiceNotifier} told READY once everything is bound and STOPPING
+        when the drain starts (default: one that does nothing; tap.py makes systemd's from the environment).
     @ivar overload: the L{Overload} every listener asks (global connection count, memory pressure).
     """
 
     log = Logger()
     reopenSignal = signal.SIGUSR1
 
-    def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None):
+    def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None, notifier=None):
         MultiService.__init__(self)
+        self.notifier = notifier if notifier is not None else NullNotifier()
         self.config = config
         self.reactor = reactor
         self.stats = StatsStore()
@@ -175,6 +179,9 @@ class MeshService(MultiService):
         raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
         admin.setServiceParent(self)
+        # STATUS= for systemctl status (issue 13 part 4)
+        self.meshStatus = MeshStatus(self.stats, config, [(lc.name, lc.address) for lc in config.listeners]
+                                     + [("admin", config.admin.address)], reactor)
 
     def reopenLogs(self):
         """
@@ -203,6 +210,9 @@ class MeshService(MultiService):
         except ValueError as e:  # not the main thread: POST /reopen_logs still works
             self.log.warn("cannot handle SIGUSR1 ({e}); reopen logs with POST /reopen_logs", e=e)
         MultiService.startService(self)
+        # every listener and the admin are bound (bind errors raise above): READY=1, then watchdog and STATUS=
+        self.notifier.ready(self.meshStatus.describe())
+        self.notifier.start(self.meshStatus.describe)
         self.overload.start()
         self.clusters.startHealthChecks()
         self.clusters.startDiscovery().addCallback(self._startServing)
@@ -249,6 +259,7 @@ class MeshService(MultiService):
     @defer.inlineCallbacks
     def _stop(self):
         self.draining = True
+        self.notifier.stopping("draining: " + self.meshStatus.describe())
         if self.registration is not None:
             # withdraw the local app first and let callers' registries notice, while the listeners still serve
             yield self.registration.drain()
@@ -290,6 +301,7 @@ class MeshService(MultiService):
         for entry in self._filterEntries():
             if IFilterConfigResources.providedBy(entry.config):
                 entry.config.close()
+        self.notifier.stop()
         yield MultiService.stopService(self)
 
     def _filterEntries(self):

@@ -2,6 +2,7 @@
 twistd glue: ``twistd -n txmesh --config mesh.yaml``.  The only module that touches the global reactor.
 """
 
+import os
 import sys
 
 from twisted.internet import error
@@ -14,7 +15,9 @@ from txmesh.errors import ConfigError
 class Options(usage.Options):
     synopsis = "--config PATH [--check]"
     longdesc = "Run the txmesh sidecar described by a mesh.yaml file."
-    optParameters = [["config", "c", None, "Path to the mesh.yaml configuration (required)."]]
+    optParameters = [["config", "c", None, "Path to the mesh.yaml configuration (required)."],
+                     ["status-interval", None, 10.0,
+                      "Seconds between two STATUS= lines to systemd (with $NOTIFY_SOCKET; 0: none).", float]]
     optFlags = [["check", None, "Validate the configuration and exit 0 (valid) or 1 (invalid); binds nothing."]]
 
     def postOptions(self):
@@ -49,6 +52,9 @@ def makeService(options):
     installDefaultReactor()
     from twisted.internet import reactor
 
+    from txmesh import systemd
     from txmesh.service import MeshService
 
-    return MeshService(cfg, reactor)
+    # $NOTIFY_SOCKET and the watchdog variables are read and removed here, before anything starts a process
+    notifier = systemd.fromEnvironment(os.environ, reactor, statusInterval=options["status-interval"])
+    return MeshService(cfg, reactor, notifier=notifier)
