@@ -1,25 +1,38 @@
 """
-twistd glue: ``twistd -n txmesh --config mesh.yaml``.  The only module that touches the global reactor.
+twistd glue: ``twistd -n txmesh --config mesh.yaml [--log-level info] [--log-format text|json]``.  The only module
+that touches the global reactor.
 """
 
 import sys
+import time
 
 from twisted.internet import error
+from twisted.logger import LogLevel
 from twisted.python import usage
 
 from txmesh import config as _config
 from txmesh.errors import ConfigError
+from txmesh.logs import FORMATS, OperatorLogObserver, isJournalStream, parseLevel
 
 
 class Options(usage.Options):
-    synopsis = "--config PATH [--check]"
+    synopsis = "--config PATH [--check] [--log-level LEVEL] [--log-format text|json]"
     longdesc = "Run the txmesh sidecar described by a mesh.yaml file."
-    optParameters = [["config", "c", None, "Path to the mesh.yaml configuration (required)."]]
+    optParameters = [["config", "c", None, "Path to the mesh.yaml configuration (required)."],
+                     ["log-level", None, "info", "Log events at this level and above: debug, info, warn, error, "
+                                                 "critical."],
+                     ["log-format", None, "text", "text (one line per event) or json (one JSON object per line)."]]
     optFlags = [["check", None, "Validate the configuration and exit 0 (valid) or 1 (invalid); binds nothing."]]
 
     def postOptions(self):
         if not self["config"]:
             raise usage.UsageError("--config is required")
+        try:
+            self["log-level"] = parseLevel(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError("--log-level: %s" % (e,))
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError("--log-format: %r is not one of %s" % (self["log-format"], ", ".join(FORMATS)))
 
 
 def installDefaultReactor():
@@ -37,11 +50,43 @@ def installDefaultReactor():
     return True
 
 
+def makeObserver(options, stdout=None):
+    """
+    txmesh's log observer for twistd's options (L{txmesh.logs.OperatorLogObserver}), or None when twistd was told
+    to log elsewhere (``--logger``, ``--syslog``) and keeps its own.  Without ``-n`` or with ``--logfile`` it
+    writes to that file as twistd would (``twistd.log`` by default).
+    """
+    twistdOptions = options.parent or {}
+    if twistdOptions.get("logger") or twistdOptions.get("syslog"):
+        return None
+    logfile = twistdOptions.get("logfile")
+    if stdout is None:
+        stdout = sys.stdout
+    if (twistdOptions.get("nodaemon", True) and not logfile) or logfile == "-":
+        stream, journald = stdout, isJournalStream(stdout.fileno())
+    else:
+        from twisted.python.logfile import LogFile
+
+        stream, journald = LogFile.fromFullPath(logfile or "twistd.log"), False
+    return OperatorLogObserver(stream, options["log-level"], options["log-format"], journald)
+
+
+def reportConfigError(options, error, stderr=None):
+    """Write the config error in one line to stderr, in the log format chosen (logging has not begun yet)."""
+    stderr = stderr if stderr is not None else sys.stderr
+    observer = OperatorLogObserver(stderr, LogLevel.error, options["log-format"], isJournalStream(stderr.fileno()))
+    observer({"log_level": LogLevel.error, "log_namespace": "txmesh", "log_time": time.time(),
+              "log_format": "txmesh: invalid configuration: {error}", "error": str(error)})
+
+
 def makeService(options):
     try:
         cfg = _config.load(options["config"])
     except ConfigError as e:
-        sys.stderr.write("txmesh: invalid configuration: %s\n" % (e,))
+        if options["check"]:
+            sys.stderr.write("txmesh: invalid configuration: %s\n" % (e,))
+        else:
+            reportConfigError(options, e)
         sys.exit(1)
     if options["check"]:
         sys.stdout.write("txmesh: %s is valid\n" % (options["config"],))
@@ -50,5 +95,6 @@ def makeService(options):
     from twisted.internet import reactor
 
     from txmesh.service import MeshService
+    from txmesh.startup import RunningMesh
 
-    return MeshService(cfg, reactor)
+    return RunningMesh(MeshService(cfg, reactor), makeObserver(options), reactor, options["config"])
