@@ -207,8 +207,9 @@ class MeshService(MultiService):
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
         timeout = self.config.drainTimeout
         started = self.reactor.seconds()
-        self.log.info("draining: {connections} connection(s) open, {requests} request(s) in flight, drain timeout "
-                      "{timeout}s", timeout=timeout, **self._openCounts())
+        self.log.info("draining: {connections} connection(s) open, {requests} request(s) in flight, "
+                      + ("for up to {timeout}s" if timeout else "without a time limit"), timeout=timeout,
+                      **self._openCounts())
         # consumeErrors: the drains the timeout cancels fail with CancelledError, an expected end, not a log line
         drains = defer.gatherResults([f.drain() for f in self.listenerFactories], consumeErrors=True)
         cut = None
