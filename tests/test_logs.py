@@ -146,6 +146,8 @@ def test_journal_stream_detection(tmp_path):
         assert not isJournalStream(other.fileno(), env)  # redirected elsewhere: the variable is inherited, not true
         assert not isJournalStream(f.fileno(), {})
         assert not isJournalStream(f.fileno(), {"JOURNAL_STREAM": "garbage"})
+        assert isJournalStream(f, env)
+        assert not isJournalStream(io.StringIO(), env)  # no descriptor
 
 
 def test_parse_level():

@@ -17,12 +17,12 @@ import time
 
 import pytest
 from twisted.application.service import Application
-from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
 from tests import support
 from txmesh import config as _config
-from txmesh.logs import OperatorLogObserver
+from txmesh.logs import OperatorLogObserver, levelOf
 from txmesh.service import MeshService
 from txmesh.startup import RunningMesh, whoListensOn
 
@@ -245,3 +245,38 @@ def test_who_listens_on(tmp_path):
     assert whoListensOn(cfg, "127.0.0.1", ports["rpc"]) == "listener 'rpc' (grpc)"
     assert whoListensOn(cfg, "127.0.0.1", ports["admin"]) == "the admin API"
     assert whoListensOn(cfg, "127.0.0.2", ports["rpc"]) == "a listener"
+
+
+def drainEvents(tmp_path, drain, request):
+    """Start a MeshService on a memory reactor, leave ``request`` in flight on its web listener, stop it."""
+    path, ports = writeConfig(tmp_path, drain=drain)
+    reactor = MemoryReactorClock()
+    service = MeshService(_config.load(path), reactor, installSignal=lambda signum, handler: None)
+    service.startService()
+    web = reactor.tcpServers[0][1]
+    protocol = web.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(request)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = service.stopService()
+        reactor.advance(0.5)
+        if not d.called:  # without a time limit the drain waits: the connection ends 0.5s in
+            protocol.connectionLost(None)
+            reactor.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert d.called
+    return [(levelOf(e).name, formatEvent(e)) for e in events if e.get("log_namespace") == "txmesh.service.MeshService"]
+
+
+def test_drain_lines_in_process(tmp_path):
+    # a request the silent upstream never answers is cut at the drain timeout
+    assert drainEvents(tmp_path, "500ms", b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n") == [
+        ("info", "draining: 1 connection(s) open, 1 request(s) in flight, for up to 0.5s"),
+        ("warn", "drain timeout (0.5s) passed: cut 1 connection(s) with 1 request(s) in flight")]
+    # drain_timeout 0 means no limit: the drain waits for the last connection
+    lines = drainEvents(tmp_path, "0s", b"")
+    assert lines == [("info", "draining: 1 connection(s) open, 0 request(s) in flight, without a time limit"),
+                     ("info", "drained in 0.500s: every connection closed by itself")]

@@ -131,19 +131,19 @@ def _isoTime(when, local):
     return "%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)), millis)
 
 
-def isJournalStream(fd, environ=os.environ):
+def isJournalStream(stream, environ=os.environ):
     """
-    Whether ``fd`` is connected to the journal: ``$JOURNAL_STREAM`` holds ``<device>:<inode>`` of the stream
-    systemd connected stdout/stderr to (systemd.exec(5)); a process whose output was redirected elsewhere keeps the
-    variable but not the stream, hence the comparison.
+    Whether ``stream`` (a file object or descriptor) is connected to the journal: ``$JOURNAL_STREAM`` holds
+    ``<device>:<inode>`` of the stream systemd connected stdout/stderr to (systemd.exec(5)); a process whose output
+    was redirected elsewhere keeps the variable but not the stream, hence the comparison.
     """
     value = environ.get("JOURNAL_STREAM")
     if not value:
         return False
     try:
         device, inode = (int(part) for part in value.split(":"))
-        st = os.fstat(fd)
-    except (ValueError, OSError):
+        st = os.fstat(stream if isinstance(stream, int) else stream.fileno())
+    except (ValueError, OSError):  # io.UnsupportedOperation (no descriptor) is both
         return False
     return (st.st_dev, st.st_ino) == (device, inode)
 

@@ -63,7 +63,7 @@ def makeObserver(options, stdout=None):
     if stdout is None:
         stdout = sys.stdout
     if (twistdOptions.get("nodaemon", True) and not logfile) or logfile == "-":
-        stream, journald = stdout, isJournalStream(stdout.fileno())
+        stream, journald = stdout, isJournalStream(stdout)
     else:
         from twisted.python.logfile import LogFile
 
@@ -74,7 +74,7 @@ def makeObserver(options, stdout=None):
 def reportConfigError(options, error, stderr=None):
     """Write the config error in one line to stderr, in the log format chosen (logging has not begun yet)."""
     stderr = stderr if stderr is not None else sys.stderr
-    observer = OperatorLogObserver(stderr, LogLevel.error, options["log-format"], isJournalStream(stderr.fileno()))
+    observer = OperatorLogObserver(stderr, LogLevel.error, options["log-format"], isJournalStream(stderr))
     observer({"log_level": LogLevel.error, "log_namespace": "txmesh", "log_time": time.time(),
               "log_format": "txmesh: invalid configuration: {error}", "error": str(error)})
 
