@@ -88,10 +88,11 @@ def startUpstream():
     return proc, http, raw
 
 
-def startTxmesh(configText, adminPort, extraEnv=None, twistdArgs=()):
+def startTxmesh(configText, adminPort, extraEnv=None, twistdArgs=(), pluginArgs=()):
     """
     Write configText to a temp mesh.yaml and run `twistd -n txmesh --config` on it; ``twistdArgs`` go before
-    ``txmesh`` (``("-r", "epoll")``: Twisted's reactor instead of txmesh's).
+    ``txmesh`` (``("-r", "epoll")``: Twisted's reactor instead of txmesh's), ``pluginArgs`` after the config
+    (``("--log-format", "json")``).
     """
     d = tempfile.mkdtemp(prefix="txmesh-cfg-")
     path = os.path.join(d, "mesh.yaml")
@@ -101,7 +102,7 @@ def startTxmesh(configText, adminPort, extraEnv=None, twistdArgs=()):
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extraEnv or {})
     proc = Proc([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-                 *twistdArgs, "txmesh", "--config", path], env=env)
+                 *twistdArgs, "txmesh", "--config", path, *pluginArgs], env=env)
     try:
         waitForPort(adminPort, proc=proc.popen)
     except RuntimeError:

@@ -138,7 +138,7 @@ def test_twistd_txmesh_proxies_on_its_reactor_or_the_one_chosen_with_r(twistdArg
             r = c.getresponse()
             assert (r.status, r.read()) == (200, b"x" * 3000000)
         c.close()
-        assert "reactor class: %s." % reactorClass in tx.output()
+        assert ", reactor %s, config " % reactorClass in tx.output()  # the startup version line (txmesh.startup)
     finally:
         for p in reversed(procs):
             p.stop()

@@ -1,14 +1,29 @@
-"""``txmesh check mesh.yaml``: validate a configuration without starting anything."""
+"""
+``txmesh check mesh.yaml``: validate a configuration without starting anything; ``txmesh --version``: the versions
+of txmesh, Python and Twisted, and the reactor ``twistd txmesh`` runs on by default.
+"""
 
 import argparse
 import sys
 
 from txmesh import config as _config
 from txmesh.errors import ConfigError
+from txmesh.logs import versions
+
+# what ``twistd txmesh`` installs unless ``-r`` names another reactor (txmesh.tap.installDefaultReactor)
+DEFAULT_REACTOR = "txmesh-epoll (txmesh.reactor.TxmeshReactor)"
+
+
+def versionText():
+    """``txmesh 0.1.0`` then one ``name version`` line each for Python, Twisted and the default reactor."""
+    found = versions(DEFAULT_REACTOR)
+    return "\n".join(["%s %s" % found[0]] + ["%s %s" % pair for pair in found[1:]])
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="txmesh", description="txmesh sidecar tools")
+    parser = argparse.ArgumentParser(prog="txmesh", description="txmesh sidecar tools",
+                                     formatter_class=argparse.RawTextHelpFormatter)  # keeps --version's lines
+    parser.add_argument("--version", action="version", version=versionText())
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a mesh.yaml and exit 0 (valid) or 1 (invalid)")
     check.add_argument("path")

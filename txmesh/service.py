@@ -276,8 +276,14 @@ class MeshService(MultiService):
             backoff.stop()
         listeners = [s for s in self if s.name and s.name.startswith("listener:")]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
-        drains = defer.gatherResults([f.drain() for f in self.listenerFactories])
         timeout = self.config.drainTimeout
+        started = self.reactor.seconds()
+        self.log.info("draining: {connections} connection(s) open, {requests} request(s) in flight, "
+                      + ("for up to {timeout}s" if timeout else "without a time limit"), timeout=timeout,
+                      **self._openCounts())
+        # consumeErrors: the drains the timeout cancels fail with CancelledError, an expected end, not a log line
+        drains = defer.gatherResults([f.drain() for f in self.listenerFactories], consumeErrors=True)
+        cut = None
         if timeout:
             timer = self.reactor.callLater(timeout, drains.cancel)
             try:
@@ -286,12 +292,20 @@ class MeshService(MultiService):
                 # gatherResults reports its cancellation as FirstError(CancelledError)
                 if isinstance(e, defer.FirstError) and not e.subFailure.check(defer.CancelledError):
                     raise
-                self.log.warn("drain timeout ({t}s) passed; closing the remaining connections", t=timeout)
+                cut = self._openCounts()
                 for f in self.listenerFactories:
                     f.abortAll()
             finally:
                 if timer.active():
                     timer.cancel()
+        else:
+            yield drains
+        elapsed = self.reactor.seconds() - started
+        if cut is None:
+            self.log.info("drained in {elapsed:.3f}s: every connection closed by itself", elapsed=elapsed)
+        else:
+            self.log.warn("drain timeout ({timeout}s) passed: cut {connections} connection(s) with {requests} "
+                          "request(s) in flight", timeout=timeout, elapsed=elapsed, **cut)
         for f in self.listenerFactories:
             f.abortAll()
         self.runtime.registryClusters.stop()  # dubbo_registry routes' sources (issue 12 part 2)
@@ -303,6 +317,11 @@ class MeshService(MultiService):
                 entry.config.close()
         self.notifier.stop()
         yield MultiService.stopService(self)
+
+    def _openCounts(self):
+        """The drain's figures: connections open on the listeners, requests in flight (every protocol's)."""
+        return dict(connections=sum(len(f.connections) for f in self.listenerFactories),
+                    requests=self.stats.total("downstream_rq_active"))
 
     def _filterEntries(self):
         for lc in self.config.listeners:
