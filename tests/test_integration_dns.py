@@ -15,15 +15,11 @@ import tempfile
 
 import pytest
 
-import txmesh.discovery.base
 from tests import support
 from tests.test_integration_health import waitFor
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(not hasattr(txmesh.discovery.base, "ClusterDiscovery"),
-                       reason="needs the discovery wiring (txmesh.discovery.base.ClusterDiscovery, issue 12 part 1 "
-                              "core), built on another branch"),
     pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed"),
 ]
 

@@ -7,7 +7,6 @@ with a Dubbo listener whose route names the registry (``dubbo_registry``: no clu
 again under load, cost no call.
 """
 
-import importlib
 import json
 import os
 import subprocess
@@ -174,14 +173,6 @@ clusters:
 """
 
 
-def _clusterDiscoveryWired():
-    base = importlib.import_module("txmesh.discovery.base")
-    return "ClusterDiscovery" in vars(base)
-
-
-@pytest.mark.skipif(not _clusterDiscoveryWired(),
-                    reason="needs the per-cluster sink and its wiring into the service (ClusterDiscovery in "
-                           "txmesh/discovery/base.py, issue 12 part 1 core, another branch): runs once merged")
 def test_cluster_with_zookeeper_discovery_reaches_registered_providers(env):
     env.provider("A")
     env.provider("B")
