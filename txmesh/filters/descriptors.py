@@ -164,11 +164,13 @@ class CappedMap:
     stats cap their labels), so a client sending ever new values can neither blow up memory nor escape a limit.
     """
 
-    __slots__ = ("maxKeys", "_items")
+    __slots__ = ("maxKeys", "_items", "get")
 
     def __init__(self, maxKeys):
         self.maxKeys = maxKeys
         self._items = {}
+        # the per-request path: the state of a key already made, or None (then lookup and add); a dict's own get
+        self.get = self._items.get
 
     def lookup(self, key):
         """(the key to keep state under: ``key``, or ``_other`` past the cap; its state, or None if not made yet)."""
