@@ -46,12 +46,20 @@ def _cluster(request, callbacks):
     return None
 
 
+_sourceKeys = {}  # downstream peer ("host:port") -> its source_address key, for the peers seen last (bounded)
+
+
 def _sourceAddress(request, callbacks):
     peer = callbacks.streamInfo.downstreamPeer
     if not peer:
         return None
-    host = peer.rpartition(":")[0] or peer
-    return host.strip("[]")
+    key = _sourceKeys.get(peer)  # the streams of one connection share the peer: made once
+    if key is None:
+        key = (peer.rpartition(":")[0] or peer).strip("[]")
+        if len(_sourceKeys) >= 4096:
+            _sourceKeys.clear()
+        _sourceKeys[peer] = key
+    return key
 
 
 def _authority(request, callbacks):

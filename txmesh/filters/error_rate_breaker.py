@@ -255,15 +255,18 @@ class ErrorRateBreakerFilter:
             return CONTINUE
         protocol = self._protocol
         if protocol == "dubbo":
-            self._record(response.status not in DUBBO_SUCCESS_STATUSES)
+            failed = response.status not in DUBBO_SUCCESS_STATUSES
         elif protocol == "grpc" and response.status == 200:
             value = response.headers.get(_GRPC_STATUS)
             if value is not None:  # trailers-only
-                self._record((int(value) if value.isdigit() else 2) in GRPC_FAILURE_CODES)
+                failed = (int(value) if value.isdigit() else 2) in GRPC_FAILURE_CODES
             elif endStream:
-                self._record(2 in GRPC_FAILURE_CODES)  # no grpc-status at all: UNKNOWN
+                failed = 2 in GRPC_FAILURE_CODES  # no grpc-status at all: UNKNOWN
+            else:
+                return CONTINUE  # the grpc-status comes in the trailers
         else:
-            self._record(response.status >= HTTP_FAILURE_MIN)
+            failed = response.status >= HTTP_FAILURE_MIN
+        self._record(failed)
         return CONTINUE
 
     def encodeData(self, data, endStream):

@@ -239,7 +239,7 @@ class Router:
 
         self._startTimers(cb, info.startTime, request, action, endStream)
         self._requestDone = endStream
-        self._startAttempt(host, [(_HEADERS, request, endStream)], False)
+        self._startAttempt(host, [(_HEADERS, request, endStream)], False, info.startTime if endStream else None)
         return STOP
 
     def _startTimers(self, cb, now, request, action, endStream):
@@ -420,10 +420,12 @@ class Router:
 
     # -- attempts ----------------------------------------------------------------------------------------------
 
-    def _startAttempt(self, host, pending, isRetry):
+    def _startAttempt(self, host, pending, isRetry, armedAt=None):
         """
         Send the request (``pending``: its events so far) to ``host`` as a new attempt, if the cluster's
-        ``max_requests`` breaker allows (else the stream fails at once with 503 UO).
+        ``max_requests`` breaker allows (else the stream fails at once with 503 UO).  ``armedAt``: the first
+        attempt of a request that ended with its head, whose per-try timeout _startTimers already put on the
+        stream's timer, counted from then.
         """
         cluster = self.cluster
         requests = cluster.resources.requests
@@ -451,10 +453,13 @@ class Router:
                 if left is not None and left > 0:
                     stampTimeout(request, left, True)
             if self._requestDone and self._perTry:
-                now = self._clock.seconds()
-                end = attempt.armPerTry(self._perTry, now)
-                if end is not None:
-                    self._fireBy(end, now)
+                if armedAt is not None:
+                    attempt.armPerTry(self._perTry, armedAt)  # the timer fires for it already
+                else:
+                    now = self._clock.seconds()
+                    end = attempt.armPerTry(self._perTry, now)
+                    if end is not None:
+                        self._fireBy(end, now)
         # start it (inlined: once per request)
         attempt.pending = pending
         pool = attempt.pool
@@ -588,7 +593,8 @@ class Router:
         state = self._retry
         self._retry = None
         self.attempt = attempt
-        self._releaseRetries(state)
+        if state.timer is not None or state.held:
+            self._releaseRetries(state)
         for other in state.live:
             if other is not attempt:
                 other.abandon()
