@@ -769,7 +769,12 @@ class UpstreamRequest:
             self.sentAt = router._clock.seconds()
         pending = self.pending
         self.pending = None
-        if not sendHeld(conn, pending, self, self._ended):
+        if len(pending) == 1:  # the request head alone, the usual case: sendHeld's loop for one part, inline
+            _, head, endStream = pending[0]
+            conn.sendRequest(head, endStream, self)
+            if self.state:
+                return
+        elif not sendHeld(conn, pending, self, self._ended):
             return
         if router._downstreamPaused:
             conn.pauseReading()
@@ -849,9 +854,6 @@ class UpstreamRequest:
     def _reportResponse(self, response, endStream, dubbo):
         """Classify the response head by the cluster's protocol (gRPC waits for its grpc-status)."""
         monitor = self.host.monitor
-        if monitor is NULL_MONITOR:
-            self.reported = True  # nobody watches this host's outcomes: nothing to classify
-            return
         if self.sentAt is not None:
             monitor.putResponseTime(self.router._clock.seconds() - self.sentAt)
         status = response.status
@@ -881,7 +883,10 @@ class UpstreamRequest:
         self.perTryEnd = None  # the answer started: the per-try timeout no longer applies (Envoy's rule)
         dubbo = router.cluster.config.protocol == "dubbo"
         if not self.reported:
-            self._reportResponse(response, endStream, dubbo)
+            if self.host.monitor is NULL_MONITOR:
+                self.reported = True  # nobody watches this host's outcomes: nothing to classify
+            else:
+                self._reportResponse(response, endStream, dubbo)
         if router._retry is not None:
             status = response.status
             if not dubbo and status == 200 and router._retry.policy.grpcCodes:
