@@ -251,7 +251,8 @@ class ErrorRateBreakerFilter:
         breaker.record(failed, self.runtime.clock.seconds(), self._probe)
 
     def encodeHeaders(self, response, endStream):
-        if self._breaker is None:
+        breaker = self._breaker
+        if breaker is None:
             return CONTINUE
         protocol = self._protocol
         if protocol == "dubbo":
@@ -266,7 +267,9 @@ class ErrorRateBreakerFilter:
                 return CONTINUE  # the grpc-status comes in the trailers
         else:
             failed = response.status >= HTTP_FAILURE_MIN
-        self._record(failed)
+        self._breaker = None  # _record, inline: once per request
+        (self._stats.failure if failed else self._stats.success).value += 1
+        breaker.record(failed, self.runtime.clock.seconds(), self._probe)
         return CONTINUE
 
     def encodeData(self, data, endStream):

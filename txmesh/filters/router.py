@@ -51,7 +51,8 @@ from txmesh.stream import HELD_DATA, HELD_HEADERS, HELD_TRAILERS, sendHeld
 from txmesh.upstream.hashing import requestHash
 from txmesh.upstream.host import NULL_MONITOR
 from txmesh.upstream.lb import LBContext
-from txmesh.upstream.outcome import classifyDubbo, classifyError, classifyGRPC, classifyHTTP, Outcome
+from txmesh.upstream.outcome import (HTTP_FAILURE_MIN, classifyDubbo, classifyError, classifyGRPC, classifyHTTP,
+                                     Outcome)
 from txmesh.upstream.retry import (GRPC_PUSHBACK, RETRY_AFTER, backoff, budgetAllows, parsePushback,
                                    parseRetryAfter, retryState)
 
@@ -694,6 +695,7 @@ class Router:
 
 _LIVE, _COMPLETED, _ENDED = 0, 1, 2  # UpstreamRequest.state
 DROPPED = object()  # UpstreamRequest.held of an attempt whose answer was dropped for a retry
+_SUCCESS = Outcome.SUCCESS
 
 
 @implementer(IUpstreamResponder)
@@ -868,7 +870,9 @@ class UpstreamRequest:
                 else:
                     self.reported = None  # decided by the trailers
                 return
-        self._report(classifyHTTP(status))
+        # (called while nothing was reported) _report and classifyHTTP, inline: once per request on a watched host
+        self.reported = True
+        monitor.putResult(_SUCCESS if status < HTTP_FAILURE_MIN else classifyHTTP(status))
 
     def _reportGRPC(self, fields):
         self.reported = False

@@ -34,10 +34,13 @@ class ResourceLimit:
     def canCreate(self):
         return self.count < self.max
 
-    # inc and dec run once or twice per request: the gauges are updated inline, without a call or max()
-
-    def inc(self):
-        self.count = count = self.count + 1
+    def inc(self, step=1):
+        """Take one (``step`` -1: give one back, never below 0).  Once or twice per request: the gauges are
+        updated here, without another call or max()."""
+        count = self.count + step
+        if count < 0:
+            count = 0
+        self.count = count
         remaining = self._remaining
         if remaining is not None:
             left = self.max - count
@@ -46,15 +49,7 @@ class ResourceLimit:
             self._open.value = 1 if count >= self.max else 0
 
     def dec(self):
-        count = self.count
-        if count > 0:
-            self.count = count = count - 1
-        remaining = self._remaining
-        if remaining is not None:
-            left = self.max - count
-            remaining.value = left if left > 0 else 0
-        if self._open is not None:
-            self._open.value = 1 if count >= self.max else 0
+        self.inc(-1)
 
     def __repr__(self):
         return "<ResourceLimit %d/%d>" % (self.count, self.max)
