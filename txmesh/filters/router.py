@@ -23,9 +23,9 @@ The upstream request carries the time left when it is sent, less DEADLINE_MARGIN
 the cause answers.
 
 Attempts (Envoy's split of Router::Filter and UpstreamRequest): each try upstream is an L{UpstreamRequest} holding
-its host, its pool connection (or the wait for one), its per-try timer and its outcome report to the host's
-monitor; it is the IUpstreamResponder the client protocol calls.  A route's ``retry_policy``
-(txmesh.upstream.retry) keeps the request's events for replay and, while nothing went downstream, drops a
+its host, its pool connection (or the wait for one), when its per-try timeout passes (watched by the stream's one
+timer: no DelayedCall per attempt) and its outcome report to the host's monitor; it is the IUpstreamResponder the
+client protocol calls.  A route's ``retry_policy`` (txmesh.upstream.retry) keeps the request's events for replay and, while nothing went downstream, drops a
 retriable answer or failure and starts another attempt after a back-off, on a host not tried yet; the stream's
 timer (route timeout, ``max_stream_duration``, the client's deadline, idleness) spans all attempts, and each
 attempt tells the next hop min(per-try timeout, time left).  Every attempt takes one of the cluster's
@@ -702,8 +702,9 @@ _SUCCESS = Outcome.SUCCESS
 class UpstreamRequest:
     """
     One attempt of a request on one host (Envoy's UpstreamRequest): the pool's connection or the wait for it, the
-    per-try timer, the attempt's outcome for the host's monitor (outlier detection, latency-aware balancing),
-    and the responder the upstream client protocol calls.  Its router decides what the answer is worth.
+    per-try timeout (on the stream's one timer), the attempt's outcome for the host's monitor (outlier detection,
+    latency-aware balancing), and the responder the upstream client protocol calls.  Its router decides what the
+    answer is worth.
     """
 
     log = Logger()
