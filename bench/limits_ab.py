@@ -1,8 +1,9 @@
 """
 A/B of the resilience parts (issue 11) configured but not firing, on bench/inproc.py's in-memory HTTP/1.1 path:
 the same build, the same run, configs without and with ``local_rate_limit`` (per source address, a bucket that
-never empties), ``error_rate_breaker`` (per route, never opening) and ``circuit_breakers``; plus a no-op
-``header_mutation`` as the cost of any one stream filter.
+never empties), ``error_rate_breaker`` (per route, never opening) and ``circuit_breakers``, a retry policy and
+outlier detection; plus ``header_mutation`` with an empty config, which installs no filter per stream (the cost
+of a filter configured that has nothing to do: none).
 
     python bench/limits_ab.py [N] [ROUNDS]                      # the cases, alternating, ROUNDS rounds
     python bench/limits_ab.py [N] [ROUNDS] --base-tree DIR      # and the same cases on the txmesh in DIR

@@ -240,7 +240,7 @@ class Router:
 
         self._startTimers(cb, info.startTime, request, action, endStream)
         self._requestDone = endStream
-        self._startAttempt(host, [(_HEADERS, request, endStream)], False, info.startTime if endStream else None)
+        self._startAttempt(host, [(_HEADERS, request, endStream)], False, endStream)
         return STOP
 
     def _startTimers(self, cb, now, request, action, endStream):
@@ -421,12 +421,12 @@ class Router:
 
     # -- attempts ----------------------------------------------------------------------------------------------
 
-    def _startAttempt(self, host, pending, isRetry, armedAt=None):
+    def _startAttempt(self, host, pending, isRetry, timerArmed=False):
         """
         Send the request (``pending``: its events so far) to ``host`` as a new attempt, if the cluster's
-        ``max_requests`` breaker allows (else the stream fails at once with 503 UO).  ``armedAt``: the first
+        ``max_requests`` breaker allows (else the stream fails at once with 503 UO).  ``timerArmed``: the first
         attempt of a request that ended with its head, whose per-try timeout _startTimers already put on the
-        stream's timer, counted from then.
+        stream's timer.
         """
         cluster = self.cluster
         requests = cluster.resources.requests
@@ -454,13 +454,10 @@ class Router:
                 if left is not None and left > 0:
                     stampTimeout(request, left, True)
             if self._requestDone and self._perTry:
-                if armedAt is not None:
-                    attempt.armPerTry(self._perTry, armedAt)  # the timer fires for it already
-                else:
-                    now = self._clock.seconds()
-                    end = attempt.armPerTry(self._perTry, now)
-                    if end is not None:
-                        self._fireBy(end, now)
+                now = self._clock.seconds()
+                end = attempt.armPerTry(self._perTry, now)
+                if end is not None and not timerArmed:
+                    self._fireBy(end, now)
         # start it (inlined: once per request)
         attempt.pending = pending
         pool = attempt.pool
@@ -904,7 +901,9 @@ class UpstreamRequest:
                         return
                     router._forwardHeaders(response, endStream)
                     return
-            if router._retryAnswer(self, status, response.headers, dubbo, False):
+            if not dubbo and status < 500 and status not in router._retry.policy.retriableStatusCodes:
+                router._commit(self)  # the usual answer: no retry_on condition can take it (see statusRetriable)
+            elif router._retryAnswer(self, status, response.headers, dubbo, False):
                 return
         router._forwardHeaders(response, endStream)
 
