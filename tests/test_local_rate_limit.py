@@ -88,6 +88,32 @@ def test_capped_map_shares_the_other_key_past_the_cap():
     assert m.lookup("d") == ("_other", "O") and len(m) == 3
 
 
+
+def test_capped_map_get_is_lookup_without_the_overflow():
+    """The per-request get finds what lookup finds for a key already made; a new key is left to lookup and add."""
+    m = CappedMap(1)
+    assert m.get("a") is None
+    m.add(*m.lookup("a")[:1], "A")
+    assert m.get("a") == "A" == m.lookup("a")[1]
+    assert m.get("b") is None and m.lookup("b") == ("_other", None)
+
+
+def test_source_address_keys_are_the_peer_host_whatever_the_port():
+    from txmesh.filters.descriptors import _SIMPLE
+
+    key = _SIMPLE["source_address"]
+
+    class Callbacks:
+        def __init__(self, peer):
+            self.streamInfo = type("Info", (), {"downstreamPeer": peer})()
+
+    peers = ["10.0.0.5:1234", "10.0.0.5:1235", "[::1]:8080", "[::1]:8080", "unix", ""]
+    assert [key(None, Callbacks(p)) for p in peers] == ["10.0.0.5", "10.0.0.5", "::1", "::1", "unix", None]
+    for i in range(5000):  # past the memo's bound: still right
+        assert key(None, Callbacks("10.1.%d.%d:80" % (i // 256, i % 256))) == "10.1.%d.%d" % (i // 256, i % 256)
+    assert key(None, Callbacks("10.0.0.5:99")) == "10.0.0.5"
+
+
 # -- config ----------------------------------------------------------------------------------------------------
 
 def test_factory_is_a_plugin():
@@ -135,9 +161,11 @@ def get(m, path=b"/", headers=(), peer="10.1.2.3"):
 
 def test_over_the_limit_is_429_at_once_and_never_reaches_the_upstream():
     m = mesh("{token_bucket: {max_tokens: 2, tokens_per_fill: 1, fill_interval: 1s}}")
-    statuses = [get(m).status for _ in range(4)]
-    assert statuses == [200, 200, 429, 429]
+    answers = [get(m) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 200, 429, 429]
     assert len(m.upstream("backend").requests) == 2
+    # without enable_x_ratelimit_headers the filter stays off the response path: the answers carry none
+    assert [a.header("x-ratelimit-limit") for a in answers] == [None] * 4 and answers[0].body == b"hello"
     r = get(m)
     assert r.header("x-txmesh-error") == b"local_rate_limited" and r.body == b"local_rate_limited"
     assert "RL" in m.responseFlags()[-1]

@@ -188,3 +188,15 @@ def test_monitors_fan_out_and_come_off_again():
     assert host.monitor is b
     host.removeMonitor(b)
     assert host.monitor is NULL_MONITOR
+
+
+def test_the_failure_sets_say_what_the_classifiers_say():
+    """The per-request verdicts error_rate_breaker uses (sets, no Outcome made) agree with the table, code by code."""
+    from txmesh.upstream.outcome import DUBBO_SUCCESS_STATUSES, GRPC_FAILURE_CODES, HTTP_FAILURE_MIN
+
+    for status in range(100, 1000):
+        assert (status >= HTTP_FAILURE_MIN) == classifyHTTP(status).isFailure, status
+    for code in range(0, 40):
+        assert (code in GRPC_FAILURE_CODES) == classifyGRPC(code).isFailure, code
+    for status in range(0, 256):
+        assert (status not in DUBBO_SUCCESS_STATUSES) == classifyDubbo(status).isFailure, status

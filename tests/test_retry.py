@@ -233,6 +233,13 @@ def test_retriable_4xx_and_status_codes_and_what_is_not_retried(h):
     backoffPassed(h)
     answer(h.sent()[1], 200)
     assert statuses(down) == [200]
+    resources = h.cluster.resources
+    before = (resources.retries.count, resources.requests.count)
+    stream, down = h.start(b"/codes")
+    answer(h.sent()[0], 404)  # a 4xx not listed: kept at once (the router's fast path), as statusRetriable says
+    backoffPassed(h)
+    assert statuses(down) == [404] and len(h.sent()) == 1
+    assert (resources.retries.count, resources.requests.count) == before  # all given back
 
 
 def test_connect_failure_is_retried_and_reset_is_not_under_connect_failure(h):
@@ -406,6 +413,57 @@ def test_per_try_timeout_retries_and_tells_the_next_hop(h):
     h.mesh.advance(1.0)
     assert statuses(down) == [504]
     assert down.lastResponse.headers.get(b"x-txmesh-error") == b"upstream_per_try_timeout"
+
+
+def test_per_try_timeouts_ride_on_the_streams_one_timer(h):
+    """The per-try timeout costs no DelayedCall of its own: the stream's timer fires for it first."""
+    start = h.clock.seconds()
+    stream, down = h.start(b"/pertry")
+    [timer] = h.clock.getDelayedCalls()
+    assert timer.getTime() == start + 1.0  # the per-try timeout, before the route's 10s
+    h.sent()[0].responder.upstreamHeaders(ResponseHead(200), False)  # the answer started: no per-try any more
+    h.mesh.advance(1.0)
+    assert h.stat("upstream_rq_per_try_timeout") == 0 and statuses(down) == [200]
+    [timer] = h.clock.getDelayedCalls()
+    assert timer.getTime() == start + 10.0  # fired early, re-armed for the route timeout
+    h.mesh.advance(9.0)
+    assert h.stat("cluster_upstream_rq_timeout") == 1  # the route timeout still bounds the response
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_the_per_try_timeout_counts_from_the_attempt_not_from_the_streams_start(h):
+    """A request held before the router (a filter's delay) gets its whole per-try timeout, and the next hop is
+    told what is left of it when the connection comes late."""
+    stream, down = h.mesh.openStream()
+    h.mesh.advance(5.0)  # e.g. a fault filter's delay: the stream started 5s before the router sees the request
+    request = RequestHead(b"GET", b"/pertry", b"app", HeaderMap([]))
+    stream.decodeHeaders(request, True)
+    [pool] = [p for p in h.pools.values() if p.waiting]
+    h.mesh.advance(0.5)
+    handle = RecordingUpstreamStream()
+    pool.waiting[0].callback(handle)  # connected after 0.5s: 0.5s of the per-try left, less the margin
+    assert handle.calls[0][1].headers.get(b"x-txmesh-expected-rq-timeout-ms") == b"490"
+    h.mesh.advance(0.4)
+    assert h.stat("upstream_rq_per_try_timeout") == 0
+    h.mesh.advance(0.1)
+    assert h.stat("upstream_rq_per_try_timeout") == 1
+
+
+def test_a_per_try_timeout_starts_when_the_request_ends(h):
+    stream, down = h.start(b"/pertry", method=b"PUT", endStream=False)
+    [idle] = h.clock.getDelayedCalls()  # the stream_idle_timeout's: neither the route's nor the per-try's yet
+    assert idle.getTime() > 10.0
+    h.mesh.advance(5.0)
+    stream.decodeData(b"body", True)
+    [timer] = h.clock.getDelayedCalls()  # still one timer, now due at the per-try timeout
+    assert timer.getTime() == h.clock.seconds() + 1.0
+    h.mesh.advance(1.0)
+    assert h.stat("upstream_rq_per_try_timeout") == 1 and "abandon" in h.sent()[0].calls
+    backoffPassed(h)
+    second = h.sent()[1]
+    assert [c[0] for c in second.calls] == ["sendRequest", "writeBody"]  # the body replayed
+    h.mesh.advance(1.0)
+    assert statuses(down) == [504] and h.stat("upstream_rq_per_try_timeout") == 2
 
 
 def test_hedging_keeps_the_first_attempt_and_the_first_answer_wins(h):

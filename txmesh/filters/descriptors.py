@@ -46,12 +46,20 @@ def _cluster(request, callbacks):
     return None
 
 
+_sourceKeys = {}  # downstream peer ("host:port") -> its source_address key, for the peers seen last (bounded)
+
+
 def _sourceAddress(request, callbacks):
     peer = callbacks.streamInfo.downstreamPeer
     if not peer:
         return None
-    host = peer.rpartition(":")[0] or peer
-    return host.strip("[]")
+    key = _sourceKeys.get(peer)  # the streams of one connection share the peer: made once
+    if key is None:
+        key = (peer.rpartition(":")[0] or peer).strip("[]")
+        if len(_sourceKeys) >= 4096:
+            _sourceKeys.clear()
+        _sourceKeys[peer] = key
+    return key
 
 
 def _authority(request, callbacks):
@@ -164,11 +172,13 @@ class CappedMap:
     stats cap their labels), so a client sending ever new values can neither blow up memory nor escape a limit.
     """
 
-    __slots__ = ("maxKeys", "_items")
+    __slots__ = ("maxKeys", "_items", "get")
 
     def __init__(self, maxKeys):
         self.maxKeys = maxKeys
         self._items = {}
+        # the per-request path: the state of a key already made, or None (then lookup and add); a dict's own get
+        self.get = self._items.get
 
     def lookup(self, key):
         """(the key to keep state under: ``key``, or ``_other`` past the cap; its state, or None if not made yet)."""

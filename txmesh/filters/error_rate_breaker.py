@@ -37,7 +37,7 @@ from txmesh.config_reader import checkFilterKeys, parseDuration
 from txmesh.filters.descriptors import CappedMap, buildDescriptor
 from txmesh.interfaces import (FilterStatus, IErrorRateBreaker, IFilterFactory, IStreamDecoderFilter,
                                IStreamEncoderFilter)
-from txmesh.upstream.outcome import classifyDubbo, classifyGRPC, classifyHTTP
+from txmesh.upstream.outcome import DUBBO_SUCCESS_STATUSES, GRPC_FAILURE_CODES, HTTP_FAILURE_MIN
 
 CAUSE = "circuit_open"
 FLAG = "UO"
@@ -179,6 +179,7 @@ class Breakers:
         self.settings = settings
         self.statPrefix = statPrefix
         self._breakers = CappedMap(maxBreakers)
+        self.find = self._breakers.get  # the per-request path: key -> (its breaker, its _Stats) once made, else None
 
     def get(self, key, stats, listenerName):
         """The (key, ErrorRateBreaker, its _Stats) of ``key``, ``_other`` past the cap."""
@@ -222,13 +223,18 @@ class ErrorRateBreakerFilter:
         key = self.config.key(request, cb)
         if key is None:
             return CONTINUE
-        breaker, stats = self.config.breakers.get(key, self.runtime.stats, cb.streamInfo.listenerName)
-        if not breaker.allow(self.runtime.clock.seconds()):
-            stats.rejected.value += 1
-            cb.sendLocalReply(503, b"circuit_open", (), CAUSE, FLAG)
-            return STOP
+        breakers = self.config.breakers
+        entry = breakers.find(key)
+        if entry is None:
+            entry = breakers.get(key, self.runtime.stats, cb.streamInfo.listenerName)
+        breaker, stats = entry
+        if breaker.state is not CLOSED:  # closed (the usual state): allow() would say yes; one comparison
+            if not breaker.allow(self.runtime.clock.seconds()):
+                stats.rejected.value += 1
+                cb.sendLocalReply(503, b"circuit_open", (), CAUSE, FLAG)
+                return STOP
+            self._probe = breaker.state is HALF_OPEN
         self._breaker, self._stats = breaker, stats
-        self._probe = breaker.state is HALF_OPEN
         self._protocol = request.protocol
         return CONTINUE
 
@@ -238,26 +244,32 @@ class ErrorRateBreakerFilter:
     def decodeTrailers(self, trailers):
         return CONTINUE
 
-    def _record(self, outcome):
+    def _record(self, failed):
+        """The admitted request's outcome (the shared outcome table's verdict: txmesh.upstream.outcome)."""
         breaker, self._breaker = self._breaker, None
-        failed = outcome.isFailure
         (self._stats.failure if failed else self._stats.success).value += 1
         breaker.record(failed, self.runtime.clock.seconds(), self._probe)
 
     def encodeHeaders(self, response, endStream):
-        if self._breaker is None:
+        breaker = self._breaker
+        if breaker is None:
             return CONTINUE
         protocol = self._protocol
         if protocol == "dubbo":
-            self._record(classifyDubbo(response.status))
+            failed = response.status not in DUBBO_SUCCESS_STATUSES
         elif protocol == "grpc" and response.status == 200:
             value = response.headers.get(_GRPC_STATUS)
             if value is not None:  # trailers-only
-                self._record(classifyGRPC(int(value) if value.isdigit() else 2))
+                failed = (int(value) if value.isdigit() else 2) in GRPC_FAILURE_CODES
             elif endStream:
-                self._record(classifyGRPC(2))  # no grpc-status at all: UNKNOWN
+                failed = 2 in GRPC_FAILURE_CODES  # no grpc-status at all: UNKNOWN
+            else:
+                return CONTINUE  # the grpc-status comes in the trailers
         else:
-            self._record(classifyHTTP(response.status))
+            failed = response.status >= HTTP_FAILURE_MIN
+        self._breaker = None  # _record, inline: once per request
+        (self._stats.failure if failed else self._stats.success).value += 1
+        breaker.record(failed, self.runtime.clock.seconds(), self._probe)
         return CONTINUE
 
     def encodeData(self, data, endStream):
@@ -266,7 +278,7 @@ class ErrorRateBreakerFilter:
     def encodeTrailers(self, trailers):
         if self._breaker is not None:
             value = trailers.get(_GRPC_STATUS)
-            self._record(classifyGRPC(int(value) if value is not None and value.isdigit() else 2))
+            self._record((int(value) if value is not None and value.isdigit() else 2) in GRPC_FAILURE_CODES)
         return CONTINUE
 
     def onStreamComplete(self):

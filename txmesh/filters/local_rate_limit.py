@@ -65,6 +65,7 @@ class Limiter:
         self.bucketConfig = bucketConfig
         self.statPrefix = statPrefix
         self._descriptors = CappedMap(maxBuckets)
+        self.find = self._descriptors.get  # the per-request path: key -> its _Descriptor once made, else None
 
     def descriptor(self, key, now, stats, listenerName):
         """The _Descriptor of ``key`` (or the shared ``_other`` one past the cap), made full on first use."""
@@ -113,9 +114,9 @@ class LocalRateLimitFilter:
 
     def decodeHeaders(self, request, endStream):
         config = self.config
-        cb = self.decoderCallbacks
         if config.pathPrefix is not None and not request.path.startswith(config.pathPrefix):
             return CONTINUE
+        cb = self.decoderCallbacks
         if config.routes is not None:
             route = cb.route()
             if route is None or route.name not in config.routes:
@@ -123,8 +124,12 @@ class LocalRateLimitFilter:
         key = config.key(request, cb)
         if key is None:
             return CONTINUE
-        now = self.runtime.clock.seconds()
-        d = config.limiter.descriptor(key, now, self.runtime.stats, cb.streamInfo.listenerName)
+        runtime = self.runtime
+        now = runtime.clock.seconds()
+        limiter = config.limiter
+        d = limiter.find(key)
+        if d is None:
+            d = limiter.descriptor(key, now, runtime.stats, cb.streamInfo.listenerName)
         if d.bucket.consume(now):
             d.ok.value += 1
             if config.xHeaders:
@@ -207,4 +212,8 @@ class LocalRateLimitFactory:
                                     Limiter(bucketConfig, maxBuckets, statPrefix))
 
     def createFilters(self, config, callbacks, runtime):
-        callbacks.addStreamFilter(LocalRateLimitFilter(config, runtime))
+        if config.xHeaders:
+            callbacks.addStreamFilter(LocalRateLimitFilter(config, runtime))
+        else:
+            # without x-ratelimit headers the response is none of its business: not on the encode path at all
+            callbacks.addStreamDecoderFilter(LocalRateLimitFilter(config, runtime))

@@ -23,9 +23,9 @@ The upstream request carries the time left when it is sent, less DEADLINE_MARGIN
 the cause answers.
 
 Attempts (Envoy's split of Router::Filter and UpstreamRequest): each try upstream is an L{UpstreamRequest} holding
-its host, its pool connection (or the wait for one), its per-try timer and its outcome report to the host's
-monitor; it is the IUpstreamResponder the client protocol calls.  A route's ``retry_policy``
-(txmesh.upstream.retry) keeps the request's events for replay and, while nothing went downstream, drops a
+its host, its pool connection (or the wait for one), when its per-try timeout passes (watched by the stream's one
+timer: no DelayedCall per attempt) and its outcome report to the host's monitor; it is the IUpstreamResponder the
+client protocol calls.  A route's ``retry_policy`` (txmesh.upstream.retry) keeps the request's events for replay and, while nothing went downstream, drops a
 retriable answer or failure and starts another attempt after a back-off, on a host not tried yet; the stream's
 timer (route timeout, ``max_stream_duration``, the client's deadline, idleness) spans all attempts, and each
 attempt tells the next hop min(per-try timeout, time left).  Every attempt takes one of the cluster's
@@ -50,8 +50,10 @@ from txmesh.protocols.h2.grpc import encodeTimeout
 from txmesh.routing import DirectResponseAction, DubboRegistryAction, RedirectAction
 from txmesh.stream import HELD_DATA, HELD_HEADERS, HELD_TRAILERS, sendHeld
 from txmesh.upstream.hashing import requestHash
+from txmesh.upstream.host import NULL_MONITOR
 from txmesh.upstream.lb import LBContext
-from txmesh.upstream.outcome import classifyDubbo, classifyError, classifyGRPC, classifyHTTP, Outcome
+from txmesh.upstream.outcome import (HTTP_FAILURE_MIN, classifyDubbo, classifyError, classifyGRPC, classifyHTTP,
+                                     Outcome)
 from txmesh.upstream.retry import (GRPC_PUSHBACK, RETRY_AFTER, backoff, budgetAllows, parsePushback,
                                    parseRetryAfter, retryState)
 
@@ -280,7 +282,7 @@ class Router:
 
         self._startTimers(cb, info.startTime, request, action, endStream)
         self._requestDone = endStream
-        self._startAttempt(host, [(_HEADERS, request, endStream)], False)
+        self._startAttempt(host, [(_HEADERS, request, endStream)], False, endStream)
         return STOP
 
     def _startTimers(self, cb, now, request, action, endStream):
@@ -319,17 +321,20 @@ class Router:
             self._deadlineKind = kind
             if deadline <= idle:
                 idle = 0  # the deadline comes first whatever moves: no need to watch for idleness
+        delay = deadline
         if idle:
             self._idle = idle
             self._lastActive = now
-            if deadline is not None and deadline < idle:
-                idle = deadline
-            self._timer = clock.callLater(idle, self._timerFired)
-        elif deadline is not None:
-            self._timer = clock.callLater(deadline, self._timerFired)
+            if deadline is None or idle < deadline:
+                delay = idle
+        perTry = self._perTry
+        if perTry and endStream and (delay is None or perTry < delay):
+            # the first attempt's per-try timeout starts now: the one timer fires for it first (no timer of its own)
+            delay = perTry
+        if delay is not None:
+            self._timer = clock.callLater(delay, self._timerFired)
         if left:
             self._sendBy = now + left
-        perTry = self._perTry
         if perTry and (not left or perTry < left):
             left = perTry  # each attempt tells the next hop at most its per-try timeout
         if left:
@@ -338,26 +343,40 @@ class Router:
             request.headers.remove(EXPECTED_TIMEOUT)  # never pass on an untrusted deadline
 
     def _requestEnded(self):
-        """The request ended: the route timeout starts (and the timer moves nearer if it must)."""
+        """
+        The request ended: the route timeout and the per-try timeouts of the attempts in flight start (and the
+        timer moves nearer if it must, once).
+        """
         self._requestDone = True
-        if self._perTry:
+        now = self._clock.seconds()
+        fireBy = None
+        perTry = self._perTry
+        if perTry:
             for attempt in self._live():
-                attempt.armPerTry(self._perTry)
+                end = attempt.armPerTry(perTry, now)
+                if end is not None and (fireBy is None or end < fireBy):
+                    fireBy = end
         route = self._routeTimeout
         if route:
             self._routeTimeout = 0
-            now = self._clock.seconds()
             deadline = now + route
             if self._deadline is None or deadline < self._deadline:
                 self._deadline = deadline
                 self._deadlineKind = errors.UpstreamTimeout
                 if route <= self._idle:
                     self._idle = 0  # as in _startTimers
-                timer = self._timer
-                if timer is None:
-                    self._timer = self._clock.callLater(route, self._timerFired)
-                elif timer.getTime() > deadline:
-                    timer.reset(route)
+                if fireBy is None or deadline < fireBy:
+                    fireBy = deadline
+        if fireBy is not None:
+            self._fireBy(fireBy, now)
+
+    def _fireBy(self, when, now):
+        """Have the stream's timer fire at ``when`` (seconds since the epoch) at the latest."""
+        timer = self._timer
+        if timer is None:
+            self._timer = self._clock.callLater(max(0.0, when - now), self._timerFired)
+        elif timer.getTime() > when:
+            timer.reset(max(0.0, when - now))
 
     def _timerFired(self):
         self._timer = None
@@ -378,7 +397,21 @@ class Router:
                 return
             if deadline is None or idleEnd < deadline:
                 deadline = idleEnd
-        self._timer = self._clock.callLater(deadline - now, self._timerFired)
+        if self._perTry:
+            # the attempts' per-try timeouts share this timer (one DelayedCall per stream, not per attempt)
+            for attempt in self._live():
+                end = attempt.perTryEnd
+                if end is None or attempt.state:
+                    continue
+                if end <= now:
+                    attempt.perTryEnd = None
+                    self._perTryTimedOut(attempt)
+                    if self._done:
+                        return
+                elif deadline is None or end < deadline:
+                    deadline = end
+        if deadline is not None:
+            self._fireBy(deadline, now)  # a retry started meanwhile may have armed it already
 
     def decodeData(self, data, endStream):
         if self._done:
@@ -430,10 +463,12 @@ class Router:
 
     # -- attempts ----------------------------------------------------------------------------------------------
 
-    def _startAttempt(self, host, pending, isRetry):
+    def _startAttempt(self, host, pending, isRetry, timerArmed=False):
         """
         Send the request (``pending``: its events so far) to ``host`` as a new attempt, if the cluster's
-        ``max_requests`` breaker allows (else the stream fails at once with 503 UO).
+        ``max_requests`` breaker allows (else the stream fails at once with 503 UO).  ``timerArmed``: the first
+        attempt of a request that ended with its head, whose per-try timeout _startTimers already put on the
+        stream's timer.
         """
         cluster = self.cluster
         requests = cluster.resources.requests
@@ -461,7 +496,10 @@ class Router:
                 if left is not None and left > 0:
                     stampTimeout(request, left, True)
             if self._requestDone and self._perTry:
-                attempt.armPerTry(self._perTry)
+                now = self._clock.seconds()
+                end = attempt.armPerTry(self._perTry, now)
+                if end is not None and not timerArmed:
+                    self._fireBy(end, now)
         # start it (inlined: once per request)
         attempt.pending = pending
         pool = attempt.pool
@@ -595,7 +633,8 @@ class Router:
         state = self._retry
         self._retry = None
         self.attempt = attempt
-        self._releaseRetries(state)
+        if state.timer is not None or state.held:
+            self._releaseRetries(state)
         for other in state.live:
             if other is not attempt:
                 other.abandon()
@@ -697,20 +736,22 @@ class Router:
 
 _LIVE, _COMPLETED, _ENDED = 0, 1, 2  # UpstreamRequest.state
 DROPPED = object()  # UpstreamRequest.held of an attempt whose answer was dropped for a retry
+_SUCCESS = Outcome.SUCCESS
 
 
 @implementer(IUpstreamResponder)
 class UpstreamRequest:
     """
     One attempt of a request on one host (Envoy's UpstreamRequest): the pool's connection or the wait for it, the
-    per-try timer, the attempt's outcome for the host's monitor (outlier detection, latency-aware balancing),
-    and the responder the upstream client protocol calls.  Its router decides what the answer is worth.
+    per-try timeout (on the stream's one timer), the attempt's outcome for the host's monitor (outlier detection,
+    latency-aware balancing), and the responder the upstream client protocol calls.  Its router decides what the
+    answer is worth.
     """
 
     log = Logger()
 
     __slots__ = ("router", "host", "pool", "number", "isRetry", "connection", "connecting", "pending", "state",
-                 "sentAt", "reported", "perTryTimer", "startedAt", "held")
+                 "sentAt", "reported", "perTryEnd", "startedAt", "held")
 
     def __init__(self, router, host, pool, number, isRetry):
         self.router = router
@@ -724,8 +765,8 @@ class UpstreamRequest:
         self.state = _LIVE
         self.sentAt = None  # when the request went to the upstream connection (for putResponseTime)
         self.reported = False  # the outcome went to host.monitor (or waits for gRPC trailers: None)
-        self.perTryTimer = None
-        self.startedAt = None  # when the per-try timer started
+        self.perTryEnd = None  # when the per-try timeout passes (the router's one timer watches it), or None
+        self.startedAt = None  # when the per-try timeout started
         self.held = None  # a gRPC response head kept back until its grpc-status says whether to retry, or DROPPED
         host.activeRequests += 1
 
@@ -740,16 +781,16 @@ class UpstreamRequest:
                 sendBy = end
         return None if sendBy is None else sendBy - now
 
-    def armPerTry(self, perTry):
-        if self.perTryTimer is None and not self.state and self.reported is False:
-            clock = self.router._clock
-            self.startedAt = clock.seconds()
-            self.perTryTimer = clock.callLater(perTry, self._perTryFired)
-
-    def _perTryFired(self):
-        self.perTryTimer = None
-        if not self.state and not self.router._done:
-            self.router._perTryTimedOut(self)
+    def armPerTry(self, perTry, now):
+        """
+        Start the per-try timeout (``perTry`` seconds from ``now``) unless it runs already or the attempt
+        ended or was answered; returns when it passes (the router's timer must fire by then), or None.
+        """
+        if self.perTryEnd is None and self.startedAt is None and not self.state and self.reported is False:
+            self.startedAt = now
+            self.perTryEnd = end = now + perTry
+            return end
+        return None
 
     def _connectedLater(self, conn):
         """The pool gave a connection after a wait: the time the next hop is told shrinks by the wait."""
@@ -768,10 +809,16 @@ class UpstreamRequest:
             return
         self.connection = conn
         router = self.router
-        self.sentAt = router._clock.seconds()
+        if self.host.monitor is not NULL_MONITOR:
+            self.sentAt = router._clock.seconds()
         pending = self.pending
         self.pending = None
-        if not sendHeld(conn, pending, self, self._ended):
+        if len(pending) == 1:  # the request head alone, the usual case: sendHeld's loop for one part, inline
+            _, head, endStream = pending[0]
+            conn.sendRequest(head, endStream, self)
+            if self.state:
+                return
+        elif not sendHeld(conn, pending, self, self._ended):
             return
         if router._downstreamPaused:
             conn.pauseReading()
@@ -824,10 +871,7 @@ class UpstreamRequest:
         if self.state:
             return False
         self.state = state
-        timer = self.perTryTimer
-        if timer is not None:
-            self.perTryTimer = None
-            timer.cancel()
+        self.perTryEnd = None
         self.host.activeRequests -= 1
         router = self.router
         if self.isRetry:
@@ -868,7 +912,9 @@ class UpstreamRequest:
                 else:
                     self.reported = None  # decided by the trailers
                 return
-        self._report(classifyHTTP(status))
+        # (called while nothing was reported) _report and classifyHTTP, inline: once per request on a watched host
+        self.reported = True
+        monitor.putResult(_SUCCESS if status < HTTP_FAILURE_MIN else classifyHTTP(status))
 
     def _reportGRPC(self, fields):
         self.reported = False
@@ -880,13 +926,13 @@ class UpstreamRequest:
         router = self.router
         if router._idle:
             router._lastActive = router._clock.seconds()
-        timer = self.perTryTimer
-        if timer is not None:  # the answer started: the per-try timeout no longer applies (Envoy's rule)
-            self.perTryTimer = None
-            timer.cancel()
+        self.perTryEnd = None  # the answer started: the per-try timeout no longer applies (Envoy's rule)
         dubbo = router.cluster.config.protocol == "dubbo"
         if not self.reported:
-            self._reportResponse(response, endStream, dubbo)
+            if self.host.monitor is NULL_MONITOR:
+                self.reported = True  # nobody watches this host's outcomes: nothing to classify
+            else:
+                self._reportResponse(response, endStream, dubbo)
         if router._retry is not None:
             status = response.status
             if not dubbo and status == 200 and router._retry.policy.grpcCodes:
@@ -899,7 +945,9 @@ class UpstreamRequest:
                         return
                     router._forwardHeaders(response, endStream)
                     return
-            if router._retryAnswer(self, status, response.headers, dubbo, False):
+            if not dubbo and status < 500 and status not in router._retry.policy.retriableStatusCodes:
+                router._commit(self)  # the usual answer: no retry_on condition can take it (see statusRetriable)
+            elif router._retryAnswer(self, status, response.headers, dubbo, False):
                 return
         router._forwardHeaders(response, endStream)
 

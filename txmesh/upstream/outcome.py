@@ -48,9 +48,12 @@ _EXT = Outcome.EXT_ORIGIN_FAILURE
 _GW = Outcome.GATEWAY_FAILURE
 
 
+HTTP_FAILURE_MIN = 500  # an HTTP status from this one up is a failure of the transport, below it a success
+
+
 def classifyHTTP(status):
     """The outcome of an HTTP response status (int)."""
-    if status < 500:
+    if status < HTTP_FAILURE_MIN:
         return _SUCCESS
     if status in (502, 503, 504):
         return _GW
@@ -70,6 +73,13 @@ def classifyGRPC(code):
 # not import the protocol packages)
 _DUBBO = {20: _SUCCESS, 40: _SUCCESS, 90: _SUCCESS, 60: _GW, 100: _GW,
           30: _EXT, 31: _EXT, 50: _EXT, 70: _EXT, 80: _EXT}
+
+
+# The tables as sets, for a per-request "did it fail?" with no Outcome made (``classifyGRPC(code).isFailure`` is
+# ``code in GRPC_FAILURE_CODES``, ``classifyDubbo(status).isFailure`` is ``status not in DUBBO_SUCCESS_STATUSES``,
+# ``classifyHTTP(status).isFailure`` is ``status >= HTTP_FAILURE_MIN``)
+GRPC_FAILURE_CODES = frozenset(code for code, outcome in _GRPC.items() if outcome.isFailure)
+DUBBO_SUCCESS_STATUSES = frozenset(status for status, outcome in _DUBBO.items() if not outcome.isFailure)
 
 
 def classifyDubbo(status):

@@ -95,6 +95,12 @@ class HostOutlierMonitor:
         self.jitter = 0.0
 
     def putResult(self, outcome):
+        if outcome is _SUCCESS and not self._split:  # the per-request case, inline: _external's first branch
+            bucket = self.external
+            bucket.total += 1
+            bucket.success += 1
+            self.consecutive5xx = self.consecutiveGateway = 0
+            return
         if self._split:
             if outcome.isLocalOrigin:
                 if outcome is _CONNECT_SUCCESS:

@@ -26,25 +26,30 @@ class ResourceLimit:
         self.count = 0
         self._remaining = remaining
         self._open = open
-        self._update()
+        if remaining is not None:
+            remaining.value = max if max > 0 else 0
+        if open is not None:
+            open.value = 1 if max <= 0 else 0
 
     def canCreate(self):
         return self.count < self.max
 
-    def inc(self):
-        self.count += 1
-        self._update()
+    def inc(self, step=1):
+        """Take one (``step`` -1: give one back, never below 0).  Once or twice per request: the gauges are
+        updated here, without another call or max()."""
+        count = self.count + step
+        if count < 0:
+            count = 0
+        self.count = count
+        remaining = self._remaining
+        if remaining is not None:
+            left = self.max - count
+            remaining.value = left if left > 0 else 0
+        if self._open is not None:
+            self._open.value = 1 if count >= self.max else 0
 
     def dec(self):
-        if self.count > 0:
-            self.count -= 1
-        self._update()
-
-    def _update(self):
-        if self._remaining is not None:
-            self._remaining.value = max(0, self.max - self.count)
-        if self._open is not None:
-            self._open.value = 1 if self.count >= self.max else 0
+        self.inc(-1)
 
     def __repr__(self):
         return "<ResourceLimit %d/%d>" % (self.count, self.max)
