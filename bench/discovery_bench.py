@@ -1,5 +1,6 @@
 """
 Discovery benchmarks (issue 12, part 5).  Usage: python bench/discovery_bench.py [CHANGES]   (default 1000; about a minute)
+                                                 python bench/discovery_bench.py --instructions [POLICY ...]  (valgrind)
 
 (a) CHANGES endpoint changes applied end to end, one after the other:
     - sink: ``ClusterDiscovery.hostsUpdated`` of a 10-host set with one endpoint replaced -> ``Cluster.updateHosts``
@@ -180,7 +181,7 @@ def picks():
         print("  %-14s %10.0f %10.0f %8.2f" % (policy, best[10], best[10000], best[10000] / best[10]))
 
 
-def wholeRequests(rounds=5, n=20000, policy="round_robin"):
+def wholeRequests(rounds=5, n=20000, policy="round_robin", meshesOnly=False):
     """
     bench/inproc.py's proxied HTTP/1.1 request (in-memory transports, the real listener, router, pool and client)
     against a round_robin cluster of 10 and of 10,000 hosts, A/B alternating; every host has its upstream connection
@@ -251,6 +252,8 @@ def wholeRequests(rounds=5, n=20000, policy="round_robin"):
     meshes = {size: build(size) for size in (10, 10000)}
     for size, (server, st) in meshes.items():
         run(server, st, 2 * size)  # every host's connection opened, then idle
+    if meshesOnly:
+        return meshes, run
     best = {10: float("inf"), 10000: float("inf")}
     for _ in range(rounds):
         for size, (server, st) in meshes.items():
@@ -282,6 +285,50 @@ def updates():
         print("  %-14s changed: median %7.1f ms (min %7.1f)   unchanged (no rebuild): %5.1f ms"
               % (policy, statistics.median(times) * 1e3, min(times) * 1e3, same * 1e3))
 
+
+def instructionsChild(policy, n1, n2):
+    """Under callgrind (see L{instructions}): each size's requests run inside itertools.starmap's C starmap_next,
+    the one function callgrind counts and dumps after."""
+    import itertools
+    meshes, run = wholeRequests(policy=policy, meshesOnly=True)
+    for size in (10, 10000):
+        server, st = meshes[size]
+        for count in (n1, n2):
+            next(itertools.starmap(run, ((server, st, count),)))
+
+
+def instructions(policy="round_robin", n1=200, n2=1200):
+    """
+    (b') machine instructions per whole request with 10 and with 10,000 hosts, under valgrind's callgrind (the
+    same method as bench/limits_ab.py --instructions): deterministic, so not at the mercy of a busy machine; time
+    differences that remain are cache and memory effects of 10,000 open connections, not work done per request.
+    """
+    import re
+    import subprocess
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=starmap_next",
+                        "--dump-after=starmap_next", "--callgrind-out-file=" + os.path.join(tmp, "cg.out"),
+                        sys.executable, os.path.abspath(__file__), "--callgrind-child", policy, str(n1), str(n2)],
+                       env=env, check=True, capture_output=True)
+        dumps = sorted((int(f.rpartition(".")[2]), f) for f in os.listdir(tmp) if f.startswith("cg.out."))
+        counts = []
+        for _, f in dumps:
+            with open(os.path.join(tmp, f)) as dump:
+                counts.append(int(re.search(r"^summary: (\d+)", dump.read(), re.M).group(1)))
+    small, large = (counts[1] - counts[0]) / (n2 - n1), (counts[3] - counts[2]) / (n2 - n1)
+    print("(b') instructions per whole request (callgrind), %s: 10 hosts %.0f, 10,000 hosts %.0f (%+.2f%%)"
+          % (policy, small, large, (large / small - 1) * 100))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--callgrind-child"]:
+    instructionsChild(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    sys.exit(0)
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--instructions"]:
+    for policy in sys.argv[2:] or ["round_robin", "least_request", "ring_hash"]:
+        instructions(policy)
+    sys.exit(0)
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
