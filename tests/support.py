@@ -3,7 +3,9 @@ Helpers for integration tests: free loopback ports, processes started and stoppe
 the scriptable upstream and nginx.  Every wait is bounded.
 """
 
+import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -46,6 +48,43 @@ def waitForPort(port, timeout=15.0, proc=None):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("nothing listens on port %d after %.0fs" % (port, timeout))
+
+
+def accepts(port):
+    """Whether something accepts a TCP connection on loopback ``port`` now (within 0.5 s)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class JsonLines:
+    """A subprocess's stdout read as one JSON document a line, each wait bounded."""
+
+    def __init__(self, popen):
+        self.popen = popen
+        self.buffer = b""
+
+    def next(self, timeout):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.popen.stdout], [], [], remaining)[0]:
+                raise AssertionError("no line from the subprocess within %.0fs" % (timeout,))
+            chunk = os.read(self.popen.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError("the subprocess exited: %r" % (self.buffer,))
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line)
+
+    def until(self, predicate, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.next(max(0.1, deadline - time.monotonic()))
+            if predicate(event):
+                return event
 
 
 class Proc:

@@ -303,3 +303,85 @@ def test_a_call_naming_no_usable_interface_is_refused_without_a_cluster():
     assert resp.status == dc.SERVICE_NOT_FOUND and resp.requestId == 3 and b"no_cluster" in resp.body
     assert [c.name for c in mesh.clusters if c.name.startswith("dubbo:")] == []
     assert mesh.session.watches == []
+
+
+# -- one sink: on-demand clusters report to a ClusterDiscovery, shown on /clusters like configured ones ------------
+
+
+def _discovery(mesh, name=CLUSTER):
+    [c] = [c for c in mesh.clusters.describe() if c["name"] == name]
+    return c
+
+
+def test_on_demand_cluster_discovery_state_on_the_admin_clusters_page():
+    from tests.test_admin import request
+    from txmesh.admin import makeAdminSite
+    from txmesh.discovery.base import ClusterDiscovery
+    from txmesh.interfaces import IHostSetSink
+
+    mesh = Mesh()
+    mesh.clock.advance(100)
+    call(mesh)
+    assert _discovery(mesh)["discovery"]["state"] == "waiting"
+    mesh.session.set("/dubbo/%s/configurators" % (IFACE,), [])
+    mesh.session.set(PROVIDERS, [provider(20880), provider(20881)])
+    discovery = mesh.clusters.discovery(CLUSTER)
+    assert isinstance(discovery, ClusterDiscovery)  # the one sink every discovered cluster has
+    verifyObject(IHostSetSink, discovery)
+    site = makeAdminSite(mesh.mesh.stats, mesh.clusters, lambda: {}, lambda: True, reactor=mesh.clock)
+    [page] = [c for c in request(site, b"/clusters").json() if c["name"] == CLUSTER]
+    assert sorted(h["address"] for h in page["hosts"]) == ["10.0.0.5:20880", "10.0.0.5:20881"]
+    d = page["discovery"]
+    assert (d["type"], d["registry"], d["state"], d["staleness_seconds"], d["last_failure"], d["keep_last_known"]) \
+        == ("zookeeper", "zk", "ok", 0.0, None, True)
+    assert d["last_update"] == 100.0 and d["version"] == mesh.clusters.discovery(CLUSTER).source.version
+    assert (d["source"]["path"], d["source"]["interface"], d["source"]["group"], d["source"]["version"],
+            d["source"]["hosts"]) == (PROVIDERS, IFACE, "SOFA", "1.0.0", 2)
+    assert mesh.value("update_success", cluster=CLUSTER) == 1  # the per-cluster series of any discovered cluster
+    assert mesh.value("dubbo_registry_updates", registry="zk") == 1  # and the registry's, as before
+
+    # the session lost: the last known providers stay, the cluster goes failing and grows stale, counted once each
+    mesh.session.state("suspended")
+    mesh.clock.advance(7)
+    [page] = [c for c in request(site, b"/clusters").json() if c["name"] == CLUSTER]
+    d = page["discovery"]
+    assert (d["state"], d["staleness_seconds"], len(page["hosts"])) == ("failing", 7.0, 2)
+    assert "session suspended" in d["last_failure"]
+    assert mesh.value("discovery_staleness_seconds", cluster=CLUSTER) == 7.0
+    assert mesh.value("update_failure", cluster=CLUSTER) == 1
+    assert mesh.value("dubbo_registry_source_failures", registry="zk") == 1
+    # the same set again on reconnect: nothing rebuilt, ok again
+    mesh.session.set(PROVIDERS, [provider(20881), provider(20880)])
+    assert _discovery(mesh)["discovery"]["state"] == "ok"
+    assert mesh.value("update_no_rebuild", cluster=CLUSTER) == 1
+    assert mesh.value("discovery_staleness_seconds", cluster=CLUSTER) == 0.0
+
+
+def test_initial_fetch_timeout_is_counted_per_cluster_and_per_registry():
+    mesh = Mesh()
+    _, t = call(mesh)
+    mesh.clock.advance(2.1)
+    assert [r.status for r in replies(t)] == [dc.SERVICE_NOT_FOUND]
+    assert mesh.value("init_fetch_timeout", cluster=CLUSTER) == 1
+    assert mesh.value("dubbo_registry_initial_fetch_timeouts", registry="zk") == 1
+    assert _discovery(mesh)["discovery"]["state"] == "waiting"
+
+
+def test_a_removed_cluster_does_not_look_stale_and_its_successor_reads_its_own_state():
+    mesh = Mesh()
+    call(mesh)
+    mesh.session.set("/dubbo/%s/configurators" % (IFACE,), [])
+    mesh.session.set(PROVIDERS, [provider(20880)])
+    up = mesh.upstreams["10.0.0.5:20880"][0]
+    answer(up, sent(up)[0], ECHO_RESP)
+    mesh.session.state("suspended")  # failing when it goes idle
+    for _ in range(4):  # idle for idle_timeout (60s), seen by two checks: removed
+        mesh.clock.advance(30)
+    assert mesh.clusters.get(CLUSTER) is None and mesh.clusters.discovery(CLUSTER) is None
+    assert CLUSTER not in [c["name"] for c in mesh.clusters.describe()]
+    assert mesh.value("discovery_staleness_seconds", cluster=CLUSTER) == 0.0  # the series stays; no false alert
+    mesh.session.state("connected")
+    call(mesh, requestId=2)  # made again under the same name: the gauge reads the new cluster's discovery
+    mesh.clock.advance(1.5)
+    assert _discovery(mesh)["discovery"]["state"] == "waiting"
+    assert mesh.value("discovery_staleness_seconds", cluster=CLUSTER) == 1.5

@@ -12,7 +12,6 @@ The local app's registration against a real ZooKeeper (Debian's, tests/registry_
 
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -200,46 +199,10 @@ registration:
 """
 
 
-class _Lines:
-    """A subprocess's stdout read line by line, each wait bounded."""
-
-    def __init__(self, popen):
-        self.popen = popen
-        self.buffer = b""
-
-    def next(self, timeout):
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.popen.stdout], [], [], remaining)[0]:
-                raise AssertionError("no line from the consumer within %.0fs" % (timeout,))
-            chunk = os.read(self.popen.stdout.fileno(), 65536)
-            if not chunk:
-                raise AssertionError("the consumer exited: %r" % (self.buffer,))
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)
-
-    def until(self, predicate, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self.next(max(0.1, deadline - time.monotonic()))
-            if predicate(event):
-                return event
-
-
 def _startProvider(port):
     proc = support.Proc([NODE, os.path.join(PEERS, "provider.js"), str(port)], cwd=PEERS)
     support.waitForPort(port, proc=proc.popen)
     return proc
-
-
-def _accepts(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(NODE is None or not os.path.isdir(os.path.join(PEERS, "node_modules", "sofa-rpc-node")),
@@ -255,12 +218,12 @@ def test_real_consumer_finds_txmesh_registration(zookeeper):
         consumer = subprocess.Popen([NODE, os.path.join(PEERS, "zk_consumer.js"), zookeeper.hosts + "/t-twistd-reg",
                                      IFACE, "1.0.0", "SOFA"], cwd=PEERS, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        lines = _Lines(consumer)
+        lines = support.JsonLines(consumer)
         found = lines.until(lambda e: e.get("providers"))
         [published] = found["providers"]
         url = dubbo_url.parse(published)
         listen = url.port
-        assert listen and _accepts(listen)
+        assert listen and support.accepts(listen)
         assert (url.host, url.get("application"), url.get("side")) == ("127.0.0.1", "echo-app", "provider")
         assert found["call"] == {"ok": "via registry"}  # called through txmesh's inbound listener
         registrations = json.loads(support.adminGet(admin, "/registrations")[1])
@@ -277,11 +240,11 @@ def test_real_consumer_finds_txmesh_registration(zookeeper):
         # SIGTERM: the registration goes first, while the listener still accepts; then the listener closes
         mesh.signal(signal.SIGTERM)
         lines.until(lambda e: e.get("providers") == [], timeout=10)
-        assert _accepts(listen), "the listener stopped accepting before the registration was withdrawn"
+        assert support.accepts(listen), "the listener stopped accepting before the registration was withdrawn"
         deadline = time.monotonic() + 10
-        while _accepts(listen) and time.monotonic() < deadline:
+        while support.accepts(listen) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _accepts(listen)
+        assert not support.accepts(listen)
         assert mesh.popen.wait(10) in (0, -signal.SIGTERM)  # twistd re-raises the signal after a clean stop
         assert "registration: draining; withdrawing 127.0.0.1:%d" % (listen,) in mesh.output()
     finally:

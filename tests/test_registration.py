@@ -487,10 +487,11 @@ DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 def test_worked_example_loads_and_validates():
     text = open(DOC, encoding="utf-8").read()
     section = text[text.index("## A Dubbo sidecar pair registered in ZooKeeper"):text.index("## When a registry")]
-    [example] = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    example = re.findall(r"```yaml\n(.*?)```", section, re.S)[0]  # the provider's sidecar (B)
     mesh = loads(example)
     r = mesh.registration
-    assert (r.listener, r.advertiseAddress, r.healthCheck.type, r.appPort) == ("dubbo_in", "10.0.0.5", "dubbo", 20881)
+    assert (r.listener, r.listenerInterface, r.healthCheck.type, r.appPort) == ("dubbo_in", "127.0.0.1", "dubbo",
+                                                                                 20880)
     schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     validator.validate(yaml.safe_load(example))

@@ -70,3 +70,12 @@ def test_store_cap_still_applies():
         errors.inc(cause)
     assert store.value("downstream_rq_error", listener="_other", cause="_other") == 2
     assert errors["c"] is errors["d"]
+
+
+def test_computed_gauge_asked_again_reads_the_newest_reader():
+    """A component made again under the same labels (an on-demand cluster re-made after idle removal) owns the series."""
+    store = StatsStore()
+    store.scope(cluster="c").computedGauge("age", lambda: 5.0)
+    assert store.value("age", cluster="c") == 5.0
+    store.scope(cluster="c").computedGauge("age", lambda: 1.0)
+    assert store.value("age", cluster="c") == 1.0 and len(store.snapshot()["age"]) == 1

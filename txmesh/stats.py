@@ -91,8 +91,13 @@ class StatsStore:
         return self._series("gauge", Gauge, name, tuple(labels), help)
 
     def computedGauge(self, name, read, labels=(), help=""):
-        """A L{ComputedGauge} for ``name`` and ``labels`` reading ``read()`` at each snapshot or scrape."""
-        return self._series("gauge", lambda: ComputedGauge(read), name, tuple(labels), help)
+        """
+        A L{ComputedGauge} for ``name`` and ``labels`` reading ``read()`` at each snapshot or scrape.  Asked again for
+        the same series (a cluster made again under its old name), it reads the newest ``read``.
+        """
+        gauge = self._series("gauge", lambda: ComputedGauge(read), name, tuple(labels), help)
+        gauge.read = read
+        return gauge
 
     def scope(self, **labels):
         return Scope(self, tuple(labels.items()))

@@ -69,19 +69,23 @@ class ClusterDiscovery:
     @param clock: the reactor (IReactorTime, and whatever the source needs: IReactorTCP, IReactorFDSet ...).
     @param stats: the cluster's txmesh.stats.Scope: the counters of L{DISCOVERY_STATS} and the
         ``discovery_staleness_seconds`` gauge, read at scrape time.
+    @param observer: an IHostSetSink told of every report once the cluster has handled it (a ``dubbo_registry``
+        route counts its on-demand clusters' reports per registry, txmesh.discovery.dubbo_clusters), or None.
 
     A host set equal to the one applied is counted (``update_no_rebuild``) and not applied, so a source may
     re-deliver its whole view as often as it likes.  A failure keeps the set that serves (``keep_last_known``,
     the default) or empties the cluster; the state goes ``waiting`` -> ``ok`` <-> ``failing`` and each change of
     state is logged once, never each retry.  Staleness is how long the cluster has served a set its source could
     not vouch for: 0 while ``ok``, the seconds since the first failure after the last good set while ``failing``,
-    the seconds since start while ``waiting``.
+    the seconds since start while ``waiting``; 0 once stopped (a removed cluster's series stays in /stats and must
+    not look stale).
     """
 
     log = Logger()
 
-    def __init__(self, cluster, config, clock, stats):
+    def __init__(self, cluster, config, clock, stats, observer=None):
         self.cluster = cluster
+        self.observer = observer
         self.config = config
         self.clock = clock
         self._scope = stats
@@ -100,6 +104,7 @@ class ClusterDiscovery:
         self._warmed = False
         self._waiters = []
         self._timer = None
+        self._stopped = False
 
     # -- running ------------------------------------------------------------------------------------------------
 
@@ -127,6 +132,7 @@ class ClusterDiscovery:
 
     def stop(self):
         """Stop the source (drain, shutdown); whoever waits for the first set stops waiting.  @return: a Deferred."""
+        self._stopped = True
         self._warm()
         source, self.source = self.source, None
         if source is None:
@@ -188,6 +194,8 @@ class ClusterDiscovery:
             self.state = OK
             self._since = now
         self._warm()
+        if self.observer is not None:
+            self.observer.hostsUpdated(endpoints, version)
 
     def sourceFailed(self, reason):
         self.update_attempt.value += 1
@@ -212,11 +220,13 @@ class ClusterDiscovery:
         if not keep and self._applied:
             self.cluster.updateHosts(())
             self._applied = frozenset()
+        if self.observer is not None:
+            self.observer.sourceFailed(reason)
 
     # -- reporting ----------------------------------------------------------------------------------------------
 
     def stalenessSeconds(self):
-        if self.state == OK:
+        if self.state == OK or self._stopped:
             return 0.0
         return max(0.0, self.clock.seconds() - self._since)
 

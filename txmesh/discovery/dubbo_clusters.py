@@ -3,7 +3,9 @@ Dubbo without a cluster per interface (issue 12, part 2): the clusters a ``dubbo
 
 The first call for an (interface, group, version) adds a cluster named ``dubbo:{registry}:{interface}:{group}:
 {version}`` to the ClusterManager, copied from the route's template (lb policy, timeouts, outlier detection, circuit
-breakers, health checks), fed by a ZooKeeper source (txmesh.discovery.zookeeper) on the registry's shared session.
+breakers, health checks), fed by a ZooKeeper source (txmesh.discovery.zookeeper) on the registry's shared session
+that reports to the cluster's ClusterDiscovery (txmesh.discovery.base), as a configured cluster's does: the same
+last known set, staleness, counters and ``discovery`` object in ``/clusters``.
 That call, and any other for the same service meanwhile, waits for the first providers list, at most
 ``initial_fetch_timeout``; then the cluster serves from what it has (none: the router answers Dubbo's
 SERVICE_NOT_FOUND, as for any cluster without a healthy host).  Later calls find the cluster at once.
@@ -21,71 +23,49 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh import errors
-from txmesh.discovery.zookeeper import ZooKeeperSource, ZooKeeperSourceConfig
+from txmesh.discovery.base import FAILING
+from txmesh.discovery.zookeeper import ZooKeeperDiscoveryFactory, ZooKeeperSourceConfig
+from txmesh.discovery_config import DiscoveryConfig
 from txmesh.interfaces import IHostSetSink, IRegistryClusters
 
 # a Dubbo interface as it may appear in a ZooKeeper path: a Java class name (letters, digits, _ $ - and dots)
 _INTERFACE = re.compile(r"[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*\Z", re.ASCII)
 
+# what makes each on-demand cluster's source: the zookeeper discovery type's own factory (a stateless plugin object)
+_ZOOKEEPER = ZooKeeperDiscoveryFactory()
 
-@implementer(IHostSetSink)
+
 class _OnDemandCluster:
     """
-    One cluster made for one service, and the sink its source delivers to: host sets go to the cluster, the last
-    known set stays when the source fails, and the calls waiting for the first set are answered.
-
-    (txmesh.discovery.base's per-cluster sink, issue 12 part 1 core, may take this sink's place once merged.)
+    One cluster made for one service: its ClusterDiscovery (the sink its ZooKeeper source reports to, made by the
+    ClusterManager as for a configured cluster: last known set, staleness, counters, ``/clusters``) and the calls
+    waiting for its first providers list.
     """
 
-    log = Logger()
-
-    def __init__(self, owner, name, cluster):
-        self.owner = owner
+    def __init__(self, name, cluster, discovery):
         self.name = name
         self.cluster = cluster
-        self.source = None
+        self.discovery = discovery
         self.ready = False
+        self.stopped = False
         self.waiters = []
-        self.timer = None
         self.used = True  # a call came since the last idle check
         self.idleChecks = 0
-        self.version = None
-        self.lastUpdate = None
-        self.failing = False
 
-    def hostsUpdated(self, endpoints, version):
-        self.cluster.updateHosts(endpoints)
-        self.version = version
-        self.lastUpdate = self.owner.clock.seconds()
-        if self.failing:
-            self.failing = False
-            self.log.info("dubbo registry cluster {name}: source back ({n} hosts)", name=self.name, n=len(endpoints))
-        self.owner.stats.updates.value += 1
-        self._ready()
+    def start(self, session, stats):
+        """Start the source; once the first set came or initial_fetch_timeout passed, answer the waiting calls."""
 
-    def sourceFailed(self, reason):
-        self.owner.stats.sourceFailures.value += 1
-        if not self.failing:
-            self.failing = True
-            self.log.warn("dubbo registry cluster {name}: {reason}; keeping its {n} last known hosts",
-                          name=self.name, reason=reason, n=len(self.cluster.hosts))
+        def warm(_):
+            if self.stopped:
+                return
+            if self.discovery.lastUpdate is None:  # warm without a set: initial_fetch_timeout passed
+                stats.initialFetchTimeouts.value += 1
+            self.ready = True
+            waiters, self.waiters = self.waiters, []
+            for d in waiters:
+                d.callback(self.cluster)
 
-    def initialFetchTimedOut(self):
-        self.timer = None
-        if not self.ready:
-            self.owner.stats.initialFetchTimeouts.value += 1
-            self.log.warn("dubbo registry cluster {name}: no providers list within initial_fetch_timeout; serving "
-                          "with none until it comes", name=self.name)
-            self._ready()
-
-    def _ready(self):
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.ready = True
-        waiters, self.waiters = self.waiters, []
-        for d in waiters:
-            d.callback(self.cluster)
+        self.discovery.start(session).addCallback(warm)
 
     def wait(self):
         d = defer.Deferred(lambda d: self.waiters.remove(d) if d in self.waiters else None)
@@ -93,16 +73,32 @@ class _OnDemandCluster:
         return d
 
     def stop(self):
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.source is not None:
-            self.source.stop()
+        """The service stops: the source stops, the waiting calls are cancelled.  @return: a Deferred."""
+        self.stopped = True
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            d.cancel()
+        return self.discovery.stop()
 
     def describe(self):
-        return {"cluster": self.name, "ready": self.ready, "hosts": len(self.cluster.hosts), "version": self.version,
-                "lastUpdate": self.lastUpdate, "failing": self.failing,
-                "source": self.source.describe() if self.source is not None else None}
+        d = self.discovery
+        return {"cluster": self.name, "ready": self.ready, "hosts": len(self.cluster.hosts), "version": d.version,
+                "lastUpdate": d.lastUpdate, "failing": d.state == FAILING,
+                "source": d.source.describe() if d.source is not None else None}
+
+
+@implementer(IHostSetSink)
+class _RegistryCounts:
+    """Told of every report of a registry's on-demand clusters (after the cluster handled it): the registry's counts."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def hostsUpdated(self, endpoints, version):
+        self.stats.updates.value += 1
+
+    def sourceFailed(self, reason):
+        self.stats.sourceFailures.value += 1
 
 
 class _Stats:
@@ -124,12 +120,15 @@ class _Stats:
 class _RegistryClusters:
     """The on-demand clusters of one registry (every dubbo_registry route naming it agrees on the settings)."""
 
+    log = Logger()
+
     def __init__(self, owner, action):
         self.owner = owner
         self.clock = owner.clock
         self.registry = action.registry
         self.action = action  # the settings: template, bounds, protocol, configurators
         self.stats = _Stats(owner.stats.scope(registry=action.registry))
+        self.counts = _RegistryCounts(self.stats)
         self.entries = {}  # (interface, group, version) -> _OnDemandCluster
         self.sweeper = None
 
@@ -147,19 +146,20 @@ class _RegistryClusters:
             raise errors.NoClusterFound("no registry clients on this runtime")
         session = registries.get(self.registry)
         name = "dubbo:%s:%s:%s:%s" % (self.registry, interface, group, version)
+        discovery = DiscoveryConfig(
+            type=_ZOOKEEPER.name, factory=_ZOOKEEPER, registry=self.registry,
+            sourceConfig=ZooKeeperSourceConfig(interface, group, version, action.protocol, action.configurators,
+                                               session.config.root),
+            keepLastKnown=True, initialFetchTimeout=action.initialFetchTimeout)
         try:
-            cluster = self.owner.clusters.addCluster(dataclasses.replace(action.template, name=name, endpoints=(),
-                                                                         discovery=None))
+            cluster = self.owner.clusters.addCluster(
+                dataclasses.replace(action.template, name=name, endpoints=(), discovery=discovery), self.counts)
         except KeyError:
             raise errors.NoClusterFound("a configured cluster is named %r" % (name,)) from None
-        entry = self.entries[service] = _OnDemandCluster(self, name, cluster)
-        sourceConfig = ZooKeeperSourceConfig(interface, group, version, action.protocol, action.configurators,
-                                             session.config.root)
-        entry.source = ZooKeeperSource(sourceConfig, session, entry, cluster.stats.scope, name)
-        entry.timer = self.clock.callLater(action.initialFetchTimeout, entry.initialFetchTimedOut)
+        entry = self.entries[service] = _OnDemandCluster(name, cluster, self.owner.clusters.discovery(name))
         self.stats.created.value += 1
         self.stats.active.value = len(self.entries)
-        entry.source.start()
+        entry.start(session, self.stats)
         if self.sweeper is None:
             self.sweeper = self.clock.callLater(action.idleTimeout / 2, self.sweep)
         return entry
@@ -180,20 +180,19 @@ class _RegistryClusters:
 
     def remove(self, service):
         entry = self.entries.pop(service)
-        entry.stop()
+        entry.stopped = True
         self.stats.removed.value += 1
         self.stats.active.value = len(self.entries)
-        self.owner.clusters.removeCluster(entry.name).addErrback(
-            lambda f: entry.log.failure("draining {name} failed", f, name=entry.name))
+        self.owner.clusters.removeCluster(entry.name).addErrback(  # stops its source, drains its pools
+            lambda f: self.log.failure("draining {name} failed", f, name=entry.name))
 
     def stop(self):
         if self.sweeper is not None:
             self.sweeper.cancel()
             self.sweeper = None
         for entry in self.entries.values():
-            entry.stop()
-            for d in entry.waiters:
-                d.cancel()
+            entry.stop().addErrback(lambda f, name=entry.name: self.log.failure(
+                "stopping the source of {name}", f, name=name))
 
 
 @implementer(IRegistryClusters)

@@ -385,21 +385,33 @@ class ClusterManager:
         return Cluster(config.name, config, config.endpoints, lbFactory, poolFactory, random, scope,
                        outlierDetector=detector, clock=clock, resources=resources, healthChecker=healthChecker)
 
-    def addCluster(self, config):
+    def addCluster(self, config, observer=None):
         """
         Build and add a cluster at run time (a Dubbo registry route's per-interface cluster, issue 12 part 2); its
-        health checks start if the others have.  @return: the Cluster.  @raise KeyError: the name is taken.
+        health checks start if the others have.  A config with ``discovery`` gets its ClusterDiscovery
+        (``discovery(name)``, shown in ``describe``), which the caller starts; ``observer`` (an IHostSetSink or
+        None) is told of its source's reports.  @return: the Cluster.  @raise KeyError: the name is taken.
         """
         if config.name in self._clusters:
             raise KeyError(config.name)
         cluster = self._clusters[config.name] = self._build(config)
+        if config.discovery is not None:
+            self._discoveries[config.name] = ClusterDiscovery(cluster, config.discovery, self.clock,
+                                                              self._stats.scope(cluster=config.name), observer)
         if self._healthChecking and cluster.healthChecker is not None:
             cluster.healthChecker.start()
         return cluster
 
     def removeCluster(self, name):
-        """Remove a cluster added at run time: its health checks stop, its pools drain.  @return: a Deferred."""
+        """
+        Remove a cluster added at run time: its discovery source and health checks stop, its pools drain.
+        @return: a Deferred.
+        """
         cluster = self._clusters.pop(name)
+        discovery = self._discoveries.pop(name, None)
+        if discovery is not None:
+            discovery.stop().addErrback(lambda f: discovery.log.failure(
+                "cluster {cluster}: stopping its discovery source", f, cluster=name))
         if cluster.healthChecker is not None:
             cluster.healthChecker.stop()
         return cluster.drain()
