@@ -334,7 +334,10 @@ class DrainListenersPage(_Endpoint):
         self._control = control
 
     def renderPage(self, request):
-        graceful = b"graceful" in request.args and _arg(request, "graceful") not in ("0", "false", "no")
+        # ``?graceful`` alone (no ``=``) is not in request.args: read the query itself
+        query = request.uri.partition(b"?")[2]
+        params = dict(p.partition(b"=")[::2] for p in query.split(b"&") if p)
+        graceful = b"graceful" in params and params[b"graceful"] not in (b"0", b"false", b"no")
         return _jsonReply(request, self._control.drainListeners(graceful))
 
 

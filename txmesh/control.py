@@ -153,7 +153,7 @@ class MeshControl:
         previous = observer.level
         observer.level = level
         # logged after the change, at warn so that it shows whatever the new level is
-        self.log.warn("admin: log level {previous} -> {level}", previous=previous.name, level=level.name)
+        self.log.warn("admin: log level {previous} -> {new}", previous=previous.name, new=level.name)
         return self.logLevel()
 
     def explain(self, args):
