@@ -24,14 +24,14 @@ class FakeClusterManager:
         return [
             {
                 "name": "web",
-                "lbPolicy": "round_robin",
+                "lb_policy": "round_robin",
                 "hosts": [
                     {
                         "address": "127.0.0.1:8080",
                         "weight": 1,
                         "healthy": True,
-                        "activeRequests": 2,
-                        "counters": {"requests": 7, "connectFailures": 1},
+                        "active_requests": 2,
+                        "counters": {"requests": 7, "connect_failures": 1},
                     }
                 ],
             }

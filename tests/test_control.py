@@ -4,6 +4,7 @@ admin pages say and do, read through the admin Site the service builds.
 """
 
 import json
+import re
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -33,7 +34,10 @@ listeners:
       - {name: api, match: {prefix: /api}, route: {cluster: app}}
 - {name: rpc, protocol: dubbo, address: tcp:0, default_cluster: app}
 clusters:
-- {name: app, endpoints: [{address: "127.0.0.1:18080"}]}
+- name: app
+  endpoints: [{address: "127.0.0.1:18080"}]
+  health_checks: [{type: tcp, interval: 5s}]
+  outlier_detection: {consecutive_5xx: 3}
 """
 
 
@@ -169,3 +173,31 @@ def test_explainThroughTheService(world):
     r = world.get(b"/explain?path=/")
     assert r.code == 400 and b"listener= is required" in r.body
     assert json.loads(world.get(b"/explain?listener=web&path=/other").body)["route"] is None
+
+
+SNAKE = re.compile(r"^[a-z0-9_]+$")
+
+
+def keysOf(value, path=""):
+    """Every dict key in a JSON value, with its path."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield path + "." + k, k
+            yield from keysOf(v, path + "." + k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from keysOf(v, "%s[%d]" % (path, i))
+
+
+@pytest.mark.parametrize("page", [b"/clusters", b"/server_info", b"/listeners", b"/logging",
+                                  b"/explain?listener=web&path=/api"])
+def test_everyJsonKeyIsSnakeCase(world, page):
+    """One style for every admin answer (issue 16 part 4); /clusters with health checks and outlier detection."""
+    world.reactor.advance(6)
+    body = world.get(page).json()
+    camel = [path for path, key in keysOf(body) if not SNAKE.match(key)]
+    assert camel == []
+    if page == b"/clusters":
+        host = body[0]["hosts"][0]
+        assert {"health_flags", "active_requests", "health_check", "outlier"} <= set(host)
+        assert "pending_requests" in body[0]["circuit_breakers"]

@@ -101,7 +101,7 @@ class _OnDemandCluster:
 
     def describe(self):
         return {"cluster": self.name, "ready": self.ready, "hosts": len(self.cluster.hosts), "version": self.version,
-                "lastUpdate": self.lastUpdate, "failing": self.failing,
+                "last_update": self.lastUpdate, "failing": self.failing,
                 "source": self.source.describe() if self.source is not None else None}
 
 
