@@ -459,7 +459,7 @@ class RouteConfig:
             return self.defaultRoute
         path = request.pathOnly()
         for route in vhost.routes:
-            if route.match.matches(request, path):
+            if route.match.mismatch(request, path) is None:  # one call per route: matches() would add one
                 return route
         return self.defaultRoute
 
