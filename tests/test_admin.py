@@ -24,14 +24,14 @@ class FakeClusterManager:
         return [
             {
                 "name": "web",
-                "lbPolicy": "round_robin",
+                "lb_policy": "round_robin",
                 "hosts": [
                     {
                         "address": "127.0.0.1:8080",
                         "weight": 1,
                         "healthy": True,
-                        "activeRequests": 2,
-                        "counters": {"requests": 7, "connectFailures": 1},
+                        "active_requests": 2,
+                        "counters": {"requests": 7, "connect_failures": 1},
                     }
                 ],
             }
@@ -352,3 +352,153 @@ def test_reopenLogsOnlyByPost(method):
 
 def test_reopenLogsWithoutCallableIs404(world):
     assert world.get(b"/reopen_logs", method=b"POST", headers=[b"Content-Length: 0"]).code == 404
+
+
+# -- issue 16 part 4: server_info, listeners, logging, healthcheck, drain_listeners, explain ---------------------
+
+from zope.interface import implementer  # noqa: E402
+from zope.interface.verify import verifyObject  # noqa: E402
+
+from txmesh.interfaces import IMeshControl  # noqa: E402
+
+
+@implementer(IMeshControl)
+class FakeControl:
+    """Records what the admin pages ask of the mesh."""
+
+    def __init__(self):
+        self.calls = []
+        self.level = "info"
+        self.twistdObserver = False
+
+    def serverInfo(self):
+        return {"version": "0.1.0", "state": "live", "uptime_seconds": 1.5}
+
+    def describeListeners(self):
+        return [{"name": "web", "protocol": "http1", "address": "tcp:0", "bound": ["127.0.0.1:5000"],
+                 "connections": 2, "draining": False, "accepting": True}]
+
+    def failHealthcheck(self):
+        self.calls.append("fail")
+        return {"healthcheck_failed": True}
+
+    def okHealthcheck(self):
+        self.calls.append("ok")
+        return {"healthcheck_failed": False}
+
+    def drainListeners(self, graceful):
+        self.calls.append(("drain", graceful))
+        return {"stopped": 1, "graceful": graceful}
+
+    def logLevel(self):
+        return {"level": self.level}
+
+    def setLogLevel(self, name):
+        if self.twistdObserver:
+            raise LookupError("twistd's own observer is in use")
+        if name not in ("debug", "info", "warn", "error", "critical"):
+            raise ValueError("unknown log level %r" % (name,))
+        self.level = name
+        return self.logLevel()
+
+    def explain(self, args):
+        if "path" not in args:
+            raise ValueError("path= missing")
+        return {"args": args}
+
+
+@pytest.fixture
+def controlled():
+    control = FakeControl()
+    state = {"failed": False}
+    site = makeAdminSite(StatsStore(), None, dict, lambda: not state["failed"], reactor=Clock(), control=control,
+                         healthcheckFailed=lambda: state["failed"])
+    return site, control, state
+
+
+def post(site, target):
+    return request(site, target, method=b"POST", headers=[b"Content-Length: 0"])
+
+
+def test_fakeControlProvidesTheInterface():
+    verifyObject(IMeshControl, FakeControl())
+
+
+def test_serverInfoAndListeners(controlled):
+    site, _, _ = controlled
+    r = request(site, b"/server_info")
+    assert (r.code, r.header(b"content-type")) == (200, b"application/json")
+    assert r.json()["state"] == "live"
+    assert request(site, b"/listeners").json()[0]["bound"] == ["127.0.0.1:5000"]
+    index = request(site, b"/").body
+    for path in (b"/server_info", b"/listeners", b"/logging", b"/healthcheck", b"/drain_listeners", b"/explain"):
+        assert path in index
+
+
+def test_withoutControlThePagesAre404(world):
+    for path in (b"/server_info", b"/listeners", b"/logging", b"/explain"):
+        assert world.get(path).code == 404
+    assert world.get(b"/healthcheck/fail", method=b"POST", headers=[b"Content-Length: 0"]).code == 404
+
+
+def test_healthcheckFailAndOk(controlled):
+    site, control, state = controlled
+    r = post(site, b"/healthcheck/fail")
+    assert (r.code, r.json()) == (200, {"healthcheck_failed": True})
+    state["failed"] = True
+    r = request(site, b"/ready")
+    assert (r.code, r.body) == (503, b"HEALTHCHECK FAILED\n")
+    assert post(site, b"/healthcheck/ok").json() == {"healthcheck_failed": False}
+    assert control.calls == ["fail", "ok"]
+
+
+@pytest.mark.parametrize("target", [b"/healthcheck/fail", b"/healthcheck/ok", b"/drain_listeners"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"PUT"])
+def test_actionsOnlyByPost(controlled, target, method):
+    site, control, _ = controlled
+    r = request(site, target, method=method, headers=[b"Content-Length: 0"])
+    assert r.code == 405
+    assert r.header(b"allow") == b"POST"
+    assert control.calls == []
+
+
+@pytest.mark.parametrize("target", [b"/healthcheck", b"/healthcheck/", b"/healthcheck/other", b"/healthcheck/ok/x"])
+def test_healthcheckOtherPaths404(controlled, target):
+    site, control, _ = controlled
+    assert post(site, target).code == 404
+    assert control.calls == []
+
+
+@pytest.mark.parametrize("query, graceful", [(b"", False), (b"?graceful", True), (b"?graceful=true", True),
+                                             (b"?graceful=0", False)])
+def test_drainListeners(controlled, query, graceful):
+    site, control, _ = controlled
+    r = post(site, b"/drain_listeners" + query)
+    assert (r.code, r.json()["graceful"]) == (200, graceful)
+    assert control.calls == [("drain", graceful)]
+
+
+def test_logging(controlled):
+    site, control, _ = controlled
+    assert request(site, b"/logging").json() == {"level": "info"}
+    r = post(site, b"/logging?level=debug")
+    assert (r.code, r.json()) == (200, {"level": "debug"})
+    assert control.level == "debug"
+    r = post(site, b"/logging?level=loud")
+    assert (r.code, r.body) == (400, b"unknown log level 'loud'\n")
+    assert post(site, b"/logging").code == 400
+    control.twistdObserver = True
+    r = post(site, b"/logging?level=info")
+    assert r.code == 409 and b"twistd's own observer" in r.body
+    r = request(site, b"/logging", method=b"PUT", headers=[b"Content-Length: 0"])
+    assert (r.code, r.header(b"allow")) == (405, b"GET, HEAD, POST")
+
+
+def test_explainPage(controlled):
+    site, _, _ = controlled
+    r = request(site, b"/explain?path=/a&header=x:1&header=y:2")
+    assert r.code == 200
+    assert r.json() == {"args": {"path": ["/a"], "header": ["x:1", "y:2"]}}
+    r = request(site, b"/explain?method=GET")
+    assert (r.code, r.body) == (400, b"path= missing\n")
+    assert post(site, b"/explain?path=/").code == 405

@@ -111,7 +111,7 @@ def test_cluster_manager_gives_every_pool_the_clusters_resources():
     assert store.value("upstream_cx_overflow", cluster="backend") == 1
     assert store.value("upstream_rq_pending_overflow", cluster="backend") == 1
     assert cluster.describe()["stats"]["upstream_cx_overflow"] == 1
-    assert cluster.describe()["circuitBreakers"]["pendingRequests"] == {"max": 1, "count": 1}
+    assert cluster.describe()["circuit_breakers"]["pending_requests"] == {"max": 1, "count": 1}
     assert store.value("circuit_breakers_remaining_rq_pending", cluster="backend") == 0
 
 

@@ -167,11 +167,11 @@ def test_describe():
     described = manager.describe()
     json.dumps(described)
     first = described[0]
-    assert first["name"] == "a" and first["lbPolicy"] == "round_robin" and first["protocol"] == "http1"
+    assert first["name"] == "a" and first["lb_policy"] == "round_robin" and first["protocol"] == "http1"
     assert first["stats"]["upstream_rq_total"] == 1 and first["stats"]["membership_healthy"] == 1
-    assert first["hosts"][0] == {"address": "10.0.0.1:80", "weight": 1, "healthy": True, "healthFlags": [],
-                                 "priority": 0, "activeRequests": 3,
+    assert first["hosts"][0] == {"address": "10.0.0.1:80", "weight": 1, "healthy": True, "health_flags": [],
+                                 "priority": 0, "active_requests": 3,
                                  "stats": {"cx_total": 1, "cx_connect_fail": 0, "rq_total": 1, "rq_error": 0}}
     assert first["hosts"][1]["healthy"] is False and first["hosts"][1]["weight"] == 2
-    assert first["hosts"][1]["healthFlags"] == ["failed_active_hc"]
-    assert described[1]["lbPolicy"] == "least_request"
+    assert first["hosts"][1]["health_flags"] == ["failed_active_hc"]
+    assert described[1]["lb_policy"] == "least_request"

@@ -150,7 +150,7 @@ def test_one_connect_serves_every_waiter_it_has_room_for():
     h.connector.succeed()
     assert a[0].client is b[0].client
     assert h.stat("upstream_rq_pending_active") == 0 and h.stat("upstream_rq_active") == 2
-    assert h.pool.describe()["activeStreams"] == 2
+    assert h.pool.describe()["active_streams"] == 2
 
 
 def test_connect_timeout_fails_waiters_and_counts():
@@ -219,7 +219,7 @@ def test_cancelled_waiter_leaves_the_queue():
     assert out[0].check(defer.CancelledError)
     assert h.stat("upstream_rq_pending_active") == 1
     h.connector.succeed()
-    assert len(kept) == 1 and h.pool.describe()["activeStreams"] == 1
+    assert len(kept) == 1 and h.pool.describe()["active_streams"] == 1
 
 
 def test_drain_fires_only_when_every_connection_is_closed():

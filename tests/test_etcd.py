@@ -202,7 +202,7 @@ def test_key_kept_alive_then_gone_after_the_ttl_when_txmesh_crashes(etcd):
     kv = get(etcd, "/t-lease/me")
     assert kv["value"] == "127.0.0.1:8080" and kv["lease"]
     # keep-alives every TTL/3: the key outlives its TTL while they go on
-    waitFor(lambda: c.describeKey("/t-lease/me")["keepAlives"] >= 4, timeout=10)
+    waitFor(lambda: c.describeKey("/t-lease/me")["keep_alives"] >= 4, timeout=10)
     assert get(etcd, "/t-lease/me") is not None
     onReactor(c.stop)  # a crash: no revoke, no delete
     assert get(etcd, "/t-lease/me") is not None
@@ -368,7 +368,7 @@ def test_keep_alive_every_third_of_the_ttl_then_a_new_lease_when_lost():
     s.answer("/v3/lease/grant", {"ID": "8", "TTL": "9"})
     assert s.answer("/v3/kv/put", HEADER)["lease"] == "8"
     assert s.client.describeKey("/k") == {"key": "/k", "ttl": 9, "lease": "8", "written": True, "grants": 2,
-                                          "keepAlives": 1}
+                                          "keep_alives": 1}
     # a keep-alive that cannot reach etcd is retried, sooner than the TTL
     s.clock.advance(3)
     s.take("/v3/lease/keepalive")

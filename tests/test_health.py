@@ -124,7 +124,7 @@ def test_a_new_host_whose_first_check_fails_stays_failed_but_no_longer_pending()
     s.session.start()
     s.run(NETWORK)
     assert s.host.healthFlags == HealthFlag.FAILED_ACTIVE_HC
-    assert s.session.describe()["lastCheck"]["result"] == "network"
+    assert s.session.describe()["last_check"]["result"] == "network"
 
 
 def healthySession(**kw):
@@ -161,7 +161,7 @@ def test_a_refused_connect_or_a_wrong_answer_fails_the_host_at_once(result):
     s = healthySession(unhealthyThreshold=5)
     s.run(result)
     assert not s.host.healthy
-    assert s.session.describe()["lastCheck"] == {"time": s.clock.seconds(), "result": result.outcome.value,
+    assert s.session.describe()["last_check"] == {"time": s.clock.seconds(), "result": result.outcome.value,
                                                  "reason": result.reason}
     # a wrong answer is not a network failure; a refusal is
     assert s.value("health_check_network_failure") == (1 if result is REFUSED else 0)
@@ -201,7 +201,7 @@ def test_a_check_without_answer_times_out_and_counts_as_a_network_failure():
     assert s.checker.cancelled == 0
     s.clock.advance(0.1)
     assert s.checker.cancelled == 1  # its connection is closed
-    assert s.session.describe()["lastCheck"]["result"] == "timeout"
+    assert s.session.describe()["last_check"]["result"] == "timeout"
     assert s.value("health_check_timeout") == 1 and s.value("health_check_network_failure") == 1
     assert s.host.healthy  # one timeout of two
     s.checker.pending.clear()
@@ -268,7 +268,7 @@ def test_a_checker_that_raises_is_a_network_failure_not_a_crash():
     s.checker.check = boom
     s.session.start()
     s.clock.advance(0)
-    assert s.session.describe()["lastCheck"]["result"] == "network"
+    assert s.session.describe()["last_check"]["result"] == "network"
     assert len(s.clock.getDelayedCalls()) == 1  # checking goes on
 
 
@@ -307,10 +307,10 @@ def test_the_cluster_checks_every_host_and_routes_only_to_those_that_pass():
     assert store.value("health_check_healthy", cluster="c") == 1
     hosts = {h["address"]: h for h in cluster.describe()["hosts"]}
     assert hosts["10.0.0.1:2"]["healthy"] is False
-    assert hosts["10.0.0.1:2"]["healthFlags"] == ["failed_active_hc"]
-    assert hosts["10.0.0.1:2"]["healthCheck"]["lastCheck"] == {"time": 0.0, "result": "refused",
+    assert hosts["10.0.0.1:2"]["health_flags"] == ["failed_active_hc"]
+    assert hosts["10.0.0.1:2"]["health_check"]["last_check"] == {"time": 0.0, "result": "refused",
                                                                "reason": "connection refused"}
-    assert hosts["10.0.0.1:1"]["healthCheck"]["lastCheck"]["result"] == "passed"
+    assert hosts["10.0.0.1:1"]["health_check"]["last_check"]["result"] == "passed"
 
 
 def test_hosts_added_and_removed_by_updateHosts_get_and_lose_their_checks():
@@ -346,7 +346,7 @@ def test_a_cluster_without_health_checks_has_no_checker_and_healthy_hosts():
                       lambda h: None, random.Random(1), StatsStore().scope(cluster="c"))
     assert cluster.healthChecker is None
     assert cluster.chooseHost().healthy
-    assert "healthCheck" not in cluster.describe()["hosts"][0]
+    assert "health_check" not in cluster.describe()["hosts"][0]
 
 
 # -- the service starts and stops the checks ------------------------------------------------------------------------

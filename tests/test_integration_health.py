@@ -92,7 +92,7 @@ def test_one_of_two_hosts_dead_all_requests_succeed_and_the_host_comes_back(kind
         support.waitForPort(listen, proc=tx.popen)
         deadAddress, aliveAddress = "127.0.0.1:%d" % dead, "127.0.0.1:%d" % alive
         # the first check round
-        waitFor(lambda: all(h["healthCheck"]["lastCheck"] for h in hostsOf(admin, "backend").values()),
+        waitFor(lambda: all(h["health_check"]["last_check"] for h in hostsOf(admin, "backend").values()),
                 what="first check round")
         statuses = []
         for _ in range(10):
@@ -102,8 +102,8 @@ def test_one_of_two_hosts_dead_all_requests_succeed_and_the_host_comes_back(kind
         hosts = hostsOf(admin, "backend")
         assert hosts[aliveAddress]["healthy"] is True
         assert hosts[deadAddress]["healthy"] is False
-        assert hosts[deadAddress]["healthFlags"] == ["failed_active_hc"]
-        last = hosts[deadAddress]["healthCheck"]["lastCheck"]
+        assert hosts[deadAddress]["health_flags"] == ["failed_active_hc"]
+        last = hosts[deadAddress]["health_check"]["last_check"]
         assert (last["result"], last["reason"]) == ("refused", "connection refused")
         assert last["time"] > 0
         assert stat(admin, "health_check_healthy", cluster="backend") == 1
@@ -114,8 +114,8 @@ def test_one_of_two_hosts_dead_all_requests_succeed_and_the_host_comes_back(kind
         support.waitForPort(dead, proc=ng2.popen)
         back = waitFor(lambda: hostsOf(admin, "backend")[deadAddress]["healthy"] and hostsOf(admin, "backend"),
                        what="recovery")
-        assert back[deadAddress]["healthCheck"]["consecutivePasses"] >= 3
-        assert back[deadAddress]["healthCheck"]["lastCheck"]["result"] == "passed"
+        assert back[deadAddress]["health_check"]["consecutive_passes"] >= 3
+        assert back[deadAddress]["health_check"]["last_check"]["result"] == "passed"
         bodies = set()
         for _ in range(4):
             with urllib.request.urlopen("http://127.0.0.1:%d/" % listen, timeout=5) as r:
@@ -140,7 +140,7 @@ def test_http_check_fails_a_host_answering_an_unexpected_status_at_once():
                                  extra="        path: /healthz")
         tx = support.startTxmesh(cfg, admin)
         procs.append(tx)
-        last = waitFor(lambda: hostsOf(admin, "backend")["127.0.0.1:%d" % port]["healthCheck"]["lastCheck"],
+        last = waitFor(lambda: hostsOf(admin, "backend")["127.0.0.1:%d" % port]["health_check"]["last_check"],
                        what="a check")
         assert (last["result"], last["reason"]) == ("failed", "status 503")
         # no healthy host: the request gets the proxy's own 503
@@ -192,7 +192,7 @@ def test_grpc_check_against_grpcio_health_servicer():
         def host():
             return hostsOf(admin, "svc")[address]
 
-        last = waitFor(lambda: host()["healthCheck"]["lastCheck"], what="a check")
+        last = waitFor(lambda: host()["health_check"]["last_check"], what="a check")
         assert (last["result"], last["reason"]) == ("failed", "NOT_SERVING")
         assert host()["healthy"] is False
         # a call through txmesh now finds no healthy host: UNAVAILABLE
@@ -203,7 +203,7 @@ def test_grpc_check_against_grpcio_health_servicer():
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             servicer.set("pkg.Svc", health_pb2.HealthCheckResponse.SERVING)
             waitFor(lambda: host()["healthy"], what="SERVING to flip the host")
-            assert host()["healthCheck"]["consecutivePasses"] >= 2
+            assert host()["health_check"]["consecutive_passes"] >= 2
             # and the same call now goes through to the servicer
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="pkg.Svc"),
                                                               timeout=5)
@@ -228,7 +228,7 @@ def test_grpc_check_of_an_unknown_service_fails_with_its_grpc_status():
         admin, listen = support.freePort(), support.freePort()
         tx = support.startTxmesh(GRPC_CONFIG.format(admin=admin, listen=listen, upstream=upstream,
                                                     service="no.Such"), admin)
-        last = waitFor(lambda: hostsOf(admin, "svc")["127.0.0.1:%d" % upstream]["healthCheck"]["lastCheck"],
+        last = waitFor(lambda: hostsOf(admin, "svc")["127.0.0.1:%d" % upstream]["health_check"]["last_check"],
                        what="a check")
         assert last["result"] == "failed" and last["reason"].startswith("grpc-status 5")  # NOT_FOUND
     finally:
@@ -277,7 +277,7 @@ def test_dubbo_heartbeat_and_invocation_checks_against_the_real_provider():
         address = "127.0.0.1:%d" % provider
 
         def last(cluster):
-            return hostsOf(admin, cluster)[address]["healthCheck"]["lastCheck"]
+            return hostsOf(admin, cluster)[address]["health_check"]["last_check"]
 
         waitFor(lambda: all(last(c) for c in ("heartbeat", "invoke", "echo")), what="first checks")
         assert hostsOf(admin, "heartbeat")[address]["healthy"] is True

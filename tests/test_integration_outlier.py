@@ -94,8 +94,8 @@ def test_a_flapping_host_is_ejected_and_brought_back(mesh):
     assert answers.count((503, "a")) == 3, answers
     assert answers[-4:] == [(200, "b")] * 4, answers
     a = hostA(mesh)
-    assert a["outlier"]["ejected"] and a["outlier"]["timesEjected"] == 1 and not a["healthy"]
-    assert "failed_outlier_check" in a["healthFlags"]
+    assert a["outlier"]["ejected"] and a["outlier"]["times_ejected"] == 1 and not a["healthy"]
+    assert "failed_outlier_check" in a["health_flags"]
 
     os.remove(mesh["flag"])  # a recovers; it is back after base_ejection_time (2s) at an interval tick
     deadline = time.monotonic() + 10

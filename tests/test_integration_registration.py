@@ -115,7 +115,7 @@ def test_registered_while_healthy_and_after_session_expiry(zookeeper):
         waitFor(lambda: k.exists("/t-reg/%s/providers/%s" % (IFACE, url.encode())) is not None, timeout=10)
         assert k.exists("/t-reg/%s/providers/%s" % (IFACE, url.encode())).ephemeralOwner == session.client.client_id[0]
         described = onReactor(manager.describe)
-        assert described["localApp"]["healthy"] is True
+        assert described["local_app"]["healthy"] is True
         assert described["registries"][0]["state"] == "registered"
 
         onReactor(manager.drain)
@@ -227,8 +227,8 @@ def test_real_consumer_finds_txmesh_registration(zookeeper):
         assert (url.host, url.get("application"), url.get("side")) == ("127.0.0.1", "echo-app", "provider")
         assert found["call"] == {"ok": "via registry"}  # called through txmesh's inbound listener
         registrations = json.loads(support.adminGet(admin, "/registrations")[1])
-        assert registrations["localApp"]["healthy"] is True
-        assert registrations["localApp"]["check"]["type"] == "dubbo"  # heartbeats answered by the provider
+        assert registrations["local_app"]["healthy"] is True
+        assert registrations["local_app"]["check"]["type"] == "dubbo"  # heartbeats answered by the provider
         assert registrations["registries"][0]["urls"] == [published]
 
         provider.stop()  # the local app goes: its registration goes

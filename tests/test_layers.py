@@ -22,7 +22,7 @@ LAYERS = (
                            "routing.py", "routing_config.py", "discovery_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
-    ("service", ["service.py", "admin.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
+    ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
                  "startup.py"]),
     ("plugins", ["plugins/*.py"]),
 )

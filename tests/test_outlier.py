@@ -116,7 +116,7 @@ def test_ejection_time_grows_with_each_ejection_and_is_capped():
         durations.append(d.clock.seconds() - ejectedAt)
     # base x times ejected, capped at max (un-ejection happens on the interval ticks, every 10s here)
     assert durations == [30, 60, 90, 100, 100, 100]
-    assert d.state(0)["timesEjected"] == 6
+    assert d.state(0)["times_ejected"] == 6
     assert d.stat("ejections_active") == 0
 
 
@@ -124,7 +124,7 @@ def test_unejection_waits_for_the_interval_tick():
     d = Detected(interval=10.0, baseEjectionTime=30.0)
     d.clock.advance(5)
     d.put(0, *[E500] * 5)
-    assert d.state(0)["ejectedUntil"] == 35
+    assert d.state(0)["ejected_until"] == 35
     d.clock.pump([5] * 6)  # t=35: the ejection time is over, but the next tick is at 40
     assert d.ejected() == [0]
     d.clock.advance(5)
@@ -146,13 +146,13 @@ def test_the_multiplier_decays_while_the_host_stays_healthy():
         d.put(0, *[E500] * 5)
         while d.ejected():
             d.clock.advance(10)
-    assert d.state(0)["ejectionMultiplier"] == 3
+    assert d.state(0)["ejection_multiplier"] == 3
     d.clock.advance(10)  # one interval in service since the un-ejection
-    assert d.state(0)["ejectionMultiplier"] == 2
+    assert d.state(0)["ejection_multiplier"] == 2
     d.clock.pump([10, 10])
-    assert d.state(0)["ejectionMultiplier"] == 0
+    assert d.state(0)["ejection_multiplier"] == 0
     d.put(0, *[E500] * 5)
-    assert d.state(0)["ejectedUntil"] == d.clock.seconds() + 30  # back to the base time
+    assert d.state(0)["ejected_until"] == d.clock.seconds() + 30  # back to the base time
 
 
 def test_max_ejection_percent_counts_the_host_to_eject():
@@ -204,7 +204,7 @@ def test_success_rate_ejection_on_the_interval():
     d.clock.advance(10)
     assert d.ejected() == [0]
     assert d.stat("ejections_enforced_success_rate") == 1 and d.stat("ejections_detected_success_rate") == 1
-    assert d.state(1)["successRate"] == 96.0 and d.state(2)["successRate"] == 100.0
+    assert d.state(1)["success_rate"] == 96.0 and d.state(2)["success_rate"] == 100.0
 
 
 def test_success_rate_needs_the_request_volume_and_minimum_hosts():
@@ -229,7 +229,7 @@ def test_success_rate_counts_only_the_last_interval():
     for i in range(5):
         d.put(i, *[OK] * 100)
     d.clock.advance(10)
-    assert d.ejected() == [] and d.state(0)["successRate"] == 100.0
+    assert d.ejected() == [] and d.state(0)["success_rate"] == 100.0
 
 
 def test_failure_percentage_ejection():
@@ -263,7 +263,7 @@ def test_local_origin_success_rate_when_split():
     assert d.stat("ejections_enforced_local_origin_failure_percentage") == 1
     # its local-origin success rate (10 of 100) was under the threshold too, but that type is not enforced here
     assert d.stat("ejections_detected_local_origin_success_rate") == 1
-    assert d.state(0)["localOriginSuccessRate"] == 10.0 and d.state(0)["successRate"] == 100.0
+    assert d.state(0)["local_origin_success_rate"] == 10.0 and d.state(0)["success_rate"] == 100.0
 
 
 def test_removed_hosts_are_forgotten():

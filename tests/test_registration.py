@@ -388,7 +388,7 @@ def test_failed_register_is_retried_and_logged_once():
     zk.pending.pop(0).errback(RuntimeError("no quorum"))
     assert w.stats.value("registration_errors", registry="zk") == 1
     described = w.manager.describe()["registries"][0]
-    assert (described["state"], described["lastError"]) == ("failed", "no quorum")
+    assert (described["state"], described["last_error"]) == ("failed", "no quorum")
     w.clock.advance(w.manager.retryDelay)
     assert zk.calls == ["register", "register"]
     zk.pending.pop(0).errback(RuntimeError("no quorum"))
@@ -458,6 +458,38 @@ def test_health_changes_during_drain_change_nothing():
     assert w.calls()[0] == ["register", "deregister"]
 
 
+def test_admin_healthcheck_fail_holds_the_registrations_withdrawn():
+    """POST /healthcheck/fail (RegistrationManager.hold): withdrawn whatever the app's health, back on ok."""
+    w = World()
+    w.check(PASSED)
+    w.check(PASSED)
+    assert w.calls() == [["register"], ["register"]]
+    w.manager.hold(True)
+    assert w.calls() == [["register", "deregister"]] * 2
+    assert w.manager.describe()["held"] is True
+    w.check(PASSED)
+    w.check(PASSED)
+    assert w.calls() == [["register", "deregister"]] * 2  # a passing app stays withdrawn while held
+    w.manager.hold(False)
+    assert w.calls() == [["register", "deregister", "register"]] * 2
+    assert w.stats.value("registration_published", registry="zk") == 1
+
+
+def test_admin_healthcheck_ok_does_not_register_an_unhealthy_app():
+    w = World()
+    w.manager.hold(True)
+    w.check(PASSED)
+    w.check(PASSED)
+    assert w.calls() == [[], []]
+    w.check(NETWORK)
+    w.check(NETWORK)
+    w.manager.hold(False)
+    assert w.calls() == [[], []]
+    w.check(PASSED)
+    w.check(PASSED)
+    assert w.calls() == [["register"], ["register"]]
+
+
 def test_registrations_admin_page():
     w = World()
     w.check(PASSED)
@@ -465,11 +497,11 @@ def test_registrations_admin_page():
     site = makeAdminSite(StatsStore(), None, lambda: {}, lambda: True, reactor=Clock(),
                          registrations=w.manager.describe)
     body = request(site, b"/registrations").json()
-    assert body["address"] == "10.0.0.5:20880" and body["localApp"]["healthy"] is True
-    assert body["localApp"]["address"] == "127.0.0.1:20881"
+    assert body["address"] == "10.0.0.5:20880" and body["local_app"]["healthy"] is True
+    assert body["local_app"]["address"] == "127.0.0.1:20881"
     assert [(r["name"], r["state"], r["published"]) for r in body["registries"]] == [
         ("zk", "registered", True), ("etcd1", "registered", True)]
-    assert body["localApp"]["check"]["consecutivePasses"] == 2
+    assert body["local_app"]["check"]["consecutive_passes"] == 2
     assert request(makeAdminSite(StatsStore(), None, lambda: {}, lambda: True, reactor=Clock()),
                    b"/registrations").code == 404
 

@@ -2,8 +2,10 @@
 The admin HTTP API, on twisted.web.
 
 Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
-``/config_dump``, ``/registrations`` (when configured) and an index at ``/`` serve GET and HEAD only (405
-otherwise); the one action, ``POST /reopen_logs`` (for logrotate), serves POST only.  Any other path is a 404 and
+``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain`` and an index
+at ``/`` serve GET and HEAD only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
+``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, serve POST only, and ``/logging`` shows the log
+level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a 404 and
 nothing is ever served from the file system.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
@@ -94,18 +96,24 @@ class _NotFound(_Endpoint):
 
 
 class ReadyPage(_Endpoint):
-    """200 ``LIVE`` while serving; 503 ``DRAINING`` once shutdown began, 503 ``NOT READY`` before startup ends."""
+    """
+    200 ``LIVE`` while serving; 503 ``DRAINING`` once shutdown (or ``POST /drain_listeners``) began, 503
+    ``HEALTHCHECK FAILED`` after ``POST /healthcheck/fail``, 503 ``NOT READY`` before startup ends.
+    """
 
     description = "readiness: 200 LIVE, 503 DRAINING or NOT READY"
 
-    def __init__(self, isReady, isDraining):
+    def __init__(self, isReady, isDraining, healthcheckFailed=None):
         super().__init__()
         self._isReady = isReady
         self._isDraining = isDraining
+        self._healthcheckFailed = healthcheckFailed
 
     def renderPage(self, request):
         if self._isDraining is not None and self._isDraining():
             return _reply(request, 503, "DRAINING\n")
+        if self._healthcheckFailed is not None and self._healthcheckFailed():
+            return _reply(request, 503, "HEALTHCHECK FAILED\n")
         if not self._isReady():
             return _reply(request, 503, "NOT READY\n")
         return _reply(request, 200, "LIVE\n")
@@ -237,6 +245,124 @@ class ReopenLogsPage(_Endpoint):
         return _reply(request, 200, "OK\n")
 
 
+class ServerInfoPage(_Endpoint):
+    """Versions, reactor, uptime, state, config file and digest, node (IMeshControl.serverInfo)."""
+
+    description = "version, uptime, state, config file and digest, node as JSON"
+
+    def __init__(self, control):
+        super().__init__()
+        self._control = control
+
+    def renderPage(self, request):
+        return _jsonReply(request, self._control.serverInfo())
+
+
+class ListenersPage(_Endpoint):
+    """Each listener: name, protocol, configured and bound address, open connections, draining."""
+
+    description = "listeners: addresses, connections, draining as JSON"
+
+    def __init__(self, control):
+        super().__init__()
+        self._control = control
+
+    def renderPage(self, request):
+        return _jsonReply(request, self._control.describeListeners())
+
+
+class LoggingPage(_Endpoint):
+    """``GET /logging``: the operator log's level; ``POST /logging?level=debug|info|warn|error|critical`` sets it."""
+
+    description = "the log level as JSON; POST ?level=debug|info|warn|error|critical changes it"
+    methods = (b"GET", b"HEAD", b"POST")
+
+    def __init__(self, control):
+        super().__init__()
+        self._control = control
+
+    def renderPage(self, request):
+        if request.method != b"POST":
+            return _jsonReply(request, self._control.logLevel())
+        level = _arg(request, "level")
+        if not level:
+            return _reply(request, 400, "POST /logging?level=debug|info|warn|error|critical\n")
+        try:
+            return _jsonReply(request, self._control.setLogLevel(level))
+        except ValueError as e:
+            return _reply(request, 400, "%s\n" % (e,))
+        except LookupError as e:
+            return _reply(request, 409, "%s\n" % (e.args[0],))
+
+
+class HealthcheckPage(_Endpoint):
+    """
+    ``POST /healthcheck/fail``: ``/ready`` answers 503 and the local app's registrations are withdrawn (Envoy's
+    endpoint of that name: callers take the sidecar out of rotation before maintenance); ``POST /healthcheck/ok``
+    undoes it.  Both are POST only; other sub-paths are 404.
+    """
+
+    description = "POST /healthcheck/fail, /healthcheck/ok: fail or restore readiness"
+    methods = (b"POST",)
+
+    def __init__(self, control):
+        super().__init__()
+        self._actions = {b"fail": control.failHealthcheck, b"ok": control.okHealthcheck}
+
+    def render(self, request):
+        action = self._actions.get(request.postpath[0]) if len(request.postpath) == 1 else None
+        if action is None:
+            return _reply(request, 404, "not found\n")
+        if request.method not in self.methods:
+            request.setHeader(b"allow", b", ".join(self.methods))
+            return _reply(request, 405, "method not allowed\n")
+        return _jsonReply(request, action())
+
+
+class DrainListenersPage(_Endpoint):
+    """
+    ``POST /drain_listeners``: every listener stops accepting (its port is closed, so new connections are
+    refused) while the open ones finish; ``?graceful`` also asks each open connection to close once its in-flight
+    requests are answered.  ``/ready`` answers DRAINING from then on; there is no undo but a restart.
+    """
+
+    description = "POST: stop accepting on every listener (?graceful: close connections once idle)"
+    methods = (b"POST",)
+
+    def __init__(self, control):
+        super().__init__()
+        self._control = control
+
+    def renderPage(self, request):
+        # ``?graceful`` alone (no ``=``) is not in request.args: read the query itself
+        query = request.uri.partition(b"?")[2]
+        params = dict(p.partition(b"=")[::2] for p in query.split(b"&") if p)
+        graceful = b"graceful" in params and params[b"graceful"] not in (b"0", b"false", b"no")
+        return _jsonReply(request, self._control.drainListeners(graceful))
+
+
+class ExplainPage(_Endpoint):
+    """
+    ``/explain?listener=..&method=..&authority=..&path=..&header=name:value`` (HTTP, gRPC) or
+    ``?listener=..&interface=..&method=..&version=..&group=..&attachment=k:v`` (Dubbo): which virtual host, route,
+    cluster and host the listener would choose, and which matcher failed for each earlier route (txmesh.explain).
+    """
+
+    description = "which vhost, route, cluster and host a request would get, and why"
+
+    def __init__(self, control):
+        super().__init__()
+        self._control = control
+
+    def renderPage(self, request):
+        args = {k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in vs]
+                for k, vs in request.args.items()}
+        try:
+            return _jsonReply(request, self._control.explain(args))
+        except ValueError as e:
+            return _reply(request, 400, "%s\n" % (e,))
+
+
 class IndexPage(_Endpoint):
     """A plain-text list of the endpoints, one per line."""
 
@@ -282,7 +408,7 @@ class AdminSite(Site):
 
 
 def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None,
-                  registrations=None):
+                  registrations=None, control=None, healthcheckFailed=None):
     """
     Build the admin API.
 
@@ -297,10 +423,14 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         (the service's L{txmesh.service.MeshService.reopenLogs}); without it that path is a 404.
     @param registrations: optional callable -> dict behind ``/registrations`` (the local app's registration);
         without it that path is a 404.
+    @param control: optional L{txmesh.interfaces.IMeshControl} behind ``/server_info``, ``/listeners``,
+        ``/logging``, ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners`` and ``/explain``; without it
+        those paths are 404s.
+    @param healthcheckFailed: optional callable -> bool, true after ``POST /healthcheck/fail`` (``/ready`` says so).
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
-        "ready": ReadyPage(isReady, isDraining),
+        "ready": ReadyPage(isReady, isDraining, healthcheckFailed),
         "stats": StatsPage(stats),
         "metrics": MetricsPage(stats),
         "clusters": ClustersPage(clusterManager),
@@ -310,6 +440,10 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         pages["reopen_logs"] = ReopenLogsPage(reopenLogs)
     if registrations is not None:
         pages["registrations"] = RegistrationsPage(registrations)
+    if control is not None:
+        pages.update({"server_info": ServerInfoPage(control), "listeners": ListenersPage(control),
+                      "logging": LoggingPage(control), "healthcheck": HealthcheckPage(control),
+                      "drain_listeners": DrainListenersPage(control), "explain": ExplainPage(control)})
     site = AdminSite(AdminRoot(pages), reactor=reactor)
     site.displayTracebacks = False
     return site

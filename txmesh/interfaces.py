@@ -1238,3 +1238,52 @@ class IServiceNotifier(Interface):
 
     def stop():
         """Stop the timers (the process is about to exit) and close the socket."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Observability (issue 16): each part's contracts go under its own heading
+# ---------------------------------------------------------------------------------------------------------------
+
+# -- the admin API's view of and hold on the running mesh (part 4) --
+
+
+class IMeshControl(Interface):
+    """
+    What the admin API (txmesh/admin.py) reads of the running mesh and the few things it may change, each by
+    POST: the sidecar's own readiness (Envoy's ``/healthcheck/fail`` and ``/ok``), the listeners (Envoy's
+    ``/drain_listeners``) and the log level.  ``txmesh/control.py`` implements it over the MeshService.  Every
+    ``describe``-like method returns a JSON-able dict or list with snake_case keys.
+    """
+
+    def serverInfo():
+        """Versions, reactor, uptime, state (``starting``, ``live``, ``draining``), config file and digest, node."""
+
+    def describeListeners():
+        """[dict] per listener: name, protocol, configured and bound addresses, open connections, draining."""
+
+    def failHealthcheck():
+        """Answer 503 on ``/ready`` and withdraw the local app's registrations (if configured) until ``okHealthcheck``."""
+
+    def okHealthcheck():
+        """Undo ``failHealthcheck``: ``/ready`` follows the mesh's state again; registrations resume if healthy."""
+
+    def drainListeners(graceful):
+        """
+        Stop accepting on every listener (open connections finish); with ``graceful``, also ask each open connection
+        to close once its in-flight requests are done.  Readiness goes to DRAINING.  @return: a JSON-able dict.
+        """
+
+    def logLevel():
+        """{"level": name or None, "observer": "txmesh" or "twistd", ...}: the operator log's level."""
+
+    def setLogLevel(name):
+        """
+        Change the operator log's level at run time.  @raise ValueError: an unknown level name.
+        @raise LookupError: twistd's own observer is in use (``--logger``/``--syslog``): no level to change here.
+        """
+
+    def explain(args):
+        """
+        The route decision for the request the query ``args`` ({name: [str]}) describes (txmesh/explain.py).
+        @raise ValueError: the query does not describe a request.
+        """

@@ -87,24 +87,32 @@ class RouteMatch:
 
     def matches(self, request, path):
         """Whether ``request`` (a txmesh.stream.RequestHead) with query-less ``path`` fits."""
+        return self.mismatch(request, path) is None
+
+    def mismatch(self, request, path):
+        """
+        None when ``request`` with query-less ``path`` fits, else the first matcher that failed, as the admin
+        API's ``/explain`` names it: ``prefix``, ``path``, ``regex``, ``method``, ``header <name>`` or a Dubbo
+        matcher's (L{DubboMatch.mismatch}).  ``matches`` is this, so the two cannot disagree.
+        """
         if not self.caseSensitive and self.regex is None:
             path = path.lower()
         if self.prefix is not None:
             if not path.startswith(self.prefix):
-                return False
+                return "prefix"
         elif self.path is not None:
             if path != self.path:
-                return False
+                return "path"
         elif self.regex.fullmatch(path) is None:
-            return False
+            return "regex"
         if self.methods is not None and request.method not in self.methods:
-            return False
+            return "method"
         for h in self.headers:
             if not h.matches(request):
-                return False
-        if self.dubbo is not None and not self.dubbo.matches(request):
-            return False
-        return True
+                return "header " + h.name.decode("latin-1")
+        if self.dubbo is not None:
+            return self.dubbo.mismatch(request)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,18 +130,23 @@ class DubboMatch:
     attachments: tuple = ()
 
     def matches(self, request):
+        return self.mismatch(request) is None
+
+    def mismatch(self, request):
+        """None when ``request`` fits, else the matcher that failed: ``dubbo interface``, ``dubbo method``,
+        ``dubbo version``, ``dubbo group`` or ``dubbo attachment <name>``."""
         md = request.metadata
         if self.interface is not None and md.get("interface") != self.interface:
-            return False
+            return "dubbo interface"
         if self.interfacePrefix is not None and not md.get("interface", "").startswith(self.interfacePrefix):
-            return False
+            return "dubbo interface"
         for want, key in ((self.method, "method"), (self.version, "version"), (self.group, "group")):
             if want is not None and md.get(key, "") != want:
-                return False
+                return "dubbo " + key
         for a in self.attachments:
             if not a.matches(request):
-                return False
-        return True
+                return "dubbo attachment " + a.name.decode("latin-1")
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,9 +459,27 @@ class RouteConfig:
             return self.defaultRoute
         path = request.pathOnly()
         for route in vhost.routes:
-            if route.match.matches(request, path):
+            if route.match.mismatch(request, path) is None:  # one call per route: matches() would add one
                 return route
         return self.defaultRoute
+
+    def explain(self, request):
+        """
+        How ``match`` decides for ``request`` (the admin API's ``/explain``): (the VirtualHost or None,
+        [(route, the matcher that failed)] for the routes tried before the chosen one, the chosen Route or None).
+        The same lookups as ``match``; the chosen route is the default route when no route fits.
+        """
+        vhost = self.virtualHostFor(request.authority)
+        if vhost is None:
+            return None, [], self.defaultRoute
+        path = request.pathOnly()
+        failed = []
+        for route in vhost.routes:
+            why = route.match.mismatch(request, path)
+            if why is None:
+                return vhost, failed, route
+            failed.append((route, why))
+        return vhost, failed, self.defaultRoute
 
 
 # ---------------------------------------------------------------------------------------------------------------

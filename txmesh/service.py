@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.admin import makeAdminSite
+from txmesh.control import MeshControl
 from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
 from txmesh.filters.chain import FilterChainTemplate
@@ -129,6 +130,11 @@ class MeshService(MultiService):
         self.reactor = reactor
         self.stats = StatsStore()
         self.draining = False
+        # the admin API's switches (txmesh.control): POST /healthcheck/fail, POST /drain_listeners
+        self.healthcheckFailed = False
+        self.listenersDrained = False
+        self.logObserver = None  # the OperatorLogObserver twistd logs to (set by txmesh.startup), for /logging
+        self.startedAt = reactor.seconds()
         self._installSignal = installSignal
         self._signalInstalled = False
         self._previousHandler = None
@@ -172,9 +178,11 @@ class MeshService(MultiService):
             svc.setServiceParent(self)
         # the local app's registration (issue 12 part 3): made once the listeners serve (_startServing)
         self.registration = None
-        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, lambda: self.serving and not self.draining,
-                             isDraining=lambda: self.draining, reactor=reactor, reopenLogs=self.reopenLogs,
-                             registrations=self._describeRegistration if config.registration else None)
+        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, self._isReady,
+                             isDraining=lambda: self.draining or self.listenersDrained, reactor=reactor,
+                             reopenLogs=self.reopenLogs,
+                             registrations=self._describeRegistration if config.registration else None,
+                             control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed)
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
         raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
@@ -182,6 +190,9 @@ class MeshService(MultiService):
         # STATUS= for systemctl status (issue 13 part 4)
         self.meshStatus = MeshStatus(self.stats, config, [(lc.name, lc.address) for lc in config.listeners]
                                      + [("admin", config.admin.address)], reactor)
+
+    def _isReady(self):
+        return self.serving and not self.draining and not self.listenersDrained and not self.healthcheckFailed
 
     def reopenLogs(self):
         """
@@ -209,6 +220,7 @@ class MeshService(MultiService):
             self._signalInstalled = True
         except ValueError as e:  # not the main thread: POST /reopen_logs still works
             self.log.warn("cannot handle SIGUSR1 ({e}); reopen logs with POST /reopen_logs", e=e)
+        self.startedAt = self.reactor.seconds()
         MultiService.startService(self)
         # every listener and the admin are bound (bind errors raise above): READY=1, then watchdog and STATUS=
         self.notifier.ready(self.meshStatus.describe())
@@ -227,6 +239,7 @@ class MeshService(MultiService):
             registration = self.config.registration
             self.registration = makeRegistration(registration, self.reactor, self.registries, self.stats,
                                                  self._boundPort(registration), self.config.node)
+            self.registration.hold(self.healthcheckFailed or self.listenersDrained)  # POST /healthcheck/fail
             self.registration.start()
 
     def _boundPort(self, registration):
@@ -274,7 +287,8 @@ class MeshService(MultiService):
             self._statm.close()
         for backoff in self.acceptBackoffs:
             backoff.stop()
-        listeners = [s for s in self if s.name and s.name.startswith("listener:")]
+        # those POST /drain_listeners stopped already are not stopped twice
+        listeners = [s for s in self if s.name and s.name.startswith("listener:") and s.running]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
         timeout = self.config.drainTimeout
         started = self.reactor.seconds()

@@ -70,6 +70,7 @@ class RunningMesh(MultiService):
         self.observer = observer
         self.reactor = reactor
         self.configPath = configPath
+        mesh.logObserver = observer  # the admin API's /logging changes its level
         mesh.setServiceParent(self)
 
     def setServiceParent(self, parent):

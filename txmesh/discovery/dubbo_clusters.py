@@ -83,7 +83,7 @@ class _OnDemandCluster:
     def describe(self):
         d = self.discovery
         return {"cluster": self.name, "ready": self.ready, "hosts": len(self.cluster.hosts), "version": d.version,
-                "lastUpdate": d.lastUpdate, "failing": d.state == FAILING,
+                "last_update": d.lastUpdate, "failing": d.state == FAILING,
                 "source": d.source.describe() if d.source is not None else None}
 
 

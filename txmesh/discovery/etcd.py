@@ -317,7 +317,7 @@ class _Lease:
 
     def describe(self):
         return {"key": self.key.decode("utf-8", "replace"), "ttl": self.ttl,
-                "lease": self.leaseID, "written": self.written, "grants": self.grants, "keepAlives": self.keepAlives}
+                "lease": self.leaseID, "written": self.written, "grants": self.grants, "keep_alives": self.keepAlives}
 
     def _later(self, delay, f):
         self._timer = self.client.reactor.callLater(delay, f)

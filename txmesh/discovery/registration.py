@@ -204,6 +204,7 @@ class RegistrationManager:
         self.address = address
         self.draining = False
         self.healthy = False
+        self.held = False  # the operator's POST /healthcheck/fail: withdrawn whatever the app's health
         self.host = Host(config.appHost, config.appPort, healthy=True)
         check = config.healthCheck
         if checker is None:
@@ -238,7 +239,24 @@ class RegistrationManager:
                           "{address} from {registries}", app=self.host.address, reason=reason or "-",
                           address=self.address, registries=self._names())
         for entry in self.entries:
-            self._want(entry, healthy)
+            self._want(entry, healthy and not self.held)
+
+    def hold(self, held):
+        """
+        The operator's ``POST /healthcheck/fail`` (``held`` true) and ``POST /healthcheck/ok``: while held every
+        registration is withdrawn, whatever the local app's health; released, it is registered again if the app
+        passes its check.  The check keeps running meanwhile.
+        """
+        if held == self.held:
+            return
+        self.held = held
+        if self.draining:
+            return
+        self.log.info("registration: {what} {address} in {registries} (admin healthcheck {state})",
+                      what="withdrawing" if held else ("registering" if self.healthy else "not yet registering"),
+                      address=self.address, registries=self._names(), state="fail" if held else "ok")
+        for entry in self.entries:
+            self._want(entry, self.healthy and not held)
 
     def _names(self):
         return ", ".join(e.name for e in self.entries)
@@ -334,9 +352,10 @@ class RegistrationManager:
             "listener": self.config.listener,
             "address": self.address,
             "draining": self.draining,
-            "drainGrace": self.config.drainGrace,
-            "localApp": {"address": self.host.address, "healthy": self.healthy, "check": self.session.describe()},
-            "registries": [dict(e.registrar.describe(), name=e.name, state=e.state, lastError=e.lastError)
+            "held": self.held,
+            "drain_grace": self.config.drainGrace,
+            "local_app": {"address": self.host.address, "healthy": self.healthy, "check": self.session.describe()},
+            "registries": [dict(e.registrar.describe(), name=e.name, state=e.state, last_error=e.lastError)
                            for e in self.entries],
         }
 

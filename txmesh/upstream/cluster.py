@@ -309,13 +309,13 @@ class Cluster:
                 d["outlier"] = self.outlierDetector.describeHost(h)
         if self.healthChecker is not None:
             for h, d in zip(self.hosts, hosts):
-                d["healthCheck"] = self.healthChecker.describeHost(h)
+                d["health_check"] = self.healthChecker.describeHost(h)
         return {
             "name": self.name,
             "protocol": self.config.protocol,
-            "lbPolicy": self.config.lbPolicy,
+            "lb_policy": self.config.lbPolicy,
             "stats": self.stats.asDict(),
-            "circuitBreakers": self.resources.describe(),
+            "circuit_breakers": self.resources.describe(),
             "priorities": [{"priority": p, "hosts": len(hs), "healthy": sum(1 for h in hs if h.healthy),
                             "load": load, "panic": panic}
                            for (p, hs, _), (load, panic) in zip(self._levels, self._loads)],
@@ -324,7 +324,7 @@ class Cluster:
 
 
 def _describeHost(h):
-    return {"address": h.address, "weight": h.weight, "healthy": h.healthy, "activeRequests": h.activeRequests,
+    return {"address": h.address, "weight": h.weight, "healthy": h.healthy, "active_requests": h.activeRequests,
             "stats": {}}
 
 

@@ -301,7 +301,7 @@ class ConnectionPoolBase:
             "closing": len(self._closing),
             "ready": len(self._ready),
             "pending": len(self._pending),
-            "activeStreams": sum(c.active for c in self._clients.values()),
+            "active_streams": sum(c.active for c in self._clients.values()),
             "clients": [c.describe() for c in self._clients.values()],
         }
 

@@ -343,8 +343,8 @@ class HealthCheckSession:
         if self.lastCheck is not None:
             t, result = self.lastCheck
             last = {"time": t, "result": result.outcome.value, "reason": result.reason}
-        return {"type": self.config.type, "lastCheck": last, "consecutivePasses": self.consecutivePasses,
-                "consecutiveFailures": self.consecutiveFailures}
+        return {"type": self.config.type, "last_check": last, "consecutive_passes": self.consecutivePasses,
+                "consecutive_failures": self.consecutiveFailures}
 
 
 class ClusterHealthChecker:

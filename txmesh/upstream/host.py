@@ -164,9 +164,9 @@ class Host:
             "address": self.address,
             "weight": self.weight,
             "healthy": self.healthy,
-            "healthFlags": [f.name.lower() for f in HealthFlag if self.healthFlags & f],
+            "health_flags": [f.name.lower() for f in HealthFlag if self.healthFlags & f],
             "priority": self.priority,
-            "activeRequests": self.activeRequests,
+            "active_requests": self.activeRequests,
             "stats": self.stats.asDict(),
         }
 

@@ -229,11 +229,11 @@ class OutlierDetector:
             until = monitor.ejectedAt + self._ejectionTime(monitor)
         return {
             "ejected": monitor.ejected,
-            "ejectedUntil": until,  # on the cluster's clock; freed at the first interval tick after it
-            "timesEjected": monitor.numEjections,
-            "ejectionMultiplier": monitor.backoff,
-            "successRate": monitor.external.lastRate(),
-            "localOriginSuccessRate": monitor.local.lastRate() if self.config.splitExternalLocalOriginErrors
+            "ejected_until": until,  # on the cluster's clock; freed at the first interval tick after it
+            "times_ejected": monitor.numEjections,
+            "ejection_multiplier": monitor.backoff,
+            "success_rate": monitor.external.lastRate(),
+            "local_origin_success_rate": monitor.local.lastRate() if self.config.splitExternalLocalOriginErrors
             else None,
         }
 

@@ -85,5 +85,6 @@ class ClusterResources:
         return cls(config.maxConnections, config.maxPendingRequests, config.maxRequests, config.maxRetries, scope)
 
     def describe(self):
-        return {name: {"max": getattr(self, name).max, "count": getattr(self, name).count}
-                for name in ("connections", "pendingRequests", "requests", "retries")}
+        return {key: {"max": getattr(self, name).max, "count": getattr(self, name).count}
+                for key, name in (("connections", "connections"), ("pending_requests", "pendingRequests"),
+                                  ("requests", "requests"), ("retries", "retries"))}
