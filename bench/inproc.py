@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 
 from txmesh import config as _config
 from txmesh.filters.chain import FilterChainTemplate
+from txmesh.path_normalization import pathNormalizerFor
 from txmesh.protocols.http1.client import HTTP1ClientProtocol
 from txmesh.protocols.http1.server import HTTP1ListenerFactory
 from txmesh.protocols.transport import WriteScope
@@ -57,7 +58,8 @@ def build():
     clusters = ClusterManager(clock, cfg.clusters, connectFactory, stats, random.Random(1))
     runtime = Runtime(clock, clusters, stats, random.Random(1), cfg, writeScope=scope)
     lc = cfg.listeners[0]
-    template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit, lc.limits.maxRequestBody)
+    template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit, lc.limits.maxRequestBody,
+                                   paths=pathNormalizerFor(lc, stats))  # the default path normalisation, as served
     factory = HTTP1ListenerFactory(lc, template, runtime)
     server = factory.buildProtocol(None)
     st = StringTransport()
