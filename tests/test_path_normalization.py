@@ -10,19 +10,22 @@ twistd.
 import json
 import shutil
 import subprocess
+from importlib import resources
 
+import jsonschema
 import pytest
+import yaml
 from h2 import events as h2events
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests import support
+from tests.test_chain import Entry, Factory, Recorder
 from txmesh.config import loads
 from txmesh.errors import ConfigError
 from txmesh.filters.chain import FilterChainTemplate
-from txmesh.interfaces import FilterStatus, IPathNormalizer, IStreamDecoderFilter, IStreamEncoderFilter
+from txmesh.interfaces import FilterStatus, IPathNormalizer
 from txmesh.path_normalization import (
     PathNormalization,
     PathNormalizer,
@@ -255,56 +258,17 @@ def test_forwarded_path_is_counted_logged_normalised_and_the_original_kept():
     assert "original_path" not in mesh.streams[1].streamInfo.metadata
 
 
-@implementer(IStreamDecoderFilter, IStreamEncoderFilter)
-class PathRecorder:
-    """A filter first in the chain (where an authorization filter goes): records the path it is shown."""
+class PathRecorder(Recorder):
+    """A filter first in the chain (where an authorization filter goes): records the path it is shown, answers 200."""
 
     def __init__(self):
+        Recorder.__init__(self, "first", [])
         self.seen = []
-        self.encoded = []
-        self.completed = False
-
-    def setDecoderFilterCallbacks(self, callbacks):
-        self.callbacks = callbacks
-
-    def setEncoderFilterCallbacks(self, callbacks):
-        pass
 
     def decodeHeaders(self, request, endStream):
         self.seen.append(request.path)
-        self.callbacks.sendLocalReply(200, b"seen")
+        self.dcb.sendLocalReply(200, b"seen")
         return FilterStatus.STOP
-
-    def decodeData(self, data, endStream):
-        return FilterStatus.CONTINUE
-
-    def decodeTrailers(self, trailers):
-        return FilterStatus.CONTINUE
-
-    def encodeHeaders(self, response, endStream):
-        self.encoded.append(response.status)
-        return FilterStatus.CONTINUE
-
-    def encodeData(self, data, endStream):
-        return FilterStatus.CONTINUE
-
-    def encodeTrailers(self, trailers):
-        return FilterStatus.CONTINUE
-
-    def onStreamComplete(self):
-        self.completed = True
-
-    def onStreamReset(self, reason):
-        pass
-
-
-class _Factory:
-    def __init__(self, filter):
-        self.factory, self.config = self, None
-        self.filter = filter
-
-    def createFilters(self, config, callbacks, runtime):
-        callbacks.addStreamFilter(self.filter)
 
 
 @pytest.mark.parametrize("target, seen, status", [
@@ -315,12 +279,14 @@ class _Factory:
 def test_the_first_filter_sees_only_the_normalised_path(target, seen, status):
     mesh = InMemoryMesh(meshText("http1"))
     recorder = PathRecorder()
-    template = FilterChainTemplate([_Factory(recorder)], mesh.runtime, None, paths=mesh.template.paths)
+    template = FilterChainTemplate([Entry(Factory(lambda: recorder))], mesh.runtime, None,
+                                   paths=mesh.template.paths)
     downstream = RecordingDownstream()
     stream = template.createStream(downstream, StreamInfo(0, "http/1.1", "edge"))
     stream.decodeHeaders(RequestHead(b"GET", target, b"app"), True)
     assert recorder.seen == seen
-    assert recorder.encoded == [status] and recorder.completed and stream.complete
+    assert [e[2] for e in recorder.log if e[1] == "encodeHeaders"] == [status]
+    assert recorder.completed and stream.complete and downstream.written[0][:2] == ("headers", status)
 
 
 # -- gRPC ---------------------------------------------------------------------------------------------------------
@@ -418,6 +384,23 @@ clusters:
 def test_defaults_are_the_safe_ones():
     [lc] = loads(meshText("http1")).listeners
     assert lc.pathNormalization == PathNormalization(True, True, "unescape_and_redirect", "strip")
+
+
+@pytest.mark.parametrize("keys, valid", [
+    ("  normalize_path: false\n  merge_slashes: false\n  path_with_escaped_slashes_action: keep_unchanged\n"
+     "  path_parameters: keep\n", True),
+    ("  path_with_escaped_slashes_action: reject_request\n  path_parameters: reject\n", True),
+    ("  path_with_escaped_slashes_action: REJECT_REQUEST\n", False),
+    ("  path_parameters: drop\n", False),
+    ("  merge_slashes: 1\n", False),
+])
+def test_schema_knows_the_keys(keys, valid):
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    raw = yaml.safe_load(MESH % {"protocol": "http1", "keys": keys})
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(raw))
+    assert (errors == []) == valid
+    if valid:
+        loads(MESH % {"protocol": "http1", "keys": keys})
 
 
 # -- curl through txmesh under twistd -------------------------------------------------------------------------------
