@@ -7,6 +7,7 @@ each setting, gRPC, the counters, config errors, and one run with curl (``--path
 twistd.
 """
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from txmesh.errors import ConfigError
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.interfaces import FilterStatus, IPathNormalizer
 from txmesh.path_normalization import (
+    PLAIN,
     PathNormalization,
     PathNormalizer,
     PathRefused,
@@ -331,6 +333,36 @@ def test_escapes_are_upper_cased_and_only_unreserved_ones_decoded():
 def test_malformed_escapes_are_refused(target):
     with pytest.raises(PathRefused):
         normalizeTarget(target, PathNormalization(escapedSlashes="unescape_and_forward"))
+
+
+def corpus():
+    """Every target of up to five characters after '/' over the characters that matter (59,049 of them)."""
+    return (b"/" + bytes(t) for t in itertools.product(b"/.a;%2F\\?", repeat=5))
+
+
+SETTINGS_TO_CHECK = [PathNormalization(), PathNormalization(escapedSlashes="unescape_and_forward"),
+                     PathNormalization(False, False, "keep_unchanged", "keep"),
+                     PathNormalization(True, False, "keep_unchanged", "reject")]
+
+
+def test_the_fast_path_lets_through_only_what_no_setting_would_change():
+    plain = 0
+    for target in corpus():
+        if PLAIN(target):
+            plain += 1
+            for settings in SETTINGS_TO_CHECK:
+                assert normalizeTarget(target, settings) == (target, False), (target, settings)
+    assert plain > 1000
+
+
+def test_normalisation_is_idempotent():
+    settings = PathNormalization(escapedSlashes="unescape_and_forward")
+    for target in corpus():
+        try:
+            once, _ = normalizeTarget(target, settings)
+        except PathRefused:
+            continue
+        assert normalizeTarget(once, settings) == (once, False), (target, once)
 
 
 def test_targets_that_are_not_paths_are_left_alone():

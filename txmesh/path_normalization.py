@@ -48,9 +48,11 @@ KEYS = ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "
 # the filter families whose requests have a path to normalise (HTTP/1.1, HTTP/2 and gRPC listeners)
 _FAMILIES = frozenset({"http", "grpc"})
 
-# The fast path: a target with none of these needs nothing (the common case, one regex scan).  '/.' also finds
-# '/.well-known' and '//' finds nothing else, so these go the slow way and come out unchanged.
-_SUSPECT = re.compile(rb"[%\\;]|/[./]").search
+# The fast path: a target whose path has no '%', '\', ';', '/.' or '//' needs nothing (the common case, one C call:
+# a full match of the segments; the query after '?' may hold anything).  Some paths it sends the slow way come out
+# unchanged ('/.well-known'); none it lets through could change.  A full match costs about half of a search for the
+# same characters (callgrind: ~3,000 against ~9,700 machine instructions on a six-segment path).
+PLAIN = re.compile(rb"(?:/[^/.%\\;?][^/%\\;?]*)*/?(?:\?.*)?", re.S).fullmatch
 _ESCAPED_SLASH = re.compile(rb"%(?:2[fF]|5[cC])")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})|%00").search
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -145,7 +147,7 @@ def normalizeTarget(target, settings):
         path, query = target, b""
     else:
         path, query = target[:q], target[q:]
-    if _SUSPECT(path) is None:
+    if PLAIN(path) is not None:
         return target, False
     unescaped = False
     action = settings.escapedSlashes
@@ -218,9 +220,11 @@ class PathNormalizer:
         self.failed = s.counter("downstream_rq_failed_path_normalization",
                                 help="Requests refused (400) for their path")
 
+    plain = staticmethod(PLAIN)
+
     def normalize(self, request, streamInfo):
         target = request.path
-        if _SUSPECT(target) is None or target[:1] != b"/":
+        if target[:1] != b"/" or PLAIN(target) is not None:
             return None
         try:
             new, unescaped = normalizeTarget(target, self.settings)

@@ -236,7 +236,7 @@ class ActiveStream:
     def decodeHeaders(self, request, endStream):
         self.request = request
         paths = self.template.paths
-        if paths is not None:
+        if paths is not None and not paths.plain(request.path):
             reply = paths.normalize(request, self.streamInfo)
             if reply is not None:
                 # refused (400) or redirected (307) before any filter or route saw it
