@@ -1,7 +1,9 @@
 """
 The Python cost of one proxied HTTP/1.1 request, without sockets: a listener connection and an upstream
 connection on in-memory transports, the upstream's answer fed back by hand.  What remains after this is the
-reactor and the kernel.  Usage: python bench/inproc.py [N] [--profile]
+reactor and the kernel.  Usage: python bench/inproc.py [N] [--profile] [--path TARGET]
+
+``--path`` sends TARGET instead of /index.html (e.g. ``/a/./b/%2e%2e/c``: the path normalisation's slow way).
 """
 
 import cProfile
@@ -16,6 +18,7 @@ from twisted.internet.testing import StringTransport
 
 from txmesh import config as _config
 from txmesh.filters.chain import FilterChainTemplate
+from txmesh.path_normalization import pathNormalizerFor
 from txmesh.protocols.http1.client import HTTP1ClientProtocol
 from txmesh.protocols.http1.server import HTTP1ListenerFactory
 from txmesh.protocols.transport import WriteScope
@@ -57,7 +60,8 @@ def build():
     clusters = ClusterManager(clock, cfg.clusters, connectFactory, stats, random.Random(1))
     runtime = Runtime(clock, clusters, stats, random.Random(1), cfg, writeScope=scope)
     lc = cfg.listeners[0]
-    template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit, lc.limits.maxRequestBody)
+    template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit, lc.limits.maxRequestBody,
+                                   paths=pathNormalizerFor(lc, stats))  # the default path normalisation, as served
     factory = HTTP1ListenerFactory(lc, template, runtime)
     server = factory.buildProtocol(None)
     st = StringTransport()
@@ -65,10 +69,10 @@ def build():
     return server, st, upstreams
 
 
-def run(n):
+def run(n, request=REQUEST):
     server, st, upstreams = build()
     for i in range(n):
-        server.dataReceived(REQUEST)
+        server.dataReceived(request)
         up, ut = upstreams[0]
         ut.clear()
         up.dataReceived(RESPONSE)
@@ -77,11 +81,13 @@ def run(n):
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 20000
-    run(1000)
+    if "--path" in sys.argv:
+        REQUEST = REQUEST.replace(b"/index.html", sys.argv[sys.argv.index("--path") + 1].encode("latin-1"), 1)
+    run(1000, REQUEST)
     t = time.perf_counter()
-    run(n)
+    run(n, REQUEST)
     el = time.perf_counter() - t
     print("%.2f µs per proxied request (Python only, no sockets)" % (el / n * 1e6))
     if "--profile" in sys.argv:
-        cProfile.run("run(%d)" % n, "/tmp/inproc.prof")
+        cProfile.run("run(%d, REQUEST)" % n, "/tmp/inproc.prof")
         pstats.Stats("/tmp/inproc.prof").sort_stats("tottime").print_stats(25)

@@ -20,6 +20,7 @@ from txmesh.discovery_config import buildDiscovery, buildRegistration, buildRegi
 from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, parseYAML
 from txmesh.errors import ConfigError
 from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
+from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buildPathNormalization
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
@@ -181,6 +182,7 @@ class ListenerConfig:
     descriptor: object = field(default=None, compare=False, repr=False)
     trafficDirection: str = "unspecified"
     forwarding: ForwardingConfig = ForwardingConfig()
+    pathNormalization: PathNormalization | None = None  # HTTP listeners: txmesh.path_normalization
 
 
 @dataclass(frozen=True, slots=True)
@@ -835,7 +837,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "traffic_direction", "use_remote_address", "xff_num_trusted_hops",
         "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config",
-        "respect_expected_rq_timeout"))
+        "respect_expected_rq_timeout", *PATH_KEYS))
     name = r.name(m, path)
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
@@ -866,12 +868,14 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames,
                                    defaultCluster, 0.0 if protocol == "grpc" else 15.0)
     direction, forwarding = _buildForwarding(r, m, path)
+    pathNormalization = buildPathNormalization(r, m, path, descriptor)
     return ListenerConfig(name=name, protocol=protocol, address=address,
                           useRemoteAddress=forwarding.useRemoteAddress,
                           defaultCluster=defaultCluster, limits=limits, networkFilters=networkFilters,
                           filters=filters, routeConfig=routeConfig, http2=http2, descriptor=descriptor,
                           trafficDirection=direction, forwarding=forwarding,
-                          respectExpectedTimeout=r.get(m, path, "respect_expected_rq_timeout", bool, True))
+                          respectExpectedTimeout=r.get(m, path, "respect_expected_rq_timeout", bool, True),
+                          pathNormalization=pathNormalization)
 
 
 _MAX_STREAMS = 2 ** 31 - 1  # the largest SETTINGS_MAX_CONCURRENT_STREAMS

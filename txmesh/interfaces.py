@@ -1287,3 +1287,32 @@ class IMeshControl(Interface):
         The route decision for the request the query ``args`` ({name: [str]}) describes (txmesh/explain.py).
         @raise ValueError: the query does not describe a request.
         """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Security (issue 14): each part's contracts go under its own heading
+# ---------------------------------------------------------------------------------------------------------------
+
+# -- path normalisation before routing and the filters (part 6) --
+
+
+class IPathNormalizer(Interface):
+    """
+    One HTTP listener's path normalisation (``txmesh/path_normalization.py``; docs/security.md), applied by the
+    stream (``ActiveStream.decodeHeaders``) to each request head once, before routing and before any filter, so the
+    route, every filter (authorization included) and the upstream see the same, normalised path.
+    """
+
+    plain = Attribute(
+        "``plain(target)``: a true value when the request target (bytes) certainly needs nothing, else None (then "
+        "call ``normalize``).  One C call, so the common, plain request pays no Python call for normalisation.")
+
+    def normalize(request, streamInfo):
+        """
+        Normalise ``request.path`` (a txmesh.stream.RequestHead; the query is left as it came) in place.  When the
+        path changed, the target as received is kept in ``streamInfo.metadata["original_path"]`` (bytes).
+
+        @return: None to go on with the request, or the local reply to end it with instead, as the arguments of
+            ``sendLocalReply``: (status, body, headers, cause) -- 400 for a path refused, 307 with ``location``
+            for one redirected to its form without escaped slashes.
+        """

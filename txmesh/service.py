@@ -25,6 +25,7 @@ from txmesh.filters.chain import FilterChainTemplate
 from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IFilterConfigResources
 from txmesh.overload import AcceptBackoff, Overload, StatmReader
+from txmesh.path_normalization import pathNormalizerFor
 from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
@@ -161,7 +162,7 @@ class MeshService(MultiService):
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
-                                           lc.respectExpectedTimeout)
+                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
             self.listenerFactories.append(factory)
             self.overload.watch(factory)

@@ -79,6 +79,7 @@ from txmesh.protocols.http1.codec import (
     ResponseStarted,
 )
 from txmesh.overload import Overload
+from txmesh.path_normalization import pathNormalizerFor
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, ResponseHead, StreamInfo
@@ -828,7 +829,7 @@ class InMemoryMesh:
         lc = self.listenerConfig = lcs[0]
         self.template = _RecordingTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
-                                           lc.respectExpectedTimeout)
+                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
         self.template.streams = self.streams
         self.factory = lc.descriptor.buildListenerFactory(lc, self.template, self.runtime)
         self.overload.watch(self.factory)

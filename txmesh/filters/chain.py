@@ -35,12 +35,14 @@ _HEADERS, _DATA, _TRAILERS = 0, 1, 2
 class FilterChainTemplate:
     """
     The immutable recipe of a listener's stream filters: (factory, config) pairs, built once at load.
-    ``createStream`` makes the per-stream instances.
+    ``createStream`` makes the per-stream instances.  ``paths``, an IPathNormalizer or None, normalises each
+    request's path before routing and before the first filter.
     """
 
     def __init__(self, entries, runtime, routeConfig, bufferLimit=1 << 20, maxRequestBody=0,
-                 streamIdleTimeout=0, respectExpectedTimeout=False):
+                 streamIdleTimeout=0, respectExpectedTimeout=False, paths=None):
         self.entries = tuple((e.factory, e.config) for e in entries)
+        self.paths = paths
         self.runtime = runtime
         self.routeConfig = routeConfig
         self.bufferLimit = bufferLimit
@@ -233,6 +235,13 @@ class ActiveStream:
 
     def decodeHeaders(self, request, endStream):
         self.request = request
+        paths = self.template.paths
+        if paths is not None and not paths.plain(request.path):
+            reply = paths.normalize(request, self.streamInfo)
+            if reply is not None:
+                # refused (400) or redirected (307) before any filter or route saw it
+                self.sendLocalReply(*reply)
+                return
         self._decodeEvent(0, _HEADERS, request, endStream)
 
     def decodeData(self, data, endStream):
