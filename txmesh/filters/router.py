@@ -445,6 +445,7 @@ class Router:
             return
         requests.inc()
         self._attempts = n = self._attempts + 1
+        self.callbacks.streamInfo.attemptCount = n
         attempt = UpstreamRequest(self, host, cluster.poolFor(host), n, isRetry)
         self.attempt = attempt
         state = self._retry
@@ -768,7 +769,7 @@ class UpstreamRequest:
             return
         self.connection = conn
         router = self.router
-        self.sentAt = router._clock.seconds()
+        self.sentAt = router.callbacks.streamInfo.upstreamStartTime = router._clock.seconds()
         pending = self.pending
         self.pending = None
         if not sendHeld(conn, pending, self, self._ended):
@@ -789,6 +790,7 @@ class UpstreamRequest:
             exc = errors.ConnectFailure(str(exc))
         self._end(_ENDED)
         self.reportError(exc)
+        self.router.callbacks.streamInfo.upstreamFailureReason = str(exc) or exc.cause
         self.router._attemptFailed(self, exc)
         return None
 
@@ -878,8 +880,9 @@ class UpstreamRequest:
 
     def upstreamHeaders(self, response, endStream):
         router = self.router
+        router.callbacks.streamInfo.upstreamFirstByteTime = now = router._clock.seconds()
         if router._idle:
-            router._lastActive = router._clock.seconds()
+            router._lastActive = now
         timer = self.perTryTimer
         if timer is not None:  # the answer started: the per-try timeout no longer applies (Envoy's rule)
             self.perTryTimer = None
@@ -946,6 +949,7 @@ class UpstreamRequest:
             self.reported = False
             self._report(Outcome.EXT_ORIGIN_FAILURE)
         router = self.router
+        router.callbacks.streamInfo.upstreamEndTime = router._clock.seconds()
         self._end(_COMPLETED)
         if router._retry is None:
             router._finishUpstream()
