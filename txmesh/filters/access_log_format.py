@@ -461,9 +461,10 @@ def parsePieces(fmt):
         name, arg, limit = m.group(1), m.group(2), m.group(3)
         if limit is not None and int(limit) == 0:
             raise FormatError("column %d: a truncation must be at least 1" % (j + 1,))
-        if literal:
-            pieces.append("".join(literal))
-            literal = []
+        text = "".join(literal)
+        if text:
+            pieces.append(text)
+        literal = []
         pieces.append(compileOperator(name, arg, int(limit) if limit is not None else None))
         i = m.end()
     if literal and "".join(literal):
