@@ -250,7 +250,8 @@ def _strftimeGetter(fmt):
             if part is None:
                 out.append(str(second))
             elif type(part) is int:
-                out.append(("%09d" % int((t - second) * 1e9))[:part])
+                # a float epoch time holds microseconds at best: round there, so .123 is not .122999
+                out.append(("%06d000" % min(999999, int(round((t - second) * 1e6))))[:part])
             else:
                 key = (second, part)
                 text = cache.get(key)
