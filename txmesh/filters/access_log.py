@@ -24,14 +24,15 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txmesh.filters.access_log_format import (
+    UNSAFE,
     FormatError,
     JsonFormat,
     LogRecord,
     TextFormat,
+    _secondPrefix,
     escapeBytes as _text,
     grpcCode,
     isoTime,
-    jsonValue as _json,
     protocolName,
 )
 from txmesh.interfaces import (
@@ -46,25 +47,9 @@ from txmesh.protocols.h2 import grpc
 __all__ = ["AccessLogFactory", "formatText", "formatJson", "isoTime", "protocolName"]
 
 _USER_AGENT = b"user-agent"
-
-
-def _fields(info, request, clock):
-    """The raw facts of one finished stream, shared by both formats."""
-    end = info.endTime if info.endTime is not None else clock.seconds()
-    if request is not None:
-        method, path, authority = request.method, request.path, request.authority
-        requestId = info.requestId or request.headers.get(b"x-request-id")
-        agent = request.headers.get(_USER_AGENT)
-    else:
-        method = path = authority = agent = None
-        requestId = info.requestId
-    if isinstance(requestId, str):
-        requestId = requestId.encode("latin-1")
-    flags = ",".join(sorted(info.responseFlags)) if info.responseFlags else None
-    duration = max(0, int(round((end - info.startTime) * 1000)))
-    up, upEnd = info.upstreamStartTime, info.upstreamEndTime
-    upstream = max(0, int(round((upEnd - up) * 1000))) if up is not None and upEnd is not None else None
-    return method, path, authority, requestId, flags, duration, agent, upstream
+_search = UNSAFE.search
+_PROTOCOLS = {p: protocolName(p) for p in ("http/1.1", "http/1.0", "h2", "grpc", "dubbo")}
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps with options makes one a call
 
 
 def formatText(info, request, clock, responseCode=None, record=None):
@@ -75,47 +60,98 @@ def formatText(info, request, clock, responseCode=None, record=None):
     "127.0.0.1:8080" "r1" "curl/8.5.0" "api" "backend" 4}.
     ``responseCode`` overrides the StreamInfo's (a gRPC stream logs its grpc-status).
     """
-    method, path, authority, requestId, flags, duration, agent, upstream = _fields(info, request, clock)
-    return '[%s] "%s %s %s" %d %s %d %d %d "%s" "%s" "%s" "%s" "%s" "%s" "%s" %s\n' % (
-        isoTime(info.startTime), _text(method), _text(path), protocolName(info.protocol),
-        responseCode if responseCode is not None else info.responseCode or 0, flags or "-", info.bytesReceived,
-        info.bytesSent, duration,
-        info.downstreamPeer or "-", _text(authority), info.upstreamHost or "-", _text(requestId), _text(agent),
-        _name(info.routeName), _name(info.clusterName), upstream if upstream is not None else "-")
+    # _fields and the escapes inlined: this runs once per request with the default config
+    end = info.endTime
+    if end is None:
+        end = clock.seconds()
+    requestId = info.requestId
+    if request is not None:
+        method, path, authority = request.method, request.path, request.authority
+        headers = request.headers
+        if not requestId:
+            requestId = headers.get(b"x-request-id")
+        agent = headers.get(_USER_AGENT)
+    else:
+        method = path = authority = agent = None
+    if isinstance(requestId, str):
+        requestId = requestId.encode("latin-1")
+    flags = info.responseFlags
+    up, upEnd = info.upstreamStartTime, info.upstreamEndTime
+    names = _NAMES
+    unsafe = _search
+    start = info.startTime
+    second, ms = divmod(int(round(start * 1000)), 1000)
+    return '[%s.%03dZ] "%s %s %s" %d %s %d %d %d "%s" "%s" "%s" "%s" "%s" "%s" "%s" %s\n' % (
+        _secondPrefix(second), ms,
+        method.decode("ascii") if method and unsafe(method) is None else _text(method),
+        path.decode("ascii") if path and unsafe(path) is None else _text(path),
+        _PROTOCOLS.get(info.protocol) or protocolName(info.protocol),
+        responseCode if responseCode is not None else info.responseCode or 0,
+        ",".join(sorted(flags)) if flags else "-", info.bytesReceived, info.bytesSent,
+        int(round((end - start) * 1000)) if end > start else 0,
+        info.downstreamPeer or "-",
+        authority.decode("ascii") if authority and unsafe(authority) is None else _text(authority),
+        info.upstreamHost or "-",
+        requestId.decode("ascii") if requestId and unsafe(requestId) is None else _text(requestId),
+        agent.decode("ascii") if agent and unsafe(agent) is None else _text(agent),
+        names.get(info.routeName) or _name(info.routeName), names.get(info.clusterName) or _name(info.clusterName),
+        int((upEnd - up) * 1000 + 0.5) if up is not None and upEnd is not None and upEnd >= up else "-")
+
+
+_NAMES = {None: "-"}  # route and cluster name -> as a text line shows it (a few, from the config and registries)
 
 
 def _name(value):
     """A route or cluster name (config-, or for a Dubbo registry cluster registry-derived) for a text line."""
-    if not value:
-        return "-"
-    return _text(value.encode("utf-8", "surrogatepass"))
+    shown = _text(value.encode("utf-8", "surrogatepass")) if value else "-"
+    if len(_NAMES) < 4096:
+        _NAMES[value] = shown
+    return shown
 
 
 def formatJson(info, request, clock, responseCode=None, record=None):
     """The same fields as formatText, as one JSON object per line (missing values are null), with grpc_status."""
-    method, path, authority, requestId, flags, duration, agent, upstream = _fields(info, request, clock)
+    end = info.endTime
+    if end is None:
+        end = clock.seconds()
+    requestId = info.requestId
+    if request is not None:
+        method, path, authority = request.method, request.path, request.authority
+        headers = request.headers
+        if not requestId:
+            requestId = headers.get(b"x-request-id")
+        agent = headers.get(_USER_AGENT)
+    else:
+        method = path = authority = agent = None
+    if isinstance(requestId, str):
+        requestId = requestId.encode("latin-1")
     if responseCode is None:
         responseCode = info.responseCode or 0
-    return json.dumps({
-        "start_time": isoTime(info.startTime),
-        "method": _json(method),
-        "path": _json(path),
-        "protocol": protocolName(info.protocol),
+    flags = info.responseFlags
+    start = info.startTime
+    second, ms = divmod(int(round(start * 1000)), 1000)
+    up, upEnd = info.upstreamStartTime, info.upstreamEndTime
+    return _encode({
+        "start_time": "%s.%03dZ" % (_secondPrefix(second), ms),
+        "method": method.decode("utf-8", "backslashreplace") if method else None,
+        "path": path.decode("utf-8", "backslashreplace") if path else None,
+        "protocol": _PROTOCOLS.get(info.protocol) or protocolName(info.protocol),
         "response_code": responseCode,
-        "response_flags": flags,
+        "response_flags": ",".join(sorted(flags)) if flags else None,
         "bytes_received": info.bytesReceived,
         "bytes_sent": info.bytesSent,
-        "duration": duration,
+        "duration": int(round((end - start) * 1000)) if end > start else 0,
         "downstream_remote_address": info.downstreamPeer or None,
-        "authority": _json(authority),
+        "authority": authority.decode("utf-8", "backslashreplace") if authority else None,
         "upstream_host": info.upstreamHost or None,
-        "request_id": _json(requestId),
-        "user_agent": _json(agent),
+        "request_id": requestId.decode("utf-8", "backslashreplace") if requestId else None,
+        "user_agent": agent.decode("utf-8", "backslashreplace") if agent else None,
         "route_name": info.routeName or None,
         "upstream_cluster": info.clusterName or None,
-        "upstream_service_time": upstream,
+        "upstream_service_time": int((upEnd - up) * 1000 + 0.5)
+        if up is not None and upEnd is not None and upEnd >= up else None,
         "grpc_status": record.grpcStatus if record is not None else None,
-    }, separators=(",", ":")) + "\n"
+    }) + "\n"
 
 
 def compiledFormatter(compiled):

@@ -11,6 +11,7 @@ Text lines escape every request- or peer-derived value as the built-in line does
 non-ASCII bytes become ``\\xNN``), so a client cannot forge fields or lines; literal text is the operator's own.
 """
 
+import functools
 import json
 import re
 import socket
@@ -24,6 +25,8 @@ from txmesh.protocols.h2 import grpc
 UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 _UNSAFE_STR = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 ESCAPES = tuple(chr(c) if not UNSAFE.match(bytes([c])) else "\\x%02x" % c for c in range(256))
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps with options makes one a call
 
 _PROTOCOL_NAMES = {
     "http/1.1": "HTTP/1.1",
@@ -205,16 +208,9 @@ def isoTime(t):
     return "%s.%03dZ" % (_secondPrefix(second), ms)
 
 
-_prefixes = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _secondPrefix(second):
-    prefix = _prefixes.get(second)
-    if prefix is None:
-        if len(_prefixes) > 8:
-            _prefixes.clear()
-        prefix = _prefixes[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return prefix
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 _FRACTION = re.compile(r"%([1-9]?)f|%s|%%")
@@ -571,7 +567,7 @@ class JsonFormat:
         return obj
 
     def format(self, rec):
-        return json.dumps(self._fill(self.template, rec), separators=(",", ":")) + "\n"
+        return _encode(self._fill(self.template, rec)) + "\n"
 
 
 def grpcCode(value):
