@@ -417,3 +417,46 @@ def test_dubbo_fields(tmp_path):
         "org.txmesh.peers.EchoService", "1.0.0", "SOFA", "20", "20", "DUBBO", "provider", "-")
     assert path == "/%s/%s" % (iface, method) and method != "-"
     assert rid == rid2 and len(rid) == 36  # the x-request-id attachment the listener added
+
+
+# -- the reference in docs/access-log.md stays true ---------------------------------------------------------------
+
+def docTable(heading):
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "access-log.md")
+    with open(path) as f:
+        text = f.read()
+    section = text.split("## " + heading, 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("|") and not line.startswith("|---")][1:]
+
+
+def test_doc_reference_of_flags_and_causes_matches_the_code():
+    from txmesh import errors
+    from txmesh.protocols.dubbo.replies import dubboStatusFor
+    from txmesh.protocols.h2 import grpc
+
+    def walk(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from walk(sub)
+
+    rows = {(r[0], r[1]): r for r in docTable("Response flags and `x-txmesh-error` causes")}
+    for cls in walk(errors.UpstreamError):
+        row = rows.get((cls.flag, cls.cause))
+        assert row is not None, "%s (%s %s) is not in docs/access-log.md" % (cls.__name__, cls.flag, cls.cause)
+        assert row[3] == str(cls.status), row
+        assert row[4].split()[0] == str(grpc.statusForCause(cls.cause, cls.status)), row
+        assert row[5].split()[0] == str(dubboStatusFor(cls.status, cls.cause)), row
+    for cause, status in (("request_body_too_large", 413), ("grpc_message_too_large", 413),
+                          ("circuit_open", 503), ("local_rate_limited", 429)):
+        [row] = [r for r in rows.values() if r[1] == cause]
+        assert row[3].split()[0] == str(status), row
+        assert row[4].split()[0] == str(grpc.statusForCause(cause, status)), row
+        assert row[5].split()[0] == str(dubboStatusFor(status, cause)), row
+
+
+def test_doc_operator_table_names_every_operator():
+    documented = " ".join(r[0] for r in docTable("Operators"))
+    for name in OPERATORS:
+        assert "%" + name in documented or "..._WITHOUT_PORT" in documented and name.endswith("_WITHOUT_PORT"), name
