@@ -233,8 +233,9 @@ class ActiveStream:
 
     def decodeHeaders(self, request, endStream):
         self.request = request
-        if endStream:
-            self.streamInfo.requestEndTime = self.template.runtime.clock.seconds()
+        if endStream:  # a request without a body ended when it began
+            info = self.streamInfo
+            info.requestEndTime = info.startTime
         self._decodeEvent(0, _HEADERS, request, endStream)
 
     def decodeData(self, data, endStream):

@@ -137,7 +137,7 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
                  "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_perTry", "_shadows", "_waiting")
+                 "_perTry", "_shadows", "_waiting", "info")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -165,6 +165,7 @@ class Router:
         self._perTry = 0.0  # the retry policy's per_try_timeout (0: none)
         self._shadows = None  # request mirroring (issue 11 part 9): the shadows the body and trailers are teed to
         self._waiting = None  # the wait for a dubbo_registry route's on-demand cluster (issue 12 part 2)
+        self.info = None  # the stream's StreamInfo, once forwarding starts (upstream timing, attempts)
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -235,7 +236,7 @@ class Router:
         cb = self.callbacks
         action = self.action
         route = self.route
-        info = cb.streamInfo
+        self.info = info = cb.streamInfo
         info.clusterName = clusterName
         self.cluster = cluster
         self._clusterStats = self.runtime.routerStats(clusterName)
@@ -445,7 +446,7 @@ class Router:
             return
         requests.inc()
         self._attempts = n = self._attempts + 1
-        self.callbacks.streamInfo.attemptCount = n
+        self.info.attemptCount = n
         attempt = UpstreamRequest(self, host, cluster.poolFor(host), n, isRetry)
         self.attempt = attempt
         state = self._retry
@@ -769,7 +770,7 @@ class UpstreamRequest:
             return
         self.connection = conn
         router = self.router
-        self.sentAt = router.callbacks.streamInfo.upstreamStartTime = router._clock.seconds()
+        self.sentAt = router.info.upstreamStartTime = router._clock.seconds()
         pending = self.pending
         self.pending = None
         if not sendHeld(conn, pending, self, self._ended):
@@ -790,7 +791,7 @@ class UpstreamRequest:
             exc = errors.ConnectFailure(str(exc))
         self._end(_ENDED)
         self.reportError(exc)
-        self.router.callbacks.streamInfo.upstreamFailureReason = str(exc) or exc.cause
+        self.router.info.upstreamFailureReason = str(exc) or exc.cause
         self.router._attemptFailed(self, exc)
         return None
 
@@ -880,7 +881,7 @@ class UpstreamRequest:
 
     def upstreamHeaders(self, response, endStream):
         router = self.router
-        router.callbacks.streamInfo.upstreamFirstByteTime = now = router._clock.seconds()
+        router.info.upstreamFirstByteTime = now = router._clock.seconds()
         if router._idle:
             router._lastActive = now
         timer = self.perTryTimer
@@ -949,7 +950,7 @@ class UpstreamRequest:
             self.reported = False
             self._report(Outcome.EXT_ORIGIN_FAILURE)
         router = self.router
-        router.callbacks.streamInfo.upstreamEndTime = router._clock.seconds()
+        router.info.upstreamEndTime = router._clock.seconds()
         self._end(_COMPLETED)
         if router._retry is None:
             router._finishUpstream()
