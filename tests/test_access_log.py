@@ -80,7 +80,7 @@ def test_text_line_exact():
     config.writer.flush()
     assert factory.stdout.getvalue() == (
         '[2026-11-21T10:00:00.123Z] "GET /path?q=1 HTTP/1.1" 200 UF,UT 0 1234 5 "10.0.0.1:5555" '
-        '"example.com" "127.0.0.1:8080" "req-1"\n')
+        '"example.com" "127.0.0.1:8080" "req-1" "-" "-" "-" -\n')
     assert "secret" not in factory.stdout.getvalue()
     assert runtime.stats.total("access_log_lines") == 1
 
@@ -94,7 +94,7 @@ def test_text_line_missing_values_and_reset_stream():
     runStream(factory, config, runtime, info, request, duration=0.0)
     config.writer.flush()
     assert factory.stdout.getvalue() == (
-        '[2026-11-21T10:00:00.123Z] "POST / HTTP/2" 0 DC 0 0 0 "-" "-" "-" "-"\n')
+        '[2026-11-21T10:00:00.123Z] "POST / HTTP/2" 0 DC 0 0 0 "-" "-" "-" "-" "-" "-" "-" -\n')
 
 
 def test_text_escapes_request_derived_values():
@@ -108,7 +108,7 @@ def test_text_escapes_request_derived_values():
     line = factory.stdout.getvalue()
     assert line == (
         '[2026-11-21T10:00:00.123Z] "GET /a\\x22b\\x5cc\\x0a[x] \\xc3\\xa9 HTTP/1.1" 404 - 0 0 5 "10.0.0.1:5555" '
-        '"ex\\x00.com" "-" "id\\x22 \\x22forged"\n')
+        '"ex\\x00.com" "-" "id\\x22 \\x22forged" "-" "-" "-" -\n')
     assert line.count("\n") == 1
 
 
@@ -118,7 +118,7 @@ def test_stream_info_request_id_wins():
     info, request = makeStream(runtime, responseCode=200, requestId="generated-7")
     runStream(factory, config, runtime, info, request)
     config.writer.flush()
-    assert factory.stdout.getvalue().endswith('"generated-7"\n')
+    assert factory.stdout.getvalue().endswith('"generated-7" "-" "-" "-" -\n')
 
 
 def test_json_line_exact():
@@ -133,7 +133,8 @@ def test_json_line_exact():
         '{"start_time":"2026-11-21T10:00:00.123Z","method":"GET","path":"/path?q=1","protocol":"HTTP/1.1",'
         '"response_code":503,"response_flags":"UF","bytes_received":10,"bytes_sent":19,"duration":1500,'
         '"downstream_remote_address":"10.0.0.1:5555","authority":"example.com","upstream_host":"127.0.0.1:8080",'
-        '"request_id":"req-1"}\n')
+        '"request_id":"req-1","user_agent":null,"route_name":null,"upstream_cluster":null,'
+        '"upstream_service_time":null,"grpc_status":null}\n')
     assert json.loads(out)["response_flags"] == "UF"
 
 
@@ -199,7 +200,7 @@ def test_close_flushes_and_closes_the_file(tmp_path):
     config.writer.close()
     assert path.read_text() == (
         'old line\n[2026-11-21T10:00:00.123Z] "GET /path?q=1 HTTP/1.1" 200 - 0 0 5 "10.0.0.1:5555" '
-        '"example.com" "-" "req-1"\n')
+        '"example.com" "-" "req-1" "-" "-" "-" -\n')
     assert config.writer.stream.closed
     assert runtime.clock.getDelayedCalls() == []
     config.writer.close()  # idempotent
@@ -234,8 +235,8 @@ def test_dash_means_sys_stdout(capsys):
 
 
 @pytest.mark.parametrize("raw, path, reason", [
-    ({"format": "xml"}, "format", "must be 'text' or 'json'"),
-    ({"format": ["json"]}, "format", "must be 'text' or 'json'"),
+    ({"format": "xml"}, "format", "not 'text' or 'json', and no %OPERATOR%"),
+    ({"format": ["json"]}, "format", "must be 'text', 'json' or a format string"),
     ({"path": ""}, "path", "must be '-'"),
     ({"path": 3}, "path", "must be '-'"),
     ({"path": "/nonexistent-dir/x/access.log"}, "path", "cannot open"),

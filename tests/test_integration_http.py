@@ -39,6 +39,23 @@ listeners:
     filters:
       - name: access_log
         config: {{path: "{accesslog}"}}
+      - name: access_log
+        config:
+          path: "{jsonlog}"
+          json_format:
+            status: "%RESPONSE_CODE%"
+            route: "%ROUTE_NAME%"
+            cluster: "%UPSTREAM_CLUSTER%"
+            upstream: "%UPSTREAM_HOST%"
+            agent: "%REQ(USER-AGENT)%"
+            tag: "%REQ(X-TAG):4%"
+            vhost: "%RESP(X-VHOST)%"
+            path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+            peer: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+            local: "%DOWNSTREAM_LOCAL_ADDRESS%"
+            timing: {{total: "%DURATION%", upstream: "%RESPONSE_DURATION%", attempts: "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"}}
+            details: "%RESPONSE_CODE_DETAILS%"
+            text: "%PROTOCOL% %REQ(:METHOD)% took %DURATION%ms"
       - name: router
     route_config:
       virtual_hosts:
@@ -51,6 +68,7 @@ listeners:
             - match: {{prefix: /static}}
               route: {{cluster: nginx}}
             - match: {{prefix: /}}
+              name: echo_all
               route: {{cluster: echo}}
               request_headers_to_add: [{{name: x-added, value: "yes"}}]
               request_headers_to_remove: [x-secret]
@@ -81,12 +99,15 @@ def mesh(tmp_path_factory):
             procs.append(ng)
             support.waitForPort(nginxPort, proc=ng.popen)
         admin, listen = support.freePort(), support.freePort()
-        accesslog = str(tmp_path_factory.mktemp("log") / "access.log")
-        cfg = CONFIG.format(admin=admin, listen=listen, echo=echo, nginx=nginxPort, accesslog=accesslog)
+        logDir = tmp_path_factory.mktemp("log")
+        accesslog, jsonlog = str(logDir / "access.log"), str(logDir / "access.json")
+        cfg = CONFIG.format(admin=admin, listen=listen, echo=echo, nginx=nginxPort, accesslog=accesslog,
+                            jsonlog=jsonlog)
         tx = support.startTxmesh(cfg, admin)
         procs.append(tx)
         support.waitForPort(listen, proc=tx.popen)
-        yield {"admin": admin, "port": listen, "docroot": docroot, "accesslog": accesslog, "proc": tx,
+        yield {"admin": admin, "port": listen, "docroot": docroot, "accesslog": accesslog, "jsonlog": jsonlog,
+               "proc": tx,
                "nginx": ng is not None}
     finally:
         for p in reversed(procs):
@@ -205,6 +226,30 @@ def test_access_log_lines(mesh):
         time.sleep(0.2)
     line = [ln for ln in text.splitlines() if "/direct?log=1" in ln][0]
     assert '"GET /direct?log=1 HTTP/1.1" 200' in line
+
+
+def test_access_log_json_format_with_curl(mesh):
+    """A json_format line for a real curl request through txmesh under twistd, field by field."""
+    out = subprocess.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "-A", "curl-al/1.0",
+                          "-H", "Host: app.svc", "-H", "X-Tag: abcdefgh",
+                          "http://127.0.0.1:%d/logged/json?x=1" % mesh["port"]], capture_output=True, timeout=15)
+    assert out.stdout == b"200"
+    deadline = time.monotonic() + 5
+    lines = []
+    while time.monotonic() < deadline and not lines:
+        if os.path.exists(mesh["jsonlog"]):
+            with open(mesh["jsonlog"]) as f:
+                lines = [json.loads(ln) for ln in f if "/logged/json" in ln]
+        time.sleep(0.1)
+    [line] = lines
+    timing = line.pop("timing")
+    assert timing["attempts"] == 1 and 0 <= timing["upstream"] <= timing["total"] < 5000
+    local = line.pop("local")
+    assert local == "127.0.0.1:%d" % mesh["port"]
+    assert line == {"status": 200, "route": "echo_all", "cluster": "echo", "upstream": line["upstream"],
+                    "agent": "curl-al/1.0", "tag": "abcd", "vhost": "app", "path": "/logged/json?x=1",
+                    "peer": "127.0.0.1", "details": "via_upstream", "text": "HTTP/1.1 GET took %dms" % timing["total"]}
+    assert line["upstream"].startswith("127.0.0.1:")
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path):

@@ -135,6 +135,18 @@ class IStreamInfo(Interface):
     bytesSent = Attribute("Response body bytes sent downstream.")
     responseCode = Attribute("The response status (HTTP status, grpc-status or Dubbo status), or None.")
     metadata = Attribute("A dict filters may use to pass facts along (e.g. Dubbo service/method, trace ids).")
+    endTime = Attribute("reactor.seconds() when the stream completed or was reset, or None while it runs.")
+    requestId = Attribute("The request's x-request-id (bytes; Dubbo: the x-request-id attachment), or None.")
+    downstreamLocal = Attribute("The listener's local address the request came in on, 'host:port' (str), or None.")
+    requestEndTime = Attribute("reactor.seconds() when the last byte of the request was received, or None.")
+    upstreamStartTime = Attribute("When the (last) attempt's request went to its upstream connection, or None.")
+    upstreamFirstByteTime = Attribute("When the upstream response head arrived (the answer kept), or None.")
+    upstreamEndTime = Attribute("When the upstream response ended, or None.")
+    attemptCount = Attribute("Upstream attempts started (1 without retries; 0 if none was).")
+    responseCodeDetails = Attribute(
+        "Why the response is what it is: a local reply's cause (x-txmesh-error value), a reset's reason, or None "
+        "(the access log says 'via_upstream' when an upstream answered).")
+    upstreamFailureReason = Attribute("Why the upstream connection could not be made (str), or None.")
 
 
 class IStreamDecoderFilterCallbacks(Interface):

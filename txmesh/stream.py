@@ -181,7 +181,9 @@ class StreamInfo:
 
     __slots__ = ("startTime", "protocol", "listenerName", "downstreamPeer", "routeName", "clusterName",
                  "upstreamHost", "responseFlags", "bytesReceived", "bytesSent", "responseCode", "metadata",
-                 "endTime", "requestId")
+                 "endTime", "requestId", "downstreamLocal", "requestEndTime", "upstreamStartTime",
+                 "upstreamFirstByteTime", "upstreamEndTime", "attemptCount", "responseCodeDetails",
+                 "upstreamFailureReason")
 
     def __init__(self, startTime, protocol, listenerName, downstreamPeer=""):
         self.startTime = startTime
@@ -198,6 +200,15 @@ class StreamInfo:
         self.metadata = {}
         self.endTime = None
         self.requestId = None
+        # the access log's facts (issue 16 part 3); see IStreamInfo
+        self.downstreamLocal = None
+        self.requestEndTime = None
+        self.upstreamStartTime = None
+        self.upstreamFirstByteTime = None
+        self.upstreamEndTime = None
+        self.attemptCount = 0
+        self.responseCodeDetails = None
+        self.upstreamFailureReason = None
 
 
 # The parts of a request held while its upstream connection is being made (the router's attempts, mirroring's

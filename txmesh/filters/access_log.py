@@ -3,8 +3,10 @@ The ``access_log`` stream filter: one line per request, Envoy-like text or JSON,
 
 Lines are buffered by an L{AccessLogWriter} (one per config build, so one open file) and written out by a clock
 timer at most a second after the first buffered line, when the buffer holds ``maxBufferedLines``, and at
-shutdown (the service calls ``config.writer.close()``).  Only a fixed set of fields is logged; no header value
-other than the authority and the request id ever reaches the log.
+shutdown (the service calls ``config.writer.close()``).  The built-in ``text`` and ``json`` lines log a fixed
+set of fields (no header value other than the authority, the user agent and the request id); a ``format`` string
+or a ``json_format`` mapping of Envoy's command operators (txmesh.filters.access_log_format) is compiled once, at
+load, and logs what the operator chose.
 
 A file log is reopened (flush, close, open the same path again for appending) when the service asks, on
 SIGUSR1 or an admin ``POST /reopen_logs``, so logrotate can rename it without ``copytruncate``: the config
@@ -12,18 +14,27 @@ registers its writer with the runtime's reopenable-files registry (L{AccessLogCo
 is never reopened.
 """
 
-import functools
 import json
 import os
-import re
 import sys
-import time
 
 import attrs
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from txmesh.filters.access_log_format import (
+    UNSAFE,
+    FormatError,
+    JsonFormat,
+    LogRecord,
+    TextFormat,
+    _secondPrefix,
+    escapeBytes as _text,
+    grpcCode,
+    isoTime,
+    protocolName,
+)
 from txmesh.interfaces import (
     FilterStatus,
     IFilterConfigResources,
@@ -33,106 +44,128 @@ from txmesh.interfaces import (
 )
 from txmesh.protocols.h2 import grpc
 
-_PROTOCOL_NAMES = {
-    "http/1.1": "HTTP/1.1",
-    "http/1.0": "HTTP/1.0",
-    "h2": "HTTP/2",
-    "grpc": "HTTP/2",
-    "dubbo": "DUBBO",
-}
+__all__ = ["AccessLogFactory", "formatText", "formatJson", "isoTime", "protocolName"]
+
+_USER_AGENT = b"user-agent"
+_search = UNSAFE.search
+_PROTOCOLS = {p: protocolName(p) for p in ("http/1.1", "http/1.0", "h2", "grpc", "dubbo")}
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps with options makes one a call
 
 
-def protocolName(protocol):
-    """Envoy's %PROTOCOL% spelling of a StreamInfo.protocol ('http/1.1' -> 'HTTP/1.1')."""
-    name = _PROTOCOL_NAMES.get(protocol)
-    if name is None:
-        name = str(protocol).upper() if protocol else "-"
-    return name
-
-
-@functools.lru_cache(maxsize=8)
-def _secondPrefix(second):
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def isoTime(t):
-    """A POSIX time as UTC ISO 8601 with milliseconds: '2026-11-21T10:00:00.123Z' (the second part is cached)."""
-    second, ms = divmod(int(round(t * 1000)), 1000)
-    return "%s.%03dZ" % (_secondPrefix(second), ms)
-
-
-# Bytes a text line shows as-is: printable ASCII except '"' and '\' (so a client cannot forge fields or lines).
-_UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
-_ESCAPES = tuple(chr(c) if not _UNSAFE.match(bytes([c])) else "\\x%02x" % c for c in range(256))
-
-
-def _text(value):
-    """A request-derived bytes value for a text line: escaped, '-' when empty or missing."""
-    if not value:
-        return "-"
-    if _UNSAFE.search(value) is None:
-        return value.decode("ascii")
-    return "".join([_ESCAPES[c] for c in value])
-
-
-def _json(value):
-    """A request-derived bytes value for a JSON line (json.dumps escapes it), None when empty or missing."""
-    if not value:
-        return None
-    return value.decode("utf-8", "backslashreplace")
-
-
-def _fields(info, request, clock):
-    """The raw facts of one finished stream, shared by both formats."""
-    end = info.endTime if info.endTime is not None else clock.seconds()
-    if request is not None:
-        method, path, authority = request.method, request.path, request.authority
-        requestId = info.requestId or request.headers.get(b"x-request-id")
-    else:
-        method = path = authority = None
-        requestId = info.requestId
-    if isinstance(requestId, str):
-        requestId = requestId.encode("latin-1")
-    flags = ",".join(sorted(info.responseFlags)) if info.responseFlags else None
-    duration = max(0, int(round((end - info.startTime) * 1000)))
-    return method, path, authority, requestId, flags, duration
-
-
-def formatText(info, request, clock, responseCode=None):
+def formatText(info, request, clock, responseCode=None, record=None):
     """
     One Envoy-like text line: start time, "method path protocol", status, flags, bytes received, bytes sent,
-    duration ms, "peer", "authority", "upstream host", "request id", e.g.
-    C{[2026-11-21T10:00:00.123Z] "GET /p HTTP/1.1" 200 - 0 1234 5 "10.0.0.1:5555" "a.com" "127.0.0.1:8080" "r1"}.
+    duration ms, "peer", "authority", "upstream host", "request id", "user agent", "route", "cluster", upstream
+    time ms, e.g. C{[2026-11-21T10:00:00.123Z] "GET /p HTTP/1.1" 200 - 0 1234 5 "10.0.0.1:5555" "a.com"
+    "127.0.0.1:8080" "r1" "curl/8.5.0" "api" "backend" 4}.
     ``responseCode`` overrides the StreamInfo's (a gRPC stream logs its grpc-status).
     """
-    method, path, authority, requestId, flags, duration = _fields(info, request, clock)
-    return '[%s] "%s %s %s" %d %s %d %d %d "%s" "%s" "%s" "%s"\n' % (
-        isoTime(info.startTime), _text(method), _text(path), protocolName(info.protocol),
-        responseCode if responseCode is not None else info.responseCode or 0, flags or "-", info.bytesReceived,
-        info.bytesSent, duration,
-        info.downstreamPeer or "-", _text(authority), info.upstreamHost or "-", _text(requestId))
+    # _fields and the escapes inlined: this runs once per request with the default config
+    end = info.endTime
+    if end is None:
+        end = clock.seconds()
+    requestId = info.requestId
+    if request is not None:
+        method, path, authority = request.method, request.path, request.authority
+        headers = request.headers
+        if not requestId:
+            requestId = headers.get(b"x-request-id")
+        agent = headers.get(_USER_AGENT)
+    else:
+        method = path = authority = agent = None
+    if isinstance(requestId, str):
+        requestId = requestId.encode("latin-1")
+    flags = info.responseFlags
+    up, upEnd = info.upstreamStartTime, info.upstreamEndTime
+    names = _NAMES
+    unsafe = _search
+    start = info.startTime
+    second, ms = divmod(int(round(start * 1000)), 1000)
+    return '[%s.%03dZ] "%s %s %s" %d %s %d %d %d "%s" "%s" "%s" "%s" "%s" "%s" "%s" %s\n' % (
+        _secondPrefix(second), ms,
+        method.decode("ascii") if method and unsafe(method) is None else _text(method),
+        path.decode("ascii") if path and unsafe(path) is None else _text(path),
+        _PROTOCOLS.get(info.protocol) or protocolName(info.protocol),
+        responseCode if responseCode is not None else info.responseCode or 0,
+        ",".join(sorted(flags)) if flags else "-", info.bytesReceived, info.bytesSent,
+        int(round((end - start) * 1000)) if end > start else 0,
+        info.downstreamPeer or "-",
+        authority.decode("ascii") if authority and unsafe(authority) is None else _text(authority),
+        info.upstreamHost or "-",
+        requestId.decode("ascii") if requestId and unsafe(requestId) is None else _text(requestId),
+        agent.decode("ascii") if agent and unsafe(agent) is None else _text(agent),
+        names.get(info.routeName) or _name(info.routeName), names.get(info.clusterName) or _name(info.clusterName),
+        int((upEnd - up) * 1000 + 0.5) if up is not None and upEnd is not None and upEnd >= up else "-")
 
 
-def formatJson(info, request, clock, responseCode=None):
-    """The same fields as formatText, as one JSON object per line (missing values are null)."""
-    method, path, authority, requestId, flags, duration = _fields(info, request, clock)
+_NAMES = {None: "-"}  # route and cluster name -> as a text line shows it (a few, from the config and registries)
+
+
+def _name(value):
+    """A route or cluster name (config-, or for a Dubbo registry cluster registry-derived) for a text line."""
+    shown = _text(value.encode("utf-8", "surrogatepass")) if value else "-"
+    if len(_NAMES) < 4096:
+        _NAMES[value] = shown
+    return shown
+
+
+def formatJson(info, request, clock, responseCode=None, record=None):
+    """The same fields as formatText, as one JSON object per line (missing values are null), with grpc_status."""
+    end = info.endTime
+    if end is None:
+        end = clock.seconds()
+    requestId = info.requestId
+    if request is not None:
+        method, path, authority = request.method, request.path, request.authority
+        headers = request.headers
+        if not requestId:
+            requestId = headers.get(b"x-request-id")
+        agent = headers.get(_USER_AGENT)
+    else:
+        method = path = authority = agent = None
+    if isinstance(requestId, str):
+        requestId = requestId.encode("latin-1")
     if responseCode is None:
         responseCode = info.responseCode or 0
-    return json.dumps({
-        "start_time": isoTime(info.startTime),
-        "method": _json(method),
-        "path": _json(path),
-        "protocol": protocolName(info.protocol),
+    flags = info.responseFlags
+    start = info.startTime
+    second, ms = divmod(int(round(start * 1000)), 1000)
+    up, upEnd = info.upstreamStartTime, info.upstreamEndTime
+    return _encode({
+        "start_time": "%s.%03dZ" % (_secondPrefix(second), ms),
+        "method": method.decode("utf-8", "backslashreplace") if method else None,
+        "path": path.decode("utf-8", "backslashreplace") if path else None,
+        "protocol": _PROTOCOLS.get(info.protocol) or protocolName(info.protocol),
         "response_code": responseCode,
-        "response_flags": flags,
+        "response_flags": ",".join(sorted(flags)) if flags else None,
         "bytes_received": info.bytesReceived,
         "bytes_sent": info.bytesSent,
-        "duration": duration,
+        "duration": int(round((end - start) * 1000)) if end > start else 0,
         "downstream_remote_address": info.downstreamPeer or None,
-        "authority": _json(authority),
+        "authority": authority.decode("utf-8", "backslashreplace") if authority else None,
         "upstream_host": info.upstreamHost or None,
-        "request_id": _json(requestId),
-    }, separators=(",", ":")) + "\n"
+        "request_id": requestId.decode("utf-8", "backslashreplace") if requestId else None,
+        "user_agent": agent.decode("utf-8", "backslashreplace") if agent else None,
+        "route_name": info.routeName or None,
+        "upstream_cluster": info.clusterName or None,
+        "upstream_service_time": int((upEnd - up) * 1000 + 0.5)
+        if up is not None and upEnd is not None and upEnd >= up else None,
+        "grpc_status": record.grpcStatus if record is not None else None,
+    }) + "\n"
+
+
+def compiledFormatter(compiled):
+    """
+    A formatLine for a compiled TextFormat or JsonFormat.  ``responseCode`` is not used: as in Envoy,
+    %RESPONSE_CODE% is the HTTP status (200 for every gRPC response) and %GRPC_STATUS% the call's status.
+    """
+    fmt = compiled.format
+
+    def formatLine(info, request, clock, responseCode=None, record=None):
+        if record is None:
+            record = LogRecord(info, request, info.endTime if info.endTime is not None else clock.seconds())
+        return fmt(record)
+    return formatLine
 
 
 class AccessLogWriter:
@@ -252,6 +285,7 @@ class AccessLogConfig:
     writer: AccessLogWriter
     formatLine: object
     grpc: bool = False  # a grpc listener's: lines log the grpc-status
+    usesResponse: bool = False  # the format reads response headers or trailers (%RESP(..)%, %TRAILER(..)%)
 
     def registerFiles(self, files):
         """
@@ -299,41 +333,50 @@ class AccessLogFilter:
 
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter)
-class GrpcAccessLogFilter(AccessLogFilter):
+class ResponseAccessLogFilter(AccessLogFilter):
     """
-    On a ``grpc`` listener: the line's response code is the call's grpc-status (from the trailers, or the
-    headers of a trailers-only response), not the HTTP 200 every gRPC response has; a call that ended without one
+    Also sees the response: keeps its head and trailers for %RESP(..)% and %TRAILER(..)%, and on a ``grpc``
+    listener the call's grpc-status, which the line logs as its response code instead of the HTTP 200 every gRPC
+    response has (from the trailers, or the headers of a trailers-only response); a call that ended without one
     logs what the client was told: an HTTP error's mapped status, CANCELLED when the client went away, else the
     status the listener ends an aborted call with (by its cause).
     """
 
-    __slots__ = ("grpcStatus",)
+    __slots__ = ("grpcStatus", "response", "trailers")
 
     def __init__(self, config, clock):
         AccessLogFilter.__init__(self, config, clock)
         self.grpcStatus = None
+        self.response = None
+        self.trailers = None
 
     def setEncoderFilterCallbacks(self, callbacks):
         pass
 
     def encodeHeaders(self, response, endStream):
-        value = response.headers.get(b"grpc-status")
-        if value is not None:
-            self.grpcStatus = value
-        elif response.status != 200:
-            self.grpcStatus = b"%d" % (grpc.statusForHTTP(response.status),)
+        self.response = response
+        if self.config.grpc:
+            value = response.headers.get(b"grpc-status")
+            if value is not None:
+                self.grpcStatus = value
+            elif response.status != 200:
+                self.grpcStatus = b"%d" % (grpc.statusForHTTP(response.status),)
         return FilterStatus.CONTINUE
 
     def encodeData(self, data, endStream):
         return FilterStatus.CONTINUE
 
     def encodeTrailers(self, trailers):
-        value = trailers.get(b"grpc-status")
-        if value is not None:
-            self.grpcStatus = value
+        self.trailers = trailers
+        if self.config.grpc:
+            value = trailers.get(b"grpc-status")
+            if value is not None:
+                self.grpcStatus = value
         return FilterStatus.CONTINUE
 
     def onStreamReset(self, reason):
+        if not self.config.grpc:
+            return
         if isinstance(reason, bytes):
             reason = reason.decode("ascii", "replace")
         reason = str(reason)
@@ -345,12 +388,19 @@ class GrpcAccessLogFilter(AccessLogFilter):
     def onStreamComplete(self):
         cb = self.callbacks
         config = self.config
-        value = self.grpcStatus
-        code = int(value) if value is not None and value.isdigit() and len(value) <= 10 else grpc.UNKNOWN
-        config.writer.write(config.formatLine(cb.streamInfo, cb.request, self.clock, code))
+        info = cb.streamInfo
+        record = LogRecord(info, cb.request, info.endTime if info.endTime is not None else self.clock.seconds(),
+                           None, self.response, self.trailers)
+        code = None
+        if config.grpc:
+            code = record.grpcStatus = grpcCode(self.grpcStatus)
+        config.writer.write(config.formatLine(info, cb.request, self.clock, code, record))
 
 
-_KEYS = frozenset({"path", "format"})
+GrpcAccessLogFilter = ResponseAccessLogFilter  # the name earlier releases had
+
+
+_KEYS = frozenset({"path", "format", "json_format"})
 _FORMATS = {"text": formatText, "json": formatJson}
 
 
@@ -358,7 +408,8 @@ _FORMATS = {"text": formatText, "json": formatJson}
 class AccessLogFactory:
     """
     The ``access_log`` filter kind.  ``config``: ``path`` ("-" for stdout, the default, or a file opened for
-    appending; a relative path is relative to the config file) and ``format`` ("text", the default, or "json").
+    appending; a relative path is relative to the config file), ``format`` ("text", the default, "json", or a
+    format string of Envoy command operators) or ``json_format`` (a mapping of field name to format string).
 
     @ivar stdout: the text stream "-" means; None looks up sys.stdout at build time (tests inject one).
     @ivar opener: how files are opened (the builtin open).
@@ -384,10 +435,31 @@ class AccessLogFactory:
             raise context.error("access_log config must be a mapping")
         for key in raw:
             if key not in _KEYS:
-                raise context.error("unknown key (expected one of: format, path)", str(key))
+                raise context.error("unknown key (expected one of: format, json_format, path)", str(key))
         fmt = raw.get("format", "text")
-        if not isinstance(fmt, str) or fmt not in _FORMATS:
-            raise context.error("must be 'text' or 'json', not %r" % (fmt,), "format")
+        jsonFormat = raw.get("json_format")
+        usesResponse = False
+        if jsonFormat is not None:
+            if "format" in raw:
+                raise context.error("give format or json_format, not both", "json_format")
+            if not isinstance(jsonFormat, dict) or not jsonFormat:
+                raise context.error("must be a mapping of field name to format string", "json_format")
+            try:
+                compiled = JsonFormat(jsonFormat)
+            except FormatError as e:
+                raise context.error(str(e), "json_format." + e.where if e.where else "json_format")
+            fmt, formatLine, usesResponse = "json_format", compiledFormatter(compiled), compiled.usesResponse
+        elif not isinstance(fmt, str) or not fmt:
+            raise context.error("must be 'text', 'json' or a format string with %%OPERATORS%%, not %r" % (fmt,),
+                                "format")
+        elif fmt in _FORMATS:
+            formatLine = _FORMATS[fmt]
+        else:
+            try:
+                compiled = TextFormat(fmt)
+            except FormatError as e:
+                raise context.error(str(e), "format")
+            formatLine, usesResponse = compiledFormatter(compiled), compiled.usesResponse
         path = raw.get("path", "-")
         if not isinstance(path, str) or not path:
             raise context.error("must be '-' (stdout) or a file path", "path")
@@ -402,12 +474,12 @@ class AccessLogFactory:
             except OSError as e:
                 raise context.error("cannot open %r for appending: %s" % (path, e.strerror or e), "path")
             writer = AccessLogWriter(f, path, True, opener=self.opener)
-        return AccessLogConfig(path=path, format=fmt, writer=writer, formatLine=_FORMATS[fmt],
-                               grpc=context.listenerProtocol == "grpc")
+        return AccessLogConfig(path=path, format=fmt, writer=writer, formatLine=formatLine,
+                               grpc=context.listenerProtocol == "grpc", usesResponse=usesResponse)
 
     def createFilters(self, config, callbacks, runtime):
         config.writer.bind(runtime.clock, runtime.stats)
-        if config.grpc:
-            callbacks.addStreamFilter(GrpcAccessLogFilter(config, runtime.clock))
+        if config.grpc or config.usesResponse:
+            callbacks.addStreamFilter(ResponseAccessLogFilter(config, runtime.clock))
         else:
             callbacks.addStreamDecoderFilter(AccessLogFilter(config, runtime.clock))

@@ -242,16 +242,22 @@ class ActiveStream:
                 # refused (400) or redirected (307) before any filter or route saw it
                 self.sendLocalReply(*reply)
                 return
+        if endStream:  # a request without a body ended when it began
+            info = self.streamInfo
+            info.requestEndTime = info.startTime
         self._decodeEvent(0, _HEADERS, request, endStream)
 
     def decodeData(self, data, endStream):
         self.streamInfo.bytesReceived += len(data)
+        if endStream:
+            self.streamInfo.requestEndTime = self.template.runtime.clock.seconds()
         if self._decStopped >= 0 or self._decQueue:
             self._enqueueDecode(_DATA, data, endStream)
             return
         self._decodeEvent(0, _DATA, data, endStream)
 
     def decodeTrailers(self, trailers):
+        self.streamInfo.requestEndTime = self.template.runtime.clock.seconds()
         if self._decStopped >= 0 or self._decQueue:
             self._enqueueDecode(_TRAILERS, trailers, True)
             return
@@ -382,6 +388,7 @@ class ActiveStream:
             return
         if flag:
             self.streamInfo.responseFlags.add(flag)
+        self.streamInfo.responseCodeDetails = cause or "local_reply"
         if self.responseStarted:
             self.resetStream(cause or "local_reply_after_response_started", fromFilter=True)
             return
@@ -401,7 +408,12 @@ class ActiveStream:
         if self.complete:
             return
         self.complete = True
-        self.streamInfo.endTime = self.template.runtime.clock.seconds()
+        info = self.streamInfo
+        info.endTime = self.template.runtime.clock.seconds()
+        if not fromFilter:  # the downstream went away or broke the protocol: Envoy's DC / DPE response flags
+            info.responseFlags.add("DPE" if reason == "downstream_protocol_error" else "DC")
+        if info.responseCodeDetails is None:
+            info.responseCodeDetails = reason if isinstance(reason, str) else str(reason)
         for f in self.decoders:
             try:
                 f.onStreamReset(reason)

@@ -139,7 +139,7 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
                  "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_perTry", "_shadows", "_waiting")
+                 "_perTry", "_shadows", "_waiting", "info")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -167,6 +167,7 @@ class Router:
         self._perTry = 0.0  # the retry policy's per_try_timeout (0: none)
         self._shadows = None  # request mirroring (issue 11 part 9): the shadows the body and trailers are teed to
         self._waiting = None  # the wait for a dubbo_registry route's on-demand cluster (issue 12 part 2)
+        self.info = None  # the stream's StreamInfo, once forwarding starts (upstream timing, attempts)
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -237,7 +238,7 @@ class Router:
         cb = self.callbacks
         action = self.action
         route = self.route
-        info = cb.streamInfo
+        self.info = info = cb.streamInfo
         info.clusterName = clusterName
         self.cluster = cluster
         self._clusterStats = self.runtime.routerStats(clusterName)
@@ -480,6 +481,7 @@ class Router:
             return
         requests.inc()
         self._attempts = n = self._attempts + 1
+        self.info.attemptCount = n
         attempt = UpstreamRequest(self, host, cluster.poolFor(host), n, isRetry)
         self.attempt = attempt
         state = self._retry
@@ -809,8 +811,9 @@ class UpstreamRequest:
             return
         self.connection = conn
         router = self.router
+        now = router.info.upstreamStartTime = router._clock.seconds()
         if self.host.monitor is not NULL_MONITOR:
-            self.sentAt = router._clock.seconds()
+            self.sentAt = now
         pending = self.pending
         self.pending = None
         if len(pending) == 1:  # the request head alone, the usual case: sendHeld's loop for one part, inline
@@ -836,6 +839,7 @@ class UpstreamRequest:
             exc = errors.ConnectFailure(str(exc))
         self._end(_ENDED)
         self.reportError(exc)
+        self.router.info.upstreamFailureReason = str(exc) or exc.cause
         self.router._attemptFailed(self, exc)
         return None
 
@@ -924,8 +928,9 @@ class UpstreamRequest:
 
     def upstreamHeaders(self, response, endStream):
         router = self.router
+        router.info.upstreamFirstByteTime = now = router._clock.seconds()
         if router._idle:
-            router._lastActive = router._clock.seconds()
+            router._lastActive = now
         self.perTryEnd = None  # the answer started: the per-try timeout no longer applies (Envoy's rule)
         dubbo = router.cluster.config.protocol == "dubbo"
         if not self.reported:
@@ -994,6 +999,7 @@ class UpstreamRequest:
             self.reported = False
             self._report(Outcome.EXT_ORIGIN_FAILURE)
         router = self.router
+        router.info.upstreamEndTime = router._clock.seconds()
         self._end(_COMPLETED)
         if router._retry is None:
             router._finishUpstream()

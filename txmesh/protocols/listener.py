@@ -144,6 +144,7 @@ class ListenerProtocol(Protocol):
         self.factory = factory
         self.peer = ""
         self.peerHost = b""
+        self.local = None  # the listener's address this connection came in on, 'host:port' (the access log's)
         self.peerTrusted = True
         self.out = None
         self.writeBlocked = False
@@ -162,6 +163,9 @@ class ListenerProtocol(Protocol):
         else:
             self.peer = "%s:%s" % (host, peer.port)
             self.peerHost = host.encode("ascii", "replace")
+        local = self.transport.getHost()
+        if getattr(local, "port", None) is not None:  # an IAddress: UNIX addresses have no host or port
+            self.local = "%s:%s" % (local.host, local.port)
         if f.useRemoteAddress and not f.trustedHops:
             self.peerTrusted = isInternal(host, f.internalRanges)
         self.out = Writer(self.transport, f.writeScope)
@@ -259,12 +263,15 @@ class ListenerProtocol(Protocol):
             headers.set(b"x-request-id", rid)
         info = StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
         info.requestId = rid
+        info.downstreamLocal = self.local
         return info
 
     def streamInfo(self, protocol):
         """A StreamInfo for a request of a protocol without forwarding headers (Dubbo)."""
         f = self.factory
-        return StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
+        info = StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
+        info.downstreamLocal = self.local
+        return info
 
 
 def isInternal(host, ranges):
