@@ -30,6 +30,8 @@ from txmesh.interfaces import (
     IFilterFactory,
     IStreamDecoderFilter,
     IStreamEncoderFilter,
+    IStreamFilterEvents,
+    StreamEvents,
 )
 from txmesh.protocols.h2 import grpc
 
@@ -266,9 +268,11 @@ class AccessLogConfig:
         self.writer.close()
 
 
-@implementer(IStreamDecoderFilter)
+@implementer(IStreamDecoderFilter, IStreamFilterEvents)
 class AccessLogFilter:
     """Per-stream: formats the line when the stream completes (it only reads the final StreamInfo)."""
+
+    streamEvents = StreamEvents.DECODER_CALLBACKS | StreamEvents.STREAM_COMPLETE
 
     __slots__ = ("config", "clock", "callbacks")
 
@@ -298,7 +302,7 @@ class AccessLogFilter:
         config.writer.write(config.formatLine(cb.streamInfo, cb.request, self.clock))
 
 
-@implementer(IStreamDecoderFilter, IStreamEncoderFilter)
+@implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
 class GrpcAccessLogFilter(AccessLogFilter):
     """
     On a ``grpc`` listener: the line's response code is the call's grpc-status (from the trailers, or the
@@ -306,6 +310,9 @@ class GrpcAccessLogFilter(AccessLogFilter):
     logs what the client was told: an HTTP error's mapped status, CANCELLED when the client went away, else the
     status the listener ends an aborted call with (by its cause).
     """
+
+    streamEvents = (StreamEvents.DECODER_CALLBACKS | StreamEvents.ENCODE_HEADERS | StreamEvents.ENCODE_TRAILERS
+                    | StreamEvents.STREAM_COMPLETE | StreamEvents.STREAM_RESET)
 
     __slots__ = ("grpcStatus",)
 
