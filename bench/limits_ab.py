@@ -23,6 +23,7 @@ deterministic, so one run says it; a few minutes for two trees side by side.  In
 misses and branches are not in them) but track the Python work done per request closely.
 """
 
+import gc
 import itertools
 import json
 import os
@@ -105,7 +106,9 @@ def instructionsChild(n1, n2):
     for _, config in CASES:
         inproc.CONFIG = config
         inproc.run(300)
+        gc.collect()  # each counted run starts with empty generations: collections fall alike in every run
         next(itertools.starmap(inproc.run, ((n1,),)))
+        gc.collect()
         next(itertools.starmap(inproc.run, ((n2,),)))
 
 

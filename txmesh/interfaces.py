@@ -12,7 +12,7 @@ Extensions are found with ``twisted.plugin.getPlugins(I..., txmesh.plugins)``: f
 ships a module in its own ``txmesh/plugins/`` drop-in directory, or in a directory named by ``plugin_paths``.
 """
 
-from enum import Enum
+from enum import Enum, IntFlag
 
 from zope.interface import Attribute, Interface
 
@@ -243,6 +243,54 @@ class IStreamEncoderFilter(Interface):
         The stream ended (response sent or stream reset); final StreamInfo is available.  Called once per filter,
         also for a filter installed as both decoder and encoder.  Returns nothing.
         """
+
+
+class StreamEvents(IntFlag):
+    """
+    The calls a stream filter wants from the chain, declared with L{IStreamFilterEvents}: the chain makes only
+    these (the others are the do-nothing kind: ``return CONTINUE``, ``pass``), and a filter that declares no
+    call of a side is not on that side at all.  A filter that declares nothing gets every call (``ALL``).
+
+    The events: ``DECODE_HEADERS``, ``DECODE_DATA``, ``DECODE_TRAILERS`` (``decode*``), ``ENCODE_HEADERS``,
+    ``ENCODE_DATA``, ``ENCODE_TRAILERS`` (``encode*``), ``STREAM_COMPLETE`` (``onStreamComplete``), ``STREAM_RESET``
+    (``onStreamReset``); ``DECODER_CALLBACKS`` and ``ENCODER_CALLBACKS`` (``setDecoderFilterCallbacks`` /
+    ``setEncoderFilterCallbacks``).
+
+    ``RESUMES_DECODING``: the filter calls ``continueDecoding`` or ``addDecodedData`` (it holds events and lets
+    them go on); ``RESUMES_ENCODING``: it calls ``continueEncoding``.  Such a filter gets callbacks of its own;
+    the others on the stream share one callbacks object per side, on which those calls raise TypeError (a filter
+    that returns STOP only after ``sendLocalReply`` needs neither).
+    """
+
+    DECODE_HEADERS = 1 << 0
+    DECODE_DATA = 1 << 1
+    DECODE_TRAILERS = 1 << 2
+    ENCODE_HEADERS = 1 << 3
+    ENCODE_DATA = 1 << 4
+    ENCODE_TRAILERS = 1 << 5
+    STREAM_COMPLETE = 1 << 6
+    STREAM_RESET = 1 << 7
+    DECODER_CALLBACKS = 1 << 8
+    ENCODER_CALLBACKS = 1 << 9
+    RESUMES_DECODING = 1 << 10
+    RESUMES_ENCODING = 1 << 11
+    DECODE = DECODE_HEADERS | DECODE_DATA | DECODE_TRAILERS
+    ENCODE = ENCODE_HEADERS | ENCODE_DATA | ENCODE_TRAILERS
+    ALL = (1 << 12) - 1
+
+
+class IStreamFilterEvents(Interface):
+    """
+    Optional, beside IStreamDecoderFilter / IStreamEncoderFilter: the filter says which calls it wants, so the
+    chain skips the rest (a filter that only reads the request head costs no call per response body piece).
+    Without it a filter gets every call, as always.
+
+    ``streamEvents`` must be a class attribute: the chain reads it once per filter class (per listener) and
+    applies it to every instance.  It only ever removes calls the filter would answer with CONTINUE or ignore;
+    the order of the calls made, STOP and resume, local replies and resets are unchanged.
+    """
+
+    streamEvents = Attribute("The StreamEvents flags of the calls the filter wants (a class attribute).")
 
 
 class IFilterChainFactoryCallbacks(Interface):

@@ -41,6 +41,8 @@ from txmesh.interfaces import (
     IFilterFactory,
     IStreamDecoderFilter,
     IStreamEncoderFilter,
+    IStreamFilterEvents,
+    StreamEvents,
 )
 from txmesh.protocols.h2 import grpc
 
@@ -300,9 +302,11 @@ class AccessLogConfig:
         self.writer.close()
 
 
-@implementer(IStreamDecoderFilter)
+@implementer(IStreamDecoderFilter, IStreamFilterEvents)
 class AccessLogFilter:
     """Per-stream: formats the line when the stream completes (it only reads the final StreamInfo)."""
+
+    streamEvents = StreamEvents.DECODER_CALLBACKS | StreamEvents.STREAM_COMPLETE
 
     __slots__ = ("config", "clock", "callbacks")
 
@@ -332,7 +336,7 @@ class AccessLogFilter:
         config.writer.write(config.formatLine(cb.streamInfo, cb.request, self.clock))
 
 
-@implementer(IStreamDecoderFilter, IStreamEncoderFilter)
+@implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
 class ResponseAccessLogFilter(AccessLogFilter):
     """
     Also sees the response: keeps its head and trailers for %RESP(..)% and %TRAILER(..)%, and on a ``grpc``
@@ -341,6 +345,9 @@ class ResponseAccessLogFilter(AccessLogFilter):
     logs what the client was told: an HTTP error's mapped status, CANCELLED when the client went away, else the
     status the listener ends an aborted call with (by its cause).
     """
+
+    streamEvents = (StreamEvents.DECODER_CALLBACKS | StreamEvents.ENCODE_HEADERS | StreamEvents.ENCODE_TRAILERS
+                    | StreamEvents.STREAM_COMPLETE | StreamEvents.STREAM_RESET)
 
     __slots__ = ("grpcStatus", "response", "trailers")
 

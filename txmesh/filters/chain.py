@@ -23,12 +23,47 @@ from txmesh.interfaces import (
     IStreamDecoderFilterCallbacks,
     IStreamEncoderFilterCallbacks,
     IStreamFactory,
+    IStreamFilterEvents,
+    StreamEvents,
 )
 
 CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP
 
 _HEADERS, _DATA, _TRAILERS = 0, 1, 2
+_NO_EVENTS = (False, False, False)
+
+_OWN, _SHARED = "own", "shared"  # how a filter gets its callbacks of a side (None: not at all)
+
+
+class _Plan:
+    """
+    What the chain does with the filters of one class, from the StreamEvents it declared (L{IStreamFilterEvents}):
+    made once per class, read per stream and event.  Booleans and tuples of them, not the flags: testing a bool
+    is cheaper than ``&`` on an int in CPython.
+    """
+
+    __slots__ = ("decode", "encode", "completes", "resets", "decoderCallbacks", "encoderCallbacks", "decoder",
+                 "encoder")
+
+    def __init__(self, events):
+        E = StreamEvents
+        self.decode = (bool(events & E.DECODE_HEADERS), bool(events & E.DECODE_DATA),
+                       bool(events & E.DECODE_TRAILERS))  # indexed by _HEADERS, _DATA, _TRAILERS
+        self.encode = (bool(events & E.ENCODE_HEADERS), bool(events & E.ENCODE_DATA),
+                       bool(events & E.ENCODE_TRAILERS))
+        self.completes = bool(events & E.STREAM_COMPLETE)
+        self.resets = bool(events & E.STREAM_RESET)
+        self.decoderCallbacks = (_OWN if events & E.RESUMES_DECODING else
+                                 _SHARED if events & E.DECODER_CALLBACKS else None)
+        self.encoderCallbacks = (_OWN if events & E.RESUMES_ENCODING else
+                                 _SHARED if events & E.ENCODER_CALLBACKS else None)
+        # a filter is on a side (in ``decoders`` / ``encoders``) only if it wants one of that side's calls
+        self.decoder = any(self.decode) or self.resets or self.decoderCallbacks is not None
+        self.encoder = any(self.encode) or self.encoderCallbacks is not None
+
+
+_EVERYTHING = _Plan(StreamEvents.ALL)  # what a filter that declares nothing gets
 
 
 @implementer(IStreamFactory)
@@ -49,55 +84,48 @@ class FilterChainTemplate:
         self.maxRequestBody = maxRequestBody
         # what the router reads at each stream's start, in one tuple: its clock and the listener's time settings
         self.timeBounds = (runtime.clock if runtime is not None else None, streamIdleTimeout, respectExpectedTimeout)
+        # filter class -> its _Plan, made on the class's first stream
+        self.filterPlans = {}
 
     def createStream(self, downstream, streamInfo):
         stream = ActiveStream(self, downstream, streamInfo)
-        installer = _Installer(stream)
         runtime = self.runtime
         for factory, config in self.entries:
-            factory.createFilters(config, installer, runtime)
+            factory.createFilters(config, stream, runtime)
         stream.finishSetup()
         return stream
 
+    def planOf(self, f):
+        """
+        The L{_Plan} of filter ``f``: from its class's ``streamEvents`` if the class provides IStreamFilterEvents,
+        else every call.  Read once per class.
 
-@implementer(IFilterChainFactoryCallbacks)
-class _Installer:
-    __slots__ = ("stream",)
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def addStreamDecoderFilter(self, f):
-        self.stream.decoders.append(f)
-
-    def addStreamEncoderFilter(self, f):
-        self.stream.encoders.append(f)
-
-    def addStreamFilter(self, f):
-        self.stream.decoders.append(f)
-        self.stream.encoders.append(f)
-
-    def addReadFilter(self, f):
-        # network filters run per connection, in txmesh.filters.network's chain
-        raise TypeError("a network filter cannot be installed in a stream filter chain (list it under "
-                        "network_filters)")
-
-    addWriteFilter = addReadFilter
+        @raise TypeError: if ``streamEvents`` is not StreamEvents flags.
+        """
+        cls = type(f)
+        plan = self.filterPlans.get(cls)
+        if plan is None:
+            plan = _EVERYTHING
+            if IStreamFilterEvents.providedBy(f):
+                declared = f.streamEvents
+                if not isinstance(declared, StreamEvents):
+                    raise TypeError("%s.streamEvents must be txmesh.interfaces.StreamEvents flags, not %r"
+                                    % (cls.__qualname__, declared))
+                plan = _Plan(declared)
+            self.filterPlans[cls] = plan
+        return plan
 
 
 @implementer(IStreamDecoderFilterCallbacks)
 class _DecoderCallbacks:
     """What one decoder filter gets: resuming continues from the filter after it."""
 
-    __slots__ = ("stream", "index")
+    __slots__ = ("stream", "index", "streamInfo")
 
     def __init__(self, stream, index):
         self.stream = stream
         self.index = index
-
-    @property
-    def streamInfo(self):
-        return self.stream.streamInfo
+        self.streamInfo = stream.streamInfo
 
     @property
     def request(self):
@@ -131,7 +159,10 @@ class _DecoderCallbacks:
         self.stream.sendLocalReply(status, body, headers, cause, flag)
 
     def route(self):
-        return self.stream.route()
+        stream = self.stream
+        if stream._routeCached:
+            return stream._route
+        return stream.route()
 
     def clearRouteCache(self):
         self.stream._routeCached = False
@@ -163,17 +194,29 @@ class _DecoderCallbacks:
         return self.stream.responseStarted
 
 
+class _SharedDecoderCallbacks(_DecoderCallbacks):
+    """
+    The one decoder callbacks object of a stream's filters that declared they never resume decoding (no
+    StreamEvents.RESUMES_DECODING): all the calls but those that need to know which filter is calling.
+    """
+
+    __slots__ = ()
+
+    def continueDecoding(self):
+        raise TypeError("continueDecoding from a filter whose streamEvents do not declare RESUMES_DECODING")
+
+    def addDecodedData(self, data):
+        raise TypeError("addDecodedData from a filter whose streamEvents do not declare RESUMES_DECODING")
+
+
 @implementer(IStreamEncoderFilterCallbacks)
 class _EncoderCallbacks:
-    __slots__ = ("stream", "index")
+    __slots__ = ("stream", "index", "streamInfo")
 
     def __init__(self, stream, index):
         self.stream = stream
         self.index = index
-
-    @property
-    def streamInfo(self):
-        return self.stream.streamInfo
+        self.streamInfo = stream.streamInfo
 
     @property
     def response(self):
@@ -183,12 +226,28 @@ class _EncoderCallbacks:
         self.stream._resumeEncoding(self.index)
 
 
-@implementer(IStream)
+class _SharedEncoderCallbacks(_EncoderCallbacks):
+    """The encoder-side counterpart of L{_SharedDecoderCallbacks} (no StreamEvents.RESUMES_ENCODING)."""
+
+    __slots__ = ()
+
+    def continueEncoding(self):
+        raise TypeError("continueEncoding from a filter whose streamEvents do not declare RESUMES_ENCODING")
+
+
+@implementer(IStream, IFilterChainFactoryCallbacks)
 class ActiveStream:
     """
     One request/response exchange running through the filters.
 
-    The ``downstream`` object is the listener's side of the stream (an L{IDownstreamStream}).
+    The ``downstream`` object is the listener's side of the stream (an L{IDownstreamStream}).  The stream is also
+    what the filter factories install their filters with (as Envoy's FilterManager is their
+    FilterChainFactoryCallbacks).
+
+    Each filter is on the sides (``decoders``, ``encoders``) it wants calls of, with its class's L{_Plan} beside it
+    (``_decoderPlans``, ``_encoderPlans``); an event skips the filters that do not want it, and an encode event no
+    encoder wants goes straight to the downstream.  ``_completers`` lists, once each, the filters told of the
+    stream's end.
     """
 
     log = Logger()
@@ -199,6 +258,11 @@ class ActiveStream:
         self.streamInfo = streamInfo
         self.decoders = []
         self.encoders = []
+        self._decoderPlans = []
+        self._encoderPlans = []
+        self._encodes = _NO_EVENTS  # (headers, data, trailers): whether any encoder wants that event
+        self._completers = []
+        self._encoderOnlyCompleters = None  # installed by addStreamEncoderFilter, placed at finishSetup
         self.request = None
         self.response = None
         self.responseStarted = False
@@ -208,19 +272,88 @@ class ActiveStream:
         # decode state: index of the filter holding the current event (-1: none) and events queued behind it
         self._decStopped = -1
         self._decPending = None
-        self._decQueue = deque()
+        self._decQueue = None  # a deque, made when the first event must wait
         self._decQueued = 0
         self._decPaused = False
         self._encStopped = -1
         self._encPending = None
-        self._encQueue = deque()
+        self._encQueue = None
+
+    # -- installing the filters (IFilterChainFactoryCallbacks, for the factories) -------------------------------
+
+    def addStreamDecoderFilter(self, f):
+        plan = self.template.filterPlans.get(type(f)) or self.template.planOf(f)
+        if plan.decoder:
+            self.decoders.append(f)
+            self._decoderPlans.append(plan)
+        if plan.completes:
+            self._completers.append(f)
+
+    def addStreamEncoderFilter(self, f):
+        plan = self.template.filterPlans.get(type(f)) or self.template.planOf(f)
+        if plan.encoder:
+            self.encoders.append(f)
+            self._encoderPlans.append(plan)
+        if plan.completes:
+            if self._encoderOnlyCompleters is None:
+                self._encoderOnlyCompleters = []
+            self._encoderOnlyCompleters.append(f)
+
+    def addStreamFilter(self, f):
+        plan = self.template.filterPlans.get(type(f)) or self.template.planOf(f)
+        if plan.decoder:
+            self.decoders.append(f)
+            self._decoderPlans.append(plan)
+        if plan.encoder:
+            self.encoders.append(f)
+            self._encoderPlans.append(plan)
+        if plan.completes:
+            self._completers.append(f)
+
+    def addReadFilter(self, f):
+        # network filters run per connection, in txmesh.filters.network's chain
+        raise TypeError("a network filter cannot be installed in a stream filter chain (list it under "
+                        "network_filters)")
+
+    addWriteFilter = addReadFilter
 
     def finishSetup(self):
+        """
+        Once every filter is installed: give each its callbacks (decoders in order, then encoders in encode order),
+        and place the encoder-only filters' completion after the others', in encode order.
+        """
+        shared = None
+        plans = self._decoderPlans
         for i, f in enumerate(self.decoders):
-            f.setDecoderFilterCallbacks(_DecoderCallbacks(self, i))
-        self.encoders.reverse()
-        for i, f in enumerate(self.encoders):
-            f.setEncoderFilterCallbacks(_EncoderCallbacks(self, i))
+            how = plans[i].decoderCallbacks
+            if how is _SHARED:
+                if shared is None:
+                    shared = _SharedDecoderCallbacks(self, None)
+                f.setDecoderFilterCallbacks(shared)
+            elif how is _OWN:
+                f.setDecoderFilterCallbacks(_DecoderCallbacks(self, i))
+        if self.encoders:
+            self.encoders.reverse()
+            plans = self._encoderPlans
+            plans.reverse()
+            shared = None
+            for i, f in enumerate(self.encoders):
+                how = plans[i].encoderCallbacks
+                if how is _SHARED:
+                    if shared is None:
+                        shared = _SharedEncoderCallbacks(self, None)
+                    f.setEncoderFilterCallbacks(shared)
+                elif how is _OWN:
+                    f.setEncoderFilterCallbacks(_EncoderCallbacks(self, i))
+            self._encodes = (plans[0].encode if len(plans) == 1 else
+                             tuple(any(wanted) for wanted in zip(*(plan.encode for plan in plans))))
+        late = self._encoderOnlyCompleters
+        if late is not None:
+            completers = self._completers
+            for f in reversed(late):
+                # a filter also installed on the decoder side is told once, in its decoder place
+                if not any(g is f for g in completers):
+                    completers.append(f)
 
     # -- routing --------------------------------------------------------------------------------------------
 
@@ -264,6 +397,8 @@ class ActiveStream:
         self._decodeEvent(0, _TRAILERS, trailers, True)
 
     def _enqueueDecode(self, kind, payload, endStream):
+        if self._decQueue is None:
+            self._decQueue = deque()
         self._decQueue.append((kind, payload, endStream))
         if kind == _DATA:
             self._decQueued += len(payload)
@@ -273,25 +408,27 @@ class ActiveStream:
 
     def _decodeEvent(self, start, kind, payload, endStream):
         decoders = self.decoders
+        plans = self._decoderPlans
         n = len(decoders)
         i = start
         while i < n:
             if self.complete:
                 return
-            f = decoders[i]
-            if kind == _HEADERS:
-                status = f.decodeHeaders(payload, endStream)
-            elif kind == _DATA:
-                status = f.decodeData(payload, endStream)
-            else:
-                status = f.decodeTrailers(payload)
-            if status is STOP:
-                if i == n - 1:
-                    # the terminal filter has taken the event; it needs no resume
+            if plans[i].decode[kind]:
+                f = decoders[i]
+                if kind == _HEADERS:
+                    status = f.decodeHeaders(payload, endStream)
+                elif kind == _DATA:
+                    status = f.decodeData(payload, endStream)
+                else:
+                    status = f.decodeTrailers(payload)
+                if status is STOP:
+                    if i == n - 1:
+                        # the terminal filter has taken the event; it needs no resume
+                        return
+                    self._decStopped = i
+                    self._decPending = (kind, payload, endStream)
                     return
-                self._decStopped = i
-                self._decPending = (kind, payload, endStream)
-                return
             i += 1
 
     def _resumeDecoding(self, index):
@@ -318,7 +455,13 @@ class ActiveStream:
         self.responseStarted = True
         self.response = response
         self.streamInfo.responseCode = response.status
-        self._encodeEvent(0, _HEADERS, response, endStream)
+        if self._encodes[_HEADERS]:
+            self._encodeEvent(0, _HEADERS, response, endStream)
+            return
+        # no encoder wants the head (and none can hold it: the head is the first encode event)
+        self.downstream.writeHeaders(response, endStream)
+        if endStream:
+            self._finish()
 
     def encodeData(self, data, endStream):
         if self.complete:
@@ -326,7 +469,14 @@ class ActiveStream:
         if self._encStopped >= 0 or self._encQueue:
             self._encQueue.append((_DATA, data, endStream))
             return
-        self._encodeEvent(0, _DATA, data, endStream)
+        if self._encodes[_DATA]:
+            self._encodeEvent(0, _DATA, data, endStream)
+            return
+        # no encoder wants body pieces: _encodeEvent's end, without its walk
+        self.streamInfo.bytesSent += len(data)
+        self.downstream.writeData(data, endStream)
+        if endStream:
+            self._finish()
 
     def encodeTrailers(self, trailers):
         if self.complete:
@@ -338,22 +488,26 @@ class ActiveStream:
 
     def _encodeEvent(self, start, kind, payload, endStream):
         encoders = self.encoders
+        plans = self._encoderPlans
         n = len(encoders)
         i = start
         while i < n:
-            f = encoders[i]
-            if kind == _HEADERS:
-                status = f.encodeHeaders(payload, endStream)
-            elif kind == _DATA:
-                status = f.encodeData(payload, endStream)
-            else:
-                status = f.encodeTrailers(payload)
-            if status is STOP:
-                self._encStopped = i
-                self._encPending = (kind, payload, endStream)
-                return
-            if self.complete:
-                return
+            if plans[i].encode[kind]:
+                f = encoders[i]
+                if kind == _HEADERS:
+                    status = f.encodeHeaders(payload, endStream)
+                elif kind == _DATA:
+                    status = f.encodeData(payload, endStream)
+                else:
+                    status = f.encodeTrailers(payload)
+                if status is STOP:
+                    self._encStopped = i
+                    self._encPending = (kind, payload, endStream)
+                    if self._encQueue is None:
+                        self._encQueue = deque()
+                    return
+                if self.complete:
+                    return
             i += 1
         downstream = self.downstream
         if kind == _HEADERS:
@@ -393,7 +547,7 @@ class ActiveStream:
             self.resetStream(cause or "local_reply_after_response_started", fromFilter=True)
             return
         # events still queued on the decode side are moot now
-        self._decQueue.clear()
+        self._decQueue = None
         self._decStopped = -1
         response, body = self.downstream.makeLocalReply(status, body, headers, cause)
         self.encodeHeaders(response, not body)
@@ -414,11 +568,13 @@ class ActiveStream:
             info.responseFlags.add("DPE" if reason == "downstream_protocol_error" else "DC")
         if info.responseCodeDetails is None:
             info.responseCodeDetails = reason if isinstance(reason, str) else str(reason)
-        for f in self.decoders:
-            try:
-                f.onStreamReset(reason)
-            except Exception:
-                self.log.failure("filter {f!r} failed in onStreamReset", f=f)
+        plans = self._decoderPlans
+        for i, f in enumerate(self.decoders):
+            if plans[i].resets:
+                try:
+                    f.onStreamReset(reason)
+                except Exception:
+                    self.log.failure("filter {f!r} failed in onStreamReset", f=f)
         if fromFilter:
             self.downstream.reset(reason)
         self._notifyComplete()
@@ -429,11 +585,7 @@ class ActiveStream:
         self._notifyComplete()
 
     def _notifyComplete(self):
-        seen = set()
-        for f in self.decoders + self.encoders:
-            if id(f) in seen:
-                continue
-            seen.add(id(f))
+        for f in self._completers:
             try:
                 f.onStreamComplete()
             except Exception:

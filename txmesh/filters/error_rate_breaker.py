@@ -36,7 +36,7 @@ from zope.interface import implementer
 from txmesh.config_reader import checkFilterKeys, parseDuration
 from txmesh.filters.descriptors import CappedMap, buildDescriptor
 from txmesh.interfaces import (FilterStatus, IErrorRateBreaker, IFilterFactory, IStreamDecoderFilter,
-                               IStreamEncoderFilter)
+                               IStreamEncoderFilter, IStreamFilterEvents, StreamEvents)
 from txmesh.upstream.outcome import DUBBO_SUCCESS_STATUSES, GRPC_FAILURE_CODES, HTTP_FAILURE_MIN
 
 CAUSE = "circuit_open"
@@ -197,9 +197,13 @@ class ErrorRateBreakerConfig:
     breakers: Breakers = field(compare=False, repr=False)
 
 
-@implementer(IStreamDecoderFilter, IStreamEncoderFilter)
+@implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
 class ErrorRateBreakerFilter:
     """Per stream: asks the key's breaker on the request head, records the response's outcome."""
+
+    # the heads and the trailers (a gRPC status); the end (a reset is followed by it); STOP only with a local reply
+    streamEvents = (StreamEvents.DECODE_HEADERS | StreamEvents.ENCODE_HEADERS | StreamEvents.ENCODE_TRAILERS
+                    | StreamEvents.STREAM_COMPLETE | StreamEvents.DECODER_CALLBACKS)
 
     __slots__ = ("config", "runtime", "decoderCallbacks", "_breaker", "_stats", "_probe", "_protocol")
 

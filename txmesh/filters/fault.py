@@ -30,7 +30,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txmesh.config_reader import checkFilterKeys, parseDuration, parseFraction
-from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter
+from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamFilterEvents, StreamEvents
 from txmesh.protocols.dubbo import codec as dc
 from txmesh.routing import ClusterAction, HeaderMatcher, WeightedClusterAction
 
@@ -122,9 +122,13 @@ def _headerInt(request, name, low, high):
     return None
 
 
-@implementer(IStreamDecoderFilter)
+@implementer(IStreamDecoderFilter, IStreamFilterEvents)
 class FaultFilter:
     """Per stream: decides, delays, aborts (see the module docstring)."""
+
+    # the request head, held for a delay and let go on (continueDecoding); its end or reset cancel the delay
+    streamEvents = (StreamEvents.DECODE_HEADERS | StreamEvents.DECODER_CALLBACKS | StreamEvents.RESUMES_DECODING
+                    | StreamEvents.STREAM_COMPLETE | StreamEvents.STREAM_RESET)
 
     __slots__ = ("config", "runtime", "callbacks", "_timer", "_stats", "_request")
 

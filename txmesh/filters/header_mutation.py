@@ -15,7 +15,8 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txmesh.filters.access_log import isoTime, protocolName
-from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamEncoderFilter
+from txmesh.interfaces import (FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamEncoderFilter,
+                               IStreamFilterEvents, StreamEvents)
 
 # Names a filter must not touch: pseudo-headers live on RequestHead attributes, hop-by-hop fields belong to the
 # codecs (the authority is RequestHead.authority).
@@ -162,9 +163,12 @@ def _apply(headers, remove, adds, info, request):
             headers.set(name, value)
 
 
-@implementer(IStreamDecoderFilter, IStreamEncoderFilter)
+@implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
 class HeaderMutationFilter:
     """Per-stream: applies the request mutations on decodeHeaders and the response ones on encodeHeaders."""
+
+    streamEvents = (StreamEvents.DECODE_HEADERS | StreamEvents.ENCODE_HEADERS | StreamEvents.DECODER_CALLBACKS
+                    | StreamEvents.ENCODER_CALLBACKS)
 
     __slots__ = ("config", "decoderCallbacks", "encoderCallbacks")
 

@@ -33,7 +33,8 @@ from zope.interface import implementer
 from txmesh.config_reader import checkFilterKeys
 from txmesh.filters.descriptors import CappedMap, buildDescriptor
 from txmesh.filters.token_bucket import TokenBucket, buildTokenBucketConfig
-from txmesh.interfaces import FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamEncoderFilter
+from txmesh.interfaces import (FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamEncoderFilter,
+                               IStreamFilterEvents, StreamEvents)
 
 CAUSE = "local_rate_limited"
 FLAG = "RL"
@@ -94,9 +95,12 @@ class LocalRateLimitConfig:
     limiter: Limiter = field(compare=False, repr=False)
 
 
-@implementer(IStreamDecoderFilter, IStreamEncoderFilter)
+@implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
 class LocalRateLimitFilter:
     """Per stream: takes a token on the request head, or answers it as over the limit."""
+
+    # the heads only (the response's for x-ratelimit headers); STOP only with a local reply
+    streamEvents = StreamEvents.DECODE_HEADERS | StreamEvents.ENCODE_HEADERS | StreamEvents.DECODER_CALLBACKS
 
     __slots__ = ("config", "runtime", "decoderCallbacks", "_descriptor")
 

@@ -44,7 +44,9 @@ from txmesh.interfaces import (
     IDownstreamWatermarkCallbacks,
     IFilterFactory,
     IStreamDecoderFilter,
+    IStreamFilterEvents,
     IUpstreamResponder,
+    StreamEvents,
 )
 from txmesh.protocols.h2.grpc import encodeTimeout
 from txmesh.routing import DirectResponseAction, DubboRegistryAction, RedirectAction
@@ -129,12 +131,15 @@ def applyHeaderMutations(headers, toRemove, toAdd):
             headers.set(opt.name, opt.value)
 
 
-@implementer(IStreamDecoderFilter, IDownstreamWatermarkCallbacks)
+@implementer(IStreamDecoderFilter, IDownstreamWatermarkCallbacks, IStreamFilterEvents)
 class Router:
     """One per stream (Envoy's Router::Filter); each try upstream is an L{UpstreamRequest}.  See the module
     docstring."""
 
     log = Logger()
+    # the whole request, its end and reset; it never holds an event to let it go on (it is the last filter)
+    streamEvents = (StreamEvents.DECODE | StreamEvents.DECODER_CALLBACKS | StreamEvents.STREAM_COMPLETE
+                    | StreamEvents.STREAM_RESET)
 
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
                  "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
