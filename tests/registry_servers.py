@@ -101,9 +101,11 @@ class ZooKeeperServer(_Server):
         self.port = freePort()
         self.hosts = "127.0.0.1:%d" % (self.port,)
         cfg = os.path.join(self.dir, "zoo.cfg")
+        # maxClientCnxns=0: no per-IP cap, since every client of the run comes from 127.0.0.1 (ZooKeeper's default
+        # of 60 connections per IP was reached by the whole suite on the session-wide server)
         with open(cfg, "w") as f:
             f.write("tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir=%s\nclientPort=%d\n"
-                    "clientPortAddress=127.0.0.1\nmaxSessionTimeout=60000\nminSessionTimeout=1000\n"
+                    "clientPortAddress=127.0.0.1\nmaxSessionTimeout=60000\nminSessionTimeout=1000\nmaxClientCnxns=0\n"
                     "admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr\n"
                     % (os.path.join(self.dir, "data"), self.port))
         self.cfg = cfg

@@ -133,7 +133,7 @@ def test_consumer_to_a_to_b_to_provider_through_zookeeper(zookeeper):
     aAdmin, bAdmin, aOut, bIn, app = (ports[p] for p in (9901, 9902, 15003, 15008, 20880))
     providersPath = "%s/%s/providers" % (ROOT, IFACE)
     k = KazooClient(hosts=zookeeper.hosts)
-    k.start(10)
+    k.start(30)
     provider = _startProvider(app)
     a = b = consumer = None
 

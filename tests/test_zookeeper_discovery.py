@@ -328,7 +328,7 @@ def test_real_provider_registered_by_sofa_rpc_node_is_discovered(zookeeper):
         waitFor(lambda: sink.sets and sink.sets[-1][0] == sorted(["127.0.0.1:%d" % portA, "127.0.0.1:%d" % portB]))
         # an operator disables B with an override, as Dubbo admin writes it
         k = KazooClient(hosts=zookeeper.hosts)
-        k.start(10)
+        k.start(30)
         try:
             k.create("/d2-real/org.txmesh.peers.EchoService/configurators/" + quote(
                 "override://127.0.0.1:%d/org.txmesh.peers.EchoService?category=configurators&dynamic=false"

@@ -20,7 +20,7 @@ def _session(hosts, name="zk"):
 
 def _kazoo(hosts):
     k = KazooClient(hosts=hosts)
-    k.start(10)
+    k.start(30)
     return k
 
 
