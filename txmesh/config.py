@@ -183,6 +183,7 @@ class ListenerConfig:
     trafficDirection: str = "unspecified"
     forwarding: ForwardingConfig = ForwardingConfig()
     pathNormalization: PathNormalization | None = None  # HTTP listeners: txmesh.path_normalization
+    tls: object = None  # issue 14: the listener's ``tls`` block (TLS termination), or None for plain text
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +285,7 @@ class ClusterConfig:
     # discovery (issue 12): where the hosts come from at run time (txmesh.discovery_config.DiscoveryConfig), or None
     # for the fixed ``endpoints``
     discovery: object = None
+    tls: object = None  # issue 14: the cluster's ``tls`` block (TLS origination), or None for plain text
     # the IProtocol of ``protocol``: builds the cluster's client protocols and pools
     descriptor: object = field(default=None, compare=False, repr=False)
 

@@ -42,6 +42,8 @@ class IConnectionInfo(Interface):
     peer = Attribute("The peer address (an IAddress).")
     host = Attribute("The local address (an IAddress).")
     listenerName = Attribute("The name of the listener that accepted the connection (str).")
+    peerIdentity = Attribute(
+        "The downstream peer's IPeerIdentity once a TLS handshake verified its client certificate, else None.")
 
     def write(data):
         """Write bytes to the connection, through the write filters."""
@@ -147,6 +149,8 @@ class IStreamInfo(Interface):
         "Why the response is what it is: a local reply's cause (x-txmesh-error value), a reset's reason, or None "
         "(the access log says 'via_upstream' when an upstream answered).")
     upstreamFailureReason = Attribute("Why the upstream connection could not be made (str), or None.")
+    peerIdentity = Attribute(
+        "The downstream peer's IPeerIdentity (mutual TLS: its verified client certificate), or None.")
 
 
 class IStreamDecoderFilterCallbacks(Interface):
@@ -1375,4 +1379,53 @@ class IPathNormalizer(Interface):
         @return: None to go on with the request, or the local reply to end it with instead, as the arguments of
             ``sendLocalReply``: (status, body, headers, cause) -- 400 for a path refused, 307 with ``location``
             for one redirected to its form without escaped slashes.
+        """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TLS and peer identity (issue 14)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class IPeerIdentity(Interface):
+    """
+    Who a TLS peer is, from its verified leaf certificate (L{txmesh.tls.material.PeerIdentity}): what filters, route
+    matches, the access log, ``x-forwarded-client-cert`` and the authorization filter read.  A plain-text connection,
+    or a TLS one whose client sent no certificate, has no identity (None where an identity is asked for).
+    """
+
+    uriSans = Attribute("The URI subject alternative names (tuple of str), e.g. ('spiffe://td/ns/x/sa/y',).")
+    dnsSans = Attribute("The DNS subject alternative names (tuple of str).")
+    subject = Attribute("The subject distinguished name, RFC 4514 (str).")
+    serial = Attribute("The certificate serial number, hex (str).")
+    fingerprint = Attribute("The certificate's SHA-256 fingerprint, hex (str).")
+    notAfter = Attribute("The certificate's expiry, POSIX seconds (float).")
+    spiffeId = Attribute("The first URI SAN that is a SPIFFE ID ('spiffe://...'), or None.")
+    principal = Attribute(
+        "The one name policies match by default: the SPIFFE ID, else the first URI SAN, else the first DNS SAN, "
+        "else the subject.")
+
+
+class IServerTLS(Interface):
+    """
+    A listener's TLS termination (its ``tls`` block), built once per listener and kept current when its files
+    rotate.  The listener wraps its factory with it; protocol detection (``protocol: auto``) uses
+    ``serverCreator`` to start TLS on a connection it has already read the first bytes of.
+    """
+
+    serverCreator = Attribute(
+        "The IOpenSSLServerConnectionCreator for new handshakes (current certificates, SNI, ALPN, client "
+        "certificate policy); Twisted's TLSMemoryBIOFactory takes it.")
+
+    def wrapFactory(factory):
+        """A protocol factory terminating TLS in front of ``factory`` (whose protocols see the plain text)."""
+
+
+class IUpstreamTLS(Interface):
+    """A cluster's TLS origination (its ``tls`` block): one client connection creator per upstream host."""
+
+    def clientCreator(host):
+        """
+        The IOpenSSLClientConnectionCreator for a connection to ``host`` (an IHost): SNI, CA bundle, client
+        certificate, ALPN, and the expected peer names checked with service_identity after the handshake.
         """

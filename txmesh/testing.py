@@ -154,8 +154,9 @@ class FakeConnection:
     @ivar closed: None while open, then "close" or "abort".
     """
 
-    def __init__(self, peer=None, host=None, listenerName="test"):
+    def __init__(self, peer=None, host=None, listenerName="test", peerIdentity=None):
         self.peer = peer if peer is not None else IPv4Address("TCP", "127.0.0.1", 40000)
+        self.peerIdentity = peerIdentity
         self.host = host if host is not None else IPv4Address("TCP", "127.0.0.1", 15001)
         self.listenerName = listenerName
         self.written = []

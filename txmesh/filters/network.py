@@ -29,6 +29,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from txmesh.interfaces import (FilterStatus, IConnectionInfo, IFilterChainFactoryCallbacks, IReadFilter,
                                IReadFilterCallbacks)
+from txmesh.tls.material import peerIdentityOf
 
 CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP
@@ -129,6 +130,7 @@ class FilteringProtocol(ProtocolWrapper):
         self._queue = []
         self._queued = 0
         self._paused = 0  # who paused reading: _BY_CHAIN | _BY_PROTOCOL
+        self._peerIdentity = None  # IPeerIdentity, once TLS verified the peer's certificate (issue 14)
 
     # -- IConnectionInfo --------------------------------------------------------------------------------------
 
@@ -143,6 +145,12 @@ class FilteringProtocol(ProtocolWrapper):
     @property
     def listenerName(self):
         return self.factory.listenerName
+
+    @property
+    def peerIdentity(self):
+        if self._peerIdentity is None and self.transport is not None:
+            self._peerIdentity = peerIdentityOf(self.transport)
+        return self._peerIdentity
 
     def close(self, abort=False):
         """Close the connection; no more bytes reach the filters or the protocol."""
