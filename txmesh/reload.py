@@ -294,11 +294,14 @@ class Reloader:
     @param notifier: the IServiceNotifier told RELOADING before and READY (with ``status()``) after.
     @param stats: the StatsStore: ``config_reload_success``, ``config_reload_failed`` and the ``config_version``
         gauge.
+    @param status: ``status() -> str``, the STATUS= line sent with READY.
+    @param clock: an IReactorTime: ``seconds`` in the outcome is the whole reload's, reading the file included.
     """
 
     log = Logger()
 
-    def __init__(self, source, applier, notifier, stats, status):
+    def __init__(self, source, applier, notifier, stats, status, clock):
+        self.clock = clock
         self.source = source
         self.applier = applier
         self.notifier = notifier
@@ -317,6 +320,7 @@ class Reloader:
         @return: a Deferred firing with the applier's outcome dict (``outcome``, ``error``, ``version``, ...).
         """
         self.notifier.reloading()
+        started = self.clock.seconds()
         try:
             try:
                 config = self.source.read()
@@ -327,6 +331,7 @@ class Reloader:
                 result = yield self.applier.apply(config, self.source)
         finally:
             self.notifier.ready(self.status())
+        result["seconds"] = round(self.clock.seconds() - started, 6)
         self.versionGauge.value = result["version"]
         if result["outcome"] == "rejected":
             self.failed.value += 1
@@ -334,9 +339,10 @@ class Reloader:
                            error=result["error"], version=result["version"])
         else:
             self.success.value += 1
-            self.log.info("reload ({trigger}): {outcome}, version {version} ({digest}) from {source} {location}"
-                          "{changes}", trigger=trigger, outcome=result["outcome"], version=result["version"],
-                          digest=result["digest"][7:19], source=self.source.name, location=self.source.location,
+            self.log.info("reload ({trigger}): {outcome} in {ms:.1f} ms, version {version} ({digest}) from {source} "
+                          "{location}{changes}", trigger=trigger, outcome=result["outcome"],
+                          ms=result["seconds"] * 1000, version=result["version"], digest=result["digest"][7:19],
+                          source=self.source.name, location=self.source.location,
                           changes=_summary(result["changes"]))
         return result
 

@@ -176,7 +176,7 @@ class MeshService(MultiService):
         # every configuration change goes through the applier; SIGHUP and POST /reload re-read the file (issue 13)
         self.applier = ConfigApplier(self, reactor)
         self.reloader = Reloader(FileConfigSource(config.filename), self.applier, self.notifier, self.stats,
-                                 lambda: self.meshStatus.describe())
+                                 lambda: self.meshStatus.describe(), reactor)
         site = makeAdminSite(self.stats, self.clusters, self.configDump, self._isReady,
                              isDraining=lambda: self.draining or self.listenersDrained, reactor=reactor,
                              reopenLogs=self.reopenLogs,
