@@ -264,3 +264,44 @@ def _hostStat(admin, name, cluster, port):
     text = support.adminGet(admin, '/stats?format=text&filter=^%s\\{cluster="%s",host="127.0.0.1:%d"\\}'
                             % (name, cluster, port))[1]
     return int(float(text.split()[-1])) if text else 0
+
+
+def test_sighup_notifies_systemd_and_an_invalid_file_keeps_serving(tmp_path):
+    """RELOADING=1 with MONOTONIC_USEC, then READY=1, on a real $NOTIFY_SOCKET; SIGHUP no longer ends txmesh."""
+    from tests.test_integration_systemd import CONFIG as SYSTEMD_CONFIG, NotifySocket
+
+    admin, listen = support.freePort(), support.freePort()
+    path = tmp_path / "mesh.yaml"
+    path.write_text(SYSTEMD_CONFIG.format(admin=admin, listen=listen))
+    notify = NotifySocket(str(tmp_path / "notify"))
+    env = dict(os.environ, PYTHONPATH=support.ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               NOTIFY_SOCKET=notify.path)
+    env.pop("WATCHDOG_USEC", None)
+    proc = support.Proc([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                         "txmesh", "--config", str(path), "--status-interval", "0"], env=env)
+    try:
+        assert notify.next(20).get("READY") == "1"
+        path.write_text(SYSTEMD_CONFIG.format(admin=admin, listen=listen).replace('"ok\\n"', '"two\\n"'))
+        before = time.monotonic()
+        proc.signal(signal.SIGHUP)
+        reloading = notify.until(lambda f: "RELOADING" in f)
+        assert reloading["RELOADING"] == "1"
+        assert before * 1e6 <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic() * 1e6
+        ready = notify.until(lambda f: "READY" in f)
+        assert "version" in ready["STATUS"]
+        conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=5)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"two\n"
+        path.write_text("listeners: [{name: web}]\n")  # invalid: no address
+        proc.signal(signal.SIGHUP)
+        notify.until(lambda f: "RELOADING" in f)
+        notify.until(lambda f: "READY" in f)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"two\n"  # the old config keeps serving, on the same connection
+        conn.close()
+        assert "reload (SIGHUP) rejected: %s:1: listeners[0]: missing required key 'address'" % (path,) in \
+            proc.output()
+        assert proc.popen.poll() is None
+    finally:
+        proc.stop()
+        notify.close()
