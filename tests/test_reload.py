@@ -445,3 +445,36 @@ def test_update_cluster_health_checks_and_outlier_detection_follow_the_config():
     assert cluster.healthChecker is None and cluster.outlierDetector is None
     assert all(h.healthy for h in cluster.hosts)  # the checker's flags went with it
     assert cluster.describe()["lb_policy"] == "least_request"
+
+
+STATIC = """  discovery:
+    type: static
+    endpoints: [{address: "%s"}]"""
+
+
+def test_discovery_source_replaced_when_its_config_changes_and_added_clusters_discover(world):
+    discovered = meshText().replace("  endpoints: [{address: \"10.0.0.1:80\"}]\n", STATIC % "10.0.0.5:80" + "\n")
+    assert "discovery" in discovered
+    world.reload(discovered)  # fixed endpoints -> a static source, started at once
+    clusters = world.mesh.clusters
+    assert [h.address for h in clusters.get("app").hosts] == ["10.0.0.5:80"]
+    first = clusters.discovery("app")
+    world.reload(discovered.replace("10.0.0.5", "10.0.0.6"))
+    assert clusters.discovery("app") is not first
+    assert [h.address for h in clusters.get("app").hosts] == ["10.0.0.6:80"]
+    same = clusters.discovery("app")
+    world.reload(discovered.replace("10.0.0.5", "10.0.0.6") + "- name: b\n" + STATIC % "10.0.0.9:80" + "\n")
+    assert clusters.discovery("app") is same  # unchanged: kept
+    assert [h.address for h in clusters.get("b").hosts] == ["10.0.0.9:80"]
+
+
+def test_reload_while_the_listeners_are_drained_is_rejected(world):
+    MeshControl(world.mesh, world.reactor).drainListeners(False)
+    result = world.reload(meshText(body="two"))
+    assert result["outcome"] == "rejected" and "POST /drain_listeners" in result["error"]
+
+
+def test_reload_before_serving_is_rejected(world):
+    world.mesh.serving = False  # as while discovered clusters warm up: the accept gate holds the ports
+    result = world.reload(meshText(body="two"))
+    assert result["outcome"] == "rejected" and result["error"].startswith("txmesh is starting")

@@ -142,6 +142,9 @@ class ConfigApplier:
         try:
             if mesh.draining or mesh.listenersDrained:
                 raise Rejected("the listeners are draining (stopping, or POST /drain_listeners): restart txmesh")
+            if mesh.running and not mesh.serving:
+                # the listeners' accepts are held until discovered clusters are warm (AcceptGate): no port is swapped
+                raise Rejected("txmesh is starting (waiting for discovered clusters): reload once it serves")
             new = self._adopt(mesh.config, new)
             try:
                 diff = diffConfigs(mesh.config, new)
