@@ -478,3 +478,15 @@ def test_reload_before_serving_is_rejected(world):
     world.mesh.serving = False  # as while discovered clusters warm up: the accept gate holds the ports
     result = world.reload(meshText(body="two"))
     assert result["outcome"] == "rejected" and result["error"].startswith("txmesh is starting")
+
+
+def test_the_registration_listener_cannot_move():
+    from tests.test_registration import BASE, REGISTRATION
+
+    old = load(BASE + REGISTRATION)
+    moved = load(BASE.replace("tcp:20880:interface=0.0.0.0", "tcp:20881:interface=0.0.0.0") + REGISTRATION)
+    with pytest.raises(ConfigError) as e:
+        diffConfigs(old, moved)
+    assert str(e.value).startswith("mesh.yaml: listeners[0].address: the listener 'registration' publishes cannot")
+    other = load(BASE.replace("tcp:8080:", "tcp:8081:") + REGISTRATION)
+    assert kinds(diffConfigs(old, other)) == {"http_in": ADDRESS}

@@ -107,6 +107,15 @@ def checkFixed(old, new):
         if old.raw.get(key) != new.raw.get(key):
             raise ConfigError("cannot change while txmesh runs (reload rejected; restart txmesh to change it)", key,
                               new.filename)
+    if new.registration is not None:
+        # the registration publishes its listener's port: that listener cannot move while it is published
+        name = new.registration.listener
+        before = {lc.name: lc.address for lc in old.listeners}
+        for i, lc in enumerate(new.listeners):
+            if lc.name == name and before.get(name) != lc.address:
+                raise ConfigError("the listener 'registration' publishes cannot move while txmesh runs (reload "
+                                  "rejected; restart txmesh to change it)", "listeners[%d].address" % (i,),
+                                  new.filename)
 
 
 def sameEntry(old, new):
