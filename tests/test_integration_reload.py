@@ -166,9 +166,9 @@ def test_100_reloads_under_http_grpc_and_dubbo_load(tmp_path):
 
         def text(i, extra=False):
             """Config i % 2: the HTTP answer, the gRPC server and the Dubbo provider all change."""
-            return CONFIG.format(body="config%d" % (i % 2), echo=(echoA, echoB)[i % 2],
-                                 provider=providers[i % 2], extra=EXTRA.format(port=ports["extra_port"]) if extra else "",
-                                 **ports)
+            extraText = EXTRA.format(port=ports["extra_port"]) if extra else ""
+            return CONFIG.format(body="config%d" % (i % 2), echo=(echoA, echoB)[i % 2], provider=providers[i % 2],
+                                 extra=extraText, **ports)
 
         proc = support.startTxmesh(text(0), ports["admin"])
         procs.append(proc)

@@ -5,8 +5,8 @@ Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats`
 ``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain`` and an index
 at ``/`` serve GET and HEAD only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
 ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, ``POST /reload``, serve POST only, and
-``/logging`` shows the log level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a 404 and
-nothing is ever served from the file system.  Every body is computed at request time from the
+``/logging`` shows the log level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a
+404 and nothing is ever served from the file system.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
 

@@ -253,8 +253,8 @@ class MeshService(MultiService):
 
     def startService(self):
         """
-        Install the SIGUSR1 (reopen the logs) and SIGHUP (reload) handlers, bind the listeners and the admin API, start discovery, and
-        let the listeners accept once every discovered cluster is warm (then ``serving`` is true).
+        Install the SIGUSR1 (reopen the logs) and SIGHUP (reload) handlers, bind the listeners and the admin API,
+        start discovery, and let the listeners accept once every discovered cluster is warm (then ``serving`` is true).
         """
         for signum, instead in ((self.reopenSignal, "POST /reopen_logs"), (self.reloadSignal, "POST /reload")):
             try:
