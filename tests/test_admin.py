@@ -9,6 +9,8 @@ import pytest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parseOpenMetrics
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.server import Site
@@ -401,6 +403,11 @@ class FakeControl:
         self.level = name
         return self.logLevel()
 
+    def reload(self):
+        self.calls.append("reload")
+        self.reloading = defer.Deferred()  # fired by the test: the reload ends later
+        return self.reloading
+
     def explain(self, args):
         if "path" not in args:
             raise ValueError("path= missing")
@@ -502,3 +509,47 @@ def test_explainPage(controlled):
     r = request(site, b"/explain?method=GET")
     assert (r.code, r.body) == (400, b"path= missing\n")
     assert post(site, b"/explain?path=/").code == 405
+
+
+def _postOn(site, target):
+    """POST on an in-memory connection left open: (transport, response parser) for answers that come later."""
+    transport = StringTransport()
+    protocol = site.buildProtocol(None)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                          b"Content-Length: 0\r\n\r\n")
+    transport.site = protocol
+    return transport
+
+
+def test_post_reload_answers_once_the_reload_ends(controlled):
+    site, control, _ = controlled
+    transport = _postOn(site, b"/reload")
+    assert control.calls == ["reload"] and transport.value() == b""  # nothing until the reload ends
+    control.reloading.callback({"outcome": "applied", "error": None, "version": 2})
+    r = Response(transport.value())
+    assert r.code == 200 and r.header(b"content-type") == b"application/json"
+    assert r.json() == {"outcome": "applied", "error": None, "version": 2}
+
+
+def test_post_reload_rejected_is_400_with_the_error(controlled):
+    site, control, _ = controlled
+    transport = _postOn(site, b"/reload")
+    control.reloading.callback({"outcome": "rejected", "error": "m.yaml:3: listeners[0].name: required",
+                                "version": 1})
+    r = Response(transport.value())
+    assert r.code == 400 and r.json()["error"] == "m.yaml:3: listeners[0].name: required"
+
+
+def test_post_reload_client_gone_before_the_end(controlled):
+    site, control, _ = controlled
+    transport = _postOn(site, b"/reload")
+    transport.site.connectionLost(ConnectionDone())
+    control.reloading.callback({"outcome": "applied", "error": None, "version": 2})  # nothing written, no error
+    assert transport.value() == b""
+
+
+def test_get_reload_is_405(controlled):
+    site, control, _ = controlled
+    assert request(site, b"/reload").code == 405
+    assert control.calls == []

@@ -545,7 +545,8 @@ def test_serviceWrapsOnlyListenersWithNetworkFilters():
     service = MeshService(loads(SERVICE_CONFIG), reactor, installSignal=lambda *a: None)
     service.startService()
     try:
-        served = {s.name: s.factory for s in service if s.name.startswith("listener:")}
+        # each port holds a switch (txmesh.listeners.SwitchableFactory) a reload may point elsewhere
+        served = {s.name: s.factory.current for s in service if s.name.startswith("listener:")}
         plain, filtered = service.listenerFactories
         assert served["listener:plain"] is plain
         wrapper = served["listener:filtered"]

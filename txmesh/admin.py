@@ -4,9 +4,9 @@ The admin HTTP API, on twisted.web.
 Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
 ``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain`` and an index
 at ``/`` serve GET and HEAD only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
-``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, serve POST only, and ``/logging`` shows the log
-level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a 404 and
-nothing is ever served from the file system.  Every body is computed at request time from the
+``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, ``POST /reload``, serve POST only, and
+``/logging`` shows the log level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a
+404 and nothing is ever served from the file system.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
 
@@ -16,7 +16,7 @@ import re
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -341,6 +341,37 @@ class DrainListenersPage(_Endpoint):
         return _jsonReply(request, self._control.drainListeners(graceful))
 
 
+class ReloadPage(_Endpoint):
+    """
+    ``POST /reload``: re-read the config file and apply it, as SIGHUP does (IMeshControl.reload).  Answers once the
+    reload is done: 200 with ``{"outcome": "applied"|"unchanged", "version": ..., "changes": ...}``, or 400 with
+    ``{"outcome": "rejected", "error": "file:line: key.path: reason", ...}`` (the old config keeps serving).
+    """
+
+    description = "POST: re-read the config file and apply it (as SIGHUP)"
+    methods = (b"POST",)
+
+    def __init__(self, control):
+        super().__init__()
+        self._control = control
+
+    def renderPage(self, request):
+        finished = []
+        request.notifyFinish().addBoth(finished.append)  # the client may go away before the reload ends
+
+        def done(result):
+            if finished:
+                return
+            body = _reply(request, 400 if result["outcome"] == "rejected" else 200,
+                          json.dumps(result, indent=2, sort_keys=True, default=_jsonDefault) + "\n", JSON)
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        self._control.reload().addCallback(done)
+        return NOT_DONE_YET
+
+
 class ExplainPage(_Endpoint):
     """
     ``/explain?listener=..&method=..&authority=..&path=..&header=name:value`` (HTTP, gRPC) or
@@ -424,7 +455,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
     @param registrations: optional callable -> dict behind ``/registrations`` (the local app's registration);
         without it that path is a 404.
     @param control: optional L{txmesh.interfaces.IMeshControl} behind ``/server_info``, ``/listeners``,
-        ``/logging``, ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners`` and ``/explain``; without it
+        ``/logging``, ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, ``POST /reload`` and
+        ``/explain``; without it
         those paths are 404s.
     @param healthcheckFailed: optional callable -> bool, true after ``POST /healthcheck/fail`` (``/ready`` says so).
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
@@ -443,7 +475,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
     if control is not None:
         pages.update({"server_info": ServerInfoPage(control), "listeners": ListenersPage(control),
                       "logging": LoggingPage(control), "healthcheck": HealthcheckPage(control),
-                      "drain_listeners": DrainListenersPage(control), "explain": ExplainPage(control)})
+                      "drain_listeners": DrainListenersPage(control), "explain": ExplainPage(control),
+                      "reload": ReloadPage(control)})
     site = AdminSite(AdminRoot(pages), reactor=reactor)
     site.displayTracebacks = False
     return site

@@ -131,6 +131,8 @@ class FilterEntry:
     name: str
     factory: object
     config: object
+    # the entry's ``config`` mapping as written, which a reload compares (txmesh.config_diff.sameEntry)
+    raw: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -945,7 +947,8 @@ class _FilterChainBuilder:
             factory = self._lookup(name, joinPath(path, "name"), kind)
             if kind == "stream" and factory.terminal and i != len(items) - 1:
                 raise r.error("terminal filter '%s' must be the last filter" % (name,), joinPath(path, "name"))
-            entries.append(FilterEntry(name, factory, self._buildConfig(factory, item.get("config"), path)))
+            entries.append(FilterEntry(name, factory, self._buildConfig(factory, item.get("config"), path),
+                                       item.get("config")))
         if kind == "stream" and not (entries and entries[-1].factory.terminal):
             router = self.factories.get("router")
             if router is None:

@@ -31,8 +31,8 @@ def configDigest(raw):
 @implementer(IMeshControl)
 class MeshControl:
     """
-    IMeshControl over a MeshService: reads its public state (config, listener factories, accept backoffs,
-    registration, clusters) and changes its ``healthcheckFailed`` and ``listenersDrained`` flags, which its
+    IMeshControl over a MeshService: reads its public state (config, running listeners, registration, clusters,
+    config version) and changes its ``healthcheckFailed`` and ``listenersDrained`` flags, which its
     readiness reads.
 
     @param mesh: the L{txmesh.service.MeshService}.
@@ -44,7 +44,6 @@ class MeshControl:
     def __init__(self, mesh, reactor):
         self.mesh = mesh
         self.reactor = reactor
-        self.digest = configDigest(mesh.config.raw)
 
     def state(self):
         mesh = self.mesh
@@ -67,7 +66,10 @@ class MeshControl:
             "state": self.state(),
             "healthcheck_failed": mesh.healthcheckFailed,
             "config_file": config.filename,
-            "config_digest": self.digest,
+            "config_digest": configDigest(config.raw),
+            # issue 13: the running config's version and where it came from (txmesh.reload.ConfigVersion)
+            "config_version": mesh.applier.version.version,
+            "config_source": mesh.applier.version.source,
             "node": {"id": config.node.id, "cluster": config.node.cluster},
             "listeners": len(config.listeners),
             "clusters": len(mesh.clusters),
@@ -76,13 +78,13 @@ class MeshControl:
     def describeListeners(self):
         mesh = self.mesh
         out = []
-        for lc, factory, backoff in zip(mesh.config.listeners, mesh.listenerFactories, mesh.acceptBackoffs):
-            service = mesh.getServiceNamed("listener:" + lc.name)
+        for listener in mesh.listeners.values():
+            lc, factory, service = listener.config, listener.factory, listener.service
             out.append({
                 "name": lc.name,
                 "protocol": lc.descriptor.name,
                 "address": lc.address,
-                "bound": [describeAddress(p.getHost()) for p in backoff.ports] if service.running else [],
+                "bound": [describeAddress(service.port.getHost())] if service.running and service.port else [],
                 "accepting": bool(service.running) and mesh.acceptGate.isOpen and not mesh.draining,
                 "connections": len(factory.connections),
                 "draining": factory.draining or not service.running,
@@ -120,8 +122,8 @@ class MeshControl:
         mesh.listenersDrained = True
         self._holdRegistration()
         stopped = 0
-        for lc in mesh.config.listeners:
-            service = mesh.getServiceNamed("listener:" + lc.name)
+        for listener in mesh.listeners.values():
+            service = listener.service
             if service.running:
                 service.stopService()
                 stopped += 1
@@ -155,6 +157,9 @@ class MeshControl:
         # logged after the change, at warn so that it shows whatever the new level is
         self.log.warn("admin: log level {previous} -> {new}", previous=previous.name, new=level.name)
         return self.logLevel()
+
+    def reload(self):
+        return self.mesh.reload("POST /reload")
 
     def explain(self, args):
         return explain(self.mesh.config, self.mesh.clusters, args)  # ExplainError is a ValueError

@@ -1304,6 +1304,54 @@ class IServiceNotifier(Interface):
         """Stop the timers (the process is about to exit) and close the socket."""
 
 
+# -- one way to change configuration, and file reload (parts 1 and 2) --
+
+
+class IStreamFactorySwitch(Interface):
+    """
+    A listener's protocol factory whose connections make each stream with the factory's current ``template``, read
+    per stream: a reload that changes only a listener's routes or stream filters replaces it, and the open
+    connections' next streams take the new one while streams in flight finish on theirs (txmesh/listeners.py).
+    """
+
+    template = Attribute("The IStreamFactory (filter-chain template) new streams are made with; may be replaced.")
+
+
+class IConfigSource(Interface):
+    """
+    Where a running mesh's configuration comes from: the file it was started with (txmesh/reload.py), later an
+    xDS client.  What it gives goes through the one IConfigApplier.
+    """
+
+    name = Attribute("What ``/config_dump`` and ``/server_info`` show as the source: ``file`` (str).")
+    location = Attribute("Where it reads from: the file's path (str).")
+
+    def read():
+        """
+        The new configuration, validated.  @return: a txmesh.config.MeshConfig.
+        @raise txmesh.errors.ConfigError: the one-line ``file:line: key.path: reason`` of ``txmesh check``.
+        """
+
+
+class IConfigApplier(Interface):
+    """
+    Applies a new validated MeshConfig to the running mesh, atomically on the reactor (txmesh/reload.py): new
+    streams see the new route tables and filter chains at once, streams in flight finish on theirs; unchanged
+    listeners keep their ports and connections; unchanged clusters, and kept hosts' pools, stay.  Reloads run one at
+    a time, in the order asked.
+    """
+
+    version = Attribute("The running config's L{txmesh.reload.ConfigVersion}.")
+
+    def apply(config, source):
+        """
+        Apply ``config`` (from ``source``, an IConfigSource) or reject it whole, leaving the old one serving.
+        @return: a Deferred firing with a JSON-able dict: ``outcome`` (``applied``, ``unchanged`` or ``rejected``),
+            ``error`` (the reason of a rejection, else None), ``version``, ``digest`` and the ``changes``.  It never
+            fails.
+        """
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Observability (issue 16): each part's contracts go under its own heading
 # ---------------------------------------------------------------------------------------------------------------
@@ -1320,7 +1368,10 @@ class IMeshControl(Interface):
     """
 
     def serverInfo():
-        """Versions, reactor, uptime, state (``starting``, ``live``, ``draining``), config file and digest, node."""
+        """
+        Versions, reactor, uptime, state (``starting``, ``live``, ``draining``), config file, digest, version and
+        source, node.
+        """
 
     def describeListeners():
         """[dict] per listener: name, protocol, configured and bound addresses, open connections, draining."""
@@ -1344,6 +1395,12 @@ class IMeshControl(Interface):
         """
         Change the operator log's level at run time.  @raise ValueError: an unknown level name.
         @raise LookupError: twistd's own observer is in use (``--logger``/``--syslog``): no level to change here.
+        """
+
+    def reload():
+        """
+        Re-read the config file the mesh was started with and apply it (issue 13 part 2, as SIGHUP does).
+        @return: a Deferred firing with the outcome (IConfigApplier.apply's dict); it never fails.
         """
 
     def explain(args):

@@ -146,6 +146,11 @@ class Overload:
         """Close ``factory``'s idle connections (an IListenerFactory) while under memory pressure."""
         self.listenerFactories.append(factory)
 
+    def unwatch(self, factory):
+        """Forget ``factory`` (a listener removed or replaced by a reload)."""
+        if factory in self.listenerFactories:
+            self.listenerFactories.remove(factory)
+
     def start(self):
         """Start the memory checks (if a high-water mark is configured); the first runs now."""
         if self.config.memoryHighWatermark and self._timer is None and self._readRSS is not None:

@@ -2,7 +2,9 @@
 The service tree: one child service per listener, the admin listener, the local app's registration (started once
 the listeners are bound), and the shutdown sequence (withdraw the registration and wait its ``drain_grace``, stop
 accepting, drain in-flight requests up to the drain timeout, then close the rest and the upstream pools).  While
-running, SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate).
+running, SIGUSR1 reopens the log files (as Envoy does, for logrotate's postrotate) and SIGHUP re-reads the config
+file and applies it (txmesh/reload.py; ``POST /reload`` does the same).  The listeners are built by
+txmesh/listeners.py, the same way at start and on reload.
 """
 
 import random
@@ -21,12 +23,11 @@ from txmesh.admin import makeAdminSite
 from txmesh.control import MeshControl
 from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
-from txmesh.filters.chain import FilterChainTemplate
-from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IFilterConfigResources
-from txmesh.overload import AcceptBackoff, Overload, StatmReader
-from txmesh.path_normalization import pathNormalizerFor
-from txmesh.protocols.transport import WriteScope, Writer
+from txmesh.listeners import ListenerBuilder
+from txmesh.overload import Overload, StatmReader
+from txmesh.protocols.transport import WriteScope
+from txmesh.reload import ConfigApplier, FileConfigSource, Reloader
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.systemd import MeshStatus, NullNotifier
@@ -112,17 +113,24 @@ class MeshService(MultiService):
     """
     Everything one mesh.yaml describes, running on ``reactor``.
 
-    @param installSignal: C{signal.signal} (tests inject a recorder): used to install the SIGUSR1 handler on
-        start and to put the previous one back on stop.
+    @param installSignal: C{signal.signal} (tests inject a recorder): used to install the SIGUSR1 (reopen the
+        logs) and SIGHUP (reload) handlers on start and to put the previous ones back on stop.
     @param readRSS: ``readRSS() -> bytes``, the process RSS for the overload memory marks (default: a
         L{StatmReader} of /proc/self/statm).
-    @param notifier: the L{txmesh.interfaces.IServiceNotifier} told READY once everything is bound and STOPPING
-        when the drain starts (default: one that does nothing; tap.py makes systemd's from the environment).
+    @param notifier: the L{txmesh.interfaces.IServiceNotifier} told READY once everything is bound, RELOADING and
+        READY around a reload, and STOPPING when the drain starts (default: one that does nothing; tap.py makes
+        systemd's from the environment).
     @ivar overload: the L{Overload} every listener asks (global connection count, memory pressure).
+    @ivar listeners: {name: L{txmesh.listeners.RunningListener}} of the running config, in its order.
+    @ivar retiring: protocol factories a reload replaced or removed, draining their connections.
+    @ivar filterResources: the filter configs holding resources (IFilterConfigResources: access-log files) of the
+        running config and of the streams a reload left on an older one; closed at stop.
+    @ivar applier: the L{txmesh.reload.ConfigApplier} every configuration change goes through.
     """
 
     log = Logger()
     reopenSignal = signal.SIGUSR1
+    reloadSignal = signal.SIGHUP
 
     def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None, notifier=None):
         MultiService.__init__(self)
@@ -137,8 +145,7 @@ class MeshService(MultiService):
         self.logObserver = None  # the OperatorLogObserver twistd logs to (set by txmesh.startup), for /logging
         self.startedAt = reactor.seconds()
         self._installSignal = installSignal
-        self._signalInstalled = False
-        self._previousHandler = None
+        self._previousHandlers = {}  # signal -> the handler ours replaced
         rng = rng if rng is not None else random.Random()
         writeScope = WriteScope(reactor)
         # one session per ``registries`` entry, shared by discovery, Dubbo registry routes and registration
@@ -154,32 +161,23 @@ class MeshService(MultiService):
         self.overload = Overload(config.overload, reactor, self.stats, readRSS)
         self.runtime = Runtime(reactor, self.clusters, self.stats, rng, config, reactor=reactor, writeScope=writeScope,
                                overload=self.overload, registries=self.registries)
-        for entry in self._filterEntries():
+        self.filterResources = set()
+        for entry in _filterEntries(config):
             if IFilterConfigResources.providedBy(entry.config):
                 entry.config.registerFiles(self.runtime.files)
-        self.listenerFactories = []
-        self.acceptBackoffs = []
+                self.filterResources.add(entry.config)
+        self.listenerBuilder = ListenerBuilder(self.runtime, self.stats, self.overload, self._listenerEndpoint)
+        self.listeners = {}
+        self.retiring = set()
         for lc in config.listeners:
-            template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                           lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
-                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
-            factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
-            self.listenerFactories.append(factory)
-            self.overload.watch(factory)
-            served = factory
-            if lc.networkFilters:
-                served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
-                                          newWriter=Writer)
-            backoff = AcceptBackoff(reactor, lc.name, self.stats, self.overload.logOnce)
-            self.acceptBackoffs.append(backoff)
-            svc = StreamServerEndpointService(
-                self.acceptGate.endpoint(backoff.endpoint(serverFromString(reactor, lc.address))), served)
-            raiseBindErrorsSynchronously(svc)
-            svc.setName("listener:" + lc.name)
-            svc.setServiceParent(self)
+            self.addListener(self.listenerBuilder.build(lc))
         # the local app's registration (issue 12 part 3): made once the listeners serve (_startServing)
         self.registration = None
-        site = makeAdminSite(self.stats, self.clusters, lambda: config.raw, self._isReady,
+        # every configuration change goes through the applier; SIGHUP and POST /reload re-read the file (issue 13)
+        self.applier = ConfigApplier(self, reactor)
+        self.reloader = Reloader(FileConfigSource(config.filename), self.applier, self.notifier, self.stats,
+                                 lambda: self.meshStatus.describe(), reactor)
+        site = makeAdminSite(self.stats, self.clusters, self.configDump, self._isReady,
                              isDraining=lambda: self.draining or self.listenersDrained, reactor=reactor,
                              reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None,
@@ -189,8 +187,46 @@ class MeshService(MultiService):
         admin.setName("admin")
         admin.setServiceParent(self)
         # STATUS= for systemctl status (issue 13 part 4)
-        self.meshStatus = MeshStatus(self.stats, config, [(lc.name, lc.address) for lc in config.listeners]
-                                     + [("admin", config.admin.address)], reactor)
+        self.meshStatus = self.makeStatus()
+
+    def _listenerEndpoint(self, lc, backoff):
+        """Where listener ``lc`` listens: its address, its ports backing off on accept errors, gated until serving."""
+        return self.acceptGate.endpoint(backoff.endpoint(serverFromString(self.reactor, lc.address)))
+
+    def addListener(self, listener):
+        """Run ``listener`` (a L{txmesh.listeners.RunningListener}): its port is bound now if the mesh runs."""
+        self.listeners[listener.name] = listener
+        listener.service.setServiceParent(self)
+
+    def makeStatus(self):
+        """The STATUS= line's L{MeshStatus} of the running config (made again by a reload)."""
+        return MeshStatus(self.stats, self.config, [(lc.name, lc.address) for lc in self.config.listeners]
+                          + [("admin", self.config.admin.address)], self.reactor)
+
+    @property
+    def listenerFactories(self):
+        """The protocol factories of the running listeners, in the config's order."""
+        return [listener.factory for listener in self.listeners.values()]
+
+    @property
+    def acceptBackoffs(self):
+        return [listener.backoff for listener in self.listeners.values()]
+
+    def configDump(self):
+        """``/config_dump``: the running mesh.yaml as parsed, and ``version_info`` (version, digest, source)."""
+        dump = dict(self.config.raw)
+        dump["version_info"] = self.applier.version.describe()
+        return dump
+
+    def reload(self, trigger="admin"):
+        """
+        Re-read the config file and apply it (SIGHUP, ``POST /reload``): L{txmesh.reload.Reloader.reload}.
+        @return: a Deferred firing with the outcome dict.
+        """
+        if self.draining:
+            return defer.succeed({"outcome": "rejected", "error": "txmesh is stopping",
+                                  "version": self.applier.version.version})
+        return self.reloader.reload(trigger)
 
     def _isReady(self):
         return self.serving and not self.draining and not self.listenersDrained and not self.healthcheckFailed
@@ -206,26 +242,31 @@ class MeshService(MultiService):
 
     def _signalReceived(self, signum, frame):
         # Runs between two bytecodes of whatever the main thread was doing: hand the work to the reactor loop.
-        self.reactor.callFromThread(self.reopenLogs)
+        if signum == self.reloadSignal:
+            self.reactor.callFromThread(self.reload, "SIGHUP")
+        else:
+            self.reactor.callFromThread(self.reopenLogs)
         # Chain to the handler we replaced: twistd --logfile rotates its own log on SIGUSR1.
-        if callable(self._previousHandler):
-            self._previousHandler(signum, frame)
+        previous = self._previousHandlers.get(signum)
+        if callable(previous):
+            previous(signum, frame)
 
     def startService(self):
         """
-        Install the SIGUSR1 handler (reopen the logs), bind the listeners and the admin API, start discovery, and
-        let the listeners accept once every discovered cluster is warm (then ``serving`` is true).
+        Install the SIGUSR1 (reopen the logs) and SIGHUP (reload) handlers, bind the listeners and the admin API,
+        start discovery, and let the listeners accept once every discovered cluster is warm (then ``serving`` is true).
         """
-        try:
-            self._previousHandler = self._installSignal(self.reopenSignal, self._signalReceived)
-            self._signalInstalled = True
-        except ValueError as e:  # not the main thread: POST /reopen_logs still works
-            self.log.warn("cannot handle SIGUSR1 ({e}); reopen logs with POST /reopen_logs", e=e)
+        for signum, instead in ((self.reopenSignal, "POST /reopen_logs"), (self.reloadSignal, "POST /reload")):
+            try:
+                self._previousHandlers[signum] = self._installSignal(signum, self._signalReceived)
+            except ValueError as e:  # not the main thread: the admin API still works
+                self.log.warn("cannot handle {signal} ({e}); use {instead}", signal=signal.Signals(signum).name,
+                              e=e, instead=instead)
         self.startedAt = self.reactor.seconds()
         MultiService.startService(self)
         # every listener and the admin are bound (bind errors raise above): READY=1, then watchdog and STATUS=
         self.notifier.ready(self.meshStatus.describe())
-        self.notifier.start(self.meshStatus.describe)
+        self.notifier.start(lambda: self.meshStatus.describe())  # a reload makes a new MeshStatus
         self.overload.start()
         self.clusters.startHealthChecks()
         self.clusters.startDiscovery().addCallback(self._startServing)
@@ -247,26 +288,23 @@ class MeshService(MultiService):
         """The port the registration's listener listens on (its configured one, or the one port 0 was given)."""
         if registration.listenerPort:
             return registration.listenerPort
-        names = [lc.name for lc in self.config.listeners]
-        ports = self.acceptBackoffs[names.index(registration.listener)].ports
-        return ports[0].getHost().port
+        return self.listeners[registration.listener].backoff.ports[0].getHost().port
 
     def _describeRegistration(self):
         return self.registration.describe() if self.registration is not None else {"started": False}
 
     def _restoreSignal(self, result=None):
-        if self._signalInstalled:
+        previous, self._previousHandlers = self._previousHandlers, {}
+        for signum, handler in previous.items():
             # None: the previous handler was not set from Python; the default action is the best guess
-            previous = self._previousHandler if self._previousHandler is not None else signal.SIG_DFL
-            self._installSignal(self.reopenSignal, previous)
-            self._signalInstalled = False
-            self._previousHandler = None
+            self._installSignal(signum, handler if handler is not None else signal.SIG_DFL)
         return result
 
     def stopService(self):
         """
         Stop accepting, let in-flight requests finish up to drain_timeout, then close what is left; SIGUSR1 keeps
-        reopening the logs until the files are closed, then the previous handler is back.
+        reopening the logs until the files are closed (SIGHUP reloads nothing once stopping), then the previous
+        handlers are back.
         """
         return self._stop().addBoth(self._restoreSignal)
 
@@ -289,15 +327,17 @@ class MeshService(MultiService):
         for backoff in self.acceptBackoffs:
             backoff.stop()
         # those POST /drain_listeners stopped already are not stopped twice
-        listeners = [s for s in self if s.name and s.name.startswith("listener:") and s.running]
+        listeners = [listener.service for listener in self.listeners.values() if listener.service.running]
         yield defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
         timeout = self.config.drainTimeout
         started = self.reactor.seconds()
         self.log.info("draining: {connections} connection(s) open, {requests} request(s) in flight, "
                       + ("for up to {timeout}s" if timeout else "without a time limit"), timeout=timeout,
                       **self._openCounts())
+        # the factories a reload retired are draining already: drained (or cut) with the others
+        factories = self.listenerFactories + list(self.retiring)
         # consumeErrors: the drains the timeout cancels fail with CancelledError, an expected end, not a log line
-        drains = defer.gatherResults([f.drain() for f in self.listenerFactories], consumeErrors=True)
+        drains = defer.gatherResults([f.drain() for f in factories], consumeErrors=True)
         cut = None
         if timeout:
             timer = self.reactor.callLater(timeout, drains.cancel)
@@ -308,7 +348,7 @@ class MeshService(MultiService):
                 if isinstance(e, defer.FirstError) and not e.subFailure.check(defer.CancelledError):
                     raise
                 cut = self._openCounts()
-                for f in self.listenerFactories:
+                for f in factories:
                     f.abortAll()
             finally:
                 if timer.active():
@@ -321,24 +361,25 @@ class MeshService(MultiService):
         else:
             self.log.warn("drain timeout ({timeout}s) passed: cut {connections} connection(s) with {requests} "
                           "request(s) in flight", timeout=timeout, elapsed=elapsed, **cut)
-        for f in self.listenerFactories:
+        for f in factories:
             f.abortAll()
         self.runtime.registryClusters.stop()  # dubbo_registry routes' sources (issue 12 part 2)
         yield self.clusters.drain()
         yield discoveryStopped
         yield self.registries.stop()
-        for entry in self._filterEntries():
-            if IFilterConfigResources.providedBy(entry.config):
-                entry.config.close()
+        self.applier.stop()
+        for resource in self.filterResources:
+            resource.close()
         self.notifier.stop()
         yield MultiService.stopService(self)
 
     def _openCounts(self):
         """The drain's figures: connections open on the listeners, requests in flight (every protocol's)."""
-        return dict(connections=sum(len(f.connections) for f in self.listenerFactories),
+        return dict(connections=sum(len(f.connections) for f in self.listenerFactories + list(self.retiring)),
                     requests=self.stats.total("downstream_rq_active"))
 
-    def _filterEntries(self):
-        for lc in self.config.listeners:
-            yield from lc.filters
-            yield from lc.networkFilters
+
+def _filterEntries(config):
+    for lc in config.listeners:
+        yield from lc.filters
+        yield from lc.networkFilters

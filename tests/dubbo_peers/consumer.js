@@ -37,6 +37,19 @@ const int = i => ({ $class: 'int', $: i });
       }
     };
     await Promise.all(Array.from({ length: 8 }, worker));
+  } else if (scenario === 'echoload') {
+    // echo() with 4 in flight until stdin closes (or n ms): calls answered right, and every failure
+    out.ok = 0; out.errors = [];
+    let stop = false;
+    process.stdin.on('end', () => { stop = true; }).resume();
+    const end = Date.now() + n;
+    const worker = async (w) => {
+      for (let i = 0; !stop && Date.now() < end; i++) {
+        const r = await call('echo', [str('e' + w + '-' + i)], 5000);
+        if (r.ok === 'e' + w + '-' + i) out.ok++; else out.errors.push(r.message || JSON.stringify(r));
+      }
+    };
+    await Promise.all(Array.from({ length: 4 }, (_, w) => worker(w)));
   } else if (scenario === 'bench') {
     // n calls, 32 in flight; latencies in microseconds
     const lat = []; let next = 0; const t0 = process.hrtime.bigint();

@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmesh.interfaces import IListenerConnection, IListenerFactory
+from txmesh.interfaces import IListenerConnection, IListenerFactory, IStreamFactorySwitch
 from txmesh.overload import GLOBAL_LIMIT, LISTENER_LIMIT
 from txmesh.protocols.transport import WriteWatcher, Writer
 from txmesh.stream import StreamInfo, newRequestId
@@ -67,6 +67,7 @@ class DrainingFactory(Factory):
                 d.callback(None)
 
 
+@implementer(IStreamFactorySwitch)
 class ListenerFactory(DrainingFactory):
     """
     Base of the built-in listener factories: one ``protocol(factory)`` per connection.

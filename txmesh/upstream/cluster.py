@@ -13,7 +13,7 @@ from zope.interface import implementer
 from txmesh.discovery.base import ClusterDiscovery
 from txmesh.interfaces import ICluster, IHost
 from txmesh.upstream.health import ClusterHealthChecker
-from txmesh.upstream.host import Host, hostScope
+from txmesh.upstream.host import HealthFlag, Host, hostScope
 from txmesh.upstream.lb import LBContext, LoadBalancerOptions
 from txmesh.upstream.outlier import OutlierDetector
 from txmesh.upstream.resources import ClusterResources
@@ -232,6 +232,54 @@ class Cluster:
                 self._draining.add(d)
                 d.addBoth(self._poolDrained, d)
 
+    def reconfigure(self, clusterConfig, poolFactory, resources, healthChecker, outlierDetector, keepPools):
+        """
+        Take a changed config in place (a reload, issue 13 part 1): requests in flight keep their pools and
+        connections, new ones are balanced by the new config at once.
+
+        @param poolFactory: makes the pools of hosts without one from now on.
+        @param resources: the circuit breakers new pools take from (the running ones when ``keepPools``).
+        @param healthChecker: the cluster's checker from now on (the running one when its config is unchanged);
+            a replaced one stops, and without a checker the hosts lose its flags.
+        @param outlierDetector: likewise for outlier detection; a replaced one stops and lifts its ejections.
+        @param keepPools: keep the pools of the hosts that remain (nothing a pool is built from changed); else every
+            pool drains, serving what it has queued, and new ones are made on first use.
+
+        Hosts follow ``clusterConfig.endpoints``, unless the cluster is discovered: then they stay until its source
+        reports.  A kept address keeps its Host (counters, health, load), as with L{updateHosts}.
+        """
+        self.config = clusterConfig
+        self._lbFactory = clusterConfig.lbFactory
+        self._poolFactory = poolFactory
+        self.resources = resources
+        if not keepPools:
+            pools, self._pools = list(self._pools.values()), {}
+            for pool in pools:
+                d = pool.drain(serveQueued=True)
+                self._draining.add(d)
+                d.addBoth(self._poolDrained, d)
+        if outlierDetector is not self.outlierDetector:
+            if self.outlierDetector is not None:
+                self.outlierDetector.stop()
+                self.outlierDetector.hostsChanged((), self.hosts)
+            if outlierDetector is not None:
+                outlierDetector.hostsChanged(self.hosts, ())
+            self.outlierDetector = outlierDetector
+        if healthChecker is not self.healthChecker:
+            if self.healthChecker is not None:
+                self.healthChecker.stop()
+                self.healthChecker.setHosts(())
+                for host in self.hosts:
+                    host.clearHealthFlag(HealthFlag.FAILED_ACTIVE_HC | HealthFlag.PENDING_ACTIVE_HC)
+            self.healthChecker = healthChecker  # _setHosts gives it the hosts
+        common = clusterConfig.commonLbConfig
+        self._panicThreshold = common.healthyPanicThreshold if common is not None else DEFAULT_PANIC_THRESHOLD
+        self._overprovisioning = (common.overprovisioningFactor if common is not None
+                                  else DEFAULT_OVERPROVISIONING_FACTOR)
+        if self._lbOptions.config != clusterConfig.lbConfig:
+            self._lbOptions = LoadBalancerOptions(self._lbOptions.clock, clusterConfig.lbConfig, self._scope)
+        self._setHosts(clusterConfig.endpoints if clusterConfig.discovery is None else self.hosts)
+
     def _makeBalancer(self, hosts):
         """The ILoadBalancer of one priority level (every balancer of the cluster is made here)."""
         return self._lbFactory.create(tuple(hosts), self._random, self._lbOptions)
@@ -353,6 +401,7 @@ class ClusterManager:
         self._stats = stats
         self._random = random
         self._healthChecking = False
+        self._discovering = False
         self._clusters = {}
         self._discoveries = {}  # cluster name -> ClusterDiscovery
         self._registries = registries
@@ -363,27 +412,34 @@ class ClusterManager:
                                                                   stats.scope(cluster=config.name))
 
     def _build(self, config):
-        clock, random = self.clock, self._random
         lbFactory = config.lbFactory  # config found it among the plugins (txmesh.config)
         if lbFactory is None:
             raise ValueError("cluster %r: unknown lb policy %r" % (config.name, config.lbPolicy))
-        buildPool = config.descriptor.buildPool
         scope = self._stats.scope(cluster=config.name)
-        connect = self._connectFactory(config)
         # every pool of the cluster takes its connections and pending requests from these (circuit_breakers)
         resources = ClusterResources.fromConfig(config.circuitBreakers, scope)
+        return Cluster(config.name, config, config.endpoints, lbFactory, self._poolFactory(config, scope, resources),
+                       self._random, scope, outlierDetector=self._outlierDetector(config, scope), clock=self.clock,
+                       resources=resources, healthChecker=self._healthChecker(config, scope))
+
+    def _poolFactory(self, config, scope, resources):
+        """``poolFactory(host) -> IConnectionPool`` of the cluster ``config`` describes."""
+        clock, buildPool, connect = self.clock, config.descriptor.buildPool, self._connectFactory(config)
 
         def poolFactory(host):
             return buildPool(clock, host, config, connect, scope, resources)
 
-        healthChecker = None
-        if config.healthChecks:
-            healthChecker = ClusterHealthChecker(config.healthChecks[0], clock, random, scope)
-        detector = None
-        if config.outlierDetection is not None:
-            detector = OutlierDetector(config.outlierDetection, clock, random, scope)
-        return Cluster(config.name, config, config.endpoints, lbFactory, poolFactory, random, scope,
-                       outlierDetector=detector, clock=clock, resources=resources, healthChecker=healthChecker)
+        return poolFactory
+
+    def _healthChecker(self, config, scope):
+        if not config.healthChecks:
+            return None
+        return ClusterHealthChecker(config.healthChecks[0], self.clock, self._random, scope)
+
+    def _outlierDetector(self, config, scope):
+        if config.outlierDetection is None:
+            return None
+        return OutlierDetector(config.outlierDetection, self.clock, self._random, scope)
 
     def addCluster(self, config, observer=None):
         """
@@ -402,16 +458,60 @@ class ClusterManager:
             cluster.healthChecker.start()
         return cluster
 
+    def updateCluster(self, config, keepPools):
+        """
+        Apply a changed config to the running cluster of its name (a reload: L{Cluster.reconfigure}): its health
+        checker, outlier detector and discovery source are kept when their configs are unchanged, else replaced
+        (a new source starts if discovery runs, and the cluster keeps its hosts until it reports).
+        """
+        cluster = self._clusters[config.name]
+        old = cluster.config
+        scope = self._stats.scope(cluster=config.name)
+        resources = cluster.resources if keepPools else ClusterResources.fromConfig(config.circuitBreakers, scope)
+        healthChecker = cluster.healthChecker
+        if config.healthChecks != old.healthChecks:
+            healthChecker = self._healthChecker(config, scope)
+        detector = cluster.outlierDetector
+        if config.outlierDetection != old.outlierDetection:
+            detector = self._outlierDetector(config, scope)
+        cluster.reconfigure(config, self._poolFactory(config, scope, resources), resources, healthChecker, detector,
+                            keepPools)
+        if self._healthChecking and healthChecker is not None and not healthChecker.running:
+            healthChecker.start()
+        if config.discovery != old.discovery:
+            self._stopDiscoveryOf(config.name)
+            if config.discovery is not None:
+                discovery = self._discoveries[config.name] = ClusterDiscovery(cluster, config.discovery, self.clock,
+                                                                              scope)
+                if self._discovering:
+                    self._startDiscoveryOf(discovery)
+        return cluster
+
+    def startClusterDiscovery(self, name):
+        """Start the discovery source of a cluster added at run time, if discovery runs.  @return: a Deferred."""
+        discovery = self._discoveries.get(name)
+        if discovery is None or not self._discovering:
+            return defer.succeed(None)
+        return self._startDiscoveryOf(discovery)
+
+    def _startDiscoveryOf(self, discovery):
+        name = discovery.config.registry
+        registry = self._registries.get(name) if name is not None and self._registries is not None else None
+        return discovery.start(registry)
+
+    def _stopDiscoveryOf(self, name):
+        discovery = self._discoveries.pop(name, None)
+        if discovery is not None:
+            discovery.stop().addErrback(lambda f: discovery.log.failure(
+                "cluster {cluster}: stopping its discovery source", f, cluster=name))
+
     def removeCluster(self, name):
         """
         Remove a cluster added at run time: its discovery source and health checks stop, its pools drain.
         @return: a Deferred.
         """
         cluster = self._clusters.pop(name)
-        discovery = self._discoveries.pop(name, None)
-        if discovery is not None:
-            discovery.stop().addErrback(lambda f: discovery.log.failure(
-                "cluster {cluster}: stopping its discovery source", f, cluster=name))
+        self._stopDiscoveryOf(name)
         if cluster.healthChecker is not None:
             cluster.healthChecker.stop()
         return cluster.drain()
@@ -452,15 +552,13 @@ class ClusterManager:
         Start every cluster's discovery source.  @return: a Deferred fired once each discovered cluster has its first
         host set or its ``initial_fetch_timeout`` passed (Envoy's cluster warming); at once without discovery.
         """
-        ds = []
-        for d in self._discoveries.values():
-            name = d.config.registry
-            registry = self._registries.get(name) if name is not None and self._registries is not None else None
-            ds.append(d.start(registry))
+        self._discovering = True
+        ds = [self._startDiscoveryOf(d) for d in self._discoveries.values()]
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
     def stopDiscovery(self):
         """Stop every discovery source (drain, shutdown): host sets stay as they are.  @return: a Deferred."""
+        self._discovering = False
         ds = [d.stop() for d in self._discoveries.values()]
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
