@@ -23,6 +23,7 @@ from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
 from txmesh.filters.chain import FilterChainTemplate
 from txmesh.filters.network import FilteringFactory
+from txmesh.hot_restart import NoHotRestart
 from txmesh.interfaces import IFilterConfigResources
 from txmesh.overload import AcceptBackoff, Overload, StatmReader
 from txmesh.path_normalization import pathNormalizerFor
@@ -118,14 +119,18 @@ class MeshService(MultiService):
         L{StatmReader} of /proc/self/statm).
     @param notifier: the L{txmesh.interfaces.IServiceNotifier} told READY once everything is bound and STOPPING
         when the drain starts (default: one that does nothing; tap.py makes systemd's from the environment).
+    @param hotRestart: the L{txmesh.interfaces.IHotRestart} the listeners' and the admin's ports come from, told
+        when the service serves and when it stops (default: none, every port is bound as configured).
     @ivar overload: the L{Overload} every listener asks (global connection count, memory pressure).
     """
 
     log = Logger()
     reopenSignal = signal.SIGUSR1
 
-    def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None, notifier=None):
+    def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None, notifier=None,
+                 hotRestart=None):
         MultiService.__init__(self)
+        self.hotRestart = hotRestart if hotRestart is not None else NoHotRestart()
         self.notifier = notifier if notifier is not None else NullNotifier()
         self.config = config
         self.reactor = reactor
@@ -172,8 +177,9 @@ class MeshService(MultiService):
                                           newWriter=Writer)
             backoff = AcceptBackoff(reactor, lc.name, self.stats, self.overload.logOnce)
             self.acceptBackoffs.append(backoff)
-            svc = StreamServerEndpointService(
-                self.acceptGate.endpoint(backoff.endpoint(serverFromString(reactor, lc.address))), served)
+            # hot restart (issue 13 part 5): the socket inherited from the old process, else a new bind
+            source = self.hotRestart.endpoint("listener:" + lc.name, lc.address, serverFromString(reactor, lc.address))
+            svc = StreamServerEndpointService(self.acceptGate.endpoint(backoff.endpoint(source)), served)
             raiseBindErrorsSynchronously(svc)
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
@@ -184,7 +190,8 @@ class MeshService(MultiService):
                              reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None,
                              control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed)
-        admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
+        admin = StreamServerEndpointService(self.hotRestart.endpoint(
+            "admin", config.admin.address, serverFromString(reactor, config.admin.address)), site)
         raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
         admin.setServiceParent(self)
@@ -235,6 +242,7 @@ class MeshService(MultiService):
             return
         self.serving = True
         self.acceptGate.open()
+        self.hotRestart.serving()  # a process that took over tells the old one to drain now
         if self.config.registration is not None:
             # registered once callers can be served: listeners bound and accepting, discovered clusters warm
             registration = self.config.registration
@@ -274,6 +282,7 @@ class MeshService(MultiService):
     def _stop(self):
         self.draining = True
         self.notifier.stopping("draining: " + self.meshStatus.describe())
+        self.hotRestart.stop()
         if self.registration is not None:
             # withdraw the local app first and let callers' registries notice, while the listeners still serve
             yield self.registration.drain()
