@@ -19,11 +19,12 @@ LAYERS = (
     ("codecs and config", ["protocols/*/codec.py", "protocols/*/events.py", "protocols/*/wire.py",
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
                            "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
-                           "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py"]),
+                           "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py",
+                           "hot_restart_wire.py", "hot_restart_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
     ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
-                 "startup.py"]),
+                 "startup.py", "hot_restart.py"]),
     ("plugins", ["plugins/*.py"]),
 )
 
