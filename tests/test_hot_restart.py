@@ -19,8 +19,8 @@ from zope.interface.verify import verifyObject
 
 from txmesh import tcp as txtcp
 from txmesh.config import ConfigError, loads
-from txmesh.hot_restart import (HotRestart, Inheritance, NoHotRestart, _ControlProtocol, addressFits, receiveSockets,
-                                requestSockets, takeOver)
+from txmesh.hot_restart import HotRestart, NoHotRestart, _ControlProtocol
+from txmesh.hot_restart_takeover import Inheritance, addressFits, receiveSockets, requestSockets, takeOver
 from txmesh.hot_restart_config import HotRestartConfig
 from txmesh.hot_restart_wire import MAX_MESSAGE, HandoverError, MessageDecoder, encode
 from txmesh.interfaces import IHotRestart

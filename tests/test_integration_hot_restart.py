@@ -14,6 +14,7 @@ import http.client
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -299,3 +300,14 @@ def test_without_a_running_process_it_starts_as_usual(tmp_path):
         assert not os.path.exists(tmp_path / "hot.sock")
     finally:
         proc.stop()
+
+
+def test_hot_restart_needs_the_block(tmp_path):
+    path = tmp_path / "mesh.yaml"
+    path.write_text(CONFIG.format(sock=tmp_path / "hot.sock", upstream=1, echo=2, admin=3, web=4, grpc=5)
+                    .replace("hot_restart:\n  socket: %s\n  timeout: 10s\n" % (tmp_path / "hot.sock",), ""))
+    env = dict(os.environ, PYTHONPATH=support.ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(TWISTD + ["--config", str(path), "--hot-restart"], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert out.returncode == 1
+    assert "txmesh: --hot-restart: %s has no hot_restart block" % (path,) in out.stderr

@@ -24,7 +24,8 @@ LAYERS = (
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
     ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
-                 "startup.py", "hot_restart.py"]),
+                 "startup.py", "hot_restart.py",
+                 "hot_restart_takeover.py"]),
     ("plugins", ["plugins/*.py"]),
 )
 

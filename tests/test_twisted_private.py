@@ -275,10 +275,12 @@ def test_stopping_a_shared_unix_port_leaves_its_path(tmp_path):
 
     path = str(tmp_path / "l.sock")
     reactor = MemoryReactorClock()
-    port = unix.Port(path, Factory.forProtocol(Protocol), reactor=reactor)
+    port = unix.Port(path, Factory.forProtocol(Protocol), reactor=reactor, wantPID=1)
     port.startListening()
+    assert os.path.islink(path + ".lock")
     other = socket.socket(fileno=os.dup(port.fileno()))
     shareListeningPort(port)
+    assert not os.path.lexists(path + ".lock")  # released: nobody takes the path for a stale one later
     port.stopListening()
     reactor.advance(0)
     assert os.path.exists(path)

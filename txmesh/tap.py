@@ -87,11 +87,12 @@ def reportConfigError(options, error, stderr=None, what="invalid configuration")
 
 def takeOver(options, cfg, environ):
     """
-    With ``--hot-restart``: the L{txmesh.hot_restart.Inheritance} from the txmesh at ``hot_restart.socket`` (None
+    With ``--hot-restart``: the L{txmesh.hot_restart_takeover.Inheritance} from the txmesh at ``hot_restart.socket`` (None
     when none listens there), its service manager's variables added to ``environ`` where missing.  A refusal or a
     broken hand-over ends this process (exit 1): the old one keeps serving.
     """
-    from txmesh import hot_restart
+    from txmesh import hot_restart_takeover as takeover
+    from txmesh.hot_restart_wire import HandoverError
 
     if not options["hot-restart"]:
         return None
@@ -99,12 +100,12 @@ def takeOver(options, cfg, environ):
         reportConfigError(options, "%s has no hot_restart block" % (options["config"],), what="--hot-restart")
         sys.exit(1)
     try:
-        inheritance = hot_restart.takeOver(cfg.hotRestart.socket, cfg.hotRestart.timeout)
-    except hot_restart.HandoverError as e:
+        inheritance = takeover.takeOver(cfg.hotRestart.socket, cfg.hotRestart.timeout)
+    except HandoverError as e:
         reportConfigError(options, e, what="hot restart failed")
         sys.exit(1)
     if inheritance is None:
-        hot_restart.log.info("hot restart: no txmesh listens on {path}; starting as usual", path=cfg.hotRestart.socket)
+        takeover.log.info("hot restart: no txmesh listens on {path}; starting as usual", path=cfg.hotRestart.socket)
         return None
     for name, value in inheritance.environment.items():
         environ.setdefault(name, value)
@@ -127,19 +128,19 @@ def makeService(options):
     installDefaultReactor()
     from twisted.internet import reactor
 
-    from txmesh import hot_restart, systemd
+    from txmesh import hot_restart, hot_restart_takeover, systemd
     from txmesh.service import MeshService
     from txmesh.startup import RunningMesh
 
-    serviceManager = {name: os.environ[name] for name in hot_restart.INHERITED_ENVIRONMENT if name in os.environ}
+    serviceManager = {name: os.environ[name] for name in hot_restart_takeover.INHERITED_ENVIRONMENT
+                      if name in os.environ}
     # $NOTIFY_SOCKET and the watchdog variables are read and removed here, before anything starts a process
     notifier = systemd.fromEnvironment(os.environ, reactor, statusInterval=options["status-interval"])
     hot = None
     if cfg.hotRestart is not None:
-        announce = None
-        if isinstance(notifier, systemd.SystemdNotifier):
-            def announce(pid):
-                notifier.notify(("MAINPID", pid), ("READY", 1))
+        # a new process tells systemd it is the main process now (the unit needs NotifyAccess=all for that)
+        announce = (lambda pid: notifier.notify(("MAINPID", pid), ("READY", 1))) \
+            if isinstance(notifier, systemd.SystemdNotifier) else None
         hot = hot_restart.HotRestart(reactor, cfg.hotRestart, reactor.stop, inheritance, announce, serviceManager)
     return RunningMesh(MeshService(cfg, reactor, notifier=notifier, hotRestart=hot), makeObserver(options), reactor,
                        options["config"])

@@ -139,12 +139,16 @@ def shareListeningPort(port):
 
     Relies on C{twisted/internet/tcp.py}'s ``_SocketCloser._shouldShutdown``, which Twisted itself clears for a
     port made on an adopted descriptor ("Avoid shutting it down at the end"), and on C{twisted/internet/unix.py}'s
-    ``Port.connectionLost`` doing nothing but the unlink (and a lock file txmesh never asks for) before
-    ``tcp.Port.connectionLost``: the port's own ``connectionLost`` becomes that one.
+    ``Port.connectionLost`` doing nothing but the unlink and the release of its lock file (``unix:...:lockfile=1``,
+    a symlink to this pid) before ``tcp.Port.connectionLost``: the port's own ``connectionLost`` becomes that one,
+    and the lock is released now (left behind, a later process would take it for a stale one and remove the path).
     """
     port._shouldShutdown = False
     if isinstance(port, unix.Port):
         port.connectionLost = functools.partial(tcp.Port.connectionLost, port)
+        if port.lockFile is not None:
+            port.lockFile.unlock()
+            port.lockFile = None
 
 
 class ClientClassConnector(tcp.Connector):
