@@ -20,11 +20,12 @@ LAYERS = (
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
                            "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
                            "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py",
-                           "tls/material.py", "config_diff.py"]),
+                           "tls/material.py", "config_diff.py",
+                           "hot_restart_wire.py", "hot_restart_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py", "listeners.py"]),
     ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
-                 "startup.py", "reload.py"]),
+                 "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py"]),
     ("plugins", ["plugins/*.py"]),
 )
 

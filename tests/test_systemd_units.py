@@ -43,7 +43,10 @@ def copyUnits(target, dropIn=None):
     if dropIn is not None:
         unit, conf = dropIn
         os.makedirs(os.path.join(target, unit + ".d"))
-        shutil.copy(conf, os.path.join(target, unit + ".d"))
+        with open(conf, encoding="utf-8") as f:
+            text = f.read()
+        with open(os.path.join(target, unit + ".d", os.path.basename(conf)), "w", encoding="utf-8") as f:
+            f.write(text.replace("/opt/txmesh/", sys.prefix + "/"))
     return sorted(os.path.join(target, os.path.basename(p)) for p in UNITS)
 
 
@@ -65,7 +68,7 @@ def test_venv_binaries_exist_for_the_rewritten_units():
         assert os.access(os.path.join(sys.prefix, "bin", name), os.X_OK), "pip install the project into this venv"
 
 
-@pytest.mark.parametrize("dropIn", [None, "txmesh-low-ports.conf", "txmesh-sockets.conf"])
+@pytest.mark.parametrize("dropIn", [None, "txmesh-low-ports.conf", "txmesh-sockets.conf", "txmesh-hot-restart.conf"])
 def test_systemd_analyze_verify(tmp_path, dropIn):
     files = copyUnits(str(tmp_path), dropIn and ("txmesh.service", os.path.join(ETC, dropIn)))
     out = analyze("verify", "--man=no", *files, cwd=str(tmp_path))

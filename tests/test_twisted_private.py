@@ -226,3 +226,65 @@ def test_port_doRead_accepts_through_port_socket_and_survives_resource_errors(co
 
 def test_watchAcceptErrors_leaves_other_ports_alone():
     assert not watchAcceptErrors(object(), {errno.EMFILE}, lambda code: None)
+
+
+def _pendingAfterStop(share):
+    """
+    Stop a bound txmesh TCP port whose socket another holder (a dup) keeps, with a connection waiting in the
+    backlog: is the connection still there to accept from the other copy?
+    """
+    from txmesh import tcp as txtcp
+    from txmesh.twisted_private import shareListeningPort
+
+    reactor = MemoryReactorClock()
+    port = txtcp.listenTCP(reactor, 0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    other = socket.socket(fileno=os.dup(port.fileno()))
+    client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        if share:
+            shareListeningPort(port)
+        port.stopListening()
+        reactor.advance(0)
+        other.setblocking(False)
+        try:
+            accepted, _ = other.accept()
+        except OSError:
+            return False
+        accepted.sendall(b"x")
+        ok = client.recv(1) == b"x"
+        accepted.close()
+        return ok
+    finally:
+        client.close()
+        other.close()
+
+
+def test_stopping_a_shared_port_leaves_the_socket_and_its_backlog_to_the_other_holder():
+    assert _pendingAfterStop(share=True)
+
+
+def test_without_sharing_stopping_a_port_shuts_the_socket_down_for_every_holder():
+    """The hazard shareListeningPort exists for: Twisted's shutdown(2) resets the backlog everywhere."""
+    assert not _pendingAfterStop(share=False)
+
+
+def test_stopping_a_shared_unix_port_leaves_its_path(tmp_path):
+    from twisted.internet import unix
+
+    from txmesh.twisted_private import shareListeningPort
+
+    path = str(tmp_path / "l.sock")
+    reactor = MemoryReactorClock()
+    port = unix.Port(path, Factory.forProtocol(Protocol), reactor=reactor, wantPID=1)
+    port.startListening()
+    assert os.path.islink(path + ".lock")
+    other = socket.socket(fileno=os.dup(port.fileno()))
+    shareListeningPort(port)
+    assert not os.path.lexists(path + ".lock")  # released: nobody takes the path for a stale one later
+    port.stopListening()
+    reactor.advance(0)
+    assert os.path.exists(path)
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(path)  # still listening through the other copy
+    client.close()
+    other.close()

@@ -19,6 +19,7 @@ import txmesh.plugins
 from txmesh.discovery_config import buildDiscovery, buildRegistration, buildRegistries
 from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, parseYAML
 from txmesh.errors import ConfigError
+from txmesh.hot_restart_config import buildHotRestart
 from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
 from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buildPathNormalization
 from txmesh.protocols.descriptor import findProtocols
@@ -305,6 +306,7 @@ class MeshConfig:
     # discovery and registration (issue 12): {name: registry config}, the registration config or None
     registries: dict = field(default_factory=dict, compare=False)
     registration: object = None
+    hotRestart: object = None  # a HotRestartConfig (issue 13 part 5) or None
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -346,7 +348,8 @@ def loads(text, filename="<string>"):
 
 def _buildMesh(r, raw):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
-                                 "overload", "registries", "registration"))
+                                 "overload", "registries", "registration",
+                                 "hot_restart"))
     if raw.get("listeners") is None:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
@@ -376,7 +379,8 @@ def _buildMesh(r, raw):
     return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
                       drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
-                      registration=buildRegistration(r, raw, registries, listeners, clusters))
+                      registration=buildRegistration(r, raw, registries, listeners, clusters),
+                      hotRestart=buildHotRestart(r, raw, [admin.address] + [lc.address for lc in listeners]))
 
 
 def _buildOverload(r, raw):

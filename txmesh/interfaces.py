@@ -1352,6 +1352,38 @@ class IConfigApplier(Interface):
         """
 
 
+# -- hot restart (part 5): a new process takes the listening sockets over from the running one --
+
+
+class IHotRestart(Interface):
+    """
+    The service's side of hot restart (``txmesh/hot_restart.py``; docs/operations.md "Hot restart"): where the
+    listeners' ports come from, and the moment the service serves.  A process started to take over got the old
+    process's listening sockets before the service was built; its listeners listen on those, it binds only what
+    the old process did not have, and once it serves it tells the old process to drain.  Every process then
+    listens on the control socket, to hand its own sockets to the next one.  No method raises for a hand-over
+    that fails: the old process keeps serving, the new one logs why.
+    """
+
+    def endpoint(name, address, endpoint):
+        """
+        An C{IStreamServerEndpoint} for the listener (or admin) ``name`` configured at ``address`` (an endpoint
+        string): it listens on the socket inherited under that name when its address fits ``address`` (adopted
+        with the reactor's ``adoptStreamPort``, so txmesh's own TCP transport serves it), else as ``endpoint``
+        does.  Either way the port is kept under ``name`` to hand it to a later process.
+        """
+
+    def serving():
+        """
+        The service accepts on every listener: a process that took over tells the service manager its new main
+        pid and the old process to drain; then this process listens on the control socket.
+        """
+
+    def stop():
+        """The service stops: close the control socket; a hand-over under way ends (the new process keeps what
+        it has)."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Observability (issue 16): each part's contracts go under its own heading
 # ---------------------------------------------------------------------------------------------------------------

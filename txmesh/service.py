@@ -23,6 +23,7 @@ from txmesh.admin import makeAdminSite
 from txmesh.control import MeshControl
 from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
+from txmesh.hot_restart import NoHotRestart
 from txmesh.interfaces import IFilterConfigResources
 from txmesh.listeners import ListenerBuilder
 from txmesh.overload import Overload, StatmReader
@@ -120,6 +121,8 @@ class MeshService(MultiService):
     @param notifier: the L{txmesh.interfaces.IServiceNotifier} told READY once everything is bound, RELOADING and
         READY around a reload, and STOPPING when the drain starts (default: one that does nothing; tap.py makes
         systemd's from the environment).
+    @param hotRestart: the L{txmesh.interfaces.IHotRestart} the listeners' and the admin's ports come from, told
+        when the service serves and when it stops (default: none, every port is bound as configured).
     @ivar overload: the L{Overload} every listener asks (global connection count, memory pressure).
     @ivar listeners: {name: L{txmesh.listeners.RunningListener}} of the running config, in its order.
     @ivar retiring: protocol factories a reload replaced or removed, draining their connections.
@@ -132,8 +135,10 @@ class MeshService(MultiService):
     reopenSignal = signal.SIGUSR1
     reloadSignal = signal.SIGHUP
 
-    def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None, notifier=None):
+    def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None, notifier=None,
+                 hotRestart=None):
         MultiService.__init__(self)
+        self.hotRestart = hotRestart if hotRestart is not None else NoHotRestart()
         self.notifier = notifier if notifier is not None else NullNotifier()
         self.config = config
         self.reactor = reactor
@@ -182,7 +187,8 @@ class MeshService(MultiService):
                              reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None,
                              control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed)
-        admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
+        admin = StreamServerEndpointService(self.hotRestart.endpoint(
+            "admin", config.admin.address, serverFromString(reactor, config.admin.address)), site)
         raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
         admin.setServiceParent(self)
@@ -191,7 +197,9 @@ class MeshService(MultiService):
 
     def _listenerEndpoint(self, lc, backoff):
         """Where listener ``lc`` listens: its address, its ports backing off on accept errors, gated until serving."""
-        return self.acceptGate.endpoint(backoff.endpoint(serverFromString(self.reactor, lc.address)))
+        # hot restart (issue 13 part 5): the socket inherited from the old process, else a new bind
+        source = self.hotRestart.endpoint("listener:" + lc.name, lc.address, serverFromString(self.reactor, lc.address))
+        return self.acceptGate.endpoint(backoff.endpoint(source))
 
     def addListener(self, listener):
         """Run ``listener`` (a L{txmesh.listeners.RunningListener}): its port is bound now if the mesh runs."""
@@ -276,6 +284,7 @@ class MeshService(MultiService):
             return
         self.serving = True
         self.acceptGate.open()
+        self.hotRestart.serving()  # a process that took over tells the old one to drain now
         if self.config.registration is not None:
             # registered once callers can be served: listeners bound and accepting, discovered clusters warm
             registration = self.config.registration
@@ -312,6 +321,7 @@ class MeshService(MultiService):
     def _stop(self):
         self.draining = True
         self.notifier.stopping("draining: " + self.meshStatus.describe())
+        self.hotRestart.stop()
         if self.registration is not None:
             # withdraw the local app first and let callers' registries notice, while the listeners still serve
             yield self.registration.drain()

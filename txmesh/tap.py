@@ -1,6 +1,6 @@
 """
-twistd glue: ``twistd -n txmesh --config mesh.yaml [--log-level info] [--log-format text|json]``.  The only module
-that touches the global reactor.
+twistd glue: ``twistd -n txmesh --config mesh.yaml [--log-level info] [--log-format text|json] [--hot-restart]``.
+The only module that touches the global reactor.
 """
 
 import os
@@ -17,7 +17,8 @@ from txmesh.logs import FORMATS, OperatorLogObserver, isJournalStream, parseLeve
 
 
 class Options(usage.Options):
-    synopsis = "--config PATH [--check] [--log-level LEVEL] [--log-format text|json] [--status-interval S]"
+    synopsis = ("--config PATH [--check] [--log-level LEVEL] [--log-format text|json] [--status-interval S] "
+                "[--hot-restart]")
     longdesc = "Run the txmesh sidecar described by a mesh.yaml file."
     optParameters = [["config", "c", None, "Path to the mesh.yaml configuration (required)."],
                      ["status-interval", None, 10.0,
@@ -25,7 +26,9 @@ class Options(usage.Options):
                      ["log-level", None, "info", "Log events at this level and above: debug, info, warn, error, "
                                                  "critical."],
                      ["log-format", None, "text", "text (one line per event) or json (one JSON object per line)."]]
-    optFlags = [["check", None, "Validate the configuration and exit 0 (valid) or 1 (invalid); binds nothing."]]
+    optFlags = [["check", None, "Validate the configuration and exit 0 (valid) or 1 (invalid); binds nothing."],
+                ["hot-restart", None, "Take the listening sockets over from the txmesh listening on hot_restart.socket "
+                                      "(then tell it to drain); start as usual when none listens there."]]
 
     def postOptions(self):
         if not self["config"]:
@@ -74,12 +77,39 @@ def makeObserver(options, stdout=None):
     return OperatorLogObserver(stream, options["log-level"], options["log-format"], journald)
 
 
-def reportConfigError(options, error, stderr=None):
+def reportConfigError(options, error, stderr=None, what="invalid configuration"):
     """Write the config error in one line to stderr, in the log format chosen (logging has not begun yet)."""
     stderr = stderr if stderr is not None else sys.stderr
     observer = OperatorLogObserver(stderr, LogLevel.error, options["log-format"], isJournalStream(stderr))
     observer({"log_level": LogLevel.error, "log_namespace": "txmesh", "log_time": time.time(),
-              "log_format": "txmesh: invalid configuration: {error}", "error": str(error)})
+              "log_format": "txmesh: %s: {error}" % (what,), "error": str(error)})
+
+
+def takeOver(options, cfg, environ):
+    """
+    With ``--hot-restart``: the L{txmesh.hot_restart_takeover.Inheritance} from the txmesh at ``hot_restart.socket`` (None
+    when none listens there), its service manager's variables added to ``environ`` where missing.  A refusal or a
+    broken hand-over ends this process (exit 1): the old one keeps serving.
+    """
+    from txmesh import hot_restart_takeover as takeover
+    from txmesh.hot_restart_wire import HandoverError
+
+    if not options["hot-restart"]:
+        return None
+    if cfg.hotRestart is None:
+        reportConfigError(options, "%s has no hot_restart block" % (options["config"],), what="--hot-restart")
+        sys.exit(1)
+    try:
+        inheritance = takeover.takeOver(cfg.hotRestart.socket, cfg.hotRestart.timeout)
+    except HandoverError as e:
+        reportConfigError(options, e, what="hot restart failed")
+        sys.exit(1)
+    if inheritance is None:
+        takeover.log.info("hot restart: no txmesh listens on {path}; starting as usual", path=cfg.hotRestart.socket)
+        return None
+    for name, value in inheritance.environment.items():
+        environ.setdefault(name, value)
+    return inheritance
 
 
 def makeService(options):
@@ -94,13 +124,23 @@ def makeService(options):
     if options["check"]:
         sys.stdout.write("txmesh: %s is valid\n" % (options["config"],))
         sys.exit(0)
+    inheritance = takeOver(options, cfg, os.environ)
     installDefaultReactor()
     from twisted.internet import reactor
 
-    from txmesh import systemd
+    from txmesh import hot_restart, hot_restart_takeover, systemd
     from txmesh.service import MeshService
     from txmesh.startup import RunningMesh
 
+    serviceManager = {name: os.environ[name] for name in hot_restart_takeover.INHERITED_ENVIRONMENT
+                      if name in os.environ}
     # $NOTIFY_SOCKET and the watchdog variables are read and removed here, before anything starts a process
     notifier = systemd.fromEnvironment(os.environ, reactor, statusInterval=options["status-interval"])
-    return RunningMesh(MeshService(cfg, reactor, notifier=notifier), makeObserver(options), reactor, options["config"])
+    hot = None
+    if cfg.hotRestart is not None:
+        # a new process tells systemd it is the main process now (the unit needs NotifyAccess=all for that)
+        announce = (lambda pid: notifier.notify(("MAINPID", pid), ("READY", 1))) \
+            if isinstance(notifier, systemd.SystemdNotifier) else None
+        hot = hot_restart.HotRestart(reactor, cfg.hotRestart, reactor.stop, inheritance, announce, serviceManager)
+    return RunningMesh(MeshService(cfg, reactor, notifier=notifier, hotRestart=hot), makeObserver(options), reactor,
+                       options["config"])

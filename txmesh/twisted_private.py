@@ -8,8 +8,9 @@ passed on.  Nothing else in txmesh may import a ``_``-name from Twisted or read 
 """
 
 import errno
+import functools
 
-from twisted.internet import tcp
+from twisted.internet import tcp, unix
 from twisted.internet.endpoints import _parseServer
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import failure, log
@@ -29,6 +30,8 @@ PRIVATE_NAMES = (
     ("twisted.internet.tcp.Port", "_fromListeningDescriptor"),
     ("twisted.internet.tcp.Connector", "_makeTransport"),
     ("twisted.application.internet.StreamServerEndpointService", "_raiseSynchronously"),
+    # shareListeningPort: a port that closes its socket without shutdown(2) (and, for UNIX, without unlink)
+    ("twisted.internet.tcp._SocketCloser", "_shouldShutdown"),
     # not ``_``-names, but undocumented internals of the listening port that watchAcceptErrors relies on
     ("twisted.internet.tcp.Port", "doRead"),
 )
@@ -122,6 +125,30 @@ def adoptTCPPort(portClass, reactor, fileDescriptor, addressFamily, factory):
     p = portClass._fromListeningDescriptor(reactor, fileDescriptor, addressFamily, factory)
     p.startListening()
     return p
+
+
+def shareListeningPort(port):
+    """
+    From now on, stopping the listening ``port`` (a L{twisted.internet.tcp.Port} or L{twisted.internet.unix.Port})
+    only closes this process's descriptor of its socket, which another process also holds (a hot restart handed
+    it over): the socket keeps listening there, and the connections waiting in its backlog are accepted there.
+
+    Twisted's ``Port.connectionLost`` calls ``shutdown(2)`` on a socket it bound itself before closing it; on a
+    listening socket that resets every connection in the backlog and stops the socket listening in every process
+    that holds it.  A UNIX port also unlinks its path, the address the other process now listens on.
+
+    Relies on C{twisted/internet/tcp.py}'s ``_SocketCloser._shouldShutdown``, which Twisted itself clears for a
+    port made on an adopted descriptor ("Avoid shutting it down at the end"), and on C{twisted/internet/unix.py}'s
+    ``Port.connectionLost`` doing nothing but the unlink and the release of its lock file (``unix:...:lockfile=1``,
+    a symlink to this pid) before ``tcp.Port.connectionLost``: the port's own ``connectionLost`` becomes that one,
+    and the lock is released now (left behind, a later process would take it for a stale one and remove the path).
+    """
+    port._shouldShutdown = False
+    if isinstance(port, unix.Port):
+        port.connectionLost = functools.partial(tcp.Port.connectionLost, port)
+        if port.lockFile is not None:
+            port.lockFile.unlock()
+            port.lockFile = None
 
 
 class ClientClassConnector(tcp.Connector):
