@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # (layer, glob patterns of module paths under txmesh/), lowest first
 LAYERS = (
-    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "twisted_private.py", "tcp.py",
+    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "metric_names.py", "twisted_private.py", "tcp.py",
                    "protocols/descriptor.py", "__init__.py", "plugins/__init__.py", "protocols/__init__.py",
                    "protocols/*/__init__.py", "filters/__init__.py", "upstream/__init__.py",
                    "discovery/__init__.py"]),
@@ -20,7 +20,8 @@ LAYERS = (
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
                            "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
                            "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py"]),
-    ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py"]),
+    ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py",
+                           "request_stats.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
     ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
                  "startup.py"]),

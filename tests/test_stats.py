@@ -60,8 +60,9 @@ def test_help_text_reaches_metrics():
     registry = CollectorRegistry()
     registry.register(store)
     text = generate_latest(registry).decode()
-    assert "# HELP txmesh_downstream_rq_error_total Local error replies by cause" in text
-    assert 'txmesh_downstream_rq_error_total{cause="no_route",listener="in"} 1.0' in text
+    # /metrics names follow Prometheus' conventions (txmesh.metric_names): downstream_rq_error is local replies
+    assert "# HELP txmesh_downstream_local_replies_total Local error replies by cause" in text
+    assert 'txmesh_downstream_local_replies_total{cause="no_route",listener="in"} 1.0' in text
 
 
 def test_store_cap_still_applies():

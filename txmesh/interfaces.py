@@ -147,6 +147,9 @@ class IStreamInfo(Interface):
         "Why the response is what it is: a local reply's cause (x-txmesh-error value), a reset's reason, or None "
         "(the access log says 'via_upstream' when an upstream answered).")
     upstreamFailureReason = Attribute("Why the upstream connection could not be made (str), or None.")
+    grpcStatus = Attribute(
+        "The grpc-status field a gRPC listener sent (bytes, e.g. b'14'), or None (not gRPC, or no status was sent: "
+        "the client went away first).")
 
 
 class IStreamDecoderFilterCallbacks(Interface):
@@ -1346,6 +1349,30 @@ class IMeshControl(Interface):
         """
         The route decision for the request the query ``args`` ({name: [str]}) describes (txmesh/explain.py).
         @raise ValueError: the query does not describe a request.
+        """
+
+
+# -- request metrics per listener, route and cluster, and the status page's view of them (parts 1, 5) --
+
+
+class IRequestStats(Interface):
+    """
+    What every stream reports when it ends, whatever its protocol (txmesh/request_stats.py): the duration
+    histograms, bytes and responses per listener, route and cluster that /metrics exports and the status page
+    reads.  The stream filter chain calls ``streamEnded`` once per stream, after its filters were told.
+    """
+
+    def streamEnded(info):
+        """
+        Count one finished stream: ``info`` is its L{IStreamInfo} with ``endTime`` set.  Cheap (no formatting, no
+        allocation once the stream's listener/route/cluster was seen) and never raises for a stream's facts.
+        """
+
+    def clusterTotals():
+        """
+        {cluster name: L{txmesh.request_stats.ClusterTotals}}: the requests, failures and the duration histogram's
+        counts summed over every listener and route that sent streams to the cluster, since start ("" is the
+        streams no cluster took: no route, a local reply).
         """
 
 

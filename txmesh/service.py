@@ -162,7 +162,8 @@ class MeshService(MultiService):
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
-                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
+                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats),
+                                           requestStats=self.runtime.requestStats)
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
             self.listenerFactories.append(factory)
             self.overload.watch(factory)

@@ -183,7 +183,7 @@ class StreamInfo:
                  "upstreamHost", "responseFlags", "bytesReceived", "bytesSent", "responseCode", "metadata",
                  "endTime", "requestId", "downstreamLocal", "requestEndTime", "upstreamStartTime",
                  "upstreamFirstByteTime", "upstreamEndTime", "attemptCount", "responseCodeDetails",
-                 "upstreamFailureReason")
+                 "upstreamFailureReason", "grpcStatus")
 
     def __init__(self, startTime, protocol, listenerName, downstreamPeer=""):
         self.startTime = startTime
@@ -209,6 +209,7 @@ class StreamInfo:
         self.attemptCount = 0
         self.responseCodeDetails = None
         self.upstreamFailureReason = None
+        self.grpcStatus = None  # what a gRPC listener answered (issue 16 part 1's per-cluster counts)
 
 
 # The parts of a request held while its upstream connection is being made (the router's attempts, mirroring's
