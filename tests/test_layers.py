@@ -23,7 +23,7 @@ LAYERS = (
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "runtime.py", "overload.py",
                            "request_stats.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
-    ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
+    ("service", ["service.py", "admin.py", "control.py", "status.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
                  "startup.py"]),
     ("plugins", ["plugins/*.py"]),
 )

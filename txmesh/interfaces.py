@@ -1376,6 +1376,21 @@ class IRequestStats(Interface):
         """
 
 
+class IStatusView(Interface):
+    """
+    What the admin's live status page polls (``/status.json``; txmesh/status.py): a JSON-able dict, snake_case keys.
+    """
+
+    def status():
+        """
+        {"time", "window_seconds", "server": IMeshControl.serverInfo(), "listeners": IMeshControl.describeListeners(),
+        "clusters": [per cluster: name, protocol, lb_policy, hosts (address, healthy, health_flags, ...),
+        healthy_hosts, total_hosts, requests_total, failures_total, requests_per_second, failure_rate,
+        latency_seconds {p50, p90, p99}], "no_cluster": the same figures for streams no cluster took (if any)}.
+        Rates and percentiles are over the recent window (null until two readings exist, or without requests).
+        """
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Security (issue 14): each part's contracts go under its own heading
 # ---------------------------------------------------------------------------------------------------------------

@@ -100,32 +100,37 @@ class Histogram:
             out.append((floatToGoString(bound), n))
         return out
 
-    def quantile(self, q, counts=None):
-        """
-        The ``q`` quantile (0..1) estimated as Prometheus' ``histogram_quantile`` does: linear within the bucket the
-        rank falls in (the first bucket from 0), the highest finite bound for the +Inf bucket; None without
-        observations.  ``counts`` (default this histogram's) lets a caller pass a difference of two readings.
-        """
-        counts = self.counts if counts is None else counts
-        total = sum(counts)
-        if total <= 0:
-            return None
-        rank = q * total
-        seen = 0
-        bounds = self.bounds
-        for i, count in enumerate(counts):
-            if count and seen + count >= rank:
-                if i == len(bounds):
-                    return bounds[-1]
-                low = bounds[i - 1] if i else 0.0
-                return low + (bounds[i] - low) * ((rank - seen) / count)
-            seen += count
-        return bounds[-1]
+    def quantile(self, q):
+        """The ``q`` quantile (0..1) of the observations (L{quantile}); None without observations."""
+        return quantile(self.bounds, self.counts, q)
 
     def snapshot(self):
         """What /stats shows: the count, the sum, a few quantiles and the cumulative buckets."""
         return {"count": self.value, "sum": self.sum, "p50": self.quantile(0.5), "p90": self.quantile(0.9),
                 "p99": self.quantile(0.99), "buckets": self.cumulative()}
+
+
+def quantile(bounds, counts, q):
+    """
+    The ``q`` quantile (0..1) of a histogram's ``counts`` per bucket of ``bounds`` (+Inf last), estimated as
+    Prometheus' ``histogram_quantile`` does: linear within the bucket the rank falls in (the first bucket from 0),
+    the highest finite bound when it falls in +Inf; None without observations.  ``counts`` may be the difference of
+    two readings (the observations of a window).
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    last = len(bounds)
+    for i, count in enumerate(counts):
+        if count > 0 and seen + count >= rank:
+            if i == last:
+                return bounds[-1]
+            low = bounds[i - 1] if i else 0.0
+            return low + (bounds[i] - low) * ((rank - seen) / count)
+        seen += count
+    return bounds[-1]
 
 
 class StatsStore:
