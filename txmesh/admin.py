@@ -176,7 +176,10 @@ class StatsPage(_Endpoint):
         lines = []
         for name in sorted(snapshot):
             for s in snapshot[name]:
-                lines.append("%s %s\n" % (_seriesName(name, s["labels"]), s["value"]))
+                value = s["value"]
+                if isinstance(value, dict):  # a histogram: count, sum, quantiles and buckets on the one line
+                    value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+                lines.append("%s %s\n" % (_seriesName(name, s["labels"]), value))
         lines.sort()
         return _reply(request, 200, "".join(lines))
 

@@ -16,6 +16,8 @@ RENAMED = {
     "downstream_grpc_status": "downstream_grpc_responses",
     "upstream_grpc_status": "upstream_grpc_responses",
     "dubbo_responses": "dubbo_method_responses",
+    # per listener, route and cluster (txmesh.request_stats): its /stats name could not be dubbo_responses
+    "dubbo_status_responses": "dubbo_responses",
     "dubbo_requests": "dubbo_method_requests",
     "dubbo_business_exceptions": "dubbo_method_business_exceptions",
     "dubbo_timeouts": "dubbo_method_timeouts",
