@@ -195,3 +195,42 @@ def test_combinations_past_the_cap_share_one_other_series():
     assert len(series) == 3
     other = [h for labels, h in series if labels["route"] == "_other"]
     assert len(other) == 1 and other[0].value == 3
+
+
+def test_stats_shows_the_histograms_count_sum_and_percentiles():
+    store = StatsStore()
+    rs = RequestStats(store)
+    rs.streamEnded(info("http/1.1", code=200, start=10.0, end=10.004))
+    site = makeAdminSite(store, None, dict, lambda: True, reactor=Clock())
+    [series] = request(site, b"/stats?filter=^request_duration").json()["request_duration_seconds"]
+    assert series["labels"] == {"listener": "in", "route": "r", "cluster": "c"}
+    assert series["value"]["count"] == 1 and 0.0025 < series["value"]["p99"] <= 0.005
+    [line] = request(site, b"/stats?format=text&filter=^request_duration").body.decode().splitlines()
+    assert line.startswith('request_duration_seconds{listener="in",route="r",cluster="c"} {"buckets":')
+    assert '"count":1' in line
+
+
+def test_a_failure_to_count_is_logged_and_the_stream_still_ends():
+    """Should counting ever raise, the connection must not hang: the listener is told the stream ended."""
+    from twisted.logger import globalLogPublisher
+
+    mesh = InMemoryMesh(MESH)
+
+    class Broken:
+        def streamEnded(self, info):
+            raise RuntimeError("boom")
+
+    mesh.template.streamEnded = Broken().streamEnded
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        client = mesh.connect()
+        client.request(path=b"/direct")
+        client.request(path=b"/direct")  # the connection serves the next request
+        assert [r.body for r in client.responses()] == [b"direct", b"direct"]
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    failures = [e for e in logged if "log_failure" in e]
+    assert len(failures) == 2 and failures[0]["log_failure"].check(RuntimeError)
+    for f in failures:
+        f["log_failure"].cleanFailure()

@@ -200,7 +200,7 @@ class StatsStore:
         return out
 
     def series(self, name):
-        """[(labels dict, series object)] of ``name`` (the Counter, Gauge or Histogram); for the admin's views."""
+        """[(labels dict, series object)] of ``name`` (its Counters, Gauges or Histograms), for tests and tools."""
         entry = self._metrics.get(name)
         return [] if entry is None else [(dict(labels), s) for labels, s in entry[2].items()]
 

@@ -595,7 +595,10 @@ class ActiveStream:
                 self.log.failure("filter {f!r} failed in onStreamComplete", f=f)
         streamEnded = self.template.streamEnded
         if streamEnded is not None:
-            streamEnded(self.streamInfo)
+            try:
+                streamEnded(self.streamInfo)
+            except Exception:  # the metrics never keep a stream from ending
+                self.log.failure("counting the end of stream {info!r} failed", info=self.streamInfo)
         self.downstream.streamComplete(self)
 
     # -- backpressure from the downstream side ---------------------------------------------------------------
