@@ -23,6 +23,17 @@ class BenchError(Exception):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
+def requestStatsOf(runtime):
+    """
+    The FilterChainTemplate's ``requestStats`` keyword as the service passes it (the request metrics, issue 16), for
+    the in-memory benches; none for a tree from before them (``limits_ab.py --base-tree`` runs those benches' code
+    on an older txmesh).
+    """
+    if hasattr(runtime, "requestStats"):
+        return {"requestStats": runtime.requestStats}
+    return {}
+
+
 _given = set()
 
 

@@ -295,7 +295,7 @@ def inproc(n, profile):
     runtime = Runtime(clock, clusters, stats, random.Random(1), cfg, writeScope=scope)
     lc = cfg.listeners[0]
     template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                   lc.limits.maxRequestBody)
+                                   lc.limits.maxRequestBody, **benchlib.requestStatsOf(runtime))
     server = GRPCListenerFactory(lc, template, runtime).buildProtocol(None)
     st = StringTransport()
     server.makeConnection(st)

@@ -7,6 +7,7 @@ reactor and the kernel.  Usage: python bench/inproc.py [N] [--profile] [--path T
 """
 
 import cProfile
+import os
 import pstats
 import random
 import sys
@@ -25,6 +26,9 @@ from txmesh.protocols.transport import WriteScope
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.upstream.cluster import ClusterManager
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import requestStatsOf  # noqa: E402 (the module next to this one)
 
 CONFIG = """
 listeners:
@@ -61,7 +65,8 @@ def build():
     runtime = Runtime(clock, clusters, stats, random.Random(1), cfg, writeScope=scope)
     lc = cfg.listeners[0]
     template = FilterChainTemplate(lc.filters, runtime, lc.routeConfig, lc.limits.bufferLimit, lc.limits.maxRequestBody,
-                                   paths=pathNormalizerFor(lc, stats))  # the default path normalisation, as served
+                                   paths=pathNormalizerFor(lc, stats),  # the default path normalisation, as served
+                                   **requestStatsOf(runtime))
     factory = HTTP1ListenerFactory(lc, template, runtime)
     server = factory.buildProtocol(None)
     st = StringTransport()

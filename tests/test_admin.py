@@ -200,10 +200,14 @@ def test_metricsPrometheusText(world):
 
 
 def test_metricsOnlyOurSeries(world):
-    """A private registry: no process/platform/gc collectors from prometheus_client's global registry."""
+    """
+    A private registry: txmesh's series and the process collector's standard names, none of the platform/gc
+    collectors of prometheus_client's global registry.
+    """
     body = world.get(b"/metrics").body.decode()
     names = {f.name for f in text_string_to_metric_families(body)}
-    assert names and all(n.startswith("txmesh_") for n in names)
+    assert names and all(n.startswith(("txmesh_", "process_")) for n in names)
+    assert not any(n.startswith(("python_gc", "python_info")) for n in names)
 
 
 def test_metricsOpenMetricsOnRequest(world):
@@ -216,9 +220,17 @@ def test_metricsOpenMetricsOnRequest(world):
 
 
 def test_metricsEmptyStore():
+    """Without a series of txmesh's own: the build info and the process collector only."""
     site = makeAdminSite(StatsStore(), None, dict, lambda: True, reactor=Clock())
     r = request(site, b"/metrics")
-    assert (r.code, r.body) == (200, b"")
+    assert r.code == 200
+    families = {f.name: f for f in text_string_to_metric_families(r.body.decode())}
+    assert {n for n in families if n.startswith("txmesh_")} == {"txmesh_build_info"}
+    [info] = families["txmesh_build_info"].samples
+    assert info.value == 1 and info.labels["mode"] == "pure-python" and set(info.labels) == {
+        "version", "python", "twisted", "mode"}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds",
+            "process_start_time_seconds"} <= set(families)
 
 
 def test_clusters(world):

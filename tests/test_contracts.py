@@ -61,6 +61,7 @@ def test_the_stream_and_its_listener_side(proxied):
     assert isinstance(stream.downstream, HTTP1ServerProtocol)
     assert verifyObject(I.IDownstreamStream, stream.downstream)
     assert verifyObject(I.IListenerFactory, mesh.factory)
+    assert verifyObject(I.IRequestStats, mesh.runtime.requestStats)  # told of the stream's end
 
 
 def test_filters_and_the_callbacks_they_get(proxied):

@@ -205,7 +205,7 @@ def test_admin_endpoints_show_counters(mesh):
     assert statValue(mesh, "downstream_rq", listener="outbound") >= 1
     assert statValue(mesh, "downstream_rq_xx", listener="outbound", code_class="2xx") >= 1
     status, body = support.adminGet(mesh["admin"], "/metrics")
-    assert status == 200 and b"txmesh_downstream_rq_total{" in body
+    assert status == 200 and b"txmesh_downstream_requests_total{" in body
     status, body = support.adminGet(mesh["admin"], "/clusters")
     assert status == 200 and "echo" in body.decode()
     status, body = support.adminGet(mesh["admin"], "/config_dump")

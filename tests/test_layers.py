@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # (layer, glob patterns of module paths under txmesh/), lowest first
 LAYERS = (
-    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "twisted_private.py", "tcp.py",
+    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "metric_names.py", "twisted_private.py", "tcp.py",
                    "protocols/descriptor.py", "__init__.py", "plugins/__init__.py", "protocols/__init__.py",
                    "protocols/*/__init__.py", "filters/__init__.py", "upstream/__init__.py",
                    "discovery/__init__.py", "tls/__init__.py"]),
@@ -22,9 +22,10 @@ LAYERS = (
                            "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py",
                            "tls/material.py", "config_diff.py",
                            "hot_restart_wire.py", "hot_restart_config.py"]),
-    ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py"]),
+    ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py",
+                           "request_stats.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py", "listeners.py"]),
-    ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
+    ("service", ["service.py", "admin.py", "control.py", "status.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
                  "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py"]),
     ("plugins", ["plugins/*.py"]),
 )

@@ -60,8 +60,9 @@ def test_help_text_reaches_metrics():
     registry = CollectorRegistry()
     registry.register(store)
     text = generate_latest(registry).decode()
-    assert "# HELP txmesh_downstream_rq_error_total Local error replies by cause" in text
-    assert 'txmesh_downstream_rq_error_total{cause="no_route",listener="in"} 1.0' in text
+    # /metrics names follow Prometheus' conventions (txmesh.metric_names): downstream_rq_error is local replies
+    assert "# HELP txmesh_downstream_local_replies_total Local error replies by cause" in text
+    assert 'txmesh_downstream_local_replies_total{cause="no_route",listener="in"} 1.0' in text
 
 
 def test_store_cap_still_applies():
@@ -79,3 +80,51 @@ def test_computed_gauge_asked_again_reads_the_newest_reader():
     assert store.value("age", cluster="c") == 5.0
     store.scope(cluster="c").computedGauge("age", lambda: 1.0)
     assert store.value("age", cluster="c") == 1.0 and len(store.snapshot()["age"]) == 1
+
+
+# -- histograms (issue 16 part 1) ----------------------------------------------------------------------------------
+
+
+def test_histogram_counts_each_observation_in_the_bucket_of_its_inclusive_upper_bound():
+    from txmesh.stats import Histogram
+
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 1.0, 7.0):
+        h.observe(v)
+    assert h.counts == [2, 2, 1] and h.value == 5 and abs(h.sum - 8.65) < 1e-9
+    assert h.cumulative() == [("0.1", 2), ("1.0", 4), ("+Inf", 5)]
+
+
+def test_quantiles_interpolate_as_histogram_quantile_does():
+    from txmesh.stats import quantile
+
+    bounds = (0.1, 1.0, 10.0)
+    assert quantile(bounds, [0, 0, 0, 0], 0.5) is None
+    assert quantile(bounds, [4, 0, 0, 0], 0.5) == 0.05  # the first bucket starts at 0
+    assert abs(quantile(bounds, [0, 10, 0, 0], 0.9) - 0.91) < 1e-9
+    assert quantile(bounds, [1, 0, 0, 9], 0.99) == 10.0  # in +Inf: the highest finite bound
+
+
+def test_histograms_reach_metrics_as_histogram_families_and_stats_as_summaries():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    store = StatsStore()
+    h = store.scope(listener="in").histogram("request_duration_seconds", help="Stream durations")
+    assert store.scope(listener="in").histogram("request_duration_seconds") is h
+    h.observe(0.003)
+    h.observe(0.2)
+    registry = CollectorRegistry()
+    registry.register(store)
+    [family] = text_string_to_metric_families(generate_latest(registry).decode())
+    assert (family.name, family.type, family.documentation) == (
+        "txmesh_request_duration_seconds", "histogram", "Stream durations")
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples[("txmesh_request_duration_seconds_bucket", "0.0025")] == 0
+    assert samples[("txmesh_request_duration_seconds_bucket", "0.005")] == 1
+    assert samples[("txmesh_request_duration_seconds_bucket", "+Inf")] == 2
+    assert samples[("txmesh_request_duration_seconds_count", None)] == 2
+    assert abs(samples[("txmesh_request_duration_seconds_sum", None)] - 0.203) < 1e-9
+    [series] = store.snapshot()["request_duration_seconds"]
+    assert series["labels"] == {"listener": "in"}
+    assert series["value"]["count"] == 2 and series["value"]["p50"] == 0.005
+    assert store.value("request_duration_seconds", listener="in") == 2

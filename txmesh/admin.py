@@ -2,24 +2,45 @@
 The admin HTTP API, on twisted.web.
 
 Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
-``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain`` and an index
-at ``/`` serve GET and HEAD only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
-``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, ``POST /reload``, serve POST only, and
-``/logging`` shows the log level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a
-404 and nothing is ever served from the file system.  Every body is computed at request time from the
+``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain``,
+``/status.json``, ``/static/`` (the status page's script and style), ``/help`` and the root ``/`` serve GET and HEAD
+only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
+``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, ``POST /reload``, serve POST only, and ``/logging`` shows the log
+level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a 404 and
+nothing is ever served from the file system (the status page's three files are package data, read once at start).
+
+The root answers by ``Accept``: a browser (``text/html``) gets the live status page (txmesh/status_page/, polling
+``/status.json`` every second), ``application/json`` the endpoints as JSON, anything else (curl) the plain-text list
+of endpoints it always served, which ``/help`` also serves.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
 
+import importlib.resources
 import json
+import platform
 import re
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+import twisted
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+import txmesh
+from txmesh.control import HOT_PATH_MODE
+from txmesh.status import StatusView
+
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
+HTML = b"text/html; charset=utf-8"
+
+# The status page's files (package data): path under /static/ -> (file in txmesh/status_page/, content type)
+STATIC_FILES = {b"status.js": ("status.js", b"text/javascript; charset=utf-8"),
+                b"status.css": ("status.css", b"text/css; charset=utf-8")}
+# What the status page may load: its own script, style and /status.json; nothing inline, nothing from elsewhere
+STATUS_PAGE_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                   b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 # Longest accepted ?filter= regex: the API is loopback-only, but a scrape should not be made to compile an essay.
 MAX_FILTER_LENGTH = 1024
@@ -155,16 +176,34 @@ class StatsPage(_Endpoint):
         lines = []
         for name in sorted(snapshot):
             for s in snapshot[name]:
-                lines.append("%s %s\n" % (_seriesName(name, s["labels"]), s["value"]))
+                value = s["value"]
+                if isinstance(value, dict):  # a histogram: count, sum, quantiles and buckets on the one line
+                    value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+                lines.append("%s %s\n" % (_seriesName(name, s["labels"]), value))
         lines.sort()
         return _reply(request, 200, "".join(lines))
 
 
+class BuildInfo:
+    """
+    ``txmesh_build_info`` (Prometheus' ``*_info`` idiom, a gauge of 1): txmesh's version, Python's, Twisted's and the
+    hot path's mode (``pure-python``: no compiled parts).
+    """
+
+    def collect(self):
+        info = InfoMetricFamily("txmesh_build", "txmesh's version, Python's and Twisted's, and the hot path's mode")
+        info.add_metric([], {"version": txmesh.__version__, "python": platform.python_version(),
+                             "twisted": twisted.__version__, "mode": HOT_PATH_MODE})
+        yield info
+
+
 class MetricsPage(_Endpoint):
     """
-    Prometheus exposition of the StatsStore, rendered by prometheus_client from a private registry (so the
-    process-global default registry and its import-time collectors play no part).  The Prometheus text format
-    unless ``Accept`` asks for OpenMetrics.
+    Prometheus exposition of the StatsStore, ``txmesh_build_info`` and prometheus_client's process collector
+    (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, ``process_open_fds``,
+    ``process_start_time_seconds``, ...: the names every process dashboard reads), rendered by prometheus_client
+    from a private registry (so the process-global default registry and its other import-time collectors play no
+    part).  The Prometheus text format unless ``Accept`` asks for OpenMetrics.
     """
 
     description = "Prometheus text exposition"
@@ -173,6 +212,8 @@ class MetricsPage(_Endpoint):
         super().__init__()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(stats)
+        self._registry.register(BuildInfo())
+        ProcessCollector(registry=self._registry)
 
     def renderPage(self, request):
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
@@ -394,11 +435,10 @@ class ExplainPage(_Endpoint):
             return _reply(request, 400, "%s\n" % (e,))
 
 
-class IndexPage(_Endpoint):
-    """A plain-text list of the endpoints, one per line."""
+class HelpPage(_Endpoint):
+    """A plain-text list of the endpoints, one per line (what ``/`` shows to anything but a browser)."""
 
     description = "this list"
-    allowTrailingSlash = False
 
     def __init__(self, pages):
         super().__init__()
@@ -406,19 +446,81 @@ class IndexPage(_Endpoint):
 
     def renderPage(self, request):
         width = max(len(path) for path in self._pages) + 2
-        lines = ["txmesh admin\n\n"]
+        lines = ["txmesh admin\n\n", "%-*s %s\n" % (width, "/", "the live status page (browsers); this list (others)")]
         for path, page in self._pages.items():
             lines.append("%-*s %s\n" % (width, "/" + path, page.description))
         return _reply(request, 200, "".join(lines))
 
 
+class IndexPage(HelpPage):
+    """
+    The admin root.  By ``Accept``: ``text/html`` (a browser) gets the status page, ``application/json`` the
+    endpoints as ``{"/path": description}``, anything else the plain-text list (as before the status page).
+    """
+
+    allowTrailingSlash = False
+
+    def __init__(self, pages, html):
+        super().__init__(pages)
+        self._html = html
+
+    def renderPage(self, request):
+        request.setHeader(b"vary", b"accept")
+        accept = request.getHeader(b"accept") or b""
+        if b"text/html" in accept:
+            request.setHeader(b"content-security-policy", STATUS_PAGE_CSP)
+            return _reply(request, 200, self._html, HTML)
+        if b"application/json" in accept:
+            return _jsonReply(request, {"/" + path: page.description for path, page in self._pages.items()})
+        return HelpPage.renderPage(self, request)
+
+
+class StatusJsonPage(_Endpoint):
+    """``/status.json``: what the status page polls (L{txmesh.interfaces.IStatusView.status})."""
+
+    description = "listeners, clusters, hosts, requests/s, failures and latency per cluster, as JSON (the status page's)"
+
+    def __init__(self, view):
+        super().__init__()
+        self.view = view  # an IStatusView (set by makeAdminSite once the site's reactor is known)
+
+    def renderPage(self, request):
+        return _jsonReply(request, self.view.status())
+
+
+class StaticPage(_Endpoint):
+    """``/static/<name>``: the status page's script and style, from package data read once (L{STATIC_FILES})."""
+
+    description = "the status page's script and style"
+    allowTrailingSlash = False
+
+    def __init__(self, files):
+        super().__init__()
+        self._files = files
+
+    def render(self, request):
+        if request.method in self.methods and len(request.postpath) == 1 and request.postpath[0] in self._files:
+            body, contentType = self._files[request.postpath[0]]
+            request.setHeader(b"content-security-policy", STATUS_PAGE_CSP)
+            return _reply(request, 200, body, contentType)
+        if request.method not in self.methods:
+            request.setHeader(b"allow", b", ".join(self.methods))
+            return _reply(request, 405, "method not allowed\n")
+        return _reply(request, 404, "not found\n")
+
+
+def _statusPageFile(name):
+    """A file of txmesh/status_page/ (package data) as bytes."""
+    return importlib.resources.files("txmesh").joinpath("status_page", name).read_bytes()
+
+
 class AdminRoot(Resource):
     """Dispatches the first path segment to a page; everything else is a 404."""
 
-    def __init__(self, pages):
+    def __init__(self, pages, index):
         super().__init__()
         self._pages = {path.encode("ascii"): page for path, page in pages.items()}
-        self._index = IndexPage(pages)
+        self._index = index
         self._notFound = _NotFound()
 
     def getChild(self, path, request):
@@ -439,7 +541,7 @@ class AdminSite(Site):
 
 
 def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None,
-                  registrations=None, control=None, healthcheckFailed=None):
+                  registrations=None, control=None, healthcheckFailed=None, requestStats=None):
     """
     Build the admin API.
 
@@ -459,6 +561,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         ``/explain``; without it
         those paths are 404s.
     @param healthcheckFailed: optional callable -> bool, true after ``POST /healthcheck/fail`` (``/ready`` says so).
+    @param requestStats: optional L{txmesh.interfaces.IRequestStats} whose per-cluster totals ``/status.json`` shows
+        (requests/s, failures, latency); without it those figures are empty.
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
@@ -477,6 +581,12 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
                       "logging": LoggingPage(control), "healthcheck": HealthcheckPage(control),
                       "drain_listeners": DrainListenersPage(control), "explain": ExplainPage(control),
                       "reload": ReloadPage(control)})
-    site = AdminSite(AdminRoot(pages), reactor=reactor)
+    statusPage = pages["status.json"] = StatusJsonPage(None)
+    pages["static"] = StaticPage({path: (_statusPageFile(name), contentType)
+                                  for path, (name, contentType) in STATIC_FILES.items()})
+    pages["help"] = HelpPage(pages)
+    site = AdminSite(AdminRoot(pages, IndexPage(pages, _statusPageFile("index.html"))), reactor=reactor)
     site.displayTracebacks = False
+    # the status page's readings are timed by the site's reactor (the one given, else twisted.web's default)
+    statusPage.view = StatusView(site.reactor, clusterManager, requestStats, control)
     return site

@@ -151,6 +151,9 @@ class IStreamInfo(Interface):
     upstreamFailureReason = Attribute("Why the upstream connection could not be made (str), or None.")
     peerIdentity = Attribute(
         "The downstream peer's IPeerIdentity (mutual TLS: its verified client certificate), or None.")
+    grpcStatus = Attribute(
+        "The grpc-status field a gRPC listener sent (bytes, e.g. b'14'), or None (not gRPC, or no status was sent: "
+        "the client went away first).")
 
 
 class IStreamDecoderFilterCallbacks(Interface):
@@ -1439,6 +1442,45 @@ class IMeshControl(Interface):
         """
         The route decision for the request the query ``args`` ({name: [str]}) describes (txmesh/explain.py).
         @raise ValueError: the query does not describe a request.
+        """
+
+
+# -- request metrics per listener, route and cluster, and the status page's view of them (parts 1, 5) --
+
+
+class IRequestStats(Interface):
+    """
+    What every stream reports when it ends, whatever its protocol (txmesh/request_stats.py): the duration
+    histograms, bytes and responses per listener, route and cluster that /metrics exports and the status page
+    reads.  The stream filter chain calls ``streamEnded`` once per stream, after its filters were told.
+    """
+
+    def streamEnded(info):
+        """
+        Count one finished stream: ``info`` is its L{IStreamInfo} with ``endTime`` set.  Cheap (no formatting, no
+        allocation once the stream's listener/route/cluster was seen) and never raises for a stream's facts.
+        """
+
+    def clusterTotals():
+        """
+        {cluster name: L{txmesh.request_stats.ClusterTotals}}: the requests, failures and the duration histogram's
+        counts summed over every listener and route that sent streams to the cluster, since start ("" is the
+        streams no cluster took: no route, a local reply).
+        """
+
+
+class IStatusView(Interface):
+    """
+    What the admin's live status page polls (``/status.json``; txmesh/status.py): a JSON-able dict, snake_case keys.
+    """
+
+    def status():
+        """
+        {"time", "window_seconds", "server": IMeshControl.serverInfo(), "listeners": IMeshControl.describeListeners(),
+        "clusters": [per cluster: name, protocol, lb_policy, hosts (address, healthy, health_flags, ...),
+        healthy_hosts, total_hosts, requests_total, failures_total, requests_per_second, failure_rate,
+        latency_seconds {p50, p90, p99}], "no_cluster": the same figures for streams no cluster took (if any)}.
+        Rates and percentiles are over the recent window (null until two readings exist, or without requests).
         """
 
 

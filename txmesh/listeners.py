@@ -168,7 +168,7 @@ class ListenerBuilder:
         """The FilterChainTemplate of ``lc`` (a ListenerConfig)."""
         return FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                    lc.limits.maxRequestBody, lc.limits.streamIdleTimeout, lc.respectExpectedTimeout,
-                                   pathNormalizerFor(lc, self.stats))
+                                   pathNormalizerFor(lc, self.stats), requestStats=self.runtime.requestStats)
 
     def factory(self, lc, template):
         """``(protocol factory, served factory)``: the second wraps the first in ``lc``'s network filters."""

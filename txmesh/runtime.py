@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from txmesh.config import NodeConfig
 from txmesh.discovery.dubbo_clusters import RegistryClusters
 from txmesh.overload import Overload
+from txmesh.request_stats import RequestStats
 from txmesh.upstream.shadow import ShadowWriter
 
 
@@ -103,6 +104,8 @@ class Runtime:
         config's bounds, without a memory reader).
     @ivar registryClusters: the L{txmesh.discovery.dubbo_clusters.RegistryClusters} of ``dubbo_registry`` routes.
     @ivar shadows: the L{txmesh.upstream.shadow.ShadowWriter} the router mirrors requests with.
+    @ivar requestStats: the L{txmesh.request_stats.RequestStats} (an IRequestStats) the listeners' filter chains
+        report each stream's end to, and the admin's status page reads.
     """
 
     def __init__(self, clock, clusters, stats, random=None, config=None, reactor=None, writeScope=None,
@@ -125,6 +128,8 @@ class Runtime:
         # dubbo_registry routes' clusters, made on demand (issue 12 part 2)
         self.registryClusters = RegistryClusters(clock, clusters, registries, stats)
         self._routerStats = {}
+        # request metrics per listener, route and cluster (issue 16 part 1): the listeners' chains report to it
+        self.requestStats = RequestStats(stats)
 
     def routerStats(self, cluster):
         rs = self._routerStats.get(cluster)

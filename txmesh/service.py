@@ -186,7 +186,8 @@ class MeshService(MultiService):
                              isDraining=lambda: self.draining or self.listenersDrained, reactor=reactor,
                              reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None,
-                             control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed)
+                             control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed,
+                             requestStats=self.runtime.requestStats)
         admin = StreamServerEndpointService(self.hotRestart.endpoint(
             "admin", config.admin.address, serverFromString(reactor, config.admin.address)), site)
         raiseBindErrorsSynchronously(admin)

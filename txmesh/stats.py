@@ -8,9 +8,25 @@ prometheus_client collector at scrape time, so the exposition format is promethe
 A series is named by a metric name and a tuple of label pairs.  ``Scope`` objects fix a prefix of labels (a
 listener, a cluster) so components create their series once, at construction, and keep references; a
 L{LabelledCounter} does the same for a label whose values only come at run time (an error cause, a status).
+
+A L{Histogram} is kept the same way: a list of counts per bucket, found by ``bisect`` at each observation, exported
+as a histogram family (cumulative buckets, ``_sum``, ``_count``) at scrape time.  That costs about a seventh of
+prometheus_client's ``Histogram.observe`` (no lock, no Python loop over the bounds; see docs/metrics.md).
+
+The /stats names are Envoy's style (``downstream_rq``); /metrics renames them by Prometheus' conventions
+(``txmesh_downstream_requests_total``) through L{txmesh.metric_names}, whose table docs/metrics.md shows.
 """
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from bisect import bisect_left
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from txmesh.metric_names import prometheusName
+
+# Request durations of a sidecar: from half a millisecond (a hop on loopback) to 30 s (a slow call or a stream's
+# deadline); the bounds are inclusive, as Prometheus' ``le`` says.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Counter:
@@ -53,6 +69,70 @@ class ComputedGauge:
         return self.read()
 
 
+class Histogram:
+    """
+    Observations counted per bucket: ``counts[i]`` holds those ``<= bounds[i]`` and above ``bounds[i - 1]``, the last
+    count those above every bound (+Inf).  ``observe(v)`` is ``counts[bisect_left(bounds, v)] += 1; sum += v``; the hot
+    path may inline it.  ``value`` is the number of observations.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds=DURATION_BUCKETS):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, v):
+        self.counts[bisect_left(self.bounds, v)] += 1
+        self.sum += v
+
+    @property
+    def value(self):
+        return sum(self.counts)
+
+    def cumulative(self):
+        """[(upper bound as Prometheus writes it, observations at or below it)], +Inf last."""
+        out = []
+        n = 0
+        for bound, count in zip(self.bounds + (float("inf"),), self.counts):
+            n += count
+            out.append((floatToGoString(bound), n))
+        return out
+
+    def quantile(self, q):
+        """The ``q`` quantile (0..1) of the observations (L{quantile}); None without observations."""
+        return quantile(self.bounds, self.counts, q)
+
+    def snapshot(self):
+        """What /stats shows: the count, the sum, a few quantiles and the cumulative buckets."""
+        return {"count": self.value, "sum": self.sum, "p50": self.quantile(0.5), "p90": self.quantile(0.9),
+                "p99": self.quantile(0.99), "buckets": self.cumulative()}
+
+
+def quantile(bounds, counts, q):
+    """
+    The ``q`` quantile (0..1) of a histogram's ``counts`` per bucket of ``bounds`` (+Inf last), estimated as
+    Prometheus' ``histogram_quantile`` does: linear within the bucket the rank falls in (the first bucket from 0),
+    the highest finite bound when it falls in +Inf; None without observations.  ``counts`` may be the difference of
+    two readings (the observations of a window).
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    last = len(bounds)
+    for i, count in enumerate(counts):
+        if count > 0 and seen + count >= rank:
+            if i == last:
+                return bounds[-1]
+            low = bounds[i - 1] if i else 0.0
+            return low + (bounds[i] - low) * ((rank - seen) / count)
+        seen += count
+    return bounds[-1]
+
+
 class StatsStore:
     """
     All series of one process.  ``maxSeriesPerMetric`` caps label cardinality: past it, new label sets of that
@@ -90,6 +170,10 @@ class StatsStore:
     def gauge(self, name, labels=(), help=""):
         return self._series("gauge", Gauge, name, tuple(labels), help)
 
+    def histogram(self, name, labels=(), help="", bounds=DURATION_BUCKETS):
+        """The L{Histogram} for ``name`` and ``labels``; created once (with ``bounds``, default L{DURATION_BUCKETS})."""
+        return self._series("histogram", lambda: Histogram(bounds), name, tuple(labels), help)
+
     def computedGauge(self, name, read, labels=(), help=""):
         """
         A L{ComputedGauge} for ``name`` and ``labels`` reading ``read()`` at each snapshot or scrape.  Asked again for
@@ -103,11 +187,22 @@ class StatsStore:
         return Scope(self, tuple(labels.items()))
 
     def snapshot(self):
-        """{metric name: [{"labels": {...}, "value": n}, ...]} for /stats."""
+        """
+        {metric name: [{"labels": {...}, "value": n}, ...]} for /stats; a histogram's value is a dict (count, sum,
+        p50, p90, p99, buckets: L{Histogram.snapshot}).
+        """
         out = {}
         for name, (kind, _, series) in sorted(self._metrics.items()):
-            out[name] = [{"labels": dict(labels), "value": s.value} for labels, s in series.items()]
+            if kind == "histogram":
+                out[name] = [{"labels": dict(labels), "value": s.snapshot()} for labels, s in series.items()]
+            else:
+                out[name] = [{"labels": dict(labels), "value": s.value} for labels, s in series.items()]
         return out
+
+    def series(self, name):
+        """[(labels dict, series object)] of ``name`` (its Counters, Gauges or Histograms), for tests and tools."""
+        entry = self._metrics.get(name)
+        return [] if entry is None else [(dict(labels), s) for labels, s in entry[2].items()]
 
     def value(self, name, **labels):
         """The current value of one series (0 if it does not exist); for tests and the admin API."""
@@ -126,14 +221,23 @@ class StatsStore:
         return sum(s.value for lbl, s in entry[2].items() if want <= dict(lbl).items())
 
     def collect(self):
-        """The prometheus_client collector protocol: yield metric families built from the current values."""
+        """
+        The prometheus_client collector protocol: yield metric families built from the current values, named by
+        L{txmesh.metric_names.prometheusName} (counters get ``_total`` from prometheus_client).
+        """
         for name, (kind, help, series) in sorted(self._metrics.items()):
-            full = "%s_%s" % (self.prefix, name)
+            full = "%s_%s" % (self.prefix, prometheusName(name))
             labelNames = None
             for labels in series:
                 labelNames = [k for k, _ in labels]
                 break
             labelNames = labelNames or []
+            if kind == "histogram":
+                fam = HistogramMetricFamily(full, help, labels=labelNames)
+                for labels, s in series.items():
+                    fam.add_metric([v for _, v in labels], s.cumulative(), s.sum)
+                yield fam
+                continue
             if kind == "counter":
                 fam = CounterMetricFamily(full, help, labels=labelNames)
             else:
@@ -158,6 +262,9 @@ class Scope:
 
     def computedGauge(self, name, read, help="", **labels):
         return self.store.computedGauge(name, read, self.labels + tuple(labels.items()), help)
+
+    def histogram(self, name, help="", **labels):
+        return self.store.histogram(name, self.labels + tuple(labels.items()), help)
 
 
 class LabelledCounter:
@@ -194,3 +301,7 @@ class LabelledCounter:
         if c is None:
             c = self[value]
         c.value += n
+
+    def items(self):
+        """[(value, Counter)] for every value counted so far (several values may share the ``_other`` Counter)."""
+        return list(self._counters.items())

@@ -830,7 +830,8 @@ class InMemoryMesh:
         lc = self.listenerConfig = lcs[0]
         self.template = _RecordingTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
-                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
+                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats),
+                                           requestStats=self.runtime.requestStats)
         self.template.streams = self.streams
         self.factory = lc.descriptor.buildListenerFactory(lc, self.template, self.runtime)
         self.overload.watch(self.factory)

@@ -71,13 +71,16 @@ class FilterChainTemplate:
     """
     The immutable recipe of a listener's stream filters: (factory, config) pairs, built once at load.
     ``createStream`` makes the per-stream instances.  ``paths``, an IPathNormalizer or None, normalises each
-    request's path before routing and before the first filter.
+    request's path before routing and before the first filter.  ``requestStats``, an IRequestStats or None, counts
+    every stream when it ends (after the filters were told).
     """
 
     def __init__(self, entries, runtime, routeConfig, bufferLimit=1 << 20, maxRequestBody=0,
-                 streamIdleTimeout=0, respectExpectedTimeout=False, paths=None):
+                 streamIdleTimeout=0, respectExpectedTimeout=False, paths=None, requestStats=None):
         self.entries = tuple((e.factory, e.config) for e in entries)
         self.paths = paths
+        # an IRequestStats told of every stream's end (the request metrics), or None
+        self.streamEnded = requestStats.streamEnded if requestStats is not None else None
         self.runtime = runtime
         self.routeConfig = routeConfig
         self.bufferLimit = bufferLimit
@@ -590,6 +593,12 @@ class ActiveStream:
                 f.onStreamComplete()
             except Exception:
                 self.log.failure("filter {f!r} failed in onStreamComplete", f=f)
+        streamEnded = self.template.streamEnded
+        if streamEnded is not None:
+            try:
+                streamEnded(self.streamInfo)
+            except Exception:  # the metrics never keep a stream from ending
+                self.log.failure("counting the end of stream {info!r} failed", info=self.streamInfo)
         self.downstream.streamComplete(self)
 
     # -- backpressure from the downstream side ---------------------------------------------------------------

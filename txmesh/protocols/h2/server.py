@@ -290,7 +290,8 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
                 fields = [(b":status", _STATUS.get(status) or b"%d" % status)]
                 fields.extend(regularFields(headers, response.version == (2, 0)))
             if endStream:
-                f.stats.grpcStatus(code if code is not None else b"")
+                s.info.grpcStatus = code = code if code is not None else b""
+                f.stats.grpcStatus(code)
         else:
             fields = [(b":status", _STATUS.get(status) or b"%d" % status)]
             fields.extend(regularFields(headers, response.version == (2, 0)))
@@ -324,7 +325,8 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             return
         s.responseEnded = True
         if self.factory.grpc:
-            self.factory.stats.grpcStatus(trailers.get(b"grpc-status", b""))
+            s.info.grpcStatus = code = trailers.get(b"grpc-status", b"")
+            self.factory.stats.grpcStatus(code)
         try:
             self._sendTrailers(s.sid, list(trailers.items()))
         except (StreamClosedError, ProtocolError):
@@ -360,6 +362,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         fields = grpc.abortFields(reason, s.info.responseFlags, not s.headersSent, self.factory.nodeId)
         s.responseEnded = True
         self.factory.stats.error(reason)
+        s.info.grpcStatus = fields[-2][1]
         self.factory.stats.grpcStatus(fields[-2][1])
         try:
             if s.headersSent:
