@@ -24,6 +24,7 @@ from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buil
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
+from txmesh.tracing_config import buildTracing
 from txmesh.twisted_private import parseServerEndpoint
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
@@ -301,6 +302,8 @@ class MeshConfig:
     # discovery and registration (issue 12): {name: registry config}, the registration config or None
     registries: dict = field(default_factory=dict, compare=False)
     registration: object = None
+    # the top-level ``tracing`` block (issue 16 part 2): a txmesh.tracing_config.TracingConfig, or None
+    tracing: object = None
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -342,7 +345,7 @@ def loads(text, filename="<string>"):
 
 def _buildMesh(r, raw):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
-                                 "overload", "registries", "registration"))
+                                 "overload", "registries", "registration", "tracing"))
     if raw.get("listeners") is None:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
@@ -372,7 +375,8 @@ def _buildMesh(r, raw):
     return MeshConfig(filename=r.filename, admin=admin, listeners=listeners, clusters=tuple(clusters),
                       drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
-                      registration=buildRegistration(r, raw, registries, listeners, clusters))
+                      registration=buildRegistration(r, raw, registries, listeners, clusters),
+                      tracing=buildTracing(r, raw))
 
 
 def _buildOverload(r, raw):

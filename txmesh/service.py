@@ -159,8 +159,16 @@ class MeshService(MultiService):
                 entry.config.registerFiles(self.runtime.files)
         self.listenerFactories = []
         self.acceptBackoffs = []
+        # tracing (issue 16 part 2): the OpenTelemetry SDK is imported only when mesh.yaml has a ``tracing`` block
+        self.tracer = None
+        withTracing = None
+        if config.tracing is not None:
+            from txmesh.filters.tracing import withTracing
+            from txmesh.tracer import Tracer
+            self.tracer = Tracer(config.tracing, reactor, config.node)
         for lc in config.listeners:
-            template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
+            filters = lc.filters if withTracing is None else withTracing(lc, self.tracer)
+            template = FilterChainTemplate(filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
                                            lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
@@ -222,6 +230,8 @@ class MeshService(MultiService):
         except ValueError as e:  # not the main thread: POST /reopen_logs still works
             self.log.warn("cannot handle SIGUSR1 ({e}); reopen logs with POST /reopen_logs", e=e)
         self.startedAt = self.reactor.seconds()
+        if self.tracer is not None:
+            self.tracer.start()
         MultiService.startService(self)
         # every listener and the admin are bound (bind errors raise above): READY=1, then watchdog and STATUS=
         self.notifier.ready(self.meshStatus.describe())
@@ -330,6 +340,8 @@ class MeshService(MultiService):
         for entry in self._filterEntries():
             if IFilterConfigResources.providedBy(entry.config):
                 entry.config.close()
+        if self.tracer is not None:
+            yield self.tracer.stop()  # the last spans, bounded by the export timeout
         self.notifier.stop()
         yield MultiService.stopService(self)
 

@@ -1,0 +1,248 @@
+"""
+The ``tracing`` stream filter (issue 16 part 2; docs/tracing.md): the SERVER span of each request and the trace
+context its upstream call carries.
+
+The service puts it first on every listener when mesh.yaml has a ``tracing`` block (L{withTracing}); without one
+it is not installed and no request pays anything.  On the request head it reads the caller's context (W3C
+``traceparent``/``tracestate``, B3 single or multi: header fields, gRPC metadata, Dubbo attachments alike,
+txmesh.trace_context), starts the span (the caller's span its parent; a new trace when there is no valid context)
+and writes the span's context in the caller's formats and the configured ones, so the sidecar's span is the
+parent of the upstream call.  The trace and span ids go to ``streamInfo.metadata`` (``trace_id``, ``span_id``:
+the access log's ``%TRACE_ID%``).  When the stream ends, a sampled span gets the outcome's attributes (OpenTelemetry
+semantic conventions: ``http.response.status_code``, ``rpc.grpc.status_code`` ...) and ends at the stream's end
+time; the SDK's batch processor exports it from its own thread.
+"""
+
+from opentelemetry.trace import Status, StatusCode
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from txmesh.config import FilterEntry
+from txmesh.interfaces import (FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamEncoderFilter,
+                               IStreamFilterEvents, StreamEvents)
+from txmesh.protocols.h2 import grpc
+from txmesh.trace_context import extract, inject
+
+CONTINUE = FilterStatus.CONTINUE
+
+# gRPC codes a server span reports as an error (the semantic conventions' list for SERVER spans)
+_GRPC_SERVER_ERRORS = frozenset({grpc.UNKNOWN, grpc.DEADLINE_EXCEEDED, grpc.UNIMPLEMENTED, grpc.INTERNAL,
+                                 grpc.UNAVAILABLE, 15})  # 15: DATA_LOSS
+_DUBBO_OK = 20
+_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (2, 0): "2"}
+_ERROR = StatusCode.ERROR
+
+
+class TracingConfig:
+    """What the filters of one listener share: the tracer and whether the listener speaks gRPC."""
+
+    __slots__ = ("tracer", "grpc")
+
+    def __init__(self, tracer, grpc):
+        self.tracer = tracer
+        self.grpc = grpc
+
+
+def _hostPort(authority):
+    host, sep, port = authority.rpartition(b":")
+    if sep and port.isdigit() and not host.endswith(b"]") and b":" in host:
+        return authority, None  # a bare IPv6 address
+    if sep and port.isdigit():
+        return host.strip(b"[]"), int(port)
+    return authority, None
+
+
+def startAttributes(request, info):
+    """The span's name and its attributes known from the request head (OpenTelemetry semantic conventions)."""
+    attributes = {"txmesh.listener": info.listenerName}
+    peer = info.downstreamPeer
+    if peer:
+        attributes["client.address"] = peer.rpartition(":")[0].strip("[]") or peer
+    protocol = request.protocol
+    if protocol == "dubbo":
+        meta = request.metadata
+        service, method = meta.get("interface", ""), meta.get("method", "")
+        attributes.update({"rpc.system": "apache_dubbo", "rpc.system.name": "dubbo", "rpc.service": service,
+                           "rpc.method": method})
+        if meta.get("version"):
+            attributes["txmesh.dubbo.version"] = meta["version"]
+        return "%s/%s" % (service, method), attributes
+    if request.authority:
+        host, port = _hostPort(request.authority)
+        attributes["server.address"] = host.decode("latin-1")
+        if port is not None:
+            attributes["server.port"] = port
+    path = request.pathOnly().decode("latin-1")
+    if protocol == "grpc":
+        service, _, method = path.lstrip("/").partition("/")
+        attributes.update({"rpc.system": "grpc", "rpc.system.name": "grpc", "rpc.service": service,
+                           "rpc.method": method})
+        return "%s/%s" % (service, method), attributes
+    method = request.method.decode("latin-1")
+    attributes.update({"http.request.method": method, "url.path": path,
+                       "url.scheme": request.scheme.decode("latin-1"),
+                       "network.protocol.version": _VERSIONS.get(request.version, "1.1")})
+    agent = request.headers.get(b"user-agent")
+    if agent is not None:
+        attributes["user_agent.original"] = agent.decode("latin-1")
+    return method, attributes
+
+
+@implementer(IStreamDecoderFilter, IStreamFilterEvents)
+class TracingFilter:
+    """Per stream: see the module docstring.  First in the chain; it never holds an event."""
+
+    streamEvents = (StreamEvents.DECODE_HEADERS | StreamEvents.DECODER_CALLBACKS | StreamEvents.STREAM_COMPLETE
+                    | StreamEvents.STREAM_RESET)
+
+    __slots__ = ("config", "callbacks", "span", "reset")
+
+    def __init__(self, config):
+        self.config = config
+        self.callbacks = None
+        self.span = None
+        self.reset = None
+
+    def setDecoderFilterCallbacks(self, callbacks):
+        self.callbacks = callbacks
+
+    def decodeHeaders(self, request, endStream):
+        info = self.callbacks.streamInfo
+        tracer = self.config.tracer
+        parent, present = extract(request.headers)
+        name, attributes = startAttributes(request, info)
+        span = self.span = tracer.startSpan(name, parent, info.startTime, attributes)
+        context = span.get_span_context()
+        inject(request.headers, context.trace_id, context.span_id, context.trace_flags.sampled, parent,
+               present | tracer.propagation)
+        metadata = info.metadata
+        metadata["trace_id"] = "%032x" % (context.trace_id,)
+        metadata["span_id"] = "%016x" % (context.span_id,)
+        return CONTINUE
+
+    def decodeData(self, data, endStream):
+        return CONTINUE
+
+    def decodeTrailers(self, trailers):
+        return CONTINUE
+
+    def onStreamReset(self, reason):
+        self.reset = reason if isinstance(reason, str) else str(reason)
+
+    def grpcStatus(self):
+        """The call's grpc-status (gRPC listeners only: L{GrpcTracingFilter})."""
+        return None
+
+    def onStreamComplete(self):
+        span = self.span
+        if span is None or not span.is_recording():
+            return
+        info = self.callbacks.streamInfo
+        request = self.callbacks.request
+        code = info.responseCode
+        attributes = {}
+        error = None
+        protocol = request.protocol if request is not None else None
+        if protocol == "grpc":
+            status = self.grpcStatus()
+            if status is not None:
+                attributes["rpc.grpc.status_code"] = status
+                if status in _GRPC_SERVER_ERRORS:
+                    error = str(status)
+        elif protocol == "dubbo":
+            if code is not None:
+                attributes["rpc.response.status_code"] = str(code)
+                if code != _DUBBO_OK:
+                    error = str(code)
+        elif code is not None:
+            attributes["http.response.status_code"] = code
+            if code >= 500:
+                error = str(code)
+        if info.routeName:
+            attributes["txmesh.route"] = info.routeName
+        if info.clusterName:
+            attributes["txmesh.cluster"] = info.clusterName
+        if info.upstreamHost:
+            attributes["txmesh.upstream.host"] = info.upstreamHost
+        if info.responseFlags:
+            attributes["txmesh.response_flags"] = ",".join(sorted(info.responseFlags))
+        if info.attemptCount > 1:
+            attributes["txmesh.upstream.attempts"] = info.attemptCount
+        details = info.responseCodeDetails
+        if self.reset is not None and error is None:
+            error = self.reset
+        if error is not None:
+            attributes["error.type"] = details or error
+            span.set_status(Status(_ERROR, details or error))
+        span.set_attributes(attributes)
+        end = info.endTime
+        span.end(end_time=int(end * 1e9) if end is not None else None)
+
+
+@implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
+class GrpcTracingFilter(TracingFilter):
+    """On a ``grpc`` listener: also reads the call's grpc-status (trailers, or a trailers-only response's head)."""
+
+    streamEvents = TracingFilter.streamEvents | StreamEvents.ENCODE_HEADERS | StreamEvents.ENCODE_TRAILERS
+
+    __slots__ = ("status",)
+
+    def __init__(self, config):
+        TracingFilter.__init__(self, config)
+        self.status = None
+
+    def setEncoderFilterCallbacks(self, callbacks):
+        pass
+
+    def encodeHeaders(self, response, endStream):
+        value = response.headers.get(b"grpc-status")
+        if value is not None:
+            self.status = value
+        elif response.status != 200:
+            self.status = b"%d" % (grpc.statusForHTTP(response.status),)
+        return CONTINUE
+
+    def encodeData(self, data, endStream):
+        return CONTINUE
+
+    def encodeTrailers(self, trailers):
+        value = trailers.get(b"grpc-status")
+        if value is not None:
+            self.status = value
+        return CONTINUE
+
+    def grpcStatus(self):
+        value = self.status
+        if value is None:
+            return grpc.CANCELLED if self.reset is not None and self.reset.startswith("downstream") else None
+        return int(value) if value.isdigit() and len(value) <= 2 else grpc.UNKNOWN
+
+
+@implementer(IFilterFactory, IPlugin)
+class TracingFactory:
+    """
+    The ``tracing`` filter kind.  Not listed in mesh.yaml: the service installs it on every listener when the
+    ``tracing`` block exists (L{withTracing}); its config is a L{TracingConfig}.
+    """
+
+    name = "tracing"
+    kind = "stream"
+    protocols = frozenset({"http", "grpc", "dubbo"})
+    terminal = False
+
+    def buildConfig(self, raw, context):
+        raise context.error("tracing is configured by the top-level 'tracing' block, not as a listener filter")
+
+    def createFilters(self, config, callbacks, runtime):
+        if config.grpc:
+            callbacks.addStreamFilter(GrpcTracingFilter(config))
+        else:
+            callbacks.addStreamDecoderFilter(TracingFilter(config))
+
+
+def withTracing(listenerConfig, tracer):
+    """A listener's filter entries, with the tracing filter first when ``tracer`` (an ITracer) is not None."""
+    if tracer is None:
+        return listenerConfig.filters
+    config = TracingConfig(tracer, listenerConfig.protocol == "grpc")
+    return (FilterEntry("tracing", TracingFactory(), config),) + tuple(listenerConfig.filters)
