@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from txmesh.config import loads
 from txmesh.errors import ConfigError
+from txmesh.filters.access_log_format import LogRecord, TextFormat
 from txmesh.interfaces import ITracer
 from txmesh.protocols.dubbo import codec as dc
 from txmesh.protocols.dubbo.client import DubboClientProtocol
@@ -393,3 +394,25 @@ def test_stop_is_bounded_when_the_collector_does_not_answer():
     reactor.advance(3)
     assert d.called and tracer.stop().called  # a second stop has nothing to do
     gate.set()
+
+
+def test_schema_takes_the_tracing_block_and_the_access_log_shows_the_trace_id():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    text = mesh("  exporter: otlp_grpc\n  endpoint: http://collector:4317\n  sampling_ratio: 0.25\n"
+                "  propagation: [tracecontext, b3multi]\n  export_timeout: 2s\n  max_queue_size: 100")
+    jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(text))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(mesh("  exporter: zipkin")))
+    m = InMemoryMesh(text)
+    c = m.connect()
+    c.send(b"GET / HTTP/1.1\r\nHost: app\r\ntraceparent: " + TP + b"\r\n\r\n")
+    m.upstream("backend").requests[0].respond(200)
+    [stream] = m.streams
+    record = LogRecord(stream.streamInfo, stream.request, stream.streamInfo.endTime, None)
+    line = TextFormat("%TRACE_ID% %REQ(TRACEPARENT)%").format(record)
+    assert line.split() == ["%032x" % TRACE, "00-%032x-%016x-01" % (TRACE, spans(m)[0].context.span_id)]
