@@ -267,3 +267,97 @@ def test_one_trace_across_http_grpc_and_dubbo_sidecars_reaches_otlp_receivers():
             grpcServer.stop(0)
         otlpGrpc.stop(0)
         otlpHttp.shutdown()
+
+
+EDGE = """
+admin:
+  address: tcp:{admin}:interface=127.0.0.1
+drain_timeout: 2s
+tracing:
+  exporter: otlp_http
+  endpoint: {endpoint}
+  service_name: edge
+  schedule_delay: 60s
+  export_timeout: 1s
+listeners:
+  - name: in
+    protocol: http
+    address: tcp:{listen}:interface=127.0.0.1
+    route_config:
+      virtual_hosts:
+        - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: app}}}}]}}
+clusters:
+  - name: app
+    endpoints: [{{address: "127.0.0.1:{app}"}}]
+"""
+
+
+def plainApp():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def edgeCall(endpoint, app):
+    """A sidecar exporting to ``endpoint`` once a minute; one request through it.  @return: the sidecar."""
+    admin, listen = support.freePort(), support.freePort()
+    proc = support.startTxmesh(EDGE.format(admin=admin, listen=listen, endpoint=endpoint, app=app), admin)
+    support.waitForPort(listen, proc=proc.popen)
+    conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
+    conn.request("GET", "/x")
+    assert conn.getresponse().status == 204
+    conn.close()
+    return proc
+
+
+def stopTimed(proc):
+    started = time.monotonic()
+    assert proc.stop(timeout=15) in (0, -15), proc.output()  # twistd ends with the signal that stopped it
+    return time.monotonic() - started
+
+
+def test_spans_still_queued_are_exported_when_the_sidecar_stops():
+    receiver = Receiver()
+    otlp = startHttpReceiver(receiver)
+    app = plainApp()
+    proc = None
+    try:
+        proc = edgeCall("http://127.0.0.1:%d/v1/traces" % otlp.server_address[1], app.server_address[1])
+        time.sleep(0.3)
+        assert receiver.of("edge") == []  # the next export is a minute away
+        assert stopTimed(proc) < 5
+        [span] = receiver.of("edge")
+        assert span.name == "GET" and span.kind == span.SPAN_KIND_SERVER
+    finally:
+        if proc is not None:
+            proc.stop()
+        app.shutdown()
+        otlp.shutdown()
+
+
+def test_a_collector_that_never_answers_does_not_hold_the_shutdown():
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections are accepted by the kernel, never answered
+    app = plainApp()
+    proc = None
+    try:
+        proc = edgeCall("http://127.0.0.1:%d/v1/traces" % silent.getsockname()[1], app.server_address[1])
+        # export_timeout 1s: the flush is given at most 2s
+        assert stopTimed(proc) < 6
+    finally:
+        if proc is not None:
+            proc.stop()
+        app.shutdown()
+        silent.close()

@@ -52,8 +52,19 @@ def _hostPort(authority):
     return authority, None
 
 
+def spanName(request):
+    """The span's name: ``interface/method`` (Dubbo), ``package.Service/Method`` (gRPC), the method (HTTP)."""
+    protocol = request.protocol
+    if protocol == "dubbo":
+        meta = request.metadata
+        return "%s/%s" % (meta.get("interface", ""), meta.get("method", ""))
+    if protocol == "grpc":
+        return request.pathOnly().decode("latin-1").lstrip("/")
+    return request.method.decode("latin-1")
+
+
 def startAttributes(request, info):
-    """The span's name and its attributes known from the request head (OpenTelemetry semantic conventions)."""
+    """The span's attributes known from the request head (OpenTelemetry semantic conventions)."""
     attributes = {"txmesh.listener": info.listenerName}
     peer = info.downstreamPeer
     if peer:
@@ -66,7 +77,7 @@ def startAttributes(request, info):
                            "rpc.method": method})
         if meta.get("version"):
             attributes["txmesh.dubbo.version"] = meta["version"]
-        return "%s/%s" % (service, method), attributes
+        return attributes
     if request.authority:
         host, port = _hostPort(request.authority)
         attributes["server.address"] = host.decode("latin-1")
@@ -77,7 +88,7 @@ def startAttributes(request, info):
         service, _, method = path.lstrip("/").partition("/")
         attributes.update({"rpc.system": "grpc", "rpc.system.name": "grpc", "rpc.service": service,
                            "rpc.method": method})
-        return "%s/%s" % (service, method), attributes
+        return attributes
     method = request.method.decode("latin-1")
     attributes.update({"http.request.method": method, "url.path": path,
                        "url.scheme": request.scheme.decode("latin-1"),
@@ -85,7 +96,7 @@ def startAttributes(request, info):
     agent = request.headers.get(b"user-agent")
     if agent is not None:
         attributes["user_agent.original"] = agent.decode("latin-1")
-    return method, attributes
+    return attributes
 
 
 @implementer(IStreamDecoderFilter, IStreamFilterEvents)
@@ -110,8 +121,9 @@ class TracingFilter:
         info = self.callbacks.streamInfo
         tracer = self.config.tracer
         parent, present = extract(request.headers)
-        name, attributes = startAttributes(request, info)
-        span = self.span = tracer.startSpan(name, parent, info.startTime, attributes)
+        span = self.span = tracer.startSpan(spanName(request), parent, info.startTime, None)
+        if span.is_recording():  # an unsampled request pays for no attributes
+            span.set_attributes(startAttributes(request, info))
         context = span.get_span_context()
         inject(request.headers, context.trace_id, context.span_id, context.trace_flags.sampled, parent,
                present | tracer.propagation)
