@@ -36,12 +36,14 @@ class Dropped(SpanExporter):
         pass
 
 
-def traced(ratio):
-    return "tracing: {exporter: otlp_http, sampling_ratio: %s}\n" % (ratio,) + inproc.BASE_CONFIG
+def traced(ratio, spawn=False):
+    return ("tracing: {exporter: otlp_http, sampling_ratio: %s, spawn_upstream_span: %s}\n"
+            % (ratio, "true" if spawn else "false")) + inproc.BASE_CONFIG
 
 
 inproc.BASE_CONFIG = inproc.CONFIG
-CASES = [("tracing off", inproc.CONFIG), ("tracing, ratio 0", traced(0)), ("tracing, ratio 1", traced(1))]
+CASES = [("tracing off", inproc.CONFIG), ("tracing, ratio 0", traced(0)), ("tracing, ratio 1", traced(1)),
+         ("ratio 1 + upstream", traced(1, True))]
 
 
 def perRequest(config, n):

@@ -7,7 +7,8 @@ HTTP server (``/v1/traces``, sidecars 1 and 3, ``otlp_http``) and a grpcio serve
     python client --HTTP--> sidecar 1 --> HTTP app --gRPC (grpcio)--> sidecar 2 --> gRPC app
         --Dubbo (sofa-rpc-node consumer)--> sidecar 3 --> sofa-rpc-node provider
 
-The apps pass the context they received on, as instrumented apps do.  The test checks that the ids every app saw
+The apps pass the context they received on, as instrumented apps do; sidecar 2 also records the CLIENT span of its
+upstream call (``spawn_upstream_span``).  The test checks that the ids every app saw
 (headers, gRPC metadata, Dubbo attachments in the keys Brave's and OpenTelemetry's Dubbo filters read) are those of
 the spans the receivers got, each sidecar's span the child of its caller's.  Skipped without node or the peers.
 """
@@ -106,6 +107,7 @@ tracing:
   service_name: {name}
   schedule_delay: 100ms
   propagation: {propagation}
+  spawn_upstream_span: {spawn}
 listeners:
   - name: in
     protocol: {protocol}
@@ -122,11 +124,12 @@ clusters:
 """
 
 
-def sidecar(name, protocol, cluster, match, app, exporter, endpoint, propagation="[tracecontext]"):
+def sidecar(name, protocol, cluster, match, app, exporter, endpoint, propagation="[tracecontext]", spawn=False):
     admin, listen = support.freePort(), support.freePort()
     proc = support.startTxmesh(SIDECAR.format(admin=admin, listen=listen, name=name, protocol=protocol,
                                               cluster=cluster, match=match, app=app, exporter=exporter,
-                                              endpoint=endpoint, propagation=propagation), admin)
+                                              endpoint=endpoint, propagation=propagation,
+                                              spawn="true" if spawn else "false"), admin)
     support.waitForPort(listen, proc=proc.popen)
     return proc, listen
 
@@ -202,7 +205,7 @@ def test_one_trace_across_http_grpc_and_dubbo_sidecars_reaches_otlp_receivers():
         grpcAppPort = support.freePort()
         grpcServer = grpcApp(grpcAppPort, dubboPort, seen)
         s2, grpcPort = sidecar("sidecar-grpc", "grpc", "grpc", "{prefix: /}", grpcAppPort, "otlp_grpc",
-                               "http://127.0.0.1:%d" % grpcReceiverPort)
+                               "http://127.0.0.1:%d" % grpcReceiverPort, spawn=True)
         procs.append(s2)
         httpServer, channel = httpApp(grpcPort, seen)
         s1, httpPort = sidecar("sidecar-http", "http", "http1", "{prefix: /}", httpServer.server_address[1],
@@ -222,25 +225,31 @@ def test_one_trace_across_http_grpc_and_dubbo_sidecars_reaches_otlp_receivers():
                 receiver.of(s) for s in ("sidecar-http", "sidecar-grpc", "sidecar-dubbo")):
             time.sleep(0.05)
         [a] = receiver.of("sidecar-http")
-        [b] = receiver.of("sidecar-grpc")
+        # sidecar 2 has spawn_upstream_span: its SERVER span and the CLIENT span of its upstream call
+        b, bc = sorted(receiver.of("sidecar-grpc"), key=lambda span: span.kind)
         [c] = receiver.of("sidecar-dubbo")
         assert receiver.requests["http"] >= 2 and receiver.requests["grpc"] >= 1  # both exporters were used
 
         # one trace, started by the client: every span and every app saw its id
         for span in (a, b, c):
             assert span.trace_id.hex() == CLIENT_TRACE and span.kind == span.SPAN_KIND_SERVER
+        bca = {kv.key: kv.value for kv in bc.attributes}
+        assert (bca["server.address"].string_value, bca["server.port"].int_value,
+                bca["rpc.grpc.status_code"].int_value) == ("127.0.0.1", grpcAppPort, 0)
         httpSeen, grpcSeen, dubboSeen = (parse(seen["http"]["traceparent"]), parse(seen["grpc"]["traceparent"]),
                                          parse(attachments["traceparent"]))
         assert {httpSeen[0], grpcSeen[0], dubboSeen[0]} == {CLIENT_TRACE}
         # each sidecar's span is the parent of the call it forwarded, and the child of its caller's span
         assert a.parent_span_id.hex() == CLIENT_SPAN and httpSeen[1] == a.span_id.hex()
-        assert b.parent_span_id.hex() == a.span_id.hex() and grpcSeen[1] == b.span_id.hex()
-        assert c.parent_span_id.hex() == b.span_id.hex() and dubboSeen[1] == c.span_id.hex()
+        assert b.parent_span_id.hex() == a.span_id.hex() and bc.parent_span_id.hex() == b.span_id.hex()
+        assert (b.kind, bc.kind, bc.trace_id.hex()) == (b.SPAN_KIND_SERVER, b.SPAN_KIND_CLIENT, CLIENT_TRACE)
+        assert grpcSeen[1] == bc.span_id.hex()
+        assert c.parent_span_id.hex() == bc.span_id.hex() and dubboSeen[1] == c.span_id.hex()
         assert (httpSeen[2], grpcSeen[2], dubboSeen[2]) == ("01", "01", "01")
         assert seen["http"]["tracestate"] == "vendor=opaque" and a.trace_state == "vendor=opaque"
         # Brave's Dubbo filter reads these keys, case-sensitively
         assert (attachments["X-B3-TraceId"], attachments["X-B3-SpanId"], attachments["X-B3-ParentSpanId"],
-                attachments["X-B3-Sampled"]) == (CLIENT_TRACE, c.span_id.hex(), b.span_id.hex(), "1")
+                attachments["X-B3-Sampled"]) == (CLIENT_TRACE, c.span_id.hex(), bc.span_id.hex(), "1")
 
         def attrs(span):
             return {kv.key: kv.value for kv in span.attributes}
@@ -255,6 +264,8 @@ def test_one_trace_across_http_grpc_and_dubbo_sidecars_reaches_otlp_receivers():
         # nested in time: each caller's span covers its callee's
         assert a.start_time_unix_nano <= b.start_time_unix_nano <= c.start_time_unix_nano
         assert c.end_time_unix_nano <= b.end_time_unix_nano <= a.end_time_unix_nano
+        assert b.start_time_unix_nano <= bc.start_time_unix_nano <= c.start_time_unix_nano
+        assert c.end_time_unix_nano <= bc.end_time_unix_nano <= b.end_time_unix_nano
         assert time.monotonic() - started < 20
     finally:
         for p in reversed(procs):

@@ -416,3 +416,48 @@ def test_schema_takes_the_tracing_block_and_the_access_log_shows_the_trace_id():
     record = LogRecord(stream.streamInfo, stream.request, stream.streamInfo.endTime, None)
     line = TextFormat("%TRACE_ID% %REQ(TRACEPARENT)%").format(record)
     assert line.split() == ["%032x" % TRACE, "00-%032x-%016x-01" % (TRACE, spans(m)[0].context.span_id)]
+
+
+def test_spawn_upstream_span_makes_the_client_span_the_parent_of_the_upstream_call():
+    m = InMemoryMesh(mesh("  exporter: otlp_http\n  spawn_upstream_span: true"))
+    m.clock.advance(10)
+    c = m.connect()
+    c.send(b"GET /a HTTP/1.1\r\nHost: app\r\ntraceparent: " + TP + b"\r\n\r\n")
+    [r] = m.upstream("backend").requests
+    m.clock.advance(0.5)
+    r.respond(404)
+    assert c.response().status == 404
+    client, server = spans(m)
+    sent, _ = extract(r.head.headers)
+    assert (server.kind, server.parent.span_id, server.status.status_code) == (SpanKind.SERVER, SPAN, StatusCode.UNSET)
+    assert (client.kind, client.parent.span_id, client.context.span_id) == (SpanKind.CLIENT, server.context.span_id,
+                                                                            sent.spanId)
+    a = client.attributes
+    assert (a["http.request.method"], a["server.address"], a["server.port"], a["http.response.status_code"]) == (
+        "GET", "10.0.0.1", 80, 404)
+    assert client.status.status_code is StatusCode.ERROR  # a client's 4xx is an error, a server's is not
+    assert (client.start_time, client.end_time) == (10 * 10**9, 10.5 * 10**9)
+    assert m.streams[0].streamInfo.metadata["span_id"] == "%016x" % server.context.span_id
+
+
+def test_an_upstream_span_without_an_answer_says_why_and_unsampled_requests_get_none():
+    m = InMemoryMesh(mesh("  exporter: otlp_http\n  spawn_upstream_span: true"))
+    m.upstream("backend").refuseConnections()
+    c = m.connect()
+    c.send(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+    assert c.response().status == 503
+    client, server = spans(m)
+    assert client.status.status_code is StatusCode.ERROR and "http.response.status_code" not in client.attributes
+    assert client.attributes["error.type"] and server.attributes["http.response.status_code"] == 503
+    m.upstream("backend").acceptConnections()
+    c.send(b"GET /a HTTP/1.1\r\nHost: app\r\ntraceparent: " + TP[:-1] + b"0\r\n\r\n")
+    [r] = m.upstream("backend").requests
+    r.respond(200)
+    assert len(spans(m)) == 2  # nothing recorded for the unsampled request
+    assert extract(r.head.headers)[0].sampled is False
+
+
+def test_spawn_upstream_span_must_be_a_boolean():
+    with pytest.raises(ConfigError) as e:
+        loads(mesh("  exporter: otlp_http\n  spawn_upstream_span: yes please"), "mesh.yaml")
+    assert e.value.path == "tracing.spawn_upstream_span"

@@ -1377,6 +1377,16 @@ class ITracer(Interface):
             (``is_recording()``) only when sampled -- the caller's sampled flag, else the sampling ratio.
         """
 
+    def newSpanId():
+        """A random span id (int, 64 bits, not 0) for a span started later (L{startUpstreamSpan})."""
+
+    def startUpstreamSpan(name, server, spanId, startTime, attributes):
+        """
+        Start the CLIENT span of a request's upstream exchange, child of its SERVER span ``server`` (a recording
+        span from L{startSpan}), with the span id ``spanId`` chosen before (the one the upstream call was sent
+        with).  @return: a recording opentelemetry.trace.Span.
+        """
+
     def stop():
         """
         Export what is queued and stop the thread, bounded by the export timeout (and a second).

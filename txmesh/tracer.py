@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
 
 import txmesh
@@ -52,6 +53,20 @@ class MeshSampler(Sampler):
         return "MeshSampler{%s}" % (self.ratio.get_description(),)
 
 
+class MeshIdGenerator(RandomIdGenerator):
+    """The SDK's random ids, except a span id chosen before the span (``forced``, set just before ``start_span``)."""
+
+    def __init__(self):
+        self.forced = None
+
+    def generate_span_id(self):
+        forced = self.forced
+        if forced is not None:
+            self.forced = None
+            return forced
+        return RandomIdGenerator.generate_span_id(self)
+
+
 def makeExporter(config):
     """The OTLP span exporter the config names (its module imported only now)."""
     if config.exporter == "otlp_grpc":
@@ -81,6 +96,7 @@ class Tracer:
         self.reactor = reactor
         self.propagation = config.propagation
         self.sampler = MeshSampler(config.samplingRatio)
+        self.ids = MeshIdGenerator()
         attributes = {"service.name": config.serviceName, "service.version": txmesh.__version__}
         if node is not None:
             attributes["service.instance.id"] = node.id
@@ -100,7 +116,8 @@ class Tracer:
                 schedule_delay_millis=config.scheduleDelay * 1000, max_export_batch_size=config.maxExportBatchSize,
                 export_timeout_millis=config.exportTimeout * 1000)
         # shutdown_on_exit=False: stop() flushes, bounded; an atexit flush could wait on a dead collector
-        self._provider = TracerProvider(sampler=self.sampler, resource=self._resource, shutdown_on_exit=False)
+        self._provider = TracerProvider(sampler=self.sampler, resource=self._resource, shutdown_on_exit=False,
+                                        id_generator=self.ids)
         self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("txmesh", txmesh.__version__)
 
@@ -123,6 +140,21 @@ class Tracer:
                                            start_time=int(startTime * 1e9))
         finally:
             sampler.forced = None
+
+    def newSpanId(self):
+        return RandomIdGenerator.generate_span_id(self.ids)
+
+    def startUpstreamSpan(self, name, server, spanId, startTime, attributes):
+        context = trace.set_span_in_context(server)
+        sampler = self.sampler
+        sampler.forced = True  # the SERVER span records: so does its child
+        self.ids.forced = spanId
+        try:
+            return self._tracer.start_span(name, context, trace.SpanKind.CLIENT, attributes,
+                                           start_time=int(startTime * 1e9))
+        finally:
+            sampler.forced = None
+            self.ids.forced = None
 
     def stop(self):
         provider, self._provider = self._provider, None

@@ -16,7 +16,7 @@ EXPORTERS = {
     "otlp_grpc": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "http://127.0.0.1:4317"),
 }
 KEYS = ("exporter", "endpoint", "service_name", "sampling_ratio", "propagation", "export_timeout", "schedule_delay",
-        "max_queue_size", "max_export_batch_size")
+        "max_queue_size", "max_export_batch_size", "spawn_upstream_span")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,8 @@ class TracingConfig:
     @ivar scheduleDelay: seconds between two exports of the batch processor.
     @ivar maxQueueSize: spans kept waiting for export; past it new spans are dropped (and counted by the SDK).
     @ivar maxExportBatchSize: spans per export request.
+    @ivar spawnUpstreamSpan: also a CLIENT span for the upstream exchange, child of the SERVER span and parent of
+        the upstream call (Envoy's ``spawn_upstream_span``).
     """
 
     exporter: str = "otlp_http"
@@ -44,6 +46,7 @@ class TracingConfig:
     scheduleDelay: float = 1.0
     maxQueueSize: int = 2048
     maxExportBatchSize: int = 512
+    spawnUpstreamSpan: bool = False
 
 
 def buildTracing(r, raw):
@@ -96,4 +99,5 @@ def buildTracing(r, raw):
     return TracingConfig(exporter=exporter, endpoint=endpoint, serviceName=serviceName,
                          samplingRatio=r.number(m, "tracing", "sampling_ratio", 1.0, 0.0, 1.0),
                          propagation=propagation, exportTimeout=exportTimeout, scheduleDelay=scheduleDelay,
-                         maxQueueSize=maxQueueSize, maxExportBatchSize=batch)
+                         maxQueueSize=maxQueueSize, maxExportBatchSize=batch,
+                         spawnUpstreamSpan=r.get(m, "tracing", "spawn_upstream_span", bool, False))

@@ -34,13 +34,17 @@ _ERROR = StatusCode.ERROR
 
 
 class TracingConfig:
-    """What the filters of one listener share: the tracer and whether the listener speaks gRPC."""
+    """
+    What the filters of one listener share: the tracer, whether the listener speaks gRPC, whether each request
+    gets a CLIENT span for its upstream exchange (``spawn_upstream_span``).
+    """
 
-    __slots__ = ("tracer", "grpc")
+    __slots__ = ("tracer", "grpc", "spawnUpstream")
 
-    def __init__(self, tracer, grpc):
+    def __init__(self, tracer, grpc, spawnUpstream=False):
         self.tracer = tracer
         self.grpc = grpc
+        self.spawnUpstream = spawnUpstream
 
 
 def _hostPort(authority):
@@ -63,39 +67,55 @@ def spanName(request):
     return request.method.decode("latin-1")
 
 
+def rpcAttributes(request):
+    """``rpc.*`` attributes of a gRPC or Dubbo request; None for HTTP."""
+    protocol = request.protocol
+    if protocol == "dubbo":
+        meta = request.metadata
+        attributes = {"rpc.system": "apache_dubbo", "rpc.system.name": "dubbo",
+                      "rpc.service": meta.get("interface", ""), "rpc.method": meta.get("method", "")}
+        if meta.get("version"):
+            attributes["txmesh.dubbo.version"] = meta["version"]
+        return attributes
+    if protocol == "grpc":
+        service, _, method = request.pathOnly().decode("latin-1").lstrip("/").partition("/")
+        return {"rpc.system": "grpc", "rpc.system.name": "grpc", "rpc.service": service, "rpc.method": method}
+    return None
+
+
 def startAttributes(request, info):
-    """The span's attributes known from the request head (OpenTelemetry semantic conventions)."""
+    """The SERVER span's attributes known from the request head (OpenTelemetry semantic conventions)."""
     attributes = {"txmesh.listener": info.listenerName}
     peer = info.downstreamPeer
     if peer:
         attributes["client.address"] = peer.rpartition(":")[0].strip("[]") or peer
-    protocol = request.protocol
-    if protocol == "dubbo":
-        meta = request.metadata
-        service, method = meta.get("interface", ""), meta.get("method", "")
-        attributes.update({"rpc.system": "apache_dubbo", "rpc.system.name": "dubbo", "rpc.service": service,
-                           "rpc.method": method})
-        if meta.get("version"):
-            attributes["txmesh.dubbo.version"] = meta["version"]
-        return attributes
-    if request.authority:
+    rpc = rpcAttributes(request)
+    if request.protocol != "dubbo" and request.authority:
         host, port = _hostPort(request.authority)
         attributes["server.address"] = host.decode("latin-1")
         if port is not None:
             attributes["server.port"] = port
-    path = request.pathOnly().decode("latin-1")
-    if protocol == "grpc":
-        service, _, method = path.lstrip("/").partition("/")
-        attributes.update({"rpc.system": "grpc", "rpc.system.name": "grpc", "rpc.service": service,
-                           "rpc.method": method})
+    if rpc is not None:
+        attributes.update(rpc)
         return attributes
-    method = request.method.decode("latin-1")
-    attributes.update({"http.request.method": method, "url.path": path,
+    attributes.update({"http.request.method": request.method.decode("latin-1"),
+                       "url.path": request.pathOnly().decode("latin-1"),
                        "url.scheme": request.scheme.decode("latin-1"),
                        "network.protocol.version": _VERSIONS.get(request.version, "1.1")})
     agent = request.headers.get(b"user-agent")
     if agent is not None:
         attributes["user_agent.original"] = agent.decode("latin-1")
+    return attributes
+
+
+def upstreamAttributes(request, upstreamHost):
+    """A CLIENT span's attributes from the request (as forwarded) and the upstream host ('ip:port')."""
+    attributes = rpcAttributes(request) or {"http.request.method": request.method.decode("latin-1")}
+    if upstreamHost:
+        host, _, port = upstreamHost.rpartition(":")
+        attributes["server.address"] = host.strip("[]")
+        if port.isdigit():
+            attributes["server.port"] = int(port)
     return attributes
 
 
@@ -106,13 +126,14 @@ class TracingFilter:
     streamEvents = (StreamEvents.DECODE_HEADERS | StreamEvents.DECODER_CALLBACKS | StreamEvents.STREAM_COMPLETE
                     | StreamEvents.STREAM_RESET)
 
-    __slots__ = ("config", "callbacks", "span", "reset")
+    __slots__ = ("config", "callbacks", "span", "reset", "upstreamSpanId")
 
     def __init__(self, config):
         self.config = config
         self.callbacks = None
         self.span = None
         self.reset = None
+        self.upstreamSpanId = None  # with spawn_upstream_span: the CLIENT span's id, sent upstream
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -122,10 +143,13 @@ class TracingFilter:
         tracer = self.config.tracer
         parent, present = extract(request.headers)
         span = self.span = tracer.startSpan(spanName(request), parent, info.startTime, None)
-        if span.is_recording():  # an unsampled request pays for no attributes
-            span.set_attributes(startAttributes(request, info))
         context = span.get_span_context()
-        inject(request.headers, context.trace_id, context.span_id, context.trace_flags.sampled, parent,
+        sent = context.span_id
+        if span.is_recording():  # an unsampled request pays for no attributes (and gets no CLIENT span)
+            span.set_attributes(startAttributes(request, info))
+            if self.config.spawnUpstream:
+                sent = self.upstreamSpanId = tracer.newSpanId()
+        inject(request.headers, context.trace_id, sent, context.trace_flags.sampled, parent,
                present | tracer.propagation)
         metadata = info.metadata
         metadata["trace_id"] = "%032x" % (context.trace_id,)
@@ -145,21 +169,21 @@ class TracingFilter:
         """The call's grpc-status (gRPC listeners only: L{GrpcTracingFilter})."""
         return None
 
-    def onStreamComplete(self):
-        span = self.span
-        if span is None or not span.is_recording():
-            return
-        info = self.callbacks.streamInfo
-        request = self.callbacks.request
+    def outcome(self, request, info, client):
+        """
+        The response's status attributes and the error it is for a SERVER (``client`` false) or CLIENT span (the
+        semantic conventions: a server's HTTP error is >= 500, a client's >= 400; gRPC servers list their codes,
+        every code but OK fails a client), or None.
+        """
         code = info.responseCode
         attributes = {}
         error = None
-        protocol = request.protocol if request is not None else None
+        protocol = request.protocol
         if protocol == "grpc":
             status = self.grpcStatus()
             if status is not None:
                 attributes["rpc.grpc.status_code"] = status
-                if status in _GRPC_SERVER_ERRORS:
+                if status in _GRPC_SERVER_ERRORS or (client and status != grpc.OK):
                     error = str(status)
         elif protocol == "dubbo":
             if code is not None:
@@ -168,8 +192,18 @@ class TracingFilter:
                     error = str(code)
         elif code is not None:
             attributes["http.response.status_code"] = code
-            if code >= 500:
+            if code >= (400 if client else 500):
                 error = str(code)
+        return attributes, error
+
+    def onStreamComplete(self):
+        span = self.span
+        if span is None or not span.is_recording():
+            return
+        cb = self.callbacks
+        info = cb.streamInfo
+        request = cb.request
+        attributes, error = self.outcome(request, info, False)
         if info.routeName:
             attributes["txmesh.route"] = info.routeName
         if info.clusterName:
@@ -188,7 +222,34 @@ class TracingFilter:
             span.set_status(Status(_ERROR, details or error))
         span.set_attributes(attributes)
         end = info.endTime
+        if self.upstreamSpanId is not None and info.attemptCount:
+            self.endUpstreamSpan(request, info, end)
         span.end(end_time=int(end * 1e9) if end is not None else None)
+
+    def endUpstreamSpan(self, request, info, end):
+        """
+        The CLIENT span of the upstream exchange (``spawn_upstream_span``): from when the (last) attempt's request
+        was written upstream (its arrival, if no connection was had) to the end of the upstream response.
+        """
+        answered = info.upstreamFirstByteTime is not None
+        attributes, error = self.outcome(request, info, True) if answered else ({}, None)
+        attributes.update(upstreamAttributes(request, info.upstreamHost))
+        if info.attemptCount > 1:
+            if "http.request.method" in attributes:
+                attributes["http.request.resend_count"] = info.attemptCount - 1
+            else:
+                attributes["txmesh.upstream.attempts"] = info.attemptCount
+        if not answered:
+            error = info.upstreamFailureReason or info.responseCodeDetails or self.reset or "no_response"
+        start = info.upstreamStartTime if info.upstreamStartTime is not None else info.startTime
+        client = self.config.tracer.startUpstreamSpan(spanName(request), self.span, self.upstreamSpanId, start,
+                                                      attributes)
+        if error is not None:
+            client.set_attribute("error.type", error)
+            client.set_status(Status(_ERROR, error))
+        if info.upstreamEndTime is not None:
+            end = info.upstreamEndTime
+        client.end(end_time=int(end * 1e9) if end is not None else None)
 
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
@@ -256,5 +317,5 @@ def withTracing(listenerConfig, tracer):
     """A listener's filter entries, with the tracing filter first when ``tracer`` (an ITracer) is not None."""
     if tracer is None:
         return listenerConfig.filters
-    config = TracingConfig(tracer, listenerConfig.protocol == "grpc")
+    config = TracingConfig(tracer, listenerConfig.protocol == "grpc", tracer.config.spawnUpstreamSpan)
     return (FilterEntry("tracing", TracingFactory(), config),) + tuple(listenerConfig.filters)
