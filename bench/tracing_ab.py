@@ -58,7 +58,7 @@ def perRequest(config, n):
             processors.append(processor)
             tracer = Tracer(cfg.tracing, Clock(), processor=processor)
             tracer.start()
-            filters = withTracing(cfg.listeners[0], tracer)
+            filters = withTracing(cfg.listeners[0], tracer, runtime.stats)
         return chain.FilterChainTemplate(filters, runtime, *args, **kwargs)
 
     inproc.FilterChainTemplate = template

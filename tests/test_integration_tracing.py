@@ -131,6 +131,7 @@ def sidecar(name, protocol, cluster, match, app, exporter, endpoint, propagation
                                               endpoint=endpoint, propagation=propagation,
                                               spawn="true" if spawn else "false"), admin)
     support.waitForPort(listen, proc=proc.popen)
+    proc.admin = admin
     return proc, listen
 
 
@@ -229,6 +230,9 @@ def test_one_trace_across_http_grpc_and_dubbo_sidecars_reaches_otlp_receivers():
         b, bc = sorted(receiver.of("sidecar-grpc"), key=lambda span: span.kind)
         [c] = receiver.of("sidecar-dubbo")
         assert receiver.requests["http"] >= 2 and receiver.requests["grpc"] >= 1  # both exporters were used
+        stats = json.loads(support.adminGet(s2.admin, "/stats")[1])
+        assert sum(x["value"] for x in stats["tracing_spans_exported"]) == 2
+        assert sum(x["value"] for x in stats["tracing_requests_sampled"]) == 1
 
         # one trace, started by the client: every span and every app saw its id
         for span in (a, b, c):

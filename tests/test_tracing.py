@@ -257,6 +257,7 @@ def test_http1_without_context_starts_a_trace_and_writes_the_configured_formats(
     assert h.get(b"tracestate") is None  # it belonged to the invalid traceparent
     assert h.get(b"b3") == formatB3Single(span.context.trace_id, span.context.span_id, True)
     assert h.get(b"x-b3-spanid") == b"%016x" % span.context.span_id and h.get(b"x-b3-parentspanid") is None
+    assert m.value("tracing_context_invalid", listener="ingress") == 1  # the nonsense traceparent
 
 
 def test_sampling_respects_the_callers_decision_and_the_ratio():
@@ -273,6 +274,9 @@ def test_sampling_respects_the_callers_decision_and_the_ratio():
         assert context.spanId != SPAN
     sampled = spans(m)
     assert len(sampled) == 2 and sampled[0].context.trace_id == TRACE and sampled[1].parent is None
+    assert (m.value("tracing_requests_sampled", listener="ingress"),
+            m.value("tracing_requests_not_sampled", listener="ingress"),
+            m.value("tracing_context_invalid", listener="ingress")) == (2, 3, 0)
     assert [extract(r.head.headers)[0].sampled for r in m.upstream("backend").requests] == [
         True, False, False, True, False]
 
@@ -461,3 +465,34 @@ def test_spawn_upstream_span_must_be_a_boolean():
     with pytest.raises(ConfigError) as e:
         loads(mesh("  exporter: otlp_http\n  spawn_upstream_span: yes please"), "mesh.yaml")
     assert e.value.path == "tracing.spawn_upstream_span"
+
+
+def test_export_outcomes_are_counted():
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from txmesh.stats import StatsStore
+    from txmesh.tracer import CountingExporter
+
+    class Collector:
+        def __init__(self):
+            self.answers = [SpanExportResult.SUCCESS, SpanExportResult.FAILURE, RuntimeError("down")]
+            self.shut = False
+
+        def export(self, spans):
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        def shutdown(self):
+            self.shut = True
+
+    stats = StatsStore()
+    inner = Collector()
+    exporter = CountingExporter(inner, stats)
+    assert exporter.export([1, 2, 3]) is SpanExportResult.SUCCESS
+    assert exporter.export([1]) is SpanExportResult.FAILURE
+    assert exporter.export([1, 2]) is SpanExportResult.FAILURE  # an exporter that raises is a failed export
+    exporter.shutdown()
+    assert (stats.value("tracing_spans_exported"), stats.value("tracing_export_errors"),
+            stats.value("tracing_spans_lost"), inner.shut) == (3, 2, 3, True)

@@ -165,9 +165,9 @@ class MeshService(MultiService):
         if config.tracing is not None:
             from txmesh.filters.tracing import withTracing
             from txmesh.tracer import Tracer
-            self.tracer = Tracer(config.tracing, reactor, config.node)
+            self.tracer = Tracer(config.tracing, reactor, config.node, stats=self.stats)
         for lc in config.listeners:
-            filters = lc.filters if withTracing is None else withTracing(lc, self.tracer)
+            filters = lc.filters if withTracing is None else withTracing(lc, self.tracer, self.stats)
             template = FilterChainTemplate(filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
                                            lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))

@@ -839,9 +839,10 @@ class InMemoryMesh:
             if spanProcessor is None:
                 self.spanExporter = InMemorySpanExporter()
                 spanProcessor = SimpleSpanProcessor(self.spanExporter)
-            self.tracer = Tracer(self.config.tracing, self.clock, self.config.node, processor=spanProcessor)
+            self.tracer = Tracer(self.config.tracing, self.clock, self.config.node, processor=spanProcessor,
+                                 stats=self.stats)
             self.tracer.start()
-            filters = withTracing(lc, self.tracer)
+            filters = withTracing(lc, self.tracer, self.stats)
         self.template = _RecordingTemplate(filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
                                            lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))

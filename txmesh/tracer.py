@@ -18,7 +18,7 @@ from zope.interface import implementer
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
 
@@ -67,6 +67,38 @@ class MeshIdGenerator(RandomIdGenerator):
         return RandomIdGenerator.generate_span_id(self)
 
 
+class CountingExporter(SpanExporter):
+    """
+    The OTLP exporter, counting what became of each batch (``tracing_spans_exported``, ``tracing_export_errors``,
+    ``tracing_spans_lost``).  Runs in the batch processor's thread, the only one writing these counters.
+    """
+
+    def __init__(self, exporter, stats):
+        self.exporter = exporter
+        self.exported = stats.counter("tracing_spans_exported", (), "Spans the collector took")
+        self.errors = stats.counter("tracing_export_errors", (),
+                                    "Exports that failed (collector down, refused, timed out): their spans are lost")
+        self.lost = stats.counter("tracing_spans_lost", (), "Spans of failed exports")
+
+    def export(self, spans):
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.exported.value += len(spans)
+        else:
+            self.errors.value += 1
+            self.lost.value += len(spans)
+        return result
+
+    def shutdown(self):
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis=30000):
+        return self.exporter.force_flush(timeout_millis)
+
+
 def makeExporter(config):
     """The OTLP span exporter the config names (its module imported only now)."""
     if config.exporter == "otlp_grpc":
@@ -87,12 +119,14 @@ class Tracer:
     @param reactor: the IReactorTime and IReactorThreads the stop's bound is timed on and its end reported to.
     @param node: the NodeConfig (its id is the ``service.instance.id`` resource attribute).
     @param processor: an SDK SpanProcessor instead of the batch processor over the configured exporter (tests).
+    @param stats: the StatsStore the export counters go to (L{CountingExporter}), or None.
     """
 
     log = Logger()
 
-    def __init__(self, config, reactor, node=None, processor=None):
+    def __init__(self, config, reactor, node=None, processor=None, stats=None):
         self.config = config
+        self.stats = stats
         self.reactor = reactor
         self.propagation = config.propagation
         self.sampler = MeshSampler(config.samplingRatio)
@@ -111,8 +145,11 @@ class Tracer:
         config = self.config
         processor = self._processor
         if processor is None:
+            exporter = makeExporter(config)
+            if self.stats is not None:
+                exporter = CountingExporter(exporter, self.stats)
             processor = self._processor = BatchSpanProcessor(
-                makeExporter(config), max_queue_size=config.maxQueueSize,
+                exporter, max_queue_size=config.maxQueueSize,
                 schedule_delay_millis=config.scheduleDelay * 1000, max_export_batch_size=config.maxExportBatchSize,
                 export_timeout_millis=config.exportTimeout * 1000)
         # shutdown_on_exit=False: stop() flushes, bounded; an atexit flush could wait on a dead collector

@@ -36,15 +36,20 @@ _ERROR = StatusCode.ERROR
 class TracingConfig:
     """
     What the filters of one listener share: the tracer, whether the listener speaks gRPC, whether each request
-    gets a CLIENT span for its upstream exchange (``spawn_upstream_span``).
+    gets a CLIENT span for its upstream exchange (``spawn_upstream_span``), the listener's tracing counters.
     """
 
-    __slots__ = ("tracer", "grpc", "spawnUpstream")
+    __slots__ = ("tracer", "grpc", "spawnUpstream", "sampled", "notSampled", "invalid")
 
-    def __init__(self, tracer, grpc, spawnUpstream=False):
+    def __init__(self, tracer, grpc, spawnUpstream, scope):
         self.tracer = tracer
         self.grpc = grpc
         self.spawnUpstream = spawnUpstream
+        self.sampled = scope.counter("tracing_requests_sampled", help="Requests whose span was recorded")
+        self.notSampled = scope.counter("tracing_requests_not_sampled",
+                                        help="Requests traced but not sampled (context passed on, nothing recorded)")
+        self.invalid = scope.counter("tracing_context_invalid",
+                                     help="Requests with trace fields but no valid context: a new trace was started")
 
 
 def _hostPort(authority):
@@ -145,10 +150,16 @@ class TracingFilter:
         span = self.span = tracer.startSpan(spanName(request), parent, info.startTime, None)
         context = span.get_span_context()
         sent = context.span_id
+        config = self.config
+        if parent is None and present:
+            config.invalid.value += 1
         if span.is_recording():  # an unsampled request pays for no attributes (and gets no CLIENT span)
+            config.sampled.value += 1
             span.set_attributes(startAttributes(request, info))
-            if self.config.spawnUpstream:
+            if config.spawnUpstream:
                 sent = self.upstreamSpanId = tracer.newSpanId()
+        else:
+            config.notSampled.value += 1
         inject(request.headers, context.trace_id, sent, context.trace_flags.sampled, parent,
                present | tracer.propagation)
         metadata = info.metadata
@@ -313,9 +324,13 @@ class TracingFactory:
             callbacks.addStreamDecoderFilter(TracingFilter(config))
 
 
-def withTracing(listenerConfig, tracer):
-    """A listener's filter entries, with the tracing filter first when ``tracer`` (an ITracer) is not None."""
+def withTracing(listenerConfig, tracer, stats):
+    """
+    A listener's filter entries, with the tracing filter first when ``tracer`` (an ITracer) is not None; its
+    counters go to ``stats`` (a StatsStore), labelled with the listener.
+    """
     if tracer is None:
         return listenerConfig.filters
-    config = TracingConfig(tracer, listenerConfig.protocol == "grpc", tracer.config.spawnUpstreamSpan)
+    config = TracingConfig(tracer, listenerConfig.protocol == "grpc", tracer.config.spawnUpstreamSpan,
+                           stats.scope(listener=listenerConfig.name))
     return (FilterEntry("tracing", TracingFactory(), config),) + tuple(listenerConfig.filters)
