@@ -496,3 +496,16 @@ def test_export_outcomes_are_counted():
     exporter.shutdown()
     assert (stats.value("tracing_spans_exported"), stats.value("tracing_export_errors"),
             stats.value("tracing_spans_lost"), inner.shut) == (3, 2, 3, True)
+
+
+def test_a_tracing_block_without_the_extra_installed_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from txmesh import tracing_config
+    real = importlib.util.find_spec
+    monkeypatch.setattr(tracing_config.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("opentelemetry") else real(name, *a))
+    with pytest.raises(ConfigError) as e:
+        loads(mesh("  exporter: otlp_grpc"), "mesh.yaml")
+    assert e.value.path == "tracing.exporter" and "pip install 'txmesh[tracing]'" in str(e.value)
+    assert loads(mesh(None)).tracing is None  # no block: nothing is looked for
