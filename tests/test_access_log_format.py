@@ -48,6 +48,7 @@ FIELDS = [
     ("%START_TIME(%Y/%m/%d %H:%M:%S.%3f)%", "2026/11/21 10:00:00.123", "2026/11/21 10:00:00.123"),
     ("%START_TIME(%s.%6f)%", "1795255200.123000", "1795255200.123000"),
     ("%START_TIME(%9f|%f|%1f)%", "123000000|123000000|1", "123000000|123000000|1"),
+    ("%TRACE_ID%", "-", None),  # no tracing block: no trace (tests/test_tracing.py has one)
     ("%REQ(:METHOD)%", "GET", "GET"),
     ("%REQ(:PATH)%", "/p?q=1", "/p?q=1"),
     ("%REQ(:AUTHORITY)%", "example.com", "example.com"),

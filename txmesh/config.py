@@ -25,6 +25,7 @@ from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buil
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
+from txmesh.tracing_config import buildTracing
 from txmesh.twisted_private import parseServerEndpoint
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
@@ -307,6 +308,8 @@ class MeshConfig:
     registries: dict = field(default_factory=dict, compare=False)
     registration: object = None
     hotRestart: object = None  # a HotRestartConfig (issue 13 part 5) or None
+    # the top-level ``tracing`` block (issue 16 part 2): a txmesh.tracing_config.TracingConfig, or None
+    tracing: object = None
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -349,7 +352,7 @@ def loads(text, filename="<string>"):
 def _buildMesh(r, raw):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
                                  "overload", "registries", "registration",
-                                 "hot_restart"))
+                                 "hot_restart", "tracing"))
     if raw.get("listeners") is None:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
@@ -380,7 +383,8 @@ def _buildMesh(r, raw):
                       drainTimeout=r.duration(raw, "", "drain_timeout", 15.0), pluginPaths=pluginPaths, raw=raw,
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
                       registration=buildRegistration(r, raw, registries, listeners, clusters),
-                      hotRestart=buildHotRestart(r, raw, [admin.address] + [lc.address for lc in listeners]))
+                      hotRestart=buildHotRestart(r, raw, [admin.address] + [lc.address for lc in listeners]),
+                      tracing=buildTracing(r, raw))
 
 
 def _buildOverload(r, raw):

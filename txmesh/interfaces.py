@@ -1484,6 +1484,51 @@ class IStatusView(Interface):
         """
 
 
+# -- trace context and spans (part 2) --
+
+
+class ITracer(Interface):
+    """
+    The spans of one running mesh (``txmesh/tracer.py``, over the OpenTelemetry SDK; docs/tracing.md): made by
+    the service when mesh.yaml has a ``tracing`` block, used by the ``tracing`` stream filter
+    (``txmesh/filters/tracing.py``) that the service puts first on every listener.  Spans are exported in batches
+    by the SDK's own thread, never on the reactor's.
+    """
+
+    propagation = Attribute("The trace-context formats (txmesh.trace_context flags) every upstream request gets.")
+
+    def start():
+        """Start exporting (the batch processor's thread).  Spans started before are not recorded."""
+
+    def startSpan(name, parent, startTime, attributes):
+        """
+        Start the SERVER span of one downstream request.
+
+        @param name: the span name (str).
+        @param parent: the txmesh.trace_context.TraceContext the request came with, or None.
+        @param startTime: when the request arrived (seconds, the service clock's).
+        @param attributes: {str: str | int} OpenTelemetry attributes.
+        @return: an opentelemetry.trace.Span: its context's ids are the ones to send upstream; it records
+            (``is_recording()``) only when sampled -- the caller's sampled flag, else the sampling ratio.
+        """
+
+    def newSpanId():
+        """A random span id (int, 64 bits, not 0) for a span started later (L{startUpstreamSpan})."""
+
+    def startUpstreamSpan(name, server, spanId, startTime, attributes):
+        """
+        Start the CLIENT span of a request's upstream exchange, child of its SERVER span ``server`` (a recording
+        span from L{startSpan}), with the span id ``spanId`` chosen before (the one the upstream call was sent
+        with).  @return: a recording opentelemetry.trace.Span.
+        """
+
+    def stop():
+        """
+        Export what is queued and stop the thread, bounded by the export timeout (and a second).
+        @return: a Deferred that fires (never fails) when done or when the bound passed.
+        """
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Security (issue 14): each part's contracts go under its own heading
 # ---------------------------------------------------------------------------------------------------------------

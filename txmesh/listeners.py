@@ -156,17 +156,23 @@ class ListenerBuilder:
         under memory pressure).
     @param endpointFor: ``endpointFor(listenerConfig, backoff) -> IStreamServerEndpoint``: where the listener's
         port is bound (the service's: the accept gate and backoff around the configured address).
+    @param withTracing: ``withTracing(lc, tracer, stats) -> filters``: ``lc``'s filters with the tracing filter first
+        (txmesh.filters.tracing), or None when mesh.yaml has no ``tracing`` block.
+    @param tracer: the service's L{txmesh.interfaces.ITracer}, or None.
     """
 
-    def __init__(self, runtime, stats, overload, endpointFor):
+    def __init__(self, runtime, stats, overload, endpointFor, withTracing=None, tracer=None):
         self.runtime = runtime
+        self.withTracing = withTracing
+        self.tracer = tracer
         self.stats = stats
         self.overload = overload
         self.endpointFor = endpointFor
 
     def template(self, lc):
         """The FilterChainTemplate of ``lc`` (a ListenerConfig)."""
-        return FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
+        filters = lc.filters if self.withTracing is None else self.withTracing(lc, self.tracer, self.stats)
+        return FilterChainTemplate(filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                    lc.limits.maxRequestBody, lc.limits.streamIdleTimeout, lc.respectExpectedTimeout,
                                    pathNormalizerFor(lc, self.stats), requestStats=self.runtime.requestStats)
 

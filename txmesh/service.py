@@ -171,7 +171,15 @@ class MeshService(MultiService):
             if IFilterConfigResources.providedBy(entry.config):
                 entry.config.registerFiles(self.runtime.files)
                 self.filterResources.add(entry.config)
-        self.listenerBuilder = ListenerBuilder(self.runtime, self.stats, self.overload, self._listenerEndpoint)
+        # tracing (issue 16 part 2): the OpenTelemetry SDK is imported only when mesh.yaml has a ``tracing`` block
+        self.tracer = None
+        withTracing = None
+        if config.tracing is not None:
+            from txmesh.filters.tracing import withTracing
+            from txmesh.tracer import Tracer
+            self.tracer = Tracer(config.tracing, reactor, config.node, stats=self.stats)
+        self.listenerBuilder = ListenerBuilder(self.runtime, self.stats, self.overload, self._listenerEndpoint,
+                                               withTracing=withTracing, tracer=self.tracer)
         self.listeners = {}
         self.retiring = set()
         for lc in config.listeners:
@@ -272,6 +280,8 @@ class MeshService(MultiService):
                 self.log.warn("cannot handle {signal} ({e}); use {instead}", signal=signal.Signals(signum).name,
                               e=e, instead=instead)
         self.startedAt = self.reactor.seconds()
+        if self.tracer is not None:
+            self.tracer.start()
         MultiService.startService(self)
         # every listener and the admin are bound (bind errors raise above): READY=1, then watchdog and STATUS=
         self.notifier.ready(self.meshStatus.describe())
@@ -381,6 +391,8 @@ class MeshService(MultiService):
         self.applier.stop()
         for resource in self.filterResources:
             resource.close()
+        if self.tracer is not None:
+            yield self.tracer.stop()  # the last spans, bounded by the export timeout
         self.notifier.stop()
         yield MultiService.stopService(self)
 

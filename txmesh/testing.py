@@ -802,13 +802,15 @@ class InMemoryMesh:
         upstreams of your own; default: the host's L{FakeHTTPUpstream}.  Another mesh's L{connector} makes a
         sidecar pair: this mesh's upstream connects reach that mesh's listener.
     @param clock: the MemoryReactorClock to run on (share the peer's in a pair); default a new one.
+    @param spanProcessor: with a ``tracing`` block, the OpenTelemetry SpanProcessor the spans go to; default a
+        SimpleSpanProcessor over ``spanExporter``, an InMemorySpanExporter (``get_finished_spans()``).
     @ivar clock: the MemoryReactorClock every timer runs on (starts at 0).
     @ivar stats: the StatsStore; ``value(name, **labels)`` sums a series.
     @ivar streams: every ActiveStream the listener made, in order (``streamInfo``, ``request``).
     """
 
     def __init__(self, text, listener=None, poolClasses=None, missingClusters=(), connect=None, seed=0, clock=None,
-                 readRSS=None):
+                 readRSS=None, spanProcessor=None):
         self.config = _config.loads(text)
         self.clock = clock if clock is not None else MemoryReactorClock()
         self.listening = True
@@ -828,7 +830,21 @@ class InMemoryMesh:
                                overload=self.overload)
         lcs = [lc for lc in self.config.listeners if listener is None or lc.name == listener]
         lc = self.listenerConfig = lcs[0]
-        self.template = _RecordingTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
+        filters = lc.filters
+        self.tracer = self.spanExporter = None
+        if self.config.tracing is not None:  # spans go to ``spanExporter`` (or ``spanProcessor``), at once
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+            from txmesh.filters.tracing import withTracing
+            from txmesh.tracer import Tracer
+            if spanProcessor is None:
+                self.spanExporter = InMemorySpanExporter()
+                spanProcessor = SimpleSpanProcessor(self.spanExporter)
+            self.tracer = Tracer(self.config.tracing, self.clock, self.config.node, processor=spanProcessor,
+                                 stats=self.stats)
+            self.tracer.start()
+            filters = withTracing(lc, self.tracer, self.stats)
+        self.template = _RecordingTemplate(filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
                                            lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats),
                                            requestStats=self.runtime.requestStats)

@@ -370,6 +370,8 @@ OPERATORS = {
     "GRPC_STATUS_NUMBER": (_plain(_grpcStatus(None)), "int"),
     "HOSTNAME": (_plain(lambda rec: _HOSTNAME), "text"),
     "REQUEST_ID": (_plain(requestId), "text"),
+    # the stream's trace id (lower-case hex) when tracing is configured (docs/tracing.md), else '-'
+    "TRACE_ID": (_plain(lambda rec: rec.info.metadata.get("trace_id")), "safe"),
     "LISTENER_NAME": (_plain(lambda rec: rec.info.listenerName), "text"),
     "DUBBO_INTERFACE": (_plain(_dubbo("interface")), "text"),
     "DUBBO_METHOD": (_plain(_dubbo("method")), "text"),

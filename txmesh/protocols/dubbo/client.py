@@ -24,6 +24,7 @@ from txmesh.protocols.dubbo.codec import (
     withRequestId,
 )
 from txmesh.protocols.transport import Writer, callInScope
+from txmesh.trace_context import ATTACHMENT_NAMES
 from txmesh.stream import ResponseHead
 
 _MAX_ID = (1 << 63) - 1
@@ -59,7 +60,8 @@ def _newAttachments(attachments, headers):
         else:
             out[k] = v
     for name, value in wanted.items():
-        out[byLower.get(name, name)] = value
+        # a new key: its case from the call, else as Dubbo's tracing integrations read it (X-B3-TraceId), else lower
+        out[byLower.get(name) or ATTACHMENT_NAMES.get(name, name)] = value
     return out
 
 
