@@ -2,7 +2,7 @@
 The admin HTTP API, on twisted.web.
 
 Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
-``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain`` and an index
+``/config_dump``, ``/registrations`` and ``/certs`` (when configured), ``/server_info``, ``/listeners``, ``/explain`` and an index
 at ``/`` serve GET and HEAD only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
 ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, serve POST only, and ``/logging`` shows the log
 level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a 404 and
@@ -223,6 +223,22 @@ class RegistrationsPage(_Endpoint):
         return _jsonReply(request, self._describe())
 
 
+class CertsPage(_Endpoint):
+    """
+    ``/certs`` (Envoy's): each TLS listener's certificates and CA bundle as loaded now (after rotation): path,
+    serial, SANs, not_after, days_until_expiration.  Never a private key.
+    """
+
+    description = "the listeners' TLS certificates (path, serial, SANs, expiry) as JSON"
+
+    def __init__(self, describe):
+        super().__init__()
+        self._describe = describe
+
+    def renderPage(self, request):
+        return _jsonReply(request, {"certificates": self._describe()})
+
+
 class ReopenLogsPage(_Endpoint):
     """
     ``POST /reopen_logs``: reopen every access-log file, as Envoy's endpoint of that name (and SIGUSR1) do.
@@ -408,7 +424,7 @@ class AdminSite(Site):
 
 
 def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None,
-                  registrations=None, control=None, healthcheckFailed=None):
+                  registrations=None, control=None, healthcheckFailed=None, certificates=None):
     """
     Build the admin API.
 
@@ -427,6 +443,7 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         ``/logging``, ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners`` and ``/explain``; without it
         those paths are 404s.
     @param healthcheckFailed: optional callable -> bool, true after ``POST /healthcheck/fail`` (``/ready`` says so).
+    @param certificates: optional callable -> list of dicts behind ``/certs`` (the listeners' TLS material).
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
@@ -440,6 +457,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         pages["reopen_logs"] = ReopenLogsPage(reopenLogs)
     if registrations is not None:
         pages["registrations"] = RegistrationsPage(registrations)
+    if certificates is not None:
+        pages["certs"] = CertsPage(certificates)
     if control is not None:
         pages.update({"server_info": ServerInfoPage(control), "listeners": ListenersPage(control),
                       "logging": LoggingPage(control), "healthcheck": HealthcheckPage(control),

@@ -26,10 +26,12 @@ from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IFilterConfigResources
 from txmesh.overload import AcceptBackoff, Overload, StatmReader
 from txmesh.path_normalization import pathNormalizerFor
+from txmesh.protocols.alpn import negotiatingFactory
 from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.systemd import MeshStatus, NullNotifier
+from txmesh.tls.server import serverTLSFor
 from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
 from txmesh.upstream.health import clientEndpoint
@@ -159,17 +161,27 @@ class MeshService(MultiService):
                 entry.config.registerFiles(self.runtime.files)
         self.listenerFactories = []
         self.acceptBackoffs = []
+        self.serverTLS = {}  # listener name -> its IServerTLS (issue 14: listeners with a tls block)
         for lc in config.listeners:
             template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
                                            lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
                                            lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
             factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
+
+            def serve(factory, lc=lc):
+                if not lc.networkFilters:
+                    return factory
+                return FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
+                                        newWriter=Writer)
+
+            if lc.tls is None:
+                served = serve(factory)
+            else:  # TLS outside the network filters: they see plain text and the peer's identity
+                tls = self.serverTLS[lc.name] = serverTLSFor(lc.tls, lc.name, reactor, self.stats)
+                factory, served = negotiatingFactory(lc, template, self.runtime, factory, serve)
+                served = tls.wrapFactory(served)
             self.listenerFactories.append(factory)
             self.overload.watch(factory)
-            served = factory
-            if lc.networkFilters:
-                served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
-                                          newWriter=Writer)
             backoff = AcceptBackoff(reactor, lc.name, self.stats, self.overload.logOnce)
             self.acceptBackoffs.append(backoff)
             svc = StreamServerEndpointService(
@@ -183,7 +195,8 @@ class MeshService(MultiService):
                              isDraining=lambda: self.draining or self.listenersDrained, reactor=reactor,
                              reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None,
-                             control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed)
+                             control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed,
+                             certificates=lambda: [tls.describe() for tls in self.serverTLS.values()])
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
         raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
@@ -227,6 +240,8 @@ class MeshService(MultiService):
         self.notifier.ready(self.meshStatus.describe())
         self.notifier.start(self.meshStatus.describe)
         self.overload.start()
+        for tls in self.serverTLS.values():
+            tls.start()  # certificate rotation
         self.clusters.startHealthChecks()
         self.clusters.startDiscovery().addCallback(self._startServing)
 
@@ -280,6 +295,8 @@ class MeshService(MultiService):
             self.registration.stop()
         self.serving = False
         self.overload.stop()
+        for tls in self.serverTLS.values():
+            tls.stop()
         self.clusters.stopHealthChecks()
         # host sets stay as they are while draining
         discoveryStopped = self.clusters.stopDiscovery().addErrback(
