@@ -24,7 +24,7 @@ from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buil
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
-from txmesh.tls.server_config import KEYS as TLS_KEYS, buildForwardClientCert, buildServerTLS
+from txmesh.tls.server_config import KEYS as TLS_KEYS, buildForwardClientCert, buildServerTLS, refuseSSLEndpoint
 from txmesh.twisted_private import parseServerEndpoint
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
@@ -845,6 +845,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     name = r.name(m, path)
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
+    refuseSSLEndpoint(r, m, path)
     address = endpointString(r, m, path)
     defaultCluster = r.get(m, path, "default_cluster", str, None)
     if defaultCluster is not None and defaultCluster not in clusterNames:
@@ -880,7 +881,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
                           trafficDirection=direction, forwarding=forwarding,
                           respectExpectedTimeout=r.get(m, path, "respect_expected_rq_timeout", bool, True),
                           pathNormalization=pathNormalization,
-                          tls=buildServerTLS(r, m, path, protocol, address),
+                          tls=buildServerTLS(r, m, path, protocol),
                           forwardClientCert=buildForwardClientCert(r, m, path, descriptor.filterFamily))
 
 

@@ -35,8 +35,7 @@ from zope.interface import alsoProvides, implementer
 from txmesh.discovery.files import WatchedFile
 from txmesh.interfaces import IDownstreamTLS, INegotiatedProtocolFactory, IServerTLS
 from txmesh.stats import LabelledCounter
-from txmesh.tls.material import (PeerIdentity, TLSMaterialError, loadCertificates, toOpenSSLCertificate,
-                                 toOpenSSLKey)
+from txmesh.tls.material import PeerIdentity, TLSMaterialError, loadCertificates, toOpenSSLCertificate
 from txmesh.tls.server_config import VERSIONS, loadPair, warnIfExpired
 
 ROTATION_SETTLE = 0.2  # seconds between a file change and the reload: a cert and its key written one after the other
@@ -128,10 +127,10 @@ class _Material:
         ctx.set_options(options)
         if config.cipherSuites is not None:
             ctx.set_cipher_list(config.cipherSuites.encode("ascii"))
-        ctx.use_certificate(toOpenSSLCertificate(chain[0]))
+        ctx.use_certificate(chain[0])  # pyOpenSSL takes cryptography objects (its own X509/PKey are deprecated)
         for c in chain[1:]:
-            ctx.add_extra_chain_cert(toOpenSSLCertificate(c))
-        ctx.use_privatekey(toOpenSSLKey(key))
+            ctx.add_extra_chain_cert(c)
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
         # the server-side session cache: the same id on every context, so a session survives the SNI switch
         ctx.set_session_id(sessionId)
@@ -144,8 +143,7 @@ class _Material:
             ctx.set_verify(mode)  # no callback: OpenSSL's own chain verification decides
             store = ctx.get_cert_store()
             for c in self.ca:
-                store.add_cert(toOpenSSLCertificate(c))
-            ctx.set_client_ca_list([toOpenSSLCertificate(c).get_subject() for c in self.ca])
+                store.add_cert(toOpenSSLCertificate(c))  # X509Store takes pyOpenSSL's X509 only
         if config.alpn:
             ctx.set_alpn_select_callback(selectALPN)
         return ctx

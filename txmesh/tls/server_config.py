@@ -143,14 +143,19 @@ def warnIfExpired(path, chain, now=None):
     return False
 
 
-def buildServerTLS(r, m, path, protocol, address):
+def refuseSSLEndpoint(r, m, path):
     """
-    The ServerTLSConfig of a listener's ``tls`` block, or None without one.  Refuses an ``ssl:`` address (it
-    cannot negotiate ALPN: curl's default handshake fails) with a pointer to the ``tls`` block.
+    Refuse a listener's ``ssl:`` address (Twisted's ssl endpoint negotiates no ALPN: curl's default handshake
+    fails) with a pointer to the ``tls`` block, before the endpoint parser tries to read its files.
     """
-    if address.startswith("ssl:"):
+    address = m.get("address")
+    if isinstance(address, str) and address.strip().lower().startswith("ssl:"):
         raise r.error("ssl: endpoints are not supported (clients offering ALPN fail the handshake); listen on tcp: "
                       "and add a tls block (docs/configuration.md, Listener TLS)", joinPath(path, "address"))
+
+
+def buildServerTLS(r, m, path, protocol):
+    """The ServerTLSConfig of a listener's ``tls`` block, or None without one."""
     raw = m.get("tls")
     if raw is None:
         return None
