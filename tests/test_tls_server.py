@@ -12,7 +12,8 @@ import time
 import pytest
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ISSLTransport, ISystemHandle
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -28,6 +29,7 @@ from txmesh.errors import ConfigError
 from txmesh.interfaces import IDownstreamTLS, IListenerFactory, INegotiatedProtocolFactory, IServerTLS
 from txmesh.protocols.alpn import ALPNListenerFactory
 from txmesh.stats import StatsStore
+from txmesh.testing import DownstreamClient, InMemoryMesh, MemoryTransport
 from txmesh.stream import HeaderMap, RequestHead
 from txmesh.tls.material import PeerIdentity
 from txmesh.tls.server import ROTATION_SETTLE, DownstreamTLS, ServerTLS, downstreamTLSOf
@@ -474,3 +476,97 @@ def test_routes_match_on_the_peer_identity(tmp_path):
     bad = text.replace("{principal: {prefix:", "{principal: {suffix:")
     with pytest.raises(ConfigError, match=r"match.peer.principal.suffix: unknown key 'suffix'"):
         loads(bad, path)
+
+
+# -- the identity in every protocol's StreamInfo -------------------------------------------------------------------
+
+
+def completedServerConnection(tls, certs, client):
+    """A server SSL.Connection of ``tls`` whose handshake with ``client`` (an Issued) is done, over memory BIOs."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.use_certificate(client.cert)
+    ctx.use_privatekey(client.key)
+    server = tls.serverCreator.serverConnectionForTLS(None)
+    server.set_accept_state()
+    conn = SSL.Connection(ctx, None)
+    conn.set_connect_state()
+    conn.set_tlsext_host_name(b"localhost")
+    for _ in range(10):
+        for a, b in ((conn, server), (server, conn)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                b.bio_write(a.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    return server
+
+
+@implementer(ISSLTransport, ISystemHandle)
+class TLSMemoryTransport(MemoryTransport):
+    """A MemoryTransport that is, to the listener, a TLS connection whose handshake is done."""
+
+    def __init__(self, clock, peer, connection):
+        MemoryTransport.__init__(self, clock, peer)
+        self.connection = connection
+
+    def getHandle(self):
+        return self.connection
+
+    def getPeerCertificate(self):
+        return self.connection.get_peer_certificate()
+
+
+def connectOverTLS(mesh, connection):
+    transport = TLSMemoryTransport(mesh.clock, IPv4Address("TCP", "10.1.2.3", 40000), connection)
+    protocol = transport.protocol = mesh.factory.buildProtocol(transport.getPeer())
+    protocol.makeConnection(transport)
+    mesh.runTurns()
+    return DownstreamClient(mesh, protocol, transport)
+
+
+def test_http_listener_streams_carry_the_identity_and_xfcc(tmp_path, certs):
+    tls, _, _ = serverTLS(tmp_path, certs, "client_certificate: required\nca: %s\n" % (certs.certPath,))
+    frontend = certs.issue("frontend", uris=[FRONTEND], client=True)
+    mesh = InMemoryMesh(textwrap.dedent("""\
+        listeners:
+          - name: in
+            address: tcp:0
+            forward_client_cert_details: append_forward
+            set_current_client_cert_details: {uri: true}
+            route_config:
+              virtual_hosts: [{name: a, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: c}}]}]
+        clusters: [{name: c, endpoints: [{address: "10.0.0.1:80"}]}]
+        """))
+    client = connectOverTLS(mesh, completedServerConnection(tls, certs, frontend))
+    client.request(headers=[(b"x-forwarded-client-cert", b"By=spiffe://earlier;Hash=00")])
+    info = mesh.streams[0].streamInfo
+    assert info.peerIdentity.spiffeId == FRONTEND and info.downstreamTls.version == "TLSv1.3"
+    forwarded = mesh.upstream("c").requests[0].head.headers.get(XFCC)
+    assert forwarded.startswith(b"By=spiffe://earlier;Hash=00,By=spiffe://mesh.local/ns/default/sa/inbound;Hash=")
+    assert forwarded.endswith(b";URI=" + FRONTEND.encode())
+
+
+def test_dubbo_listener_streams_carry_the_identity(tmp_path, certs):
+    tls, _, _ = serverTLS(tmp_path, certs, "client_certificate: required\nca: %s\n" % (certs.certPath,),
+                          protocol="dubbo")
+    assert tls.config.alpn == ()
+    frontend = certs.issue("frontend", uris=[FRONTEND], client=True)
+    mesh = InMemoryMesh(textwrap.dedent("""\
+        listeners:
+          - name: in
+            protocol: dubbo
+            address: tcp:0
+            route_config:
+              virtual_hosts: [{name: a, domains: ["*"], routes: [{match: {dubbo: {interface: "*"}}, route: {cluster: p}}]}]
+        clusters: [{name: p, protocol: dubbo, endpoints: [{address: "10.0.0.1:20880"}]}]
+        """))
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "dubbo-frames", "sofa-consumer__sofa-provider",
+                           "c0-c2s-000-req-echo.hex")
+    client = connectOverTLS(mesh, completedServerConnection(tls, certs, frontend))
+    client.send(bytes.fromhex(open(fixture).read()))
+    info = mesh.streams[0].streamInfo
+    assert info.protocol == "dubbo" and info.peerIdentity.spiffeId == FRONTEND
+    assert info.downstreamTls.serverName == "localhost"
