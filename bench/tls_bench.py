@@ -150,6 +150,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--envoy", default=None)
+    parser.add_argument("--proxies", default="nginx,envoy,txmesh,txmesh-plain")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="txmesh-tls-bench-")
     os.chmod(workdir, 0o755)  # nginx workers run as nobody when we are root
@@ -166,6 +167,8 @@ def main(argv=None):
                     "txmesh-plain": lambda: startTxmesh(procs, workdir, upstream, server.chainPath, server.keyPath,
                                                         tls=False)}
         for name, start in starters.items():
+            if name not in args.proxies.split(","):
+                continue
             try:
                 port, proc = start()
             except BenchError as e:

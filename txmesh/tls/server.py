@@ -20,6 +20,7 @@ TLS termination on listeners (issue 14 parts 1 and 3): L{ServerTLS}, one per lis
 - Expiry: a gauge per certificate (``tls_certificate_expiry_seconds``) and ``describe()`` for the admin ``/certs``.
 """
 
+import weakref
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -29,8 +30,8 @@ from twisted.internet.interfaces import (IHandshakeListener, IOpenSSLServerConne
                                          ISystemHandle)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from zope.interface import alsoProvides, implementer
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from txmesh.discovery.files import WatchedFile
 from txmesh.interfaces import IDownstreamTLS, INegotiatedProtocolFactory, IServerTLS
@@ -71,17 +72,12 @@ def downstreamTLSOf(transport):
     if cert is not None:
         peer = PeerIdentity.fromCertificate(cert)
         pem = cert.public_bytes(serialization.Encoding.PEM)
-    local = None
-    mine = conn.get_certificate(as_cryptography=True)
-    if mine is not None:
-        uris = _sans(mine)[0]
-        local = uris[0] if uris else None
     name = conn.get_servername()
     alpn = conn.get_alpn_proto_negotiated()
     return DownstreamTLS(version=conn.get_protocol_version_name(), cipher=conn.get_cipher_name() or "",
                          serverName=name.decode("ascii", "replace") if name else None,
                          alpn=alpn.decode("ascii", "replace") if alpn else None, peer=peer,
-                         peerCertificatePem=pem, localUriSan=local)
+                         peerCertificatePem=pem, localUriSan=_LOCAL_URI_SAN.get(conn.get_context()))
 
 
 def _sans(cert):
@@ -91,6 +87,10 @@ def _sans(cert):
         return (), ()
     return (tuple(san.get_values_for_type(x509.UniformResourceIdentifier)),
             tuple(san.get_values_for_type(x509.DNSName)))
+
+
+# the first URI SAN of each context's certificate (XFCC's By), found once when the context is built
+_LOCAL_URI_SAN = weakref.WeakKeyDictionary()
 
 
 class _Material:
@@ -106,6 +106,9 @@ class _Material:
             chain, key = loadPair(entry.certChain, entry.privateKey)
             self.chains.append(chain)
             ctx = self._context(config, chain, key, sessionId, selectALPN)
+            uris = _sans(chain[0])[0]
+            if uris:
+                _LOCAL_URI_SAN[ctx] = uris[0]
             self.contexts.append(ctx)
             for name in entry.serverNames:
                 if name.startswith("*."):
@@ -267,7 +270,7 @@ class ServerTLS:
 
     def wrapFactory(self, factory):
         """See L{IServerTLS.wrapFactory}; ``factory`` may provide L{INegotiatedProtocolFactory} (ALPN)."""
-        return TLSMemoryBIOFactory(self.serverCreator, False, _HandshakeFactory(factory, self), self.reactor)
+        return _TLSFactory(self.serverCreator, False, _HandshakeFactory(factory, self), self.reactor)
 
     # -- rotation -----------------------------------------------------------------------------------------------
 
@@ -341,6 +344,19 @@ def serverTLSFor(tlsConfig, listenerName, reactor, stats):
     return ServerTLS(tlsConfig, listenerName, reactor, stats)
 
 
+@implementer(ISSLTransport)
+class _TLSProtocol(TLSMemoryBIOProtocol):
+    """
+    Twisted's TLS transport, declared an ISSLTransport (it has ``getPeerCertificate`` but does not say so; declared
+    on the class, it costs nothing per connection), and not the one that holds small writes for a reactor turn
+    (BufferingTLSTransport): the listeners' Writer already sends one write per turn.
+    """
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    protocol = _TLSProtocol
+
+
 class _HandshakeFactory(Factory):
     noisy = False
 
@@ -385,8 +401,6 @@ class _Handshake(Protocol):
             self._timer.cancel()
         self._timer = None
         transport = self.transport
-        # Twisted's TLS transport is an ISSLTransport (getPeerCertificate) but does not declare it
-        alsoProvides(transport, ISSLTransport)
         stats = self.factory.tls.stats
         stats.handshake.value += 1
         conn = transport.getHandle()
