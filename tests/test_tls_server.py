@@ -26,6 +26,7 @@ from zope.interface.verify import verifyObject
 from tests.certs import certs, otherCA  # noqa: F401  (pytest fixtures)
 from txmesh.config import loads
 from txmesh.errors import ConfigError
+from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IDownstreamTLS, IListenerFactory, INegotiatedProtocolFactory, IServerTLS
 from txmesh.protocols.alpn import ALPNListenerFactory
 from txmesh.stats import StatsStore
@@ -570,3 +571,19 @@ def test_dubbo_listener_streams_carry_the_identity(tmp_path, certs):
     info = mesh.streams[0].streamInfo
     assert info.protocol == "dubbo" and info.peerIdentity.spiffeId == FRONTEND
     assert info.downstreamTls.serverName == "localhost"
+
+
+def test_network_filters_see_plain_text_and_the_peer_identity(tmp_path, certs):
+    """TLS sits outside the network filters: their IConnectionInfo has the peer's identity."""
+    tls, clock, _ = serverTLS(tmp_path, certs, "client_certificate: optional\nca: %s\n" % (certs.certPath,))
+    recorders = Recorders("plain")
+    filtering = FilteringFactory(recorders, (), None, "in")
+    cp, _, _, pump = handshake(tls, clock, certs, inner=filtering,
+                               client=certs.issue("frontend", uris=[FRONTEND], client=True))
+    cp.transport.write(b"hello")
+    for _ in range(5):
+        pump.flush()
+    [built] = recorders.built
+    assert built.data == b"hello"
+    connection = built.transport  # the FilteringProtocol: what network filters get as IConnectionInfo
+    assert connection.peerIdentity.spiffeId == FRONTEND and connection.listenerName == "in"
