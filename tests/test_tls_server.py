@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ISSLTra
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
@@ -369,6 +370,8 @@ def test_rotation_reloads_new_files_and_refuses_broken_ones(tmp_path, certs):
     first = tls.describe()["cert_chain"][0]
     assert first["path"] == entry.certChain and first["days_until_expiration"] in (364, 365)
     assert "private" not in repr(tls.describe()).lower()
+    logged = []
+    tls.log = Logger(observer=logged.append)
     tls.start()
     try:
         renewed = certs.issue("renewed", dns=["localhost"])
@@ -392,6 +395,10 @@ def test_rotation_reloads_new_files_and_refuses_broken_ones(tmp_path, certs):
         clock.advance(tls.config.watchInterval)
         clock.advance(ROTATION_SETTLE)
         assert stats.value("tls_rotation_failed", listener="in") == 2
+        # the same broken state again: counted again, logged once per reason
+        assert not tls.reload() and not tls.reload()
+        assert stats.value("tls_rotation_failed", listener="in") == 4
+        assert len([e for e in logged if e["log_level"] == LogLevel.error]) == 2
         cp, clientTLS, _, _ = handshake(tls, clock, certs)
         assert clientTLS.getHandle().get_peer_certificate(as_cryptography=True).serial_number == renewed.cert.serial_number
         assert tls.serverCreator is tls.serverCreator  # the same creator throughout (protocol detection holds it)
