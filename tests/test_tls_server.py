@@ -594,3 +594,30 @@ def test_network_filters_see_plain_text_and_the_peer_identity(tmp_path, certs):
     assert built.data == b"hello"
     connection = built.transport  # the FilteringProtocol: what network filters get as IConnectionInfo
     assert connection.peerIdentity.spiffeId == FRONTEND and connection.listenerName == "in"
+
+
+def test_alpn_factory_drains_both_and_its_drain_can_be_cancelled():
+    from twisted.internet import defer
+    from txmesh.protocols.listener import DrainingFactory
+
+    class Busy:
+        def drain(self):
+            pass
+
+    one, two = DrainingFactory(), DrainingFactory()
+    one.listenerName = two.listenerName = "in"
+    busy = Busy()
+    two.connections.add(busy)
+    combined = ALPNListenerFactory({b"http/1.1": one, b"h2": two}, {b"http/1.1": one, b"h2": two}, b"http/1.1")
+    assert combined.connections == {busy}
+    d = combined.drain()
+    assert not d.called and combined.draining
+    two.connections.discard(busy)
+    two.connectionEnded(busy)
+    assert d.called
+    two.connections.add(busy)
+    d = combined.drain()
+    d.cancel()
+    failures = []
+    d.addErrback(failures.append)
+    assert failures[0].check(defer.CancelledError)

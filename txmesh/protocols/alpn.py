@@ -56,7 +56,22 @@ class ALPNListenerFactory(Factory):
         return served.buildProtocol(addr)
 
     def drain(self):
-        return defer.gatherResults([f.drain() for f in self.listeners.values()], consumeErrors=True)
+        """Fires once both factories drained; cancelled (the drain timeout), it fails with CancelledError."""
+        drains = [f.drain() for f in self.listeners.values()]
+        cancelled = []
+
+        def cancel(_):
+            cancelled.append(True)  # Deferred.cancel then fails ``done`` with CancelledError
+            for each in drains:
+                each.cancel()
+
+        def drained(_):
+            if not cancelled:
+                done.callback(None)
+
+        done = defer.Deferred(cancel)
+        defer.DeferredList(drains, consumeErrors=True).addCallback(drained)
+        return done
 
     def abortAll(self):
         for f in self.listeners.values():
