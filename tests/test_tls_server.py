@@ -139,8 +139,8 @@ def test_server_name_errors(tmp_path, certs):
     assert "certificates[1].server_names[0]: server name 'x.test' is also at listeners[0].tls.certificates[0]" \
         in error(tmp_path, two % ("x.test", "X.test"))
     assert "server_names[0]: invalid server name 'a.*.test'" in error(tmp_path, two % ('"a.*.test"', "y"))
-    assert "server_names[0]: invalid server name '*.test' (a wildcard is '*.' before at least two labels)" \
-        in error(tmp_path, two % ('"*.test"', "y"))
+    assert "server_names[0]: invalid server name '*' (a wildcard is '*.' before a domain)" \
+        in error(tmp_path, two % ('"*"', "y"))
 
 
 def test_ssl_endpoints_are_refused_with_a_pointer_to_the_tls_block(tmp_path):
@@ -222,11 +222,11 @@ class ClientProto(Protocol):
 
 
 def serverTLS(tmp_path, certs, extra="", names=None, protocol="http"):
-    server = certs.issue("server", dns=["localhost", "a.b.apis.test"],
+    server = certs.issue("server", dns=["localhost", "a.b.apis.test.other"],
                          uris=["spiffe://mesh.local/ns/default/sa/inbound"])
     entries = "{cert_chain: %s, private_key: %s}" % (server.chainPath, server.keyPath)
     if names:
-        other = certs.issue("api", dns=["api.mesh.test", "*.apis.test"])
+        other = certs.issue("api", dns=["api.mesh.test", "*.apis.test", "a.b.apis.test"])
         entries += ", {cert_chain: %s, private_key: %s, server_names: [%s]}" % (other.chainPath, other.keyPath, names)
     lc = load(tmp_path, "tls:\n  certificates: [%s]\n%s" % (entries, textwrap.indent(extra, "  ")), protocol)
     clock = Clock()
@@ -290,7 +290,7 @@ def test_alpn_chooses_the_protocol_and_the_handshake_is_counted(tmp_path, certs)
 def test_sni_picks_the_certificate_exact_and_wildcard(tmp_path, certs):
     tls, clock, _ = serverTLS(tmp_path, certs, names='api.mesh.test, "*.apis.test"')
     for name, cn in (("api.mesh.test", "api"), ("x.apis.test", "api"), ("localhost", "server"),
-                     ("a.b.apis.test", "server")):
+                     ("a.b.apis.test", "api"), ("a.b.apis.test.other", "server")):
         cp, clientTLS, _, _ = handshake(tls, clock, certs, serverName=name)
         peer = clientTLS.getHandle().get_peer_certificate(as_cryptography=True)
         assert peer is not None and peer.subject.rfc4514_string() == "CN=" + cn, name

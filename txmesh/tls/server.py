@@ -3,7 +3,7 @@ TLS termination on listeners (issue 14 parts 1 and 3): L{ServerTLS}, one per lis
 
 - Contexts are pyOpenSSL ``SSL.Context``s built from the files of the block (txmesh.tls.server_config): one per
   certificate; the first answers clients without SNI or whose name matches none, the others are switched to by the
-  SNI callback (exact names, then Envoy's wildcards ``*.example.com``: one label).  ALPN is chosen by the server's
+  SNI callback (exact names, then Envoy's wildcards ``*.example.com``, longest suffix first).  ALPN is chosen by the server's
   preference (``alpn``, ``h2`` first); no overlap goes on without ALPN.  Client certificates are verified by
   OpenSSL against ``ca``; ``required`` fails the handshake without one.
 - L{ServerTLS.wrapFactory} puts Twisted's TLS transport (``TLSMemoryBIOFactory``) in front of a listener's factory,
@@ -152,11 +152,13 @@ class _Material:
         return ctx
 
     def contextFor(self, name):
+        """Envoy's order: the exact name, then ever shorter wildcards (a.b.example.com: *.b.example.com, then
+        *.example.com, then *.com); None: the default."""
         ctx = self.names.get(name)
-        if ctx is None:
-            dot = name.find(".")
-            if dot > 0:
-                ctx = self.wildcards.get(name[dot:])
+        dot = name.find(".")
+        while ctx is None and dot >= 0:
+            ctx = self.wildcards.get(name[dot:])
+            dot = name.find(".", dot + 1)
         return ctx
 
 

@@ -102,15 +102,16 @@ def _baseDirectory(r):
 def checkServerName(name):
     """
     A ``server_names`` entry in lower case, or ValueError: a host name, or a wildcard ``*.example.com`` (Envoy's:
-    the star is the whole left-most label and matches exactly one label).
+    the star is the whole left-most label; it matches any name ending in ``.example.com``, the longest wildcard
+    first).
     """
     name = name.strip().lower().rstrip(".")
     labels = name.split(".")
     if not name or any(not label for label in labels):
         raise ValueError("invalid server name '%s'" % (name,))
     for i, label in enumerate(labels):
-        if "*" in label and (i != 0 or label != "*" or len(labels) < 3):
-            raise ValueError("invalid server name '%s' (a wildcard is '*.' before at least two labels)" % (name,))
+        if "*" in label and (i != 0 or label != "*" or len(labels) < 2):
+            raise ValueError("invalid server name '%s' (a wildcard is '*.' before a domain)" % (name,))
         if label != "*" and not all(c.isalnum() or c in "-_" for c in label):
             raise ValueError("invalid server name '%s'" % (name,))
     return name
