@@ -193,7 +193,7 @@ def waitForLine(path, predicate, timeout=10.0):
 
 def sClient(mesh, port, *args):
     r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % (port,), "-CAfile", mesh["ca"].certPath,
-                        *args], input="", capture_output=True, text=True, timeout=15)
+                        *args], input="", capture_output=True, text=True, errors="replace", timeout=15)
     return r.returncode, r.stdout + r.stderr
 
 
