@@ -111,6 +111,7 @@ class ListenerConfig:
     limits = ListenerLimits()
     useRemoteAddress = False
     forwarding = ForwardingConfig(useRemoteAddress=False)
+    forwardClientCert = None  # sanitize (issue 14)
     protocol = "http2"
     http2 = None
 

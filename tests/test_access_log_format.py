@@ -15,6 +15,8 @@ from txmesh.filters.access_log import AccessLogFactory
 from txmesh.filters.access_log_format import OPERATORS, JsonFormat, LogRecord, TextFormat
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
 from txmesh.testing import FakeConfigContext
+from txmesh.tls.material import PeerIdentity
+from txmesh.tls.server import DownstreamTLS
 
 T0 = 1795255200.123  # 2026-11-21T10:00:00.123Z
 
@@ -33,6 +35,10 @@ def finished():
     info.upstreamEndTime = T0 + 0.014
     info.endTime = T0 + 0.015
     info.attemptCount = 2
+    info.peerIdentity = PeerIdentity(uriSans=("spiffe://td/sa/a", "urn:x"), dnsSans=("a.svc",), subject="CN=a",
+                                     serial="1f", fingerprint="ab" * 32)
+    info.downstreamTls = DownstreamTLS(version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256", serverName="api.svc",
+                                       peer=info.peerIdentity)
     request = RequestHead(b"GET", b"/p?q=1", b"example.com",
                           HeaderMap.fromPairs([("user-agent", "curl/8.5.0"), ("x-a", "1"), ("x-b", "2")]))
     response = ResponseHead(200, HeaderMap.fromPairs([("content-type", "text/plain"), ("server", "up")]))
@@ -82,6 +88,14 @@ FIELDS = [
     ("%DOWNSTREAM_REMOTE_ADDRESS%", "10.0.0.1:5555", "10.0.0.1:5555"),
     ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "10.0.0.1", "10.0.0.1"),
     ("%DOWNSTREAM_LOCAL_ADDRESS%", "127.0.0.1:8000", "127.0.0.1:8000"),
+    ("%DOWNSTREAM_PEER_URI_SAN%", "spiffe://td/sa/a,urn:x", "spiffe://td/sa/a,urn:x"),
+    ("%DOWNSTREAM_PEER_DNS_SAN%", "a.svc", "a.svc"),
+    ("%DOWNSTREAM_PEER_SUBJECT%", "CN=a", "CN=a"),
+    ("%DOWNSTREAM_PEER_SERIAL%", "1f", "1f"),
+    ("%DOWNSTREAM_PEER_FINGERPRINT_256%", "ab" * 32, "ab" * 32),
+    ("%DOWNSTREAM_TLS_VERSION%", "TLSv1.3", "TLSv1.3"),
+    ("%DOWNSTREAM_TLS_CIPHER%", "TLS_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"),
+    ("%REQUESTED_SERVER_NAME%", "api.svc", "api.svc"),
     ("%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%", "127.0.0.1", "127.0.0.1"),
     ("%ROUTE_NAME%", "api", "api"),
     ("%GRPC_STATUS%", "-", None),  # not a gRPC listener
@@ -118,8 +132,9 @@ def test_missing_stream_facts_are_dashes_and_nulls():
     rec = LogRecord(info, None, T0)
     fmt = "%REQUEST_DURATION% %RESPONSE_DURATION% %RESPONSE_TX_DURATION% %UPSTREAM_HOST% %ROUTE_NAME% " \
           "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)% %RESP(SERVER)% %TRAILER(X)% %RESPONSE_CODE_DETAILS% " \
-          "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%"
-    assert TextFormat(fmt).format(rec) == "- - - - - 0 - - - - - - - 0\n"
+          "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_REQUEST_ATTEMPT_COUNT% " \
+          "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME%"
+    assert TextFormat(fmt).format(rec) == "- - - - - 0 - - - - - - - 0 - - -\n"
     record = json.loads(JsonFormat({"a": "%RESPONSE_DURATION%", "b": "%REQ(:PATH)%", "c": "x %ROUTE_NAME% y"})
                         .format(rec))
     assert record == {"a": None, "b": None, "c": "x - y"}

@@ -384,7 +384,7 @@ def test_filters_that_never_resume_share_one_callbacks_object_per_side():
     class Routes:
         matched = 0
 
-        def match(self, request):
+        def match(self, request, peer=None):
             self.matched += 1
             return Route()
 

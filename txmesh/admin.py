@@ -2,7 +2,7 @@
 The admin HTTP API, on twisted.web.
 
 Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats``, ``/metrics``, ``/clusters``,
-``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain``,
+``/config_dump``, ``/registrations`` and ``/certs`` (when configured), ``/server_info``, ``/listeners``, ``/explain``,
 ``/status.json``, ``/static/`` (the status page's script and style), ``/help`` and the root ``/`` serve GET and HEAD
 only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
 ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, ``POST /reload``, serve POST only, and ``/logging`` shows the log
@@ -262,6 +262,22 @@ class RegistrationsPage(_Endpoint):
 
     def renderPage(self, request):
         return _jsonReply(request, self._describe())
+
+
+class CertsPage(_Endpoint):
+    """
+    ``/certs`` (Envoy's): each TLS listener's certificates and CA bundle as loaded now (after rotation): path,
+    serial, SANs, not_after, days_until_expiration.  Never a private key.
+    """
+
+    description = "the listeners' TLS certificates (path, serial, SANs, expiry) as JSON"
+
+    def __init__(self, describe):
+        super().__init__()
+        self._describe = describe
+
+    def renderPage(self, request):
+        return _jsonReply(request, {"certificates": self._describe()})
 
 
 class ReopenLogsPage(_Endpoint):
@@ -541,7 +557,7 @@ class AdminSite(Site):
 
 
 def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None,
-                  registrations=None, control=None, healthcheckFailed=None, requestStats=None):
+                  registrations=None, control=None, healthcheckFailed=None, requestStats=None, certificates=None):
     """
     Build the admin API.
 
@@ -563,6 +579,7 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
     @param healthcheckFailed: optional callable -> bool, true after ``POST /healthcheck/fail`` (``/ready`` says so).
     @param requestStats: optional L{txmesh.interfaces.IRequestStats} whose per-cluster totals ``/status.json`` shows
         (requests/s, failures, latency); without it those figures are empty.
+    @param certificates: optional callable -> list of dicts behind ``/certs`` (the listeners' TLS material).
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
@@ -576,6 +593,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         pages["reopen_logs"] = ReopenLogsPage(reopenLogs)
     if registrations is not None:
         pages["registrations"] = RegistrationsPage(registrations)
+    if certificates is not None:
+        pages["certs"] = CertsPage(certificates)
     if control is not None:
         pages.update({"server_info": ServerInfoPage(control), "listeners": ListenersPage(control),
                       "logging": LoggingPage(control), "healthcheck": HealthcheckPage(control),

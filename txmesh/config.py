@@ -26,6 +26,7 @@ from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
 from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
 from txmesh.tracing_config import buildTracing
+from txmesh.tls.server_config import KEYS as TLS_KEYS, buildForwardClientCert, buildServerTLS, refuseSSLEndpoint
 from txmesh.twisted_private import parseServerEndpoint
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
@@ -188,6 +189,7 @@ class ListenerConfig:
     forwarding: ForwardingConfig = ForwardingConfig()
     pathNormalization: PathNormalization | None = None  # HTTP listeners: txmesh.path_normalization
     tls: object = None  # issue 14: the listener's ``tls`` block (TLS termination), or None for plain text
+    forwardClientCert: object = None  # issue 14: x-forwarded-client-cert (HTTP, gRPC): txmesh.tls.server_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -849,10 +851,11 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "traffic_direction", "use_remote_address", "xff_num_trusted_hops",
         "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config",
-        "respect_expected_rq_timeout", *PATH_KEYS))
+        "respect_expected_rq_timeout", *PATH_KEYS, *TLS_KEYS))
     name = r.name(m, path)
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
+    refuseSSLEndpoint(r, m, path)
     address = endpointString(r, m, path)
     defaultCluster = r.get(m, path, "default_cluster", str, None)
     if defaultCluster is not None and defaultCluster not in clusterNames:
@@ -887,7 +890,9 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
                           filters=filters, routeConfig=routeConfig, http2=http2, descriptor=descriptor,
                           trafficDirection=direction, forwarding=forwarding,
                           respectExpectedTimeout=r.get(m, path, "respect_expected_rq_timeout", bool, True),
-                          pathNormalization=pathNormalization)
+                          pathNormalization=pathNormalization,
+                          tls=buildServerTLS(r, m, path, protocol),
+                          forwardClientCert=buildForwardClientCert(r, m, path, descriptor.filterFamily))
 
 
 _MAX_STREAMS = 2 ** 31 - 1  # the largest SETTINGS_MAX_CONCURRENT_STREAMS

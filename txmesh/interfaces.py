@@ -154,6 +154,8 @@ class IStreamInfo(Interface):
     grpcStatus = Attribute(
         "The grpc-status field a gRPC listener sent (bytes, e.g. b'14'), or None (not gRPC, or no status was sent: "
         "the client went away first).")
+    downstreamTls = Attribute(
+        "The downstream connection's IDownstreamTLS (a TLS listener), or None (plain text).")
 
 
 class IStreamDecoderFilterCallbacks(Interface):
@@ -1595,6 +1597,34 @@ class IServerTLS(Interface):
 
     def wrapFactory(factory):
         """A protocol factory terminating TLS in front of ``factory`` (whose protocols see the plain text)."""
+
+
+class IDownstreamTLS(Interface):
+    """
+    What one downstream TLS connection negotiated (L{txmesh.tls.server.DownstreamTLS}), read once after its
+    handshake: the access log's ``%DOWNSTREAM_TLS_VERSION%``, ``%DOWNSTREAM_TLS_CIPHER%``,
+    ``%REQUESTED_SERVER_NAME%`` and the ``By``/``Hash`` of ``x-forwarded-client-cert``.
+    """
+
+    version = Attribute("The protocol version, OpenSSL's name ('TLSv1.3').")
+    cipher = Attribute("The cipher suite, OpenSSL's name ('TLS_AES_256_GCM_SHA384').")
+    serverName = Attribute("The SNI name the client asked for (str), or None.")
+    alpn = Attribute("The ALPN protocol agreed (str, 'h2'), or None.")
+    peer = Attribute("The client's IPeerIdentity (a verified client certificate), or None.")
+    peerCertificatePem = Attribute("The client's leaf certificate, PEM (bytes), or None (for XFCC's Cert).")
+    localUriSan = Attribute("The first URI SAN of the certificate this side presented (XFCC's By), or None.")
+
+
+class INegotiatedProtocolFactory(Interface):
+    """
+    A listener factory that serves more than one application protocol over TLS (an HTTP listener: HTTP/2 to
+    clients that agreed ``h2`` by ALPN, HTTP/1.1 to the rest): the TLS layer asks it for a protocol once the
+    handshake says which.
+    """
+
+    def buildNegotiatedProtocol(addr, negotiated):
+        """A server protocol for the connection from ``addr`` whose handshake agreed ALPN ``negotiated`` (bytes or
+        None), or None to close it (the listener's overload bounds refused it)."""
 
 
 class IUpstreamTLS(Interface):

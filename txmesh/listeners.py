@@ -20,7 +20,9 @@ from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IStreamFactorySwitch
 from txmesh.overload import AcceptBackoff
 from txmesh.path_normalization import pathNormalizerFor
+from txmesh.protocols.alpn import negotiatingFactory
 from txmesh.protocols.transport import Writer
+from txmesh.tls.server import serverTLSFor
 
 
 class SwitchableFactory(Factory):
@@ -49,9 +51,10 @@ class ListenerService(Service):
 
     log = Logger()
 
-    def __init__(self, endpoint, factory):
+    def __init__(self, endpoint, factory, tls=None):
         self.endpoint = endpoint
         self.factory = factory
+        self.tls = tls  # the listener's IServerTLS: its certificate files are watched while the service runs
         self.port = None
         self._listening = None
 
@@ -82,10 +85,22 @@ class ListenerService(Service):
         Service.startService(self)
         if self._listening is None:
             self._bindNow()
+        if self.tls is not None:
+            self.tls.start()  # certificate rotation
+
+    def useTLS(self, tls):
+        """The listener's TLS is now ``tls`` (a reload changed it): watch its files instead of the old one's."""
+        if self.running and self.tls is not None:
+            self.tls.stop()
+        self.tls = tls
+        if self.running and tls is not None:
+            tls.start()
 
     def stopService(self):
         """Stop listening (open connections stay); a Deferred fires once the port is closed."""
         Service.stopService(self)
+        if self.tls is not None:
+            self.tls.stop()
         listening, self._listening = self._listening, None
         if listening is None:
             return defer.succeed(None)
@@ -132,7 +147,12 @@ class RunningListener:
         self.config, self.template = config, template
         return True
 
-    def useFactory(self, config, template, factory, served):
+    @property
+    def tls(self):
+        """The listener's L{txmesh.interfaces.IServerTLS}, or None (plain text)."""
+        return self.service.tls
+
+    def useFactory(self, config, template, factory, served, tls=None):
         """
         New connections are served by ``factory`` (``served``: it or the network filters' factory around it) from
         now on; the old factory's open connections make their next streams with ``template`` too if the protocol
@@ -143,6 +163,7 @@ class RunningListener:
             old.template = template
         self.config, self.template, self.factory = config, template, factory
         self.switch.current = served
+        self.service.useTLS(tls)
         return old
 
 
@@ -177,23 +198,38 @@ class ListenerBuilder:
                                    pathNormalizerFor(lc, self.stats), requestStats=self.runtime.requestStats)
 
     def factory(self, lc, template):
-        """``(protocol factory, served factory)``: the second wraps the first in ``lc``'s network filters."""
+        """
+        ``(protocol factory, served factory, server TLS)``: the second wraps the first in ``lc``'s network filters
+        and, for a listener with a ``tls`` block, in TLS outside them (the filters see plain text and the peer's
+        identity; an HTTP listener offering ``h2`` picks its codec by ALPN); the third is that listener's
+        L{txmesh.interfaces.IServerTLS} (its files watched while the listener's service runs), else None.
+        """
         factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
+
+        def serve(factory):
+            if not lc.networkFilters:
+                return factory
+            return FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
+                                    newWriter=Writer)
+
+        reactor = self.runtime.reactor if self.runtime.reactor is not None else self.runtime.clock
+        tls = serverTLSFor(lc.tls, lc.name, reactor, self.stats)
+        if tls is None:
+            served = serve(factory)
+        else:
+            factory, served = negotiatingFactory(lc, template, self.runtime, factory, serve)
+            served = tls.wrapFactory(served)
         self.overload.watch(factory)
-        served = factory
-        if lc.networkFilters:
-            served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
-                                      newWriter=Writer)
-        return factory, served
+        return factory, served, tls
 
     def build(self, lc, template=None):
         """A L{RunningListener} for ``lc``, its port not bound yet."""
         if template is None:
             template = self.template(lc)
-        factory, served = self.factory(lc, template)
+        factory, served, tls = self.factory(lc, template)
         backoff = AcceptBackoff(self.runtime.clock, lc.name, self.stats, self.overload.logOnce)
         listener = RunningListener(lc, template, factory, served, backoff, None)
-        listener.service = ListenerService(self.endpointFor(lc, backoff), listener.switch)
+        listener.service = ListenerService(self.endpointFor(lc, backoff), listener.switch, tls)
         listener.service.setName("listener:" + lc.name)
         return listener
 

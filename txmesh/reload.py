@@ -195,7 +195,7 @@ class ConfigApplier:
                     except Exception as e:
                         raise Rejected("listener '%s' cannot listen on %s: %s" % (lc.name, lc.address, e)) from e
         except Exception as e:
-            for factory, _ in factories.values():
+            for factory, _, _ in factories.values():
                 builder.release(factory)
             for listener in fresh.values():
                 builder.release(listener.factory)
@@ -228,8 +228,8 @@ class ConfigApplier:
                 self._retireListener(listeners.pop(name))
                 mesh.addListener(fresh[name])
             elif name in factories:
-                factory, served = factories[name]
-                self._retire(running.useFactory(change.new, templates[name], factory, served))
+                factory, served, tls = factories[name]
+                self._retire(running.useFactory(change.new, templates[name], factory, served, tls))
             else:
                 running.useTemplate(change.new, templates[name])
         for lc in diff.listenersAdded:

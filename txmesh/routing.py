@@ -84,12 +84,13 @@ class RouteMatch:
     methods: frozenset | None = None
     headers: tuple = ()
     dubbo: object = None  # a DubboMatch, for Dubbo listeners
+    peer: object = None  # a PeerMatch: the client certificate's identity (TLS listeners, issue 14)
 
-    def matches(self, request, path):
+    def matches(self, request, path, peer=None):
         """Whether ``request`` (a txmesh.stream.RequestHead) with query-less ``path`` fits."""
-        return self.mismatch(request, path) is None
+        return self.mismatch(request, path, peer) is None
 
-    def mismatch(self, request, path):
+    def mismatch(self, request, path, peer=None):
         """
         None when ``request`` with query-less ``path`` fits, else the first matcher that failed, as the admin
         API's ``/explain`` names it: ``prefix``, ``path``, ``regex``, ``method``, ``header <name>`` or a Dubbo
@@ -110,9 +111,48 @@ class RouteMatch:
         for h in self.headers:
             if not h.matches(request):
                 return "header " + h.name.decode("latin-1")
+        if self.peer is not None and not self.peer.matches(peer):
+            return "peer"
         if self.dubbo is not None:
             return self.dubbo.mismatch(request)
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    """An exact or prefix match on a str (one of the two is set)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+
+    def matches(self, value):
+        if self.exact is not None:
+            return value == self.exact
+        return value.startswith(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMatch:
+    """
+    ``match.peer``: the downstream's IPeerIdentity (its verified client certificate) must exist and fit every
+    matcher given: ``principal`` (SPIFFE ID, else first URI SAN, else first DNS SAN, else the subject), any of its
+    URI SANs (``uriSan``), any of its DNS SANs (``dnsSan``).
+    """
+
+    principal: StringMatch | None = None
+    uriSan: StringMatch | None = None
+    dnsSan: StringMatch | None = None
+
+    def matches(self, peer):
+        if peer is None:
+            return False
+        if self.principal is not None and not self.principal.matches(peer.principal):
+            return False
+        if self.uriSan is not None and not any(self.uriSan.matches(u) for u in peer.uriSans):
+            return False
+        if self.dnsSan is not None and not any(self.dnsSan.matches(d) for d in peer.dnsSans):
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,14 +492,17 @@ class RouteConfig:
         cache[authority] = vhost
         return vhost
 
-    def match(self, request):
-        """The first Route of the request's virtual host that fits, else the default route, else None."""
+    def match(self, request, peer=None):
+        """
+        The first Route of the request's virtual host that fits, else the default route, else None.  ``peer``: the
+        downstream's IPeerIdentity (for ``match.peer``), or None.
+        """
         vhost = self.virtualHostFor(request.authority)
         if vhost is None:
             return self.defaultRoute
         path = request.pathOnly()
         for route in vhost.routes:
-            if route.match.mismatch(request, path) is None:  # one call per route: matches() would add one
+            if route.match.mismatch(request, path, peer) is None:  # one call per route: matches() would add one
                 return route
         return self.defaultRoute
 

@@ -14,7 +14,7 @@ from txmesh.protocols.http1.wire import validAuthority
 from txmesh.routing import (DUBBO_RETRY_ON, GRPC_RETRY_ON, HTTP_RETRY_ON, ClusterAction, DirectResponseAction,
                             DubboMatch, HashPolicy, HeaderMatcher, HeaderValueOption, MirrorPolicy, RedirectAction,
                             RegexRewrite, RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedClusterAction, encodeHost,
-                            DubboRegistryAction)
+                            DubboRegistryAction, PeerMatch, StringMatch)
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
@@ -159,7 +159,8 @@ def _buildRoute(r, m, path, clusterNames, defaultTimeout=15.0):
 
 
 def _buildMatch(r, m, path):
-    r.mapping(m, path, optional=("prefix", "path", "regex", "methods", "headers", "case_sensitive", "dubbo", "grpc"))
+    r.mapping(m, path, optional=("prefix", "path", "regex", "methods", "headers", "case_sensitive", "dubbo", "grpc",
+                                 "peer"))
     if m.get("grpc") is not None:
         m = _grpcMatch(r, m, _join(path, "grpc"))
     if m.get("dubbo") is not None and all(m.get(k) is None for k in ("prefix", "path", "regex")):
@@ -191,7 +192,30 @@ def _buildMatch(r, m, path):
         headers.append(HeaderMatcher(_headerName(r, h["name"], _join(hPath, "name"), pseudo=True),
                                      invert=r.get(h, hPath, "invert", bool, False), **hkw))
     return RouteMatch(caseSensitive=caseSensitive, methods=methods, headers=tuple(headers),
-                      dubbo=_buildDubboMatch(r, m.get("dubbo"), _join(path, "dubbo")), **kw)
+                      dubbo=_buildDubboMatch(r, m.get("dubbo"), _join(path, "dubbo")),
+                      peer=_buildPeerMatch(r, m.get("peer"), _join(path, "peer")), **kw)
+
+
+def _buildPeerMatch(r, m, path):
+    """``match.peer: {principal, uri_san, dns_san}``, each a string (exact) or ``{exact: ..}`` / ``{prefix: ..}``."""
+    if m is None:
+        return None
+    r.mapping(m, path, optional=("principal", "uri_san", "dns_san"))
+    if not m:
+        raise r.error("must name principal, uri_san or dns_san", path)
+    out = {}
+    for key, field in (("principal", "principal"), ("uri_san", "uriSan"), ("dns_san", "dnsSan")):
+        value = m.get(key)
+        if value is None:
+            continue
+        kPath = _join(path, key)
+        if isinstance(value, str):
+            out[field] = StringMatch(exact=value)
+            continue
+        r.mapping(value, kPath, optional=("exact", "prefix"))
+        which = _exactlyOne(r, value, kPath, ("exact", "prefix"))
+        out[field] = StringMatch(**{which: r.get(value, kPath, which, str)})
+    return PeerMatch(**out)
 
 
 def _grpcMatch(r, m, path):

@@ -195,7 +195,8 @@ class MeshService(MultiService):
                              reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None,
                              control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed,
-                             requestStats=self.runtime.requestStats)
+                             requestStats=self.runtime.requestStats,
+                             certificates=self._certificates)
         admin = StreamServerEndpointService(self.hotRestart.endpoint(
             "admin", config.admin.address, serverFromString(reactor, config.admin.address)), site)
         raiseBindErrorsSynchronously(admin)
@@ -209,6 +210,10 @@ class MeshService(MultiService):
         # hot restart (issue 13 part 5): the socket inherited from the old process, else a new bind
         source = self.hotRestart.endpoint("listener:" + lc.name, lc.address, serverFromString(self.reactor, lc.address))
         return self.acceptGate.endpoint(backoff.endpoint(source))
+
+    def _certificates(self):
+        """``/certs``: the TLS material of every listener with a ``tls`` block."""
+        return [listener.tls.describe() for listener in self.listeners.values() if listener.tls is not None]
 
     def addListener(self, listener):
         """Run ``listener`` (a L{txmesh.listeners.RunningListener}): its port is bound now if the mesh runs."""

@@ -167,23 +167,29 @@ def _envoyEndpoints(r, cla, path):
     return tuple(out)
 
 
-@implementer(IDiscoverySource)
-class FileSource:
+class WatchedFile:
     """
-    Watches one endpoints file (see the module docstring).
+    One file watched for changes: through inotify on its directory (``twisted.internet.inotify``) where the reactor
+    and the platform have it, and by a stat poll every ``refreshInterval`` (device, inode, mtime, size) as the
+    fallback and the safety net.  Each version of the file is read once.  Used by the ``file`` discovery source and by
+    listener TLS material (certificates, keys and CA bundles that rotate: txmesh.tls.server).
 
-    @param config: its FileSourceConfig.
     @param reactor: an IReactorTime; with IReactorFDSet too (a real reactor) changes are seen through inotify.
-    @param sink: the cluster's IHostSetSink.
+    @param read: ``read(data)``, called with the file's bytes once it changed (and at ``start``).
+    @param failed: ``failed(reason)``, called once per cause when the file cannot be read: a str, or a Failure
+        (too large, or an unexpected error while checking, which is also logged).
     """
 
     log = Logger()
 
-    def __init__(self, config, reactor, sink):
-        self.config = config
+    def __init__(self, path, refreshInterval, reactor, read, failed, maxSize=MAX_FILE_SIZE):
+        self.path = path
+        self.refreshInterval = refreshInterval
         self.reactor = reactor
-        self.sink = sink
-        self.directory, self.name = os.path.split(config.path)
+        self.read = read
+        self.failed = failed
+        self.maxSize = maxSize
+        self.directory, self.name = os.path.split(path)
         self._bname = os.fsencode(self.name)
         self._seen = None  # what the last check found: a stat key, or ("error", errno)
         self._poll = None
@@ -194,11 +200,12 @@ class FileSource:
         self.watching = "poll"
 
     def start(self):
+        """Read the file now, then watch it."""
         self.check()
         self._watch()
         self._poll = LoopingCall(self._checkLogged)
         self._poll.clock = self.reactor
-        self._poll.start(self.config.refreshInterval, now=False)
+        self._poll.start(self.refreshInterval, now=False)
 
     def stop(self):
         if self._poll is not None and self._poll.running:
@@ -210,10 +217,6 @@ class FileSource:
         notifier, self._notifier = self._notifier, None
         if notifier is not None:
             notifier.loseConnection()
-
-    def describe(self):
-        return {"path": self.config.path, "watch": self.watching, "refresh_interval": self.config.refreshInterval,
-                "reads": self.reads}
 
     def _watch(self):
         if not (platform.supportsINotify() and IReactorFDSet.providedBy(self.reactor)):
@@ -230,7 +233,7 @@ class FileSource:
             if notifier is not None:
                 notifier.loseConnection()
             self.log.warn("cannot watch {d} with inotify ({e}); polling {p} every {s}s", d=self.directory, e=e,
-                          p=self.config.path, s=self.config.refreshInterval)
+                          p=self.path, s=self.refreshInterval)
             return
         self._notifier = notifier
         self.watching = "inotify"
@@ -254,12 +257,12 @@ class FileSource:
             self.check(force)
         except Exception:
             failure = Failure()
-            self.log.failure("checking {path}", failure, path=self.config.path)
-            self.sink.sourceFailed(failure)
+            self.log.failure("checking {path}", failure, path=self.path)
+            self.failed(failure)
 
     def check(self, force=False):
-        """Read the file if it changed since the last check (or ``force``) and report what it holds."""
-        path = self.config.path
+        """Read the file if it changed since the last check (or ``force``) and hand its bytes to ``read``."""
+        path = self.path
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -270,10 +273,9 @@ class FileSource:
             key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             if key == self._seen and not force:
                 return
-            if st.st_size > MAX_FILE_SIZE:
+            if st.st_size > self.maxSize:
                 self._seen = key
-                self.sink.sourceFailed(Failure(ConfigError("larger than %d bytes" % (MAX_FILE_SIZE,),
-                                                           filename=path)))
+                self.failed(Failure(ConfigError("larger than %d bytes" % (self.maxSize,), filename=path)))
                 return
             chunks = []
             while True:
@@ -288,14 +290,48 @@ class FileSource:
             os.close(fd)
         self._seen = key
         self.reads += 1
-        try:
-            endpoints, version = parseEndpointsFile(b"".join(chunks), path)
-        except ConfigError:
-            self.sink.sourceFailed(Failure())
-            return
-        self.sink.hostsUpdated(endpoints, version)
+        self.read(b"".join(chunks))
 
     def _failed(self, key, text):
         if key != self._seen:  # once per cause, not every poll
             self._seen = key
-            self.sink.sourceFailed(text)
+            self.failed(text)
+
+
+@implementer(IDiscoverySource)
+class FileSource:
+    """
+    Watches one endpoints file (see the module docstring) with a L{WatchedFile}.
+
+    @param config: its FileSourceConfig.
+    @param reactor: an IReactorTime; with IReactorFDSet too (a real reactor) changes are seen through inotify.
+    @param sink: the cluster's IHostSetSink.
+    """
+
+    def __init__(self, config, reactor, sink):
+        self.config = config
+        self.reactor = reactor
+        self.sink = sink
+        self.file = WatchedFile(config.path, config.refreshInterval, reactor, self._read, sink.sourceFailed)
+
+    def start(self):
+        self.file.start()
+
+    def stop(self):
+        self.file.stop()
+
+    def check(self, force=False):
+        """Read the file if it changed since the last check (or ``force``) and report what it holds."""
+        self.file.check(force)
+
+    def describe(self):
+        return {"path": self.config.path, "watch": self.file.watching, "refresh_interval": self.config.refreshInterval,
+                "reads": self.file.reads}
+
+    def _read(self, data):
+        try:
+            endpoints, version = parseEndpointsFile(data, self.config.path)
+        except ConfigError:
+            self.sink.sourceFailed(Failure())
+            return
+        self.sink.hostsUpdated(endpoints, version)

@@ -337,6 +337,22 @@ def _plain(getter):
 
 _HOSTNAME = socket.gethostname()
 
+
+def _peer(field):
+    """A getter of the stream's IPeerIdentity ``field`` (None: no client certificate)."""
+    def get(rec):
+        peer = rec.info.peerIdentity
+        return None if peer is None else field(peer)
+    return get
+
+
+def _tls(field):
+    """A getter of the stream's IDownstreamTLS ``field`` (None: plain text)."""
+    def get(rec):
+        tls = rec.info.downstreamTls
+        return None if tls is None else field(tls)
+    return get
+
 # name -> (make(arg) -> getter, kind): "int" values are numbers (typed in JSON), "safe" ones need no escaping
 OPERATORS = {
     "START_TIME": (lambda arg: _startTime if arg is None else _strftimeGetter(arg), "safe"),
@@ -378,6 +394,15 @@ OPERATORS = {
     "DUBBO_VERSION": (_plain(_dubbo("version")), "text"),
     "DUBBO_GROUP": (_plain(_dubbo("group")), "text"),
     "DUBBO_STATUS": (_plain(_dubboStatus), "int"),
+    # a TLS listener's connection (issue 14); "-" on plain text or without a client certificate
+    "DOWNSTREAM_PEER_URI_SAN": (_plain(_peer(lambda p: ",".join(p.uriSans) or None)), "text"),
+    "DOWNSTREAM_PEER_DNS_SAN": (_plain(_peer(lambda p: ",".join(p.dnsSans) or None)), "text"),
+    "DOWNSTREAM_PEER_SUBJECT": (_plain(_peer(lambda p: p.subject or None)), "text"),
+    "DOWNSTREAM_PEER_SERIAL": (_plain(_peer(lambda p: p.serial)), "text"),
+    "DOWNSTREAM_PEER_FINGERPRINT_256": (_plain(_peer(lambda p: p.fingerprint)), "text"),
+    "DOWNSTREAM_TLS_VERSION": (_plain(_tls(lambda t: t.version)), "text"),
+    "DOWNSTREAM_TLS_CIPHER": (_plain(_tls(lambda t: t.cipher)), "text"),
+    "REQUESTED_SERVER_NAME": (_plain(_tls(lambda t: t.serverName)), "text"),
 }
 
 # Envoy operators txmesh does not (yet) provide: named in the config error, so an operator knows it is not a typo
@@ -386,9 +411,6 @@ UNSUPPORTED = {
     "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": "the upstream connection's local address is not recorded",
     "DYNAMIC_METADATA": "txmesh has no dynamic metadata",
     "FILTER_STATE": "txmesh has no filter state",
-    "DOWNSTREAM_PEER_SUBJECT": "txmesh listeners do not terminate TLS",
-    "DOWNSTREAM_TLS_VERSION": "txmesh listeners do not terminate TLS",
-    "REQUESTED_SERVER_NAME": "txmesh listeners do not terminate TLS",
     "CONNECTION_ID": "connections have no ids",
     "UPSTREAM_WIRE_BYTES_SENT": "wire bytes are not counted",
     "UPSTREAM_WIRE_BYTES_RECEIVED": "wire bytes are not counted",

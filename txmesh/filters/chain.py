@@ -362,7 +362,7 @@ class ActiveStream:
 
     def route(self):
         if not self._routeCached:
-            self._route = self.template.routeConfig.match(self.request)
+            self._route = self.template.routeConfig.match(self.request, self.streamInfo.peerIdentity)
             self._routeCached = True
             self.streamInfo.routeName = self._route.name if self._route is not None else None
         return self._route

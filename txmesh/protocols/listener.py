@@ -25,6 +25,9 @@ from txmesh.interfaces import IListenerConnection, IListenerFactory, IStreamFact
 from txmesh.overload import GLOBAL_LIMIT, LISTENER_LIMIT
 from txmesh.protocols.transport import WriteWatcher, Writer
 from txmesh.stream import StreamInfo, newRequestId
+from txmesh.tls.server import downstreamTLSOf
+from txmesh.tls.server_config import ForwardClientCert
+from txmesh.tls.xfcc import applyForwardClientCert, xfccElement
 
 from txmesh.stats import LabelledCounter
 
@@ -88,6 +91,8 @@ class ListenerFactory(DrainingFactory):
         self.internalRanges = forwarding.internalRanges
         # gRPC carries the scheme in :scheme and has no use for x-forwarded-proto (see docs/configuration.md)
         self.forwardedProto = listenerConfig.protocol != "grpc"
+        # x-forwarded-client-cert (issue 14): sanitised by default, from every peer that is not mutual TLS
+        self.forwardClientCert = listenerConfig.forwardClientCert or ForwardClientCert()
         node = runtime.node
         self.nodeId = node.id
         self.nodeField = (b"x-txmesh-node", node.id.encode("ascii"))
@@ -150,6 +155,9 @@ class ListenerProtocol(Protocol):
         self.out = None
         self.writeBlocked = False
         self._writeTimer = None
+        self.downstreamTls = None  # IDownstreamTLS on a TLS listener (its handshake is done before connectionMade)
+        self.peerIdentity = None
+        self._xfcc = None
 
     def connectionMade(self):
         f = self.factory
@@ -170,6 +178,9 @@ class ListenerProtocol(Protocol):
         if f.useRemoteAddress and not f.trustedHops:
             self.peerTrusted = isInternal(host, f.internalRanges)
         self.out = Writer(self.transport, f.writeScope)
+        tls = self.downstreamTls = downstreamTLSOf(self.transport)
+        if tls is not None:
+            self.peerIdentity = tls.peer
         if self.watchWrites or f.limits.writeTimeout:
             self.transport.registerProducer(WriteWatcher(self._bufferFull, self._bufferDrained), True)
 
@@ -236,7 +247,8 @@ class ListenerProtocol(Protocol):
         """
         Make a decoded request's header fields ready for the filters, and its StreamInfo (Envoy's trust model):
         with ``use_remote_address``, append the peer to x-forwarded-for; set x-forwarded-proto (replacing the
-        peer's unless it is trusted; not on gRPC listeners); keep a trusted peer's x-request-id, else make one.
+        peer's unless it is trusted; not on gRPC listeners); keep a trusted peer's x-request-id, else make one;
+        x-forwarded-client-cert as ``forward_client_cert_details`` says (txmesh.tls.xfcc).
 
         @param headers: the request's HeaderMap (changed in place).
         @param scheme: the request's scheme (bytes), for x-forwarded-proto.
@@ -255,6 +267,7 @@ class ListenerProtocol(Protocol):
                 headers.set(b"x-forwarded-proto", scheme)
             elif headers.get(b"x-forwarded-proto") is None:
                 headers.add(b"x-forwarded-proto", scheme)
+        applyForwardClientCert(headers, f.forwardClientCert, self.downstreamTls, self._xfccElement)
         rid = headers.get(b"x-request-id")
         if rid is None:
             rid = newRequestId()
@@ -265,13 +278,22 @@ class ListenerProtocol(Protocol):
         info = StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
         info.requestId = rid
         info.downstreamLocal = self.local
+        info.peerIdentity = self.peerIdentity
+        info.downstreamTls = self.downstreamTls
         return info
+
+    def _xfccElement(self):
+        if self._xfcc is None:
+            self._xfcc = xfccElement(self.downstreamTls, self.factory.forwardClientCert.details)
+        return self._xfcc
 
     def streamInfo(self, protocol):
         """A StreamInfo for a request of a protocol without forwarding headers (Dubbo)."""
         f = self.factory
         info = StreamInfo(f.clock.seconds(), protocol, f.listenerName, self.peer)
         info.downstreamLocal = self.local
+        info.peerIdentity = self.peerIdentity
+        info.downstreamTls = self.downstreamTls
         return info
 
 
