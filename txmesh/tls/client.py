@@ -36,8 +36,7 @@ from zope.interface import implementer
 
 from txmesh.errors import UpstreamTLSHandshakeError, UpstreamTLSVerifyError
 from txmesh.interfaces import IUpstreamTLS
-from txmesh.tls.material import (PeerIdentity, loadCertificates, loadPrivateKey, toOpenSSLCertificate,
-                                 toOpenSSLKey)
+from txmesh.tls.material import PeerIdentity, loadCertificates, loadPrivateKey, toOpenSSLCertificate
 from txmesh.tls.upstream_config import TLS_VERSIONS
 
 # X509_V_ERR_* codes a verify callback sees most, as OpenSSL words them (X509_verify_cert_error_string)
@@ -101,10 +100,11 @@ def buildContext(config):
     ctx.set_verify(SSL.VERIFY_PEER)  # each connection sets its own callback (ClientCreator), recording errors
     if config.certChain is not None:
         chain = loadCertificates(config.certChain)
-        ctx.use_certificate(toOpenSSLCertificate(chain[0]))
+        # pyOpenSSL takes cryptography objects here (its own X509/PKey are deprecated), X509Store.add_cert does not
+        ctx.use_certificate(chain[0])
         for extra in chain[1:]:
-            ctx.add_extra_chain_cert(toOpenSSLCertificate(extra))
-        ctx.use_privatekey(toOpenSSLKey(loadPrivateKey(config.privateKey)))
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(loadPrivateKey(config.privateKey))
         ctx.check_privatekey()
     if config.alpn:
         ctx.set_alpn_protos([name.encode("ascii") for name in config.alpn])
@@ -353,9 +353,11 @@ class _HandshakeGate(Protocol):
     def tcpFailed(self, failure):
         """The TCP connect failed: the connect fails with the endpoint's error (a plain connect failure)."""
         self.tcpConnecting = None
+        if self.done:
+            return None  # cancelled: the Deferred fails with CancelledError
         self.done = True
-        if not self.result.called:
-            self.result.errback(failure)
+        self.result.errback(failure)
+        return None
 
     def cancel(self):
         """The pool gave up (connect timeout, request gone): stop the TCP connect or abort the handshake."""

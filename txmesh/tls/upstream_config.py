@@ -192,7 +192,7 @@ def _sanMatchers(r, t, path):
             raise r.error("must be a non-empty printable ASCII string", kPath)
         if kind == "uri" and matcher == "exact" and ":" not in value:
             raise r.error("a URI SAN has a scheme, e.g. spiffe://trust-domain/ns/x/sa/y", kPath)
-        if kind == "dns" and matcher == "exact" and "*" in value.lstrip("*."):
+        if kind == "dns" and "*" in value:
             raise r.error("a DNS name to match has no wildcard (the certificate may have one)", kPath)
         out.append(SanMatcher(kind, matcher, value))
     return tuple(out)
