@@ -103,6 +103,12 @@ def mesh(tmp_path_factory):
                                  % (ca.certPath,), "grpc"))
         clusters.append(_cluster("dubbo_tls", dubboPort, strict, "dubbo"))
         clusters.append(_cluster("dubbo_untrusted", dubboPort, "{ca: %s}" % (other.certPath,), "dubbo"))
+        # active health checks over the cluster's TLS: an http check of nginx (verified), a tcp check of the
+        # wrong-SAN nginx (the connect itself fails verification), a dubbo check of the provider behind TLS
+        check = "    health_checks: [{type: %s, interval: 200ms, timeout: 1s, unhealthy_threshold: 1}]\n"
+        clusters.append(_cluster("hc_good", ports["plain_tls"], "{ca: %s}" % (ca.certPath,)) + check % "http")
+        clusters.append(_cluster("hc_bad", ports["wrong_san"], strict) + check % "tcp")
+        clusters.append(_cluster("hc_dubbo", dubboPort, strict, "dubbo") + check % "dubbo")
         config = CONFIG.format(admin=admin, http1=http1, grpcIn=grpcIn, dubboIn=dubboIn,
                                routes="".join(_route(n) for n in ports)) + "".join(clusters)
         tx = support.startTxmesh(config, admin)
@@ -283,6 +289,28 @@ def test_a_fixed_upstream_serves_again(mesh):
         time.sleep(0.1)
     assert status == 200, (status, error)
     assert total(stats(mesh), "upstream_ssl_fail_verify_san", cluster="fixable") >= 1
+
+
+def test_health_checks_run_over_the_cluster_tls(mesh):
+    def hosts():
+        clusters = json.loads(support.adminGet(mesh.admin, "/clusters")[1])
+        return {c["name"]: c["hosts"][0] for c in clusters if c["name"].startswith("hc_")}
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        h = hosts()
+        if all(x["health_check"]["last_check"] for x in h.values()) and h["hc_good"]["healthy"]:
+            break
+        time.sleep(0.1)
+    assert h["hc_good"]["healthy"] is True, h["hc_good"]
+    assert h["hc_bad"]["healthy"] is False
+    last = h["hc_bad"]["health_check"]["last_check"]
+    assert last["result"] == "network" and "names none of uri:" + SPIFFE in last["reason"], last
+    if mesh.dubbo:
+        assert h["hc_dubbo"]["healthy"] is True, h["hc_dubbo"]
+    s = stats(mesh)
+    assert total(s, "upstream_ssl_handshake", cluster="hc_good") >= 1
+    assert total(s, "upstream_ssl_fail_verify_san", cluster="hc_bad") >= 1
 
 
 def test_grpc_over_mutual_tls_with_h2_by_alpn(mesh):

@@ -20,7 +20,7 @@ LAYERS = (
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
                            "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
                            "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py",
-                           "tls/material.py"]),
+                           "tls/material.py", "tls/upstream_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
     ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",

@@ -28,8 +28,9 @@ from service_identity import VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import (IConnector, IHandshakeListener, IOpenSSLClientConnectionCreator,
+                                         IReactorPluggableNameResolver, IReactorTCP, IReactorTime)
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -247,24 +248,130 @@ class UpstreamTLS:
         passed, or failing with UpstreamTLSHandshakeError / UpstreamTLSVerifyError (or the endpoint's own connect
         error); cancelling it aborts the connect or the handshake.
         """
-        creator = self.clientCreator(host)
         connected = defer.Deferred(lambda d: gate.cancel())
-        gate = _HandshakeGate(factory.buildProtocol(None), connected, creator, self.stats, host)
-        tcp = endpoint.connect(TLSMemoryBIOFactory(creator, True, _GateFactory(gate), self.clock))
+        gate, _, tlsFactory = self._wrap(host, factory.buildProtocol(None), connected)
+        tcp = endpoint.connect(tlsFactory)
         if gate.transport is None:
             gate.tcpConnecting = tcp
         tcp.addErrback(gate.tcpFailed)
         return connected
 
+    def _wrap(self, host, inner, connected):
+        creator = self.clientCreator(host)
+        gate = _HandshakeGate(inner, connected, creator, self.stats, host)
+        gateFactory = _GateFactory(gate)
+        return gate, gateFactory, TLSMemoryBIOFactory(creator, True, gateFactory, self.clock)
 
-class _GateFactory(Factory):
+    def reactorFor(self, reactor, host):
+        """
+        ``reactor`` (IReactorTCP, IReactorTime, IReactorPluggableNameResolver) except that its ``connectTCP``
+        makes verified TLS connections to ``host``: what a cluster's active health checks connect with, so the
+        tcp, http, grpc and dubbo checkers (Twisted endpoints and treq's Agent underneath) run over the cluster's
+        TLS unchanged.  See L{TLSConnectingReactor}.
+        """
+        return TLSConnectingReactor(reactor, self, host)
+
+
+@implementer(IReactorTCP, IReactorTime, IReactorPluggableNameResolver)
+class TLSConnectingReactor:
+    """
+    A reactor whose TCP connects are TLS connects to one upstream host through an L{UpstreamTLS}: the factory's
+    protocol is connected (``buildProtocol``, then ``makeConnection`` over the TLS transport) only once the
+    handshake and the identity check passed; a failure calls the factory's ``clientConnectionFailed`` with the
+    typed, counted error, as a refused connect would.  Everything else is the wrapped reactor's.
+    """
+
+    def __init__(self, reactor, upstreamTLS, host):
+        self._reactor = reactor
+        self._tls = upstreamTLS
+        self._host = host
+
+    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
+        connected = defer.Deferred()
+        gate, gateFactory, tlsFactory = self._tls._wrap(self._host, factory.buildProtocol(None), connected)
+        connector = _HandshakingConnector(gate)
+
+        def started(tcpConnector):
+            connector.tcp = tcpConnector
+            factory.startedConnecting(connector)
+
+        # the TCP connect's events reach the TLS factory's wrapped one, the gate's, which hands them to ``factory``
+        gateFactory.started = started
+        gateFactory.connectFailed = lambda _, reason: factory.clientConnectionFailed(connector, reason)
+        connected.addErrback(lambda f: factory.clientConnectionFailed(connector, f))
+        connector.tcp = self._reactor.connectTCP(host, port, tlsFactory, timeout, bindAddress)
+        return connector
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        return self._reactor.listenTCP(port, factory, backlog, interface)
+
+    def callLater(self, delay, callable, *args, **kw):
+        return self._reactor.callLater(delay, callable, *args, **kw)
+
+    def getDelayedCalls(self):
+        return self._reactor.getDelayedCalls()
+
+    def seconds(self):
+        return self._reactor.seconds()
+
+    @property
+    def nameResolver(self):
+        return self._reactor.nameResolver
+
+    def installNameResolver(self, resolver):
+        return self._reactor.installNameResolver(resolver)
+
+
+@implementer(IConnector)
+class _HandshakingConnector:
+    """
+    The IConnector a L{TLSConnectingReactor} connect returns: stopping it while the handshake runs aborts the
+    handshake (an endpoint's cancel, a health check's timeout), before that it stops the TCP connect.
+    """
+
+    def __init__(self, gate):
+        self.gate = gate
+        self.tcp = None
+
+    def stopConnecting(self):
+        if self.gate.transport is not None:
+            self.gate.cancel()
+        else:
+            self.tcp.stopConnecting()
+
+    def disconnect(self):
+        self.tcp.disconnect()
+
+    def connect(self):
+        self.tcp.connect()
+
+    def getDestination(self):
+        return self.tcp.getDestination()
+
+
+class _GateFactory(ClientFactory):
+    """
+    Builds the one gate of a connection.  Under a L{TLSConnectingReactor} the TCP connect's start and failure go
+    to ``started`` and ``connectFailed``; under an endpoint they are the endpoint's business.
+    """
+
     noisy = False
 
     def __init__(self, gate):
         self.gate = gate
+        self.started = None
+        self.connectFailed = None
 
     def buildProtocol(self, addr):
         return self.gate
+
+    def startedConnecting(self, connector):
+        if self.started is not None:
+            self.started(connector)
+
+    def clientConnectionFailed(self, connector, reason):
+        if self.connectFailed is not None:
+            self.connectFailed(connector, reason)
 
 
 @implementer(IHandshakeListener)

@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from txmesh.discovery.base import ClusterDiscovery
 from txmesh.interfaces import ICluster, IHost
+from txmesh.tls.client import UpstreamTLS
 from txmesh.upstream.health import ClusterHealthChecker
 from txmesh.upstream.host import Host, hostScope
 from txmesh.upstream.lb import LBContext, LoadBalancerOptions
@@ -378,7 +379,9 @@ class ClusterManager:
 
         healthChecker = None
         if config.healthChecks:
-            healthChecker = ClusterHealthChecker(config.healthChecks[0], clock, random, scope)
+            # a TLS cluster's checks connect over its TLS (issue 14): a context of their own, on the same counters
+            upstreamTLS = UpstreamTLS(config.tls, scope, clock) if config.tls is not None else None
+            healthChecker = ClusterHealthChecker(config.healthChecks[0], clock, random, scope, upstreamTLS)
         detector = None
         if config.outlierDetection is not None:
             detector = OutlierDetector(config.outlierDetection, clock, random, scope)
