@@ -109,7 +109,8 @@ def mesh(tmp_path_factory):
         clusters.append(_cluster("hc_good", ports["plain_tls"], "{ca: %s}" % (ca.certPath,)) + check % "http")
         clusters.append(_cluster("hc_bad", ports["wrong_san"], strict) + check % "tcp")
         clusters.append(_cluster("hc_dubbo", dubboPort, strict, "dubbo") + check % "dubbo")
-        config = CONFIG.format(admin=admin, http1=http1, grpcIn=grpcIn, dubboIn=dubboIn,
+        accessLog = str(d / "access.log")
+        config = CONFIG.format(admin=admin, http1=http1, grpcIn=grpcIn, dubboIn=dubboIn, accessLog=accessLog,
                                routes="".join(_route(n) for n in ports)) + "".join(clusters)
         tx = support.startTxmesh(config, admin)
         procs.append(tx)
@@ -118,6 +119,7 @@ def mesh(tmp_path_factory):
         env = type("Mesh", (), {})()
         env.http1, env.grpcIn, env.dubboIn, env.admin, env.tx = http1, grpcIn, dubboIn, admin, tx
         env.dubbo = provider is not None
+        env.accessLog = accessLog
 
         def fix():
             with open(os.path.join(prefix, "nginx.conf")) as f:
@@ -145,6 +147,11 @@ listeners:
   - name: http_in
     protocol: http1
     address: tcp:{http1}:interface=127.0.0.1
+    filters:
+      - name: access_log
+        config:
+          path: "{accessLog}"
+          format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_PEER_URI_SAN% %UPSTREAM_TLS_VERSION% %UPSTREAM_TRANSPORT_FAILURE_REASON%"
     route_config:
       virtual_hosts:
         - name: all
@@ -256,6 +263,19 @@ def test_nginx_mutual_tls_and_one_way_tls(mesh):
     s = stats(mesh)
     assert total(s, "upstream_ssl_handshake", cluster="mtls") >= 1
     assert total(s, "upstream_ssl_handshake", cluster="plain_tls") >= 1
+    line = accessLogLine(mesh, "/mtls/x")
+    assert line == "/mtls/x 200 - %s TLSv1.2 -" % (SPIFFE,), line
+
+
+def accessLogLine(mesh, path):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(mesh.accessLog) as f:
+            lines = [line.rstrip("\n") for line in f if line.startswith(path + " ")]
+        if lines:
+            return lines[-1]
+        time.sleep(0.05)
+    raise AssertionError("no access log line for " + path)
 
 
 @pytest.mark.parametrize("name, cause, counter", [
@@ -275,6 +295,8 @@ def test_bad_upstreams_fail_at_once_with_503_uf_and_a_counter(mesh, name, cause,
     assert total(s, "upstream_ssl_connection_error", cluster=name) >= 1
     assert total(s, "upstream_cx_connect_fail", cluster=name) >= 1
     assert total(s, "upstream_ssl_handshake", cluster=name) == 0
+    line = accessLogLine(mesh, "/%s/x" % (name,))
+    assert line.startswith("/%s/x 503 UF - - connect to localhost:" % (name,)) and " failed: TLS" in line, line
 
 
 def test_a_fixed_upstream_serves_again(mesh):

@@ -34,6 +34,7 @@ class Host:
         self.hostname = hostname
         self.port = port
         self.address = "%s:%d" % (hostname, port)
+        self.tlsPeer = None
 
 
 @pytest.fixture
@@ -188,7 +189,8 @@ def test_a_verified_upstream_gets_the_client_protocol_with_sni_and_alpn(pki):
     tls, store = upstreamTLS(pki, alpn=("h2",), sni="backend.mesh", certChain=pki["client"].chainPath,
                              privateKey=pki["client"].keyPath)
     server = ServerTLS(pki["server"], ca=pki["ca"])
-    reactor, d, client, serverProto = pipe(server, tls, Host("127.0.0.1"))
+    host = Host("127.0.0.1")
+    reactor, d, client, serverProto = pipe(server, tls, host)
     run(reactor)
     assert outcome(d) is client and client.made
     assert client.transport.negotiatedProtocol == b"h2"
@@ -196,6 +198,9 @@ def test_a_verified_upstream_gets_the_client_protocol_with_sni_and_alpn(pki):
     assert serverProto.received == b"GET / HTTP/1.1\r\n\r\n"  # written once verified, delivered
     assert store.value("upstream_ssl_handshake", cluster="c") == 1
     assert store.value("upstream_ssl_connection_error", cluster="c") == 0
+    # what the access log shows for requests to this host
+    assert host.tlsPeer.identity.uriSans == (SPIFFE,) and host.tlsPeer.version in ("TLSv1.2", "TLSv1.3")
+    assert host.tlsPeer.alpn == "h2"
 
 
 def test_a_wrong_san_fails_the_connect_and_not_a_byte_is_sent(pki):

@@ -151,6 +151,8 @@ class IStreamInfo(Interface):
     upstreamFailureReason = Attribute("Why the upstream connection could not be made (str), or None.")
     peerIdentity = Attribute(
         "The downstream peer's IPeerIdentity (mutual TLS: its verified client certificate), or None.")
+    upstreamTLS = Attribute(
+        "The upstream host's ``tlsPeer`` when the request's upstream connection was made (a TLS cluster), or None.")
 
 
 class IStreamDecoderFilterCallbacks(Interface):
@@ -388,6 +390,9 @@ class IHost(Interface):
     addedAt = Attribute(
         "When the host joined its cluster after the cluster started (the cluster clock's seconds), or None for the "
         "hosts it started with: slow start ramps the former up.")
+    tlsPeer = Attribute(
+        "A TLS cluster's host: what its latest verified handshake showed (txmesh.tls.client.UpstreamPeer: identity, "
+        "TLS version, ALPN), or None (plain text, or no handshake yet).")
 
     def setHealthFlag(flag):
         """Set a HealthFlag bit; the host's health watchers are told if ``healthy`` changed."""

@@ -183,7 +183,7 @@ class StreamInfo:
                  "upstreamHost", "responseFlags", "bytesReceived", "bytesSent", "responseCode", "metadata",
                  "endTime", "requestId", "downstreamLocal", "requestEndTime", "upstreamStartTime",
                  "upstreamFirstByteTime", "upstreamEndTime", "attemptCount", "responseCodeDetails",
-                 "upstreamFailureReason", "peerIdentity")
+                 "upstreamFailureReason", "peerIdentity", "upstreamTLS")
 
     def __init__(self, startTime, protocol, listenerName, downstreamPeer=""):
         self.startTime = startTime
@@ -210,6 +210,7 @@ class StreamInfo:
         self.responseCodeDetails = None
         self.upstreamFailureReason = None
         self.peerIdentity = None  # issue 14: set by the listener when the connection's TLS verified a client cert
+        self.upstreamTLS = None  # issue 14: the upstream host's tlsPeer once connected (a TLS cluster)
 
 
 # The parts of a request held while its upstream connection is being made (the router's attempts, mirroring's

@@ -337,6 +337,14 @@ def _plain(getter):
 
 _HOSTNAME = socket.gethostname()
 
+
+def _upstreamPeer(get):
+    """A getter of the request's verified upstream (txmesh.tls.client.UpstreamPeer) ``get(peer)``, None without."""
+    def getter(rec):
+        peer = rec.info.upstreamTLS
+        return None if peer is None else get(peer)
+    return getter
+
 # name -> (make(arg) -> getter, kind): "int" values are numbers (typed in JSON), "safe" ones need no escaping
 OPERATORS = {
     "START_TIME": (lambda arg: _startTime if arg is None else _strftimeGetter(arg), "safe"),
@@ -376,6 +384,11 @@ OPERATORS = {
     "DUBBO_VERSION": (_plain(_dubbo("version")), "text"),
     "DUBBO_GROUP": (_plain(_dubbo("group")), "text"),
     "DUBBO_STATUS": (_plain(_dubboStatus), "int"),
+    # a TLS cluster's upstream (issue 14): the identity and version its latest verified handshake showed
+    "UPSTREAM_PEER_URI_SAN": (_plain(_upstreamPeer(lambda peer: ",".join(peer.identity.uriSans))), "text"),
+    "UPSTREAM_PEER_DNS_SAN": (_plain(_upstreamPeer(lambda peer: ",".join(peer.identity.dnsSans))), "text"),
+    "UPSTREAM_PEER_SUBJECT": (_plain(_upstreamPeer(lambda peer: peer.identity.subject)), "text"),
+    "UPSTREAM_TLS_VERSION": (_plain(_upstreamPeer(lambda peer: peer.version)), "text"),
 }
 
 # Envoy operators txmesh does not (yet) provide: named in the config error, so an operator knows it is not a typo

@@ -22,6 +22,7 @@ transport and the cluster's client protocol a L{_HandshakeGate}:
 """
 
 import ipaddress
+from dataclasses import dataclass
 
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
@@ -159,14 +160,16 @@ class ClientCreator:
         connection.set_connect_state()
         return connection
 
-    def checkIdentity(self, cert):
+    def checkIdentity(self, cert, identity=None):
         """
         Whether the verified peer certificate ``cert`` (C{cryptography} or pyOpenSSL) carries a name this host is
-        expected to have.  @return: None if it does, else a one-line reason.
+        expected to have; ``identity``: its PeerIdentity, if made already.  @return: None if it does, else a
+        one-line reason.
         """
         if isinstance(cert, crypto.X509):
             cert = cert.to_cryptography()
-        identity = PeerIdentity.fromCertificate(cert)
+        if identity is None:
+            identity = PeerIdentity.fromCertificate(cert)
         if self._dnsIds or self._ipIds:
             try:
                 patterns = extract_patterns(cert)
@@ -204,6 +207,16 @@ def _matches(matcher, san):
     if matcher.matcher == "prefix":
         return san.startswith(value)
     return san.endswith(value)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPeer:
+    """What a verified handshake with an upstream host showed: ``identity`` (IPeerIdentity), ``version``
+    ('TLSv1.3'), ``alpn`` (the protocol chosen, or None)."""
+
+    identity: object
+    version: str
+    alpn: str | None = None
 
 
 @implementer(IUpstreamTLS)
@@ -411,12 +424,20 @@ class _HandshakeGate(Protocol):
                 "TLS: the upstream chose ALPN protocol %r, not one of %s" % (chosen, ", ".join(offered))))
             return
         cert = tls.getPeerCertificate()
-        reason = "no certificate" if cert is None else self.creator.checkIdentity(cert)
+        if cert is None:
+            reason = "no certificate"
+        else:
+            cert = cert.to_cryptography()
+            identity = PeerIdentity.fromCertificate(cert)
+            reason = self.creator.checkIdentity(cert, identity)
         if reason is not None:
             self.stats.upstream_ssl_fail_verify_san.value += 1
             self._refuse(UpstreamTLSVerifyError("TLS: " + reason))
             return
         self.stats.upstream_ssl_handshake.value += 1
+        # what the access log's %UPSTREAM_PEER_URI_SAN% and %UPSTREAM_TLS_VERSION% show for requests on this host
+        self.host.tlsPeer = UpstreamPeer(identity, tls.getHandle().get_protocol_version_name(),
+                                         chosen.decode("ascii", "replace") if chosen else None)
         self.done = True
         inner = self.inner
         tls.wrappedProtocol = inner  # from now on the TLS transport talks to the client protocol directly

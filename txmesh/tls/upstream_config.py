@@ -47,7 +47,8 @@ KEYS = ("sni", "ca", "cert_chain", "private_key", "alpn", "min_version", "max_ve
 
 @dataclass(frozen=True, slots=True)
 class SanMatcher:
-    """One ``match_subject_alt_names`` entry: a SAN of ``kind`` (dns, uri) that equals, starts or ends with ``value``."""
+    """One ``match_subject_alt_names`` entry: a SAN of ``kind`` (dns, uri) equal to, or starting or ending with,
+    ``value`` (``matcher``: exact, prefix, suffix)."""
 
     kind: str
     matcher: str
