@@ -123,3 +123,25 @@ def test_file_errors(pki, tmp_path):
     assert "clusters[0].tls.private_key: %s: not a PEM private key" % (garbage,) in error(
         "{cert_chain: %s, private_key: %s}" % (client.chainPath, garbage))
     assert error("{ca: %s}" % (garbage,)).startswith("mesh.yaml:6: ")
+
+
+def test_the_schema_takes_what_the_loader_takes(pki):
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    ca, client, _ = pki
+    good = ("{sni: b.mesh, ca: %s, cert_chain: %s, private_key: %s, alpn: [h2], min_version: TLSv1.3, "
+            "cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256], match_subject_alt_names: [{dns: b.mesh}, "
+            "{uri: {prefix: 'spiffe://mesh.local/'}}]}" % (ca.certPath, client.chainPath, client.keyPath))
+    text = MESH.format(protocol="http1", tls="      " + good)
+    cluster(good)  # the loader takes it
+    validator.validate(yaml.safe_load(text))
+    for bad in ("{insecure_skip_verify: true}", "{min_version: TLSv1.1}", "{cert_chain: x.pem}",
+                "{match_subject_alt_names: [{ip: 1.2.3.4}]}"):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(yaml.safe_load(MESH.format(protocol="http1", tls="      " + bad)))

@@ -94,7 +94,7 @@ def classifyError(exc):
     """
     from txmesh import errors  # the bottom layer: imported here only to keep this module's import cheap
 
-    if isinstance(exc, errors.ConnectFailure):
+    if isinstance(exc, errors.ConnectFailure):  # a TLS cluster's handshake or verification failure too
         return Outcome.LOCAL_ORIGIN_CONNECT_FAILED
     if isinstance(exc, (errors.StreamIdleTimeout, errors.MaxStreamDuration)):
         return None  # the stream's own bounds, not the host's slowness
