@@ -16,10 +16,12 @@ import time
 
 import grpc
 import pytest
-from twisted.internet import ssl as tssl
+from OpenSSL import SSL
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.portforward import ProxyFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from tests import support
 from tests.certs import CertAuthority
@@ -68,6 +70,7 @@ def mesh(tmp_path_factory):
     expired = ca.expired("expired", dns=["localhost"], uris=[SPIFFE])
     client = ca.issue("client", uris=[CLIENT_SPIFFE], client=True, server=False)
     procs = []
+    grpcServer = dubboStop = None
     ports = {n: support.freePort() for n in ("mtls", "plain_tls", "wrong_san", "untrusted", "expired", "tls11",
                                              "plaintext", "fixable", "by_ip")}
     servers = {
@@ -133,11 +136,10 @@ def mesh(tmp_path_factory):
     finally:
         for p in reversed(procs):
             p.stop()
-        try:
+        if grpcServer is not None:
             grpcServer.stop(0)
+        if dubboStop is not None:
             onReactor(dubboStop)
-        except NameError:
-            pass
 
 
 CONFIG = """
@@ -205,6 +207,19 @@ def _grpcServer(cert, ca):
     return port, server
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class _ServerTLS:
+    """A TLS server with ``cert`` (cryptography objects: pyOpenSSL's own are deprecated)."""
+
+    def __init__(self, cert):
+        self.ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.ctx.use_certificate(cert.cert)
+        self.ctx.use_privatekey(cert.key)
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        return SSL.Connection(self.ctx, None)
+
+
 def _dubboBehindTLS(cert):
     """The real sofa-rpc-node provider (plain text) behind an in-process Twisted TLS terminator."""
     node = shutil.which("node")
@@ -220,12 +235,7 @@ def _dubboBehindTLS(cert):
 
     def listen():
         from twisted.internet import reactor
-        with open(cert.chainPath) as f:
-            chain = f.read()
-        with open(cert.keyPath) as f:
-            key = f.read()
-        options = tssl.PrivateCertificate.loadPEM(chain + key).options()
-        factory = TLSMemoryBIOFactory(options, False, ProxyFactory("127.0.0.1", providerPort), reactor)
+        factory = TLSMemoryBIOFactory(_ServerTLS(cert), False, ProxyFactory("127.0.0.1", providerPort), reactor)
         return TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(factory)
 
     listening = onReactor(listen)

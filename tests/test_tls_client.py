@@ -281,3 +281,70 @@ def test_cancelling_the_tcp_connect(pki):
     assert outcome(d).check(defer.CancelledError)
     [connector] = reactor.connectors
     assert connector.stoppedConnecting
+
+
+# -- the health checks' reactor ---------------------------------------------------------------------------------------
+
+
+def checkerConnect(pki, tls, server):
+    """A checker's endpoint connect through ``tls.reactorFor``, against an in-memory TLS server."""
+    from twisted.internet.endpoints import connectProtocol
+    reactor = MemoryReactorClock()
+    tls.clock = reactor
+    serverProto = Recorder()
+    TCP4ServerEndpoint(reactor, 8443).listen(TLSMemoryBIOFactory(server, False, Factory.forProtocol(
+        lambda: serverProto), reactor))
+    wrapped = tls.reactorFor(reactor, Host("backend.mesh"))
+    client = Recorder(b"PING")
+    d = connectProtocol(TCP4ClientEndpoint(wrapped, "127.0.0.1", 8443), client)
+    return reactor, wrapped, d, client, serverProto
+
+
+def test_the_checks_reactor_provides_what_endpoints_and_agents_use(pki):
+    from twisted.internet.interfaces import IConnector, IReactorPluggableNameResolver, IReactorTCP, IReactorTime
+    tls, _ = upstreamTLS(pki)
+    reactor, wrapped, d, _, _ = checkerConnect(pki, tls, ServerTLS(pki["server"]))
+    verifyObject(IReactorTCP, wrapped)
+    verifyObject(IReactorTime, wrapped)
+    verifyObject(IReactorPluggableNameResolver, wrapped)
+    assert wrapped.seconds() == reactor.seconds() and wrapped.nameResolver is reactor.nameResolver
+    from twisted.internet.protocol import ClientFactory
+    connector = wrapped.connectTCP("127.0.0.1", 8443, ClientFactory.forProtocol(Recorder))
+    verifyObject(IConnector, connector)
+    assert connector.getDestination().port == 8443
+
+
+def test_a_check_connects_once_verified(pki):
+    tls, store = upstreamTLS(pki)
+    reactor, _, d, client, serverProto = checkerConnect(pki, tls, ServerTLS(pki["server"]))
+    run(reactor)
+    assert outcome(d) is client and serverProto.received == b"PING"
+    assert store.value("upstream_ssl_handshake", cluster="c") == 1
+
+
+def test_a_check_of_a_wrong_san_fails_its_connect(pki):
+    tls, store = upstreamTLS(pki, matchSubjectAltNames=(SanMatcher("dns", "exact", "other.mesh"),))
+    reactor, _, d, client, serverProto = checkerConnect(pki, tls, ServerTLS(pki["server"]))
+    run(reactor)
+    assert outcome(d).check(errors.UpstreamTLSVerifyError)
+    assert not client.made and serverProto.received == b""
+    assert store.value("upstream_ssl_fail_verify_san", cluster="c") == 1
+
+
+def test_a_check_cancelled_during_the_handshake_aborts_it(pki):
+    tls, _ = upstreamTLS(pki)
+    reactor, _, d, client, _ = checkerConnect(pki, tls, ServerTLS(pki["server"]))
+    pump = ConnectionCompleter(reactor).succeedOnce(greet=False)
+    d.cancel()  # the health check's timeout: the endpoint's cancel stops the connector, which aborts the handshake
+    from twisted.internet.error import ConnectingCancelledError
+    assert outcome(d).check(ConnectingCancelledError)
+    assert pump.clientIO.disconnecting or pump.clientIO.disconnected
+    pump.pump()
+    assert not client.made
+
+
+def test_a_check_whose_tcp_connect_fails(pki):
+    tls, _ = upstreamTLS(pki)
+    reactor, _, d, _, _ = checkerConnect(pki, tls, ServerTLS(pki["server"]))
+    ConnectionCompleter(reactor).failOnce()
+    assert outcome(d).check(ConnectionRefusedError)
