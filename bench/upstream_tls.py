@@ -63,12 +63,12 @@ clusters:
   - {{name: plain, endpoints: [{{address: "127.0.0.1:{plain}"}}]}}
   - {{name: plain_new, max_requests_per_connection: 1, endpoints: [{{address: "127.0.0.1:{plain}"}}]}}
   - name: tls
-    endpoints: [{{address: "localhost:{tls}"}}]
-    tls: {{ca: {ca}, match_subject_alt_names: [{{dns: localhost}}]}}
+    endpoints: [{{address: "127.0.0.1:{tls}"}}]
+    tls: {{sni: localhost, ca: {ca}, match_subject_alt_names: [{{dns: localhost}}]}}
   - name: tls_new
     max_requests_per_connection: 1
-    endpoints: [{{address: "localhost:{tls}"}}]
-    tls: {{ca: {ca}, match_subject_alt_names: [{{dns: localhost}}]}}
+    endpoints: [{{address: "127.0.0.1:{tls}"}}]
+    tls: {{sni: localhost, ca: {ca}, match_subject_alt_names: [{{dns: localhost}}]}}
 """
 
 

@@ -122,6 +122,7 @@ class ServerTLS:
         if maxVersion is not None:
             ctx.set_max_proto_version(maxVersion)
         if ca is not None:
+            ctx.set_session_id(b"txmesh-test")  # OpenSSL resumes client-verified sessions only with one
             ctx.load_verify_locations(ca.certPath)
             ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *a: a[-1])
         self.sni = []
@@ -348,3 +349,20 @@ def test_a_check_whose_tcp_connect_fails(pki):
     reactor, _, d, _, _ = checkerConnect(pki, tls, ServerTLS(pki["server"]))
     ConnectionCompleter(reactor).failOnce()
     assert outcome(d).check(ConnectionRefusedError)
+
+
+def test_the_next_connection_to_a_host_resumes_the_verified_session(pki):
+    tls, store = upstreamTLS(pki, matchSubjectAltNames=(SanMatcher("uri", "exact", SPIFFE),),
+                             certChain=pki["client"].chainPath, privateKey=pki["client"].keyPath)
+    server = ServerTLS(pki["server"], ca=pki["ca"])
+    verifies = []  # the server verifies txmesh's certificate on a full handshake, not on a resumed one
+    server.ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *a: verifies.append(1) or a[-1])
+    counts = []
+    for _ in range(3):
+        reactor, d, client, serverProto = pipe(server, tls, Host("backend.mesh"))
+        run(reactor)
+        assert outcome(d) is client
+        assert client.transport.getPeerCertificate() is not None  # the session's, checked again
+        counts.append(len(verifies))
+    assert counts[0] > 0 and counts[2] == counts[1] == counts[0], counts
+    assert store.value("upstream_ssl_handshake", cluster="c") == 3

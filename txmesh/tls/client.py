@@ -132,8 +132,9 @@ class ClientCreator:
         latest connection made, or None (L{UpstreamTLS.connect} makes one creator per connection).
     """
 
-    def __init__(self, context, sni, alpn, dnsIds, ipIds, uriMatchers, dnsMatchers):
+    def __init__(self, context, sni, alpn, dnsIds, ipIds, uriMatchers, dnsMatchers, previous=None):
         self.context = context
+        self.previous = previous  # the host's latest verified SSL.Connection: its session is offered for resumption
         self.sni = sni
         self.alpn = alpn
         self._dnsIds = dnsIds  # service_identity DNS_IDs, any one matching
@@ -155,6 +156,13 @@ class ClientCreator:
         connection = SSL.Connection(self.context, None)
         connection.set_verify(SSL.VERIFY_PEER, self._verified)
         self.verifyError = None
+        if self.previous is not None:
+            # resumption (TLS 1.2 session id or ticket, TLS 1.3 ticket): the upstream may skip the certificate
+            # exchange and its asymmetric crypto; the session keeps the peer certificate verified before, which the
+            # identity check reads again
+            session = self.previous.get_session()
+            if session is not None:
+                connection.set_session(session)
         if self.sni is not None:
             connection.set_tlsext_host_name(self.sni.encode("idna"))
         connection.set_connect_state()
@@ -227,13 +235,17 @@ class UpstreamTLS:
     @param config: the cluster's L{txmesh.tls.upstream_config.UpstreamTLSConfig}.
     @param scope: the cluster's stats scope (L{UpstreamTLSStats} are made there).
     @param clock: the IReactorTime the TLS transport schedules its write flushes on.
+    @cvar MAX_SESSIONS: hosts whose latest session is kept for resumption.
     """
+
+    MAX_SESSIONS = 1024
 
     def __init__(self, config, scope=None, clock=None):
         self.config = config
         self.context = buildContext(config)
         self.stats = UpstreamTLSStats(scope)
         self.clock = clock
+        self._verifiedConnections = {}  # host address -> its latest verified SSL.Connection, oldest first
 
     def clientCreator(self, host):
         config = self.config
@@ -252,7 +264,15 @@ class UpstreamTLS:
             elif isIP:
                 ipIds = [IPAddress_ID(hostname)]
         return ClientCreator(self.context, sni, config.alpn, [DNS_ID(n) for n in dnsExact], ipIds, uriMatchers,
-                             dnsMatchers)
+                             dnsMatchers, self._verifiedConnections.get(host.address))
+
+    def _verified(self, host, connection):
+        """``connection`` to ``host`` passed: its session is what the host's next connection offers to resume."""
+        held = self._verifiedConnections
+        held.pop(host.address, None)
+        held[host.address] = connection
+        if len(held) > self.MAX_SESSIONS:
+            del held[next(iter(held))]  # the least recently verified host's
 
     def connect(self, endpoint, factory, host):
         """
@@ -271,7 +291,7 @@ class UpstreamTLS:
 
     def _wrap(self, host, inner, connected):
         creator = self.clientCreator(host)
-        gate = _HandshakeGate(inner, connected, creator, self.stats, host)
+        gate = _HandshakeGate(inner, connected, creator, self.stats, host, self._verified)
         gateFactory = _GateFactory(gate)
         return gate, gateFactory, TLSMemoryBIOFactory(creator, True, gateFactory, self.clock)
 
@@ -396,7 +416,8 @@ class _HandshakeGate(Protocol):
     typed, counted error.
     """
 
-    def __init__(self, inner, connected, creator, stats, host):
+    def __init__(self, inner, connected, creator, stats, host, verified):
+        self.verified = verified  # verified(host, SSL.Connection): the connection passed
         self.inner = inner
         self.result = connected
         self.creator = creator
@@ -436,8 +457,10 @@ class _HandshakeGate(Protocol):
             return
         self.stats.upstream_ssl_handshake.value += 1
         # what the access log's %UPSTREAM_PEER_URI_SAN% and %UPSTREAM_TLS_VERSION% show for requests on this host
-        self.host.tlsPeer = UpstreamPeer(identity, tls.getHandle().get_protocol_version_name(),
+        handle = tls.getHandle()
+        self.host.tlsPeer = UpstreamPeer(identity, handle.get_protocol_version_name(),
                                          chosen.decode("ascii", "replace") if chosen else None)
+        self.verified(self.host, handle)
         self.done = True
         inner = self.inner
         tls.wrappedProtocol = inner  # from now on the TLS transport talks to the client protocol directly
