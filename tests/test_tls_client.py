@@ -366,3 +366,21 @@ def test_the_next_connection_to_a_host_resumes_the_verified_session(pki):
         counts.append(len(verifies))
     assert counts[0] > 0 and counts[2] == counts[1] == counts[0], counts
     assert store.value("upstream_ssl_handshake", cluster="c") == 3
+
+
+def test_an_upstream_refusing_our_missing_client_certificate(pki):
+    # TLS 1.2: the server refuses inside the handshake, a connect failure
+    tls, store = upstreamTLS(pki)
+    server = ServerTLS(pki["server"], ca=pki["ca"], maxVersion=SSL.TLS1_2_VERSION)
+    reactor, d, client, serverProto = pipe(server, tls, Host("backend.mesh"))
+    run(reactor)
+    assert outcome(d).check(errors.UpstreamTLSHandshakeError)
+    assert store.value("upstream_ssl_connection_error", cluster="c") == 1
+    # TLS 1.3: the client's handshake is complete before the server reads our (missing) certificate: the
+    # connection is made, then ended by the server's alert -- a request on it fails as a reset (UC); docs/security.md
+    tls, store = upstreamTLS(pki)
+    reactor, d, client, serverProto = pipe(ServerTLS(pki["server"], ca=pki["ca"]), tls, Host("backend.mesh"))
+    run(reactor)
+    assert outcome(d) is client
+    assert "certificate required" in client.lost.getErrorMessage()
+    assert serverProto.received == b""

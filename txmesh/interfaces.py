@@ -1434,3 +1434,17 @@ class IUpstreamTLS(Interface):
         The IOpenSSLClientConnectionCreator for a connection to ``host`` (an IHost): SNI, CA bundle, client
         certificate, ALPN, and the expected peer names checked with service_identity after the handshake.
         """
+
+    def connect(endpoint, factory, host):
+        """
+        Connect ``factory``'s protocol to ``host`` over TLS through ``endpoint`` (an IStreamClientEndpoint to it).
+        @return: a Deferred firing with the protocol only once the handshake and the identity check passed (no
+            byte of it is sent before), or failing with txmesh.errors.UpstreamTLSHandshakeError /
+            UpstreamTLSVerifyError (counted on the cluster) or the endpoint's own error; cancelling it aborts.
+        """
+
+    def reactorFor(reactor, host):
+        """
+        ``reactor`` with its ``connectTCP`` turned into verified TLS connects to ``host`` (IReactorTCP,
+        IReactorTime, IReactorPluggableNameResolver): what the cluster's active health checks connect with.
+        """
