@@ -384,3 +384,13 @@ def test_an_upstream_refusing_our_missing_client_certificate(pki):
     assert outcome(d) is client
     assert "certificate required" in client.lost.getErrorMessage()
     assert serverProto.received == b""
+
+
+def test_without_ca_the_system_trust_store_decides(pki):
+    # the system store (OpenSSL's default verify paths) does not know the test CA: verification fails, never "trust all"
+    tls, store = upstreamTLS(pki, ca=None)
+    reactor, d, client, serverProto = pipe(ServerTLS(pki["server"]), tls, Host("backend.mesh"))
+    run(reactor)
+    failure = outcome(d)
+    assert failure.check(errors.UpstreamTLSVerifyError) and "unable to get local issuer certificate" in str(failure.value)
+    assert store.value("upstream_ssl_fail_verify_error", cluster="c") == 1
