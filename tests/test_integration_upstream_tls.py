@@ -153,7 +153,8 @@ listeners:
       - name: access_log
         config:
           path: "{accessLog}"
-          format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_PEER_URI_SAN% %UPSTREAM_TLS_VERSION% %UPSTREAM_TRANSPORT_FAILURE_REASON%"
+          format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_PEER_URI_SAN% %UPSTREAM_TLS_VERSION%
+            %UPSTREAM_TRANSPORT_FAILURE_REASON%"
     route_config:
       virtual_hosts:
         - name: all

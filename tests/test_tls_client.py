@@ -392,5 +392,6 @@ def test_without_ca_the_system_trust_store_decides(pki):
     reactor, d, client, serverProto = pipe(ServerTLS(pki["server"]), tls, Host("backend.mesh"))
     run(reactor)
     failure = outcome(d)
-    assert failure.check(errors.UpstreamTLSVerifyError) and "unable to get local issuer certificate" in str(failure.value)
+    assert failure.check(errors.UpstreamTLSVerifyError)
+    assert "unable to get local issuer certificate" in str(failure.value)
     assert store.value("upstream_ssl_fail_verify_error", cluster="c") == 1
