@@ -395,3 +395,13 @@ def test_without_ca_the_system_trust_store_decides(pki):
     assert failure.check(errors.UpstreamTLSVerifyError)
     assert "unable to get local issuer certificate" in str(failure.value)
     assert store.value("upstream_ssl_fail_verify_error", cluster="c") == 1
+
+
+def test_a_san_service_identity_cannot_read_fails_closed(pki):
+    odd = pki["ca"].issue("odd", dns=["backend.mesh"], uris=["urn:*"])
+    tls, _ = upstreamTLS(pki)
+    reason = names(tls, Host("backend.mesh"), odd)
+    assert reason.startswith("the upstream certificate (dns:backend.mesh, uri:urn:*) names none of dns:backend.mesh (")
+    # a URI match does not go through service_identity: it still works
+    tls, _ = upstreamTLS(pki, matchSubjectAltNames=(SanMatcher("uri", "exact", "urn:*"),))
+    assert names(tls, Host("backend.mesh"), odd) is None

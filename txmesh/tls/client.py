@@ -25,7 +25,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from OpenSSL import SSL, crypto
-from service_identity import VerificationError
+from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from twisted.internet import defer
@@ -181,12 +181,12 @@ class ClientCreator:
         if self._dnsIds or self._ipIds:
             try:
                 patterns = extract_patterns(cert)
-            except Exception as e:  # a SAN service_identity cannot read: no match through it
+            except (CertificateError, ValueError) as e:  # a SAN service_identity cannot read: no match through it
                 patterns = []
                 unreadable = str(e)
             else:
                 unreadable = None
-            for sid in self._dnsIds + self._ipIds:
+            for sid in self._dnsIds + self._ipIds if patterns else ():
                 try:
                     verify_service_identity(patterns, [sid], [])
                 except VerificationError:
