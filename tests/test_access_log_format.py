@@ -84,6 +84,10 @@ FIELDS = [
     ("%UPSTREAM_HOST%", "127.0.0.1:8080", "127.0.0.1:8080"),
     ("%UPSTREAM_CLUSTER%", "backend", "backend"),
     ("%UPSTREAM_TRANSPORT_FAILURE_REASON%", "-", None),
+    ("%UPSTREAM_PEER_URI_SAN%", "-", None),  # a plain-text cluster; a TLS one: test_upstream_tls_operators
+    ("%UPSTREAM_PEER_DNS_SAN%", "-", None),
+    ("%UPSTREAM_PEER_SUBJECT%", "-", None),
+    ("%UPSTREAM_TLS_VERSION%", "-", None),
     ("%UPSTREAM_REQUEST_ATTEMPT_COUNT%", "2", 2),
     ("%DOWNSTREAM_REMOTE_ADDRESS%", "10.0.0.1:5555", "10.0.0.1:5555"),
     ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "10.0.0.1", "10.0.0.1"),
@@ -125,6 +129,18 @@ def test_every_operator_has_a_field_test():
     tested = {f.split("(")[0].split("%")[1] for f, _, _ in FIELDS if f != "%%"}
     others = {"GRPC_STATUS", "DUBBO_METHOD", "DUBBO_VERSION", "DUBBO_GROUP"}  # tested on real streams below
     assert set(OPERATORS) <= tested | others
+
+
+def test_upstream_tls_operators():
+    from txmesh.tls.client import UpstreamPeer
+    from txmesh.tls.material import PeerIdentity
+    rec = finished()
+    rec.info.upstreamTLS = UpstreamPeer(PeerIdentity(uriSans=("spiffe://td/ns/a/sa/b", "urn:x"),
+                                                     dnsSans=("backend.mesh",), subject="CN=backend"), "TLSv1.3", "h2")
+    fmt = "%UPSTREAM_PEER_URI_SAN% %UPSTREAM_PEER_DNS_SAN% %UPSTREAM_PEER_SUBJECT% %UPSTREAM_TLS_VERSION%"
+    assert TextFormat(fmt).format(rec) == "spiffe://td/ns/a/sa/b,urn:x backend.mesh CN=backend TLSv1.3\n"
+    assert json.loads(JsonFormat({"san": "%UPSTREAM_PEER_URI_SAN%", "v": "%UPSTREAM_TLS_VERSION%"}).format(rec)) == {
+        "san": "spiffe://td/ns/a/sa/b,urn:x", "v": "TLSv1.3"}
 
 
 def test_missing_stream_facts_are_dashes_and_nulls():

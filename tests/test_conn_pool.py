@@ -165,6 +165,18 @@ def test_connect_timeout_fails_waiters_and_counts():
     assert h.host.stats.cx_connect_fail.value == 1
 
 
+def test_a_typed_connect_failure_keeps_its_type_and_cause():
+    # a cluster's TLS handshake or verification failure (txmesh.tls.client) is a connect failure with its own cause
+    from txmesh.errors import UpstreamTLSVerifyError
+    h = Harness()
+    _, out = h.acquire()
+    h.connector.attempts[0].errback(UpstreamTLSVerifyError("TLS: the upstream certificate names none of uri:x"))
+    assert out[0].check(UpstreamTLSVerifyError)
+    assert out[0].value.cause == "upstream_tls_verify_failed" and out[0].value.flag == "UF"
+    assert str(out[0].value) == "connect to 10.0.0.1:80 failed: TLS: the upstream certificate names none of uri:x"
+    assert h.stat("upstream_cx_connect_fail") == 1 and h.host.stats.cx_connect_fail.value == 1
+
+
 def test_backoff_makes_requests_wait_for_the_next_attempt_then_doubles():
     h = Harness()
     _, out = h.acquire()

@@ -20,7 +20,7 @@ LAYERS = (
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
                            "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
                            "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py",
-                           "tls/material.py", "tls/server_config.py", "config_diff.py",
+                           "tls/material.py", "tls/server_config.py", "tls/upstream_config.py", "config_diff.py",
                            "hot_restart_wire.py", "hot_restart_config.py",
                            "trace_context.py", "tracing_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py",

@@ -28,6 +28,7 @@ from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
 from txmesh.tracing_config import buildTracing
 from txmesh.tls.server_config import KEYS as TLS_KEYS, buildForwardClientCert, buildServerTLS, refuseSSLEndpoint
 from txmesh.twisted_private import parseServerEndpoint
+from txmesh.tls.upstream_config import buildUpstreamTLS
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
 H2_PROTOCOLS = frozenset({"grpc", "http2"})
@@ -527,7 +528,7 @@ def _buildCluster(r, m, path, lbFactories, protocols, registries=None):
         "protocol", "lb_policy", "connect_timeout", "idle_timeout", "max_connections", "max_pending_requests",
         "max_requests_per_connection", "endpoints", "connections_per_host", "max_concurrent_streams",
         "heartbeat_interval", "health_checks", "outlier_detection", "common_lb_config", "circuit_breakers",
-        "lb_config", "discovery"))
+        "lb_config", "discovery", "tls"))
     descriptor = _protocol(r, m, path, protocols, "http1", "upstream")
     protocol = descriptor.name
     lbPolicy = r.get(m, path, "lb_policy", str, "round_robin")
@@ -552,6 +553,7 @@ def _buildCluster(r, m, path, lbFactories, protocols, registries=None):
         circuitBreakers=_buildCircuitBreakers(r, m, path),
         lbConfig=_buildLbConfig(r, m, path, lbPolicy),
         discovery=_buildClusterDiscovery(r, m, path, protocol, registries or {}),
+        tls=buildUpstreamTLS(r, m, path, protocol),
         descriptor=descriptor)
 
 

@@ -87,6 +87,24 @@ class ConnectTimeout(ConnectFailure):
     cause = "upstream_connect_timeout"
 
 
+class UpstreamTLSHandshakeError(ConnectFailure):
+    """
+    A cluster's TLS handshake with the upstream failed (no common version or cipher, a plain-text peer, the peer
+    closed or refused our client certificate): a connect failure, nothing was sent (issue 14, txmesh.tls.client).
+    """
+
+    cause = "upstream_tls_handshake_failed"
+
+
+class UpstreamTLSVerifyError(UpstreamTLSHandshakeError):
+    """
+    The upstream's certificate failed verification: its chain (untrusted CA, expired, not yet valid) or its identity
+    (no SAN the cluster's ``match_subject_alt_names`` accepts, checked with service_identity).
+    """
+
+    cause = "upstream_tls_verify_failed"
+
+
 class Overflow(UpstreamError):
     """The pool's pending queue (or a circuit-breaker limit) is full."""
 

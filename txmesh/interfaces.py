@@ -156,6 +156,8 @@ class IStreamInfo(Interface):
         "the client went away first).")
     downstreamTls = Attribute(
         "The downstream connection's IDownstreamTLS (a TLS listener), or None (plain text).")
+    upstreamTLS = Attribute(
+        "The upstream host's ``tlsPeer`` when the request's upstream connection was made (a TLS cluster), or None.")
 
 
 class IStreamDecoderFilterCallbacks(Interface):
@@ -393,6 +395,9 @@ class IHost(Interface):
     addedAt = Attribute(
         "When the host joined its cluster after the cluster started (the cluster clock's seconds), or None for the "
         "hosts it started with: slow start ramps the former up.")
+    tlsPeer = Attribute(
+        "A TLS cluster's host: what its latest verified handshake showed (txmesh.tls.client.UpstreamPeer: identity, "
+        "TLS version, ALPN), or None (plain text, or no handshake yet).")
 
     def setHealthFlag(flag):
         """Set a HealthFlag bit; the host's health watchers are told if ``healthy`` changed."""
@@ -1634,4 +1639,18 @@ class IUpstreamTLS(Interface):
         """
         The IOpenSSLClientConnectionCreator for a connection to ``host`` (an IHost): SNI, CA bundle, client
         certificate, ALPN, and the expected peer names checked with service_identity after the handshake.
+        """
+
+    def connect(endpoint, factory, host):
+        """
+        Connect ``factory``'s protocol to ``host`` over TLS through ``endpoint`` (an IStreamClientEndpoint to it).
+        @return: a Deferred firing with the protocol only once the handshake and the identity check passed (no
+            byte of it is sent before), or failing with txmesh.errors.UpstreamTLSHandshakeError /
+            UpstreamTLSVerifyError (counted on the cluster) or the endpoint's own error; cancelling it aborts.
+        """
+
+    def reactorFor(reactor, host):
+        """
+        ``reactor`` with its ``connectTCP`` turned into verified TLS connects to ``host`` (IReactorTCP,
+        IReactorTime, IReactorPluggableNameResolver): what the cluster's active health checks connect with.
         """

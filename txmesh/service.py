@@ -32,6 +32,7 @@ from txmesh.reload import ConfigApplier, FileConfigSource, Reloader
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
 from txmesh.systemd import MeshStatus, NullNotifier
+from txmesh.tls.client import UpstreamTLS
 from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
 from txmesh.upstream.health import clientEndpoint
@@ -52,10 +53,12 @@ class _QuietFactory(Factory):
         return p
 
 
-def connectFactoryFor(reactor, writeScope=None):
+def connectFactoryFor(reactor, writeScope=None, stats=None):
     """
     ``connectFactory(clusterConfig) -> connect(host) -> Deferred[client protocol]`` for the cluster manager; the
-    client protocols share ``writeScope`` (L{txmesh.protocols.transport.WriteScope}) with the listeners.
+    client protocols share ``writeScope`` (L{txmesh.protocols.transport.WriteScope}) with the listeners.  A cluster
+    with a ``tls`` block connects through its L{txmesh.tls.client.UpstreamTLS} (counted on ``stats``, a
+    StatsStore): the Deferred fires once the handshake and the upstream's identity check passed.
     """
 
     def connectFactory(clusterConfig):
@@ -65,6 +68,13 @@ def connectFactoryFor(reactor, writeScope=None):
         def connect(host):
             ep = clientEndpoint(reactor, host.hostname, host.port, timeout)
             return ep.connect(_QuietFactory(descriptor, writeScope))
+
+        if clusterConfig.tls is not None:
+            tls = UpstreamTLS(clusterConfig.tls, (stats or StatsStore()).scope(cluster=clusterConfig.name), reactor)
+
+            def connect(host):  # noqa: F811 (the TLS cluster's connect)
+                ep = clientEndpoint(reactor, host.hostname, host.port, timeout)
+                return tls.connect(ep, _QuietFactory(descriptor, writeScope), host)
 
         return connect
 
@@ -155,8 +165,8 @@ class MeshService(MultiService):
         writeScope = WriteScope(reactor)
         # one session per ``registries`` entry, shared by discovery, Dubbo registry routes and registration
         self.registries = RegistryClients(reactor, config.registries)
-        self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope), self.stats,
-                                       rng, registries=self.registries)
+        self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope, self.stats),
+                                       self.stats, rng, registries=self.registries)
         # listeners accept once discovered clusters are warm (startService)
         self.serving = False
         self.acceptGate = AcceptGate()

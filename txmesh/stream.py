@@ -183,7 +183,7 @@ class StreamInfo:
                  "upstreamHost", "responseFlags", "bytesReceived", "bytesSent", "responseCode", "metadata",
                  "endTime", "requestId", "downstreamLocal", "requestEndTime", "upstreamStartTime",
                  "upstreamFirstByteTime", "upstreamEndTime", "attemptCount", "responseCodeDetails",
-                 "upstreamFailureReason", "peerIdentity", "grpcStatus", "downstreamTls")
+                 "upstreamFailureReason", "peerIdentity", "grpcStatus", "downstreamTls", "upstreamTLS")
 
     def __init__(self, startTime, protocol, listenerName, downstreamPeer=""):
         self.startTime = startTime
@@ -212,6 +212,7 @@ class StreamInfo:
         self.peerIdentity = None  # issue 14: set by the listener when the connection's TLS verified a client cert
         self.grpcStatus = None  # what a gRPC listener answered (issue 16 part 1's per-cluster counts)
         self.downstreamTls = None  # issue 14: the connection's IDownstreamTLS on a TLS listener
+        self.upstreamTLS = None  # issue 14: the upstream host's tlsPeer once connected (a TLS cluster)
 
 
 # The parts of a request held while its upstream connection is being made (the router's attempts, mirroring's

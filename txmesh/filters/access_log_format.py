@@ -353,6 +353,14 @@ def _tls(field):
         return None if tls is None else field(tls)
     return get
 
+
+def _upstreamPeer(get):
+    """A getter of the request's verified upstream (txmesh.tls.client.UpstreamPeer) ``get(peer)``, None without."""
+    def getter(rec):
+        peer = rec.info.upstreamTLS
+        return None if peer is None else get(peer)
+    return getter
+
 # name -> (make(arg) -> getter, kind): "int" values are numbers (typed in JSON), "safe" ones need no escaping
 OPERATORS = {
     "START_TIME": (lambda arg: _startTime if arg is None else _strftimeGetter(arg), "safe"),
@@ -403,6 +411,11 @@ OPERATORS = {
     "DOWNSTREAM_TLS_VERSION": (_plain(_tls(lambda t: t.version)), "text"),
     "DOWNSTREAM_TLS_CIPHER": (_plain(_tls(lambda t: t.cipher)), "text"),
     "REQUESTED_SERVER_NAME": (_plain(_tls(lambda t: t.serverName)), "text"),
+    # a TLS cluster's upstream (issue 14): the identity and version its latest verified handshake showed
+    "UPSTREAM_PEER_URI_SAN": (_plain(_upstreamPeer(lambda peer: ",".join(peer.identity.uriSans))), "text"),
+    "UPSTREAM_PEER_DNS_SAN": (_plain(_upstreamPeer(lambda peer: ",".join(peer.identity.dnsSans))), "text"),
+    "UPSTREAM_PEER_SUBJECT": (_plain(_upstreamPeer(lambda peer: peer.identity.subject)), "text"),
+    "UPSTREAM_TLS_VERSION": (_plain(_upstreamPeer(lambda peer: peer.version)), "text"),
 }
 
 # Envoy operators txmesh does not (yet) provide: named in the config error, so an operator knows it is not a typo

@@ -817,6 +817,7 @@ class UpstreamRequest:
         self.connection = conn
         router = self.router
         now = router.info.upstreamStartTime = router._clock.seconds()
+        router.info.upstreamTLS = self.host.tlsPeer  # a TLS cluster's verified upstream, for the access log
         if self.host.monitor is not NULL_MONITOR:
             self.sentAt = now
         pending = self.pending

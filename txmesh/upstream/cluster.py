@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from txmesh.discovery.base import ClusterDiscovery
 from txmesh.interfaces import ICluster, IHost
+from txmesh.tls.client import UpstreamTLS
 from txmesh.upstream.health import ClusterHealthChecker
 from txmesh.upstream.host import HealthFlag, Host, hostScope
 from txmesh.upstream.lb import LBContext, LoadBalancerOptions
@@ -434,7 +435,9 @@ class ClusterManager:
     def _healthChecker(self, config, scope):
         if not config.healthChecks:
             return None
-        return ClusterHealthChecker(config.healthChecks[0], self.clock, self._random, scope)
+        # a TLS cluster's checks connect over its TLS (issue 14): a context of their own, on the same counters
+        upstreamTLS = UpstreamTLS(config.tls, scope, self.clock) if config.tls is not None else None
+        return ClusterHealthChecker(config.healthChecks[0], self.clock, self._random, scope, upstreamTLS)
 
     def _outlierDetector(self, config, scope):
         if config.outlierDetection is None:

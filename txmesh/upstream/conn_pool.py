@@ -590,9 +590,11 @@ class ConnectionPoolBase:
             make = lambda: ConnectTimeout(message)
         else:
             message = "connect to %s failed: %s" % (self.host.address, failure.getErrorMessage())
+            # a typed connect failure (a TLS handshake or verification, txmesh.tls.client) keeps its type: its cause
+            kind = type(failure.value) if isinstance(failure.value, ConnectFailure) else ConnectFailure
 
             def make():
-                error = ConnectFailure(message)
+                error = kind(message)
                 error.__cause__ = failure.value
                 return error
 

@@ -355,11 +355,14 @@ class ClusterHealthChecker:
     @param reactor: an IReactorTCP and IReactorTime: checks connect with it and run on its clock.
     @param random: a random.Random for the jitter.
     @param scope: the cluster's txmesh.stats.Scope.
+    @param upstreamTLS: the cluster's IUpstreamTLS (its ``tls`` block), or None: with it, each host's checker gets
+        a reactor whose TCP connects are the cluster's verified TLS connects (txmesh.tls.client.TLSConnectingReactor).
     """
 
-    def __init__(self, config, reactor, random, scope):
+    def __init__(self, config, reactor, random, scope, upstreamTLS=None):
         self.config = config
         self.reactor = reactor
+        self.upstreamTLS = upstreamTLS
         self.random = random
         self.stats = HealthCheckStats(scope)
         self.sessions = {}  # IHost -> HealthCheckSession
@@ -372,7 +375,8 @@ class ClusterHealthChecker:
             self.sessions.pop(host).stop()
         for host in hosts:
             if host not in self.sessions:
-                checker = self.config.factory.makeChecker(self.config.checkerConfig, host, self.reactor)
+                reactor = self.reactor if self.upstreamTLS is None else self.upstreamTLS.reactorFor(self.reactor, host)
+                checker = self.config.factory.makeChecker(self.config.checkerConfig, host, reactor)
                 session = HealthCheckSession(host, self.config, checker, self.reactor, self.random, self.stats,
                                              self._changed)
                 self.sessions[host] = session

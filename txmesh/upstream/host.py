@@ -108,6 +108,7 @@ class Host:
         self.metadata = types.MappingProxyType(dict(metadata)) if metadata else _NO_METADATA
         self.monitor = NULL_MONITOR
         self.addedAt = None  # when the host joined a running cluster (its clock's seconds), for slow start
+        self.tlsPeer = None  # a TLS cluster's: the UpstreamPeer of the host's latest verified handshake (issue 14)
         self.activeRequests = 0
         self._healthWatchers = []
         if stats is None:

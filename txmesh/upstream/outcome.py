@@ -3,7 +3,8 @@ What one attempt to an upstream host came to, in the terms outlier detection, re
 share (Envoy's ``Upstream::Outlier::Result``), and the table that maps each protocol's status onto them.
 
 Two origins (Envoy's ``split_external_local_origin_errors``): *local-origin* outcomes are what txmesh itself saw on
-the connection (a refused or timed-out connect, a reset, no answer in time); *external-origin* outcomes are what the
+the connection (a refused or timed-out connect, a TLS cluster's failed handshake or upstream verification, a reset,
+no answer in time); *external-origin* outcomes are what the
 upstream answered.  An answer is a failure of the *transport* only when the upstream says it could not serve:
 
 | protocol | success | gateway failure | other failure |
@@ -94,7 +95,7 @@ def classifyError(exc):
     """
     from txmesh import errors  # the bottom layer: imported here only to keep this module's import cheap
 
-    if isinstance(exc, errors.ConnectFailure):
+    if isinstance(exc, errors.ConnectFailure):  # a TLS cluster's handshake or verification failure too
         return Outcome.LOCAL_ORIGIN_CONNECT_FAILED
     if isinstance(exc, (errors.StreamIdleTimeout, errors.MaxStreamDuration)):
         return None  # the stream's own bounds, not the host's slowness

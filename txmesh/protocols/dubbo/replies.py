@@ -13,6 +13,8 @@ _CAUSE_STATUS = {
     "no_healthy_upstream": dc.SERVICE_NOT_FOUND,
     "upstream_connect_failure": dc.SERVICE_NOT_FOUND,
     "upstream_connect_timeout": dc.SERVICE_NOT_FOUND,
+    "upstream_tls_handshake_failed": dc.SERVICE_NOT_FOUND,  # a cluster's TLS (issue 14): connect failures,
+    "upstream_tls_verify_failed": dc.SERVICE_NOT_FOUND,  # another provider may serve (docs/security.md)
     "upstream_pool_closed": dc.SERVICE_NOT_FOUND,
     "upstream_overflow": dc.SERVER_THREADPOOL_EXHAUSTED_ERROR,
     "local_rate_limited": dc.SERVER_THREADPOOL_EXHAUSTED_ERROR,

@@ -25,6 +25,8 @@ _CAUSE_CODES = {
     "no_healthy_upstream": UNAVAILABLE,
     "upstream_connect_failure": UNAVAILABLE,
     "upstream_connect_timeout": UNAVAILABLE,
+    "upstream_tls_handshake_failed": UNAVAILABLE,  # a cluster's TLS (issue 14): connect failures
+    "upstream_tls_verify_failed": UNAVAILABLE,
     "upstream_reset_before_response": UNAVAILABLE,
     "upstream_pool_closed": UNAVAILABLE,
     "upstream_error": UNAVAILABLE,
