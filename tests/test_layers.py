@@ -23,7 +23,7 @@ LAYERS = (
                            "tls/material.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/*/*.py"]),
-    ("service", ["service.py", "admin.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
+    ("service", ["service.py", "admin.py", "admin_security.py", "control.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
                  "startup.py"]),
     ("plugins", ["plugins/*.py"]),
 )

@@ -5,7 +5,10 @@ Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats`
 ``/config_dump``, ``/registrations`` (when configured), ``/server_info``, ``/listeners``, ``/explain`` and an index
 at ``/`` serve GET and HEAD only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
 ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, serve POST only, and ``/logging`` shows the log
-level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a 404 and
+level on GET and changes it on POST.  Every page says whether it changes state (``changesState``): those that
+do take POST for the change and nothing else (405 with ``Allow: POST``).  ``/config_dump`` is redacted
+(txmesh.admin_security.redactConfig); with ``admin.auth`` every request must carry the bearer token (401 with
+``WWW-Authenticate: Bearer`` otherwise).  Every JSON key is snake_case.  Any other path is a 404 and
 nothing is ever served from the file system.  Every body is computed at request time from the
 injected collaborators, so the admin API costs nothing on the data path.
 """
@@ -17,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from txmesh.admin_security import redactConfig
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -78,6 +83,9 @@ class _Endpoint(Resource):
     isLeaf = True
     description = ""
     methods = (b"GET", b"HEAD")
+    # every page says whether it changes the proxy's state (then only POST may change it; tests/test_admin.py
+    # walks the route table and refuses a page that leaves this None)
+    changesState = None
     # "/stats/" is "/stats"; the index is only "/", so "//" is a 404
     allowTrailingSlash = True
 
@@ -91,6 +99,8 @@ class _Endpoint(Resource):
 
 
 class _NotFound(_Endpoint):
+    changesState = False
+
     def render(self, request):
         return _reply(request, 404, "not found\n")
 
@@ -102,6 +112,7 @@ class ReadyPage(_Endpoint):
     """
 
     description = "readiness: 200 LIVE, 503 DRAINING or NOT READY"
+    changesState = False
 
     def __init__(self, isReady, isDraining, healthcheckFailed=None):
         super().__init__()
@@ -127,6 +138,7 @@ class StatsPage(_Endpoint):
     """
 
     description = "counters and gauges as JSON; ?filter=REGEX, ?format=text"
+    changesState = False
 
     def __init__(self, stats):
         super().__init__()
@@ -168,6 +180,7 @@ class MetricsPage(_Endpoint):
     """
 
     description = "Prometheus text exposition"
+    changesState = False
 
     def __init__(self, stats):
         super().__init__()
@@ -187,6 +200,7 @@ class ClustersPage(_Endpoint):
     """The cluster manager's ``describe()``: per cluster its lb policy and hosts with health, load and counters."""
 
     description = "clusters, hosts and their counters as JSON"
+    changesState = False
 
     def __init__(self, clusterManager):
         super().__init__()
@@ -201,19 +215,21 @@ class ConfigDumpPage(_Endpoint):
     """The loaded configuration as JSON."""
 
     description = "the loaded configuration as JSON"
+    changesState = False
 
     def __init__(self, configDump):
         super().__init__()
         self._configDump = configDump
 
     def renderPage(self, request):
-        return _jsonReply(request, self._configDump())
+        return _jsonReply(request, redactConfig(self._configDump()))
 
 
 class RegistrationsPage(_Endpoint):
     """The local app's registration (txmesh.discovery.registration): what is published where, and its health."""
 
     description = "the local app's registrations and its health check as JSON"
+    changesState = False
 
     def __init__(self, describe):
         super().__init__()
@@ -230,6 +246,7 @@ class ReopenLogsPage(_Endpoint):
     """
 
     description = "POST: reopen the access-log files (after logrotate)"
+    changesState = True
     methods = (b"POST",)
 
     def __init__(self, reopenLogs):
@@ -249,6 +266,7 @@ class ServerInfoPage(_Endpoint):
     """Versions, reactor, uptime, state, config file and digest, node (IMeshControl.serverInfo)."""
 
     description = "version, uptime, state, config file and digest, node as JSON"
+    changesState = False
 
     def __init__(self, control):
         super().__init__()
@@ -262,6 +280,7 @@ class ListenersPage(_Endpoint):
     """Each listener: name, protocol, configured and bound address, open connections, draining."""
 
     description = "listeners: addresses, connections, draining as JSON"
+    changesState = False
 
     def __init__(self, control):
         super().__init__()
@@ -275,6 +294,7 @@ class LoggingPage(_Endpoint):
     """``GET /logging``: the operator log's level; ``POST /logging?level=debug|info|warn|error|critical`` sets it."""
 
     description = "the log level as JSON; POST ?level=debug|info|warn|error|critical changes it"
+    changesState = True
     methods = (b"GET", b"HEAD", b"POST")
 
     def __init__(self, control):
@@ -283,6 +303,9 @@ class LoggingPage(_Endpoint):
 
     def renderPage(self, request):
         if request.method != b"POST":
+            if b"level" in request.args:  # a change asked with GET: refused, not silently shown
+                request.setHeader(b"allow", b"POST")
+                return _reply(request, 405, "changing the level needs POST\n")
             return _jsonReply(request, self._control.logLevel())
         level = _arg(request, "level")
         if not level:
@@ -303,6 +326,7 @@ class HealthcheckPage(_Endpoint):
     """
 
     description = "POST /healthcheck/fail, /healthcheck/ok: fail or restore readiness"
+    changesState = True
     methods = (b"POST",)
 
     def __init__(self, control):
@@ -327,6 +351,7 @@ class DrainListenersPage(_Endpoint):
     """
 
     description = "POST: stop accepting on every listener (?graceful: close connections once idle)"
+    changesState = True
     methods = (b"POST",)
 
     def __init__(self, control):
@@ -349,6 +374,7 @@ class ExplainPage(_Endpoint):
     """
 
     description = "which vhost, route, cluster and host a request would get, and why"
+    changesState = False
 
     def __init__(self, control):
         super().__init__()
@@ -367,6 +393,7 @@ class IndexPage(_Endpoint):
     """A plain-text list of the endpoints, one per line."""
 
     description = "this list"
+    changesState = False
     allowTrailingSlash = False
 
     def __init__(self, pages):
@@ -386,6 +413,7 @@ class AdminRoot(Resource):
 
     def __init__(self, pages):
         super().__init__()
+        self.pages = dict(pages)  # the route table: first path segment (str) -> page
         self._pages = {path.encode("ascii"): page for path, page in pages.items()}
         self._index = IndexPage(pages)
         self._notFound = _NotFound()
@@ -400,15 +428,46 @@ class AdminRoot(Resource):
         return self._index.render(request)
 
 
+class _Unauthorized(_Endpoint):
+    """401 with a challenge (RFC 6750), whatever the path and method."""
+
+    changesState = False
+
+    def __init__(self, scheme, error):
+        super().__init__()
+        challenge = scheme + b' realm="txmesh admin"'
+        self._challenge = challenge + b', error="invalid_token"' if error else challenge
+
+    def render(self, request):
+        request.setHeader(b"www-authenticate", self._challenge)
+        return _reply(request, 401, "unauthorized\n")
+
+
 class AdminSite(Site):
-    """A Site that does not write a line per admin request (a scrape every few seconds would drown the log)."""
+    """
+    A Site that does not write a line per admin request (a scrape every few seconds would drown the log), and asks
+    its L{txmesh.interfaces.IAdminAuthenticator} (if any) before any page runs.
+    """
+
+    authenticator = None
+    unauthorized = None  # a Counter of the requests refused
 
     def log(self, request):
         pass
 
+    def getResourceFor(self, request):
+        authenticator = self.authenticator
+        if authenticator is not None:
+            authorization = request.getHeader(b"authorization")
+            if not authenticator.authenticate(authorization):
+                if self.unauthorized is not None:
+                    self.unauthorized.value += 1
+                return _Unauthorized(authenticator.scheme, authorization is not None)
+        return Site.getResourceFor(self, request)
+
 
 def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None,
-                  registrations=None, control=None, healthcheckFailed=None):
+                  registrations=None, control=None, healthcheckFailed=None, authenticator=None):
     """
     Build the admin API.
 
@@ -427,6 +486,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
         ``/logging``, ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners`` and ``/explain``; without it
         those paths are 404s.
     @param healthcheckFailed: optional callable -> bool, true after ``POST /healthcheck/fail`` (``/ready`` says so).
+    @param authenticator: optional L{txmesh.interfaces.IAdminAuthenticator} every request must pass (401 with its
+        challenge otherwise, counted as ``admin_rq_unauthorized``); None: the address alone guards the API.
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
@@ -446,4 +507,7 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
                       "drain_listeners": DrainListenersPage(control), "explain": ExplainPage(control)})
     site = AdminSite(AdminRoot(pages), reactor=reactor)
     site.displayTracebacks = False
+    if authenticator is not None:
+        site.authenticator = authenticator
+        site.unauthorized = stats.counter("admin_rq_unauthorized", (), "Admin requests refused: no or a wrong token")
     return site

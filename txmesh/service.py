@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.admin import makeAdminSite
+from txmesh.admin_security import BearerTokenFile, removeStaleUnixSocket
 from txmesh.control import MeshControl
 from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
@@ -183,7 +184,11 @@ class MeshService(MultiService):
                              isDraining=lambda: self.draining or self.listenersDrained, reactor=reactor,
                              reopenLogs=self.reopenLogs,
                              registrations=self._describeRegistration if config.registration else None,
-                             control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed)
+                             control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed,
+                             authenticator=BearerTokenFile(config.admin.auth.bearerTokenFile)
+                             if config.admin.auth is not None else None)
+        if config.admin.unixPath is not None and removeStaleUnixSocket(config.admin.unixPath):
+            self.log.warn("removed the stale admin socket {path}", path=config.admin.unixPath)
         admin = StreamServerEndpointService(serverFromString(reactor, config.admin.address), site)
         raiseBindErrorsSynchronously(admin)
         admin.setName("admin")
