@@ -279,3 +279,17 @@ def test_a_stale_socket_is_removed_a_live_one_and_other_files_are_kept(tmp_path)
     regular.write_text("x")
     assert removeStaleUnixSocket(str(regular)) is False and regular.exists()
     assert removeStaleUnixSocket(str(tmp_path / "absent")) is False
+
+
+def test_the_schema_knows_the_admin_keys():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    v = jsonschema.Draft202012Validator(schema)
+    base = {"listeners": [{"name": "web", "address": "tcp:0"}]}
+    assert list(v.iter_errors(dict(base, admin={"address": "unix:/run/a.sock", "mode": "0660"}))) == []
+    assert list(v.iter_errors(dict(base, admin={"address": "tcp:9901", "auth": {"bearer_token_file": "t"}}))) == []
+    assert list(v.iter_errors(dict(base, admin={"auth": {}}))) != []
+    assert list(v.iter_errors(dict(base, admin={"mode": "999"}))) != []

@@ -550,3 +550,32 @@ def test_normalised_paths_meet_the_policy_over_h2(target, expected):
     mesh = policyMesh("http2")
     status, location, forwarded, _ = pn.h2(mesh, target)
     assert pn.outcome(status, location, forwarded) == expected
+
+
+# -- the editors' schema -----------------------------------------------------------------------------------------
+
+
+def schemaErrors(config):
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    doc = yaml.safe_load(MESH % {"cluster": "http1", "port": 80, "protocol": "http1", "config": config})
+    return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+
+
+@pytest.mark.parametrize("config", [HTTP_POLICY, GRPC_POLICY, DUBBO_POLICY, ADMIN_DENY, PRINCIPAL_POLICY,
+                                    "{rules: {action: DENY, policies: {a: {permissions: [{any: true}],"
+                                    " principals: [{any: true}]}}}, shadow_rules: {action: ALLOW}, mode: enforce,"
+                                    " per_route: {health: {disabled: true}, rest: {mode: shadow}}}"])
+def test_the_schema_takes_what_the_loader_takes(config):
+    assert schemaErrors(config) == []
+
+
+@pytest.mark.parametrize("config", ["{mode: loud}", "{polices: []}", "{action: maybe}", "{dubbo_status: 20}",
+                                    "{policies: [{name: a, permissions: [], principals: [{any: true}]}]}",
+                                    "{per_route: {health: {disabled: false}}}"])
+def test_the_schema_refuses_what_the_loader_refuses(config):
+    assert schemaErrors(config) != []

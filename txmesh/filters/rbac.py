@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from txmesh.config_reader import checkFilterKeys
+from txmesh.config_reader import checkFilterKeys, joinPath
 from txmesh.filters.rbac_policy import (DEFAULT_POLICY, AddressCache, buildEnvoyRules, buildPolicyList)
 from txmesh.interfaces import (FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamFilterEvents,
                                StreamEvents)
@@ -61,7 +61,7 @@ class _Sub:
         self.prefix = prefix
 
     def error(self, reason, subpath=""):
-        return self.context.error(reason, self.prefix + ("." + subpath if subpath and subpath[0] != "[" else subpath))
+        return self.context.error(reason, joinPath(self.prefix, subpath))
 
 
 def _ruleSet(raw, context, path, protocol, cache):
@@ -69,7 +69,7 @@ def _ruleSet(raw, context, path, protocol, cache):
     if isinstance(raw, dict) and isinstance(raw.get("policies"), list):
         for key in raw:
             if key not in ("action", "default_action", "policies"):
-                raise context.error("unknown key (expected action, default_action, policies)", path + "." + str(key))
+                raise context.error("unknown key (expected action, default_action, policies)", joinPath(path, str(key)))
         return buildPolicyList(raw["policies"], context, path + ".policies", protocol, cache,
                                _optAction(raw, context, path, "action"), _optAction(raw, context, path,
                                                                                     "default_action"))
@@ -81,7 +81,7 @@ def _optAction(raw, context, path, key):
     if value is None:
         return None
     if not isinstance(value, str) or value.lower() not in ("allow", "deny"):
-        raise context.error("must be allow or deny", (path + "." if path else "") + key)
+        raise context.error("must be allow or deny", joinPath(path, key))
     return value.lower()
 
 

@@ -23,6 +23,7 @@ import re
 
 from zope.interface import implementer
 
+from txmesh.config_reader import joinPath as _join
 from txmesh.interfaces import IAuthorizationRules
 from txmesh.routing import HeaderMatcher
 
@@ -43,14 +44,6 @@ _HEADER_KEYS = ("name", "exact", "prefix", "suffix", "contains", "regex", "safe_
 _PROTOCOL_ONLY = {"grpc_service": ("grpc", "http2"), "grpc_method": ("grpc", "http2")}
 _PROTOCOL_ONLY.update((k, ("dubbo",)) for k in ("dubbo_interface", "dubbo_method", "dubbo_version", "dubbo_group",
                                                 "dubbo_attachment"))
-
-
-def _join(path, key):
-    if not key:
-        return path
-    if not path or key.startswith("["):
-        return path + key
-    return path + "." + key
 
 
 # -- strings -----------------------------------------------------------------------------------------------------
