@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -312,9 +313,18 @@ def test_http1_denied_is_403_with_envoys_body_and_never_reaches_the_upstream():
 def test_shadow_mode_counts_and_logs_but_lets_everything_through():
     mesh = httpMesh("{mode: shadow, policies: [{name: no-admin, action: deny, permissions: [{path: {prefix: /admin}}],"
                     " principals: [{any: true}]}]}")
-    assert get(mesh, b"/admin").status == 200
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert get(mesh, b"/admin").status == 200
+        assert get(mesh, b"/admin/2").status == 200  # within 10 s of the first: counted, not logged again
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("txmesh.filters.rbac")]
+    assert lines == ["rbac (shadow) on listener edge: would deny GET /admin from 10.1.2.3:50001 (policy no-admin); "
+                     "1 in the last 10.0s"]
     assert get(mesh, b"/api").status == 200
-    assert mesh.value("rbac_shadow_denied", policy="no-admin") == 1
+    assert mesh.value("rbac_shadow_denied", policy="no-admin") == 2
     assert mesh.value("rbac_shadow_allowed", policy="_default") == 1
     assert mesh.value("rbac_denied") == mesh.value("rbac_allowed") == 0
 
