@@ -165,7 +165,7 @@ ERRORS = [
     ("drain_timeout", "drain_timeout: soon\n" + BASE,
      "mesh.yaml:1: drain_timeout: invalid duration 'soon' (use e.g. 250ms, 1.5s, 2m, 1h)"),
     ("admin unknown key", "admin: {adress: 'tcp:1'}\n" + BASE,
-     "mesh.yaml:1: admin.adress: unknown key 'adress' (allowed: address)"),
+     "mesh.yaml:1: admin.adress: unknown key 'adress' (allowed: address, mode, auth)"),
     # listeners
     ("listener unknown key", addToListener("    use_remote_adress: true"),
      "mesh.yaml:8: listeners[0].use_remote_adress: unknown key 'use_remote_adress' (allowed: name, address, protocol,"
@@ -201,9 +201,9 @@ ERRORS = [
     ("wildcard address", BASE + "  - {name: second, address: 'tcp:port=15001'}\n",
      "mesh.yaml:15: listeners[1].address: address 'tcp:port=15001' conflicts with listeners[0].address"
      " ('tcp:15001:interface=127.0.0.1')"),
-    ("admin address", "admin: {address: 'tcp:15001'}\n" + BASE,
+    ("admin address", "admin: {address: 'tcp:15001:interface=127.0.0.1'}\n" + BASE,
      "mesh.yaml:8: listeners[0].address: address 'tcp:15001:interface=127.0.0.1' conflicts with admin.address"
-     " ('tcp:15001')"),
+     " ('tcp:15001:interface=127.0.0.1')"),
     ("duplicate listener", BASE + "  - {name: outbound, address: 'tcp:15002'}\n",
      "mesh.yaml:15: listeners[1].name: duplicate listener name 'outbound' (also listeners[0])"),
     ("limits type", addToListener("    limits: {max_headers: 0}"),

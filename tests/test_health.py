@@ -353,7 +353,7 @@ def test_a_cluster_without_health_checks_has_no_checker_and_healthy_hosts():
 
 SERVICE_MESH = """
 drain_timeout: 1s
-admin: {address: "tcp:0"}
+admin: {address: "tcp:0:interface=127.0.0.1"}
 listeners: [{name: web, address: "tcp:0", default_cluster: backend}]
 clusters:
   - name: backend

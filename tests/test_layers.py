@@ -26,7 +26,7 @@ LAYERS = (
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py",
                            "request_stats.py", "tracer.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/alpn.py", "protocols/*/*.py", "listeners.py"]),
-    ("service", ["service.py", "admin.py", "control.py", "status.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
+    ("service", ["service.py", "admin.py", "admin_security.py", "control.py", "status.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
                  "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py"]),
     ("plugins", ["plugins/*.py"]),
 )

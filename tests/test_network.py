@@ -529,7 +529,7 @@ def test_exampleInDocsIsTheFixture():
 
 
 SERVICE_CONFIG = """
-admin: {address: "tcp:0"}
+admin: {address: "tcp:0:interface=127.0.0.1"}
 listeners:
   - name: plain
     address: tcp:0

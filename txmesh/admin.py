@@ -6,7 +6,10 @@ Meant for loopback (operators, health probes, Prometheus): ``/ready``, ``/stats`
 ``/status.json``, ``/static/`` (the status page's script and style), ``/help`` and the root ``/`` serve GET and HEAD
 only (405 otherwise); the actions, ``POST /reopen_logs`` (for logrotate),
 ``POST /healthcheck/fail`` and ``/ok``, ``POST /drain_listeners``, ``POST /reload``, serve POST only, and ``/logging`` shows the log
-level on GET and changes it on POST.  Every JSON key is snake_case.  Any other path is a 404 and
+level on GET and changes it on POST.  Every page says whether it changes state (``changesState``): those that
+do take POST for the change and nothing else (405 with ``Allow: POST``).  ``/config_dump`` is redacted
+(txmesh.admin_security.redactConfig); with ``admin.auth`` every request must carry the bearer token (401 with
+``WWW-Authenticate: Bearer`` otherwise).  Every JSON key is snake_case.  Any other path is a 404 and
 nothing is ever served from the file system (the status page's three files are package data, read once at start).
 
 The root answers by ``Accept``: a browser (``text/html``) gets the live status page (txmesh/status_page/, polling
@@ -30,6 +33,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 import txmesh
 from txmesh.control import HOT_PATH_MODE
 from txmesh.status import StatusView
+
+from txmesh.admin_security import redactConfig
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -99,6 +104,9 @@ class _Endpoint(Resource):
     isLeaf = True
     description = ""
     methods = (b"GET", b"HEAD")
+    # every page says whether it changes the proxy's state (then only POST may change it; tests/test_admin.py
+    # walks the route table and refuses a page that leaves this None)
+    changesState = None
     # "/stats/" is "/stats"; the index is only "/", so "//" is a 404
     allowTrailingSlash = True
 
@@ -112,6 +120,8 @@ class _Endpoint(Resource):
 
 
 class _NotFound(_Endpoint):
+    changesState = False
+
     def render(self, request):
         return _reply(request, 404, "not found\n")
 
@@ -123,6 +133,7 @@ class ReadyPage(_Endpoint):
     """
 
     description = "readiness: 200 LIVE, 503 DRAINING or NOT READY"
+    changesState = False
 
     def __init__(self, isReady, isDraining, healthcheckFailed=None):
         super().__init__()
@@ -148,6 +159,7 @@ class StatsPage(_Endpoint):
     """
 
     description = "counters and gauges as JSON; ?filter=REGEX, ?format=text"
+    changesState = False
 
     def __init__(self, stats):
         super().__init__()
@@ -207,6 +219,7 @@ class MetricsPage(_Endpoint):
     """
 
     description = "Prometheus text exposition"
+    changesState = False
 
     def __init__(self, stats):
         super().__init__()
@@ -228,6 +241,7 @@ class ClustersPage(_Endpoint):
     """The cluster manager's ``describe()``: per cluster its lb policy and hosts with health, load and counters."""
 
     description = "clusters, hosts and their counters as JSON"
+    changesState = False
 
     def __init__(self, clusterManager):
         super().__init__()
@@ -242,19 +256,21 @@ class ConfigDumpPage(_Endpoint):
     """The loaded configuration as JSON."""
 
     description = "the loaded configuration as JSON"
+    changesState = False
 
     def __init__(self, configDump):
         super().__init__()
         self._configDump = configDump
 
     def renderPage(self, request):
-        return _jsonReply(request, self._configDump())
+        return _jsonReply(request, redactConfig(self._configDump()))
 
 
 class RegistrationsPage(_Endpoint):
     """The local app's registration (txmesh.discovery.registration): what is published where, and its health."""
 
     description = "the local app's registrations and its health check as JSON"
+    changesState = False
 
     def __init__(self, describe):
         super().__init__()
@@ -271,6 +287,7 @@ class CertsPage(_Endpoint):
     """
 
     description = "the listeners' TLS certificates (path, serial, SANs, expiry) as JSON"
+    changesState = False
 
     def __init__(self, describe):
         super().__init__()
@@ -287,6 +304,7 @@ class ReopenLogsPage(_Endpoint):
     """
 
     description = "POST: reopen the access-log files (after logrotate)"
+    changesState = True
     methods = (b"POST",)
 
     def __init__(self, reopenLogs):
@@ -306,6 +324,7 @@ class ServerInfoPage(_Endpoint):
     """Versions, reactor, uptime, state, config file and digest, node (IMeshControl.serverInfo)."""
 
     description = "version, uptime, state, config file and digest, node as JSON"
+    changesState = False
 
     def __init__(self, control):
         super().__init__()
@@ -319,6 +338,7 @@ class ListenersPage(_Endpoint):
     """Each listener: name, protocol, configured and bound address, open connections, draining."""
 
     description = "listeners: addresses, connections, draining as JSON"
+    changesState = False
 
     def __init__(self, control):
         super().__init__()
@@ -332,6 +352,7 @@ class LoggingPage(_Endpoint):
     """``GET /logging``: the operator log's level; ``POST /logging?level=debug|info|warn|error|critical`` sets it."""
 
     description = "the log level as JSON; POST ?level=debug|info|warn|error|critical changes it"
+    changesState = True
     methods = (b"GET", b"HEAD", b"POST")
 
     def __init__(self, control):
@@ -340,6 +361,9 @@ class LoggingPage(_Endpoint):
 
     def renderPage(self, request):
         if request.method != b"POST":
+            if b"level" in request.args:  # a change asked with GET: refused, not silently shown
+                request.setHeader(b"allow", b"POST")
+                return _reply(request, 405, "changing the level needs POST\n")
             return _jsonReply(request, self._control.logLevel())
         level = _arg(request, "level")
         if not level:
@@ -360,6 +384,7 @@ class HealthcheckPage(_Endpoint):
     """
 
     description = "POST /healthcheck/fail, /healthcheck/ok: fail or restore readiness"
+    changesState = True
     methods = (b"POST",)
 
     def __init__(self, control):
@@ -384,6 +409,7 @@ class DrainListenersPage(_Endpoint):
     """
 
     description = "POST: stop accepting on every listener (?graceful: close connections once idle)"
+    changesState = True
     methods = (b"POST",)
 
     def __init__(self, control):
@@ -406,6 +432,7 @@ class ReloadPage(_Endpoint):
     """
 
     description = "POST: re-read the config file and apply it (as SIGHUP)"
+    changesState = True
     methods = (b"POST",)
 
     def __init__(self, control):
@@ -437,6 +464,7 @@ class ExplainPage(_Endpoint):
     """
 
     description = "which vhost, route, cluster and host a request would get, and why"
+    changesState = False
 
     def __init__(self, control):
         super().__init__()
@@ -455,6 +483,8 @@ class HelpPage(_Endpoint):
     """A plain-text list of the endpoints, one per line (what ``/`` shows to anything but a browser)."""
 
     description = "this list"
+    changesState = False
+    allowTrailingSlash = False
 
     def __init__(self, pages):
         super().__init__()
@@ -495,6 +525,7 @@ class StatusJsonPage(_Endpoint):
     """``/status.json``: what the status page polls (L{txmesh.interfaces.IStatusView.status})."""
 
     description = "listeners, clusters, hosts, requests/s, failures and latency per cluster, as JSON (the status page's)"
+    changesState = False
 
     def __init__(self, view):
         super().__init__()
@@ -508,6 +539,7 @@ class StaticPage(_Endpoint):
     """``/static/<name>``: the status page's script and style, from package data read once (L{STATIC_FILES})."""
 
     description = "the status page's script and style"
+    changesState = False
     allowTrailingSlash = False
 
     def __init__(self, files):
@@ -535,6 +567,7 @@ class AdminRoot(Resource):
 
     def __init__(self, pages, index):
         super().__init__()
+        self.pages = dict(pages)  # the route table: first path segment (str) -> page
         self._pages = {path.encode("ascii"): page for path, page in pages.items()}
         self._index = index
         self._notFound = _NotFound()
@@ -549,15 +582,47 @@ class AdminRoot(Resource):
         return self._index.render(request)
 
 
+class _Unauthorized(_Endpoint):
+    """401 with a challenge (RFC 6750), whatever the path and method."""
+
+    changesState = False
+
+    def __init__(self, scheme, error):
+        super().__init__()
+        challenge = scheme + b' realm="txmesh admin"'
+        self._challenge = challenge + b', error="invalid_token"' if error else challenge
+
+    def render(self, request):
+        request.setHeader(b"www-authenticate", self._challenge)
+        return _reply(request, 401, "unauthorized\n")
+
+
 class AdminSite(Site):
-    """A Site that does not write a line per admin request (a scrape every few seconds would drown the log)."""
+    """
+    A Site that does not write a line per admin request (a scrape every few seconds would drown the log), and asks
+    its L{txmesh.interfaces.IAdminAuthenticator} (if any) before any page runs.
+    """
+
+    authenticator = None
+    unauthorized = None  # a Counter of the requests refused
 
     def log(self, request):
         pass
 
+    def getResourceFor(self, request):
+        authenticator = self.authenticator
+        if authenticator is not None:
+            authorization = request.getHeader(b"authorization")
+            if not authenticator.authenticate(authorization):
+                if self.unauthorized is not None:
+                    self.unauthorized.value += 1
+                return _Unauthorized(authenticator.scheme, authorization is not None)
+        return Site.getResourceFor(self, request)
+
 
 def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None, reactor=None, reopenLogs=None,
-                  registrations=None, control=None, healthcheckFailed=None, requestStats=None, certificates=None):
+                  registrations=None, control=None, healthcheckFailed=None, requestStats=None, certificates=None,
+                  authenticator=None):
     """
     Build the admin API.
 
@@ -580,6 +645,8 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
     @param requestStats: optional L{txmesh.interfaces.IRequestStats} whose per-cluster totals ``/status.json`` shows
         (requests/s, failures, latency); without it those figures are empty.
     @param certificates: optional callable -> list of dicts behind ``/certs`` (the listeners' TLS material).
+    @param authenticator: optional L{txmesh.interfaces.IAdminAuthenticator} every request must pass (401 with its
+        challenge otherwise, counted as ``admin_rq_unauthorized``); None: the address alone guards the API.
     @return: a L{twisted.web.server.Site} to listen on with an endpoint.
     """
     pages = {
@@ -608,4 +675,7 @@ def makeAdminSite(stats, clusterManager, configDump, isReady, *, isDraining=None
     site.displayTracebacks = False
     # the status page's readings are timed by the site's reactor (the one given, else twisted.web's default)
     statusPage.view = StatusView(site.reactor, clusterManager, requestStats, control)
+    if authenticator is not None:
+        site.authenticator = authenticator
+        site.unauthorized = stats.counter("admin_rq_unauthorized", (), "Admin requests refused: no or a wrong token")
     return site

@@ -10,6 +10,7 @@ kinds are Twisted plugins found with ``getPlugins(..., txmesh.plugins)``; each f
 import ipaddress
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -75,8 +76,17 @@ class ForwardingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminAuthConfig:
+    """``admin.auth`` (issue 14 part 7): the file holding the bearer token every admin request must carry."""
+
+    bearerTokenFile: str
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     address: str = DEFAULT_ADMIN_ADDRESS
+    auth: AdminAuthConfig | None = None  # issue 14 part 7: who may use it (required beyond loopback)
+    unixPath: str | None = None  # the socket file of a ``unix:`` address (a stale one is removed before binding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,8 +380,7 @@ def _buildMesh(r, raw):
     _checkUnique(r, [(c.name, "clusters[%d]" % (i,)) for i, c in enumerate(clusters)], "cluster name", "name")
     clusterNames = frozenset(c.name for c in clusters)
 
-    adminRaw = r.mapping(raw.get("admin"), "admin", optional=("address",))
-    admin = AdminConfig(endpointString(r, adminRaw, "admin", DEFAULT_ADMIN_ADDRESS))
+    admin = _buildAdmin(r, r.mapping(raw.get("admin"), "admin", optional=("address", "mode", "auth")))
 
     listenersRaw = r.list(raw, "", "listeners")
     if not listenersRaw:
@@ -388,6 +397,83 @@ def _buildMesh(r, raw):
                       registration=buildRegistration(r, raw, registries, listeners, clusters),
                       hotRestart=buildHotRestart(r, raw, [admin.address] + [lc.address for lc in listeners]),
                       tracing=buildTracing(r, raw))
+
+
+_OCTAL_MODE = re.compile(r"0?[0-7]{3}\Z")
+DEFAULT_ADMIN_SOCKET_MODE = "600"
+
+
+def readBearerTokenFile(path):
+    """
+    The bearer token in a file (its content, surrounding whitespace stripped), as bytes.
+    @raise ValueError: the file cannot be read, is empty, or holds more than one line or a non-printable byte.
+    """
+    try:
+        with open(path, "rb") as f:
+            token = f.read(4097).strip()
+    except OSError as e:
+        raise ValueError("cannot read %s: %s" % (path, e.strerror or e)) from e
+    if not token:
+        raise ValueError("%s is empty" % (path,))
+    if len(token) > 4096 or any(b < 0x21 or b > 0x7e for b in token):
+        raise ValueError("%s must hold one token of printable ASCII, at most 4096 bytes" % (path,))
+    return token
+
+
+def _isLoopback(kind, kwargs):
+    """Whether a parsed server endpoint only takes connections from this host: a unix socket, or TCP on loopback."""
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False  # ssl:, systemd: and plugins: where they listen cannot be told from the string
+    interface = kwargs.get("interface") or ""
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _buildAdmin(r, m):
+    """
+    The ``admin`` block (issue 14 part 7): a unix: address gets the file ``mode`` (default 0600, where Twisted's is
+    0666); ``auth.bearer_token_file`` is read once here to check it; an address beyond loopback needs ``auth``.
+    """
+    address = endpointString(r, m, "admin", DEFAULT_ADMIN_ADDRESS)
+    kind, args, kwargs = parseServerEndpoint(address)
+    unixPath = None
+    mode = m.get("mode")
+    if mode is not None:
+        if not isinstance(mode, str) or not _OCTAL_MODE.match(mode):
+            raise r.error("must be an octal file mode as a quoted string, e.g. '0600'", "admin.mode")
+        if kind != "unix":
+            raise r.error("only for a unix: address", "admin.mode")
+    if kind == "unix":
+        unixPath = os.path.abspath(args[0])
+        if ":mode=" in address:
+            if mode is not None:
+                raise r.error("the address already says mode=; keep one", "admin.mode")
+        else:
+            address += ":mode=" + (mode or DEFAULT_ADMIN_SOCKET_MODE).lstrip("0").rjust(3, "0")
+        if not os.path.isdir(os.path.dirname(unixPath)):
+            raise r.error("no directory %s for the socket" % (os.path.dirname(unixPath),), "admin.address")
+    auth = None
+    if m.get("auth") is not None:
+        a = r.mapping(m["auth"], "admin.auth", required=("bearer_token_file",))
+        path = r.get(a, "admin.auth", "bearer_token_file", str)
+        if not os.path.isabs(path) and not r.filename.startswith("<"):
+            path = os.path.join(os.path.dirname(os.path.abspath(r.filename)), path)
+        try:
+            readBearerTokenFile(path)
+        except ValueError as e:
+            raise r.error(str(e), "admin.auth.bearer_token_file") from None
+        auth = AdminAuthConfig(path)
+    if auth is None and not _isLoopback(kind, kwargs):
+        raise r.error("'%s' listens beyond loopback: the admin API can drain and reconfigure this proxy, so set "
+                      "admin.auth.bearer_token_file, or bind it to 127.0.0.1, ::1 or a unix: socket" % (address,),
+                      "admin.address")
+    return AdminConfig(address, auth, unixPath)
 
 
 def _buildOverload(r, raw):

@@ -1654,3 +1654,38 @@ class IUpstreamTLS(Interface):
         ``reactor`` with its ``connectTCP`` turned into verified TLS connects to ``host`` (IReactorTCP,
         IReactorTime, IReactorPluggableNameResolver): what the cluster's active health checks connect with.
         """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Authorization and the admin API's exposure (issue 14 parts 5 and 7)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class IAuthorizationRules(Interface):
+    """
+    An ordered list of authorization policies and a default action (the ``rbac`` filter's rules or shadow rules,
+    L{txmesh.filters.rbac_policy.Rules}): built once at config load, shared by every stream of the listener.
+    """
+
+    policyNames = Attribute("The names of the policies, in the order they are tried (tuple of str).")
+    defaultAction = Attribute("'allow' or 'deny': the decision when no policy matches.")
+
+    def evaluate(request, streamInfo):
+        """
+        Try the policies in order on ``request`` (a txmesh.stream.RequestHead, its path already normalised) and
+        ``streamInfo`` (IStreamInfo: the direct peer, the listener address, the peer's IPeerIdentity): the first
+        policy whose permissions and principals both match decides.
+        @return: (allowed: bool, the name of the policy that decided, or None for the default action).
+        """
+
+
+class IAdminAuthenticator(Interface):
+    """Who may use the admin API (``admin.auth``): asked for every admin request before any page runs."""
+
+    scheme = Attribute("The HTTP authentication scheme challenged with on a 401 (bytes, e.g. b'Bearer').")
+
+    def authenticate(authorization):
+        """
+        Whether the request's ``Authorization`` header value (bytes, or None when absent) is acceptable.
+        Comparisons of secrets take constant time.  @return: True or False; never raises.
+        """

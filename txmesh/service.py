@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh.admin import makeAdminSite
+from txmesh.admin_security import BearerTokenFile, removeStaleUnixSocket
 from txmesh.control import MeshControl
 from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
@@ -206,7 +207,11 @@ class MeshService(MultiService):
                              registrations=self._describeRegistration if config.registration else None,
                              control=MeshControl(self, reactor), healthcheckFailed=lambda: self.healthcheckFailed,
                              requestStats=self.runtime.requestStats,
-                             certificates=self._certificates)
+                             certificates=self._certificates,
+                             authenticator=BearerTokenFile(config.admin.auth.bearerTokenFile)
+                             if config.admin.auth is not None else None)
+        if config.admin.unixPath is not None and removeStaleUnixSocket(config.admin.unixPath):
+            self.log.warn("removed the stale admin socket {path}", path=config.admin.unixPath)
         admin = StreamServerEndpointService(self.hotRestart.endpoint(
             "admin", config.admin.address, serverFromString(reactor, config.admin.address)), site)
         raiseBindErrorsSynchronously(admin)
