@@ -266,6 +266,9 @@ def buildRegistration(r, raw, registries, listeners, clusters=()):
     if listener.trafficDirection == "outbound":
         raise r.error("listener '%s' is outbound: callers must reach the app through an inbound listener"
                       % (listenerName,), joinPath(path, "listener"))
+    if listener.address == "internal":  # txmesh.detect_config.INTERNAL: reached through an auto listener
+        raise r.error("listener '%s' is internal: name the auto listener callers connect to" % (listenerName,),
+                      joinPath(path, "listener"))
     kind, args, kwargs = parseServerEndpoint(listener.address)
     if kind not in ("tcp", "tcp6"):
         raise r.error("listener '%s' listens on '%s': a registration needs a TCP address (host:port)"

@@ -9,7 +9,7 @@ import random
 import signal
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from txmesh.admin import makeAdminSite
 from txmesh.control import MeshControl
+from txmesh.detect_config import INTERNAL
 from txmesh.discovery.registration import makeRegistration
 from txmesh.discovery.registries import RegistryClients
 from txmesh.filters.chain import FilterChainTemplate
@@ -26,6 +27,7 @@ from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IFilterConfigResources
 from txmesh.overload import AcceptBackoff, Overload, StatmReader
 from txmesh.path_normalization import pathNormalizerFor
+from txmesh.protocols.auto.server import AutoListenerFactory
 from txmesh.protocols.transport import WriteScope, Writer
 from txmesh.runtime import Runtime
 from txmesh.stats import StatsStore
@@ -159,22 +161,22 @@ class MeshService(MultiService):
                 entry.config.registerFiles(self.runtime.files)
         self.listenerFactories = []
         self.acceptBackoffs = []
+        # auto listeners after the listeners they hand connections to (issue 14 part 4)
+        built = {}
+        for lc in sorted(config.listeners, key=lambda lc: lc.detect is not None):
+            built[lc.name] = self._buildListenerFactory(lc, built)
         for lc in config.listeners:
-            template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
-                                           lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
-                                           lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
-            factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
+            factory, served = built[lc.name]
             self.listenerFactories.append(factory)
             self.overload.watch(factory)
-            served = factory
-            if lc.networkFilters:
-                served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
-                                          newWriter=Writer)
             backoff = AcceptBackoff(reactor, lc.name, self.stats, self.overload.logOnce)
             self.acceptBackoffs.append(backoff)
-            svc = StreamServerEndpointService(
-                self.acceptGate.endpoint(backoff.endpoint(serverFromString(reactor, lc.address))), served)
-            raiseBindErrorsSynchronously(svc)
+            if lc.address == INTERNAL:
+                svc = Service()  # not bound: its auto listener hands it connections
+            else:
+                svc = StreamServerEndpointService(
+                    self.acceptGate.endpoint(backoff.endpoint(serverFromString(reactor, lc.address))), served)
+                raiseBindErrorsSynchronously(svc)
             svc.setName("listener:" + lc.name)
             svc.setServiceParent(self)
         # the local app's registration (issue 12 part 3): made once the listeners serve (_startServing)
@@ -191,6 +193,29 @@ class MeshService(MultiService):
         # STATUS= for systemctl status (issue 13 part 4)
         self.meshStatus = MeshStatus(self.stats, config, [(lc.name, lc.address) for lc in config.listeners]
                                      + [("admin", config.admin.address)], reactor)
+
+    def _buildListenerFactory(self, lc, built):
+        """
+        (the listener's factory, what its port serves: the factory or its network-filter wrapper); an auto listener's
+        targets are taken from ``built`` ({name: (factory, served)}).
+        """
+        if lc.detect is not None:
+            targets = {protocol: built[name][1] for protocol, name in lc.detect.targets}
+            factory = AutoListenerFactory(lc, self.runtime, targets, self.serverTLSFor(lc))
+            return factory, factory
+        template = FilterChainTemplate(lc.filters, self.runtime, lc.routeConfig, lc.limits.bufferLimit,
+                                       lc.limits.maxRequestBody, lc.limits.streamIdleTimeout,
+                                       lc.respectExpectedTimeout, pathNormalizerFor(lc, self.stats))
+        factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
+        served = factory
+        if lc.networkFilters:
+            served = FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
+                                      newWriter=Writer)
+        return factory, served
+
+    def serverTLSFor(self, lc):
+        """The IServerTLS of an auto listener's ``tls`` block (TLS termination, issue 14 part 1), or None."""
+        return None
 
     def _isReady(self):
         return self.serving and not self.draining and not self.listenersDrained and not self.healthcheckFailed
