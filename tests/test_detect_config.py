@@ -127,3 +127,20 @@ registration:
 """
     assert "registration.listener: listener 'dub' is internal: name the auto listener callers connect to" \
         in errorOf(text)
+
+
+def test_schema_takes_the_auto_listener_and_refuses_a_typo():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    raw = yaml.safe_load(GOOD.replace("      dubbo: dub\n", "      dubbo: dub\n    detection_timeout: 2s\n"
+                                      "    detection_max_bytes: 32\n"))
+    validator.validate(raw)
+    raw["listeners"][0]["detect"]["grpc"] = "rpc"
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(raw)

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from txmesh.errors import DetectionFailed
 from txmesh.interfaces import IListenerConnection
 from txmesh.protocols.auto.codec import HTTP1, HTTP2, TLS, ProtocolSniffer
-from txmesh.protocols.listener import ListenerFactory
+from txmesh.protocols.listener import ConnectionStats, ListenerFactory
 from txmesh.stats import LabelledCounter
 from txmesh.twisted_private import switchProtocol
 
@@ -36,19 +36,12 @@ from txmesh.twisted_private import switchProtocol
 _ALPN = {b"h2": HTTP2, b"http/1.1": HTTP1}
 
 
-class AutoListenerStats:
+class AutoListenerStats(ConnectionStats):
     """An auto listener's counters: connections while detecting, refusals at accept, verdicts and failures."""
 
     def __init__(self, stats, listener):
-        s = stats.scope(listener=listener)
-        self.cx_total = s.counter("downstream_cx", help="Connections accepted")
-        self.cx_active = s.gauge("downstream_cx_active", help="Connections open (on an auto listener: detecting)")
-        self.cx_overflow = s.counter("downstream_cx_overflow",
-                                     help="Connections refused at the listener's limits.max_connections")
-        self.cx_global_overflow = s.counter("downstream_global_cx_overflow",
-                                            help="Connections refused at the global overload.max_connections")
-        self.cx_overload_reject = s.counter("downstream_cx_overload_reject",
-                                            help="Connections refused under memory pressure")
+        ConnectionStats.__init__(self, stats, listener)
+        s = self._scope
         self.detected = LabelledCounter(s, "downstream_cx_detected",
                                         "Connections whose protocol was detected (tls, then the protocol inside)",
                                         "protocol").inc
@@ -104,10 +97,7 @@ class DetectingProtocol(Protocol):
 
     def connectionMade(self):
         f = self.factory
-        f.stats.cx_total.value += 1
-        f.stats.cx_active.value += 1
-        f.connections.add(self)
-        f.overload.connectionOpened()
+        f.connectionOpened(self)
         self._counted = True
         if f.timeout:
             self._timer = f.clock.callLater(f.timeout, self._timedOut)
@@ -168,11 +158,7 @@ class DetectingProtocol(Protocol):
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        f = self.factory
-        f.stats.cx_active.value -= 1
-        f.connections.discard(self)
-        f.overload.connectionClosed()
-        f.connectionEnded(self)
+        self.factory.connectionClosed(self)
 
     def _handOff(self, protocol, transport, current):
         """
