@@ -347,3 +347,16 @@ def test_tls_handshake_counts_against_the_detection_timeout(certs):
     p.connectionLost(tprotocol.connectionDone)
     assert stat(svc, "downstream_cx_detect_failed", listener="edge") == 1  # not also tls_handshake
     assert svc.overload.active.value == 0
+
+
+def test_admin_views_of_an_auto_listener_and_its_targets():
+    from txmesh.control import MeshControl
+    from txmesh.explain import ExplainError, explain
+
+    svc, f = mesh()
+    described = {d["name"]: d for d in MeshControl(svc, svc.reactor).describeListeners()}
+    assert described["edge"]["protocol"] == "auto" and described["web"]["address"] == "internal"
+    with pytest.raises(ExplainError) as e:
+        explain(svc.config, svc.clusters, {"listener": ["edge"], "path": ["/x"]})
+    assert "ask the listener it hands to (http1: web, http2: rpc, dubbo: dub)" in str(e.value)
+    assert explain(svc.config, svc.clusters, {"listener": ["web"], "path": ["/x"]})["listener"] == "web"
