@@ -10,7 +10,9 @@ import socket
 
 import pytest
 from twisted.internet import protocol as tprotocol
-from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.internet.address import IPv4Address
@@ -24,7 +26,7 @@ from txmesh.config import loads
 from txmesh.interfaces import IListenerConnection, IListenerFactory, IServerTLS
 from txmesh.protocols.auto.server import AutoListenerFactory, DetectingProtocol
 from txmesh.service import MeshService
-from txmesh.tls.material import loadCertificates, loadPrivateKey, toOpenSSLCertificate, toOpenSSLKey
+from txmesh.tls.material import loadCertificates, loadPrivateKey
 from txmesh.twisted_private import switchProtocol
 
 CONFIG = """
@@ -89,7 +91,8 @@ def stat(svc, name, **labels):
     return svc.stats.total(name, **labels)
 
 
-def test_contracts_and_books():
+def test_contracts_and_books(certs):  # noqa: F811
+    verifyObject(IServerTLS, CertServerTLS(certs.issue("localhost", dns=["localhost"])))
     svc, f = mesh()
     auto = f["edge"]
     assert isinstance(auto, AutoListenerFactory)
@@ -252,15 +255,32 @@ def test_switch_protocol_on_a_real_tcp_connection():
 # -- TLS -------------------------------------------------------------------------------------------------------
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class _ServerCreator:
+    def __init__(self, context):
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        return SSL.Connection(self.context, None)
+
+
 @implementer(IServerTLS)
 class CertServerTLS:
-    """A test IServerTLS: one certificate, ALPN h2 and http/1.1 (the real one is txmesh.tls.server's)."""
+    """A test IServerTLS: one certificate, ALPN h2 and http/1.1 (the real one is listener TLS's, issue 14 part 1)."""
 
     def __init__(self, issued, alpn=(b"h2", b"http/1.1")):
-        self.serverCreator = CertificateOptions(
-            privateKey=toOpenSSLKey(loadPrivateKey(issued.keyPath)),
-            certificate=toOpenSSLCertificate(loadCertificates(issued.certPath)[0]),
-            acceptableProtocols=list(alpn) or None)
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.use_certificate(loadCertificates(issued.certPath)[0])
+        ctx.use_privatekey(loadPrivateKey(issued.keyPath))
+        offered = list(alpn)
+
+        def select(conn, protocols):
+            return next((p for p in offered if p in protocols), SSL.NO_OVERLAPPING_PROTOCOLS)
+
+        if offered:
+            ctx.set_alpn_select_callback(select)
+        self.serverCreator = _ServerCreator(ctx)
 
     def wrapFactory(self, factory):
         return TLSMemoryBIOFactory(self.serverCreator, False, factory)
