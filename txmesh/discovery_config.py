@@ -18,6 +18,7 @@ from twisted.plugin import getPlugins
 
 import txmesh.plugins
 from txmesh.config_reader import hostPort, joinPath
+from txmesh.detect_config import INTERNAL
 from txmesh.interfaces import IDiscoverySourceFactory
 from txmesh.twisted_private import parseServerEndpoint
 
@@ -266,7 +267,7 @@ def buildRegistration(r, raw, registries, listeners, clusters=()):
     if listener.trafficDirection == "outbound":
         raise r.error("listener '%s' is outbound: callers must reach the app through an inbound listener"
                       % (listenerName,), joinPath(path, "listener"))
-    if listener.address == "internal":  # txmesh.detect_config.INTERNAL: reached through an auto listener
+    if listener.address == INTERNAL:  # reached through an auto listener (issue 14 part 4)
         raise r.error("listener '%s' is internal: name the auto listener callers connect to" % (listenerName,),
                       joinPath(path, "listener"))
     kind, args, kwargs = parseServerEndpoint(listener.address)
