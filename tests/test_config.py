@@ -182,7 +182,7 @@ ERRORS = [
     ("use_remote_address type", addToListener("    use_remote_address: 'yes'"),
      "mesh.yaml:8: listeners[0].use_remote_address: must be a boolean, not a string"),
     ("protocol", addToListener("    protocol: smtp"),
-     "mesh.yaml:8: listeners[0].protocol: unknown listener protocol 'smtp' (known: dubbo, grpc, http1, http2)"),
+     "mesh.yaml:8: listeners[0].protocol: unknown listener protocol 'smtp' (known: auto, dubbo, grpc, http1, http2)"),
     ("default_cluster", addToListener("    default_cluster: nope"),
      "mesh.yaml:8: listeners[0].default_cluster: unknown cluster 'nope' (known: backend)"),
     ("invalid endpoint type", edit(("tcp:15001:interface=127.0.0.1", "bogus:1")),

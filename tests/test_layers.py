@@ -19,7 +19,7 @@ LAYERS = (
     ("codecs and config", ["protocols/*/codec.py", "protocols/*/events.py", "protocols/*/wire.py",
                            "protocols/*/frames.py", "protocols/*/hpack.py", "protocols/*/hessian2.py",
                            "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
-                           "routing.py", "routing_config.py", "discovery_config.py", "path_normalization.py",
+                           "routing.py", "routing_config.py", "discovery_config.py", "detect_config.py", "path_normalization.py",
                            "tls/material.py", "tls/server_config.py", "tls/upstream_config.py", "config_diff.py",
                            "hot_restart_wire.py", "hot_restart_config.py",
                            "trace_context.py", "tracing_config.py"]),

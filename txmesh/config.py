@@ -19,6 +19,7 @@ from twisted.plugin import getPlugins
 import txmesh.plugins
 from txmesh.discovery_config import buildDiscovery, buildRegistration, buildRegistries
 from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, parseYAML
+from txmesh.detect_config import AUTO, AUTO_DESCRIPTOR, INTERNAL, buildDetect, checkDetectTargets
 from txmesh.errors import ConfigError
 from txmesh.hot_restart_config import buildHotRestart
 from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
@@ -201,6 +202,7 @@ class ListenerConfig:
     pathNormalization: PathNormalization | None = None  # HTTP listeners: txmesh.path_normalization
     tls: object = None  # issue 14: the listener's ``tls`` block (TLS termination), or None for plain text
     forwardClientCert: object = None  # issue 14: x-forwarded-client-cert (HTTP, gRPC): txmesh.tls.server_config
+    detect: object = None  # protocol: auto: its DetectConfig (txmesh.detect_config), None for other listeners
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +390,7 @@ def _buildMesh(r, raw):
     listeners = tuple(_buildListener(r, l, "listeners[%d]" % (i,), clusterNames, filterFactories, protocols)
                       for i, l in enumerate(listenersRaw))
     _checkUnique(r, [(l.name, "listeners[%d]" % (i,)) for i, l in enumerate(listeners)], "listener name", "name")
+    checkDetectTargets(r, listeners)  # protocol: auto and address: internal (issue 14 part 4)
     _checkAddresses(r, admin, listeners)
     resolveDubboRegistryActions(r, listeners, {c.name: c for c in clusters}, registries, lambda: _buildCluster(
         r, {"name": "dubbo_registry", "protocol": "dubbo"}, "", lbFactories, protocols))  # issue 12 part 2
@@ -585,6 +588,8 @@ def _conflicts(a, b):
 def _checkAddresses(r, admin, listeners):
     taken = [(_addressKey(admin.address), "admin.address", admin.address)]
     for i, listener in enumerate(listeners):
+        if listener.address == INTERNAL:
+            continue  # not bound: reached through an auto listener
         key = _addressKey(listener.address)
         path = "listeners[%d].address" % (i,)
         for otherKey, otherPath, otherAddress in taken:
@@ -604,6 +609,8 @@ def _protocol(r, m, path, protocols, default, role):
     usable = sorted({p.name for p in protocols.values() if getattr(p, role)})
     if descriptor is None or not getattr(descriptor, role):
         what = "listener" if role == "listens" else "cluster"
+        if role == "listens":
+            usable = sorted(usable + [AUTO])
         raise r.error("unknown %s protocol '%s' (known: %s)" % (what, name, ", ".join(usable)),
                       joinPath(path, "protocol"))
     return descriptor
@@ -936,6 +943,8 @@ def _isPrime(n):
 
 
 def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
+    if isinstance(m, dict) and m.get("protocol") == AUTO:
+        return _buildAutoListener(r, m, path)
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "traffic_direction", "use_remote_address", "xff_num_trusted_hops",
         "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config",
@@ -944,7 +953,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
     refuseSSLEndpoint(r, m, path)
-    address = endpointString(r, m, path)
+    address = INTERNAL if m.get("address") == INTERNAL else endpointString(r, m, path)
     defaultCluster = r.get(m, path, "default_cluster", str, None)
     if defaultCluster is not None and defaultCluster not in clusterNames:
         raise r.error(_unknownCluster(defaultCluster, clusterNames), joinPath(path, "default_cluster"))
@@ -981,6 +990,19 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
                           pathNormalization=pathNormalization,
                           tls=buildServerTLS(r, m, path, protocol),
                           forwardClientCert=buildForwardClientCert(r, m, path, descriptor.filterFamily))
+
+
+def _buildAutoListener(r, m, path):
+    """A ``protocol: auto`` listener: detection hands its connections to the listeners its ``detect`` map names."""
+    name = r.name(m, path)
+    if m.get("address") == INTERNAL:
+        raise r.error("an auto listener must listen on an address of its own", joinPath(path, "address"))
+    address = endpointString(r, m, path)
+    detect, maxConnections = buildDetect(r, m, path)
+    return ListenerConfig(name=name, protocol=AUTO, address=address, useRemoteAddress=True, defaultCluster=None,
+                          limits=ListenerLimits(maxConnections=maxConnections), networkFilters=(), filters=(),
+                          routeConfig=RouteConfig(), descriptor=AUTO_DESCRIPTOR, detect=detect,
+                          tls=buildServerTLS(r, m, path, AUTO))
 
 
 _MAX_STREAMS = 2 ** 31 - 1  # the largest SETTINGS_MAX_CONCURRENT_STREAMS

@@ -18,6 +18,7 @@ from twisted.plugin import getPlugins
 
 import txmesh.plugins
 from txmesh.config_reader import hostPort, joinPath
+from txmesh.detect_config import INTERNAL
 from txmesh.interfaces import IDiscoverySourceFactory
 from txmesh.twisted_private import parseServerEndpoint
 
@@ -266,6 +267,9 @@ def buildRegistration(r, raw, registries, listeners, clusters=()):
     if listener.trafficDirection == "outbound":
         raise r.error("listener '%s' is outbound: callers must reach the app through an inbound listener"
                       % (listenerName,), joinPath(path, "listener"))
+    if listener.address == INTERNAL:  # reached through an auto listener (issue 14 part 4)
+        raise r.error("listener '%s' is internal: name the auto listener callers connect to" % (listenerName,),
+                      joinPath(path, "listener"))
     kind, args, kwargs = parseServerEndpoint(listener.address)
     if kind not in ("tcp", "tcp6"):
         raise r.error("listener '%s' listens on '%s': a registration needs a TCP address (host:port)"

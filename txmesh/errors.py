@@ -189,3 +189,14 @@ class PoolClosed(UpstreamError):
 
 class DownstreamReset(TxmeshError):
     """The downstream peer went away before the stream completed."""
+
+
+class DetectionFailed(CodecError):
+    """
+    The first bytes of a connection on a ``protocol: auto`` listener fit no protocol it hands connections to
+    (``why``: ``unknown``, ``too_many_bytes``); the connection is closed and counted by ``why``.
+    """
+
+    def __init__(self, why, reason):
+        self.why = why
+        super().__init__(reason)

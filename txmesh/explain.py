@@ -165,6 +165,9 @@ def explain(config, clusters, args):
     lc = listeners.get(name)
     if lc is None:
         raise ExplainError("no listener %r (one of: %s)" % (name, ", ".join(listeners)))
+    if lc.detect is not None:  # protocol: auto has no routes: its targets do (issue 14 part 4)
+        raise ExplainError("listener %r detects protocols and has no routes: ask the listener it hands to (%s)" % (
+            name, ", ".join("%s: %s" % pair for pair in lc.detect.targets)))
     protocol = lc.descriptor.name
     request = requestFor(protocol, args)
     table = lc.routeConfig

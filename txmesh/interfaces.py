@@ -1603,6 +1603,15 @@ class IServerTLS(Interface):
     def wrapFactory(factory):
         """A protocol factory terminating TLS in front of ``factory`` (whose protocols see the plain text)."""
 
+    def start():
+        """Watch the block's certificate, key and CA files (rotation) while the listener runs."""
+
+    def stop():
+        """Stop watching them (the listener stopped, or a reload replaced its TLS)."""
+
+    def describe():
+        """What ``/certs`` shows of this listener's TLS material (a JSON-able dict; never a key)."""
+
 
 class IDownstreamTLS(Interface):
     """

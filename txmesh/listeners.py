@@ -20,7 +20,9 @@ from txmesh.filters.network import FilteringFactory
 from txmesh.interfaces import IStreamFactorySwitch
 from txmesh.overload import AcceptBackoff
 from txmesh.path_normalization import pathNormalizerFor
+from txmesh.detect_config import INTERNAL
 from txmesh.protocols.alpn import negotiatingFactory
+from txmesh.protocols.auto.server import AutoListenerFactory
 from txmesh.protocols.transport import Writer
 from txmesh.tls.server import serverTLSFor
 
@@ -64,7 +66,10 @@ class ListenerService(Service):
         return the same Deferred (whose result the first caller took).
         """
         if self._listening is None:
-            self._listening = self.endpoint.listen(self.factory).addCallback(self._bound)
+            if self.endpoint is None:  # ``address: internal``: an auto listener hands it connections
+                self._listening = defer.succeed(None)
+            else:
+                self._listening = self.endpoint.listen(self.factory).addCallback(self._bound)
         return self._listening
 
     def _bound(self, port):
@@ -180,10 +185,18 @@ class ListenerBuilder:
     @param withTracing: ``withTracing(lc, tracer, stats) -> filters``: ``lc``'s filters with the tracing filter first
         (txmesh.filters.tracing), or None when mesh.yaml has no ``tracing`` block.
     @param tracer: the service's L{txmesh.interfaces.ITracer}, or None.
+    @param switchOf: ``switchOf(name)`` -> the running listener ``name``'s L{SwitchableFactory}: what an auto
+        listener (``protocol: auto``) hands a detected connection to, so a reload of a target reaches it.
+    @param tlsFor: ``tlsFor(listenerConfig)`` -> its L{txmesh.interfaces.IServerTLS} or None (default:
+        L{serverTLS}, from its ``tls`` block).
     """
 
-    def __init__(self, runtime, stats, overload, endpointFor, withTracing=None, tracer=None):
+    def __init__(self, runtime, stats, overload, endpointFor, withTracing=None, tracer=None, switchOf=None,
+                 tlsFor=None):
         self.runtime = runtime
+        self.tlsFor = tlsFor if tlsFor is not None else self.serverTLS
+        self.switchOf = switchOf
+        self.pending = {}  # listeners a reload is building: an auto listener may name one as its target
         self.withTracing = withTracing
         self.tracer = tracer
         self.stats = stats
@@ -204,6 +217,13 @@ class ListenerBuilder:
         identity; an HTTP listener offering ``h2`` picks its codec by ALPN); the third is that listener's
         L{txmesh.interfaces.IServerTLS} (its files watched while the listener's service runs), else None.
         """
+        if lc.detect is not None:  # protocol detection: TLS, when configured, is started by the detector itself
+            tls = self.tlsFor(lc)
+            targets = {protocol: self._target(name) for protocol, name in lc.detect.targets}
+            factory = AutoListenerFactory(lc, self.runtime, targets, tls)
+            self.overload.watch(factory)
+            return factory, factory, tls
+        tls = self.tlsFor(lc) if lc.tls is not None else None
         factory = lc.descriptor.buildListenerFactory(lc, template, self.runtime)
 
         def serve(factory):
@@ -212,8 +232,6 @@ class ListenerBuilder:
             return FilteringFactory(factory, lc.networkFilters, self.runtime, lc.name, lc.limits.bufferLimit,
                                     newWriter=Writer)
 
-        reactor = self.runtime.reactor if self.runtime.reactor is not None else self.runtime.clock
-        tls = serverTLSFor(lc.tls, lc.name, reactor, self.stats)
         if tls is None:
             served = serve(factory)
         else:
@@ -222,6 +240,15 @@ class ListenerBuilder:
         self.overload.watch(factory)
         return factory, served, tls
 
+    def serverTLS(self, lc):
+        """The L{txmesh.interfaces.IServerTLS} of ``lc``'s ``tls`` block, or None (plain text)."""
+        reactor = self.runtime.reactor if self.runtime.reactor is not None else self.runtime.clock
+        return serverTLSFor(lc.tls, lc.name, reactor, self.stats)
+
+    def _target(self, name):
+        listener = self.pending.get(name)
+        return listener.switch if listener is not None else self.switchOf(name)
+
     def build(self, lc, template=None):
         """A L{RunningListener} for ``lc``, its port not bound yet."""
         if template is None:
@@ -229,7 +256,8 @@ class ListenerBuilder:
         factory, served, tls = self.factory(lc, template)
         backoff = AcceptBackoff(self.runtime.clock, lc.name, self.stats, self.overload.logOnce)
         listener = RunningListener(lc, template, factory, served, backoff, None)
-        listener.service = ListenerService(self.endpointFor(lc, backoff), listener.switch, tls)
+        endpoint = None if lc.address == INTERNAL else self.endpointFor(lc, backoff)
+        listener.service = ListenerService(endpoint, listener.switch, tls)
         listener.service.setName("listener:" + lc.name)
         return listener
 

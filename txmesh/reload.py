@@ -187,8 +187,9 @@ class ConfigApplier:
                         change.kind == ROUTES and not IStreamFactorySwitch.providedBy(mesh.listeners[lc.name].factory)):
                     factories[lc.name] = builder.factory(lc, templates[lc.name])
             bind = [c.new for c in diff.listenersChanged if c.kind == ADDRESS] + list(diff.listenersAdded)
-            for lc in bind:
-                fresh[lc.name] = listener = builder.build(lc, templates.get(lc.name))
+            # auto listeners after the listeners they hand connections to, which may be new in this reload
+            for lc in sorted(bind, key=lambda lc: lc.detect is not None):
+                fresh[lc.name] = builder.pending[lc.name] = listener = builder.build(lc, templates.get(lc.name))
                 if mesh.running:
                     try:
                         yield listener.service.bind()
@@ -204,6 +205,8 @@ class ConfigApplier:
                 raise
             self.log.failure("reload: building the new listeners failed")
             raise Rejected("building the new listeners failed: %s" % (e,)) from e
+        finally:
+            builder.pending.clear()
         return templates, factories, fresh
 
     def _commit(self, new, diff, prepared, loaded, source):

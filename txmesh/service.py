@@ -190,11 +190,15 @@ class MeshService(MultiService):
             from txmesh.tracer import Tracer
             self.tracer = Tracer(config.tracing, reactor, config.node, stats=self.stats)
         self.listenerBuilder = ListenerBuilder(self.runtime, self.stats, self.overload, self._listenerEndpoint,
-                                               withTracing=withTracing, tracer=self.tracer)
+                                               withTracing=withTracing, tracer=self.tracer,
+                                               switchOf=lambda name: self.listeners[name].switch,
+                                               tlsFor=self.serverTLSFor)
         self.listeners = {}
         self.retiring = set()
-        for lc in config.listeners:
+        # auto listeners after the listeners they hand connections to (issue 14 part 4)
+        for lc in sorted(config.listeners, key=lambda lc: lc.detect is not None):
             self.addListener(self.listenerBuilder.build(lc))
+        self.listeners = {lc.name: self.listeners[lc.name] for lc in config.listeners}  # the config's order
         # the local app's registration (issue 12 part 3): made once the listeners serve (_startServing)
         self.registration = None
         # every configuration change goes through the applier; SIGHUP and POST /reload re-read the file (issue 13)
@@ -225,6 +229,10 @@ class MeshService(MultiService):
         # hot restart (issue 13 part 5): the socket inherited from the old process, else a new bind
         source = self.hotRestart.endpoint("listener:" + lc.name, lc.address, serverFromString(self.reactor, lc.address))
         return self.acceptGate.endpoint(backoff.endpoint(source))
+
+    def serverTLSFor(self, lc):
+        """The IServerTLS of listener ``lc``'s ``tls`` block (TLS termination, issue 14 part 1), or None."""
+        return self.listenerBuilder.serverTLS(lc)
 
     def _certificates(self):
         """``/certs``: the TLS material of every listener with a ``tls`` block."""

@@ -13,6 +13,7 @@ import functools
 from twisted.internet import tcp, unix
 from twisted.internet.endpoints import _parseServer
 from twisted.internet.epollreactor import EPollReactor
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import failure, log
 
 # (owner, attribute) of every private Twisted name used below; the test module checks each on real objects
@@ -69,6 +70,30 @@ def raiseBindErrorsSynchronously(service):
     """
     service._raiseSynchronously = True
 
+
+
+def switchProtocol(transport, old, new):
+    """
+    Make ``new`` the protocol ``transport`` delivers its events to instead of ``old`` (protocol detection hands a
+    connection on: txmesh.protocols.auto.server).  @return: True if switched, False when ``transport`` is of a
+    kind this cannot switch (the caller then forwards the events itself).
+
+    Twisted's TCP and UNIX connections (and txmesh's, their subclasses) deliver to their ``protocol`` attribute,
+    read on every event (``_dataReceived``, ``readConnectionLost``, ``connectionLost``): Twisted itself replaces it
+    in ``twisted.internet._newtls.startTLS``.  A L{ProtocolWrapper} (the TLS layer, the network filters) delivers
+    to its public ``wrappedProtocol``.
+    """
+    if isinstance(transport, tcp.Connection):
+        if transport.protocol is not old:
+            return False
+        transport.protocol = new
+        return True
+    if isinstance(transport, ProtocolWrapper):
+        if transport.wrappedProtocol is not old:
+            return False
+        transport.wrappedProtocol = new
+        return True
+    return False
 
 class _AcceptWatchingSocket:
     """A listening socket that reports the accept() errors it is asked to watch, then raises them as before."""

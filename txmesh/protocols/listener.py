@@ -121,6 +121,21 @@ class ListenerFactory(DrainingFactory):
                                    l=self.listenerName, why=why)
         return None
 
+    def connectionOpened(self, proto):
+        """Put a new connection on the listener's books: its counters, its connection set, the overload count."""
+        stats = self.stats
+        stats.cx_total.value += 1
+        stats.cx_active.value += 1
+        self.connections.add(proto)
+        self.overload.connectionOpened()
+
+    def connectionClosed(self, proto):
+        """Take a connection off the books (it closed, or protocol detection handed it to another listener)."""
+        self.stats.cx_active.value -= 1
+        self.connections.discard(proto)
+        self.overload.connectionClosed()
+        self.connectionEnded(proto)
+
     def closeIdleConnections(self):
         """Close every idle connection (L{IListenerConnection.closeIfIdle}).  @return: how many."""
         return sum(1 for p in list(self.connections) if p.closeIfIdle())
@@ -161,10 +176,7 @@ class ListenerProtocol(Protocol):
 
     def connectionMade(self):
         f = self.factory
-        f.stats.cx_total.value += 1
-        f.stats.cx_active.value += 1
-        f.connections.add(self)
-        f.overload.connectionOpened()
+        f.connectionOpened(self)
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)  # an IAddress: UNIX addresses have no host or port
         if host is None:
@@ -187,10 +199,7 @@ class ListenerProtocol(Protocol):
     def connectionLost(self, reason):
         f = self.factory
         self._cancelWriteTimer()
-        f.stats.cx_active.value -= 1
-        f.connections.discard(self)
-        f.overload.connectionClosed()
-        f.connectionEnded(self)
+        f.connectionClosed(self)
 
     def _bufferFull(self):
         self.writeBlocked = True
@@ -364,25 +373,33 @@ class Deadline:
         self.expired(kind)
 
 
-class ListenerStats:
-    """
-    The counters every listener has, made once per listener: connections and requests.  ``error(cause)`` counts a
-    local error reply.  Protocols add theirs in subclasses (L{HTTPListenerStats}, the Dubbo and HTTP/2 ones).
-    """
+class ConnectionStats:
+    """The connection counters every listener has (a protocol detection listener has only these)."""
 
     def __init__(self, stats, listener):
         s = stats.scope(listener=listener)
         self._scope = s
         self.cx_total = s.counter("downstream_cx", help="Connections accepted")
         self.cx_active = s.gauge("downstream_cx_active", help="Connections open")
-        self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
-        self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
         self.cx_overflow = s.counter("downstream_cx_overflow",
                                      help="Connections refused at the listener's limits.max_connections")
         self.cx_global_overflow = s.counter("downstream_global_cx_overflow",
                                             help="Connections refused at the global overload.max_connections")
         self.cx_overload_reject = s.counter("downstream_cx_overload_reject",
                                             help="Connections refused under memory pressure")
+
+
+class ListenerStats(ConnectionStats):
+    """
+    The counters every listener has, made once per listener: connections and requests.  ``error(cause)`` counts a
+    local error reply.  Protocols add theirs in subclasses (L{HTTPListenerStats}, the Dubbo and HTTP/2 ones).
+    """
+
+    def __init__(self, stats, listener):
+        ConnectionStats.__init__(self, stats, listener)
+        s = self._scope
+        self.cx_protocol_error = s.counter("downstream_cx_protocol_error", help="Connections closed on bad input")
+        self.cx_idle_timeout = s.counter("downstream_cx_idle_timeout", help="Idle connections closed")
         self.cx_write_timeout = s.counter("downstream_cx_write_timeout",
                                           help="Connections closed because the client did not read (write_timeout)")
         self.rq_total = s.counter("downstream_rq", help="Requests received")

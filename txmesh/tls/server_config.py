@@ -26,7 +26,9 @@ VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 REFUSED_VERSIONS = ("TLSv1", "TLSv1.0", "TLSv1.1", "SSLv3")
 CLIENT_CERTIFICATE = ("none", "optional", "required")
 # the ALPN names each listener protocol can serve, the default offer first-preferred
-ALPN_FOR_PROTOCOL = {"http1": ("h2", "http/1.1"), "http2": ("h2",), "grpc": ("h2",), "dubbo": ()}
+ALPN_FOR_PROTOCOL = {"http1": ("h2", "http/1.1"), "http2": ("h2",), "grpc": ("h2",), "dubbo": (),
+                     # protocol detection (protocol: auto): ALPN picks the h2 or http1 target, else detection does
+                     "auto": ("h2", "http/1.1")}
 XFCC_MODES = ("sanitize", "forward_only", "append_forward", "sanitize_set", "always_forward_only")
 XFCC_DETAILS = ("subject", "uri", "dns", "cert", "chain")
 
