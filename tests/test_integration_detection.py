@@ -19,9 +19,8 @@ import grpc
 import pytest
 
 from tests import support
-from tests.certs import certs  # noqa: F401  (a pytest fixture)
+from tests.certs import CertAuthority
 from tests.reactor_thread import onReactor, reactor, waitFor
-from tests.test_detect_listener import CertServerTLS
 from tests.test_grpc_integration import OPTIONS, call
 from tests.test_grpc_integration import startPeer as startGrpcPeer
 from tests.test_integration_dubbo import NODE, PEERS, consume, startProvider
@@ -41,6 +40,7 @@ listeners:
     address: tcp:{port}:interface=127.0.0.1
     detect: {{http1: web, http2: h2in, dubbo: dub}}
     detection_timeout: 1s
+    tls: {{certificates: [{{cert_chain: "{cert}", private_key: "{key}"}}]}}
   - name: web
     address: internal
     default_cluster: http_app
@@ -74,7 +74,6 @@ clusters:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from tests.certs import CertAuthority
     procs = []
     svc = None
     try:
@@ -89,17 +88,13 @@ def env(tmp_path_factory):
         ca = CertAuthority(str(tmp_path_factory.mktemp("detect-ca")), "detect-test-ca")
         issued = ca.issue("localhost", dns=["localhost"])
         port = support.freePort()
-        config = loads(CONFIG.format(port=port, http=httpPort, grpc=grpcPort, dubbo=dubboPort))
+        # the auto listener's own tls block: listener TLS (txmesh.tls.server) started by the detector
+        config = loads(CONFIG.format(port=port, http=httpPort, grpc=grpcPort, dubbo=dubboPort,
+                                     cert=issued.chainPath, key=issued.keyPath))
         r = reactor()
 
-        serverTLS = CertServerTLS(issued)
-
-        class TLSMesh(MeshService):
-            def serverTLSFor(self, lc):
-                return serverTLS if lc.detect is not None else None
-
         def start():
-            s = TLSMesh(config, r, installSignal=lambda *a: None)
+            s = MeshService(config, r, installSignal=lambda *a: None)
             s.startService()
             return s
 
@@ -224,11 +219,13 @@ def test_handed_off_connections_leave_the_detector_out_of_the_data_path(env):
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
-def test_under_twistd_on_txmeshs_own_transport():
+def test_under_twistd_on_txmeshs_own_transport(tmp_path):
     """The same port under ``twistd txmesh`` (txmesh's reactor and TCP transport, tests/support.py)."""
     up, httpPort, _ = support.startUpstream()
     admin, port = support.freePort(), support.freePort()
-    text = CONFIG.format(port=port, http=httpPort, grpc=support.freePort(), dubbo=support.freePort())
+    issued = CertAuthority(str(tmp_path), "detect-twistd-ca").issue("localhost", dns=["localhost"])
+    text = CONFIG.format(port=port, http=httpPort, grpc=support.freePort(), dubbo=support.freePort(),
+                         cert=issued.chainPath, key=issued.keyPath)
     text = text.replace('admin: {address: "tcp:0:interface=127.0.0.1"}',
                         'admin: {address: "tcp:%d:interface=127.0.0.1"}' % admin)
     proc = support.startTxmesh(text, admin)
