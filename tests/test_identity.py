@@ -313,3 +313,49 @@ def test_dubbo_heartbeat_and_idle_defaults_are_coherent_across_the_pair():
     heartbeat = outbound.cluster("callee").heartbeatInterval
     assert 0 < heartbeat < inbound.listeners[0].limits.idleTimeout  # the peer's heartbeats keep it open
     assert heartbeat < outbound.cluster("callee").idleTimeout
+
+
+def test_a_unix_socket_peer_counts_as_internal():
+    # a UNIX socket has no peer IP: a process on this host, like loopback (an HTTP listener on unix: crashed on it)
+    assert isInternal(None, DEFAULT_INTERNAL_RANGES)
+
+
+def test_an_http_listener_on_a_unix_socket_serves(tmp_path):
+    import socket
+
+    from tests.reactor_thread import onReactor, reactor
+    from txmesh.config import loads
+    from txmesh.service import MeshService
+
+    path = str(tmp_path / "web.sock")
+    config = loads("""
+admin: {address: "tcp:0:interface=127.0.0.1"}
+listeners:
+  - name: web
+    address: "unix:%s"
+    route_config:
+      virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, direct_response: {status: 204}}]}]
+clusters: []
+""" % (path,))
+    r = reactor()
+
+    def start():
+        s = MeshService(config, r, installSignal=lambda *a: None)
+        s.startService()
+        return s
+
+    svc = onReactor(start)
+    try:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(5)
+            c.connect(path)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 204 ")
+    finally:
+        onReactor(svc.stopService, timeout=30)

@@ -307,7 +307,13 @@ class ListenerProtocol(Protocol):
 
 
 def isInternal(host, ranges):
-    """Whether the address ``host`` (str) is in one of ``ranges`` (ip_network); an IPv4-mapped IPv6 as IPv4."""
+    """
+    Whether the address ``host`` (str) is in one of ``ranges`` (ip_network); an IPv4-mapped IPv6 as IPv4.  None (a
+    UNIX socket's peer: a process on this host, reached through a file the operator's mode guards) counts as
+    internal, as loopback does.
+    """
+    if host is None:
+        return True
     try:
         address = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
