@@ -68,17 +68,17 @@ $PY etc/demo_grpc.py serve 18090 & pids+=($!)
 if [ -n "$dubbo" ]; then node tests/dubbo_peers/provider.js 18091 >/dev/null & pids+=($!); fi
 $PY -c "from twisted.scripts.twistd import run; run()" -n --pidfile= txmesh --config etc/mesh.yaml & mesh=$!
 pids+=($mesh)
-for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:9901/ready && break; sleep 0.1; done
+for _ in $(seq 100); do curl -s -m 1 -o /dev/null http://127.0.0.1:9901/ready && break; sleep 0.1; done
 waitPort 18080 "HTTP/1.1 demo upstream" || true
 waitPort 18090 "gRPC demo upstream" || true
 [ -z "$dubbo" ] || waitPort 18091 "Dubbo provider" || true
 
 echo "== HTTP/1.1 outbound listener (127.0.0.1:15001), Host demo.svc -> cluster demo (round robin over 18081, 18082)"
-for i in 1 2 3 4; do curl -s -H 'Host: demo.svc' "http://127.0.0.1:15001/hello/$i"; done
+for i in 1 2 3 4; do curl -s -m 5 -H 'Host: demo.svc' "http://127.0.0.1:15001/hello/$i"; done
 echo "== HTTP/1.1 inbound listener (127.0.0.1:15006) -> local app on 18080"
-curl -s http://127.0.0.1:15006/from-the-mesh
+curl -s -m 5 http://127.0.0.1:15006/from-the-mesh
 echo "== a host no route knows: the proxy's own 404, naming the cause"
-curl -s -i -H 'Host: nowhere.example' http://127.0.0.1:15001/ | sed -n '1p;/x-txmesh-error/p'
+curl -s -m 5 -i -H 'Host: nowhere.example' http://127.0.0.1:15001/ | sed -n '1p;/x-txmesh-error/p'
 
 echo "== gRPC listener (127.0.0.1:15002), service demo.Echo -> cluster grpc_echo (gRPC app on 18090)"
 $PY etc/demo_grpc.py call 127.0.0.1:15002 || echo "(the gRPC calls failed)"
@@ -90,7 +90,7 @@ fi
 
 sleep 1.1  # txmesh's access log (the lines in "..." above) reaches stdout within a second
 echo "== admin: http://127.0.0.1:9901/stats?format=text (listener and cluster counters, zeros left out)"
-curl -s 'http://127.0.0.1:9901/stats?format=text' |
+curl -s -m 5 'http://127.0.0.1:9901/stats?format=text' |
   grep -E '^(downstream_rq(_xx)?|cluster_upstream_rq|downstream_grpc_status|dubbo_(requests|responses))\{' |
   grep -v ' 0$' || true
 if [ -z "$once" ]; then
