@@ -204,6 +204,24 @@ def test_a_verified_upstream_gets_the_client_protocol_with_sni_and_alpn(pki):
     assert host.tlsPeer.alpn == "h2"
 
 
+def test_closing_with_a_write_watcher_registered_closes(pki):
+    """
+    The HTTP/1.1 and HTTP/2 clients keep a streaming producer (their write watcher) on the transport for the
+    connection's life; Twisted's TLS transport alone would hold the close_notify (and the close) until it went, so
+    a pooled connection closed for idleness or a drain would stay open.  txmesh's closes, both ends see it.
+    """
+    from txmesh.protocols.transport import WriteWatcher
+    tls, _ = upstreamTLS(pki)
+    reactor, d, client, serverProto = pipe(ServerTLS(pki["server"]), tls, Host("127.0.0.1"))
+    pump = run(reactor)
+    assert outcome(d) is client
+    client.transport.registerProducer(WriteWatcher(lambda: None, lambda: None), True)
+    client.transport.loseConnection()
+    for _ in range(10):
+        pump.pump()
+    assert client.lost is not None and serverProto.lost is not None
+
+
 def test_a_wrong_san_fails_the_connect_and_not_a_byte_is_sent(pki):
     tls, store = upstreamTLS(pki, matchSubjectAltNames=(SanMatcher("uri", "exact", "spiffe://x/other"),))
     reactor, d, client, serverProto = pipe(ServerTLS(pki["server"]), tls, Host("backend.mesh"))

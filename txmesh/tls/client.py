@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import (IConnector, IHandshakeListener, IOpenSSLClientConnectionCreator,
                                          IReactorPluggableNameResolver, IReactorTCP, IReactorTime)
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -293,7 +293,7 @@ class UpstreamTLS:
         creator = self.clientCreator(host)
         gate = _HandshakeGate(inner, connected, creator, self.stats, host, self._verified)
         gateFactory = _GateFactory(gate)
-        return gate, gateFactory, TLSMemoryBIOFactory(creator, True, gateFactory, self.clock)
+        return gate, gateFactory, _ClosingTLSFactory(creator, True, gateFactory, self.clock)
 
     def reactorFor(self, reactor, host):
         """
@@ -405,6 +405,24 @@ class _GateFactory(ClientFactory):
     def clientConnectionFailed(self, connector, reason):
         if self.connectFailed is not None:
             self.connectFailed(connector, reason)
+
+
+class _ClosingTLS(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, closing when told to even with a producer registered.  The HTTP/1.1 and HTTP/2
+    clients register a write watcher for the connection's life (txmesh.protocols.transport.WriteWatcher) and never
+    unregister it; Twisted's TCP transport closes regardless, but its TLS transport defers the close_notify until
+    the producer goes, so a pooled TLS connection closed for idleness or a drain stayed open (and a sidecar
+    stopping with one waited for it until SIGKILL).  Closing unregisters the producer, which sends close_notify.
+    """
+
+    def loseConnection(self):
+        super().loseConnection()
+        self.unregisterProducer()
+
+
+class _ClosingTLSFactory(TLSMemoryBIOFactory):
+    protocol = _ClosingTLS
 
 
 @implementer(IHandshakeListener)
