@@ -107,6 +107,11 @@ def mesh(tmp_path_factory):
             p.stop()
 
 
+def inboundLog(mesh):
+    with open(mesh["log"]) as f:
+        return f.read()
+
+
 def waitForLog(mesh, needle):
     """The inbound access log's lines holding ``needle``; bounded."""
     return readLog(mesh["log"], needle)
@@ -226,3 +231,49 @@ def test_dubbo_rogue_fails_the_handshake(mesh):
     got = consume(mesh["ports"]["rogue"]["dubbo"])
     assert "ok" not in got["echo"] and "a-outbound" in got["echo"]["message"], got  # the caller's sidecar answers
     assert total(stats(mesh["admins"]["inbound"]), "ssl_fail_verify_error", listener="in_dubbo") >= 1
+
+
+# ---------------------------------------------------------------------------------------------------- rotation
+
+
+@needsCurl
+def test_rotating_the_callers_certificate_under_load_fails_nothing(mesh):
+    """
+    The frontend's outbound sidecar gets a new workload certificate (key first, then the certificate, each renamed
+    over the old, as a SPIFFE agent does) while requests run through it: none fails, and the inbound side's access
+    log soon shows the new certificate's serial (the cluster looks at its files at most every WATCH_INTERVAL and
+    new connections use the new material; max_requests_per_connection ends the old ones).
+    """
+    import http.client
+    import time
+    from txmesh.tls.client import WATCH_INTERVAL
+    directory = str(mesh["root"] / "frontend")
+    renewed = mesh["ca"].issue("frontend-renewed", uris=[FRONTEND], client=True)
+    serial = "%x" % (renewed.cert.serial_number,)
+    conn = http.client.HTTPConnection("127.0.0.1", mesh["ports"]["frontend"]["http"], timeout=5)
+    statuses = {}
+    rotated = False
+    deadline = time.monotonic() + WATCH_INTERVAL + 8
+    try:
+        for i in range(100000):
+            conn.request("GET", "/echo/rotate-%d" % (i,), headers={"Host": HOST})
+            response = conn.getresponse()
+            response.read()
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+            if i == 20:
+                shutil.copy(renewed.keyPath, os.path.join(directory, "a.key.new"))
+                os.replace(os.path.join(directory, "a.key.new"), os.path.join(directory, "a.key"))
+                shutil.copy(renewed.chainPath, os.path.join(directory, "a.crt.new"))
+                os.replace(os.path.join(directory, "a.crt.new"), os.path.join(directory, "a.crt"))
+                rotated = True
+            if rotated and i % 50 == 0 and "serial=" + serial in inboundLog(mesh):
+                break
+            assert time.monotonic() < deadline, "the new serial %s never reached the inbound log" % (serial,)
+    finally:
+        conn.close()
+    assert list(statuses) == [200], statuses
+    assert total(stats(mesh["admins"]["frontend"]), "upstream_tls_rotation", cluster="peer_http") == 1
+    assert total(stats(mesh["admins"]["frontend"]), "upstream_tls_rotation_failed") == 0
+    expiry = total(stats(mesh["admins"]["frontend"]), "upstream_tls_certificate_expiry_seconds", cluster="peer_http",
+                   certificate=os.path.join(directory, "a.crt"))
+    assert abs(expiry - (renewed.cert.not_valid_after_utc.timestamp() - time.time())) < 60
