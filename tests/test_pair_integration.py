@@ -51,23 +51,31 @@ def pairConfigs(app, inbound, outbound, inboundAdmin, outboundAdmin, accessLogs=
         with open(os.path.join(ETC, name)) as f:
             return yaml.safe_load(f)
 
-    def rewrite(cfg, admin, listen, upstream, logPath):
-        cfg["admin"]["address"] = "tcp:%d:interface=127.0.0.1" % admin
-        for listener in cfg["listeners"]:
-            proto = {"http1": "http", "grpc": "grpc", "dubbo": "dubbo"}[listener["protocol"]]
-            listener["address"] = "tcp:%d:interface=127.0.0.1" % listen[proto]
-            for f in listener["filters"]:
-                if f["name"] == "access_log" and logPath:
-                    f["config"]["path"] = logPath
-        for cluster in cfg["clusters"]:
-            proto = {"http1": "http", "grpc": "grpc", "dubbo": "dubbo"}[cluster["protocol"]]
-            [endpoint] = cluster["endpoints"]
-            endpoint["address"] = "127.0.0.1:%d" % upstream[proto]
-        return yaml.safe_dump(cfg, sort_keys=False)
-
     logs = accessLogs or (None, None)
     return (rewrite(load("inbound.yaml"), inboundAdmin, inbound, app, logs[0]),
             rewrite(load("outbound.yaml"), outboundAdmin, outbound, inbound, logs[1]))
+
+
+def rewrite(cfg, admin, listen, upstream, logPath):
+    """
+    A sidecar config (parsed) moved to this machine's ports: the admin, each listener by its protocol (``listen``:
+    {"http": port, "grpc": port, "dubbo": port}), each cluster's one endpoint likewise (``upstream``), and the
+    access logs to ``logPath`` (None keeps them).  Also used by tests/test_sidecar_pair_mtls.py.
+
+    @return: the YAML text.
+    """
+    cfg["admin"]["address"] = "tcp:%d:interface=127.0.0.1" % admin
+    for listener in cfg["listeners"]:
+        proto = {"http1": "http", "grpc": "grpc", "dubbo": "dubbo"}[listener["protocol"]]
+        listener["address"] = "tcp:%d:interface=127.0.0.1" % listen[proto]
+        for f in listener["filters"]:
+            if f["name"] == "access_log" and logPath:
+                f["config"]["path"] = logPath
+    for cluster in cfg["clusters"]:
+        proto = {"http1": "http", "grpc": "grpc", "dubbo": "dubbo"}[cluster["protocol"]]
+        [endpoint] = cluster["endpoints"]
+        endpoint["address"] = "127.0.0.1:%d" % upstream[proto]
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def startPair(app, accessLogs=None):
@@ -93,20 +101,30 @@ def startPair(app, accessLogs=None):
     return procs, ports, admins
 
 
+def startApps(procs):
+    """
+    Start the local app: tests/upstream_server.py, the gRPC echo peer and (when installed) the sofa-rpc-node Dubbo
+    provider, appending each to ``procs`` (to stop).  Also used by tests/test_sidecar_pair_mtls.py.
+
+    @return: {"http": port, "grpc": port, "dubbo": port}.
+    """
+    up, httpPort, _ = support.startUpstream()
+    procs.append(up)
+    grpcPeer, grpcPort = startGrpcPeer()
+    procs.append(grpcPeer)
+    dubboPort = support.freePort()
+    if DUBBO:
+        provider = support.Proc([NODE, os.path.join(PEERS, "provider.js"), str(dubboPort)], cwd=PEERS)
+        procs.append(provider)
+        support.waitForPort(dubboPort, proc=provider.popen)
+    return {"http": httpPort, "grpc": grpcPort, "dubbo": dubboPort}
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     procs = []
     try:
-        up, httpPort, _ = support.startUpstream()
-        procs.append(up)
-        grpcPeer, grpcPort = startGrpcPeer()
-        procs.append(grpcPeer)
-        dubboPort = support.freePort()
-        if DUBBO:
-            provider = support.Proc([NODE, os.path.join(PEERS, "provider.js"), str(dubboPort)], cwd=PEERS)
-            procs.append(provider)
-            support.waitForPort(dubboPort, proc=provider.popen)
-        app = {"http": httpPort, "grpc": grpcPort, "dubbo": dubboPort}
+        app = startApps(procs)
         logDir = tmp_path_factory.mktemp("pairlogs")
         logs = (str(logDir / "inbound.log"), str(logDir / "outbound.log"))
         meshProcs, ports, admins = startPair(app, logs)

@@ -4,6 +4,7 @@ counts as made only once the handshake and the identity check passed -- real TLS
 server (MemoryReactorClock, iosim's pump), no sockets, no sleep.
 """
 
+import os
 import pytest
 from OpenSSL import SSL
 from twisted.internet import defer
@@ -202,6 +203,24 @@ def test_a_verified_upstream_gets_the_client_protocol_with_sni_and_alpn(pki):
     # what the access log shows for requests to this host
     assert host.tlsPeer.identity.uriSans == (SPIFFE,) and host.tlsPeer.version in ("TLSv1.2", "TLSv1.3")
     assert host.tlsPeer.alpn == "h2"
+
+
+def test_closing_with_a_write_watcher_registered_closes(pki):
+    """
+    The HTTP/1.1 and HTTP/2 clients keep a streaming producer (their write watcher) on the transport for the
+    connection's life; Twisted's TLS transport alone would hold the close_notify (and the close) until it went, so
+    a pooled connection closed for idleness or a drain would stay open.  txmesh's closes, both ends see it.
+    """
+    from txmesh.protocols.transport import WriteWatcher
+    tls, _ = upstreamTLS(pki)
+    reactor, d, client, serverProto = pipe(ServerTLS(pki["server"]), tls, Host("127.0.0.1"))
+    pump = run(reactor)
+    assert outcome(d) is client
+    client.transport.registerProducer(WriteWatcher(lambda: None, lambda: None), True)
+    client.transport.loseConnection()
+    for _ in range(10):
+        pump.pump()
+    assert client.lost is not None and serverProto.lost is not None
 
 
 def test_a_wrong_san_fails_the_connect_and_not_a_byte_is_sent(pki):
@@ -405,3 +424,89 @@ def test_a_san_service_identity_cannot_read_fails_closed(pki):
     # a URI match does not go through service_identity: it still works
     tls, _ = upstreamTLS(pki, matchSubjectAltNames=(SanMatcher("uri", "exact", "urn:*"),))
     assert names(tls, Host("backend.mesh"), odd) is None
+
+
+# -- rotation of the cluster's client certificate, key and CA (issue 14 part 3) -------------------------------------
+
+
+def rotatingTLS(pki, tmp_path):
+    """An UpstreamTLS on copies of the client certificate and key (so the test can replace them), on a Clock."""
+    import shutil
+    from twisted.internet.task import Clock
+    cert, key = str(tmp_path / "client.crt"), str(tmp_path / "client.key")
+    shutil.copy(pki["client"].chainPath, cert)
+    shutil.copy(pki["client"].keyPath, key)
+    tls, store = upstreamTLS(pki, certChain=cert, privateKey=key)
+    clock = Clock()
+    tls.clock = clock
+    return tls, store, clock, cert, key
+
+
+def servedSerial(pki, tls):
+    """The serial of the client certificate an in-memory server sees on a new connection made by ``tls``."""
+    reactor, d, client, serverProto = pipe(ServerTLS(pki["server"], ca=pki["ca"], maxVersion=SSL.TLS1_2_VERSION),
+                                           tls, Host("127.0.0.1"))
+    run(reactor)
+    assert outcome(d) is client
+    return serverProto.transport.getPeerCertificate().to_cryptography().serial_number
+
+
+def test_a_rotated_client_certificate_is_used_for_new_connections(pki, tmp_path):
+    from txmesh.tls.client import WATCH_INTERVAL
+    from txmesh.tls.rotation import ROTATION_SETTLE
+    tls, store, clock, cert, key = rotatingTLS(pki, tmp_path)
+    old = tls.context
+    tls.clientCreator(Host("127.0.0.1"))  # the first look reads the files as loaded: nothing to reload
+    renewed = pki["ca"].issue("renewed", uris=["spiffe://mesh.local/ns/default/sa/frontend"], client=True)
+    os.replace(renewed.keyPath, key)
+    os.replace(renewed.chainPath, cert)
+    clock.advance(WATCH_INTERVAL - 1)
+    tls.clientCreator(Host("127.0.0.1"))
+    clock.advance(ROTATION_SETTLE)
+    assert tls.context is old  # not looked at yet: at most once per WATCH_INTERVAL
+    clock.advance(1)
+    tls.clientCreator(Host("127.0.0.1"))  # this connection still gets the old context ...
+    clock.advance(ROTATION_SETTLE)  # ... the reload comes once the writer had time to write both files
+    assert tls.context is not old
+    assert store.value("upstream_tls_rotation", cluster="c") == 1
+    gauge = store.value("upstream_tls_certificate_expiry_seconds", cluster="c", certificate=cert)
+    assert gauge == pytest.approx(renewed.cert.not_valid_after_utc.timestamp() - clock.seconds(), abs=1)
+    assert servedSerial(pki, tls) == renewed.cert.serial_number
+
+
+def test_a_broken_client_certificate_is_refused_counted_and_logged_once(pki, tmp_path, monkeypatch):
+    from twisted.logger import Logger, LogLevel
+    from txmesh.tls.client import WATCH_INTERVAL
+    from txmesh.tls.rotation import ROTATION_SETTLE, RotatingMaterial
+    logged = []
+    monkeypatch.setattr(RotatingMaterial, "log", Logger(observer=logged.append))
+    tls, store, clock, cert, key = rotatingTLS(pki, tmp_path)
+    tls.clientCreator(Host("127.0.0.1"))
+    old = tls.context
+    for text in ("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+                 "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n\n"):
+        with open(cert, "w") as f:
+            f.write(text)
+        clock.advance(WATCH_INTERVAL)
+        tls.clientCreator(Host("127.0.0.1"))
+        clock.advance(ROTATION_SETTLE)
+    other = pki["ca"].issue("other", client=True)  # a certificate that is not the key's
+    os.replace(other.chainPath, cert)
+    clock.advance(WATCH_INTERVAL)
+    tls.clientCreator(Host("127.0.0.1"))
+    clock.advance(ROTATION_SETTLE)
+    assert tls.context is old
+    assert store.value("upstream_tls_rotation_failed", cluster="c") == 3
+    assert store.value("upstream_tls_rotation", cluster="c") == 0
+    errorsLogged = [e for e in logged if e["log_level"] == LogLevel.error]
+    assert len(errorsLogged) == 2 and all("cluster c" in e["name"] for e in errorsLogged)  # once per reason
+    assert servedSerial(pki, tls) == pki["client"].cert.serial_number  # the old certificate still served
+
+
+def test_the_expiry_gauges_count_down_with_the_clock(pki, tmp_path):
+    tls, store, clock, cert, key = rotatingTLS(pki, tmp_path)
+    first = store.value("upstream_tls_certificate_expiry_seconds", cluster="c", certificate=cert)
+    ca = store.value("upstream_tls_certificate_expiry_seconds", cluster="c", certificate=pki["ca"].certPath)
+    clock.advance(3600)
+    assert store.value("upstream_tls_certificate_expiry_seconds", cluster="c", certificate=cert) == first - 3600
+    assert ca > first  # the CA outlives the leaf

@@ -34,6 +34,7 @@ from txmesh.stats import StatsStore
 from txmesh.testing import DownstreamClient, InMemoryMesh, MemoryTransport
 from txmesh.stream import HeaderMap, RequestHead
 from txmesh.tls.material import PeerIdentity
+from txmesh.tls.rotation import RotatingMaterial
 from txmesh.tls.server import ROTATION_SETTLE, DownstreamTLS, ServerTLS, downstreamTLSOf
 from txmesh.tls.xfcc import XFCC, applyForwardClientCert, xfccElement
 from txmesh.tls.server_config import ForwardClientCert
@@ -364,14 +365,14 @@ def test_garbage_and_a_stalled_handshake_are_counted(tmp_path, certs):
 # -- rotation -----------------------------------------------------------------------------------------------------
 
 
-def test_rotation_reloads_new_files_and_refuses_broken_ones(tmp_path, certs):
+def test_rotation_reloads_new_files_and_refuses_broken_ones(tmp_path, certs, monkeypatch):
     tls, clock, stats = serverTLS(tmp_path, certs)
     entry = tls.config.certificates[0]
     first = tls.describe()["cert_chain"][0]
     assert first["path"] == entry.certChain and first["days_until_expiration"] in (364, 365)
     assert "private" not in repr(tls.describe()).lower()
     logged = []
-    tls.log = Logger(observer=logged.append)
+    monkeypatch.setattr(RotatingMaterial, "log", Logger(observer=logged.append))  # the shared rotation's log
     tls.start()
     try:
         renewed = certs.issue("renewed", dns=["localhost"])

@@ -32,13 +32,14 @@ from twisted.internet import defer
 from twisted.internet.interfaces import (IConnector, IHandshakeListener, IOpenSSLClientConnectionCreator,
                                          IReactorPluggableNameResolver, IReactorTCP, IReactorTime)
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmesh.errors import UpstreamTLSHandshakeError, UpstreamTLSVerifyError
 from txmesh.interfaces import IUpstreamTLS
 from txmesh.tls.material import PeerIdentity, loadCertificates, loadPrivateKey, toOpenSSLCertificate
+from txmesh.tls.rotation import RotatingMaterial
 from txmesh.tls.upstream_config import TLS_VERSIONS
 
 # X509_V_ERR_* codes a verify callback sees most, as OpenSSL words them (X509_verify_cert_error_string)
@@ -69,7 +70,11 @@ UPSTREAM_TLS_STATS = (
                                        "expired, not yet valid (Envoy's ssl.fail_verify_error)."),
     ("upstream_ssl_fail_verify_san", "Upstream certificates with no subject alt name the cluster accepts "
                                      "(Envoy's ssl.fail_verify_san)."),
+    ("upstream_tls_rotation", "Cluster TLS material (client certificate, key, CA) reloaded after its files changed."),
+    ("upstream_tls_rotation_failed", "Cluster TLS material changes refused (the old material kept)."),
 )
+# how often a cluster's TLS files are looked at (on a new connection, at most this often)
+WATCH_INTERVAL = 5.0
 
 
 class UpstreamTLSStats:
@@ -227,14 +232,30 @@ class UpstreamPeer:
     alpn: str | None = None
 
 
+class _ClientMaterial:
+    """One loaded version of a cluster's ``tls`` files: the context, the client certificate chain, the CA bundle."""
+
+    def __init__(self, config):
+        self.context = buildContext(config)
+        self.chain = loadCertificates(config.certChain) if config.certChain is not None else []
+        self.ca = loadCertificates(config.ca) if config.ca is not None else []
+
+
 @implementer(IUpstreamTLS)
 class UpstreamTLS:
     """
-    A cluster's TLS origination: one OpenSSL context built at start, a L{ClientCreator} per host.
+    A cluster's TLS origination: an OpenSSL context built from the block's files, a L{ClientCreator} per host.
+
+    The files (``cert_chain``, ``private_key``, ``ca``) rotate (L{txmesh.tls.rotation.RotatingMaterial}): each new
+    connection looks at them if WATCH_INTERVAL passed since the last look, and a change is loaded ROTATION_SETTLE
+    later for the connections made from then on (open ones keep theirs; the sessions kept for resumption are
+    dropped, so the upstream sees the new certificate at once).  Material that does not load is refused, logged
+    once per reason and counted (``upstream_tls_rotation_failed``); the old stays in use.  A gauge per file counts
+    down to its certificate's expiry (``upstream_tls_certificate_expiry_seconds{cluster, certificate}``).
 
     @param config: the cluster's L{txmesh.tls.upstream_config.UpstreamTLSConfig}.
-    @param scope: the cluster's stats scope (L{UpstreamTLSStats} are made there).
-    @param clock: the IReactorTime the TLS transport schedules its write flushes on.
+    @param scope: the cluster's stats scope (L{UpstreamTLSStats} and the gauges are made there).
+    @param clock: the IReactorTime the TLS transport schedules its write flushes on, and rotation's clock.
     @cvar MAX_SESSIONS: hosts whose latest session is kept for resumption.
     """
 
@@ -242,12 +263,43 @@ class UpstreamTLS:
 
     def __init__(self, config, scope=None, clock=None):
         self.config = config
-        self.context = buildContext(config)
         self.stats = UpstreamTLSStats(scope)
-        self.clock = clock
         self._verifiedConnections = {}  # host address -> its latest verified SSL.Connection, oldest first
+        files = [p for p in (config.certChain, config.privateKey, config.ca) if p is not None]
+        name = "cluster %s" % (dict(scope.labels).get("cluster", "?"),)
+        self._rotating = RotatingMaterial(
+            files, WATCH_INTERVAL, clock, lambda: _ClientMaterial(config), name, self.stats.upstream_tls_rotation,
+            self.stats.upstream_tls_rotation_failed, lambda m: ["%x" % (c.serial_number,) for c in m.chain[:1]],
+            lambda material: self._verifiedConnections.clear())
+        help = "Seconds until the cluster's TLS certificate (client certificate, CA) expires"
+        if config.certChain is not None:
+            scope.computedGauge("upstream_tls_certificate_expiry_seconds", self._expiry(lambda m: m.chain[:1]),
+                                help=help, certificate=config.certChain)
+        if config.ca is not None:
+            scope.computedGauge("upstream_tls_certificate_expiry_seconds", self._expiry(lambda m: m.ca),
+                                help=help, certificate=config.ca)
+
+    def _expiry(self, certs):
+        return lambda: (min(c.not_valid_after_utc.timestamp() for c in certs(self._rotating.material))
+                        - self.clock.seconds())
+
+    @property
+    def clock(self):
+        """The IReactorTime of the TLS transports and of rotation (None: files are not looked at again)."""
+        return self._rotating.reactor
+
+    @clock.setter
+    def clock(self, clock):
+        self._rotating.reactor = clock
+
+    @property
+    def context(self):
+        """The OpenSSL context new connections are made with (the current material's)."""
+        return self._rotating.material.context
 
     def clientCreator(self, host):
+        if self.clock is not None:
+            self._rotating.checkDue()
         config = self.config
         hostname = host.hostname
         isIP = _isIP(hostname)
@@ -293,7 +345,7 @@ class UpstreamTLS:
         creator = self.clientCreator(host)
         gate = _HandshakeGate(inner, connected, creator, self.stats, host, self._verified)
         gateFactory = _GateFactory(gate)
-        return gate, gateFactory, TLSMemoryBIOFactory(creator, True, gateFactory, self.clock)
+        return gate, gateFactory, _ClosingTLSFactory(creator, True, gateFactory, self.clock)
 
     def reactorFor(self, reactor, host):
         """
@@ -405,6 +457,24 @@ class _GateFactory(ClientFactory):
     def clientConnectionFailed(self, connector, reason):
         if self.connectFailed is not None:
             self.connectFailed(connector, reason)
+
+
+class _ClosingTLS(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, closing when told to even with a producer registered.  The HTTP/1.1 and HTTP/2
+    clients register a write watcher for the connection's life (txmesh.protocols.transport.WriteWatcher) and never
+    unregister it; Twisted's TCP transport closes regardless, but its TLS transport defers the close_notify until
+    the producer goes, so a pooled TLS connection closed for idleness or a drain stayed open (and a sidecar
+    stopping with one waited for it until SIGKILL).  Closing unregisters the producer, which sends close_notify.
+    """
+
+    def loseConnection(self):
+        super().loseConnection()
+        self.unregisterProducer()
+
+
+class _ClosingTLSFactory(TLSMemoryBIOFactory):
+    protocol = _ClosingTLS
 
 
 @implementer(IHandshakeListener)

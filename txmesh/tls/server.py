@@ -33,13 +33,14 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from txmesh.discovery.files import WatchedFile
 from txmesh.interfaces import IDownstreamTLS, INegotiatedProtocolFactory, IServerTLS
 from txmesh.stats import LabelledCounter
-from txmesh.tls.material import PeerIdentity, TLSMaterialError, loadCertificates, toOpenSSLCertificate
+from txmesh.tls.material import PeerIdentity, loadCertificates, toOpenSSLCertificate
+from txmesh.tls.rotation import ROTATION_SETTLE, RotatingMaterial
 from txmesh.tls.server_config import VERSIONS, loadPair, warnIfExpired
 
-ROTATION_SETTLE = 0.2  # seconds between a file change and the reload: a cert and its key written one after the other
+__all__ = ["ROTATION_SETTLE", "DownstreamTLS", "ServerTLS", "downstreamTLSOf", "serverTLSFor", "describeCertificate"]
+
 _DAY = 86400.0
 
 
@@ -226,12 +227,10 @@ class ServerTLS:
         self._alpn = tuple(p.encode("ascii") for p in config.alpn)
         # the session id context: OpenSSL resumes only sessions made under the same id (<= 32 bytes)
         self._sessionId = ("txmesh:" + listenerName).encode("utf-8")[:32]
-        self.material = self._load()
+        self._rotating = RotatingMaterial(
+            config.files(), config.watchInterval, reactor, self._load, "listener " + listenerName,
+            self.stats.rotation, self.stats.rotation_failed, lambda m: ["%x" % (c[0].serial_number,) for c in m.chains])
         self.serverCreator = _ServerCreator(self)
-        self._watches = []
-        self._reload = None
-        self._lastFailure = None
-        self._starting = False
         scope = stats.scope(listener=listenerName)
         for i, entry in enumerate(config.certificates):
             scope.computedGauge("tls_certificate_expiry_seconds", self._expiryReader(i),
@@ -239,6 +238,11 @@ class ServerTLS:
         if config.ca is not None:
             scope.computedGauge("tls_certificate_expiry_seconds", self._caExpiry,
                                 help="Seconds until the listener's certificate expires", certificate=config.ca)
+
+    @property
+    def material(self):
+        """The material in use now (L{_Material}): what new handshakes get."""
+        return self._rotating.material
 
     def _load(self):
         material = _Material(self.config, self._sessionId, self._selectALPN, self._serverNameReceived)
@@ -278,56 +282,17 @@ class ServerTLS:
 
     def start(self):
         """Watch the block's files (the material was loaded at construction)."""
-        self._starting = True
-        try:
-            for path in self.config.files():
-                watch = WatchedFile(path, self.config.watchInterval, self.reactor, self._fileChanged,
-                                    self._fileFailed)
-                self._watches.append(watch)
-                watch.start()
-        finally:
-            self._starting = False
+        self._rotating.start()
 
     def stop(self):
-        watches, self._watches = self._watches, []
-        for w in watches:
-            w.stop()
-        if self._reload is not None and self._reload.active():
-            self._reload.cancel()
-        self._reload = None
-
-    def _fileChanged(self, data):
-        if self._starting:
-            return  # the first read of each file at start: the material is already loaded
-        if self._reload is None:
-            self._reload = self.reactor.callLater(ROTATION_SETTLE, self.reload)
-
-    def _fileFailed(self, reason):
-        # a file gone for a moment (a rename swap); the poll reads it again, the reload reports what stays broken
-        self.log.debug("listener {l}: {reason}", l=self.listenerName, reason=reason)
+        self._rotating.stop()
 
     def reload(self):
         """
         Load the files again; new handshakes use them.  A failure is counted, logged once per reason, and leaves
         the current material.  @return: True if the new material is in use.
         """
-        self._reload = None
-        try:
-            material = self._load()
-        except (TLSMaterialError, SSL.Error, ValueError) as e:
-            self.stats.rotation_failed.value += 1
-            reason = str(e)
-            if reason != self._lastFailure:
-                self._lastFailure = reason
-                self.log.error("listener {l}: TLS files changed but cannot be used ({reason}); keeping the "
-                               "certificates loaded before", l=self.listenerName, reason=reason)
-            return False
-        self._lastFailure = None
-        self.material = material
-        self.stats.rotation.value += 1
-        self.log.info("listener {l}: TLS certificates reloaded (serials {serials})", l=self.listenerName,
-                      serials=", ".join("%x" % (c[0].serial_number,) for c in material.chains))
-        return True
+        return self._rotating.reload()
 
     def describe(self):
         """The listener's material for ``/certs`` (never a key)."""
