@@ -66,16 +66,14 @@ def connectFactoryFor(reactor, writeScope=None, stats=None):
         descriptor = clusterConfig.descriptor
         timeout = max(1, int(clusterConfig.connectTimeout + 0.999))
 
-        def connect(host):
-            ep = clientEndpoint(reactor, host.hostname, host.port, timeout)
-            return ep.connect(_QuietFactory(descriptor, writeScope))
-
+        tls = None
         if clusterConfig.tls is not None:
             tls = UpstreamTLS(clusterConfig.tls, (stats or StatsStore()).scope(cluster=clusterConfig.name), reactor)
 
-            def connect(host):  # noqa: F811 (the TLS cluster's connect)
-                ep = clientEndpoint(reactor, host.hostname, host.port, timeout)
-                return tls.connect(ep, _QuietFactory(descriptor, writeScope), host)
+        def connect(host):
+            ep = clientEndpoint(reactor, host.hostname, host.port, timeout)
+            factory = _QuietFactory(descriptor, writeScope)
+            return ep.connect(factory) if tls is None else tls.connect(ep, factory, host)
 
         return connect
 
