@@ -325,6 +325,8 @@ class MeshConfig:
     hotRestart: object = None  # a HotRestartConfig (issue 13 part 5) or None
     # the top-level ``tracing`` block (issue 16 part 2): a txmesh.tracing_config.TracingConfig, or None
     tracing: object = None
+    # the ``dynamic_resources`` block (issue 13 part 3): a txmesh.xds.config.XdsConfig, or None without xDS
+    dynamicResources: object = None
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 

@@ -1362,6 +1362,44 @@ class IConfigApplier(Interface):
         """
 
 
+# -- xDS (part 3): resources from a control plane (txmesh/xds/) --
+
+
+class IXdsResourceHandler(Interface):
+    """
+    What an xDS transport (the ADS stream, the REST poller: txmesh/xds/ads.py, rest.py) hands the resources it
+    receives to (txmesh/xds/state.py).  Type URLs are Envoy's v3 ones
+    (``type.googleapis.com/envoy.config.cluster.v3.Cluster`` …); resources are protobuf messages of the
+    ``xds-protos`` package, already unpacked from their ``Any``.  The handler keeps the last accepted resources of
+    each type, translates and validates them together with the bootstrap's static parts and applies the result
+    through the one IConfigApplier.
+    """
+
+    def typeUrls():
+        """The type URLs to subscribe to, in the order Envoy applies them (CDS, EDS, LDS, RDS): a tuple of str."""
+
+    def subscriptions(typeUrl):
+        """
+        The resource names to ask for of ``typeUrl``: an empty frozenset for a wildcard subscription (LDS, CDS);
+        for EDS the clusters of type EDS that the accepted clusters name, for RDS the route configurations that the
+        accepted listeners name.
+        """
+
+    def watchSubscriptions(callback):
+        """
+        Call ``callback(typeUrl)`` whenever ``subscriptions(typeUrl)`` changes (after a CDS or LDS update was
+        applied), so the transport asks for the new names.
+        """
+
+    def update(typeUrl, versionInfo, resources):
+        """
+        A state-of-the-world response: ``resources`` (a list of messages of ``typeUrl``) replace every resource of
+        that type.  @return: a Deferred firing with None when the update was applied or changed nothing (ACK), or
+            with the ``error_detail`` message (str) naming each resource that cannot be applied and why (NACK: the
+            last accepted resources keep serving).  It never fails.
+        """
+
+
 # -- hot restart (part 5): a new process takes the listening sockets over from the running one --
 
 
