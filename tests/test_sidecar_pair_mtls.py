@@ -251,8 +251,9 @@ def test_rotating_the_callers_certificate_under_load_fails_nothing(mesh):
     renewed = mesh["ca"].issue("frontend-renewed", uris=[FRONTEND], client=True)
     serial = "%x" % (renewed.cert.serial_number,)
     # 30 s, beyond the routes' timeouts: a request that stalls must come back as txmesh's own answer (a failure
-    # counted below), never as a client-side timeout.  One full-suite run on a loaded machine saw a request here
-    # take over 5 s during the rotation, cause not found yet (the closing note of 2026-12-05 says so).
+    # counted below), never as a client-side timeout.  The stall once seen here (a handshake begun before the
+    # reload left its old-context session to the next connect, which never ended) is
+    # tests/test_tls_client.py's test_a_handshake_begun_before_a_rotation_leaves_no_session_for_the_new_material.
     conn = http.client.HTTPConnection("127.0.0.1", mesh["ports"]["frontend"]["http"], timeout=30)
     statuses = {}
     rotated = False

@@ -510,3 +510,119 @@ def test_the_expiry_gauges_count_down_with_the_clock(pki, tmp_path):
     clock.advance(3600)
     assert store.value("upstream_tls_certificate_expiry_seconds", cluster="c", certificate=cert) == first - 3600
     assert ca > first  # the CA outlives the leaf
+
+
+# -- connects that must always end: a rotation racing a handshake, a failure setting up TLS --------------------------
+
+
+class Servers(Factory):
+    """A fresh Recorder per accepted connection (``protocols``, in order)."""
+
+    def __init__(self):
+        self.protocols = []
+
+    def buildProtocol(self, addr):
+        p = Recorder()
+        self.protocols.append(p)
+        return p
+
+
+def test_a_handshake_begun_before_a_rotation_leaves_no_session_for_the_new_material(pki, tmp_path):
+    """
+    The sidecar pair's stall under rotation (tests/test_sidecar_pair_mtls.py): a connect whose handshake began with
+    the old material and passed after the reload recorded its connection as the host's session to resume; the next
+    connect offered that session on the new context, pyOpenSSL refused it (ValueError inside Twisted's TLS
+    transport), the TCP connection was dropped without a word to the gate, and the connect never ended: every later
+    request to the host waited for its route timeout (504), until the next rotation.
+    """
+    from txmesh.tls.client import WATCH_INTERVAL
+    from txmesh.tls.rotation import ROTATION_SETTLE
+    tls, store, _, cert, key = rotatingTLS(pki, tmp_path)
+    reactor = MemoryReactorClock()  # the connections' and rotation's clock alike
+    tls.clock = reactor
+    servers = Servers()
+    TCP4ServerEndpoint(reactor, 8443).listen(TLSMemoryBIOFactory(ServerTLS(pki["server"], ca=pki["ca"]), False,
+                                                                 servers, reactor))
+    host = Host("127.0.0.1")
+    completer = ConnectionCompleter(reactor)
+
+    def connect():
+        client = Recorder()
+        d = tls.connect(TCP4ClientEndpoint(reactor, "127.0.0.1", 8443), Factory.forProtocol(lambda: client), host)
+        return d, client
+
+    d, first = connect()  # a first connection: its session is kept for the host (TLS 1.3 ticket)
+    pump = completer.succeedOnce()
+    for _ in range(5):
+        pump.pump()
+    assert outcome(d) is first
+    renewed = pki["ca"].issue("renewed", uris=["spiffe://mesh.local/ns/default/sa/frontend"], client=True)
+    os.replace(renewed.keyPath, key)
+    os.replace(renewed.chainPath, cert)
+    reactor.advance(WATCH_INTERVAL)
+    d, racing = connect()  # looks at the files (a reload in ROTATION_SETTLE), connects with the old material
+    pump = completer.succeedOnce(greet=False)  # TCP is up, the ClientHello not answered yet
+    reactor.advance(ROTATION_SETTLE)  # the reload, while that handshake runs
+    assert store.value("upstream_tls_rotation", cluster="c") == 1
+    for _ in range(5):
+        pump.pump()
+    assert outcome(d) is racing  # it passes, with the old certificate: fine, it began before
+    d, after = connect()
+    pump = completer.succeedOnce()
+    for _ in range(5):
+        pump.pump()
+    assert outcome(d) is after and after.made  # before the fix: ValueError out of the TLS transport, no outcome
+    served = servers.protocols[-1].transport.getPeerCertificate().to_cryptography()
+    assert served.serial_number == renewed.cert.serial_number  # a full handshake with the new certificate
+    assert store.value("upstream_ssl_handshake", cluster="c") == 3
+
+
+def test_a_failure_setting_up_tls_fails_the_connect_at_once(pki):
+    """
+    Whatever raises while the TLS transport is set up (here: a host name IDNA cannot encode for SNI, a label over 63
+    characters) fails the connect with a typed, counted error at once; before, Twisted dropped the TCP connection
+    and nobody heard of it, so the connect waited for connect_timeout (and the connect-timeout's cancel raised).
+    """
+    tls, store = upstreamTLS(pki)
+    reactor, d, client, serverProto = pipe(ServerTLS(pki["server"]), tls, Host("x" * 64 + ".mesh"))
+    pump = ConnectionCompleter(reactor).succeedOnce()
+    failure = outcome(d)
+    assert failure.check(errors.UpstreamTLSHandshakeError), failure
+    assert "TLS setup failed" in str(failure.value) and failure.value.cause == "upstream_tls_handshake_failed"
+    assert store.value("upstream_ssl_connection_error", cluster="c") == 1
+    assert pump.clientIO.disconnecting or pump.clientIO.disconnected  # the TCP connection is closed
+    pump.pump()
+    assert not client.made and serverProto.received == b""
+
+
+def test_a_check_whose_tls_setup_fails_fails_its_connect(pki):
+    tls, store = upstreamTLS(pki)
+    reactor = MemoryReactorClock()
+    tls.clock = reactor
+    from twisted.internet.endpoints import connectProtocol
+    TCP4ServerEndpoint(reactor, 8443).listen(TLSMemoryBIOFactory(ServerTLS(pki["server"]), False, Servers(),
+                                                                 reactor))
+    wrapped = tls.reactorFor(reactor, Host("x" * 64 + ".mesh"))
+    d = connectProtocol(TCP4ClientEndpoint(wrapped, "127.0.0.1", 8443), Recorder(b"PING"))
+    ConnectionCompleter(reactor).succeedOnce()
+    assert outcome(d).check(errors.UpstreamTLSHandshakeError)
+
+
+def test_cancelling_a_connect_whose_endpoint_cannot_stop_still_ends_it(pki):
+    """
+    The pool's connect timeout cancels the connect; an endpoint whose connect already ended without firing (its
+    connector no longer connecting: Twisted's raises NotConnectingError on cancel) must not keep the connect open.
+    """
+    from twisted.internet.error import NotConnectingError
+
+    class StuckEndpoint:
+        def connect(self, factory):
+            def refuse(_):
+                raise NotConnectingError()
+            return defer.Deferred(refuse)
+
+    tls, _ = upstreamTLS(pki)
+    tls.clock = MemoryReactorClock()
+    d = tls.connect(StuckEndpoint(), Factory.forProtocol(Recorder), Host())
+    d.cancel()
+    assert outcome(d).check(defer.CancelledError)

@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import (IConnector, IHandshakeListener, IOpenSSLClientConnectionCreator,
                                          IReactorPluggableNameResolver, IReactorTCP, IReactorTime)
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -161,11 +162,13 @@ class ClientCreator:
         connection = SSL.Connection(self.context, None)
         connection.set_verify(SSL.VERIFY_PEER, self._verified)
         self.verifyError = None
-        if self.previous is not None:
+        previous = self.previous
+        if previous is not None and previous.get_context() is self.context:
             # resumption (TLS 1.2 session id or ticket, TLS 1.3 ticket): the upstream may skip the certificate
             # exchange and its asymmetric crypto; the session keeps the peer certificate verified before, which the
-            # identity check reads again
-            session = self.previous.get_session()
+            # identity check reads again.  Only a session of this context: OpenSSL refuses another's (ValueError),
+            # and one made with the material before a rotation would present the old certificate anyway
+            session = previous.get_session()
             if session is not None:
                 connection.set_session(session)
         if self.sni is not None:
@@ -319,7 +322,13 @@ class UpstreamTLS:
                              dnsMatchers, self._verifiedConnections.get(host.address))
 
     def _verified(self, host, connection):
-        """``connection`` to ``host`` passed: its session is what the host's next connection offers to resume."""
+        """
+        ``connection`` to ``host`` passed: its session is what the host's next connection offers to resume.  Not a
+        connection begun with the material before a rotation (its handshake ran across the reload): its session
+        belongs to the old context, and the sessions were dropped so that the upstream sees the new certificate.
+        """
+        if connection.get_context() is not self.context:
+            return
         held = self._verifiedConnections
         held.pop(host.address, None)
         held[host.address] = connection
@@ -345,7 +354,7 @@ class UpstreamTLS:
         creator = self.clientCreator(host)
         gate = _HandshakeGate(inner, connected, creator, self.stats, host, self._verified)
         gateFactory = _GateFactory(gate)
-        return gate, gateFactory, _ClosingTLSFactory(creator, True, gateFactory, self.clock)
+        return gate, gateFactory, _ClosingTLSFactory(_GuardedCreator(gate), True, gateFactory, self.clock)
 
     def reactorFor(self, reactor, host):
         """
@@ -459,6 +468,29 @@ class _GateFactory(ClientFactory):
             self.connectFailed(connector, reason)
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class _GuardedCreator:
+    """
+    The gate's creator as Twisted's TLS transport calls it, so that nothing raised there goes unheard: an exception
+    out of ``clientConnectionForTLS`` escapes into the reactor, which drops the TCP connection without a word to
+    the gate or to the endpoint's connect, and the connect would never end.  Instead the gate fails the connect at
+    once (L{_HandshakeGate.setupFailed}) and the transport gets a bare connection to close.
+    """
+
+    def __init__(self, gate):
+        self.gate = gate
+
+    def clientConnectionForTLS(self, tlsProtocol):
+        creator = self.gate.creator
+        try:
+            return creator.clientConnectionForTLS(tlsProtocol)
+        except Exception:
+            self.gate.setupFailed(Failure())
+            connection = SSL.Connection(creator.context, None)
+            connection.set_connect_state()
+            return connection
+
+
 class _ClosingTLS(BufferingTLSTransport):
     """
     Twisted's TLS transport, closing when told to even with a producer registered.  The HTTP/1.1 and HTTP/2
@@ -486,6 +518,8 @@ class _HandshakeGate(Protocol):
     typed, counted error.
     """
 
+    log = Logger()
+
     def __init__(self, inner, connected, creator, stats, host, verified):
         self.verified = verified  # verified(host, SSL.Connection): the connection passed
         self.inner = inner
@@ -499,6 +533,9 @@ class _HandshakeGate(Protocol):
 
     def connectionMade(self):
         self.tcpConnecting = None
+        if self.done:
+            self.transport.abortConnection()  # setupFailed: the connect already failed
+            return
         try:
             # as txmesh's plain connections (txmesh.protocols.transport.Writer): small writes must not wait for
             # a delayed ACK; the TLS transport passes this to the TCP one
@@ -571,6 +608,17 @@ class _HandshakeGate(Protocol):
         return UpstreamTLSHandshakeError("TLS handshake failed: the upstream closed the connection (%s)"
                                          % (reason.getErrorMessage(),))
 
+    def setupFailed(self, failure):
+        """Setting up the TLS connection raised (see L{_GuardedCreator}): the connect fails now, typed and counted."""
+        self.log.failure("TLS setup for {host} failed", failure, host=self.host.address)
+        if self.done:
+            return
+        self.done = True
+        self.stats.upstream_ssl_connection_error.value += 1
+        if not self.result.called:
+            error = UpstreamTLSHandshakeError("TLS setup failed: %s" % (failure.getErrorMessage(),))
+            self.result.errback(Failure(error))
+
     def tcpFailed(self, failure):
         """The TCP connect failed: the connect fails with the endpoint's error (a plain connect failure)."""
         self.tcpConnecting = None
@@ -587,7 +635,13 @@ class _HandshakeGate(Protocol):
             self.transport.abortConnection()
         elif self.tcpConnecting is not None:
             d, self.tcpConnecting = self.tcpConnecting, None
-            d.cancel()
+            try:
+                d.cancel()
+            except Exception:
+                # an endpoint whose connect ended without firing cannot stop it (Twisted's raises
+                # NotConnectingError once its connector is done): the connect must end regardless, and does, with
+                # CancelledError, once this returns
+                self.log.failure("cancelling the TCP connect to {host} failed", host=self.host.address)
 
 
 def _sslErrorText(error):
