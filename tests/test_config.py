@@ -211,7 +211,7 @@ ERRORS = [
     ("limits unknown", addToListener("    limits: {max_body: 1}"),
      "mesh.yaml:8: listeners[0].limits.max_body: unknown key 'max_body' (allowed: max_request_line,"
      " max_header_bytes, max_headers, max_request_body, request_headers_timeout, idle_timeout, buffer_limit,"
-     " stream_idle_timeout, max_connections, write_timeout)"),
+     " stream_idle_timeout, max_connections, write_timeout, drain_grace)"),
     ("limits duration", addToListener("    limits:\n      idle_timeout: -5s"),
      "mesh.yaml:9: listeners[0].limits.idle_timeout: must be a duration >= 0, got -5s"),
     # http2 block

@@ -367,3 +367,22 @@ def test_withRequestId():
     assert remapped.requestId == 123456789
     assert remapped.header[:4] == data[:4] and remapped.header[12:] == data[12:16]
     assert remapped.invocation.methodName == "add"
+
+
+READONLY = bytes.fromhex("dabba2000000000000000007000000020152")  # Dubbo's READONLY event, hessian2 "R", id 7
+
+
+@pytest.mark.parametrize("split", ["whole", "split", "bytes"])
+def test_readonlyEvent(split):
+    """Dubbo's READONLY event (whole, split in the header, byte by byte, between two heartbeats) is told apart."""
+    heartbeat = dc.encodeHeartbeat(6)
+    data = heartbeat + READONLY + heartbeat
+    chunks = {"whole": [data], "split": [data[:len(heartbeat) + 5], data[len(heartbeat) + 5:]],
+              "bytes": [data[i:i + 1] for i in range(len(data))]}[split]
+    decoder = dc.DubboDecoder()
+    got = [f for c in chunks for f in decoder.feed(c)]
+    assert [(f.isHeartbeat, f.isReadOnlyEvent) for f in got] == [(True, False), (False, True), (True, False)]
+    event = got[1]
+    assert (event.isRequest, event.twoWay, event.event, event.requestId, event.body) == (True, False, True, 7, b"\x01R")
+    assert event.invocation is None
+    assert dc.encodeReadOnlyEvent(7) == READONLY

@@ -31,6 +31,8 @@ ADD_RESP = load(SOFA + "c0-s2c-001-resp-add-status20.hex")
 ATTACH = load(SOFA + "c0-c2s-003-req-attachments.hex")
 FAIL_RESP = load(SOFA + "c0-s2c-004-resp-fail-status20.hex")
 HEARTBEAT = load(SOFA + "c1-c2s-000-heartbeat.hex")
+# Dubbo's READONLY event as Apache Dubbo's HeaderExchangeServer sends it (id 7): request | event | hessian2, one-way
+READONLY_CAPTURE = bytes.fromhex("dabba2000000000000000007000000020152")
 PY_ECHO = load("dubbopy-consumer__sofa-provider/c0-c2s-000-req-echo.hex")  # no attachments, version 1.0.0
 ONEWAY = [load("dubbopy-consumer__sofa-provider/" + n) for n in sorted(os.listdir(FIXTURES + "/dubbopy-consumer__sofa-provider"))
           if n.endswith(".hex") and "c2s" in n and load("dubbopy-consumer__sofa-provider/" + n)[2] == 0x82]
@@ -53,6 +55,7 @@ listeners:
   protocol: dubbo
   address: tcp:0
   %(default)s
+  %(limits)s
   route_config:
     virtual_hosts:
     - name: all
@@ -90,8 +93,9 @@ def frames(data):
 class Mesh:
     """One Dubbo listener (txmesh.testing.InMemoryMesh) wired to clusters whose connects are answered by the test."""
 
-    def __init__(self, default=None, pending=100, concurrent=0, autoConnect=True, heartbeat=None):
+    def __init__(self, default=None, pending=100, concurrent=0, autoConnect=True, heartbeat=None, grace=None):
         text = MESH % {"default": ("default_cluster: %s" % default) if default else "", "pending": pending,
+                       "limits": ("limits: {drain_grace: %s}" % grace) if grace is not None else "",
                        "concurrent": concurrent,
                        "heartbeat": ("heartbeat_interval: %s" % heartbeat) if heartbeat else ""}
         self.autoConnect = autoConnect
@@ -469,3 +473,76 @@ def test_non_dubbo_bytes_close_the_connection_at_the_first_wrong_byte(data):
     proto.dataReceived(data[wrong + 1:])  # the rest, already in flight: ignored
     assert mesh.value("dubbo_decode_errors") == 1
     assert mesh.upstreams == {}
+
+
+# -- drain: Dubbo's READONLY event, both ways ---------------------------------------------------------------------------
+
+
+def test_drain_sends_readonly_answers_during_the_grace_then_closes():
+    """
+    As a Dubbo 2.7+/3 provider closing: READONLY to the consumer, calls it still sends are served for the grace
+    (limits.drain_grace, 1 s by default), the connection closes once the grace is over and nothing is in flight.
+    """
+    mesh = Mesh()
+    proto, t = mesh.client()
+    drained = []
+    mesh.factory.drain().addCallback(drained.append)
+    [event] = replies(t)
+    assert event.isReadOnlyEvent and event.isRequest and not event.twoWay and not event.isHeartbeat
+    assert event.toBytes() == READONLY_CAPTURE[:4] + event.header[4:12] + READONLY_CAPTURE[12:]
+    assert mesh.value("dubbo_readonly_sent", listener="dubbo_in") == 1
+    proto.dataReceived(ECHO)  # the consumer had sent it before it read the event
+    up = mesh.upstream()
+    [req] = sent(up)
+    mesh.clock.advance(0.5)
+    answer(up, req, ECHO_RESP)
+    [resp] = replies(t)
+    assert resp.requestId == 1 and resp.status == dc.OK and not t.disconnecting  # still in the grace
+    proto.dataReceived(dc.withRequestId(ECHO, 2) + ECHO[16:])  # in flight when the grace ends
+    [req] = sent(up)
+    mesh.clock.advance(0.5)
+    assert not t.disconnecting and not drained
+    answer(up, req, ECHO_RESP)
+    [resp] = replies(t)
+    assert resp.requestId == 2 and t.disconnecting  # closed with its last answer
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert drained == [None]
+
+
+def test_an_idle_connection_closes_when_the_grace_ends_and_without_grace_at_once():
+    mesh = Mesh(grace="2s")
+    proto, t = mesh.client()
+    mesh.factory.drain()
+    assert replies(t)[0].isReadOnlyEvent
+    mesh.clock.advance(1.9)
+    assert not t.disconnecting
+    mesh.clock.advance(0.1)
+    assert t.disconnecting
+    mesh = Mesh(grace="0s")
+    proto, t = mesh.client()
+    mesh.factory.drain()
+    assert replies(t)[0].isReadOnlyEvent and t.disconnecting  # READONLY, then closed (the old behaviour's timing)
+
+
+def test_a_provider_readonly_event_takes_its_connection_out_of_the_pool():
+    """
+    The provider (a Dubbo 2.7+/3 one closing, or a txmesh inbound draining) sends READONLY: the call in flight on
+    that connection is answered there, new calls go to a new connection, and the old one closes once idle.
+    """
+    mesh = Mesh()
+    proto, t = mesh.client()
+    proto.dataReceived(ECHO)
+    old = mesh.upstream()
+    [inFlight] = sent(old)
+    old.dataReceived(READONLY_CAPTURE)
+    assert old.readOnly and mesh.value("upstream_cx_readonly", cluster="provider") == 1
+    assert not old.transport.disconnecting  # a call is still in flight on it
+    proto.dataReceived(dc.withRequestId(ECHO, 2) + ECHO[16:])
+    assert sent(old) == []
+    new = mesh.upstream(i=1)
+    [req] = sent(new)
+    answer(new, req, ECHO_RESP)
+    answer(old, inFlight, ECHO_RESP)
+    assert sorted((f.requestId, f.status) for f in replies(t)) == [(1, dc.OK), (2, dc.OK)]
+    assert old.transport.disconnecting and not new.transport.disconnecting
+    assert old.transport.value() == b""  # the event is one-way: not answered

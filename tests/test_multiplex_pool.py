@@ -30,6 +30,8 @@ class FakeMux(Protocol):
     """Records streams and pings; fails its streams on connectionLost like a real multiplexed client."""
 
     onConnectionLost = None
+    onReadOnly = None
+    readOnly = False
 
     def __init__(self):
         self.framesReceived = 0

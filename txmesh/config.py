@@ -104,6 +104,7 @@ class ListenerLimits:
     streamIdleTimeout: float = 300.0  # a stream on which nothing moved this long ends (0 = never)
     maxConnections: int = 0  # open connections on this listener; one more is refused (0 = no limit)
     writeTimeout: float = 300.0  # a client whose write buffer stays full this long is closed (0 = never)
+    drainGrace: float = 1.0  # Dubbo: on drain, READONLY sent, connections kept this long before idle ones close
 
 
 @dataclass(frozen=True, slots=True)
@@ -962,7 +963,8 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     lPath = joinPath(path, "limits")
     lm = r.mapping(m.get("limits"), lPath, optional=(
         "max_request_line", "max_header_bytes", "max_headers", "max_request_body", "request_headers_timeout",
-        "idle_timeout", "buffer_limit", "stream_idle_timeout", "max_connections", "write_timeout"))
+        "idle_timeout", "buffer_limit", "stream_idle_timeout", "max_connections", "write_timeout",
+        "drain_grace"))
     limits = ListenerLimits(
         maxRequestLine=r.integer(lm, lPath, "max_request_line", 8192, 1),
         maxHeaderBytes=r.integer(lm, lPath, "max_header_bytes", 65536, 1),
@@ -973,7 +975,8 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
         bufferLimit=r.integer(lm, lPath, "buffer_limit", 1048576, 1),
         streamIdleTimeout=r.duration(lm, lPath, "stream_idle_timeout", 300.0),
         maxConnections=r.integer(lm, lPath, "max_connections", 0, 0),
-        writeTimeout=r.duration(lm, lPath, "write_timeout", 300.0))
+        writeTimeout=r.duration(lm, lPath, "write_timeout", 300.0),
+        drainGrace=r.duration(lm, lPath, "drain_grace", 1.0))
     http2 = _buildHttp2(r, m, path, protocol)
     chain = _FilterChainBuilder(r, path, descriptor, clusterNames, filterFactories)
     networkFilters = chain.build("network_filters", m, "network")

@@ -608,6 +608,9 @@ class IMultiplexClient(IPooledConnection):
 
     framesReceived = Attribute("Frames read so far (int): the pool watches it to tell an idle connection from a "
                                "dead one.")
+    readOnly = Attribute("True once the peer said it takes no new request on this connection (Dubbo's READONLY "
+                         "event, before it closes); requests in flight still complete.")
+    onReadOnly = Attribute("Set by the pool: called with the client when ``readOnly`` becomes True (or None).")
 
     def startStream(head, endStream, responder):
         """Send a request; ``responder`` is an IUpstreamResponder.  @return: a key for the other calls."""

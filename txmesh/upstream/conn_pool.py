@@ -95,6 +95,7 @@ class ConnectionPoolBase:
     PER_REQUEST_CONNECTS = False
     BACKOFF = None  # (base, max) seconds of the exponential connect backoff, or None
     MORE_DEMAND = False  # True if demand() counts more than the pending queue
+    DRAINING_COUNTS = True  # False: a draining connection leaves room for a new one under maxConnections
 
     # set by subclasses from their config
     maxConnections = 1
@@ -460,16 +461,25 @@ class ConnectionPoolBase:
         self._pendingLimit.dec()
         self._checkDrained()
 
+    def _counted(self):
+        """
+        Connections toward the pool's own limit: connecting and open ones; with DRAINING_COUNTS False, not those
+        draining (retired: they take no new stream); the cluster's ``max_connections`` counts every one.
+        """
+        if self.DRAINING_COUNTS:
+            return len(self._connectingClients) + len(self._clients)
+        return len(self._connectingClients) + sum(1 for c in self._clients.values() if not c.draining)
+
     def _roomToConnect(self):
         """Room for one more connect: below the pool's own limit, and the cluster's (see the class docstring)."""
-        count = len(self._connectingClients) + len(self._clients)
+        count = self._counted()
         if count >= self.maxConnections:
             return False
         return not count or self._cxLimit.canCreate()
 
     def _clusterBlocks(self):
         """A connect this pool would make now is refused by the cluster's limit alone."""
-        count = len(self._connectingClients) + len(self._clients)
+        count = self._counted()
         return (0 < count < self.maxConnections and not self._cxLimit.canCreate()
                 and (self.PER_REQUEST_CONNECTS or not self._connectingClients))
 

@@ -85,6 +85,7 @@ class DubboClientProtocol(Protocol):
 
     log = Logger()
     onConnectionLost = None
+    onReadOnly = None
     writeScope = None  # set by the connecting factory: the service's WriteScope
 
     def __init__(self, maxBodyBytes=None):
@@ -94,6 +95,7 @@ class DubboClientProtocol(Protocol):
         self._calls = {}  # upstream request id -> responder
         self._nextId = 0
         self.connected = False
+        self.readOnly = False
 
     def connectionMade(self):
         self.connected = True
@@ -159,7 +161,13 @@ class DubboClientProtocol(Protocol):
     def _frameReceived(self, frame):
         self.framesReceived += 1
         if frame.event:
-            if frame.isRequest and frame.twoWay:
+            if frame.isReadOnlyEvent:
+                # the provider is closing (a drain, a restart): no new call here; the calls in flight finish
+                if not self.readOnly:
+                    self.readOnly = True
+                    if self.onReadOnly is not None:
+                        self.onReadOnly(self)
+            elif frame.isRequest and frame.twoWay:
                 # the provider's own heartbeat
                 self._out.write(encodeHeartbeatResponse(frame.requestId, frame.serializationId))
             return

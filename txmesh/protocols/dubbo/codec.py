@@ -52,6 +52,10 @@ RESPONSE_VALUE_WITH_ATTACHMENTS = 4
 RESPONSE_NULL_VALUE_WITH_ATTACHMENTS = 5
 
 HESSIAN_NULL = b"N"
+# Dubbo's READONLY event (CommonConstants.READONLY_EVENT = "R"): a one-way event request whose data is the string "R",
+# which a provider sends each consumer before closing (HeaderExchangeServer.sendChannelReadOnlyEvent); the consumer
+# marks the channel read-only and sends it no new call.  The body is that string in hessian2: length 1, then "R".
+READONLY_EVENT_BODY = b"\x01R"
 
 _header = struct.Struct(">2sBBQI")
 _unpackHeader = _header.unpack_from
@@ -134,6 +138,11 @@ class DubboFrame:
     def isHeartbeat(self):
         """An event frame with a null body (other events, e.g. Dubbo's read-only event, carry data)."""
         return self.event and (self.body == HESSIAN_NULL or self.serializationId != HESSIAN2)
+
+    @property
+    def isReadOnlyEvent(self):
+        """Dubbo's READONLY event (an event request carrying "R"): the peer takes no new call on this connection."""
+        return self.event and self.isRequest and self.body == READONLY_EVENT_BODY and self.serializationId == HESSIAN2
 
     @property
     def invocation(self):
@@ -353,6 +362,12 @@ def encodeHeartbeat(requestId, isRequest=True, twoWay=True, serializationId=HESS
         flag = FLAG_REQUEST | FLAG_EVENT | serializationId | (FLAG_TWOWAY if twoWay else 0)
         return encodeHeader(flag, 0, requestId, 1) + HESSIAN_NULL
     return encodeHeartbeatResponse(requestId, serializationId)
+
+
+def encodeReadOnlyEvent(requestId):
+    """Dubbo's READONLY event as a provider sends it: a one-way event request, hessian2, data "R"."""
+    flag = FLAG_REQUEST | FLAG_EVENT | HESSIAN2
+    return encodeHeader(flag, 0, requestId, len(READONLY_EVENT_BODY)) + READONLY_EVENT_BODY
 
 
 def encodeHeartbeatResponse(requestId, serializationId=HESSIAN2):

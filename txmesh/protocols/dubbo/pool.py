@@ -10,7 +10,9 @@ connections without calls are pinged (heartbeats) and closed after the cluster's
 not calls).
 
 The client protocol provides L{txmesh.interfaces.IMultiplexClient}; the pool sets its ``onConnectionLost``, which
-it calls with itself from ``connectionLost``, *after* failing every in-flight stream with L{UpstreamReset}.
+it calls with itself from ``connectionLost``, *after* failing every in-flight stream with L{UpstreamReset}, and its
+``onReadOnly``, called when the provider sent Dubbo's READONLY event: the connection then takes no new call (its
+capacity is 0), is closed once its calls are answered, and a new connection is made if calls wait.
 """
 
 from twisted.logger import Logger
@@ -95,12 +97,18 @@ class MultiplexConnectionPool(ConnectionPoolBase):
     log = Logger()
     clientClass = _DubboClient
     BACKOFF = (BACKOFF_BASE, BACKOFF_MAX)
+    # a connection its provider made read-only finishes its calls beside a new one (with one connection per host,
+    # new calls would otherwise wait for the old one to close)
+    DRAINING_COUNTS = False
 
     def __init__(self, clock, host, clusterConfig, connect, stats, resources=None):
         ConnectionPoolBase.__init__(self, clock, host, clusterConfig, connect, stats, resources)
         self.maxConnections = max(1, clusterConfig.connectionsPerHost or 1)
         self.maxConcurrentStreams = clusterConfig.maxConcurrentStreams or DEFAULT_MAX_CONCURRENT
         self.heartbeatInterval = clusterConfig.heartbeatInterval or 0
+        self._cxReadOnly = stats.counter("upstream_cx_readonly",
+                                         help="Upstream Dubbo connections the provider marked read-only (READONLY "
+                                              "event): no new call, closed once idle.")
         self._cxHeartbeatFail = stats.counter("upstream_cx_heartbeat_fail",
                                               help="Upstream connections closed after 3 heartbeats without a reply.")
 
@@ -111,7 +119,18 @@ class MultiplexConnectionPool(ConnectionPoolBase):
     # -- the protocol's part ------------------------------------------------------------------------------------
 
     def capacity(self, client):
-        return self.maxConcurrentStreams
+        # a connection the provider marked read-only (READONLY event) takes no new call, and closes once idle
+        return 0 if client.proto.readOnly else self.maxConcurrentStreams
+
+    def watch(self, client):
+        ConnectionPoolBase.watch(self, client)
+        client.proto.onReadOnly = self._readOnly
+
+    def _readOnly(self, proto):
+        client = self._clients.get(proto)
+        if client is not None:
+            self._cxReadOnly.value += 1
+            self.capacityChanged(client)  # retired (closed now if idle); waiting calls get a new connection
 
     def pick(self):
         """The least loaded connection with room."""

@@ -165,6 +165,8 @@ class DubboServerProtocol(ListenerProtocol):
         self.closed = False
         self.broken = False  # framing lost: no more reading, close once the calls in flight are answered
         self._pauses = 0
+        self.readOnly = False  # READONLY sent (a drain began): close once the grace is over and no call is in flight
+        self._grace = None  # the drain grace's timer, while it runs
         # idle: no bytes read for the listener's idle_timeout, and no call in flight
         self._idle = Deadline(factory.clock, factory.limits.idleTimeout or 3600.0, self._idleTimedOut)
 
@@ -258,7 +260,7 @@ class DubboServerProtocol(ListenerProtocol):
                 return
             self.oneWay.discard(call)
         self.factory.stats.rq_active.value -= 1
-        if (self.broken or self.factory.draining) and not self.calls and not self.oneWay:
+        if (self.broken or (self.factory.draining and self._grace is None)) and not self.calls and not self.oneWay:
             self._close()
 
     def _fatal(self, exc):
@@ -315,12 +317,38 @@ class DubboServerProtocol(ListenerProtocol):
         return not self.calls and not self.oneWay and not self.closed and not self.broken
 
     def drain(self):
+        """
+        Dubbo's graceful close, as a Dubbo 2.7+/3 provider's (HeaderExchangeServer.close): send the READONLY event,
+        so that the consumer sends no new call here; go on reading and answering for the listener's
+        ``limits.drain_grace`` (calls it sent meanwhile are served, not lost to the close); then close once no
+        call is in flight.  Without a grace: close now if idle, else once the calls in flight are answered.
+        """
+        if self.closed:
+            return
+        f = self.factory
+        grace = f.limits.drainGrace
+        if not self.readOnly and not self.broken:
+            self.readOnly = True
+            f.stats.readonly_sent.value += 1
+            self.out.write(dc.encodeReadOnlyEvent(f.nextEventId()))
+            if grace:
+                self.out.flush()
+                self._grace = f.clock.callLater(grace, self._graceEnded)
+                return
+        if self._grace is None and not self.calls and not self.oneWay:
+            self._close()
+
+    def _graceEnded(self):
+        self._grace = None
         if not self.calls and not self.oneWay:
             self._close()
 
     def connectionLost(self, reason):
         self.closed = True
         self._idle.cancel()
+        grace, self._grace = self._grace, None
+        if grace is not None and grace.active():
+            grace.cancel()
         for call in list(self.calls.values()) + list(self.oneWay):
             if call.twoWay:
                 # a one-way call already sent upstream may still complete; a two-way one has no one to answer
@@ -346,3 +374,9 @@ class DubboListenerFactory(ListenerFactory):
         self.maxBodyBytes = self.limits.maxRequestBody or dc.DEFAULT_MAX_BODY_BYTES
         # every error text this listener writes names the sidecar, so a caller can tell which hop failed
         self.errorPrefix = "txmesh %s: " % (self.nodeId,)
+        self._eventIds = 0
+
+    def nextEventId(self):
+        """The request id of an event this listener sends (READONLY): one counter per listener, as Dubbo's."""
+        self._eventIds += 1
+        return self._eventIds

@@ -37,6 +37,8 @@ class DubboListenerStats(ListenerStats):
         s = self._scope
         self.maxServiceMethods = maxServiceMethods
         self.heartbeats = s.counter("dubbo_heartbeats", help="Heartbeat requests answered by the listener")
+        self.readonly_sent = s.counter("dubbo_readonly_sent",
+                                       help="READONLY events sent to consumers when a drain started")
         self.decode_errors = s.counter("dubbo_decode_errors", help="Frames refused as malformed")
         self._methods = {}
 
