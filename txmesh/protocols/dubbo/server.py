@@ -260,7 +260,8 @@ class DubboServerProtocol(ListenerProtocol):
                 return
             self.oneWay.discard(call)
         self.factory.stats.rq_active.value -= 1
-        if (self.broken or (self.factory.draining and self._grace is None)) and not self.calls and not self.oneWay:
+        closing = self.broken or ((self.factory.draining or self.readOnly) and self._grace is None)
+        if closing and not self.calls and not self.oneWay:
             self._close()
 
     def _fatal(self, exc):
