@@ -55,7 +55,6 @@ listeners:
   protocol: dubbo
   address: tcp:0
   %(default)s
-  %(limits)s
   route_config:
     virtual_hosts:
     - name: all
@@ -95,9 +94,10 @@ class Mesh:
 
     def __init__(self, default=None, pending=100, concurrent=0, autoConnect=True, heartbeat=None, grace=None):
         text = MESH % {"default": ("default_cluster: %s" % default) if default else "", "pending": pending,
-                       "limits": ("limits: {drain_grace: %s}" % grace) if grace is not None else "",
                        "concurrent": concurrent,
                        "heartbeat": ("heartbeat_interval: %s" % heartbeat) if heartbeat else ""}
+        if grace is not None:
+            text = text.replace("  route_config:", "  limits: {drain_grace: %s}\n  route_config:" % grace, 1)
         self.autoConnect = autoConnect
         self.upstreams = {}  # host address -> [DubboClientProtocol]
         self.connects = []  # (address, Deferred) not answered yet
