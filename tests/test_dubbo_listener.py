@@ -547,17 +547,3 @@ def test_a_provider_readonly_event_takes_its_connection_out_of_the_pool():
     assert old.transport.disconnecting and not new.transport.disconnecting
     assert old.transport.value() == b""  # the event is one-way: not answered
 
-
-def test_closing_an_idle_connection_outside_a_drain_also_goes_read_only_first():
-    """Memory pressure closes idle connections (closeIfIdle): READONLY, the grace, then closed after its last call."""
-    mesh = Mesh()
-    proto, t = mesh.client()
-    assert proto.closeIfIdle()
-    assert replies(t)[0].isReadOnlyEvent and not mesh.factory.draining
-    proto.dataReceived(ECHO)
-    up = mesh.upstream()
-    [req] = sent(up)
-    mesh.clock.advance(1)
-    assert not t.disconnecting
-    answer(up, req, ECHO_RESP)
-    assert replies(t)[0].status == dc.OK and t.disconnecting

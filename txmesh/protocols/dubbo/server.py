@@ -339,6 +339,13 @@ class DubboServerProtocol(ListenerProtocol):
         if self._grace is None and not self.calls and not self.oneWay:
             self._close()
 
+    def closeIfIdle(self):
+        """Under memory pressure an idle connection closes at once (no READONLY grace: that is for drains)."""
+        if self.isIdle():
+            self._close()
+            return True
+        return False
+
     def _graceEnded(self):
         self._grace = None
         if not self.calls and not self.oneWay:
