@@ -393,8 +393,6 @@ class Chaos(threading.Thread):
     Each action appends {"t", "action", "target", "result", "ok"} to ``events``; ``ok`` False is a failed check.
     """
 
-    SETTLE = 2.0
-
     def __init__(self, args, apps, sides, outages, stop, lock):
         super().__init__(name="soak-chaos", daemon=True)
         self.args, self.apps, self.sides, self.outages, self.stop, self.lock = args, apps, sides, outages, stop, lock
@@ -417,7 +415,7 @@ class Chaos(threading.Thread):
                     result, ok = "%s: %s" % (type(e).__name__, e), False
                 self.events.append({"t": round(t, 3), "action": action, "target": target, "result": result,
                                     "ok": ok})
-                time.sleep(self.SETTLE)  # closed sockets reach the sidecars before a sample may look
+                time.sleep(self.args.settle)  # closed sockets reach the sidecars before a sample may look
 
     def kill(self, app):
         start = time.time()
@@ -448,7 +446,7 @@ class Chaos(threading.Thread):
             self.stop.wait(1.0)
         answers = 0
         for s in socks:
-            s.settimeout(0.2)
+            s.settimeout(0.05)
             data, gone = readAll(s)
             answers += data.startswith(b"HTTP/1.1 408")
             closed += gone
@@ -538,7 +536,8 @@ class Chaos(threading.Thread):
 class ProcSampler:
     """One txmesh's figures: RSS and fds from /proc, the gauges from its admin /stats."""
 
-    def sample(self, side):
+    def sample(self, name, side):
+        """The figures of sidecar ``name`` (``side``: its pid, proc and admin port)."""
         pid, admin = side["pid"], side["admin"]
         out = {"alive": side["proc"].poll() is None}
         if not out["alive"]:
@@ -639,6 +638,8 @@ def parseArgs(argv):
     p.add_argument("--hold", type=float, default=12.0,
                    help="seconds slow heads and non-reading clients hold on (default 12, past the 10 s "
                         "request_headers_timeout)")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds after each misbehaviour before a sample may be taken (default 2)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds after an app is back during which its clients' errors are explained (default 5)")
     p.add_argument("--rate", type=float, default=10.0,
@@ -662,7 +663,7 @@ def main(argv=None, sampler=None):
         sys.exit("the Dubbo peers are not installed: cd tests/dubbo_peers && npm ci")
     import grpc
     sampler = sampler or ProcSampler()
-    signal.signal(signal.SIGTERM, _terminated)
+    previousHandler = signal.signal(signal.SIGTERM, _terminated)
     workdir = tempfile.mkdtemp(prefix="txmesh-soak-")
     os.chmod(workdir, 0o755)  # nginx workers run as nobody when we are root
     procs = Processes(workdir)
@@ -702,7 +703,7 @@ def main(argv=None, sampler=None):
                 break
             with lock:  # between two misbehaviours
                 sample = {"t": round(time.monotonic() - started, 1), "wall": round(time.time(), 3),
-                          "sides": {name: sampler.sample(side) for name, side in sides.items()},
+                          "sides": {name: sampler.sample(name, side) for name, side in sides.items()},
                           "calls": calls.snapshot()}
             samples.append(sample)
             print(row(sample, samples[-2] if len(samples) > 1 else None), flush=True)
@@ -730,6 +731,7 @@ def main(argv=None, sampler=None):
         shutil.rmtree(keep, ignore_errors=True)
         shutil.copytree(workdir, keep, ignore=shutil.ignore_patterns("www"))
         shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previousHandler)
     if not failures:
         more, figures = evaluate(samples, args.warmup, args.window, final, chaos.events if chaos else [])
         failures += more
