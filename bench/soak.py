@@ -57,7 +57,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
-from benchlib import BenchError, Processes, descendants, freePort, render  # noqa: E402
+from benchlib import BenchError, Processes, descendants, freePort, render, waitForPort  # noqa: E402
 
 HOST = "peer.svc"  # the outbound's HTTP virtual host (etc/outbound.yaml)
 SMALL, BIG = "/small", "/big"
@@ -208,21 +208,10 @@ def startPair(procs, workdir, app):
         proc = procs.start("txmesh-" + side, [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "txmesh", "--config",
                                               path], admins[side], env=env, cwd=REPO)
         for port in ports[side].values():
-            if not waitPort(port, 15):
+            if not waitForPort(port, proc, time.monotonic() + 15):
                 raise BenchError("txmesh-%s does not listen on %d" % (side, port))
         sides[side] = dict(ports[side], pid=proc.pid, admin=admins[side], proc=proc)
     return sides
-
-
-def waitPort(port, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 # ---------------------------------------------------------------------------------------------------- clients
