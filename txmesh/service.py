@@ -158,6 +158,9 @@ class MeshService(MultiService):
         self.listenersDrained = False
         self.logObserver = None  # the OperatorLogObserver twistd logs to (set by txmesh.startup), for /logging
         self.startedAt = reactor.seconds()
+        # timers scheduled on the reactor, read at each /stats or /metrics look (bench/soak.py checks they do not grow)
+        self.stats.computedGauge("reactor_pending_calls", lambda: len(reactor.getDelayedCalls()),
+                                 help="Timers pending on the reactor (IReactorTime.getDelayedCalls)")
         self._installSignal = installSignal
         self._previousHandlers = {}  # signal -> the handler ours replaced
         rng = rng if rng is not None else random.Random()

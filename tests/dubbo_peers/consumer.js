@@ -50,6 +50,25 @@ const int = i => ({ $class: 'int', $: i });
       }
     };
     await Promise.all(Array.from({ length: 4 }, (_, w) => worker(w)));
+  } else if (scenario === 'steady') {
+    // echo() at n calls/s, one at a time, until stdin closes (bench/soak.py); every second a JSON line
+    // {t, ok, errors: [{start, end, message}]} of the calls that ended in it (times in seconds since the epoch)
+    let stop = false;
+    process.stdin.on('end', () => { stop = true; }).resume();
+    let ok = 0; let errors = [];
+    const flush = () => { console.log(JSON.stringify({ t: Date.now() / 1000, ok, errors })); ok = 0; errors = []; };
+    const timer = setInterval(flush, 1000);
+    const sleep = ms => new Promise(r => setTimeout(r, ms));
+    for (let i = 0; !stop; i++) {
+      const start = Date.now();
+      const r = await call('echo', [str('s' + i)], 5000);
+      if (r.ok === 's' + i) ok++;
+      else errors.push({ start: start / 1000, end: Date.now() / 1000, message: r.message || JSON.stringify(r) });
+      const wait = 1000 / n - (Date.now() - start);
+      if (wait > 0) await sleep(wait);
+    }
+    clearInterval(timer); flush();
+    out.done = true;
   } else if (scenario === 'bench') {
     // n calls, 32 in flight; latencies in microseconds
     const lat = []; let next = 0; const t0 = process.hrtime.bigint();
