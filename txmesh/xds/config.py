@@ -35,7 +35,7 @@ class XdsConfig:
     reconnectMax: float = 30.0
 
 
-KEYS = ("api_type", "cluster", "lds", "cds", "refresh_delay", "request_timeout", "initial_fetch_timeout", "reconnect")
+KEYS = ("api_type", "lds", "cds", "refresh_delay", "request_timeout", "initial_fetch_timeout", "reconnect")
 # the protocol the control plane's static cluster must speak, by api_type
 CLUSTER_PROTOCOLS = {"GRPC": "grpc", "REST": "http1"}
 
@@ -50,7 +50,7 @@ def buildDynamicResources(r, raw, clusters=()):
     if raw.get("dynamic_resources") is None:
         return None
     path = "dynamic_resources"
-    m = r.mapping(raw.get(path), path, required=("cluster",), optional=KEYS)
+    m = r.mapping(raw.get(path), path, required=("cluster",), optional=KEYS)  # KEYS: the optional ones
     apiType = r.get(m, path, "api_type", str, "GRPC")
     if apiType not in API_TYPES:
         raise r.error("must be GRPC (ADS, state of the world) or REST (REST-JSON polling), not '%s'" % (apiType,),

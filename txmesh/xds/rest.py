@@ -124,8 +124,8 @@ class RestPoller:
             try:
                 response = yield self._fetch(host, typeUrl, request)
             except PollFailed as e:
-                self._failed(str(e))
-                return
+                self._failed(str(e))  # the other types are still asked for (Envoy polls each on its own)
+                continue
             if not self.connected:
                 self.connected = True
                 self.stats.connected.set(1)
@@ -166,7 +166,9 @@ class RestPoller:
         @raise PollFailed: no answer within request_timeout, another status, a body that is not one.
         """
         url = "http://%s:%d%s" % (host.hostname, host.port, REST_PATHS[typeUrl])
-        body = self._json.MessageToJson(request).encode("utf-8")
+        # Envoy's field names (snake_case), and empty fields too: a control plane may require ``node.cluster``
+        body = self._json.MessageToJson(request, preserving_proto_field_name=True, indent=None,
+                                        always_print_fields_with_no_presence=True).encode("utf-8")
         d = self.http.post(url, data=body, headers={b"content-type": [b"application/json"]})
         timer = self.clock.callLater(self.config.requestTimeout, d.cancel)
         try:
