@@ -63,11 +63,14 @@ class ConfigVersion:
         self.clusters = {c.name: 1 for c in config.clusters}
         self.origins = config.origins  # the xDS parts' resource names and version_info (txmesh.xds.state)
 
-    def advance(self, config, diff, sourceName, appliedAt):
-        """A reload applied ``config`` (a MeshConfig) through ``diff`` (a ConfigDiff)."""
+    def advance(self, config, diff, sourceName, appliedAt, location=None):
+        """
+        A reload applied ``config`` (a MeshConfig) through ``diff`` (a ConfigDiff), from ``location`` (the source's:
+        the file, or the xDS control plane; default the config's file).
+        """
         self.version += 1
         self.digest = configDigest(config.raw)
-        self.source, self.location, self.appliedAt = sourceName, config.filename, appliedAt
+        self.source, self.location, self.appliedAt = sourceName, location or config.filename, appliedAt
         self.origins = config.origins
         changedListeners = [lc.name for lc in diff.listenersAdded] + [c.new.name for c in diff.listenersChanged]
         changedClusters = [c.name for c in diff.clustersAdded] + [c.new.name for c in diff.clustersChanged]
@@ -249,7 +252,7 @@ class ConfigApplier:
             clusters.removeCluster(c.name).addErrback(
                 lambda f, name=c.name: self.log.failure("cluster {cluster}: draining", f, cluster=name))
         self._swapResources(new, loaded)
-        self.version.advance(new, diff, source.name, self.clock.seconds())
+        self.version.advance(new, diff, source.name, self.clock.seconds(), source.location)
         mesh.meshStatus = mesh.makeStatus()
 
     def _retireListener(self, listener):
