@@ -216,6 +216,7 @@ class EndpointConfig:
     priority: int = 0
     locality: str = ""
     metadata: tuple = ()  # ((key, value), ...) str pairs
+    healthy: bool = True  # False: its source says it is not (EDS health_status): the host's FAILED_EDS_HEALTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +331,9 @@ class MeshConfig:
     tracing: object = None
     # the ``dynamic_resources`` block (issue 13 part 3): a txmesh.xds.config.XdsConfig, or None without xDS
     dynamicResources: object = None
+    # the parts an xDS control plane gave (txmesh.xds.state): {"listeners"|"clusters": {name: {"source": "xds",
+    # "resource": ..., "version_info": ...}}}, shown by /config_dump; empty for a file's parts
+    origins: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -364,18 +368,28 @@ def loads(text, filename="<string>"):
     return _buildMesh(reader, raw)
 
 
+def buildFromRaw(raw, filename, lines=None):
+    """
+    Validate an already parsed mesh.yaml document (plain dicts and lists, as ``parseYAML`` gives): the xDS
+    translation's (txmesh.xds.state) merged with the bootstrap's static parts, where no listener may be there yet
+    (Envoy's LDS comes after CDS).  ``lines``: {key path: line}, where known.  @raise ConfigError: naming the key path and reason (and the line, where ``lines`` has it).
+    """
+    return _buildMesh(Reader(filename, lines or {}), raw, listenersRequired=False)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _buildMesh(r, raw):
+def _buildMesh(r, raw, listenersRequired=True):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
                                  "overload", "registries", "registration",
                                  "hot_restart", "tracing", "dynamic_resources"))
     # with listeners from a control plane (LDS), mesh.yaml may have no listener of its own (Envoy's bootstrap)
     lds = isinstance(raw.get("dynamic_resources"), dict) and raw["dynamic_resources"].get("lds") in (None, True)
-    if raw.get("listeners") is None and not lds:
+    listenersRequired = listenersRequired and not lds
+    if raw.get("listeners") is None and listenersRequired:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
     filterFactories = _plugins(IFilterFactory)
@@ -392,7 +406,7 @@ def _buildMesh(r, raw):
     admin = _buildAdmin(r, r.mapping(raw.get("admin"), "admin", optional=("address", "mode", "auth")))
 
     listenersRaw = r.list(raw, "", "listeners")
-    if not listenersRaw and not lds:
+    if not listenersRaw and listenersRequired:
         raise r.error("must list at least one listener", "listeners")
     listeners = tuple(_buildListener(r, l, "listeners[%d]" % (i,), clusterNames, filterFactories, protocols)
                       for i, l in enumerate(listenersRaw))
@@ -683,7 +697,7 @@ def buildEndpoints(r, items, listPath):
     seen = {}
     for i, e in enumerate(items):
         ePath = "%s[%d]" % (listPath, i)
-        r.mapping(e, ePath, required=("address",), optional=("weight", "priority", "locality", "metadata"))
+        r.mapping(e, ePath, required=("address",), optional=("weight", "priority", "locality", "metadata", "healthy"))
         host, port = hostPort(r, r.get(e, ePath, "address", str), joinPath(ePath, "address"))
         if (host, port) in seen:
             raise r.error("duplicate endpoint '%s' (also %s)" % (e["address"], seen[(host, port)]),
@@ -691,7 +705,8 @@ def buildEndpoints(r, items, listPath):
         seen[(host, port)] = ePath
         endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128),
                                         r.integer(e, ePath, "priority", 0, 0, 127),
-                                        r.get(e, ePath, "locality", str, ""), _endpointMetadata(r, e, ePath)))
+                                        r.get(e, ePath, "locality", str, ""), _endpointMetadata(r, e, ePath),
+                                        r.get(e, ePath, "healthy", bool, True)))
     return tuple(endpoints)
 
 

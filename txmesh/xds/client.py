@@ -30,12 +30,18 @@ class XdsClient:
     @param random: a random.Random (reconnect jitter).
     @param stats: the mesh's StatsStore.
     @param agent: REST only: the IAgent treq uses (default: its own pool).
+    @param stopHandler: called when the client stops (the resource state's warming timers), or None.
+    @param describeHandler: ``describeHandler()`` -> the resource state's JSON-able view, shown under
+        ``resources`` by ``describe``, or None.
     """
 
     log = Logger()
 
-    def __init__(self, config, node, handler, cluster, reactor, random, stats, agent=None):
+    def __init__(self, config, node, handler, cluster, reactor, random, stats, agent=None, stopHandler=None,
+                 describeHandler=None):
         self.config = config
+        self._stopHandler = stopHandler
+        self._describeHandler = describeHandler
         self.handler = handler
         self.clock = reactor
         self.stats = XdsStats(stats, handler.typeUrls())
@@ -70,12 +76,17 @@ class XdsClient:
         if self._initTimer is not None and self._initTimer.active():
             self._initTimer.cancel()
         self._initTimer = None
-        return defer.maybeDeferred(self.transport.stop)
+        d = defer.maybeDeferred(self.transport.stop)
+        if self._stopHandler is not None:
+            self._stopHandler()
+        return d
 
     def describe(self):
         """``/server_info`` and ``/config_dump``'s ``xds``: the transport's state (connected, versions, errors)."""
         out = self.transport.describe()
         out["started_at"] = self.startedAt
+        if self._describeHandler is not None:
+            out["resources"] = self._describeHandler()
         return out
 
 
@@ -87,6 +98,9 @@ def makeXdsClient(mesh, random, agent=None):
     from txmesh.xds.state import XdsState
 
     config = mesh.config
-    handler = XdsState(config, mesh.applier)
-    return XdsClient(config.dynamicResources, config.node, handler, mesh.clusters.get(config.dynamicResources.cluster),
-                     mesh.reactor, random, mesh.stats, agent=agent)
+    xds = config.dynamicResources
+    endpoints = ",".join("%s:%d" % (e.host, e.port) for e in config.cluster(xds.cluster).endpoints)
+    location = "%s %s (cluster %s)" % ("ADS" if xds.apiType == "GRPC" else "REST", endpoints, xds.cluster)
+    handler = XdsState(config, mesh.applier, mesh.reactor, location, xds)
+    return XdsClient(xds, config.node, handler, mesh.clusters.get(xds.cluster), mesh.reactor, random, mesh.stats,
+                     agent=agent, stopHandler=handler.stop, describeHandler=handler.describe)
