@@ -114,9 +114,13 @@ def test_ack_carries_the_version_and_nonce_and_nack_the_previous_version_and_err
     described = state.describe()["cds"]
     assert (described["version_info"], described["accepted"], described["rejected"]) == ("v1", 1, 1)
     assert described["last_error"].startswith("cluster 'c'") and described["rejected_version"] == "v2"
+    # a REST poll repeats the refusal until a version is accepted (Envoy's REST subscription)
+    poll = state.request(CDS)
+    assert (poll.version_info, poll.response_nonce, poll.error_detail.message[:11]) == ("v1", "n2", "cluster 'c'")
     # the next accepted version clears the error
     state.applied(state.received(response(CDS, "v3", "n3", clusters("a"))), None)
     assert state.describe()["cds"]["last_error"] is None
+    assert not state.request(CDS).HasField("error_detail")
 
 
 def test_a_resource_of_another_type_or_that_does_not_parse_is_nacked_without_the_handler():

@@ -4,13 +4,13 @@ AggregatedDiscoveryService from the ``xds-protos`` package's generated ``ads_pb2
 REST-JSON endpoints (``POST /v3/discovery:clusters`` ...) over the same snapshots, in threads of the test process.
 
 It is a tiny snapshot cache, as go-control-plane's: the test sets, per resource type, a version and the resources
-(``setSnapshot``); every open stream that subscribed to the type gets the new version pushed at once (named types
-get the resources they named).  Every request a client sends is recorded, so a test can wait for the ACK or NACK of
+(``setSnapshot``), for every node or for one node id (a listener port per client, say); every open stream that
+subscribed to the type gets the new version pushed at once (named types get the resources they named).  Resources
+are built with tests/xds_resources.py.  Every request a client sends is recorded, so a test can wait for the ACK or NACK of
 a version (``waitAck``, ``waitNack``) by node id.  A NACKed version is not sent again on that stream (the client
 keeps its last good resources until the test sets a new version).
 """
 
-import json
 import threading
 import time
 from concurrent import futures
@@ -20,7 +20,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
-from txmesh.xds.discovery import CDS, EDS, LDS, RDS, REST_PATHS, messages
+from txmesh.xds.discovery import CDS, EDS, LDS, REST_PATHS, messages
 
 WILDCARD = (CDS, LDS)
 
@@ -32,8 +32,8 @@ def resourceName(typeUrl, resource):
 class Recorded:
     """One DiscoveryRequest a client sent: who, which type, what it says of which response."""
 
-    def __init__(self, req, transport, answered):
-        self.node = req.node.id
+    def __init__(self, req, transport, answered, node=None):
+        self.node = req.node.id or node
         self.metadata = json_format.MessageToDict(req.node.metadata) if req.node.HasField("metadata") else {}
         self.typeUrl = req.type_url
         self.version = req.version_info
@@ -60,6 +60,7 @@ class _Stream:
         self.outbox = []
         self.wake = threading.Condition(plane.lock)
         self.closed = False
+        self.node = None  # the client's node id, from its first request
 
 
 class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -68,7 +69,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self):
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
-        self.snapshots = {}  # type -> (version, [resources])
+        self.snapshots = {}  # (node id or None, type) -> (version, [resources])
         self.requests = []
         self.streams = set()
         self.nonces = {}  # nonce -> (type, version)
@@ -79,6 +80,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     # -- the test's side --------------------------------------------------------------------------------------------
 
     def start(self):
+        messages()  # the Any types resources embed, registered for JSON
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
         self.grpcPort = self._server.add_insecure_port("127.0.0.1:0")
@@ -106,14 +108,21 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._http.shutdown()
             self._http.server_close()
 
-    def setSnapshot(self, typeUrl, version, resources):
-        """Serve ``resources`` (messages of ``typeUrl``) as ``version``; open streams get it pushed."""
+    def setSnapshot(self, typeUrl, version, resources, node=None):
+        """
+        Serve ``resources`` (messages of ``typeUrl``) as ``version``, to ``node`` (an id) only or to every node
+        without a snapshot of its own; open streams get it pushed.
+        """
         with self.lock:
-            self.snapshots[typeUrl] = (version, list(resources))
+            self.snapshots[(node, typeUrl)] = (version, list(resources))
             for stream in list(self.streams):
-                if typeUrl in stream.names:
+                if typeUrl in stream.names and (node is None or stream.node == node):
                     self._push(stream, typeUrl)
             self.changed.notify_all()
+
+    def snapshot(self, node, typeUrl):
+        """(version, resources) served to ``node``, or None."""
+        return self.snapshots.get((node, typeUrl)) or self.snapshots.get((None, typeUrl))
 
     def dropStreams(self):
         """End every open ADS stream (status OK): clients reconnect."""
@@ -163,9 +172,9 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     # -- responses ----------------------------------------------------------------------------------------------
 
-    def _response(self, typeUrl, names):
-        """A DiscoveryResponse of the snapshot of ``typeUrl`` (the named resources for a named request)."""
-        version, resources = self.snapshots.get(typeUrl, ("", []))
+    def _response(self, node, typeUrl, names):
+        """A DiscoveryResponse of ``node``'s snapshot of ``typeUrl`` (the named resources for a named request)."""
+        version, resources = self.snapshot(node, typeUrl) or ("", [])
         if names and typeUrl not in WILDCARD:
             resources = [r for r in resources if resourceName(typeUrl, r) in names]
         self._nonce += 1
@@ -178,20 +187,21 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             packed.append(a)
         return discovery_pb2.DiscoveryResponse(version_info=version, resources=packed, type_url=typeUrl, nonce=nonce)
 
-    def _record(self, req, transport):
+    def _record(self, req, transport, node=None):
         answered = self.nonces.get(req.response_nonce)
-        self.requests.append(Recorded(req, transport, answered))
+        self.requests.append(Recorded(req, transport, answered, node))
         self.changed.notify_all()
         return answered
 
     def _push(self, stream, typeUrl):
-        if typeUrl not in self.snapshots:
+        snapshot = self.snapshot(stream.node, typeUrl)
+        if snapshot is None:
             return
-        version = self.snapshots[typeUrl][0]
+        version = snapshot[0]
         if stream.sent.get(typeUrl) == version or stream.nacked.get(typeUrl) == version:
             return
         stream.sent[typeUrl] = version
-        stream.outbox.append(self._response(typeUrl, stream.names[typeUrl]))
+        stream.outbox.append(self._response(stream.node, typeUrl, stream.names[typeUrl]))
         stream.wake.notify_all()
 
     def StreamAggregatedResources(self, request_iterator, context):
@@ -203,12 +213,18 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             try:
                 for req in request_iterator:
                     with self.lock:
-                        answered = self._record(req, "ads")
+                        if stream.node is None and req.HasField("node"):
+                            stream.node = req.node.id  # Envoy sends the node in the first request only
+                        answered = self._record(req, "ads", stream.node)
                         t = req.type_url
                         if req.HasField("error_detail") and answered is not None:
                             stream.nacked[t] = answered[1]
                         names = tuple(req.resource_names)
-                        if stream.names.get(t) != names:
+                        if t not in stream.names:
+                            stream.names[t] = names
+                            if req.version_info:  # a client back on a new stream has that version already
+                                stream.sent[t] = req.version_info
+                        elif stream.names[t] != names:
                             stream.names[t] = names
                             stream.sent.pop(t, None)  # a new name set gets an answer of its own
                         self._push(stream, t)
@@ -250,90 +266,15 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             return
         with self.lock:
             self._record(req, "rest")
-            version = self.snapshots.get(typeUrl, (None,))[0]
-            if version is None or version == req.version_info:
+            snapshot = self.snapshot(req.node.id, typeUrl)
+            if snapshot is None or snapshot[0] == req.version_info:
                 handler.send_response(304)
                 handler.end_headers()
                 return
-            text = json_format.MessageToJson(self._response(typeUrl, tuple(req.resource_names))).encode()
+            response = self._response(req.node.id, typeUrl, tuple(req.resource_names))
+            text = json_format.MessageToJson(response).encode()
         handler.send_response(200)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(text)))
         handler.end_headers()
         handler.wfile.write(text)
-
-
-# -- resources, as a control plane builds them --------------------------------------------------------------------
-
-def _msgs():
-    return messages()
-
-
-def cluster(name, eds=True, lbPolicy=None, connectTimeout=1.0, http2=False):
-    """A v3 Cluster: EDS (from the ADS stream) or STATIC with no endpoints (``eds=False``)."""
-    from envoy.config.cluster.v3 import cluster_pb2
-    c = cluster_pb2.Cluster(name=name)
-    c.connect_timeout.FromNanoseconds(int(connectTimeout * 1e9))
-    if eds:
-        c.type = cluster_pb2.Cluster.EDS
-        c.eds_cluster_config.eds_config.ads.SetInParent()
-        c.eds_cluster_config.eds_config.resource_api_version = 2  # V3
-    if lbPolicy is not None:
-        c.lb_policy = lbPolicy
-    if http2:
-        from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-        opts = http_protocol_options_pb2.HttpProtocolOptions()
-        opts.explicit_http_config.http2_protocol_options.SetInParent()
-        c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(opts)
-    return c
-
-
-def endpoints(clusterName, addresses):
-    """A ClusterLoadAssignment: ``addresses`` is [(host, port) or (host, port, weight)]."""
-    from envoy.config.endpoint.v3 import endpoint_pb2
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=clusterName)
-    locality = cla.endpoints.add()
-    for address in addresses:
-        host, port = address[:2]
-        lb = locality.lb_endpoints.add()
-        sa = lb.endpoint.address.socket_address
-        sa.address, sa.port_value = host, port
-        if len(address) > 2:
-            lb.load_balancing_weight.value = address[2]
-    return cla
-
-
-def listener(name, port, routeConfigName, statPrefix="ingress"):
-    """A Listener on 127.0.0.1:``port`` with the HTTP connection manager, its routes from RDS over ADS."""
-    from envoy.config.listener.v3 import listener_pb2
-    from envoy.extensions.filters.http.router.v3 import router_pb2
-    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-    lst = listener_pb2.Listener(name=name)
-    sa = lst.address.socket_address
-    sa.address, sa.port_value = "127.0.0.1", port
-    manager = hcm.HttpConnectionManager(stat_prefix=statPrefix)
-    manager.rds.route_config_name = routeConfigName
-    manager.rds.config_source.ads.SetInParent()
-    manager.rds.config_source.resource_api_version = 2
-    router = manager.http_filters.add(name="envoy.filters.http.router")
-    router.typed_config.Pack(router_pb2.Router())
-    chain = lst.filter_chains.add()
-    f = chain.filters.add(name="envoy.filters.network.http_connection_manager")
-    f.typed_config.Pack(manager)
-    return lst
-
-
-def routes(name, table, domains=("*",)):
-    """A RouteConfiguration: one virtual host, ``table`` is [(prefix, cluster)] in order."""
-    from envoy.config.route.v3 import route_pb2
-    rc = route_pb2.RouteConfiguration(name=name)
-    vh = rc.virtual_hosts.add(name="all", domains=list(domains))
-    for prefix, clusterName in table:
-        r = vh.routes.add()
-        r.match.prefix = prefix
-        r.route.cluster = clusterName
-    return rc
-
-
-def dumpJSON(message):
-    return json.loads(json_format.MessageToJson(message))

@@ -164,7 +164,7 @@ class AdsClient:
         self._handle = handle
         head = RequestHead(b"POST", ADS_PATH, authority=self.config.cluster.encode("ascii"),
                            headers=HeaderMap([(b"content-type", grpc.CONTENT_TYPE), (b"user-agent", b"txmesh/xds")]),
-                           version=(2, 0), protocol="grpc")
+                           protocol="grpc")  # HTTP/1.1-shaped: the client adds "te: trailers" for gRPC
         handle.sendRequest(head, False, _StreamResponder(self, generation))
         if self._handle is not handle:
             return  # failed at once

@@ -161,10 +161,14 @@ class DiscoveryState:
         return out
 
     def request(self, typeUrl):
-        """The request that asks for ``typeUrl`` now (a REST poll): last accepted version, names, the last nonce."""
+        """
+        The request that asks for ``typeUrl`` now (a REST poll): last accepted version, names, the last nonce, and
+        while the last response was refused its ``error_detail`` (as Envoy's REST subscription, until one is
+        accepted).
+        """
         state = self.types[typeUrl]
         state.names = frozenset(self._subscriptions(typeUrl))
-        return self._request(state) if self._wanted(state) else None
+        return self._request(state, state.lastError) if self._wanted(state) else None
 
     def subscriptionsChanged(self, typeUrl):
         """
