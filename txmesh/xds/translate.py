@@ -13,14 +13,12 @@ configuration's messages are in L{txmesh.xds.translate_routes}.
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration, unpack, wrapped
+from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration, enumName, unpack, wrapped
 from txmesh.xds.translate_routes import (TranslatedRoutes, translateRouteConfiguration,
                                          translateRouteConfigurationBody)
 
@@ -305,7 +303,7 @@ def _healthCheck(h, path, protocol):
         if http.path:
             out["path"] = http.path
         if http.method:
-            out["method"] = health_check_pb2.core_dot_v3_dot_base__pb2.RequestMethod.Name(http.method)
+            out["method"] = enumName(http, "method")
         if http.expected_statuses:
             out["expected_statuses"] = [{"start": r.start, "end": r.end} for r in http.expected_statuses]
         if http.request_headers_to_add:
@@ -365,11 +363,10 @@ def _upstreamTLS(socket):
         params = common.tls_params
         check(params, cPath + ".tls_params", ("tls_minimum_protocol_version", "tls_maximum_protocol_version",
                                               "cipher_suites"))
-        names = tls_pb2.common__pb2.TlsParameters.TlsProtocol
         if params.tls_minimum_protocol_version:
-            out["min_version"] = names.Name(params.tls_minimum_protocol_version)
+            out["min_version"] = enumName(params, "tls_minimum_protocol_version")
         if params.tls_maximum_protocol_version:
-            out["max_version"] = names.Name(params.tls_maximum_protocol_version)
+            out["max_version"] = enumName(params, "tls_maximum_protocol_version")
         if params.cipher_suites:
             out["cipher_suites"] = list(params.cipher_suites)
     if len(common.tls_certificates) > 1:
@@ -392,8 +389,7 @@ def _upstreamTLS(socket):
     for i, m in enumerate(v.match_typed_subject_alt_names):
         sPath = "%s.match_typed_subject_alt_names[%d]" % (vPath, i)
         check(m, sPath, ("san_type", "matcher"))
-        kind = {tls_pb2.common__pb2.SubjectAltNameMatcher.DNS: "dns",
-                tls_pb2.common__pb2.SubjectAltNameMatcher.URI: "uri"}.get(m.san_type)
+        kind = {"DNS": "dns", "URI": "uri"}.get(enumName(m, "san_type"))
         if kind is None:
             raise Refused("%s.san_type: txmesh matches DNS and URI names" % (sPath,))
         sans.append({kind: _stringMatch(m.matcher, sPath + ".matcher", ("exact", "prefix", "suffix"))})
@@ -502,7 +498,7 @@ def _endpoints(assignment, path, dns=False):
                 entry["locality"] = locality
             if lb.health_status not in _HEALTHY:
                 raise Refused("%s.health_status %s: txmesh does not balance over degraded hosts" % (
-                    ePath, endpoint_components_pb2.core__pb2.HealthStatus.Name(lb.health_status)))
+                    ePath, enumName(lb, "health_status")))
             if not _HEALTHY[lb.health_status]:
                 entry["healthy"] = False
             out.append(entry)

@@ -54,3 +54,9 @@ def unpack(anyMessage, cls, path):
         raise Refused("%s: expected a %s, got %s" % (path, cls.DESCRIPTOR.full_name,
                                                    anyMessage.type_url or "nothing"))
     return message
+
+
+def enumName(message, key):
+    """The name of the enum field ``key``'s value in ``message`` (``HEAD``, ``TLSv1_3`` ...)."""
+    value = getattr(message, key)
+    return message.DESCRIPTOR.fields_by_name[key].enum_type.values_by_number[value].name

@@ -6,9 +6,7 @@ mapped, known to have no effect, or refused naming its field path.
 
 from dataclasses import dataclass, field
 
-from envoy.config.route.v3 import route_components_pb2 as rc_pb2
-
-from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration
+from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration, enumName
 
 # RouteAction.cluster_not_found_response_code -> the status of a route whose cluster is not there
 NOT_FOUND_STATUS = {0: 503, 1: 404, 2: 500}
@@ -89,8 +87,7 @@ def _headerMutations(m, path, out):
             if o.append_action == 2:  # OVERWRITE_IF_EXISTS_OR_ADD
                 append = False
             elif o.append_action != 0:
-                raise Refused("%s.append_action %s: txmesh appends or overwrites" % (
-                    oPath, rc_pb2.base__pb2.HeaderValueOption.HeaderAppendAction.Name(o.append_action)))
+                raise Refused("%s.append_action %s: txmesh appends or overwrites" % (oPath, enumName(o, "append_action")))
             items.append({"name": o.header.key, "value": o.header.value, "append": append})
         if items:
             out[key] = items
