@@ -589,3 +589,103 @@ def test_route_refusals():
     rc.request_headers_to_add.add().header.key = "x"
     assert refused(translateRouteConfiguration, rc).startswith(
         "route_configuration routes: request_headers_to_add: not supported by txmesh")
+
+
+# --- HTTP filters --------------------------------------------------------------------------------------------------
+
+
+def typed(kind, **fields):
+    return {"name": "envoy.filters.http." + kind.split(".")[0],
+            "typed_config": dict({"@type": "type.googleapis.com/envoy.extensions.filters.http." + kind}, **fields)}
+
+
+FAULT = "fault.v3.HTTPFault"
+RATE = "local_ratelimit.v3.LocalRateLimit"
+RBAC = "rbac.v3.RBAC"
+MUTATION = "header_mutation.v3.HeaderMutation"
+
+
+def filtered(*filters):
+    t = translateListener(listener(hcmFields={"http_filters": list(filters) + [ROUTER]}))
+    return t.raw["filters"], build([{"name": "app", "endpoints": []}], [t.raw]).listeners[0].filters
+
+
+def test_fault_filter():
+    raw, built = filtered(typed(FAULT, delay={"fixed_delay": "2s", "percentage": {"numerator": 50}},
+                                abort={"http_status": 503, "percentage": {"numerator": 1, "denominator": "MILLION"}},
+                                upstream_cluster="app", headers=[{"name": "x-test", "present_match": True}],
+                                downstream_nodes=["a"], max_active_faults=10,
+                                delay_percent_runtime="fault.http.delay.fixed_delay_percent"))
+    assert raw == [{"name": "fault", "config": {
+        "delay": {"percentage": {"numerator": 50, "denominator": "HUNDRED"}, "fixed_delay": 2.0},
+        "abort": {"percentage": {"numerator": 1, "denominator": "MILLION"}, "http_status": 503},
+        "upstream_cluster": "app", "headers": [{"name": "x-test", "present": True}], "downstream_nodes": ["a"],
+        "max_active_faults": 10}}]
+    assert [f.name for f in built] == ["fault", "router"]
+    raw, _ = filtered(typed(FAULT, abort={"grpc_status": 14}), typed(FAULT, delay={"header_delay": {}}))
+    assert raw[0]["config"]["abort"] == {"percentage": {"numerator": 0, "denominator": "HUNDRED"}, "grpc_status": 14}
+    assert raw[1]["config"]["delay"]["header_delay"] is True
+    assert filtered(typed(FAULT))[0] == []  # neither delay nor abort: nothing to inject
+    assert refused(translateListener, listener(hcmFields={"http_filters": [
+        typed(FAULT, response_rate_limit={"fixed_limit": {"limit_kbps": 1}}), ROUTER]})).startswith(
+        "listener web: filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.response_rate_limit: "
+        "not supported by txmesh")
+
+
+def rateLimit(**fields):
+    base = {"stat_prefix": "rl", "token_bucket": {"max_tokens": 10, "tokens_per_fill": 5, "fill_interval": "1s"}}
+    return typed(RATE, **dict(base, **fields))
+
+
+HUNDRED = {"default_value": {"numerator": 100}, "runtime_key": "rl_enabled"}
+
+
+def test_local_rate_limit_filter():
+    raw, built = filtered(rateLimit(filter_enabled=HUNDRED, filter_enforced=HUNDRED, status={"code": 503},
+                                    enable_x_ratelimit_headers="DRAFT_VERSION_03"))
+    assert raw == [{"name": "local_rate_limit", "config": {
+        "token_bucket": {"max_tokens": 10, "fill_interval": 1.0, "tokens_per_fill": 5}, "stat_prefix": "rl",
+        "status": 503, "enable_x_ratelimit_headers": True}}]
+    assert built[0].name == "local_rate_limit" and built[0].config.status == 503
+    assert filtered(rateLimit())[0] == []  # not enabled: Envoy limits nothing
+    half = {"default_value": {"numerator": 50}}
+    assert refused(translateListener, listener(hcmFields={"http_filters": [
+        rateLimit(filter_enabled=HUNDRED, filter_enforced=half), ROUTER]})).endswith(
+        "txmesh enforces a local rate limit on every request or none: filter_enabled and filter_enforced must be "
+        "100% (or filter_enabled absent)")
+    assert refused(translateListener, listener(hcmFields={"http_filters": [
+        rateLimit(filter_enabled=HUNDRED, filter_enforced=HUNDRED, descriptors=[{"entries": [
+            {"key": "k", "value": "v"}], "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]), ROUTER]})
+                   ).startswith("listener web: filter_chains[0].filters[0].typed_config.http_filters[0].typed_config."
+                                "descriptors: not supported by txmesh")
+
+
+def test_rbac_filter_in_envoys_shape():
+    rules = {"action": "DENY", "policies": {"no-admin": {
+        "permissions": [{"url_path": {"path": {"prefix": "/admin"}}}],
+        "principals": [{"direct_remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}]}}}
+    raw, built = filtered(typed(RBAC, rules=rules, shadow_rules={"policies": {"all": {
+        "permissions": [{"any": True}], "principals": [{"any": True}]}}}))
+    assert raw[0]["config"]["rules"] == rules
+    assert raw[0]["config"]["shadow_rules"]["action"] == "ALLOW"  # the default Envoy leaves out
+    assert built[0].name == "rbac"
+    assert filtered(typed(RBAC))[0] == []  # no rules: Envoy enforces nothing
+    assert refused(translateListener, listener(hcmFields={"http_filters": [typed(RBAC, matcher={}), ROUTER]})
+                   ).startswith("listener web: filter_chains[0].filters[0].typed_config.http_filters[0].typed_config."
+                                "matcher: not supported by txmesh")
+
+
+def test_header_mutation_filter():
+    raw, built = filtered(typed(MUTATION, mutations={
+        "request_mutations": [{"remove": "x-internal"}, {"append": {"header": {"key": "x-via", "value": "txmesh"}}}],
+        "response_mutations": [{"append": {"header": {"key": "x-served", "value": "1"},
+                                           "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]}))
+    assert raw == [{"name": "header_mutation", "config": {
+        "request_headers_to_add": [{"name": "x-via", "value": "txmesh", "append": True}],
+        "request_headers_to_remove": ["x-internal"],
+        "response_headers_to_add": [{"name": "x-served", "value": "1", "append": False}]}}]
+    assert built[0].name == "header_mutation"
+    assert refused(translateListener, listener(hcmFields={"http_filters": [typed(MUTATION, mutations={
+        "request_mutations": [{"append": {"header": {"key": "a", "value": "1"}}}, {"remove": "A"}]}), ROUTER]})
+                   ).endswith("request_mutations[1].remove: txmesh removes before it adds: removing A after adding "
+                              "it is not supported")

@@ -18,6 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from txmesh.xds.translate_filters import HTTP_FILTERS
 from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration, enumName, unpack, wrapped
 from txmesh.xds.translate_routes import (TranslatedRoutes, translateRouteConfiguration,
                                          translateRouteConfigurationBody)
@@ -646,7 +647,10 @@ def _httpConnectionManager(hcm, path, raw, limits):
 
 
 def _httpFilters(filters, path):
-    """The HCM's http_filters: the router last (txmesh adds its own), the others refused by name and type."""
+    """
+    The HCM's http_filters: those txmesh has (txmesh.xds.translate_filters), the router last (txmesh's chain ends
+    with its own); any other refused by name and type.
+    """
     if not filters:
         raise Refused("%s: the router filter is required (last)" % (path,))
     out = []
@@ -659,6 +663,11 @@ def _httpFilters(filters, path):
                 raise Refused("%s: the router must be the last http filter" % (fPath,))
             router = unpack(f.typed_config, router_pb2.Router, fPath + ".typed_config")
             check(router, fPath + ".typed_config", (), ("dynamic_stats",))
+            continue
+        if typeName in HTTP_FILTERS:
+            entry = HTTP_FILTERS[typeName](f.typed_config, fPath + ".typed_config")
+            if entry is not None:
+                out.append(entry)
             continue
         raise Refused("%s: http filter '%s' (%s) is not supported by txmesh over xDS" % (
             fPath, f.name, typeName or "no typed_config"))

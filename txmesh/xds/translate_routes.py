@@ -141,7 +141,7 @@ def _match(m, path):
         raise Refused("%s: txmesh matches prefix, path or safe_regex" % (path,))
     if m.HasField("case_sensitive"):
         out["case_sensitive"] = m.case_sensitive.value
-    headers = [_headerMatcher(h, "%s.headers[%d]" % (path, i)) for i, h in enumerate(m.headers)]
+    headers = [headerMatcher(h, "%s.headers[%d]" % (path, i)) for i, h in enumerate(m.headers)]
     if m.HasField("grpc"):
         check(m.grpc, _join(path, "grpc"), ())
         headers.append({"name": "content-type", "prefix": "application/grpc"})  # what Envoy's grpc match tests
@@ -150,7 +150,8 @@ def _match(m, path):
     return out
 
 
-def _headerMatcher(h, path):
+def headerMatcher(h, path):
+    """An Envoy HeaderMatcher as mesh.yaml's ``{name, exact|prefix|regex|present, invert}`` (routes, fault)."""
     check(h, path, ("name", "exact_match", "safe_regex_match", "present_match", "prefix_match", "string_match",
                     "invert_match"))
     out = {"name": h.name}
