@@ -18,7 +18,8 @@ from txmesh.xds.translate import (CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS,
                                   translateCluster, translateEndpoints, translateListener,
                                   translateRouteConfiguration)
 
-from tests.xds_resources import HCM, ROUTER, assignment, cluster, endpoint, listener, routeConfig, staticCluster
+from tests.certs import certs  # noqa: F401 (the fixture)
+from tests.xds_resources import ROUTER, assignment, cluster, endpoint, listener, routeConfig, staticCluster
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -689,3 +690,68 @@ def test_header_mutation_filter():
         "request_mutations": [{"append": {"header": {"key": "a", "value": "1"}}}, {"remove": "A"}]}), ROUTER]})
                    ).endswith("request_mutations[1].remove: txmesh removes before it adds: removing A after adding "
                               "it is not supported")
+
+
+# --- TLS through the builder (real certificate files) ---------------------------------------------------------------
+
+
+def downstreamTLS(**context):
+    lst = listener()
+    socket = lst.filter_chains[0].transport_socket
+    socket.name = "envoy.transport_sockets.tls"
+    socket.typed_config.Pack(tls_pb2.DownstreamTlsContext(**context))
+    return lst
+
+
+def certificate(issued):
+    return common_pb2.TlsCertificate(certificate_chain=base_pb2.DataSource(filename=issued.chainPath),
+                                     private_key=base_pb2.DataSource(filename=issued.keyPath))
+
+
+def test_downstream_tls_terminates_on_the_listener(certs):
+    server = certs.issue("server", dns=["localhost"])
+    lst = downstreamTLS(require_client_certificate={"value": True}, common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificates=[certificate(server)], alpn_protocols=["h2", "http/1.1"],
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(filename=certs.certPath)),
+        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+                                            cipher_suites=["ECDHE-ECDSA-AES128-GCM-SHA256"])))
+    raw = translateListener(lst).raw
+    assert raw["tls"] == {"certificates": [{"cert_chain": server.chainPath, "private_key": server.keyPath}],
+                          "alpn": ["h2", "http/1.1"], "min_version": "TLSv1.3",
+                          "cipher_suites": "ECDHE-ECDSA-AES128-GCM-SHA256", "ca": certs.certPath,
+                          "client_certificate": "required"}
+    tls = build(listeners=[raw]).listeners[0].tls
+    assert (tls.clientCertificate, tls.minVersion, tls.alpn) == ("required", "TLSv1.3", ("h2", "http/1.1"))
+    plain = downstreamTLS(common_tls_context=tls_pb2.CommonTlsContext(tls_certificates=[certificate(server)]))
+    tls = build(listeners=[translateListener(plain).raw]).listeners[0].tls
+    assert (tls.clientCertificate, tls.alpn) == ("none", ())  # Envoy offers no ALPN unless told
+
+
+def test_downstream_tls_refusals(certs):
+    server = certs.issue("server", dns=["localhost"])
+    assert refused(translateListener, downstreamTLS(common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificates=[certificate(server), certificate(server)]))) == (
+        "listener web: filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificates: txmesh "
+        "serves one certificate per listener, got 2")
+    assert refused(translateListener, downstreamTLS(require_client_certificate={"value": True},
+                                                    common_tls_context=tls_pb2.CommonTlsContext(
+                                                        tls_certificates=[certificate(server)]))) == (
+        "listener web: filter_chains[0].transport_socket.typed_config.require_client_certificate: needs "
+        "validation_context.trusted_ca")
+    assert refused(translateListener, downstreamTLS(session_timeout={"seconds": 10}, common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificates=[certificate(server)]))).startswith(
+        "listener web: filter_chains[0].transport_socket.typed_config.session_timeout: not supported by txmesh")
+
+
+def test_upstream_tls_through_the_builder(certs):
+    client = certs.issue("client", uris=["spiffe://mesh.local/ns/default/sa/frontend"], client=True)
+    c = cluster()
+    c.transport_socket.CopyFrom(upstreamTLS(sni="backend", common_tls_context=tls_pb2.CommonTlsContext(
+        tls_certificates=[certificate(client)],
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(filename=certs.certPath)),
+        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2))))
+    tls = build([translateCluster(c).raw]).cluster("app").tls
+    assert (tls.sni, tls.ca, tls.certChain, tls.minVersion) == ("backend", certs.certPath, client.chainPath,
+                                                                "TLSv1.2")

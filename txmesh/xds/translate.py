@@ -360,16 +360,7 @@ def _upstreamTLS(socket):
     common = ctx.common_tls_context
     cPath = path + ".common_tls_context"
     check(common, cPath, ("tls_params", "tls_certificates", "validation_context", "alpn_protocols"))
-    if common.HasField("tls_params"):
-        params = common.tls_params
-        check(params, cPath + ".tls_params", ("tls_minimum_protocol_version", "tls_maximum_protocol_version",
-                                              "cipher_suites"))
-        if params.tls_minimum_protocol_version:
-            out["min_version"] = enumName(params, "tls_minimum_protocol_version")
-        if params.tls_maximum_protocol_version:
-            out["max_version"] = enumName(params, "tls_maximum_protocol_version")
-        if params.cipher_suites:
-            out["cipher_suites"] = list(params.cipher_suites)
+    out.update(_tlsParams(common, cPath, "_"))
     if len(common.tls_certificates) > 1:
         raise Refused("%s.tls_certificates: txmesh presents one certificate" % (cPath,))
     for cert in common.tls_certificates:
@@ -398,6 +389,53 @@ def _upstreamTLS(socket):
         out["match_subject_alt_names"] = sans
     if common.alpn_protocols:
         out["alpn"] = list(common.alpn_protocols)
+    return out
+
+
+def _downstreamTLS(socket, path):
+    """A filter chain's DownstreamTlsContext as the listener's ``tls`` block (files; one certificate)."""
+    check(socket, path, ("name", "typed_config"))
+    ctx = unpack(socket.typed_config, tls_pb2.DownstreamTlsContext, path + ".typed_config")
+    path += ".typed_config"
+    check(ctx, path, ("common_tls_context", "require_client_certificate"))
+    common = ctx.common_tls_context
+    cPath = path + ".common_tls_context"
+    check(common, cPath, ("tls_params", "tls_certificates", "validation_context", "alpn_protocols"))
+    if len(common.tls_certificates) != 1:
+        raise Refused("%s.tls_certificates: txmesh serves one certificate per listener, got %d" % (
+            cPath, len(common.tls_certificates)))
+    cert = common.tls_certificates[0]
+    tPath = cPath + ".tls_certificates[0]"
+    check(cert, tPath, ("certificate_chain", "private_key"))
+    out = {"certificates": [{"cert_chain": _file(cert.certificate_chain, tPath + ".certificate_chain"),
+                             "private_key": _file(cert.private_key, tPath + ".private_key")}],
+           "alpn": list(common.alpn_protocols)}  # none: Envoy offers no ALPN
+    out.update(_tlsParams(common, cPath, "."))
+    required = ctx.require_client_certificate.value
+    if common.HasField("validation_context"):
+        v = common.validation_context
+        vPath = cPath + ".validation_context"
+        check(v, vPath, ("trusted_ca",))
+        out["ca"] = _file(v.trusted_ca, vPath + ".trusted_ca")
+        out["client_certificate"] = "required" if required else "optional"
+    elif required:
+        raise Refused("%s.require_client_certificate: needs validation_context.trusted_ca" % (path,))
+    return out
+
+
+def _tlsParams(common, cPath, separator):
+    """``tls_params`` as ``min_version``, ``max_version`` (``TLSv1_3`` spelled with ``separator``), ``cipher_suites``."""
+    out = {}
+    if common.HasField("tls_params"):
+        params = common.tls_params
+        check(params, cPath + ".tls_params", ("tls_minimum_protocol_version", "tls_maximum_protocol_version",
+                                              "cipher_suites"))
+        for key, field in (("min_version", "tls_minimum_protocol_version"),
+                           ("max_version", "tls_maximum_protocol_version")):
+            if getattr(params, field):
+                out[key] = enumName(params, field).replace("_", separator)
+        if params.cipher_suites:
+            out["cipher_suites"] = list(params.cipher_suites) if separator == "_" else ":".join(params.cipher_suites)
     return out
 
 
@@ -562,7 +600,9 @@ def _listener(lst):
         raise Refused("filter_chains: txmesh serves one filter chain per listener, got %d" % (
             len(lst.filter_chains),))
     chain = lst.filter_chains[0]
-    check(chain, "filter_chains[0]", ("filters", "filter_chain_match"), ("name", "metadata"))
+    check(chain, "filter_chains[0]", ("filters", "filter_chain_match", "transport_socket"), ("name", "metadata"))
+    if chain.HasField("transport_socket"):
+        raw["tls"] = _downstreamTLS(chain.transport_socket, "filter_chains[0].transport_socket")
     if chain.HasField("filter_chain_match") and chain.filter_chain_match.ListFields():
         raise Refused("filter_chains[0].filter_chain_match: txmesh does not choose chains by connection")
     if len(chain.filters) != 1:
