@@ -19,7 +19,8 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from txmesh.xds.translate_filters import HTTP_FILTERS
-from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration, enumName, unpack, wrapped
+from txmesh.xds.translate_common import (Refused, XdsResourceError, check, duration, enumName, naming, unpack,
+                                        wrapped)
 from txmesh.xds.translate_routes import (TranslatedRoutes, translateRouteConfiguration,
                                          translateRouteConfigurationBody)
 
@@ -87,10 +88,7 @@ _DNS_FAMILIES = {cluster_pb2.Cluster.AUTO: "auto", cluster_pb2.Cluster.V4_ONLY: 
 
 def translateCluster(cluster):
     """A Cluster as a L{TranslatedCluster}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        return _cluster(cluster)
-    except Refused as e:
-        raise XdsResourceError("cluster", cluster.name, str(e)) from None
+    return naming("cluster", cluster.name, _cluster, cluster)
 
 
 def _cluster(c):
@@ -221,16 +219,21 @@ def _upstreamProtocol(c, raw):
             protocol = "http1"
             check(explicit.http_protocol_options, path + ".explicit_http_config.http_protocol_options", ())
         if options.HasField("common_http_protocol_options"):
-            common = options.common_http_protocol_options
-            cPath = path + ".common_http_protocol_options"
-            check(common, cPath, ("idle_timeout", "max_requests_per_connection"))
-            if common.HasField("idle_timeout"):
-                raw["idle_timeout"] = duration(common.idle_timeout)
-            if common.HasField("max_requests_per_connection"):
-                raw["max_requests_per_connection"] = common.max_requests_per_connection.value
+            _commonHttpOptions(options.common_http_protocol_options, path + ".common_http_protocol_options", raw,
+                               {"idle_timeout": "idle_timeout",
+                                "max_requests_per_connection": "max_requests_per_connection"})
     if protocol == "http2" and any(h.HasField("grpc_health_check") for h in c.health_checks):
         protocol = "grpc"  # the same HTTP/2 client; a gRPC health check needs a gRPC cluster
     return protocol
+
+
+def _commonHttpOptions(common, path, out, keys):
+    """HttpProtocolOptions' fields named in ``keys`` ({field: mesh.yaml key}) into ``out``; any other refused."""
+    check(common, path, tuple(keys))
+    for field, key in keys.items():
+        if common.HasField(field):
+            value = getattr(common, field)
+            out[key] = duration(value) if field == "idle_timeout" else value.value
 
 
 def _http2Options(options, path, raw):
@@ -494,16 +497,17 @@ _HEALTHY = {0: True, 1: True, 2: False, 3: False, 4: False}
 
 def translateEndpoints(assignment):
     """A ClusterLoadAssignment as L{TranslatedEndpoints}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        check(assignment, "", ("cluster_name", "endpoints", "policy"))
-        factor = None
-        if assignment.HasField("policy"):
-            check(assignment.policy, "policy", ("overprovisioning_factor",))
-            if assignment.policy.HasField("overprovisioning_factor"):
-                factor = assignment.policy.overprovisioning_factor.value
-        return TranslatedEndpoints(_endpoints(assignment, ""), factor)
-    except Refused as e:
-        raise XdsResourceError("cluster_load_assignment", assignment.cluster_name, str(e)) from None
+    return naming("cluster_load_assignment", assignment.cluster_name, _assignment, assignment)
+
+
+def _assignment(assignment):
+    check(assignment, "", ("cluster_name", "endpoints", "policy"))
+    factor = None
+    if assignment.HasField("policy"):
+        check(assignment.policy, "policy", ("overprovisioning_factor",))
+        if assignment.policy.HasField("overprovisioning_factor"):
+            factor = assignment.policy.overprovisioning_factor.value
+    return TranslatedEndpoints(_endpoints(assignment, ""), factor)
 
 
 def _endpoints(assignment, path, dns=False):
@@ -582,10 +586,7 @@ _ESCAPED_SLASHES = {0: "keep_unchanged", 1: "keep_unchanged", 2: "reject_request
 
 def translateListener(listener):
     """A Listener as a L{TranslatedListener}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        return _listener(listener)
-    except Refused as e:
-        raise XdsResourceError("listener", listener.name, str(e)) from None
+    return naming("listener", listener.name, _listener, listener)
 
 
 def _listener(lst):
@@ -666,13 +667,8 @@ def _httpConnectionManager(hcm, path, raw, limits):
     if hcm.HasField("max_request_headers_kb"):
         limits["max_header_bytes"] = hcm.max_request_headers_kb.value * 1024
     if hcm.HasField("common_http_protocol_options"):
-        common = hcm.common_http_protocol_options
-        cPath = path + ".common_http_protocol_options"
-        check(common, cPath, ("idle_timeout", "max_headers_count"))
-        if common.HasField("idle_timeout"):
-            limits["idle_timeout"] = duration(common.idle_timeout)
-        if common.HasField("max_headers_count"):
-            limits["max_headers"] = common.max_headers_count.value
+        _commonHttpOptions(hcm.common_http_protocol_options, path + ".common_http_protocol_options", limits,
+                           {"idle_timeout": "idle_timeout", "max_headers_count": "max_headers"})
     raw["filters"] = _httpFilters(hcm.http_filters, path + ".http_filters")
     if hcm.HasField("rds"):
         check(hcm.rds, path + ".rds", ("route_config_name", "config_source"))

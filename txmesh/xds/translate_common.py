@@ -22,6 +22,14 @@ class Refused(Exception):
     """Inside a translation: ``field.path: reason``; the resource's translate function names the resource."""
 
 
+def naming(kind, name, translate, *args):
+    """``translate(*args)``, its Refused raised as an XdsResourceError of the resource ``kind`` ``name``."""
+    try:
+        return translate(*args)
+    except Refused as e:
+        raise XdsResourceError(kind, name, str(e)) from None
+
+
 def check(message, path, handled, ignored=()):
     """
     Refuse any field set in ``message`` (at the field path ``path``) outside ``handled`` and ``ignored`` (fields

@@ -6,7 +6,7 @@ mapped, known to have no effect, or refused naming its field path.
 
 from dataclasses import dataclass, field
 
-from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration, enumName
+from txmesh.xds.translate_common import Refused, check, duration, enumName, naming
 
 # RouteAction.cluster_not_found_response_code -> the status of a route whose cluster is not there
 NOT_FOUND_STATUS = {0: 503, 1: 404, 2: 500}
@@ -31,10 +31,7 @@ class TranslatedRoutes:
 
 def translateRouteConfiguration(config):
     """A RouteConfiguration as L{TranslatedRoutes}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        return _routeConfiguration(config, "", rds=True)
-    except Refused as e:
-        raise XdsResourceError("route_configuration", config.name, str(e)) from None
+    return naming("route_configuration", config.name, _routeConfiguration, config, "", True)
 
 
 def translateRouteConfigurationBody(config, path):
