@@ -15,7 +15,7 @@ from txmesh.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 from tests.test_reload import Client, Notifier, Reactor
 from tests.test_reopen_logs import Signals
-from tests.xds_resources import assignment, cluster, endpoint, listener, routeConfig, staticCluster
+from tests.xds_resources import ROUTER, assignment, cluster, endpoint, listener, routeConfig, staticCluster
 
 BOOTSTRAP = """
 admin: {address: "tcp:9901:interface=127.0.0.1"}
@@ -247,3 +247,25 @@ def test_lds_update_replaces_and_removes_listeners(world):
     assert {10000, 10002} <= set(world.reactor.listening)
     world.update(LISTENER, "2", [listener("web", 10000)])
     assert 10002 not in world.reactor.listening and 10000 in world.reactor.listening
+
+
+def test_http_filters_from_the_control_plane_act_on_requests(world):
+    fault = {"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "abort": {"http_status": 418, "percentage": {"numerator": 100}},
+        "headers": [{"name": "x-fault", "present_match": True}]}}
+    rbac = {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "DENY", "policies": {"no-admin": {"permissions": [{"url_path": {"path": {
+            "prefix": "/admin"}}}], "principals": [{"any": True}]}}}}}
+    world.update(ROUTE, "1", [routeConfig("routes", routes=DIRECT)])
+    assert world.update(LISTENER, "1", [listener("web", 10000, hcmFields={"http_filters": [fault, rbac, ROUTER]})]) \
+        is None
+    client = Client(world.reactor, 10000)
+    client.send(b"/admin")
+    assert client.transport.value().startswith(b"HTTP/1.1 403")
+    client.transport.clear()
+    client.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nx-fault: 1\r\n\r\n")
+    world.reactor.advance(0)
+    assert client.transport.value().startswith(b"HTTP/1.1 418")
+    assert Client(world.reactor, 10000).get() == "dynamic"

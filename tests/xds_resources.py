@@ -29,6 +29,7 @@ def staticCluster(name, *addresses, **fields):
 
 def endpoint(address, **fields):
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")
     doc = {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
     doc.update(fields)
     return doc

@@ -13,14 +13,14 @@ configuration's messages are in L{txmesh.xds.translate_routes}.
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration, unpack, wrapped
+from txmesh.xds.translate_filters import HTTP_FILTERS
+from txmesh.xds.translate_common import (Refused, XdsResourceError, check, duration, enumName, naming, unpack,
+                                        wrapped)
 from txmesh.xds.translate_routes import (TranslatedRoutes, translateRouteConfiguration,
                                          translateRouteConfigurationBody)
 
@@ -88,10 +88,7 @@ _DNS_FAMILIES = {cluster_pb2.Cluster.AUTO: "auto", cluster_pb2.Cluster.V4_ONLY: 
 
 def translateCluster(cluster):
     """A Cluster as a L{TranslatedCluster}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        return _cluster(cluster)
-    except Refused as e:
-        raise XdsResourceError("cluster", cluster.name, str(e)) from None
+    return naming("cluster", cluster.name, _cluster, cluster)
 
 
 def _cluster(c):
@@ -222,16 +219,21 @@ def _upstreamProtocol(c, raw):
             protocol = "http1"
             check(explicit.http_protocol_options, path + ".explicit_http_config.http_protocol_options", ())
         if options.HasField("common_http_protocol_options"):
-            common = options.common_http_protocol_options
-            cPath = path + ".common_http_protocol_options"
-            check(common, cPath, ("idle_timeout", "max_requests_per_connection"))
-            if common.HasField("idle_timeout"):
-                raw["idle_timeout"] = duration(common.idle_timeout)
-            if common.HasField("max_requests_per_connection"):
-                raw["max_requests_per_connection"] = common.max_requests_per_connection.value
+            _commonHttpOptions(options.common_http_protocol_options, path + ".common_http_protocol_options", raw,
+                               {"idle_timeout": "idle_timeout",
+                                "max_requests_per_connection": "max_requests_per_connection"})
     if protocol == "http2" and any(h.HasField("grpc_health_check") for h in c.health_checks):
         protocol = "grpc"  # the same HTTP/2 client; a gRPC health check needs a gRPC cluster
     return protocol
+
+
+def _commonHttpOptions(common, path, out, keys):
+    """HttpProtocolOptions' fields named in ``keys`` ({field: mesh.yaml key}) into ``out``; any other refused."""
+    check(common, path, tuple(keys))
+    for field, key in keys.items():
+        if common.HasField(field):
+            value = getattr(common, field)
+            out[key] = duration(value) if field == "idle_timeout" else value.value
 
 
 def _http2Options(options, path, raw):
@@ -305,7 +307,7 @@ def _healthCheck(h, path, protocol):
         if http.path:
             out["path"] = http.path
         if http.method:
-            out["method"] = health_check_pb2.core_dot_v3_dot_base__pb2.RequestMethod.Name(http.method)
+            out["method"] = enumName(http, "method")
         if http.expected_statuses:
             out["expected_statuses"] = [{"start": r.start, "end": r.end} for r in http.expected_statuses]
         if http.request_headers_to_add:
@@ -361,17 +363,7 @@ def _upstreamTLS(socket):
     common = ctx.common_tls_context
     cPath = path + ".common_tls_context"
     check(common, cPath, ("tls_params", "tls_certificates", "validation_context", "alpn_protocols"))
-    if common.HasField("tls_params"):
-        params = common.tls_params
-        check(params, cPath + ".tls_params", ("tls_minimum_protocol_version", "tls_maximum_protocol_version",
-                                              "cipher_suites"))
-        names = tls_pb2.common__pb2.TlsParameters.TlsProtocol
-        if params.tls_minimum_protocol_version:
-            out["min_version"] = names.Name(params.tls_minimum_protocol_version)
-        if params.tls_maximum_protocol_version:
-            out["max_version"] = names.Name(params.tls_maximum_protocol_version)
-        if params.cipher_suites:
-            out["cipher_suites"] = list(params.cipher_suites)
+    out.update(_tlsParams(common, cPath, "_"))
     if len(common.tls_certificates) > 1:
         raise Refused("%s.tls_certificates: txmesh presents one certificate" % (cPath,))
     for cert in common.tls_certificates:
@@ -392,8 +384,7 @@ def _upstreamTLS(socket):
     for i, m in enumerate(v.match_typed_subject_alt_names):
         sPath = "%s.match_typed_subject_alt_names[%d]" % (vPath, i)
         check(m, sPath, ("san_type", "matcher"))
-        kind = {tls_pb2.common__pb2.SubjectAltNameMatcher.DNS: "dns",
-                tls_pb2.common__pb2.SubjectAltNameMatcher.URI: "uri"}.get(m.san_type)
+        kind = {"DNS": "dns", "URI": "uri"}.get(enumName(m, "san_type"))
         if kind is None:
             raise Refused("%s.san_type: txmesh matches DNS and URI names" % (sPath,))
         sans.append({kind: _stringMatch(m.matcher, sPath + ".matcher", ("exact", "prefix", "suffix"))})
@@ -401,6 +392,53 @@ def _upstreamTLS(socket):
         out["match_subject_alt_names"] = sans
     if common.alpn_protocols:
         out["alpn"] = list(common.alpn_protocols)
+    return out
+
+
+def _downstreamTLS(socket, path):
+    """A filter chain's DownstreamTlsContext as the listener's ``tls`` block (files; one certificate)."""
+    check(socket, path, ("name", "typed_config"))
+    ctx = unpack(socket.typed_config, tls_pb2.DownstreamTlsContext, path + ".typed_config")
+    path += ".typed_config"
+    check(ctx, path, ("common_tls_context", "require_client_certificate"))
+    common = ctx.common_tls_context
+    cPath = path + ".common_tls_context"
+    check(common, cPath, ("tls_params", "tls_certificates", "validation_context", "alpn_protocols"))
+    if len(common.tls_certificates) != 1:
+        raise Refused("%s.tls_certificates: txmesh serves one certificate per listener, got %d" % (
+            cPath, len(common.tls_certificates)))
+    cert = common.tls_certificates[0]
+    tPath = cPath + ".tls_certificates[0]"
+    check(cert, tPath, ("certificate_chain", "private_key"))
+    out = {"certificates": [{"cert_chain": _file(cert.certificate_chain, tPath + ".certificate_chain"),
+                             "private_key": _file(cert.private_key, tPath + ".private_key")}],
+           "alpn": list(common.alpn_protocols)}  # none: Envoy offers no ALPN
+    out.update(_tlsParams(common, cPath, "."))
+    required = ctx.require_client_certificate.value
+    if common.HasField("validation_context"):
+        v = common.validation_context
+        vPath = cPath + ".validation_context"
+        check(v, vPath, ("trusted_ca",))
+        out["ca"] = _file(v.trusted_ca, vPath + ".trusted_ca")
+        out["client_certificate"] = "required" if required else "optional"
+    elif required:
+        raise Refused("%s.require_client_certificate: needs validation_context.trusted_ca" % (path,))
+    return out
+
+
+def _tlsParams(common, cPath, separator):
+    """``tls_params`` as ``min_version``, ``max_version`` (``TLSv1_3`` spelled with ``separator``), ``cipher_suites``."""
+    out = {}
+    if common.HasField("tls_params"):
+        params = common.tls_params
+        check(params, cPath + ".tls_params", ("tls_minimum_protocol_version", "tls_maximum_protocol_version",
+                                              "cipher_suites"))
+        for key, field in (("min_version", "tls_minimum_protocol_version"),
+                           ("max_version", "tls_maximum_protocol_version")):
+            if getattr(params, field):
+                out[key] = enumName(params, field).replace("_", separator)
+        if params.cipher_suites:
+            out["cipher_suites"] = list(params.cipher_suites) if separator == "_" else ":".join(params.cipher_suites)
     return out
 
 
@@ -459,16 +497,17 @@ _HEALTHY = {0: True, 1: True, 2: False, 3: False, 4: False}
 
 def translateEndpoints(assignment):
     """A ClusterLoadAssignment as L{TranslatedEndpoints}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        check(assignment, "", ("cluster_name", "endpoints", "policy"))
-        factor = None
-        if assignment.HasField("policy"):
-            check(assignment.policy, "policy", ("overprovisioning_factor",))
-            if assignment.policy.HasField("overprovisioning_factor"):
-                factor = assignment.policy.overprovisioning_factor.value
-        return TranslatedEndpoints(_endpoints(assignment, ""), factor)
-    except Refused as e:
-        raise XdsResourceError("cluster_load_assignment", assignment.cluster_name, str(e)) from None
+    return naming("cluster_load_assignment", assignment.cluster_name, _assignment, assignment)
+
+
+def _assignment(assignment):
+    check(assignment, "", ("cluster_name", "endpoints", "policy"))
+    factor = None
+    if assignment.HasField("policy"):
+        check(assignment.policy, "policy", ("overprovisioning_factor",))
+        if assignment.policy.HasField("overprovisioning_factor"):
+            factor = assignment.policy.overprovisioning_factor.value
+    return TranslatedEndpoints(_endpoints(assignment, ""), factor)
 
 
 def _endpoints(assignment, path, dns=False):
@@ -502,7 +541,7 @@ def _endpoints(assignment, path, dns=False):
                 entry["locality"] = locality
             if lb.health_status not in _HEALTHY:
                 raise Refused("%s.health_status %s: txmesh does not balance over degraded hosts" % (
-                    ePath, endpoint_components_pb2.core__pb2.HealthStatus.Name(lb.health_status)))
+                    ePath, enumName(lb, "health_status")))
             if not _HEALTHY[lb.health_status]:
                 entry["healthy"] = False
             out.append(entry)
@@ -547,10 +586,7 @@ _ESCAPED_SLASHES = {0: "keep_unchanged", 1: "keep_unchanged", 2: "reject_request
 
 def translateListener(listener):
     """A Listener as a L{TranslatedListener}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        return _listener(listener)
-    except Refused as e:
-        raise XdsResourceError("listener", listener.name, str(e)) from None
+    return naming("listener", listener.name, _listener, listener)
 
 
 def _listener(lst):
@@ -565,7 +601,9 @@ def _listener(lst):
         raise Refused("filter_chains: txmesh serves one filter chain per listener, got %d" % (
             len(lst.filter_chains),))
     chain = lst.filter_chains[0]
-    check(chain, "filter_chains[0]", ("filters", "filter_chain_match"), ("name", "metadata"))
+    check(chain, "filter_chains[0]", ("filters", "filter_chain_match", "transport_socket"), ("name", "metadata"))
+    if chain.HasField("transport_socket"):
+        raw["tls"] = _downstreamTLS(chain.transport_socket, "filter_chains[0].transport_socket")
     if chain.HasField("filter_chain_match") and chain.filter_chain_match.ListFields():
         raise Refused("filter_chains[0].filter_chain_match: txmesh does not choose chains by connection")
     if len(chain.filters) != 1:
@@ -629,13 +667,8 @@ def _httpConnectionManager(hcm, path, raw, limits):
     if hcm.HasField("max_request_headers_kb"):
         limits["max_header_bytes"] = hcm.max_request_headers_kb.value * 1024
     if hcm.HasField("common_http_protocol_options"):
-        common = hcm.common_http_protocol_options
-        cPath = path + ".common_http_protocol_options"
-        check(common, cPath, ("idle_timeout", "max_headers_count"))
-        if common.HasField("idle_timeout"):
-            limits["idle_timeout"] = duration(common.idle_timeout)
-        if common.HasField("max_headers_count"):
-            limits["max_headers"] = common.max_headers_count.value
+        _commonHttpOptions(hcm.common_http_protocol_options, path + ".common_http_protocol_options", limits,
+                           {"idle_timeout": "idle_timeout", "max_headers_count": "max_headers"})
     raw["filters"] = _httpFilters(hcm.http_filters, path + ".http_filters")
     if hcm.HasField("rds"):
         check(hcm.rds, path + ".rds", ("route_config_name", "config_source"))
@@ -650,7 +683,10 @@ def _httpConnectionManager(hcm, path, raw, limits):
 
 
 def _httpFilters(filters, path):
-    """The HCM's http_filters: the router last (txmesh adds its own), the others refused by name and type."""
+    """
+    The HCM's http_filters: those txmesh has (txmesh.xds.translate_filters), the router last (txmesh's chain ends
+    with its own); any other refused by name and type.
+    """
     if not filters:
         raise Refused("%s: the router filter is required (last)" % (path,))
     out = []
@@ -663,6 +699,11 @@ def _httpFilters(filters, path):
                 raise Refused("%s: the router must be the last http filter" % (fPath,))
             router = unpack(f.typed_config, router_pb2.Router, fPath + ".typed_config")
             check(router, fPath + ".typed_config", (), ("dynamic_stats",))
+            continue
+        if typeName in HTTP_FILTERS:
+            entry = HTTP_FILTERS[typeName](f.typed_config, fPath + ".typed_config")
+            if entry is not None:
+                out.append(entry)
             continue
         raise Refused("%s: http filter '%s' (%s) is not supported by txmesh over xDS" % (
             fPath, f.name, typeName or "no typed_config"))

@@ -22,6 +22,14 @@ class Refused(Exception):
     """Inside a translation: ``field.path: reason``; the resource's translate function names the resource."""
 
 
+def naming(kind, name, translate, *args):
+    """``translate(*args)``, its Refused raised as an XdsResourceError of the resource ``kind`` ``name``."""
+    try:
+        return translate(*args)
+    except Refused as e:
+        raise XdsResourceError(kind, name, str(e)) from None
+
+
 def check(message, path, handled, ignored=()):
     """
     Refuse any field set in ``message`` (at the field path ``path``) outside ``handled`` and ``ignored`` (fields
@@ -54,3 +62,9 @@ def unpack(anyMessage, cls, path):
         raise Refused("%s: expected a %s, got %s" % (path, cls.DESCRIPTOR.full_name,
                                                    anyMessage.type_url or "nothing"))
     return message
+
+
+def enumName(message, key):
+    """The name of the enum field ``key``'s value in ``message`` (``HEAD``, ``TLSv1_3`` ...)."""
+    value = getattr(message, key)
+    return message.DESCRIPTOR.fields_by_name[key].enum_type.values_by_number[value].name

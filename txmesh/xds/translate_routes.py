@@ -6,9 +6,7 @@ mapped, known to have no effect, or refused naming its field path.
 
 from dataclasses import dataclass, field
 
-from envoy.config.route.v3 import route_components_pb2 as rc_pb2
-
-from txmesh.xds.translate_common import Refused, XdsResourceError, check, duration
+from txmesh.xds.translate_common import Refused, check, duration, enumName, naming
 
 # RouteAction.cluster_not_found_response_code -> the status of a route whose cluster is not there
 NOT_FOUND_STATUS = {0: 503, 1: 404, 2: 500}
@@ -33,10 +31,7 @@ class TranslatedRoutes:
 
 def translateRouteConfiguration(config):
     """A RouteConfiguration as L{TranslatedRoutes}.  @raise XdsResourceError: what txmesh cannot apply."""
-    try:
-        return _routeConfiguration(config, "", rds=True)
-    except Refused as e:
-        raise XdsResourceError("route_configuration", config.name, str(e)) from None
+    return naming("route_configuration", config.name, _routeConfiguration, config, "", True)
 
 
 def translateRouteConfigurationBody(config, path):
@@ -89,8 +84,7 @@ def _headerMutations(m, path, out):
             if o.append_action == 2:  # OVERWRITE_IF_EXISTS_OR_ADD
                 append = False
             elif o.append_action != 0:
-                raise Refused("%s.append_action %s: txmesh appends or overwrites" % (
-                    oPath, rc_pb2.base__pb2.HeaderValueOption.HeaderAppendAction.Name(o.append_action)))
+                raise Refused("%s.append_action %s: txmesh appends or overwrites" % (oPath, enumName(o, "append_action")))
             items.append({"name": o.header.key, "value": o.header.value, "append": append})
         if items:
             out[key] = items
@@ -144,7 +138,7 @@ def _match(m, path):
         raise Refused("%s: txmesh matches prefix, path or safe_regex" % (path,))
     if m.HasField("case_sensitive"):
         out["case_sensitive"] = m.case_sensitive.value
-    headers = [_headerMatcher(h, "%s.headers[%d]" % (path, i)) for i, h in enumerate(m.headers)]
+    headers = [headerMatcher(h, "%s.headers[%d]" % (path, i)) for i, h in enumerate(m.headers)]
     if m.HasField("grpc"):
         check(m.grpc, _join(path, "grpc"), ())
         headers.append({"name": "content-type", "prefix": "application/grpc"})  # what Envoy's grpc match tests
@@ -153,7 +147,8 @@ def _match(m, path):
     return out
 
 
-def _headerMatcher(h, path):
+def headerMatcher(h, path):
+    """An Envoy HeaderMatcher as mesh.yaml's ``{name, exact|prefix|regex|present, invert}`` (routes, fault)."""
     check(h, path, ("name", "exact_match", "safe_regex_match", "present_match", "prefix_match", "string_match",
                     "invert_match"))
     out = {"name": h.name}
