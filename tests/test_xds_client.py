@@ -422,3 +422,81 @@ def test_dynamic_resources_errors(block, expected):
 def test_node_metadata_must_be_json():
     assert errorOf("node: {metadata: {when: 2024-01-01}}\nlisteners: [{name: a, address: 'tcp:0'}]\n") == (
         "mesh.yaml:1: node.metadata.when: must be a string, number, boolean, list or mapping, not date")
+
+
+def test_a_dynamic_resources_bootstrap_validates_against_the_schema():
+    import json
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+    schema = json.loads(resources.files("txmesh").joinpath("mesh.schema.json").read_text())
+    doc = yaml.safe_load(XDS_BASE + "dynamic_resources: {cluster: xds, api_type: GRPC, initial_fetch_timeout: 5s,"
+                                    " reconnect: {base_interval: 1s}}\n")
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(dict(doc, dynamic_resources={"cluster": "xds",
+                                                                                      "api_type": "DELTA"}))
+
+
+# -- the REST poller against the test control plane's REST-JSON endpoints (the reactor in its thread) --------------
+
+
+@implementer(IXdsResourceHandler)
+class AnsweringHandler(FakeHandler):
+    """Answers at once: a NACK for the versions in ``refuse``; accepting CDS subscribes EDS to its clusters."""
+
+    def __init__(self):
+        FakeHandler.__init__(self)
+        self.refuse = {}
+
+    def update(self, typeUrl, versionInfo, resources):
+        self.updates.append((typeUrl, versionInfo, resources, None))
+        if versionInfo in self.refuse:
+            return defer.succeed(self.refuse[versionInfo])
+        if typeUrl == CDS:
+            self.rename(EDS, [c.name for c in resources])
+        return defer.succeed(None)
+
+
+def test_rest_poller_polls_in_order_and_acks_and_nacks_in_the_next_poll():
+    from tests.reactor_thread import onReactor, waitFor
+    from tests.xds_control_plane import ControlPlane
+    from txmesh.xds.rest import RestPoller
+
+    plane = ControlPlane().start()
+    handler, store = AnsweringHandler(), StatsStore()
+    cluster = FakeCluster()
+    cluster.host = type("Host", (), {"address": "127.0.0.1:%d" % plane.restPort, "hostname": "127.0.0.1",
+                                     "port": plane.restPort})()
+    plane.setSnapshot(CDS, "c1", clusters("app"))
+    plane.setSnapshot(EDS, "e1", [endpoint_pb2.ClusterLoadAssignment(cluster_name="app")])
+    poller = None
+    try:
+        def make():
+            from twisted.internet import reactor
+            p = RestPoller(XdsConfig(apiType="REST", cluster="xds", refreshDelay=0.05, requestTimeout=2), NODE,
+                           handler, cluster, reactor, XdsStats(store, handler.typeUrls()))
+            p.start()
+            return p
+
+        poller = onReactor(make)
+        plane.waitFor(lambda: plane.ackOf("sidecar-1", EDS, "e1"), "the EDS ACK")
+        first = plane.recorded("sidecar-1")[:3]
+        # EDS right after the CDS that named its cluster, in the same round (Envoy's order), then LDS
+        assert [(r.typeUrl, r.version, r.transport) for r in first] == [(CDS, "", "rest"), (EDS, "", "rest"),
+                                                                         (LDS, "", "rest")]
+        assert first[1].names == ("app",) and first[0].metadata == {"zone": "a", "weight": 3}
+        handler.refuse["c2"] = "cluster 'b': no"
+        plane.setSnapshot(CDS, "c2", clusters("app", "b"))
+        nack = plane.waitNack("sidecar-1", CDS, "c2")
+        assert (nack.version, nack.error) == ("c1", "cluster 'b': no")
+        waitFor(lambda: poller.describe()["types"]["cds"]["rejected"] >= 1)
+        described = onReactor(poller.describe)
+        assert described["connected"] is True and described["types"]["cds"]["version_info"] == "c1"
+        assert store.value("xds_update_rejected", type="cds") >= 1
+        assert store.value("xds_update_success", type="eds") == 1
+    finally:
+        if poller is not None:
+            onReactor(poller.stop)
+        plane.stop()

@@ -88,6 +88,8 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         plane = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as control planes serve (Twisted's pool reuses connections)
+
             def do_POST(self):
                 plane._rest(self)
 
@@ -269,6 +271,7 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             snapshot = self.snapshot(req.node.id, typeUrl)
             if snapshot is None or snapshot[0] == req.version_info:
                 handler.send_response(304)
+                handler.send_header("content-length", "0")
                 handler.end_headers()
                 return
             response = self._response(req.node.id, typeUrl, tuple(req.resource_names))
