@@ -279,6 +279,7 @@ class Endpoint:
     def __init__(self, port):
         self.host, self.port, self.weight = "10.0.0.1", port, 1
         self.priority, self.locality, self.metadata = 0, "", ()
+        self.healthy = True  # as txmesh.config.EndpointConfig (EDS health_status, merged from xdst)
 
 
 def makeCluster(ports, **kw):

@@ -30,6 +30,7 @@ from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
 from txmesh.tracing_config import buildTracing
 from txmesh.tls.server_config import KEYS as TLS_KEYS, buildForwardClientCert, buildServerTLS, refuseSSLEndpoint
 from txmesh.twisted_private import parseServerEndpoint
+from txmesh.xds.config import buildDynamicResources
 from txmesh.tls.upstream_config import buildUpstreamTLS
 
 # listeners whose connections are HTTP/2 (canonical protocol names): they take an ``http2`` block
@@ -53,6 +54,8 @@ class NodeConfig:
 
     id: str = field(default_factory=socket.gethostname)
     cluster: str = ""
+    # JSON-able mapping sent to an xDS control plane as the DiscoveryRequest's node.metadata (a Struct)
+    metadata: dict = field(default_factory=dict, hash=False)
 
 
 # Envoy's internal_address_config defaults: RFC 1918, loopback and unique-local IPv6 are internal
@@ -214,6 +217,7 @@ class EndpointConfig:
     priority: int = 0
     locality: str = ""
     metadata: tuple = ()  # ((key, value), ...) str pairs
+    healthy: bool = True  # False: its source says it is not (EDS health_status): the host's FAILED_EDS_HEALTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +332,9 @@ class MeshConfig:
     tracing: object = None
     # the ``dynamic_resources`` block (issue 13 part 3): a txmesh.xds.config.XdsConfig, or None without xDS
     dynamicResources: object = None
+    # the parts an xDS control plane gave (txmesh.xds.state): {"listeners"|"clusters": {name: {"source": "xds",
+    # "resource": ..., "version_info": ...}}}, shown by /config_dump; empty for a file's parts
+    origins: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -362,16 +369,28 @@ def loads(text, filename="<string>"):
     return _buildMesh(reader, raw)
 
 
+def buildFromRaw(raw, filename, lines=None):
+    """
+    Validate an already parsed mesh.yaml document (plain dicts and lists, as ``parseYAML`` gives): the xDS
+    translation's (txmesh.xds.state) merged with the bootstrap's static parts, where no listener may be there yet
+    (Envoy's LDS comes after CDS).  ``lines``: {key path: line}, where known.  @raise ConfigError: naming the key path and reason (and the line, where ``lines`` has it).
+    """
+    return _buildMesh(Reader(filename, lines or {}), raw, listenersRequired=False)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _buildMesh(r, raw):
+def _buildMesh(r, raw, listenersRequired=True):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
                                  "overload", "registries", "registration",
-                                 "hot_restart", "tracing"))
-    if raw.get("listeners") is None:
+                                 "hot_restart", "tracing", "dynamic_resources"))
+    # with listeners from a control plane (LDS), mesh.yaml may have no listener of its own (Envoy's bootstrap)
+    lds = isinstance(raw.get("dynamic_resources"), dict) and raw["dynamic_resources"].get("lds") in (None, True)
+    listenersRequired = listenersRequired and not lds
+    if raw.get("listeners") is None and listenersRequired:
         raise r.error("missing required key 'listeners'", "")
     pluginPaths = _pluginPaths(r, raw)
     filterFactories = _plugins(IFilterFactory)
@@ -388,7 +407,7 @@ def _buildMesh(r, raw):
     admin = _buildAdmin(r, r.mapping(raw.get("admin"), "admin", optional=("address", "mode", "auth")))
 
     listenersRaw = r.list(raw, "", "listeners")
-    if not listenersRaw:
+    if not listenersRaw and listenersRequired:
         raise r.error("must list at least one listener", "listeners")
     listeners = tuple(_buildListener(r, l, "listeners[%d]" % (i,), clusterNames, filterFactories, protocols)
                       for i, l in enumerate(listenersRaw))
@@ -402,7 +421,7 @@ def _buildMesh(r, raw):
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
                       registration=buildRegistration(r, raw, registries, listeners, clusters),
                       hotRestart=buildHotRestart(r, raw, [admin.address] + [lc.address for lc in listeners]),
-                      tracing=buildTracing(r, raw))
+                      tracing=buildTracing(r, raw), dynamicResources=buildDynamicResources(r, raw, clusters))
 
 
 _OCTAL_MODE = re.compile(r"0?[0-7]{3}\Z")
@@ -504,12 +523,28 @@ def _buildOverload(r, raw):
 
 def _buildNode(r, raw):
     """The ``node`` block: ``id`` (default: the host name) and ``cluster``."""
-    m = r.mapping(raw.get("node"), "node", optional=("id", "cluster"))
+    m = r.mapping(raw.get("node"), "node", optional=("id", "cluster", "metadata"))
     default = NodeConfig()
     nodeId = r.get(m, "node", "id", str, default.id)
     if not nodeId or not nodeId.isprintable() or not nodeId.isascii():
         raise r.error("must be printable ASCII, not empty", "node.id")
-    return NodeConfig(id=nodeId, cluster=r.get(m, "node", "cluster", str, ""))
+    metadata = r.get(m, "node", "metadata", dict, {})
+    _checkJSON(r, metadata, "node.metadata")
+    return NodeConfig(id=nodeId, cluster=r.get(m, "node", "cluster", str, ""), metadata=metadata)
+
+
+def _checkJSON(r, value, path):
+    """``value`` holds only what JSON (and a protobuf Struct) can: mappings with string keys, lists, scalars."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise r.error("keys must be strings, not %r" % (key,), path)
+            _checkJSON(r, item, joinPath(path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _checkJSON(r, item, "%s[%d]" % (path, i))
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise r.error("must be a string, number, boolean, list or mapping, not %s" % (type(value).__name__,), path)
 
 
 def _buildForwarding(r, m, path):
@@ -663,7 +698,7 @@ def buildEndpoints(r, items, listPath):
     seen = {}
     for i, e in enumerate(items):
         ePath = "%s[%d]" % (listPath, i)
-        r.mapping(e, ePath, required=("address",), optional=("weight", "priority", "locality", "metadata"))
+        r.mapping(e, ePath, required=("address",), optional=("weight", "priority", "locality", "metadata", "healthy"))
         host, port = hostPort(r, r.get(e, ePath, "address", str), joinPath(ePath, "address"))
         if (host, port) in seen:
             raise r.error("duplicate endpoint '%s' (also %s)" % (e["address"], seen[(host, port)]),
@@ -671,7 +706,8 @@ def buildEndpoints(r, items, listPath):
         seen[(host, port)] = ePath
         endpoints.append(EndpointConfig(host, port, r.integer(e, ePath, "weight", 1, 1, 128),
                                         r.integer(e, ePath, "priority", 0, 0, 127),
-                                        r.get(e, ePath, "locality", str, ""), _endpointMetadata(r, e, ePath)))
+                                        r.get(e, ePath, "locality", str, ""), _endpointMetadata(r, e, ePath),
+                                        r.get(e, ePath, "healthy", bool, True)))
     return tuple(endpoints)
 
 

@@ -73,6 +73,8 @@ class MeshControl:
             "node": {"id": config.node.id, "cluster": config.node.cluster},
             "listeners": len(config.listeners),
             "clusters": len(mesh.clusters),
+            # issue 13 part 3: the xDS client's stream, versions and last errors (None without dynamic_resources)
+            "xds": mesh.xds.describe() if mesh.xds is not None else None,
         }
 
     def describeListeners(self):

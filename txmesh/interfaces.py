@@ -1403,6 +1403,28 @@ class IXdsResourceHandler(Interface):
         """
 
 
+class IXdsTransport(Interface):
+    """
+    One xDS client transport (txmesh/xds/ads.py's ``AdsClient``, txmesh/xds/rest.py's ``RestPoller``): it asks the
+    control plane for the IXdsResourceHandler's subscriptions, hands each state-of-the-world response to it and
+    ACKs or NACKs it by the handler's answer.
+    """
+
+    state = Attribute("Its L{txmesh.xds.discovery.DiscoveryState}: per type the accepted version, nonce, names.")
+
+    def start():
+        """Open the stream (ADS) or start polling (REST); failures are retried with backoff, never raised."""
+
+    def stop():
+        """Close the stream or stop polling; nothing is asked for afterwards.  @return: None or a Deferred."""
+
+    def describe():
+        """
+        A JSON-able dict: ``api_type``, ``cluster``, ``server`` (host:port last used), ``connected``,
+        ``last_stream_error``, and per type (``cds`` ...) the accepted version, nonce, names, counts, last error.
+        """
+
+
 # -- hot restart (part 5): a new process takes the listening sockets over from the running one --
 
 

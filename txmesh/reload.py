@@ -61,12 +61,17 @@ class ConfigVersion:
         self.appliedAt = appliedAt
         self.listeners = {lc.name: 1 for lc in config.listeners}
         self.clusters = {c.name: 1 for c in config.clusters}
+        self.origins = config.origins  # the xDS parts' resource names and version_info (txmesh.xds.state)
 
-    def advance(self, config, diff, sourceName, appliedAt):
-        """A reload applied ``config`` (a MeshConfig) through ``diff`` (a ConfigDiff)."""
+    def advance(self, config, diff, sourceName, appliedAt, location=None):
+        """
+        A reload applied ``config`` (a MeshConfig) through ``diff`` (a ConfigDiff), from ``location`` (the source's:
+        the file, or the xDS control plane; default the config's file).
+        """
         self.version += 1
         self.digest = configDigest(config.raw)
-        self.source, self.location, self.appliedAt = sourceName, config.filename, appliedAt
+        self.source, self.location, self.appliedAt = sourceName, location or config.filename, appliedAt
+        self.origins = config.origins
         changedListeners = [lc.name for lc in diff.listenersAdded] + [c.new.name for c in diff.listenersChanged]
         changedClusters = [c.name for c in diff.clustersAdded] + [c.new.name for c in diff.clustersChanged]
         self.listeners = {lc.name: self.listeners.get(lc.name, self.version) for lc in config.listeners}
@@ -78,12 +83,15 @@ class ConfigVersion:
 
     def describe(self):
         """JSON-able, for ``/config_dump`` (``version_info``) and ``/server_info``."""
-        def parts(versions):
-            return {name: {"version": v, "source": self.source, "location": self.location}
+        def parts(versions, kind):
+            # a part from xDS says so, with its resource name and version_info; the others are the file's
+            origins = self.origins.get(kind, {})
+            return {name: {"version": v, "source": self.source, "location": self.location, **origins.get(name, {})}
                     for name, v in versions.items()}
 
         return {"version": self.version, "digest": self.digest, "source": self.source, "location": self.location,
-                "applied_at": self.appliedAt, "listeners": parts(self.listeners), "clusters": parts(self.clusters)}
+                "applied_at": self.appliedAt, "listeners": parts(self.listeners, "listeners"),
+                "clusters": parts(self.clusters, "clusters")}
 
 
 class Rejected(Exception):
@@ -244,7 +252,7 @@ class ConfigApplier:
             clusters.removeCluster(c.name).addErrback(
                 lambda f, name=c.name: self.log.failure("cluster {cluster}: draining", f, cluster=name))
         self._swapResources(new, loaded)
-        self.version.advance(new, diff, source.name, self.clock.seconds())
+        self.version.advance(new, diff, source.name, self.clock.seconds(), source.location)
         mesh.meshStatus = mesh.makeStatus()
 
     def _retireListener(self, listener):

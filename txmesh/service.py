@@ -37,6 +37,7 @@ from txmesh.tls.client import UpstreamTLS
 from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
 from txmesh.upstream.health import clientEndpoint
+from txmesh.xds.client import makeXdsClient
 
 
 class _QuietFactory(Factory):
@@ -224,6 +225,8 @@ class MeshService(MultiService):
         admin.setServiceParent(self)
         # STATUS= for systemctl status (issue 13 part 4)
         self.meshStatus = self.makeStatus()
+        # the xDS client (issue 13 part 3, ``dynamic_resources``): started once the static parts serve
+        self.xds = makeXdsClient(self, rng) if config.dynamicResources is not None else None
 
     def _listenerEndpoint(self, lc, backoff):
         """Where listener ``lc`` listens: its address, its ports backing off on accept errors, gated until serving."""
@@ -262,6 +265,8 @@ class MeshService(MultiService):
         """``/config_dump``: the running mesh.yaml as parsed, and ``version_info`` (version, digest, source)."""
         dump = dict(self.config.raw)
         dump["version_info"] = self.applier.version.describe()
+        if self.xds is not None:
+            dump["xds"] = self.xds.describe()
         return dump
 
     def reload(self, trigger="admin"):
@@ -325,6 +330,8 @@ class MeshService(MultiService):
         self.serving = True
         self.acceptGate.open()
         self.hotRestart.serving()  # a process that took over tells the old one to drain now
+        if self.xds is not None:
+            self.xds.start()
         if self.config.registration is not None:
             # registered once callers can be served: listeners bound and accepting, discovered clusters warm
             registration = self.config.registration
@@ -361,6 +368,7 @@ class MeshService(MultiService):
     def _stop(self):
         self.draining = True
         self.notifier.stopping("draining: " + self.meshStatus.describe())
+        xdsStopped = self.xds.stop() if self.xds is not None else None  # no update applies while draining
         self.hotRestart.stop()
         if self.registration is not None:
             # withdraw the local app first and let callers' registries notice, while the listeners still serve
@@ -416,6 +424,7 @@ class MeshService(MultiService):
         self.runtime.registryClusters.stop()  # dubbo_registry routes' sources (issue 12 part 2)
         yield self.clusters.drain()
         yield discoveryStopped
+        yield xdsStopped
         yield self.registries.stop()
         self.applier.stop()
         for resource in self.filterResources:

@@ -204,6 +204,11 @@ class Cluster:
                     host.locality = h.locality
                     if h.metadata or host.metadata:  # discovery may change a kept host's metadata
                         host.metadata = types.MappingProxyType(dict(h.metadata))
+            if not IHost.providedBy(h):  # the source's word on health (EDS health_status): FAILED_EDS_HEALTH
+                if h.healthy:
+                    host.clearHealthFlag(HealthFlag.FAILED_EDS_HEALTH)
+                else:
+                    host.setHealthFlag(HealthFlag.FAILED_EDS_HEALTH)
             byAddress[address] = host
             new.append(host)
         removed = [a for a in self._byAddress if a not in byAddress]

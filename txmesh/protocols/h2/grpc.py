@@ -211,3 +211,46 @@ class MessageCounter:
         self._skip = skip
         self.messages += started
         return started
+
+
+def frameMessage(message):
+    """One uncompressed length-prefixed gRPC message carrying ``message`` (bytes: a serialised protobuf)."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class MalformedMessage(ValueError):
+    """A length-prefixed message that cannot be read: compressed without negotiation, or above the size limit."""
+
+
+class MessageReader:
+    """
+    Splits a stream of DATA payloads into whole gRPC messages (sans-IO, for a client that reads them: the xDS
+    stream).  ``feed(data)`` returns the messages (bytes) completed by ``data``; an empty list means "need more".
+    @raise MalformedMessage: a compressed message (no compression is negotiated) or one declared above
+        ``maxMessageSize`` bytes.
+    """
+
+    def __init__(self, maxMessageSize):
+        self.maxMessageSize = maxMessageSize
+        self._buffer = bytearray()
+
+    def feed(self, data):
+        buffer = self._buffer
+        buffer += data
+        out = []
+        while len(buffer) >= 5:
+            if buffer[0] != 0:
+                raise MalformedMessage("a compressed gRPC message (flag %d) where none was negotiated" % (buffer[0],))
+            length = int.from_bytes(buffer[1:5], "big")
+            if length > self.maxMessageSize:
+                raise MalformedMessage("gRPC message of %d bytes exceeds the limit of %d" % (length,
+                                                                                           self.maxMessageSize))
+            if len(buffer) < 5 + length:
+                break
+            out.append(bytes(buffer[5:5 + length]))
+            del buffer[:5 + length]
+        return out
+
+    def pending(self):
+        """Bytes of an unfinished message held (a stream that ends with some is truncated)."""
+        return len(self._buffer)
