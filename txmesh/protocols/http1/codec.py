@@ -511,6 +511,8 @@ class RequestDecoder(_MessageDecoder):
         self._keepAlive = keepAlive
         head = RequestHead(method, path, authority, HeaderMap(f.headers), self.scheme, version,
                            contentLength=length)
+        if upgrade is not None and method != b"CONNECT":
+            head.upgrade = upgrade  # the router tunnels it if the route allows, else drops it
         events.append(RequestStarted(head, keepAlive, f.expectContinue, chunked, upgrade))
         if chunked or length:
             self._startBody(chunked, length)
