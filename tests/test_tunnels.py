@@ -372,3 +372,25 @@ def test_route_upgrade_configs_override_the_listener():
     assert routes[1].action.upgrades == frozenset()
     assert routes[2].action.upgrades == {b"websocket"}
     assert config.listeners[0].routeConfig.upgradeTypes == {b"websocket", b"connect"}
+
+
+def test_bytes_after_an_upgrade_request_wait_for_the_answer():
+    """Sent before the 101, they are the tunnel's; after an upgrade that was not taken, HTTP again (in order)."""
+    mesh, upstreams = build()
+    client = mesh.connect()
+    client.send(UPGRADE + b"\x81\x05early")
+    [(_, proto, transport)] = upstreams.made
+    assert b"early" not in transport.value()
+    proto.dataReceived(SWITCH)
+    mesh.runTurns()
+    assert transport.value().endswith(b"\x81\x05early")
+    # refused on the route: the request after it is served once the first is answered
+    mesh, upstreams = build()
+    upstream = mesh.upstream("127.0.0.1:9001")
+    upstream.respondWith(200, body=b"one")
+    client = mesh.connect()
+    client.send(UPGRADE.replace(b"/chat", b"/nows") + b"GET /second HTTP/1.1\r\nHost: app\r\n\r\n")
+    assert [r.head.path for r in upstream.requests] == [b"/nows", b"/second"]
+    mesh.clock.advance(0)
+    mesh.runTurns()
+    assert [r.status for r in client.responses()] == [200, 200]

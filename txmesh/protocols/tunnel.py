@@ -32,13 +32,13 @@ from txmesh import errors
 from txmesh.interfaces import IConnectionPool, ITunnelConnectors, IUpstreamStream
 from txmesh.protocols.http1.codec import (BodyData, HTTPCodecError, InterimResponse, MessageComplete,
                                           ResponseDecoder, ResponseStarted, TunnelData, encodeRequestHead)
-from txmesh.protocols.transport import WriteWatcher
+from txmesh.protocols.transport import TransportReadPausing, WriteWatcher
 from txmesh.stream import ResponseHead
 from txmesh.tunnel_config import CONNECT_TUNNEL as CONNECT, UPGRADE_TUNNEL as UPGRADE
 
 
 @implementer(IUpstreamStream, IHalfCloseableProtocol)
-class TunnelClientProtocol(Protocol):
+class TunnelClientProtocol(TransportReadPausing, Protocol):
     """One upstream connection carrying one tunnel (see the module docstring)."""
 
     log = Logger()
@@ -207,16 +207,6 @@ class TunnelClientProtocol(Protocol):
     def abandon(self):
         self.responder = None
         self._aborting = True
-
-    def pauseReading(self):
-        if not self._readPaused:
-            self._readPaused = True
-            self.transport.pauseProducing()
-
-    def resumeReading(self):
-        if self._readPaused:
-            self._readPaused = False
-            self.transport.resumeProducing()
 
     def close(self):
         """The router is done with this connection: closed gracefully, or aborted after ``abandon``."""

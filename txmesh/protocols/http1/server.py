@@ -72,8 +72,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
         ListenerProtocol.connectionMade(self)
         f = self.factory
         limits = f.limits
+        # holdUpgrades: what follows an upgrade request waits for the answer (a 101 makes it the tunnel's)
         self.decoder = RequestDecoder(limits.maxRequestLine, limits.maxHeaderBytes, limits.maxHeaders,
-                                      f.scheme)
+                                      f.scheme, holdUpgrades=True)
         self._armHeaderTimer()
 
     def dataReceived(self, data):
@@ -92,6 +93,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
         except HTTPCodecError as e:
             self._dispatch(e)
             return
+        self._handleEvents(events)
+
+    def _handleEvents(self, events):
         n = len(events)
         i = 0
         while i < n:
@@ -311,6 +315,14 @@ class HTTP1ServerProtocol(ListenerProtocol):
         # serve the next pipelined request, if any
         queue = self._queue
         self._drainQueue()
+        if self.stream is None and not queue and not self._closing and self.decoder.holding:
+            # an upgrade that was not taken: what the client sent after it is HTTP again
+            try:
+                events = self.decoder.release()
+            except HTTPCodecError as e:
+                self._dispatch(e)
+                return
+            self._handleEvents(events)
         if self._readPaused and len(queue) <= _MAX_QUEUED_EVENTS and self.stream is None:
             self.resumeReading()
         if self.stream is None and not self._closing:
