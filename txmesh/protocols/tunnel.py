@@ -32,7 +32,7 @@ from txmesh import errors
 from txmesh.interfaces import IConnectionPool, ITunnelConnectors, IUpstreamStream
 from txmesh.protocols.http1.codec import (BodyData, HTTPCodecError, InterimResponse, MessageComplete,
                                           ResponseDecoder, ResponseStarted, TunnelData, encodeRequestHead)
-from txmesh.protocols.transport import TransportReadPausing, WriteWatcher
+from txmesh.protocols.transport import TransportReadPausing, WriteWatcher, Writer
 from txmesh.stream import ResponseHead
 from txmesh.tunnel_config import CONNECT_TUNNEL as CONNECT, UPGRADE_TUNNEL as UPGRADE
 
@@ -58,6 +58,7 @@ class TunnelClientProtocol(TransportReadPausing, Protocol):
 
     def connectionMade(self):
         self.connected = True
+        self._out = Writer(self.transport)  # direct writes, TCP_NODELAY: a tunnel's small messages must not wait
         self.transport.registerProducer(WriteWatcher(self._full, self._drained), True)
 
     def dataReceived(self, data):
@@ -115,7 +116,7 @@ class TunnelClientProtocol(TransportReadPausing, Protocol):
         """The tunnel is open: the request bytes held meanwhile go upstream."""
         held, self._held = self._held, []
         if held:
-            self.transport.write(b"".join(held))
+            self._out.write(b"".join(held))
         if self._endHeld:
             self._halfClose()
 
@@ -181,7 +182,7 @@ class TunnelClientProtocol(TransportReadPausing, Protocol):
             return
         self.decoder.expect(head.method, upgrade=True)
         head.contentLength = None
-        self.transport.write(encodeRequestHead(head, False, head.upgrade))
+        self._out.write(encodeRequestHead(head, False, head.upgrade))
 
     def writeBody(self, data, endStream):
         if not self.tunnelling:
@@ -190,7 +191,7 @@ class TunnelClientProtocol(TransportReadPausing, Protocol):
             self._endHeld = self._endHeld or endStream
             return
         if data:
-            self.transport.write(data)
+            self._out.write(data)
         if endStream:
             self._halfClose()
 
