@@ -223,3 +223,94 @@ def test_rfc8441_websocket_over_http2(mesh):
     pump(lambda: any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in events))
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
     s.close()
+
+
+# -- Envoy parity: the same tunnels through Envoy with the equivalent config --------------------------------------
+
+ENVOY = os.path.join(os.path.dirname(sys.executable), "envoy")
+
+ENVOY_CONFIG = """
+static_resources:
+  listeners:
+  - name: edge
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: edge
+          upgrade_configs: [{{upgrade_type: websocket}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{connect_matcher: {{}}}}
+                route: {{cluster: nginx, upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]}}
+              - match: {{prefix: /nows}}
+                route: {{cluster: ws, upgrade_configs: [{{upgrade_type: websocket, enabled: false}}]}}
+              - match: {{prefix: /}}
+                route: {{cluster: ws}}
+  clusters:
+  - name: ws
+    type: STATIC
+    load_assignment: {{cluster_name: ws, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ws}}}}}}}}}]}}]}}
+  - name: nginx
+    type: STATIC
+    load_assignment: {{cluster_name: nginx, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {nginx}}}}}}}}}]}}]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def envoy(mesh):
+    if not os.path.exists(ENVOY):
+        pytest.skip("no envoy binary in the venv")
+    ports, _ = mesh
+    port = support.freePort()
+    path = tempfile.NamedTemporaryFile(prefix="envoy-tunnel-", suffix=".yaml", delete=False).name
+    with open(path, "w") as f:
+        f.write(ENVOY_CONFIG.format(listen=port, ws=ports["ws"], nginx=ports["nginx"]))
+    proc = support.Proc([ENVOY, "-c", path, "--disable-hot-restart", "-l", "warning", "--concurrency", "1"])
+    try:
+        support.waitForPort(port, timeout=20, proc=proc.popen)
+        yield port
+    finally:
+        proc.stop()
+
+
+def _proxies(mesh, envoy):
+    ports, _ = mesh
+    return (("txmesh", ports["listen"]), ("envoy", envoy))
+
+
+def test_parity_websocket_echo_and_close_through_txmesh_and_envoy(mesh, envoy):
+    for name, port in _proxies(mesh, envoy):
+        with websockets_sync.connect("ws://127.0.0.1:%d/echo" % (port,), open_timeout=5, close_timeout=5,
+                                     max_size=None, compression=None) as ws:
+            for message in ("hello", b"\x00" * 100000):
+                ws.send(message)
+                assert ws.recv(timeout=5) == message, name
+        assert ws.close_code == 1000, name
+
+
+def test_parity_curl_proxytunnel_through_txmesh_and_envoy(mesh, envoy):
+    ports, _ = mesh
+    for name, port in _proxies(mesh, envoy):
+        out = subprocess.run(["curl", "-sS", "-m", "10", "--proxytunnel", "-x", "http://127.0.0.1:%d" % port,
+                              "http://127.0.0.1:%d/" % ports["nginx"]], capture_output=True, timeout=15)
+        assert (out.returncode, out.stdout) == (0, b"nginx here\n"), (name, out.stderr)
+
+
+def test_parity_where_txmesh_differs_a_refused_upgrade(mesh, envoy):
+    """Envoy answers 403 to an upgrade its route refuses; txmesh forwards it as a plain request (issue 15's choice)."""
+    answers = {}
+    for name, port in _proxies(mesh, envoy):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /nows HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            answers[name] = s.recv(65536).split(b"\r\n", 1)[0]
+    assert answers == {"txmesh": b"HTTP/1.1 426 Upgrade Required", "envoy": b"HTTP/1.1 403 Forbidden"}
