@@ -394,3 +394,12 @@ def test_bytes_after_an_upgrade_request_wait_for_the_answer():
     mesh.clock.advance(0)
     mesh.runTurns()
     assert [r.status for r in client.responses()] == [200, 200]
+
+
+def test_an_http10_upgrade_offer_is_never_tunnelled():
+    mesh, upstreams = build()
+    client = mesh.connect()
+    client.send(UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert upstreams.made == []
+    [request] = mesh.upstream("127.0.0.1:9001").requests
+    assert request.head.upgrade is None

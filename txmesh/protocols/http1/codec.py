@@ -534,8 +534,9 @@ class RequestDecoder(_MessageDecoder):
         self._keepAlive = keepAlive
         head = RequestHead(method, path, authority, HeaderMap(f.headers), self.scheme, version,
                            contentLength=length)
-        if upgrade is not None and method != b"CONNECT":
-            head.upgrade = upgrade  # the router tunnels it if the route allows, else drops it
+        if upgrade is not None and method != b"CONNECT" and version == (1, 1):
+            # the router tunnels it if the route allows, else drops it; HTTP/1.0 has no 101 (RFC 9110 7.8)
+            head.upgrade = upgrade
         events.append(RequestStarted(head, keepAlive, f.expectContinue, chunked, upgrade))
         if chunked or length:
             self._startBody(chunked, length)
