@@ -23,6 +23,7 @@ from twisted.internet.testing import StringTransport
 from txmesh.config import ForwardingConfig, ListenerLimits, NodeConfig
 from txmesh.overload import Overload
 from txmesh.stats import StatsStore
+from txmesh.routing import RouteConfig
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -94,9 +95,10 @@ class Recorder:
 class Template:
     """Stands for the filter-chain template: a Recorder per stream, all writing to one ``log``."""
 
-    def __init__(self):
+    def __init__(self, routeConfig=None):
         self.log = []
         self.streams = []
+        self.routeConfig = routeConfig if routeConfig is not None else RouteConfig()
 
     def createStream(self, downstream, info):
         s = Recorder(downstream, info, self.log)

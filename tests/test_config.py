@@ -170,7 +170,8 @@ ERRORS = [
     ("listener unknown key", addToListener("    use_remote_adress: true"),
      "mesh.yaml:8: listeners[0].use_remote_adress: unknown key 'use_remote_adress' (allowed: name, address, protocol,"
      " default_cluster, traffic_direction, use_remote_address, xff_num_trusted_hops, internal_address_config,"
-     " limits, http2, network_filters, filters, route_config, respect_expected_rq_timeout, normalize_path,"
+     " limits, http2, network_filters, filters, route_config, respect_expected_rq_timeout, upgrade_configs,"
+     " normalize_path,"
      " merge_slashes, path_with_escaped_slashes_action, path_parameters, tls, forward_client_cert_details,"
      " set_current_client_cert_details)"),
     ("listener missing address", edit(("    address: tcp:15001:interface=127.0.0.1\n", "")),
@@ -320,7 +321,7 @@ ERRORS = [
      "mesh.yaml:13: %s: exactly one of route, direct_response, redirect is required (got route,"
      " direct_response)" % (ROUTES,)),
     ("no match kind", edit(("{prefix: /}", "{methods: [GET]}")),
-     "mesh.yaml:13: %s.match: exactly one of prefix, path, regex is required" % (ROUTES,)),
+     "mesh.yaml:13: %s.match: exactly one of prefix, path, regex, connect_matcher is required" % (ROUTES,)),
     ("bad regex", edit(("{prefix: /}", "{regex: '/(a'}")),
      "mesh.yaml:13: %s.match.regex: invalid regex '/(a': missing ), unterminated subpattern at position 1"
      % (ROUTES,)),

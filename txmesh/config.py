@@ -26,6 +26,7 @@ from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalanc
 from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buildPathNormalization
 from txmesh.protocols.descriptor import findProtocols
 from txmesh.routing import RouteConfig
+from txmesh.tunnel_config import UPGRADE_LISTENER_PROTOCOLS, buildUpgradeConfigs
 from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
 from txmesh.tracing_config import buildTracing
 from txmesh.tls.server_config import KEYS as TLS_KEYS, buildForwardClientCert, buildServerTLS, refuseSSLEndpoint
@@ -987,7 +988,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "traffic_direction", "use_remote_address", "xff_num_trusted_hops",
         "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config",
-        "respect_expected_rq_timeout", *PATH_KEYS, *TLS_KEYS))
+        "respect_expected_rq_timeout", "upgrade_configs", *PATH_KEYS, *TLS_KEYS))
     name = r.name(m, path)
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
@@ -1018,8 +1019,12 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     networkFilters = chain.build("network_filters", m, "network")
     filters = chain.build("filters", m, "stream")
     # gRPC routes default to no route timeout: streams live on grpc-timeout and stream_idle_timeout (Envoy's advice)
+    if m.get("upgrade_configs") is not None and protocol not in UPGRADE_LISTENER_PROTOCOLS:
+        raise r.error("only http1 and http2 listeners tunnel upgrades (this one is '%s')" % (protocol,),
+                      joinPath(path, "upgrade_configs"))
     routeConfig = buildRouteConfig(r, m.get("route_config"), joinPath(path, "route_config"), clusterNames,
-                                   defaultCluster, 0.0 if protocol == "grpc" else 15.0)
+                                   defaultCluster, 0.0 if protocol == "grpc" else 15.0,
+                                   buildUpgradeConfigs(r, m, path))
     direction, forwarding = _buildForwarding(r, m, path)
     pathNormalization = buildPathNormalization(r, m, path, descriptor)
     return ListenerConfig(name=name, protocol=protocol, address=address,

@@ -588,6 +588,19 @@ class IConnectionPool(Interface):
         """A JSON-able dict of the pool's state (connections, streams, pending) for the admin API."""
 
 
+class ITunnelConnectors(Interface):
+    """
+    A cluster's tunnels (issue 15 part 2, txmesh.protocols.tunnel): connections of their own for an allowed HTTP
+    upgrade or a CONNECT, never taken from or given back to the cluster's pools.
+    """
+
+    def connectorFor(host, kind):
+        """
+        An IConnectionPool for one tunnel of ``kind`` (``"upgrade"``: HTTP/1.1 with a 101 expected; ``"connect"``:
+        raw TCP) to the IHost ``host``: each ``acquire`` connects anew, ``release``/``discard`` close.
+        """
+
+
 class IPooledConnection(Interface):
     """
     What the connection-pool base (txmesh.upstream.conn_pool) needs of a client protocol it connected, unless the
@@ -769,6 +782,10 @@ class IStream(Interface):
 class IStreamFactory(Interface):
     """A listener's filter-chain template: makes the IStream of each request (one filter instance each)."""
 
+    routeConfig = Attribute(
+        "The route table (txmesh.routing.RouteConfig) its streams route with; listeners read its ``upgradeTypes`` "
+        "(which tunnels some route allows: the HTTP/2 listener's SETTINGS_ENABLE_CONNECT_PROTOCOL).")
+
     def createStream(downstream, streamInfo):
         """
         @param downstream: the listener's IDownstreamStream for this request.
@@ -896,6 +913,7 @@ class ICluster(Interface):
         """The IConnectionPool for an IHost of this cluster."""
 
     resources = Attribute("The cluster's txmesh.upstream.resources.ClusterResources (its circuit breakers).")
+    tunnels = Attribute("The cluster's ITunnelConnectors, or None when it makes no tunnels (test doubles).")
 
 
 # ---------------------------------------------------------------------------------------------------------------

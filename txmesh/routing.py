@@ -85,6 +85,7 @@ class RouteMatch:
     headers: tuple = ()
     dubbo: object = None  # a DubboMatch, for Dubbo listeners
     peer: object = None  # a PeerMatch: the client certificate's identity (TLS listeners, issue 14)
+    connect: bool = False  # connect_matcher: only CONNECT requests, with no path match (txmesh.tunnel_config)
 
     def matches(self, request, path, peer=None):
         """Whether ``request`` (a txmesh.stream.RequestHead) with query-less ``path`` fits."""
@@ -104,8 +105,11 @@ class RouteMatch:
         elif self.path is not None:
             if path != self.path:
                 return "path"
-        elif self.regex.fullmatch(path) is None:
-            return "regex"
+        elif self.regex is not None:
+            if self.regex.fullmatch(path) is None:
+                return "regex"
+        elif request.method != b"CONNECT":
+            return "connect_matcher"
         if self.methods is not None and request.method not in self.methods:
             return "method"
         for h in self.headers:
@@ -268,6 +272,7 @@ class ClusterAction:
     retryPolicy: object = None  # the route's (or its virtual host's) retry policy, or None (issue 11)
     hashPolicies: tuple = ()  # hash_policy entries for ring_hash/maglev clusters (issue 11)
     mirrorPolicies: tuple = ()  # request_mirror_policies: MirrorPolicy entries (issue 11)
+    upgrades: frozenset = frozenset()  # the Upgrade types (and b"connect") tunnelled (txmesh.tunnel_config)
 
     def pickCluster(self, random):
         return self.cluster
@@ -292,6 +297,7 @@ class WeightedClusterAction:
     retryPolicy: object = None  # the route's (or its virtual host's) retry policy, or None (issue 11)
     hashPolicies: tuple = ()  # hash_policy entries for ring_hash/maglev clusters (issue 11)
     mirrorPolicies: tuple = ()  # request_mirror_policies: MirrorPolicy entries (issue 11)
+    upgrades: frozenset = frozenset()  # the Upgrade types (and b"connect") tunnelled (txmesh.tunnel_config)
     _cumulative: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -443,8 +449,17 @@ class RouteConfig:
     _prefixes: tuple = field(init=False, repr=False, compare=False)
     _default: object = field(init=False, repr=False, compare=False)
     _cache: dict = field(init=False, repr=False, compare=False)
+    _upgradeTypes: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        types = set()
+        routes = [r for vhost in self.virtualHosts for r in vhost.routes]
+        if self.defaultRoute is not None:
+            routes.append(self.defaultRoute)
+        for route in routes:
+            if isinstance(route.action, (ClusterAction, WeightedClusterAction)):
+                types.update(route.action.upgrades)
+        object.__setattr__(self, "_upgradeTypes", frozenset(types))
         exact, suffixes, prefixes, default = {}, [], [], None
         for vhost in self.virtualHosts:
             for domain in vhost.domains:
@@ -495,9 +510,12 @@ class RouteConfig:
     def match(self, request, peer=None):
         """
         The first Route of the request's virtual host that fits, else the default route, else None.  ``peer``: the
-        downstream's IPeerIdentity (for ``match.peer``), or None.
+        downstream's IPeerIdentity (for ``match.peer``), or None.  A CONNECT request is matched only by
+        ``connect_matcher`` routes (never the default route), and only CONNECT requests by them.
         """
         vhost = self.virtualHostFor(request.authority)
+        if request.method == b"CONNECT" and request.protocol != "dubbo":
+            return self._matchConnect(vhost, request, peer)
         if vhost is None:
             return self.defaultRoute
         path = request.pathOnly()
@@ -505,6 +523,18 @@ class RouteConfig:
             if route.match.mismatch(request, path, peer) is None:  # one call per route: matches() would add one
                 return route
         return self.defaultRoute
+
+    def _matchConnect(self, vhost, request, peer):
+        if vhost is not None:
+            for route in vhost.routes:
+                if route.match.connect and route.match.mismatch(request, b"", peer) is None:
+                    return route
+        return None
+
+    @property
+    def upgradeTypes(self):
+        """The Upgrade types (lower-case bytes, b"connect" for CONNECT) some route of this table tunnels."""
+        return self._upgradeTypes
 
     def explain(self, request):
         """

@@ -11,6 +11,7 @@ import re
 
 from txmesh.config_reader import parseFraction
 from txmesh.protocols.http1.wire import validAuthority
+from txmesh.tunnel_config import CONNECT, allowedUpgrades, buildUpgradeConfigs
 from txmesh.routing import (DUBBO_RETRY_ON, GRPC_RETRY_ON, HTTP_RETRY_ON, ClusterAction, DirectResponseAction,
                             DubboMatch, HashPolicy, HeaderMatcher, HeaderValueOption, MirrorPolicy, RedirectAction,
                             RegexRewrite, RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedClusterAction, encodeHost,
@@ -30,16 +31,18 @@ def _join(path, key):
     return path + "." + key if path else key
 
 
-def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None, defaultTimeout=15.0):
+def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None, defaultTimeout=15.0, upgrades=()):
     """
     Validate a ``route_config`` mapping (None = no routes) into a RouteConfig; requests no route matches go to
     ``defaultCluster`` when one is named (the listener's ``default_cluster``).  ``defaultTimeout``: a route's
-    ``timeout`` when it names none (0 on gRPC listeners).
+    ``timeout`` when it names none (0 on gRPC listeners).  ``upgrades``: the listener's ``upgrade_configs``
+    (L{txmesh.tunnel_config.buildUpgradeConfigs}), which routes may override.
     """
     defaultRoute = None
     if defaultCluster is not None:
         vhost = VirtualHost("default_cluster", ("*",))
-        defaultRoute = Route("default_cluster", vhost, RouteMatch(prefix=b"/"), ClusterAction(defaultCluster, timeout=defaultTimeout))
+        defaultRoute = Route("default_cluster", vhost, RouteMatch(prefix=b"/"),
+                             ClusterAction(defaultCluster, timeout=defaultTimeout, upgrades=allowedUpgrades(upgrades)))
     if raw is None:
         return RouteConfig((), defaultRoute)
     r.mapping(raw, path, optional=("virtual_hosts",))
@@ -53,7 +56,7 @@ def buildRouteConfig(r, raw, path, clusterNames, defaultCluster=None, defaultTim
             raise r.error("duplicate virtual host name '%s' (also %s)" % (name, names[name]), _join(vPath, "name"))
         names[name] = vPath
         domains = _domains(r, v, vPath, name, owners)
-        routes = tuple(_buildRoute(r, rt, "%s.routes[%d]" % (vPath, j), clusterNames, defaultTimeout)
+        routes = tuple(_buildRoute(r, rt, "%s.routes[%d]" % (vPath, j), clusterNames, defaultTimeout, upgrades)
                        for j, rt in enumerate(r.list(v, vPath, "routes")))
         vhostRetry = _buildRetryPolicy(r, v, vPath, r.get(v, vPath, "include_request_attempt_count", bool, False))
         if vhostRetry is not None:
@@ -140,7 +143,7 @@ def _exactlyOne(r, m, path, keys):
     return present[0]
 
 
-def _buildRoute(r, m, path, clusterNames, defaultTimeout=15.0):
+def _buildRoute(r, m, path, clusterNames, defaultTimeout=15.0, upgrades=()):
     r.mapping(m, path, required=("match",), optional=("name", "route", "direct_response", "redirect")
               + _HEADER_KEYS)
     name = r.get(m, path, "name", str, None)
@@ -148,7 +151,10 @@ def _buildRoute(r, m, path, clusterNames, defaultTimeout=15.0):
     kind = _exactlyOne(r, m, path, ("route", "direct_response", "redirect"))
     aPath = _join(path, kind)
     if kind == "route":
-        action = _buildClusterAction(r, m[kind], aPath, match, clusterNames, defaultTimeout)
+        action = _buildClusterAction(r, m[kind], aPath, match, clusterNames, defaultTimeout, upgrades)
+        if match.connect and CONNECT not in action.upgrades:
+            raise r.error("a connect_matcher route tunnels CONNECT: enable upgrade_type CONNECT in the listener's "
+                          "or this route's upgrade_configs", _join(path, "match.connect_matcher"))
     elif kind == "direct_response":
         d = r.mapping(m[kind], aPath, required=("status",), optional=("body",))
         action = DirectResponseAction(r.integer(d, aPath, "status", None, 200, 599),
@@ -160,18 +166,22 @@ def _buildRoute(r, m, path, clusterNames, defaultTimeout=15.0):
 
 def _buildMatch(r, m, path):
     r.mapping(m, path, optional=("prefix", "path", "regex", "methods", "headers", "case_sensitive", "dubbo", "grpc",
-                                 "peer"))
+                                 "peer", "connect_matcher"))
     if m.get("grpc") is not None:
         m = _grpcMatch(r, m, _join(path, "grpc"))
     if m.get("dubbo") is not None and all(m.get(k) is None for k in ("prefix", "path", "regex")):
         m = dict(m, prefix="/")  # a Dubbo route needs no path match
-    kind = _exactlyOne(r, m, path, ("prefix", "path", "regex"))
+    kind = _exactlyOne(r, m, path, ("prefix", "path", "regex", "connect_matcher"))
     caseSensitive = r.get(m, path, "case_sensitive", bool, True)
-    value = r.get(m, path, kind, str)
     kw = {}
-    if kind == "regex":
+    if kind == "connect_matcher":
+        r.mapping(m[kind], _join(path, kind))  # Envoy's ConnectMatcher: no fields
+        kw["connect"] = True
+    elif kind == "regex":
+        value = r.get(m, path, kind, str)
         kw["regex"] = _regex(r, value, _join(path, kind), 0 if caseSensitive else re.IGNORECASE)
     else:
+        value = r.get(m, path, kind, str)
         kw[kind] = (value if caseSensitive else value.lower()).encode("utf-8")
     methods = None
     if m.get("methods") is not None:
@@ -283,10 +293,10 @@ def _prefixRewrite(r, m, path, match):
     return None if value is None else _pathPart(r, value, _join(path, "prefix_rewrite"))
 
 
-def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
+def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0, upgrades=()):
     r.mapping(m, path, optional=("cluster", "weighted_clusters", "timeout", "prefix_rewrite", "regex_rewrite",
                                  "host_rewrite", "max_request_body", "max_stream_duration", "retry_policy",
-                                 "hash_policy", "request_mirror_policies", "dubbo_registry"))
+                                 "hash_policy", "request_mirror_policies", "dubbo_registry", "upgrade_configs"))
     kind = _exactlyOne(r, m, path, ("cluster", "weighted_clusters", "dubbo_registry"))
     prefixRewrite = _prefixRewrite(r, m, path, match)
     regexRewrite = None
@@ -312,12 +322,15 @@ def _buildClusterAction(r, m, path, match, clusterNames, defaultTimeout=15.0):
                   retryPolicy=_buildRetryPolicy(r, m, path),
                   hashPolicies=_buildHashPolicies(r, m, path),
                   mirrorPolicies=_buildMirrorPolicies(r, m, path, clusterNames))
+    if kind == "dubbo_registry":
+        if m.get("upgrade_configs") is not None:
+            raise r.error("a dubbo_registry route does not tunnel", _join(path, "upgrade_configs"))
+        return _buildDubboRegistry(r, m, path, clusterNames, common)
+    common["upgrades"] = allowedUpgrades(upgrades, buildUpgradeConfigs(r, m, path))
     if kind == "cluster":
         name = r.get(m, path, "cluster", str)
         _checkCluster(r, name, _join(path, "cluster"), clusterNames)
         return ClusterAction(name, **common)
-    if kind == "dubbo_registry":
-        return _buildDubboRegistry(r, m, path, clusterNames, common)
     wPath = _join(path, "weighted_clusters")
     clusters = []
     for i, w in enumerate(r.list(m, path, "weighted_clusters")):

@@ -28,6 +28,7 @@ from txmesh.hot_restart import NoHotRestart
 from txmesh.interfaces import IFilterConfigResources
 from txmesh.listeners import ListenerBuilder
 from txmesh.overload import Overload, StatmReader
+from txmesh.protocols.tunnel import TunnelConnectors
 from txmesh.protocols.transport import WriteScope
 from txmesh.reload import ConfigApplier, FileConfigSource, Reloader
 from txmesh.runtime import Runtime
@@ -71,9 +72,10 @@ def connectFactoryFor(reactor, writeScope=None, stats=None):
         if clusterConfig.tls is not None:
             tls = UpstreamTLS(clusterConfig.tls, (stats or StatsStore()).scope(cluster=clusterConfig.name), reactor)
 
-        def connect(host):
+        def connect(host, protocolFactory=None):
+            # protocolFactory: another client protocol than the cluster's (a tunnel's, txmesh.protocols.tunnel)
             ep = clientEndpoint(reactor, host.hostname, host.port, timeout)
-            factory = _QuietFactory(descriptor, writeScope)
+            factory = _QuietFactory(descriptor, writeScope) if protocolFactory is None else protocolFactory
             return ep.connect(factory) if tls is None else tls.connect(ep, factory, host)
 
         return connect
@@ -169,7 +171,7 @@ class MeshService(MultiService):
         # one session per ``registries`` entry, shared by discovery, Dubbo registry routes and registration
         self.registries = RegistryClients(reactor, config.registries)
         self.clusters = ClusterManager(reactor, config.clusters, connectFactoryFor(reactor, writeScope, self.stats),
-                                       self.stats, rng, registries=self.registries)
+                                       self.stats, rng, registries=self.registries, tunnelFactory=TunnelConnectors)
         # listeners accept once discovered clusters are warm (startService)
         self.serving = False
         self.acceptGate = AcceptGate()

@@ -123,10 +123,13 @@ class RequestHead:
         timeout attachment), or None; the router bounds the stream by it and tells the next hop the time left.
     @ivar payload: protocol-specific data the upstream codec needs to forward the request as it came (e.g. the
         decoded Dubbo frame), or None.
+    @ivar upgrade: the ``Upgrade`` value the client offered (HTTP/1.1 with ``Connection: upgrade``; RFC 8441's
+        ``:protocol`` over HTTP/2), or None.  The router forwards it as a tunnel when the route allows it
+        (txmesh.tunnel_config), else sets it to None: the request goes on as a plain one.
     """
 
     __slots__ = ("method", "scheme", "authority", "path", "headers", "version", "protocol", "metadata",
-                 "contentLength", "timeout", "payload")
+                 "contentLength", "timeout", "payload", "upgrade")
 
     def __init__(self, method, path, authority=b"", headers=None, scheme=b"http", version=(1, 1),
                  protocol="http1", metadata=None, contentLength=None):
@@ -141,6 +144,7 @@ class RequestHead:
         self.contentLength = contentLength
         self.timeout = None
         self.payload = None
+        self.upgrade = None
 
     def pathOnly(self):
         """The path without the query string."""

@@ -14,9 +14,16 @@ Time bounds (Envoy's model), all on one timer per stream that is re-armed only w
   ``x-txmesh-expected-rq-timeout-ms`` on a listener that trusts it) count from the request's arrival;
 - the listener's ``stream_idle_timeout`` ends a stream on which nothing moved either way for that long.
 
-An HTTP CONNECT gets 501 Not Implemented (``x-txmesh-error: connect_not_supported``) before any route is matched:
-no listener runs tunnels yet (RFC 9110 9.3.6 leaves the answer to a proxy that does not; 501, not 405, since no
-target resource on this listener would allow it).
+An HTTP CONNECT that no ``connect_matcher`` route takes gets 501 Not Implemented (``x-txmesh-error:
+connect_not_supported``), and no upstream is chosen or connected (RFC 9110 9.3.6 leaves the answer to a proxy that
+does not tunnel; 501, not 405, since no target resource on this listener would allow it).
+
+Tunnels (txmesh.tunnel_config, txmesh.protocols.tunnel): a CONNECT a route takes, and an upgrade (``request.upgrade``)
+whose type the route allows towards an HTTP/1.1 cluster, go on a connection of their own (the cluster's
+``tunnels``, never its pool), without retries, mirroring or body limit; once the upstream's 101 (or CONNECT's 200)
+went downstream the route timeout and ``max_stream_duration`` no longer apply and the stream lives until either
+side ends or ``stream_idle_timeout`` passes without a byte either way.  An upgrade the route does not allow is
+dropped (``request.upgrade`` set to None): the request goes on as a plain one.
 
 The upstream request carries the time left when it is sent, less DEADLINE_MARGIN (``grpc-timeout``, the
 ``timeout`` attachment, or ``x-txmesh-expected-rq-timeout-ms``), so the next hop gives up first and the hop nearest
@@ -51,6 +58,7 @@ from txmesh.interfaces import (
 from txmesh.protocols.h2.grpc import encodeTimeout
 from txmesh.routing import DirectResponseAction, DubboRegistryAction, RedirectAction
 from txmesh.stream import HELD_DATA, HELD_HEADERS, HELD_TRAILERS, sendHeld
+from txmesh.tunnel_config import CONNECT_TUNNEL, UPGRADE_TUNNEL, upgradeToken
 from txmesh.upstream.hashing import requestHash
 from txmesh.upstream.host import NULL_MONITOR
 from txmesh.upstream.lb import LBContext
@@ -66,6 +74,7 @@ _HEADERS, _DATA, _TRAILERS = HELD_HEADERS, HELD_DATA, HELD_TRAILERS
 EXPECTED_TIMEOUT = b"x-txmesh-expected-rq-timeout-ms"
 DEADLINE_MARGIN = 0.01  # seconds the next hop is told less than this hop has left (at most a tenth of it)
 CONNECT_NOT_SUPPORTED = "connect_not_supported"  # the x-txmesh-error of the 501 that answers CONNECT
+UPGRADE_FAILED = "upgrade_failed"  # the 403 that answers an HTTP/2 extended CONNECT the route does not tunnel
 _GRPC_TIMEOUT = b"grpc-timeout"
 _GRPC_STATUS = b"grpc-status"
 _CONTENT_TYPE = b"content-type"
@@ -144,7 +153,7 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
                  "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_perTry", "_shadows", "_waiting", "info")
+                 "_perTry", "_shadows", "_waiting", "info", "_tunnel")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -173,6 +182,7 @@ class Router:
         self._shadows = None  # request mirroring (issue 11 part 9): the shadows the body and trailers are teed to
         self._waiting = None  # the wait for a dubbo_registry route's on-demand cluster (issue 12 part 2)
         self.info = None  # the stream's StreamInfo, once forwarding starts (upstream timing, attempts)
+        self._tunnel = None  # a tunnel's connector (an IConnectionPool of txmesh.protocols.tunnel), or None
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.callbacks = callbacks
@@ -181,11 +191,11 @@ class Router:
 
     def decodeHeaders(self, request, endStream):
         cb = self.callbacks
-        if request.method == b"CONNECT" and request.protocol != "dubbo":  # a Dubbo method may be named so
-            # no listener runs tunnels yet: refuse before routing, so no upstream is ever chosen or connected
+        route = cb.route()
+        if route is None and request.method == b"CONNECT" and request.protocol != "dubbo":
+            # a Dubbo method may be named so.  No connect_matcher route takes it: refused before any upstream
             cb.sendLocalReply(501, b"connect_not_supported\n", (), CONNECT_NOT_SUPPORTED)
             return STOP
-        route = cb.route()
         if route is None:
             self._fail(errors.NoRoute("no route for %r%r" % (request.authority, request.pathOnly())))
             return STOP
@@ -249,9 +259,29 @@ class Router:
         self._clusterStats = self.runtime.routerStats(clusterName)
         self._clusterStats.rq_total.value += 1
 
+        tunnelKind = None
+        if request.method == b"CONNECT" and request.protocol != "dubbo":
+            tunnelKind = CONNECT_TUNNEL  # the route is a connect_matcher one (RouteConfig.match)
+        elif request.upgrade is not None:
+            if (upgradeToken(request.upgrade) in action.upgrades and cluster.config.protocol == "http1"
+                    and cluster.tunnels is not None and (endStream or request.version == (2, 0))
+                    and not request.contentLength):
+                tunnelKind = UPGRADE_TUNNEL
+            elif request.version == (2, 0):
+                # RFC 8441's extended CONNECT cannot go on as a plain request: refused, as Envoy does
+                cb.sendLocalReply(403, b"upgrade_failed\n", (), UPGRADE_FAILED)
+                return STOP
+            else:
+                request.upgrade = None  # not allowed here: the offer is dropped, the request goes on as a plain one
+        if tunnelKind is CONNECT_TUNNEL and cluster.tunnels is None:
+            cb.sendLocalReply(501, b"connect_not_supported\n", (), CONNECT_NOT_SUPPORTED)
+            return STOP
+
         limit = action.maxRequestBody
         if limit is None:
             limit = cb.maxRequestBody
+        if tunnelKind is not None:
+            limit = 0  # the tunnel's bytes are no body
         self._bodyLimit = limit or 0
         if limit and request.contentLength is not None and request.contentLength > limit:
             cb.sendLocalReply(413, b"request body too large\n", cause="request_body_too_large")
@@ -266,7 +296,7 @@ class Router:
             action.rewritePath(request)
         if action.hostRewrite is not None:
             request.authority = action.hostRewrite
-        if action.mirrorPolicies:  # request mirroring (issue 11 part 9): before the primary stamps its timeouts
+        if action.mirrorPolicies and tunnelKind is None:  # request mirroring (issue 11 part 9): before the primary stamps its timeouts
             self._shadows = self.runtime.shadows.start(request, action.mirrorPolicies, endStream)
 
         policies = action.hashPolicies
@@ -278,6 +308,9 @@ class Router:
         info.upstreamHost = host.address
         self.request = request
         policy = action.retryPolicy
+        if tunnelKind is not None:
+            self._tunnel = cluster.tunnels.connectorFor(host, tunnelKind)
+            policy = None  # a tunnel is never replayed
         if policy is not None:
             self._perTry = policy.perTryTimeout
             state = retryState(policy, request)
@@ -487,13 +520,14 @@ class Router:
         requests.inc()
         self._attempts = n = self._attempts + 1
         self.info.attemptCount = n
-        attempt = UpstreamRequest(self, host, cluster.poolFor(host), n, isRetry)
+        attempt = UpstreamRequest(self, host, cluster.poolFor(host) if self._tunnel is None else self._tunnel, n,
+                                  isRetry)
         self.attempt = attempt
         state = self._retry
         if state is not None:
             state.live.append(attempt)
             state.attempted.append(host)
-        policy = self.action.retryPolicy
+        policy = self.action.retryPolicy if self._tunnel is None else None
         if policy is not None:
             request = self.request
             if policy.includeAttemptCount:
@@ -669,7 +703,23 @@ class Router:
         headers = response.headers
         applyHeaderMutations(headers, route.responseHeadersToRemove, route.responseHeadersToAdd)
         applyHeaderMutations(headers, vhost.responseHeadersToRemove, vhost.responseHeadersToAdd)
+        if self._tunnel is not None and (response.status == 101 or (
+                self._tunnel.kind == CONNECT_TUNNEL and 200 <= response.status < 300)):
+            self._tunnelOpened()
         self.callbacks.encodeHeaders(response, endStream)
+
+    def _tunnelOpened(self):
+        """
+        The tunnel opens: from now on only the listener's ``stream_idle_timeout`` bounds the stream (the route
+        timeout and ``max_stream_duration`` bounded the wait for the upstream's answer).
+        """
+        self._deadline = None
+        self._routeTimeout = 0
+        _, idle, _ = self.callbacks.timeBounds
+        self._idle = idle
+        if idle:
+            now = self._lastActive = self._clock.seconds()
+            self._fireBy(now + idle, now)
 
     # -- downstream watermarks -----------------------------------------------------------------------------------
 

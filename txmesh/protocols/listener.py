@@ -423,3 +423,6 @@ class HTTPListenerStats(ListenerStats):
         # indexed by status // 100 (1..5)
         self.rq_class = [None] + [s.counter("downstream_rq_xx", help="Responses by status class",
                                             code_class="%dxx" % c) for c in range(1, 6)]
+        # tunnels (txmesh.protocols.tunnel): upgrades after a 101, CONNECT after its 200, RFC 8441 streams
+        self.cx_upgrades_total = s.counter("downstream_cx_upgrades_total", help="Tunnels opened (upgrades, CONNECT)")
+        self.cx_upgrades_active = s.gauge("downstream_cx_upgrades_active", help="Tunnels open now")

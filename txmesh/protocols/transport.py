@@ -119,6 +119,25 @@ class Writer:
         self._pending = []
 
 
+class TransportReadPausing:
+    """
+    ``pauseReading``/``resumeReading`` of a client protocol (IUpstreamStream) on its whole transport, once each way:
+    the class keeps ``_readPaused`` (False at first) and has a ``transport``.
+    """
+
+    _readPaused = False
+
+    def pauseReading(self):
+        if not self._readPaused:
+            self._readPaused = True
+            self.transport.pauseProducing()
+
+    def resumeReading(self):
+        if self._readPaused:
+            self._readPaused = False
+            self.transport.resumeProducing()
+
+
 @implementer(IPushProducer)
 class WriteWatcher:
     """Registered on a transport as a streaming producer: the transport says when its write buffer is full."""

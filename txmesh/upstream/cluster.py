@@ -149,6 +149,7 @@ class Cluster:
         self._byAddress = {}
         self._pools = {}  # address -> pool
         self._draining = set()  # Deferreds of pools of removed hosts still closing
+        self.tunnels = None  # ITunnelConnectors: the tunnels' own connections (set by the ClusterManager), or None
         self.outlierDetector = outlierDetector
         common = clusterConfig.commonLbConfig
         self._panicThreshold = common.healthyPanicThreshold if common is not None else DEFAULT_PANIC_THRESHOLD
@@ -401,9 +402,11 @@ class ClusterManager:
     txmesh.discovery.registries.RegistryClients).
     """
 
-    def __init__(self, clock, clusterConfigs, connectFactory, stats, random, registries=None):
+    def __init__(self, clock, clusterConfigs, connectFactory, stats, random, registries=None, tunnelFactory=None):
         self.clock = clock
         self._connectFactory = connectFactory
+        # tunnelFactory(connect, scope) -> ITunnelConnectors (txmesh.protocols.tunnel), made by the service
+        self._tunnelFactory = tunnelFactory
         self._stats = stats
         self._random = random
         self._healthChecking = False
@@ -424,9 +427,17 @@ class ClusterManager:
         scope = self._stats.scope(cluster=config.name)
         # every pool of the cluster takes its connections and pending requests from these (circuit_breakers)
         resources = ClusterResources.fromConfig(config.circuitBreakers, scope)
-        return Cluster(config.name, config, config.endpoints, lbFactory, self._poolFactory(config, scope, resources),
-                       self._random, scope, outlierDetector=self._outlierDetector(config, scope), clock=self.clock,
-                       resources=resources, healthChecker=self._healthChecker(config, scope))
+        cluster = Cluster(config.name, config, config.endpoints, lbFactory, self._poolFactory(config, scope, resources),
+                          self._random, scope, outlierDetector=self._outlierDetector(config, scope), clock=self.clock,
+                          resources=resources, healthChecker=self._healthChecker(config, scope))
+        cluster.tunnels = self._tunnels(config, scope)
+        return cluster
+
+    def _tunnels(self, config, scope):
+        """The ITunnelConnectors of a cluster: tunnels connect like its pools (its TLS too), on connections of their own."""
+        if self._tunnelFactory is None:
+            return None
+        return self._tunnelFactory(self._connectFactory(config), scope)
 
     def _poolFactory(self, config, scope, resources):
         """``poolFactory(host) -> IConnectionPool`` of the cluster ``config`` describes."""
@@ -484,6 +495,7 @@ class ClusterManager:
             detector = self._outlierDetector(config, scope)
         cluster.reconfigure(config, self._poolFactory(config, scope, resources), resources, healthChecker, detector,
                             keepPools)
+        cluster.tunnels = self._tunnels(config, scope)
         if self._healthChecking and healthChecker is not None and not healthChecker.running:
             healthChecker.start()
         if config.discovery != old.discovery:

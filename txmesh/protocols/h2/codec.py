@@ -103,9 +103,14 @@ class H2Connection:
 
     # -- output ------------------------------------------------------------------------------------------------------
 
-    def initiateConnection(self):
-        """Queue this side's preface: (client) the magic, then SETTINGS and the connection's WINDOW_UPDATE."""
+    def initiateConnection(self, enableConnectProtocol=False):
+        """
+        Queue this side's preface: (client) the magic, then SETTINGS and the connection's WINDOW_UPDATE.
+        ``enableConnectProtocol``: a server's SETTINGS_ENABLE_CONNECT_PROTOCOL=1 (RFC 8441).
+        """
         values = {F.INITIAL_WINDOW_SIZE: self._localInitialWindow, F.MAX_HEADER_LIST_SIZE: self.maxHeaderListSize}
+        if enableConnectProtocol:
+            values[F.ENABLE_CONNECT_PROTOCOL] = 1
         if self.clientSide:
             values[F.ENABLE_PUSH] = 0
             self._out.append(F.PREFACE)

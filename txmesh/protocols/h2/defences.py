@@ -18,14 +18,15 @@ class MalformedRequest(MalformedMessage):
 
 class UnsupportedRequest(Exception):
     """
-    A well-formed request the HTTP/2 listener does not serve (CONNECT: it does not tunnel): answered with an HTTP
-    ``status`` by the listener itself, never forwarded.
+    A well-formed request the HTTP/2 listener does not serve (CONNECT where no route tunnels it): answered with an
+    HTTP ``status`` by the listener itself, never forwarded.
     """
 
     status = 501
 
 
 _PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
+_PSEUDO_EXTENDED = _PSEUDO | {b":protocol"}  # RFC 8441 4, once the listener sent SETTINGS_ENABLE_CONNECT_PROTOCOL
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
 _BAD_NAME = re.compile(rb"[^a-z0-9!#$%&'*+\-.^_`|~]")
@@ -48,18 +49,25 @@ _GOOD_AUTHORITIES_MAX = 4096
 _GOOD_AUTHORITY_LENGTH = 255
 
 
-def readRequest(headers):
+def readRequest(headers, extendedConnect=False, connect=False):
     """
-    (method, path, authority, scheme, regular fields) of a request's header list, checked as RFC 9113 asks:
+    (method, path, authority, scheme, regular fields, protocol) of a request's header list, checked as RFC 9113 asks:
     pseudo-headers first, known, once each; ``:method`` a token; ``:scheme`` a URI scheme; ``:path`` origin-form
     (or ``*`` for OPTIONS) without CTL or space; ``:authority`` (or ``host`` without it) a host and an optional
     port, no userinfo; lower-case token names; no connection-specific fields; ``te`` only "trailers"; no CR/LF/NUL
     in values, nor whitespace at their ends.  ``:authority`` wins over ``host`` (which is dropped); ``cookie``
     fields are joined into one with "; " (RFC 9113 8.2.3).
 
+    ``extendedConnect``: the listener advertised SETTINGS_ENABLE_CONNECT_PROTOCOL, so ``:protocol`` (a token) is
+    accepted on a CONNECT that has ``:scheme``, ``:path`` and ``:authority`` (RFC 8441 4); ``protocol`` is its value,
+    else None (without the setting ``:protocol`` is an unknown pseudo-header: malformed).  ``connect``: some route
+    tunnels CONNECT, so a well-formed one (only ``:method`` and ``:authority``, RFC 9113 8.5) is returned with path
+    and scheme b"".
+
     @raise MalformedRequest: the request must not be forwarded.
-    @raise UnsupportedRequest: a well-formed CONNECT (only ``:method`` and ``:authority``, RFC 9113 8.5).
+    @raise UnsupportedRequest: a well-formed CONNECT, when not ``connect``.
     """
+    known = _PSEUDO_EXTENDED if extendedConnect else _PSEUDO
     pseudo = {}
     fields = []
     host = None
@@ -68,7 +76,7 @@ def readRequest(headers):
         if k[:1] == b":":
             if fields or host is not None:
                 raise MalformedRequest("pseudo-header %r after a regular field" % (k,))
-            if k not in _PSEUDO or k in pseudo:
+            if k not in known or k in pseudo:
                 raise MalformedRequest("unknown or repeated pseudo-header %r" % (k,))
             pseudo[k] = v
             continue
@@ -96,10 +104,18 @@ def readRequest(headers):
     if method is None or (method not in _COMMON_METHODS and _TOKEN.fullmatch(method) is None):
         raise MalformedRequest("missing or invalid :method %r" % (method,))
     authority = pseudo.get(b":authority")
-    if method == b"CONNECT":
+    protocol = pseudo.get(b":protocol")
+    if protocol is not None:
+        if method != b"CONNECT" or _TOKEN.fullmatch(protocol) is None:
+            raise MalformedRequest(":protocol %r on a %r request" % (protocol, method))
+        if authority is None or _AUTHORITY.fullmatch(authority) is None:
+            raise MalformedRequest("extended CONNECT without a valid :authority")
+    elif method == b"CONNECT":
         if len(pseudo) != 2 or authority is None or _CONNECT_AUTHORITY.fullmatch(authority) is None:
             raise MalformedRequest("CONNECT takes :authority host:port and neither :scheme nor :path")
-        raise UnsupportedRequest("CONNECT to %r: the HTTP/2 listener does not tunnel" % (authority,))
+        if not connect:
+            raise UnsupportedRequest("CONNECT to %r: no route of this listener tunnels it" % (authority,))
+        return method, b"", authority, b"", fields, None
     scheme = pseudo.get(b":scheme")
     if scheme is None or (scheme not in _COMMON_SCHEMES and _SCHEME.fullmatch(scheme) is None):
         raise MalformedRequest("missing or invalid :scheme %r" % (scheme,))
@@ -110,7 +126,7 @@ def readRequest(headers):
     if authority is None:
         authority = host
         if authority is None:
-            return method, path, b"", scheme, fields
+            return method, path, b"", scheme, fields, None
     if authority not in _goodAuthorities:
         if _AUTHORITY.fullmatch(authority) is None:
             raise MalformedRequest("invalid :authority %r" % (authority,))
@@ -118,7 +134,7 @@ def readRequest(headers):
             if len(_goodAuthorities) >= _GOOD_AUTHORITIES_MAX:
                 _goodAuthorities.clear()
             _goodAuthorities.add(authority)
-    return method, path, authority, scheme, fields
+    return method, path, authority, scheme, fields, protocol
 
 
 def _checkField(k, v):

@@ -18,7 +18,7 @@ class H2DownstreamStream(ReadPausing):
     """
 
     __slots__ = ("proto", "sid", "info", "active", "requestEnded", "responseEnded", "headersSent", "paused",
-                 "unacked", "swallow", "requestMessages", "responseMessages", "premature")
+                 "unacked", "swallow", "requestMessages", "responseMessages", "premature", "tunnel", "tunnelOpen")
 
     def __init__(self, proto, sid, info):
         self.proto = proto
@@ -34,6 +34,8 @@ class H2DownstreamStream(ReadPausing):
         self.requestMessages = None
         self.responseMessages = None
         self.premature = True
+        self.tunnel = None  # b"CONNECT", or the :protocol of an extended CONNECT (RFC 8441)
+        self.tunnelOpen = False  # its 200 went out: DATA frames are the tunnel's bytes
 
     def writeHeaders(self, response, endStream):
         self.proto.writeStreamHeaders(self, response, endStream)
@@ -52,7 +54,8 @@ class H2DownstreamStream(ReadPausing):
         if self.proto.factory.grpc and not self.responseEnded:
             self.proto.endStreamWithStatus(self, reason)
         else:
-            self.proto.resetStream(self, ErrorCodes.INTERNAL_ERROR)
+            # a tunnel's upstream connection broke: CONNECT_ERROR (RFC 9113 8.5)
+            self.proto.resetStream(self, ErrorCodes.CONNECT_ERROR if self.tunnelOpen else ErrorCodes.INTERNAL_ERROR)
 
     def streamComplete(self, active):
         self.proto.streamEnded(self)

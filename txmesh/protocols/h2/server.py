@@ -8,7 +8,17 @@ prefixes.  An upstream failure after the response started ends a gRPC stream wit
 with RST_STREAM.  Defences (L{txmesh.protocols.h2.defences}: malformed requests, floods, rapid reset) use the
 listener's H2Limits; a finite SETTINGS_MAX_CONCURRENT_STREAMS refuses streams past it; the connection bounds
 header lists and CONTINUATION frames.
+
+Tunnels (issue 15 part 2): when some route allows ``websocket`` the listener sends SETTINGS_ENABLE_CONNECT_PROTOCOL
+and takes RFC 8441's extended CONNECT (``:protocol``), which the chain sees as an upgrade (``GET`` with
+``RequestHead.upgrade``, and a ``sec-websocket-key`` made up for the HTTP/1.1 upstream, RFC 8441 5); the upstream's
+101 goes back as ``:status 200`` (without ``sec-websocket-accept``).  When some route tunnels CONNECT, a plain
+CONNECT (RFC 9113 8.5) is routed (else 501).  Then DATA frames are the tunnel's bytes both ways, with HTTP/2 flow
+control as the backpressure; END_STREAM is the FIN each way, an upstream reset is RST_STREAM(CONNECT_ERROR).
 """
+import base64
+import os
+
 from twisted.logger import Logger
 
 from txmesh.config import H2Limits
@@ -25,6 +35,7 @@ from txmesh.protocols.h2 import events as ev
 from txmesh.protocols.h2.downstream import H2DownstreamStream
 from txmesh.protocols.h2.events import ProtocolError, StreamClosedError
 from txmesh.protocols.h2.frames import ErrorCodes, codeName
+from txmesh.tunnel_config import CONNECT as TUNNEL_CONNECT
 from txmesh.protocols.h2.flow import (
     FlowControlledSender,
     makeConnection,
@@ -58,9 +69,13 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
     # -- connection events -----------------------------------------------------------------------------------
 
     def connectionMade(self):
-        limits = self.factory.h2Limits
+        f = self.factory
+        limits = f.h2Limits
+        tunnels = f.template.routeConfig.upgradeTypes if not f.grpc else frozenset()
+        self._extendedConnect = b"websocket" in tunnels  # fixed for the connection: the SETTINGS said so
+        self._connect = TUNNEL_CONNECT in tunnels
         self.conn = conn = makeConnection(False, limits.maxConcurrentStreams, limits.maxHeaderListSize)
-        conn.initiateConnection()
+        conn.initiateConnection(self._extendedConnect)
         ListenerProtocol.connectionMade(self)
         self._flush()
         self._idle.set(self.factory.limits.idleTimeout)
@@ -146,7 +161,8 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         f = self.factory
         sid = event.stream_id
         try:
-            method, path, authority, scheme, fields = readRequest(event.headers)
+            method, path, authority, scheme, fields, protocol = readRequest(event.headers, self._extendedConnect,
+                                                                            self._connect)
         except MalformedRequest as e:
             f.stats.error("malformed_request")
             self.log.debug("stream {sid}: malformed request: {e}", sid=sid, e=e)
@@ -161,12 +177,26 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         f.stats.rq_active.value += 1
         f.stats.streams_opened.value += 1
         headers = HeaderMap(fields)
+        tunnel = None
+        if method == b"CONNECT":
+            tunnel = method
+            if protocol is not None:
+                # RFC 8441: the chain sees an upgrade, as an HTTP/1.1 client would send it
+                tunnel = protocol
+                method = b"GET"
+                if protocol.lower() == b"websocket" and b"sec-websocket-key" not in headers:
+                    headers.add(b"sec-websocket-key", base64.b64encode(os.urandom(16)))
+            else:
+                scheme = f.scheme
         head = RequestHead(method, path, authority, headers, scheme, (2, 0), f.protocolName)
+        if tunnel is not None and protocol is not None:
+            head.upgrade = protocol
         cl = headers.get(b"content-length")
         if cl is not None and cl.isdigit():
             head.contentLength = int(cl)
         info = self.prepareRequest(headers, scheme, f.streamProtocol)
         s = H2DownstreamStream(self, sid, info)
+        s.tunnel = tunnel
         if f.grpc:
             timeout = headers.get(b"grpc-timeout")
             if timeout is not None:
@@ -292,6 +322,15 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
             if endStream:
                 s.info.grpcStatus = code = code if code is not None else b""
                 f.stats.grpcStatus(code)
+        elif s.tunnel is not None and not endStream and (
+                status == 101 or s.tunnel == b"CONNECT" and 200 <= status < 300):
+            # the tunnel opens: RFC 8441 5 and RFC 9113 8.5 both say 200, and no Sec-WebSocket-Accept
+            fields = [(b":status", b"200")]
+            fields.extend((k, v) for k, v in regularFields(headers, response.version == (2, 0))
+                          if k != b"sec-websocket-accept" and k != b"content-length")
+            s.tunnelOpen = True
+            f.stats.cx_upgrades_total.value += 1
+            f.stats.cx_upgrades_active.value += 1
         else:
             fields = [(b":status", _STATUS.get(status) or b"%d" % status)]
             fields.extend(regularFields(headers, response.version == (2, 0)))
@@ -389,6 +428,9 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
         self._flush()
 
     def streamEnded(self, s):
+        if s.tunnelOpen:
+            s.tunnelOpen = False
+            self.factory.stats.cx_upgrades_active.value -= 1
         if self.streams.pop(s.sid, None) is None:
             return
         s.premature = False

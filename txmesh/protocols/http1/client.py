@@ -10,7 +10,7 @@ from zope.interface import implementer
 
 from txmesh import errors
 from txmesh.interfaces import IPooledConnection, IUpstreamStream
-from txmesh.protocols.transport import WriteWatcher, Writer, callInScope
+from txmesh.protocols.transport import TransportReadPausing, WriteWatcher, Writer, callInScope
 from txmesh.protocols.http1.codec import (
     BodyData,
     HTTPCodecError,
@@ -27,7 +27,7 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
 @implementer(IUpstreamStream, IPooledConnection)
-class HTTP1ClientProtocol(Protocol):
+class HTTP1ClientProtocol(TransportReadPausing, Protocol):
     """
     One upstream HTTP/1.1 connection, used by one request at a time (the pool guarantees it): the pool hands it
     out as the request's IUpstreamStream.
@@ -87,16 +87,6 @@ class HTTP1ClientProtocol(Protocol):
         if self._chunked:
             self._out.write(encodeTrailers(trailers))
         self._requestDone = True
-
-    def pauseReading(self):
-        if not self._readPaused:
-            self._readPaused = True
-            self.transport.pauseProducing()
-
-    def resumeReading(self):
-        if self._readPaused:
-            self._readPaused = False
-            self.transport.resumeProducing()
 
     def abandon(self):
         """The exchange is given up (timeout, downstream gone); the pool will discard this connection."""

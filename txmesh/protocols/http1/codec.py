@@ -419,7 +419,9 @@ class RequestDecoder(_MessageDecoder):
     After a request that does not keep the connection (HTTP/1.0 without keep-alive, ``Connection: close``), and
     after a CONNECT, further bytes are not parsed: they are ignored, or, for CONNECT, held until the server
     calls L{startTunnel}.  Upgrade requests (Upgrade and Connection: upgrade, reported in ``upgrade``) stay HTTP
-    until the server calls L{startTunnel} after sending a 101.
+    until the server calls L{startTunnel} after sending a 101; with ``holdUpgrades`` the bytes after a bodiless
+    upgrade request are held like CONNECT's, until L{startTunnel} (they are the tunnel's) or L{release} (the
+    upgrade was not taken: they are HTTP again), so none is read as HTTP before the server knows which.
 
     @ivar bodyLimit: None, or the most body bytes a request may carry; more raises HTTPCodecError(413) at once.
         It holds for every later request on the connection.  A Content-Length over it is the server's to check
@@ -431,11 +433,32 @@ class RequestDecoder(_MessageDecoder):
     _skipsBlankLines = True  # RFC 9112 2.2: empty lines before a request line are ignored
     _headParser = staticmethod(_requestParser)
 
-    def __init__(self, maxRequestLine=8192, maxHeaderBytes=65536, maxHeaders=100, scheme=b"http"):
+    def __init__(self, maxRequestLine=8192, maxHeaderBytes=65536, maxHeaders=100, scheme=b"http",
+                 holdUpgrades=False):
         super().__init__(maxRequestLine, maxHeaderBytes, maxHeaders)
         self.scheme = scheme
+        self.holdUpgrades = holdUpgrades
         self._held = []
         self._heldBytes = 0
+
+    @property
+    def holding(self):
+        """Bytes are held after a CONNECT or (``holdUpgrades``) an upgrade request, for startTunnel or release."""
+        return self._state == _HOLD
+
+    def release(self):
+        """
+        The upgrade was not taken: the bytes held since the request are decoded as HTTP.
+
+        @return: their events, as L{feed} returns them (and raises).
+        """
+        if self._state != _HOLD:
+            return []
+        held = b"".join(self._held)
+        self._held = []
+        self._heldBytes = 0
+        self._state = _HEAD
+        return self.feed(held) if held else []
 
     def startTunnel(self):
         """
@@ -511,12 +534,15 @@ class RequestDecoder(_MessageDecoder):
         self._keepAlive = keepAlive
         head = RequestHead(method, path, authority, HeaderMap(f.headers), self.scheme, version,
                            contentLength=length)
+        if upgrade is not None and method != b"CONNECT" and version == (1, 1):
+            # the router tunnels it if the route allows, else drops it; HTTP/1.0 has no 101 (RFC 9110 7.8)
+            head.upgrade = upgrade
         events.append(RequestStarted(head, keepAlive, f.expectContinue, chunked, upgrade))
         if chunked or length:
             self._startBody(chunked, length)
         else:
             self._endMessage(events, None)
-            if method == b"CONNECT":
+            if method == b"CONNECT" or upgrade is not None and self.holdUpgrades and self._state == _HEAD:
                 self._state = _HOLD
 
 

@@ -3,11 +3,18 @@ The HTTP/1.1 listener: one server protocol per downstream connection, and its fa
 
 It only dispatches: bytes go to the sans-IO codec in L{txmesh.protocols.http1.codec}; its events go to the stream
 filter chain.  Pipelined requests are served one at a time, so responses leave in request order.
+
+Tunnels: when the router relays a 101 to a request that offered an upgrade (the route allowed it), or a 2xx to a
+CONNECT, the head is written with its ``Upgrade``/``Connection: upgrade`` fields (CONNECT's 200 with no framing
+field), the codec turns to opaque bytes (``startTunnel``) and the connection carries the stream's body both ways
+until the stream ends: the client's bytes are request body, the upstream's response body.  The client's FIN
+(half-close, on plain TCP) ends the request body; the end of the response closes the connection.
 """
 
 from collections import deque
 
-from zope.interface import implementer
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from zope.interface import alsoProvides, implementer
 
 from twisted.logger import Logger
 
@@ -20,6 +27,7 @@ from txmesh.protocols.http1.codec import (
     MessageComplete,
     RequestDecoder,
     RequestStarted,
+    TunnelData,
     encodeBody,
     encodeResponseHead,
     encodeTrailers,
@@ -53,6 +61,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
         self._noBody = False
         self._closing = False
         self._readPaused = False
+        self._tunnel = False  # the connection is a tunnel (after a 101, or a 2xx to CONNECT)
         # one lazily re-armed timer per connection serves both the request-headers and the idle timeouts: the hot
         # path only moves the deadline (no DelayedCall created or cancelled per request)
         self._deadline = Deadline(factory.clock, factory.timerPeriod, self._timedOut)
@@ -63,8 +72,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
         ListenerProtocol.connectionMade(self)
         f = self.factory
         limits = f.limits
+        # holdUpgrades: what follows an upgrade request waits for the answer (a 101 makes it the tunnel's)
         self.decoder = RequestDecoder(limits.maxRequestLine, limits.maxHeaderBytes, limits.maxHeaders,
-                                      f.scheme)
+                                      f.scheme, holdUpgrades=True)
         self._armHeaderTimer()
 
     def dataReceived(self, data):
@@ -72,6 +82,10 @@ class HTTP1ServerProtocol(ListenerProtocol):
             callInScope(self.out.scope, self._received, data)
 
     def _received(self, data):
+        if self._tunnel:
+            for ev in self.decoder.feed(data):
+                self._tunnelData(ev)
+            return
         if self._deadline.kind is _IDLE:
             self._armHeaderTimer()
         try:
@@ -79,6 +93,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
         except HTTPCodecError as e:
             self._dispatch(e)
             return
+        self._handleEvents(events)
+
+    def _handleEvents(self, events):
         n = len(events)
         i = 0
         while i < n:
@@ -94,8 +111,20 @@ class HTTP1ServerProtocol(ListenerProtocol):
             if self._closing:
                 return
 
+    def readConnectionLost(self):
+        """The client half-closed a tunnel (IHalfCloseableProtocol, provided once the tunnel opens)."""
+        stream = self.stream
+        if stream is not None and not stream.complete:
+            stream.decodeData(b"", True)
+
+    def writeConnectionLost(self):
+        pass
+
     def connectionLost(self, reason):
         self._deadline.cancel()
+        if self._tunnel:
+            self._tunnel = False
+            self.factory.stats.cx_upgrades_active.value -= 1
         stream = self.stream
         if stream is not None and not stream.complete:
             self.stream = None
@@ -197,6 +226,10 @@ class HTTP1ServerProtocol(ListenerProtocol):
         status = response.status
         f = self.factory
         f.stats.rq_class[status // 100 if status < 600 else 5].value += 1
+        if not endStream and (status == 101 and self._head.upgrade is not None
+                              or self._method == b"CONNECT" and 200 <= status < 300):
+            self._startTunnel(response)
+            return
         keepAlive = self._keepAlive and not self._closing and not f.draining
         noBody = self._method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
         chunked = False
@@ -217,6 +250,10 @@ class HTTP1ServerProtocol(ListenerProtocol):
         self.out.write(encodeResponseHead(response, chunked, keepAlive))
 
     def writeData(self, data, endStream):
+        if self._tunnel:
+            if data:
+                self.out.write(data)
+            return  # the end of the tunnel's upstream half: the stream completes, streamComplete closes
         if self._noBody:
             return
         if not self._chunked:
@@ -265,6 +302,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
             return
         self.stream = None
         self.factory.stats.rq_active.value -= 1
+        if self._tunnel:
+            self._closeAfterWrite()
+            return
         if not stream.responseStarted:
             # reset before any response: nothing more can be said on this connection
             self._closeAfterWrite()
@@ -275,10 +315,48 @@ class HTTP1ServerProtocol(ListenerProtocol):
         # serve the next pipelined request, if any
         queue = self._queue
         self._drainQueue()
+        if self.stream is None and not queue and not self._closing and self.decoder.holding:
+            # an upgrade that was not taken: what the client sent after it is HTTP again
+            try:
+                events = self.decoder.release()
+            except HTTPCodecError as e:
+                self._dispatch(e)
+                return
+            self._handleEvents(events)
         if self._readPaused and len(queue) <= _MAX_QUEUED_EVENTS and self.stream is None:
             self.resumeReading()
         if self.stream is None and not self._closing:
             self._armIdleTimer()
+
+    # -- tunnels -------------------------------------------------------------------------------------------------
+
+    def _startTunnel(self, response):
+        """Write the 101 (or CONNECT's 200) and make the connection a tunnel for the active stream."""
+        f = self.factory
+        if self._method == b"CONNECT":
+            head = b"HTTP/1.1 %d %s\r\n\r\n" % (response.status, response.reason or b"Connection Established")
+            if b"\r" in head[:-4] or b"\n" in head[:-4]:
+                head = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+            self.out.write(head)
+        else:
+            upgrade = response.headers.get(b"upgrade") or self._head.upgrade
+            response.contentLength = None
+            self.out.write(encodeResponseHead(response, False, True, upgrade=upgrade))
+        self._tunnel = True
+        self._keepAlive = False
+        self._noBody = False
+        self._chunked = False
+        self._deadline.cancel()
+        f.stats.cx_upgrades_total.value += 1
+        f.stats.cx_upgrades_active.value += 1
+        alsoProvides(self, IHalfCloseableProtocol)  # the client's FIN ends the request half, not the connection
+        for ev in self.decoder.startTunnel():
+            self._tunnelData(ev)
+
+    def _tunnelData(self, ev):
+        stream = self.stream
+        if type(ev) is TunnelData and stream is not None and not stream.complete:
+            stream.decodeData(ev.data, False)
 
     # -- backpressure ------------------------------------------------------------------------------------------
 
