@@ -522,6 +522,7 @@ class Router:
         if state is not None and state is not RETRYABLE:  # RETRYABLE: the first attempt, see _retryState
             state.live.append(attempt)
             state.attempted.append(host)
+        now = None
         policy = self.action.retryPolicy
         if policy is not None:
             request = self.request
@@ -543,8 +544,9 @@ class Router:
         pool = attempt.pool
         conn = pool.acquireIdle()
         if conn is not None:
-            # the common case under load: a pooled keep-alive connection, no Deferred needed
-            attempt._connected(conn)
+            # the common case under load: a pooled keep-alive connection, no Deferred needed; handed over in this
+            # same call, so the per-try's start (when read) is when it was sent too
+            attempt._connected(conn, now)
             return
         d = pool.acquire()
         attempt.connecting = d
@@ -850,7 +852,8 @@ class UpstreamRequest:
                 stampTimeout(self.pending[0][1], left, True)
         self._connected(conn)
 
-    def _connected(self, conn):
+    def _connected(self, conn, now=None):
+        """The pool gave ``conn`` (``now``: the clock's seconds() if the caller read them just now, else None)."""
         self.connecting = None
         if self.state:
             # the attempt ended while we waited; hand the connection back untouched
@@ -858,7 +861,9 @@ class UpstreamRequest:
             return
         self.connection = conn
         router = self.router
-        now = router.info.upstreamStartTime = router._clock.seconds()
+        if now is None:
+            now = router._clock.seconds()
+        router.info.upstreamStartTime = now
         router.info.upstreamTLS = self.host.tlsPeer  # a TLS cluster's verified upstream, for the access log
         if self.host.timesResponses:  # a monitor reads response times (not outlier detection's)
             self.sentAt = now
