@@ -16,8 +16,10 @@ from zope.interface.verify import verifyObject
 from txmesh.config import FilterConfigContext
 from txmesh.errors import ConfigError
 from txmesh.filters.error_rate_breaker import (CLOSED, HALF_OPEN, OPEN, BreakerSettings, ErrorRateBreaker,
-                                               ErrorRateBreakerFactory)
-from txmesh.interfaces import FilterStatus, IErrorRateBreaker, IFilterFactory
+                                               ErrorRateBreakerFactory, ErrorRateBreakerFilter,
+                                               HTTPErrorRateBreakerFilter)
+from txmesh.interfaces import (FilterStatus, IErrorRateBreaker, IFilterFactory, IStreamDecoderFilter,
+                               IStreamEncoderFilter, IStreamFilterEvents, StreamEvents)
 from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, RequestHead, ResponseHead, StreamInfo
 from txmesh.testing import FakeDecoderCallbacks, InMemoryMesh
@@ -303,3 +305,55 @@ def test_grpc_listener_connect_failures_open_the_breaker_then_unavailable_at_onc
     assert len(connects) == 2  # the third call never reached the pool
     assert m.value("error_rate_breaker_rq_failure", key="pkg.Greeter") == 2
     assert m.value("error_rate_breaker_state", key="pkg.Greeter") == 1
+
+
+def test_on_http_listeners_the_filter_is_told_of_resets_not_of_every_end_and_a_reset_probe_frees_its_slot():
+    m = InMemoryMesh(MESH)
+    upstream = m.upstream("backend")
+    upstream.respondWith(500)
+
+    def get():
+        client = m.connect()
+        client.request()
+        return client
+
+    assert [get().response().status for _ in range(3)] == [500, 500, 500]
+    assert get().response().status == 503  # open
+    filters = [f for s in m.template.streams for f in s.decoders if isinstance(f, ErrorRateBreakerFilter)]
+    assert filters and all(type(f) is HTTPErrorRateBreakerFilter for f in filters)
+    assert not HTTPErrorRateBreakerFilter.streamEvents & StreamEvents.STREAM_COMPLETE
+    verifyObject(IStreamDecoderFilter, filters[0])
+    verifyObject(IStreamEncoderFilter, filters[0])
+    verifyObject(IStreamFilterEvents, filters[0])
+    upstream.respondWith(200, after=30)  # the probe's answer is slow
+    m.advance(2.0)
+    probe = get()
+    assert len(upstream.requests) == 4 and probe.responses() == []
+    assert get().response().status == 503  # the one probe slot is taken
+    probe.disconnect()  # the probe is reset before its answer: its slot is free again
+    m.advance(31)
+    upstream.respondWith(200)
+    second = get()
+    assert second.response().status == 200  # the next request is the probe, and closes the breaker
+    assert m.value("error_rate_breaker_state", listener="web", key="api") == 0
+
+
+def test_elsewhere_the_filter_is_told_of_every_end_a_grpc_probe_without_trailers_frees_its_slot():
+    grpcContext = FilterConfigContext("mesh.yaml", "listeners[0].filters[0].config", "grpc", frozenset(),
+                                      lambda p: 3)
+    config = ErrorRateBreakerFactory().buildConfig(
+        {"scope": "listener", "request_volume_threshold": 1, "half_open_requests": 1}, grpcContext)
+    runtime = Runtime()
+    f, cb = stream(config, runtime, grpcRequest())
+    assert type(f) is ErrorRateBreakerFilter and f.streamEvents & StreamEvents.STREAM_COMPLETE
+    f.decodeHeaders(cb.request, True)
+    f.encodeHeaders(ResponseHead(503), True)  # fails: opens
+    runtime.clock.advance(5)
+    probe, pcb = stream(config, runtime, grpcRequest())
+    assert probe.decodeHeaders(pcb.request, True) is FilterStatus.CONTINUE
+    other, ocb = stream(config, runtime, grpcRequest())
+    assert other.decodeHeaders(ocb.request, True) is FilterStatus.STOP  # the slot is taken
+    probe.encodeHeaders(ResponseHead(200, HeaderMap([(b"content-type", b"application/grpc")])), False)
+    probe.onStreamComplete()  # the answer ended without trailers: no verdict, the slot is given back
+    again, acb = stream(config, runtime, grpcRequest())
+    assert again.decodeHeaders(acb.request, True) is FilterStatus.CONTINUE

@@ -7,7 +7,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txmesh import errors
-from txmesh.interfaces import IHost, IHostMonitor, IResourceLimit
+from txmesh.interfaces import IHost, IHostMonitor, IHostMonitorEvents, IResourceLimit
 from txmesh.stats import StatsStore
 from txmesh.stream import HeaderMap, ResponseHead
 from txmesh.testing import RecordingUpstreamStream
@@ -119,7 +119,8 @@ class RecordingMonitor:
 @pytest.fixture
 def h():
     harness = Harness()
-    harness.monitor = harness.host.monitor = RecordingMonitor()
+    harness.monitor = RecordingMonitor()
+    harness.host.addMonitor(harness.monitor)  # the only monitor: host.monitor is it (no fan-out)
     return harness
 
 
@@ -188,6 +189,53 @@ def test_monitors_fan_out_and_come_off_again():
     assert host.monitor is b
     host.removeMonitor(b)
     assert host.monitor is NULL_MONITOR
+
+
+@implementer(IHostMonitor, IHostMonitorEvents)
+class ResultsOnlyMonitor(RecordingMonitor):
+    readsResponseTimes = False
+
+
+def test_attempts_are_timed_only_for_monitors_that_read_response_times():
+    from txmesh.upstream.outlier import HostOutlierMonitor
+
+    assert verifyObject(IHostMonitorEvents, NULL_MONITOR) and not NULL_MONITOR.readsResponseTimes
+    assert IHostMonitorEvents.implementedBy(HostOutlierMonitor) and not HostOutlierMonitor.readsResponseTimes
+    host = Host("10.0.0.1", 80)
+    assert not host.timesResponses
+    blind, reader = ResultsOnlyMonitor(), RecordingMonitor()  # a monitor without IHostMonitorEvents reads all
+    host.addMonitor(blind)
+    assert not host.timesResponses
+    host.addMonitor(reader)
+    assert host.timesResponses
+    host.removeMonitor(reader)
+    assert not host.timesResponses and host.monitor is blind
+    host.addMonitor(reader)
+    host.removeMonitor(blind)
+    assert host.timesResponses and host.monitor is reader
+    host.removeMonitor(reader)
+    assert not host.timesResponses and host.monitor is NULL_MONITOR
+
+
+def test_a_results_only_monitor_gets_the_outcomes_and_no_response_times():
+    h = Harness()
+    blind = ResultsOnlyMonitor()
+    h.host.addMonitor(blind)
+    handle = RecordingUpstreamStream()
+    h.start(idle=handle)
+    h.mesh.clock.advance(0.25)
+    handle.responder.upstreamHeaders(ResponseHead(503), True)
+    handle.responder.upstreamComplete(True)
+    assert blind.results == [Outcome.GATEWAY_FAILURE] and blind.times == []
+    reader = RecordingMonitor()  # beside it, a monitor that reads them: both told, the times to both
+    h.host.addMonitor(reader)
+    handle = RecordingUpstreamStream()
+    h.start(idle=handle)
+    h.mesh.clock.advance(0.5)
+    handle.responder.upstreamHeaders(ResponseHead(200), True)
+    handle.responder.upstreamComplete(True)
+    assert reader.results == [Outcome.SUCCESS] and reader.times == [0.5]
+    assert blind.results == [Outcome.GATEWAY_FAILURE, Outcome.SUCCESS] and blind.times == [0.5]
 
 
 def test_the_failure_sets_say_what_the_classifiers_say():

@@ -656,3 +656,61 @@ def test_a_dubbo_retry_carries_the_time_left_in_its_timeout_attachment():
     backoffPassed(h)
     told = int(h.sent()[1].calls[0][1].headers.get(b"timeout"))
     assert told == 2190  # 3s less the 0.5s before the answer and the 0.3s step the back-off ran in, less 10ms
+
+
+# -- the RetryState is made on first need: every path as before it was ---------------------------------------------
+
+def test_a_first_failure_after_the_head_alone_replays_the_head_and_counts_retries_and_budget(h):
+    stream, down = h.start(b"/budget")  # a head that ended the request: no state until the 503
+    [first] = h.sent()
+    answer(first, 503)
+    assert h.cluster.resources.retries.count == 1  # the retry holds its breaker count through the back-off
+    backoffPassed(h)
+    second = h.sent()[1]
+    assert second.calls == [("sendRequest", h.request, True)] and second.responder.host is not first.responder.host
+    answer(second, 200)
+    assert statuses(down) == [200] and h.stat("upstream_rq_retry") == 1
+    assert h.stat("upstream_rq_retry_success") == 1 and h.stat("cluster_upstream_rq_completed") == 1
+    assert h.cluster.resources.retries.count == 0 and h.cluster.resources.requests.count == 0
+
+
+@pytest.mark.parametrize("completeFirst", [True, False])
+def test_the_first_answer_kept_finishes_the_stream_in_either_order(h, completeFirst):
+    stream, down = h.start(b"/gw")
+    r = h.sent()[0].responder
+    if completeFirst:  # the client protocol may end the attempt before the router looks at the head
+        r.upstreamComplete(True)
+        r.upstreamHeaders(ResponseHead(200), True)
+    else:
+        r.upstreamHeaders(ResponseHead(200), False)
+        r.upstreamData(b"ok", True)
+        r.upstreamComplete(True)
+    r.upstreamFailed(errors.UpstreamReset("late"))  # ignored: the attempt ended
+    backoffPassed(h)
+    assert statuses(down) == [200] and len(h.sent()) == 1 and h.stat("cluster_upstream_rq_completed") == 1
+    assert h.stat("upstream_rq_retry") == 0
+    assert h.cluster.resources.requests.count == 0 and h.mesh.clock.getDelayedCalls() == []
+
+
+def test_a_body_arriving_later_is_kept_from_its_first_piece_and_replayed_whole(h):
+    stream, down = h.start(b"/post", method=b"POST", endStream=False)
+    first = h.sent()[0]
+    stream.decodeData(b"one", False)
+    stream.decodeTrailers(HeaderMap([(b"x-sum", b"1")]))
+    assert [c[0] for c in first.calls] == ["sendRequest", "writeBody", "writeTrailers"]
+    first.responder.upstreamFailed(errors.UpstreamRemoteReset("rst"))
+    backoffPassed(h)
+    second = h.sent()[1]
+    assert second.calls == [("sendRequest", h.request, False), ("writeBody", b"one", False),
+                            ("writeTrailers", first.calls[2][1])]
+    answer(second, 200)
+    assert statuses(down) == [200]
+
+
+def test_an_unretriable_request_found_so_on_its_first_failure_fails_as_before(h):
+    h.start(b"/small", method=b"PUT", contentLength=10)  # declared over its 4-byte buffer
+    stream, down = h.start(b"/small", method=b"PUT", contentLength=10)
+    h.sent()[0].responder.upstreamFailed(errors.UpstreamRemoteReset("rst"))
+    backoffPassed(h)
+    assert statuses(down) == [503] and len(h.sent()) == 1 and h.stat("upstream_rq_retry") == 0
+    assert h.cluster.resources.requests.count == 1  # the first stream's attempt, still in flight

@@ -391,7 +391,11 @@ class IHost(Interface):
     priority = Attribute("The endpoint's priority (0 = highest), for priority-level balancing.")
     locality = Attribute("The endpoint's locality (str, '' when unset).")
     metadata = Attribute("A read-only mapping of str -> str (e.g. Dubbo version/group) from config or discovery.")
-    monitor = Attribute("The IHostMonitor the router reports each attempt's outcome to.")
+    monitor = Attribute("The IHostMonitor the router reports each attempt's outcome to (set by addMonitor and "
+                        "removeMonitor, never directly: timesResponses follows them).")
+    timesResponses = Attribute(
+        "Whether ``monitor`` reads response times (kept by addMonitor/removeMonitor, see IHostMonitorEvents): "
+        "when False the router does not time the attempts to this host.")
     addedAt = Attribute(
         "When the host joined its cluster after the cluster started (the cluster clock's seconds), or None for the "
         "hosts it started with: slow start ramps the former up.")
@@ -429,6 +433,19 @@ class IHostMonitor(Interface):
 
     def putResponseTime(seconds):
         """The time from sending an attempt to its response head (or its failure), in seconds."""
+
+
+class IHostMonitorEvents(Interface):
+    """
+    Optional, beside IHostMonitor: what the monitor reads, so the router can skip the work for what it does not
+    (as IStreamFilterEvents does for stream filters).  A monitor that does not provide this interface is told
+    everything.
+    """
+
+    readsResponseTimes = Attribute(
+        "False if putResponseTime does nothing for this monitor (outlier detection: it reads outcomes only); the "
+        "host's attempts are then timed only for its other monitors that read them.  Read when the monitor is "
+        "added to a host.")
 
 
 class IResourceLimit(Interface):

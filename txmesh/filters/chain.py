@@ -336,9 +336,10 @@ class ActiveStream:
             elif how is _OWN:
                 f.setDecoderFilterCallbacks(_DecoderCallbacks(self, i))
         if self.encoders:
-            self.encoders.reverse()
             plans = self._encoderPlans
-            plans.reverse()
+            if len(plans) > 1:  # one encoder (the usual case, if any) is in encode order already
+                self.encoders.reverse()
+                plans.reverse()
             shared = None
             for i, f in enumerate(self.encoders):
                 how = plans[i].encoderCallbacks

@@ -97,18 +97,15 @@ class LocalRateLimitConfig:
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
 class LocalRateLimitFilter:
-    """Per stream: takes a token on the request head, or answers it as over the limit."""
+    """
+    Per stream: takes a token on the request head, or answers it as over the limit.  Made by
+    L{LocalRateLimitFactory.createFilters}, which sets its fields (no ``__init__``: see there).
+    """
 
     # the heads only (the response's for x-ratelimit headers); STOP only with a local reply
     streamEvents = StreamEvents.DECODE_HEADERS | StreamEvents.ENCODE_HEADERS | StreamEvents.DECODER_CALLBACKS
 
     __slots__ = ("config", "runtime", "decoderCallbacks", "_descriptor")
-
-    def __init__(self, config, runtime):
-        self.config = config
-        self.runtime = runtime
-        self.decoderCallbacks = None
-        self._descriptor = None  # set when the request was counted and x-ratelimit headers are on
 
     def setDecoderFilterCallbacks(self, callbacks):
         self.decoderCallbacks = callbacks
@@ -216,8 +213,15 @@ class LocalRateLimitFactory:
                                     Limiter(bucketConfig, maxBuckets, statPrefix))
 
     def createFilters(self, config, callbacks, runtime):
+        # the filter's fields set here: it has no __init__ (an object made per request costs CPython about half as
+        # much without the call to one: docs/performance.md, "Resilience within 10 %"); the chain gives it its
+        # decoderCallbacks before any event
+        f = LocalRateLimitFilter()
+        f.config = config
+        f.runtime = runtime
+        f._descriptor = None  # set when the request was counted and x-ratelimit headers are on
         if config.xHeaders:
-            callbacks.addStreamFilter(LocalRateLimitFilter(config, runtime))
+            callbacks.addStreamFilter(f)
         else:
             # without x-ratelimit headers the response is none of its business: not on the encode path at all
-            callbacks.addStreamDecoderFilter(LocalRateLimitFilter(config, runtime))
+            callbacks.addStreamDecoderFilter(f)

@@ -37,7 +37,9 @@ retriable answer or failure and starts another attempt after a back-off, on a ho
 timer (route timeout, ``max_stream_duration``, the client's deadline, idleness) spans all attempts, and each
 attempt tells the next hop min(per-try timeout, time left).  Every attempt takes one of the cluster's
 ``resources.requests`` (over the limit: 503 ``UO`` at once) and every retry one of its ``resources.retries``.
-Without a retry policy the only cost is the attempt object.
+Without a retry policy the only cost is the attempt object; with one, the RetryState (the request kept for replay,
+the attempts in flight and the hosts tried) is made only when a body piece or a first answer or failure needs it
+(L{Router._retryState}): a request answered by its first attempt never makes one.
 """
 
 from twisted.internet import defer
@@ -80,6 +82,8 @@ _GRPC_STATUS = b"grpc-status"
 _CONTENT_TYPE = b"content-type"
 _DUBBO_TIMEOUT = b"timeout"
 ATTEMPT_COUNT = b"x-txmesh-attempt-count"  # Envoy's x-envoy-attempt-count, with include_request_attempt_count
+# Router._retry of a request that may be retried but needed no RetryState yet (Router._retryState)
+RETRYABLE = object()
 
 
 def parseExpectedTimeout(value):
@@ -153,7 +157,7 @@ class Router:
     __slots__ = ("callbacks", "runtime", "route", "action", "cluster", "request", "attempt", "_retry", "_attempts",
                  "_timer", "_requestDone", "_done", "_bodyLimit", "_bodySeen", "_clusterStats", "_downstreamPaused",
                  "_clock", "_deadline", "_deadlineKind", "_routeTimeout", "_idle", "_lastActive", "_sendBy",
-                 "_perTry", "_shadows", "_waiting", "info", "_tunnel")
+                 "_perTry", "_shadows", "_waiting", "info", "_tunnel", "_hashKey")
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -163,7 +167,10 @@ class Router:
         self.cluster = None
         self.request = None
         self.attempt = None  # the latest UpstreamRequest; once the response started, the one that answered
-        self._retry = None  # the RetryState while the request may still be retried (txmesh.upstream.retry)
+        # while the request may still be retried: RETRYABLE until a retry decision needs the state (see
+        # _retryState), then the RetryState (txmesh.upstream.retry); None when it may not (any more)
+        self._retry = None
+        self._hashKey = None  # the route's hash key for the request (a retry is placed by it too)
         self._attempts = 0  # attempts started
         self._timer = None
         self._requestDone = False
@@ -313,11 +320,11 @@ class Router:
             policy = None  # a tunnel is never replayed
         if policy is not None:
             self._perTry = policy.perTryTimeout
-            state = retryState(policy, request)
-            if state is not None:
-                state.buffer.append((_HEADERS, request, endStream))
-                state.hashKey = hashKey
-                self._retry = state
+            if policy.numRetries:
+                # the RetryState is made when a retry decision or a body event needs it (_retryState): the usual
+                # request, a head answered by its first attempt, never makes one
+                self._retry = RETRYABLE
+                self._hashKey = hashKey
 
         self._startTimers(cb, info.startTime, request, action, endStream)
         self._requestDone = endStream
@@ -469,6 +476,8 @@ class Router:
         if endStream:
             self._requestEnded()
         state = self._retry
+        if state is RETRYABLE:
+            state = self._retryState(False)  # the first body piece: the request is kept for replay from here
         if state is None:
             self.attempt.writeBody(data, endStream)
         else:
@@ -485,6 +494,8 @@ class Router:
             for shadow in self._shadows:
                 shadow.writeTrailers(trailers)
         state = self._retry
+        if state is RETRYABLE:
+            state = self._retryState(False)
         if state is None:
             self.attempt.writeTrailers(trailers)
         else:
@@ -492,6 +503,24 @@ class Router:
             for attempt in state.live:
                 attempt.writeTrailers(trailers)
         return STOP
+
+    def _retryState(self, headEnded):
+        """
+        The request's RetryState, made now that a retry decision or the request's body needs it: until then
+        (``_retry`` RETRYABLE) the request has had one attempt, ``self.attempt``, and only its head, which ended it
+        if ``headEnded``.  None (and ``_retry`` None) if this request may not be retried after all
+        (txmesh.upstream.retry.retryState: a Dubbo one-way call, a body declared over the buffer limit).
+        """
+        request = self.request
+        state = self._retry = retryState(self.action.retryPolicy, request)
+        if state is not None:
+            state.buffer.append((_HEADERS, request, headEnded))
+            state.hashKey = self._hashKey
+            attempt = self.attempt
+            state.attempted.append(attempt.host)
+            if not attempt.state:
+                state.live.append(attempt)
+        return state
 
     def _buffer(self, state, event, size):
         """Keep a request event for replay; past per_request_buffer_limit the request is no longer retried."""
@@ -524,9 +553,10 @@ class Router:
                                   isRetry)
         self.attempt = attempt
         state = self._retry
-        if state is not None:
+        if state is not None and state is not RETRYABLE:  # RETRYABLE: the first attempt, see _retryState
             state.live.append(attempt)
             state.attempted.append(host)
+        now = None
         policy = self.action.retryPolicy if self._tunnel is None else None
         if policy is not None:
             request = self.request
@@ -536,18 +566,21 @@ class Router:
                 left = attempt.tellBy(self._clock.seconds()) if (self._sendBy or self._perTry) else None
                 if left is not None and left > 0:
                     stampTimeout(request, left, True)
-            if self._requestDone and self._perTry:
-                now = self._clock.seconds()
-                end = attempt.armPerTry(self._perTry, now)
-                if end is not None and not timerArmed:
+            perTry = self._perTry
+            if perTry and self._requestDone:
+                # armPerTry, inline: a new attempt's per-try timeout always starts here
+                attempt.startedAt = now = self._clock.seconds()
+                attempt.perTryEnd = end = now + perTry
+                if not timerArmed:
                     self._fireBy(end, now)
         # start it (inlined: once per request)
         attempt.pending = pending
         pool = attempt.pool
         conn = pool.acquireIdle()
         if conn is not None:
-            # the common case under load: a pooled keep-alive connection, no Deferred needed
-            attempt._connected(conn)
+            # the common case under load: a pooled keep-alive connection, no Deferred needed; handed over in this
+            # same call, so the per-try's start (when read) is when it was sent too
+            attempt._connected(conn, now)
             return
         d = pool.acquire()
         attempt.connecting = d
@@ -556,7 +589,7 @@ class Router:
     def _live(self):
         """The attempts in flight."""
         state = self._retry
-        if state is not None:
+        if state is not None and state is not RETRYABLE:
             return list(state.live)
         attempt = self.attempt
         return [attempt] if attempt is not None and not attempt.state else []
@@ -564,6 +597,8 @@ class Router:
     def _attemptFailed(self, attempt, exc):
         """``attempt`` failed before its answer was kept: retry if the policy says so, else fail the stream."""
         state = self._retry
+        if state is RETRYABLE:
+            state = self._retryState(self._requestDone)
         if state is not None:
             if state.live:
                 return  # another attempt (a hedge) is still in flight and may yet answer
@@ -578,6 +613,11 @@ class Router:
         committed to ``attempt``).
         """
         state = self._retry
+        if state is RETRYABLE:
+            state = self._retryState(self._requestDone)
+            if state is None:  # not retried after all
+                self._commit(attempt)
+                return False
         retriable = state.grpcRetriable(status) if grpc else state.statusRetriable(status, dubbo)
         if retriable:
             if len(state.live) > (0 if attempt.state else 1):
@@ -662,6 +702,8 @@ class Router:
         exc = errors.UpstreamPerTryTimeout("upstream per-try timeout")
         attempt.reportError(exc)
         state = self._retry
+        if state is RETRYABLE:
+            state = self._retryState(self._requestDone)
         if state is not None and state.policy.hedgeOnPerTryTimeout:
             if state.errorRetriable(exc):
                 self._maybeRetry(attempt)  # the first attempt goes on; the first good answer wins
@@ -674,11 +716,12 @@ class Router:
         state = self._retry
         self._retry = None
         self.attempt = attempt
-        if state.timer is not None or state.held:
-            self._releaseRetries(state)
-        for other in state.live:
-            if other is not attempt:
-                other.abandon()
+        if state is not None and state is not RETRYABLE:  # RETRYABLE: the first attempt alone, nothing pending
+            if state.timer is not None or state.held:
+                self._releaseRetries(state)
+            for other in state.live:
+                if other is not attempt:
+                    other.abandon()
         if attempt.number > 1 and not retriable:
             self._clusterStats.retry_success.value += 1
         if attempt.state == _COMPLETED:
@@ -768,9 +811,10 @@ class Router:
         state = self._retry
         if state is not None:
             self._retry = None
-            self._releaseRetries(state)
-            for attempt in state.live:
-                attempt.abandon()
+            if state is not RETRYABLE:  # RETRYABLE: nothing pending; _abandonUpstream abandons the attempt
+                self._releaseRetries(state)
+                for attempt in state.live:
+                    attempt.abandon()
 
     def onStreamReset(self, reason):
         if self._waiting is not None:
@@ -858,7 +902,8 @@ class UpstreamRequest:
                 stampTimeout(self.pending[0][1], left, True)
         self._connected(conn)
 
-    def _connected(self, conn):
+    def _connected(self, conn, now=None):
+        """The pool gave ``conn`` (``now``: the clock's seconds() if the caller read them just now, else None)."""
         self.connecting = None
         if self.state:
             # the attempt ended while we waited; hand the connection back untouched
@@ -866,9 +911,11 @@ class UpstreamRequest:
             return
         self.connection = conn
         router = self.router
-        now = router.info.upstreamStartTime = router._clock.seconds()
+        if now is None:
+            now = router._clock.seconds()
+        router.info.upstreamStartTime = now
         router.info.upstreamTLS = self.host.tlsPeer  # a TLS cluster's verified upstream, for the access log
-        if self.host.monitor is not NULL_MONITOR:
+        if self.host.timesResponses:  # a monitor reads response times (not outlier detection's)
             self.sentAt = now
         pending = self.pending
         self.pending = None
@@ -938,7 +985,7 @@ class UpstreamRequest:
             router.cluster.resources.retries.dec()
         router.cluster.resources.requests.dec()
         retry = router._retry
-        if retry is not None and self in retry.live:
+        if retry is not None and retry is not RETRYABLE and self in retry.live:
             retry.live.remove(self)
         return True
 
@@ -955,27 +1002,6 @@ class UpstreamRequest:
             if outcome is not None:
                 self._report(outcome)
 
-    def _reportResponse(self, response, endStream, dubbo):
-        """Classify the response head by the cluster's protocol (gRPC waits for its grpc-status)."""
-        monitor = self.host.monitor
-        if self.sentAt is not None:
-            monitor.putResponseTime(self.router._clock.seconds() - self.sentAt)
-        status = response.status
-        if dubbo:
-            self._report(classifyDubbo(status))
-            return
-        if status == 200:
-            ctype = response.headers.get(_CONTENT_TYPE)
-            if ctype is not None and ctype.startswith(b"application/grpc"):
-                if endStream:  # trailers-only
-                    self._reportGRPC(response.headers)
-                else:
-                    self.reported = None  # decided by the trailers
-                return
-        # (called while nothing was reported) _report and classifyHTTP, inline: once per request on a watched host
-        self.reported = True
-        monitor.putResult(_SUCCESS if status < HTTP_FAILURE_MIN else classifyHTTP(status))
-
     def _reportGRPC(self, fields):
         self.reported = False
         self._report(classifyGRPC(grpcStatus(fields)))
@@ -990,24 +1016,50 @@ class UpstreamRequest:
         self.perTryEnd = None  # the answer started: the per-try timeout no longer applies (Envoy's rule)
         dubbo = router.cluster.config.protocol == "dubbo"
         if not self.reported:
-            if self.host.monitor is NULL_MONITOR:
+            monitor = self.host.monitor
+            if monitor is NULL_MONITOR:
                 self.reported = True  # nobody watches this host's outcomes: nothing to classify
             else:
-                self._reportResponse(response, endStream, dubbo)
-        if router._retry is not None:
+                # the response head's outcome by the cluster's protocol (gRPC waits for its grpc-status); inline:
+                # once per request on a watched host
+                if self.sentAt is not None:
+                    monitor.putResponseTime(now - self.sentAt)
+                status = response.status
+                if dubbo:
+                    self._report(classifyDubbo(status))
+                else:
+                    ctype = response.headers.get(_CONTENT_TYPE) if status == 200 else None
+                    if ctype is not None and ctype.startswith(b"application/grpc"):
+                        if endStream:  # trailers-only
+                            self._reportGRPC(response.headers)
+                        else:
+                            self.reported = None  # decided by the trailers
+                    else:  # _report and classifyHTTP, inline
+                        self.reported = True
+                        monitor.putResult(_SUCCESS if status < HTTP_FAILURE_MIN else classifyHTTP(status))
+        state = router._retry
+        if state is not None:
             status = response.status
-            if not dubbo and status == 200 and router._retry.policy.grpcCodes:
+            policy = router.action.retryPolicy
+            if not dubbo and status == 200 and policy.grpcCodes:
                 ctype = response.headers.get(_CONTENT_TYPE)
                 if ctype is not None and ctype.startswith(b"application/grpc"):
-                    if not endStream:
-                        self.held = response  # whether to retry is in the trailers, if no body comes first
-                        return
-                    if router._retryAnswer(self, grpcStatus(response.headers), response.headers, False, True):
-                        return
+                    if state is RETRYABLE:
+                        state = router._retryState(router._requestDone)
+                    if state is not None:
+                        if not endStream:
+                            self.held = response  # whether to retry is in the trailers, if no body comes first
+                            return
+                        if router._retryAnswer(self, grpcStatus(response.headers), response.headers, False, True):
+                            return
                     router._forwardHeaders(response, endStream)
                     return
-            if not dubbo and status < 500 and status not in router._retry.policy.retriableStatusCodes:
-                router._commit(self)  # the usual answer: no retry_on condition can take it (see statusRetriable)
+            if not dubbo and status < 500 and status not in policy.retriableStatusCodes:
+                # the usual answer: no retry_on condition can take it (see statusRetriable)
+                if state is RETRYABLE and not self.state:
+                    router._retry = None  # _commit's whole work for the first attempt, still in flight
+                else:
+                    router._commit(self)
             elif router._retryAnswer(self, status, response.headers, dubbo, False):
                 return
         router._forwardHeaders(response, endStream)

@@ -11,7 +11,7 @@ import types
 
 from zope.interface import implementer
 
-from txmesh.interfaces import IHost, IHostMonitor
+from txmesh.interfaces import IHost, IHostMonitor, IHostMonitorEvents
 from txmesh.stats import Scope, StatsStore
 
 # The per-host counters: the short name (used in HostStats attributes and the admin API) and the help text.  The
@@ -48,11 +48,12 @@ class HealthFlag(enum.IntFlag):
     DEGRADED_ACTIVE_HC = 0x10  # reserved: degraded (Envoy's x-envoy-degraded); not used for balancing yet
 
 
-@implementer(IHostMonitor)
+@implementer(IHostMonitor, IHostMonitorEvents)
 class NullHostMonitor:
     """The monitor of a cluster without outlier detection or latency-aware balancing: it does nothing."""
 
     __slots__ = ()
+    readsResponseTimes = False
 
     def putResult(self, outcome):
         pass
@@ -62,6 +63,11 @@ class NullHostMonitor:
 
 
 NULL_MONITOR = NullHostMonitor()
+
+
+def readsResponseTimes(monitor):
+    """Whether the IHostMonitor ``monitor`` reads putResponseTime (yes unless its IHostMonitorEvents say not)."""
+    return not IHostMonitorEvents.providedBy(monitor) or bool(monitor.readsResponseTimes)
 
 
 @implementer(IHostMonitor)
@@ -107,6 +113,7 @@ class Host:
         self.locality = locality
         self.metadata = types.MappingProxyType(dict(metadata)) if metadata else _NO_METADATA
         self.monitor = NULL_MONITOR
+        self.timesResponses = False  # whether a monitor reads response times (see addMonitor)
         self.addedAt = None  # when the host joined a running cluster (its clock's seconds), for slow start
         self.tlsPeer = None  # a TLS cluster's: the UpstreamPeer of the host's latest verified handshake (issue 14)
         self.activeRequests = 0
@@ -138,6 +145,7 @@ class Host:
             self.monitor = FanOutHostMonitor(current.monitors + (monitor,))
         else:
             self.monitor = FanOutHostMonitor((current, monitor))
+        self.timesResponses = self.timesResponses or readsResponseTimes(monitor)
 
     def removeMonitor(self, monitor):
         """Stop telling ``monitor``."""
@@ -147,6 +155,11 @@ class Host:
         elif isinstance(current, FanOutHostMonitor):
             rest = tuple(m for m in current.monitors if m is not monitor)
             self.monitor = rest[0] if len(rest) == 1 else FanOutHostMonitor(rest) if rest else NULL_MONITOR
+        else:
+            return
+        current = self.monitor
+        self.timesResponses = (any(readsResponseTimes(m) for m in current.monitors)
+                               if isinstance(current, FanOutHostMonitor) else readsResponseTimes(current))
 
     def addHealthWatcher(self, watcher):
         """Call ``watcher(host)`` whenever ``healthy`` changes (the cluster recomputes its healthy share)."""

@@ -18,7 +18,7 @@ import math
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmesh.interfaces import IHostMonitor, IOutlierDetector
+from txmesh.interfaces import IHostMonitor, IHostMonitorEvents, IOutlierDetector
 from txmesh.upstream.host import HealthFlag
 from txmesh.upstream.outcome import Outcome
 
@@ -73,9 +73,11 @@ class _Bucket:
         return 100.0 * self.lastSuccess / self.lastTotal if self.lastTotal else None
 
 
-@implementer(IHostMonitor)
+@implementer(IHostMonitor, IHostMonitorEvents)
 class HostOutlierMonitor:
     """What outlier detection knows of one host: consecutive failures, success-rate buckets, ejection state."""
+
+    readsResponseTimes = False  # outcomes only: the router does not time attempts for it
 
     __slots__ = ("host", "_detector", "_split", "consecutive5xx", "consecutiveGateway", "consecutiveLocal",
                  "external", "local", "ejected", "ejectedAt", "unejectedAt", "numEjections", "backoff", "jitter")

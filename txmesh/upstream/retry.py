@@ -1,8 +1,10 @@
 """
 The per-request side of a route's retry policy (txmesh.routing.RetryPolicy; Envoy's ``RetryStateImpl``): which
 failures and answers are retried, the back-off, the retry budget and the ``max_retries`` breaker, and the request
-buffered for replay.  The router (txmesh.filters.router) makes one RetryState per request whose route has a policy
-and whose request may be retried at all (L{retryState}); a request without one costs nothing here.
+buffered for replay.  The router (txmesh.filters.router) makes one RetryState for a request whose route has a policy
+and whose request may be retried at all (L{retryState}), when it first needs one: the first body piece (kept for
+replay from there) or the first answer or failure that a retry_on condition might take.  A request whose head is
+answered by its first attempt (the usual case) never makes one and costs nothing here.
 
 The rules, as Envoy's where the issue is silent:
 
