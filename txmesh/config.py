@@ -22,6 +22,7 @@ from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, par
 from txmesh.detect_config import AUTO, AUTO_DESCRIPTOR, INTERNAL, buildDetect, checkDetectTargets
 from txmesh.errors import ConfigError
 from txmesh.hot_restart_config import buildHotRestart
+from txmesh.workers_config import buildWorkers
 from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
 from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buildPathNormalization
 from txmesh.protocols.descriptor import findProtocols
@@ -327,6 +328,7 @@ class MeshConfig:
     tracing: object = None
     # the ``dynamic_resources`` block (issue 13 part 3): a txmesh.xds.config.XdsConfig, or None without xDS
     dynamicResources: object = None
+    workers: int = 1  # processes serving the listeners (issue 10 part 4; txmesh.workers_config)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -368,7 +370,7 @@ def loads(text, filename="<string>"):
 
 def _buildMesh(r, raw):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
-                                 "overload", "registries", "registration",
+                                 "overload", "registries", "registration", "workers",
                                  "hot_restart", "tracing"))
     if raw.get("listeners") is None:
         raise r.error("missing required key 'listeners'", "")
@@ -401,7 +403,7 @@ def _buildMesh(r, raw):
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
                       registration=buildRegistration(r, raw, registries, listeners, clusters),
                       hotRestart=buildHotRestart(r, raw, [admin.address] + [lc.address for lc in listeners]),
-                      tracing=buildTracing(r, raw))
+                      tracing=buildTracing(r, raw), workers=buildWorkers(r, raw, listeners))
 
 
 _OCTAL_MODE = re.compile(r"0?[0-7]{3}\Z")

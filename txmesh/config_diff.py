@@ -39,7 +39,7 @@ POOL_FIELDS = frozenset({"protocol", "connectTimeout", "idleTimeout", "maxConnec
                          "heartbeatInterval", "circuitBreakers"})
 
 # top-level mesh.yaml keys a reload cannot change (the running objects are made once, at start)
-FIXED_KEYS = ("admin", "node", "plugin_paths", "overload", "registries", "registration", "hot_restart", "tracing")
+FIXED_KEYS = ("admin", "node", "plugin_paths", "overload", "registries", "registration", "hot_restart", "tracing", "workers")
 
 UNCHANGED, ROUTES, CONNECTIONS, ADDRESS = "unchanged", "routes", "connections", "address"
 
