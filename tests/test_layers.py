@@ -21,13 +21,14 @@ LAYERS = (
                            "protocols/*/grpc.py", "protocols/*/defences.py", "protocols/*/url.py", "config.py", "config_reader.py",
                            "routing.py", "routing_config.py", "discovery_config.py", "detect_config.py", "path_normalization.py",
                            "tls/material.py", "tls/server_config.py", "tls/upstream_config.py", "config_diff.py",
-                           "hot_restart_wire.py", "hot_restart_config.py",
+                           "hot_restart_wire.py", "hot_restart_config.py", "workers_config.py",
                            "trace_context.py", "tracing_config.py", "xds/config.py", "xds/translate.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py",
-                           "request_stats.py", "tracer.py", "xds/state.py", "xds/rest.py"]),
+                           "request_stats.py", "tracer.py", "worker_stats.py", "xds/state.py", "xds/rest.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/alpn.py", "protocols/*/*.py", "listeners.py", "xds/ads.py"]),
     ("service", ["service.py", "admin.py", "admin_security.py", "control.py", "status.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
-                 "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py", "xds/client.py"]),
+                 "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py", "worker.py", "workers.py",
+                 "workers_parent.py", "workers_control.py", "xds/client.py"]),
     ("plugins", ["plugins/*.py"]),
 )
 

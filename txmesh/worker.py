@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmesh import config as _config
+from txmesh import tcp
 from txmesh.control import MeshControl
 from txmesh.errors import ConfigError
 from txmesh.hot_restart import InheritingEndpoint, listenInherited
@@ -44,6 +45,8 @@ from txmesh.twisted_private import shareListeningPort
 # the channel carries stats dumps and configuration texts: larger than a hand-over's messages
 MAX_MESSAGE = 32 * 1024 * 1024
 START_TIMEOUT = 30.0
+# connections a worker accepts per readable event on a shared socket (Twisted's default grows to hundreds)
+ACCEPTS_PER_WAKEUP = 1
 
 log = Logger(namespace="txmesh.worker")
 
@@ -179,6 +182,8 @@ class WorkerLink:
 
         def share(port):
             shareListeningPort(port)  # the parent and the siblings hold the socket too: never shut it down here
+            if isinstance(port, tcp.Port):
+                port.maxAccepts = ACCEPTS_PER_WAKEUP  # leave the rest of a burst to the siblings woken with us
             return port
 
         return d.addCallback(share)

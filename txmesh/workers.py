@@ -189,15 +189,15 @@ class WorkerSupervisor:
         if worker.channel is None:
             return defer.fail(WorkerError("worker %d is not running" % (worker.index,)))
         self._ids += 1
-        return worker.channel.request(dict(message, id=self._ids), fds,
-                                      timeout if timeout is not None else self.requestTimeout)
+        return defer.maybeDeferred(worker.channel.request, dict(message, id=self._ids), fds,
+                                   timeout if timeout is not None else self.requestTimeout)
 
     def requestAll(self, message, workers=None, timeout=None):
         """``request`` to each worker of ``workers`` (default: every live one).  @return: a Deferred firing with
         [(worker, result or a Failure)]."""
         workers = self.live if workers is None else workers
-        ds = [self.request(w, message, timeout=timeout).addErrback(lambda f: f) for w in workers]
-        return defer.gatherResults(ds).addCallback(lambda results: list(zip(workers, results)))
+        return settle([self.request(w, message, timeout=timeout) for w in workers]).addCallback(
+            lambda results: list(zip(workers, results)))
 
     def restart(self, worker):
         """Stop ``worker`` (SIGTERM: it drains) and start it again once it ended; not counted as a failure."""
@@ -240,6 +240,11 @@ class WorkerSupervisor:
                 log.warn("worker {index} (pid {pid}) still runs after the stop timeout: SIGKILL", index=worker.index,
                          pid=worker.pid)
                 _signal(worker, "KILL")
+
+
+def settle(ds):
+    """A Deferred firing with the results of ``ds`` in order, a Failure in place of each that failed."""
+    return defer.DeferredList(ds, consumeErrors=True).addCallback(lambda results: [r for _, r in results])
 
 
 def _signal(worker, name):

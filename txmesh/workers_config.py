@@ -9,7 +9,6 @@ import os
 
 from txmesh.config_reader import joinPath
 from txmesh.detect_config import INTERNAL
-from txmesh.twisted_private import parseServerEndpoint
 
 MAX_WORKERS = 64
 # listening sockets the parent can bind (or inherit) and hand to its workers
@@ -41,7 +40,7 @@ def buildWorkers(r, raw, listeners, affinity=os.sched_getaffinity):
         for i, lc in enumerate(listeners):
             if lc.address == INTERNAL:
                 continue
-            kind = parseServerEndpoint(lc.address)[0]
+            kind = lc.address.split(":", 1)[0].strip().lower()  # checked already: a known endpoint kind
             if kind not in SHARED_KINDS:
                 raise r.error("with workers: %d, a listener's address must be one of %s (the parent binds it and "
                               "hands it to the workers), not %s:" % (count, ", ".join(SHARED_KINDS), kind),

@@ -49,7 +49,7 @@ from txmesh.stats import StatsStore
 from txmesh.systemd import MeshStatus, NullNotifier
 from txmesh.twisted_private import raiseBindErrorsSynchronously, shareListeningPort
 from txmesh.worker_stats import MergedStats, Retired, mergeClusters
-from txmesh.workers import WorkerError, WorkerSupervisor
+from txmesh.workers import WorkerSupervisor, settle
 from txmesh.workers_control import ParentControl
 
 # how long the admin API waits for a worker's figures before it shows the last ones it has
@@ -414,10 +414,10 @@ class WorkersParent(MultiService):
         version = self.version.version + 1
         names = sorted(fresh)
         workers = self.supervisor.serving
-        answers = yield defer.gatherResults([
+        answers = yield settle([
             self.supervisor.request(w, {"type": "apply", "config": text, "filename": new.filename,
                                         "version": version, "sockets": names},
-                                    [fresh[n].fileno() for n in names]).addErrback(lambda f: f)
+                                    [fresh[n].fileno() for n in names])
             for w in workers])
         answers = list(zip(workers, answers))
         refused = [(w, a) for w, a in answers if isinstance(a, Failure) or a.get("outcome") == "rejected"]
@@ -449,9 +449,9 @@ class WorkersParent(MultiService):
         After a refused reload: the workers that applied it get the running configuration again; one that cannot
         (and one that did not answer at all) is restarted, with the running configuration.
         """
-        answers = yield defer.gatherResults([
+        answers = yield settle([
             self.supervisor.request(w, {"type": "apply", "config": self.text, "filename": self.config.filename,
-                                        "version": self.version.version, "sockets": []}).addErrback(lambda f: f)
+                                        "version": self.version.version, "sockets": []})
             for w in applied])
         again = [w for w, a in zip(applied, answers) if isinstance(a, Failure) or a.get("outcome") == "rejected"]
         again += [w for w, a in refused if isinstance(a, Failure)]
