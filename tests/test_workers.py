@@ -457,3 +457,24 @@ def test_an_invalid_file_is_rejected_before_any_worker_is_asked(tmp_path):
     parent.reload("SIGHUP").addCallback(results.append)
     assert results[0]["outcome"] == "rejected" and "must list at least one listener" in results[0]["error"]
     assert all(not [m for m in sent(e[5]) if m["type"] == "apply"] for e in launcher.launched)
+
+
+def test_a_workers_log_lines_name_it():
+    import io
+    import json as _json
+
+    from twisted.logger import LogLevel
+
+    from txmesh.logs import OperatorLogObserver
+
+    event = {"log_level": LogLevel.info, "log_namespace": "txmesh.x", "log_format": "hello {n}", "n": 1,
+             "log_time": 0.0}
+    text, js = io.StringIO(), io.StringIO()
+    OperatorLogObserver(text, worker=1)(dict(event))
+    OperatorLogObserver(js, format="json", worker=1)(dict(event))
+    assert " info [worker 1] [txmesh.x] hello 1\n" in text.getvalue()
+    record = _json.loads(js.getvalue())
+    assert record["worker"] == 1 and record["message"] == "hello 1"
+    plain = io.StringIO()
+    OperatorLogObserver(plain)(dict(event))
+    assert "[worker" not in plain.getvalue()

@@ -81,6 +81,9 @@ def loadStart(inheritance):
     """
     start = inheritance.message["worker"]
     config = _config.loads(start["config"], filename=start.get("filename") or "<parent>")
+    if start["index"] != 0 and config.registration is not None:
+        # the local app is registered once, by worker 0: N workers would publish the same node N times
+        config = dataclasses.replace(config, registration=None)
     path = start.get("admin")
     if not path:
         return config
