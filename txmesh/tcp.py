@@ -192,21 +192,9 @@ class Client(DirectWriteMixin, tcp.Client):
 
 
 class Port(tcp.Port):
-    """
-    A listening TCP port whose accepted connections are L{Server}s.
-
-    @ivar maxAccepts: at most this many connections accepted per readable event (None: Twisted's adaptive count,
-        up to hundreds).  A worker of ``workers: N`` sets 1 on the socket it shares with its siblings, so that one
-        worker woken first does not take a whole burst of new connections (docs/operations.md "Workers").
-    """
+    """A listening TCP port whose accepted connections are L{Server}s."""
 
     transport = Server
-    maxAccepts = None
-
-    def doRead(self):
-        if self.maxAccepts is not None:
-            self.numberAccepts = min(self.numberAccepts, self.maxAccepts)
-        return tcp.Port.doRead(self)
 
 
 class Connector(ClientClassConnector):

@@ -40,7 +40,7 @@ from txmesh.hot_restart import InheritingEndpoint, listenInherited
 from txmesh.hot_restart_takeover import receiveSockets
 from txmesh.hot_restart_wire import HandoverError, MessageDecoder, closeAll, encode
 from txmesh.interfaces import IConfigSource, IHotRestart
-from txmesh.twisted_private import shareListeningPort
+from txmesh.twisted_private import capAcceptsPerWakeup, shareListeningPort
 
 # the channel carries stats dumps and configuration texts: larger than a hand-over's messages
 MAX_MESSAGE = 32 * 1024 * 1024
@@ -186,7 +186,7 @@ class WorkerLink:
         def share(port):
             shareListeningPort(port)  # the parent and the siblings hold the socket too: never shut it down here
             if isinstance(port, tcp.Port):
-                port.maxAccepts = ACCEPTS_PER_WAKEUP  # leave the rest of a burst to the siblings woken with us
+                capAcceptsPerWakeup(port, ACCEPTS_PER_WAKEUP)  # leave the rest of a burst to the siblings
             return port
 
         return d.addCallback(share)
