@@ -43,7 +43,9 @@ BODIES = {"small": 100, "64k": 65536}
 ALL_PROXIES = ("nginx", "haproxy", "envoy", "txmesh")
 # also accepted by --proxies, not run by default: Twisted's own TCP relay (twisted.protocols.portforward), the
 # floor for any proxy written on Twisted, since it does no HTTP work at all
-EXTRA_PROXIES = ("portforward",)
+EXTRA_PROXIES = ("portforward", "txmesh-w2")
+# txmesh-w2: the same txmesh with ``workers: 2`` (a parent and two worker processes on the one listening socket;
+# the CPU column counts the parent and both workers), beside the one-process txmesh row in the same run
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
@@ -101,6 +103,22 @@ def startTxmesh(procs, workdir, upstreamPort, tree=REPO, name="txmesh"):
     return port, proc
 
 
+def startTxmeshWorkers(procs, workdir, upstreamPort, tree=REPO, name="txmesh-w2", workers=2):
+    port, adminPort = freePort(), freePort()
+    conf = render("mesh.yaml.in", os.path.join(workdir, name + "-mesh.yaml"), PORT=port, ADMIN_PORT=adminPort,
+                  UPSTREAM_PORT=upstreamPort)
+    with open(conf) as f:
+        text = f.read()
+    with open(conf, "w") as f:
+        f.write("workers: %d\n" % (workers,) + text)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
+    argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "txmesh", "--config", conf]
+    proc = procs.start(name, argv, port, env=env, cwd=tree)
+    time.sleep(3.0)  # the workers start after the parent binds: let both serve before the first probe
+    return port, proc
+
+
 def startPortforward(procs, workdir, upstreamPort):
     port = freePort()
     argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "portforward",
@@ -110,7 +128,7 @@ def startPortforward(procs, workdir, upstreamPort):
 
 
 STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "envoy": startEnvoy, "txmesh": startTxmesh,
-            "portforward": startPortforward}
+            "portforward": startPortforward, "txmesh-w2": startTxmeshWorkers}
 
 
 def pySpy(outPath, pid, port, duration, threads, fmt):

@@ -156,7 +156,7 @@ ERRORS = [
                             "    address: tcp:15001:interface=127.0.0.1\n    name: again\n")),
      "mesh.yaml:8: listeners[0].name: duplicate key 'name'"),
     ("unknown top key", "bogus: 1\n" + BASE,
-     "mesh.yaml:1: bogus: unknown key 'bogus' (allowed: node, plugin_paths, drain_timeout, admin, listeners, clusters, overload, registries, registration, hot_restart, tracing, dynamic_resources)"),
+     "mesh.yaml:1: bogus: unknown key 'bogus' (allowed: node, plugin_paths, drain_timeout, admin, listeners, clusters, overload, registries, registration, workers, hot_restart, tracing, dynamic_resources)"),
     ("missing listeners", "clusters: []\n", "mesh.yaml:1: missing required key 'listeners'"),
     ("no listeners", "listeners: []\n", "mesh.yaml:1: listeners: must list at least one listener"),
     ("listeners not a list", "listeners: {a: 1}\n", "mesh.yaml:1: listeners: must be a list, not a mapping"),

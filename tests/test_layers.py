@@ -24,13 +24,14 @@ LAYERS = (
                            "hot_restart_wire.py", "hot_restart_config.py",
                            "trace_context.py", "tracing_config.py", "xds/config.py", "xds/translate.py",
                            "xds/translate_routes.py", "xds/translate_common.py", "xds/translate_filters.py",
-                           "tunnel_config.py"]),
+                           "tunnel_config.py", "workers_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py",
-                           "request_stats.py", "tracer.py", "xds/state.py", "xds/rest.py", "xds/discovery.py"]),
+                           "request_stats.py", "tracer.py", "worker_stats.py", "xds/state.py", "xds/rest.py", "xds/discovery.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/alpn.py", "protocols/*/*.py", "listeners.py", "xds/ads.py",
                           "protocols/tunnel.py"]),
     ("service", ["service.py", "admin.py", "admin_security.py", "control.py", "status.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
-                 "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py", "xds/client.py"]),
+                 "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py", "worker.py", "workers.py",
+                 "workers_parent.py", "workers_control.py", "xds/client.py"]),
     ("plugins", ["plugins/*.py"]),
 )
 

@@ -27,6 +27,8 @@ import twisted
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
+from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -35,6 +37,8 @@ from txmesh.control import HOT_PATH_MODE
 from txmesh.status import StatusView
 
 from txmesh.admin_security import redactConfig
+
+_log = Logger(namespace="txmesh.admin")
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -70,8 +74,31 @@ def _jsonDefault(value):
 
 
 def _jsonReply(request, value):
+    if isinstance(value, defer.Deferred):  # the workers' parent asks its workers first (txmesh.workers_parent)
+        return _later(request, value, lambda v: _jsonReply(request, v))
     body = json.dumps(value, indent=2, sort_keys=True, default=_jsonDefault) + "\n"
     return _reply(request, 200, body, JSON)
+
+
+def _later(request, d, render):
+    """Answer ``request`` once ``d`` fires, with ``render(result)``; a ValueError is a 400, anything else a 500."""
+    finished = []
+    request.notifyFinish().addBoth(finished.append)  # the client may go away first
+
+    def failed(f):
+        if f.check(ValueError, LookupError):
+            return _reply(request, 400, "%s\n" % (f.value,))
+        _log.failure("admin: {path}", f, path=request.path)
+        return _reply(request, 500, "internal error\n")
+
+    def done(body):
+        if not finished:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+    d.addCallbacks(render, failed).addCallback(done)
+    return NOT_DONE_YET
 
 
 def _arg(request, name):
@@ -312,7 +339,13 @@ class ReopenLogsPage(_Endpoint):
         self._reopenLogs = reopenLogs
 
     def renderPage(self, request):
-        reopened, failures = self._reopenLogs()
+        result = self._reopenLogs()
+        if isinstance(result, defer.Deferred):  # the workers' parent asks its workers
+            return _later(request, result, lambda r: self._answer(request, r))
+        return self._answer(request, result)
+
+    def _answer(self, request, result):
+        reopened, failures = result
         if failures:
             lines = ["reopened %d log file(s); %d failed:\n" % (reopened, len(failures))]
             lines.extend("%s: %s\n" % failure for failure in failures)

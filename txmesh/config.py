@@ -22,6 +22,7 @@ from txmesh.config_reader import Reader, endpointString, hostPort, joinPath, par
 from txmesh.detect_config import AUTO, AUTO_DESCRIPTOR, INTERNAL, buildDetect, checkDetectTargets
 from txmesh.errors import ConfigError
 from txmesh.hot_restart_config import buildHotRestart
+from txmesh.workers_config import buildWorkers
 from txmesh.interfaces import IFilterFactory, IHealthCheckerFactory, ILoadBalancerFactory
 from txmesh.path_normalization import KEYS as PATH_KEYS, PathNormalization, buildPathNormalization
 from txmesh.protocols.descriptor import findProtocols
@@ -336,6 +337,7 @@ class MeshConfig:
     # the parts an xDS control plane gave (txmesh.xds.state): {"listeners"|"clusters": {name: {"source": "xds",
     # "resource": ..., "version_info": ...}}}, shown by /config_dump; empty for a file's parts
     origins: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    workers: int = 1  # processes serving the listeners (issue 10 part 4; txmesh.workers_config)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _clustersByName: dict = field(init=False, compare=False, hash=False, repr=False)
 
@@ -386,7 +388,7 @@ def buildFromRaw(raw, filename, lines=None):
 
 def _buildMesh(r, raw, listenersRequired=True):
     r.mapping(raw, "", optional=("node", "plugin_paths", "drain_timeout", "admin", "listeners", "clusters",
-                                 "overload", "registries", "registration",
+                                 "overload", "registries", "registration", "workers",
                                  "hot_restart", "tracing", "dynamic_resources"))
     # with listeners from a control plane (LDS), mesh.yaml may have no listener of its own (Envoy's bootstrap)
     lds = isinstance(raw.get("dynamic_resources"), dict) and raw["dynamic_resources"].get("lds") in (None, True)
@@ -422,7 +424,8 @@ def _buildMesh(r, raw, listenersRequired=True):
                       node=_buildNode(r, raw), overload=_buildOverload(r, raw), registries=registries,
                       registration=buildRegistration(r, raw, registries, listeners, clusters),
                       hotRestart=buildHotRestart(r, raw, [admin.address] + [lc.address for lc in listeners]),
-                      tracing=buildTracing(r, raw), dynamicResources=buildDynamicResources(r, raw, clusters))
+                      tracing=buildTracing(r, raw), dynamicResources=buildDynamicResources(r, raw, clusters),
+                      workers=buildWorkers(r, raw, listeners))
 
 
 _OCTAL_MODE = re.compile(r"0?[0-7]{3}\Z")

@@ -40,7 +40,7 @@ POOL_FIELDS = frozenset({"protocol", "connectTimeout", "idleTimeout", "maxConnec
 
 # top-level mesh.yaml keys a reload cannot change (the running objects are made once, at start)
 FIXED_KEYS = ("admin", "node", "plugin_paths", "overload", "registries", "registration", "hot_restart", "tracing",
-              "dynamic_resources")
+              "dynamic_resources", "workers")
 
 UNCHANGED, ROUTES, CONNECTIONS, ADDRESS = "unchanged", "routes", "connections", "address"
 

@@ -134,24 +134,11 @@ class HotRestart:
     # -- the service's side (IHotRestart) --
 
     def endpoint(self, name, address, endpoint):
-        return _InheritingEndpoint(self, name, address, endpoint)
+        return InheritingEndpoint(self, name, address, endpoint)
 
     def listen(self, name, address, endpoint, factory):
         """``endpoint.listen(factory)``, or a port on the inherited socket of ``name``; the port is kept."""
-        sock = self.inheritance.take(name, address) if self.inheritance is not None else None
-        if sock is None:
-            d = endpoint.listen(factory)
-        else:
-            try:
-                port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-            except Exception:
-                d = defer.fail()
-            else:
-                log.info("{name}: listening on the socket inherited from pid {pid} ({address})", name=name,
-                         pid=self.inheritance.pid, address=address)
-                d = defer.succeed(port)
-            finally:
-                sock.close()  # the port has its own duplicate
+        d = listenInherited(self.reactor, self.inheritance, name, address, endpoint, factory)
 
         def keep(port):
             self.ports[name] = port
@@ -324,6 +311,25 @@ class HotRestart:
         self._peer = None
 
 
+def listenInherited(reactor, inheritance, name, address, endpoint, factory):
+    """
+    A Deferred port for ``factory``: on the socket ``inheritance`` (an L{Inheritance}, or None) holds for ``name``
+    at ``address``, adopted with ``reactor.adoptStreamPort`` (txmesh's own TCP port), else ``endpoint.listen``.
+    """
+    sock = inheritance.take(name, address) if inheritance is not None else None
+    if sock is None:
+        return endpoint.listen(factory)
+    try:
+        port = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    except Exception:
+        return defer.fail()
+    finally:
+        sock.close()  # the port has its own duplicate
+    log.info("{name}: listening on the socket inherited from pid {pid} ({address})", name=name,
+             pid=inheritance.pid, address=address)
+    return defer.succeed(port)
+
+
 def _answers(path):
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     probe.settimeout(1.0)
@@ -344,7 +350,9 @@ def _describe(port):
 
 
 @implementer(IStreamServerEndpoint)
-class _InheritingEndpoint:
+class InheritingEndpoint:
+    """An endpoint whose ``listen`` is its ``owner``'s ``listen(name, address, endpoint, factory)``."""
+
     def __init__(self, owner, name, address, endpoint):
         self.owner = owner
         self.name = name

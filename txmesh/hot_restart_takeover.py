@@ -22,15 +22,25 @@ log = Logger(namespace="txmesh.hot_restart")
 class Inheritance:
     """
     What a new process got from the old one: its ``pid``, the listening sockets by name, the service manager's
-    variables, and the connection the drain request goes back on.
+    variables, and the connection the drain request goes back on.  A worker (txmesh/worker.py) gets one from its
+    parent the same way: ``message`` is the whole message the sockets came with.
     """
 
-    def __init__(self, pid, sockets, environment, connection):
+    def __init__(self, pid, sockets, environment, connection, message=None):
         self.pid = pid
         self._sockets = dict(sockets)
         self.environment = environment
         self.connection = connection
+        self.message = message or {}
         self.adopted = []
+
+    def add(self, name, sock):
+        """One more socket to take under ``name`` (a worker's parent sends those a reload binds); a socket already
+        held under that name is closed."""
+        old = self._sockets.pop(name, None)
+        if old is not None:
+            old.close()
+        self._sockets[name] = sock
 
     def names(self):
         return sorted(self._sockets)
@@ -133,12 +143,12 @@ def requestSockets(pid=None):
     return encode({"type": "get_sockets", "pid": os.getpid() if pid is None else pid})
 
 
-def receiveSockets(sock):
+def receiveSockets(sock, decoder=None):
     """
     Read the old process's answer from the connected (blocking or timed) ``sock``: an L{Inheritance} holding
     ``sock`` for the drain request.  @raise HandoverError: a refusal or a broken answer (descriptors closed).
     """
-    message, fds = _receiveOne(sock, MessageDecoder())
+    message, fds = _receiveOne(sock, decoder if decoder is not None else MessageDecoder())
     return _inheritance(message, fds, sock)
 
 
@@ -182,4 +192,4 @@ def _inheritance(message, fds, connection):
     environment = {k: v for k, v in environment.items() if k in INHERITED_ENVIRONMENT and isinstance(v, str)} \
         if isinstance(environment, dict) else {}
     pid = message.get("pid")
-    return Inheritance(pid if type(pid) is int else None, sockets, environment, connection)
+    return Inheritance(pid if type(pid) is int else None, sockets, environment, connection, message)

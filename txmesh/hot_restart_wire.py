@@ -31,11 +31,11 @@ class HandoverError(CodecError):
     """The other process broke the hand-over protocol, or answered with an error (``reason`` says which)."""
 
 
-def encode(message):
+def encode(message, maxMessage=MAX_MESSAGE):
     """The bytes of one message (a dict); ``protocol`` is added."""
     body = json.dumps(dict(message, protocol=PROTOCOL), separators=(",", ":"), sort_keys=True).encode("utf-8")
-    if len(body) > MAX_MESSAGE:
-        raise HandoverError("message of %d bytes is over the %d-byte limit" % (len(body), MAX_MESSAGE))
+    if len(body) > maxMessage:
+        raise HandoverError("message of %d bytes is over the %d-byte limit" % (len(body), maxMessage))
     return _HEADER.pack(len(body)) + body
 
 
@@ -53,9 +53,11 @@ class MessageDecoder:
     ``feed(data, fds)`` -> [(message, [fd, ...])]: the complete messages in ``data`` (and earlier pieces), each with
     the descriptors it declared; an empty list means "need more".  Malformed input raises L{HandoverError} after
     closing every descriptor held; so does ``close()`` for the ones nobody took (a connection lost mid-message).
+    ``maxMessage`` bounds one message (the workers' channel carries stats dumps, larger than a hand-over).
     """
 
-    def __init__(self):
+    def __init__(self, maxMessage=MAX_MESSAGE):
+        self.maxMessage = maxMessage
         self._buffer = b""
         self._fds = []
 
@@ -68,8 +70,8 @@ class MessageDecoder:
                 raise HandoverError("more than %d descriptors received" % (MAX_FDS,))
             while len(self._buffer) >= _HEADER.size:
                 (length,) = _HEADER.unpack_from(self._buffer)
-                if length > MAX_MESSAGE:
-                    raise HandoverError("message of %d bytes is over the %d-byte limit" % (length, MAX_MESSAGE))
+                if length > self.maxMessage:
+                    raise HandoverError("message of %d bytes is over the %d-byte limit" % (length, self.maxMessage))
                 end = _HEADER.size + length
                 if len(self._buffer) < end:
                     break

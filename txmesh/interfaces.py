@@ -1796,3 +1796,26 @@ class IAdminAuthenticator(Interface):
         Whether the request's ``Authorization`` header value (bytes, or None when absent) is acceptable.
         Comparisons of secrets take constant time.  @return: True or False; never raises.
         """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Performance (issue 10): one worker per core (part 4)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class IWorkerLauncher(Interface):
+    """
+    How the parent of ``workers: N`` starts one worker process (txmesh/workers.py; ``ProcessLauncher`` spawns
+    ``twistd txmesh --worker-fd 3`` with the reactor, tests use a fake).
+    """
+
+    def launch(message, fds, process, channel):
+        """
+        Start a worker and hand it ``message`` (the start message, a dict of the hot-restart wire format) with the
+        listening sockets ``fds`` (descriptors, sent by SCM_RIGHTS; the caller keeps its own) on a private channel.
+
+        @param process: the C{IProcessProtocol} told when the worker ends.
+        @param channel: the C{IProtocol} connected to the parent's end of the channel.
+        @return: the worker's C{IProcessTransport} (``pid``, ``signalProcess``).
+        @raise OSError: the worker could not be started (no descriptor left, the executable missing).
+        """

@@ -92,25 +92,30 @@ def _source(event):
     return namespace
 
 
-def formatText(event, level, timestamp=True):
+def formatText(event, level, timestamp=True, worker=None):
     """
     ``2026-12-05T08:00:00.123+0000 warn [txmesh.service.MeshService] drain timeout ...``; a traceback follows on
-    lines indented by a tab.
+    lines indented by a tab.  A worker's lines name it: ``info [worker 1] [txmesh...] ...``.
     """
     lines = _message(event).split("\n")
     head = "%s [%s] %s" % (level.name, _source(event), lines[0])
+    if worker is not None:
+        head = "%s [worker %s] [%s] %s" % (level.name, worker, _source(event), lines[0])
     if timestamp:
         head = _isoTime(event.get("log_time"), local=True) + " " + head
     return "\n".join([head] + ["\t" + line for line in lines[1:]])
 
 
-def formatJSON(event, level):
+def formatJSON(event, level, worker=None):
     """
-    One JSON object: ``time`` (ISO 8601, UTC), ``level``, ``namespace``, ``message``, then the event's own
-    scalar fields (``listener``, ``connections``, ...), and ``traceback`` for a failure.
+    One JSON object: ``time`` (ISO 8601, UTC), ``level``, ``namespace``, ``message``, ``worker`` (a worker's lines:
+    its index), then the event's own scalar fields (``listener``, ``connections``, ...), and ``traceback`` for a
+    failure.
     """
     record = {"time": _isoTime(event.get("log_time"), local=False), "level": level.name,
               "namespace": _source(event), "message": formatEvent(event)}
+    if worker is not None:
+        record["worker"] = worker
     for key, value in event.items():
         if key.startswith("log_") or key in _LEGACY_KEYS or key in record:
             continue
@@ -157,9 +162,10 @@ class OperatorLogObserver:
     @ivar level: the minimum L{LogLevel} shown; may be changed while running.
     """
 
-    def __init__(self, stream, level=LogLevel.info, format="text", journald=False):
+    def __init__(self, stream, level=LogLevel.info, format="text", journald=False, worker=None):
         if format not in FORMATS:
             raise ValueError("unknown log format %r (known: %s)" % (format, ", ".join(FORMATS)))
+        self.worker = worker  # a worker process's index (txmesh/worker.py), named on each line
         self.stream = stream
         self.level = level
         self.format = format
@@ -175,9 +181,9 @@ class OperatorLogObserver:
     def render(self, event, level):
         """The line(s) ``event`` is written as, at ``level``, without the final newline."""
         if self.format == "json":
-            text = formatJSON(event, level)
+            text = formatJSON(event, level, self.worker)
         else:
-            text = formatText(event, level, timestamp=not self.journald)
+            text = formatText(event, level, timestamp=not self.journald, worker=self.worker)
         if self.journald:
             prefix = "<%d>" % (PRIORITIES[level],)
             text = "\n".join(prefix + line for line in text.split("\n"))

@@ -81,6 +81,14 @@ class ConfigVersion:
         for name in changedClusters:
             self.clusters[name] = self.version
 
+    def renumber(self, version):
+        """Take the number ``version`` (a worker takes its parent's, so that every process shows one)."""
+        for parts in (self.listeners, self.clusters):
+            for name, v in parts.items():
+                if v == self.version:
+                    parts[name] = version
+        self.version = version
+
     def describe(self):
         """JSON-able, for ``/config_dump`` (``version_info``) and ``/server_info``."""
         def parts(versions, kind):

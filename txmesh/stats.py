@@ -199,6 +199,20 @@ class StatsStore:
                 out[name] = [{"labels": dict(labels), "value": s.value} for labels, s in series.items()]
         return out
 
+    def export(self):
+        """
+        Every series as JSON-able rows ``[name, kind, help, [[label, value], ...], value]`` (a histogram's value is
+        ``{"bounds": [...], "counts": [...], "sum": s}``): what a worker sends its parent to merge
+        (txmesh.worker_stats).
+        """
+        rows = []
+        for name, (kind, help, series) in sorted(self._metrics.items()):
+            for labels, s in series.items():
+                value = {"bounds": list(s.bounds), "counts": list(s.counts), "sum": s.sum} \
+                    if kind == "histogram" else s.value
+                rows.append([name, kind, help, [list(pair) for pair in labels], value])
+        return rows
+
     def series(self, name):
         """[(labels dict, series object)] of ``name`` (its Counters, Gauges or Histograms), for tests and tools."""
         entry = self._metrics.get(name)

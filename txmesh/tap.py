@@ -25,7 +25,9 @@ class Options(usage.Options):
                       "Seconds between two STATUS= lines to systemd (with $NOTIFY_SOCKET; 0: none).", float],
                      ["log-level", None, "info", "Log events at this level and above: debug, info, warn, error, "
                                                  "critical."],
-                     ["log-format", None, "text", "text (one line per event) or json (one JSON object per line)."]]
+                     ["log-format", None, "text", "text (one line per event) or json (one JSON object per line)."],
+                     ["worker-fd", None, None, "(internal) run as a worker of a 'workers: N' parent, its channel on "
+                                               "this descriptor.", int]]
     optFlags = [["check", None, "Validate the configuration and exit 0 (valid) or 1 (invalid); binds nothing."],
                 ["hot-restart", None, "Take the listening sockets over from the txmesh listening on hot_restart.socket "
                                       "(then tell it to drain); start as usual when none listens there."]]
@@ -112,7 +114,56 @@ def takeOver(options, cfg, environ):
     return inheritance
 
 
+def makeWorker(options):
+    """A worker of a ``workers: N`` parent (txmesh/worker.py): the configuration and the sockets come from it."""
+    from txmesh import worker
+    from txmesh.hot_restart_wire import HandoverError
+
+    try:
+        inheritance = worker.receiveStart(options["worker-fd"])
+    except HandoverError as e:
+        reportConfigError(options, e, what="worker start failed")
+        sys.exit(1)
+    try:
+        cfg = worker.loadStart(inheritance)
+    except ConfigError as e:
+        reportConfigError(options, e)
+        sys.exit(1)
+    installDefaultReactor()
+    from twisted.internet import reactor
+
+    from txmesh.service import MeshService
+    from txmesh.startup import RunningMesh
+
+    link = worker.WorkerLink(reactor, inheritance, reactor.stop)
+    mesh = MeshService(cfg, reactor, hotRestart=link)
+    link.attach(mesh)
+    observer = makeObserver(options)
+    if observer is not None:
+        observer.worker = link.index
+    return RunningMesh(mesh, observer, reactor, options["config"])
+
+
+def makeParent(options, cfg, notifier, hot, reactor):
+    """The parent of ``workers: N`` (txmesh/workers_parent.py): binds, supervises the workers, serves the admin."""
+    from txmesh.workers import ProcessLauncher
+    from txmesh.workers_parent import WorkersParent, readConfig
+
+    try:
+        text, cfg = readConfig(options["config"])  # the text the workers get is the one validated here
+    except ConfigError as e:
+        reportConfigError(options, e)
+        sys.exit(1)
+    args = ["--config", options["config"], "--log-level", options["log-level"].name, "--log-format",
+            options["log-format"]]
+    # os.environ has lost $NOTIFY_SOCKET and the watchdog's variables by now: only the parent talks to systemd
+    launcher = ProcessLauncher(reactor, args, os.environ)
+    return WorkersParent(cfg, text, reactor, launcher, notifier=notifier, hotRestart=hot)
+
+
 def makeService(options):
+    if options["worker-fd"] is not None:
+        return makeWorker(options)
     try:
         cfg = _config.load(options["config"])
     except ConfigError as e:
@@ -142,5 +193,8 @@ def makeService(options):
         announce = (lambda pid: notifier.notify(("MAINPID", pid), ("READY", 1))) \
             if isinstance(notifier, systemd.SystemdNotifier) else None
         hot = hot_restart.HotRestart(reactor, cfg.hotRestart, reactor.stop, inheritance, announce, serviceManager)
-    return RunningMesh(MeshService(cfg, reactor, notifier=notifier, hotRestart=hot), makeObserver(options), reactor,
-                       options["config"])
+    if cfg.workers > 1:
+        mesh = makeParent(options, cfg, notifier, hot, reactor)
+    else:
+        mesh = MeshService(cfg, reactor, notifier=notifier, hotRestart=hot)
+    return RunningMesh(mesh, makeObserver(options), reactor, options["config"])

@@ -250,3 +250,19 @@ class LeanEPollReactor(EPollReactor):
                 callWithLogger(selectable, self._disconnectSelectable, selectable, why, inRead)
 
     doIteration = doPoll
+
+
+def capAcceptsPerWakeup(port, n):
+    """
+    At most ``n`` connections accepted by the listening ``port`` per readable event: a worker of ``workers: N``
+    sets 1 on the socket it shares with its siblings, so that the worker woken first does not take a whole burst
+    of new connections (docs/operations.md "Workers").  Relies on C{twisted/internet/tcp.py}'s ``Port.doRead``
+    accepting up to ``numberAccepts`` connections per call and growing it by 20 when it took them all.
+    """
+    doRead = port.doRead
+
+    def cappedDoRead():
+        port.numberAccepts = min(port.numberAccepts, n)
+        return doRead()
+
+    port.doRead = cappedDoRead

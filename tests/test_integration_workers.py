@@ -1,0 +1,196 @@
+"""
+``workers: 2`` end to end (issue 10 part 4, issue 13 part 6): txmesh under twistd as a parent and two worker
+processes.  Requests from many connections land on both workers (each worker's own admin socket shows its
+counters), the parent's merged /stats is their sum, a SIGHUP reload reaches both (one version everywhere), a worker
+killed with SIGKILL is started again and counted, and SIGTERM drains both (a request in flight is answered) before
+every process exits.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from tests import support
+
+pytestmark = pytest.mark.timeout(60)
+
+CONFIG = """
+workers: 2
+drain_timeout: 5s
+admin:
+  address: tcp:{admin}:interface=127.0.0.1
+listeners:
+  - name: web
+    protocol: http
+    address: tcp:{web}:interface=127.0.0.1
+    route_config:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{prefix: /slow}}
+              route: {{cluster: up}}
+            - match: {{prefix: /}}
+              direct_response: {{status: 200, body: "{body}"}}
+clusters:
+  - name: up
+    endpoints: [{{address: "127.0.0.1:{upstream}"}}]
+"""
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=5)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(self.path)
+
+
+def unixGet(path, target):
+    c = UnixHTTPConnection(path)
+    try:
+        c.request("GET", target)
+        return json.loads(c.getresponse().read())
+    finally:
+        c.close()
+
+
+def get(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def adminJSON(port, path):
+    status, body = support.adminGet(port, path)
+    assert status == 200
+    return json.loads(body)
+
+
+def waitFor(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("not within %gs: %s" % (timeout, what))
+
+
+def requests2xx(stats):
+    return sum(s["value"] for s in stats.get("downstream_rq_xx", []) if s["labels"].get("code_class") == "2xx")
+
+
+def workersInfo(admin):
+    return adminJSON(admin, "/server_info")["worker_processes"]
+
+
+@pytest.fixture
+def upstream():
+    proc, port, _ = support.startUpstream()
+    yield port
+    proc.stop()
+
+
+def test_two_workers_share_the_listener_reload_restart_and_drain(upstream):
+    admin, web = support.freePort(), support.freePort()
+    proc = support.startTxmesh(CONFIG.format(admin=admin, web=web, upstream=upstream, body="one"), admin)
+    try:
+        waitFor(lambda: all(w["state"] == "serving" for w in workersInfo(admin)), 15, "both workers serve")
+        assert support.adminGet(admin, "/ready")[0] == 200
+        workers = workersInfo(admin)
+        assert len({w["pid"] for w in workers}) == 2 and proc.pid not in {w["pid"] for w in workers}
+
+        # many connections, from parallel clients: the kernel spreads them over both workers
+        def perWorker():
+            return [requests2xx(unixGet(w["admin"], "/stats")) for w in workers]
+
+        def load():
+            failures = []
+
+            def client():
+                for _ in range(25):
+                    status, body = get(web, "/")
+                    if (status, body) != (200, b"one"):
+                        failures.append((status, body))
+
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            assert failures == []
+            return all(n > 0 for n in perWorker())
+
+        waitFor(load, 20, "requests served by both workers")
+        counts = perWorker()
+        merged = requests2xx(adminJSON(admin, "/stats"))
+        assert merged == sum(counts), (merged, counts)
+        metrics = support.adminGet(admin, "/metrics")[1].decode()
+        assert 'txmesh_config_version{worker="0"} 1.0' in metrics
+        clusters = adminJSON(admin, "/clusters")
+        assert [c["name"] for c in clusters] == ["up"] and clusters[0]["workers"] == 2
+
+        # SIGHUP at the parent: every worker applies the new file, the admin shows one version
+        with open(proc.configPath, "w") as f:
+            f.write(CONFIG.format(admin=admin, web=web, upstream=upstream, body="two"))
+        proc.signal(signal.SIGHUP)
+        info = waitFor(lambda: (lambda i: i if i["config_version"] == 2 and all(
+            w["config_version"] == 2 for w in i["worker_processes"]) else None)(adminJSON(admin, "/server_info")),
+            10, "version 2 in the parent and both workers")
+        assert len({w["config_digest"] for w in info["worker_processes"]} | {info["config_digest"]}) == 1
+        assert {get(web, "/")[1] for _ in range(20)} == {b"two"}
+
+        # a worker killed is started again (same index, new pid, the running version) and counted
+        victim = info["worker_processes"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        again = waitFor(lambda: (lambda w: w if w["pid"] != victim["pid"] and w["state"] == "serving" else None)(
+            workersInfo(admin)[0]), 15, "worker 0 serving again")
+        assert again["restarts"] == 1 and again["config_version"] == 2
+        metrics = support.adminGet(admin, "/metrics")[1].decode()
+        assert 'txmesh_server_worker_restarts_total{worker="0"} 1.0' in metrics
+        assert 'txmesh_server_worker_restarts_total{worker="1"} 0.0' in metrics
+        # the counters of the worker that died stay in the sums
+        assert requests2xx(adminJSON(admin, "/stats")) >= merged
+
+        # SIGTERM at the parent: requests in flight are answered, every process ends
+        pids = [w["pid"] for w in workersInfo(admin)]
+        answers = []
+        slow = [threading.Thread(target=lambda: answers.append(get(web, "/slow/1500"))) for _ in range(4)]
+        for t in slow:
+            t.start()
+        time.sleep(0.5)
+        proc.signal(signal.SIGTERM)
+        for t in slow:
+            t.join(15)
+        assert [status for status, _ in answers] == [200] * 4
+        proc.popen.wait(15)
+        for pid in pids:
+            waitFor(lambda: not os.path.exists("/proc/%d" % pid) or _zombie(pid), 5, "worker %d ended" % pid)
+        assert not support.accepts(web)
+    finally:
+        proc.stop()
+    out = proc.output()
+    assert "[worker 0]" in out and "[worker 1]" in out
+    assert "worker 0 (pid %d) ended unexpectedly" % (victim["pid"],) in out
+
+
+def _zombie(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
