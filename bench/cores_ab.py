@@ -13,7 +13,7 @@ Each variant runs in a fresh process: ``compiled`` is this tree as it is (its co
 ``NAME=DIR`` or ``NAME=DIR:pure``.
 
     python bench/cores_ab.py [N] [ROUNDS] [--base-tree DIR]     # CPU µs per request, variants alternating
-    python bench/cores_ab.py --instructions [--base-tree DIR]   # machine instructions per request (callgrind)
+    python bench/cores_ab.py --instructions [--base-tree DIR] [--requests 100,600]   # instructions (callgrind)
 
 Timing: each round runs every variant once, in turn (N requests of each workload after 500 untimed), the time of
 txmesh's own steps (``time.perf_counter`` around each, as bench/inproc.py and grpc_bench.py); the report gives the median and min-max over the rounds.  ``--instructions``
@@ -266,10 +266,14 @@ def main(argv):
     for name, tree, pure in variants:
         print("%s: %s%s" % (name, tree, " (TXMESH_NO_EXTENSIONS=1)" if pure else ""))
     if "--instructions" in argv:
+        counts = (100, 600)
+        if "--requests" in argv:  # N1,N2: fewer for a quicker run on a busy machine
+            i = argv.index("--requests")
+            counts = tuple(int(v) for v in argv[i + 1].split(","))
         with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(instructionsIn, variants))
+            results = list(pool.map(lambda variant: instructionsIn(variant, *counts), variants))
         got = {v[0]: r for v, r in zip(variants, results)}
-        print("machine instructions per request (callgrind, runs of 600 and 100 requests)")
+        print("machine instructions per request (callgrind, runs of %d and %d requests)" % counts[::-1])
         report(variants, got, "instructions", lambda v: "%.0f" % v)
         return
     n = int(argv[0]) if argv else 5000

@@ -29,25 +29,17 @@ import json
 import os
 import sys
 
-# the hot, self-contained modules (profiled: docs/performance.md "Issue 10 part 3"): codecs and their helpers, the
-# filter chain's loop and the router, route matching, load balancers.  Protocol classes (server.py, client.py)
-# stay Python: thin shells over these.
+# the modules that, compiled as they are, cost fewer instructions per request than as Python (bench/cores_ab.py;
+# docs/performance.md "Issue 10 part 3: compiled cores"): the HTTP/1.1 codec and its field helpers, the Dubbo codec
+# and Hessian2.  Compiling the filter chain, the h2 frame layer and HPACK, route matching, the stream model and the
+# load balancers as they are measured no better or worse (a call from Python into a compiled function costs more
+# than a Python-to-Python call, which CPython 3.11 inlines), and the router's tests read its source (inspect): they
+# stay Python until they are given C types.  Protocol classes (server.py, client.py) stay Python: thin shells.
 COMPILED_MODULES = (
     "txmesh.protocols.http1.codec",
     "txmesh.protocols.http1.wire",
-    "txmesh.protocols.h2.codec",
-    "txmesh.protocols.h2.hpack",
-    "txmesh.protocols.h2.frames",
-    "txmesh.protocols.h2.flow",
-    "txmesh.protocols.h2.grpc",
     "txmesh.protocols.dubbo.codec",
     "txmesh.protocols.dubbo.hessian2",
-    "txmesh.filters.chain",
-    "txmesh.filters.router",
-    "txmesh.routing",
-    "txmesh.stream",
-    "txmesh.upstream.lb",
-    "txmesh.upstream.lb_hash",
 )
 
 ENV_SWITCH = "TXMESH_NO_EXTENSIONS"
