@@ -253,10 +253,12 @@ def table(rows, proxies, streamsList, ref, conns):
 # ---------------------------------------------------------------------------------------------------- in memory
 
 
-def inproc(n, profile):
-    """The Python cost of one proxied small unary call: both h2 connections on in-memory transports."""
-    import cProfile
-    import pstats
+def inprocCall(call):
+    """
+    One proxied small unary call, both h2 connections on in-memory transports: returns a function that makes one
+    call.  Each step of txmesh's own runs as ``call(fn, data)``, the peers' work (h2's) around it, so a caller can
+    time or count txmesh alone (L{inproc}; bench/cores_ab.py under callgrind).
+    """
     import random
 
     from h2.config import H2Configuration
@@ -313,18 +315,7 @@ def inproc(n, profile):
     cli.receive_data(st.value())
     st.clear()
     state = {"peerReady": False}
-    cost = [0.0]
-    prof = cProfile.Profile() if profile else None
-
-    def timed(fn, data):
-        """Only txmesh's own work is timed (and profiled), not the peers'."""
-        if state.get("profiling"):
-            prof.enable()
-        t0 = time.perf_counter()
-        fn(data)
-        cost[0] += time.perf_counter() - t0
-        if state.get("profiling"):
-            prof.disable()
+    timed = call
 
     def one():
         sid = cli.get_next_available_stream_id()
@@ -360,6 +351,29 @@ def inproc(n, profile):
         srv.receive_data(ut.value())
         ut.clear()
 
+    return one
+
+
+def inproc(n, profile):
+    """The Python cost of one proxied small unary call (L{inprocCall}), and its profile."""
+    import cProfile
+    import pstats
+
+    state = {}
+    cost = [0.0]
+    prof = cProfile.Profile() if profile else None
+
+    def timed(fn, data):
+        """Only txmesh's own work is timed (and profiled), not the peers'."""
+        if state.get("profiling"):
+            prof.enable()
+        t0 = time.perf_counter()
+        fn(data)
+        cost[0] += time.perf_counter() - t0
+        if state.get("profiling"):
+            prof.disable()
+
+    one = inprocCall(timed)
     for _ in range(500):
         one()
     # the best of 5 batches: the machine may be shared, and the minimum is the figure least disturbed by others

@@ -46,6 +46,9 @@ ALL_PROXIES = ("nginx", "haproxy", "envoy", "txmesh")
 EXTRA_PROXIES = ("portforward", "txmesh-w2")
 # txmesh-w2: the same txmesh with ``workers: 2`` (a parent and two worker processes on the one listening socket;
 # the CPU column counts the parent and both workers), beside the one-process txmesh row in the same run
+# also accepted: this tree's txmesh with TXMESH_NO_EXTENSIONS=1, its compiled cores off (txmesh/speedups.py), to
+# compare compiled and pure in one run (``--proxies nginx,txmesh,txmesh-pure``)
+PURE_PROXIES = ("txmesh-pure",)
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
@@ -89,12 +92,15 @@ def startEnvoy(procs, workdir, upstreamPort):
     return port, benchlib.startEnvoy(procs, workdir, ENVOY[0] if ENVOY else None, [(port, upstreamPort, False)])
 
 
-def startTxmesh(procs, workdir, upstreamPort, tree=REPO, name="txmesh"):
+def startTxmesh(procs, workdir, upstreamPort, tree=REPO, name="txmesh", pure=False):
     port, adminPort = freePort(), freePort()
     conf = render("mesh.yaml.in", os.path.join(workdir, name + "-mesh.yaml"), PORT=port, ADMIN_PORT=adminPort,
                   UPSTREAM_PORT=upstreamPort)
     env = dict(os.environ)
     env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TXMESH_NO_EXTENSIONS", None)
+    if pure:
+        env["TXMESH_NO_EXTENSIONS"] = "1"
     # twistd (not ``python -m twisted``, which is the newer ``twist`` runner without -n/--pidfile) on this very
     # interpreter; the tree on PYTHONPATH so its twisted/plugins drop-in is found; its own directory as the cwd, so
     # ``python -c`` (which puts the cwd first on sys.path) imports that tree's txmesh
@@ -128,7 +134,9 @@ def startPortforward(procs, workdir, upstreamPort):
 
 
 STARTERS = {"nginx": startNginx, "haproxy": startHaproxy, "envoy": startEnvoy, "txmesh": startTxmesh,
-            "portforward": startPortforward, "txmesh-w2": startTxmeshWorkers}
+            "portforward": startPortforward, "txmesh-w2": startTxmeshWorkers,
+            "txmesh-pure": lambda procs, workdir, upstreamPort: startTxmesh(procs, workdir, upstreamPort,
+                                                                            name="txmesh-pure", pure=True)}
 
 
 def pySpy(outPath, pid, port, duration, threads, fmt):
@@ -269,7 +277,7 @@ def parseArgs(argv):
             STARTERS["txmesh-again"] = lambda procs, workdir, upstreamPort: startTxmesh(
                 procs, workdir, upstreamPort, REPO, "txmesh-again")
             args.proxies.append("txmesh-again")
-    bad = set(args.proxies) - set(ALL_PROXIES + EXTRA_PROXIES + ("txmesh-base", "txmesh-again"))
+    bad = set(args.proxies) - set(ALL_PROXIES + EXTRA_PROXIES + PURE_PROXIES + ("txmesh-base", "txmesh-again"))
     if bad:
         p.error("unknown proxies: %s" % ", ".join(sorted(bad)))
     args.bodies = [x for x in args.bodies.split(",") if x]

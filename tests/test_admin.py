@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.server import Site
 
 from txmesh.admin import makeAdminSite
+from txmesh.speedups import describe as describeSpeedups
 from txmesh.stats import StatsStore
 
 
@@ -227,7 +228,7 @@ def test_metricsEmptyStore():
     families = {f.name: f for f in text_string_to_metric_families(r.body.decode())}
     assert {n for n in families if n.startswith("txmesh_")} == {"txmesh_build_info"}
     [info] = families["txmesh_build_info"].samples
-    assert info.value == 1 and info.labels["mode"] == "pure-python" and set(info.labels) == {
+    assert info.value == 1 and info.labels["mode"] == describeSpeedups()["mode"] and set(info.labels) == {
         "version", "python", "twisted", "mode"}
     assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds",
             "process_start_time_seconds"} <= set(families)

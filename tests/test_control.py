@@ -19,6 +19,7 @@ from txmesh.control import MeshControl, configDigest
 from txmesh.interfaces import IMeshControl
 from txmesh.logs import OperatorLogObserver
 from txmesh.service import MeshService
+from txmesh.speedups import describe as describeSpeedups
 
 CONFIG = """\
 node: {id: sidecar-1, cluster: shop}
@@ -78,7 +79,8 @@ def test_serverInfo(world):
     assert info["config_digest"] == configDigest(world.config.raw)
     assert info["config_digest"].startswith("sha256:") and len(info["config_digest"]) == 71
     assert info["node"] == {"id": "sidecar-1", "cluster": "shop"}
-    assert (info["hot_path_mode"], info["workers"], info["listeners"], info["clusters"]) == ("pure-python", 1, 2, 1)
+    assert (info["hot_path_mode"], info["workers"], info["listeners"], info["clusters"]) == (describeSpeedups()["mode"], 1, 2, 1)
+    assert info["compiled_modules"] == describeSpeedups()["compiled"]
     assert info["healthcheck_failed"] is False
 
 

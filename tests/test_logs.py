@@ -209,6 +209,8 @@ def test_cli_version(capsys):
     assert e.value.code == 0
     import platform
 
-    assert capsys.readouterr().out.splitlines() == [
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == [
         "txmesh %s" % (txmesh.__version__,), "Python %s" % (platform.python_version(),),
         "Twisted %s" % (twisted.__version__,), "reactor txmesh-epoll (txmesh.reactor.TxmeshReactor)"]
+    assert lines[4].startswith("hot path ")  # the compiled cores' mode (tests/test_speedups.py)

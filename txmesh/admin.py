@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 import txmesh
-from txmesh.control import HOT_PATH_MODE
+from txmesh.speedups import describe as describeSpeedups
 from txmesh.status import StatusView
 
 from txmesh.admin_security import redactConfig
@@ -226,13 +226,13 @@ class StatsPage(_Endpoint):
 class BuildInfo:
     """
     ``txmesh_build_info`` (Prometheus' ``*_info`` idiom, a gauge of 1): txmesh's version, Python's, Twisted's and the
-    hot path's mode (``pure-python``: no compiled parts).
+    hot path's mode (txmesh/speedups.py: ``compiled``, ``partly-compiled`` or ``pure-python``).
     """
 
     def collect(self):
         info = InfoMetricFamily("txmesh_build", "txmesh's version, Python's and Twisted's, and the hot path's mode")
         info.add_metric([], {"version": txmesh.__version__, "python": platform.python_version(),
-                             "twisted": twisted.__version__, "mode": HOT_PATH_MODE})
+                             "twisted": twisted.__version__, "mode": describeSpeedups()["mode"]})
         yield info
 
 

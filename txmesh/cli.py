@@ -9,15 +9,26 @@ import sys
 from txmesh import config as _config
 from txmesh.errors import ConfigError
 from txmesh.logs import versions
+from txmesh.speedups import describe as describeSpeedups
 
 # what ``twistd txmesh`` installs unless ``-r`` names another reactor (txmesh.tap.installDefaultReactor)
 DEFAULT_REACTOR = "txmesh-epoll (txmesh.reactor.TxmeshReactor)"
 
 
 def versionText():
-    """``txmesh 0.1.0`` then one ``name version`` line each for Python, Twisted and the default reactor."""
+    """
+    ``txmesh 0.1.0`` then one ``name version`` line each for Python, Twisted and the default reactor, and the hot
+    path's mode (txmesh/speedups.py) with its compiled modules, or why they run as Python.
+    """
     found = versions(DEFAULT_REACTOR)
-    return "\n".join(["%s %s" % found[0]] + ["%s %s" % pair for pair in found[1:]])
+    speedups = describeSpeedups()
+    lines = ["%s %s" % found[0]] + ["%s %s" % pair for pair in found[1:]] + ["hot path %s" % (speedups["mode"],)]
+    if speedups["compiled"]:
+        lines.append("compiled %s" % (" ".join(speedups["compiled"]),))
+    for reason in sorted(set(speedups["pure"].values())):
+        names = [name for name, why in speedups["pure"].items() if why == reason]
+        lines.append("pure (%s) %s" % (reason, " ".join(names)))
+    return "\n".join(lines)
 
 
 def main(argv=None):

@@ -17,9 +17,7 @@ import txmesh
 from txmesh.explain import explain
 from txmesh.interfaces import IMeshControl
 from txmesh.logs import LEVELS, describeAddress, parseLevel
-
-# txmesh has no compiled hot path (yet): every codec and the router run as Python
-HOT_PATH_MODE = "pure-python"
+from txmesh.speedups import describe as describeSpeedups
 
 
 def configDigest(raw):
@@ -54,13 +52,16 @@ class MeshControl:
     def serverInfo(self):
         mesh = self.mesh
         config = mesh.config
+        speedups = describeSpeedups()
         return {
             "version": txmesh.__version__,
             "python": platform.python_version(),
             "python_implementation": platform.python_implementation(),
             "twisted": twisted.__version__,
             "reactor": qual(type(self.reactor)),
-            "hot_path_mode": HOT_PATH_MODE,
+            # compiled cores (txmesh/speedups.py): compiled, partly-compiled or pure-python, and which modules
+            "hot_path_mode": speedups["mode"],
+            "compiled_modules": speedups["compiled"],
             "workers": 1,
             "uptime_seconds": round(self.reactor.seconds() - mesh.startedAt, 3),
             "state": self.state(),

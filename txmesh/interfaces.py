@@ -1510,7 +1510,7 @@ class IMeshControl(Interface):
     def serverInfo():
         """
         Versions, reactor, uptime, state (``starting``, ``live``, ``draining``), config file, digest, version and
-        source, node.
+        source, node; ``hot_path_mode`` and ``compiled_modules`` (txmesh/speedups.py: which modules run compiled).
         """
 
     def describeListeners():
