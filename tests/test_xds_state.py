@@ -3,14 +3,21 @@ The xDS resource state (txmesh/xds/state.py) applying through the real ConfigApp
 memory reactor: ACK/NACK, the last good kept, warming, Envoy's order, the static parts, /config_dump.
 """
 
+import json
+import os
+
 import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
 from zope.interface.verify import verifyObject
 
 from txmesh import config as _config
+from txmesh.errors import ConfigError
 from txmesh.interfaces import IConfigSource, IXdsResourceHandler
+from txmesh.reload import FileConfigSource
 from txmesh.service import MeshService
 from txmesh.xds.config import XdsConfig
-from txmesh.xds.state import XdsState
+from txmesh.xds.state import XdsFileSource, XdsState
 from txmesh.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 from tests.test_reload import Client, Notifier, Reactor
@@ -269,3 +276,45 @@ def test_http_filters_from_the_control_plane_act_on_requests(world):
     world.reactor.advance(0)
     assert client.transport.value().startswith(b"HTTP/1.1 418")
     assert Client(world.reactor, 10000).get() == "dynamic"
+
+
+def test_a_captured_snapshot_as_a_control_plane_sends_it(world):
+    """DiscoveryResponses as JSON (go-control-plane's example snapshot's shape), their Any resources unpacked."""
+    classes = {CLUSTER: cluster().__class__, ENDPOINT: assignment("x").__class__, LISTENER: listener().__class__,
+               ROUTE: routeConfig().__class__}
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "xds", "snapshot.json")) as f:
+        responses = [json_format.ParseDict(doc, discovery_pb2.DiscoveryResponse()) for doc in json.load(f)]
+    for response in responses:
+        messages = []
+        for resource in response.resources:
+            message = classes[response.type_url]()
+            assert resource.Unpack(message)
+            messages.append(message)
+        assert world.update(response.type_url, response.version_info, messages) is None, response.type_url
+    h = hosts(world.mesh, "backend")
+    assert h["127.0.0.1:18081"].weight == 2 and not h["127.0.0.1:18082"].healthy
+    assert world.mesh.config.cluster("backend").lbPolicy == "weighted_round_robin"
+    assert Client(world.reactor, 10000).get(b"/health") == "ok"
+    route = world.mesh.config.listeners[1].routeConfig.virtualHosts[0].routes[1]
+    assert (route.action.cluster, route.action.timeout, route.action.retryPolicy.numRetries) == ("backend", 5.0, 2)
+
+
+def test_a_file_reload_keeps_the_control_planes_parts(world):
+    world.update(ROUTE, "1", [routeConfig("routes", routes=DIRECT)])
+    world.update(LISTENER, "1", [listener("web", 10000)])
+    source = XdsFileSource(FileConfigSource(world.path), world.state)
+    verifyObject(IConfigSource, source)
+    with open(world.path, "w") as f:
+        f.write(BOOTSTRAP.replace('body: "static"', 'body: "static2"'))
+    d = world.mesh.applier.apply(source.read(), source)
+    assert d.result["outcome"] == "applied"
+    assert Client(world.reactor, 15001).get() == "static2" and Client(world.reactor, 10000).get() == "dynamic"
+    info = world.mesh.configDump()["version_info"]
+    assert (info["source"], info["listeners"]["web"]["source"]) == ("file", "xds")
+    # a file whose listener takes a dynamic listener's name: refused, naming both
+    with open(world.path, "w") as f:
+        f.write(BOOTSTRAP.replace("name: static_web", "name: web"))
+    with pytest.raises(ConfigError) as info:
+        source.read()
+    assert str(info.value).endswith("listener web: the bootstrap has a static listener of that name")
+    assert world.update(LISTENER, "2", [listener("web", 10000)]) is None  # the old static parts still stand
