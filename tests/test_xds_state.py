@@ -7,13 +7,15 @@ import json
 import os
 
 import pytest
+from twisted.internet import defer
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txmesh import config as _config
 from txmesh.errors import ConfigError
-from txmesh.interfaces import IConfigSource, IXdsResourceHandler
+from txmesh.interfaces import IConfigApplier, IConfigSource, IXdsResourceHandler
 from txmesh.reload import FileConfigSource
 from txmesh.service import MeshService
 from txmesh.xds.config import XdsConfig
@@ -318,3 +320,50 @@ def test_a_file_reload_keeps_the_control_planes_parts(world):
         source.read()
     assert str(info.value).endswith("listener web: the bootstrap has a static listener of that name")
     assert world.update(LISTENER, "2", [listener("web", 10000)]) is None  # the old static parts still stand
+
+
+@implementer(IConfigApplier)
+class HeldApplier:
+    """An IConfigApplier whose applies wait until the test fires them (``applies``: [(config, Deferred)])."""
+
+    version = None
+
+    def __init__(self):
+        self.applies = []
+
+    def apply(self, config, source):
+        d = defer.Deferred()
+        self.applies.append((config, d))
+        return d
+
+    def finish(self, outcome="applied", error=None):
+        config, d = self.applies[-1]
+        d.callback({"outcome": outcome, "error": error})
+        return config
+
+
+def test_warming_bound_applies_the_resources_accepted_by_then(world):
+    """A warming bound that passes while an update is applying: its apply comes after, with that update in."""
+    applier = HeldApplier()
+    verifyObject(IConfigApplier, applier)
+    state = XdsState(world.mesh.config, applier, world.reactor, "cp", XdsConfig(initialFetchTimeout=15.0))
+    d = state.update(LISTENER, "1", [listener("web", 10000, rds="late")])
+    assert [lc.name for lc in applier.finish().listeners] == ["static_web"] and d.result is None  # warming
+    d = state.update(CLUSTER, "1", [staticCluster("app", "10.0.0.1:80")])
+    world.reactor.advance(15)  # the bound passes while the CDS update applies
+    assert len(applier.applies) == 2
+    applier.finish()
+    assert d.result is None
+    config = applier.finish()
+    assert [lc.name for lc in config.listeners] == ["static_web", "web"]
+    assert [c.name for c in config.clusters] == ["xds_cp", "app"]
+    state.stop()
+
+
+def test_a_failing_watcher_does_not_turn_an_applied_update_into_a_nack(world):
+    def broken(typeUrl):
+        raise RuntimeError("transport gone")
+
+    world.state.watchSubscriptions(broken)
+    assert world.update(CLUSTER, "1", [cluster("app")]) is None
+    assert world.changed == [ENDPOINT]

@@ -232,11 +232,16 @@ class XdsState:
             call = self._waiting.pop(key)
             if call.active():
                 call.cancel()
+        self._expired -= {(typeUrl, name) for name in new}  # a later need of it waits again
         self._warm()
         for t, names in before.items():
             if self.subscriptions(t) != names:
                 for callback in list(self._watchers):
-                    callback(t)
+                    try:
+                        callback(t)
+                    except Exception:
+                        # the update is applied: a transport's failure to ask for the new names is its own
+                        self.log.failure("xds: a subscription watcher failed for {kind}", kind=_KIND[t])
         return None
 
     def _nack(self, typeUrl, versionInfo, detail):
@@ -269,7 +274,8 @@ class XdsState:
                 self.log.error("xds: applying after {kind} {name}'s warming failed: {error}", kind=_KIND[key[0]],
                                name=key[1], error=error)
 
-        self._lock.run(self._apply, self._accepted).addCallback(applied).addErrback(self._failed)
+        # the accepted resources as they are when the lock is ours (an update may be applying now)
+        self._lock.run(lambda: self._apply(self._accepted)).addCallback(applied).addErrback(self._failed)
 
     @defer.inlineCallbacks
     def _apply(self, accepted):
