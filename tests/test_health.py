@@ -278,8 +278,7 @@ def test_a_checker_that_raises_is_a_network_failure_not_a_crash():
 class Endpoint:
     def __init__(self, port):
         self.host, self.port, self.weight = "10.0.0.1", port, 1
-        self.priority, self.locality, self.metadata = 0, "", ()
-        self.healthy = True  # as txmesh.config.EndpointConfig (EDS health_status, merged from xdst)
+        self.priority, self.locality, self.metadata, self.healthy = 0, "", (), True
 
 
 def makeCluster(ports, **kw):

@@ -25,7 +25,7 @@ LAYERS = (
                            "hot_restart_wire.py", "hot_restart_config.py",
                            "trace_context.py", "tracing_config.py", "xds/config.py", "xds/translate.py",
                            "xds/translate_routes.py", "xds/translate_common.py", "xds/translate_filters.py",
-                           "tunnel_config.py", "workers_config.py"]),
+                           "xds/translate_listeners.py", "tunnel_config.py", "workers_config.py"]),
     ("filters, upstream", ["filters/*.py", "upstream/*.py", "discovery/*.py", "tls/*.py", "runtime.py", "overload.py",
                            "request_stats.py", "tracer.py", "worker_stats.py", "xds/state.py", "xds/rest.py", "xds/discovery.py"]),
     ("protocols (glue)", ["protocols/listener.py", "protocols/transport.py", "protocols/alpn.py", "protocols/*/*.py", "listeners.py", "xds/ads.py",

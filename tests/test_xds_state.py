@@ -3,14 +3,23 @@ The xDS resource state (txmesh/xds/state.py) applying through the real ConfigApp
 memory reactor: ACK/NACK, the last good kept, warming, Envoy's order, the static parts, /config_dump.
 """
 
+import json
+import os
+
 import pytest
+from twisted.internet import defer
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txmesh import config as _config
-from txmesh.interfaces import IConfigSource, IXdsResourceHandler
+from txmesh.errors import ConfigError
+from txmesh.interfaces import IConfigApplier, IConfigSource, IXdsResourceHandler
+from txmesh.reload import FileConfigSource
 from txmesh.service import MeshService
 from txmesh.xds.config import XdsConfig
-from txmesh.xds.state import XdsState
+from txmesh.xds.state import XdsFileSource, XdsState
 from txmesh.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 from tests.test_reload import Client, Notifier, Reactor
@@ -269,3 +278,92 @@ def test_http_filters_from_the_control_plane_act_on_requests(world):
     world.reactor.advance(0)
     assert client.transport.value().startswith(b"HTTP/1.1 418")
     assert Client(world.reactor, 10000).get() == "dynamic"
+
+
+def test_a_captured_snapshot_as_a_control_plane_sends_it(world):
+    """DiscoveryResponses as JSON (go-control-plane's example snapshot's shape), their Any resources unpacked."""
+    classes = {CLUSTER: cluster().__class__, ENDPOINT: assignment("x").__class__, LISTENER: listener().__class__,
+               ROUTE: routeConfig().__class__}
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "xds", "snapshot.json")) as f:
+        responses = [json_format.ParseDict(doc, discovery_pb2.DiscoveryResponse()) for doc in json.load(f)]
+    for response in responses:
+        messages = []
+        for resource in response.resources:
+            message = classes[response.type_url]()
+            assert resource.Unpack(message)
+            messages.append(message)
+        assert world.update(response.type_url, response.version_info, messages) is None, response.type_url
+    h = hosts(world.mesh, "backend")
+    assert h["127.0.0.1:18081"].weight == 2 and not h["127.0.0.1:18082"].healthy
+    assert world.mesh.config.cluster("backend").lbPolicy == "weighted_round_robin"
+    assert Client(world.reactor, 10000).get(b"/health") == "ok"
+    route = world.mesh.config.listeners[1].routeConfig.virtualHosts[0].routes[1]
+    assert (route.action.cluster, route.action.timeout, route.action.retryPolicy.numRetries) == ("backend", 5.0, 2)
+
+
+def test_a_file_reload_keeps_the_control_planes_parts(world):
+    world.update(ROUTE, "1", [routeConfig("routes", routes=DIRECT)])
+    world.update(LISTENER, "1", [listener("web", 10000)])
+    source = XdsFileSource(FileConfigSource(world.path), world.state)
+    verifyObject(IConfigSource, source)
+    with open(world.path, "w") as f:
+        f.write(BOOTSTRAP.replace('body: "static"', 'body: "static2"'))
+    d = world.mesh.applier.apply(source.read(), source)
+    assert d.result["outcome"] == "applied"
+    assert Client(world.reactor, 15001).get() == "static2" and Client(world.reactor, 10000).get() == "dynamic"
+    info = world.mesh.configDump()["version_info"]
+    assert (info["source"], info["listeners"]["web"]["source"]) == ("file", "xds")
+    # a file whose listener takes a dynamic listener's name: refused, naming both
+    with open(world.path, "w") as f:
+        f.write(BOOTSTRAP.replace("name: static_web", "name: web"))
+    with pytest.raises(ConfigError) as info:
+        source.read()
+    assert str(info.value).endswith("listener web: the bootstrap has a static listener of that name")
+    assert world.update(LISTENER, "2", [listener("web", 10000)]) is None  # the old static parts still stand
+
+
+@implementer(IConfigApplier)
+class HeldApplier:
+    """An IConfigApplier whose applies wait until the test fires them (``applies``: [(config, Deferred)])."""
+
+    version = None
+
+    def __init__(self):
+        self.applies = []
+
+    def apply(self, config, source):
+        d = defer.Deferred()
+        self.applies.append((config, d))
+        return d
+
+    def finish(self, outcome="applied", error=None):
+        config, d = self.applies[-1]
+        d.callback({"outcome": outcome, "error": error})
+        return config
+
+
+def test_warming_bound_applies_the_resources_accepted_by_then(world):
+    """A warming bound that passes while an update is applying: its apply comes after, with that update in."""
+    applier = HeldApplier()
+    verifyObject(IConfigApplier, applier)
+    state = XdsState(world.mesh.config, applier, world.reactor, "cp", XdsConfig(initialFetchTimeout=15.0))
+    d = state.update(LISTENER, "1", [listener("web", 10000, rds="late")])
+    assert [lc.name for lc in applier.finish().listeners] == ["static_web"] and d.result is None  # warming
+    d = state.update(CLUSTER, "1", [staticCluster("app", "10.0.0.1:80")])
+    world.reactor.advance(15)  # the bound passes while the CDS update applies
+    assert len(applier.applies) == 2
+    applier.finish()
+    assert d.result is None
+    config = applier.finish()
+    assert [lc.name for lc in config.listeners] == ["static_web", "web"]
+    assert [c.name for c in config.clusters] == ["xds_cp", "app"]
+    state.stop()
+
+
+def test_a_failing_watcher_does_not_turn_an_applied_update_into_a_nack(world):
+    def broken(typeUrl):
+        raise RuntimeError("transport gone")
+
+    world.state.watchSubscriptions(broken)
+    assert world.update(CLUSTER, "1", [cluster("app")]) is None
+    assert world.changed == [ENDPOINT]

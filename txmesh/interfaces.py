@@ -1432,7 +1432,8 @@ class IXdsResourceHandler(Interface):
     def update(typeUrl, versionInfo, resources):
         """
         A state-of-the-world response: ``resources`` (a list of messages of ``typeUrl``) replace every resource of
-        that type.  @return: a Deferred firing with None when the update was applied or changed nothing (ACK), or
+        that type (LDS, CDS; for RDS and EDS, as Envoy, they replace the resources of their names and the others
+        stay while subscribed).  @return: a Deferred firing with None when the update was applied or changed nothing (ACK), or
             with the ``error_detail`` message (str) naming each resource that cannot be applied and why (NACK: the
             last accepted resources keep serving).  It never fails.
         """

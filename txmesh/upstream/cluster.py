@@ -177,7 +177,8 @@ class Cluster:
         Replace the host set.  A host whose address is already known keeps its Host object (its counters, load
         and pool), taking the new weight; the load balancer is rebuilt; the pools of removed hosts are drained.
 
-        @param hosts: IHost objects or endpoint objects (host, port, weight).
+        @param hosts: IHost objects or endpoint objects (txmesh.config.EndpointConfig: host, port, weight,
+            priority, locality, metadata, healthy).
         """
         self.stats.membership_change.value += 1
         self._setHosts(hosts)

@@ -59,6 +59,25 @@ class XdsConfigSource:
         return self.config
 
 
+@implementer(IConfigSource)
+class XdsFileSource:
+    """
+    The bootstrap file under xDS (SIGHUP, ``POST /reload``): the file read by ``fileSource`` (an IConfigSource,
+    the service's ``FileConfigSource``), its static parts merged with the resources ``state`` (an L{XdsState})
+    accepted, so a file reload keeps what the control plane gave.
+    """
+
+    name = "file"
+
+    def __init__(self, fileSource, state):
+        self.fileSource = fileSource
+        self.state = state
+        self.location = fileSource.location
+
+    def read(self):
+        return self.state.withStatic(self.fileSource.read())
+
+
 class _Accepted:
     """One accepted resource: its message, its translation and the version_info that last changed it."""
 
@@ -87,10 +106,7 @@ class XdsState:
         self.clock = clock
         self.source = XdsConfigSource(location)
         self.xdsConfig = xdsConfig if xdsConfig is not None else XdsConfig()
-        self._static = bootstrap.raw
-        self._filename = bootstrap.filename
-        self._staticListeners = [l.get("name") for l in bootstrap.raw.get("listeners") or ()]
-        self._staticClusters = [c.get("name") for c in bootstrap.raw.get("clusters") or ()]
+        self._setStatic(bootstrap)
         self._accepted = {typeUrl: {} for typeUrl in TYPE_URLS}
         self.versions = {}  # typeUrl -> the version_info last accepted
         self._watchers = []
@@ -114,6 +130,39 @@ class XdsState:
         return self._lock.run(self._update, typeUrl, versionInfo, list(resources)).addErrback(self._failed)
 
     # -- the rest -----------------------------------------------------------------------------------------------
+
+    def withStatic(self, bootstrap):
+        """
+        The configuration of ``bootstrap`` (a MeshConfig read from the file again) with the accepted resources; its
+        static parts are those of every later update.  (A reload the applier then rejects leaves them in place: the
+        file was valid, and the next update applies them too.)
+        @raise ConfigError: the file's names collide with the dynamic ones, or the merge is invalid (the reason
+            names the resource).
+        """
+        old = (self._static, self._filename, self._staticListeners, self._staticClusters)
+        self._setStatic(bootstrap)
+        try:
+            collisions = [line for t in (CLUSTER, LISTENER) for line in self._collisions(t, self._accepted[t])]
+            if collisions:
+                raise ConfigError("; ".join(collisions), filename=bootstrap.filename)
+            raw, owners, origins = self._merge(self._accepted)
+            try:
+                config = buildFromRaw(raw, self._filename)
+            except ConfigError as e:
+                raise ConfigError(_owner(owners, e), filename=bootstrap.filename) from e
+        except XdsResourceError as e:
+            (self._static, self._filename, self._staticListeners, self._staticClusters) = old
+            raise ConfigError(str(e), filename=bootstrap.filename) from e
+        except ConfigError:
+            (self._static, self._filename, self._staticListeners, self._staticClusters) = old
+            raise
+        return _withOrigins(config, origins)
+
+    def _setStatic(self, bootstrap):
+        self._static = bootstrap.raw
+        self._filename = bootstrap.filename
+        self._staticListeners = [lc.get("name") for lc in bootstrap.raw.get("listeners") or ()]
+        self._staticClusters = [c.get("name") for c in bootstrap.raw.get("clusters") or ()]
 
     def stop(self):
         """Cancel the warming timers (the service stops)."""
@@ -183,11 +232,16 @@ class XdsState:
             call = self._waiting.pop(key)
             if call.active():
                 call.cancel()
+        self._expired -= {(typeUrl, name) for name in new}  # a later need of it waits again
         self._warm()
         for t, names in before.items():
             if self.subscriptions(t) != names:
                 for callback in list(self._watchers):
-                    callback(t)
+                    try:
+                        callback(t)
+                    except Exception:
+                        # the update is applied: a transport's failure to ask for the new names is its own
+                        self.log.failure("xds: a subscription watcher failed for {kind}", kind=_KIND[t])
         return None
 
     def _nack(self, typeUrl, versionInfo, detail):
@@ -220,7 +274,8 @@ class XdsState:
                 self.log.error("xds: applying after {kind} {name}'s warming failed: {error}", kind=_KIND[key[0]],
                                name=key[1], error=error)
 
-        self._lock.run(self._apply, self._accepted).addCallback(applied).addErrback(self._failed)
+        # the accepted resources as they are when the lock is ours (an update may be applying now)
+        self._lock.run(lambda: self._apply(self._accepted)).addCallback(applied).addErrback(self._failed)
 
     @defer.inlineCallbacks
     def _apply(self, accepted):

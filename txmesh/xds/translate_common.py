@@ -4,6 +4,11 @@ every set field of a message is one txmesh maps or knows to have no effect, and 
 """
 
 
+# Envoy's idle timeout of HTTP connections, downstream and upstream (common_http_protocol_options.idle_timeout),
+# written where txmesh's own default differs
+ENVOY_IDLE_TIMEOUT = 3600.0
+
+
 class XdsResourceError(Exception):
     """
     A resource txmesh cannot apply: ``str()`` is the NACK's line for it, ``kind name: field.path: reason``.
@@ -68,3 +73,40 @@ def enumName(message, key):
     """The name of the enum field ``key``'s value in ``message`` (``HEAD``, ``TLSv1_3`` ...)."""
     value = getattr(message, key)
     return message.DESCRIPTOR.fields_by_name[key].enum_type.values_by_number[value].name
+
+
+def dataFile(source, path):
+    """A DataSource that names a file (txmesh reads and watches files; inline material is refused)."""
+    check(source, path, ("filename",))
+    if not source.filename:
+        raise Refused("%s: txmesh reads TLS material from files (filename)" % (path,))
+    return source.filename
+
+
+
+def tlsParams(common, cPath, separator):
+    """``tls_params`` as ``min_version``, ``max_version`` (``TLSv1_3`` spelled with ``separator``), ``cipher_suites``."""
+    out = {}
+    if common.HasField("tls_params"):
+        params = common.tls_params
+        check(params, cPath + ".tls_params", ("tls_minimum_protocol_version", "tls_maximum_protocol_version",
+                                              "cipher_suites"))
+        for key, field in (("min_version", "tls_minimum_protocol_version"),
+                           ("max_version", "tls_maximum_protocol_version")):
+            if getattr(params, field):
+                out[key] = enumName(params, field).replace("_", separator)
+        if params.cipher_suites:
+            out["cipher_suites"] = list(params.cipher_suites) if separator == "_" else ":".join(params.cipher_suites)
+    return out
+
+
+
+def commonHttpOptions(common, path, out, keys):
+    """HttpProtocolOptions' fields named in ``keys`` ({field: mesh.yaml key}) into ``out``; any other refused."""
+    check(common, path, tuple(keys))
+    for field, key in keys.items():
+        if common.HasField(field):
+            value = getattr(common, field)
+            out[key] = duration(value) if field == "idle_timeout" else value.value
+
+
