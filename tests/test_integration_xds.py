@@ -209,6 +209,13 @@ def test_ads_bootstraps_listener_routes_clusters_and_follows_changes_under_load(
         assert info["connected"] is True and info["types"]["eds"]["version_info"] == "e3"
         assert info["types"]["eds"]["rejected_version"] == "e4" and "70000" in info["types"]["eds"]["last_error"]
 
+        # a file reload (POST /reload) keeps what the control plane gave (txmesh.xds.state.XdsFileSource)
+        import urllib.request
+        with urllib.request.urlopen(urllib.request.Request(
+                "http://127.0.0.1:%d/reload" % (admin,), data=b"", method="POST"), timeout=5) as r:
+            assert r.status == 200 and json.loads(r.read())["outcome"] in ("applied", "unchanged")
+        assert get(listen, "/other") == (200, "C") and get(listen, "/") == (200, "B")
+
         metrics = support.adminGet(admin, "/metrics")[1].decode()
         assert 'txmesh_xds_update_rejected_total{type="eds"} 1.0' in metrics
         assert 'txmesh_xds_update_success_total{type="cds"} 2.0' in metrics

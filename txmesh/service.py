@@ -39,6 +39,7 @@ from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
 from txmesh.upstream.health import clientEndpoint
 from txmesh.xds.client import makeXdsClient
+from txmesh.xds.state import XdsFileSource
 
 
 class _QuietFactory(Factory):
@@ -229,6 +230,10 @@ class MeshService(MultiService):
         self.meshStatus = self.makeStatus()
         # the xDS client (issue 13 part 3, ``dynamic_resources``): started once the static parts serve
         self.xds = makeXdsClient(self, rng) if config.dynamicResources is not None else None
+        if self.xds is not None:
+            # a file reload (SIGHUP, POST /reload) under xDS merges the file's static parts with what the control
+            # plane gave, rather than dropping the dynamic listeners and clusters
+            self.reloader.source = XdsFileSource(self.reloader.source, self.xds.handler)
 
     def _listenerEndpoint(self, lc, backoff):
         """Where listener ``lc`` listens: its address, its ports backing off on accept errors, gated until serving."""
