@@ -14,7 +14,8 @@ from zope.interface import implementer
 
 import twisted
 import txmesh
-from txmesh.control import HOT_PATH_MODE, configDigest
+from txmesh.control import configDigest
+from txmesh.speedups import describe as describeSpeedups
 from txmesh.interfaces import IMeshControl
 from txmesh.logs import LEVELS, parseLevel
 
@@ -46,13 +47,15 @@ class ParentControl:
     def serverInfo(self):
         parent = self.parent
         config = parent.config
+        speedups = describeSpeedups()
         return {
             "version": txmesh.__version__,
             "python": platform.python_version(),
             "python_implementation": platform.python_implementation(),
             "twisted": twisted.__version__,
             "reactor": qual(type(self.reactor)),
-            "hot_path_mode": HOT_PATH_MODE,
+            "hot_path_mode": speedups["mode"],
+            "compiled_modules": speedups["compiled"],
             "workers": len(parent.supervisor.workers),
             "worker_processes": [w.describe(self.reactor) for w in parent.supervisor.workers],
             "uptime_seconds": round(self.reactor.seconds() - parent.startedAt, 3),
