@@ -241,6 +241,101 @@ def test_ads_bootstraps_listener_routes_clusters_and_follows_changes_under_load(
         proc.stop()
 
 
+@pytest.mark.timeout(90)
+def test_ads_with_two_workers_one_stream_every_worker_follows_the_control_plane(plane, upstreams):
+    """
+    ``workers: 2`` under xDS (issue 13 part 6): the parent holds the one stream (one node, one ACK per response),
+    both workers serve the listener LDS gave and follow EDS and RDS changes under load with zero failed requests;
+    a NACK leaves both on the last good; the admin shows one version for the parent and both workers.
+    """
+    from tests.test_integration_workers import requests2xx, unixGet
+
+    a, b, c = upstreams["A"], upstreams["B"], upstreams["C"]
+    listen = support.freePort()
+    plane.setSnapshot(CDS, "c1", [R.cluster("app"), R.cluster("other")])
+    plane.setSnapshot(EDS, "e1", [R.assignment("app", a.address), R.assignment("other", c.address)])
+    plane.setSnapshot(LDS, "l1", [R.listener("web", listen, rds="routes")])
+    plane.setSnapshot(RDS, "r1", [R.routeConfig("routes", "app")])
+    admin = support.freePort()
+    proc = support.startTxmesh("workers: 2\n" + BOOTSTRAP.format(node="txmesh-w", admin=admin, cp=plane.grpcPort,
+                                                                  api="GRPC", protocol="grpc"), admin)
+    loads = []
+
+    def info():
+        return json.loads(support.adminGet(admin, "/server_info")[1])
+
+    def oneVersion():
+        i = info()
+        versions = {i["config_version"]} | {w["config_version"] for w in i["worker_processes"]}
+        digests = {i["config_digest"]} | {w["config_digest"] for w in i["worker_processes"]}
+        return i["config_version"] if len(versions) == 1 and len(digests) == 1 else None
+
+    try:
+        waitUntil(lambda: all(w["state"] == "serving" for w in info()["worker_processes"]), "both workers serve", 20)
+        waitUntil(lambda: get(listen, "/") == (200, "A"), "the listener from LDS to serve A", 20)
+        for t, v in ((CDS, "c1"), (EDS, "e1"), (LDS, "l1"), (RDS, "r1")):
+            plane.waitAck("txmesh-w", t, v)
+        # one stream: one opening request per type, from the parent alone
+        opening = [r for r in plane.recorded() if r.typeUrl == CDS and r.nonce == ""]
+        assert [r.node for r in opening] == ["txmesh-w"]
+        workers = info()["worker_processes"]
+        pids = {w["pid"] for w in workers}
+        assert len(pids) == 2 and proc.pid not in pids
+
+        # short connections from parallel clients land on both workers, each serving the xDS listener
+        def both():
+            for _ in range(40):
+                assert get(listen, "/") == (200, "A")
+            return all(requests2xx(unixGet(w["admin"], "/stats")) > 0 for w in workers)
+
+        waitUntil(both, "requests served by both workers", 20)
+        v1 = waitUntil(oneVersion, "one version everywhere")
+        loads = [Load(listen, "/") for _ in range(4)]
+        waitUntil(lambda: all(load.ok >= 10 for load in loads), "load to start")
+
+        # endpoints moved: every connection, on either worker, reaches B
+        plane.setSnapshot(EDS, "e2", [R.assignment("app", b.address), R.assignment("other", c.address)])
+        plane.waitAck("txmesh-w", EDS, "e2")
+        waitUntil(lambda: all(load.last() == "B" for load in loads), "every connection to reach B")
+        assert {get(listen, "/")[1] for _ in range(20)} == {"B"}
+        v2 = waitUntil(oneVersion, "one version everywhere after EDS")
+        assert v2 == v1 + 1
+
+        # a route changed
+        plane.setSnapshot(RDS, "r2", [R.routeConfig("routes", routes=[
+            {"match": {"prefix": "/other"}, "route": {"cluster": "other"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "app"}}])])
+        plane.waitAck("txmesh-w", RDS, "r2")
+        assert {get(listen, "/other/x") for _ in range(20)} == {(200, "C")}
+
+        # a bad resource: NACKed once, for the whole sidecar; both workers keep the last good
+        plane.setSnapshot(EDS, "e3", [R.assignment("app", "127.0.0.1:70000"), R.assignment("other", c.address)])
+        nack = plane.waitNack("txmesh-w", EDS, "e3")
+        assert nack.version == "e2" and "70000" in nack.error
+        assert {get(listen, "/")[1] for _ in range(20)} == {"B"}
+
+        # a file reload keeps what the control plane gave, in every worker
+        with urllib.request.urlopen(urllib.request.Request(
+                "http://127.0.0.1:%d/reload" % (admin,), data=b"", method="POST"), timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["outcome"] in ("applied", "unchanged")
+        assert {get(listen, "/")[1] for _ in range(20)} == {"B"}
+        dump = json.loads(support.adminGet(admin, "/config_dump")[1])
+        assert dump["version_info"]["clusters"]["app"]["source"] == "xds"
+        assert dump["xds"]["connected"] is True and dump["xds"]["types"]["eds"]["version_info"] == "e2"
+        assert waitUntil(oneVersion, "one version everywhere at the end") >= v2 + 1
+        for load in loads:
+            load.stop()
+        assert [load.failed for load in loads] == [[]] * 4
+        assert all(load.ok > 10 for load in loads)
+    except BaseException:
+        print(proc.output())  # the parent's and the workers' log lines, for the failure's report
+        raise
+    finally:
+        for load in loads:
+            load.stop()
+        proc.stop()
+
+
 # -- Envoy on the same control plane ----------------------------------------------------------------------------------
 
 

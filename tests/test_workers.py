@@ -4,6 +4,8 @@ restart with backoff (counted), requests and their timeouts, stop (SIGTERM, SIGK
 of the workers' figures (txmesh/worker_stats.py); the ``workers`` key (txmesh/workers_config.py).
 """
 
+import os
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -71,7 +73,8 @@ def say(channel, message):
 
 
 def sent(transport):
-    return [m for m, _ in MessageDecoder().feed(transport.value())]
+    """The messages written on ``transport`` (a UNIXTransport), each with the descriptors it declared."""
+    return [m for m, _ in MessageDecoder().feed(transport.value(), transport.fds)]
 
 
 def test_launcher_interface():
@@ -391,6 +394,7 @@ def answerApply(launcher, outcomes):
                           "result": {"outcome": outcome, "error": "bad" if outcome == "rejected" else None,
                                      "version": request["version"]}})
         transport.clear()
+        transport.fds = []
     return requests
 
 
@@ -428,7 +432,7 @@ def test_a_reload_every_worker_applies_advances_the_one_version(tmp_path):
     parent.reload("POST /reload").addCallback(results.append)
     assert launcher.launched[0][5].fds == [42]  # the new socket goes with the request
     requests = answerApply(launcher, ["applied", "applied"])
-    assert requests[0]["sockets"] == ["listener:web"]
+    assert requests[0]["sockets"] == ["listener:web"] and requests[0]["fds"] == 1  # the channel hands it over
     (result,) = results
     assert result["outcome"] == "applied" and result["version"] == 2
     assert result["workers"] == {"0": "applied", "1": "applied"}
@@ -480,15 +484,31 @@ def test_a_workers_log_lines_name_it():
     assert "[worker" not in plain.getvalue()
 
 
-def test_workers_and_dynamic_resources_are_refused_together():
-    """xDS is not wired to workers: the combination is refused at load, naming the key."""
-    import pytest as _pytest
-    from txmesh.errors import ConfigError
-    from txmesh.workers_config import buildWorkers
+def test_workers_and_dynamic_resources_go_together():
+    """The parent is the xDS client (txmesh/workers_xds.py, tests/test_workers_xds.py): no refusal at load."""
     from txmesh.config_reader import Reader
 
     r = Reader("mesh.yaml", {})
-    with _pytest.raises(ConfigError) as e:
-        buildWorkers(r, {"workers": 2, "dynamic_resources": {"cluster": "xds"}}, [])
-    assert "workers: 2 cannot be combined with dynamic_resources" in str(e.value)
-    assert buildWorkers(r, {"workers": 1, "dynamic_resources": {"cluster": "xds"}}, []) == 1
+    assert buildWorkers(r, {"workers": 2, "dynamic_resources": {"cluster": "xds"}}, []) == 2
+
+
+def test_a_request_sent_right_after_the_start_message_is_kept_for_the_channel():
+    """The admin polled while a worker started: its ``dump`` came in the same read as the start message (the worker
+    exited with "more than one answer" and was restarted, again and again under a tight poll)."""
+    import socket
+
+    from txmesh.worker import receiveStart
+
+    parentEnd, childEnd = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        start = {"type": "sockets", "pid": 1, "fds": 0, "environment": {}, "sockets": [],
+                 "worker": {"index": 0, "config": "listeners: []"}}
+        dump = encode({"type": "dump", "id": 7})
+        parentEnd.sendall(encode(start) + dump + dump[:5])  # and the start of one more
+        inheritance = receiveStart(os.dup(childEnd.fileno()), timeout=5)
+        assert [m["type"] for m, _ in inheritance.early] == ["dump"] and inheritance.early[0][0]["id"] == 7
+        assert [m["id"] for m, _ in inheritance.decoder.feed(dump[5:])] == [7]  # the partial one completes
+        inheritance.connection.close()
+    finally:
+        parentEnd.close()
+        childEnd.close()

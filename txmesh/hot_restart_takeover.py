@@ -33,6 +33,10 @@ class Inheritance:
         self.connection = connection
         self.message = message or {}
         self.adopted = []
+        # a worker's channel (txmesh/worker.py): what came after the start message in the same reads (a request
+        # the parent sent at once, e.g. the admin's ``dump``), and the decoder holding any partial message
+        self.early = []
+        self.decoder = None
 
     def add(self, name, sock):
         """One more socket to take under ``name`` (a worker's parent sends those a reload binds); a socket already
@@ -143,16 +147,24 @@ def requestSockets(pid=None):
     return encode({"type": "get_sockets", "pid": os.getpid() if pid is None else pid})
 
 
-def receiveSockets(sock, decoder=None):
+def receiveSockets(sock, decoder=None, keepLater=False):
     """
     Read the old process's answer from the connected (blocking or timed) ``sock``: an L{Inheritance} holding
-    ``sock`` for the drain request.  @raise HandoverError: a refusal or a broken answer (descriptors closed).
+    ``sock`` for the drain request.  With ``keepLater`` (a worker's channel, where the parent may send requests
+    right after the start message) messages that came in the same reads are kept in its ``early`` and the decoder
+    in its ``decoder``; otherwise more than one message is a broken answer.
+    @raise HandoverError: a refusal or a broken answer (descriptors closed).
     """
-    message, fds = _receiveOne(sock, decoder if decoder is not None else MessageDecoder())
-    return _inheritance(message, fds, sock)
+    decoder = decoder if decoder is not None else MessageDecoder()
+    later = [] if keepLater else None
+    message, fds = _receiveOne(sock, decoder, later)
+    inheritance = _inheritance(message, fds, sock)
+    if keepLater:
+        inheritance.early, inheritance.decoder = later, decoder
+    return inheritance
 
 
-def _receiveOne(sock, decoder):
+def _receiveOne(sock, decoder, later=None):
     while True:
         data, fds, flags, _ = socket.recv_fds(sock, 65536, 64, socket.MSG_CMSG_CLOEXEC)
         if flags & socket.MSG_CTRUNC:
@@ -164,7 +176,9 @@ def _receiveOne(sock, decoder):
             raise HandoverError("the old process closed the connection without an answer")
         messages = decoder.feed(data, fds)
         if messages:
-            if len(messages) > 1:
+            if later is not None:
+                later.extend(messages[1:])
+            elif len(messages) > 1:
                 closeAll(fd for _, taken in messages for fd in taken)
                 raise HandoverError("more than one answer")
             return messages[0]

@@ -136,6 +136,8 @@ class MeshService(MultiService):
         systemd's from the environment).
     @param hotRestart: the L{txmesh.interfaces.IHotRestart} the listeners' and the admin's ports come from, told
         when the service serves and when it stops (default: none, every port is bound as configured).
+    @param runXds: run the xDS client of ``dynamic_resources`` (a worker of ``workers: N`` does not: its parent
+        runs the one client and hands every update to it, txmesh/workers_xds.py).
     @ivar overload: the L{Overload} every listener asks (global connection count, memory pressure).
     @ivar listeners: {name: L{txmesh.listeners.RunningListener}} of the running config, in its order.
     @ivar retiring: protocol factories a reload replaced or removed, draining their connections.
@@ -149,7 +151,7 @@ class MeshService(MultiService):
     reloadSignal = signal.SIGHUP
 
     def __init__(self, config, reactor, rng=None, installSignal=signal.signal, readRSS=None, notifier=None,
-                 hotRestart=None):
+                 hotRestart=None, runXds=True):
         MultiService.__init__(self)
         self.hotRestart = hotRestart if hotRestart is not None else NoHotRestart()
         self.notifier = notifier if notifier is not None else NullNotifier()
@@ -229,7 +231,9 @@ class MeshService(MultiService):
         # STATUS= for systemctl status (issue 13 part 4)
         self.meshStatus = self.makeStatus()
         # the xDS client (issue 13 part 3, ``dynamic_resources``): started once the static parts serve
-        self.xds = makeXdsClient(self, rng) if config.dynamicResources is not None else None
+        # (a worker of ``workers: N`` runs none: its parent is the one xDS client and hands it every update)
+        self.xds = makeXdsClient(config, self.applier, reactor, self.clusters, self.stats, rng) \
+            if config.dynamicResources is not None and runXds else None
         if self.xds is not None:
             # a file reload (SIGHUP, POST /reload) under xDS merges the file's static parts with what the control
             # plane gave, rather than dropping the dynamic listeners and clusters

@@ -136,7 +136,7 @@ def makeWorker(options):
     from txmesh.startup import RunningMesh
 
     link = worker.WorkerLink(reactor, inheritance, reactor.stop)
-    mesh = MeshService(cfg, reactor, hotRestart=link)
+    mesh = MeshService(cfg, reactor, hotRestart=link, runXds=False)  # the parent is the xDS client
     link.attach(mesh)
     observer = makeObserver(options)
     if observer is not None:

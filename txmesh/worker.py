@@ -61,7 +61,7 @@ def receiveStart(fd, timeout=START_TIMEOUT):
     sock = socket.socket(fileno=fd)
     sock.settimeout(timeout)
     try:
-        inheritance = receiveSockets(sock, MessageDecoder(MAX_MESSAGE))
+        inheritance = receiveSockets(sock, MessageDecoder(MAX_MESSAGE), keepLater=True)
     except (OSError, socket.timeout) as e:
         sock.close()
         raise HandoverError("no start message from the parent: %s" % (e,)) from None
@@ -80,7 +80,7 @@ def loadStart(inheritance):
     (a stale one, left by the worker this one replaces, is removed first).  @raise ConfigError.
     """
     start = inheritance.message["worker"]
-    config = _config.loads(start["config"], filename=start.get("filename") or "<parent>")
+    config = ParentConfig(start["config"], start.get("filename") or "<parent>", origins=start.get("origins")).read()
     if start["index"] != 0 and config.registration is not None:
         # the local app is registered once, by worker 0: N workers would publish the same node N times
         config = dataclasses.replace(config, registration=None)
@@ -111,16 +111,23 @@ class _NotHandedOver:
 
 @implementer(IConfigSource)
 class ParentConfig:
-    """The configuration text the parent sent (already validated there), as an IConfigSource."""
+    """
+    The configuration text the parent sent (already validated there), as an IConfigSource: ``name`` and
+    ``location`` are those of the parent's source (``file`` and mesh.yaml, or ``xds`` and the control plane when the
+    parent built the text from xDS resources, txmesh/workers_xds.py), ``origins`` the parts' xDS origins
+    (MeshConfig.origins, for ``/config_dump``).
+    """
 
-    name = "file"
-
-    def __init__(self, text, location):
+    def __init__(self, text, filename, name="file", origins=None, location=None):
         self.text = text
-        self.location = location
+        self.filename = filename
+        self.location = location or filename
+        self.name = name
+        self.origins = origins if isinstance(origins, dict) else {}
 
     def read(self):
-        return _config.loads(self.text, filename=self.location)
+        config = _config.loads(self.text, filename=self.filename)
+        return dataclasses.replace(config, origins=self.origins) if self.origins else config
 
 
 class _ParentReloads:
@@ -170,6 +177,10 @@ class WorkerLink:
             self.reactor.adoptStreamConnection(connection.fileno(), socket.AF_UNIX, _ChannelFactory(self))
         finally:
             connection.close()
+        # requests the parent sent before this process read its channel (the admin polled while it started)
+        early, self.inheritance.early = self.inheritance.early, []
+        for message, fds in early:
+            self.messageReceived(message, fds)
 
     # -- IHotRestart --
 
@@ -238,7 +249,9 @@ class WorkerLink:
             raise ValueError("'sockets' must name each descriptor")
         for name, fd in zip(names, fds):
             self.inheritance.add(name, socket.socket(fileno=fd))
-        source = ParentConfig(message.get("config"), message.get("filename") or self.mesh.config.filename)
+        source = ParentConfig(message.get("config"), message.get("filename") or self.mesh.config.filename,
+                              name=message.get("source") or "file", origins=message.get("origins"),
+                              location=message.get("location"))
         try:
             config = source.read()
         except ConfigError as e:
@@ -282,7 +295,8 @@ class _Channel(Protocol):
 
     def __init__(self, link):
         self.link = link
-        self.decoder = MessageDecoder(MAX_MESSAGE)
+        # the start message's decoder goes on: it may hold the start of a request sent right after it
+        self.decoder = link.inheritance.decoder or MessageDecoder(MAX_MESSAGE)
 
     def connectionMade(self):
         self.link.channel = self

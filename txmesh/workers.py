@@ -281,6 +281,10 @@ class _ParentChannel(Protocol):
         d = defer.Deferred()
         timer = self.supervisor.clock.callLater(timeout, self._timedOut, message["id"], message["type"], timeout)
         self.pending[message["id"]] = (d, timer)
+        if fds:
+            # the channel's decoder hands a message the descriptors it declares (without the count, a reload's new
+            # listening sockets stayed in the worker's decoder and it refused the reload)
+            message = dict(message, fds=len(fds))
         for fd in fds:
             self.transport.sendFileDescriptor(fd)
         self.transport.write(encode(message, MAX_MESSAGE))

@@ -36,11 +36,6 @@ def buildWorkers(r, raw, listeners, affinity=os.sched_getaffinity):
         count = value
     else:
         raise r.error("must be a number of processes or auto, not %r" % (value,), "workers")
-    if count > 1 and raw.get("dynamic_resources") is not None:
-        # the xDS client is not wired to workers yet (docs/operations.md "Workers"): refuse rather than let each
-        # worker, or none, follow the control plane
-        raise r.error("workers: %d cannot be combined with dynamic_resources yet (xDS runs in one process)"
-                      % (count,), "workers")
     if count > 1:
         for i, lc in enumerate(listeners):
             if lc.address == INTERNAL:

@@ -65,6 +65,7 @@ class ParentControl:
             "config_digest": configDigest(config.raw),
             "config_version": parent.version.version,
             "config_source": parent.version.source,
+            "xds": parent.xds.describe() if parent.xds is not None else None,
             "node": {"id": config.node.id, "cluster": config.node.cluster},
             "listeners": len(config.listeners),
             "clusters": len(config.clusters),

@@ -20,6 +20,7 @@ once here, then every worker applies it.
 """
 
 import os
+import random
 import signal
 import tempfile
 
@@ -51,11 +52,14 @@ from txmesh.twisted_private import raiseBindErrorsSynchronously, shareListeningP
 from txmesh.worker_stats import MergedStats, Retired, mergeClusters
 from txmesh.workers import WorkerSupervisor, settle
 from txmesh.workers_control import ParentControl
+from txmesh.workers_xds import ParentXds, workerText
 
 # how long the admin API waits for a worker's figures before it shows the last ones it has
 GATHER_TIMEOUT = 2.0
 # how long after its drain timeout a stopping worker gets before SIGKILL
 STOP_GRACE = 10.0
+# how long an xDS update waits for a starting (or restarting) worker to serve before it is NACKed
+XDS_WAIT_FOR_WORKERS = 30.0
 
 
 def readConfig(path):
@@ -127,6 +131,8 @@ class WorkersParent(MultiService):
         STOPPING at the drain.
     @param hotRestart: the IHotRestart the listening sockets and the admin's come from (and are handed over by).
     @param runtimeDir: the private directory of the workers' admin sockets (default: a new one, mode 0700).
+    @param rng: a random.Random (the xDS client's balancer and reconnect jitter).
+    @ivar xds: the L{txmesh.workers_xds.ParentXds} of ``dynamic_resources``, or None.
     """
 
     log = Logger()
@@ -134,7 +140,7 @@ class WorkersParent(MultiService):
     reloadSignal = signal.SIGHUP
 
     def __init__(self, config, text, reactor, launcher, notifier=None, hotRestart=None, installSignal=signal.signal,
-                 runtimeDir=None, gatherInterval=5.0, backoff=(0.1, 30.0)):
+                 runtimeDir=None, gatherInterval=5.0, backoff=(0.1, 30.0), rng=None):
         MultiService.__init__(self)
         self.config = config
         self.text = text
@@ -165,6 +171,7 @@ class WorkersParent(MultiService):
         self._installSignal = installSignal
         self._previousHandlers = {}
         self._reloads = defer.DeferredLock()
+        self._servingWaiters = []  # Deferreds fired when every worker serves (an xDS update waiting for a restart)
         self._gathering = None
         self._gatherLoop = LoopingCall(self.gather)
         self._gatherLoop.clock = reactor
@@ -185,6 +192,9 @@ class WorkersParent(MultiService):
         admin.setName("admin")
         admin.setServiceParent(self)
         self.meshStatus = self.makeStatus()
+        # the one xDS client of the sidecar (issue 13 part 6): started once every worker serves
+        self.xds = ParentXds(self, rng if rng is not None else random.Random()) \
+            if config.dynamicResources is not None else None
 
     # -- what txmesh.startup reads --
 
@@ -224,7 +234,7 @@ class WorkersParent(MultiService):
         message = {"type": "sockets", "pid": os.getpid(), "fds": len(names), "environment": {},
                    "sockets": [{"name": n, "address": describeAddress(self.ports[n].getHost())} for n in names],
                    "worker": {"index": index, "config": self.text, "filename": self.config.filename,
-                              "version": self.version.version,
+                              "version": self.version.version, "origins": self.config.origins,
                               "admin": os.path.join(self.runtimeDir, "worker-%d.sock" % (index,))}}
         return message, [self.ports[n].fileno() for n in names]
 
@@ -258,6 +268,10 @@ class WorkersParent(MultiService):
             previous(signum, frame)
 
     def _workerServing(self, worker):
+        if all(w.state == "serving" for w in self.supervisor.workers):
+            waiters, self._servingWaiters = self._servingWaiters, []
+            for d in waiters:
+                d.callback(None)
         if self.serving or self.draining or not all(w.servedOnce for w in self.supervisor.workers):
             return
         self.serving = True
@@ -265,6 +279,8 @@ class WorkersParent(MultiService):
         self.notifier.ready(self.meshStatus.describe())
         self.notifier.start(lambda: self.meshStatus.describe())
         self.hotRestart.serving()
+        if self.xds is not None:
+            self.xds.start()
 
     def _workerEnded(self, worker):
         if worker.lastDump is not None:
@@ -282,6 +298,7 @@ class WorkersParent(MultiService):
     def _stop(self):
         self.draining = True
         self.notifier.stopping("draining: " + self.meshStatus.describe())
+        xdsStopped = self.xds.stop() if self.xds is not None else None  # no update applies while draining
         if self._gatherLoop.running:
             self._gatherLoop.stop()
         yield self.hotRestart.stop()
@@ -290,6 +307,7 @@ class WorkersParent(MultiService):
         self.log.info("stopping {n} worker(s): each drains for up to {timeout}s",
                       n=len(self.supervisor.live), timeout=self.config.drainTimeout)
         yield self.supervisor.stop(self.config.drainTimeout + STOP_GRACE)
+        yield xdsStopped
         self.notifier.stop()
         yield MultiService.stopService(self)
 
@@ -336,6 +354,8 @@ class WorkersParent(MultiService):
     def configDump(self):
         dump = dict(self.config.raw)
         dump["version_info"] = self.version.describe()
+        if self.xds is not None:
+            dump["xds"] = self.xds.describe()
         return dump
 
     def reopenLogs(self):
@@ -391,11 +411,60 @@ class WorkersParent(MultiService):
     def _apply(self):
         try:
             text, new = readConfig(self.config.filename)
+            if self.xds is not None:
+                # the file's static parts with what the control plane gave (XdsFileSource in a single process)
+                new = self.xds.withStatic(new)
+                text = workerText(new)
+        except ConfigError as e:
+            return {"outcome": "rejected", "error": str(e), "changes": None}
+        result = yield self._distribute(new, text, "file", None)
+        return result
+
+    def distribute(self, config, text, sourceName, location=None):
+        """
+        Have every worker apply ``config`` (a MeshConfig, validated) from ``text`` (what the workers load), or none
+        (the IConfigApplier of the xDS client, txmesh/workers_xds.py; reloads take the same path).  A worker that is
+        starting is waited for (``XDS_WAIT_FOR_WORKERS`` at most): an update is not refused for a restart.
+        @return: a Deferred firing with the outcome dict (``outcome``, ``error``, ``version``, ``digest``,
+            ``changes``, ``workers``).
+        """
+        if self.draining:
+            return defer.succeed({"outcome": "rejected", "error": "txmesh is stopping", "changes": None,
+                                  "version": self.version.version, "digest": self.version.digest})
+
+        def done(result):
+            result.setdefault("version", self.version.version)
+            result.setdefault("digest", self.version.digest)
+            self.versionGauge.value = self.version.version
+            if result["outcome"] == "applied":
+                self.log.info("{source} update: version {version} in {n} worker(s)", source=sourceName,
+                              version=self.version.version, n=len(self.supervisor.workers))
+            return result
+
+        return self._reloads.run(self._distribute, config, text, sourceName, location, True).addCallback(done)
+
+    def _workersServing(self, timeout):
+        """A Deferred firing once every worker serves, or after ``timeout`` seconds (never failing)."""
+        waiter = defer.Deferred()
+        self._servingWaiters.append(waiter)
+
+        def timedOut(result, timeout):
+            if waiter in self._servingWaiters:
+                self._servingWaiters.remove(waiter)
+
+        waiter.addTimeout(timeout, self.reactor, onTimeoutCancel=timedOut)
+        return waiter
+
+    @defer.inlineCallbacks
+    def _distribute(self, new, text, sourceName, location, wait=False):
+        try:
             diff = diffConfigs(self.config, new)
         except ConfigError as e:
             return {"outcome": "rejected", "error": str(e), "changes": None}
         if diff.empty and configDigest(new.raw) == self.version.digest:
             return {"outcome": "unchanged", "error": None, "changes": diff.describe()}
+        if wait and any(w.state != "serving" for w in self.supervisor.workers):
+            yield self._workersServing(XDS_WAIT_FOR_WORKERS)  # a restarting worker: not a reason to refuse
         starting = [w.index for w in self.supervisor.workers if w.state != "serving"]
         if starting:
             return {"outcome": "rejected", "changes": None,
@@ -415,8 +484,7 @@ class WorkersParent(MultiService):
         names = sorted(fresh)
         workers = self.supervisor.serving
         answers = yield settle([
-            self.supervisor.request(w, {"type": "apply", "config": text, "filename": new.filename,
-                                        "version": version, "sockets": names},
+            self.supervisor.request(w, self._applyMessage(text, new, version, sourceName, location, names),
                                     [fresh[n].fileno() for n in names])
             for w in workers])
         answers = list(zip(workers, answers))
@@ -438,10 +506,18 @@ class WorkersParent(MultiService):
         self.ports.update(fresh)
         yield defer.gatherResults(closing)
         self.config, self.text = new, text
-        self.version.advance(new, diff, "file", self.reactor.seconds())
+        self.version.advance(new, diff, sourceName, self.reactor.seconds(), location)
+        if self.xds is not None:
+            self.xds.clustersChanged(diff)
         self.meshStatus = self.makeStatus()
         return {"outcome": "applied", "error": None, "changes": diff.describe(),
                 "workers": {str(w.index): a["outcome"] for w, a in answers}}
+
+    @staticmethod
+    def _applyMessage(text, config, version, sourceName, location, sockets):
+        """The ``apply`` request of ``config``: its text, version, source and its parts' xDS origins."""
+        return {"type": "apply", "config": text, "filename": config.filename, "version": version,
+                "sockets": sockets, "source": sourceName, "location": location, "origins": config.origins}
 
     @defer.inlineCallbacks
     def _putBack(self, applied, refused):
@@ -450,8 +526,8 @@ class WorkersParent(MultiService):
         (and one that did not answer at all) is restarted, with the running configuration.
         """
         answers = yield settle([
-            self.supervisor.request(w, {"type": "apply", "config": self.text, "filename": self.config.filename,
-                                        "version": self.version.version, "sockets": []})
+            self.supervisor.request(w, self._applyMessage(self.text, self.config, self.version.version,
+                                                          self.version.source, self.version.location, []))
             for w in applied])
         again = [w for w, a in zip(applied, answers) if isinstance(a, Failure) or a.get("outcome") == "rejected"]
         again += [w for w, a in refused if isinstance(a, Failure)]

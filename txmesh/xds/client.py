@@ -90,17 +90,18 @@ class XdsClient:
         return out
 
 
-def makeXdsClient(mesh, random, agent=None):
+def makeXdsClient(config, applier, reactor, clusters, stats, random, agent=None):
     """
-    The XdsClient of ``mesh`` (a MeshService whose config has ``dynamic_resources``): an XdsState over its static
-    parts and its applier, and the transport reaching the control plane through the block's static cluster.
+    The XdsClient of a mesh whose ``config`` (a MeshConfig) has ``dynamic_resources``: an XdsState over its static
+    parts applying through ``applier`` (the IConfigApplier: a MeshService's, or a ``workers: N`` parent's, which
+    hands every configuration to its workers), and the transport reaching the control plane through the block's
+    static cluster, taken from ``clusters`` (the ClusterManager).
     """
     from txmesh.xds.state import XdsState
 
-    config = mesh.config
     xds = config.dynamicResources
     endpoints = ",".join("%s:%d" % (e.host, e.port) for e in config.cluster(xds.cluster).endpoints)
     location = "%s %s (cluster %s)" % ("ADS" if xds.apiType == "GRPC" else "REST", endpoints, xds.cluster)
-    handler = XdsState(config, mesh.applier, mesh.reactor, location, xds)
-    return XdsClient(xds, config.node, handler, mesh.clusters.get(xds.cluster), mesh.reactor, random, mesh.stats,
+    handler = XdsState(config, applier, reactor, location, xds)
+    return XdsClient(xds, config.node, handler, clusters.get(xds.cluster), reactor, random, stats,
                      agent=agent, stopHandler=handler.stop, describeHandler=handler.describe)
