@@ -1,7 +1,7 @@
 """
 ``workers: 2`` end to end (issue 10 part 4, issue 13 part 6): txmesh under twistd as a parent and two worker
 processes.  Requests from many connections land on both workers (each worker's own admin socket shows its
-counters), the parent's merged /stats is their sum, a SIGHUP reload reaches both (one version everywhere), a worker
+counters), the parent's merged /stats is their sum, a SIGHUP reload reaches both (one version everywhere) and the listener it adds is served by both, a worker
 killed with SIGKILL is started again and counted, and SIGTERM drains both (a request in flight is answered) before
 every process exits.
 """
@@ -38,9 +38,18 @@ listeners:
               route: {{cluster: up}}
             - match: {{prefix: /}}
               direct_response: {{status: 200, body: "{body}"}}
-clusters:
+{extra}clusters:
   - name: up
     endpoints: [{{address: "127.0.0.1:{upstream}"}}]
+"""
+
+# a listener a reload adds: its socket is bound by the parent and handed to every worker with the apply request
+EXTRA = """\
+  - name: extra
+    protocol: http
+    address: tcp:{port}:interface=127.0.0.1
+    route_config:
+      virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200, body: "extra"}}}}]}}]
 """
 
 
@@ -106,8 +115,8 @@ def upstream():
 
 
 def test_two_workers_share_the_listener_reload_restart_and_drain(upstream):
-    admin, web = support.freePort(), support.freePort()
-    proc = support.startTxmesh(CONFIG.format(admin=admin, web=web, upstream=upstream, body="one"), admin)
+    admin, web, extra = support.freePort(), support.freePort(), support.freePort()
+    proc = support.startTxmesh(CONFIG.format(admin=admin, web=web, upstream=upstream, body="one", extra=""), admin)
     try:
         waitFor(lambda: all(w["state"] == "serving" for w in workersInfo(admin)), 15, "both workers serve")
         assert support.adminGet(admin, "/ready")[0] == 200
@@ -146,13 +155,21 @@ def test_two_workers_share_the_listener_reload_restart_and_drain(upstream):
 
         # SIGHUP at the parent: every worker applies the new file, the admin shows one version
         with open(proc.configPath, "w") as f:
-            f.write(CONFIG.format(admin=admin, web=web, upstream=upstream, body="two"))
+            f.write(CONFIG.format(admin=admin, web=web, upstream=upstream, body="two", extra=EXTRA.format(port=extra)))
         proc.signal(signal.SIGHUP)
         info = waitFor(lambda: (lambda i: i if i["config_version"] == 2 and all(
             w["config_version"] == 2 for w in i["worker_processes"]) else None)(adminJSON(admin, "/server_info")),
             10, "version 2 in the parent and both workers")
         assert len({w["config_digest"] for w in info["worker_processes"]} | {info["config_digest"]}) == 1
         assert {get(web, "/")[1] for _ in range(20)} == {b"two"}
+        # the listener the reload added is served by both workers (each refused the reload before its descriptor was
+        # declared: the socket stayed in the worker's channel decoder)
+        def extraOnBoth():
+            assert {get(extra, "/") for _ in range(20)} == {(200, b"extra")}
+            return all(n > 0 for n in (sum(s["value"] for s in unixGet(w["admin"], "/stats").get(
+                "downstream_rq", []) if s["labels"].get("listener") == "extra") for w in info["worker_processes"]))
+
+        waitFor(extraOnBoth, 20, "the added listener served by both workers")
 
         # a worker killed is started again (same index, new pid, the running version) and counted
         victim = info["worker_processes"][0]
