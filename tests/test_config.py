@@ -171,7 +171,7 @@ ERRORS = [
      "mesh.yaml:8: listeners[0].use_remote_adress: unknown key 'use_remote_adress' (allowed: name, address, protocol,"
      " default_cluster, traffic_direction, use_remote_address, xff_num_trusted_hops, internal_address_config,"
      " limits, http2, network_filters, filters, route_config, respect_expected_rq_timeout, upgrade_configs,"
-     " normalize_path,"
+     " connection_balance, normalize_path,"
      " merge_slashes, path_with_escaped_slashes_action, path_parameters, tls, forward_client_cert_details,"
      " set_current_client_cert_details)"),
     ("listener missing address", edit(("    address: tcp:15001:interface=127.0.0.1\n", "")),

@@ -32,7 +32,7 @@ LAYERS = (
                           "protocols/tunnel.py"]),
     ("service", ["service.py", "admin.py", "admin_security.py", "control.py", "status.py", "explain.py", "tap.py", "reactor.py", "cli.py", "testing.py", "systemd.py", "logs.py",
                  "startup.py", "reload.py", "hot_restart.py", "hot_restart_takeover.py", "worker.py", "workers.py",
-                 "workers_parent.py", "workers_control.py", "workers_xds.py", "xds/client.py"]),
+                 "workers_parent.py", "workers_control.py", "workers_xds.py", "workers_balance.py", "xds/client.py"]),
     ("plugins", ["plugins/*.py"]),
 )
 

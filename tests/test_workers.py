@@ -51,7 +51,7 @@ class FakeLauncher:
         self.launched = []  # (message, fds, process protocol, channel protocol, process, transport)
         self.nextPid = 100
 
-    def launch(self, message, fds, process, channel):
+    def launch(self, message, fds, process, channel, handoff=None):
         self.nextPid += 1
         transport = UNIXTransport()
         channel.makeConnection(transport)

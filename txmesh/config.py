@@ -209,6 +209,9 @@ class ListenerConfig:
     tls: object = None  # issue 14: the listener's ``tls`` block (TLS termination), or None for plain text
     forwardClientCert: object = None  # issue 14: x-forwarded-client-cert (HTTP, gRPC): txmesh.tls.server_config
     detect: object = None  # protocol: auto: its DetectConfig (txmesh.detect_config), None for other listeners
+    # with workers: N, who spreads accepted connections over the workers: "kernel" (each worker accepts from the
+    # shared socket) or "exact" (the parent accepts and hands each to the worker with the fewest; txmesh/workers_balance.py)
+    connectionBalance: str = "kernel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -991,7 +994,7 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
     r.mapping(m, path, required=("name", "address"), optional=(
         "protocol", "default_cluster", "traffic_direction", "use_remote_address", "xff_num_trusted_hops",
         "internal_address_config", "limits", "http2", "network_filters", "filters", "route_config",
-        "respect_expected_rq_timeout", "upgrade_configs", *PATH_KEYS, *TLS_KEYS))
+        "respect_expected_rq_timeout", "upgrade_configs", "connection_balance", *PATH_KEYS, *TLS_KEYS))
     name = r.name(m, path)
     descriptor = _protocol(r, m, path, protocols, "http1", "listens")
     protocol = descriptor.name
@@ -1038,7 +1041,21 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
                           respectExpectedTimeout=r.get(m, path, "respect_expected_rq_timeout", bool, True),
                           pathNormalization=pathNormalization,
                           tls=buildServerTLS(r, m, path, protocol),
-                          forwardClientCert=buildForwardClientCert(r, m, path, descriptor.filterFamily))
+                          forwardClientCert=buildForwardClientCert(r, m, path, descriptor.filterFamily),
+                          connectionBalance=_connectionBalance(r, m, path, address))
+
+
+CONNECTION_BALANCE = ("kernel", "exact")
+
+
+def _connectionBalance(r, m, path, address):
+    """``connection_balance``: ``kernel`` (the default) or ``exact`` (Envoy's exact_balance, for ``workers: N``)."""
+    value = r.get(m, path, "connection_balance", str, "kernel")
+    if value not in CONNECTION_BALANCE:
+        raise r.error("must be kernel or exact, not %r" % (value,), joinPath(path, "connection_balance"))
+    if value == "exact" and address == INTERNAL:
+        raise r.error("an internal listener accepts no connections to balance", joinPath(path, "connection_balance"))
+    return value
 
 
 def _buildAutoListener(r, m, path):

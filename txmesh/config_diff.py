@@ -108,6 +108,13 @@ def checkFixed(old, new):
         if old.raw.get(key) != new.raw.get(key):
             raise ConfigError("cannot change while txmesh runs (reload rejected; restart txmesh to change it)", key,
                               new.filename)
+    if new.workers > 1:
+        # the workers took their ports as kernel-balanced or handed over at start (txmesh/workers_balance.py)
+        before = {lc.name: lc.connectionBalance for lc in old.listeners}
+        for i, lc in enumerate(new.listeners):
+            if before.get(lc.name, lc.connectionBalance) != lc.connectionBalance:
+                raise ConfigError("cannot change while txmesh runs with workers (reload rejected; restart txmesh to "
+                                  "change it)", "listeners[%d].connection_balance" % (i,), new.filename)
     if new.registration is not None:
         # the registration publishes its listener's port: that listener cannot move while it is published
         name = new.registration.listener

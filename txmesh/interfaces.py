@@ -1810,10 +1810,12 @@ class IWorkerLauncher(Interface):
     ``twistd txmesh --worker-fd 3`` with the reactor, tests use a fake).
     """
 
-    def launch(message, fds, process, channel):
+    def launch(message, fds, process, channel, handoff=None):
         """
         Start a worker and hand it ``message`` (the start message, a dict of the hot-restart wire format) with the
         listening sockets ``fds`` (descriptors, sent by SCM_RIGHTS; the caller keeps its own) on a private channel.
+        ``handoff``, when given, is the worker's end of its hand-off socket (txmesh/workers_balance.py): the worker
+        inherits it (the start message says where: ``worker.handoff_fd``); the caller closes its copy.
 
         @param process: the C{IProcessProtocol} told when the worker ends.
         @param channel: the C{IProtocol} connected to the parent's end of the channel.

@@ -152,6 +152,19 @@ def adoptTCPPort(portClass, reactor, fileDescriptor, addressFamily, factory):
     return p
 
 
+def adoptTCPConnection(serverClass, reactor, fileDescriptor, addressFamily, factory):
+    """
+    L{twisted.internet.interfaces.IReactorSocket.adoptStreamConnection} for a connected TCP descriptor, making a
+    ``serverClass`` (a L{twisted.internet.tcp.Server} subclass: txmesh's own transport) with ``factory``'s protocol.
+    The caller keeps ``fileDescriptor`` (the transport has its own duplicate).  @return: the transport, or None when
+    the factory built no protocol (the connection is closed).
+
+    Relies on C{twisted/internet/tcp.py}'s classmethod ``Server._fromConnectedSocket(fd, addressFamily, factory,
+    reactor)``, which ``PosixReactorBase.adoptStreamConnection`` calls for TCP (always with Twisted's own Server).
+    """
+    return serverClass._fromConnectedSocket(fileDescriptor, addressFamily, factory, reactor)
+
+
 def shareListeningPort(port):
     """
     From now on, stopping the listening ``port`` (a L{twisted.internet.tcp.Port} or L{twisted.internet.unix.Port})

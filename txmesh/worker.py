@@ -41,6 +41,7 @@ from txmesh.hot_restart_takeover import receiveSockets
 from txmesh.hot_restart_wire import HandoverError, MessageDecoder, closeAll, encode
 from txmesh.interfaces import IConfigSource, IHotRestart
 from txmesh.twisted_private import capAcceptsPerWakeup, shareListeningPort
+from txmesh.workers_balance import HandedPort, WorkerHandoff
 
 # the channel carries stats dumps and configuration texts: larger than a hand-over's messages
 MAX_MESSAGE = 32 * 1024 * 1024
@@ -164,6 +165,12 @@ class WorkerLink:
         self.mesh = None
         self.control = None
         self.channel = None
+        # connection_balance: exact (txmesh/workers_balance.py): the sockets whose connections the parent accepts and
+        # hands over on descriptor ``handoff_fd``, and this worker's ports for them by listener name
+        self.exact = set(start.get("exact") or ())
+        self.handed = {}
+        self.handoff = None
+        self._handoffFd = start.get("handoff_fd")
 
     def attach(self, mesh):
         """Serve ``mesh`` (its MeshService) to the parent: its version takes the parent's number, SIGHUP is the
@@ -172,6 +179,9 @@ class WorkerLink:
         self.control = MeshControl(mesh, self.reactor)
         mesh.reloader = _ParentReloads(self)
         self._renumber(self.version)
+        if type(self._handoffFd) is int:
+            self.handoff = WorkerHandoff(self.reactor, self._handoffFd, self.handed)
+            self.handoff.start()
         connection = self.inheritance.connection
         try:
             self.reactor.adoptStreamConnection(connection.fileno(), socket.AF_UNIX, _ChannelFactory(self))
@@ -196,6 +206,10 @@ class WorkerLink:
 
         def share(port):
             shareListeningPort(port)  # the parent and the siblings hold the socket too: never shut it down here
+            if name in self.exact and self.handoff is not None:
+                # the parent accepts and hands connections over: this port never accepts
+                handed = self.handed[name.split(":", 1)[1]] = HandedPort(self.reactor, port, factory)
+                return handed
             if isinstance(port, tcp.Port):
                 capAcceptsPerWakeup(port, ACCEPTS_PER_WAKEUP)  # leave the rest of a burst to the siblings
             return port
@@ -249,6 +263,7 @@ class WorkerLink:
             raise ValueError("'sockets' must name each descriptor")
         for name, fd in zip(names, fds):
             self.inheritance.add(name, socket.socket(fileno=fd))
+        self.exact = set(message.get("exact") or ())
         source = ParentConfig(message.get("config"), message.get("filename") or self.mesh.config.filename,
                               name=message.get("source") or "file", origins=message.get("origins"),
                               location=message.get("location"))

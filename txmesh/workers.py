@@ -24,6 +24,7 @@ from zope.interface import implementer
 from txmesh.hot_restart_wire import HandoverError, MessageDecoder, closeAll, encode
 from txmesh.interfaces import IWorkerLauncher
 from txmesh.worker import MAX_MESSAGE, START_TIMEOUT
+from txmesh.workers_balance import HANDOFF_FD, ParentHandoff, handoffPair
 
 log = Logger(namespace="txmesh.workers")
 
@@ -58,6 +59,7 @@ class Worker:
         self.lastDump = None  # the worker's last answer to ``dump``
         self.admin = None  # the path of its admin API's UNIX socket
         self.restartTimer = None
+        self.handoff = None  # the parent's end of its hand-off socket (txmesh/workers_balance.py), while it runs
         self.restartAsked = False  # the parent stopped it to start it again (not a failure)
         self.ended = defer.Deferred()  # fires when the current process ends
 
@@ -82,10 +84,12 @@ class WorkerSupervisor:
     @param ended: ``ended(worker)``, called when a worker process ended (before any restart).
     @param backoff: (first delay, longest delay) in seconds between a death and the restart; the delay doubles
         with each death that comes less than ``stableAfter`` seconds after a start, and starts over otherwise.
+    @param fdset: an IReactorFDSet: each worker then gets a hand-off socket for the connections the parent accepts
+        (``connection_balance: exact``), its closes reported to ``connectionClosed(worker, listener name)``.
     """
 
     def __init__(self, clock, launcher, count, startMessage, stats, serving=None, ended=None, backoff=(0.1, 30.0),
-                 stableAfter=10.0, requestTimeout=10.0):
+                 stableAfter=10.0, requestTimeout=10.0, fdset=None, connectionClosed=None):
         self.clock = clock
         self.launcher = launcher
         self.startMessage = startMessage
@@ -97,6 +101,8 @@ class WorkerSupervisor:
         self.stableAfter = stableAfter
         self.requestTimeout = requestTimeout
         self.stopping = False
+        self.fdset = fdset
+        self._connectionClosed = connectionClosed or (lambda worker, name: None)
         self._ids = 0
         self._restartCounters = {w.index: stats.counter(
             "server_worker_restarts", (("worker", str(w.index)),),
@@ -115,14 +121,25 @@ class WorkerSupervisor:
         worker.ended = defer.Deferred()
         message, fds = self.startMessage(worker.index)
         worker.admin = (message.get("worker") or {}).get("admin")
+        parentEnd = workerEnd = None
+        if self.fdset is not None:
+            parentEnd, workerEnd = handoffPair()
         try:
             worker.process = self.launcher.launch(message, fds, _WorkerProcess(self, worker),
-                                                  _ParentChannel(self, worker))
+                                                  _ParentChannel(self, worker), handoff=workerEnd)
         except Exception:
             log.failure("worker {index}: cannot start", index=worker.index)
             worker.process = None
+            if parentEnd is not None:
+                parentEnd.close()
             self._processEnded(worker, None)
             return
+        finally:
+            if workerEnd is not None:
+                workerEnd.close()  # the worker has its own
+        if parentEnd is not None:
+            worker.handoff = ParentHandoff(self.fdset, parentEnd, worker, self._connectionClosed)
+            worker.handoff.start()
         worker.pid = worker.process.pid
         log.info("worker {index} started: pid {pid}", index=worker.index, pid=worker.pid)
 
@@ -143,6 +160,9 @@ class WorkerSupervisor:
         lived = self.clock.seconds() - (worker.startedAt or self.clock.seconds())
         worker.state = "ended"
         worker.process = None
+        if worker.handoff is not None:
+            worker.handoff.stop()
+            worker.handoff = None
         if worker.channel is not None:
             worker.channel.transport.loseConnection()
         worker.channel = None
@@ -358,12 +378,16 @@ class ProcessLauncher:
         self.argv = list(twistd) + ["-n", "--pidfile=", "txmesh"] + list(args) + ["--worker-fd", "3"]
         self.environ = dict(environ)
 
-    def launch(self, message, fds, process, channel):
+    def launch(self, message, fds, process, channel, handoff=None):
         parentEnd, childEnd = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         devnull = os.open(os.devnull, os.O_RDONLY)
+        childFDs = {0: devnull, 1: 1, 2: 2, 3: childEnd.fileno()}
+        if handoff is not None:
+            childFDs[HANDOFF_FD] = handoff.fileno()
+            message = dict(message, worker=dict(message["worker"], handoff_fd=HANDOFF_FD))
         try:
             transport = self.reactor.spawnProcess(process, self.argv[0], self.argv, env=self.environ,
-                                                  childFDs={0: devnull, 1: 1, 2: 2, 3: childEnd.fileno()})
+                                                  childFDs=childFDs)
         except Exception:
             parentEnd.close()
             raise

@@ -51,6 +51,7 @@ from txmesh.systemd import MeshStatus, NullNotifier
 from txmesh.twisted_private import raiseBindErrorsSynchronously, shareListeningPort
 from txmesh.worker_stats import MergedStats, Retired, mergeClusters
 from txmesh.workers import WorkerSupervisor, settle
+from txmesh.workers_balance import ExactBalancer
 from txmesh.workers_control import ParentControl
 from txmesh.workers_xds import ParentXds, workerText
 
@@ -70,6 +71,12 @@ def readConfig(path):
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError("cannot read configuration: %s" % (e,), filename=path) from e
     return text, _config.loads(text, filename=path)
+
+
+def exactSockets(config):
+    """The socket names (``listener:<name>``) of ``config``'s ``connection_balance: exact`` listeners."""
+    return sorted("listener:" + lc.name for lc in config.listeners
+                  if lc.connectionBalance == "exact" and lc.address != INTERNAL)
 
 
 class _NeverAccepts(Factory):
@@ -161,7 +168,10 @@ class WorkersParent(MultiService):
         self.ports = {}  # "listener:<name>" -> the parent's (paused) listening port
         self.runtimeDir = runtimeDir or tempfile.mkdtemp(prefix="txmesh-workers-")
         self.supervisor = WorkerSupervisor(reactor, launcher, config.workers, self.startMessage, self.stats,
-                                           serving=self._workerServing, ended=self._workerEnded, backoff=backoff)
+                                           serving=self._workerServing, ended=self._workerEnded, backoff=backoff,
+                                           fdset=reactor, connectionClosed=self._connectionClosed)
+        # connection_balance: exact listeners: socket name -> the parent's accept loop (txmesh/workers_balance.py)
+        self.balancers = {}
         self.serving = False
         self.draining = False
         self.healthcheckFailed = False
@@ -235,6 +245,7 @@ class WorkersParent(MultiService):
                    "sockets": [{"name": n, "address": describeAddress(self.ports[n].getHost())} for n in names],
                    "worker": {"index": index, "config": self.text, "filename": self.config.filename,
                               "version": self.version.version, "origins": self.config.origins,
+                              "exact": exactSockets(self.config),
                               "admin": os.path.join(self.runtimeDir, "worker-%d.sock" % (index,))}}
         return message, [self.ports[n].fileno() for n in names]
 
@@ -245,6 +256,25 @@ class WorkersParent(MultiService):
             if lc.address != INTERNAL:
                 self.ports["listener:" + lc.name] = self._bind(lc)
         MultiService.privilegedStartService(self)
+
+    def _balance(self, names):
+        """Start the parent's accept loop of each ``connection_balance: exact`` socket of ``names`` (once serving)."""
+        for name in names:
+            if name in exactSockets(self.config) and name not in self.balancers and name in self.ports:
+                balancer = self.balancers[name] = ExactBalancer(self.reactor, name.split(":", 1)[1], self.ports[name],
+                                                                lambda: self.supervisor.serving, self.stats)
+                balancer.start()
+
+    def _unbalance(self, names):
+        for name in names:
+            balancer = self.balancers.pop(name, None)
+            if balancer is not None:
+                balancer.stop()
+
+    def _connectionClosed(self, worker, listener):
+        balancer = self.balancers.get("listener:" + listener)
+        if balancer is not None:
+            balancer.closed(worker)
 
     def startService(self):
         for signum in (self.reopenSignal, self.reloadSignal):
@@ -279,10 +309,13 @@ class WorkersParent(MultiService):
         self.notifier.ready(self.meshStatus.describe())
         self.notifier.start(lambda: self.meshStatus.describe())
         self.hotRestart.serving()
+        self._balance(list(self.ports))  # the parent accepts for exact listeners from now on
         if self.xds is not None:
             self.xds.start()
 
     def _workerEnded(self, worker):
+        for balancer in self.balancers.values():
+            balancer.workerEnded(worker)
         if worker.lastDump is not None:
             self.retired.add(worker.lastDump.get("stats") or [])  # its counters stay in the sums
         worker.lastDump = None
@@ -302,6 +335,7 @@ class WorkersParent(MultiService):
         if self._gatherLoop.running:
             self._gatherLoop.stop()
         yield self.hotRestart.stop()
+        self._unbalance(list(self.balancers))
         ports, self.ports = self.ports, {}
         yield defer.gatherResults([self._close(port) for port in ports.values()])
         self.log.info("stopping {n} worker(s): each drains for up to {timeout}s",
@@ -500,12 +534,15 @@ class WorkersParent(MultiService):
         old = dict(self.ports)
         gone = ["listener:" + lc.name for lc in diff.listenersRemoved] + \
                ["listener:" + c.new.name for c in diff.listenersChanged if c.kind == ADDRESS]
+        self._unbalance(gone)
         closing = [self._close(old[name]) for name in gone if name in old]
         for name in gone:
             self.ports.pop(name, None)
         self.ports.update(fresh)
         yield defer.gatherResults(closing)
         self.config, self.text = new, text
+        if self.serving:
+            self._balance(list(fresh))
         self.version.advance(new, diff, sourceName, self.reactor.seconds(), location)
         if self.xds is not None:
             self.xds.clustersChanged(diff)
@@ -517,7 +554,8 @@ class WorkersParent(MultiService):
     def _applyMessage(text, config, version, sourceName, location, sockets):
         """The ``apply`` request of ``config``: its text, version, source and its parts' xDS origins."""
         return {"type": "apply", "config": text, "filename": config.filename, "version": version,
-                "sockets": sockets, "source": sourceName, "location": location, "origins": config.origins}
+                "sockets": sockets, "source": sourceName, "location": location, "origins": config.origins,
+                "exact": exactSockets(config)}
 
     @defer.inlineCallbacks
     def _putBack(self, applied, refused):
