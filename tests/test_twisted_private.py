@@ -78,7 +78,7 @@ def connection():
 @pytest.mark.parametrize("owner,name", PRIVATE_NAMES, ids=["%s.%s" % p for p in PRIVATE_NAMES])
 def test_private_name_exists(owner, name, connection):
     conn, _ = connection
-    if owner in ("twisted.internet.tcp.Port", "twisted.internet.tcp.Connector"):
+    if owner in ("twisted.internet.tcp.Port", "twisted.internet.tcp.Connector", "twisted.internet.tcp.Server"):
         assert hasattr(_resolve(owner), name), _missing(owner, name)
     elif owner == "twisted.internet.epollreactor.EPollReactor":
         # _poller and _selectables are set by __init__: check a real (never run) reactor
@@ -179,7 +179,9 @@ def test_no_other_module_uses_them():
         if path.name == "twisted_private.py":
             continue
         text = path.read_text()
-        offenders += ["%s: %s" % (path.relative_to(root), n) for n in names if re.search(r"\b%s\b" % n, text)]
+        # doRead is listed for tcp.Port's; a module with IReadDescriptors of its own implements the public method
+        mine = [n for n in names if n != "doRead" or "@implementer(IReadDescriptor)" not in text]
+        offenders += ["%s: %s" % (path.relative_to(root), n) for n in mine if re.search(r"\b%s\b" % n, text)]
         offenders += ["%s: %s" % (path.relative_to(root), m.group()) for m in _PRIVATE_IMPORT.finditer(text)]
     assert not offenders, "private Twisted names outside txmesh/twisted_private.py: %s" % (offenders,)
 

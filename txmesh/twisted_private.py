@@ -29,6 +29,8 @@ PRIVATE_NAMES = (
     ("twisted.internet.epollreactor.EPollReactor", "_POLL_OUT"),
     # adoptTCPPort; ClientClassConnector overrides _makeTransport, the hook BaseConnector.connect calls
     ("twisted.internet.tcp.Port", "_fromListeningDescriptor"),
+    # adoptTCPConnection (txmesh/workers_balance.py: a connection the parent of workers: N handed over)
+    ("twisted.internet.tcp.Server", "_fromConnectedSocket"),
     ("twisted.internet.tcp.Connector", "_makeTransport"),
     ("twisted.application.internet.StreamServerEndpointService", "_raiseSynchronously"),
     # shareListeningPort: a port that closes its socket without shutdown(2) (and, for UNIX, without unlink)
