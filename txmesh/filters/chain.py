@@ -460,9 +460,19 @@ class ActiveStream:
         self.response = response
         self.streamInfo.responseCode = response.status
         if self._encodes[_HEADERS]:
-            self._encodeEvent(0, _HEADERS, response, endStream)
-            return
-        # no encoder wants the head (and none can hold it: the head is the first encode event)
+            encoders = self.encoders
+            if len(encoders) > 1:
+                self._encodeEvent(0, _HEADERS, response, endStream)
+                return
+            # one encoder, which wants the head (the usual case when there is one): _encodeEvent's walk, inline
+            if encoders[0].encodeHeaders(response, endStream) is STOP:
+                self._encStopped = 0
+                self._encPending = (_HEADERS, response, endStream)
+                self._encQueue = deque()  # the head is the first encode event: nothing was queued before it
+                return
+            if self.complete:
+                return
+        # no encoder wants the head (and none can hold it: the head is the first encode event), or it went through
         self.downstream.writeHeaders(response, endStream)
         if endStream:
             self._finish()

@@ -34,7 +34,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txmesh.config_reader import checkFilterKeys, parseDuration
-from txmesh.filters.descriptors import CappedMap, buildDescriptor
+from txmesh.filters.descriptors import UNNAMED_ROUTE, CappedMap, buildDescriptor
 from txmesh.interfaces import (FilterStatus, IErrorRateBreaker, IFilterFactory, IStreamDecoderFilter,
                                IStreamEncoderFilter, IStreamFilterEvents, StreamEvents)
 from txmesh.upstream.outcome import DUBBO_SUCCESS_STATUSES, GRPC_FAILURE_CODES, HTTP_FAILURE_MIN
@@ -196,6 +196,7 @@ class ErrorRateBreakerConfig:
     key: object  # (request, callbacks) -> str or None
     breakers: Breakers = field(compare=False, repr=False)
     http: bool = False  # on an HTTP/1.1 or HTTP/2 listener (see HTTPErrorRateBreakerFilter)
+    byRoute: bool = False  # scope route: the filter reads the route's name itself (what ``key`` would say)
 
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
@@ -219,10 +220,18 @@ class ErrorRateBreakerFilter:
 
     def decodeHeaders(self, request, endStream):
         cb = self.decoderCallbacks
-        key = self.config.key(request, cb)
-        if key is None:
-            return CONTINUE
-        breakers = self.config.breakers
+        config = self.config
+        if config.byRoute:
+            # descriptors' route key, inline (once per request): the route's name
+            route = cb.route()
+            if route is None:
+                return CONTINUE
+            key = route.name or UNNAMED_ROUTE
+        else:
+            key = config.key(request, cb)
+            if key is None:
+                return CONTINUE
+        breakers = config.breakers
         entry = breakers.find(key)
         if entry is None:
             entry = breakers.get(key, self.runtime.stats, cb.streamInfo.listenerName)
@@ -360,7 +369,7 @@ class ErrorRateBreakerFactory:
         if not isinstance(statPrefix, str) or not statPrefix:
             raise context.error("must be a non-empty string", "stat_prefix")
         return ErrorRateBreakerConfig(scope, key, Breakers(settings, maxBreakers, statPrefix),
-                                      http=context.listenerProtocol in ("http1", "http2"))
+                                      http=context.listenerProtocol in ("http1", "http2"), byRoute=scope == "route")
 
     def createFilters(self, config, callbacks, runtime):
         # the filter's fields set here: it has no __init__ (an object made per request costs CPython about half as
