@@ -275,18 +275,20 @@ class ErrorRateBreakerFilter:
                 return CONTINUE  # the grpc-status comes in the trailers
         else:
             failed = response.status >= HTTP_FAILURE_MIN
-        self._breaker = None  # _record, inline: once per request
-        (self._stats.failure if failed else self._stats.success).value += 1
+        if failed or breaker.state is not CLOSED or self._probe:
+            self._record(failed)
+            return CONTINUE
+        # _record and record()'s closed-breaker success, inline (once per request): one more in the current
+        # bucket, unless the bucket is a new one (record starts it)
+        self._breaker = None
+        self._stats.success.value += 1
         now = self.runtime.clock.seconds()
-        if not failed and breaker.state is CLOSED and not self._probe:
-            # record()'s closed-breaker success, inline (once per request): one more in the current bucket, unless
-            # the bucket is a new one (record starts it)
-            index = int(now // breaker._width)
-            slot = index % breaker._buckets
-            if breaker._index[slot] == index:
-                breaker._total[slot] += 1
-                return CONTINUE
-        breaker.record(failed, now, self._probe)
+        index = int(now // breaker._width)
+        slot = index % breaker._buckets
+        if breaker._index[slot] == index:
+            breaker._total[slot] += 1
+        else:
+            breaker.record(False, now)
         return CONTINUE
 
     def encodeData(self, data, endStream):

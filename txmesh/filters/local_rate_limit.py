@@ -101,6 +101,7 @@ class LocalRateLimitConfig:
     status: int
     limiter: Limiter = field(compare=False, repr=False)
     byPeer: bool = False  # the descriptor is one the downstream peer alone decides (see Limiter.lastPeer)
+    scoped: bool = False  # routes or pathPrefix is set
 
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
@@ -123,15 +124,16 @@ class LocalRateLimitFilter:
 
     def decodeHeaders(self, request, endStream):
         config = self.config
-        if config.pathPrefix is not None and not request.path.startswith(config.pathPrefix):
-            return CONTINUE
         cb = self.decoderCallbacks
-        if config.routes is not None:
-            route = cb.route()
-            if route is None or route.name not in config.routes:
+        if config.scoped:  # routes or path_prefix
+            if config.pathPrefix is not None and not request.path.startswith(config.pathPrefix):
                 return CONTINUE
+            if config.routes is not None:
+                route = cb.route()
+                if route is None or route.name not in config.routes:
+                    return CONTINUE
         limiter = config.limiter
-        if config.byPeer and cb.streamInfo.downstreamPeer is limiter.lastPeer:
+        if cb.streamInfo.downstreamPeer is limiter.lastPeer:  # (lastPeer stays None unless config.byPeer)
             d = limiter.lastDescriptor  # this connection's previous stream found it
             if d is None:
                 return CONTINUE
@@ -152,18 +154,15 @@ class LocalRateLimitFilter:
         bucket = d.bucket
         if bucket.tokens > 0 and now - bucket.lastFill < bucket.fillInterval:
             bucket.tokens -= 1  # TokenBucket.consume's first branch, inline (once per request): no fill is due
-            taken = True
-        else:
-            taken = bucket.consume(now)
-        if taken:
-            d.ok.value += 1
-            if config.xHeaders:
-                self._descriptor = d
-            return CONTINUE
-        d.limited.value += 1
-        headers = self._headers(d, now) if config.xHeaders and request.protocol != "dubbo" else ()
-        cb.sendLocalReply(config.status, b"local_rate_limited", headers, CAUSE, FLAG)
-        return STOP
+        elif not bucket.consume(now):
+            d.limited.value += 1
+            headers = self._headers(d, now) if config.xHeaders and request.protocol != "dubbo" else ()
+            cb.sendLocalReply(config.status, b"local_rate_limited", headers, CAUSE, FLAG)
+            return STOP
+        d.ok.value += 1
+        if config.xHeaders:
+            self._descriptor = d
+        return CONTINUE
 
     def _headers(self, d, now):
         bucket = d.bucket
@@ -234,7 +233,8 @@ class LocalRateLimitFactory:
         if not isinstance(statPrefix, str) or not statPrefix:
             raise context.error("must be a non-empty string", "stat_prefix")
         return LocalRateLimitConfig(kind, key, routes, prefix, xHeaders, status,
-                                    Limiter(bucketConfig, maxBuckets, statPrefix), byPeer=kind in PEER_KINDS)
+                                    Limiter(bucketConfig, maxBuckets, statPrefix), byPeer=kind in PEER_KINDS,
+                                    scoped=routes is not None or prefix is not None)
 
     def createFilters(self, config, callbacks, runtime):
         # the filter's fields set here: it has no __init__ (an object made per request costs CPython about half as
