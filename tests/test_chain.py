@@ -517,3 +517,47 @@ def test_the_built_in_filters_declare_every_call_that_does_something(cls):
         assert call not in source or events & flag, "%s calls %s but does not declare %s" % (cls.__name__, call,
                                                                                              flag.name)
     verifyObject(IStreamFilterEvents, cls.__new__(cls))
+
+
+# -- one encoder: the head goes to it without the walk (docs/performance.md, "Resilience within 10 % (3)") ----------
+
+@pytest.mark.parametrize("second", [False, True])
+def test_one_encoder_holding_the_head_then_resuming_behaves_as_with_a_second_encoder_beside_it(second):
+    """
+    The response head given straight to a stream's only encoder (no walk) and, for comparison, the same with a
+    second, pass-through encoder (the walk): held by STOP, the body queued behind it, resumed, then the same bytes
+    downstream in the same order and one completion.
+    """
+    log = []
+    holder = declaring(Recorder, E.ENCODE | E.ENCODER_CALLBACKS | E.RESUMES_ENCODING)("h", log,
+                                                                                    {"encodeHeaders": STOP})
+    filters = [holder]
+    if second:
+        filters.append(declaring(Recorder, E.ENCODE)("p", log))
+    filters.append(AnsweringDeclared("t", log))
+    stream, down = makeStream(filters)
+    assert len(stream.encoders) == len(filters) - 1
+    stream.decodeHeaders(request(), True)
+    assert down.written == [] and not stream.complete
+    holder.ecb.continueEncoding()
+    assert down.written == [("headers", 200, False), ("data", b"he", False), ("data", b"llo", False),
+                            ("trailers", [(b"grpc-status", b"0")])]
+    assert down.completed == [stream]
+    assert [e[:2] for e in log if e[0] == "h"] == [("h", "encodeHeaders"), ("h", "encodeData"), ("h", "encodeData"),
+                                                  ("h", "encodeTrailers")]
+
+
+def test_one_encoder_that_ends_the_stream_from_the_head_writes_nothing_more():
+    class Resetting(Recorder):
+        streamEvents = E.ENCODE_HEADERS | E.DECODER_CALLBACKS
+
+        def encodeHeaders(self, response, endStream):
+            self.dcb.resetStream("enough")
+            return CONTINUE
+
+    classImplements(Resetting, IStreamFilterEvents)
+    log = []
+    f = Resetting("r", log)
+    stream, down = makeStream([f, AnsweringDeclared("t", log)])
+    stream.decodeHeaders(request(), True)
+    assert stream.complete and down.written == [] and down.resets == ["enough"]

@@ -357,3 +357,47 @@ def test_elsewhere_the_filter_is_told_of_every_end_a_grpc_probe_without_trailers
     probe.onStreamComplete()  # the answer ended without trailers: no verdict, the slot is given back
     again, acb = stream(config, runtime, grpcRequest())
     assert again.decodeHeaders(acb.request, True) is FilterStatus.CONTINUE
+
+
+def test_scope_route_reads_the_routes_name_as_the_descriptor_would_and_a_closed_success_fills_the_window():
+    """
+    scope route's key, read inline from the route (docs/performance.md, "Resilience within 10 % (3)"): a named
+    route, an unnamed one (``_unnamed``) and no route (not counted) are keyed as txmesh.filters.descriptors'
+    route key says; successes on a closed breaker, inline, count in the window as record() would: they keep a
+    later burst of failures under the percentage until they roll out of the window.
+    """
+    from txmesh.filters.descriptors import _SIMPLE
+
+    config = build({"scope": "route", "request_volume_threshold": 4, "error_threshold_percentage": 50})
+    assert config.byRoute
+    runtime = Runtime()
+
+    class Route:
+        def __init__(self, name):
+            self.name = name
+
+    def once(route, status):
+        f, cb = stream(config, runtime, RequestHead(b"GET", b"/"))
+        cb.route = lambda: route
+        assert config.key(cb.request, cb) == _SIMPLE["route"](cb.request, cb)
+        verdict = f.decodeHeaders(cb.request, True)
+        if verdict is FilterStatus.CONTINUE:
+            f.encodeHeaders(ResponseHead(status), True)
+        return verdict
+
+    assert once(None, 500) is FilterStatus.CONTINUE and len(config.breakers._breakers) == 0
+    for _ in range(3):
+        once(Route("api"), 200)
+        once(Route(None), 200)
+        runtime.clock.advance(1.0)
+    # 3 successes in the window: the third failure opens it (3 of 6, 50 %), where alone it would be under the volume
+    assert [once(Route("api"), 503) for _ in range(3)] == [FilterStatus.CONTINUE] * 3
+    assert once(Route("api"), 200) is FilterStatus.STOP
+    stats = runtime.stats
+    assert stats.total("error_rate_breaker_rq_success", key="api") == 3
+    assert stats.total("error_rate_breaker_rq_success", key="_unnamed") == 3
+    assert stats.total("error_rate_breaker_rq_failure", key="api") == 3
+    # successes past the window (10s) are gone: four failures are needed (the volume), the fourth opens it
+    runtime.clock.advance(11.0)
+    assert [once(Route(None), 503) for _ in range(4)] == [FilterStatus.CONTINUE] * 4
+    assert once(Route(None), 200) is FilterStatus.STOP

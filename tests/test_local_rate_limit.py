@@ -9,6 +9,7 @@ from h2 import events as h2events
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
@@ -19,12 +20,14 @@ from txmesh.errors import ConfigError
 from txmesh.filters.descriptors import CappedMap
 from txmesh.filters.local_rate_limit import LocalRateLimitFactory
 from txmesh.filters.token_bucket import TokenBucket, TokenBucketConfig
-from txmesh.interfaces import IFilterFactory, ITokenBucket
+from txmesh.interfaces import FilterStatus, IFilterFactory, ITokenBucket
 from txmesh.protocols.dubbo import codec as dc
 from txmesh.protocols.dubbo.client import DubboClientProtocol
 from txmesh.protocols.dubbo.replies import dubboStatusFor
 from txmesh.protocols.h2 import grpc
-from txmesh.testing import InMemoryMesh
+from txmesh.stats import StatsStore
+from txmesh.stream import RequestHead, StreamInfo
+from txmesh.testing import FakeDecoderCallbacks, InMemoryMesh
 
 MESH = """\
 clusters:
@@ -295,3 +298,71 @@ def test_dubbo_over_the_limit_is_threadpool_exhausted_with_the_callers_id():
     assert (reply.requestId, reply.status) == (2, dc.SERVER_THREADPOOL_EXHAUSTED_ERROR)
     assert len(dc.DubboDecoder().feed(upstreams[0].transport.value())) == 1  # only the allowed call went up
     assert m.value("ratelimit_ok", limiter="local_rate_limit") == 1
+
+
+# -- the per-request fast paths (docs/performance.md, "Resilience within 10 % (3)") ---------------------------------
+
+def _onOneConnection(m, n, peer="10.0.0.5"):
+    """``n`` requests on one downstream connection, one after the other: their statuses."""
+    client = m.connect((peer, None))
+    for _ in range(n):
+        client.request()
+    return [r.status for r in client.responses()]
+
+
+@pytest.mark.parametrize("descriptor", ["source_address", "listener"])
+def test_a_connections_later_streams_reuse_its_descriptor_and_decide_as_a_lookup_would(descriptor):
+    """
+    With a descriptor the peer alone decides, the streams after a connection's first reuse the descriptor it
+    found (Limiter.lastPeer); their verdicts and counters are the ones a fresh lookup gives (fresh connections,
+    whose first stream always looks up), whatever the order of connections and peers.
+    """
+    config = "{token_bucket: {max_tokens: 3, fill_interval: 1m}, descriptor: %s}" % (descriptor,)
+    reused, fresh = mesh(config), mesh(config)
+    got = _onOneConnection(reused, 2) + _onOneConnection(reused, 2, "10.0.0.6") + _onOneConnection(reused, 2)
+    want = [get(fresh, peer=p).status for p in ["10.0.0.5"] * 2 + ["10.0.0.6"] * 2 + ["10.0.0.5"] * 2]
+    assert got == want
+    assert want == ([200, 200, 200, 200, 200, 429] if descriptor == "source_address" else
+                    [200, 200, 200, 429, 429, 429])
+    for name in ("ratelimit_ok", "ratelimit_rate_limited"):
+        for key in ("10.0.0.5", "10.0.0.6", "*"):
+            assert reused.value(name, descriptor=key) == fresh.value(name, descriptor=key)
+
+
+def test_a_connection_whose_peer_gives_no_descriptor_stays_unlimited_on_every_stream():
+    from txmesh.filters.local_rate_limit import Limiter, LocalRateLimitFilter
+
+    config = LocalRateLimitFactory().buildConfig(
+        {"token_bucket": {"max_tokens": 1, "fill_interval": "1m"}, "descriptor": "source_address"}, context())
+    assert config.byPeer and not config.scoped and isinstance(config.limiter, Limiter)
+
+    class Runtime:
+        clock = Clock()
+        stats = StatsStore()
+
+    info = StreamInfo(0.0, "http/1.1", "web", "")  # no peer (an in-process client)
+    for _ in range(3):
+        f = LocalRateLimitFilter()
+        f.config, f.runtime, f._descriptor = config, Runtime(), None
+        cb = FakeDecoderCallbacks(info, RequestHead(b"GET", b"/"), Runtime.clock)
+        f.setDecoderFilterCallbacks(cb)
+        assert f.decodeHeaders(cb.request, True) is FilterStatus.CONTINUE and cb.localReplies == []
+    assert len(config.limiter) == 0
+
+
+def test_the_filters_inline_take_agrees_with_the_buckets_own_on_a_clock():
+    """
+    Requests at uneven times, across fills, with the bucket full, partly and wholly empty: the filter's verdicts
+    (its inline take when no fill is due, TokenBucket.consume otherwise) are a reference bucket's, request by
+    request.
+    """
+    m = mesh("{token_bucket: {max_tokens: 3, tokens_per_fill: 2, fill_interval: 1s}}")
+    reference = TokenBucket(TokenBucketConfig(3, 2, 1.0), m.clock.seconds())
+    client = m.connect()
+    got, want = [], []
+    for step in [0.0, 0.0, 0.1, 0.2, 0.3, 0.5, 0.0, 0.0, 0.0, 2.7, 0.0, 0.0, 0.0, 0.0, 0.99, 0.02, 0.0, 0.0]:
+        m.advance(step)
+        want.append(200 if reference.consume(m.clock.seconds()) else 429)
+        client.request()
+        got.append(client.responses()[-1].status)
+    assert got == want and 429 in got and got.count(200) > 3

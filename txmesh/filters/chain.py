@@ -336,21 +336,28 @@ class ActiveStream:
             elif how is _OWN:
                 f.setDecoderFilterCallbacks(_DecoderCallbacks(self, i))
         if self.encoders:
+            encoders = self.encoders
             plans = self._encoderPlans
-            if len(plans) > 1:  # one encoder (the usual case, if any) is in encode order already
-                self.encoders.reverse()
+            if len(encoders) == 1:  # the usual case when there is an encoder: in encode order already
+                plan = plans[0]
+                self._encodes = plan.encode
+                how = plan.encoderCallbacks
+                if how is not None:
+                    encoders[0].setEncoderFilterCallbacks(_SharedEncoderCallbacks(self, None) if how is _SHARED
+                                                          else _EncoderCallbacks(self, 0))
+            else:
+                encoders.reverse()
                 plans.reverse()
-            shared = None
-            for i, f in enumerate(self.encoders):
-                how = plans[i].encoderCallbacks
-                if how is _SHARED:
-                    if shared is None:
-                        shared = _SharedEncoderCallbacks(self, None)
-                    f.setEncoderFilterCallbacks(shared)
-                elif how is _OWN:
-                    f.setEncoderFilterCallbacks(_EncoderCallbacks(self, i))
-            self._encodes = (plans[0].encode if len(plans) == 1 else
-                             tuple(any(wanted) for wanted in zip(*(plan.encode for plan in plans))))
+                shared = None
+                for i, f in enumerate(encoders):
+                    how = plans[i].encoderCallbacks
+                    if how is _SHARED:
+                        if shared is None:
+                            shared = _SharedEncoderCallbacks(self, None)
+                        f.setEncoderFilterCallbacks(shared)
+                    elif how is _OWN:
+                        f.setEncoderFilterCallbacks(_EncoderCallbacks(self, i))
+                self._encodes = tuple(any(wanted) for wanted in zip(*(plan.encode for plan in plans)))
         late = self._encoderOnlyCompleters
         if late is not None:
             completers = self._completers
@@ -413,9 +420,8 @@ class ActiveStream:
     def _decodeEvent(self, start, kind, payload, endStream):
         decoders = self.decoders
         plans = self._decoderPlans
-        n = len(decoders)
-        i = start
-        while i < n:
+        last = len(decoders) - 1
+        for i in range(start, last + 1):
             if self.complete:
                 return
             if plans[i].decode[kind]:
@@ -427,13 +433,12 @@ class ActiveStream:
                 else:
                     status = f.decodeTrailers(payload)
                 if status is STOP:
-                    if i == n - 1:
+                    if i == last:
                         # the terminal filter has taken the event; it needs no resume
                         return
                     self._decStopped = i
                     self._decPending = (kind, payload, endStream)
                     return
-            i += 1
 
     def _resumeDecoding(self, index):
         if self._decStopped != index or self.complete:
@@ -460,9 +465,19 @@ class ActiveStream:
         self.response = response
         self.streamInfo.responseCode = response.status
         if self._encodes[_HEADERS]:
-            self._encodeEvent(0, _HEADERS, response, endStream)
-            return
-        # no encoder wants the head (and none can hold it: the head is the first encode event)
+            encoders = self.encoders
+            if len(encoders) > 1:
+                self._encodeEvent(0, _HEADERS, response, endStream)
+                return
+            # one encoder, which wants the head (the usual case when there is one): _encodeEvent's walk, inline
+            if encoders[0].encodeHeaders(response, endStream) is STOP:
+                self._encStopped = 0
+                self._encPending = (_HEADERS, response, endStream)
+                self._encQueue = deque()  # the head is the first encode event: nothing was queued before it
+                return
+            if self.complete:
+                return
+        # no encoder wants the head (and none can hold it: the head is the first encode event), or it went through
         self.downstream.writeHeaders(response, endStream)
         if endStream:
             self._finish()

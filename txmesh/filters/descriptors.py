@@ -20,6 +20,8 @@ from txmesh.routing import ClusterAction, WeightedClusterAction
 
 KINDS = ("listener", "route", "cluster", "header", "source_address", "authority", "grpc_service", "grpc_method",
          "dubbo_interface", "dubbo_method", "service", "method")
+# the kinds whose key the downstream peer alone decides (the same for every stream of a connection)
+PEER_KINDS = frozenset({"listener", "source_address"})
 UNNAMED_ROUTE = "_unnamed"
 
 

@@ -34,7 +34,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txmesh.config_reader import checkFilterKeys, parseDuration
-from txmesh.filters.descriptors import CappedMap, buildDescriptor
+from txmesh.filters.descriptors import UNNAMED_ROUTE, CappedMap, buildDescriptor
 from txmesh.interfaces import (FilterStatus, IErrorRateBreaker, IFilterFactory, IStreamDecoderFilter,
                                IStreamEncoderFilter, IStreamFilterEvents, StreamEvents)
 from txmesh.upstream.outcome import DUBBO_SUCCESS_STATUSES, GRPC_FAILURE_CODES, HTTP_FAILURE_MIN
@@ -196,6 +196,7 @@ class ErrorRateBreakerConfig:
     key: object  # (request, callbacks) -> str or None
     breakers: Breakers = field(compare=False, repr=False)
     http: bool = False  # on an HTTP/1.1 or HTTP/2 listener (see HTTPErrorRateBreakerFilter)
+    byRoute: bool = False  # scope route: the filter reads the route's name itself (what ``key`` would say)
 
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
@@ -219,10 +220,18 @@ class ErrorRateBreakerFilter:
 
     def decodeHeaders(self, request, endStream):
         cb = self.decoderCallbacks
-        key = self.config.key(request, cb)
-        if key is None:
-            return CONTINUE
-        breakers = self.config.breakers
+        config = self.config
+        if config.byRoute:
+            # descriptors' route key, inline (once per request): the route's name
+            route = cb.route()
+            if route is None:
+                return CONTINUE
+            key = route.name or UNNAMED_ROUTE
+        else:
+            key = config.key(request, cb)
+            if key is None:
+                return CONTINUE
+        breakers = config.breakers
         entry = breakers.find(key)
         if entry is None:
             entry = breakers.get(key, self.runtime.stats, cb.streamInfo.listenerName)
@@ -266,18 +275,20 @@ class ErrorRateBreakerFilter:
                 return CONTINUE  # the grpc-status comes in the trailers
         else:
             failed = response.status >= HTTP_FAILURE_MIN
-        self._breaker = None  # _record, inline: once per request
-        (self._stats.failure if failed else self._stats.success).value += 1
+        if failed or breaker.state is not CLOSED or self._probe:
+            self._record(failed)
+            return CONTINUE
+        # _record and record()'s closed-breaker success, inline (once per request): one more in the current
+        # bucket, unless the bucket is a new one (record starts it)
+        self._breaker = None
+        self._stats.success.value += 1
         now = self.runtime.clock.seconds()
-        if not failed and breaker.state is CLOSED and not self._probe:
-            # record()'s closed-breaker success, inline (once per request): one more in the current bucket, unless
-            # the bucket is a new one (record starts it)
-            index = int(now // breaker._width)
-            slot = index % breaker._buckets
-            if breaker._index[slot] == index:
-                breaker._total[slot] += 1
-                return CONTINUE
-        breaker.record(failed, now, self._probe)
+        index = int(now // breaker._width)
+        slot = index % breaker._buckets
+        if breaker._index[slot] == index:
+            breaker._total[slot] += 1
+        else:
+            breaker.record(False, now)
         return CONTINUE
 
     def encodeData(self, data, endStream):
@@ -360,7 +371,7 @@ class ErrorRateBreakerFactory:
         if not isinstance(statPrefix, str) or not statPrefix:
             raise context.error("must be a non-empty string", "stat_prefix")
         return ErrorRateBreakerConfig(scope, key, Breakers(settings, maxBreakers, statPrefix),
-                                      http=context.listenerProtocol in ("http1", "http2"))
+                                      http=context.listenerProtocol in ("http1", "http2"), byRoute=scope == "route")
 
     def createFilters(self, config, callbacks, runtime):
         # the filter's fields set here: it has no __init__ (an object made per request costs CPython about half as

@@ -31,7 +31,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txmesh.config_reader import checkFilterKeys
-from txmesh.filters.descriptors import CappedMap, buildDescriptor
+from txmesh.filters.descriptors import PEER_KINDS, CappedMap, buildDescriptor
 from txmesh.filters.token_bucket import TokenBucket, buildTokenBucketConfig
 from txmesh.interfaces import (FilterStatus, IFilterFactory, IStreamDecoderFilter, IStreamEncoderFilter,
                                IStreamFilterEvents, StreamEvents)
@@ -60,6 +60,12 @@ class Limiter:
     """
     The buckets of one configured filter, shared by all its streams (Envoy keeps them in the filter config too).
     Counters are made on a value's first request, with the listener name it came on.
+
+    @ivar lastPeer: with a descriptor that the downstream peer alone decides (``source_address``, ``listener``):
+        the peer (StreamInfo.downstreamPeer, the connection's one string) of the last request that looked its
+        descriptor up, and ``lastDescriptor`` what it found (a _Descriptor, or None: not limited).  The next
+        stream of the same connection reuses it without the key's call and lookup (a key's descriptor, once made,
+        never changes: the CappedMap only grows).
     """
 
     def __init__(self, bucketConfig, maxBuckets, statPrefix):
@@ -67,6 +73,7 @@ class Limiter:
         self.statPrefix = statPrefix
         self._descriptors = CappedMap(maxBuckets)
         self.find = self._descriptors.get  # the per-request path: key -> its _Descriptor once made, else None
+        self.lastPeer = self.lastDescriptor = None
 
     def descriptor(self, key, now, stats, listenerName):
         """The _Descriptor of ``key`` (or the shared ``_other`` one past the cap), made full on first use."""
@@ -93,6 +100,8 @@ class LocalRateLimitConfig:
     xHeaders: bool
     status: int
     limiter: Limiter = field(compare=False, repr=False)
+    byPeer: bool = False  # the descriptor is one the downstream peer alone decides (see Limiter.lastPeer)
+    scoped: bool = False  # routes or pathPrefix is set
 
 
 @implementer(IStreamDecoderFilter, IStreamEncoderFilter, IStreamFilterEvents)
@@ -115,31 +124,45 @@ class LocalRateLimitFilter:
 
     def decodeHeaders(self, request, endStream):
         config = self.config
-        if config.pathPrefix is not None and not request.path.startswith(config.pathPrefix):
-            return CONTINUE
         cb = self.decoderCallbacks
-        if config.routes is not None:
-            route = cb.route()
-            if route is None or route.name not in config.routes:
+        if config.scoped:  # routes or path_prefix
+            if config.pathPrefix is not None and not request.path.startswith(config.pathPrefix):
                 return CONTINUE
-        key = config.key(request, cb)
-        if key is None:
-            return CONTINUE
-        runtime = self.runtime
-        now = runtime.clock.seconds()
+            if config.routes is not None:
+                route = cb.route()
+                if route is None or route.name not in config.routes:
+                    return CONTINUE
         limiter = config.limiter
-        d = limiter.find(key)
-        if d is None:
-            d = limiter.descriptor(key, now, runtime.stats, cb.streamInfo.listenerName)
-        if d.bucket.consume(now):
-            d.ok.value += 1
-            if config.xHeaders:
-                self._descriptor = d
-            return CONTINUE
-        d.limited.value += 1
-        headers = self._headers(d, now) if config.xHeaders and request.protocol != "dubbo" else ()
-        cb.sendLocalReply(config.status, b"local_rate_limited", headers, CAUSE, FLAG)
-        return STOP
+        if cb.streamInfo.downstreamPeer is limiter.lastPeer:  # (lastPeer stays None unless config.byPeer)
+            d = limiter.lastDescriptor  # this connection's previous stream found it
+            if d is None:
+                return CONTINUE
+            now = self.runtime.clock.seconds()
+        else:
+            key = config.key(request, cb)
+            if key is None:
+                if config.byPeer:
+                    limiter.lastPeer, limiter.lastDescriptor = cb.streamInfo.downstreamPeer, None
+                return CONTINUE
+            runtime = self.runtime
+            now = runtime.clock.seconds()
+            d = limiter.find(key)
+            if d is None:
+                d = limiter.descriptor(key, now, runtime.stats, cb.streamInfo.listenerName)
+            if config.byPeer:
+                limiter.lastPeer, limiter.lastDescriptor = cb.streamInfo.downstreamPeer, d
+        bucket = d.bucket
+        if bucket.tokens > 0 and now - bucket.lastFill < bucket.fillInterval:
+            bucket.tokens -= 1  # TokenBucket.consume's first branch, inline (once per request): no fill is due
+        elif not bucket.consume(now):
+            d.limited.value += 1
+            headers = self._headers(d, now) if config.xHeaders and request.protocol != "dubbo" else ()
+            cb.sendLocalReply(config.status, b"local_rate_limited", headers, CAUSE, FLAG)
+            return STOP
+        d.ok.value += 1
+        if config.xHeaders:
+            self._descriptor = d
+        return CONTINUE
 
     def _headers(self, d, now):
         bucket = d.bucket
@@ -210,7 +233,8 @@ class LocalRateLimitFactory:
         if not isinstance(statPrefix, str) or not statPrefix:
             raise context.error("must be a non-empty string", "stat_prefix")
         return LocalRateLimitConfig(kind, key, routes, prefix, xHeaders, status,
-                                    Limiter(bucketConfig, maxBuckets, statPrefix))
+                                    Limiter(bucketConfig, maxBuckets, statPrefix), byPeer=kind in PEER_KINDS,
+                                    scoped=routes is not None or prefix is not None)
 
     def createFilters(self, config, callbacks, runtime):
         # the filter's fields set here: it has no __init__ (an object made per request costs CPython about half as

@@ -62,30 +62,35 @@ class TokenBucket:
 
     @param config: a TokenBucketConfig.
     @param now: the clock's seconds() at creation (fills count from it).
+
+    @ivar tokens: the tokens left.
+    @ivar lastFill: the interval boundary the last fill landed on (seconds): no fill is due before ``lastFill +
+        fillInterval``, so a take with ``tokens > 0`` and ``now - lastFill < fillInterval`` is ``tokens -= 1``
+        (what L{consume} does first; local_rate_limit inlines it, once per request).
     """
 
-    __slots__ = ("maxTokens", "tokensPerFill", "fillInterval", "tokens", "_lastFill")
+    __slots__ = ("maxTokens", "tokensPerFill", "fillInterval", "tokens", "lastFill")
 
     def __init__(self, config, now):
         self.maxTokens = config.maxTokens
         self.tokensPerFill = config.tokensPerFill
         self.fillInterval = config.fillInterval
         self.tokens = config.maxTokens
-        self._lastFill = now
+        self.lastFill = now
 
     def _refill(self, now):
         if self.tokens >= self.maxTokens:
             # full: the fills that passed add nothing; keep the phase of the interval boundaries
-            if now - self._lastFill >= self.fillInterval:
-                self._lastFill += (now - self._lastFill) // self.fillInterval * self.fillInterval
+            if now - self.lastFill >= self.fillInterval:
+                self.lastFill += (now - self.lastFill) // self.fillInterval * self.fillInterval
             return
-        fills = int((now - self._lastFill) // self.fillInterval)
+        fills = int((now - self.lastFill) // self.fillInterval)
         if fills > 0:
             self.tokens = min(self.maxTokens, self.tokens + fills * self.tokensPerFill)
-            self._lastFill += fills * self.fillInterval
+            self.lastFill += fills * self.fillInterval
 
     def consume(self, now):
-        if self.tokens > 0 and now - self._lastFill < self.fillInterval:
+        if self.tokens > 0 and now - self.lastFill < self.fillInterval:
             self.tokens -= 1  # the per-request path: no fill is due
             return True
         self._refill(now)
@@ -100,5 +105,5 @@ class TokenBucket:
 
     def secondsToNextFill(self, now):
         self._refill(now)
-        return max(0.0, self._lastFill + self.fillInterval - now)
+        return max(0.0, self.lastFill + self.fillInterval - now)
 
