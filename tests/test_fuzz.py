@@ -279,3 +279,22 @@ def test_a_version_less_connect_line_is_refused_at_once():
     events = RequestDecoder().feed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\nCONNECT h.s&\n\r\nxyz")
     assert [type(e).__name__ for e in events] == ["RequestStarted", "MessageComplete", "HTTPCodecError"]
     assert type(events[1]) is MessageComplete
+
+
+def test_a_request_carrying_an_informational_status_is_a_stream_error_only():
+    """
+    Found by the h2-server target (a divergence from h2, not a txmesh bug): a request's HEADERS with a :status
+    starting with "1" and no END_STREAM.  RFC 9113 8.1.1: a malformed request, a stream error; h2 reads it as an
+    informational response and makes it a connection error.
+    """
+    with open(os.path.join(REGRESSIONS, "h2-server-request-with-informational-status"), "rb") as f:
+        data = f.read()
+    ours, theirs = fuzz_targets.h2Agreement(False, data)
+    assert ours is None and theirs is None
+    block = Encoder().encode([(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/"),
+                              (b":status", b"127.0.0.1:1")])
+    conn = H2Connection(False)
+    conn.initiateConnection()
+    conn.dataToSend()
+    conn.receiveData(F.PREFACE + F.settingsFrame({}) + F.headerFrames(1, block, False, 16384))
+    assert not conn.closed
