@@ -309,6 +309,37 @@ def _paddingLeavesNothing(data, clientSide):
     return False
 
 
+def _framesOnAStreamWeReset(data, clientSide):
+    """
+    h2's error is STREAM_CLOSED for a stream txmesh had itself reset (a stream error on a malformed message, which
+    h2, not validating headers, took as a message and then closed normally).
+    """
+    theirs = _h2Library(clientSide, data) or ""
+    if not theirs.startswith("StreamClosedError: "):
+        return False
+    sid = int(theirs.split(": ", 1)[1])
+    conn = _fresh(clientSide, _defaultConnection)
+    try:
+        for e in conn.receiveData(data):
+            if isinstance(e, E.StreamReset) and not e.remote_reset and e.stream_id == sid:
+                return True
+    except E.ProtocolError:
+        pass
+    return False
+
+
+def _paddingIntoPriority(data, clientSide):
+    """A HEADERS frame with PADDED and PRIORITY whose padding exceeds the room left after the priority fields."""
+    pos = 0 if clientSide else 24
+    while pos + 9 <= len(data):
+        n = int.from_bytes(data[pos:pos + 3], "big")
+        t, flags, p = data[pos + 3], data[pos + 4], data[pos + 9:pos + 9 + n]
+        if t == 1 and flags & 0x28 == 0x28 and n >= 6 and p[0] > n - 6:
+            return True
+        pos += 9 + n
+    return False
+
+
 # Where txmesh and h2 judge the same whole frames differently, and why: (a substring of txmesh's error, of h2's,
 # a condition on the input or None).  A disagreement matching none of these fails the target.
 DIVERGENCES = [
@@ -330,6 +361,14 @@ DIVERGENCES = [
     (None, "Cannot set END_STREAM on informational responses", None),
     # the same without END_STREAM (a :status starting with "1", e.g. "127.0.0.1:52923", on a request's HEADERS)
     (None, "Invalid input StreamInputs.RECV_INFORMATIONAL_HEADERS in state 0", None),
+    # RFC 9113 5.1: after sending RST_STREAM an endpoint MUST ignore the frames it still receives on that stream;
+    # txmesh resets a stream carrying a malformed message (e.g. a response with :method and no :status, 8.1.1),
+    # h2 (headers not validated) takes the message, closes the stream normally, and then makes the next frame on
+    # it a connection error (STREAM_CLOSED)
+    (None, "StreamClosedError", _framesOnAStreamWeReset),
+    # RFC 9113 6.2: with PADDED and PRIORITY, padding that exceeds the room left after the priority is a
+    # PROTOCOL_ERROR; hyperframe checks the padding against the payload without the priority and takes the frame
+    ("padding as long as the frame", None, _paddingIntoPriority),
     # RFC 9113 8.4: a server must treat a client's PUSH_PROMISE as a connection error; h2 does not
     ("PUSH_PROMISE", None, None),
     # RFC 9113 5.1: frames other than HEADERS/PRIORITY on an idle stream are a connection error; h2 lets some pass

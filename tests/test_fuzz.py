@@ -298,3 +298,36 @@ def test_a_request_carrying_an_informational_status_is_a_stream_error_only():
     conn.dataToSend()
     conn.receiveData(F.PREFACE + F.settingsFrame({}) + F.headerFrames(1, block, False, 16384))
     assert not conn.closed
+
+
+def test_frames_on_a_stream_txmesh_reset_for_a_malformed_response_are_ignored():
+    """
+    Found by the h2-client target (a divergence from h2, not a txmesh bug): a response HEADERS carrying :method and
+    no :status, then DATA on the same stream.  RFC 9113 8.1.1: a malformed response, a stream error, so txmesh
+    sends RST_STREAM; 5.1: the frames still arriving on that stream are then ignored, and the connection's other
+    streams go on.  h2 (not validating headers) takes the HEADERS as a response and makes the later frames a
+    connection error (STREAM_CLOSED).
+    """
+    with open(os.path.join(REGRESSIONS, "h2-client-frames-after-a-malformed-response"), "rb") as f:
+        data = f.read()
+    ours, theirs = fuzz_targets.h2Agreement(True, data)
+    assert ours is None and theirs is None
+    conn = H2Connection(True)
+    conn.initiateConnection()
+    for sid in (1, 3):
+        conn.sendHeaders(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")],
+                         True)
+    conn.dataToSend()
+    enc = Encoder()
+    events = conn.receiveData(
+        F.settingsFrame({})
+        + F.headerFrames(1, enc.encode([(b":method", b"POST"), (b"server", b"x")]), False, 16384)
+        + F.frame(F.DATA, F.END_STREAM, 1, b"body")
+        + F.headerFrames(3, enc.encode([(b":status", b"200")]), False, 16384)
+        + F.frame(F.DATA, F.END_STREAM, 3, b"ok"))
+    assert not conn.closed
+    kinds = [(type(e).__name__, e.stream_id) for e in events if hasattr(e, "stream_id")]
+    assert ("StreamReset", 1) in kinds
+    assert ("ResponseReceived", 3) in kinds and ("DataReceived", 3) in kinds
+    assert not [k for k in kinds if k[1] == 1 and k[0] != "StreamReset"]
+    assert F.rstStreamFrame(1, 1) in conn.dataToSend()

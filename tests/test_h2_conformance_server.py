@@ -459,6 +459,29 @@ def test_pad_length_not_less_than_payload(kind, payload):
     assert not [e for e in c.template.log if e[0] == "data"]
 
 
+@pytest.mark.parametrize("payload,code", [
+    (b"\x01\x00\x00\x00\x00\x10", PROTOCOL_ERROR),  # pad length 1, the priority, no room for the padding
+    (b"\x03\x00\x00\x00\x00\x10\x82\x86", PROTOCOL_ERROR),  # padding (3) exceeds the 2 octets left
+    (b"\x00\x00\x00\x00", FRAME_SIZE_ERROR),  # shorter than the pad length and priority fields
+], ids=["padding-into-priority", "padding-past-fragment", "too-short"])
+def test_padded_headers_with_priority(payload, code):
+    """
+    6.2: with PADDED and PRIORITY, padding that exceeds the room left after the priority is a PROTOCOL_ERROR; a
+    frame too short for the two fields is a FRAME_SIZE_ERROR (4.2).  Found by the h2-server fuzzer: hyperframe
+    takes the first two shapes.
+    """
+    c = Client()
+    c.send(rawFrame(HEADERS, PADDED | 0x20 | END_HEADERS, 1, payload))  # 0x20: the PRIORITY flag
+    assertConnectionError(c, code)
+
+
+def test_padded_headers_with_priority_and_an_empty_fragment_are_legal():
+    """6.2: padding may leave the field block fragment empty when CONTINUATION brings it."""
+    c = Client()
+    c.send(rawFrame(HEADERS, PADDED | 0x20, 1, b"\x01\x00\x00\x00\x00\x10\x00"))
+    assert c.goaway() is None
+
+
 # -- 5.1, 8.1 stream states ----------------------------------------------------------------------------------------
 
 

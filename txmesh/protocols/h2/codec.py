@@ -341,7 +341,14 @@ class H2Connection:
         if not sid:
             raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "HEADERS on stream 0")
         if flags & F.PADDED:
-            payload = _unpad(payload, flags)
+            if flags & F.PRIORITY_FLAG:
+                # RFC 9113 6.2: too short for the pad length and priority fields is a frame size error (4.2);
+                # padding that reaches into the priority exceeds the room left, a PROTOCOL_ERROR
+                if len(payload) < 6:
+                    raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+                payload = _unpad(payload, flags, 5)
+            else:
+                payload = _unpad(payload, flags)
         if flags & F.PRIORITY_FLAG:
             if len(payload) < 5:
                 raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
@@ -603,8 +610,9 @@ class H2Connection:
         return bool(resetHere)
 
 
-def _unpad(payload, flags):
+def _unpad(payload, flags, fixed=0):
+    """The payload without its pad length and padding; ``fixed``: bytes of fields after the pad length."""
     n = len(payload)
-    if not n or payload[0] >= n:
+    if not n or payload[0] >= n - fixed:
         raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "padding as long as the frame")
     return payload[1:n - payload[0]]
