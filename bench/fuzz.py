@@ -25,6 +25,11 @@ import sys
 import time
 import types
 
+# atheris instruments Python bytecode: the compiled cores (txmesh.speedups) would be invisible to it, and
+# UNINSTRUMENTED's copy of a compiled method's code object crashed the interpreter ("deadly signal" on the first
+# dubbo inputs in a built tree).  The fuzzers always run the pure-Python modules; the compiled ones get the bounded
+# run of every target (tests/test_fuzz.py), as .ci/run runs the whole suite in both modes.
+os.environ["TXMESH_NO_EXTENSIONS"] = "1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SEEDS = os.path.join(ROOT, "tests", "fixtures", "fuzz")

@@ -297,7 +297,7 @@ def test_without_a_running_process_it_starts_as_usual(tmp_path):
         _waitForLine(proc, "no txmesh listens on %s; starting as usual" % (tmp_path / "hot.sock",))
         proc.signal(signal.SIGTERM)
         assert proc.popen.wait(15) in (0, -signal.SIGTERM)
-        assert not os.path.exists(tmp_path / "hot.sock")
+        assert not os.path.exists(tmp_path / "hot.sock"), (proc.popen.returncode, proc.output()[-3000:])
     finally:
         proc.stop()
 

@@ -616,6 +616,10 @@ class ActiveStream:
             except Exception:  # the metrics never keep a stream from ending
                 self.log.failure("counting the end of stream {info!r} failed", info=self.streamInfo)
         self.downstream.streamComplete(self)
+        # the filters are done with: let go of them, so that the stream and its filters (which hold their
+        # callbacks, and through them this stream) are freed by reference counting as the stream ends, not left
+        # as cyclic garbage for the collector (26 objects a request, and a collection every ~25 requests)
+        self.decoders = self.encoders = self._decoderPlans = self._encoderPlans = self._completers = ()
 
     # -- backpressure from the downstream side ---------------------------------------------------------------
 

@@ -831,8 +831,10 @@ class Router:
             self._abandonUpstream()
             return
         attempt = self.attempt
-        if attempt is not None and not attempt.state:
-            attempt.abandon()
+        if attempt is not None:
+            if not attempt.state:
+                attempt.abandon()
+            self.attempt = None  # the attempt refers back to this router: no cycle left for the collector
 
 
 _LIVE, _COMPLETED, _ENDED = 0, 1, 2  # UpstreamRequest.state

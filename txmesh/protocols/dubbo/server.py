@@ -147,6 +147,7 @@ class DubboCall:
 
     def streamComplete(self, stream):
         self.proto.callEnded(self)
+        self.stream = None  # the ActiveStream refers back to this call: no cycle left for the collector
 
 
 # -- the listener ---------------------------------------------------------------------------------------------------

@@ -59,3 +59,6 @@ class H2DownstreamStream(ReadPausing):
 
     def streamComplete(self, active):
         self.proto.streamEnded(self)
+        # the connection has forgotten the stream (every later frame on it finds no stream): drop the ActiveStream,
+        # which refers back to this object, so that both are freed as the stream ends, not left to the collector
+        self.active = None
