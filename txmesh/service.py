@@ -39,7 +39,6 @@ from txmesh.twisted_private import raiseBindErrorsSynchronously
 from txmesh.upstream.cluster import ClusterManager
 from txmesh.upstream.health import clientEndpoint
 from txmesh.xds.client import makeXdsClient
-from txmesh.xds.state import XdsFileSource
 
 
 class _QuietFactory(Factory):
@@ -235,6 +234,9 @@ class MeshService(MultiService):
         self.xds = makeXdsClient(config, self.applier, reactor, self.clusters, self.stats, rng) \
             if config.dynamicResources is not None and runXds else None
         if self.xds is not None:
+            # the xDS modules need the xds extra (Envoy's protos): imported only when mesh.yaml asks for xDS
+            from txmesh.xds.state import XdsFileSource
+
             # a file reload (SIGHUP, POST /reload) under xDS merges the file's static parts with what the control
             # plane gave, rather than dropping the dynamic listeners and clusters
             self.reloader.source = XdsFileSource(self.reloader.source, self.xds.handler)
