@@ -365,6 +365,11 @@ class Deadline:
                 self._timer.cancel()
             self._timer = None
 
+    def release(self):
+        """The connection is lost: cancel, and let go of ``expired`` (its method: a reference cycle)."""
+        self.cancel()
+        self.expired = _noLongerWatched
+
     def _fired(self):
         self._timer = None
         deadline = self.deadline
@@ -377,6 +382,10 @@ class Deadline:
         kind = self.kind
         self.deadline = self.kind = None
         self.expired(kind)
+
+
+def _noLongerWatched(kind):
+    """A cancelled Deadline's ``expired``: the connection it watched is gone."""
 
 
 class ConnectionStats:

@@ -354,7 +354,7 @@ class DubboServerProtocol(ListenerProtocol):
 
     def connectionLost(self, reason):
         self.closed = True
-        self._idle.cancel()
+        self._idle.release()
         grace, self._grace = self._grace, None
         if grace is not None and grace.active():
             grace.cancel()

@@ -98,8 +98,6 @@ class H2Connection:
         self._headerBlock = None  # [sid, flags, fragments, CONTINUATION count] while a block is incomplete
         self._closedNew = {}
         self._closedOld = {}
-        self._handlers = (self._data, self._headers, self._priority, self._rstStream, self._settings,
-                          self._pushPromise, self._ping, self._goaway, self._windowUpdate, self._continuation)
 
     # -- output ------------------------------------------------------------------------------------------------------
 
@@ -275,7 +273,7 @@ class H2Connection:
                 buf = buf[24:]
             pos = 0
             end = len(buf)
-            handlers = self._handlers
+            handlers = _HANDLERS  # functions, not this connection's bound methods: no reference cycle
             while end - pos >= 9:
                 hi, lo, ftype, flags, sid = _unpackHeader(buf, pos)
                 length = hi << 16 | lo
@@ -291,7 +289,7 @@ class H2Connection:
                 if not self._settingsSeen and (ftype != F.SETTINGS or flags & F.ACK):
                     raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "the first frame is not SETTINGS")
                 if ftype < 10:
-                    handlers[ftype](sid & F.MAX_STREAM_ID, flags, payload, events)
+                    handlers[ftype](self, sid & F.MAX_STREAM_ID, flags, payload, events)
                     if self.closed:
                         self._buf = b""
                         return events
@@ -608,6 +606,12 @@ class H2Connection:
             if resetHere is None and headers:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "stream %d is below one already open" % (sid,))
         return bool(resetHere)
+
+
+# the frame handlers by frame type (0-9)
+_HANDLERS = (H2Connection._data, H2Connection._headers, H2Connection._priority, H2Connection._rstStream,
+             H2Connection._settings, H2Connection._pushPromise, H2Connection._ping, H2Connection._goaway,
+             H2Connection._windowUpdate, H2Connection._continuation)
 
 
 def _unpad(payload, flags, fixed=0):

@@ -148,7 +148,7 @@ class H2ServerProtocol(FlowControlledSender, ListenerProtocol):
 
     def connectionLost(self, reason):
         f = self.factory
-        self._idle.cancel()
+        self._idle.release()
         streams, self.streams = self.streams, {}
         for s in streams.values():
             f.stats.rq_active.value -= 1

@@ -182,6 +182,7 @@ class HTTP1ClientProtocol(TransportReadPausing, Protocol):
                 self.responder = None
                 responder.upstreamFailed(errors.UpstreamReset("upstream connection closed: %s"
                                                               % (reason.getErrorMessage(),)))
+        self.decoder.dropParser()
         if self.onConnectionLost is not None:
             self.onConnectionLost(self)
 

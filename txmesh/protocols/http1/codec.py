@@ -230,6 +230,13 @@ class _MessageDecoder:
     def _parserReusable(self):
         return self._llDone and self._parser.should_keep_alive()
 
+    def dropParser(self):
+        """
+        The connection is gone: let go of the llhttp parser, which holds this decoder's methods (a reference cycle
+        the collector would otherwise have to find).  A later ``feed`` makes a new one.
+        """
+        self._parser = None
+
     # -- bodies --------------------------------------------------------------------------------------------------
 
     def _startBody(self, chunked, length):

@@ -121,7 +121,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
         pass
 
     def connectionLost(self, reason):
-        self._deadline.cancel()
+        self._deadline.release()
         if self._tunnel:
             self._tunnel = False
             self.factory.stats.cx_upgrades_active.value -= 1
@@ -131,6 +131,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
             self.factory.stats.rq_active.value -= 1
             stream.resetStream("downstream_disconnect")
         self._queue.clear()
+        self.decoder.dropParser()
         ListenerProtocol.connectionLost(self, reason)
 
     # -- dispatch ------------------------------------------------------------------------------------------------
