@@ -19,6 +19,20 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
+def _cyclicGarbageOf(make, times=20):
+    """Objects ``make()`` leaves in reference cycles once it returns (and drops what it made)."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(times):
+            make()
+        gc.collect()
+        return [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        del gc.garbage[:]
+
+
 @pytest.fixture
 def builders(monkeypatch):
     monkeypatch.syspath_prepend(BENCH)  # the builders import their neighbours (inproc, grpc_bench) when called
@@ -31,32 +45,8 @@ def test_a_proxied_call_leaves_no_reference_cycles(builders, workload):
     one = builders.BUILDERS[workload](builders.direct)
     for _ in range(20):  # warm: caches, the pooled upstream connection
         one()
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        for _ in range(200):
-            one()
-        gc.collect()
-        garbage = list(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        del gc.garbage[:]
-    kinds = sorted({type(o).__qualname__ for o in garbage})
-    assert len(garbage) < 20, "%d objects in cycles after 200 calls: %s" % (len(garbage), kinds[:20])
-
-
-def _cyclicGarbageOf(make):
-    """Objects ``make()`` leaves in reference cycles once it returns (and drops what it made)."""
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        for _ in range(20):
-            make()
-        gc.collect()
-        return [type(o).__qualname__ for o in gc.garbage]
-    finally:
-        gc.set_debug(0)
-        del gc.garbage[:]
+    garbage = _cyclicGarbageOf(one, 200)
+    assert len(garbage) < 20, "%d objects in cycles after 200 calls: %s" % (len(garbage), sorted(set(garbage))[:20])
 
 
 def test_a_closed_connection_leaves_no_reference_cycles_in_what_it_held():
