@@ -340,6 +340,54 @@ def _paddingIntoPriority(data, clientSide):
     return False
 
 
+def _headerBlocks(data, clientSide):
+    """(stream id, header block) of each HEADERS frame and its CONTINUATIONs, padding and priority taken off."""
+    pos = 0 if clientSide else 24
+    sid, block = None, b""
+    while pos + 9 <= len(data):
+        n = int.from_bytes(data[pos:pos + 3], "big")
+        t, flags, p = data[pos + 3], data[pos + 4], data[pos + 9:pos + 9 + n]
+        s = int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+        pos += 9 + n
+        if t == 1:
+            skip = 1 if flags & 0x8 else 0
+            pad = p[0] if skip and p else 0
+            skip += 5 if flags & 0x20 else 0
+            sid, block = s, p[skip:len(p) - pad]
+        elif t == 9 and s == sid:
+            block += p
+        else:
+            continue
+        if flags & 0x4:
+            yield sid, block
+            sid, block = None, b""
+
+
+def repeatedContentLength(data, clientSide):
+    """
+    A message carrying content-length more than once on a stream txmesh reset itself (a malformed message, RFC 9113
+    8.1.1, RFC 9110 8.6); h2 calls differing values a connection error.
+    """
+    decoder = Decoder()
+    repeated = set()
+    try:
+        for sid, block in _headerBlocks(data, clientSide):
+            if sum(k.lower() == b"content-length" for k, _ in decoder.decode(block, raw=True)) > 1:
+                repeated.add(sid)
+    except HPACKError:
+        pass
+    if not repeated:
+        return False
+    conn = _fresh(clientSide, _defaultConnection)
+    try:
+        for e in conn.receiveData(data):
+            if isinstance(e, E.StreamReset) and not e.remote_reset and e.stream_id in repeated:
+                return True
+    except E.ProtocolError:
+        pass
+    return False
+
+
 # Where txmesh and h2 judge the same whole frames differently, and why: (a substring of txmesh's error, of h2's,
 # a condition on the input or None).  A disagreement matching none of these fails the target.
 DIVERGENCES = [
@@ -384,6 +432,9 @@ DIVERGENCES = [
     # END_STREAM) is a *stream* error, which txmesh answers with RST_STREAM; h2 makes it a connection error
     (None, "InvalidBodyLengthError", None),
     (None, "Invalid content-length", None),
+    # the same for content-length given twice (txmesh refuses a repeated one even when the values agree, as RFC 9110
+    # 8.6 allows): a stream error to txmesh, a connection error to h2 when the values differ
+    (None, "Conflicting content-length headers", repeatedContentLength),
     (None, "cannot receive data before headers", None),
     (None, "Trailers must have END_STREAM set", None),
     # RFC 9113 5.3.1 (RFC 7540): a stream depending on itself is a stream error; h2 makes it a connection error

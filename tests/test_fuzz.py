@@ -312,6 +312,11 @@ def test_frames_on_a_stream_txmesh_reset_for_a_malformed_response_are_ignored():
         data = f.read()
     ours, theirs = fuzz_targets.h2Agreement(True, data)
     assert ours is None and theirs is None
+    _onlyStreamOneIsReset([(b":method", b"POST"), (b"server", b"x")])
+
+
+def _onlyStreamOneIsReset(responseHeaders):
+    """A client connection gets ``responseHeaders`` and a body on stream 1, a good response on 3: only 1 is reset."""
     conn = H2Connection(True)
     conn.initiateConnection()
     for sid in (1, 3):
@@ -321,7 +326,7 @@ def test_frames_on_a_stream_txmesh_reset_for_a_malformed_response_are_ignored():
     enc = Encoder()
     events = conn.receiveData(
         F.settingsFrame({})
-        + F.headerFrames(1, enc.encode([(b":method", b"POST"), (b"server", b"x")]), False, 16384)
+        + F.headerFrames(1, enc.encode(responseHeaders), False, 16384)
         + F.frame(F.DATA, F.END_STREAM, 1, b"body")
         + F.headerFrames(3, enc.encode([(b":status", b"200")]), False, 16384)
         + F.frame(F.DATA, F.END_STREAM, 3, b"ok"))
@@ -331,3 +336,29 @@ def test_frames_on_a_stream_txmesh_reset_for_a_malformed_response_are_ignored():
     assert ("ResponseReceived", 3) in kinds and ("DataReceived", 3) in kinds
     assert not [k for k in kinds if k[1] == 1 and k[0] != "StreamReset"]
     assert F.rstStreamFrame(1, 1) in conn.dataToSend()
+
+
+def test_a_response_repeating_content_length_is_a_stream_error_only():
+    """
+    Found by the h2-client target (a divergence from h2, not a txmesh bug): a response HEADERS carrying
+    content-length twice (13 and 181).  RFC 9113 8.1.1 / RFC 9110 8.6: a malformed response, a stream error, so
+    txmesh resets that stream and the connection's other streams go on (a repeated value is refused even when the
+    copies agree, which 8.6 allows); h2 makes differing values a connection error.
+    """
+    with open(os.path.join(REGRESSIONS, "h2-client-conflicting-content-length"), "rb") as f:
+        data = f.read()
+    ours, theirs = fuzz_targets.h2Agreement(True, data)
+    assert ours is None and theirs is None
+    for lengths in ((b"13", b"181"), (b"4", b"4")):
+        _onlyStreamOneIsReset([(b":status", b"200"), (b"content-length", lengths[0]), (b"content-length", lengths[1])])
+
+
+def test_the_repeated_content_length_divergence_needs_txmesh_to_reset_that_stream():
+    """The divergence's condition is not a blanket pass: it holds only where txmesh itself reset the stream."""
+    with open(os.path.join(REGRESSIONS, "h2-client-conflicting-content-length"), "rb") as f:
+        data = fuzz_targets.wholeFrames(f.read(), True)
+    assert fuzz_targets.repeatedContentLength(data, True)
+    enc = Encoder()
+    single = (F.settingsFrame({}) + F.headerFrames(1, enc.encode([(b":status", b"200"), (b"content-length", b"2")]),
+                                                   False, 16384) + F.frame(F.DATA, F.END_STREAM, 1, b"ok"))
+    assert not fuzz_targets.repeatedContentLength(single, True)
