@@ -213,7 +213,7 @@ def _zombie(pid):
         return True
 
 
-EXACT = """
+BALANCED = """
 workers: 2
 admin:
   address: tcp:{admin}:interface=127.0.0.1
@@ -221,10 +221,10 @@ listeners:
   - name: web
     protocol: http
     address: tcp:{web}:interface=127.0.0.1
-    connection_balance: exact
+    connection_balance: {balance}
     route_config:
       virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200, body: "ok"}}}}]}}]
-"""
+{extra}"""
 
 
 def test_exact_balance_hands_each_connection_to_the_worker_with_the_fewest():
@@ -235,7 +235,7 @@ def test_exact_balance_hands_each_connection_to_the_worker_with_the_fewest():
     the next three there.
     """
     admin, web = support.freePort(), support.freePort()
-    proc = support.startTxmesh(EXACT.format(admin=admin, web=web), admin)
+    proc = support.startTxmesh(BALANCED.format(admin=admin, web=web, balance="exact", extra=""), admin)
     conns = []
     try:
         waitFor(lambda: all(w["state"] == "serving" for w in workersInfo(admin)), 15, "both workers serve")
@@ -266,6 +266,59 @@ def test_exact_balance_hands_each_connection_to_the_worker_with_the_fewest():
         stats = adminJSON(admin, "/stats")
         handed = sum(s["value"] for s in stats.get("downstream_cx_handed", []) if s["labels"].get("listener") == "web")
         assert handed == 9 and not any(s["value"] for s in stats.get("downstream_cx_handoff_failed", []))
+    finally:
+        for c in conns:
+            c.close()
+        proc.stop()
+
+
+# a listener a reload adds, with its own SO_REUSEPORT socket per worker
+EXTRA_REUSE_PORT = EXTRA.replace("    route_config:", "    connection_balance: reuse_port\n    route_config:", 1)
+
+
+def test_reuse_port_gives_each_worker_its_own_socket_kept_across_its_restart():
+    """
+    ``connection_balance: reuse_port`` (issue 10 part 4, Envoy's enable_reuse_port): each worker accepts on its own
+    SO_REUSEPORT socket, so the kernel hashes connections over both (40 connections all on one: odds 2^-39).  The
+    parent keeps every socket: connections made while worker 0 is dead wait in its socket's backlog and are
+    answered once it is back, none reset.  A listener a reload adds is bound the same way.
+    """
+    admin, web, extra = support.freePort(), support.freePort(), support.freePort()
+    proc = support.startTxmesh(BALANCED.format(admin=admin, web=web, balance="reuse_port", extra=""), admin)
+    conns = []
+    try:
+        waitFor(lambda: all(w["state"] == "serving" for w in workersInfo(admin)), 15, "both workers serve")
+        workers = workersInfo(admin)
+
+        def accepted(listener):
+            return [sum(s["value"] for s in unixGet(w["admin"], "/stats").get("downstream_cx", [])
+                        if s["labels"].get("listener") == listener) for w in workersInfo(admin)]
+
+        for _ in range(40):
+            assert get(web, "/") == (200, b"ok")
+        counts = accepted("web")
+        assert sum(counts) == 40 and all(counts), counts
+
+        os.kill(workers[0]["pid"], signal.SIGKILL)
+        waitFor(lambda: workersInfo(admin)[0]["pid"] != workers[0]["pid"], 10, "worker 0's death seen")
+        answers = []
+        clients = [threading.Thread(target=lambda: answers.append(get(web, "/"))) for _ in range(20)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(15)
+        assert answers == [(200, b"ok")] * 20
+        waitFor(lambda: workersInfo(admin)[0]["state"] == "serving", 15, "worker 0 serving again")
+
+        with open(proc.configPath, "w") as f:
+            f.write(BALANCED.format(admin=admin, web=web, balance="reuse_port",
+                                  extra=EXTRA_REUSE_PORT.format(port=extra)))
+        proc.signal(signal.SIGHUP)
+        waitFor(lambda: adminJSON(admin, "/server_info")["config_version"] == 2, 10, "the reload applied")
+        for _ in range(40):
+            assert get(extra, "/") == (200, b"extra")
+        counts = accepted("extra")
+        assert sum(counts) == 40 and all(counts), counts
     finally:
         for c in conns:
             c.close()

@@ -188,7 +188,7 @@ listeners:
     assert config.loads(base % (1, "kernel")).listeners[0].connectionBalance == "kernel"
     with pytest.raises(ConfigError) as e:
         config.loads(base % (2, "round_robin"), filename="mesh.yaml")
-    assert "mesh.yaml:6: listeners[0].connection_balance: must be kernel or exact" in str(e.value)
+    assert "mesh.yaml:6: listeners[0].connection_balance: must be kernel, exact or reuse_port" in str(e.value)
     from txmesh.config_diff import diffConfigs
 
     with pytest.raises(ConfigError) as e:

@@ -31,6 +31,7 @@ from txmesh.tunnel_config import UPGRADE_LISTENER_PROTOCOLS, buildUpgradeConfigs
 from txmesh.routing_config import buildRouteConfig, resolveDubboRegistryActions
 from txmesh.tracing_config import buildTracing
 from txmesh.tls.server_config import KEYS as TLS_KEYS, buildForwardClientCert, buildServerTLS, refuseSSLEndpoint
+from txmesh.reuse_port import REUSE_PORT_KINDS
 from txmesh.twisted_private import parseServerEndpoint
 from txmesh.xds.config import buildDynamicResources
 from txmesh.tls.upstream_config import buildUpstreamTLS
@@ -1045,16 +1046,22 @@ def _buildListener(r, m, path, clusterNames, filterFactories, protocols):
                           connectionBalance=_connectionBalance(r, m, path, address))
 
 
-CONNECTION_BALANCE = ("kernel", "exact")
+CONNECTION_BALANCE = ("kernel", "exact", "reuse_port")
 
 
 def _connectionBalance(r, m, path, address):
-    """``connection_balance``: ``kernel`` (the default) or ``exact`` (Envoy's exact_balance, for ``workers: N``)."""
+    """
+    ``connection_balance``: ``kernel`` (the default), ``exact`` (Envoy's exact_balance) or ``reuse_port`` (a
+    ``SO_REUSEPORT`` socket per worker, Envoy's enable_reuse_port: txmesh/reuse_port.py), for ``workers: N``.
+    """
     value = r.get(m, path, "connection_balance", str, "kernel")
     if value not in CONNECTION_BALANCE:
-        raise r.error("must be kernel or exact, not %r" % (value,), joinPath(path, "connection_balance"))
-    if value == "exact" and address == INTERNAL:
+        raise r.error("must be kernel, exact or reuse_port, not %r" % (value,), joinPath(path, "connection_balance"))
+    if value != "kernel" and address == INTERNAL:
         raise r.error("an internal listener accepts no connections to balance", joinPath(path, "connection_balance"))
+    if value == "reuse_port" and parseServerEndpoint(address)[0] not in REUSE_PORT_KINDS:
+        raise r.error("reuse_port binds a socket per worker: the address must be %s: (systemd's and UNIX sockets are "
+                      "one socket each)" % (": or ".join(REUSE_PORT_KINDS),), joinPath(path, "connection_balance"))
     return value
 
 

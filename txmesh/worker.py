@@ -168,6 +168,8 @@ class WorkerLink:
         # connection_balance: exact (txmesh/workers_balance.py): the sockets whose connections the parent accepts and
         # hands over on descriptor ``handoff_fd``, and this worker's ports for them by listener name
         self.exact = set(start.get("exact") or ())
+        # connection_balance: reuse_port (txmesh/reuse_port.py): sockets that are this worker's own
+        self.reusePort = set(start.get("reuse_port") or ())
         self.handed = {}
         self.handoff = None
         self._handoffFd = start.get("handoff_fd")
@@ -210,7 +212,7 @@ class WorkerLink:
                 # the parent accepts and hands connections over: this port never accepts
                 handed = self.handed[name.split(":", 1)[1]] = HandedPort(self.reactor, port, factory)
                 return handed
-            if isinstance(port, tcp.Port):
+            if isinstance(port, tcp.Port) and name not in self.reusePort:
                 capAcceptsPerWakeup(port, ACCEPTS_PER_WAKEUP)  # leave the rest of a burst to the siblings
             return port
 
@@ -264,6 +266,7 @@ class WorkerLink:
         for name, fd in zip(names, fds):
             self.inheritance.add(name, socket.socket(fileno=fd))
         self.exact = set(message.get("exact") or ())
+        self.reusePort = set(message.get("reuse_port") or ())
         source = ParentConfig(message.get("config"), message.get("filename") or self.mesh.config.filename,
                               name=message.get("source") or "file", origins=message.get("origins"),
                               location=message.get("location"))

@@ -46,6 +46,7 @@ from txmesh.errors import ConfigError
 from txmesh.hot_restart import NoHotRestart
 from txmesh.logs import describeAddress
 from txmesh.reload import ConfigVersion
+from txmesh.reuse_port import ReusePortEndpoint
 from txmesh.stats import StatsStore
 from txmesh.systemd import MeshStatus, NullNotifier
 from txmesh.twisted_private import raiseBindErrorsSynchronously, shareListeningPort
@@ -73,10 +74,15 @@ def readConfig(path):
     return text, _config.loads(text, filename=path)
 
 
-def exactSockets(config):
-    """The socket names (``listener:<name>``) of ``config``'s ``connection_balance: exact`` listeners."""
+def balancedSockets(config, balance):
+    """The socket names (``listener:<name>``) of ``config``'s ``connection_balance: <balance>`` listeners."""
     return sorted("listener:" + lc.name for lc in config.listeners
-                  if lc.connectionBalance == "exact" and lc.address != INTERNAL)
+                  if lc.connectionBalance == balance and lc.address != INTERNAL)
+
+
+def exactSockets(config):
+    """The socket names of ``config``'s ``connection_balance: exact`` listeners (the parent accepts for them)."""
+    return balancedSockets(config, "exact")
 
 
 class _NeverAccepts(Factory):
@@ -166,6 +172,9 @@ class WorkersParent(MultiService):
         self.versionGauge = self.stats.gauge("config_version", help="The running config's version (1 at start)")
         self.versionGauge.value = 1
         self.ports = {}  # "listener:<name>" -> the parent's (paused) listening port
+        # connection_balance: reuse_port listeners (txmesh/reuse_port.py): "listener:<name>" -> the SO_REUSEPORT
+        # sockets of workers 1..N-1 (worker 0's is in ports)
+        self.siblings = {}
         self.runtimeDir = runtimeDir or tempfile.mkdtemp(prefix="txmesh-workers-")
         self.supervisor = WorkerSupervisor(reactor, launcher, config.workers, self.startMessage, self.stats,
                                            serving=self._workerServing, ended=self._workerEnded, backoff=backoff,
@@ -219,14 +228,35 @@ class WorkersParent(MultiService):
 
     # -- the listening sockets --
 
-    def _bind(self, lc):
-        """Bind (or take over) listener ``lc``'s socket, paused for good here.  @raise CannotListenError."""
+    def _bind(self, lc, siblings):
+        """
+        Bind (or take over) listener ``lc``'s socket, paused for good here; for ``connection_balance: reuse_port``
+        one socket per worker, those of workers 1..N-1 put in ``siblings[name]``.  @raise CannotListenError.
+        """
         name = "listener:" + lc.name
-        endpoint = self.hotRestart.endpoint(name, lc.address, serverFromString(self.reactor, lc.address))
+        if lc.connectionBalance != "reuse_port" or self.config.workers < 2:
+            return self._listen(name, lc.address, serverFromString(self.reactor, lc.address))
+        first = self._listen(name, lc.address, ReusePortEndpoint.fromAddress(self.reactor, lc.address))
+        bound = []
+        try:
+            for i in range(1, self.config.workers):
+                bound.append(self._listen("%s#%d" % (name, i), lc.address,
+                                          ReusePortEndpoint.fromAddress(self.reactor, lc.address,
+                                                                        first.getHost().port)))
+        except Exception:
+            for port in [first] + bound:
+                port.stopListening()
+            raise
+        siblings[name] = bound
+        return first
+
+    def _listen(self, name, address, endpoint):
+        """Listen on ``endpoint`` (or take socket ``name`` over), paused.  @raise CannotListenError."""
+        endpoint = self.hotRestart.endpoint(name, address, endpoint)
         result = []
         endpoint.listen(_NeverAccepts()).addBoth(result.append)
         if not result:
-            raise RuntimeError("%s: the endpoint did not listen at once" % (lc.address,))
+            raise RuntimeError("%s: the endpoint did not listen at once" % (address,))
         if isinstance(result[0], Failure):
             result[0].raiseException()
         port = result[0]
@@ -238,6 +268,20 @@ class WorkersParent(MultiService):
         shareListeningPort(port)
         return defer.maybeDeferred(port.stopListening)
 
+    def _closeListeners(self, names, ports, siblings):
+        """Close the sockets ``names`` of ``ports`` and their ``siblings`` (removed from both dicts)."""
+        closing = []
+        for name in names:
+            for port in [ports.pop(name)] + siblings.pop(name, []) if name in ports else []:
+                closing.append(self._close(port))
+        return defer.gatherResults(closing)
+
+    @staticmethod
+    def _socketOf(name, index, ports, siblings):
+        """Worker ``index``'s copy of socket ``name``: its own for a ``connection_balance: reuse_port`` listener."""
+        own = siblings.get(name)
+        return ports[name] if not own or index == 0 else own[index - 1]
+
     def startMessage(self, index):
         """What worker ``index`` is started with: the sockets, the configuration text and version, its admin path."""
         names = sorted(self.ports)
@@ -246,15 +290,16 @@ class WorkersParent(MultiService):
                    "worker": {"index": index, "config": self.text, "filename": self.config.filename,
                               "version": self.version.version, "origins": self.config.origins,
                               "exact": exactSockets(self.config),
+                              "reuse_port": balancedSockets(self.config, "reuse_port"),
                               "admin": os.path.join(self.runtimeDir, "worker-%d.sock" % (index,))}}
-        return message, [self.ports[n].fileno() for n in names]
+        return message, [self._socketOf(n, index, self.ports, self.siblings).fileno() for n in names]
 
     # -- start and stop --
 
     def privilegedStartService(self):
         for lc in self.config.listeners:
             if lc.address != INTERNAL:
-                self.ports["listener:" + lc.name] = self._bind(lc)
+                self.ports["listener:" + lc.name] = self._bind(lc, self.siblings)
         MultiService.privilegedStartService(self)
 
     def _balance(self, names):
@@ -336,8 +381,7 @@ class WorkersParent(MultiService):
             self._gatherLoop.stop()
         yield self.hotRestart.stop()
         self._unbalance(list(self.balancers))
-        ports, self.ports = self.ports, {}
-        yield defer.gatherResults([self._close(port) for port in ports.values()])
+        yield self._closeListeners(list(self.ports), self.ports, self.siblings)
         self.log.info("stopping {n} worker(s): each drains for up to {timeout}s",
                       n=len(self.supervisor.live), timeout=self.config.drainTimeout)
         yield self.supervisor.stop(self.config.drainTimeout + STOP_GRACE)
@@ -505,13 +549,13 @@ class WorkersParent(MultiService):
                     "error": "worker(s) %s not serving yet: reload once every worker serves"
                              % (", ".join(map(str, starting)),)}
         bind = [c.new for c in diff.listenersChanged if c.kind == ADDRESS] + list(diff.listenersAdded)
-        fresh = {}
+        fresh, freshSiblings = {}, {}
         try:
             for lc in bind:
                 if lc.address != INTERNAL:
-                    fresh["listener:" + lc.name] = self._bind(lc)
+                    fresh["listener:" + lc.name] = self._bind(lc, freshSiblings)
         except Exception as e:
-            yield defer.gatherResults([self._close(port) for port in fresh.values()])
+            yield self._closeListeners(list(fresh), fresh, freshSiblings)
             return {"outcome": "rejected", "changes": None,
                     "error": "listener '%s' cannot listen on %s: %s" % (lc.name, lc.address, e)}
         version = self.version.version + 1
@@ -519,27 +563,25 @@ class WorkersParent(MultiService):
         workers = self.supervisor.serving
         answers = yield settle([
             self.supervisor.request(w, self._applyMessage(text, new, version, sourceName, location, names),
-                                    [fresh[n].fileno() for n in names])
+                                    [self._socketOf(n, w.index, fresh, freshSiblings).fileno() for n in names])
             for w in workers])
         answers = list(zip(workers, answers))
         refused = [(w, a) for w, a in answers if isinstance(a, Failure) or a.get("outcome") == "rejected"]
         if refused:
-            yield defer.gatherResults([self._close(port) for port in fresh.values()])
+            yield self._closeListeners(list(fresh), fresh, freshSiblings)
             yield self._putBack([w for w, a in answers if (w, a) not in refused], refused)
             reasons = "; ".join("worker %d: %s" % (w, a.getErrorMessage() if isinstance(a, Failure) else a["error"])
                                 for w, a in ((w.index, a) for w, a in refused))
             return {"outcome": "rejected", "changes": None, "error": reasons,
                     "workers": {str(w.index): "refused" for w, _ in refused}}
         # every worker applied it: the parent follows
-        old = dict(self.ports)
         gone = ["listener:" + lc.name for lc in diff.listenersRemoved] + \
                ["listener:" + c.new.name for c in diff.listenersChanged if c.kind == ADDRESS]
         self._unbalance(gone)
-        closing = [self._close(old[name]) for name in gone if name in old]
-        for name in gone:
-            self.ports.pop(name, None)
+        closing = self._closeListeners(gone, self.ports, self.siblings)
         self.ports.update(fresh)
-        yield defer.gatherResults(closing)
+        self.siblings.update(freshSiblings)
+        yield closing
         self.config, self.text = new, text
         if self.serving:
             self._balance(list(fresh))
@@ -555,7 +597,7 @@ class WorkersParent(MultiService):
         """The ``apply`` request of ``config``: its text, version, source and its parts' xDS origins."""
         return {"type": "apply", "config": text, "filename": config.filename, "version": version,
                 "sockets": sockets, "source": sourceName, "location": location, "origins": config.origins,
-                "exact": exactSockets(config)}
+                "exact": exactSockets(config), "reuse_port": balancedSockets(config, "reuse_port")}
 
     @defer.inlineCallbacks
     def _putBack(self, applied, refused):
