@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -105,6 +106,12 @@ def requests2xx(stats):
 
 def workersInfo(admin):
     return adminJSON(admin, "/server_info")["worker_processes"]
+
+
+def acceptedPerWorker(admin, listener):
+    """The connections each worker accepted on ``listener`` (from its own admin socket)."""
+    return [sum(s["value"] for s in unixGet(w["admin"], "/stats").get("downstream_cx", [])
+                if s["labels"].get("listener") == listener) for w in workersInfo(admin)]
 
 
 @pytest.fixture
@@ -290,13 +297,9 @@ def test_reuse_port_gives_each_worker_its_own_socket_kept_across_its_restart():
         waitFor(lambda: all(w["state"] == "serving" for w in workersInfo(admin)), 15, "both workers serve")
         workers = workersInfo(admin)
 
-        def accepted(listener):
-            return [sum(s["value"] for s in unixGet(w["admin"], "/stats").get("downstream_cx", [])
-                        if s["labels"].get("listener") == listener) for w in workersInfo(admin)]
-
         for _ in range(40):
             assert get(web, "/") == (200, b"ok")
-        counts = accepted("web")
+        counts = acceptedPerWorker(admin, "web")
         assert sum(counts) == 40 and all(counts), counts
 
         os.kill(workers[0]["pid"], signal.SIGKILL)
@@ -317,9 +320,47 @@ def test_reuse_port_gives_each_worker_its_own_socket_kept_across_its_restart():
         waitFor(lambda: adminJSON(admin, "/server_info")["config_version"] == 2, 10, "the reload applied")
         for _ in range(40):
             assert get(extra, "/") == (200, b"extra")
-        counts = accepted("extra")
+        counts = acceptedPerWorker(admin, "extra")
         assert sum(counts) == 40 and all(counts), counts
     finally:
         for c in conns:
             c.close()
         proc.stop()
+
+
+def test_a_hot_restart_takes_every_reuse_port_socket_over(tmp_path):
+    """
+    A hot restart of ``workers: 2`` with a ``reuse_port`` listener: the new parent takes both SO_REUSEPORT sockets
+    over by name (``listener:web`` and ``listener:web#1``), the old one drains and exits, and the new workers serve
+    on both sockets (nothing bound afresh, so a client that connects throughout is never refused).
+    """
+    admin, web = support.freePort(), support.freePort()
+    text = ("hot_restart:\n  socket: %s\n  timeout: 10s\ndrain_timeout: 2s\n" % (tmp_path / "hot.sock",)
+            + BALANCED.format(admin=admin, web=web, balance="reuse_port", extra=""))
+    old = support.startTxmesh(text, admin)
+    new = None
+    try:
+        waitFor(lambda: all(w["state"] == "serving" for w in workersInfo(admin)), 15, "both workers serve")
+        waitFor(lambda: os.path.exists(tmp_path / "hot.sock"), 10, "the hot restart socket")
+        env = dict(os.environ, PYTHONPATH=support.ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        new = support.Proc([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+                            "--pidfile=", "txmesh", "--config", old.configPath, "--hot-restart"], env=env)
+        answered = 0
+        deadline = time.monotonic() + 30
+        while old.popen.poll() is None:
+            assert time.monotonic() < deadline, old.output()
+            assert get(web, "/") == (200, b"ok")
+            answered += 1
+        assert old.popen.returncode == 0 and answered
+        assert "took over listener:web, listener:web#1, admin" in old.output()
+        waitFor(lambda: all(w["state"] == "serving" for w in workersInfo(admin)), 15, "the new workers serve")
+
+        before = acceptedPerWorker(admin, "web")
+        for _ in range(40):
+            assert get(web, "/") == (200, b"ok")
+        counts = [b - a for a, b in zip(before, acceptedPerWorker(admin, "web"))]
+        assert sum(counts) == 40 and all(counts), counts
+    finally:
+        if new is not None:
+            new.stop()
+        old.stop()
