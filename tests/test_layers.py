@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # (layer, glob patterns of module paths under txmesh/), lowest first
 LAYERS = (
-    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "metric_names.py", "twisted_private.py", "tcp.py",
+    ("contracts", ["interfaces.py", "errors.py", "stream.py", "stats.py", "metric_names.py", "twisted_private.py", "tcp.py", "reuse_port.py",
                    "speedups.py",
                    "protocols/descriptor.py", "__init__.py", "plugins/__init__.py", "protocols/__init__.py",
                    "protocols/*/__init__.py", "filters/__init__.py", "upstream/__init__.py",
