@@ -72,8 +72,12 @@ class HeaderMap:
 
     def set(self, name, value):
         """Replace every field called ``name`` with one."""
-        self.remove(name)
-        self._fields.append((name, value))
+        fields = self._fields
+        for k, _ in fields:
+            if k == name:
+                fields = self._fields = [f for f in fields if f[0] != name]
+                break
+        fields.append((name, value))
 
     def remove(self, name):
         """Remove every field called ``name``; return how many were removed."""

@@ -123,12 +123,18 @@ class FilterChainTemplate:
 class _DecoderCallbacks:
     """What one decoder filter gets: resuming continues from the filter after it."""
 
-    __slots__ = ("stream", "index", "streamInfo")
+    # maxRequestBody and timeBounds, which the router reads for every request, are plain attributes: a property
+    # is a call that CPython 3.11 does not inline
+    __slots__ = ("stream", "index", "streamInfo", "maxRequestBody", "timeBounds")
 
     def __init__(self, stream, index):
         self.stream = stream
         self.index = index
         self.streamInfo = stream.streamInfo
+        template = stream.template
+        self.maxRequestBody = template.maxRequestBody
+        # (clock, the listener's stream_idle_timeout, whether it trusts x-txmesh-expected-rq-timeout-ms)
+        self.timeBounds = template.timeBounds
 
     @property
     def request(self):
@@ -143,17 +149,8 @@ class _DecoderCallbacks:
         return self.stream.template.runtime
 
     @property
-    def maxRequestBody(self):
-        return self.stream.template.maxRequestBody
-
-    @property
     def bufferLimit(self):
         return self.stream.template.bufferLimit
-
-    @property
-    def timeBounds(self):
-        """(clock, the listener's stream_idle_timeout, whether it trusts x-txmesh-expected-rq-timeout-ms)."""
-        return self.stream.template.timeBounds
 
     def continueDecoding(self):
         self.stream._resumeDecoding(self.index)

@@ -86,14 +86,20 @@ class HTTP1ServerProtocol(ListenerProtocol):
             for ev in self.decoder.feed(data):
                 self._tunnelData(ev)
             return
-        if self._deadline.kind is _IDLE:
-            self._armHeaderTimer()
+        idle = self._deadline.kind is _IDLE
+        head = self._head
         try:
             events = self.decoder.feed(data)
         except HTTPCodecError as e:
+            if idle:
+                self._armHeaderTimer()
             self._dispatch(e)
             return
         self._handleEvents(events)
+        if idle and self._head is head and self._deadline.kind is _IDLE:
+            # these bytes started no request: a head is coming, the header timer counts from its first bytes.
+            # Armed after the feed, not before: a request that arrives whole (the usual case) would clear it at once
+            self._armHeaderTimer()
 
     def _handleEvents(self, events):
         n = len(events)
