@@ -160,9 +160,11 @@ class _DecoderCallbacks:
 
     def route(self):
         stream = self.stream
-        if stream._routeCached:
-            return stream._route
-        return stream.route()
+        if not stream._routeCached:  # matched once, on the first filter's asking; cached on the stream
+            stream._route = route = stream.template.routeConfig.match(stream.request, self.streamInfo.peerIdentity)
+            stream._routeCached = True
+            self.streamInfo.routeName = route.name if route is not None else None
+        return stream._route
 
     def clearRouteCache(self):
         self.stream._routeCached = False
@@ -362,15 +364,6 @@ class ActiveStream:
                 # a filter also installed on the decoder side is told once, in its decoder place
                 if not any(g is f for g in completers):
                     completers.append(f)
-
-    # -- routing --------------------------------------------------------------------------------------------
-
-    def route(self):
-        if not self._routeCached:
-            self._route = self.template.routeConfig.match(self.request, self.streamInfo.peerIdentity)
-            self._routeCached = True
-            self.streamInfo.routeName = self._route.name if self._route is not None else None
-        return self._route
 
     # -- decode path (called by the downstream codec) -------------------------------------------------------
 

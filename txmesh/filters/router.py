@@ -118,7 +118,9 @@ def stampTimeout(request, left, hadExpected):
     ``timeout`` attachment (when the call has one, and only when it differs: a change re-encodes the call), else
     ``x-txmesh-expected-rq-timeout-ms``.  ``hadExpected``: the request came with that field.
     """
-    ms = toldMs(left)
+    ms = _toldMs.get(left)  # toldMs, its cache inline
+    if ms is None:
+        ms = toldMs(left)
     protocol = request.protocol
     headers = request.headers
     if protocol == "grpc":

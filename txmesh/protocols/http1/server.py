@@ -333,7 +333,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
         if self._readPaused and len(queue) <= _MAX_QUEUED_EVENTS and self.stream is None:
             self.resumeReading()
         if self.stream is None and not self._closing:
-            self._armIdleTimer()
+            self._deadline.set(self.factory.limits.idleTimeout, _IDLE)  # idle until the next request
 
     # -- tunnels -------------------------------------------------------------------------------------------------
 
@@ -379,9 +379,6 @@ class HTTP1ServerProtocol(ListenerProtocol):
 
     def _armHeaderTimer(self):
         self._deadline.set(self.factory.limits.requestHeadersTimeout, _HEADERS)
-
-    def _armIdleTimer(self):
-        self._deadline.set(self.factory.limits.idleTimeout, _IDLE)
 
     def _timedOut(self, kind):
         """The request head came too slowly (408), or the connection was idle too long."""
