@@ -6,6 +6,7 @@ bytes.  Codecs fill these in; filters read and change them; the upstream codec s
 """
 
 import random
+from binascii import hexlify
 
 from zope.interface import implementer
 
@@ -21,8 +22,8 @@ def newRequestId():
     A random (version 4) UUID for ``x-request-id``, from a per-process PRNG seeded from the OS: ids need
     uniqueness, not secrecy, and a ``getrandom`` call per request showed in the syscall profile.
     """
-    h = "%032x" % (_ids.getrandbits(128) & _UUID_MASK | _UUID_V4)
-    return ("%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])).encode("ascii")
+    h = hexlify((_ids.getrandbits(128) & _UUID_MASK | _UUID_V4).to_bytes(16, "big"))
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 class HeaderMap:
@@ -72,8 +73,12 @@ class HeaderMap:
 
     def set(self, name, value):
         """Replace every field called ``name`` with one."""
-        self.remove(name)
-        self._fields.append((name, value))
+        fields = self._fields
+        for k, _ in fields:
+            if k == name:
+                fields = self._fields = [f for f in fields if f[0] != name]
+                break
+        fields.append((name, value))
 
     def remove(self, name):
         """Remove every field called ``name``; return how many were removed."""

@@ -123,12 +123,18 @@ class FilterChainTemplate:
 class _DecoderCallbacks:
     """What one decoder filter gets: resuming continues from the filter after it."""
 
-    __slots__ = ("stream", "index", "streamInfo")
+    # maxRequestBody and timeBounds, which the router reads for every request, are plain attributes: a property
+    # is a call that CPython 3.11 does not inline
+    __slots__ = ("stream", "index", "streamInfo", "maxRequestBody", "timeBounds")
 
     def __init__(self, stream, index):
         self.stream = stream
         self.index = index
         self.streamInfo = stream.streamInfo
+        template = stream.template
+        self.maxRequestBody = template.maxRequestBody
+        # (clock, the listener's stream_idle_timeout, whether it trusts x-txmesh-expected-rq-timeout-ms)
+        self.timeBounds = template.timeBounds
 
     @property
     def request(self):
@@ -143,17 +149,8 @@ class _DecoderCallbacks:
         return self.stream.template.runtime
 
     @property
-    def maxRequestBody(self):
-        return self.stream.template.maxRequestBody
-
-    @property
     def bufferLimit(self):
         return self.stream.template.bufferLimit
-
-    @property
-    def timeBounds(self):
-        """(clock, the listener's stream_idle_timeout, whether it trusts x-txmesh-expected-rq-timeout-ms)."""
-        return self.stream.template.timeBounds
 
     def continueDecoding(self):
         self.stream._resumeDecoding(self.index)
@@ -163,9 +160,11 @@ class _DecoderCallbacks:
 
     def route(self):
         stream = self.stream
-        if stream._routeCached:
-            return stream._route
-        return stream.route()
+        if not stream._routeCached:  # matched once, on the first filter's asking; cached on the stream
+            stream._route = route = stream.template.routeConfig.match(stream.request, self.streamInfo.peerIdentity)
+            stream._routeCached = True
+            self.streamInfo.routeName = route.name if route is not None else None
+        return stream._route
 
     def clearRouteCache(self):
         self.stream._routeCached = False
@@ -365,15 +364,6 @@ class ActiveStream:
                 # a filter also installed on the decoder side is told once, in its decoder place
                 if not any(g is f for g in completers):
                     completers.append(f)
-
-    # -- routing --------------------------------------------------------------------------------------------
-
-    def route(self):
-        if not self._routeCached:
-            self._route = self.template.routeConfig.match(self.request, self.streamInfo.peerIdentity)
-            self._routeCached = True
-            self.streamInfo.routeName = self._route.name if self._route is not None else None
-        return self._route
 
     # -- decode path (called by the downstream codec) -------------------------------------------------------
 

@@ -118,7 +118,9 @@ def stampTimeout(request, left, hadExpected):
     ``timeout`` attachment (when the call has one, and only when it differs: a change re-encodes the call), else
     ``x-txmesh-expected-rq-timeout-ms``.  ``hadExpected``: the request came with that field.
     """
-    ms = toldMs(left)
+    ms = _toldMs.get(left)  # toldMs, its cache inline
+    if ms is None:
+        ms = toldMs(left)
     protocol = request.protocol
     headers = request.headers
     if protocol == "grpc":
@@ -297,8 +299,10 @@ class Router:
         # rewrite the request for the upstream
         vhost = route.virtualHost
         headers = request.headers
-        applyHeaderMutations(headers, vhost.requestHeadersToRemove, vhost.requestHeadersToAdd)
-        applyHeaderMutations(headers, route.requestHeadersToRemove, route.requestHeadersToAdd)
+        if vhost.requestHeadersToRemove or vhost.requestHeadersToAdd:  # mostly neither: no call
+            applyHeaderMutations(headers, vhost.requestHeadersToRemove, vhost.requestHeadersToAdd)
+        if route.requestHeadersToRemove or route.requestHeadersToAdd:
+            applyHeaderMutations(headers, route.requestHeadersToRemove, route.requestHeadersToAdd)
         if action.prefixRewrite is not None or action.regexRewrite is not None:
             action.rewritePath(request)
         if action.hostRewrite is not None:
@@ -744,8 +748,10 @@ class Router:
         route = self.route
         vhost = route.virtualHost
         headers = response.headers
-        applyHeaderMutations(headers, route.responseHeadersToRemove, route.responseHeadersToAdd)
-        applyHeaderMutations(headers, vhost.responseHeadersToRemove, vhost.responseHeadersToAdd)
+        if route.responseHeadersToRemove or route.responseHeadersToAdd:  # mostly neither: no call
+            applyHeaderMutations(headers, route.responseHeadersToRemove, route.responseHeadersToAdd)
+        if vhost.responseHeadersToRemove or vhost.responseHeadersToAdd:
+            applyHeaderMutations(headers, vhost.responseHeadersToRemove, vhost.responseHeadersToAdd)
         if self._tunnel is not None and (response.status == 101 or (
                 self._tunnel.kind == CONNECT_TUNNEL and 200 <= response.status < 300)):
             self._tunnelOpened()

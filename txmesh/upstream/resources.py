@@ -49,7 +49,13 @@ class ResourceLimit:
             self._open.value = 1 if count >= self.max else 0
 
     def dec(self):
-        self.inc(-1)
+        """Give one back (never below 0); inc(-1), inline: once per request."""
+        count = self.count - 1 if self.count > 0 else 0
+        self.count = count
+        if self._remaining is not None:
+            self._remaining.value = self.max - count if self.max > count else 0
+        if self._open is not None:
+            self._open.value = 1 if count >= self.max else 0
 
     def __repr__(self):
         return "<ResourceLimit %d/%d>" % (self.count, self.max)

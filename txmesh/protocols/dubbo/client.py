@@ -45,23 +45,21 @@ def attachmentHeaders(attachments):
 
 def _newAttachments(attachments, headers):
     """The attachments map after filters edited its header view: kept keys keep their case and position."""
-    byLower = {}
-    for k, v in attachments.items():
-        if type(k) is str and type(v) is str:
-            byLower[k.lower()] = k
     wanted = {}
     for name, value in headers:
         wanted.setdefault(name.decode("utf-8", "surrogatepass"), value.decode("utf-8", "surrogatepass"))
     out = {}
     for k, v in attachments.items():
         if type(k) is str and type(v) is str:
-            if k.lower() in wanted:
-                out[k] = wanted.pop(k.lower())
+            lower = k.lower()
+            if lower in wanted:
+                out[k] = wanted.pop(lower)
         else:
             out[k] = v
     for name, value in wanted.items():
-        # a new key: its case from the call, else as Dubbo's tracing integrations read it (X-B3-TraceId), else lower
-        out[byLower.get(name) or ATTACHMENT_NAMES.get(name, name)] = value
+        # a new key (no string attachment's lower-case name is ``name``: it would have been taken above): as
+        # Dubbo's tracing integrations read it (X-B3-TraceId), else as the header names it
+        out[ATTACHMENT_NAMES.get(name, name)] = value
     return out
 
 
@@ -71,9 +69,12 @@ def requestBytes(head):
     inv = frame.invocation  # decoded (and cached) by the listener; None: not hessian2
     if inv is not None:
         fields = list(head.headers.items())
-        if fields != attachmentHeaders(inv.attachments):
+        attachments = inv.attachments
+        # the view has a field per string attachment at most: more fields (the x-request-id the listener adds to
+        # every call) differ without building the view again
+        if len(fields) > len(attachments) or fields != attachmentHeaders(attachments):
             try:
-                return encodeRequestWithAttachments(frame, inv, _newAttachments(inv.attachments, fields))
+                return encodeRequestWithAttachments(frame, inv, _newAttachments(attachments, fields))
             except TypeError:
                 pass  # an attachment value the writer cannot encode: forward the original
     return frame.header + frame.body

@@ -405,7 +405,13 @@ class H2Connection:
             return
         if s.started:
             # trailers: they end the stream, carry no pseudo-header, and come after the whole content-length
-            if not ended or s.expected > 0 or any(k[:1] == b":" for k, _ in headers):
+            malformed = not ended or s.expected > 0
+            if not malformed:
+                for k, _ in headers:  # a loop, not any() over a generator: once per gRPC response
+                    if k[:1] == b":":
+                        malformed = True
+                        break
+            if malformed:
                 self._streamError(sid, ErrorCodes.PROTOCOL_ERROR, events)
                 return
             s.remoteEnded = True

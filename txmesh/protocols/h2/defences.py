@@ -47,6 +47,21 @@ _COMMON_SCHEMES = frozenset({b"http", b"https"})
 _goodAuthorities = set()
 _GOOD_AUTHORITIES_MAX = 4096
 _GOOD_AUTHORITY_LENGTH = 255
+# regular fields ((name, value) pairs, short ones only) already found well-formed, the same way: a peer sends the same
+# few again and again, and each took two regex searches.  A request's checks are stricter (te, whitespace) than a
+# response's or trailers', so each has its own set
+_goodRequestFields = set()
+_goodFields = set()
+_GOOD_FIELDS_MAX = 4096
+_GOOD_FIELD_LENGTH = 255
+
+
+def _remember(good, pair):
+    """Keep ``pair``, found well-formed, in ``good`` (if short; forgotten all at once when full)."""
+    if len(pair[1]) <= _GOOD_FIELD_LENGTH and len(pair[0]) <= _GOOD_FIELD_LENGTH:
+        if len(good) >= _GOOD_FIELDS_MAX:
+            good.clear()
+        good.add(pair)
 
 
 def readRequest(headers, extendedConnect=False, connect=False):
@@ -80,6 +95,10 @@ def readRequest(headers, extendedConnect=False, connect=False):
                 raise MalformedRequest("unknown or repeated pseudo-header %r" % (k,))
             pseudo[k] = v
             continue
+        pair = (k, v)
+        if pair in _goodRequestFields:  # neither host nor cookie: those are never remembered
+            fields.append(pair)
+            continue
         if not k or _BAD_NAME.search(k) is not None:
             raise MalformedRequest("invalid field name %r" % (k,))
         if k in _CONNECTION_SPECIFIC or (k == b"te" and v != b"trailers"):
@@ -96,7 +115,8 @@ def readRequest(headers, extendedConnect=False, connect=False):
             else:
                 cookie.append(v)
         else:
-            fields.append((k, v))
+            fields.append(pair)
+            _remember(_goodRequestFields, pair)
     if cookie is not None and len(cookie) > 1:
         # crumbs split across fields (8.2.3) are one field again, as an HTTP/1.1 upstream must get them
         fields[cookieAt] = (b"cookie", b"; ".join(cookie))
@@ -163,8 +183,11 @@ def readResponse(headers):
                 raise MalformedMessage("invalid :status %r" % (v,))
             status = int(v)
             continue
-        _checkField(k, v)
-        fields.append((k, v))
+        pair = (k, v)
+        if pair not in _goodFields:
+            _checkField(k, v)
+            _remember(_goodFields, pair)
+        fields.append(pair)
     if status is None:
         raise MalformedMessage("no :status")
     return status, fields
@@ -179,7 +202,10 @@ def checkTrailers(headers):
     for k, v in headers:
         if k[:1] == b":":
             raise MalformedMessage("pseudo-header %r in trailers" % (k,))
-        _checkField(k, v)
+        pair = (k, v)
+        if pair not in _goodFields:
+            _checkField(k, v)
+            _remember(_goodFields, pair)
 
 
 class FloodGuard:

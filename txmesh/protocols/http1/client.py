@@ -119,17 +119,20 @@ class HTTP1ClientProtocol(TransportReadPausing, Protocol):
                 self.transport.abortConnection()
                 return
             t = type(ev)
-            if t is BodyData:
-                responder.upstreamData(ev.data, False)
-            elif t is ResponseStarted:
-                if not ev.keepAlive:
+            if t is BodyData or t is ResponseStarted:
+                if t is ResponseStarted and not ev.keepAlive:
                     self._reusable = False
-                if i < n and type(events[i]) is MessageComplete and events[i].trailers is None:
+                # a head or body piece the response's end follows at once (no trailers): one event with endStream,
+                # delivered after the connection went back to the pool (as the h2 client delivers DATA with
+                # END_STREAM), not the piece then an empty end
+                last = i < n and type(events[i]) is MessageComplete and events[i].trailers is None
+                if last:
                     i += 1
                     self._complete()
-                    responder.upstreamHeaders(ev.head, True)
+                if t is BodyData:
+                    responder.upstreamData(ev.data, last)
                 else:
-                    responder.upstreamHeaders(ev.head, False)
+                    responder.upstreamHeaders(ev.head, last)
             elif t is MessageComplete:
                 self._complete()
                 if ev.trailers is not None:

@@ -86,14 +86,20 @@ class HTTP1ServerProtocol(ListenerProtocol):
             for ev in self.decoder.feed(data):
                 self._tunnelData(ev)
             return
-        if self._deadline.kind is _IDLE:
-            self._armHeaderTimer()
+        idle = self._deadline.kind is _IDLE
+        head = self._head
         try:
             events = self.decoder.feed(data)
         except HTTPCodecError as e:
+            if idle:
+                self._armHeaderTimer()
             self._dispatch(e)
             return
         self._handleEvents(events)
+        if idle and self._head is head and self._deadline.kind is _IDLE:
+            # these bytes started no request: a head is coming, the header timer counts from its first bytes.
+            # Armed after the feed, not before: a request that arrives whole (the usual case) would clear it at once
+            self._armHeaderTimer()
 
     def _handleEvents(self, events):
         n = len(events)
@@ -327,7 +333,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
         if self._readPaused and len(queue) <= _MAX_QUEUED_EVENTS and self.stream is None:
             self.resumeReading()
         if self.stream is None and not self._closing:
-            self._armIdleTimer()
+            self._deadline.set(self.factory.limits.idleTimeout, _IDLE)  # idle until the next request
 
     # -- tunnels -------------------------------------------------------------------------------------------------
 
@@ -373,9 +379,6 @@ class HTTP1ServerProtocol(ListenerProtocol):
 
     def _armHeaderTimer(self):
         self._deadline.set(self.factory.limits.requestHeadersTimeout, _HEADERS)
-
-    def _armIdleTimer(self):
-        self._deadline.set(self.factory.limits.idleTimeout, _IDLE)
 
     def _timedOut(self, kind):
         """The request head came too slowly (408), or the connection was idle too long."""
