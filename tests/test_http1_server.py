@@ -6,7 +6,9 @@ header, the access log's response flags, the counters.
 """
 
 import pytest
+from twisted.internet.task import Clock
 
+from txmesh.protocols.listener import Deadline
 from txmesh.testing import InMemoryMesh
 
 MESH = """
@@ -421,6 +423,61 @@ def test_graceful_drain_closes_idle_at_once_and_busy_after_its_response(mesh):
     assert mesh.value("downstream_cx_active") == 0
 
 
+def _graceMesh(grace):
+    """The listener with a drain grace shorter than its timer period (request headers 5 s, idle 10 s)."""
+    return InMemoryMesh(MESH.replace("request_headers_timeout: 1s", "request_headers_timeout: 5s\n    drain_grace: %s"
+                                     % (grace,)).replace("idle_timeout: 2s", "idle_timeout: 10s"),
+                        missingClusters=("gone",))
+
+
+def test_a_drain_gives_a_connection_that_sent_nothing_yet_the_grace_to_send_its_request():
+    """
+    A request racing the drain (accepted, its bytes not read yet when the drain begins) is served, with
+    ``Connection: close``, not reset; a connection that sends nothing within ``drain_grace`` closes quietly (no 408)
+    at the grace, not at the timer's period.
+    """
+    mesh = _graceMesh("200ms")
+    late, silent, started = mesh.connect(), mesh.connect(), mesh.connect()
+    started.send(b"GET /direct HTTP/1.1\r\nHo")  # a head begun before the drain
+    drained = []
+    mesh.drain().addCallback(drained.append)
+    assert not late.closed and not silent.closed and not started.closed
+    mesh.advance(0.1)
+    late.send(get(b"/direct"))
+    r = late.response()
+    assert (r.status, r.body, r.keepAlive) == (200, b"direct\n", False) and late.closed
+    mesh.advance(0.15)
+    assert silent.closed and not silent.aborted and silent.received() == b""
+    assert not started.closed  # its head goes on, bounded by the request-headers timeout
+    started.send(b"st: app.svc\r\n\r\n")
+    r = started.response()
+    assert (r.status, r.keepAlive) == (200, False) and started.closed
+    assert drained == [None]
+    assert mesh.value("downstream_rq_timeout", listener="ingress") == 0
+
+
+def test_without_a_drain_grace_a_connection_that_sent_nothing_closes_at_once():
+    mesh = _graceMesh("0s")
+    fresh, started = mesh.connect(), mesh.connect()
+    started.send(b"GET /direct HTTP/1.1\r\n")
+    mesh.drain()
+    assert fresh.closed and not started.closed
+    started.send(b"Host: app.svc\r\n\r\n")
+    assert started.response().status == 200 and started.closed
+
+
+def test_a_head_begun_at_the_drain_still_times_out_as_any_head():
+    mesh = _graceMesh("200ms")
+    started = mesh.connect()
+    started.send(b"GET /direct HTTP/1.1\r\n")
+    drained = []
+    mesh.drain().addCallback(drained.append)
+    mesh.advance(4.9)
+    assert not started.closed
+    mesh.advance(0.2)
+    assert started.response().status == 408 and started.closed and drained == [None]
+
+
 def test_downstream_disconnect_abandons_the_upstream_exchange(mesh):
     backend, client = proxied(mesh, b"/long")
     client.disconnect()
@@ -595,3 +652,15 @@ def test_a_stalled_upload_is_ended_by_the_stream_idle_timeout_not_the_route_time
     mesh.advance(0.2)
     r = client.response()
     assert (r.status, r.header("x-txmesh-error")) == (408, b"stream_idle_timeout") and client.closed
+
+
+def test_a_deadline_set_soon_fires_before_its_period():
+    """Deadline.setSoon moves the timer nearer; set() alone would sleep out the period (the hot path's contract)."""
+    for soon, expected in ((True, [("grace", 0.2)]), (False, [("grace", 5.0)])):
+        clock, fired = Clock(), []
+        d = Deadline(clock, 5.0, lambda kind: fired.append((kind, clock.seconds())))
+        d.set(5.0, "first")
+        (d.setSoon if soon else d.set)(0.2, "grace")
+        clock.advance(0.2)
+        clock.advance(4.8)
+        assert fired == expected and not clock.getDelayedCalls()

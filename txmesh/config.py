@@ -110,7 +110,7 @@ class ListenerLimits:
     streamIdleTimeout: float = 300.0  # a stream on which nothing moved this long ends (0 = never)
     maxConnections: int = 0  # open connections on this listener; one more is refused (0 = no limit)
     writeTimeout: float = 300.0  # a client whose write buffer stays full this long is closed (0 = never)
-    drainGrace: float = 1.0  # Dubbo: on drain, READONLY sent, connections kept this long before idle ones close
+    drainGrace: float = 1.0  # on drain: Dubbo, kept open after READONLY; HTTP/1.1, a silent new connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -353,6 +353,13 @@ class Deadline:
         if self._timer is None:
             self._timer = self.clock.callLater(min(timeout, self.period), self._fired)
 
+    def setSoon(self, timeout, kind=None):
+        """L{set}, for a timeout that may be shorter than ``period`` (off the hot path: the timer is moved nearer)."""
+        self.set(timeout, kind)
+        timer = self._timer
+        if timer is not None and self.deadline is not None and timer.getTime() > self.deadline:
+            timer.reset(timeout)
+
     def clear(self):
         """No deadline for now (the timer, if any, lapses when it fires)."""
         self.deadline = self.kind = None

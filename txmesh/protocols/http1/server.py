@@ -39,6 +39,10 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _MAX_QUEUED_EVENTS = 64
 _HEADERS = "headers"
 _IDLE = "idle"
+# the first request's head, on a connection that has sent nothing yet (same timeout as _HEADERS)
+_FIRST = "first"
+# a drain's grace for a connection that had sent nothing when the drain began (drain())
+_GRACE = "grace"
 
 
 @implementer(IDownstreamStream)
@@ -75,7 +79,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
         # holdUpgrades: what follows an upgrade request waits for the answer (a 101 makes it the tunnel's)
         self.decoder = RequestDecoder(limits.maxRequestLine, limits.maxHeaderBytes, limits.maxHeaders,
                                       f.scheme, holdUpgrades=True)
-        self._armHeaderTimer()
+        self._deadline.set(limits.requestHeadersTimeout, _FIRST)
 
     def dataReceived(self, data):
         if not self._closing:
@@ -86,7 +90,11 @@ class HTTP1ServerProtocol(ListenerProtocol):
             for ev in self.decoder.feed(data):
                 self._tunnelData(ev)
             return
-        idle = self._deadline.kind is _IDLE
+        deadline = self._deadline
+        kind = deadline.kind
+        idle = kind is _IDLE or kind is _GRACE
+        if kind is _FIRST:
+            deadline.kind = _HEADERS  # the first bytes: a head is coming (the timer still counts from the accept)
         head = self._head
         try:
             events = self.decoder.feed(data)
@@ -96,7 +104,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
             self._dispatch(e)
             return
         self._handleEvents(events)
-        if idle and self._head is head and self._deadline.kind is _IDLE:
+        if idle and self._head is head and deadline.kind is kind:
             # these bytes started no request: a head is coming, the header timer counts from its first bytes.
             # Armed after the feed, not before: a request that arrives whole (the usual case) would clear it at once
             self._armHeaderTimer()
@@ -384,7 +392,9 @@ class HTTP1ServerProtocol(ListenerProtocol):
         """The request head came too slowly (408), or the connection was idle too long."""
         if self._closing or self.stream is not None:
             return
-        if kind is _HEADERS:
+        if kind is _GRACE:
+            self._closeAfterWrite()  # drained: the client sent nothing within the grace
+        elif kind is _HEADERS or kind is _FIRST:
             self.factory.stats.rq_timeout.value += 1
             self._protocolError(HTTPCodecError("request headers timeout", 408))
         else:
@@ -406,9 +416,24 @@ class HTTP1ServerProtocol(ListenerProtocol):
         return self.stream is None and not self._queue and not self._closing and self._deadline.kind is _IDLE
 
     def drain(self):
-        """Graceful drain: close now if idle, else after the current response."""
-        if self.stream is None:
-            self._closeAfterWrite()
+        """
+        Graceful drain (the factory is draining: every response from now on says ``Connection: close`` and ends its
+        connection).  A connection idle between two requests closes now.  One whose request head has begun is
+        answered first, bounded by the request-headers timeout.  One accepted but that has sent nothing yet gets
+        the listener's ``drain_grace`` to send its first request (a request racing the drain, its bytes not read
+        yet, is served rather than reset), then closes; without a grace it closes now.
+        """
+        if self.stream is not None or self._closing:
+            return
+        kind = self._deadline.kind
+        if kind is _FIRST:
+            grace = self.factory.limits.drainGrace
+            if grace:
+                self._deadline.setSoon(grace, _GRACE)
+                return
+        elif kind is _HEADERS or kind is _GRACE:
+            return
+        self._closeAfterWrite()
 
 
 class HTTP1ListenerFactory(ListenerFactory):
