@@ -104,7 +104,7 @@ class HTTP1ServerProtocol(ListenerProtocol):
             self._dispatch(e)
             return
         self._handleEvents(events)
-        if idle and self._head is head and deadline.kind is kind:
+        if idle and self._head is head and deadline.kind is kind and data:
             # these bytes started no request: a head is coming, the header timer counts from its first bytes.
             # Armed after the feed, not before: a request that arrives whole (the usual case) would clear it at once
             self._armHeaderTimer()
