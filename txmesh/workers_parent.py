@@ -245,7 +245,7 @@ class WorkersParent(MultiService):
                                                                         first.getHost().port)))
         except Exception:
             for port in [first] + bound:
-                port.stopListening()
+                self._close(port)  # never shut down: a hot restart's old process may still serve on these
             raise
         siblings[name] = bound
         return first
@@ -272,8 +272,9 @@ class WorkersParent(MultiService):
         """Close the sockets ``names`` of ``ports`` and their ``siblings`` (removed from both dicts)."""
         closing = []
         for name in names:
-            for port in [ports.pop(name)] + siblings.pop(name, []) if name in ports else []:
-                closing.append(self._close(port))
+            if name in ports:
+                for port in [ports.pop(name)] + siblings.pop(name, []):
+                    closing.append(self._close(port))
         return defer.gatherResults(closing)
 
     @staticmethod
