@@ -74,7 +74,7 @@ def exceptionInDataReceived(reactor, out):
 
 def basics(reactor, out):
     """Timers in order, callFromThread from another thread, spawnProcess, and an echo of 4 MiB over TCP."""
-    from twisted.internet import defer, protocol
+    from twisted.internet import defer, protocol, task
     from twisted.internet.endpoints import clientFromString, serverFromString
 
     order = []
@@ -152,6 +152,8 @@ def basics(reactor, out):
         out["threadOk"] = (yield fromThread) != threading.get_ident()
         data, code = yield proc.done
         out["spawned"] = [data.decode().strip(), code]
+        # the timers fire in their order whatever the steps above took: wait past the last one (0.02 s) first
+        yield task.deferLater(reactor, 0.05, lambda: None)
         out["timers"] = order
         yield port.stopListening()
         reactor.stop()
